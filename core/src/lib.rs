@@ -1,0 +1,19 @@
+//! gofe-core: the pure decision logic that every other gofe part runs.
+//!
+//! Nothing in this crate performs I/O, reads a clock, or spawns a task: callers pass in
+//! everything a decision depends on (weights, counters, random numbers, the current time) and get
+//! a plain value back. That is what lets the proxy's hot path, the controller and the offline
+//! simulator run *the same* code, and what keeps every decision reproducible in a unit test.
+//!
+//! Today it holds the balancing primitives the proxy uses per request:
+//!
+//! * [`balance::WeightedSequence`] — a smooth weighted round-robin order computed once per
+//!   endpoint set (at configuration time), so a pick on the hot path is one index lookup;
+//! * [`balance::least_request`] — the power-of-two-choices comparison for weighted
+//!   least-request balancing.
+//!
+//! The proxy supplies the atomics (tickets, active-request counts) and the randomness; this crate
+//! only decides.
+
+pub mod balance;
+pub mod duration;

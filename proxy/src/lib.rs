@@ -1,0 +1,366 @@
+//! gofe-proxy: the data plane every other gofe part steers.
+//!
+//! An HTTP/1.1 and HTTP/2 reverse proxy (cleartext with h2c prior knowledge, or TLS with ALPN)
+//! that routes by virtual host and path, balances over weighted endpoints (smooth weighted round
+//! robin or weighted least-request, both from `gofe-core`), and exports per-endpoint metrics in
+//! Prometheus format for the controller and the metrics adapter.
+//!
+//! ```text
+//!   config file ──load/validate──▶ ProxyConfig ──Proxy::apply──▶ clusters + route tables
+//!   (SIGHUP, file watch)                                             │  (ArcSwap, per listener)
+//!                                                                     ▼
+//!   client ──▶ listener ──▶ forward::serve ──route──▶ Cluster::pick ──▶ pooled upstream client
+//!                                     └── metrics (pre-resolved atomics) ──▶ admin /metrics
+//! ```
+//!
+//! [`config`] owns the file format and its validation; [`Proxy`] turns a valid configuration
+//! into running listeners and swaps it atomically while traffic flows (in-flight requests keep
+//! the snapshot they started with); [`run`] is the process lifecycle around it (signals, reload,
+//! drain). [`demo`] is a tiny backend for `gofe up`, benchmarks and tests. The xDS client, the
+//! controller's decisions and outlier detection live in their own crates and issues.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+mod admin;
+mod body;
+mod cluster;
+pub mod config;
+pub mod demo;
+mod forward;
+mod listener;
+mod metrics;
+mod route;
+pub mod run;
+mod tls;
+
+pub use body::ProxyBody;
+pub use config::ProxyConfig;
+
+use crate::admin::RunningAdmin;
+use crate::cluster::{Cluster, PoolKey, UpstreamClient};
+use crate::listener::{ListenerState, RunningListener};
+use crate::metrics::Metrics;
+use crate::route::RouteTable;
+
+/// The configuration the proxy is serving, as `/config_dump` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ActiveConfig {
+    /// Increments with every applied configuration; 0 before the first.
+    pub version: u64,
+    /// Where it came from (a file path, `embedded`, …).
+    pub source: String,
+    /// When it was applied, in seconds since the Unix epoch.
+    pub applied_at_unix: u64,
+    /// The configuration itself.
+    pub config: ProxyConfig,
+}
+
+/// Why a (valid) configuration could not be put into service. The previous one keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A listener or the admin address could not be bound.
+    #[error("cannot bind {address}: {source}")]
+    Bind {
+        /// The address.
+        address: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A listener's TLS files could not be loaded.
+    #[error("listener {listener}: TLS: {message}")]
+    Tls {
+        /// The listener's name.
+        listener: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The configuration did not pass validation.
+    #[error("invalid configuration:\n{0}")]
+    Invalid(String),
+}
+
+pub(crate) struct Shared {
+    metrics: Arc<Metrics>,
+    active: ArcSwap<ActiveConfig>,
+    draining: AtomicBool,
+}
+
+/// What only the (serialized) apply path touches.
+#[derive(Default)]
+struct Control {
+    listeners: HashMap<SocketAddr, RunningListener>,
+    admin: Option<(SocketAddr, RunningAdmin)>,
+    pools: HashMap<PoolKey, UpstreamClient>,
+    endpoints: HashSet<(String, String)>,
+    clusters: HashSet<String>,
+    version: u64,
+}
+
+/// A running proxy: its listeners, clusters and admin endpoint.
+///
+/// Cheap to clone; clones control the same proxy. Must be used inside a Tokio runtime.
+#[derive(Clone)]
+pub struct Proxy {
+    shared: Arc<Shared>,
+    control: Arc<tokio::sync::Mutex<Control>>,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Proxy {
+    /// A proxy with no configuration (nothing listening yet).
+    pub fn new() -> Self {
+        Proxy {
+            shared: Arc::new(Shared {
+                metrics: Arc::new(Metrics::new()),
+                active: ArcSwap::from_pointee(ActiveConfig::default()),
+                draining: AtomicBool::new(false),
+            }),
+            control: Arc::default(),
+        }
+    }
+
+    /// Puts `config` into service and returns its version.
+    ///
+    /// Listeners whose address stays keep their socket and connections and switch to the new
+    /// routes atomically; new addresses are bound; removed ones stop accepting and drain for up
+    /// to `drain`. Connection pools of unchanged clusters are kept. On any error nothing changes.
+    pub async fn apply(
+        &self,
+        config: ProxyConfig,
+        source: &str,
+        drain: Duration,
+    ) -> Result<u64, ApplyError> {
+        let problems = config::validate(&config);
+        if !problems.is_empty() {
+            let text: Vec<String> = problems.iter().map(|p| p.in_file(source)).collect();
+            return Err(ApplyError::Invalid(text.join("\n")));
+        }
+        let metrics = &self.shared.metrics;
+        let mut control = self.control.lock().await;
+
+        // Clusters, reusing connection pools whose settings did not change.
+        let mut pools = HashMap::new();
+        let mut clusters = HashMap::new();
+        let mut endpoints = HashSet::new();
+        for c in &config.clusters {
+            let key = PoolKey::of(c);
+            let client = control
+                .pools
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| cluster::new_client(&key, metrics));
+            pools.insert(key, client.clone());
+            let built = Cluster::build(c, client, metrics).map_err(ApplyError::Invalid)?;
+            for ep in &c.endpoints {
+                endpoints.insert((c.name.value.clone(), ep.address.value.clone()));
+            }
+            clusters.insert(c.name.value.clone(), Arc::new(built));
+        }
+
+        // Listener states.
+        let mut states = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let addr: SocketAddr = l
+                .address
+                .value
+                .parse()
+                .map_err(|_| ApplyError::Invalid(format!("bad address {}", l.address.value)))?;
+            let name: Arc<str> = l
+                .name
+                .as_ref()
+                .map_or(l.address.value.as_str(), |n| n.value.as_str())
+                .into();
+            let mut routes = None;
+            for f in &l.filters {
+                routes =
+                    Some(RouteTable::build(&f.config, &clusters).map_err(ApplyError::Invalid)?);
+            }
+            let tls = match &l.tls {
+                None => None,
+                Some(t) => Some(tls::acceptor(t).map_err(|message| ApplyError::Tls {
+                    listener: name.to_string(),
+                    message,
+                })?),
+            };
+            let stats = metrics.listener(&name);
+            states.push((
+                addr,
+                ListenerState {
+                    routes: routes
+                        .ok_or_else(|| ApplyError::Invalid("listener without router".into()))?,
+                    tls,
+                    stats,
+                    name,
+                },
+            ));
+        }
+
+        // Bind what is new before touching anything that serves.
+        let mut bound = Vec::new();
+        let mut updates = Vec::new();
+        for (addr, state) in states {
+            if control.listeners.contains_key(&addr) {
+                updates.push((addr, state));
+            } else {
+                match RunningListener::bind(addr, state) {
+                    Ok(l) => bound.push((addr, l)),
+                    Err(source) => {
+                        for (_, l) in bound {
+                            l.stop(Duration::ZERO).await;
+                        }
+                        return Err(ApplyError::Bind {
+                            address: addr,
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        let admin_addr = match &config.admin {
+            Some(a) => Some(a.address.value.parse::<SocketAddr>().map_err(|_| {
+                ApplyError::Invalid(format!("bad admin address {}", a.address.value))
+            })?),
+            None => None,
+        };
+        let mut new_admin = None;
+        if admin_addr != control.admin.as_ref().map(|(a, _)| *a) {
+            if let Some(addr) = admin_addr {
+                match RunningAdmin::bind(addr, Arc::clone(&self.shared)) {
+                    Ok(a) => new_admin = Some((addr, a)),
+                    Err(source) => {
+                        for (_, l) in bound {
+                            l.stop(Duration::ZERO).await;
+                        }
+                        return Err(ApplyError::Bind {
+                            address: addr,
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+
+        // Commit: swap states, start new listeners, retire old ones.
+        let keep: HashSet<SocketAddr> = updates
+            .iter()
+            .map(|(a, _)| *a)
+            .chain(bound.iter().map(|(a, _)| *a))
+            .collect();
+        for (addr, state) in updates {
+            if let Some(l) = control.listeners.get(&addr) {
+                l.shared.state.store(Arc::new(state));
+            }
+        }
+        control.listeners.extend(bound);
+        let retired: Vec<SocketAddr> = control
+            .listeners
+            .keys()
+            .filter(|a| !keep.contains(a))
+            .copied()
+            .collect();
+        for addr in retired {
+            if let Some(l) = control.listeners.remove(&addr) {
+                tracing::info!(%addr, "listener removed; draining");
+                tokio::spawn(l.stop(drain));
+            }
+        }
+        if admin_addr != control.admin.as_ref().map(|(a, _)| *a) {
+            if let Some((_, old)) = control.admin.take() {
+                old.stop().await;
+            }
+            control.admin = new_admin;
+        }
+
+        // Forget the series of what left.
+        for (cluster, endpoint) in control.endpoints.difference(&endpoints) {
+            metrics.forget_endpoint(cluster, endpoint);
+        }
+        let cluster_names: HashSet<String> = clusters.keys().cloned().collect();
+        for gone in control.clusters.difference(&cluster_names) {
+            metrics.forget_cluster(gone);
+        }
+        control.endpoints = endpoints;
+        control.clusters = cluster_names;
+        control.pools = pools;
+        control.version += 1;
+        let version = control.version;
+        self.shared.active.store(Arc::new(ActiveConfig {
+            version,
+            source: source.to_owned(),
+            applied_at_unix: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            config,
+        }));
+        metrics.config_version.set(version as i64);
+        Ok(version)
+    }
+
+    /// The addresses the listeners are bound to (useful with port 0), keyed by the configured
+    /// address.
+    pub async fn listener_addrs(&self) -> HashMap<SocketAddr, SocketAddr> {
+        let control = self.control.lock().await;
+        control
+            .listeners
+            .iter()
+            .map(|(configured, l)| (*configured, l.local_addr))
+            .collect()
+    }
+
+    /// The address the admin listener is bound to, if any.
+    pub async fn admin_addr(&self) -> Option<SocketAddr> {
+        let control = self.control.lock().await;
+        control.admin.as_ref().map(|(_, a)| a.local_addr)
+    }
+
+    /// The active configuration.
+    pub fn active(&self) -> Arc<ActiveConfig> {
+        self.shared.active.load_full()
+    }
+
+    /// The metrics in Prometheus text format (what the admin `/metrics` serves).
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// Counts a configuration load attempt in `gofe_config_reloads_total`.
+    pub fn count_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.shared
+            .metrics
+            .config_reloads
+            .with_label_values(&[result])
+            .inc();
+    }
+
+    /// Stops accepting on every listener, reports not-ready, lets in-flight requests finish for
+    /// up to `drain`, then stops the admin listener.
+    pub async fn shutdown(&self, drain: Duration) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let mut control = self.control.lock().await;
+        let listeners: Vec<RunningListener> = control.listeners.drain().map(|(_, l)| l).collect();
+        let stops: Vec<_> = listeners
+            .into_iter()
+            .map(|l| tokio::spawn(l.stop(drain)))
+            .collect();
+        for s in stops {
+            let _ = s.await;
+        }
+        if let Some((_, admin)) = control.admin.take() {
+            admin.stop().await;
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! Downstream listeners: accept loops, TLS, HTTP/1.1 and HTTP/2 connections, graceful drain.
+//!
+//! A listener's socket lives as long as its address stays in the configuration. What it serves
+//! (routes, TLS certificate, metric labels) is a [`ListenerState`] behind an `ArcSwap`, replaced
+//! whole on every configuration change; a connection reads the current state once per request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::forward::{self, ConnContext};
+use crate::metrics::ListenerStats;
+use crate::route::RouteTable;
+
+/// Time allowed for a client to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a listener serves under one configuration version.
+pub(crate) struct ListenerState {
+    pub(crate) name: Arc<str>,
+    pub(crate) routes: RouteTable,
+    pub(crate) tls: Option<TlsAcceptor>,
+    pub(crate) stats: ListenerStats,
+}
+
+/// State shared by a listener's accept loop and its connections.
+pub(crate) struct ListenerShared {
+    pub(crate) state: ArcSwap<ListenerState>,
+}
+
+/// A bound, serving listener.
+pub(crate) struct RunningListener {
+    pub(crate) shared: Arc<ListenerShared>,
+    pub(crate) local_addr: SocketAddr,
+    stop: watch::Sender<Option<Duration>>,
+    task: JoinHandle<()>,
+}
+
+impl RunningListener {
+    /// Binds `addr` (synchronously, so a reload learns at once that an address is taken) and
+    /// starts accepting. Must be called inside a Tokio runtime.
+    pub(crate) fn bind(addr: SocketAddr, state: ListenerState) -> std::io::Result<Self> {
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        std_listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(std_listener)?;
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(ListenerShared {
+            state: ArcSwap::from_pointee(state),
+        });
+        let (stop, stopped) = watch::channel(None);
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared), stopped));
+        Ok(RunningListener {
+            shared,
+            local_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops accepting, asks every connection to finish its in-flight requests, and waits up to
+    /// `drain` for them before closing whatever is left.
+    pub(crate) async fn stop(self, drain: Duration) {
+        let _ = self.stop.send(Some(drain));
+        let _ = self.task.await;
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<ListenerShared>,
+    mut stopped: watch::Receiver<Option<Duration>>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1().timer(TokioTimer::new()).keep_alive(true);
+    http.http2().timer(TokioTimer::new());
+    let http = Arc::new(http);
+    loop {
+        let accepted = tokio::select! {
+            _ = stopped.changed() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let state = shared.state.load();
+        let tls = state.tls.clone();
+        let stats_active = state.stats.cx_active.clone();
+        let name = Arc::clone(&state.name);
+        state.stats.cx_total.inc();
+        drop(state);
+        let ctx = Arc::new(ConnContext::new(
+            Arc::clone(&shared),
+            peer.ip(),
+            tls.is_some(),
+        ));
+        let watcher = graceful.watcher();
+        let http = Arc::clone(&http);
+        tokio::spawn(async move {
+            let _open = crate::body::ActiveGuard::new(&stats_active);
+            let service = service_fn(move |req| forward::serve(req, Arc::clone(&ctx)));
+            let result = match tls {
+                None => {
+                    let conn = http.serve_connection(TokioIo::new(tcp), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                    let stream = match handshake {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(listener = %name, %peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(listener = %name, %peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(listener = %name, %peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let drain = stopped.borrow().unwrap_or_default();
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain,
+            "connections still open after the drain timeout; no longer waiting for them"
+        );
+    }
+}

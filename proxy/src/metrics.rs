@@ -1,0 +1,319 @@
+//! The proxy's Prometheus metrics.
+//!
+//! Every series a request touches is resolved to a handle when the configuration is applied
+//! ([`EndpointStats`], [`ListenerStats`], [`ClusterStats`]), so the hot path only bumps atomics:
+//! no label lookup, no lock, no allocation. The names and labels are the contract the controller
+//! and the metrics adapter consume; the README lists them with the PromQL that reads them.
+
+use std::time::Duration;
+
+use prometheus::core::Collector;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Latency histogram buckets, in seconds: 0.5 ms to 30 s.
+pub(crate) const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+const CODE_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// All metric families of one proxy, registered in its own registry.
+pub(crate) struct Metrics {
+    registry: Registry,
+    upstream_requests: IntCounterVec,
+    upstream_duration: HistogramVec,
+    upstream_active: IntGaugeVec,
+    upstream_pending: IntGaugeVec,
+    pub(crate) upstream_cx_active: IntGaugeVec,
+    pub(crate) upstream_cx_total: IntCounterVec,
+    pub(crate) upstream_connect_failures: IntCounterVec,
+    upstream_timeouts: IntCounterVec,
+    upstream_no_healthy: IntCounterVec,
+    endpoint_weight: IntGaugeVec,
+    downstream_requests: IntCounterVec,
+    downstream_active: IntGaugeVec,
+    downstream_cx_active: IntGaugeVec,
+    downstream_cx_total: IntCounterVec,
+    pub(crate) config_version: IntGauge,
+    pub(crate) config_reloads: IntCounterVec,
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric names are unique and valid");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let r = Registry::new();
+        let ce = &["cluster", "endpoint"];
+        Metrics {
+            upstream_requests: counter_vec(
+                &r,
+                "gofe_upstream_requests_total",
+                "Requests sent to an upstream endpoint, by response status class (proxy-generated 502/503/504 for that endpoint included).",
+                &["cluster", "endpoint", "code_class"],
+            ),
+            upstream_duration: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "gofe_upstream_request_duration_seconds",
+                        "Time from sending a request to an endpoint until its response headers arrived (or the request failed).",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    ce,
+                )
+                .expect("valid metric"),
+            ),
+            upstream_active: gauge_vec(
+                &r,
+                "gofe_upstream_requests_active",
+                "Requests in flight to an endpoint, until their response body ends.",
+                ce,
+            ),
+            upstream_pending: gauge_vec(
+                &r,
+                "gofe_upstream_requests_pending",
+                "Requests of a cluster waiting for an upstream connection or for response headers.",
+                &["cluster"],
+            ),
+            upstream_cx_active: gauge_vec(
+                &r,
+                "gofe_upstream_connections_active",
+                "Open connections to an endpoint.",
+                ce,
+            ),
+            upstream_cx_total: counter_vec(
+                &r,
+                "gofe_upstream_connections_total",
+                "Connections opened to an endpoint.",
+                ce,
+            ),
+            upstream_connect_failures: counter_vec(
+                &r,
+                "gofe_upstream_connect_failures_total",
+                "Failed connection attempts to an endpoint (refused, unreachable, connect timeout).",
+                ce,
+            ),
+            upstream_timeouts: counter_vec(
+                &r,
+                "gofe_upstream_request_timeouts_total",
+                "Requests of a cluster answered 504 because the route timeout expired.",
+                &["cluster"],
+            ),
+            upstream_no_healthy: counter_vec(
+                &r,
+                "gofe_upstream_no_healthy_total",
+                "Requests of a cluster answered 503 because no endpoint could take them.",
+                &["cluster"],
+            ),
+            endpoint_weight: gauge_vec(
+                &r,
+                "gofe_endpoint_weight",
+                "Configured load-balancing weight of an endpoint (0 = drained).",
+                ce,
+            ),
+            downstream_requests: counter_vec(
+                &r,
+                "gofe_downstream_requests_total",
+                "Requests received on a listener, by the status class returned to the client.",
+                &["listener", "code_class"],
+            ),
+            downstream_active: gauge_vec(
+                &r,
+                "gofe_downstream_requests_active",
+                "Requests in progress on a listener.",
+                &["listener"],
+            ),
+            downstream_cx_active: gauge_vec(
+                &r,
+                "gofe_downstream_connections_active",
+                "Open client connections on a listener.",
+                &["listener"],
+            ),
+            downstream_cx_total: counter_vec(
+                &r,
+                "gofe_downstream_connections_total",
+                "Client connections accepted on a listener.",
+                &["listener"],
+            ),
+            config_version: register(
+                &r,
+                IntGauge::new(
+                    "gofe_config_version",
+                    "Version number of the active configuration (increments on every applied change).",
+                )
+                .expect("valid metric"),
+            ),
+            config_reloads: counter_vec(
+                &r,
+                "gofe_config_reloads_total",
+                "Configuration loads, by result (success, failure).",
+                &["result"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub(crate) fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding into memory cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+
+    pub(crate) fn endpoint(&self, cluster: &str, endpoint: &str, weight: u32) -> EndpointStats {
+        let labels = [cluster, endpoint];
+        self.endpoint_weight
+            .with_label_values(&labels)
+            .set(i64::from(weight));
+        EndpointStats {
+            requests: CODE_CLASSES.map(|class| {
+                self.upstream_requests
+                    .with_label_values(&[cluster, endpoint, class])
+            }),
+            duration: self.upstream_duration.with_label_values(&labels),
+            active: self.upstream_active.with_label_values(&labels),
+        }
+    }
+
+    pub(crate) fn cluster(&self, cluster: &str) -> ClusterStats {
+        ClusterStats {
+            pending: self.upstream_pending.with_label_values(&[cluster]),
+            timeouts: self.upstream_timeouts.with_label_values(&[cluster]),
+            no_healthy: self.upstream_no_healthy.with_label_values(&[cluster]),
+        }
+    }
+
+    pub(crate) fn listener(&self, listener: &str) -> ListenerStats {
+        ListenerStats {
+            requests: CODE_CLASSES.map(|class| {
+                self.downstream_requests
+                    .with_label_values(&[listener, class])
+            }),
+            active: self.downstream_active.with_label_values(&[listener]),
+            cx_active: self.downstream_cx_active.with_label_values(&[listener]),
+            cx_total: self.downstream_cx_total.with_label_values(&[listener]),
+        }
+    }
+
+    /// Drops the series of an endpoint that left the configuration.
+    pub(crate) fn forget_endpoint(&self, cluster: &str, endpoint: &str) {
+        let labels = [cluster, endpoint];
+        for class in CODE_CLASSES {
+            let _ = self
+                .upstream_requests
+                .remove_label_values(&[cluster, endpoint, class]);
+        }
+        let _ = self.upstream_duration.remove_label_values(&labels);
+        let _ = self.upstream_active.remove_label_values(&labels);
+        let _ = self.endpoint_weight.remove_label_values(&labels);
+        let _ = self.upstream_cx_total.remove_label_values(&labels);
+        let _ = self.upstream_connect_failures.remove_label_values(&labels);
+        // Connections still open keep their gauge until they close; the series goes then.
+    }
+
+    /// Drops the series of a cluster that left the configuration.
+    pub(crate) fn forget_cluster(&self, cluster: &str) {
+        let _ = self.upstream_pending.remove_label_values(&[cluster]);
+        let _ = self.upstream_timeouts.remove_label_values(&[cluster]);
+        let _ = self.upstream_no_healthy.remove_label_values(&[cluster]);
+    }
+}
+
+/// Index into a `[_; 5]` of status classes.
+#[inline]
+pub(crate) fn class_index(status: u16) -> usize {
+    (usize::from(status / 100)).clamp(1, 5) - 1
+}
+
+/// Handles for one endpoint's series.
+pub(crate) struct EndpointStats {
+    requests: [IntCounter; 5],
+    duration: Histogram,
+    pub(crate) active: IntGauge,
+}
+
+impl EndpointStats {
+    /// Records one finished upstream exchange.
+    #[inline]
+    pub(crate) fn record(&self, status: u16, elapsed: Duration) {
+        self.requests[class_index(status)].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Handles for one cluster's series.
+pub(crate) struct ClusterStats {
+    pub(crate) pending: IntGauge,
+    pub(crate) timeouts: IntCounter,
+    pub(crate) no_healthy: IntCounter,
+}
+
+/// Handles for one listener's series.
+pub(crate) struct ListenerStats {
+    pub(crate) requests: [IntCounter; 5],
+    pub(crate) active: IntGauge,
+    pub(crate) cx_active: IntGauge,
+    pub(crate) cx_total: IntCounter,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_handles_land_in_the_text_output() {
+        let m = Metrics::new();
+        let ep = m.endpoint("web", "127.0.0.1:1", 3);
+        ep.record(503, Duration::from_millis(2));
+        ep.record(200, Duration::from_millis(2));
+        ep.record(200, Duration::from_millis(2));
+        let text = m.render();
+        assert!(text.contains(
+            r#"gofe_upstream_requests_total{cluster="web",code_class="2xx",endpoint="127.0.0.1:1"} 2"#
+        ));
+        assert!(text.contains(
+            r#"gofe_upstream_requests_total{cluster="web",code_class="5xx",endpoint="127.0.0.1:1"} 1"#
+        ));
+        assert!(text.contains(
+            r#"gofe_upstream_request_duration_seconds_count{cluster="web",endpoint="127.0.0.1:1"} 3"#
+        ));
+        assert!(text.contains(r#"gofe_endpoint_weight{cluster="web",endpoint="127.0.0.1:1"} 3"#));
+        m.forget_endpoint("web", "127.0.0.1:1");
+        assert!(!m.render().contains("127.0.0.1:1"));
+    }
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(class_index(100), 0);
+        assert_eq!(class_index(204), 1);
+        assert_eq!(class_index(308), 2);
+        assert_eq!(class_index(404), 3);
+        assert_eq!(class_index(599), 4);
+        assert_eq!(class_index(0), 0);
+        assert_eq!(class_index(999), 4);
+    }
+}
