@@ -137,17 +137,16 @@ pub struct Candidate {
     pub weight: u32,
 }
 
-/// Weighted least-request: of two randomly drawn candidates, returns `true` when `a` should be
-/// chosen over `b`.
+/// Weighted least-request: of two candidates, returns `true` when `a` should be chosen over `b`.
 ///
-/// The lower `(active + 1) / weight` wins, so with equal weights this is plain least-request and
-/// with unequal weights a heavier host is allowed proportionally more requests in flight (Envoy's
-/// weighted least-request with an active-request bias of 1). Ties go to `a`.
+/// The candidates are meant to be drawn at random *in proportion to their weights* (see
+/// [`WeightedSequence::pick`] with a random ticket); the one with fewer requests in flight per
+/// unit of weight wins, ties to `a`. So an idle cluster is balanced exactly by weight (every
+/// comparison ties and the weighted draw decides), and a loaded one by least active requests
+/// per unit of weight, which is what steers traffic away from a slow endpoint.
 #[inline]
 pub fn least_request(a: Candidate, b: Candidate) -> bool {
-    let a_load = u128::from(a.active + 1) * u128::from(b.weight);
-    let b_load = u128::from(b.active + 1) * u128::from(a.weight);
-    a_load <= b_load
+    u128::from(a.active) * u128::from(b.weight) <= u128::from(b.active) * u128::from(a.weight)
 }
 
 #[cfg(test)]
@@ -209,23 +208,16 @@ mod tests {
 
     #[test]
     fn least_request_prefers_fewer_active_per_weight() {
-        let idle = Candidate {
-            active: 0,
-            weight: 1,
-        };
-        let busy = Candidate {
-            active: 4,
-            weight: 1,
-        };
-        assert!(least_request(idle, busy));
-        assert!(!least_request(busy, idle));
-        // A host of weight 5 with 4 in flight is as loaded as a weight-1 host with none.
-        let heavy = Candidate {
-            active: 4,
-            weight: 5,
-        };
-        assert!(least_request(heavy, idle), "ties go to the first");
-        assert!(least_request(idle, heavy), "ties go to the first");
+        let c = |active, weight| Candidate { active, weight };
+        assert!(least_request(c(0, 1), c(4, 1)));
+        assert!(!least_request(c(4, 1), c(0, 1)));
+        // Idle candidates tie whatever their weights: the weighted draw decides.
+        assert!(least_request(c(0, 1), c(0, 5)));
+        assert!(least_request(c(0, 5), c(0, 1)));
+        // Four in flight on weight 4 is as loaded as one on weight 1.
+        assert!(least_request(c(4, 4), c(1, 1)));
+        assert!(least_request(c(1, 1), c(4, 4)));
+        assert!(!least_request(c(5, 4), c(1, 1)));
     }
 
     proptest! {

@@ -80,8 +80,6 @@ pub(crate) struct Cluster {
     pub(crate) policy: LbPolicy,
     /// Smooth weighted round-robin order over `endpoints`.
     order: WeightedSequence,
-    /// Indices of endpoints with non-zero weight (least-request draws from these).
-    weighted: Box<[u32]>,
     ticket: AtomicU64,
     pub(crate) http2: bool,
     pub(crate) client: UpstreamClient,
@@ -109,18 +107,11 @@ impl Cluster {
             }));
         }
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
-        let weighted = weights
-            .iter()
-            .enumerate()
-            .filter(|(_, &w)| w > 0)
-            .map(|(i, _)| i as u32)
-            .collect();
         Ok(Cluster {
             name: name.into(),
             endpoints: endpoints.into_boxed_slice(),
             policy: config.lb_policy,
             order: WeightedSequence::new(&weights),
-            weighted,
             // Start each snapshot at a random point of the cycle so that proxies (and
             // successive snapshots) do not all begin on the same endpoint.
             ticket: AtomicU64::new(fastrand::u64(..)),
@@ -139,31 +130,25 @@ impl Cluster {
                 self.order.pick(ticket).map(|i| &self.endpoints[i])
             }
             LbPolicy::LeastRequest => {
-                let n = self.weighted.len();
-                let index = match n {
-                    0 => return None,
-                    1 => self.weighted[0],
-                    _ => {
-                        let a = fastrand::usize(..n);
-                        let mut b = fastrand::usize(..n - 1);
-                        if b >= a {
-                            b += 1;
-                        }
-                        let (a, b) = (self.weighted[a], self.weighted[b]);
-                        if least_request(self.candidate(a), self.candidate(b)) {
-                            a
-                        } else {
-                            b
-                        }
-                    }
+                // Two draws in proportion to weight (a second try if both hit the same
+                // endpoint), then the one with fewer requests in flight per unit of weight.
+                let a = self.order.pick(fastrand::u64(..))?;
+                let mut b = self.order.pick(fastrand::u64(..))?;
+                if b == a {
+                    b = self.order.pick(fastrand::u64(..))?;
+                }
+                let index = if least_request(self.candidate(a), self.candidate(b)) {
+                    a
+                } else {
+                    b
                 };
-                Some(&self.endpoints[index as usize])
+                Some(&self.endpoints[index])
             }
         }
     }
 
-    fn candidate(&self, index: u32) -> Candidate {
-        let ep = &self.endpoints[index as usize];
+    fn candidate(&self, index: usize) -> Candidate {
+        let ep = &self.endpoints[index];
         Candidate {
             active: ep.stats.active.get().max(0) as u64,
             weight: ep.weight,

@@ -433,9 +433,14 @@ pub fn parse(source_name: &str, text: &str) -> Result<ProxyConfig, ConfigError> 
 fn first_line(rendered: &str) -> String {
     let line = rendered.lines().next().unwrap_or_default();
     let line = line.strip_prefix("error: ").unwrap_or(line);
-    match line.split_once(": ") {
-        Some((head, rest)) if head.starts_with("line ") => rest.to_owned(),
-        _ => line.to_owned(),
+    let message = match line.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") => rest,
+        _ => line,
+    };
+    // Some messages repeat the location at the end; it is already in front.
+    match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(", column ") => message[..i].to_owned(),
+        _ => message.to_owned(),
     }
 }
 
@@ -581,7 +586,8 @@ pub fn validate(config: &ProxyConfig) -> Vec<Problem> {
 
     if let Some(admin) = &config.admin {
         if let Ok(addr) = admin.address.value.parse::<SocketAddr>() {
-            if let Some(li) = addresses.get(&addr) {
+            // Port 0 asks the OS for a free port: it cannot collide.
+            if let Some(li) = addresses.get(&addr).filter(|_| addr.port() != 0) {
                 v.at(
                     &admin.address,
                     "admin.address".into(),

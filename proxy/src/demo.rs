@@ -2,12 +2,15 @@
 //!
 //! It speaks HTTP/1.1 and h2c and answers every request with `hello from NAME` and an
 //! `x-backend: NAME` header, so a client can see where the proxy sent it. Request headers steer it:
-//! `x-demo-status: 503` picks the status, `x-demo-delay: 250ms` delays the answer. `/echo`
-//! streams the request body back as it arrives; `/headers` lists the request headers it received.
+//! `x-demo-status: 503` picks the status, `x-demo-delay: 250ms` delays the answer. A path ending
+//! in `/echo` streams the request body back as it arrives; one ending in `/headers` lists the
+//! request headers it received.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -15,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -24,8 +28,41 @@ use crate::body::ProxyBody;
 /// A running demo backend.
 pub struct DemoBackend {
     addr: SocketAddr,
+    faults: Arc<Faults>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+/// How a broken backend misbehaves on each new connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Broken {
+    /// Behaves.
+    No = 0,
+    /// Resets the connection (TCP RST) without answering.
+    Reset = 1,
+    /// Answers with bytes that are not HTTP, then closes.
+    Garbage = 2,
+    /// Closes its sending side (FIN) without answering.
+    HalfClose = 3,
+}
+
+/// Faults switched on at run time.
+#[derive(Default)]
+struct Faults {
+    delay_us: AtomicU64,
+    /// Fraction of requests that fail, in millionths.
+    fail_ppm: AtomicU64,
+    fail_status: AtomicU16,
+    broken: AtomicU8,
+    served: AtomicU64,
+}
+
+impl Faults {
+    /// Whether request number `n` fails: exactly `fail_ppm` per million, evenly spread.
+    fn fails(&self, n: u64) -> bool {
+        let ppm = self.fail_ppm.load(Ordering::Relaxed);
+        ppm > 0 && (n + 1) * ppm / 1_000_000 > n * ppm / 1_000_000
+    }
 }
 
 impl DemoBackend {
@@ -38,7 +75,10 @@ impl DemoBackend {
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
         );
         let (stop, mut stopped) = watch::channel(false);
+        let faults = Arc::new(Faults::default());
+        let shared_faults = Arc::clone(&faults);
         let task = tokio::spawn(async move {
+            let faults = shared_faults;
             let http = Arc::new(auto::Builder::new(TokioExecutor::new()));
             loop {
                 let tcp = tokio::select! {
@@ -49,11 +89,39 @@ impl DemoBackend {
                     },
                 };
                 let _ = tcp.set_nodelay(true);
+                match faults.broken.load(Ordering::Relaxed) {
+                    1 => {
+                        // Linger 0 makes close send RST at once; it cannot block here.
+                        #[allow(deprecated)]
+                        let _ = tcp.set_linger(Some(Duration::ZERO));
+                        drop(tcp);
+                        continue;
+                    }
+                    2 => {
+                        tokio::spawn(async move {
+                            let mut tcp = tcp;
+                            let _ = tcp.write_all(b"\x00\x01 this is not http\r\n\r\n").await;
+                            let _ = tcp.shutdown().await;
+                        });
+                        continue;
+                    }
+                    3 => {
+                        tokio::spawn(async move {
+                            let mut tcp = tcp;
+                            let _ = tcp.shutdown().await;
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        });
+                        continue;
+                    }
+                    _ => {}
+                }
                 let name = Arc::clone(&name);
+                let faults = Arc::clone(&faults);
                 let http = Arc::clone(&http);
                 let mut stopped = stopped.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| answer(req, Arc::clone(&name)));
+                    let service =
+                        service_fn(move |req| answer(req, Arc::clone(&name), Arc::clone(&faults)));
                     let conn = http.serve_connection(TokioIo::new(tcp), service);
                     tokio::pin!(conn);
                     tokio::select! {
@@ -63,12 +131,42 @@ impl DemoBackend {
                 });
             }
         });
-        Ok(DemoBackend { addr, stop, task })
+        Ok(DemoBackend {
+            addr,
+            faults,
+            stop,
+            task,
+        })
     }
 
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Delays every answer by `delay` (zero: no delay).
+    pub fn set_delay(&self, delay: Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.faults.delay_us.store(us, Ordering::Relaxed);
+    }
+
+    /// Answers `ratio` (0.0–1.0) of requests, evenly spread, with `status` instead of 200.
+    pub fn set_failure(&self, ratio: f64, status: u16) {
+        let ppm = (ratio.clamp(0.0, 1.0) * 1_000_000.0).round() as u64;
+        self.faults.fail_status.store(status, Ordering::Relaxed);
+        self.faults.fail_ppm.store(ppm, Ordering::Relaxed);
+    }
+
+    /// Makes new connections misbehave at the protocol level (see [`Broken`]).
+    pub fn set_broken(&self, broken: Broken) {
+        self.faults.broken.store(broken as u8, Ordering::Relaxed);
+    }
+
+    /// Requests answered so far (not counting connections refused by [`set_broken`]).
+    ///
+    /// [`set_broken`]: Self::set_broken
+    pub fn served(&self) -> u64 {
+        self.faults.served.load(Ordering::Relaxed)
     }
 
     /// Stops accepting and closes open connections.
@@ -81,13 +179,26 @@ impl DemoBackend {
 async fn answer(
     req: Request<Incoming>,
     name: Arc<HeaderValue>,
+    faults: Arc<Faults>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let n = faults.served.fetch_add(1, Ordering::Relaxed);
+    let delay = faults.delay_us.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_micros(delay)).await;
+    }
+    let failed = faults.fails(n);
     let status = req
         .headers()
         .get("x-demo-status")
         .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
+    let status = if failed {
+        StatusCode::from_u16(faults.fail_status.load(Ordering::Relaxed))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    } else {
+        status
+    };
     if let Some(delay) = req
         .headers()
         .get("x-demo-delay")
@@ -95,9 +206,11 @@ async fn answer(
     {
         tokio::time::sleep(delay).await;
     }
-    let body = match req.uri().path() {
-        "/echo" => ProxyBody::stream(req.into_body()),
-        "/headers" => {
+    let path = req.uri().path();
+    let body = if path.ends_with("/echo") {
+        ProxyBody::stream(req.into_body())
+    } else if path.ends_with("/headers") {
+        {
             let mut text = String::new();
             for (k, v) in req.headers() {
                 text.push_str(k.as_str());
@@ -107,12 +220,11 @@ async fn answer(
             }
             ProxyBody::full(text)
         }
-        _ => {
-            let mut text = b"hello from ".to_vec();
-            text.extend_from_slice(name.as_bytes());
-            text.push(b'\n');
-            ProxyBody::full(Bytes::from(text))
-        }
+    } else {
+        let mut text = b"hello from ".to_vec();
+        text.extend_from_slice(name.as_bytes());
+        text.push(b'\n');
+        ProxyBody::full(Bytes::from(text))
     };
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -120,4 +232,23 @@ async fn answer(
         .headers_mut()
         .insert("x-backend", HeaderValue::clone(&name));
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_ratio_is_exact_and_spread() {
+        let f = Faults::default();
+        f.fail_ppm.store(500_000, Ordering::Relaxed);
+        let pattern: Vec<bool> = (0..6).map(|n| f.fails(n)).collect();
+        assert_eq!(pattern, [false, true, false, true, false, true]);
+        f.fail_ppm.store(250_000, Ordering::Relaxed);
+        assert_eq!((0..1000).filter(|&n| f.fails(n)).count(), 250);
+        f.fail_ppm.store(0, Ordering::Relaxed);
+        assert!(!(0..1000).any(|n| f.fails(n)));
+        f.fail_ppm.store(1_000_000, Ordering::Relaxed);
+        assert!((0..1000).all(|n| f.fails(n)));
+    }
 }

@@ -364,3 +364,52 @@ impl Proxy {
         }
     }
 }
+
+/// Entry points for the criterion benchmarks in `benches/` (not a stable API).
+#[doc(hidden)]
+pub mod bench_support {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use crate::cluster::{new_client, Cluster, PoolKey};
+    use crate::config::ProxyConfig;
+    use crate::metrics::Metrics;
+    use crate::route::RouteTable;
+
+    /// A compiled route table and its clusters, outside any running proxy.
+    pub struct Compiled {
+        table: RouteTable,
+        clusters: HashMap<String, Arc<Cluster>>,
+    }
+
+    impl Compiled {
+        /// Compiles the first listener's routes and all clusters of `config`.
+        pub fn new(config: &ProxyConfig) -> Self {
+            let metrics = Arc::new(Metrics::new());
+            let clusters: HashMap<String, Arc<Cluster>> = config
+                .clusters
+                .iter()
+                .map(|c| {
+                    let client = new_client(&PoolKey::of(c), &metrics);
+                    let built = Cluster::build(c, client, &metrics).expect("cluster builds");
+                    (c.name.value.clone(), Arc::new(built))
+                })
+                .collect();
+            let table = RouteTable::build(&config.listeners[0].filters[0].config, &clusters)
+                .expect("routes build");
+            Compiled { table, clusters }
+        }
+
+        /// Matches a request and returns the chosen cluster's name.
+        pub fn route(&self, host: &str, path: &str, headers: &http::HeaderMap) -> Option<&str> {
+            let vhost = self.table.find_host(host)?;
+            let route = vhost.find_route(path, headers)?;
+            Some(&route.action.pick().name)
+        }
+
+        /// Picks an endpoint of `cluster` and returns its address.
+        pub fn pick(&self, cluster: &str) -> Option<&str> {
+            Some(&self.clusters.get(cluster)?.pick()?.address)
+        }
+    }
+}

@@ -1,0 +1,9 @@
+#![allow(unreachable_pub)]
+//! Black-box tests of the proxy over real sockets on 127.0.0.1: real demo backends behind a
+//! real proxy, driven by real HTTP/1.1, h2c and h2-over-TLS clients.
+
+mod balancing;
+mod protocols;
+mod reload;
+mod routing;
+mod support;

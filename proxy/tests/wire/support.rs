@@ -1,0 +1,145 @@
+//! Shared pieces of the wire tests: a proxy on 127.0.0.1, demo backends, and clients.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gofe_proxy::demo::DemoBackend;
+use gofe_proxy::Proxy;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// A proxy serving one listener on an ephemeral port.
+pub struct Harness {
+    pub proxy: Proxy,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+}
+
+impl Harness {
+    /// Starts a proxy on `yaml`, whose listener must be `127.0.0.1:0`.
+    pub async fn start(yaml: &str) -> Harness {
+        let proxy = Proxy::new();
+        let config = gofe_proxy::config::parse("test.yaml", yaml).expect("test config is valid");
+        proxy
+            .apply(config, "test.yaml", Duration::from_secs(5))
+            .await
+            .expect("test config applies");
+        let addrs = proxy.listener_addrs().await;
+        let addr = *addrs
+            .get(&"127.0.0.1:0".parse().unwrap())
+            .expect("listener on 127.0.0.1:0");
+        let admin = proxy.admin_addr().await;
+        Harness { proxy, addr, admin }
+    }
+
+    /// Applies another configuration text.
+    pub async fn apply(&self, yaml: &str) -> u64 {
+        let config = gofe_proxy::config::parse("test.yaml", yaml).expect("test config is valid");
+        self.proxy
+            .apply(config, "test.yaml", Duration::from_secs(5))
+            .await
+            .expect("test config applies")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+/// Starts demo backends named `names`; returns them and a map `{B0}`, `{B1}`, … → address.
+pub async fn backends(names: &[&str]) -> (Vec<DemoBackend>, HashMap<String, String>) {
+    let mut started = Vec::new();
+    let mut vars = HashMap::new();
+    for (i, name) in names.iter().enumerate() {
+        let b = DemoBackend::start("127.0.0.1:0".parse().unwrap(), name)
+            .await
+            .expect("backend binds");
+        vars.insert(format!("{{B{i}}}"), b.addr().to_string());
+        started.push(b);
+    }
+    (started, vars)
+}
+
+/// Replaces `{B0}`-style placeholders.
+pub fn fill(template: &str, vars: &HashMap<String, String>) -> String {
+    let mut out = template.to_owned();
+    for (k, v) in vars {
+        out = out.replace(k, v);
+    }
+    out
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn h1_client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A finished response.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub version: http::Version,
+}
+
+impl Reply {
+    pub fn backend(&self) -> &str {
+        self.headers
+            .get("x-backend")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// GET `url` with a Host header and extra headers.
+pub async fn get(client: &TestClient, url: &str, host: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = Request::get(url).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(client, req.body(Full::new(Bytes::new())).unwrap()).await
+}
+
+pub async fn send(client: &TestClient, req: Request<Full<Bytes>>) -> Reply {
+    let resp = client
+        .request(req)
+        .await
+        .expect("request reaches the proxy");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body completes").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+        version: parts.version,
+    }
+}
+
+/// The value of one sample line of the admin `/metrics` output, e.g.
+/// `gofe_upstream_requests_total{cluster="a",code_class="2xx",endpoint="127.0.0.1:1"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

@@ -1,0 +1,431 @@
+//! End-to-end tests of the `gofe` binary as a separate process: the things only a real process
+//! shows (signals, file reloads, exit codes, memory use, the README's first command).
+
+#![allow(unreachable_pub)]
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gofe_proxy::demo::DemoBackend;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+/// A child process killed when the test ends, however it ends.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn start(args: &[&str], dir: &Path) -> Proc {
+        let log = dir.join(format!("gofe-{}.log", fastrand::u32(..)));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gofe"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("gofe starts");
+        Proc { child, log }
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for the process to exit and returns its exit code.
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gofe did not exit: {}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peak resident memory in KiB (VmHWM).
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "gofe-e2e-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(listen: u16, admin: u16, backend: SocketAddr) -> String {
+    format!(
+        r#"listeners:
+  - address: "127.0.0.1:{listen}"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: web }} }}]
+clusters:
+  - name: web
+    endpoints: [{{ address: "{backend}" }}]
+admin: {{ address: "127.0.0.1:{admin}" }}
+"#
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+type TestClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// GET; `None` when the connection fails.
+async fn get(c: &TestClient, url: &str, headers: &[(&str, &str)]) -> Option<(u16, String)> {
+    let mut req = http::Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = c
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Polls `url` until `check` holds, for at most 20 s.
+async fn until(
+    c: &TestClient,
+    url: &str,
+    what: &str,
+    check: impl Fn(&(u16, String)) -> bool,
+) -> (u16, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(r) = get(c, url, &[]).await {
+            if check(&r) {
+                return r;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what} at {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_a_bad_file_keeps_the_running_config() {
+    let a = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "a")
+        .await
+        .unwrap();
+    let b = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "b")
+        .await
+        .unwrap();
+    let dir = tempdir();
+    let file = dir.join("gofe.yaml");
+    let (listen, admin) = (free_port(), free_port());
+    write(&file, &config(listen, admin, a.addr()));
+    let proc_ = Proc::start(&["proxy", "--config", file.to_str().unwrap()], &dir);
+    let c = client();
+    let url = format!("http://127.0.0.1:{listen}/");
+    until(&c, &url, "backend a", |r| r.1 == "hello from a\n").await;
+
+    write(&file, &config(listen, admin, b.addr()));
+    proc_.signal("HUP");
+    until(&c, &url, "backend b after SIGHUP", |r| {
+        r.1 == "hello from b\n"
+    })
+    .await;
+
+    // A file with a typo: refused with its line and field, and b keeps serving.
+    let broken = config(listen, admin, a.addr()).replace("endpoints:", "endpoint:");
+    write(&file, &broken);
+    proc_.signal("HUP");
+    let metrics = format!("http://127.0.0.1:{admin}/metrics");
+    until(&c, &metrics, "a failed reload", |r| {
+        r.1.contains("gofe_config_reloads_total{result=\"failure\"} 1")
+    })
+    .await;
+    assert_eq!(get(&c, &url, &[]).await.unwrap().1, "hello from b\n");
+    let logs = proc_.logs();
+    assert!(
+        logs.contains(&format!(
+            "{}:12:5: clusters[0].endpoint: unknown field `endpoint`, expected one of name,",
+            file.display()
+        )),
+        "{logs}"
+    );
+    let dump = get(&c, &format!("http://127.0.0.1:{admin}/config_dump"), &[])
+        .await
+        .unwrap()
+        .1;
+    assert!(dump.contains("\"version\": 2"), "{dump}");
+}
+
+#[tokio::test]
+async fn watch_reloads_when_the_file_changes() {
+    let a = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "a")
+        .await
+        .unwrap();
+    let b = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "b")
+        .await
+        .unwrap();
+    let dir = tempdir();
+    let file = dir.join("gofe.yaml");
+    let (listen, admin) = (free_port(), free_port());
+    write(&file, &config(listen, admin, a.addr()));
+    let _proc = Proc::start(
+        &["proxy", "--config", file.to_str().unwrap(), "--watch"],
+        &dir,
+    );
+    let c = client();
+    let url = format!("http://127.0.0.1:{listen}/");
+    until(&c, &url, "backend a", |r| r.1 == "hello from a\n").await;
+    // Replace the file the way a ConfigMap update does: write aside, rename over.
+    let aside = dir.join("gofe.yaml.new");
+    write(&aside, &config(listen, admin, b.addr()));
+    std::fs::rename(&aside, &file).unwrap();
+    until(&c, &url, "backend b after the file changed", |r| {
+        r.1 == "hello from b\n"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_exits_zero() {
+    let slow = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "slow")
+        .await
+        .unwrap();
+    let dir = tempdir();
+    let file = dir.join("gofe.yaml");
+    let (listen, admin) = (free_port(), free_port());
+    write(&file, &config(listen, admin, slow.addr()));
+    let mut proc_ = Proc::start(
+        &[
+            "proxy",
+            "--config",
+            file.to_str().unwrap(),
+            "--drain-timeout",
+            "10s",
+        ],
+        &dir,
+    );
+    let c = client();
+    let url = format!("http://127.0.0.1:{listen}/");
+    until(&c, &url, "the proxy", |r| r.0 == 200).await;
+
+    slow.set_delay(Duration::from_millis(1500));
+    let in_flight = {
+        let c = c.clone();
+        let url = url.clone();
+        tokio::spawn(async move { get(&c, &url, &[]).await })
+    };
+    let metrics = format!("http://127.0.0.1:{admin}/metrics");
+    until(&c, &metrics, "the request in flight", |r| {
+        r.1.lines()
+            .any(|l| l.starts_with("gofe_upstream_requests_active{") && l.ends_with(" 1"))
+    })
+    .await;
+    proc_.signal("TERM");
+    let answered = in_flight.await.unwrap();
+    assert_eq!(
+        answered,
+        Some((200, "hello from slow\n".to_owned())),
+        "the in-flight request finished"
+    );
+    let code = tokio::task::spawn_blocking(move || {
+        let code = proc_.wait_exit(Duration::from_secs(20));
+        (code, proc_)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code.0, Some(0), "{}", code.1.logs());
+    assert!(
+        get(&c, &url, &[]).await.is_none(),
+        "nothing listens after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_body_larger_than_the_proxys_memory_streams_through() {
+    // 256 MiB up and 256 MiB back through /echo while the proxy's peak RSS stays under 64 MiB:
+    // nothing buffers a whole body.
+    let echo = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "echo")
+        .await
+        .unwrap();
+    let dir = tempdir();
+    let file = dir.join("gofe.yaml");
+    let (listen, admin) = (free_port(), free_port());
+    write(&file, &config(listen, admin, echo.addr()));
+    let proc_ = Proc::start(&["proxy", "--config", file.to_str().unwrap()], &dir);
+    let c = client();
+    let url = format!("http://127.0.0.1:{listen}/echo");
+    until(
+        &c,
+        &format!("http://127.0.0.1:{listen}/"),
+        "the proxy",
+        |r| r.0 == 200,
+    )
+    .await;
+
+    const CHUNK: usize = 256 * 1024;
+    const CHUNKS: usize = 1024;
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(2);
+    tokio::spawn(async move {
+        let chunk = Bytes::from(vec![42u8; CHUNK]);
+        for _ in 0..CHUNKS {
+            if tx.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = StreamBody::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+    let streaming: Client<_, StreamBody<_>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = streaming
+        .request(http::Request::post(&url).body(body).unwrap())
+        .await
+        .expect("response");
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut received = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.expect("streams").into_data() {
+            received += data.len();
+        }
+    }
+    assert_eq!(received, CHUNK * CHUNKS);
+    let peak = proc_.peak_rss_kib();
+    assert!(
+        peak < 64 * 1024,
+        "proxy peak RSS {peak} KiB for a 256 MiB body"
+    );
+}
+
+#[test]
+fn check_names_file_line_and_field() {
+    let dir = tempdir();
+    let file = dir.join("bad.yaml");
+    let text = config(1, 2, "127.0.0.1:3".parse().unwrap())
+        .replace("cluster: web", "cluster: missing")
+        .replace("127.0.0.1:3", "127.0.0.1:99999");
+    write(&file, &text);
+    let out = Command::new(env!("CARGO_BIN_EXE_gofe"))
+        .args(["check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let f = file.display();
+    assert!(
+        stderr.contains(&format!(
+            "{f}:9:68: listeners[0].filters[0].config.virtual_hosts[0].routes[0].route.cluster: unknown cluster \"missing\""
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{f}:12:28: clusters[0].endpoints[0].address: invalid endpoint address"
+        )),
+        "{stderr}"
+    );
+
+    write(&file, &config(1, 2, "127.0.0.1:3".parse().unwrap()));
+    let out = Command::new(env!("CARGO_BIN_EXE_gofe"))
+        .args(["check", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn up_runs_the_demo_with_embedded_defaults() {
+    // The README's first command. It uses fixed ports (8080, 9101-9103, 9901).
+    let dir = tempdir();
+    let mut proc_ = Proc::start(&["up"], &dir);
+    let c = client();
+    until(
+        &c,
+        "http://127.0.0.1:9901/ready",
+        "gofe up to be ready",
+        |r| r.0 == 200,
+    )
+    .await;
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (status, body) = get(&c, "http://127.0.0.1:8080/", &[])
+            .await
+            .expect("proxy answers");
+        assert_eq!(status, 200);
+        seen.insert(body);
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["hello from web-1\n", "hello from web-2\n"],
+        "the demo's round robin over web-1 and web-2"
+    );
+    proc_.signal("INT");
+    let code = tokio::task::spawn_blocking(move || proc_.wait_exit(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
