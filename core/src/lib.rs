@@ -12,8 +12,12 @@
 //! * [`balance::least_request`] — the power-of-two-choices comparison for weighted
 //!   least-request balancing.
 //!
-//! The proxy supplies the atomics (tickets, active-request counts) and the randomness; this crate
-//! only decides.
+//! * [`outlier`] — the per-endpoint breaker (closed → open → half-open) and the tripping and
+//!   safety rules of passive outlier detection.
+//!
+//! The proxy supplies the atomics (tickets, active-request counts), the clock and the
+//! randomness; this crate only decides.
 
 pub mod balance;
 pub mod duration;
+pub mod outlier;

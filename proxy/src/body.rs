@@ -6,24 +6,51 @@
 //! when the last byte has gone to the client (or the client went away), not when headers did.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use prometheus::IntGauge;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::cluster::Admission;
+
+/// The error a body yields: the peer's, or "too large" from a size limit.
+pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A streamed, local or empty HTTP body.
 pub struct ProxyBody {
     inner: Inner,
-    _guards: [Option<ActiveGuard>; 2],
+    guards: Guards,
+}
+
+/// What a request holds until its response body is finished (or dropped).
+#[derive(Default)]
+pub(crate) struct Guards {
+    pub(crate) listener: Option<ActiveGuard>,
+    pub(crate) endpoint: Option<ActiveGuard>,
+    pub(crate) cluster: Option<Admission>,
+    pub(crate) slot: Option<OwnedSemaphorePermit>,
 }
 
 enum Inner {
     Empty,
     Full(Option<Bytes>),
     Stream(Incoming),
+    Limited {
+        body: Incoming,
+        remaining: u64,
+        exceeded: Arc<AtomicBool>,
+    },
 }
+
+/// A body went over its size limit.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the route's max_request_bytes")]
+pub(crate) struct TooLarge;
 
 /// Decrements a gauge when dropped.
 pub(crate) struct ActiveGuard(IntGauge);
@@ -58,34 +85,56 @@ impl ProxyBody {
         Self::from_inner(Inner::Stream(incoming))
     }
 
+    /// A streamed body that fails with [`TooLarge`] (and sets `exceeded`) past `limit` bytes.
+    pub(crate) fn limited(incoming: Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
+        Self::from_inner(Inner::Limited {
+            body: incoming,
+            remaining: limit,
+            exceeded,
+        })
+    }
+
     fn from_inner(inner: Inner) -> Self {
         ProxyBody {
             inner,
-            _guards: [None, None],
+            guards: Guards::default(),
         }
     }
 
-    /// Keeps `guard` alive until this body is finished or dropped.
-    pub(crate) fn with_guard(mut self, guard: ActiveGuard) -> Self {
-        if let Some(slot) = self._guards.iter_mut().find(|g| g.is_none()) {
-            *slot = Some(guard);
-        }
-        self
+    /// The guards this body keeps alive until it is finished or dropped.
+    pub(crate) fn guards(&mut self) -> &mut Guards {
+        &mut self.guards
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.inner {
             Inner::Empty => Poll::Ready(None),
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Inner::Stream(incoming) => Pin::new(incoming).poll_frame(cx),
+            Inner::Stream(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            Inner::Limited {
+                body,
+                remaining,
+                exceeded,
+            } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                    if len > *remaining {
+                        exceeded.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err(TooLarge.into())));
+                    }
+                    *remaining -= len;
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                other => other.map_err(Into::into),
+            },
         }
     }
 
@@ -93,7 +142,9 @@ impl Body for ProxyBody {
         match &self.inner {
             Inner::Empty => true,
             Inner::Full(bytes) => bytes.is_none(),
-            Inner::Stream(incoming) => incoming.is_end_stream(),
+            Inner::Stream(incoming) | Inner::Limited { body: incoming, .. } => {
+                incoming.is_end_stream()
+            }
         }
     }
 
@@ -103,7 +154,7 @@ impl Body for ProxyBody {
             Inner::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            Inner::Stream(incoming) => incoming.size_hint(),
+            Inner::Stream(incoming) | Inner::Limited { body: incoming, .. } => incoming.size_hint(),
         }
     }
 }
@@ -113,7 +164,7 @@ impl std::fmt::Debug for ProxyBody {
         let kind = match &self.inner {
             Inner::Empty => "empty",
             Inner::Full(_) => "full",
-            Inner::Stream(_) => "stream",
+            Inner::Stream(_) | Inner::Limited { .. } => "stream",
         };
         f.debug_struct("ProxyBody").field("kind", &kind).finish()
     }

@@ -7,12 +7,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use gofe_core::balance::{least_request, Candidate, WeightedSequence};
+use gofe_core::outlier::{in_panic, max_ejectable, EjectReason};
 use http::uri::Authority;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -20,9 +21,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::IntGauge;
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 
 use crate::body::ProxyBody;
-use crate::config::{ClusterConfig, LbPolicy};
+use crate::config::{CircuitBreakersConfig, ClusterConfig, HealthStatus, LbPolicy};
+use crate::health::{Eligibility, EndpointHealth, Outcome, OutlierPolicy, TrialGuard};
 use crate::metrics::{ClusterStats, EndpointStats, Metrics};
 
 /// A pooled HTTP client for one cluster.
@@ -34,6 +37,7 @@ pub(crate) struct PoolKey {
     pub(crate) cluster: String,
     pub(crate) http2: bool,
     pub(crate) connect_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
 }
 
 impl PoolKey {
@@ -42,6 +46,7 @@ impl PoolKey {
             cluster: config.name.value.clone(),
             http2: config.http2_protocol_options.is_some(),
             connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
         }
     }
 }
@@ -59,8 +64,55 @@ pub(crate) fn new_client(key: &PoolKey, metrics: &Arc<Metrics>) -> UpstreamClien
     };
     Client::builder(TokioExecutor::new())
         .http2_only(key.http2)
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(key.idle_timeout)
         .build(connector)
+}
+
+/// A cluster's circuit-breaker counters. Like connection pools, they outlive configuration
+/// swaps (keyed by cluster name), so a limit holds across a reload.
+pub(crate) struct ClusterLimits {
+    /// Requests in flight (for `max_requests`).
+    pub(crate) active: Arc<AtomicU32>,
+    /// Requests waiting for a connection slot (for `max_pending_requests`).
+    pub(crate) pending: Arc<AtomicU32>,
+    /// Retries in flight (for `max_retries` / the retry budget).
+    pub(crate) retries: Arc<AtomicU32>,
+    /// HTTP/1.1 connection slots (`max_connections`): one per request being exchanged.
+    pub(crate) slots: Arc<Semaphore>,
+    pub(crate) slot_count: u32,
+}
+
+impl ClusterLimits {
+    pub(crate) fn new(max_connections: u32) -> Self {
+        ClusterLimits {
+            active: Arc::default(),
+            pending: Arc::default(),
+            retries: Arc::default(),
+            slots: Arc::new(Semaphore::new(max_connections as usize)),
+            slot_count: max_connections,
+        }
+    }
+}
+
+/// A counted admission to a limit; leaving drops the count.
+pub(crate) struct Admission(Arc<AtomicU32>);
+
+impl Admission {
+    /// Admits one more when fewer than `max` are in.
+    pub(crate) fn try_new(counter: &Arc<AtomicU32>, max: u32) -> Option<Self> {
+        if counter.fetch_add(1, Ordering::AcqRel) >= max {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            None
+        } else {
+            Some(Admission(Arc::clone(counter)))
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One upstream endpoint as the balancer sees it.
@@ -70,6 +122,10 @@ pub(crate) struct Endpoint {
     /// The same, parsed once for building upstream URIs.
     pub(crate) authority: Authority,
     pub(crate) weight: u32,
+    /// Health as configured (the control plane's view).
+    pub(crate) status: HealthStatus,
+    /// Health as outlier detection sees it (shared across snapshots).
+    pub(crate) health: Arc<EndpointHealth>,
     pub(crate) stats: EndpointStats,
 }
 
@@ -84,6 +140,19 @@ pub(crate) struct Cluster {
     pub(crate) http2: bool,
     pub(crate) client: UpstreamClient,
     pub(crate) stats: ClusterStats,
+    pub(crate) outlier: Option<OutlierPolicy>,
+    pub(crate) breakers: CircuitBreakersConfig,
+    pub(crate) limits: Arc<ClusterLimits>,
+    panic_threshold: u32,
+    /// Serializes ejection decisions, so `max_ejection_percent` holds under concurrency.
+    eject_lock: Mutex<()>,
+}
+
+/// What [`Cluster::pick`] chose.
+pub(crate) struct Picked {
+    pub(crate) index: usize,
+    /// Set when the endpoint is half-open and this request is one of its trials.
+    pub(crate) trial: Option<TrialGuard>,
 }
 
 impl Cluster {
@@ -91,6 +160,8 @@ impl Cluster {
         config: &ClusterConfig,
         client: UpstreamClient,
         metrics: &Metrics,
+        health: &mut dyn FnMut(&str) -> Arc<EndpointHealth>,
+        limits: Arc<ClusterLimits>,
     ) -> Result<Self, String> {
         let name = config.name.value.as_str();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
@@ -103,6 +174,8 @@ impl Cluster {
                 address: address.into(),
                 authority,
                 weight: ep.weight,
+                status: ep.health_status,
+                health: health(address),
                 stats: metrics.endpoint(name, address, ep.weight),
             }));
         }
@@ -118,16 +191,43 @@ impl Cluster {
             http2: config.http2_protocol_options.is_some(),
             client,
             stats: metrics.cluster(name),
+            outlier: config.outlier_detection.as_ref().map(OutlierPolicy::new),
+            breakers: config.circuit_breakers.clone(),
+            limits,
+            panic_threshold: config.healthy_panic_threshold,
+            eject_lock: Mutex::new(()),
         })
     }
 
-    /// Picks the endpoint for the next request, or `None` when no endpoint has weight.
+    /// A cluster with its own fresh health and limits, outside any proxy (benchmarks, tests).
+    pub(crate) fn standalone(
+        config: &ClusterConfig,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let client = new_client(&PoolKey::of(config), metrics);
+        let name = config.name.value.clone();
+        Cluster::build(
+            config,
+            client,
+            metrics,
+            &mut |addr| {
+                Arc::new(EndpointHealth::new(
+                    &name,
+                    addr,
+                    metrics.health(&name, addr),
+                ))
+            },
+            Arc::new(ClusterLimits::new(config.circuit_breakers.max_connections)),
+        )
+    }
+
+    /// The balancer's choice ignoring health, or `None` when no endpoint has weight.
     #[inline]
-    pub(crate) fn pick(&self) -> Option<&Arc<Endpoint>> {
+    fn choose(&self) -> Option<usize> {
         match self.policy {
             LbPolicy::RoundRobin => {
                 let ticket = self.ticket.fetch_add(1, Ordering::Relaxed);
-                self.order.pick(ticket).map(|i| &self.endpoints[i])
+                self.order.pick(ticket)
             }
             LbPolicy::LeastRequest => {
                 // Two draws in proportion to weight (a second try if both hit the same
@@ -137,12 +237,11 @@ impl Cluster {
                 if b == a {
                     b = self.order.pick(fastrand::u64(..))?;
                 }
-                let index = if least_request(self.candidate(a), self.candidate(b)) {
+                Some(if least_request(self.candidate(a), self.candidate(b)) {
                     a
                 } else {
                     b
-                };
-                Some(&self.endpoints[index])
+                })
             }
         }
     }
@@ -153,6 +252,139 @@ impl Cluster {
             active: ep.stats.active.get().max(0) as u64,
             weight: ep.weight,
         }
+    }
+
+    #[inline]
+    fn eligibility(&self, index: usize) -> Eligibility {
+        let ep = &self.endpoints[index];
+        if ep.status != HealthStatus::Healthy {
+            return Eligibility::No;
+        }
+        match &self.outlier {
+            None => Eligibility::Yes,
+            Some(policy) => ep.health.eligibility(policy.trials),
+        }
+    }
+
+    fn is_healthy(&self, ep: &Endpoint) -> bool {
+        ep.status == HealthStatus::Healthy && (self.outlier.is_none() || ep.health.is_closed())
+    }
+
+    /// Picks the endpoint for the next request, preferring one other than `avoid` (a retry's
+    /// previous endpoint). Ejected and unhealthy endpoints are skipped unless the cluster is in
+    /// panic mode. `None` when no endpoint can take the request.
+    pub(crate) fn pick(&self, avoid: Option<usize>) -> Option<Picked> {
+        let n = self.endpoints.len();
+        for _ in 0..n.min(8) + 1 {
+            let index = self.choose()?;
+            if Some(index) == avoid && n > 1 {
+                continue;
+            }
+            match self.eligibility(index) {
+                Eligibility::Yes => return Some(Picked { index, trial: None }),
+                Eligibility::Trial(g) => {
+                    return Some(Picked {
+                        index,
+                        trial: Some(g),
+                    })
+                }
+                Eligibility::No => {}
+            }
+        }
+        // Sampling met only endpoints that cannot take the request.
+        let serving: Vec<&Arc<Endpoint>> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.weight > 0 && e.status != HealthStatus::Draining)
+            .collect();
+        let healthy = serving.iter().filter(|e| self.is_healthy(e)).count();
+        if in_panic(serving.len(), healthy, self.panic_threshold) {
+            self.stats.panic.inc();
+            return self.choose().map(|index| Picked { index, trial: None });
+        }
+        let start = fastrand::usize(..n.max(1));
+        let mut fallback = None;
+        for k in 0..n {
+            let index = (start + k) % n;
+            if self.endpoints[index].weight == 0 {
+                continue;
+            }
+            if Some(index) == avoid {
+                fallback = Some(index);
+                continue;
+            }
+            match self.eligibility(index) {
+                Eligibility::Yes => return Some(Picked { index, trial: None }),
+                Eligibility::Trial(g) => {
+                    return Some(Picked {
+                        index,
+                        trial: Some(g),
+                    })
+                }
+                Eligibility::No => {}
+            }
+        }
+        match fallback.map(|i| (i, self.eligibility(i))) {
+            Some((index, Eligibility::Yes)) => Some(Picked { index, trial: None }),
+            Some((index, Eligibility::Trial(g))) => Some(Picked {
+                index,
+                trial: Some(g),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Feeds an attempt's outcome to outlier detection.
+    pub(crate) fn record(&self, index: usize, outcome: Outcome, trial: Option<TrialGuard>) {
+        let Some(policy) = &self.outlier else { return };
+        let ep = &self.endpoints[index];
+        if trial.is_some() {
+            ep.health.record_trial(outcome, policy);
+            return;
+        }
+        if let Some(reason) = ep.health.record(outcome, policy) {
+            self.try_eject(index, reason, policy);
+        }
+    }
+
+    fn try_eject(&self, index: usize, reason: EjectReason, policy: &OutlierPolicy) {
+        let _serial = self.eject_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let out = self
+            .endpoints
+            .iter()
+            .filter(|e| !e.health.is_closed())
+            .count();
+        if out >= max_ejectable(self.endpoints.len(), policy.max_ejection_percent) {
+            self.stats.ejections_overflow.inc();
+            tracing::debug!(
+                cluster = %self.name,
+                endpoint = %self.endpoints[index].address,
+                reason = reason.as_str(),
+                "not ejecting: max_ejection_percent reached"
+            );
+            return;
+        }
+        self.endpoints[index].health.eject(reason, policy);
+    }
+
+    /// Starts the outlier-detection interval (window resets, ejection decay) for this
+    /// snapshot; it stops by itself when the snapshot is dropped.
+    pub(crate) fn start_interval(self: &Arc<Self>) {
+        let Some(policy) = &self.outlier else { return };
+        let every = policy.interval;
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tick.tick().await;
+                let Some(cluster) = weak.upgrade() else {
+                    return;
+                };
+                for ep in cluster.endpoints.iter() {
+                    ep.health.next_interval();
+                }
+            }
+        });
     }
 }
 

@@ -55,6 +55,26 @@ pub struct ListenerConfig {
     pub tls: Option<TlsConfig>,
     /// The filter chain. Exactly one `router` filter today.
     pub filters: Vec<FilterConfig>,
+    /// Most client connections open at once; more are closed as soon as accepted (counted in
+    /// `gofe_downstream_connections_overflow_total`). Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Largest request header block, in KiB (Envoy's `max_request_headers_kb`); larger → 431.
+    /// Default 60.
+    #[serde(default = "default_max_request_headers_kb")]
+    pub max_request_headers_kb: u32,
+    /// Time a client has to send a request's headers; a slower one is disconnected. `"0s"`
+    /// disables it. Default 10 s.
+    #[serde(default = "default_request_headers_timeout", with = "duration_text")]
+    pub request_headers_timeout: Duration,
+}
+
+fn default_max_request_headers_kb() -> u32 {
+    60
+}
+
+fn default_request_headers_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_protocol() -> Spanned<String> {
@@ -185,6 +205,45 @@ pub struct RouteActionConfig {
         skip_serializing_if = "is_default_route_timeout"
     )]
     pub timeout: Duration,
+    /// Retries of failed attempts. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicyConfig>,
+    /// Largest request body accepted, in bytes; larger → 413. Default: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<u64>,
+}
+
+/// When and how often a route retries (Envoy's `RetryPolicy`).
+///
+/// Only requests without a body are retried: bodies stream through and are not kept for a
+/// replay. Each retry goes to a different endpoint when the cluster has one, after a jittered
+/// backoff (25 ms base), and is refused when the cluster's retry limit or budget is spent.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicyConfig {
+    /// Comma-separated conditions: `5xx` (any 5xx, reset, connect failure or per-try timeout),
+    /// `gateway-error` (502, 503, 504, reset, connect failure, per-try timeout),
+    /// `connect-failure`, `reset`. Default `"gateway-error"`.
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Spanned<String>,
+    /// Retries after the first attempt. Default 1.
+    #[serde(default = "default_num_retries")]
+    pub num_retries: u32,
+    /// Time limit of each attempt (the route `timeout` still bounds them all). Default: none.
+    #[serde(
+        default,
+        with = "optional_duration_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub per_try_timeout: Option<Duration>,
+}
+
+fn default_retry_on() -> Spanned<String> {
+    unspanned("gateway-error".to_owned())
+}
+
+fn default_num_retries() -> u32 {
+    1
 }
 
 fn default_route_timeout() -> Duration {
@@ -211,6 +270,40 @@ pub struct ClusterWeightConfig {
     pub name: Spanned<String>,
     /// Its share, relative to the others. 0 sends it nothing.
     pub weight: u32,
+}
+
+/// The parsed `retry_on` conditions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetryOn {
+    /// Any 5xx response, reset, connect failure or per-try timeout.
+    pub any_5xx: bool,
+    /// 502, 503, 504, reset, connect failure, per-try timeout.
+    pub gateway_error: bool,
+    /// A connection could not be opened.
+    pub connect_failure: bool,
+    /// The upstream reset or broke the connection before a response.
+    pub reset: bool,
+}
+
+impl RetryOn {
+    /// Parses `"5xx,gateway-error,connect-failure,reset"`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut on = RetryOn::default();
+        for token in text.split(',').map(str::trim) {
+            match token {
+                "5xx" => on.any_5xx = true,
+                "gateway-error" => on.gateway_error = true,
+                "connect-failure" => on.connect_failure = true,
+                "reset" => on.reset = true,
+                other => {
+                    return Err(format!(
+                        "unknown retry condition {other:?} (supported: 5xx, gateway-error, connect-failure, reset)"
+                    ))
+                }
+            }
+        }
+        Ok(on)
+    }
 }
 
 /// Load-balancing policy of a cluster (Envoy's `lb_policy`).
@@ -244,10 +337,181 @@ pub struct ClusterConfig {
     /// The endpoints.
     #[serde(default)]
     pub endpoints: Vec<EndpointConfig>,
+    /// Overload limits; over one, a request fails fast with 503. Envoy's defaults.
+    #[serde(default)]
+    pub circuit_breakers: CircuitBreakersConfig,
+    /// Passive outlier detection (ejecting endpoints that fail). Default: off; an empty
+    /// `outlier_detection: {}` turns it on with the defaults of its fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetectionConfig>,
+    /// Below this percentage of healthy endpoints the cluster is in panic mode and balances
+    /// over all endpoints, healthy or not (Envoy's `healthy_panic_threshold`). 0 disables
+    /// panic mode. Default 50.
+    #[serde(default = "default_panic_threshold", alias = "health_panic_threshold")]
+    pub healthy_panic_threshold: u32,
+    /// How long an idle upstream connection stays in the pool. Default 60 s.
+    #[serde(default = "default_idle_timeout", with = "duration_text")]
+    pub idle_timeout: Duration,
 }
 
 fn default_connect_timeout() -> Duration {
     DEFAULT_CONNECT_TIMEOUT
+}
+
+fn default_panic_threshold() -> u32 {
+    50
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A cluster's overload limits (Envoy's `circuit_breakers` thresholds, default priority).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakersConfig {
+    /// Most upstream connections (HTTP/1.1: also most requests being sent at once; more wait
+    /// as pending). Default 1024.
+    #[serde(default = "default_limit")]
+    pub max_connections: u32,
+    /// Most requests waiting for a connection. Default 1024.
+    #[serde(default = "default_limit")]
+    pub max_pending_requests: u32,
+    /// Most requests in flight to the cluster. Default 1024.
+    #[serde(default = "default_limit")]
+    pub max_requests: u32,
+    /// Most retries in flight to the cluster. Default 3. Ignored when `retry_budget` is set.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Retries in flight limited to a share of the requests in flight. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudgetConfig>,
+}
+
+impl Default for CircuitBreakersConfig {
+    fn default() -> Self {
+        CircuitBreakersConfig {
+            max_connections: default_limit(),
+            max_pending_requests: default_limit(),
+            max_requests: default_limit(),
+            max_retries: default_max_retries(),
+            retry_budget: None,
+        }
+    }
+}
+
+fn default_limit() -> u32 {
+    1024
+}
+
+fn default_max_retries() -> u32 {
+    3
+}
+
+/// Retries allowed in flight: `budget_percent` of the requests in flight, but at least
+/// `min_retry_concurrency` (Envoy's `RetryBudget`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetConfig {
+    /// Percent of active requests. Default 20.
+    #[serde(default = "default_budget_percent")]
+    pub budget_percent: f64,
+    /// Floor on concurrent retries. Default 3.
+    #[serde(default = "default_min_retry_concurrency")]
+    pub min_retry_concurrency: u32,
+}
+
+fn default_budget_percent() -> f64 {
+    20.0
+}
+
+fn default_min_retry_concurrency() -> u32 {
+    3
+}
+
+/// Passive outlier detection of a cluster (Envoy's `OutlierDetection` names).
+///
+/// Each endpoint is a breaker: closed → open (ejected for `base_ejection_time × times ejected`,
+/// at most `max_ejection_time`) → half-open (up to `half_open_trial_requests` trial requests in
+/// flight) → closed on a successful trial, open again for longer on a failed one. The defaults
+/// are the familiar breaker profile: trip at ≥ 50% errors once ≥ 20 requests were seen in the
+/// window, try again after 5 s.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutlierDetectionConfig {
+    /// Eject after this many 5xx in a row (connect failures, resets and timeouts count). 0
+    /// disables. Default 5.
+    #[serde(default = "default_consecutive_5xx")]
+    pub consecutive_5xx: u32,
+    /// Eject after this many gateway failures (502, 503, 504, connect failure, reset, timeout)
+    /// in a row. 0 disables. Default 0.
+    #[serde(default)]
+    pub consecutive_gateway_failure: u32,
+    /// The failure-percentage window: counts restart every interval, and ejection counts decay
+    /// by one per interval an endpoint stays healthy. Default 10 s.
+    #[serde(default = "default_interval", with = "duration_text")]
+    pub interval: Duration,
+    /// Length of a first ejection. Default 5 s.
+    #[serde(default = "default_base_ejection", with = "duration_text")]
+    pub base_ejection_time: Duration,
+    /// Longest ejection. Default 300 s.
+    #[serde(default = "default_max_ejection", with = "duration_text")]
+    pub max_ejection_time: Duration,
+    /// Most endpoints ejected at once, in percent of the cluster (at least one when non-zero).
+    /// Default 10.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u32,
+    /// Eject when at least this percentage of a window's requests failed. Over 100 disables.
+    /// Default 50.
+    #[serde(default = "default_failure_percentage")]
+    pub failure_percentage_threshold: u32,
+    /// …once the window holds at least this many requests. Default 20.
+    #[serde(default = "default_request_volume")]
+    pub failure_percentage_request_volume: u32,
+    /// Trial requests in flight at once while half-open. Default 1.
+    #[serde(default = "default_trials")]
+    pub half_open_trial_requests: u32,
+}
+
+impl Default for OutlierDetectionConfig {
+    fn default() -> Self {
+        OutlierDetectionConfig {
+            consecutive_5xx: default_consecutive_5xx(),
+            consecutive_gateway_failure: 0,
+            interval: default_interval(),
+            base_ejection_time: default_base_ejection(),
+            max_ejection_time: default_max_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+            failure_percentage_threshold: default_failure_percentage(),
+            failure_percentage_request_volume: default_request_volume(),
+            half_open_trial_requests: default_trials(),
+        }
+    }
+}
+
+fn default_consecutive_5xx() -> u32 {
+    5
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_base_ejection() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_max_ejection_percent() -> u32 {
+    10
+}
+fn default_failure_percentage() -> u32 {
+    50
+}
+fn default_request_volume() -> u32 {
+    20
+}
+fn default_trials() -> u32 {
+    1
 }
 
 /// Upstream HTTP/2 options (none yet: presence alone selects HTTP/2).
@@ -264,6 +528,31 @@ pub struct EndpointConfig {
     /// Load-balancing weight. 0 drains the endpoint (no new requests). Default 1.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Health as a control plane sees it (EDS `health_status`). Default `healthy`.
+    #[serde(default, skip_serializing_if = "HealthStatus::is_healthy")]
+    pub health_status: HealthStatus,
+}
+
+/// An endpoint's health as set by configuration (the controller's ejections arrive this way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// Takes traffic (subject to passive outlier detection).
+    #[default]
+    #[serde(alias = "HEALTHY", alias = "UNKNOWN", alias = "unknown")]
+    Healthy,
+    /// Takes no traffic, and counts as unhealthy for panic mode.
+    #[serde(alias = "UNHEALTHY")]
+    Unhealthy,
+    /// Takes no new traffic while it drains; not counted as unhealthy.
+    #[serde(alias = "DRAINING")]
+    Draining,
+}
+
+impl HealthStatus {
+    fn is_healthy(&self) -> bool {
+        *self == HealthStatus::Healthy
+    }
 }
 
 fn default_weight() -> u32 {
@@ -297,6 +586,27 @@ mod duration_text {
 
     pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&gofe_core::duration::format(*d))
+    }
+}
+
+/// Serde adapter for optional durations written as text.
+mod optional_duration_text {
+    use super::*;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        gofe_core::duration::parse(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
+    }
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&gofe_core::duration::format(*d)),
+            None => s.serialize_none(),
+        }
     }
 }
 
@@ -493,6 +803,38 @@ pub fn validate(config: &ProxyConfig) -> Vec<Problem> {
                     cluster.name.value
                 ),
             );
+        }
+        if let Some(od) = &cluster.outlier_detection {
+            if od.max_ejection_percent > 100 {
+                v.at(
+                    &cluster.name,
+                    format!("{base}.outlier_detection.max_ejection_percent"),
+                    "must be at most 100",
+                );
+            }
+            if od.interval.is_zero() {
+                v.at(
+                    &cluster.name,
+                    format!("{base}.outlier_detection.interval"),
+                    "must be longer than 0s",
+                );
+            }
+        }
+        if cluster.healthy_panic_threshold > 100 {
+            v.at(
+                &cluster.name,
+                format!("{base}.healthy_panic_threshold"),
+                "must be at most 100",
+            );
+        }
+        if let Some(budget) = &cluster.circuit_breakers.retry_budget {
+            if !(0.0..=100.0).contains(&budget.budget_percent) {
+                v.at(
+                    &cluster.name,
+                    format!("{base}.circuit_breakers.retry_budget.budget_percent"),
+                    "must be between 0 and 100",
+                );
+            }
         }
         let mut seen = HashSet::new();
         for (ei, ep) in cluster.endpoints.iter().enumerate() {
@@ -715,6 +1057,15 @@ fn validate_route(
         }
     }
     let a = &route.route;
+    if let Some(retry) = &a.retry_policy {
+        if let Err(msg) = RetryOn::parse(&retry.retry_on.value) {
+            v.at(
+                &retry.retry_on,
+                format!("{base}.route.retry_policy.retry_on"),
+                msg,
+            );
+        }
+    }
     match (&a.cluster, &a.weighted_clusters) {
         (Some(c), None) => check_cluster_ref(v, c, format!("{base}.route.cluster"), clusters),
         (None, Some(wc)) => {

@@ -7,16 +7,21 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{ActiveGuard, ProxyBody};
+use crate::cluster::Admission;
+use crate::config::RetryOn;
+use crate::health::Outcome;
 use crate::listener::ListenerState;
 use crate::metrics::class_index;
 
@@ -76,9 +81,54 @@ pub(crate) async fn serve(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let state = conn.listener.state.load_full();
     let listener_guard = ActiveGuard::new(&state.stats.active);
-    let response = forward(req, &conn, &state).await;
+    let mut response = forward(req, &conn, &state).await;
     state.stats.requests[class_index(response.status().as_u16())].inc();
-    Ok(response.map(|body| body.with_guard(listener_guard)))
+    response.body_mut().guards().listener = Some(listener_guard);
+    Ok(response)
+}
+
+/// How one attempt ended.
+enum Attempt {
+    Response(Response<Incoming>),
+    Failed(Outcome, hyper_util::client::legacy::Error),
+    TimedOut,
+}
+
+impl Attempt {
+    fn outcome(&self) -> Outcome {
+        match self {
+            Attempt::Response(r) if r.status().is_server_error() => {
+                Outcome::Status(r.status().as_u16())
+            }
+            Attempt::Response(_) => Outcome::Success,
+            Attempt::Failed(outcome, _) => *outcome,
+            Attempt::TimedOut => Outcome::Timeout,
+        }
+    }
+}
+
+fn retry_wanted(on: RetryOn, outcome: Outcome) -> bool {
+    match outcome {
+        Outcome::Success => false,
+        Outcome::Status(s) => on.any_5xx || (on.gateway_error && matches!(s, 502..=504)),
+        Outcome::ConnectFailure => on.any_5xx || on.gateway_error || on.connect_failure,
+        Outcome::Reset => on.any_5xx || on.gateway_error || on.reset,
+        Outcome::Timeout => on.any_5xx || on.gateway_error,
+    }
+}
+
+/// A reply for a request refused by a circuit breaker.
+fn overloaded(text: &'static str) -> Response<ProxyBody> {
+    let mut r = local_reply(StatusCode::SERVICE_UNAVAILABLE, text);
+    r.headers_mut()
+        .insert(&X_GOFE_OVERLOADED, HeaderValue::from_static("true"));
+    r
+}
+
+static X_GOFE_OVERLOADED: HeaderName = HeaderName::from_static("x-gofe-overloaded");
+
+fn remaining(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
 
 async fn forward(
@@ -86,6 +136,16 @@ async fn forward(
     conn: &ConnContext,
     state: &ListenerState,
 ) -> Response<ProxyBody> {
+    // Both framings at once is how requests are smuggled; hyper already refuses most of
+    // these, and this refuses the rest.
+    if req.headers().contains_key(header::TRANSFER_ENCODING)
+        && req.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        return local_reply(
+            StatusCode::BAD_REQUEST,
+            "both content-length and transfer-encoding\n",
+        );
+    }
     let authority = match req.uri().authority() {
         Some(a) => a.as_str(),
         None => match req.headers().get(header::HOST).map(|h| h.to_str()) {
@@ -104,12 +164,60 @@ async fn forward(
         return local_reply(StatusCode::NOT_FOUND, "no route matches this request\n");
     };
     let cluster = Arc::clone(route.action.pick());
-    let timeout = route.timeout;
-    let Some(endpoint) = cluster.pick() else {
-        cluster.stats.no_healthy.inc();
-        return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+    let deadline = route.timeout.map(|t| Instant::now() + t);
+    let retry = route.retry;
+    let max_request_bytes = route.max_request_bytes;
+    if let Some(limit) = max_request_bytes {
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+        }
+    }
+
+    // Circuit breakers: requests in flight, then (HTTP/1.1) a connection slot.
+    let limits = &cluster.limits;
+    let Some(admitted) = Admission::try_new(&limits.active, cluster.breakers.max_requests) else {
+        cluster.stats.overflow[2].inc();
+        return overloaded("upstream overloaded: max_requests\n");
     };
-    let endpoint = Arc::clone(endpoint);
+    let slot = if cluster.http2 {
+        None
+    } else {
+        match Arc::clone(&limits.slots).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                cluster.stats.overflow[0].inc();
+                let Some(_pending) =
+                    Admission::try_new(&limits.pending, cluster.breakers.max_pending_requests)
+                else {
+                    cluster.stats.overflow[1].inc();
+                    return overloaded("upstream overloaded: max_pending_requests\n");
+                };
+                let _waiting = ActiveGuard::new(&cluster.stats.pending);
+                let acquire = Arc::clone(&limits.slots).acquire_owned();
+                let permit = match remaining(deadline) {
+                    Some(left) => match tokio::time::timeout(left, acquire).await {
+                        Ok(p) => p,
+                        Err(_) => {
+                            cluster.stats.timeouts.inc();
+                            return local_reply(
+                                StatusCode::GATEWAY_TIMEOUT,
+                                "upstream request timeout\n",
+                            );
+                        }
+                    },
+                    None => acquire.await,
+                };
+                match permit {
+                    Ok(p) => Some(p),
+                    Err(_) => return overloaded("upstream overloaded\n"),
+                }
+            }
+        }
+    };
 
     let (mut parts, body) = req.into_parts();
     // An HTTP/2 client sends no Host header, only :authority in the URI we are about to
@@ -126,14 +234,6 @@ async fn forward(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(endpoint.authority.clone());
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = match Uri::from_parts(uri) {
-        Ok(u) => u,
-        Err(_) => return local_reply(StatusCode::BAD_REQUEST, "bad request target\n"),
-    };
     parts.version = if cluster.http2 {
         Version::HTTP_2
     } else {
@@ -142,45 +242,158 @@ async fn forward(
     strip_hop_by_hop(&mut parts.headers);
     set_forwarding_headers(&mut parts.headers, conn);
 
-    let upstream_req = Request::from_parts(parts, ProxyBody::stream(body));
-    let active = ActiveGuard::new(&endpoint.stats.active);
-    let pending = ActiveGuard::new(&cluster.stats.pending);
-    let started = Instant::now();
-    let sent = cluster.client.request(upstream_req);
-    let result = match timeout {
-        Some(t) => tokio::time::timeout(t, sent).await.map_err(|_| ()),
-        None => Ok(sent.await),
-    };
-    drop(pending);
-    let elapsed = started.elapsed();
-    match result {
-        Ok(Ok(response)) => {
-            endpoint.stats.record(response.status().as_u16(), elapsed);
-            let (mut parts, body) = response.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, ProxyBody::stream(body).with_guard(active))
+    // Only a request without a body can be sent again: bodies stream and are not kept.
+    let retry = retry.filter(|r| r.num_retries > 0 && body.is_end_stream());
+    let template = retry.map(|_| (parts.method.clone(), parts.headers.clone()));
+    let exceeded = max_request_bytes.map(|_| Arc::new(AtomicBool::new(false)));
+    let mut first = Some((
+        parts,
+        match (max_request_bytes, &exceeded) {
+            (Some(limit), Some(flag)) => ProxyBody::limited(body, limit, Arc::clone(flag)),
+            _ => ProxyBody::stream(body),
+        },
+    ));
+
+    let mut retries_done = 0;
+    let mut avoid = None;
+    let mut _retry_admission = None;
+    loop {
+        let Some(picked) = cluster.pick(avoid) else {
+            cluster.stats.no_healthy.inc();
+            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+        };
+        let endpoint = Arc::clone(&cluster.endpoints[picked.index]);
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(endpoint.authority.clone());
+        uri.path_and_query = Some(path_and_query.clone());
+        let Ok(uri) = Uri::from_parts(uri) else {
+            return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
+        };
+        let upstream_req = match first.take() {
+            Some((mut parts, body)) => {
+                parts.uri = uri;
+                Request::from_parts(parts, body)
+            }
+            None => {
+                let Some((method, headers)) = &template else {
+                    return local_reply(StatusCode::BAD_GATEWAY, "upstream failed\n");
+                };
+                let mut r = Request::new(ProxyBody::empty());
+                *r.method_mut() = method.clone();
+                *r.uri_mut() = uri;
+                *r.version_mut() = if cluster.http2 {
+                    Version::HTTP_2
+                } else {
+                    Version::HTTP_11
+                };
+                *r.headers_mut() = headers.clone();
+                r
+            }
+        };
+
+        let active = ActiveGuard::new(&endpoint.stats.active);
+        let pending = ActiveGuard::new(&cluster.stats.pending);
+        let per_try = match (retry.and_then(|r| r.per_try_timeout), remaining(deadline)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let started = Instant::now();
+        let sent = cluster.client.request(upstream_req);
+        let attempt = match per_try {
+            Some(t) => match tokio::time::timeout(t, sent).await {
+                Ok(r) => classify(r),
+                Err(_) => Attempt::TimedOut,
+            },
+            None => classify(sent.await),
+        };
+        drop(pending);
+        let elapsed = started.elapsed();
+        let outcome = attempt.outcome();
+        let status = match &attempt {
+            Attempt::Response(r) => r.status(),
+            Attempt::Failed(Outcome::ConnectFailure, _) => StatusCode::SERVICE_UNAVAILABLE,
+            Attempt::Failed(..) => StatusCode::BAD_GATEWAY,
+            Attempt::TimedOut => StatusCode::GATEWAY_TIMEOUT,
+        };
+        if exceeded.as_ref().is_some_and(|f| f.load(Ordering::Acquire)) {
+            // The client's body broke the limit; that is not the endpoint's failure.
+            return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
         }
-        Ok(Err(e)) => {
-            let (status, text) = if e.is_connect() {
-                (StatusCode::SERVICE_UNAVAILABLE, "upstream connect error\n")
-            } else {
-                (
-                    StatusCode::BAD_GATEWAY,
-                    "upstream reset or sent an invalid response\n",
-                )
-            };
-            tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, "upstream request failed");
-            endpoint.stats.record(status.as_u16(), elapsed);
-            local_reply(status, text)
+        endpoint.stats.record(status.as_u16(), elapsed);
+        cluster.record(picked.index, outcome, picked.trial);
+
+        if let Some(policy) = retry {
+            let time_left = remaining(deadline).is_none_or(|d| !d.is_zero());
+            if retries_done < policy.num_retries && retry_wanted(policy.on, outcome) && time_left {
+                let allowed = match &cluster.breakers.retry_budget {
+                    Some(b) => {
+                        let active = limits.active.load(Ordering::Relaxed);
+                        ((f64::from(active) * b.budget_percent / 100.0) as u32)
+                            .max(b.min_retry_concurrency)
+                    }
+                    None => cluster.breakers.max_retries,
+                };
+                match Admission::try_new(&limits.retries, allowed) {
+                    Some(a) => {
+                        _retry_admission = Some(a);
+                        retries_done += 1;
+                        avoid = Some(picked.index);
+                        cluster.stats.retries.inc();
+                        tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, ?outcome, retry = retries_done, "retrying");
+                        drop(attempt);
+                        drop(active);
+                        let backoff = retry_backoff(retries_done);
+                        let backoff = remaining(deadline).map_or(backoff, |d| backoff.min(d));
+                        tokio::time::sleep(backoff).await;
+                        continue;
+                    }
+                    None => {
+                        cluster.stats.overflow[3].inc();
+                    }
+                }
+            }
         }
-        Err(()) => {
-            cluster.stats.timeouts.inc();
-            endpoint
-                .stats
-                .record(StatusCode::GATEWAY_TIMEOUT.as_u16(), elapsed);
-            local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n")
-        }
+
+        return match attempt {
+            Attempt::Response(response) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                let mut body = ProxyBody::stream(body);
+                let guards = body.guards();
+                guards.endpoint = Some(active);
+                guards.cluster = Some(admitted);
+                guards.slot = slot;
+                Response::from_parts(parts, body)
+            }
+            Attempt::Failed(outcome, e) => {
+                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = %e, ?outcome, "upstream request failed");
+                if outcome == Outcome::ConnectFailure {
+                    local_reply(status, "upstream connect error\n")
+                } else {
+                    local_reply(status, "upstream reset or sent an invalid response\n")
+                }
+            }
+            Attempt::TimedOut => {
+                cluster.stats.timeouts.inc();
+                local_reply(status, "upstream request timeout\n")
+            }
+        };
     }
+}
+
+fn classify(result: Result<Response<Incoming>, hyper_util::client::legacy::Error>) -> Attempt {
+    match result {
+        Ok(r) => Attempt::Response(r),
+        Err(e) if e.is_connect() => Attempt::Failed(Outcome::ConnectFailure, e),
+        Err(e) => Attempt::Failed(Outcome::Reset, e),
+    }
+}
+
+/// Jittered exponential backoff: uniformly up to 25 ms × 2^(n−1), at most 250 ms.
+fn retry_backoff(n: u32) -> Duration {
+    let ceiling = (25u64 << (n.saturating_sub(1)).min(4)).min(250);
+    Duration::from_millis(fastrand::u64(1..=ceiling))
 }
 
 /// A response generated by the proxy itself.

@@ -34,6 +34,7 @@ mod cluster;
 pub mod config;
 pub mod demo;
 mod forward;
+mod health;
 mod listener;
 mod metrics;
 mod route;
@@ -44,8 +45,9 @@ pub use body::ProxyBody;
 pub use config::ProxyConfig;
 
 use crate::admin::RunningAdmin;
-use crate::cluster::{Cluster, PoolKey, UpstreamClient};
-use crate::listener::{ListenerState, RunningListener};
+use crate::cluster::{Cluster, ClusterLimits, PoolKey, UpstreamClient};
+use crate::health::EndpointHealth;
+use crate::listener::{ListenerLimits, ListenerState, RunningListener};
 use crate::metrics::Metrics;
 use crate::route::RouteTable;
 
@@ -99,7 +101,10 @@ struct Control {
     listeners: HashMap<SocketAddr, RunningListener>,
     admin: Option<(SocketAddr, RunningAdmin)>,
     pools: HashMap<PoolKey, UpstreamClient>,
-    endpoints: HashSet<(String, String)>,
+    /// Outlier-detection state per (cluster, endpoint), kept across swaps.
+    health: HashMap<(String, String), Arc<EndpointHealth>>,
+    /// Circuit-breaker counters per cluster, kept across swaps.
+    limits: HashMap<String, Arc<ClusterLimits>>,
     clusters: HashSet<String>,
     version: u64,
 }
@@ -151,11 +156,13 @@ impl Proxy {
         let metrics = &self.shared.metrics;
         let mut control = self.control.lock().await;
 
-        // Clusters, reusing connection pools whose settings did not change.
+        // Clusters, reusing connection pools, health and limits of what stays.
         let mut pools = HashMap::new();
         let mut clusters = HashMap::new();
-        let mut endpoints = HashSet::new();
+        let mut health = HashMap::new();
+        let mut limits = HashMap::new();
         for c in &config.clusters {
+            let name = c.name.value.clone();
             let key = PoolKey::of(c);
             let client = control
                 .pools
@@ -163,11 +170,33 @@ impl Proxy {
                 .cloned()
                 .unwrap_or_else(|| cluster::new_client(&key, metrics));
             pools.insert(key, client.clone());
-            let built = Cluster::build(c, client, metrics).map_err(ApplyError::Invalid)?;
-            for ep in &c.endpoints {
-                endpoints.insert((c.name.value.clone(), ep.address.value.clone()));
-            }
-            clusters.insert(c.name.value.clone(), Arc::new(built));
+            let max_connections = c.circuit_breakers.max_connections;
+            let cluster_limits = match control.limits.get(&name) {
+                Some(l) if l.slot_count == max_connections => Arc::clone(l),
+                _ => Arc::new(ClusterLimits::new(max_connections)),
+            };
+            limits.insert(name.clone(), Arc::clone(&cluster_limits));
+            let previous = &control.health;
+            let built = Cluster::build(
+                c,
+                client,
+                metrics,
+                &mut |address| {
+                    let key = (name.clone(), address.to_owned());
+                    let h = previous.get(&key).cloned().unwrap_or_else(|| {
+                        Arc::new(EndpointHealth::new(
+                            &name,
+                            address,
+                            metrics.health(&name, address),
+                        ))
+                    });
+                    health.insert(key, Arc::clone(&h));
+                    h
+                },
+                cluster_limits,
+            )
+            .map_err(ApplyError::Invalid)?;
+            clusters.insert(name, Arc::new(built));
         }
 
         // Listener states.
@@ -204,6 +233,12 @@ impl Proxy {
                     tls,
                     stats,
                     name,
+                    limits: ListenerLimits {
+                        max_connections: l.max_connections,
+                        max_header_bytes: (l.max_request_headers_kb as usize).saturating_mul(1024),
+                        header_timeout: (!l.request_headers_timeout.is_zero())
+                            .then_some(l.request_headers_timeout),
+                    },
                 },
             ));
         }
@@ -284,15 +319,22 @@ impl Proxy {
             control.admin = new_admin;
         }
 
-        // Forget the series of what left.
-        for (cluster, endpoint) in control.endpoints.difference(&endpoints) {
-            metrics.forget_endpoint(cluster, endpoint);
+        // Forget the state and series of what left.
+        for (key, h) in &control.health {
+            if !health.contains_key(key) {
+                h.retire();
+                metrics.forget_endpoint(&key.0, &key.1);
+            }
         }
         let cluster_names: HashSet<String> = clusters.keys().cloned().collect();
         for gone in control.clusters.difference(&cluster_names) {
             metrics.forget_cluster(gone);
         }
-        control.endpoints = endpoints;
+        for c in clusters.values() {
+            c.start_interval();
+        }
+        control.health = health;
+        control.limits = limits;
         control.clusters = cluster_names;
         control.pools = pools;
         control.version += 1;
@@ -371,7 +413,7 @@ pub mod bench_support {
     use std::collections::HashMap;
     use std::sync::Arc;
 
-    use crate::cluster::{new_client, Cluster, PoolKey};
+    use crate::cluster::Cluster;
     use crate::config::ProxyConfig;
     use crate::metrics::Metrics;
     use crate::route::RouteTable;
@@ -390,8 +432,7 @@ pub mod bench_support {
                 .clusters
                 .iter()
                 .map(|c| {
-                    let client = new_client(&PoolKey::of(c), &metrics);
-                    let built = Cluster::build(c, client, &metrics).expect("cluster builds");
+                    let built = Cluster::standalone(c, &metrics).expect("cluster builds");
                     (c.name.value.clone(), Arc::new(built))
                 })
                 .collect();
@@ -409,7 +450,8 @@ pub mod bench_support {
 
         /// Picks an endpoint of `cluster` and returns its address.
         pub fn pick(&self, cluster: &str) -> Option<&str> {
-            Some(&self.clusters.get(cluster)?.pick()?.address)
+            let c = self.clusters.get(cluster)?;
+            Some(&c.endpoints[c.pick(None)?.index].address)
         }
     }
 }

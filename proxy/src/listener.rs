@@ -31,6 +31,34 @@ pub(crate) struct ListenerState {
     pub(crate) routes: RouteTable,
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) stats: ListenerStats,
+    pub(crate) limits: ListenerLimits,
+}
+
+/// Per-listener protections against hostile or broken clients.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ListenerLimits {
+    pub(crate) max_connections: Option<u32>,
+    /// Largest request header block in bytes (HTTP/1.1 read buffer, HTTP/2 header list).
+    pub(crate) max_header_bytes: usize,
+    pub(crate) header_timeout: Option<Duration>,
+}
+
+impl ListenerLimits {
+    /// hyper refuses read buffers under 8 KiB.
+    const MIN_HEADER_BYTES: usize = 8192;
+
+    fn http(&self) -> auto::Builder<TokioExecutor> {
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .max_buf_size(self.max_header_bytes.max(Self::MIN_HEADER_BYTES))
+            .header_read_timeout(self.header_timeout);
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
+        http
+    }
 }
 
 /// State shared by a listener's accept loop and its connections.
@@ -81,10 +109,6 @@ async fn accept_loop(
     mut stopped: watch::Receiver<Option<Duration>>,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut http = auto::Builder::new(TokioExecutor::new());
-    http.http1().timer(TokioTimer::new()).keep_alive(true);
-    http.http2().timer(TokioTimer::new());
-    let http = Arc::new(http);
     loop {
         let accepted = tokio::select! {
             _ = stopped.changed() => break,
@@ -99,8 +123,16 @@ async fn accept_loop(
                 continue;
             }
         };
-        let _ = tcp.set_nodelay(true);
         let state = shared.state.load();
+        if let Some(max) = state.limits.max_connections {
+            if state.stats.cx_active.get() >= i64::from(max) {
+                state.stats.cx_overflow.inc();
+                drop(tcp);
+                continue;
+            }
+        }
+        let _ = tcp.set_nodelay(true);
+        let http = state.limits.http();
         let tls = state.tls.clone();
         let stats_active = state.stats.cx_active.clone();
         let name = Arc::clone(&state.name);
@@ -112,7 +144,6 @@ async fn accept_loop(
             tls.is_some(),
         ));
         let watcher = graceful.watcher();
-        let http = Arc::clone(&http);
         tokio::spawn(async move {
             let _open = crate::body::ActiveGuard::new(&stats_active);
             let service = service_fn(move |req| forward::serve(req, Arc::clone(&ctx)));

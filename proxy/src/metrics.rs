@@ -39,7 +39,18 @@ pub(crate) struct Metrics {
     downstream_cx_total: IntCounterVec,
     pub(crate) config_version: IntGauge,
     pub(crate) config_reloads: IntCounterVec,
+    breaker_state: IntGaugeVec,
+    ejections_total: IntCounterVec,
+    ejections_active: IntGaugeVec,
+    ejections_overflow: IntCounterVec,
+    overflows: IntCounterVec,
+    retries: IntCounterVec,
+    panic: IntCounterVec,
+    downstream_cx_overflow: IntCounterVec,
 }
+
+/// Circuit-breaker overflow kinds, in `ClusterStats::overflow` order.
+pub(crate) const OVERFLOW_KINDS: [&str; 4] = ["connections", "pending", "requests", "retries"];
 
 fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
     registry
@@ -171,7 +182,66 @@ impl Metrics {
                 "Configuration loads, by result (success, failure).",
                 &["result"],
             ),
+            breaker_state: gauge_vec(
+                &r,
+                "gofe_endpoint_breaker_state",
+                "Outlier-detection breaker of an endpoint: 0 closed (serving), 1 open (ejected), 2 half-open (trial requests).",
+                ce,
+            ),
+            ejections_total: counter_vec(
+                &r,
+                "gofe_outlier_ejections_total",
+                "Endpoint ejections by reason (consecutive_5xx, consecutive_gateway_failure, failure_percentage, failed_trial).",
+                &["cluster", "endpoint", "reason"],
+            ),
+            ejections_active: gauge_vec(
+                &r,
+                "gofe_outlier_ejections_active",
+                "Endpoints of a cluster currently ejected or half-open.",
+                &["cluster"],
+            ),
+            ejections_overflow: counter_vec(
+                &r,
+                "gofe_outlier_ejections_overflow_total",
+                "Ejections skipped because max_ejection_percent of the cluster was already out.",
+                &["cluster"],
+            ),
+            overflows: counter_vec(
+                &r,
+                "gofe_circuit_breaker_overflows_total",
+                "Requests that hit a circuit-breaker limit, by kind (connections: queued for a connection; pending, requests: answered 503; retries: not retried).",
+                &["cluster", "kind"],
+            ),
+            retries: counter_vec(
+                &r,
+                "gofe_upstream_retries_total",
+                "Retried attempts.",
+                &["cluster"],
+            ),
+            panic: counter_vec(
+                &r,
+                "gofe_upstream_panic_total",
+                "Requests balanced over all endpoints because too few were healthy (panic mode).",
+                &["cluster"],
+            ),
+            downstream_cx_overflow: counter_vec(
+                &r,
+                "gofe_downstream_connections_overflow_total",
+                "Client connections closed at once because the listener was at max_connections.",
+                &["listener"],
+            ),
             registry: r,
+        }
+    }
+
+    pub(crate) fn health(&self, cluster: &str, endpoint: &str) -> crate::health::HealthStats {
+        crate::health::HealthStats {
+            state: self.breaker_state.with_label_values(&[cluster, endpoint]),
+            ejections: crate::health::REASONS.map(|reason| {
+                self.ejections_total
+                    .with_label_values(&[cluster, endpoint, reason.as_str()])
+            }),
+            active: self.ejections_active.with_label_values(&[cluster]),
         }
     }
 
@@ -204,6 +274,10 @@ impl Metrics {
             pending: self.upstream_pending.with_label_values(&[cluster]),
             timeouts: self.upstream_timeouts.with_label_values(&[cluster]),
             no_healthy: self.upstream_no_healthy.with_label_values(&[cluster]),
+            overflow: OVERFLOW_KINDS.map(|kind| self.overflows.with_label_values(&[cluster, kind])),
+            retries: self.retries.with_label_values(&[cluster]),
+            panic: self.panic.with_label_values(&[cluster]),
+            ejections_overflow: self.ejections_overflow.with_label_values(&[cluster]),
         }
     }
 
@@ -216,6 +290,7 @@ impl Metrics {
             active: self.downstream_active.with_label_values(&[listener]),
             cx_active: self.downstream_cx_active.with_label_values(&[listener]),
             cx_total: self.downstream_cx_total.with_label_values(&[listener]),
+            cx_overflow: self.downstream_cx_overflow.with_label_values(&[listener]),
         }
     }
 
@@ -232,6 +307,12 @@ impl Metrics {
         let _ = self.endpoint_weight.remove_label_values(&labels);
         let _ = self.upstream_cx_total.remove_label_values(&labels);
         let _ = self.upstream_connect_failures.remove_label_values(&labels);
+        let _ = self.breaker_state.remove_label_values(&labels);
+        for reason in crate::health::REASONS {
+            let _ = self
+                .ejections_total
+                .remove_label_values(&[cluster, endpoint, reason.as_str()]);
+        }
         // Connections still open keep their gauge until they close; the series goes then.
     }
 
@@ -240,6 +321,13 @@ impl Metrics {
         let _ = self.upstream_pending.remove_label_values(&[cluster]);
         let _ = self.upstream_timeouts.remove_label_values(&[cluster]);
         let _ = self.upstream_no_healthy.remove_label_values(&[cluster]);
+        let _ = self.ejections_active.remove_label_values(&[cluster]);
+        let _ = self.ejections_overflow.remove_label_values(&[cluster]);
+        let _ = self.retries.remove_label_values(&[cluster]);
+        let _ = self.panic.remove_label_values(&[cluster]);
+        for kind in OVERFLOW_KINDS {
+            let _ = self.overflows.remove_label_values(&[cluster, kind]);
+        }
     }
 }
 
@@ -270,6 +358,11 @@ pub(crate) struct ClusterStats {
     pub(crate) pending: IntGauge,
     pub(crate) timeouts: IntCounter,
     pub(crate) no_healthy: IntCounter,
+    /// By [`OVERFLOW_KINDS`].
+    pub(crate) overflow: [IntCounter; 4],
+    pub(crate) retries: IntCounter,
+    pub(crate) panic: IntCounter,
+    pub(crate) ejections_overflow: IntCounter,
 }
 
 /// Handles for one listener's series.
@@ -278,6 +371,7 @@ pub(crate) struct ListenerStats {
     pub(crate) active: IntGauge,
     pub(crate) cx_active: IntGauge,
     pub(crate) cx_total: IntCounter,
+    pub(crate) cx_overflow: IntCounter,
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use gofe_core::balance::WeightedSequence;
 use http::{HeaderMap, HeaderName};
 
 use crate::cluster::Cluster;
-use crate::config::{HeaderMatcherConfig, RouteConfig, RouterConfig};
+use crate::config::{HeaderMatcherConfig, RetryOn, RouteConfig, RouterConfig};
 
 /// A listener's virtual hosts, indexed for matching.
 pub(crate) struct RouteTable {
@@ -39,6 +39,16 @@ pub(crate) struct Route {
     headers: Box<[HeaderMatch]>,
     pub(crate) action: Action,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) retry: Option<RetryPolicy>,
+    pub(crate) max_request_bytes: Option<u64>,
+}
+
+/// A route's retry policy, compiled.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RetryPolicy {
+    pub(crate) on: RetryOn,
+    pub(crate) num_retries: u32,
+    pub(crate) per_try_timeout: Option<Duration>,
 }
 
 enum PathMatch {
@@ -235,11 +245,21 @@ impl Route {
             }
             (None, None) => return Err("route without cluster".into()),
         };
+        let retry = match &a.retry_policy {
+            None => None,
+            Some(r) => Some(RetryPolicy {
+                on: RetryOn::parse(&r.retry_on.value)?,
+                num_retries: r.num_retries,
+                per_try_timeout: r.per_try_timeout.filter(|t| !t.is_zero()),
+            }),
+        };
         Ok(Route {
             path,
             headers: headers.into_boxed_slice(),
             action,
             timeout: (!a.timeout.is_zero()).then_some(a.timeout),
+            retry,
+            max_request_bytes: a.max_request_bytes,
         })
     }
 
@@ -294,7 +314,6 @@ impl HeaderMatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{new_client, PoolKey};
     use crate::config;
     use crate::metrics::Metrics;
 
@@ -309,10 +328,9 @@ mod tests {
             .clusters
             .iter()
             .map(|c| {
-                let client = new_client(&PoolKey::of(c), &metrics);
                 (
                     c.name.value.clone(),
-                    Arc::new(Cluster::build(c, client, &metrics).unwrap()),
+                    Arc::new(Cluster::standalone(c, &metrics).unwrap()),
                 )
             })
             .collect();
