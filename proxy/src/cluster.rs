@@ -144,6 +144,10 @@ pub(crate) struct Cluster {
     pub(crate) breakers: CircuitBreakersConfig,
     pub(crate) limits: Arc<ClusterLimits>,
     panic_threshold: u32,
+    /// Endpoints with weight that are not draining (the base of the panic threshold).
+    serving: usize,
+    /// Of those, how many configuration marks unhealthy.
+    configured_unhealthy: usize,
     /// Serializes ejection decisions, so `max_ejection_percent` holds under concurrency.
     eject_lock: Mutex<()>,
 }
@@ -180,6 +184,14 @@ impl Cluster {
             }));
         }
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
+        let serving = endpoints
+            .iter()
+            .filter(|e| e.weight > 0 && e.status != HealthStatus::Draining)
+            .count();
+        let configured_unhealthy = endpoints
+            .iter()
+            .filter(|e| e.weight > 0 && e.status == HealthStatus::Unhealthy)
+            .count();
         Ok(Cluster {
             name: name.into(),
             endpoints: endpoints.into_boxed_slice(),
@@ -195,6 +207,8 @@ impl Cluster {
             breakers: config.circuit_breakers.clone(),
             limits,
             panic_threshold: config.healthy_panic_threshold,
+            serving,
+            configured_unhealthy,
             eject_lock: Mutex::new(()),
         })
     }
@@ -266,14 +280,27 @@ impl Cluster {
         }
     }
 
-    fn is_healthy(&self, ep: &Endpoint) -> bool {
-        ep.status == HealthStatus::Healthy && (self.outlier.is_none() || ep.health.is_closed())
+    /// Whether too few endpoints are healthy (Envoy's panic mode): then health is ignored and
+    /// load spreads over every endpoint. Two loads of counters; no scan.
+    #[inline]
+    fn in_panic(&self) -> bool {
+        let ejected = if self.outlier.is_some() {
+            self.stats.ejections_active.get().max(0) as usize
+        } else {
+            0
+        };
+        let unhealthy = (self.configured_unhealthy + ejected).min(self.serving);
+        unhealthy > 0 && in_panic(self.serving, self.serving - unhealthy, self.panic_threshold)
     }
 
     /// Picks the endpoint for the next request, preferring one other than `avoid` (a retry's
     /// previous endpoint). Ejected and unhealthy endpoints are skipped unless the cluster is in
     /// panic mode. `None` when no endpoint can take the request.
     pub(crate) fn pick(&self, avoid: Option<usize>) -> Option<Picked> {
+        if self.in_panic() {
+            self.stats.panic.inc();
+            return self.choose().map(|index| Picked { index, trial: None });
+        }
         let n = self.endpoints.len();
         for _ in 0..n.min(8) + 1 {
             let index = self.choose()?;
@@ -291,17 +318,7 @@ impl Cluster {
                 Eligibility::No => {}
             }
         }
-        // Sampling met only endpoints that cannot take the request.
-        let serving: Vec<&Arc<Endpoint>> = self
-            .endpoints
-            .iter()
-            .filter(|e| e.weight > 0 && e.status != HealthStatus::Draining)
-            .collect();
-        let healthy = serving.iter().filter(|e| self.is_healthy(e)).count();
-        if in_panic(serving.len(), healthy, self.panic_threshold) {
-            self.stats.panic.inc();
-            return self.choose().map(|index| Picked { index, trial: None });
-        }
+        // Sampling met only endpoints that cannot take the request: look at each once.
         let start = fastrand::usize(..n.max(1));
         let mut fallback = None;
         for k in 0..n {
@@ -432,10 +449,31 @@ impl tower_service::Service<http::Uri> for CountingConnector {
                         .upstream_connect_failures
                         .with_label_values(&labels)
                         .inc();
-                    Err(e.into())
+                    Err(Box::new(ConnectFailed(e.into()))
+                        as Box<dyn std::error::Error + Send + Sync>)
                 }
             }
         })
+    }
+}
+
+/// A connection to an endpoint could not be opened. hyper's client reports some failures on
+/// a freshly opened connection as connect errors too; this marks the real ones.
+#[derive(Debug, thiserror::Error)]
+#[error("connect failed: {0}")]
+pub(crate) struct ConnectFailed(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+impl ConnectFailed {
+    /// Whether `error` (or anything it was caused by) is a failed connect.
+    pub(crate) fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if e.is::<ConnectFailed>() {
+                return true;
+            }
+            current = e.source();
+        }
+        false
     }
 }
 

@@ -1313,6 +1313,27 @@ admin: { address: "127.0.0.1:9901" }
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,300}") {
+            let _ = parse("fuzz.yaml", &text);
+        }
+
+        #[test]
+        fn a_mutated_sample_never_panics(at in 0usize..600, junk in "[\\[\\]{}:,\"'*&!|>#\\- a-z0-9\n]{1,8}") {
+            let mut text = SAMPLE.to_owned();
+            let at = at.min(text.len());
+            let at = (0..=at).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            text.insert_str(at, &junk);
+            if let Err(e) = parse("fuzz.yaml", &text) {
+                // Every refusal says where, or at least which field.
+                for p in e.problems() {
+                    proptest::prop_assert!(p.line.is_some() || !p.field.is_empty(), "{}", p);
+                }
+            }
+        }
+    }
+
     #[test]
     fn config_round_trips_through_json() {
         let c = parse("sample.yaml", SAMPLE).unwrap();

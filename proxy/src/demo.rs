@@ -38,7 +38,7 @@ pub struct DemoBackend {
 pub enum Broken {
     /// Behaves.
     No = 0,
-    /// Resets the connection (TCP RST) without answering.
+    /// Reads the request, then resets the connection (TCP RST) without answering.
     Reset = 1,
     /// Answers with bytes that are not HTTP, then closes.
     Garbage = 2,
@@ -91,10 +91,19 @@ impl DemoBackend {
                 let _ = tcp.set_nodelay(true);
                 match faults.broken.load(Ordering::Relaxed) {
                     1 => {
-                        // Linger 0 makes close send RST at once; it cannot block here.
-                        #[allow(deprecated)]
-                        let _ = tcp.set_linger(Some(Duration::ZERO));
-                        drop(tcp);
+                        tokio::spawn(async move {
+                            // Take the request, then reset: linger 0 makes close send RST
+                            // at once (so it cannot block here).
+                            let mut tcp = tcp;
+                            let mut buf = [0u8; 1024];
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                tokio::io::AsyncReadExt::read(&mut tcp, &mut buf),
+                            )
+                            .await;
+                            #[allow(deprecated)]
+                            let _ = tcp.set_linger(Some(Duration::ZERO));
+                        });
                         continue;
                     }
                     2 => {

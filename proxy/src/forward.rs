@@ -334,6 +334,8 @@ async fn forward(
                     }
                     None => cluster.breakers.max_retries,
                 };
+                // This request's previous retry (if any) is over: it no longer counts.
+                _retry_admission = None;
                 match Admission::try_new(&limits.retries, allowed) {
                     Some(a) => {
                         _retry_admission = Some(a);
@@ -385,7 +387,9 @@ async fn forward(
 fn classify(result: Result<Response<Incoming>, hyper_util::client::legacy::Error>) -> Attempt {
     match result {
         Ok(r) => Attempt::Response(r),
-        Err(e) if e.is_connect() => Attempt::Failed(Outcome::ConnectFailure, e),
+        Err(e) if crate::cluster::ConnectFailed::caused(&e) => {
+            Attempt::Failed(Outcome::ConnectFailure, e)
+        }
         Err(e) => Attempt::Failed(Outcome::Reset, e),
     }
 }
@@ -500,6 +504,32 @@ mod tests {
         h.insert("te", "trailers".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert!(h.contains_key("te"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn header_handling_never_panics(
+            headers in proptest::collection::vec(("[a-z-]{1,12}", "[ -~]{0,40}"), 0..12),
+            connection in "[ -~]{0,60}",
+        ) {
+            let mut h = HeaderMap::new();
+            for (k, v) in &headers {
+                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                    h.append(k, v);
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(&connection) {
+                h.insert(header::CONNECTION, v);
+            }
+            strip_hop_by_hop(&mut h);
+            proptest::prop_assert!(!h.contains_key(header::CONNECTION));
+            proptest::prop_assert!(!h.contains_key(header::TRANSFER_ENCODING));
+            for token in connection.split(',').map(str::trim) {
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    proptest::prop_assert!(!h.contains_key(&name), "{} survived", name);
+                }
+            }
+        }
     }
 
     #[test]

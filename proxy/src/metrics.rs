@@ -278,6 +278,7 @@ impl Metrics {
             retries: self.retries.with_label_values(&[cluster]),
             panic: self.panic.with_label_values(&[cluster]),
             ejections_overflow: self.ejections_overflow.with_label_values(&[cluster]),
+            ejections_active: self.ejections_active.with_label_values(&[cluster]),
         }
     }
 
@@ -363,6 +364,8 @@ pub(crate) struct ClusterStats {
     pub(crate) retries: IntCounter,
     pub(crate) panic: IntCounter,
     pub(crate) ejections_overflow: IntCounter,
+    /// Endpoints not closed (the same gauge every endpoint's health updates).
+    pub(crate) ejections_active: IntGauge,
 }
 
 /// Handles for one listener's series.

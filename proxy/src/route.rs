@@ -434,6 +434,15 @@ clusters:
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn host_matching_never_panics(host in "\\PC{0,300}") {
+            let t = table(YAML);
+            let _ = t.find_host(&host);
+            let _ = strip_port(&host);
+        }
+    }
+
     #[test]
     fn strip_port_cases() {
         assert_eq!(strip_port("a.com:80"), "a.com");

@@ -3,7 +3,9 @@
 //! real proxy, driven by real HTTP/1.1, h2c and h2-over-TLS clients.
 
 mod balancing;
+mod hostile;
 mod protocols;
 mod reload;
+mod resilience;
 mod routing;
 mod support;
