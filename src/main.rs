@@ -55,6 +55,15 @@ enum Command {
         /// Name it reports in its answers and the x-backend header.
         #[arg(long, default_value = "backend")]
         name: String,
+        /// Delay every answer, e.g. "50ms".
+        #[arg(long, value_parser = parse_duration)]
+        delay: Option<Duration>,
+        /// Fail this fraction of requests (0.0-1.0), evenly spread.
+        #[arg(long, default_value_t = 0.0)]
+        fail_ratio: f64,
+        /// The status of failed requests.
+        #[arg(long, default_value_t = 500)]
+        fail_status: u16,
     },
     /// Check a proxy configuration file and print every problem with its line and field.
     Check {
@@ -108,10 +117,20 @@ fn main() -> anyhow::Result<()> {
             .await
             .context("gofe proxy"),
             Command::Up { drain_timeout } => up(drain_timeout).await,
-            Command::Backend { listen, name } => {
+            Command::Backend {
+                listen,
+                name,
+                delay,
+                fail_ratio,
+                fail_status,
+            } => {
                 let backend = DemoBackend::start(listen, &name)
                     .await
                     .with_context(|| format!("binding {listen}"))?;
+                if let Some(d) = delay {
+                    backend.set_delay(d);
+                }
+                backend.set_failure(fail_ratio, fail_status);
                 tracing::info!(addr = %backend.addr(), %name, "demo backend serving");
                 tokio::signal::ctrl_c().await.ok();
                 backend.stop().await;
