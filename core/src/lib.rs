@@ -13,7 +13,9 @@
 //!   least-request balancing.
 //!
 //! * [`outlier`] — the per-endpoint breaker (closed → open → half-open) and the tripping and
-//!   safety rules of passive outlier detection.
+//!   safety rules of passive outlier detection;
+//! * [`policy`] — the controller's decision step: per-endpoint signals in, weights, ejections
+//!   and reasons out (shared with the simulator).
 //!
 //! The proxy supplies the atomics (tickets, active-request counts), the clock and the
 //! randomness; this crate only decides.
@@ -21,3 +23,4 @@
 pub mod balance;
 pub mod duration;
 pub mod outlier;
+pub mod policy;
