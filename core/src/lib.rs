@@ -15,9 +15,13 @@
 //! * [`outlier`] — the per-endpoint breaker (closed → open → half-open) and the tripping and
 //!   safety rules of passive outlier detection.
 //!
+//! * [`hpa`] — the Kubernetes HorizontalPodAutoscaler (autoscaling/v2) replica computation,
+//!   step for step as the HPA controller does it, for the simulator, adapter and controller.
+//!
 //! The proxy supplies the atomics (tickets, active-request counts), the clock and the
 //! randomness; this crate only decides.
 
 pub mod balance;
 pub mod duration;
+pub mod hpa;
 pub mod outlier;
