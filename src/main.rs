@@ -65,6 +65,8 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         fail_status: u16,
     },
+    /// Simulate offline: replay traffic through the HPA and gofe's decision code.
+    Sim(gofe_sim::cli::SimArgs),
     /// Check a proxy configuration file and print every problem with its line and field.
     Check {
         /// The configuration file.
@@ -136,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 backend.stop().await;
                 Ok(())
             }
+            Command::Sim(args) => gofe_sim::cli::main(args),
             Command::Check { config } => {
                 gofe_proxy::config::load(&config)?;
                 println!("{}: ok", config.display());
