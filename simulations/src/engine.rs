@@ -1,12 +1,14 @@
 //! The simulation loop: one policy over one scenario, step by step.
 //!
 //! Load is a fluid: each step of `dt` seconds brings `rps × dt` requests, which the balancer
-//! splits over the endpoints in at most `max(64, 4 × endpoints)` picks (each pick carries an
+//! splits over the endpoints in at most `max(256, 4 × endpoints)` picks (each pick carries an
 //! equal share), every pick made by gofe-core's balancing code. Each pod is a queue:
 //!
 //! * service time `S = latency × slow / speed`, capacity `μ = capacity × speed / slow`;
 //! * with utilization `ρ = λ / μ < 1`, the wait is Sakasegawa's M/M/c approximation
-//!   `S × ρ^(√(2(c+1)) − 1) / (c (1 − ρ))` (`c` = concurrency, `ρ` capped at 0.99);
+//!   `S × ρ^(√(2(c+1)) − 1) / (c (1 − ρ))` (`c` = concurrency, `ρ` capped at 0.95: beyond, the backlog term takes over);
+//! * requests in flight at a pod, as the balancers see them, are `backlog + λ × S` (Little's
+//!   law on the service time; the queue is the backlog);
 //! * above capacity a backlog builds at `λ − μ` and adds `backlog / μ`;
 //! * a step's requests to a pod all see that pod's latency; above `timeout` they fail (and the
 //!   backlog is capped at what the pod serves within the timeout); a `fail` fault fails that
@@ -194,6 +196,7 @@ struct Pod {
     life: Life,
     backlog: f64,
     latency: f64,
+    service: f64,
     req_counter: f64,
     cpu_counter: f64,
     samples: VecDeque<(f64, f64, f64)>,
@@ -311,6 +314,7 @@ pub fn run(
             life: Life::Alive,
             backlog: 0.0,
             latency: base_latency,
+            service: base_latency,
             req_counter: 0.0,
             cpu_counter: 0.0,
             samples: VecDeque::new(),
@@ -407,7 +411,7 @@ pub fn run(
         if endpoints.is_empty() || offered <= 0.0 {
             failed += offered;
         } else {
-            let picks = (offered.ceil() as usize).clamp(1, (4 * endpoints.len()).max(64));
+            let picks = (offered.ceil() as usize).clamp(1, (4 * endpoints.len()).max(256));
             let chunk = offered / picks as f64;
             match policy.balancer {
                 Balancer::RoundRobin | Balancer::Gofe => {
@@ -423,7 +427,7 @@ pub fn run(
                         let b = endpoints[seq.pick(rng.u64(..)).unwrap_or(0)];
                         let active = |i: usize| {
                             let p = &pods[i];
-                            ((assigned[i] / dt * p.latency + p.backlog) * 1000.0) as u64
+                            ((assigned[i] / dt * p.service + p.backlog) * 1000.0) as u64
                         };
                         let pick = if least_request(
                             Candidate {
@@ -448,7 +452,7 @@ pub fn run(
                         let b = endpoints[seq.pick(rng.u64(..)).unwrap_or(0)];
                         let cost = |i: usize| {
                             let p = &pods[i];
-                            p.ewma * (assigned[i] / dt * p.latency + p.backlog + 1.0)
+                            p.ewma * (assigned[i] / dt * p.service + p.backlog + 1.0)
                         };
                         let pick = if cost(a) <= cost(b) { a } else { b };
                         assigned[pick] += chunk;
@@ -473,6 +477,7 @@ pub fn run(
             }
             let service = base_latency * slow / p.speed;
             let mu = sv.capacity * p.speed / slow;
+            p.service = service;
             let lambda = n / dt;
             let (latency, failures) = if matches!(p.life, Life::Dead { .. }) {
                 p.backlog = 0.0;
@@ -480,7 +485,7 @@ pub fn run(
             } else if !p.running(now) {
                 (service, 0.0)
             } else {
-                let rho = (lambda / mu).min(0.99);
+                let rho = (lambda / mu).min(0.95);
                 p.backlog = (p.backlog + (lambda - mu) * dt).max(0.0);
                 let wait = service * rho.powf(wait_exponent) / (c * (1.0 - rho));
                 let w = service + wait + p.backlog / mu;
