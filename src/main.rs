@@ -65,6 +65,11 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         fail_status: u16,
     },
+    /// The controller: signals in, endpoint weights and ejections out.
+    Controller {
+        #[command(subcommand)]
+        command: ControllerCommand,
+    },
     /// Simulate offline: replay traffic through the HPA and gofe's decision code.
     Sim(gofe_sim::cli::SimArgs),
     /// Check a proxy configuration file and print every problem with its line and field.
@@ -74,11 +79,36 @@ enum Command {
     },
 }
 
+#[derive(Subcommand, Debug)]
+enum ControllerCommand {
+    /// Run the controller on a configuration file (see examples/controller.yaml).
+    Run {
+        /// The controller configuration.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also run the proxy it steers, in this process, and publish to it directly.
+        #[arg(long)]
+        with_proxy: bool,
+        /// How long shutdown waits for the proxy's in-flight requests.
+        #[arg(long, default_value = "15s", value_parser = parse_duration)]
+        drain_timeout: Duration,
+    },
+    /// Show, per endpoint of a cluster, the inputs, the weight, the state and why.
+    Explain {
+        /// The cluster.
+        cluster: String,
+        /// The running controller's admin address.
+        #[arg(long, default_value = "127.0.0.1:9902")]
+        admin: SocketAddr,
+    },
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     gofe_proxy::config::parse_duration(s).map_err(|e| e.to_string())
 }
 
 const UP_CONFIG: &str = include_str!("../examples/up.yaml");
+const UP_CONTROLLER: &str = include_str!("../examples/controller.yaml");
 const UP_BACKENDS: [(&str, &str); 3] = [
     ("web-1", "127.0.0.1:9101"),
     ("web-2", "127.0.0.1:9102"),
@@ -138,6 +168,7 @@ fn main() -> anyhow::Result<()> {
                 backend.stop().await;
                 Ok(())
             }
+            Command::Controller { command } => controller(command).await,
             Command::Sim(args) => gofe_sim::cli::main(args),
             Command::Check { config } => {
                 gofe_proxy::config::load(&config)?;
@@ -146,6 +177,91 @@ fn main() -> anyhow::Result<()> {
             }
         }
     })
+}
+
+async fn controller(command: ControllerCommand) -> anyhow::Result<()> {
+    match command {
+        ControllerCommand::Run {
+            config,
+            with_proxy,
+            drain_timeout,
+        } => {
+            let loaded = gofe_controller::config::load(&config)?;
+            if !with_proxy {
+                tracing::warn!(
+                    "no publisher: decisions are made and explained but not pushed (use --with-proxy)"
+                );
+                gofe_controller::serve(
+                    loaded,
+                    gofe_controller::Publisher::DryRun,
+                    gofe_controller::shutdown_signal(),
+                )
+                .await?;
+                return Ok(());
+            }
+            let proxy = gofe_proxy::Proxy::new();
+            proxy
+                .apply(
+                    loaded.proxy.clone(),
+                    &config.display().to_string(),
+                    drain_timeout,
+                )
+                .await?;
+            gofe_controller::serve(
+                loaded,
+                gofe_controller::Publisher::Local(proxy.clone()),
+                gofe_controller::shutdown_signal(),
+            )
+            .await?;
+            proxy.shutdown(drain_timeout).await;
+            Ok(())
+        }
+        ControllerCommand::Explain { cluster, admin } => explain(&cluster, admin).await,
+    }
+}
+
+async fn explain(cluster: &str, admin: SocketAddr) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let uri: http::Uri = format!("http://{admin}/decisions/{cluster}").parse()?;
+    let resp = client
+        .get(uri)
+        .await
+        .with_context(|| format!("is a controller running with its admin on {admin}?"))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        anyhow::bail!("{status}: {}", String::from_utf8_lossy(&body).trim());
+    }
+    let view: serde_json::Value = serde_json::from_slice(&body)?;
+    println!(
+        "cluster {cluster}: mode {}",
+        view["mode"].as_str().unwrap_or("?")
+    );
+    println!(
+        "{:<24} {:>6} {:>7} {:<10} {:>8} {:>8} {:>9}  reason",
+        "endpoint", "weight", "healthy", "state", "rps", "success", "latency"
+    );
+    for e in view["endpoints"].as_array().into_iter().flatten() {
+        let i = &e["inputs"];
+        let num = |v: &serde_json::Value, p: usize| {
+            v.as_f64().map_or("-".to_owned(), |x| format!("{x:.p$}"))
+        };
+        println!(
+            "{:<24} {:>6} {:>7} {:<10} {:>8} {:>8} {:>9}  {}",
+            e["endpoint"].as_str().unwrap_or("?"),
+            e["weight"],
+            e["healthy"],
+            e["state"].as_str().unwrap_or("?"),
+            num(&i["rps"], 1),
+            num(&i["success_rate"], 3),
+            num(&i["latency_seconds"], 4),
+            e["reason"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
 }
 
 async fn up(drain: Duration) -> anyhow::Result<()> {
@@ -158,20 +274,30 @@ async fn up(drain: Duration) -> anyhow::Result<()> {
                 .with_context(|| format!("starting demo backend {name} on {addr}"))?,
         );
     }
+    let proxy_config = gofe_proxy::config::parse("examples/up.yaml (embedded)", UP_CONFIG)?;
+    let controller_config =
+        gofe_controller::config::parse("examples/controller.yaml (embedded)", UP_CONTROLLER)?;
+    let proxy = gofe_proxy::Proxy::new();
+    proxy
+        .apply(proxy_config.clone(), "examples/up.yaml (embedded)", drain)
+        .await
+        .context("starting the proxy")?;
     println!(
-        "gofe is up:\n  proxy    http://127.0.0.1:8080/  (try /, /canary, /lr)\n  admin    http://127.0.0.1:9901/metrics  /ready  /config_dump\n  backends {}\nCtrl-C to stop.",
+        "gofe is up:\n  proxy       http://127.0.0.1:8080/  (try /, /canary, /lr)\n  proxy admin http://127.0.0.1:9901/metrics  /ready  /config_dump\n  controller  http://127.0.0.1:9902/decisions  (or: gofe controller explain web)\n  backends    {}\nCtrl-C to stop.",
         UP_BACKENDS.map(|(n, a)| format!("{n}={a}")).join(" ")
     );
-    let result = gofe_proxy::run::run(RunOptions {
-        source: ConfigSource::Embedded {
-            name: "examples/up.yaml (embedded)".into(),
-            text: UP_CONFIG.into(),
+    let result = gofe_controller::serve(
+        gofe_controller::config::Loaded {
+            controller: controller_config,
+            proxy: proxy_config,
         },
-        watch: None,
-        drain,
-    })
+        gofe_controller::Publisher::Local(proxy.clone()),
+        gofe_controller::shutdown_signal(),
+    )
     .await
-    .context("gofe proxy");
+    .context("gofe controller");
+    tracing::info!(?drain, "shutting down: draining in-flight requests");
+    proxy.shutdown(drain).await;
     for b in backends {
         b.stop().await;
     }

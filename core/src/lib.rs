@@ -13,7 +13,9 @@
 //!   least-request balancing.
 //!
 //! * [`outlier`] — the per-endpoint breaker (closed → open → half-open) and the tripping and
-//!   safety rules of passive outlier detection.
+//!   safety rules of passive outlier detection;
+//! * [`policy`] — the controller's decision step: per-endpoint signals in, weights, ejections
+//!   and reasons out (shared with the simulator).
 //!
 //! * [`hpa`] — the Kubernetes HorizontalPodAutoscaler (autoscaling/v2) replica computation,
 //!   step for step as the HPA controller does it, for the simulator, adapter and controller.
@@ -25,3 +27,4 @@ pub mod balance;
 pub mod duration;
 pub mod hpa;
 pub mod outlier;
+pub mod policy;

@@ -23,6 +23,8 @@ pub enum EjectReason {
     FailurePercentage,
     /// A half-open trial request failed.
     FailedTrial,
+    /// The success rate fell below the cluster's `mean − factor × stdev` (controller only).
+    SuccessRate,
 }
 
 impl EjectReason {
@@ -33,6 +35,7 @@ impl EjectReason {
             EjectReason::ConsecutiveGatewayFailure => "consecutive_gateway_failure",
             EjectReason::FailurePercentage => "failure_percentage",
             EjectReason::FailedTrial => "failed_trial",
+            EjectReason::SuccessRate => "success_rate",
         }
     }
 }

@@ -96,7 +96,7 @@ impl OutlierPolicy {
 /// Metric handles of one endpoint's health.
 pub(crate) struct HealthStats {
     pub(crate) state: IntGauge,
-    pub(crate) ejections: [IntCounter; 4],
+    pub(crate) ejections: [IntCounter; 5],
     /// The cluster's count of endpoints not closed.
     pub(crate) active: IntGauge,
 }
@@ -107,15 +107,17 @@ fn reason_index(reason: EjectReason) -> usize {
         EjectReason::ConsecutiveGatewayFailure => 1,
         EjectReason::FailurePercentage => 2,
         EjectReason::FailedTrial => 3,
+        EjectReason::SuccessRate => 4,
     }
 }
 
 /// The reasons in `HealthStats::ejections` order.
-pub(crate) const REASONS: [EjectReason; 4] = [
+pub(crate) const REASONS: [EjectReason; 5] = [
     EjectReason::Consecutive5xx,
     EjectReason::ConsecutiveGatewayFailure,
     EjectReason::FailurePercentage,
     EjectReason::FailedTrial,
+    EjectReason::SuccessRate,
 ];
 
 /// One endpoint's passive health, shared by every configuration snapshot that contains it.
@@ -381,7 +383,7 @@ mod tests {
             "e",
             HealthStats {
                 state: g,
-                ejections: [c(), c(), c(), c()],
+                ejections: [c(), c(), c(), c(), c()],
                 active: IntGauge::new("a", "a").unwrap(),
             },
         ))

@@ -94,13 +94,13 @@ async fn least_request_idle_cluster_follows_weights() {
 
 #[tokio::test]
 async fn least_request_steers_away_from_a_slow_endpoint() {
-    // a answers in 50 ms, b at once. Under 16 concurrent clients a accumulates requests in
+    // a answers in 200 ms, b at once. Under 16 concurrent clients a accumulates requests in
     // flight, so P2C sends it only the picks where both draws land on it (1 in 8 with two
     // endpoints and one redraw); round robin would send it exactly half. The threshold (a gets
     // under 30% of requests) is 6+ standard deviations from the expected 12.5% over 480
     // requests: a false failure has probability below 1e-9.
     let (backs, vars) = backends(&["a", "b", "c", "canary"]).await;
-    backs[0].set_delay(std::time::Duration::from_millis(50));
+    backs[0].set_delay(std::time::Duration::from_millis(200));
     let h = std::sync::Arc::new(
         Harness::start(&fill(&config("least_request", [1, 1, 0]), &vars)).await,
     );

@@ -1,0 +1,553 @@
+//! gofe-controller: the feedback loop's decision maker.
+//!
+//! Every `interval` the controller reads per-endpoint signals (requests, success rate, latency)
+//! as the mesh measured them, runs `gofe_core::policy::decide` for every cluster, and publishes
+//! the resulting endpoint weights and health to the proxies:
+//!
+//! ```text
+//!   signals::Source ──Snapshot──▶ policy::decide (gofe-core, pure) ──▶ ProxyConfig ──▶ Publisher
+//!   (Prometheus or                  per cluster, with state              base config     (in-process
+//!    embedded scraper)              carried between steps                + weights        proxy today)
+//! ```
+//!
+//! What it does not do: it never measures traffic itself (the proxies do), never decides in
+//! its I/O code (the policy is a pure function shared with the simulator), and never treats
+//! missing data as zero traffic (stale data holds decisions; see `gofe_core::policy`). Its
+//! admin endpoint shows every decision with its inputs and reason (`/decisions`), the rendered
+//! queries (`/debug/queries`) and its own metrics (`/metrics`), including
+//! `gofe_endpoint_ejected`, which the metrics adapter reads for ejection-aware scaling.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use gofe_core::policy::{self, ClusterState, Decision, Event, Mode, Policy, Status};
+use gofe_proxy::config::HealthStatus;
+use gofe_proxy::ProxyConfig;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use serde::Serialize;
+
+pub mod admin;
+pub mod config;
+pub mod signals;
+
+use signals::Source;
+
+/// Where decisions go.
+#[derive(Clone)]
+pub enum Publisher {
+    /// A proxy in the same process (`gofe up`, tests).
+    Local(gofe_proxy::Proxy),
+    /// Nowhere: decide and explain only (dry run).
+    DryRun,
+}
+
+impl Publisher {
+    async fn publish(&self, config: ProxyConfig, version: u64) -> Result<(), String> {
+        match self {
+            Publisher::Local(proxy) => proxy
+                .apply(
+                    config,
+                    &format!("controller v{version}"),
+                    Duration::from_secs(15),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Publisher::DryRun => Ok(()),
+        }
+    }
+}
+
+/// The controller's metrics.
+struct Metrics {
+    registry: Registry,
+    ejected: IntGaugeVec,
+    weight: IntGaugeVec,
+    mode: IntGaugeVec,
+    decisions: IntCounter,
+    signal_errors: IntCounterVec,
+    ejections: IntCounterVec,
+    version: IntGauge,
+    last_decision: IntGauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let registry = Registry::new();
+        let gv = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let cv = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let ejected = gv(
+            "gofe_endpoint_ejected",
+            "1 while the controller has an endpoint ejected (weight 0, unhealthy), else 0.",
+            &["cluster", "endpoint"],
+        );
+        let weight = gv(
+            "gofe_controller_endpoint_weight",
+            "Weight the controller publishes for an endpoint (hundredths of its base weight).",
+            &["cluster", "endpoint"],
+        );
+        let mode = gv(
+            "gofe_controller_cluster_mode",
+            "1 for a cluster's current decision mode (normal, fail_static, relaxed, panic).",
+            &["cluster", "mode"],
+        );
+        let decisions = IntCounter::new("gofe_controller_decisions_total", "Decision steps.")
+            .expect("valid metric");
+        registry
+            .register(Box::new(decisions.clone()))
+            .expect("unique metric");
+        let signal_errors = cv(
+            "gofe_controller_signal_errors_total",
+            "Steps whose signals could not be fetched, by source.",
+            &["reason"],
+        );
+        let ejections = cv(
+            "gofe_controller_ejections_total",
+            "Ejections decided, by reason.",
+            &["cluster", "reason"],
+        );
+        let version = IntGauge::new(
+            "gofe_controller_config_version",
+            "Version of the configuration last published.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(version.clone()))
+            .expect("unique metric");
+        let last_decision = IntGauge::new(
+            "gofe_controller_last_decision_timestamp_seconds",
+            "Unix time of the last decision step.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(last_decision.clone()))
+            .expect("unique metric");
+        Metrics {
+            registry,
+            ejected,
+            weight,
+            mode,
+            decisions,
+            signal_errors,
+            ejections,
+            version,
+            last_decision,
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+/// One endpoint's decision as `/decisions` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct EndpointView {
+    /// Address.
+    pub endpoint: String,
+    /// Operator's base weight.
+    pub base_weight: u32,
+    /// Published weight (hundredths of the base unit).
+    pub weight: u32,
+    /// Published health.
+    pub healthy: bool,
+    /// `serving`, `ejected`, `half_open`, `ramping`, `held`, `relaxed`.
+    pub state: &'static str,
+    /// Latency multiplier.
+    pub multiplier: f64,
+    /// Why.
+    pub reason: String,
+    /// Inputs: requests in the window, rps, success rate, latency (s).
+    pub inputs: Option<Inputs>,
+}
+
+/// The signals a decision used.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Inputs {
+    /// Requests in the window.
+    pub requests: f64,
+    /// Requests per second.
+    pub rps: f64,
+    /// Success rate (0–1).
+    pub success_rate: f64,
+    /// Latency (s) at the configured quantile.
+    pub latency_seconds: f64,
+}
+
+/// A cluster's decision as `/decisions` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterView {
+    /// `normal`, `fail_static`, `relaxed`, `panic`.
+    pub mode: &'static str,
+    /// Per endpoint.
+    pub endpoints: Vec<EndpointView>,
+}
+
+/// Everything `/decisions` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DecisionsView {
+    /// Unix time of the step.
+    pub decided_at_unix: u64,
+    /// Version last published.
+    pub version: u64,
+    /// Signal error of the step, if any.
+    pub signal_error: Option<String>,
+    /// Per cluster.
+    pub clusters: BTreeMap<String, ClusterView>,
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Normal => "normal",
+        Mode::FailStatic => "fail_static",
+        Mode::Relaxed => "relaxed",
+        Mode::Panic => "panic",
+    }
+}
+
+fn state_name(s: Status) -> &'static str {
+    match s {
+        Status::Serving => "serving",
+        Status::Ejected { .. } => "ejected",
+        Status::HalfOpen => "half_open",
+        Status::Ramping { .. } => "ramping",
+        Status::Held => "held",
+        Status::Relaxed => "relaxed",
+    }
+}
+
+/// Shared between the loop and the admin endpoint.
+pub struct Shared {
+    /// The last step's decisions.
+    pub decisions: RwLock<DecisionsView>,
+    /// The source's rendered queries.
+    pub queries: RwLock<BTreeMap<String, String>>,
+    metrics: Metrics,
+}
+
+impl Shared {
+    /// The controller's metrics in Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+}
+
+/// The controller: configuration, signal source, per-cluster state, publisher.
+pub struct Controller {
+    base: ProxyConfig,
+    policies: BTreeMap<String, Policy>,
+    source: Source,
+    states: BTreeMap<String, ClusterState>,
+    publisher: Publisher,
+    published: Option<Vec<(String, String, u32, bool)>>,
+    version: u64,
+    started: tokio::time::Instant,
+    shared: Arc<Shared>,
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The signal source could not be built.
+    #[error(transparent)]
+    Signals(#[from] signals::SignalError),
+    /// The admin address could not be bound.
+    #[error("cannot bind the admin address {address}: {source}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Controller {
+    /// A controller for `loaded`, publishing to `publisher`.
+    pub fn new(loaded: config::Loaded, publisher: Publisher) -> Result<Self, ControllerError> {
+        let default = loaded.controller.policy.resolve(&Policy::default());
+        let policies = loaded
+            .proxy
+            .clusters
+            .iter()
+            .map(|c| {
+                let name = c.name.value.clone();
+                let p = loaded
+                    .controller
+                    .clusters
+                    .get(&name)
+                    .map_or_else(|| default.clone(), |o| o.resolve(&default));
+                (name, p)
+            })
+            .collect();
+        let source = Source::new(&loaded.controller.signals)?;
+        let shared = Arc::new(Shared {
+            decisions: RwLock::new(DecisionsView::default()),
+            queries: RwLock::new(source.describe()),
+            metrics: Metrics::new(),
+        });
+        Ok(Controller {
+            base: loaded.proxy,
+            policies,
+            source,
+            states: BTreeMap::new(),
+            publisher,
+            published: None,
+            version: 0,
+            started: tokio::time::Instant::now(),
+            shared,
+        })
+    }
+
+    /// What the admin endpoint reads.
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// One step: fetch signals, decide every cluster, publish if anything changed.
+    pub async fn step(&mut self) -> DecisionsView {
+        let now = self.now_ms();
+        let (snapshot, signal_error) = match self.source.fetch(now).await {
+            Ok(s) => (s, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "signals unavailable; holding decisions");
+                self.shared
+                    .metrics
+                    .signal_errors
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
+                (signals::Snapshot::new(), Some(e.to_string()))
+            }
+        };
+        let empty = BTreeMap::new();
+        let mut decisions: BTreeMap<String, (Decision, Vec<(String, u32)>)> = BTreeMap::new();
+        for cluster in &self.base.clusters {
+            let name = cluster.name.value.clone();
+            let base: Vec<(String, u32)> = cluster
+                .endpoints
+                .iter()
+                .map(|e| (e.address.value.clone(), e.weight))
+                .collect();
+            let policy = &self.policies[&name];
+            let previous = self.states.get(&name).cloned().unwrap_or_default();
+            let d = policy::decide(
+                policy,
+                &base,
+                &previous,
+                snapshot.get(&name).unwrap_or(&empty),
+                now,
+            );
+            for event in &d.events {
+                match event {
+                    Event::Ejected {
+                        endpoint,
+                        reason,
+                        until_ms,
+                    } => {
+                        tracing::warn!(cluster = %name, %endpoint, reason = reason.as_str(), ejected_for_s = until_ms.saturating_sub(now) / 1000, "controller ejected endpoint");
+                        self.shared
+                            .metrics
+                            .ejections
+                            .with_label_values(&[name.as_str(), reason.as_str()])
+                            .inc();
+                    }
+                    Event::HalfOpen { endpoint } => {
+                        tracing::info!(cluster = %name, %endpoint, "endpoint half-open: trial weight")
+                    }
+                    Event::Recovered { endpoint } => {
+                        tracing::info!(cluster = %name, %endpoint, "endpoint recovered: ramping back")
+                    }
+                }
+            }
+            self.states.insert(name.clone(), d.state.clone());
+            decisions.insert(name, (d, base));
+        }
+
+        // The configuration to publish: the base, with the decided weights and health.
+        let mut config = self.base.clone();
+        let mut fingerprint = Vec::new();
+        for cluster in &mut config.clusters {
+            let Some((d, _)) = decisions.get(&cluster.name.value) else {
+                continue;
+            };
+            for (ep, dec) in cluster.endpoints.iter_mut().zip(&d.endpoints) {
+                ep.weight = dec.weight;
+                ep.health_status = if dec.healthy {
+                    HealthStatus::Healthy
+                } else {
+                    HealthStatus::Unhealthy
+                };
+                fingerprint.push((
+                    cluster.name.value.clone(),
+                    ep.address.value.clone(),
+                    dec.weight,
+                    dec.healthy,
+                ));
+            }
+        }
+        if self.published.as_ref() != Some(&fingerprint) {
+            let version = self.version + 1;
+            match self.publisher.publish(config, version).await {
+                Ok(()) => {
+                    self.version = version;
+                    self.published = Some(fingerprint);
+                    self.shared.metrics.version.set(version as i64);
+                    tracing::info!(version, "published new weights");
+                }
+                Err(e) => tracing::error!(error = %e, "publishing failed; will retry next step"),
+            }
+        }
+
+        // Metrics and the explanation.
+        let m = &self.shared.metrics;
+        m.decisions.inc();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        m.last_decision.set(unix as i64);
+        let mut view = DecisionsView {
+            decided_at_unix: unix,
+            version: self.version,
+            signal_error,
+            clusters: BTreeMap::new(),
+        };
+        for (name, (d, base)) in &decisions {
+            for mode in [Mode::Normal, Mode::FailStatic, Mode::Relaxed, Mode::Panic] {
+                m.mode
+                    .with_label_values(&[name.as_str(), mode_name(mode)])
+                    .set(i64::from(mode == d.mode));
+            }
+            let endpoints = d
+                .endpoints
+                .iter()
+                .zip(base)
+                .map(|(e, (_, base_weight))| {
+                    m.weight
+                        .with_label_values(&[name.as_str(), e.endpoint.as_str()])
+                        .set(i64::from(e.weight));
+                    m.ejected
+                        .with_label_values(&[name.as_str(), e.endpoint.as_str()])
+                        .set(i64::from(
+                            matches!(e.status, Status::Ejected { .. })
+                                || (!e.healthy && e.status == Status::Held),
+                        ));
+                    EndpointView {
+                        endpoint: e.endpoint.clone(),
+                        base_weight: *base_weight,
+                        weight: e.weight,
+                        healthy: e.healthy,
+                        state: state_name(e.status),
+                        multiplier: e.multiplier,
+                        reason: e.reason.clone(),
+                        inputs: e.signals.map(|s| Inputs {
+                            requests: s.requests,
+                            rps: s.rps,
+                            success_rate: s.success_rate,
+                            latency_seconds: s.latency,
+                        }),
+                    }
+                })
+                .collect();
+            view.clusters.insert(
+                name.clone(),
+                ClusterView {
+                    mode: mode_name(d.mode),
+                    endpoints,
+                },
+            );
+        }
+        if let Ok(mut w) = self.shared.decisions.write() {
+            *w = view.clone();
+        }
+        view
+    }
+
+    /// Runs steps every `interval` until `stop` resolves.
+    pub async fn run_until(
+        mut self,
+        interval: Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => { self.step().await; }
+                _ = &mut stop => return,
+            }
+        }
+    }
+}
+
+/// Runs a controller from its configuration file until SIGTERM/SIGINT, serving its admin
+/// endpoint, publishing to `publisher`.
+pub async fn run(path: &std::path::Path, publisher: Publisher) -> Result<(), ControllerError> {
+    let loaded = config::load(path)?;
+    serve(loaded, publisher, shutdown_signal()).await
+}
+
+/// Runs a controller on an already loaded configuration until `stop` resolves.
+pub async fn serve(
+    loaded: config::Loaded,
+    publisher: Publisher,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ControllerError> {
+    let interval = loaded.controller.interval;
+    let admin_addr = loaded.controller.admin.address.clone();
+    let controller = Controller::new(loaded, publisher)?;
+    let shared = controller.shared();
+    let addr: SocketAddr = admin_addr.parse().map_err(|e| ControllerError::Bind {
+        address: admin_addr.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ControllerError::Bind {
+            address: admin_addr.clone(),
+            source,
+        })?;
+    tracing::info!(admin = %listener.local_addr().map_or(admin_addr.clone(), |a| a.to_string()), "gofe controller running");
+    let server = tokio::spawn(admin::serve(listener, shared));
+    controller.run_until(interval, stop).await;
+    server.abort();
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

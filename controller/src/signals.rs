@@ -1,0 +1,314 @@
+//! Where per-endpoint signals come from: Prometheus, or the proxies' `/metrics` scraped
+//! directly (the embedded source, so gofe runs with no Prometheus at all).
+//!
+//! Both produce the same [`Snapshot`]: per cluster and endpoint, requests in the window, rate,
+//! success rate and a latency quantile, each stamped with when it was sampled on the
+//! controller's clock. A source that cannot answer returns an error, never zeros: the decision
+//! step then holds (see `gofe_core::policy`).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gofe_core::policy::Signals;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{PrometheusConfig, SignalsConfig, SourceKind};
+
+pub mod exposition;
+
+/// Signals per cluster, then per endpoint address.
+pub type Snapshot = BTreeMap<String, BTreeMap<String, Signals>>;
+
+/// Why a source could not produce signals.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    /// Prometheus did not answer, or answered an error.
+    #[error("prometheus query {query:?}: {message}")]
+    Prometheus {
+        /// The rendered query.
+        query: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// No proxy could be scraped.
+    #[error("no proxy could be scraped: {0}")]
+    Scrape(String),
+}
+
+impl SignalError {
+    /// A short label for the `reason` of `gofe_controller_signal_errors_total`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            SignalError::Prometheus { .. } => "prometheus",
+            SignalError::Scrape(_) => "scrape",
+        }
+    }
+}
+
+/// A configured signal source.
+pub enum Source {
+    /// Scrapes proxies directly.
+    Embedded(Box<Embedded>),
+    /// Queries Prometheus.
+    Prometheus(Prometheus),
+}
+
+impl Source {
+    /// Builds the source the configuration names.
+    pub fn new(config: &SignalsConfig) -> Result<Self, SignalError> {
+        Ok(match config.source {
+            SourceKind::Embedded => Source::Embedded(Box::new(Embedded::new(
+                config.embedded.targets.clone(),
+                config.window,
+                config.latency_quantile,
+            ))),
+            SourceKind::Prometheus => Source::Prometheus(Prometheus::new(
+                &config.prometheus,
+                config.window,
+                config.latency_quantile,
+            )?),
+        })
+    }
+
+    /// Fetches the current signals. `now_ms` is the controller's clock.
+    pub async fn fetch(&mut self, now_ms: u64) -> Result<Snapshot, SignalError> {
+        match self {
+            Source::Embedded(e) => e.fetch(now_ms).await,
+            Source::Prometheus(p) => p.fetch(now_ms).await,
+        }
+    }
+
+    /// The rendered queries (Prometheus) or scrape targets (embedded), for `/debug/queries`.
+    pub fn describe(&self) -> BTreeMap<String, String> {
+        match self {
+            Source::Embedded(e) => e
+                .targets
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (format!("target{i}"), format!("http://{t}/metrics")))
+                .collect(),
+            Source::Prometheus(p) => p.queries.clone(),
+        }
+    }
+}
+
+// === impl Embedded ===
+
+/// Scrapes proxies' `/metrics` and computes windowed rates from successive samples.
+pub struct Embedded {
+    targets: Vec<String>,
+    window: Duration,
+    quantile: f64,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    /// Per target: recent samples, oldest first.
+    history: BTreeMap<String, VecDeque<(u64, exposition::Sample)>>,
+}
+
+impl Embedded {
+    /// A scraper of `targets` (`host:port` admin addresses).
+    pub fn new(targets: Vec<String>, window: Duration, quantile: f64) -> Self {
+        Embedded {
+            targets,
+            window,
+            quantile,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            history: BTreeMap::new(),
+        }
+    }
+
+    async fn scrape(&self, target: &str) -> Result<exposition::Sample, String> {
+        let uri: http::Uri = format!("http://{target}/metrics")
+            .parse()
+            .map_err(|e| format!("{target}: {e}"))?;
+        let fut = self.client.get(uri);
+        let resp = tokio::time::timeout(Duration::from_secs(3), fut)
+            .await
+            .map_err(|_| format!("{target}: timed out"))?
+            .map_err(|e| format!("{target}: {e}"))?;
+        if !resp.status().is_success() {
+            return Err(format!("{target}: HTTP {}", resp.status()));
+        }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{target}: {e}"))?
+            .to_bytes();
+        let text = std::str::from_utf8(&body).map_err(|e| format!("{target}: {e}"))?;
+        Ok(exposition::Sample::parse(text))
+    }
+
+    async fn fetch(&mut self, now_ms: u64) -> Result<Snapshot, SignalError> {
+        let mut errors = Vec::new();
+        let mut any = false;
+        for target in self.targets.clone() {
+            match self.scrape(&target).await {
+                Ok(sample) => {
+                    any = true;
+                    let h = self.history.entry(target).or_default();
+                    h.push_back((now_ms, sample));
+                    // Keep one sample at least a window old as the base of the deltas.
+                    let window = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
+                    while h.len() > 2 && now_ms.saturating_sub(h[1].0) >= window {
+                        h.pop_front();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "scrape failed");
+                    errors.push(e);
+                    // A target that cannot be scraped contributes nothing fresh.
+                    self.history.remove(&target);
+                }
+            }
+        }
+        if !any {
+            return Err(SignalError::Scrape(errors.join("; ")));
+        }
+        let mut totals: BTreeMap<(String, String), exposition::Delta> = BTreeMap::new();
+        let mut span_ms = 0;
+        for h in self.history.values() {
+            let (Some((t0, first)), Some((t1, last))) = (h.front(), h.back()) else {
+                continue;
+            };
+            if t1 <= t0 {
+                continue;
+            }
+            span_ms = span_ms.max(t1 - t0);
+            for (key, delta) in last.delta_since(first) {
+                totals.entry(key).or_default().add(&delta);
+            }
+        }
+        let mut snapshot = Snapshot::new();
+        if span_ms == 0 {
+            // One sample so far: nothing to compute a rate from yet.
+            return Ok(snapshot);
+        }
+        for ((cluster, endpoint), d) in totals {
+            snapshot.entry(cluster).or_default().insert(
+                endpoint,
+                Signals {
+                    requests: d.requests,
+                    rps: d.requests * 1000.0 / span_ms as f64,
+                    success_rate: if d.requests > 0.0 {
+                        (d.requests - d.failures) / d.requests
+                    } else {
+                        1.0
+                    },
+                    latency: d.quantile(self.quantile).unwrap_or(0.0),
+                    sampled_at_ms: now_ms,
+                },
+            );
+        }
+        Ok(snapshot)
+    }
+}
+
+// === impl Prometheus ===
+
+/// Queries Prometheus with configurable PromQL.
+pub struct Prometheus {
+    client: prometheus_http_query::Client,
+    queries: BTreeMap<String, String>,
+    timeout: Duration,
+}
+
+impl Prometheus {
+    /// A client for `config.url` with the queries rendered for `window` and `quantile`.
+    pub fn new(
+        config: &PrometheusConfig,
+        window: Duration,
+        quantile: f64,
+    ) -> Result<Self, SignalError> {
+        let client: prometheus_http_query::Client =
+            config.url.parse().map_err(|e| SignalError::Prometheus {
+                query: String::new(),
+                message: format!("bad url {:?}: {e}", config.url),
+            })?;
+        let w = gofe_core::duration::format(window);
+        let render = |q: &str| {
+            q.replace("{window}", &w)
+                .replace("{quantile}", &quantile.to_string())
+        };
+        let queries = [
+            ("requests", &config.requests),
+            ("rps", &config.rps),
+            ("success_rate", &config.success_rate),
+            ("latency", &config.latency),
+            ("last_sample", &config.last_sample),
+        ]
+        .into_iter()
+        .map(|(k, q)| (k.to_owned(), render(q)))
+        .collect();
+        Ok(Prometheus {
+            client,
+            queries,
+            timeout: config.timeout,
+        })
+    }
+
+    async fn vector(&self, name: &str) -> Result<BTreeMap<(String, String), f64>, SignalError> {
+        let query = self.queries[name].clone();
+        let err = |message: String| SignalError::Prometheus {
+            query: query.clone(),
+            message,
+        };
+        let result = tokio::time::timeout(self.timeout, self.client.query(query.as_str()).get())
+            .await
+            .map_err(|_| err("timed out".into()))?
+            .map_err(|e| err(e.to_string()))?;
+        let prometheus_http_query::response::Data::Vector(vector) = result.data() else {
+            return Err(err("expected an instant vector".into()));
+        };
+        let mut out = BTreeMap::new();
+        for v in vector {
+            let labels = v.metric();
+            let (Some(c), Some(e)) = (labels.get("cluster"), labels.get("endpoint")) else {
+                continue;
+            };
+            out.insert((c.clone(), e.clone()), v.sample().value());
+        }
+        Ok(out)
+    }
+
+    async fn fetch(&mut self, now_ms: u64) -> Result<Snapshot, SignalError> {
+        let requests = self.vector("requests").await?;
+        let rps = self.vector("rps").await?;
+        let success = self.vector("success_rate").await?;
+        let latency = self.vector("latency").await?;
+        let last = self.vector("last_sample").await?;
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        let mut snapshot = Snapshot::new();
+        for (key, n) in &requests {
+            // A series with no newest-sample time is treated as missing, not as fresh.
+            let Some(ts) = last.get(key) else { continue };
+            let age_ms = ((unix_now - ts).max(0.0) * 1000.0) as u64;
+            let signals = Signals {
+                requests: *n,
+                rps: rps.get(key).copied().unwrap_or(0.0),
+                // NaN (no requests in the window) is not "all failed": count it as no data.
+                success_rate: success
+                    .get(key)
+                    .copied()
+                    .filter(|v| v.is_finite())
+                    .unwrap_or(1.0),
+                latency: latency
+                    .get(key)
+                    .copied()
+                    .filter(|v| v.is_finite())
+                    .unwrap_or(0.0),
+                sampled_at_ms: now_ms.saturating_sub(age_ms),
+            };
+            snapshot
+                .entry(key.0.clone())
+                .or_default()
+                .insert(key.1.clone(), signals);
+        }
+        Ok(snapshot)
+    }
+}
