@@ -20,7 +20,7 @@
 //! `readiness`, then join the endpoints. Scale-down removes pending, then unready, then the
 //! newest pods first, as a ReplicaSet does.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use gofe_core::balance::{least_request, Candidate, WeightedSequence};
@@ -205,6 +205,9 @@ struct Pod {
     win_failed: f64,
     ewma: f64,
     cached: Option<(f64, f64, f64)>,
+    /// gofe balancer: per controller interval (requests, failures, Σ latency × requests).
+    signal_window: VecDeque<(f64, f64, f64)>,
+    signal_now: (f64, f64, f64),
 }
 
 impl Pod {
@@ -237,14 +240,26 @@ pub fn run(
     on_step: &mut dyn FnMut(&StepRow),
     progress: &mut dyn FnMut(f64),
 ) -> Result<Summary, RunError> {
-    if policy.balancer == Balancer::Gofe {
-        return Err(RunError::Policy {
-            policy: policy.name.clone(),
-            message: "the gofe controller policy needs gofe_core::policy (core/src/policy.rs), \
-                      which has not landed yet"
-                .into(),
-        });
-    }
+    run_recorded(scenario, policy, base, on_step, progress, None)
+}
+
+/// What the `gofe` balancer fed to `gofe_core::policy::decide` and got back, per decision.
+pub type DecisionRecorder<'a> = &'a mut dyn FnMut(
+    &[(String, u32)],
+    &BTreeMap<String, gofe_core::policy::Signals>,
+    u64,
+    &gofe_core::policy::Decision,
+);
+
+/// [`run`], also handing every controller decision of the `gofe` balancer to `recorder`.
+pub fn run_recorded(
+    scenario: &Scenario,
+    policy: &Policy,
+    base: &Path,
+    on_step: &mut dyn FnMut(&StepRow),
+    progress: &mut dyn FnMut(f64),
+    mut recorder: Option<DecisionRecorder<'_>>,
+) -> Result<Summary, RunError> {
     let sv = &scenario.service;
     let dt = scenario.step.secs();
     let duration = match scenario.duration {
@@ -282,7 +297,10 @@ pub fn run(
         tolerance: autoscaling.map_or(gofe_core::hpa::DEFAULT_TOLERANCE, |a| a.tolerance),
         ..ControllerConfig::default()
     };
-    let outlier_cfg = scenario.outlier.as_ref().filter(|_| policy.outlier);
+    let outlier_cfg = scenario
+        .outlier
+        .as_ref()
+        .filter(|_| policy.outlier && policy.balancer != Balancer::Gofe);
     let times = outlier_cfg.map(|o| EjectionTimes {
         base: o.base_ejection.0,
         max: o.max_ejection.0,
@@ -323,6 +341,8 @@ pub fn run(
             win_failed: 0.0,
             ewma: base_latency,
             cached: None,
+            signal_window: VecDeque::new(),
+            signal_now: (0.0, 0.0, 0.0),
         }
     };
     let mut pods: Vec<Pod> = (0..sv.pods).map(|_| new_pod(0.0, true)).collect();
@@ -347,6 +367,11 @@ pub fn run(
     let outlier_interval = outlier_cfg.map_or(f64::INFINITY, |o| o.interval.secs());
     next_interval += outlier_interval;
     let mut row = StepRow::default();
+    let gofe_policy = gofe_core::policy::Policy::default();
+    let mut gofe_state = gofe_core::policy::ClusterState::default();
+    let mut gofe_weights: BTreeMap<usize, u32> = BTreeMap::new();
+    let mut next_decide = policy.interval.secs();
+    let mut seq_weights: Vec<u32> = Vec::new();
     let report_every = (steps / 100).max(1);
 
     for step in 0..steps {
@@ -398,10 +423,24 @@ pub fn run(
                 })
                 .map(|(i, _)| i),
         );
+        let mut weights: Vec<u32> = vec![1; endpoints.len()];
+        if policy.balancer == Balancer::Gofe {
+            // The controller's weights (endpoints it has not seen yet get the base weight).
+            for (w, &i) in weights.iter_mut().zip(&endpoints) {
+                *w = gofe_weights
+                    .get(&pods[i].index)
+                    .copied()
+                    .unwrap_or(gofe_core::policy::WEIGHT_SCALE as u32);
+            }
+            if weights.iter().all(|&w| w == 0) {
+                weights.fill(1);
+            }
+        }
         let members: Vec<usize> = endpoints.iter().map(|&i| pods[i].index).collect();
-        if members != seq_members {
-            seq = WeightedSequence::new(&vec![1u32; endpoints.len()]);
+        if members != seq_members || weights != seq_weights {
+            seq = WeightedSequence::new(&weights);
             seq_members = members;
+            seq_weights = weights;
         }
 
         // Balance.
@@ -415,6 +454,7 @@ pub fn run(
             let chunk = offered / picks as f64;
             match policy.balancer {
                 Balancer::RoundRobin | Balancer::Gofe => {
+                    // Smooth weighted round robin over the (controller's) weights.
                     for _ in 0..picks {
                         let e = seq.pick(ticket).unwrap_or(0);
                         ticket = ticket.wrapping_add(1);
@@ -502,6 +542,9 @@ pub fn run(
                 continue;
             }
             p.req_counter += n;
+            p.signal_now.0 += n;
+            p.signal_now.1 += failures;
+            p.signal_now.2 += latency * n;
             if n > 0.0 {
                 step_lat.push((latency, n));
                 hist.add(latency, n);
@@ -572,6 +615,77 @@ pub fn run(
                 p.win_total = 0.0;
                 p.win_failed = 0.0;
             }
+        }
+
+        // gofe's controller: decide every interval on the last window of signals.
+        if policy.balancer == Balancer::Gofe && now + dt >= next_decide {
+            next_decide += policy.interval.secs();
+            let keep = (policy.window.secs() / policy.interval.secs())
+                .ceil()
+                .max(1.0) as usize;
+            let mut base_weights = Vec::new();
+            let mut signals = BTreeMap::new();
+            for p in &mut pods {
+                p.signal_window.push_back(std::mem::take(&mut p.signal_now));
+                while p.signal_window.len() > keep {
+                    p.signal_window.pop_front();
+                }
+                if now < p.ready_at {
+                    continue;
+                }
+                let name = format!("pod-{}", p.index);
+                let (req, fail, lat) = p
+                    .signal_window
+                    .iter()
+                    .fold((0.0, 0.0, 0.0), |a, x| (a.0 + x.0, a.1 + x.1, a.2 + x.2));
+                let span = p.signal_window.len() as f64 * policy.interval.secs();
+                if req > 0.0 {
+                    signals.insert(
+                        name.clone(),
+                        gofe_core::policy::Signals {
+                            requests: req,
+                            rps: req / span,
+                            success_rate: 1.0 - fail / req,
+                            latency: lat / req,
+                            sampled_at_ms: now_ms,
+                        },
+                    );
+                }
+                base_weights.push((name, 1u32));
+            }
+            let decision = gofe_core::policy::decide(
+                &gofe_policy,
+                &base_weights,
+                &gofe_state,
+                &signals,
+                now_ms,
+            );
+            summary.ejections += decision
+                .events
+                .iter()
+                .filter(|e| matches!(e, gofe_core::policy::Event::Ejected { .. }))
+                .count() as u32;
+            if let Some(rec) = recorder.as_mut() {
+                rec(&base_weights, &signals, now_ms, &decision);
+            }
+            let panic = decision.mode == gofe_core::policy::Mode::Panic;
+            gofe_weights = decision
+                .endpoints
+                .iter()
+                .filter_map(|d| {
+                    let index: usize = d.endpoint.strip_prefix("pod-")?.parse().ok()?;
+                    let w = if panic {
+                        gofe_core::policy::WEIGHT_SCALE as u32
+                    } else if d.healthy {
+                        d.weight
+                    } else {
+                        0
+                    };
+                    Some((index, w))
+                })
+                .collect();
+            open = gofe_weights.values().filter(|&&w| w == 0).count();
+            gofe_state = decision.state;
         }
 
         // Step statistics.

@@ -449,6 +449,16 @@ pub struct Policy {
     /// Runs without the HPA (fixed replicas) even when the scenario has one.
     #[serde(default)]
     pub fixed_replicas: bool,
+    /// `gofe` balancer: how often the controller decides (default `5s`, as the controller).
+    #[serde(default = "five_s")]
+    pub interval: Dur,
+    /// `gofe` balancer: the signal window (default `30s`, as the controller).
+    #[serde(default = "thirty_s")]
+    pub window: Dur,
+}
+
+fn five_s() -> Dur {
+    Dur(Duration::from_secs(5))
 }
 
 fn yes() -> bool {
@@ -465,7 +475,9 @@ pub enum Balancer {
     LeastRequest,
     /// Power of two choices on peak-EWMA latency × (requests in flight + 1).
     PeakEwma,
-    /// gofe's controller policy (`gofe_core::policy::decide`), when it exists.
+    /// gofe's controller policy: weights and ejections from `gofe_core::policy::decide` (with
+    /// its default policy) every `interval` on the last `window` of signals, applied by smooth
+    /// weighted round robin as the proxy does.
     Gofe,
 }
 
