@@ -53,8 +53,14 @@ fn same_scenario_and_seed_give_the_same_bytes_another_seed_does_not() {
     let run = |sc: &scenario::Scenario| {
         let mut csv = Vec::new();
         let mut sink = gofe_sim::report::CsvSink::new(&mut csv);
-        let s = engine::run(sc, &sc.policies[1], &golden, &mut |r| sink.push(r), &mut |_| {})
-            .unwrap();
+        let s = engine::run(
+            sc,
+            &sc.policies[1],
+            &golden,
+            &mut |r| sink.push(r),
+            &mut |_| {},
+        )
+        .unwrap();
         sink.finish().unwrap();
         (gofe_sim::report::summary_text(&s), csv)
     };
@@ -84,7 +90,11 @@ fn slow_backend_experiment_orders_the_policies() {
     assert!(rr.failed > 2_500.0, "{}", rr.failed);
     for name in ["round-robin+outlier", "least-request", "peak-ewma", "gofe"] {
         let s = &by_name[name];
-        assert!(s.drain_seconds[0].is_some_and(|d| d <= 10.0), "{name}: {:?}", s.drain_seconds);
+        assert!(
+            s.drain_seconds[0].is_some_and(|d| d <= 10.0),
+            "{name}: {:?}",
+            s.drain_seconds
+        );
         assert!(s.failed < rr.failed / 4.0, "{name}: {} failed", s.failed);
     }
 }
@@ -135,4 +145,14 @@ fn gofe_policy_replay_matches_the_controller_decisions() {
         assert_eq!(&d, recorded, "decision at {now} ms");
         state = d.state;
     }
+}
+
+#[test]
+fn readme_hpa_examples_give_the_documented_replicas() {
+    let input = std::fs::read(dir().join("tests/hpa-cases.jsonl")).unwrap();
+    let mut out = Vec::new();
+    let n = gofe_sim::hpa_script::run("hpa-cases.jsonl", &input[..], &mut out).unwrap();
+    assert_eq!(n, 6);
+    let expected = std::fs::read_to_string(dir().join("tests/hpa-cases.expected")).unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
 }
