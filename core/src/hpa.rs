@@ -561,9 +561,11 @@ fn per_pod_replicas(
                     MetricTarget::AverageValue(t) => t,
                     MetricTarget::Value(_) => 0,
                 }
-            } else if ratio > 1.0 {
+            } else if ratio > 1.0 || !matches!(spec.target, MetricTarget::Utilization(_)) {
+                // Scale-up (or, for plain values, exactly on target): a missing pod is idle.
                 0
             } else {
+                // Utilization exactly on target: the controller leaves missing pods out.
                 continue;
             };
             metrics.insert(pod, assumed);

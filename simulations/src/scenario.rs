@@ -584,12 +584,91 @@ pub fn parse(source_name: &str, text: &str) -> Result<Scenario, ScenarioError> {
             }]));
         }
     };
-    let problems = validate(&scenario);
+    let mut problems = validate(&scenario);
     if problems.is_empty() {
         Ok(scenario)
     } else {
+        for p in &mut problems {
+            if let Some((line, column)) = locate(text, &p.field) {
+                p.line = Some(line);
+                p.column = Some(column);
+            }
+        }
+        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
         Err(invalid(problems))
     }
+}
+
+/// Finds the line and column of a field path (`policies[1].autoscaling.maxReplicas`) in YAML
+/// text written in block style, with flow mappings allowed inside: the best effort that lets
+/// validation errors, which serde no longer sees, name a line too. `None` when not found.
+pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let content = |l: &str| {
+        let t = l.trim_start();
+        !(t.is_empty() || t.starts_with('#'))
+    };
+    let (mut start, mut end) = (0usize, lines.len());
+    let mut found = None;
+    for segment in path.split('.') {
+        let (key, indices) = match segment.find('[') {
+            Some(i) => (&segment[..i], &segment[i..]),
+            None => (segment, ""),
+        };
+        if !key.is_empty() {
+            let (line, col) = (start..end).find_map(|i| {
+                let l = lines[i];
+                let mut from = 0;
+                while let Some(pos) = l[from..].find(key) {
+                    let at = from + pos;
+                    let before = l[..at].chars().last();
+                    let after = l[at + key.len()..].trim_start();
+                    if matches!(before, None | Some(' ' | '{' | ',' | '-'))
+                        && after.starts_with(':')
+                    {
+                        return Some((i, at));
+                    }
+                    from = at + key.len();
+                }
+                None
+            })?;
+            found = Some((line + 1, col + 1));
+            let own = indent(lines[line]).max(col);
+            let rest_inline = lines[line][col..].contains('{');
+            start = line;
+            end = if rest_inline {
+                line + 1
+            } else {
+                (line + 1..end)
+                    .find(|&i| {
+                        content(lines[i]) && indent(lines[i]) <= own.min(indent(lines[line]))
+                    })
+                    .unwrap_or(end)
+            };
+        }
+        for index in indices
+            .split(['[', ']'])
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse::<usize>())
+        {
+            let index = index.ok()?;
+            let items: Vec<usize> = (start + 1..end)
+                .filter(|&i| lines[i].trim_start().starts_with('-'))
+                .collect();
+            let item_indent = items.iter().map(|&i| indent(lines[i])).min()?;
+            let items: Vec<usize> = items
+                .into_iter()
+                .filter(|&i| indent(lines[i]) == item_indent)
+                .collect();
+            let line = *items.get(index)?;
+            found = Some((line + 1, item_indent + 1));
+            end = items.get(index + 1).copied().unwrap_or(end);
+            // The item's own line may hold the next key (`- name: x`): search from it.
+            start = line;
+        }
+    }
+    found
 }
 
 fn first_line(rendered: &str) -> String {
@@ -800,12 +879,23 @@ mod tests {
     fn validation_errors_name_the_field() {
         let text = OK.replace("pods: 2", "pods: 0");
         let e = parse("s.yaml", &text).unwrap_err().to_string();
-        assert!(e.contains("s.yaml: service.pods: must be in"), "{e}");
+        assert!(e.starts_with("s.yaml:6:3: service.pods: must be in"), "{e}");
         let text = format!("{OK}autoscaling:\n  maxReplicas: 5\n  metrics:\n    - cpu: {{ average_utilization: 50 }}\n  behavior:\n    scaleUp:\n      selectPolicy: Sometimes\n");
         let e = parse("s.yaml", &text).unwrap_err().to_string();
         assert!(
             e.contains("autoscaling.behavior.scaleUp.selectPolicy"),
             "{e}"
         );
+        assert!(e.starts_with("s.yaml:16:7:"), "{e}");
+    }
+
+    #[test]
+    fn locate_finds_block_and_flow_fields() {
+        let text = "a:\n  b: 1\nlist:\n  - { name: x, v: 1 }\n  - name: y\n    v: 2\n";
+        assert_eq!(locate(text, "a.b"), Some((2, 3)));
+        assert_eq!(locate(text, "list[0].v"), Some((4, 16)));
+        assert_eq!(locate(text, "list[1].v"), Some((6, 5)));
+        assert_eq!(locate(text, "list[1]"), Some((5, 3)));
+        assert_eq!(locate(text, "missing"), None);
     }
 }

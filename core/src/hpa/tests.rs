@@ -774,3 +774,28 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn missing_pods_exactly_on_target_plain_value_vs_utilization() {
+    // AverageValue (the controller's plain-metric path): at a ratio of exactly 1 missing pods
+    // count as 0, which can turn into a scale-down. Utilization (the resource path): they are
+    // left out, and nothing changes.
+    let s = spec(vec![pods_metric(100)], 1, 100, Some(open_behavior()));
+    let r = per_pod(&[("p0", 100)]);
+    assert_eq!(
+        run(&s, 4, &pods(4), &[r]),
+        1,
+        "100 / 4 = 25 per pod → ceil(0.25 × 4) = 1"
+    );
+    let cpu = MetricSpec {
+        name: "cpu".into(),
+        kind: MetricKind::Resource { cpu: false },
+        target: MetricTarget::Utilization(50),
+    };
+    let s = spec(vec![cpu], 1, 100, Some(open_behavior()));
+    let reading = Reading::PerPod {
+        samples: [("p0".to_string(), sample(50))].into(),
+        requests: (0..4).map(|i| (format!("p{i}"), 100)).collect(),
+    };
+    assert_eq!(run(&s, 4, &pods(4), &[reading]), 4);
+}
