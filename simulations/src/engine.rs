@@ -189,6 +189,8 @@ enum Life {
 
 struct Pod {
     index: usize,
+    /// `pod-<index>`: the name the HPA and the controller know it by.
+    name: String,
     created: f64,
     running_at: f64,
     ready_at: f64,
@@ -262,6 +264,7 @@ pub fn run_recorded(
 ) -> Result<Summary, RunError> {
     let sv = &scenario.service;
     let dt = scenario.step.secs();
+    let inv_dt = 1.0 / dt;
     let duration = match scenario.duration {
         Some(d) => d.secs(),
         None => {
@@ -325,6 +328,7 @@ pub fn run_recorded(
         };
         Pod {
             index,
+            name: format!("pod-{index}"),
             created: now,
             running_at,
             ready_at,
@@ -372,6 +376,7 @@ pub fn run_recorded(
     let mut gofe_weights: BTreeMap<usize, u32> = BTreeMap::new();
     let mut next_decide = policy.interval.secs();
     let mut seq_weights: Vec<u32> = Vec::new();
+    let mut weights: Vec<u32> = Vec::new();
     let report_every = (steps / 100).max(1);
 
     for step in 0..steps {
@@ -423,7 +428,8 @@ pub fn run_recorded(
                 })
                 .map(|(i, _)| i),
         );
-        let mut weights: Vec<u32> = vec![1; endpoints.len()];
+        weights.clear();
+        weights.resize(endpoints.len(), 1);
         if policy.balancer == Balancer::Gofe {
             // The controller's weights (endpoints it has not seen yet get the base weight).
             for (w, &i) in weights.iter_mut().zip(&endpoints) {
@@ -436,11 +442,16 @@ pub fn run_recorded(
                 weights.fill(1);
             }
         }
-        let members: Vec<usize> = endpoints.iter().map(|&i| pods[i].index).collect();
-        if members != seq_members || weights != seq_weights {
+        let same_members = endpoints.len() == seq_members.len()
+            && endpoints
+                .iter()
+                .zip(&seq_members)
+                .all(|(&i, &m)| pods[i].index == m);
+        if !same_members || weights != seq_weights {
             seq = WeightedSequence::new(&weights);
-            seq_members = members;
-            seq_weights = weights;
+            seq_members.clear();
+            seq_members.extend(endpoints.iter().map(|&i| pods[i].index));
+            seq_weights.clone_from(&weights);
         }
 
         // Balance.
@@ -467,7 +478,7 @@ pub fn run_recorded(
                         let b = endpoints[seq.pick(rng.u64(..)).unwrap_or(0)];
                         let active = |i: usize| {
                             let p = &pods[i];
-                            ((assigned[i] / dt * p.service + p.backlog) * 1000.0) as u64
+                            ((assigned[i] * inv_dt * p.service + p.backlog) * 1000.0) as u64
                         };
                         let pick = if least_request(
                             Candidate {
@@ -492,7 +503,7 @@ pub fn run_recorded(
                         let b = endpoints[seq.pick(rng.u64(..)).unwrap_or(0)];
                         let cost = |i: usize| {
                             let p = &pods[i];
-                            p.ewma * (assigned[i] / dt * p.service + p.backlog + 1.0)
+                            p.ewma * (assigned[i] * inv_dt * p.service + p.backlog + 1.0)
                         };
                         let pick = if cost(a) <= cost(b) { a } else { b };
                         assigned[pick] += chunk;
@@ -527,7 +538,11 @@ pub fn run_recorded(
             } else {
                 let rho = (lambda / mu).min(0.95);
                 p.backlog = (p.backlog + (lambda - mu) * dt).max(0.0);
-                let wait = service * rho.powf(wait_exponent) / (c * (1.0 - rho));
+                let wait = if rho > 0.0 {
+                    service * rho.powf(wait_exponent) / (c * (1.0 - rho))
+                } else {
+                    0.0
+                };
                 let w = service + wait + p.backlog / mu;
                 p.cpu_counter += lambda.min(mu) / mu * 1000.0 * dt;
                 if w > timeout {
@@ -571,8 +586,10 @@ pub fn run_recorded(
                 let k = f64::from(o.consecutive);
                 let run_expected = if f >= 1.0 {
                     n - k + 1.0
-                } else {
+                } else if f > 0.0 {
                     n * (1.0 - f) * f.powf(k)
+                } else {
+                    0.0
                 };
                 if o.consecutive > 0
                     && n >= k
@@ -633,7 +650,7 @@ pub fn run_recorded(
                 if now < p.ready_at {
                     continue;
                 }
-                let name = format!("pod-{}", p.index);
+                let name = p.name.clone();
                 let (req, fail, lat) = p
                     .signal_window
                     .iter()
@@ -689,7 +706,7 @@ pub fn run_recorded(
         }
 
         // Step statistics.
-        step_lat.sort_by(|a, b| a.0.total_cmp(&b.0));
+        step_lat.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
         let served: f64 = step_lat.iter().map(|x| x.1).sum();
         let quantile = |q: f64| {
             let mut acc = 0.0;
@@ -783,7 +800,7 @@ pub fn run_recorded(
                 let infos: Vec<PodInfo> = pods
                     .iter()
                     .map(|p| PodInfo {
-                        name: format!("pod-{}", p.index),
+                        name: p.name.clone(),
                         phase: if p.running(now) {
                             PodPhase::Running
                         } else {
@@ -824,7 +841,7 @@ pub fn run_recorded(
                                         let c = p.cached?;
                                         let v = if cpu { c.1 } else { c.0 * 1000.0 };
                                         Some((
-                                            format!("pod-{}", p.index),
+                                            p.name.clone(),
                                             PodSample {
                                                 value: v.round() as i64,
                                                 age_ms: ((now - c.2) * 1000.0) as i64,
@@ -835,7 +852,7 @@ pub fn run_recorded(
                                     .collect(),
                                 requests: pods
                                     .iter()
-                                    .map(|p| (format!("pod-{}", p.index), 1000))
+                                    .map(|p| (p.name.clone(), 1000))
                                     .collect(),
                             }
                         }
