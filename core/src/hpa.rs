@@ -420,8 +420,9 @@ fn ceil_i32(x: f64) -> i32 {
 }
 
 fn metric_usage_ratio(metrics: &BTreeMap<&str, Milli>, target: Milli) -> f64 {
-    let total: Milli = metrics.values().sum();
-    let current = total / metrics.len().max(1) as i64;
+    // i128: a sum of i64 readings cannot overflow it.
+    let total: i128 = metrics.values().map(|&v| i128::from(v)).sum();
+    let current = total / metrics.len().max(1) as i128;
     current as f64 / target as f64
 }
 
@@ -430,17 +431,18 @@ fn utilization_ratio(
     requests: &BTreeMap<String, Milli>,
     target: i32,
 ) -> Option<f64> {
-    let (mut used, mut requested) = (0i64, 0i64);
+    let (mut used, mut requested) = (0i128, 0i128);
     for (pod, value) in metrics {
         if let Some(r) = requests.get(*pod) {
-            used += value;
-            requested += r;
+            used += i128::from(*value);
+            requested += i128::from(*r);
         }
     }
     if requested == 0 {
         return None;
     }
-    let utilization = (used * 100 / requested) as i32;
+    let utilization =
+        (used * 100 / requested).clamp(i128::from(i32::MIN), i128::from(i32::MAX)) as i32;
     Some(f64::from(utilization) / f64::from(target))
 }
 
@@ -480,11 +482,15 @@ fn group_pods<'a>(
                     if start_age < config.cpu_initialization_period_ms {
                         // Initializing: the sample must be a full window after the last
                         // readiness transition.
-                        !cond.ready || sample.age_ms > cond.transition_age_ms - sample.window_ms
+                        !cond.ready
+                            || sample.age_ms
+                                > cond.transition_age_ms.saturating_sub(sample.window_ms)
                     } else {
                         // Unready and never ready since start (within the readiness delay).
                         !cond.ready
-                            && cond.transition_age_ms + config.initial_readiness_delay_ms
+                            && cond
+                                .transition_age_ms
+                                .saturating_add(config.initial_readiness_delay_ms)
                                 > start_age
                     }
                 }
@@ -556,7 +562,12 @@ fn per_pod_replicas(
                 // least its whole request).
                 match spec.target {
                     MetricTarget::Utilization(t) => {
-                        requests.get(*pod).copied().unwrap_or(0) * i64::from(t.max(100)) / 100
+                        requests
+                            .get(*pod)
+                            .copied()
+                            .unwrap_or(0)
+                            .saturating_mul(i64::from(t.max(100)))
+                            / 100
                     }
                     MetricTarget::AverageValue(t) => t,
                     MetricTarget::Value(_) => 0,
@@ -605,10 +616,10 @@ fn total_value_replicas(
     values: &[Milli],
     tol: Tolerances,
 ) -> Result<i32, HpaError> {
-    let usage: Milli = values.iter().sum();
+    let usage: f64 = values.iter().map(|&v| i128::from(v)).sum::<i128>() as f64;
     match spec.target {
         MetricTarget::Value(target) => {
-            let ratio = usage as f64 / target as f64;
+            let ratio = usage / target as f64;
             let current = obs.spec_replicas;
             if current != 0 {
                 if tol.is_within(ratio) {
@@ -624,11 +635,11 @@ fn total_value_replicas(
         }
         MetricTarget::AverageValue(per_pod) => {
             let replicas = obs.status_replicas;
-            let ratio = usage as f64 / (per_pod as f64 * f64::from(replicas));
+            let ratio = usage / (per_pod as f64 * f64::from(replicas));
             if tol.is_within(ratio) {
                 Ok(replicas)
             } else {
-                Ok(ceil_i32(usage as f64 / per_pod as f64))
+                Ok(ceil_i32(usage / per_pod as f64))
             }
         }
         MetricTarget::Utilization(_) => Err(HpaError::BadTarget(spec.name.clone())),
@@ -783,12 +794,11 @@ pub struct Outcome {
 }
 
 fn replicas_change(period_seconds: i32, events: &[ScaleEvent], now_ms: i64) -> i32 {
-    let cutoff = now_ms - i64::from(period_seconds) * 1000;
+    let cutoff = now_ms.saturating_sub(i64::from(period_seconds) * 1000);
     events
         .iter()
         .filter(|e| e.at_ms > cutoff)
-        .map(|e| e.change)
-        .sum()
+        .fold(0i32, |acc, e| acc.saturating_add(e.change))
 }
 
 /// The highest replica count the scale-up rules allow now.
@@ -801,9 +811,9 @@ pub fn scale_up_limit(current: i32, history: &History, rules: &ResolvedRules, no
     for p in &rules.policies {
         let added = replicas_change(p.period_seconds, &history.scale_up_events, now_ms);
         let removed = replicas_change(p.period_seconds, &history.scale_down_events, now_ms);
-        let start = current - added + removed;
+        let start = current.saturating_sub(added).saturating_add(removed);
         let proposed = match p.kind {
-            PolicyKind::Pods => start + p.value,
+            PolicyKind::Pods => start.saturating_add(p.value),
             PolicyKind::Percent => ceil_i32(f64::from(start) * (1.0 + f64::from(p.value) / 100.0)),
         };
         result = pick(result, proposed);
@@ -826,9 +836,9 @@ pub fn scale_down_limit(
     for p in &rules.policies {
         let added = replicas_change(p.period_seconds, &history.scale_up_events, now_ms);
         let removed = replicas_change(p.period_seconds, &history.scale_down_events, now_ms);
-        let start = current - added + removed;
+        let start = current.saturating_sub(added).saturating_add(removed);
         let proposed = match p.kind {
-            PolicyKind::Pods => start - p.value,
+            PolicyKind::Pods => start.saturating_sub(p.value),
             // Truncation toward zero, as Go's int32(float64).
             PolicyKind::Percent => (f64::from(start) * (1.0 - f64::from(p.value) / 100.0)) as i32,
         };
@@ -864,7 +874,7 @@ fn normalize_legacy(
     min: i32,
     now_ms: i64,
 ) -> (i32, Limit) {
-    let cutoff = now_ms - config.downscale_stabilization_ms;
+    let cutoff = now_ms.saturating_sub(config.downscale_stabilization_ms);
     let mut stabilized = proposal;
     for r in &history.recommendations {
         if r.at_ms >= cutoff && r.replicas > stabilized {
@@ -901,13 +911,14 @@ fn normalize_with_behavior(
     now_ms: i64,
 ) -> (i32, Limit) {
     let (up, down) = spec.behavior.clone().unwrap_or_default().resolved(config);
-    let up_cutoff = now_ms - i64::from(up.stabilization_window_seconds) * 1000;
-    let down_cutoff = now_ms - i64::from(down.stabilization_window_seconds) * 1000;
-    let obsolete_cutoff = now_ms
-        - i64::from(
+    let up_cutoff = now_ms.saturating_sub(i64::from(up.stabilization_window_seconds) * 1000);
+    let down_cutoff = now_ms.saturating_sub(i64::from(down.stabilization_window_seconds) * 1000);
+    let obsolete_cutoff = now_ms.saturating_sub(
+        i64::from(
             up.stabilization_window_seconds
                 .max(down.stabilization_window_seconds),
-        ) * 1000;
+        ) * 1000,
+    );
     let (mut up_rec, mut down_rec) = (proposal, proposal);
     for r in &history.recommendations {
         if r.at_ms > up_cutoff {
@@ -980,11 +991,19 @@ fn store_scale_event(
     };
     let (up, down) = behavior.resolved(config);
     let (events, rules, change) = if new > previous {
-        (&mut history.scale_up_events, up, new - previous)
+        (
+            &mut history.scale_up_events,
+            up,
+            new.saturating_sub(previous),
+        )
     } else {
-        (&mut history.scale_down_events, down, previous - new)
+        (
+            &mut history.scale_down_events,
+            down,
+            previous.saturating_sub(new),
+        )
     };
-    let cutoff = now_ms - i64::from(longest_period(&rules)) * 1000;
+    let cutoff = now_ms.saturating_sub(i64::from(longest_period(&rules)) * 1000);
     for e in events.iter_mut() {
         if e.at_ms < cutoff {
             e.outdated = true;
@@ -1097,7 +1116,8 @@ fn keda_activation(
     }
     let active = spec.metrics.iter().zip(obs.readings).any(|(m, r)| {
         matches!(m.kind, MetricKind::External | MetricKind::Object)
-            && matches!(r, Reading::Values(v) if v.iter().sum::<Milli>() > threshold)
+            && matches!(r, Reading::Values(v)
+                if v.iter().map(|&x| i128::from(x)).sum::<i128>() > i128::from(threshold))
     });
     if active {
         history.last_active_ms = Some(now_ms);
@@ -1113,8 +1133,8 @@ fn keda_activation(
     if obs.spec_replicas == 0 {
         return if active { to(1) } else { to(0) };
     }
-    let idle_for = now_ms - history.last_active_ms.unwrap_or(i64::MIN / 2);
-    if !active && idle_for >= keda.cooldown_seconds * 1000 {
+    let idle_for = now_ms.saturating_sub(history.last_active_ms.unwrap_or(i64::MIN / 2));
+    if !active && idle_for >= keda.cooldown_seconds.saturating_mul(1000) {
         return to(0);
     }
     None

@@ -850,10 +850,7 @@ pub fn run_recorded(
                                         ))
                                     })
                                     .collect(),
-                                requests: pods
-                                    .iter()
-                                    .map(|p| (p.name.clone(), 1000))
-                                    .collect(),
+                                requests: pods.iter().map(|p| (p.name.clone(), 1000)).collect(),
                             }
                         }
                     })

@@ -744,7 +744,7 @@ pub fn prepare(case: &Case) -> Result<Prepared, (String, String)> {
             .recommendations
             .iter()
             .map(|r| Recommendation {
-                at_ms: -ms(r.age),
+                at_ms: ms(r.age).saturating_neg(),
                 replicas: r.replicas,
             })
             .collect(),
@@ -761,7 +761,7 @@ pub fn prepare(case: &Case) -> Result<Prepared, (String, String)> {
             .keda
             .as_ref()
             .and_then(|k| k.last_active_age)
-            .map(|a| -ms(a)),
+            .map(|a| ms(a).saturating_neg()),
     };
     let c = &case.controller;
     Ok(Prepared {
@@ -783,7 +783,7 @@ pub fn prepare(case: &Case) -> Result<Prepared, (String, String)> {
 fn events(list: &[EventJson]) -> Vec<ScaleEvent> {
     list.iter()
         .map(|e| ScaleEvent {
-            at_ms: -ms(e.age),
+            at_ms: ms(e.age).saturating_neg(),
             change: e.change,
             outdated: false,
         })
@@ -947,6 +947,26 @@ mod tests {
             e.to_string().contains("spec.metrics[0].pods.target.type"),
             "{e}"
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn malformed_lines_never_panic(line in "\\PC{0,200}") {
+            let _ = evaluate_line(&line);
+        }
+
+        #[test]
+        fn valid_lines_with_extreme_numbers_never_panic(
+            spec_replicas in proptest::prelude::any::<i32>(),
+            max in proptest::prelude::any::<i32>(),
+            value in proptest::prelude::any::<i64>(),
+            age in proptest::prelude::any::<f64>(),
+        ) {
+            let line = format!(
+                r#"{{"spec":{{"maxReplicas":{max},"metrics":[{{"type":"External","external":{{"metric":{{"name":"q"}},"target":{{"type":"AverageValue","averageValue":"1"}}}}}}],"behavior":{{}}}},"specReplicas":{spec_replicas},"metrics":[{{"values":[{value}]}}],"recommendations":[{{"age":{age:e},"replicas":3}}]}}"#
+            );
+            let _ = evaluate_line(&line);
+        }
     }
 
     #[test]

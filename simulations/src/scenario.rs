@@ -702,6 +702,11 @@ pub fn validate(s: &Scenario) -> Vec<Problem> {
     if s.traffic.is_empty() {
         bad("traffic", "at least one component");
     }
+    if let Some(d) = s.duration {
+        if !s.step.0.is_zero() && d.secs() / s.step.secs() > 1e8 {
+            bad("duration", "more than 100,000,000 steps: use a longer step");
+        }
+    }
     let has_trace = s.traffic.iter().any(|t| matches!(t, Traffic::Trace { .. }));
     if s.duration.is_none() && !has_trace {
         bad("duration", "required without a trace");
@@ -887,6 +892,19 @@ mod tests {
             "{e}"
         );
         assert!(e.starts_with("s.yaml:16:7:"), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn malformed_scenarios_never_panic(cut in 0usize..200, junk in "\\PC{0,20}") {
+            // Truncate a valid scenario anywhere and splice in junk.
+            let mut text: String = OK.chars().take(cut).collect();
+            text.push_str(&junk);
+            let _ = parse("s.yaml", &text);
+            for field in ["service.pods", "policies[0].balancer", "x[3].y", "[", "a..b"] {
+                let _ = locate(&text, field);
+            }
+        }
     }
 
     #[test]

@@ -574,6 +574,21 @@ mod tests {
         assert_eq!(curve_at(&ramp, 5.0), 5.0);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn malformed_traces_never_panic(text in "[0-9a-zT:.,{}\"\\- \n#]{0,300}", json in proptest::prelude::any::<bool>()) {
+            let name = if json { "t.jsonl" } else { "t.csv" };
+            let text: &'static str = Box::leak(text.into_boxed_str());
+            if let Ok(mut c) = TraceCurve::new(reader(name, text), 1.0, 1.0, GapRule::Refuse, 300.0) {
+                for t in 0..50 {
+                    if c.at(f64::from(t)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn noise_is_seeded() {
         let t = [

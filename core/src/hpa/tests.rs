@@ -799,3 +799,76 @@ fn missing_pods_exactly_on_target_plain_value_vs_utilization() {
     };
     assert_eq!(run(&s, 4, &pods(4), &[reading]), 4);
 }
+
+proptest! {
+    #[test]
+    fn never_panics_on_extreme_inputs(
+        min in any::<i32>(),
+        max in any::<i32>(),
+        current in any::<i32>(),
+        status in any::<i32>(),
+        values in prop::collection::vec(any::<i64>(), 0..4),
+        target in any::<i64>(),
+        kind in 0u8..4,
+        policy_value in any::<i32>(),
+        period in any::<i32>(),
+        window in any::<i32>(),
+        event_change in any::<i32>(),
+        at in any::<i64>(),
+        now in any::<i64>(),
+    ) {
+        let target_spec = match kind {
+            0 => MetricTarget::AverageValue(target),
+            1 => MetricTarget::Value(target),
+            2 => MetricTarget::Utilization(target as i32),
+            _ => MetricTarget::AverageValue(target),
+        };
+        let metric = MetricSpec {
+            name: "m".into(),
+            kind: if kind == 3 { MetricKind::Pods } else if kind == 2 { MetricKind::Resource { cpu: true } } else { MetricKind::External },
+            target: target_spec,
+        };
+        let rules = ScalingRules {
+            stabilization_window_seconds: Some(window),
+            select_policy: None,
+            policies: Some(vec![
+                ScalingPolicy { kind: PolicyKind::Pods, value: policy_value, period_seconds: period },
+                ScalingPolicy { kind: PolicyKind::Percent, value: policy_value, period_seconds: period },
+            ]),
+            tolerance: None,
+        };
+        let s = HpaSpec {
+            min_replicas: min,
+            max_replicas: max,
+            metrics: vec![metric],
+            behavior: Some(Behavior { scale_up: Some(rules.clone()), scale_down: Some(rules) }),
+            keda: Some(KedaOptions {
+                activation_threshold: Some(target),
+                cooldown_seconds: i64::from(window),
+                fallback: Some(Fallback { failure_threshold: 1, replicas: policy_value }),
+            }),
+        };
+        let ps = pods(values.len());
+        let reading = if kind >= 2 {
+            Reading::PerPod {
+                samples: values.iter().enumerate().map(|(i, v)| (format!("p{i}"), PodSample { value: *v, age_ms: at, window_ms: now })).collect(),
+                requests: values.iter().enumerate().map(|(i, v)| (format!("p{i}"), v.wrapping_neg())).collect(),
+            }
+        } else {
+            Reading::Values(values.clone())
+        };
+        let readings = [reading];
+        let obs = Observation { spec_replicas: current, status_replicas: status, pods: &ps, readings: &readings };
+        let mut h = History {
+            recommendations: vec![Recommendation { at_ms: at, replicas: event_change }],
+            scale_up_events: vec![ScaleEvent { at_ms: at, change: event_change, outdated: false }],
+            scale_down_events: vec![ScaleEvent { at_ms: at, change: event_change, outdated: false }],
+            failures: vec![u32::MAX],
+            last_active_ms: Some(at),
+        };
+        let _ = reconcile(&s, &CFG, &obs, &mut h, now);
+        let mut legacy = s.clone();
+        legacy.behavior = None;
+        let _ = reconcile(&legacy, &CFG, &obs, &mut h, now);
+    }
+}
