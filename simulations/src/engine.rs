@@ -474,8 +474,11 @@ pub fn run_recorded(
                 }
                 Balancer::LeastRequest => {
                     for _ in 0..picks {
-                        let a = endpoints[seq.pick(rng.u64(..)).unwrap_or(0)];
-                        let b = endpoints[seq.pick(rng.u64(..)).unwrap_or(0)];
+                        // Candidates drawn in proportion to weight; every weight is 1 here,
+                        // so a uniform draw is the same draw as `seq.pick(random)` on the
+                        // all-ones cycle, without its 64-bit division.
+                        let a = endpoints[rng.usize(..endpoints.len())];
+                        let b = endpoints[rng.usize(..endpoints.len())];
                         let active = |i: usize| {
                             let p = &pods[i];
                             ((assigned[i] * inv_dt * p.service + p.backlog) * 1000.0) as u64
@@ -499,8 +502,11 @@ pub fn run_recorded(
                 }
                 Balancer::PeakEwma => {
                     for _ in 0..picks {
-                        let a = endpoints[seq.pick(rng.u64(..)).unwrap_or(0)];
-                        let b = endpoints[seq.pick(rng.u64(..)).unwrap_or(0)];
+                        // Candidates drawn in proportion to weight; every weight is 1 here,
+                        // so a uniform draw is the same draw as `seq.pick(random)` on the
+                        // all-ones cycle, without its 64-bit division.
+                        let a = endpoints[rng.usize(..endpoints.len())];
+                        let b = endpoints[rng.usize(..endpoints.len())];
                         let cost = |i: usize| {
                             let p = &pods[i];
                             p.ewma * (assigned[i] * inv_dt * p.service + p.backlog + 1.0)
