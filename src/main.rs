@@ -70,6 +70,8 @@ enum Command {
         #[command(subcommand)]
         command: ControllerCommand,
     },
+    /// Simulate offline: replay traffic through the HPA and gofe's decision code.
+    Sim(gofe_sim::cli::SimArgs),
     /// Check a proxy configuration file and print every problem with its line and field.
     Check {
         /// The configuration file.
@@ -167,6 +169,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Controller { command } => controller(command).await,
+            Command::Sim(args) => gofe_sim::cli::main(args),
             Command::Check { config } => {
                 gofe_proxy::config::load(&config)?;
                 println!("{}: ok", config.display());

@@ -17,10 +17,14 @@
 //! * [`policy`] — the controller's decision step: per-endpoint signals in, weights, ejections
 //!   and reasons out (shared with the simulator).
 //!
+//! * [`hpa`] — the Kubernetes HorizontalPodAutoscaler (autoscaling/v2) replica computation,
+//!   step for step as the HPA controller does it, for the simulator, adapter and controller.
+//!
 //! The proxy supplies the atomics (tickets, active-request counts), the clock and the
 //! randomness; this crate only decides.
 
 pub mod balance;
 pub mod duration;
+pub mod hpa;
 pub mod outlier;
 pub mod policy;
