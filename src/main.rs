@@ -56,6 +56,8 @@ enum Command {
         #[arg(long, default_value = "backend")]
         name: String,
     },
+    /// Run the Kubernetes external metrics adapter (external.metrics.k8s.io for the HPA).
+    Adapter(gofe_metrics_adapter::server::AdapterArgs),
     /// Check a proxy configuration file and print every problem with its line and field.
     Check {
         /// The configuration file.
@@ -114,6 +116,9 @@ fn main() -> anyhow::Result<()> {
                 backend.stop().await;
                 Ok(())
             }
+            Command::Adapter(args) => gofe_metrics_adapter::run(args.into_options()?)
+                .await
+                .context("gofe adapter"),
             Command::Check { config } => {
                 gofe_proxy::config::load(&config)?;
                 println!("{}: ok", config.display());
