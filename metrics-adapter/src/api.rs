@@ -98,7 +98,9 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BadRequest"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "Unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "Forbidden"),
-            ApiError::ServiceUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+            ApiError::ServiceUnavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError"),
         }
     }
@@ -107,15 +109,22 @@ impl ApiError {
 impl From<FetchError> for ApiError {
     fn from(e: FetchError) -> Self {
         match e {
-            FetchError::UnknownMetric(_) | FetchError::NoData { .. } => ApiError::NotFound(e.to_string()),
+            FetchError::UnknownMetric(_) | FetchError::NoData { .. } => {
+                ApiError::NotFound(e.to_string())
+            }
             FetchError::BadSelector(e) => ApiError::BadRequest(e.to_string()),
             FetchError::Unavailable(e) => {
                 tracing::warn!(error = %e, "prometheus unavailable");
-                ApiError::ServiceUnavailable("prometheus is unavailable; no value is served rather than a guessed one".into())
+                ApiError::ServiceUnavailable(
+                    "prometheus is unavailable; no value is served rather than a guessed one"
+                        .into(),
+                )
             }
             FetchError::Rule { metric, source } => {
                 tracing::error!(%metric, error = %source, "rule query failed");
-                ApiError::Internal(format!("the query of metric {metric:?} failed; see the adapter's log"))
+                ApiError::Internal(format!(
+                    "the query of metric {metric:?} failed; see the adapter's log"
+                ))
             }
         }
     }
@@ -144,17 +153,28 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/apis", get(api_group_list))
         .route("/apis/external.metrics.k8s.io", get(api_group))
-        .route("/apis/external.metrics.k8s.io/v1beta1", get(api_resource_list))
+        .route(
+            "/apis/external.metrics.k8s.io/v1beta1",
+            get(api_resource_list),
+        )
         .route(
             "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}",
             get(metric_values),
         )
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_v3_index))
-        .route("/openapi/v3/apis/external.metrics.k8s.io/v1beta1", get(openapi_v3))
+        .route(
+            "/openapi/v3/apis/external.metrics.k8s.io/v1beta1",
+            get(openapi_v3),
+        )
         .route("/debug/rules", get(debug_rules))
-        .fallback(|| async { ApiError::NotFound("the server could not find the requested resource".into()) })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
+        .fallback(|| async {
+            ApiError::NotFound("the server could not find the requested resource".into())
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
@@ -164,13 +184,19 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Checks the caller against the [`AuthPolicy`] and records the [`RemoteUser`].
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     match &state.auth {
         AuthPolicy::None => {}
         AuthPolicy::FrontProxy { allowed_names } => {
             let Some(cert) = request.extensions().get::<ClientCert>().cloned() else {
-                return ApiError::Unauthorized("a client certificate signed by the request-header CA is required".into())
-                    .into_response();
+                return ApiError::Unauthorized(
+                    "a client certificate signed by the request-header CA is required".into(),
+                )
+                .into_response();
             };
             if !allowed_names.is_empty()
                 && !cert
@@ -179,7 +205,10 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
                     .is_some_and(|cn| allowed_names.iter().any(|a| a == cn))
             {
                 tracing::warn!(common_name = ?cert.common_name, "client certificate name not allowed");
-                return ApiError::Forbidden("this client certificate may not call the adapter".into()).into_response();
+                return ApiError::Forbidden(
+                    "this client certificate may not call the adapter".into(),
+                )
+                .into_response();
             }
             if let Some(user) = remote_user(request.headers()) {
                 tracing::debug!(user = %user.name, groups = ?user.groups, path = %request.uri().path(), "request");
@@ -204,7 +233,11 @@ async fn readyz(State(state): State<AppState>) -> Response {
     if state.provider.ready() {
         "ok".into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "external rules not discovered yet").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "external rules not discovered yet",
+        )
+            .into_response()
     }
 }
 
@@ -420,7 +453,11 @@ async fn openapi_v3() -> Json<serde_json::Value> {
 
 /// Unix seconds as RFC 3339 UTC with second precision, as Kubernetes writes `metav1.Time`.
 pub fn rfc3339(unix: f64) -> String {
-    let secs = if unix.is_finite() { unix.floor() as i64 } else { 0 };
+    let secs = if unix.is_finite() {
+        unix.floor() as i64
+    } else {
+        0
+    };
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Howard Hinnant's days-to-civil algorithm.
@@ -462,12 +499,20 @@ mod tests {
         // Nothing listens on port 1: every query is "unavailable".
         let prom = PrometheusClient::new("http://127.0.0.1:1", Duration::from_millis(200)).unwrap();
         AppState {
-            provider: Arc::new(Provider::new(prom, Default::default(), CacheConfig::default())),
+            provider: Arc::new(Provider::new(
+                prom,
+                Default::default(),
+                CacheConfig::default(),
+            )),
             auth,
         }
     }
 
-    async fn call(auth: AuthPolicy, uri: &str, cert: Option<&str>) -> (StatusCode, serde_json::Value) {
+    async fn call(
+        auth: AuthPolicy,
+        uri: &str,
+        cert: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
         let mut req = axum::http::Request::get(uri).body(Body::empty()).unwrap();
         if let Some(cn) = cert {
             req.extensions_mut().insert(ClientCert {
@@ -477,19 +522,35 @@ mod tests {
         let resp = router(state(auth)).oneshot(req).await.unwrap();
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     #[tokio::test]
     async fn discovery_documents() {
         let (s, b) = call(AuthPolicy::None, "/apis", None).await;
         assert_eq!(s, StatusCode::OK);
-        assert_eq!(b["groups"][0]["preferredVersion"]["groupVersion"], GROUP_VERSION);
+        assert_eq!(
+            b["groups"][0]["preferredVersion"]["groupVersion"],
+            GROUP_VERSION
+        );
         let (_, b) = call(AuthPolicy::None, "/apis/external.metrics.k8s.io", None).await;
         assert_eq!(b["kind"], "APIGroup");
-        let (_, b) = call(AuthPolicy::None, "/apis/external.metrics.k8s.io/v1beta1", None).await;
+        let (_, b) = call(
+            AuthPolicy::None,
+            "/apis/external.metrics.k8s.io/v1beta1",
+            None,
+        )
+        .await;
         assert_eq!(b["kind"], "APIResourceList");
-        let names: Vec<&str> = b["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+        let names: Vec<&str> = b["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
         assert!(names.contains(&"http_requests_per_second"), "{names:?}");
         let (s, b) = call(AuthPolicy::None, "/openapi/v2", None).await;
         assert_eq!((s, b["swagger"].as_str()), (StatusCode::OK, Some("2.0")));
@@ -500,12 +561,34 @@ mod tests {
         let base = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default";
         let (s, b) = call(AuthPolicy::None, &format!("{base}/nope"), None).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
-        assert_eq!((b["kind"].as_str(), b["reason"].as_str(), b["code"].as_u64()), (Some("Status"), Some("NotFound"), Some(404)));
-        let (s, b) = call(AuthPolicy::None, &format!("{base}/http_requests_per_second?labelSelector=service%3D%22x%22%7D"), None).await;
-        assert_eq!((s, b["reason"].as_str()), (StatusCode::BAD_REQUEST, Some("BadRequest")));
-        let (s, b) = call(AuthPolicy::None, &format!("{base}/http_requests_per_second?labelSelector=service%3Dapi"), None).await;
-        assert_eq!((s, b["code"].as_u64()), (StatusCode::SERVICE_UNAVAILABLE, Some(503)));
-        assert!(!b["message"].as_str().unwrap().contains("127.0.0.1"), "internal detail leaked: {b}");
+        assert_eq!(
+            (b["kind"].as_str(), b["reason"].as_str(), b["code"].as_u64()),
+            (Some("Status"), Some("NotFound"), Some(404))
+        );
+        let (s, b) = call(
+            AuthPolicy::None,
+            &format!("{base}/http_requests_per_second?labelSelector=service%3D%22x%22%7D"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, b["reason"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("BadRequest"))
+        );
+        let (s, b) = call(
+            AuthPolicy::None,
+            &format!("{base}/http_requests_per_second?labelSelector=service%3Dapi"),
+            None,
+        )
+        .await;
+        assert_eq!(
+            (s, b["code"].as_u64()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some(503))
+        );
+        assert!(
+            !b["message"].as_str().unwrap().contains("127.0.0.1"),
+            "internal detail leaked: {b}"
+        );
     }
 
     #[tokio::test]

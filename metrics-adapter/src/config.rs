@@ -433,7 +433,11 @@ impl Validator {
         }
         if let Some(l) = &c.namespace_label {
             if !crate::selector::is_prometheus_label(&l.value) {
-                self.at(l, "builtinRules.namespaceLabel".into(), "not a Prometheus label name");
+                self.at(
+                    l,
+                    "builtinRules.namespaceLabel".into(),
+                    "not a Prometheus label name",
+                );
             }
             settings.namespace_label = Some(l.value.clone());
         }
@@ -443,7 +447,10 @@ impl Validator {
             if !known.contains(&name.as_str()) {
                 self.nowhere(
                     field.clone(),
-                    format!("no built-in metric of this name (known: {})", known.join(", ")),
+                    format!(
+                        "no built-in metric of this name (known: {})",
+                        known.join(", ")
+                    ),
                 );
             }
             let options = self.options(
@@ -484,7 +491,8 @@ impl Validator {
         };
         let forecast = forecast.as_ref().map(|f| {
             let d = |x: &Option<Spanned<DurationText>>, default: u64| {
-                x.as_ref().map_or(Duration::from_secs(default), |s| s.value.0)
+                x.as_ref()
+                    .map_or(Duration::from_secs(default), |s| s.value.0)
             };
             let forecast = Forecast {
                 lead: f.lead.value.0,
@@ -523,7 +531,11 @@ impl Validator {
                 .map_or_else(|| "cluster".to_owned(), |l| l.value.clone());
             if let Some(l) = &e.label {
                 if !crate::selector::is_prometheus_label(&l.value) {
-                    self.at(l, format!("{field}.ejectionAware.label"), "not a Prometheus label name");
+                    self.at(
+                        l,
+                        format!("{field}.ejectionAware.label"),
+                        "not a Prometheus label name",
+                    );
                 }
             }
             EjectionAware { label }
@@ -541,12 +553,20 @@ impl Validator {
         let template = match Template::parse(&c.metrics_query.value) {
             Ok(t) => Some(t),
             Err(e) => {
-                self.at(&c.metrics_query, format!("{field}.metricsQuery"), e.to_string());
+                self.at(
+                    &c.metrics_query,
+                    format!("{field}.metricsQuery"),
+                    e.to_string(),
+                );
                 None
             }
         };
         if c.series_query.value.trim().is_empty() {
-            self.at(&c.series_query, format!("{field}.seriesQuery"), "must not be empty");
+            self.at(
+                &c.series_query,
+                format!("{field}.seriesQuery"),
+                "must not be empty",
+            );
         }
         let mut keep = Vec::new();
         let mut drop = Vec::new();
@@ -653,7 +673,10 @@ externalRules:
     fn a_prometheus_adapter_config_loads_unchanged() {
         let book = parse("adapter.yaml", PROMETHEUS_ADAPTER).unwrap();
         assert_eq!(book.external.len(), 2);
-        assert_eq!(book.external[0].namespace_label.as_deref(), Some("namespace"));
+        assert_eq!(
+            book.external[0].namespace_label.as_deref(),
+            Some("namespace")
+        );
         assert_eq!(book.external[1].namespace_label, None);
         assert_eq!(book.external[1].replacement, "$1");
         assert!(book.builtin.enabled);
@@ -677,10 +700,23 @@ externalRules:
         let book = parse("f.yaml", text).unwrap();
         assert_eq!(book.builtin.rate_window, Duration::from_secs(60));
         let o = &book.builtin.options["http_requests_per_second"];
-        assert_eq!(o.missing, MissingData::HoldLast { max_age: Duration::from_secs(120) });
+        assert_eq!(
+            o.missing,
+            MissingData::HoldLast {
+                max_age: Duration::from_secs(120)
+            }
+        );
         assert_eq!(o.forecast.as_ref().unwrap().lead, Duration::from_secs(60));
         assert_eq!(book.external[0].options.missing, MissingData::Zero);
-        assert_eq!(book.external[0].options.ejection_aware.as_ref().unwrap().label, "svc");
+        assert_eq!(
+            book.external[0]
+                .options
+                .ejection_aware
+                .as_ref()
+                .unwrap()
+                .label,
+            "svc"
+        );
     }
 
     #[test]
@@ -701,7 +737,11 @@ externalRules:
         assert_eq!((p[0].line, p[0].field.as_str()), (Some(3), "rules"));
         assert_eq!(p[1].line, Some(6));
         assert_eq!(p[1].field, "externalRules[0].metricsQuery");
-        assert!(p[1].message.contains("LabelValuesByName"), "{}", p[1].message);
+        assert!(
+            p[1].message.contains("LabelValuesByName"),
+            "{}",
+            p[1].message
+        );
         assert_eq!(p[2].line, Some(9));
         assert_eq!(p[2].field, "externalRules[1].name.matches");
         assert!(err.to_string().starts_with("f.yaml:3:"), "{err}");
@@ -709,7 +749,11 @@ externalRules:
 
     #[test]
     fn unknown_fields_and_bad_values_name_line_and_field() {
-        let err = parse("f.yaml", "externalRules:\n- seriesQuery: x\n  metricsQuery: y\n  metricQuery: z\n").unwrap_err();
+        let err = parse(
+            "f.yaml",
+            "externalRules:\n- seriesQuery: x\n  metricsQuery: y\n  metricQuery: z\n",
+        )
+        .unwrap_err();
         let p = &err.problems()[0];
         assert_eq!(p.line, Some(4), "{err}");
         assert!(p.message.contains("metricQuery"), "{err}");

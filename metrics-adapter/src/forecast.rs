@@ -36,7 +36,11 @@ impl Holt {
     /// The value `steps_ahead` steps after the last observation, or `None` when there are no
     /// (finite) observations. One observation forecasts itself.
     pub fn forecast(&self, observations: &[f64], steps_ahead: f64) -> Option<f64> {
-        let xs: Vec<f64> = observations.iter().copied().filter(|x| x.is_finite()).collect();
+        let xs: Vec<f64> = observations
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .collect();
         let (&first, rest) = xs.split_first()?;
         let floor = xs.iter().copied().fold(0.0_f64, f64::min);
         let Some(&second) = rest.first() else {
@@ -90,6 +94,11 @@ mod tests {
         assert_eq!(Holt::default().forecast(&[], 3.0), None);
         assert_eq!(Holt::default().forecast(&[f64::NAN], 3.0), None);
         assert_eq!(Holt::default().forecast(&[4.0], 3.0), Some(4.0));
-        assert_eq!(Holt::default().forecast(&[4.0, f64::NAN, 6.0], 0.0).map(|f| f > 4.0), Some(true));
+        assert_eq!(
+            Holt::default()
+                .forecast(&[4.0, f64::NAN, 6.0], 0.0)
+                .map(|f| f > 4.0),
+            Some(true)
+        );
     }
 }

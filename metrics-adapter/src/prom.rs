@@ -163,7 +163,10 @@ impl PrometheusClient {
             .build()
             .map_err(|e| PromError::Protocol(e.to_string()))?;
         let request = http::Request::post(uri)
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| PromError::Protocol(e.to_string()))?;
         let exchange = async {
@@ -183,7 +186,9 @@ impl PrometheusClient {
         };
         let (status, body) = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| PromError::Unavailable(format!("no answer within {:?}", self.timeout)))??;
+            .map_err(|_| {
+                PromError::Unavailable(format!("no answer within {:?}", self.timeout))
+            })??;
         let envelope: Envelope = match serde_json::from_slice(&body) {
             Ok(e) => e,
             Err(_) if status.is_server_error() => {
@@ -199,7 +204,9 @@ impl PrometheusClient {
         let kind = envelope.error_type.unwrap_or_default();
         let message = envelope.error.unwrap_or_default();
         if status.is_server_error() && kind != "execution" {
-            Err(PromError::Unavailable(format!("HTTP {status} {kind}: {message}")))
+            Err(PromError::Unavailable(format!(
+                "HTTP {status} {kind}: {message}"
+            )))
         } else {
             Err(PromError::Rejected { kind, message })
         }
@@ -251,7 +258,12 @@ impl PrometheusClient {
             format!("{end:.3}"),
             format!("{:.3}", step.as_secs_f64()),
         );
-        let form = [("query", promql), ("start", &start), ("end", &end), ("step", &step)];
+        let form = [
+            ("query", promql),
+            ("start", &start),
+            ("end", &end),
+            ("step", &step),
+        ];
         let data = self.call("query_range", &form).await?;
         let data: QueryData =
             serde_json::from_value(data).map_err(|e| PromError::Protocol(e.to_string()))?;
@@ -269,7 +281,9 @@ impl PrometheusClient {
                     })
                 })
                 .collect(),
-            _ => Err(PromError::Protocol("range query did not return a matrix".into())),
+            _ => Err(PromError::Protocol(
+                "range query did not return a matrix".into(),
+            )),
         }
     }
 

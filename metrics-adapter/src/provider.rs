@@ -304,9 +304,13 @@ impl Provider {
             return (slot.cell.clone(), slot.last_good.clone());
         }
         if cache.len() >= self.cache_config.capacity {
-            cache.retain(|_, s| s.cell.get().is_none() || now.duration_since(s.created) < freshness);
+            cache
+                .retain(|_, s| s.cell.get().is_none() || now.duration_since(s.created) < freshness);
             if cache.len() >= self.cache_config.capacity {
-                let oldest = cache.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| k.clone());
+                let oldest = cache
+                    .iter()
+                    .min_by_key(|(_, s)| s.created)
+                    .map(|(k, _)| k.clone());
                 if let Some(k) = oldest {
                     cache.remove(&k);
                 }
@@ -353,11 +357,13 @@ impl Provider {
                             .filter_map(|s| {
                                 let xs: Vec<f64> = s.points.iter().map(|p| p.1).collect();
                                 let t = s.points.last().map_or(now, |p| p.0);
-                                f.holt.forecast(&xs, steps_ahead).map(|value| crate::prom::Sample {
-                                    labels: s.labels,
-                                    timestamp: t,
-                                    value,
-                                })
+                                f.holt
+                                    .forecast(&xs, steps_ahead)
+                                    .map(|value| crate::prom::Sample {
+                                        labels: s.labels,
+                                        timestamp: t,
+                                        value,
+                                    })
                             })
                             .collect()
                     })

@@ -111,7 +111,10 @@ mod tests {
 
     #[test]
     fn extreme_milli_values_format() {
-        assert_eq!(MilliQuantity(i64::MIN + 1).to_string(), "-9223372036854775807m");
+        assert_eq!(
+            MilliQuantity(i64::MIN + 1).to_string(),
+            "-9223372036854775807m"
+        );
         assert_eq!(MilliQuantity(5_000_000_000_000_000_000).to_string(), "5P");
         // i64 milli-units top out at 9.2P; E never appears.
         assert_eq!(MilliQuantity(9_000_000_000_000_000_000).to_string(), "9P");

@@ -132,7 +132,9 @@ fn split_actions(text: &str) -> Result<Vec<Result<String, String>>, TemplateErro
     while let Some(start) = rest.find("<<") {
         out.push(Ok(rest[..start].to_owned()));
         let after = &rest[start + 2..];
-        let end = after.find(">>").ok_or(TemplateError::Unclosed(offset + start))?;
+        let end = after
+            .find(">>")
+            .ok_or(TemplateError::Unclosed(offset + start))?;
         out.push(Err(after[..end].trim().to_owned()));
         offset += start + 2 + end + 2;
         rest = &after[end + 2..];
@@ -354,7 +356,9 @@ impl BuiltinSettings {
             .filter_map(|(name, text)| {
                 let template = Template::parse(&text).ok()?;
                 let mut options = self.options.get(name).cloned().unwrap_or_default();
-                if name == "http_requests_per_second_ejection_aware" && options.ejection_aware.is_none() {
+                if name == "http_requests_per_second_ejection_aware"
+                    && options.ejection_aware.is_none()
+                {
                     options.ejection_aware = Some(EjectionAware {
                         label: "cluster".into(),
                     });
@@ -412,7 +416,9 @@ pub struct ExternalRule {
 impl ExternalRule {
     /// The rule for series `series`, or `None` when the filters or `name.matches` reject it.
     pub fn instantiate(&self, series: &str) -> Option<Rule> {
-        if !self.keep.iter().all(|r| r.is_match(series)) || self.drop.iter().any(|r| r.is_match(series)) {
+        if !self.keep.iter().all(|r| r.is_match(series))
+            || self.drop.iter().any(|r| r.is_match(series))
+        {
             return None;
         }
         let metric = match &self.matches {
@@ -512,12 +518,27 @@ mod tests {
 
     #[test]
     fn templates_accept_only_known_fields() {
-        let t = Template::parse("sum(<<.Series>>{<< .LabelMatchers >>}) by (<<.GroupBy>>)").unwrap();
-        let m = [Matcher::equals("namespace", "ns"), Matcher::equals("q", "x")];
-        assert_eq!(t.render("queue", &m, ""), "sum(queue{namespace=\"ns\",q=\"x\"}) by ()");
-        assert!(matches!(Template::parse("<<.Foo>>"), Err(TemplateError::Unsupported(a)) if a == ".Foo"));
-        assert!(matches!(Template::parse("<<range .X>>"), Err(TemplateError::Unsupported(_))));
-        assert_eq!(Template::parse("a<<.Series"), Err(TemplateError::Unclosed(1)));
+        let t =
+            Template::parse("sum(<<.Series>>{<< .LabelMatchers >>}) by (<<.GroupBy>>)").unwrap();
+        let m = [
+            Matcher::equals("namespace", "ns"),
+            Matcher::equals("q", "x"),
+        ];
+        assert_eq!(
+            t.render("queue", &m, ""),
+            "sum(queue{namespace=\"ns\",q=\"x\"}) by ()"
+        );
+        assert!(
+            matches!(Template::parse("<<.Foo>>"), Err(TemplateError::Unsupported(a)) if a == ".Foo")
+        );
+        assert!(matches!(
+            Template::parse("<<range .X>>"),
+            Err(TemplateError::Unsupported(_))
+        ));
+        assert_eq!(
+            Template::parse("a<<.Series"),
+            Err(TemplateError::Unclosed(1))
+        );
         let label = Template::parse_resource("kube_<<.Resource>>").unwrap();
         assert_eq!(label("namespace"), "kube_namespace");
     }

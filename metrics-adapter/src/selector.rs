@@ -69,7 +69,9 @@ pub enum SelectorError {
     #[error("invalid label value {0:?}: at most 63 characters of [A-Za-z0-9_.-], starting and ending alphanumeric")]
     Value(String),
     /// A key valid in Kubernetes that cannot name a Prometheus label (e.g. `app.kubernetes.io/name`).
-    #[error("label key {0:?} cannot be matched in Prometheus (label names are [a-zA-Z_][a-zA-Z0-9_]*)")]
+    #[error(
+        "label key {0:?} cannot be matched in Prometheus (label names are [a-zA-Z_][a-zA-Z0-9_]*)"
+    )]
     NotAPrometheusLabel(String),
 }
 
@@ -146,7 +148,9 @@ impl Selector {
     pub fn equalities(&self) -> impl Iterator<Item = (&str, &str)> {
         self.requirements.iter().filter_map(|r| match &r.op {
             Operator::Equals(v) => Some((r.key.as_str(), v.as_str())),
-            Operator::In(vs) if vs.len() == 1 => vs.iter().next().map(|v| (r.key.as_str(), v.as_str())),
+            Operator::In(vs) if vs.len() == 1 => {
+                vs.iter().next().map(|v| (r.key.as_str(), v.as_str()))
+            }
             _ => None,
         })
     }
@@ -239,7 +243,9 @@ fn valid_key(key: &str) -> bool {
             && p.len() <= 253
             && p.split('.').all(|part| {
                 !part.is_empty()
-                    && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                     && !part.starts_with('-')
                     && !part.ends_with('-')
             });
@@ -258,7 +264,9 @@ fn valid_value(value: &str) -> bool {
     }
     let bytes = value.as_bytes();
     value.len() <= 63
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && bytes[0].is_ascii_alphanumeric()
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }
@@ -395,7 +403,10 @@ mod tests {
         assert_eq!(matchers("service=api"), ["service=\"api\""]);
         assert_eq!(matchers("service==api"), ["service=\"api\""]);
         assert_eq!(matchers("service!=api"), ["service!=\"api\""]);
-        assert_eq!(matchers("env in (prod, canary.1)"), ["env=~\"canary\\\\.1|prod\""]);
+        assert_eq!(
+            matchers("env in (prod, canary.1)"),
+            ["env=~\"canary\\\\.1|prod\""]
+        );
         assert_eq!(matchers("env notin (a,b)"), ["env!~\"a|b\""]);
         assert_eq!(matchers("tier"), ["tier!=\"\""]);
         assert_eq!(matchers("!tier"), ["tier=\"\""]);
@@ -453,7 +464,9 @@ mod tests {
         let s = Selector::parse("app.kubernetes.io/name=web").unwrap();
         assert_eq!(
             s.requirements[0].to_matcher(&s.requirements[0].key),
-            Err(SelectorError::NotAPrometheusLabel("app.kubernetes.io/name".into()))
+            Err(SelectorError::NotAPrometheusLabel(
+                "app.kubernetes.io/name".into()
+            ))
         );
         assert!(is_prometheus_label("code_class"));
         assert!(!is_prometheus_label("1a"));

@@ -113,7 +113,10 @@ impl AdapterArgs {
     pub fn into_options(self) -> Result<AdapterOptions, ArgsError> {
         let tls = if self.insecure_local {
             if self.tls_cert_file.is_some() || self.requestheader_client_ca_file.is_some() {
-                return Err(ArgsError("--insecure-local serves plain HTTP; drop the TLS flags or --insecure-local".into()));
+                return Err(ArgsError(
+                    "--insecure-local serves plain HTTP; drop the TLS flags or --insecure-local"
+                        .into(),
+                ));
             }
             None
         } else {
@@ -203,14 +206,15 @@ pub fn server_tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, Start
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for ca in read_certs(&files.client_ca)? {
-        roots
-            .add(ca)
-            .map_err(|e| tls_error(&files.client_ca, e))?;
+        roots.add(ca).map_err(|e| tls_error(&files.client_ca, e))?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| tls_error(&files.client_ca, e))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| tls_error(&files.client_ca, e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error(&files.cert, e))?
@@ -243,15 +247,18 @@ impl Adapter {
                 AuthPolicy::FrontProxy {
                     allowed_names: files.allowed_names.clone(),
                 },
-                Some(tokio_rustls::TlsAcceptor::from(Arc::new(server_tls_config(files)?))),
+                Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                    server_tls_config(files)?,
+                ))),
             ),
         };
-        let listener = TcpListener::bind(options.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: options.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(options.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: options.listen,
+                    source,
+                })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: options.listen,
             source,
@@ -267,9 +274,15 @@ impl Adapter {
                 loop {
                     match provider.discover(lookback).await {
                         Ok(n) => tracing::debug!(metrics = n, "rules discovered"),
-                        Err(e) => tracing::warn!(error = %e, "rule discovery failed; keeping the previous metric names"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "rule discovery failed; keeping the previous metric names")
+                        }
                     }
-                    let wait = if provider.ready() { interval } else { interval.min(Duration::from_secs(5)) };
+                    let wait = if provider.ready() {
+                        interval
+                    } else {
+                        interval.min(Duration::from_secs(5))
+                    };
                     tokio::time::sleep(wait).await;
                 }
             })
@@ -332,7 +345,11 @@ async fn shutdown_signal() {
     }
 }
 
-async fn accept_loop(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, app: axum::Router) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    app: axum::Router,
+) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -349,17 +366,20 @@ async fn accept_loop(listener: TcpListener, tls: Option<tokio_rustls::TlsAccepto
             match tls {
                 None => serve_connection(TokioIo::new(tcp), app, None).await,
                 Some(acceptor) => {
-                    let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
+                    let stream =
+                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
                     let cert = stream
                         .get_ref()
                         .1
@@ -407,7 +427,9 @@ fn der_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, &b| (acc << 8) | usize::from(b));
         (len, &rest[n..])
     };
     if rest.len() < len {
@@ -483,7 +505,10 @@ mod tests {
             .push(rcgen::DnType::CommonName, "front-proxy-client");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
-        assert_eq!(common_name(cert.der()).as_deref(), Some("front-proxy-client"));
+        assert_eq!(
+            common_name(cert.der()).as_deref(),
+            Some("front-proxy-client")
+        );
         let mut params = rcgen::CertificateParams::new(vec!["x".into()]).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
         let cert = params.self_signed(&key).unwrap();

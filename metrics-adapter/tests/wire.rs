@@ -91,41 +91,105 @@ fn require(tool: &str) -> PathBuf {
 
 /// Unix seconds of the fixture's reference time, a multiple of 5.
 fn now_aligned() -> i64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
     now - now % 5
 }
 
 /// The fixture, in OpenMetrics text: `(labels, value at time t seconds after the start)`.
 fn fixture(t0: i64) -> String {
     type Series = (&'static str, Box<dyn Fn(f64) -> f64>);
-    let counter = |rate: f64| -> Box<dyn Fn(f64) -> f64> { Box::new(move |t| 100_000.0 + rate * t) };
+    let counter =
+        |rate: f64| -> Box<dyn Fn(f64) -> f64> { Box::new(move |t| 100_000.0 + rate * t) };
     let gauge = |v: f64| -> Box<dyn Fn(f64) -> f64> { Box::new(move |_| v) };
     let series: Vec<Series> = vec![
         // api-service: 10/s + 3/s 2xx, 2/s 5xx => 15 rps, error ratio 2/15.
-        (r#"gofe_upstream_requests_total{cluster="api-service",endpoint="10.0.0.1:80",code_class="2xx"}"#, counter(10.0)),
-        (r#"gofe_upstream_requests_total{cluster="api-service",endpoint="10.0.0.1:80",code_class="5xx"}"#, counter(0.0)),
-        (r#"gofe_upstream_requests_total{cluster="api-service",endpoint="10.0.0.2:80",code_class="2xx"}"#, counter(3.0)),
-        (r#"gofe_upstream_requests_total{cluster="api-service",endpoint="10.0.0.2:80",code_class="5xx"}"#, counter(2.0)),
-        (r#"gofe_upstream_requests_total{cluster="web",endpoint="10.0.1.1:80",code_class="2xx"}"#, counter(1.5)),
+        (
+            r#"gofe_upstream_requests_total{cluster="api-service",endpoint="10.0.0.1:80",code_class="2xx"}"#,
+            counter(10.0),
+        ),
+        (
+            r#"gofe_upstream_requests_total{cluster="api-service",endpoint="10.0.0.1:80",code_class="5xx"}"#,
+            counter(0.0),
+        ),
+        (
+            r#"gofe_upstream_requests_total{cluster="api-service",endpoint="10.0.0.2:80",code_class="2xx"}"#,
+            counter(3.0),
+        ),
+        (
+            r#"gofe_upstream_requests_total{cluster="api-service",endpoint="10.0.0.2:80",code_class="5xx"}"#,
+            counter(2.0),
+        ),
+        (
+            r#"gofe_upstream_requests_total{cluster="web",endpoint="10.0.1.1:80",code_class="2xx"}"#,
+            counter(1.5),
+        ),
         // Regex escaping: "a.b" must not match "axb".
-        (r#"gofe_upstream_requests_total{cluster="a.b",endpoint="10.0.2.1:80",code_class="2xx"}"#, counter(1.0)),
-        (r#"gofe_upstream_requests_total{cluster="axb",endpoint="10.0.2.2:80",code_class="2xx"}"#, counter(100.0)),
+        (
+            r#"gofe_upstream_requests_total{cluster="a.b",endpoint="10.0.2.1:80",code_class="2xx"}"#,
+            counter(1.0),
+        ),
+        (
+            r#"gofe_upstream_requests_total{cluster="axb",endpoint="10.0.2.2:80",code_class="2xx"}"#,
+            counter(100.0),
+        ),
         // Latency of api-service: cumulative 0/5/9/10/10 per second => p50 0.1, p90 0.25, p99 0.475.
-        (r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="0.05"}"#, counter(0.0)),
-        (r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="0.1"}"#, counter(5.0)),
-        (r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="0.25"}"#, counter(9.0)),
-        (r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="0.5"}"#, counter(10.0)),
-        (r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="+Inf"}"#, counter(10.0)),
-        (r#"gofe_upstream_requests_active{cluster="api-service",endpoint="10.0.0.1:80"}"#, gauge(7.0)),
-        (r#"gofe_upstream_requests_active{cluster="api-service",endpoint="10.0.0.2:80"}"#, gauge(5.0)),
+        (
+            r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="0.05"}"#,
+            counter(0.0),
+        ),
+        (
+            r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="0.1"}"#,
+            counter(5.0),
+        ),
+        (
+            r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="0.25"}"#,
+            counter(9.0),
+        ),
+        (
+            r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="0.5"}"#,
+            counter(10.0),
+        ),
+        (
+            r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="+Inf"}"#,
+            counter(10.0),
+        ),
+        (
+            r#"gofe_upstream_requests_active{cluster="api-service",endpoint="10.0.0.1:80"}"#,
+            gauge(7.0),
+        ),
+        (
+            r#"gofe_upstream_requests_active{cluster="api-service",endpoint="10.0.0.2:80"}"#,
+            gauge(5.0),
+        ),
         // The controller's ejection state: 1 of api-service's 4 endpoints ejected; web has none.
-        (r#"gofe_endpoint_ejected{cluster="api-service",endpoint="10.0.0.1:80"}"#, gauge(0.0)),
-        (r#"gofe_endpoint_ejected{cluster="api-service",endpoint="10.0.0.2:80"}"#, gauge(0.0)),
-        (r#"gofe_endpoint_ejected{cluster="api-service",endpoint="10.0.0.3:80"}"#, gauge(1.0)),
-        (r#"gofe_endpoint_ejected{cluster="api-service",endpoint="10.0.0.4:80"}"#, gauge(0.0)),
+        (
+            r#"gofe_endpoint_ejected{cluster="api-service",endpoint="10.0.0.1:80"}"#,
+            gauge(0.0),
+        ),
+        (
+            r#"gofe_endpoint_ejected{cluster="api-service",endpoint="10.0.0.2:80"}"#,
+            gauge(0.0),
+        ),
+        (
+            r#"gofe_endpoint_ejected{cluster="api-service",endpoint="10.0.0.3:80"}"#,
+            gauge(1.0),
+        ),
+        (
+            r#"gofe_endpoint_ejected{cluster="api-service",endpoint="10.0.0.4:80"}"#,
+            gauge(0.0),
+        ),
         // A queue for the prometheus-adapter-format rules: grows 2 per second.
-        (r#"queue_depth{namespace="team-a",queue="orders"}"#, Box::new(|t| 100.0 + 2.0 * t)),
-        (r#"queue_depth{namespace="team-b",queue="orders"}"#, gauge(42.0)),
+        (
+            r#"queue_depth{namespace="team-a",queue="orders"}"#,
+            Box::new(|t| 100.0 + 2.0 * t),
+        ),
+        (
+            r#"queue_depth{namespace="team-b",queue="orders"}"#,
+            gauge(42.0),
+        ),
     ];
     let start = t0 - 1800;
     let mut text = String::new();
@@ -152,7 +216,11 @@ fn start_prometheus() -> Prometheus {
         .arg(&data)
         .output()
         .expect("running promtool");
-    assert!(out.status.success(), "promtool failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = dir.0.join("prometheus.yml");
     std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
     let addr = free_port();
@@ -219,7 +287,12 @@ externalRules:
   forecast: {lead: 60s, window: 10m, step: 15s}
 "#;
 
-async fn start_adapter(prom: &Prometheus, dir: &TempDir, freshness: Duration, tls: Option<TlsFiles>) -> Adapter {
+async fn start_adapter(
+    prom: &Prometheus,
+    dir: &TempDir,
+    freshness: Duration,
+    tls: Option<TlsFiles>,
+) -> Adapter {
     let rules = dir.0.join("rules.yaml");
     std::fs::write(&rules, RULES).unwrap();
     let adapter = Adapter::start(AdapterOptions {
@@ -257,7 +330,12 @@ async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
 const BASE: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces";
 
 /// `metric?labelSelector=selector` in `ns`: status and `(labels, value)` of each item.
-async fn values(addr: SocketAddr, ns: &str, metric: &str, selector: &str) -> (u16, Vec<(BTreeMap<String, String>, String)>, Value) {
+async fn values(
+    addr: SocketAddr,
+    ns: &str,
+    metric: &str,
+    selector: &str,
+) -> (u16, Vec<(BTreeMap<String, String>, String)>, Value) {
     let q: String = url_encode(selector);
     let (status, body) = get(addr, &format!("{BASE}/{ns}/{metric}?labelSelector={q}")).await;
     let items = body["items"]
@@ -282,7 +360,9 @@ async fn values(addr: SocketAddr, ns: &str, metric: &str, selector: &str) -> (u1
 fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             b => format!("%{b:02X}"),
         })
         .collect()
@@ -305,16 +385,35 @@ async fn built_in_and_custom_rules_serve_exact_values() {
     // Discovery names the built-ins and the discovered custom metrics.
     let (s, list) = get(a, "/apis/external.metrics.k8s.io/v1beta1").await;
     assert_eq!(s, 200);
-    let names: Vec<&str> = list["resources"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
-    for n in ["http_requests_per_second", "http_error_ratio", "queue_depth", "queue_depth_forecast"] {
+    let names: Vec<&str> = list["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "http_requests_per_second",
+        "http_error_ratio",
+        "queue_depth",
+        "queue_depth_forecast",
+    ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
 
     // The HPA sample's query: service -> cluster, and back.
-    let (s, items, _) = values(a, "default", "http_requests_per_second", "service=api-service").await;
+    let (s, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service=api-service",
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(one(&items), "15");
-    assert_eq!(items[0].0, BTreeMap::from([("service".to_owned(), "api-service".to_owned())]));
+    assert_eq!(
+        items[0].0,
+        BTreeMap::from([("service".to_owned(), "api-service".to_owned())])
+    );
     let (_, items, _) = values(a, "default", "http_requests_per_second", "service=web").await;
     assert_eq!(one(&items), "1500m");
     let (_, items, _) = values(a, "default", "http_requests_per_second", "service==web").await;
@@ -323,11 +422,29 @@ async fn built_in_and_custom_rules_serve_exact_values() {
     // Every selector operator.
     let (_, items, _) = values(a, "default", "http_requests_per_second", "service in (a.b)").await;
     assert_eq!(one(&items), "1", "the dot must be escaped in the regex");
-    let (_, items, _) = values(a, "default", "http_requests_per_second", "service in (web, api-service)").await;
+    let (_, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service in (web, api-service)",
+    )
+    .await;
     assert_eq!(items.len(), 2);
-    let (_, items, _) = values(a, "default", "http_requests_per_second", "service notin (a.b,axb,web)").await;
+    let (_, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service notin (a.b,axb,web)",
+    )
+    .await;
     assert_eq!(one(&items), "15");
-    let (_, items, _) = values(a, "default", "http_requests_per_second", "service!=axb,service!=a.b,service!=web").await;
+    let (_, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service!=axb,service!=a.b,service!=web",
+    )
+    .await;
     assert_eq!(one(&items), "15");
     let (_, items, _) = values(a, "default", "http_requests_per_second", "service").await;
     assert_eq!(items.len(), 4);
@@ -335,7 +452,13 @@ async fn built_in_and_custom_rules_serve_exact_values() {
     assert_eq!(s, 404, "{items:?}");
     let (_, items, _) = values(a, "default", "http_requests_per_second", "").await;
     assert_eq!(items.len(), 4);
-    let (s, _, _) = values(a, "default", "http_requests_per_second", "service=api-service,endpoint=10.0.0.1").await;
+    let (s, _, _) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service=api-service,endpoint=10.0.0.1",
+    )
+    .await;
     assert_eq!(s, 404, "no endpoint label survives the sum");
 
     // Latency quantiles, error ratio, active requests.
@@ -352,17 +475,42 @@ async fn built_in_and_custom_rules_serve_exact_values() {
     }
 
     // Ejection-aware: 15 rps on 3 of 4 endpoints => 20; web has no ejection data => unchanged.
-    let (_, items, _) = values(a, "default", "http_requests_per_second_ejection_aware", "service=api-service").await;
+    let (_, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second_ejection_aware",
+        "service=api-service",
+    )
+    .await;
     assert_eq!(one(&items), "20");
-    let (_, items, _) = values(a, "default", "http_requests_per_second_ejection_aware", "service=web").await;
+    let (_, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second_ejection_aware",
+        "service=web",
+    )
+    .await;
     assert_eq!(one(&items), "1500m");
 
     // Errors are Status objects with the right code; injection attempts never reach PromQL.
     let (s, _, body) = values(a, "default", "no_such_metric", "").await;
-    assert_eq!((s, body["kind"].as_str(), body["reason"].as_str()), (404, Some("Status"), Some("NotFound")));
-    for bad in ["service=\"x\"}", "service=x\"} or vector(1) or {a=\"", "service in (a|b)", "service=a)", "app.kubernetes.io/name=x"] {
+    assert_eq!(
+        (s, body["kind"].as_str(), body["reason"].as_str()),
+        (404, Some("Status"), Some("NotFound"))
+    );
+    for bad in [
+        "service=\"x\"}",
+        "service=x\"} or vector(1) or {a=\"",
+        "service in (a|b)",
+        "service=a)",
+        "app.kubernetes.io/name=x",
+    ] {
         let (s, _, body) = values(a, "default", "http_requests_per_second", bad).await;
-        assert_eq!((s, body["reason"].as_str()), (400, Some("BadRequest")), "{bad}");
+        assert_eq!(
+            (s, body["reason"].as_str()),
+            (400, Some("BadRequest")),
+            "{bad}"
+        );
     }
 
     // Missing data: `error` (default) is 404, `zero` is 0 with the selector's labels.
@@ -371,12 +519,18 @@ async fn built_in_and_custom_rules_serve_exact_values() {
     let (s, items, _) = values(a, "default", "http_requests_active", "service=nosuch").await;
     assert_eq!(s, 200);
     assert_eq!(one(&items), "0");
-    assert_eq!(items[0].0, BTreeMap::from([("service".to_owned(), "nosuch".to_owned())]));
+    assert_eq!(
+        items[0].0,
+        BTreeMap::from([("service".to_owned(), "nosuch".to_owned())])
+    );
 
     // prometheus-adapter rules: namespaced by the HPA's namespace.
     let (_, items, _) = values(a, "team-b", "queue_depth", "queue=orders").await;
     assert_eq!(one(&items), "42");
-    assert_eq!(items[0].0, BTreeMap::from([("queue".to_owned(), "orders".to_owned())]));
+    assert_eq!(
+        items[0].0,
+        BTreeMap::from([("queue".to_owned(), "orders".to_owned())])
+    );
     let (s, _, _) = values(a, "team-c", "queue_depth", "").await;
     assert_eq!(s, 404);
 
@@ -387,29 +541,65 @@ async fn built_in_and_custom_rules_serve_exact_values() {
     let (_, items, _) = values(a, "team-a", "queue_depth", "").await;
     let current: f64 = one(&items).parse().unwrap();
     let ahead = forecast - current;
-    assert!((100.0..=120.0).contains(&ahead), "forecast {forecast}, current {current}");
+    assert!(
+        (100.0..=120.0).contains(&ahead),
+        "forecast {forecast}, current {current}"
+    );
 
     // /debug/rules shows the rule, the rendered PromQL for a selector, and the last result.
-    let (s, debug) = get(a, "/debug/rules?namespace=team-a&labelSelector=service%3Dapi-service").await;
+    let (s, debug) = get(
+        a,
+        "/debug/rules?namespace=team-a&labelSelector=service%3Dapi-service",
+    )
+    .await;
     assert_eq!(s, 200);
-    let rps = debug["rules"].as_array().unwrap().iter().find(|r| r["metric"] == "http_requests_per_second").unwrap();
+    let rps = debug["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"] == "http_requests_per_second")
+        .unwrap();
     assert_eq!(
         rps["renderedQuery"]["Ok"],
         "sum by (cluster) (rate(gofe_upstream_requests_total{cluster=\"api-service\"}[2m]))"
     );
-    assert!(rps["lastResult"]["query"].as_str().unwrap().contains("gofe_upstream_requests_total"));
+    assert!(rps["lastResult"]["query"]
+        .as_str()
+        .unwrap()
+        .contains("gofe_upstream_requests_total"));
 
     // Cache and single flight: 50 concurrent identical requests, then 50 more, cost one query.
     let before = adapter.provider().queries();
     let tasks: Vec<_> = (0..50)
-        .map(|_| tokio::spawn(async move { values(a, "default", "http_requests_per_second", "service=web,service!=x").await.0 }))
+        .map(|_| {
+            tokio::spawn(async move {
+                values(
+                    a,
+                    "default",
+                    "http_requests_per_second",
+                    "service=web,service!=x",
+                )
+                .await
+                .0
+            })
+        })
         .collect();
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
     for _ in 0..50 {
         // Same selector, written differently: same cache slot.
-        assert_eq!(values(a, "default", "http_requests_per_second", "service!=x, service==web").await.0, 200);
+        assert_eq!(
+            values(
+                a,
+                "default",
+                "http_requests_per_second",
+                "service!=x, service==web"
+            )
+            .await
+            .0,
+            200
+        );
     }
     assert_eq!(adapter.provider().queries() - before, 1);
 
@@ -433,7 +623,13 @@ async fn prometheus_outage_is_503_unless_the_rule_holds_its_last_value() {
     let a = adapter.addr();
     let (s, items, _) = values(a, "default", "http_error_ratio", "service=api-service").await;
     assert_eq!((s, one(&items)), (200, "133m"));
-    let (s, items, _) = values(a, "default", "http_requests_per_second", "service=api-service").await;
+    let (s, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service=api-service",
+    )
+    .await;
     assert_eq!((s, one(&items)), (200, "15"));
 
     prom.kill();
@@ -443,8 +639,17 @@ async fn prometheus_outage_is_503_unless_the_rule_holds_its_last_value() {
     assert_eq!(s, 200, "{body}");
     assert_eq!(one(&items), "133m");
     // error (default): 503, never a made-up value.
-    let (s, _, body) = values(a, "default", "http_requests_per_second", "service=api-service").await;
-    assert_eq!((s, body["reason"].as_str(), body["code"].as_u64()), (503, Some("ServiceUnavailable"), Some(503)));
+    let (s, _, body) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service=api-service",
+    )
+    .await;
+    assert_eq!(
+        (s, body["reason"].as_str(), body["code"].as_u64()),
+        (503, Some("ServiceUnavailable"), Some(503))
+    );
     // zero: an outage is not zero traffic either.
     let (s, _, _) = values(a, "default", "http_requests_active", "service=api-service").await;
     assert_eq!(s, 503);
@@ -469,15 +674,27 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 fn ca(name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.distinguished_name.push(rcgen::DnType::CommonName, name);
-    params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
     let key = rcgen::KeyPair::generate().unwrap();
     (params.self_signed(&key).unwrap(), key)
 }
 
-fn leaf(cn: &str, sans: Vec<String>, client: bool, issuer: &(rcgen::Certificate, rcgen::KeyPair)) -> (String, String) {
+fn leaf(
+    cn: &str,
+    sans: Vec<String>,
+    client: bool,
+    issuer: &(rcgen::Certificate, rcgen::KeyPair),
+) -> (String, String) {
     let mut params = rcgen::CertificateParams::new(sans).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
     params.extended_key_usages = vec![if client {
         rcgen::ExtendedKeyUsagePurpose::ClientAuth
     } else {
@@ -495,7 +712,12 @@ impl Pki {
         let serving_ca = ca("gofe-test-serving-ca");
         let front_ca = ca("gofe-test-front-proxy-ca");
         let rogue_ca = ca("rogue-ca");
-        let (cert, key) = leaf("gofe-metrics-adapter", vec!["127.0.0.1".into(), "localhost".into()], false, &serving_ca);
+        let (cert, key) = leaf(
+            "gofe-metrics-adapter",
+            vec!["127.0.0.1".into(), "localhost".into()],
+            false,
+            &serving_ca,
+        );
         let files = TlsFiles {
             cert: write(&dir.0, "serving.crt", &cert),
             key: write(&dir.0, "serving.key", &key),
@@ -515,7 +737,8 @@ impl Pki {
     fn kubeconfig(&self, addr: SocketAddr, user: &str) -> PathBuf {
         let d = self.dir.0.display();
         let user_block = match user {
-            "none" => "{}".to_owned(),
+            // A bearer token is no identity here (and keeps kubectl from prompting).
+            "none" => "{token: not-a-certificate}".to_owned(),
             u => format!("{{client-certificate: {d}/{u}.crt, client-key: {d}/{u}.key}}"),
         };
         write(
@@ -535,8 +758,15 @@ fn kubectl(kubeconfig: &Path, path: &str) -> (bool, String) {
         .args(["get", "--raw", path])
         .output()
         .expect("running kubectl");
-    let text = if out.status.success() { out.stdout } else { out.stderr };
-    (out.status.success(), String::from_utf8_lossy(&text).into_owned())
+    let text = if out.status.success() {
+        out.stdout
+    } else {
+        out.stderr
+    };
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&text).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,15 +790,29 @@ async fn kubectl_reads_the_adapter_over_tls_with_a_front_proxy_certificate() {
     assert_eq!(body["items"][0]["value"], "15");
     assert_eq!(body["items"][0]["metricLabels"]["service"], "api-service");
 
-    let (ok, out) = tokio::task::spawn_blocking(move || kubectl(&good, "/apis/external.metrics.k8s.io/v1beta1")).await.unwrap();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        kubectl(&good, "/apis/external.metrics.k8s.io/v1beta1")
+    })
+    .await
+    .unwrap();
     assert!(ok && out.contains("APIResourceList"), "{out}");
 
     // No client certificate: 401. A certificate from another CA: the handshake fails.
     let none = pki.kubeconfig(a, "none");
-    let (ok, out) = tokio::task::spawn_blocking(move || kubectl(&none, path)).await.unwrap();
-    assert!(!ok && out.contains("Unauthorized"), "{out}");
+    let (ok, out) = tokio::task::spawn_blocking(move || kubectl(&none, path))
+        .await
+        .unwrap();
+    assert!(
+        !ok && out.contains("You must be logged in") && out.contains("request-header CA"),
+        "{out}"
+    );
     let rogue = pki.kubeconfig(a, "rogue");
-    let (ok, out) = tokio::task::spawn_blocking(move || kubectl(&rogue, path)).await.unwrap();
-    assert!(!ok, "a certificate from an untrusted CA was accepted: {out}");
+    let (ok, out) = tokio::task::spawn_blocking(move || kubectl(&rogue, path))
+        .await
+        .unwrap();
+    assert!(
+        !ok,
+        "a certificate from an untrusted CA was accepted: {out}"
+    );
     adapter.stop();
 }
