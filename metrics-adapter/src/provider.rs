@@ -466,3 +466,153 @@ impl Provider {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{BuiltinSettings, RuleOptions};
+    use std::time::Duration;
+
+    fn provider(freshness: Duration, capacity: usize, options: RuleOptions) -> Provider {
+        let prom = PrometheusClient::new("http://127.0.0.1:1", Duration::from_millis(100)).unwrap();
+        let mut book = RuleBook::default();
+        book.builtin = BuiltinSettings::default();
+        book.builtin
+            .options
+            .insert("http_requests_per_second".into(), options);
+        Provider::new(prom, book, CacheConfig { freshness, capacity })
+    }
+
+    fn key(i: usize) -> Key {
+        Key {
+            metric: "http_requests_per_second".into(),
+            namespace: "default".into(),
+            selector: format!("service=s{i}"),
+        }
+    }
+
+    fn answer(milli: i64) -> Outcome {
+        Ok(Arc::new(Answer {
+            items: vec![MetricValue {
+                labels: BTreeMap::new(),
+                timestamp: 0.0,
+                value: MilliQuantity(milli),
+            }],
+            held: false,
+            zero_filled: false,
+            fetched_at: Instant::now(),
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_and_fresh_answers_are_shared_stale_ones_replaced() {
+        let p = provider(Duration::from_secs(10), 100, RuleOptions::default());
+        let (first, last_good) = p.slot(&key(0));
+        assert!(last_good.is_none());
+        let (in_flight, _) = p.slot(&key(0));
+        assert!(Arc::ptr_eq(&first, &in_flight), "in-flight queries are shared");
+        first.set(answer(5)).unwrap();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        let (fresh, _) = p.slot(&key(0));
+        assert!(Arc::ptr_eq(&first, &fresh), "fresh answers are reused");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let (stale, last_good) = p.slot(&key(0));
+        assert!(!Arc::ptr_eq(&first, &stale), "stale answers are replaced");
+        assert_eq!(last_good.unwrap().items[0].value, MilliQuantity(5));
+        let (other, _) = p.slot(&key(1));
+        assert!(!Arc::ptr_eq(&stale, &other), "keys do not share");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_is_bounded() {
+        let p = provider(Duration::from_secs(10), 3, RuleOptions::default());
+        for i in 0..10 {
+            let (cell, _) = p.slot(&key(i));
+            cell.set(answer(1)).unwrap();
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(p.cache_len() <= 3);
+        }
+        // The newest keys survive.
+        let (cell, _) = p.slot(&key(9));
+        assert!(cell.get().is_some());
+    }
+
+    fn outage() -> Result<Vec<crate::prom::Sample>, PromError> {
+        Err(PromError::Unavailable("test".into()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hold_last_serves_until_max_age_then_fails() {
+        let options = RuleOptions {
+            missing: MissingData::HoldLast {
+                max_age: Duration::from_secs(60),
+            },
+            ..RuleOptions::default()
+        };
+        let p = provider(Duration::from_secs(10), 10, options);
+        let rule = p.rules()["http_requests_per_second"].clone();
+        let sel = Selector::parse("service=s0").unwrap();
+        let last = answer(2500).ok();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        let held = p.apply_policy(&rule, &key(0), outage(), &sel, last.clone()).unwrap();
+        assert!(held.held);
+        assert_eq!(held.items[0].value.to_string(), "2500m");
+        let no_data = p.apply_policy(&rule, &key(0), Ok(vec![]), &sel, last.clone());
+        assert!(no_data.unwrap().held);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(matches!(
+            p.apply_policy(&rule, &key(0), outage(), &sel, last),
+            Err(FetchError::Unavailable(_))
+        ));
+        assert!(matches!(
+            p.apply_policy(&rule, &key(0), outage(), &sel, None),
+            Err(FetchError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_fills_no_data_but_not_an_outage_and_nan_is_no_data() {
+        let options = RuleOptions {
+            missing: MissingData::Zero,
+            ..RuleOptions::default()
+        };
+        let p = provider(Duration::from_secs(10), 10, options);
+        let rule = p.rules()["http_requests_per_second"].clone();
+        let sel = Selector::parse("service=s0,endpoint!=x").unwrap();
+        let nan = vec![crate::prom::Sample {
+            labels: BTreeMap::from([("cluster".to_owned(), "s0".to_owned())]),
+            timestamp: 1.0,
+            value: f64::NAN,
+        }];
+        let zero = p.apply_policy(&rule, &key(0), Ok(nan), &sel, None).unwrap();
+        assert!(zero.zero_filled);
+        assert_eq!(zero.items[0].value, MilliQuantity(0));
+        assert_eq!(
+            zero.items[0].labels,
+            BTreeMap::from([("service".to_owned(), "s0".to_owned())])
+        );
+        assert!(p.apply_policy(&rule, &key(0), outage(), &sel, None).is_err());
+
+        let strict = provider(Duration::from_secs(10), 10, RuleOptions::default());
+        let rule = strict.rules()["http_requests_per_second"].clone();
+        assert!(matches!(
+            strict.apply_policy(&rule, &key(0), Ok(vec![]), &sel, None),
+            Err(FetchError::NoData { .. })
+        ));
+        let ok = strict
+            .apply_policy(
+                &rule,
+                &key(0),
+                Ok(vec![crate::prom::Sample {
+                    labels: BTreeMap::from([("cluster".to_owned(), "s0".to_owned())]),
+                    timestamp: 1.0,
+                    value: 1.25,
+                }]),
+                &sel,
+                None,
+            )
+            .unwrap();
+        assert_eq!(ok.items[0].value.to_string(), "1250m");
+        assert_eq!(ok.items[0].labels["service"], "s0");
+    }
+}
