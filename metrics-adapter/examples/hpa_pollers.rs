@@ -3,12 +3,14 @@
 //!
 //! ```text
 //! cargo run --release -p gofe-metrics-adapter --example hpa_pollers -- \
-//!     ADAPTER_URL CONCURRENCY SECONDS DISTINCT_SELECTORS [PROMETHEUS_URL]
+//!     ADAPTER_URL CONCURRENCY SECONDS DISTINCT_SELECTORS INTERVAL_MS [PROMETHEUS_URL]
 //! ```
 //!
 //! Poller `i` asks for `http_requests_per_second` with `labelSelector=service=svc-(i mod
-//! DISTINCT_SELECTORS)`. With PROMETHEUS_URL, the Prometheus queries per second are read from
-//! Prometheus' own `prometheus_http_requests_total{handler="/api/v1/query"}` counter.
+//! DISTINCT_SELECTORS)`, every INTERVAL_MS (paced, start times spread evenly), or as fast as it
+//! gets answers when INTERVAL_MS is 0 (closed loop, i.e. saturation). With PROMETHEUS_URL, the
+//! Prometheus queries per second are read from Prometheus' own
+//! `prometheus_http_requests_total{handler=~"/api/v1/query.*"}` counters on its `/metrics`.
 
 use std::time::{Duration, Instant};
 
@@ -33,12 +35,18 @@ async fn fetch(client: &HttpClient, url: &str) -> Result<(u16, Bytes), String> {
 }
 
 async fn prometheus_queries(client: &HttpClient, prom: &str) -> Option<f64> {
-    let url = format!(
-        "{prom}/api/v1/query?query=sum(prometheus_http_requests_total%7Bhandler%3D%22%2Fapi%2Fv1%2Fquery%22%7D)"
-    );
-    let (_, body) = fetch(client, &url).await.ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-    v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    let (_, body) = fetch(client, &format!("{prom}/metrics")).await.ok()?;
+    let text = String::from_utf8_lossy(&body);
+    Some(
+        text.lines()
+            .filter(|l| {
+                l.starts_with("prometheus_http_requests_total{")
+                    && (l.contains("handler=\"/api/v1/query\"")
+                        || l.contains("handler=\"/api/v1/query_range\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -52,14 +60,17 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main]
 async fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() < 4 {
-        return Err("usage: hpa_pollers ADAPTER_URL CONCURRENCY SECONDS DISTINCT_SELECTORS [PROMETHEUS_URL]".into());
+    if args.len() < 5 {
+        return Err("usage: hpa_pollers ADAPTER_URL CONCURRENCY SECONDS DISTINCT_SELECTORS INTERVAL_MS [PROMETHEUS_URL]".into());
     }
     let base = args[0].trim_end_matches('/').to_owned();
     let concurrency: usize = args[1].parse().map_err(|e| format!("CONCURRENCY: {e}"))?;
     let seconds: u64 = args[2].parse().map_err(|e| format!("SECONDS: {e}"))?;
-    let distinct: usize = args[3].parse().map_err(|e| format!("DISTINCT_SELECTORS: {e}"))?;
-    let prom = args.get(4).cloned();
+    let distinct: usize = args[3]
+        .parse()
+        .map_err(|e| format!("DISTINCT_SELECTORS: {e}"))?;
+    let interval_ms: u64 = args[4].parse().map_err(|e| format!("INTERVAL_MS: {e}"))?;
+    let prom = args.get(5).cloned();
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(concurrency)
         .build_http();
@@ -69,7 +80,10 @@ async fn main() -> Result<(), String> {
         let url = format!("{base}/apis/external.metrics.k8s.io/v1beta1/namespaces/default/http_requests_per_second?labelSelector=service%3Dsvc-{i}");
         let (status, body) = fetch(&client, &url).await?;
         if status != 200 {
-            return Err(format!("warm-up {url}: HTTP {status}: {}", String::from_utf8_lossy(&body)));
+            return Err(format!(
+                "warm-up {url}: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            ));
         }
     }
 
@@ -86,10 +100,24 @@ async fn main() -> Result<(), String> {
                 "{base}/apis/external.metrics.k8s.io/v1beta1/namespaces/default/http_requests_per_second?labelSelector=service%3Dsvc-{}",
                 i % distinct
             );
+            let pace = (interval_ms > 0).then(|| {
+                let period = Duration::from_millis(interval_ms);
+                let offset = period * i as u32 / concurrency as u32;
+                let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticks
+            });
             tokio::spawn(async move {
+                let mut pace = pace;
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
                 while Instant::now() < end {
+                    if let Some(ticks) = pace.as_mut() {
+                        ticks.tick().await;
+                        if Instant::now() >= end {
+                            break;
+                        }
+                    }
                     let t = Instant::now();
                     match fetch(&client, &url).await {
                         Ok((200, _)) => latencies.push(t.elapsed()),
@@ -115,8 +143,7 @@ async fn main() -> Result<(), String> {
     all.sort_unstable();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let qps = match (prom_before, prom_after) {
-        // The "after" read is itself one query.
-        (Some(b), Some(a)) => format!("{:.1}", (a - b - 1.0).max(0.0) / elapsed),
+        (Some(b), Some(a)) => format!("{:.1}", (a - b) / elapsed),
         _ => "n/a".into(),
     };
     println!(

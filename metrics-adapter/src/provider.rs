@@ -475,12 +475,21 @@ mod tests {
 
     fn provider(freshness: Duration, capacity: usize, options: RuleOptions) -> Provider {
         let prom = PrometheusClient::new("http://127.0.0.1:1", Duration::from_millis(100)).unwrap();
-        let mut book = RuleBook::default();
-        book.builtin = BuiltinSettings::default();
+        let mut book = RuleBook {
+            builtin: BuiltinSettings::default(),
+            ..RuleBook::default()
+        };
         book.builtin
             .options
             .insert("http_requests_per_second".into(), options);
-        Provider::new(prom, book, CacheConfig { freshness, capacity })
+        Provider::new(
+            prom,
+            book,
+            CacheConfig {
+                freshness,
+                capacity,
+            },
+        )
     }
 
     fn key(i: usize) -> Key {
@@ -510,7 +519,10 @@ mod tests {
         let (first, last_good) = p.slot(&key(0));
         assert!(last_good.is_none());
         let (in_flight, _) = p.slot(&key(0));
-        assert!(Arc::ptr_eq(&first, &in_flight), "in-flight queries are shared");
+        assert!(
+            Arc::ptr_eq(&first, &in_flight),
+            "in-flight queries are shared"
+        );
         first.set(answer(5)).unwrap();
         tokio::time::advance(Duration::from_secs(9)).await;
         let (fresh, _) = p.slot(&key(0));
@@ -554,7 +566,9 @@ mod tests {
         let sel = Selector::parse("service=s0").unwrap();
         let last = answer(2500).ok();
         tokio::time::advance(Duration::from_secs(59)).await;
-        let held = p.apply_policy(&rule, &key(0), outage(), &sel, last.clone()).unwrap();
+        let held = p
+            .apply_policy(&rule, &key(0), outage(), &sel, last.clone())
+            .unwrap();
         assert!(held.held);
         assert_eq!(held.items[0].value.to_string(), "2500m");
         let no_data = p.apply_policy(&rule, &key(0), Ok(vec![]), &sel, last.clone());
@@ -591,7 +605,9 @@ mod tests {
             zero.items[0].labels,
             BTreeMap::from([("service".to_owned(), "s0".to_owned())])
         );
-        assert!(p.apply_policy(&rule, &key(0), outage(), &sel, None).is_err());
+        assert!(p
+            .apply_policy(&rule, &key(0), outage(), &sel, None)
+            .is_err());
 
         let strict = provider(Duration::from_secs(10), 10, RuleOptions::default());
         let rule = strict.rules()["http_requests_per_second"].clone();
