@@ -332,6 +332,10 @@ pub fn parse(source_name: &str, text: &str) -> Result<RuleBook, ConfigError> {
                 if field == "." {
                     field.clear();
                 }
+                // A `Spanned<T>` field adds a `.value` step of its own.
+                if let Some(stripped) = field.strip_suffix(".value") {
+                    field = stripped.to_owned();
+                }
                 return Err(invalid(vec![Problem {
                     line: location.map(|l| l.line() as usize),
                     column: location.map(|l| l.column() as usize),
@@ -358,9 +362,14 @@ pub fn parse(source_name: &str, text: &str) -> Result<RuleBook, ConfigError> {
 fn first_line(rendered: &str) -> String {
     let line = rendered.lines().next().unwrap_or_default();
     let line = line.strip_prefix("error: ").unwrap_or(line);
-    match line.split_once(": ") {
-        Some((head, rest)) if head.starts_with("line ") => rest.to_owned(),
-        _ => line.to_owned(),
+    let message = match line.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") => rest,
+        _ => line,
+    };
+    // Custom errors repeat the position at the end; the Problem carries it already.
+    match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(", column ") => message[..i].to_owned(),
+        _ => message.to_owned(),
     }
 }
 
@@ -765,6 +774,15 @@ externalRules:
         let p = &err.problems()[0];
         assert_eq!(p.line, Some(4), "{err}");
         assert!(p.field.contains("missingData"), "{err}");
+        let err = parse(
+            "f.yaml",
+            "externalRules:\n- seriesQuery: x\n  metricsQuery: y\n  missingData: {policy: hold-last, maxAge: 5x}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "f.yaml:4:44: externalRules[0].missingData.maxAge: invalid duration \"5x\": unknown unit (write e.g. \"30s\", \"250ms\", \"1m30s\")"
+        );
     }
 
     #[test]
