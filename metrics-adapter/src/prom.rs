@@ -5,17 +5,26 @@
 //! It is built on the workspace's hyper client (pooled HTTP/1.1 connections) rather than a
 //! general client crate: prometheus-http-query pulls in reqwest, whose TLS features bring
 //! aws-lc-rs, and the adapter needs only these three form-encoded POSTs and their JSON.
-//! Queries are POSTed as forms so long PromQL never hits URL length limits.
+//! Queries are POSTed as forms so long PromQL never hits URL length limits. `https://` URLs
+//! use rustls (ring) and trust exactly the CA file given.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 /// Labels of a series.
 pub type Labels = BTreeMap<String, String>;
@@ -65,15 +74,155 @@ pub enum UrlError {
     /// Not a URL.
     #[error("invalid prometheus url {0:?}")]
     Invalid(String),
-    /// A scheme other than `http`.
-    #[error("prometheus url {0:?}: only http:// is supported (put Prometheus' TLS behind a sidecar or use its in-cluster http port)")]
+    /// A scheme other than `http` or `https`.
+    #[error("prometheus url {0:?}: the scheme must be http or https")]
     Scheme(String),
+    /// An `https` URL without a CA file.
+    #[error("prometheus url {0:?}: https needs --prometheus-ca-file (the CA that signed Prometheus' certificate)")]
+    NoCa(String),
+    /// The CA file could not be read or used.
+    #[error("{path}: {message}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+// === connector ===
+
+/// A TCP connection, with TLS for `https`.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Connection for Stream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Connects over TCP, then TLS when the URI is `https`.
+#[derive(Clone)]
+struct Connector {
+    http: HttpConnector,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = TokioIo<Stream>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.http.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let mut http = self.http.clone();
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let https = uri.scheme_str() == Some("https");
+            let host = uri
+                .host()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let tcp = http.call(uri).await?.into_inner();
+            if !https {
+                return Ok(TokioIo::new(Stream::Plain(tcp)));
+            }
+            let tls = tls.ok_or("https without a TLS configuration")?;
+            let name = rustls::pki_types::ServerName::try_from(host)?;
+            let stream = tls.connect(name, tcp).await?;
+            Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
+        })
+    }
+}
+
+fn tls_connector(ca_file: &Path) -> Result<tokio_rustls::TlsConnector, UrlError> {
+    let err = |message: String| UrlError::Ca {
+        path: ca_file.display().to_string(),
+        message,
+    };
+    let pem = std::fs::read(ca_file).map_err(|e| err(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots
+            .add(cert.map_err(|e| err(e.to_string()))?)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(err("no PEM certificates".into()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| err(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// A Prometheus HTTP API client. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct PrometheusClient {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
+    scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     path_prefix: String,
     timeout: Duration,
@@ -131,22 +280,37 @@ impl PrometheusClient {
     /// A client for the Prometheus at `url` (e.g. `http://prometheus:9090` or
     /// `http://thanos/prefix`); each call gives up after `timeout`.
     pub fn new(url: &str, timeout: Duration) -> Result<Self, UrlError> {
+        Self::with_ca(url, timeout, None)
+    }
+
+    /// Like [`PrometheusClient::new`]; an `https://` URL needs `ca_file`, the PEM CA(s) that
+    /// Prometheus' serving certificate must chain to (and nothing else is trusted).
+    pub fn with_ca(url: &str, timeout: Duration, ca_file: Option<&Path>) -> Result<Self, UrlError> {
         let uri: http::Uri = url.parse().map_err(|_| UrlError::Invalid(url.to_owned()))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(UrlError::Scheme(url.to_owned()));
-        }
+        let scheme = match uri.scheme_str() {
+            Some("http") => http::uri::Scheme::HTTP,
+            Some("https") => http::uri::Scheme::HTTPS,
+            _ => return Err(UrlError::Scheme(url.to_owned())),
+        };
         let authority = uri
             .authority()
             .cloned()
             .ok_or_else(|| UrlError::Invalid(url.to_owned()))?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
+        let tls = match (ca_file, scheme == http::uri::Scheme::HTTPS) {
+            (Some(ca), _) => Some(tls_connector(ca)?),
+            (None, true) => return Err(UrlError::NoCa(url.to_owned())),
+            (None, false) => None,
+        };
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout));
+        http.enforce_http(false);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            .build(Connector { http, tls });
         Ok(PrometheusClient {
             client,
+            scheme,
             authority,
             path_prefix: uri.path().trim_end_matches('/').to_owned(),
             timeout,
@@ -157,7 +321,7 @@ impl PrometheusClient {
         let body = serde_urlencoded::to_string(form)
             .map_err(|e| PromError::Protocol(format!("encoding form: {e}")))?;
         let uri = http::Uri::builder()
-            .scheme("http")
+            .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(format!("{}/api/v1/{api}", self.path_prefix))
             .build()
@@ -302,10 +466,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_http_urls() {
+    fn urls() {
         assert!(PrometheusClient::new("http://127.0.0.1:9090", Duration::from_secs(1)).is_ok());
         assert!(matches!(
             PrometheusClient::new("https://p:9090", Duration::from_secs(1)),
+            Err(UrlError::NoCa(_))
+        ));
+        assert!(matches!(
+            PrometheusClient::new("ftp://p:9090", Duration::from_secs(1)),
             Err(UrlError::Scheme(_))
         ));
         assert!(PrometheusClient::new("not a url", Duration::from_secs(1)).is_err());

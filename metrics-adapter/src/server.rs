@@ -36,8 +36,10 @@ pub struct TlsFiles {
 pub struct AdapterOptions {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Prometheus base URL (`http://…`).
+    /// Prometheus base URL (`http://…` or `https://…`).
     pub prometheus_url: String,
+    /// CA file for an `https` Prometheus.
+    pub prometheus_ca_file: Option<PathBuf>,
     /// Per-query timeout. Default 5 s.
     pub query_timeout: Duration,
     /// Rules file; `None` serves the built-in rules only.
@@ -58,9 +60,13 @@ pub struct AdapterArgs {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:6443")]
     pub listen: SocketAddr,
-    /// Prometheus base URL, e.g. http://prometheus.monitoring:9090.
+    /// Prometheus base URL, e.g. http://prometheus.monitoring:9090 (or https://…).
     #[arg(long)]
     pub prometheus_url: String,
+    /// For an https Prometheus: the PEM CA(s) its certificate must chain to (only these are
+    /// trusted).
+    #[arg(long)]
+    pub prometheus_ca_file: Option<PathBuf>,
     /// Rules file (prometheus-adapter externalRules + gofe options). Default: built-in rules only.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -133,6 +139,7 @@ impl AdapterArgs {
         Ok(AdapterOptions {
             listen: self.listen,
             prometheus_url: self.prometheus_url,
+            prometheus_ca_file: self.prometheus_ca_file,
             query_timeout: self.query_timeout,
             rules_file: self.config,
             cache: CacheConfig {
@@ -239,7 +246,11 @@ impl Adapter {
             Some(path) => crate::config::load(path)?,
             None => crate::config::parse("(no rules file)", "")?,
         };
-        let prom = PrometheusClient::new(&options.prometheus_url, options.query_timeout)?;
+        let prom = PrometheusClient::with_ca(
+            &options.prometheus_url,
+            options.query_timeout,
+            options.prometheus_ca_file.as_deref(),
+        )?;
         let provider = Arc::new(Provider::new(prom, book, options.cache));
         let (auth, tls) = match &options.tls {
             None => (AuthPolicy::None, None),
@@ -281,7 +292,7 @@ impl Adapter {
                     let wait = if provider.ready() {
                         interval
                     } else {
-                        interval.min(Duration::from_secs(5))
+                        interval.min(Duration::from_secs(1))
                     };
                     tokio::time::sleep(wait).await;
                 }

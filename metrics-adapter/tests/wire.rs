@@ -52,12 +52,14 @@ impl Drop for TempDir {
 struct Prometheus {
     child: Option<Child>,
     addr: SocketAddr,
+    https: bool,
     _dir: TempDir,
 }
 
 impl Prometheus {
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     fn kill(&mut self) {
@@ -204,6 +206,11 @@ fn fixture(t0: i64) -> String {
 }
 
 fn start_prometheus() -> Prometheus {
+    start_prometheus_with(None)
+}
+
+/// Starts Prometheus; with `tls = Some((cert, key))` it serves https only.
+fn start_prometheus_with(tls: Option<(&Path, &Path)>) -> Prometheus {
     let prometheus = require("prometheus");
     let promtool = require("promtool");
     let dir = TempDir::new("prom");
@@ -224,7 +231,21 @@ fn start_prometheus() -> Prometheus {
     let config = dir.0.join("prometheus.yml");
     std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
     let addr = free_port();
-    let child = Command::new(prometheus)
+    let mut command = Command::new(prometheus);
+    if let Some((cert, key)) = tls {
+        let web = dir.0.join("web.yml");
+        std::fs::write(
+            &web,
+            format!(
+                "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        command.arg(format!("--web.config.file={}", web.display()));
+    }
+    let child = command
         .arg(format!("--config.file={}", config.display()))
         .arg(format!("--storage.tsdb.path={}", data.display()))
         .arg(format!("--web.listen-address={addr}"))
@@ -236,11 +257,19 @@ fn start_prometheus() -> Prometheus {
     let mut p = Prometheus {
         child: Some(child),
         addr,
+        https: tls.is_some(),
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if ready(addr) {
+        let up = match tls {
+            None => ready(addr),
+            // The https readiness is checked through the adapter by the test itself.
+            Some(_) => {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            }
+        };
+        if up {
             return p;
         }
         if let Some(Ok(Some(status))) = p.child.as_mut().map(|c| c.try_wait()) {
@@ -293,11 +322,22 @@ async fn start_adapter(
     freshness: Duration,
     tls: Option<TlsFiles>,
 ) -> Adapter {
+    start_adapter_with(prom, dir, freshness, tls, None).await
+}
+
+async fn start_adapter_with(
+    prom: &Prometheus,
+    dir: &TempDir,
+    freshness: Duration,
+    tls: Option<TlsFiles>,
+    prometheus_ca_file: Option<PathBuf>,
+) -> Adapter {
     let rules = dir.0.join("rules.yaml");
     std::fs::write(&rules, RULES).unwrap();
     let adapter = Adapter::start(AdapterOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
         prometheus_url: prom.url(),
+        prometheus_ca_file,
         query_timeout: Duration::from_secs(5),
         rules_file: Some(rules),
         cache: CacheConfig {
@@ -310,7 +350,7 @@ async fn start_adapter(
     })
     .await
     .expect("starting the adapter");
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !adapter.provider().ready() {
         assert!(Instant::now() < deadline, "external rules never discovered");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -813,6 +853,67 @@ async fn kubectl_reads_the_adapter_over_tls_with_a_front_proxy_certificate() {
     assert!(
         !ok,
         "a certificate from an untrusted CA was accepted: {out}"
+    );
+    adapter.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_prometheus_is_read_with_the_given_ca_only() {
+    let pki = TempDir::new("prom-pki");
+    let prom_ca = ca("gofe-test-prometheus-ca");
+    let (cert, key) = leaf("prometheus", vec!["127.0.0.1".into()], false, &prom_ca);
+    let cert = write(&pki.0, "prom.crt", &cert);
+    let key = write(&pki.0, "prom.key", &key);
+    let ca_file = write(&pki.0, "prom-ca.crt", &prom_ca.0.pem());
+    let other_ca = write(&pki.0, "other-ca.crt", &ca("other").0.pem());
+    let prom = start_prometheus_with(Some((&cert, &key)));
+    assert!(prom.url().starts_with("https://"));
+
+    let dir = TempDir::new("https");
+    let adapter = start_adapter_with(&prom, &dir, Duration::ZERO, None, Some(ca_file)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let items = loop {
+        let (s, items, body) = values(
+            adapter.addr(),
+            "default",
+            "http_requests_per_second",
+            "service=api-service",
+        )
+        .await;
+        if s == 200 {
+            break items;
+        }
+        assert!(Instant::now() < deadline, "no answer over https: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(one(&items), "15");
+    adapter.stop();
+
+    // A CA that did not sign Prometheus' certificate: unavailable, never a value.
+    // (Built-in rules only: with external rules it would never become ready.)
+    let adapter = Adapter::start(AdapterOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        prometheus_url: prom.url(),
+        prometheus_ca_file: Some(other_ca),
+        query_timeout: Duration::from_secs(5),
+        rules_file: None,
+        cache: CacheConfig::default(),
+        relist_interval: Duration::from_secs(60),
+        discovery_lookback: Duration::from_secs(3600),
+        tls: None,
+    })
+    .await
+    .unwrap();
+    let (s, _, body) = values(
+        adapter.addr(),
+        "default",
+        "http_requests_per_second",
+        "service=api-service",
+    )
+    .await;
+    assert_eq!(
+        (s, body["reason"].as_str()),
+        (503, Some("ServiceUnavailable"))
     );
     adapter.stop();
 }
