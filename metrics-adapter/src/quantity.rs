@@ -119,4 +119,38 @@ mod tests {
         // i64 milli-units top out at 9.2P; E never appears.
         assert_eq!(MilliQuantity(9_000_000_000_000_000_000).to_string(), "9P");
     }
+
+    /// Parses what [`MilliQuantity`]'s `Display` writes, back to milli-units.
+    fn parse_back(text: &str) -> i64 {
+        let (number, factor) = match text.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+            None => (text, 1000i128),
+            Some((i, _)) => {
+                let factor = match &text[i..] {
+                    "m" => 1,
+                    "k" => 1_000_000,
+                    "M" => 1_000_000_000,
+                    "G" => 1_000_000_000_000,
+                    "T" => 1_000_000_000_000_000,
+                    "P" => 1_000_000_000_000_000_000,
+                    other => panic!("unexpected suffix {other}"),
+                };
+                (&text[..i], factor)
+            }
+        };
+        (number.parse::<i128>().unwrap() * factor) as i64
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn formatting_round_trips(milli in (i64::MIN + 1)..i64::MAX) {
+            let text = MilliQuantity(milli).to_string();
+            proptest::prop_assert_eq!(parse_back(&text), milli, "{}", text);
+        }
+
+        #[test]
+        fn rounding_is_within_half_a_milli(value in -1e12f64..1e12) {
+            let q = MilliQuantity::from_f64(value).unwrap();
+            proptest::prop_assert!((q.as_f64() - value).abs() <= 0.0005 + value.abs() * 1e-15);
+        }
+    }
 }

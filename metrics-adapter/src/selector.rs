@@ -479,4 +479,58 @@ mod tests {
         assert!(Selector::parse(&format!("k={long}")).is_err());
         assert!(Selector::parse(&format!("k={}", &long[..63])).is_ok());
     }
+
+    /// A PromQL double-quoted literal: quotes only at the ends, every inner quote escaped.
+    fn well_formed_literal(lit: &str) -> bool {
+        let Some(inner) = lit.strip_prefix('"').and_then(|l| l.strip_suffix('"')) else {
+            return false;
+        };
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if chars.next().is_none() {
+                        return false;
+                    }
+                }
+                '"' | '\n' => return false,
+                _ => {}
+            }
+        }
+        true
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_input_escapes_its_literal(text in ".{0,80}") {
+            if let Ok(sel) = Selector::parse(&text) {
+                for r in &sel.requirements {
+                    if let Ok(m) = r.to_matcher(&r.key) {
+                        proptest::prop_assert!(is_prometheus_label(&m.label));
+                        proptest::prop_assert!(well_formed_literal(&m.literal), "{}", m);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn escaping_any_value_is_well_formed(value in "\\PC{0,40}") {
+            proptest::prop_assert!(well_formed_literal(&promql_string(&value)));
+            proptest::prop_assert!(well_formed_literal(&promql_string(&regex_literal(&value))));
+        }
+
+        #[test]
+        fn canonical_text_parses_to_the_same_selector(
+            keys in proptest::collection::vec("[a-z]([a-z0-9_]{0,7}[a-z0-9])?", 1..4),
+            values in proptest::collection::vec("[a-z0-9]([a-z0-9.-]{0,6}[a-z0-9])?", 1..4),
+        ) {
+            let text: Vec<String> = keys.iter().zip(values.iter().cycle()).enumerate().map(|(i, (k, v))| match i % 3 {
+                0 => format!("{k}={v}"),
+                1 => format!("{k} in ({v},{v}x)"),
+                _ => format!("!{k}"),
+            }).collect();
+            let sel = Selector::parse(&text.join(",")).unwrap();
+            proptest::prop_assert_eq!(Selector::parse(&sel.to_string()).unwrap(), sel);
+        }
+    }
 }
