@@ -487,14 +487,13 @@ mod tests {
         };
         let mut chars = inner.chars();
         while let Some(c) = chars.next() {
-            match c {
-                '\\' => {
-                    if chars.next().is_none() {
-                        return false;
-                    }
-                }
-                '"' | '\n' => return false,
-                _ => {}
+            let ok = match c {
+                '\\' => chars.next().is_some(),
+                '"' | '\n' => false,
+                _ => true,
+            };
+            if !ok {
+                return false;
             }
         }
         true
