@@ -57,7 +57,7 @@ enum Command {
         name: String,
     },
     /// Run the Kubernetes external metrics adapter (external.metrics.k8s.io for the HPA).
-    Adapter(gofe_metrics_adapter::server::AdapterArgs),
+    Adapter(Box<gofe_metrics_adapter::server::AdapterArgs>),
     /// Check a proxy configuration file and print every problem with its line and field.
     Check {
         /// The configuration file.
@@ -116,7 +116,7 @@ fn main() -> anyhow::Result<()> {
                 backend.stop().await;
                 Ok(())
             }
-            Command::Adapter(args) => gofe_metrics_adapter::run(args.into_options()?)
+            Command::Adapter(args) => gofe_metrics_adapter::run((*args).into_options()?)
                 .await
                 .context("gofe adapter"),
             Command::Check { config } => {
