@@ -72,6 +72,8 @@ enum Command {
     },
     /// Simulate offline: replay traffic through the HPA and gofe's decision code.
     Sim(gofe_sim::cli::SimArgs),
+    /// Run the Kubernetes external metrics adapter (external.metrics.k8s.io for the HPA).
+    Adapter(Box<gofe_metrics_adapter::server::AdapterArgs>),
     /// Check a proxy configuration file and print every problem with its line and field.
     Check {
         /// The configuration file.
@@ -170,6 +172,9 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Controller { command } => controller(command).await,
             Command::Sim(args) => gofe_sim::cli::main(args),
+            Command::Adapter(args) => gofe_metrics_adapter::run((*args).into_options()?)
+                .await
+                .context("gofe adapter"),
             Command::Check { config } => {
                 gofe_proxy::config::load(&config)?;
                 println!("{}: ok", config.display());

@@ -1,0 +1,793 @@
+//! The adapter's rules file: prometheus-adapter's `externalRules` format plus gofe's per-rule
+//! options, loaded and validated in one step.
+//!
+//! An existing prometheus-adapter configuration loads unchanged as long as it only uses what
+//! the external metrics API needs; everything else (custom-metrics `rules`, `resourceRules`,
+//! template functions beyond `<<.Series>>`, `<<.LabelMatchers>>`, `<<.GroupBy>>`) is a load
+//! error naming the file, line and field, never a silent skip. [`load`] returns *every*
+//! problem it finds.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use serde_saphyr::Spanned;
+
+use crate::rules::{
+    BuiltinSettings, EjectionAware, ExternalRule, Forecast, MissingData, RuleBook, RuleOptions,
+    Template,
+};
+
+/// The whole rules file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdapterConfig {
+    /// prometheus-adapter's external metrics rules. Default: none.
+    #[serde(default)]
+    pub external_rules: Vec<ExternalRuleConfig>,
+    /// gofe's built-in mesh metrics. Default: enabled, 2 m rate window, not namespaced.
+    #[serde(default)]
+    pub builtin_rules: Option<BuiltinRulesConfig>,
+    /// prometheus-adapter's custom-metrics rules: rejected (this adapter serves external
+    /// metrics only).
+    #[serde(default)]
+    pub rules: Option<Spanned<serde::de::IgnoredAny>>,
+    /// prometheus-adapter's resource-metrics rules: rejected.
+    #[serde(default)]
+    pub resource_rules: Option<Spanned<serde::de::IgnoredAny>>,
+}
+
+/// Settings of the built-in rules.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BuiltinRulesConfig {
+    /// Serve the built-in metrics. Default `true`.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The `rate()` window of the built-in queries. Default `2m`.
+    #[serde(default)]
+    pub rate_window: Option<Spanned<DurationText>>,
+    /// When set, the built-in rules are namespaced: the HPA's namespace must equal this
+    /// Prometheus label. Default: unset (the mesh's service names are global).
+    #[serde(default)]
+    pub namespace_label: Option<Spanned<String>>,
+    /// gofe options per built-in metric name (missing data, forecast, ejection awareness).
+    #[serde(default)]
+    pub metrics: BTreeMap<String, RuleOptionsConfig>,
+}
+
+/// One rule in prometheus-adapter's `externalRules` format, plus gofe's options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExternalRuleConfig {
+    /// Series selector used to discover which metric names the rule serves.
+    pub series_query: Spanned<String>,
+    /// Filters on discovered series names. Default: none.
+    #[serde(default)]
+    pub series_filters: Vec<SeriesFilterConfig>,
+    /// Label-to-resource mapping; only the namespace mapping has an effect on external metrics.
+    #[serde(default)]
+    pub resources: ResourcesConfig,
+    /// How a series name becomes a metric name. Default: the series name.
+    #[serde(default)]
+    pub name: Option<NameConfig>,
+    /// The PromQL template.
+    pub metrics_query: Spanned<String>,
+    /// gofe extension: what to serve when Prometheus returns no usable value. Default
+    /// `policy: error`.
+    #[serde(default)]
+    pub missing_data: Option<MissingDataConfig>,
+    /// gofe extension: serve a forecast instead of the current value. Default: off.
+    #[serde(default)]
+    pub forecast: Option<ForecastConfig>,
+    /// gofe extension: scale the value by total/serving endpoints. Default: off.
+    #[serde(default)]
+    pub ejection_aware: Option<EjectionAwareConfig>,
+}
+
+/// A filter on discovered series names: exactly one of `is` or `isNot`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SeriesFilterConfig {
+    /// Keep only names matching this regex.
+    #[serde(default)]
+    pub is: Option<Spanned<String>>,
+    /// Drop names matching this regex.
+    #[serde(default)]
+    pub is_not: Option<Spanned<String>>,
+}
+
+/// prometheus-adapter's `resources` block.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResourcesConfig {
+    /// Prometheus label name to Kubernetes resource.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, GroupResourceConfig>,
+    /// Label name template, e.g. `kube_<<.Resource>>`.
+    #[serde(default)]
+    pub template: Option<Spanned<String>>,
+    /// Whether the HPA's namespace filters the query. Default `true`.
+    #[serde(default)]
+    pub namespaced: Option<bool>,
+}
+
+/// A Kubernetes group and resource.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GroupResourceConfig {
+    /// API group; empty for the core group.
+    #[serde(default)]
+    pub group: String,
+    /// Resource, e.g. `namespace`.
+    pub resource: String,
+}
+
+/// prometheus-adapter's `name` block.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NameConfig {
+    /// Regex applied to the series name (unanchored). Default: matches everything.
+    #[serde(default)]
+    pub matches: Option<Spanned<String>>,
+    /// Replacement (`$1`, `${name}`). Default `$0`, or `$1` when `matches` has one group.
+    #[serde(default, rename = "as")]
+    pub as_: Option<Spanned<String>>,
+}
+
+/// gofe's per-rule options.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleOptionsConfig {
+    /// What to serve when Prometheus returns no usable value. Default `policy: error`.
+    #[serde(default)]
+    pub missing_data: Option<MissingDataConfig>,
+    /// Serve a forecast instead of the current value. Default: off.
+    #[serde(default)]
+    pub forecast: Option<ForecastConfig>,
+    /// Scale the value by total/serving endpoints. Default: off.
+    #[serde(default)]
+    pub ejection_aware: Option<EjectionAwareConfig>,
+}
+
+/// The missing-data policy of a rule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MissingDataConfig {
+    /// `error` (default), `zero`, or `hold-last`.
+    pub policy: PolicyName,
+    /// For `hold-last`: the oldest value still served. Default `5m`.
+    #[serde(default)]
+    pub max_age: Option<Spanned<DurationText>>,
+}
+
+/// Missing-data policy names.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyName {
+    /// Answer an error; the HPA keeps its current scale.
+    Error,
+    /// Answer 0.
+    Zero,
+    /// Answer the last good value while it is younger than `maxAge`.
+    HoldLast,
+}
+
+/// Forecast options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ForecastConfig {
+    /// How far ahead to forecast, e.g. `60s`.
+    pub lead: Spanned<DurationText>,
+    /// History used. Default `10m`.
+    #[serde(default)]
+    pub window: Option<Spanned<DurationText>>,
+    /// Spacing of the history samples. Default `15s`.
+    #[serde(default)]
+    pub step: Option<Spanned<DurationText>>,
+    /// Level smoothing in (0, 1]. Default 0.5.
+    #[serde(default)]
+    pub alpha: Option<Spanned<f64>>,
+    /// Trend smoothing in (0, 1]. Default 0.3.
+    #[serde(default)]
+    pub beta: Option<Spanned<f64>>,
+}
+
+/// Ejection-aware scaling options.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EjectionAwareConfig {
+    /// The Prometheus label of the rule's result that names the mesh service (the proxy's
+    /// cluster). Default `cluster`.
+    #[serde(default)]
+    pub label: Option<Spanned<String>>,
+}
+
+/// A duration written as text (`90s`, `2m`, `1h30m`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationText(pub Duration);
+
+impl<'de> Deserialize<'de> for DurationText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        gofe_core::duration::parse(&text)
+            .map(DurationText)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+// === errors ===
+
+/// One thing wrong with a rules file, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// 1-based column, when known.
+    pub column: Option<usize>,
+    /// Path of the field, e.g. `externalRules[0].metricsQuery`.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    /// `LINE:COLUMN: FIELD: MESSAGE`, leaving out what is unknown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "{line}:")?;
+            if let Some(column) = self.column {
+                write!(f, "{column}:")?;
+            }
+            f.write_str(" ")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a rules file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read rules file: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid rules file.
+    #[error("{}", render_problems(.source_name, .problems))]
+    Invalid {
+        /// The file name.
+        source_name: String,
+        /// Every problem, in file order.
+        problems: Vec<Problem>,
+    },
+}
+
+fn render_problems(source_name: &str, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            if p.line.is_some() {
+                format!("{source_name}:{p}")
+            } else {
+                format!("{source_name}: {p}")
+            }
+        })
+        .collect();
+    lines.join("\n")
+}
+
+impl ConfigError {
+    /// The individual problems (empty for a read error).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid { problems, .. } => problems,
+        }
+    }
+}
+
+// === loading ===
+
+/// Reads, parses and validates a rules file into a [`RuleBook`].
+pub fn load(path: &Path) -> Result<RuleBook, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse(&path.display().to_string(), &text)
+}
+
+/// Parses and validates rules text; `source_name` names it in errors. Empty text is the
+/// default configuration (built-in rules only).
+pub fn parse(source_name: &str, text: &str) -> Result<RuleBook, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        source_name: source_name.to_owned(),
+        problems,
+    };
+    let config: AdapterConfig = if text.trim().is_empty() {
+        AdapterConfig::default()
+    } else {
+        let mut field = String::new();
+        let parsed: Result<AdapterConfig, serde_saphyr::Error> =
+            serde_saphyr::with_deserializer_from_str(text, |de| {
+                serde_path_to_error::deserialize(de).map_err(|e| {
+                    field = e.path().to_string();
+                    e.into_inner()
+                })
+            });
+        match parsed {
+            Ok(c) => c,
+            Err(e) => {
+                let location = e.location();
+                if field == "." {
+                    field.clear();
+                }
+                // A `Spanned<T>` field adds a `.value` step of its own.
+                if let Some(stripped) = field.strip_suffix(".value") {
+                    field = stripped.to_owned();
+                }
+                return Err(invalid(vec![Problem {
+                    line: location.map(|l| l.line() as usize),
+                    column: location.map(|l| l.column() as usize),
+                    field,
+                    message: first_line(&e.without_snippet().to_string()),
+                }]));
+            }
+        }
+    };
+    let mut v = Validator {
+        problems: Vec::new(),
+    };
+    let book = v.book(&config);
+    if v.problems.is_empty() {
+        Ok(book)
+    } else {
+        v.problems
+            .sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
+        Err(invalid(v.problems))
+    }
+}
+
+/// saphyr renders "error: line L column C: message" and a snippet; keep the message alone.
+fn first_line(rendered: &str) -> String {
+    let line = rendered.lines().next().unwrap_or_default();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    let message = match line.split_once(": ") {
+        Some((head, rest)) if head.starts_with("line ") => rest,
+        _ => line,
+    };
+    // Custom errors repeat the position at the end; the Problem carries it already.
+    match message.rfind(" at line ") {
+        Some(i) if message[i..].contains(", column ") => message[..i].to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+// === validation ===
+
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn at<T>(&mut self, spanned: &Spanned<T>, field: String, message: impl Into<String>) {
+        let loc = spanned.referenced;
+        let known = loc.line() > 0;
+        self.problems.push(Problem {
+            line: known.then(|| loc.line() as usize),
+            column: known.then(|| loc.column() as usize),
+            field,
+            message: message.into(),
+        });
+    }
+
+    fn nowhere(&mut self, field: String, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line: None,
+            column: None,
+            field,
+            message: message.into(),
+        });
+    }
+
+    fn regex(&mut self, text: &Spanned<String>, field: String) -> Option<regex::Regex> {
+        match regex::Regex::new(&text.value) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                self.at(text, field, format!("invalid regex: {e}"));
+                None
+            }
+        }
+    }
+
+    fn book(&mut self, c: &AdapterConfig) -> RuleBook {
+        const ONLY_EXTERNAL: &str = "gofe's adapter serves external.metrics.k8s.io only; move these rules to a custom-metrics adapter or rewrite them as externalRules";
+        if let Some(r) = &c.rules {
+            self.at(r, "rules".into(), ONLY_EXTERNAL);
+        }
+        if let Some(r) = &c.resource_rules {
+            self.at(r, "resourceRules".into(), ONLY_EXTERNAL);
+        }
+        let builtin = self.builtins(c.builtin_rules.as_ref());
+        let external = c
+            .external_rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.external(i, r))
+            .collect();
+        RuleBook { builtin, external }
+    }
+
+    fn builtins(&mut self, c: Option<&BuiltinRulesConfig>) -> BuiltinSettings {
+        let mut settings = BuiltinSettings::default();
+        let Some(c) = c else {
+            return settings;
+        };
+        settings.enabled = c.enabled.unwrap_or(true);
+        if let Some(w) = &c.rate_window {
+            if w.value.0 < Duration::from_secs(1) {
+                self.at(w, "builtinRules.rateWindow".into(), "must be at least 1s");
+            }
+            settings.rate_window = w.value.0;
+        }
+        if let Some(l) = &c.namespace_label {
+            if !crate::selector::is_prometheus_label(&l.value) {
+                self.at(
+                    l,
+                    "builtinRules.namespaceLabel".into(),
+                    "not a Prometheus label name",
+                );
+            }
+            settings.namespace_label = Some(l.value.clone());
+        }
+        let known = crate::rules::BUILTIN_NAMES;
+        for (name, options) in &c.metrics {
+            let field = format!("builtinRules.metrics.{name}");
+            if !known.contains(&name.as_str()) {
+                self.nowhere(
+                    field.clone(),
+                    format!(
+                        "no built-in metric of this name (known: {})",
+                        known.join(", ")
+                    ),
+                );
+            }
+            let options = self.options(
+                &options.missing_data,
+                &options.forecast,
+                &options.ejection_aware,
+                &field,
+            );
+            settings.options.insert(name.clone(), options);
+        }
+        settings
+    }
+
+    fn options(
+        &mut self,
+        missing_data: &Option<MissingDataConfig>,
+        forecast: &Option<ForecastConfig>,
+        ejection_aware: &Option<EjectionAwareConfig>,
+        field: &str,
+    ) -> RuleOptions {
+        let missing = match missing_data {
+            None => MissingData::Error,
+            Some(m) => match (m.policy, &m.max_age) {
+                (PolicyName::Error, None) => MissingData::Error,
+                (PolicyName::Zero, None) => MissingData::Zero,
+                (PolicyName::HoldLast, age) => MissingData::HoldLast {
+                    max_age: age.as_ref().map_or(Duration::from_secs(300), |a| a.value.0),
+                },
+                (_, Some(age)) => {
+                    self.at(
+                        age,
+                        format!("{field}.missingData.maxAge"),
+                        "only the hold-last policy has a maxAge",
+                    );
+                    MissingData::Error
+                }
+            },
+        };
+        let forecast = forecast.as_ref().map(|f| {
+            let d = |x: &Option<Spanned<DurationText>>, default: u64| {
+                x.as_ref()
+                    .map_or(Duration::from_secs(default), |s| s.value.0)
+            };
+            let forecast = Forecast {
+                lead: f.lead.value.0,
+                window: d(&f.window, 600),
+                step: d(&f.step, 15),
+                holt: crate::forecast::Holt {
+                    alpha: f.alpha.as_ref().map_or(0.5, |a| a.value),
+                    beta: f.beta.as_ref().map_or(0.3, |b| b.value),
+                },
+            };
+            if forecast.step < Duration::from_secs(1) {
+                let at = f.step.as_ref().map_or(&f.lead, |s| s);
+                self.at(at, format!("{field}.forecast.step"), "must be at least 1s");
+            } else if forecast.window.as_secs_f64() / forecast.step.as_secs_f64() < 2.0
+                || forecast.window.as_secs_f64() / forecast.step.as_secs_f64() > 11000.0
+            {
+                self.at(
+                    &f.lead,
+                    format!("{field}.forecast.window"),
+                    "window must hold between 2 and 11000 steps",
+                );
+            }
+            for (name, value) in [("alpha", &f.alpha), ("beta", &f.beta)] {
+                if let Some(v) = value {
+                    if !(v.value > 0.0 && v.value <= 1.0) {
+                        self.at(v, format!("{field}.forecast.{name}"), "must be in (0, 1]");
+                    }
+                }
+            }
+            forecast
+        });
+        let ejection_aware = ejection_aware.as_ref().map(|e| {
+            let label = e
+                .label
+                .as_ref()
+                .map_or_else(|| "cluster".to_owned(), |l| l.value.clone());
+            if let Some(l) = &e.label {
+                if !crate::selector::is_prometheus_label(&l.value) {
+                    self.at(
+                        l,
+                        format!("{field}.ejectionAware.label"),
+                        "not a Prometheus label name",
+                    );
+                }
+            }
+            EjectionAware { label }
+        });
+        RuleOptions {
+            missing,
+            forecast,
+            ejection_aware,
+        }
+    }
+
+    fn external(&mut self, i: usize, c: &ExternalRuleConfig) -> Option<ExternalRule> {
+        let field = format!("externalRules[{i}]");
+        let before = self.problems.len();
+        let template = match Template::parse(&c.metrics_query.value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.at(
+                    &c.metrics_query,
+                    format!("{field}.metricsQuery"),
+                    e.to_string(),
+                );
+                None
+            }
+        };
+        if c.series_query.value.trim().is_empty() {
+            self.at(
+                &c.series_query,
+                format!("{field}.seriesQuery"),
+                "must not be empty",
+            );
+        }
+        let mut keep = Vec::new();
+        let mut drop = Vec::new();
+        for (j, f) in c.series_filters.iter().enumerate() {
+            let ff = format!("{field}.seriesFilters[{j}]");
+            match (&f.is, &f.is_not) {
+                (Some(is), None) => keep.extend(self.regex(is, format!("{ff}.is"))),
+                (None, Some(not)) => drop.extend(self.regex(not, format!("{ff}.isNot"))),
+                _ => self.nowhere(ff, "exactly one of is or isNot is required"),
+            }
+        }
+        let (matches, replacement) = match &c.name {
+            None => (None, "$0".to_owned()),
+            Some(n) => {
+                let matches = n
+                    .matches
+                    .as_ref()
+                    .and_then(|m| self.regex(m, format!("{field}.name.matches")));
+                let groups = matches.as_ref().map_or(0, |m| m.captures_len() - 1);
+                let replacement = match &n.as_ {
+                    Some(a) if !a.value.is_empty() => a.value.clone(),
+                    _ if groups == 0 => "$0".to_owned(),
+                    _ if groups == 1 => "$1".to_owned(),
+                    _ => {
+                        let at = n.matches.as_ref().map(|m| m.referenced);
+                        self.problems.push(Problem {
+                            line: at.map(|l| l.line() as usize),
+                            column: at.map(|l| l.column() as usize),
+                            field: format!("{field}.name.as"),
+                            message: "required when name.matches has more than one capture group"
+                                .into(),
+                        });
+                        String::new()
+                    }
+                };
+                (matches, replacement)
+            }
+        };
+        let mut namespace_label = None;
+        for (label, gr) in &c.resources.overrides {
+            if !crate::selector::is_prometheus_label(label) {
+                self.nowhere(
+                    format!("{field}.resources.overrides.{label}"),
+                    "not a Prometheus label name",
+                );
+            }
+            if gr.group.is_empty() && matches!(gr.resource.as_str(), "namespace" | "namespaces") {
+                namespace_label = Some(label.clone());
+            }
+        }
+        if namespace_label.is_none() {
+            if let Some(t) = &c.resources.template {
+                match Template::parse_resource(&t.value) {
+                    Ok(render) => namespace_label = Some(render("namespace")),
+                    Err(e) => self.at(t, format!("{field}.resources.template"), e.to_string()),
+                }
+            }
+        }
+        let namespaced = c.resources.namespaced.unwrap_or(true);
+        let options = self.options(&c.missing_data, &c.forecast, &c.ejection_aware, &field);
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(ExternalRule {
+            index: i,
+            series_query: c.series_query.value.clone(),
+            keep,
+            drop,
+            matches,
+            replacement,
+            template: template?,
+            namespace_label: namespaced
+                .then(|| namespace_label.unwrap_or_else(|| "namespace".to_owned())),
+            options,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROMETHEUS_ADAPTER: &str = r#"
+externalRules:
+- seriesQuery: '{__name__=~"^.*_queue_(length|size)$",namespace!=""}'
+  resources:
+    overrides:
+      namespace: {resource: namespace}
+  name:
+    matches: ^.*_queue_(length|size)$
+    as: "$0"
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+- seriesQuery: 'http_requests_total{namespace!=""}'
+  seriesFilters:
+  - isNot: ^.*_bucket$
+  resources:
+    namespaced: false
+  name:
+    matches: ^(.*)_total$
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m]))
+"#;
+
+    #[test]
+    fn a_prometheus_adapter_config_loads_unchanged() {
+        let book = parse("adapter.yaml", PROMETHEUS_ADAPTER).unwrap();
+        assert_eq!(book.external.len(), 2);
+        assert_eq!(
+            book.external[0].namespace_label.as_deref(),
+            Some("namespace")
+        );
+        assert_eq!(book.external[1].namespace_label, None);
+        assert_eq!(book.external[1].replacement, "$1");
+        assert!(book.builtin.enabled);
+    }
+
+    #[test]
+    fn gofe_options_parse() {
+        let text = r#"
+builtinRules:
+  rateWindow: 1m
+  metrics:
+    http_requests_per_second:
+      missingData: {policy: hold-last, maxAge: 2m}
+      forecast: {lead: 60s, window: 5m, step: 10s}
+externalRules:
+- seriesQuery: 'queue_depth'
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>})
+  missingData: {policy: zero}
+  ejectionAware: {label: svc}
+"#;
+        let book = parse("f.yaml", text).unwrap();
+        assert_eq!(book.builtin.rate_window, Duration::from_secs(60));
+        let o = &book.builtin.options["http_requests_per_second"];
+        assert_eq!(
+            o.missing,
+            MissingData::HoldLast {
+                max_age: Duration::from_secs(120)
+            }
+        );
+        assert_eq!(o.forecast.as_ref().unwrap().lead, Duration::from_secs(60));
+        assert_eq!(book.external[0].options.missing, MissingData::Zero);
+        assert_eq!(
+            book.external[0]
+                .options
+                .ejection_aware
+                .as_ref()
+                .unwrap()
+                .label,
+            "svc"
+        );
+    }
+
+    #[test]
+    fn unsupported_things_are_errors_with_lines() {
+        let text = r#"
+rules:
+- seriesQuery: x
+externalRules:
+- seriesQuery: 'x'
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<index .LabelValuesByName "a">>)
+- seriesQuery: 'y'
+  metricsQuery: <<.Series>>
+  name: {matches: "(a", as: x}
+"#;
+        let err = parse("f.yaml", text).unwrap_err();
+        let p = err.problems();
+        assert_eq!(p.len(), 3, "{err}");
+        assert_eq!((p[0].line, p[0].field.as_str()), (Some(3), "rules"));
+        assert_eq!(p[1].line, Some(6));
+        assert_eq!(p[1].field, "externalRules[0].metricsQuery");
+        assert!(
+            p[1].message.contains("LabelValuesByName"),
+            "{}",
+            p[1].message
+        );
+        assert_eq!(p[2].line, Some(9));
+        assert_eq!(p[2].field, "externalRules[1].name.matches");
+        assert!(err.to_string().starts_with("f.yaml:3:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_name_line_and_field() {
+        let err = parse(
+            "f.yaml",
+            "externalRules:\n- seriesQuery: x\n  metricsQuery: y\n  metricQuery: z\n",
+        )
+        .unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!(p.line, Some(4), "{err}");
+        assert!(p.message.contains("metricQuery"), "{err}");
+        let err = parse(
+            "f.yaml",
+            "builtinRules:\n  metrics:\n    http_requests_per_second:\n      missingData: {policy: guess}\n",
+        )
+        .unwrap_err();
+        let p = &err.problems()[0];
+        assert_eq!(p.line, Some(4), "{err}");
+        assert!(p.field.contains("missingData"), "{err}");
+        let err = parse(
+            "f.yaml",
+            "externalRules:\n- seriesQuery: x\n  metricsQuery: y\n  missingData: {policy: hold-last, maxAge: 5x}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "f.yaml:4:44: externalRules[0].missingData.maxAge: invalid duration \"5x\": unknown unit (write e.g. \"30s\", \"250ms\", \"1m30s\")"
+        );
+    }
+
+    #[test]
+    fn empty_text_is_builtins_only() {
+        let book = parse("f.yaml", "").unwrap();
+        assert!(book.builtin.enabled && book.external.is_empty());
+    }
+}

@@ -1,0 +1,40 @@
+//! gofe's Kubernetes external metrics adapter: the mesh's request rate, latency and error
+//! ratio, as the gofe proxy measures them, served as `external.metrics.k8s.io/v1beta1` so a
+//! HorizontalPodAutoscaler can scale on them.
+//!
+//! ```text
+//!  kube-aggregator ──TLS, front-proxy cert──▶ server ──▶ api (axum) ──▶ provider ──▶ prom ──▶ Prometheus
+//!   (HPA controller)                          │ auth                     │ cache, single flight
+//!                                             │                          │ missing-data policy
+//!                                             │                          │ forecast (Holt)
+//!                                  rules file ─▶ config ─▶ rules ─────────┘ PromQL per selector
+//! ```
+//!
+//! - [`config`] loads the rules file (prometheus-adapter's `externalRules` plus gofe options),
+//!   reporting every problem with file, line and field.
+//! - [`rules`] holds the built-in rules over the proxy's metrics and turns a rule, namespace and
+//!   [`selector`] into PromQL; [`selector`] parses `labelSelector` and escapes it into label
+//!   matchers.
+//! - [`provider`] answers (metric, namespace, selector) through a bounded cache with single
+//!   flight, applies the missing-data policy, the [`forecast`] and ejection awareness.
+//! - [`prom`] is a small Prometheus HTTP API client; [`quantity`] formats values as Kubernetes
+//!   quantities; [`api`] is the HTTP surface and its `Status` errors; [`server`] is TLS, client
+//!   certificate authentication and the process entry point [`server::run`].
+//!
+//! What it does not do: it serves no `custom.metrics.k8s.io` (per-object metrics) and makes no
+//! authorization decisions of its own (no SubjectAccessReview): the aggregator authenticates and
+//! authorizes the end user, and the adapter only accepts requests the aggregator's front-proxy
+//! certificate vouches for. The controller, not the adapter, decides and exports ejections
+//! (`gofe_endpoint_ejected`); the adapter only reads them.
+
+pub mod api;
+pub mod config;
+pub mod forecast;
+pub mod prom;
+pub mod provider;
+pub mod quantity;
+pub mod rules;
+pub mod selector;
+pub mod server;
+
+pub use server::{run, Adapter, AdapterOptions, TlsFiles};

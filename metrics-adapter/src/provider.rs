@@ -1,0 +1,634 @@
+//! The provider: from (metric, namespace, selector) to values, through the cache.
+//!
+//! ```text
+//! request ─▶ rule lookup ─▶ render PromQL ─▶ cache (fresh? share) ─▶ single flight ─▶ Prometheus
+//!                                                  ▲                        │
+//!                                                  └── last good value ◀────┘ missing-data policy
+//! ```
+//!
+//! Every (metric, namespace, canonical selector) has one cache slot. A slot holds a
+//! `OnceCell` for its current answer: the first request starts the query, concurrent requests
+//! await the same cell (single flight), and later requests reuse the answer until it is older
+//! than the freshness. Errors are cached the same way, so an unreachable Prometheus is asked at
+//! most once per key and interval too. The slot also keeps the last *good* answer for the
+//! `hold-last` policy. The number of slots is bounded; when full, expired slots go first, then
+//! the oldest.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use crate::prom::{PromError, PrometheusClient};
+use crate::quantity::MilliQuantity;
+use crate::rules::{MissingData, Rule, RuleBook};
+use crate::selector::{Selector, SelectorError};
+
+/// One value of an external metric.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricValue {
+    /// The series' labels, with selector key names (e.g. `service`, not `cluster`).
+    pub labels: BTreeMap<String, String>,
+    /// When the value was measured (or forecast from), Unix seconds.
+    pub timestamp: f64,
+    /// The value in milli-units.
+    #[serde(serialize_with = "ser_quantity")]
+    pub value: MilliQuantity,
+}
+
+fn ser_quantity<S: serde::Serializer>(q: &MilliQuantity, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(q)
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct Answer {
+    /// The values (at least one).
+    pub items: Vec<MetricValue>,
+    /// `true` when the `hold-last` policy served an earlier answer.
+    pub held: bool,
+    /// `true` when the `zero` policy made up the value for no data.
+    pub zero_filled: bool,
+    #[serde(skip)]
+    fetched_at: Instant,
+}
+
+/// Why a metric has no value.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum FetchError {
+    /// No rule defines this metric.
+    #[error("metric {0:?} is not served by this adapter")]
+    UnknownMetric(String),
+    /// The selector is malformed or cannot be expressed in PromQL.
+    #[error(transparent)]
+    BadSelector(#[from] SelectorError),
+    /// The query succeeded but no usable value matched (and the policy did not fill one in).
+    #[error("no data for metric {metric:?} and selector {selector:?}")]
+    NoData {
+        /// The metric.
+        metric: String,
+        /// The canonical selector.
+        selector: String,
+    },
+    /// Prometheus could not be reached (and the policy did not hold a value).
+    #[error(transparent)]
+    Unavailable(PromError),
+    /// Prometheus rejected the rule's query or answered nonsense: a rule or server problem.
+    #[error("rule for metric {metric:?} failed: {source}")]
+    Rule {
+        /// The metric.
+        metric: String,
+        /// The Prometheus error.
+        #[source]
+        source: PromError,
+    },
+}
+
+type Outcome = Result<Arc<Answer>, FetchError>;
+
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+struct Key {
+    metric: String,
+    namespace: String,
+    selector: String,
+}
+
+struct Slot {
+    cell: Arc<OnceCell<Outcome>>,
+    created: Instant,
+    last_good: Option<Arc<Answer>>,
+}
+
+/// Cache settings.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheConfig {
+    /// How long an answer is reused. `0s` disables reuse (in-flight sharing stays). Default 10 s.
+    pub freshness: Duration,
+    /// Most (metric, namespace, selector) slots kept. Default 10 000.
+    pub capacity: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            freshness: Duration::from_secs(10),
+            capacity: 10_000,
+        }
+    }
+}
+
+/// The last query of a metric, for `/debug/rules`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastResult {
+    /// Namespace asked for.
+    pub namespace: String,
+    /// Canonical selector asked for.
+    pub selector: String,
+    /// The PromQL run.
+    pub query: String,
+    /// Unix seconds of the query.
+    pub at: f64,
+    /// The values, when it succeeded.
+    pub items: Option<Vec<MetricValue>>,
+    /// The error, when it failed.
+    pub error: Option<String>,
+}
+
+/// Serves metric values from rules, Prometheus and the cache.
+pub struct Provider {
+    prom: PrometheusClient,
+    book: RuleBook,
+    rules: RwLock<Arc<BTreeMap<String, Arc<Rule>>>>,
+    discovered: AtomicBool,
+    cache: Mutex<HashMap<Key, Slot>>,
+    cache_config: CacheConfig,
+    queries: AtomicU64,
+    last: Mutex<HashMap<String, LastResult>>,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Provider {
+    /// A provider serving the built-in rules at once and external rules after
+    /// [`Provider::discover`].
+    pub fn new(prom: PrometheusClient, book: RuleBook, cache_config: CacheConfig) -> Self {
+        let builtins = book
+            .builtin
+            .rules()
+            .into_iter()
+            .map(|r| (r.metric.clone(), Arc::new(r)))
+            .collect();
+        Provider {
+            prom,
+            discovered: AtomicBool::new(book.external.is_empty()),
+            book,
+            rules: RwLock::new(Arc::new(builtins)),
+            cache: Mutex::new(HashMap::new()),
+            cache_config,
+            queries: AtomicU64::new(0),
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The current rules, by metric name.
+    pub fn rules(&self) -> Arc<BTreeMap<String, Arc<Rule>>> {
+        match self.rules.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Whether external rules have been discovered at least once (always true without them).
+    pub fn ready(&self) -> bool {
+        self.discovered.load(Ordering::Relaxed)
+    }
+
+    /// Prometheus queries made so far (instant and range; discovery excluded).
+    pub fn queries(&self) -> u64 {
+        self.queries.load(Ordering::Relaxed)
+    }
+
+    /// The last query of each metric.
+    pub fn last_results(&self) -> HashMap<String, LastResult> {
+        self.last.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Lists the external rules' series in Prometheus and rebuilds the metric names. On
+    /// failure the previous names stay.
+    pub async fn discover(&self, lookback: Duration) -> Result<usize, PromError> {
+        if self.book.external.is_empty() {
+            return Ok(self.rules().len());
+        }
+        let start = unix_now() - lookback.as_secs_f64();
+        let mut rules: BTreeMap<String, Arc<Rule>> = self
+            .book
+            .builtin
+            .rules()
+            .into_iter()
+            .map(|r| (r.metric.clone(), Arc::new(r)))
+            .collect();
+        for ext in &self.book.external {
+            let series = self.prom.series(&ext.series_query, start).await?;
+            let mut names: Vec<&str> = series
+                .iter()
+                .filter_map(|labels| labels.get("__name__").map(String::as_str))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            for name in names {
+                let Some(rule) = ext.instantiate(name) else {
+                    continue;
+                };
+                if let Some(existing) = rules.get(&rule.metric) {
+                    tracing::warn!(metric = %rule.metric, series = name, rule = ext.index, kept = ?existing.source, "metric name defined twice; keeping the first");
+                    continue;
+                }
+                rules.insert(rule.metric.clone(), Arc::new(rule));
+            }
+        }
+        let count = rules.len();
+        match self.rules.write() {
+            Ok(mut r) => *r = Arc::new(rules),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(rules),
+        }
+        self.discovered.store(true, Ordering::Relaxed);
+        Ok(count)
+    }
+
+    /// The rule and rendered PromQL for a metric, namespace and selector.
+    pub fn plan(
+        &self,
+        metric: &str,
+        namespace: &str,
+        selector: &Selector,
+    ) -> Result<(Arc<Rule>, String), FetchError> {
+        let rule = self
+            .rules()
+            .get(metric)
+            .cloned()
+            .ok_or_else(|| FetchError::UnknownMetric(metric.to_owned()))?;
+        let query = rule.render(namespace, selector)?;
+        Ok((rule, query))
+    }
+
+    /// The values of `metric` in `namespace` for `selector`.
+    pub async fn get(
+        &self,
+        metric: &str,
+        namespace: &str,
+        selector: &Selector,
+    ) -> Result<Arc<Answer>, FetchError> {
+        let (rule, query) = self.plan(metric, namespace, selector)?;
+        let key = Key {
+            metric: metric.to_owned(),
+            namespace: namespace.to_owned(),
+            selector: selector.to_string(),
+        };
+        let (cell, last_good) = self.slot(&key);
+        cell.get_or_init(|| self.fetch(&rule, &key, query, selector, last_good))
+            .await
+            .clone()
+    }
+
+    fn slot(&self, key: &Key) -> (Arc<OnceCell<Outcome>>, Option<Arc<Answer>>) {
+        let now = Instant::now();
+        let freshness = self.cache_config.freshness;
+        let mut cache = match self.cache.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(slot) = cache.get_mut(key) {
+            let usable = match slot.cell.get() {
+                None => true, // in flight: share it
+                Some(_) => now.duration_since(slot.created) < freshness,
+            };
+            if !usable {
+                if let Some(Ok(answer)) = slot.cell.get() {
+                    if !answer.held && !answer.zero_filled {
+                        slot.last_good = Some(answer.clone());
+                    }
+                }
+                slot.cell = Arc::new(OnceCell::new());
+                slot.created = now;
+            }
+            return (slot.cell.clone(), slot.last_good.clone());
+        }
+        if cache.len() >= self.cache_config.capacity {
+            cache
+                .retain(|_, s| s.cell.get().is_none() || now.duration_since(s.created) < freshness);
+            if cache.len() >= self.cache_config.capacity {
+                let oldest = cache
+                    .iter()
+                    .min_by_key(|(_, s)| s.created)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    cache.remove(&k);
+                }
+            }
+        }
+        let cell = Arc::new(OnceCell::new());
+        cache.insert(
+            key.clone(),
+            Slot {
+                cell: cell.clone(),
+                created: now,
+                last_good: None,
+            },
+        );
+        (cell, None)
+    }
+
+    /// Number of cache slots in use.
+    pub fn cache_len(&self) -> usize {
+        self.cache.lock().map(|c| c.len()).unwrap_or(0)
+    }
+
+    async fn fetch(
+        &self,
+        rule: &Rule,
+        key: &Key,
+        query: String,
+        selector: &Selector,
+        last_good: Option<Arc<Answer>>,
+    ) -> Outcome {
+        let now = unix_now();
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        let raw = match &rule.options.forecast {
+            None => self.prom.query(&query, None).await,
+            Some(f) => {
+                let start = now - f.window.as_secs_f64();
+                let steps_ahead = f.lead.as_secs_f64() / f.step.as_secs_f64();
+                self.prom
+                    .query_range(&query, start, now, f.step)
+                    .await
+                    .map(|series| {
+                        series
+                            .into_iter()
+                            .filter_map(|s| {
+                                let xs: Vec<f64> = s.points.iter().map(|p| p.1).collect();
+                                let t = s.points.last().map_or(now, |p| p.0);
+                                f.holt
+                                    .forecast(&xs, steps_ahead)
+                                    .map(|value| crate::prom::Sample {
+                                        labels: s.labels,
+                                        timestamp: t,
+                                        value,
+                                    })
+                            })
+                            .collect()
+                    })
+            }
+        };
+        let outcome = self.apply_policy(rule, key, raw, selector, last_good);
+        tracing::debug!(metric = %key.metric, namespace = %key.namespace, selector = %key.selector, %query, ok = outcome.is_ok(), "queried prometheus");
+        if let Ok(mut last) = self.last.lock() {
+            last.insert(
+                key.metric.clone(),
+                LastResult {
+                    namespace: key.namespace.clone(),
+                    selector: key.selector.clone(),
+                    query,
+                    at: now,
+                    items: outcome.as_ref().ok().map(|a| a.items.clone()),
+                    error: outcome.as_ref().err().map(|e| e.to_string()),
+                },
+            );
+        }
+        outcome
+    }
+
+    fn apply_policy(
+        &self,
+        rule: &Rule,
+        key: &Key,
+        raw: Result<Vec<crate::prom::Sample>, PromError>,
+        selector: &Selector,
+        last_good: Option<Arc<Answer>>,
+    ) -> Outcome {
+        let fetched_at = Instant::now();
+        let failure = match raw {
+            Ok(samples) => {
+                let items: Vec<MetricValue> = samples
+                    .into_iter()
+                    .filter_map(|s| {
+                        let value = MilliQuantity::from_f64(s.value).ok()?;
+                        let labels = s
+                            .labels
+                            .iter()
+                            .map(|(k, v)| (rule.metric_label(k).to_owned(), v.clone()))
+                            .collect();
+                        Some(MetricValue {
+                            labels,
+                            timestamp: s.timestamp,
+                            value,
+                        })
+                    })
+                    .collect();
+                if !items.is_empty() {
+                    return Ok(Arc::new(Answer {
+                        items,
+                        held: false,
+                        zero_filled: false,
+                        fetched_at,
+                    }));
+                }
+                FetchError::NoData {
+                    metric: key.metric.clone(),
+                    selector: key.selector.clone(),
+                }
+            }
+            Err(e @ PromError::Unavailable(_)) => FetchError::Unavailable(e),
+            Err(source) => {
+                tracing::warn!(metric = %key.metric, error = %source, "rule query failed");
+                return Err(FetchError::Rule {
+                    metric: key.metric.clone(),
+                    source,
+                });
+            }
+        };
+        match (rule.options.missing, &failure) {
+            (MissingData::Zero, FetchError::NoData { .. }) => Ok(Arc::new(Answer {
+                items: vec![MetricValue {
+                    labels: selector
+                        .equalities()
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .collect(),
+                    timestamp: unix_now(),
+                    value: MilliQuantity(0),
+                }],
+                held: false,
+                zero_filled: true,
+                fetched_at,
+            })),
+            (MissingData::HoldLast { max_age }, _) => match last_good {
+                Some(last) if fetched_at.duration_since(last.fetched_at) <= max_age => {
+                    tracing::info!(metric = %key.metric, selector = %key.selector, reason = %failure, "holding the last value");
+                    Ok(Arc::new(Answer {
+                        items: last.items.clone(),
+                        held: true,
+                        zero_filled: false,
+                        fetched_at: last.fetched_at,
+                    }))
+                }
+                _ => Err(failure),
+            },
+            _ => Err(failure),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{BuiltinSettings, RuleOptions};
+    use std::time::Duration;
+
+    fn provider(freshness: Duration, capacity: usize, options: RuleOptions) -> Provider {
+        let prom = PrometheusClient::new("http://127.0.0.1:1", Duration::from_millis(100)).unwrap();
+        let mut book = RuleBook {
+            builtin: BuiltinSettings::default(),
+            ..RuleBook::default()
+        };
+        book.builtin
+            .options
+            .insert("http_requests_per_second".into(), options);
+        Provider::new(
+            prom,
+            book,
+            CacheConfig {
+                freshness,
+                capacity,
+            },
+        )
+    }
+
+    fn key(i: usize) -> Key {
+        Key {
+            metric: "http_requests_per_second".into(),
+            namespace: "default".into(),
+            selector: format!("service=s{i}"),
+        }
+    }
+
+    fn answer(milli: i64) -> Outcome {
+        Ok(Arc::new(Answer {
+            items: vec![MetricValue {
+                labels: BTreeMap::new(),
+                timestamp: 0.0,
+                value: MilliQuantity(milli),
+            }],
+            held: false,
+            zero_filled: false,
+            fetched_at: Instant::now(),
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_and_fresh_answers_are_shared_stale_ones_replaced() {
+        let p = provider(Duration::from_secs(10), 100, RuleOptions::default());
+        let (first, last_good) = p.slot(&key(0));
+        assert!(last_good.is_none());
+        let (in_flight, _) = p.slot(&key(0));
+        assert!(
+            Arc::ptr_eq(&first, &in_flight),
+            "in-flight queries are shared"
+        );
+        first.set(answer(5)).unwrap();
+        tokio::time::advance(Duration::from_secs(9)).await;
+        let (fresh, _) = p.slot(&key(0));
+        assert!(Arc::ptr_eq(&first, &fresh), "fresh answers are reused");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let (stale, last_good) = p.slot(&key(0));
+        assert!(!Arc::ptr_eq(&first, &stale), "stale answers are replaced");
+        assert_eq!(last_good.unwrap().items[0].value, MilliQuantity(5));
+        let (other, _) = p.slot(&key(1));
+        assert!(!Arc::ptr_eq(&stale, &other), "keys do not share");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_is_bounded() {
+        let p = provider(Duration::from_secs(10), 3, RuleOptions::default());
+        for i in 0..10 {
+            let (cell, _) = p.slot(&key(i));
+            cell.set(answer(1)).unwrap();
+            tokio::time::advance(Duration::from_millis(1)).await;
+            assert!(p.cache_len() <= 3);
+        }
+        // The newest keys survive.
+        let (cell, _) = p.slot(&key(9));
+        assert!(cell.get().is_some());
+    }
+
+    fn outage() -> Result<Vec<crate::prom::Sample>, PromError> {
+        Err(PromError::Unavailable("test".into()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn hold_last_serves_until_max_age_then_fails() {
+        let options = RuleOptions {
+            missing: MissingData::HoldLast {
+                max_age: Duration::from_secs(60),
+            },
+            ..RuleOptions::default()
+        };
+        let p = provider(Duration::from_secs(10), 10, options);
+        let rule = p.rules()["http_requests_per_second"].clone();
+        let sel = Selector::parse("service=s0").unwrap();
+        let last = answer(2500).ok();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        let held = p
+            .apply_policy(&rule, &key(0), outage(), &sel, last.clone())
+            .unwrap();
+        assert!(held.held);
+        assert_eq!(held.items[0].value.to_string(), "2500m");
+        let no_data = p.apply_policy(&rule, &key(0), Ok(vec![]), &sel, last.clone());
+        assert!(no_data.unwrap().held);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(matches!(
+            p.apply_policy(&rule, &key(0), outage(), &sel, last),
+            Err(FetchError::Unavailable(_))
+        ));
+        assert!(matches!(
+            p.apply_policy(&rule, &key(0), outage(), &sel, None),
+            Err(FetchError::Unavailable(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_fills_no_data_but_not_an_outage_and_nan_is_no_data() {
+        let options = RuleOptions {
+            missing: MissingData::Zero,
+            ..RuleOptions::default()
+        };
+        let p = provider(Duration::from_secs(10), 10, options);
+        let rule = p.rules()["http_requests_per_second"].clone();
+        let sel = Selector::parse("service=s0,endpoint!=x").unwrap();
+        let nan = vec![crate::prom::Sample {
+            labels: BTreeMap::from([("cluster".to_owned(), "s0".to_owned())]),
+            timestamp: 1.0,
+            value: f64::NAN,
+        }];
+        let zero = p.apply_policy(&rule, &key(0), Ok(nan), &sel, None).unwrap();
+        assert!(zero.zero_filled);
+        assert_eq!(zero.items[0].value, MilliQuantity(0));
+        assert_eq!(
+            zero.items[0].labels,
+            BTreeMap::from([("service".to_owned(), "s0".to_owned())])
+        );
+        assert!(p
+            .apply_policy(&rule, &key(0), outage(), &sel, None)
+            .is_err());
+
+        let strict = provider(Duration::from_secs(10), 10, RuleOptions::default());
+        let rule = strict.rules()["http_requests_per_second"].clone();
+        assert!(matches!(
+            strict.apply_policy(&rule, &key(0), Ok(vec![]), &sel, None),
+            Err(FetchError::NoData { .. })
+        ));
+        let ok = strict
+            .apply_policy(
+                &rule,
+                &key(0),
+                Ok(vec![crate::prom::Sample {
+                    labels: BTreeMap::from([("cluster".to_owned(), "s0".to_owned())]),
+                    timestamp: 1.0,
+                    value: 1.25,
+                }]),
+                &sel,
+                None,
+            )
+            .unwrap();
+        assert_eq!(ok.items[0].value.to_string(), "1250m");
+        assert_eq!(ok.items[0].labels["service"], "s0");
+    }
+}

@@ -1,0 +1,568 @@
+//! Rules: which metric names exist, and the PromQL each one runs for a namespace and selector.
+//!
+//! Two kinds of rule end up as the same [`Rule`]:
+//!
+//! - **built-in** rules over the gofe proxy's metrics, always present unless disabled. The
+//!   HPA's selector key `service` is the proxy's `cluster` label: `service=api` becomes
+//!   `cluster="api"` in PromQL, and a result's `cluster` label is reported as `service`.
+//! - **external** rules in prometheus-adapter's format. Their metric names come from
+//!   discovery: the `seriesQuery` is listed in Prometheus and each series name that passes the
+//!   filters is turned into a metric name by `name.matches`/`name.as` ([`ExternalRule::instantiate`]).
+//!
+//! Ejection-aware rules wrap the query so that its value is multiplied, per service, by
+//! `total endpoints / serving endpoints`, read from [`EJECTED_METRIC`].
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::forecast::Holt;
+use crate::selector::{Matcher, Selector, SelectorError};
+
+/// The ejection state the gofe controller exports: `gofe_endpoint_ejected{cluster,endpoint}`,
+/// a gauge that is 1 while an endpoint is ejected (not serving) and 0 while it serves.
+pub const EJECTED_METRIC: &str = "gofe_endpoint_ejected";
+
+/// Names of the built-in metrics.
+pub const BUILTIN_NAMES: &[&str] = &[
+    "http_requests_per_second",
+    "http_requests_per_second_ejection_aware",
+    "http_request_duration_seconds_p50",
+    "http_request_duration_seconds_p90",
+    "http_request_duration_seconds_p99",
+    "http_error_ratio",
+    "http_requests_active",
+];
+
+/// What to answer when Prometheus has no usable value (no series, NaN, or unreachable).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "policy")]
+pub enum MissingData {
+    /// Answer an error (the HPA keeps its current scale). The default.
+    #[default]
+    Error,
+    /// Answer 0 when the query succeeded but matched nothing. Prometheus being unreachable is
+    /// still an error: an outage is not zero traffic.
+    Zero,
+    /// Answer the last good value while it is younger than `max_age`, then an error.
+    HoldLast {
+        /// The oldest value still served.
+        #[serde(rename = "maxAge", serialize_with = "ser_duration")]
+        max_age: Duration,
+    },
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&gofe_core::duration::format(*d))
+}
+
+/// Forecasting options of a rule.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Forecast {
+    /// How far ahead the served value looks.
+    #[serde(serialize_with = "ser_duration")]
+    pub lead: Duration,
+    /// History fetched for the fit.
+    #[serde(serialize_with = "ser_duration")]
+    pub window: Duration,
+    /// Spacing of the history samples.
+    #[serde(serialize_with = "ser_duration")]
+    pub step: Duration,
+    /// Smoothing factors.
+    #[serde(skip)]
+    pub holt: Holt,
+}
+
+/// Ejection-aware scaling options of a rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EjectionAware {
+    /// The Prometheus label that names the mesh service (the proxy's cluster) in the rule's
+    /// result and in [`EJECTED_METRIC`].
+    pub label: String,
+}
+
+/// gofe's per-rule options.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuleOptions {
+    /// Missing-data policy.
+    pub missing: MissingData,
+    /// Forecasting, when enabled.
+    pub forecast: Option<Forecast>,
+    /// Ejection awareness, when enabled.
+    pub ejection_aware: Option<EjectionAware>,
+}
+
+// === templates ===
+
+/// Why a template was rejected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// `<<` without `>>`.
+    #[error("unclosed '<<' at byte {0}")]
+    Unclosed(usize),
+    /// An action other than the supported fields.
+    #[error("unsupported template action <<{0}>>: gofe supports <<.Series>>, <<.LabelMatchers>> and <<.GroupBy>> (and <<.Resource>>, <<.Group>> in resources.template)")]
+    Unsupported(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    Series,
+    LabelMatchers,
+    GroupBy,
+}
+
+/// A parsed `metricsQuery`: Go-template text with `<<`/`>>` delimiters, restricted to the
+/// fields an external metric query has.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    source: String,
+    pieces: Vec<Piece>,
+}
+
+fn split_actions(text: &str) -> Result<Vec<Result<String, String>>, TemplateError> {
+    // Ok(text) or Err(action)
+    let mut out = Vec::new();
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(start) = rest.find("<<") {
+        out.push(Ok(rest[..start].to_owned()));
+        let after = &rest[start + 2..];
+        let end = after
+            .find(">>")
+            .ok_or(TemplateError::Unclosed(offset + start))?;
+        out.push(Err(after[..end].trim().to_owned()));
+        offset += start + 2 + end + 2;
+        rest = &after[end + 2..];
+    }
+    out.push(Ok(rest.to_owned()));
+    Ok(out)
+}
+
+impl Template {
+    /// Parses a `metricsQuery`.
+    pub fn parse(text: &str) -> Result<Self, TemplateError> {
+        let pieces = split_actions(text)?
+            .into_iter()
+            .map(|p| match p {
+                Ok(t) => Ok(Piece::Text(t)),
+                Err(a) => match a.as_str() {
+                    ".Series" => Ok(Piece::Series),
+                    ".LabelMatchers" => Ok(Piece::LabelMatchers),
+                    ".GroupBy" => Ok(Piece::GroupBy),
+                    _ => Err(TemplateError::Unsupported(a)),
+                },
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Template {
+            source: text.to_owned(),
+            pieces,
+        })
+    }
+
+    /// Parses a `resources.template` (e.g. `kube_<<.Resource>>`) into a function from a
+    /// resource name to a label name.
+    pub fn parse_resource(text: &str) -> Result<impl Fn(&str) -> String, TemplateError> {
+        let parts = split_actions(text)?;
+        for p in &parts {
+            if let Err(a) = p {
+                if a != ".Resource" && a != ".Group" {
+                    return Err(TemplateError::Unsupported(a.clone()));
+                }
+            }
+        }
+        Ok(move |resource: &str| {
+            parts
+                .iter()
+                .map(|p| match p {
+                    Ok(t) => t.as_str(),
+                    Err(a) if a == ".Resource" => resource,
+                    Err(_) => "",
+                })
+                .collect()
+        })
+    }
+
+    /// The template text as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders the query.
+    pub fn render(&self, series: &str, matchers: &[Matcher], group_by: &str) -> String {
+        let mut out = String::new();
+        for p in &self.pieces {
+            match p {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Series => out.push_str(series),
+                Piece::LabelMatchers => {
+                    for (i, m) in matchers.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        let _ = write!(out, "{m}");
+                    }
+                }
+                Piece::GroupBy => out.push_str(group_by),
+            }
+        }
+        out
+    }
+}
+
+// === rules ===
+
+/// Where a rule came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "kind")]
+pub enum RuleSource {
+    /// A built-in rule over the gofe proxy's metrics.
+    Builtin,
+    /// `externalRules[index]` of the rules file, for one discovered series.
+    External {
+        /// Position in `externalRules`.
+        index: usize,
+        /// The series name that became this metric.
+        series: String,
+    },
+}
+
+/// One served metric: everything needed to build its query.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rule {
+    /// The metric name the HPA asks for.
+    pub metric: String,
+    /// Where the rule came from.
+    pub source: RuleSource,
+    /// The `metricsQuery` template text.
+    #[serde(rename = "metricsQuery")]
+    pub template_text: String,
+    #[serde(skip)]
+    template: Template,
+    #[serde(skip)]
+    series: String,
+    /// When set, the HPA's namespace is matched on this Prometheus label.
+    pub namespace_label: Option<String>,
+    /// Selector keys that are spelled differently in Prometheus: (selector key, Prometheus
+    /// label). Result labels are renamed back.
+    pub label_map: Vec<(String, String)>,
+    /// gofe's options.
+    pub options: RuleOptions,
+}
+
+impl Rule {
+    /// The Prometheus label for a selector key.
+    fn prometheus_label<'a>(&'a self, key: &'a str) -> &'a str {
+        self.label_map
+            .iter()
+            .find(|(k, _)| k == key)
+            .map_or(key, |(_, p)| p.as_str())
+    }
+
+    /// The selector key for a Prometheus result label.
+    pub fn metric_label<'a>(&'a self, label: &'a str) -> &'a str {
+        self.label_map
+            .iter()
+            .find(|(_, p)| p == label)
+            .map_or(label, |(k, _)| k.as_str())
+    }
+
+    /// The PromQL this metric runs for `namespace` and `selector`.
+    pub fn render(&self, namespace: &str, selector: &Selector) -> Result<String, SelectorError> {
+        let mut matchers = Vec::with_capacity(selector.requirements.len() + 1);
+        if let Some(label) = &self.namespace_label {
+            matchers.push(Matcher::equals(label, namespace));
+        }
+        for r in &selector.requirements {
+            matchers.push(r.to_matcher(self.prometheus_label(&r.key))?);
+        }
+        let query = self.template.render(&self.series, &matchers, "");
+        Ok(match &self.options.ejection_aware {
+            None => query,
+            Some(e) => {
+                let l = &e.label;
+                let own: Vec<String> = matchers
+                    .iter()
+                    .filter(|m| &m.label == l)
+                    .map(|m| m.to_string())
+                    .collect();
+                let ejected = format!("{EJECTED_METRIC}{{{}}}", own.join(","));
+                format!(
+                    "({query}) * on({l}) group_left() ((count by ({l}) ({ejected}) / clamp_min(count by ({l}) ({ejected}) - sum by ({l}) ({ejected}), 1)) or on({l}) (count by ({l}) ({query}) * 0 + 1))"
+                )
+            }
+        })
+    }
+}
+
+/// Settings of the built-in rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BuiltinSettings {
+    /// Serve them. Default `true`.
+    pub enabled: bool,
+    /// `rate()` window. Default 2 minutes.
+    pub rate_window: Duration,
+    /// Namespace label, when the built-ins are namespaced. Default: not namespaced.
+    pub namespace_label: Option<String>,
+    /// Options per built-in metric name. Default: `missingData: error`, no forecast;
+    /// `http_requests_per_second_ejection_aware` is ejection-aware on `cluster`.
+    pub options: BTreeMap<String, RuleOptions>,
+}
+
+impl Default for BuiltinSettings {
+    fn default() -> Self {
+        BuiltinSettings {
+            enabled: true,
+            rate_window: Duration::from_secs(120),
+            namespace_label: None,
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+impl BuiltinSettings {
+    /// The built-in rules.
+    pub fn rules(&self) -> Vec<Rule> {
+        if !self.enabled {
+            return Vec::new();
+        }
+        let w = promql_duration(self.rate_window);
+        let total = format!("rate(gofe_upstream_requests_total{{<<.LabelMatchers>>}}[{w}])");
+        let rps = format!("sum by (cluster) ({total})");
+        let quantile = |q: &str| {
+            format!("histogram_quantile({q}, sum by (cluster, le) (rate(gofe_upstream_request_duration_seconds_bucket{{<<.LabelMatchers>>}}[{w}])))")
+        };
+        let errors = format!(
+            "(sum by (cluster) (rate(gofe_upstream_requests_total{{code_class=\"5xx\",<<.LabelMatchers>>}}[{w}])) or {rps} * 0) / {rps}"
+        );
+        let defs: [(&str, String); 7] = [
+            ("http_requests_per_second", rps.clone()),
+            ("http_requests_per_second_ejection_aware", rps),
+            ("http_request_duration_seconds_p50", quantile("0.5")),
+            ("http_request_duration_seconds_p90", quantile("0.9")),
+            ("http_request_duration_seconds_p99", quantile("0.99")),
+            ("http_error_ratio", errors),
+            (
+                "http_requests_active",
+                "sum by (cluster) (gofe_upstream_requests_active{<<.LabelMatchers>>})".to_owned(),
+            ),
+        ];
+        defs.into_iter()
+            .filter_map(|(name, text)| {
+                let template = Template::parse(&text).ok()?;
+                let mut options = self.options.get(name).cloned().unwrap_or_default();
+                if name == "http_requests_per_second_ejection_aware"
+                    && options.ejection_aware.is_none()
+                {
+                    options.ejection_aware = Some(EjectionAware {
+                        label: "cluster".into(),
+                    });
+                }
+                Some(Rule {
+                    metric: name.to_owned(),
+                    source: RuleSource::Builtin,
+                    template_text: text,
+                    template,
+                    series: String::new(),
+                    namespace_label: self.namespace_label.clone(),
+                    label_map: vec![("service".into(), "cluster".into())],
+                    options,
+                })
+            })
+            .collect()
+    }
+}
+
+/// A duration in PromQL syntax, whole units where possible (`2m`, `90s`, `1500ms`).
+pub fn promql_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".to_owned(),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// A validated prometheus-adapter external rule, before discovery.
+#[derive(Clone, Debug)]
+pub struct ExternalRule {
+    /// Position in `externalRules`.
+    pub index: usize,
+    /// The discovery series selector.
+    pub series_query: String,
+    /// `seriesFilters` `is` regexes.
+    pub keep: Vec<regex::Regex>,
+    /// `seriesFilters` `isNot` regexes.
+    pub drop: Vec<regex::Regex>,
+    /// `name.matches`; `None` matches every name.
+    pub matches: Option<regex::Regex>,
+    /// `name.as`, with `$n` references.
+    pub replacement: String,
+    /// The `metricsQuery`.
+    pub template: Template,
+    /// Namespace label when namespaced.
+    pub namespace_label: Option<String>,
+    /// gofe's options.
+    pub options: RuleOptions,
+}
+
+impl ExternalRule {
+    /// The rule for series `series`, or `None` when the filters or `name.matches` reject it.
+    pub fn instantiate(&self, series: &str) -> Option<Rule> {
+        if !self.keep.iter().all(|r| r.is_match(series))
+            || self.drop.iter().any(|r| r.is_match(series))
+        {
+            return None;
+        }
+        let metric = match &self.matches {
+            None => {
+                let all = regex::Regex::new("^.*$").ok()?;
+                expand(&all, series, &self.replacement)?
+            }
+            Some(re) => expand(re, series, &self.replacement)?,
+        };
+        if metric.is_empty() {
+            return None;
+        }
+        Some(Rule {
+            metric,
+            source: RuleSource::External {
+                index: self.index,
+                series: series.to_owned(),
+            },
+            template_text: self.template.source().to_owned(),
+            template: self.template.clone(),
+            series: series.to_owned(),
+            namespace_label: self.namespace_label.clone(),
+            label_map: Vec::new(),
+            options: self.options.clone(),
+        })
+    }
+}
+
+fn expand(re: &regex::Regex, name: &str, replacement: &str) -> Option<String> {
+    let caps = re.captures(name)?;
+    let mut out = String::new();
+    caps.expand(replacement, &mut out);
+    Some(out)
+}
+
+/// Everything the rules file defines.
+#[derive(Clone, Debug, Default)]
+pub struct RuleBook {
+    /// Built-in rule settings.
+    pub builtin: BuiltinSettings,
+    /// External rules awaiting discovery.
+    pub external: Vec<ExternalRule>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builtin(name: &str) -> Rule {
+        BuiltinSettings::default()
+            .rules()
+            .into_iter()
+            .find(|r| r.metric == name)
+            .unwrap()
+    }
+
+    fn sel(s: &str) -> Selector {
+        Selector::parse(s).unwrap()
+    }
+
+    #[test]
+    fn builtin_rps_maps_service_to_cluster() {
+        let q = builtin("http_requests_per_second")
+            .render("default", &sel("service=api-service"))
+            .unwrap();
+        assert_eq!(
+            q,
+            "sum by (cluster) (rate(gofe_upstream_requests_total{cluster=\"api-service\"}[2m]))"
+        );
+        let r = builtin("http_requests_per_second");
+        assert_eq!(r.metric_label("cluster"), "service");
+        assert_eq!(r.metric_label("endpoint"), "endpoint");
+    }
+
+    #[test]
+    fn builtin_latency_and_errors_render() {
+        let q = builtin("http_request_duration_seconds_p99")
+            .render("ns", &sel("service in (a,b)"))
+            .unwrap();
+        assert_eq!(q, "histogram_quantile(0.99, sum by (cluster, le) (rate(gofe_upstream_request_duration_seconds_bucket{cluster=~\"a|b\"}[2m])))");
+        let q = builtin("http_error_ratio").render("ns", &sel("")).unwrap();
+        assert!(q.starts_with("(sum by (cluster) (rate(gofe_upstream_requests_total{code_class=\"5xx\",}[2m])) or "), "{q}");
+    }
+
+    #[test]
+    fn ejection_aware_wraps_the_query() {
+        let q = builtin("http_requests_per_second_ejection_aware")
+            .render("ns", &sel("service=api"))
+            .unwrap();
+        let base = "sum by (cluster) (rate(gofe_upstream_requests_total{cluster=\"api\"}[2m]))";
+        let e = "gofe_endpoint_ejected{cluster=\"api\"}";
+        assert_eq!(
+            q,
+            format!("({base}) * on(cluster) group_left() ((count by (cluster) ({e}) / clamp_min(count by (cluster) ({e}) - sum by (cluster) ({e}), 1)) or on(cluster) (count by (cluster) ({base}) * 0 + 1))")
+        );
+    }
+
+    #[test]
+    fn templates_accept_only_known_fields() {
+        let t =
+            Template::parse("sum(<<.Series>>{<< .LabelMatchers >>}) by (<<.GroupBy>>)").unwrap();
+        let m = [
+            Matcher::equals("namespace", "ns"),
+            Matcher::equals("q", "x"),
+        ];
+        assert_eq!(
+            t.render("queue", &m, ""),
+            "sum(queue{namespace=\"ns\",q=\"x\"}) by ()"
+        );
+        assert!(
+            matches!(Template::parse("<<.Foo>>"), Err(TemplateError::Unsupported(a)) if a == ".Foo")
+        );
+        assert!(matches!(
+            Template::parse("<<range .X>>"),
+            Err(TemplateError::Unsupported(_))
+        ));
+        assert_eq!(
+            Template::parse("a<<.Series"),
+            Err(TemplateError::Unclosed(1))
+        );
+        let label = Template::parse_resource("kube_<<.Resource>>").unwrap();
+        assert_eq!(label("namespace"), "kube_namespace");
+    }
+
+    #[test]
+    fn external_rules_name_and_filter_series() {
+        let rule = ExternalRule {
+            index: 0,
+            series_query: "x".into(),
+            keep: vec![],
+            drop: vec![regex::Regex::new("_bucket$").unwrap()],
+            matches: Some(regex::Regex::new("^(.*)_total$").unwrap()),
+            replacement: "${1}_per_second".into(),
+            template: Template::parse("sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m]))").unwrap(),
+            namespace_label: Some("namespace".into()),
+            options: RuleOptions::default(),
+        };
+        let r = rule.instantiate("jobs_total").unwrap();
+        assert_eq!(r.metric, "jobs_per_second");
+        assert_eq!(
+            r.render("team-a", &sel("queue!=low")).unwrap(),
+            "sum(rate(jobs_total{namespace=\"team-a\",queue!=\"low\"}[1m]))"
+        );
+        assert!(rule.instantiate("jobs_bucket").is_none());
+        assert!(rule.instantiate("jobs_count").is_none());
+    }
+}

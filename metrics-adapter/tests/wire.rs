@@ -1,0 +1,919 @@
+//! Wire tests: the adapter on a real socket in front of a real Prometheus (Debian's package)
+//! loaded with known data by `promtool tsdb create-blocks-from openmetrics`, and read by a real
+//! `kubectl` over TLS.
+//!
+//! The fixture's samples are 5 s apart from 30 minutes before the test to 30 minutes after it,
+//! so every `rate()` window is fully covered at whatever moment the adapter queries and the
+//! values are exact: linear counters give exact rates, and the rounding to milli-units removes
+//! floating-point noise.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use gofe_metrics_adapter::provider::CacheConfig;
+use gofe_metrics_adapter::{Adapter, AdapterOptions, TlsFiles};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+// === fixtures ===
+
+/// A directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "gofe-adapter-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("creating a temp dir");
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A Prometheus process, killed on drop.
+struct Prometheus {
+    child: Option<Child>,
+    addr: SocketAddr,
+    https: bool,
+    _dir: TempDir,
+}
+
+impl Prometheus {
+    fn url(&self) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+    l.local_addr().expect("local addr")
+}
+
+fn require(tool: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("`{tool}` is not on PATH: these tests need a real Prometheus (Debian: apt-get install -y prometheus; it ships promtool too)")
+        })
+}
+
+/// Unix seconds of the fixture's reference time, a multiple of 5.
+fn now_aligned() -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    now - now % 5
+}
+
+/// The fixture, in OpenMetrics text: `(labels, value at time t seconds after the start)`.
+fn fixture(t0: i64) -> String {
+    type Series = (&'static str, Box<dyn Fn(f64) -> f64>);
+    let counter =
+        |rate: f64| -> Box<dyn Fn(f64) -> f64> { Box::new(move |t| 100_000.0 + rate * t) };
+    let gauge = |v: f64| -> Box<dyn Fn(f64) -> f64> { Box::new(move |_| v) };
+    let series: Vec<Series> = vec![
+        // api-service: 10/s + 3/s 2xx, 2/s 5xx => 15 rps, error ratio 2/15.
+        (
+            r#"gofe_upstream_requests_total{cluster="api-service",endpoint="10.0.0.1:80",code_class="2xx"}"#,
+            counter(10.0),
+        ),
+        (
+            r#"gofe_upstream_requests_total{cluster="api-service",endpoint="10.0.0.1:80",code_class="5xx"}"#,
+            counter(0.0),
+        ),
+        (
+            r#"gofe_upstream_requests_total{cluster="api-service",endpoint="10.0.0.2:80",code_class="2xx"}"#,
+            counter(3.0),
+        ),
+        (
+            r#"gofe_upstream_requests_total{cluster="api-service",endpoint="10.0.0.2:80",code_class="5xx"}"#,
+            counter(2.0),
+        ),
+        (
+            r#"gofe_upstream_requests_total{cluster="web",endpoint="10.0.1.1:80",code_class="2xx"}"#,
+            counter(1.5),
+        ),
+        // Regex escaping: "a.b" must not match "axb".
+        (
+            r#"gofe_upstream_requests_total{cluster="a.b",endpoint="10.0.2.1:80",code_class="2xx"}"#,
+            counter(1.0),
+        ),
+        (
+            r#"gofe_upstream_requests_total{cluster="axb",endpoint="10.0.2.2:80",code_class="2xx"}"#,
+            counter(100.0),
+        ),
+        // Latency of api-service: cumulative 0/5/9/10/10 per second => p50 0.1, p90 0.25, p99 0.475.
+        (
+            r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="0.05"}"#,
+            counter(0.0),
+        ),
+        (
+            r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="0.1"}"#,
+            counter(5.0),
+        ),
+        (
+            r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="0.25"}"#,
+            counter(9.0),
+        ),
+        (
+            r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="0.5"}"#,
+            counter(10.0),
+        ),
+        (
+            r#"gofe_upstream_request_duration_seconds_bucket{cluster="api-service",endpoint="10.0.0.1:80",le="+Inf"}"#,
+            counter(10.0),
+        ),
+        (
+            r#"gofe_upstream_requests_active{cluster="api-service",endpoint="10.0.0.1:80"}"#,
+            gauge(7.0),
+        ),
+        (
+            r#"gofe_upstream_requests_active{cluster="api-service",endpoint="10.0.0.2:80"}"#,
+            gauge(5.0),
+        ),
+        // The controller's ejection state: 1 of api-service's 4 endpoints ejected; web has none.
+        (
+            r#"gofe_endpoint_ejected{cluster="api-service",endpoint="10.0.0.1:80"}"#,
+            gauge(0.0),
+        ),
+        (
+            r#"gofe_endpoint_ejected{cluster="api-service",endpoint="10.0.0.2:80"}"#,
+            gauge(0.0),
+        ),
+        (
+            r#"gofe_endpoint_ejected{cluster="api-service",endpoint="10.0.0.3:80"}"#,
+            gauge(1.0),
+        ),
+        (
+            r#"gofe_endpoint_ejected{cluster="api-service",endpoint="10.0.0.4:80"}"#,
+            gauge(0.0),
+        ),
+        // A queue for the prometheus-adapter-format rules: grows 2 per second.
+        (
+            r#"queue_depth{namespace="team-a",queue="orders"}"#,
+            Box::new(|t| 100.0 + 2.0 * t),
+        ),
+        (
+            r#"queue_depth{namespace="team-b",queue="orders"}"#,
+            gauge(42.0),
+        ),
+    ];
+    let start = t0 - 1800;
+    let mut text = String::new();
+    for (name, f) in &series {
+        for i in 0..=720 {
+            let ts = start + i * 5;
+            let _ = writeln!(text, "{name} {} {ts}", f((ts - start) as f64));
+        }
+    }
+    text.push_str("# EOF\n");
+    text
+}
+
+fn start_prometheus() -> Prometheus {
+    start_prometheus_with(None)
+}
+
+/// Starts Prometheus; with `tls = Some((cert, key))` it serves https only.
+fn start_prometheus_with(tls: Option<(&Path, &Path)>) -> Prometheus {
+    let prometheus = require("prometheus");
+    let promtool = require("promtool");
+    let dir = TempDir::new("prom");
+    let data = dir.0.join("data");
+    let input = dir.0.join("fixture.om");
+    std::fs::write(&input, fixture(now_aligned())).unwrap();
+    let out = Command::new(&promtool)
+        .args(["tsdb", "create-blocks-from", "openmetrics"])
+        .arg(&input)
+        .arg(&data)
+        .output()
+        .expect("running promtool");
+    assert!(
+        out.status.success(),
+        "promtool failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = dir.0.join("prometheus.yml");
+    std::fs::write(&config, "global:\n  scrape_interval: 15s\n").unwrap();
+    let addr = free_port();
+    let mut command = Command::new(prometheus);
+    if let Some((cert, key)) = tls {
+        let web = dir.0.join("web.yml");
+        std::fs::write(
+            &web,
+            format!(
+                "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+                cert.display(),
+                key.display()
+            ),
+        )
+        .unwrap();
+        command.arg(format!("--web.config.file={}", web.display()));
+    }
+    let child = command
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", data.display()))
+        .arg(format!("--web.listen-address={addr}"))
+        .arg("--storage.tsdb.retention.time=1y")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting prometheus");
+    let mut p = Prometheus {
+        child: Some(child),
+        addr,
+        https: tls.is_some(),
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = match tls {
+            None => ready(addr),
+            // The https readiness is checked through the adapter by the test itself.
+            Some(_) => {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            }
+        };
+        if up {
+            return p;
+        }
+        if let Some(Ok(Some(status))) = p.child.as_mut().map(|c| c.try_wait()) {
+            panic!("prometheus exited: {status}");
+        }
+        assert!(Instant::now() < deadline, "prometheus not ready after 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ready(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(b"GET /-/ready HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
+}
+
+const RULES: &str = r#"
+builtinRules:
+  metrics:
+    http_requests_active:
+      missingData: {policy: zero}
+    http_error_ratio:
+      missingData: {policy: hold-last, maxAge: 1h}
+externalRules:
+- seriesQuery: 'queue_depth{namespace!=""}'
+  resources:
+    overrides:
+      namespace: {resource: namespace}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (queue)
+- seriesQuery: 'queue_depth{namespace!=""}'
+  resources:
+    overrides:
+      namespace: {resource: namespace}
+  name: {matches: "^(.*)$", as: "${1}_forecast"}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (queue)
+  forecast: {lead: 60s, window: 10m, step: 15s}
+"#;
+
+async fn start_adapter(
+    prom: &Prometheus,
+    dir: &TempDir,
+    freshness: Duration,
+    tls: Option<TlsFiles>,
+) -> Adapter {
+    start_adapter_with(prom, dir, freshness, tls, None).await
+}
+
+async fn start_adapter_with(
+    prom: &Prometheus,
+    dir: &TempDir,
+    freshness: Duration,
+    tls: Option<TlsFiles>,
+    prometheus_ca_file: Option<PathBuf>,
+) -> Adapter {
+    let rules = dir.0.join("rules.yaml");
+    std::fs::write(&rules, RULES).unwrap();
+    let adapter = Adapter::start(AdapterOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        prometheus_url: prom.url(),
+        prometheus_ca_file,
+        query_timeout: Duration::from_secs(5),
+        rules_file: Some(rules),
+        cache: CacheConfig {
+            freshness,
+            capacity: 1000,
+        },
+        relist_interval: Duration::from_secs(60),
+        discovery_lookback: Duration::from_secs(3600),
+        tls,
+    })
+    .await
+    .expect("starting the adapter");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !adapter.provider().ready() {
+        assert!(Instant::now() < deadline, "external rules never discovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    adapter
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let uri: hyper::Uri = format!("http://{addr}{path}").parse().unwrap();
+    let resp = client.get(uri).await.expect("request to the adapter");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+const BASE: &str = "/apis/external.metrics.k8s.io/v1beta1/namespaces";
+
+/// `metric?labelSelector=selector` in `ns`: status and `(labels, value)` of each item.
+async fn values(
+    addr: SocketAddr,
+    ns: &str,
+    metric: &str,
+    selector: &str,
+) -> (u16, Vec<(BTreeMap<String, String>, String)>, Value) {
+    let q: String = url_encode(selector);
+    let (status, body) = get(addr, &format!("{BASE}/{ns}/{metric}?labelSelector={q}")).await;
+    let items = body["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| {
+                    assert_eq!(i["metricName"], metric);
+                    assert!(i["timestamp"].as_str().unwrap().ends_with('Z'));
+                    (
+                        serde_json::from_value(i["metricLabels"].clone()).unwrap(),
+                        i["value"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (status, items, body)
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn one(items: &[(BTreeMap<String, String>, String)]) -> &str {
+    assert_eq!(items.len(), 1, "{items:?}");
+    &items[0].1
+}
+
+// === tests ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_and_custom_rules_serve_exact_values() {
+    let prom = start_prometheus();
+    let dir = TempDir::new("rules");
+    let adapter = start_adapter(&prom, &dir, Duration::from_secs(30), None).await;
+    let a = adapter.addr();
+
+    // Discovery names the built-ins and the discovered custom metrics.
+    let (s, list) = get(a, "/apis/external.metrics.k8s.io/v1beta1").await;
+    assert_eq!(s, 200);
+    let names: Vec<&str> = list["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "http_requests_per_second",
+        "http_error_ratio",
+        "queue_depth",
+        "queue_depth_forecast",
+    ] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+
+    // The HPA sample's query: service -> cluster, and back.
+    let (s, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service=api-service",
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(one(&items), "15");
+    assert_eq!(
+        items[0].0,
+        BTreeMap::from([("service".to_owned(), "api-service".to_owned())])
+    );
+    let (_, items, _) = values(a, "default", "http_requests_per_second", "service=web").await;
+    assert_eq!(one(&items), "1500m");
+    let (_, items, _) = values(a, "default", "http_requests_per_second", "service==web").await;
+    assert_eq!(one(&items), "1500m");
+
+    // Every selector operator.
+    let (_, items, _) = values(a, "default", "http_requests_per_second", "service in (a.b)").await;
+    assert_eq!(one(&items), "1", "the dot must be escaped in the regex");
+    let (_, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service in (web, api-service)",
+    )
+    .await;
+    assert_eq!(items.len(), 2);
+    let (_, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service notin (a.b,axb,web)",
+    )
+    .await;
+    assert_eq!(one(&items), "15");
+    let (_, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service!=axb,service!=a.b,service!=web",
+    )
+    .await;
+    assert_eq!(one(&items), "15");
+    let (_, items, _) = values(a, "default", "http_requests_per_second", "service").await;
+    assert_eq!(items.len(), 4);
+    let (s, items, _) = values(a, "default", "http_requests_per_second", "!service").await;
+    assert_eq!(s, 404, "{items:?}");
+    let (_, items, _) = values(a, "default", "http_requests_per_second", "").await;
+    assert_eq!(items.len(), 4);
+    let (s, _, _) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service=api-service,endpoint=10.0.0.1",
+    )
+    .await;
+    assert_eq!(s, 404, "no endpoint label survives the sum");
+
+    // Latency quantiles, error ratio, active requests.
+    for (metric, want) in [
+        ("http_request_duration_seconds_p50", "100m"),
+        ("http_request_duration_seconds_p90", "250m"),
+        ("http_request_duration_seconds_p99", "475m"),
+        ("http_error_ratio", "133m"),
+        ("http_requests_active", "12"),
+    ] {
+        let (s, items, body) = values(a, "default", metric, "service=api-service").await;
+        assert_eq!(s, 200, "{metric}: {body}");
+        assert_eq!(one(&items), want, "{metric}");
+    }
+
+    // Ejection-aware: 15 rps on 3 of 4 endpoints => 20; web has no ejection data => unchanged.
+    let (_, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second_ejection_aware",
+        "service=api-service",
+    )
+    .await;
+    assert_eq!(one(&items), "20");
+    let (_, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second_ejection_aware",
+        "service=web",
+    )
+    .await;
+    assert_eq!(one(&items), "1500m");
+
+    // Errors are Status objects with the right code; injection attempts never reach PromQL.
+    let (s, _, body) = values(a, "default", "no_such_metric", "").await;
+    assert_eq!(
+        (s, body["kind"].as_str(), body["reason"].as_str()),
+        (404, Some("Status"), Some("NotFound"))
+    );
+    for bad in [
+        "service=\"x\"}",
+        "service=x\"} or vector(1) or {a=\"",
+        "service in (a|b)",
+        "service=a)",
+        "app.kubernetes.io/name=x",
+    ] {
+        let (s, _, body) = values(a, "default", "http_requests_per_second", bad).await;
+        assert_eq!(
+            (s, body["reason"].as_str()),
+            (400, Some("BadRequest")),
+            "{bad}"
+        );
+    }
+
+    // Missing data: `error` (default) is 404, `zero` is 0 with the selector's labels.
+    let (s, _, body) = values(a, "default", "http_requests_per_second", "service=nosuch").await;
+    assert_eq!((s, body["kind"].as_str()), (404, Some("Status")));
+    let (s, items, _) = values(a, "default", "http_requests_active", "service=nosuch").await;
+    assert_eq!(s, 200);
+    assert_eq!(one(&items), "0");
+    assert_eq!(
+        items[0].0,
+        BTreeMap::from([("service".to_owned(), "nosuch".to_owned())])
+    );
+
+    // prometheus-adapter rules: namespaced by the HPA's namespace.
+    let (_, items, _) = values(a, "team-b", "queue_depth", "queue=orders").await;
+    assert_eq!(one(&items), "42");
+    assert_eq!(
+        items[0].0,
+        BTreeMap::from([("queue".to_owned(), "orders".to_owned())])
+    );
+    let (s, _, _) = values(a, "team-c", "queue_depth", "").await;
+    assert_eq!(s, 404);
+
+    // Forecast: the queue grows 2/s, so 60 s ahead is 120 above (the current value is read
+    // just after, so it may be one 5 s sample, +10, further along).
+    let (_, items, _) = values(a, "team-a", "queue_depth_forecast", "").await;
+    let forecast: f64 = one(&items).parse().unwrap();
+    let (_, items, _) = values(a, "team-a", "queue_depth", "").await;
+    let current: f64 = one(&items).parse().unwrap();
+    let ahead = forecast - current;
+    assert!(
+        (100.0..=120.0).contains(&ahead),
+        "forecast {forecast}, current {current}"
+    );
+
+    // /debug/rules shows the rule, the rendered PromQL for a selector, and the last result.
+    let (s, debug) = get(
+        a,
+        "/debug/rules?namespace=team-a&labelSelector=service%3Dapi-service",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let rps = debug["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"] == "http_requests_per_second")
+        .unwrap();
+    assert_eq!(
+        rps["renderedQuery"]["Ok"],
+        "sum by (cluster) (rate(gofe_upstream_requests_total{cluster=\"api-service\"}[2m]))"
+    );
+    assert!(rps["lastResult"]["query"]
+        .as_str()
+        .unwrap()
+        .contains("gofe_upstream_requests_total"));
+
+    // Cache and single flight: 50 concurrent identical requests, then 50 more, cost one query.
+    let before = adapter.provider().queries();
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            tokio::spawn(async move {
+                values(
+                    a,
+                    "default",
+                    "http_requests_per_second",
+                    "service=web,service!=x",
+                )
+                .await
+                .0
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    for _ in 0..50 {
+        // Same selector, written differently: same cache slot.
+        assert_eq!(
+            values(
+                a,
+                "default",
+                "http_requests_per_second",
+                "service!=x, service==web"
+            )
+            .await
+            .0,
+            200
+        );
+    }
+    assert_eq!(adapter.provider().queries() - before, 1);
+
+    // Health and OpenAPI.
+    for path in ["/healthz", "/livez", "/readyz"] {
+        assert_eq!(get(a, path).await.0, 200, "{path}");
+    }
+    let (s, v2) = get(a, "/openapi/v2").await;
+    assert_eq!((s, v2["swagger"].as_str()), (200, Some("2.0")));
+    let (s, _) = get(a, "/openapi/v3/apis/external.metrics.k8s.io/v1beta1").await;
+    assert_eq!(s, 200);
+    adapter.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_outage_is_503_unless_the_rule_holds_its_last_value() {
+    let mut prom = start_prometheus();
+    let dir = TempDir::new("outage");
+    // Freshness 0: every request asks Prometheus.
+    let adapter = start_adapter(&prom, &dir, Duration::ZERO, None).await;
+    let a = adapter.addr();
+    let (s, items, _) = values(a, "default", "http_error_ratio", "service=api-service").await;
+    assert_eq!((s, one(&items)), (200, "133m"));
+    let (s, items, _) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service=api-service",
+    )
+    .await;
+    assert_eq!((s, one(&items)), (200, "15"));
+
+    prom.kill();
+
+    // hold-last (maxAge 1h): the last good value.
+    let (s, items, body) = values(a, "default", "http_error_ratio", "service=api-service").await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(one(&items), "133m");
+    // error (default): 503, never a made-up value.
+    let (s, _, body) = values(
+        a,
+        "default",
+        "http_requests_per_second",
+        "service=api-service",
+    )
+    .await;
+    assert_eq!(
+        (s, body["reason"].as_str(), body["code"].as_u64()),
+        (503, Some("ServiceUnavailable"), Some(503))
+    );
+    // zero: an outage is not zero traffic either.
+    let (s, _, _) = values(a, "default", "http_requests_active", "service=api-service").await;
+    assert_eq!(s, 503);
+    // hold-last without an earlier value: 503.
+    let (s, _, _) = values(a, "default", "http_error_ratio", "service=web").await;
+    assert_eq!(s, 503);
+    adapter.stop();
+}
+
+// === kubectl over TLS ===
+
+struct Pki {
+    dir: TempDir,
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn ca(name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = rcgen::KeyPair::generate().unwrap();
+    (params.self_signed(&key).unwrap(), key)
+}
+
+fn leaf(
+    cn: &str,
+    sans: Vec<String>,
+    client: bool,
+    issuer: &(rcgen::Certificate, rcgen::KeyPair),
+) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(sans).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.extended_key_usages = vec![if client {
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer.0, &issuer.1).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+impl Pki {
+    /// Serving CA + cert for 127.0.0.1, front-proxy CA + client cert, and a rogue client cert.
+    fn new() -> (Self, TlsFiles) {
+        let dir = TempDir::new("pki");
+        let serving_ca = ca("gofe-test-serving-ca");
+        let front_ca = ca("gofe-test-front-proxy-ca");
+        let rogue_ca = ca("rogue-ca");
+        let (cert, key) = leaf(
+            "gofe-metrics-adapter",
+            vec!["127.0.0.1".into(), "localhost".into()],
+            false,
+            &serving_ca,
+        );
+        let files = TlsFiles {
+            cert: write(&dir.0, "serving.crt", &cert),
+            key: write(&dir.0, "serving.key", &key),
+            client_ca: write(&dir.0, "front-proxy-ca.crt", &front_ca.0.pem()),
+            allowed_names: vec!["front-proxy-client".into()],
+        };
+        write(&dir.0, "serving-ca.crt", &serving_ca.0.pem());
+        let (c, k) = leaf("front-proxy-client", vec![], true, &front_ca);
+        write(&dir.0, "client.crt", &c);
+        write(&dir.0, "client.key", &k);
+        let (c, k) = leaf("front-proxy-client", vec![], true, &rogue_ca);
+        write(&dir.0, "rogue.crt", &c);
+        write(&dir.0, "rogue.key", &k);
+        (Pki { dir }, files)
+    }
+
+    fn kubeconfig(&self, addr: SocketAddr, user: &str) -> PathBuf {
+        let d = self.dir.0.display();
+        let user_block = match user {
+            // A bearer token is no identity here (and keeps kubectl from prompting).
+            "none" => "{token: not-a-certificate}".to_owned(),
+            u => format!("{{client-certificate: {d}/{u}.crt, client-key: {d}/{u}.key}}"),
+        };
+        write(
+            &self.dir.0,
+            &format!("kubeconfig-{user}"),
+            &format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: adapter\n  cluster: {{server: \"https://{addr}\", certificate-authority: {d}/serving-ca.crt}}\nusers:\n- name: u\n  user: {user_block}\ncontexts:\n- name: c\n  context: {{cluster: adapter, user: u}}\ncurrent-context: c\n"
+            ),
+        )
+    }
+}
+
+fn kubectl(kubeconfig: &Path, path: &str) -> (bool, String) {
+    let out = Command::new(require("kubectl"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["get", "--raw", path])
+        .output()
+        .expect("running kubectl");
+    let text = if out.status.success() {
+        out.stdout
+    } else {
+        out.stderr
+    };
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&text).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_reads_the_adapter_over_tls_with_a_front_proxy_certificate() {
+    let prom = start_prometheus();
+    let dir = TempDir::new("tls");
+    let (pki, files) = Pki::new();
+    let adapter = start_adapter(&prom, &dir, Duration::from_secs(10), Some(files)).await;
+    let a = adapter.addr();
+    let good = pki.kubeconfig(a, "client");
+    let path = "/apis/external.metrics.k8s.io/v1beta1/namespaces/default/http_requests_per_second?labelSelector=service%3Dapi-service";
+    let (ok, out) = tokio::task::spawn_blocking({
+        let good = good.clone();
+        move || kubectl(&good, path)
+    })
+    .await
+    .unwrap();
+    assert!(ok, "kubectl failed: {out}");
+    let body: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(body["kind"], "ExternalMetricValueList");
+    assert_eq!(body["items"][0]["value"], "15");
+    assert_eq!(body["items"][0]["metricLabels"]["service"], "api-service");
+
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        kubectl(&good, "/apis/external.metrics.k8s.io/v1beta1")
+    })
+    .await
+    .unwrap();
+    assert!(ok && out.contains("APIResourceList"), "{out}");
+
+    // No client certificate: 401. A certificate from another CA: the handshake fails.
+    let none = pki.kubeconfig(a, "none");
+    let (ok, out) = tokio::task::spawn_blocking(move || kubectl(&none, path))
+        .await
+        .unwrap();
+    assert!(
+        !ok && out.contains("You must be logged in") && out.contains("request-header CA"),
+        "{out}"
+    );
+    let rogue = pki.kubeconfig(a, "rogue");
+    let (ok, out) = tokio::task::spawn_blocking(move || kubectl(&rogue, path))
+        .await
+        .unwrap();
+    assert!(
+        !ok,
+        "a certificate from an untrusted CA was accepted: {out}"
+    );
+    adapter.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_prometheus_is_read_with_the_given_ca_only() {
+    let pki = TempDir::new("prom-pki");
+    let prom_ca = ca("gofe-test-prometheus-ca");
+    let (cert, key) = leaf("prometheus", vec!["127.0.0.1".into()], false, &prom_ca);
+    let cert = write(&pki.0, "prom.crt", &cert);
+    let key = write(&pki.0, "prom.key", &key);
+    let ca_file = write(&pki.0, "prom-ca.crt", &prom_ca.0.pem());
+    let other_ca = write(&pki.0, "other-ca.crt", &ca("other").0.pem());
+    let prom = start_prometheus_with(Some((&cert, &key)));
+    assert!(prom.url().starts_with("https://"));
+
+    let dir = TempDir::new("https");
+    let adapter = start_adapter_with(&prom, &dir, Duration::ZERO, None, Some(ca_file)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let items = loop {
+        let (s, items, body) = values(
+            adapter.addr(),
+            "default",
+            "http_requests_per_second",
+            "service=api-service",
+        )
+        .await;
+        if s == 200 {
+            break items;
+        }
+        assert!(Instant::now() < deadline, "no answer over https: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(one(&items), "15");
+    adapter.stop();
+
+    // A CA that did not sign Prometheus' certificate: unavailable, never a value.
+    // (Built-in rules only: with external rules it would never become ready.)
+    let adapter = Adapter::start(AdapterOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        prometheus_url: prom.url(),
+        prometheus_ca_file: Some(other_ca),
+        query_timeout: Duration::from_secs(5),
+        rules_file: None,
+        cache: CacheConfig::default(),
+        relist_interval: Duration::from_secs(60),
+        discovery_lookback: Duration::from_secs(3600),
+        tls: None,
+    })
+    .await
+    .unwrap();
+    let (s, _, body) = values(
+        adapter.addr(),
+        "default",
+        "http_requests_per_second",
+        "service=api-service",
+    )
+    .await;
+    assert_eq!(
+        (s, body["reason"].as_str()),
+        (503, Some("ServiceUnavailable"))
+    );
+    adapter.stop();
+}
