@@ -74,6 +74,8 @@ pub struct ClientStatus {
     pub last_nack: Option<String>,
     /// NACKs sent so far.
     pub nacks: u64,
+    /// Why the last connection attempt or stream failed, if one did.
+    pub last_error: Option<String>,
 }
 
 /// Why the client could not start.
@@ -224,6 +226,7 @@ async fn run(
             };
         status.send_modify(|s| s.connected = false);
         if let Err(e) = outcome {
+            status.send_modify(|s| s.last_error = Some(e.clone()));
             let delay = backoff(attempt, options.backoff_initial, options.backoff_max);
             tracing::warn!(server = %options.server, error = %e, retry_in = ?delay,
                 "control plane unreachable; serving the last configuration");

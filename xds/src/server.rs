@@ -305,7 +305,18 @@ impl SotwStream {
         let state = self.types.entry(ty).or_default();
         if !req.response_nonce.is_empty() {
             if req.response_nonce != state.nonce {
-                // Stale: an answer to a response that has been superseded.
+                // Stale: an answer to a response that has been superseded. Nothing changes,
+                // but a rejection is still worth knowing about.
+                if let Some(status) = &req.error_detail {
+                    tracing::warn!(node = %self.node_id, r#type = ty.short(),
+                        error = %status.message, "NACK of a superseded response");
+                    self.watch.metrics().record_nack(
+                        &self.node_id,
+                        ty.short(),
+                        "superseded",
+                        &status.message,
+                    );
+                }
                 return Ok(());
             }
             let metrics = self.watch.metrics();
