@@ -5,7 +5,8 @@
 //! naming the resource and field, so the client NACKs it instead of serving something else.
 //! `*_to_wire` writes the canonical Envoy form gofe's control plane serves: listeners with one
 //! HTTP connection manager taking its routes from RDS over ADS and ending in the router filter,
-//! EDS clusters over ADS, and one locality per load assignment (weight 1, as gRPC requires).
+//! EDS clusters over ADS, and one locality per endpoint carrying its weight (see
+//! [`endpoints_to_wire`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -932,15 +933,18 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
 
 // === endpoints ===
 
-/// The wire form of a load assignment: one locality (weight 1), endpoints in order; weight 0
-/// is written as a DRAINING endpoint (Envoy requires weights of at least 1).
+/// The wire form of a load assignment: one locality per endpoint, in order, each with the
+/// endpoint's weight both as its `load_balancing_weight` and as the locality's. Envoy balances
+/// on endpoint weights; proxyless gRPC balances across localities by locality weight (it ignores
+/// endpoint weights), so this layout gives both the same split. Weight 0 is written as a
+/// DRAINING endpoint in a locality without weight (both refuse weight 0).
 pub fn endpoints_to_wire(e: &EndpointsResource) -> endpoint::ClusterLoadAssignment {
-    let lb_endpoints = e
+    let endpoints = e
         .endpoints
         .iter()
         .map(|ep| {
             let (host, port) = split_host_port(&ep.address.value);
-            endpoint::LbEndpoint {
+            let lb = endpoint::LbEndpoint {
                 health_status: if ep.weight == 0 {
                     core::HealthStatus::Draining as i32
                 } else {
@@ -956,17 +960,21 @@ pub fn endpoints_to_wire(e: &EndpointsResource) -> endpoint::ClusterLoadAssignme
                     },
                 )),
                 ..Default::default()
+            };
+            endpoint::LocalityLbEndpoints {
+                locality: Some(core::Locality {
+                    sub_zone: ep.address.value.clone(),
+                    ..Default::default()
+                }),
+                lb_endpoints: vec![lb],
+                load_balancing_weight: (ep.weight > 0).then_some(UInt32Value { value: ep.weight }),
+                ..Default::default()
             }
         })
         .collect();
     endpoint::ClusterLoadAssignment {
         cluster_name: e.cluster_name.clone(),
-        endpoints: vec![endpoint::LocalityLbEndpoints {
-            locality: Some(core::Locality::default()),
-            lb_endpoints,
-            load_balancing_weight: Some(UInt32Value { value: 1 }),
-            ..Default::default()
-        }],
+        endpoints,
         ..Default::default()
     }
 }

@@ -44,7 +44,10 @@ fn resources(names: &[&str], weight: u32) -> Resources {
             (*n).into(),
             EndpointsResource {
                 cluster_name: (*n).into(),
-                endpoints: vec![EndpointConfig { address: s("10.0.0.1:80"), weight }],
+                endpoints: vec![EndpointConfig {
+                    address: s("10.0.0.1:80"),
+                    weight,
+                }],
             },
         );
     }
@@ -58,12 +61,20 @@ fn snapshot(r: &Resources) -> Snapshot {
 async fn start(server: &AdsServer) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(gofe_xds::serve(listener, server.clone(), None, std::future::pending()));
+    tokio::spawn(gofe_xds::serve(
+        listener,
+        server.clone(),
+        None,
+        std::future::pending(),
+    ));
     addr
 }
 
 fn server() -> AdsServer {
-    AdsServer::new(ServerOptions { debounce: Duration::ZERO, ..Default::default() })
+    AdsServer::new(ServerOptions {
+        debounce: Duration::ZERO,
+        ..Default::default()
+    })
 }
 
 struct Sotw {
@@ -74,9 +85,15 @@ struct Sotw {
 
 impl Sotw {
     async fn connect(addr: SocketAddr, node_id: &str) -> Sotw {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
         let (tx, rx) = mpsc::channel(8);
-        let node = Node { id: node_id.into(), cluster: "c".into(), ..Default::default() };
+        let node = Node {
+            id: node_id.into(),
+            cluster: "c".into(),
+            ..Default::default()
+        };
         // The server answers once it has the first request, so send it before awaiting.
         let sotw_tx = tx.clone();
         let first = DiscoveryRequest {
@@ -85,11 +102,22 @@ impl Sotw {
             ..Default::default()
         };
         sotw_tx.send(first).await.unwrap();
-        let rx = client.stream_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+        let rx = client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
         Sotw { tx, rx, node }
     }
 
-    async fn send(&self, ty: ResourceType, names: &[&str], version: &str, nonce: &str, error: Option<&str>) {
+    async fn send(
+        &self,
+        ty: ResourceType,
+        names: &[&str],
+        version: &str,
+        nonce: &str,
+        error: Option<&str>,
+    ) {
         self.tx
             .send(DiscoveryRequest {
                 version_info: version.into(),
@@ -97,7 +125,11 @@ impl Sotw {
                 resource_names: names.iter().map(|n| (*n).into()).collect(),
                 type_url: ty.type_url().into(),
                 response_nonce: nonce.into(),
-                error_detail: error.map(|m| Status { code: 3, message: m.into(), details: vec![] }),
+                error_detail: error.map(|m| Status {
+                    code: 3,
+                    message: m.into(),
+                    details: vec![],
+                }),
                 ..Default::default()
             })
             .await
@@ -105,31 +137,62 @@ impl Sotw {
     }
 
     async fn recv(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(DEADLINE, self.rx.message()).await.expect("response in time").unwrap().unwrap()
+        tokio::time::timeout(DEADLINE, self.rx.message())
+            .await
+            .expect("response in time")
+            .unwrap()
+            .unwrap()
     }
 }
 
 #[tokio::test]
 async fn sotw_nack_keeps_the_client_on_its_version_and_is_not_resent() {
     let server = server();
-    server.cache().set_snapshot(NodeKey::Default, snapshot(&resources(&["a"], 1)));
+    server
+        .cache()
+        .set_snapshot(NodeKey::Default, snapshot(&resources(&["a"], 1)));
     let addr = start(&server).await;
     let mut c = Sotw::connect(addr, "n1").await;
     let v1 = c.recv().await;
     assert_eq!(v1.type_url, ResourceType::Cluster.type_url());
     assert_eq!(v1.resources.len(), 1);
-    c.send(ResourceType::Cluster, &[], &v1.version_info, &v1.nonce, None).await;
+    c.send(
+        ResourceType::Cluster,
+        &[],
+        &v1.version_info,
+        &v1.nonce,
+        None,
+    )
+    .await;
 
-    server.cache().set_snapshot(NodeKey::Default, snapshot(&resources(&["a", "b"], 1)));
+    server
+        .cache()
+        .set_snapshot(NodeKey::Default, snapshot(&resources(&["a", "b"], 1)));
     let v2 = c.recv().await;
     assert_eq!(v2.resources.len(), 2);
     // NACK v2: the client stays on v1.
-    c.send(ResourceType::Cluster, &[], &v1.version_info, &v2.nonce, Some("cluster b is bad")).await;
+    c.send(
+        ResourceType::Cluster,
+        &[],
+        &v1.version_info,
+        &v2.nonce,
+        Some("cluster b is bad"),
+    )
+    .await;
     // A stale request (old nonce) is ignored too.
-    c.send(ResourceType::Cluster, &[], &v1.version_info, &v1.nonce, None).await;
+    c.send(
+        ResourceType::Cluster,
+        &[],
+        &v1.version_info,
+        &v1.nonce,
+        None,
+    )
+    .await;
 
     // The next response is the next snapshot, not v2 again.
-    server.cache().set_snapshot(NodeKey::Default, snapshot(&resources(&["a", "c"], 1)));
+    server
+        .cache()
+        .set_snapshot(NodeKey::Default, snapshot(&resources(&["a", "c"], 1)));
     let v3 = c.recv().await;
     assert_ne!(v3.version_info, v2.version_info);
     assert_ne!(v3.nonce, v2.nonce);
@@ -148,9 +211,15 @@ async fn sotw_nack_keeps_the_client_on_its_version_and_is_not_resent() {
 #[tokio::test]
 async fn only_streams_whose_resources_changed_get_a_push() {
     let server = server();
-    server.cache().set_snapshot(NodeKey::Id("n1".into()), snapshot(&resources(&["a"], 1)));
-    server.cache().set_snapshot(NodeKey::Id("n2".into()), snapshot(&resources(&["b"], 1)));
-    server.cache().set_snapshot(NodeKey::Default, snapshot(&resources(&["x", "y"], 1)));
+    server
+        .cache()
+        .set_snapshot(NodeKey::Id("n1".into()), snapshot(&resources(&["a"], 1)));
+    server
+        .cache()
+        .set_snapshot(NodeKey::Id("n2".into()), snapshot(&resources(&["b"], 1)));
+    server
+        .cache()
+        .set_snapshot(NodeKey::Default, snapshot(&resources(&["x", "y"], 1)));
     let addr = start(&server).await;
     let mut n1 = Sotw::connect(addr, "n1").await;
     let mut n2 = Sotw::connect(addr, "n2").await;
@@ -158,18 +227,52 @@ async fn only_streams_whose_resources_changed_get_a_push() {
     let r1 = n1.recv().await;
     let r2 = n2.recv().await;
     let r3 = n3.recv().await;
-    n1.send(ResourceType::Cluster, &[], &r1.version_info, &r1.nonce, None).await;
-    n2.send(ResourceType::Cluster, &[], &r2.version_info, &r2.nonce, None).await;
-    n3.send(ResourceType::Cluster, &[], &r3.version_info, &r3.nonce, None).await;
+    n1.send(
+        ResourceType::Cluster,
+        &[],
+        &r1.version_info,
+        &r1.nonce,
+        None,
+    )
+    .await;
+    n2.send(
+        ResourceType::Cluster,
+        &[],
+        &r2.version_info,
+        &r2.nonce,
+        None,
+    )
+    .await;
+    n3.send(
+        ResourceType::Cluster,
+        &[],
+        &r3.version_info,
+        &r3.nonce,
+        None,
+    )
+    .await;
     // n3 watches only endpoints of x.
     n3.send(ResourceType::Endpoints, &["x"], "", "", None).await;
     let e1 = n3.recv().await;
     assert_eq!(e1.resources.len(), 1);
-    n3.send(ResourceType::Endpoints, &["x"], &e1.version_info, &e1.nonce, None).await;
+    n3.send(
+        ResourceType::Endpoints,
+        &["x"],
+        &e1.version_info,
+        &e1.nonce,
+        None,
+    )
+    .await;
 
     // Change n1's snapshot, then n2's: n2's first push is its own change.
-    server.cache().set_snapshot(NodeKey::Id("n1".into()), snapshot(&resources(&["a", "a2"], 1)));
-    server.cache().set_snapshot(NodeKey::Id("n2".into()), snapshot(&resources(&["b", "b2"], 1)));
+    server.cache().set_snapshot(
+        NodeKey::Id("n1".into()),
+        snapshot(&resources(&["a", "a2"], 1)),
+    );
+    server.cache().set_snapshot(
+        NodeKey::Id("n2".into()),
+        snapshot(&resources(&["b", "b2"], 1)),
+    );
     assert_eq!(n1.recv().await.resources.len(), 2);
     let p2 = n2.recv().await;
     assert_eq!(p2.resources.len(), 2);
@@ -183,18 +286,27 @@ async fn only_streams_whose_resources_changed_get_a_push() {
     let e2 = n3.recv().await;
     assert_eq!(e2.type_url, ResourceType::Endpoints.type_url());
     let decoded = gofe_proto::decode_resource(ResourceType::Endpoints, &e2.resources[0]).unwrap();
-    let gofe_proto::DecodedResource::Endpoints(e) = decoded else { panic!() };
+    let gofe_proto::DecodedResource::Endpoints(e) = decoded else {
+        panic!()
+    };
     assert_eq!(e.endpoints[0].weight, 7);
 }
 
 #[tokio::test]
 async fn delta_sends_changes_and_removals_only() {
     let server = server();
-    server.cache().set_snapshot(NodeKey::Default, snapshot(&resources(&["a", "b", "c"], 1)));
+    server
+        .cache()
+        .set_snapshot(NodeKey::Default, snapshot(&resources(&["a", "b", "c"], 1)));
     let addr = start(&server).await;
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let (tx, rx) = mpsc::channel(8);
-    let node = Node { id: "d1".into(), ..Default::default() };
+    let node = Node {
+        id: "d1".into(),
+        ..Default::default()
+    };
     tx.send(DeltaDiscoveryRequest {
         node: Some(node.clone()),
         type_url: ResourceType::Endpoints.type_url().into(),
@@ -203,7 +315,11 @@ async fn delta_sends_changes_and_removals_only() {
     })
     .await
     .unwrap();
-    let mut rx = client.delta_aggregated_resources(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut rx = client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let first = recv_delta(&mut rx).await;
     let mut names: Vec<&str> = first.resources.iter().map(|r| r.name.as_str()).collect();
     names.sort();
@@ -230,5 +346,9 @@ async fn delta_sends_changes_and_removals_only() {
 async fn recv_delta(
     rx: &mut tonic::Streaming<gofe_proto::wire::DeltaDiscoveryResponse>,
 ) -> gofe_proto::wire::DeltaDiscoveryResponse {
-    tokio::time::timeout(DEADLINE, rx.message()).await.expect("in time").unwrap().unwrap()
+    tokio::time::timeout(DEADLINE, rx.message())
+        .await
+        .expect("in time")
+        .unwrap()
+        .unwrap()
 }

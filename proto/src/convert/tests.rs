@@ -44,30 +44,35 @@ fn u32v(value: u32) -> Option<UInt32Value> {
     Some(UInt32Value { value })
 }
 
-/// The CLA Envoy's docs would write for cluster v1.
+/// The CLA Envoy's docs would write for cluster v1: one locality per endpoint.
 fn golden_cla_v1() -> endpoint::ClusterLoadAssignment {
-    let ep = |host: &str, health: core::HealthStatus, weight: u32| endpoint::LbEndpoint {
-        health_status: health as i32,
-        load_balancing_weight: u32v(weight),
-        host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
-            endpoint::Endpoint {
-                address: Some(socket_address(host, 9000)),
+    let locality = |host: &str, health: core::HealthStatus, weight: u32, lw: Option<u32>| {
+        endpoint::LocalityLbEndpoints {
+            locality: Some(core::Locality {
+                sub_zone: format!("{host}:9000"),
                 ..Default::default()
-            },
-        )),
-        ..Default::default()
+            }),
+            load_balancing_weight: lw.and_then(u32v),
+            lb_endpoints: vec![endpoint::LbEndpoint {
+                health_status: health as i32,
+                load_balancing_weight: u32v(weight),
+                host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+                    endpoint::Endpoint {
+                        address: Some(socket_address(host, 9000)),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
     };
     endpoint::ClusterLoadAssignment {
         cluster_name: "v1".into(),
-        endpoints: vec![endpoint::LocalityLbEndpoints {
-            locality: Some(core::Locality::default()),
-            load_balancing_weight: u32v(1),
-            lb_endpoints: vec![
-                ep("10.0.0.1", core::HealthStatus::Healthy, 3),
-                ep("10.0.0.2", core::HealthStatus::Draining, 1),
-            ],
-            ..Default::default()
-        }],
+        endpoints: vec![
+            locality("10.0.0.1", core::HealthStatus::Healthy, 3, Some(3)),
+            locality("10.0.0.2", core::HealthStatus::Draining, 1, None),
+        ],
         ..Default::default()
     }
 }
