@@ -173,3 +173,57 @@ pub async fn run(
     proxy.shutdown(drain).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_node_server_tls_and_static_resources() {
+        let dir = std::env::temp_dir().join(format!("gofe-bootstrap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bootstrap.yaml");
+        std::fs::write(
+            &path,
+            r#"
+node: { id: "proxy-1", cluster: "web" }
+xds_server:
+  address: "127.0.0.1:18000"
+  tls: { ca: "ca.pem", certificate_chain: "proxy.pem", private_key: "/abs/key.pem" }
+static_resources:
+  admin: { address: "127.0.0.1:9901" }
+"#,
+        )
+        .unwrap();
+        let b = Bootstrap::load(&path).unwrap();
+        let o = b.client_options(Duration::from_secs(1));
+        assert_eq!(
+            (o.node_id.as_str(), o.node_cluster.as_str()),
+            ("proxy-1", "web")
+        );
+        let tls = o.tls.unwrap();
+        assert_eq!(tls.ca, dir.join("ca.pem"));
+        assert_eq!(
+            tls.identity,
+            Some((dir.join("proxy.pem"), PathBuf::from("/abs/key.pem")))
+        );
+        assert!(o.base.admin.is_some());
+
+        std::fs::write(
+            &path,
+            "node: { id: \"\" }\nxds_server: { address: \"x:1\" }\n",
+        )
+        .unwrap();
+        assert!(Bootstrap::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("node.id"));
+        std::fs::write(
+            &path,
+            "node: { id: \"a\" }\nxds_server: { adress: \"x:1\" }\n",
+        )
+        .unwrap();
+        assert!(Bootstrap::load(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

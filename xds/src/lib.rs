@@ -13,9 +13,9 @@
 //!
 //! - [`AdsServer`] (with [`SnapshotCache`] and [`serve`]) is the library the controller embeds:
 //!   it sets a [`Snapshot`] per node id, node cluster, or for everyone, and the server pushes
-//!   each stream only what changed for it. TLS and mutual TLS use rustls; with mutual TLS and
-//!   [`ServerOptions::require_identity`], a node id is only trusted if the client certificate
-//!   names it.
+//!   each stream only what changed for it. TLS and mutual TLS use rustls; a node id is only trusted
+//!   if the client certificate names it, and [`ServerOptions::require_identity`] refuses
+//!   clients without one.
 //! - [`XdsClient`] and [`bootstrap`] are the proxy side (`gofe proxy --bootstrap FILE`).
 //!
 //! What this crate does not do: decide what the configuration should be (the controller), or

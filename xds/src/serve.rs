@@ -76,9 +76,8 @@ pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// A server TLS configuration offering `h2`. With `client_ca`, clients must present a
-/// certificate signed by it (mutual TLS); pair it with
-/// [`ServerOptions::require_identity`](crate::ServerOptions) so a node id is only trusted when
-/// the certificate names it.
+/// certificate signed by it (mutual TLS), and the node id of each stream must be a name in
+/// that certificate.
 pub fn server_tls(
     cert_chain: &Path,
     private_key: &Path,

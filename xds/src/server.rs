@@ -39,8 +39,9 @@ pub struct PeerCertificate(pub CertificateDer<'static>);
 pub struct ServerOptions {
     /// Debounce window for snapshot changes. Default 10 ms.
     pub debounce: Duration,
-    /// Require the node id to be a name the client certificate is valid for (DNS SAN). Set by
-    /// [`crate::serve`] when client certificates are required. Default `false`.
+    /// Refuse streams that come without a client certificate. Whenever a client certificate is
+    /// presented (mutual TLS), the node id must be a DNS name it is valid for, whatever this
+    /// says. Set it with mutual TLS so no stream can skip the check. Default `false`.
     pub require_identity: bool,
 }
 
@@ -94,11 +95,13 @@ impl AdsServer {
     }
 
     fn check_identity(&self, node: &Node, peer: Option<&PeerCertificate>) -> Result<(), Status> {
-        if !self.inner.require_identity {
-            return Ok(());
-        }
+        // A client certificate, when there is one, always has to name the node; without one,
+        // the stream is refused only if identity is required.
         let Some(PeerCertificate(der)) = peer else {
-            return Err(Status::unauthenticated("a client certificate is required"));
+            if self.inner.require_identity {
+                return Err(Status::unauthenticated("a client certificate is required"));
+            }
+            return Ok(());
         };
         let name = rustls::pki_types::ServerName::try_from(node.id.as_str())
             .map_err(|_| Status::permission_denied("node id is not a DNS name"))?;

@@ -388,3 +388,54 @@ async fn proxy_serves_through_a_control_plane_restart_and_resyncs() {
     f.a.stop().await;
     f.b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_bootstrap_listener_with_dynamic_clusters() {
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let a = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "a")
+        .await
+        .unwrap();
+    let listen = free_port();
+    let base: ProxyConfig = serde_saphyr::from_str(&format!(
+        r#"
+listeners:
+  - name: "static-ingress"
+    address: "{listen}"
+    filters:
+      - type: "router"
+        config:
+          virtual_hosts:
+            - name: "all"
+              domains: ["*"]
+              routes:
+                - match: {{ prefix: "/" }}
+                  route: {{ cluster: "web" }}
+"#
+    ))
+    .unwrap();
+    let proxy = Proxy::new();
+    let client = XdsClient::start(
+        proxy.clone(),
+        ClientOptions {
+            base,
+            ..client_options(cp.addr)
+        },
+    )
+    .unwrap();
+    let http = http_client();
+    // Before the control plane says anything, the static listener serves (503: no cluster yet).
+    wait_for_split(&http, listen, 2, &counts(&[("status 503", 2)])).await;
+    // Dynamic cluster and endpoints only; the listener stays the static one.
+    let mut r = resources(free_port(), &[(a.addr(), 1)], None);
+    r.listeners.clear();
+    r.routes.clear();
+    cp.push(&r);
+    wait_for_split(&http, listen, 5, &counts(&[("a", 5)])).await;
+    let active = proxy.active();
+    assert_eq!(active.config.listeners.len(), 1);
+    assert_eq!(
+        active.config.listeners[0].name.as_ref().unwrap().value,
+        "static-ingress"
+    );
+    client.stop();
+}
