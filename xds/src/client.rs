@@ -93,8 +93,8 @@ pub struct XdsClient {
 }
 
 impl XdsClient {
-    /// Starts the client for `proxy`. The static part is applied only together with the first
-    /// xDS resources (or at once if the bootstrap has listeners or clusters of its own).
+    /// Starts the client for `proxy`. The static part of the configuration is applied at once,
+    /// then again with every accepted xDS update.
     pub fn start(proxy: Proxy, options: ClientOptions) -> Result<XdsClient, ClientError> {
         let tls = options.tls.as_ref().map(client_tls_config).transpose()?;
         let (status_tx, status) = watch::channel(ClientStatus::default());
@@ -175,12 +175,10 @@ async fn run(
     status: watch::Sender<ClientStatus>,
 ) {
     let mut state = State::new(options.clone());
-    if !options.base.listeners.is_empty() || !options.base.clusters.is_empty() {
-        // Static resources serve from the start, before the control plane answers.
-        state
-            .apply(&proxy, &state.resources.clone(), &status)
-            .await
-            .ok();
+    // Static resources (and the admin listener) serve from the start, before the control
+    // plane answers.
+    if let Err(e) = state.apply(&proxy, &state.resources.clone(), &status).await {
+        tracing::error!(error = %e, "the static configuration cannot be applied yet");
     }
     let host = options
         .server
@@ -215,7 +213,7 @@ async fn run(
                 .connect_with_connector(connector)
                 .await
             {
-                Err(e) => Err(format!("connect: {e}")),
+                Err(e) => Err(format!("connect: {}", chain(&e))),
                 Ok(channel) => {
                     let got_response = state.stream(&proxy, channel, &status).await;
                     if got_response.0 {
@@ -234,6 +232,18 @@ async fn run(
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// An error and its sources, `outer: inner: …`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// Exponential backoff with jitter: a random delay in [d/2, d], d = initial × 2^attempt ≤ max.

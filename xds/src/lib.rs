@@ -11,7 +11,7 @@
 //!   gofe proxy: XdsClient ──decode+validate (gofe-proto)──assemble──▶ Proxy::apply
 //! ```
 //!
-//! - [`AdsServer`] (with [`SnapshotCache`] and [`serve`]) is the library the controller embeds:
+//! - [`AdsServer`] (with [`SnapshotCache`] and [`serve()`]) is the library the controller embeds:
 //!   it sets a [`Snapshot`] per node id, node cluster, or for everyone, and the server pushes
 //!   each stream only what changed for it. TLS and mutual TLS use rustls; a node id is only trusted
 //!   if the client certificate names it, and [`ServerOptions::require_identity`] refuses

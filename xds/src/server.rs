@@ -30,7 +30,7 @@ use crate::metrics::ServerMetrics;
 const STREAM_QUEUE: usize = 4;
 
 /// The client certificate of a TLS connection, put into each request's extensions by
-/// [`crate::serve`].
+/// [`crate::serve()`].
 #[derive(Clone, Debug)]
 pub struct PeerCertificate(pub CertificateDer<'static>);
 
