@@ -829,13 +829,10 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
             return Err(unsupported(&res, "cluster_type"))
         }
     };
-    let mut config = ClusterConfig {
-        name: spanned(&c.name),
-        lb_policy,
-        connect_timeout,
-        http2_protocol_options: http2.then(Http2ProtocolOptions::default),
-        endpoints: Vec::new(),
-    };
+    let mut config = empty_cluster(&c.name);
+    config.lb_policy = lb_policy;
+    config.connect_timeout = connect_timeout;
+    config.http2_protocol_options = http2.then(Http2ProtocolOptions::default);
     let eds_service_name = match discovery {
         DiscoveryType::Eds => {
             let eds = c.eds_cluster_config.as_ref();
@@ -1066,6 +1063,19 @@ pub fn endpoints_from_wire(
     })
 }
 
+/// A cluster named `name` with every other setting at its default and no endpoints. The one
+/// place outside `cluster_from_wire` that builds a `ClusterConfig` field by field, so new
+/// fields of it are added here and there only.
+pub fn empty_cluster(name: &str) -> ClusterConfig {
+    ClusterConfig {
+        name: spanned(name),
+        lb_policy: LbPolicy::default(),
+        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        http2_protocol_options: None,
+        endpoints: Vec::new(),
+    }
+}
+
 // === whole configurations ===
 
 /// Every resource a client may hold, keyed by name.
@@ -1260,13 +1270,7 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
         }
     }
     for name in missing {
-        out.clusters.push(ClusterConfig {
-            name: spanned(name),
-            lb_policy: LbPolicy::default(),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            http2_protocol_options: None,
-            endpoints: Vec::new(),
-        });
+        out.clusters.push(empty_cluster(&name));
     }
     out
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use gofe_proto::wire::{AggregatedDiscoveryServiceClient, DiscoveryRequest, Node};
 use gofe_proto::{ClusterResource, EndpointsResource, ResourceType, Resources};
-use gofe_proxy::config::{ClusterConfig, EndpointConfig, LbPolicy, DEFAULT_CONNECT_TIMEOUT};
+use gofe_proxy::config::EndpointConfig;
 use gofe_xds::{AdsServer, NodeKey, ServerOptions, Snapshot};
 use serde_saphyr::{Location, Spanned};
 use tokio::sync::{mpsc, Barrier};
@@ -35,13 +35,7 @@ fn resources(generation: u32) -> Resources {
         r.clusters.insert(
             name.clone(),
             ClusterResource {
-                config: ClusterConfig {
-                    name: s(name.clone()),
-                    lb_policy: LbPolicy::RoundRobin,
-                    connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-                    http2_protocol_options: None,
-                    endpoints: Vec::new(),
-                },
+                config: gofe_proto::convert::empty_cluster(&name),
                 eds_service_name: Some(name.clone()),
                 circuit_breakers: None,
                 outlier_detection: None,

@@ -486,3 +486,24 @@ impl State {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stays_under_the_cap() {
+        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        for attempt in 0..40 {
+            let ceiling = initial.saturating_mul(1 << attempt.min(16)).min(max);
+            for _ in 0..50 {
+                let d = backoff(attempt, initial, max);
+                assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
+            }
+        }
+        // Jitter: not every client retries at the same instant.
+        let samples: std::collections::HashSet<Duration> =
+            (0..20).map(|_| backoff(3, initial, max)).collect();
+        assert!(samples.len() > 1);
+    }
+}

@@ -8,7 +8,7 @@ use gofe_proto::wire::{
     Node, Status,
 };
 use gofe_proto::{ClusterResource, EndpointsResource, ResourceType, Resources};
-use gofe_proxy::config::{ClusterConfig, EndpointConfig, LbPolicy, DEFAULT_CONNECT_TIMEOUT};
+use gofe_proxy::config::EndpointConfig;
 use gofe_xds::{AdsServer, NodeKey, ServerOptions, Snapshot};
 use serde_saphyr::{Location, Spanned};
 use tokio::net::TcpListener;
@@ -28,13 +28,7 @@ fn resources(names: &[&str], weight: u32) -> Resources {
         r.clusters.insert(
             (*n).into(),
             ClusterResource {
-                config: ClusterConfig {
-                    name: s(*n),
-                    lb_policy: LbPolicy::RoundRobin,
-                    connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-                    http2_protocol_options: None,
-                    endpoints: Vec::new(),
-                },
+                config: gofe_proto::convert::empty_cluster(n),
                 eds_service_name: Some((*n).into()),
                 circuit_breakers: None,
                 outlier_detection: None,

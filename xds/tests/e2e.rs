@@ -10,8 +10,8 @@ use gofe_proto::{
     RouteSource,
 };
 use gofe_proxy::config::{
-    ClusterConfig, EndpointConfig, LbPolicy, RouteActionConfig, RouteConfig, RouteMatchConfig,
-    RouterConfig, VirtualHostConfig, DEFAULT_CONNECT_TIMEOUT,
+    EndpointConfig, RouteActionConfig, RouteConfig, RouteMatchConfig, RouterConfig,
+    VirtualHostConfig,
 };
 use gofe_proxy::demo::DemoBackend;
 use gofe_proxy::{Proxy, ProxyConfig};
@@ -72,13 +72,7 @@ fn resources(
     r.clusters.insert(
         "web".into(),
         ClusterResource {
-            config: ClusterConfig {
-                name: s("web"),
-                lb_policy: LbPolicy::RoundRobin,
-                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-                http2_protocol_options: None,
-                endpoints: Vec::new(),
-            },
+            config: gofe_proto::convert::empty_cluster("web"),
             eds_service_name: Some("web".into()),
             circuit_breakers: None,
             outlier_detection: None,

@@ -16,8 +16,8 @@ use gofe_proto::{
     RouteSource,
 };
 use gofe_proxy::config::{
-    ClusterConfig, EndpointConfig, LbPolicy, RouteActionConfig, RouteConfig, RouteMatchConfig,
-    RouterConfig, VirtualHostConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_ROUTE_TIMEOUT,
+    EndpointConfig, RouteActionConfig, RouteConfig, RouteMatchConfig, RouterConfig,
+    VirtualHostConfig, DEFAULT_ROUTE_TIMEOUT,
 };
 use gofe_xds::{AdsServer, NodeKey, ServerOptions, Snapshot};
 use serde_saphyr::{Location, Spanned};
@@ -71,13 +71,7 @@ fn greeter(endpoints: &[(SocketAddr, u32)]) -> Resources {
     r.clusters.insert(
         "greeter-backends".into(),
         ClusterResource {
-            config: ClusterConfig {
-                name: s("greeter-backends"),
-                lb_policy: LbPolicy::RoundRobin,
-                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-                http2_protocol_options: None,
-                endpoints: Vec::new(),
-            },
+            config: gofe_proto::convert::empty_cluster("greeter-backends"),
             eds_service_name: Some("greeter-backends".into()),
             circuit_breakers: None,
             outlier_detection: None,

@@ -5,13 +5,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use gofe_proto::{ClusterResource, ResourceType, Resources};
-use gofe_proxy::config::{ClusterConfig, LbPolicy, DEFAULT_CONNECT_TIMEOUT};
 use gofe_proxy::{Proxy, ProxyConfig};
 use gofe_xds::{
     AdsServer, ClientOptions, ClientStatus, ClientTls, NodeKey, ServerOptions, Snapshot, XdsClient,
 };
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
-use serde_saphyr::{Location, Spanned};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -63,13 +61,7 @@ async fn control_plane(pki: &Pki) -> SocketAddr {
     r.clusters.insert(
         "web".into(),
         ClusterResource {
-            config: ClusterConfig {
-                name: Spanned::new("web".into(), Location::UNKNOWN, Location::UNKNOWN),
-                lb_policy: LbPolicy::RoundRobin,
-                connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-                http2_protocol_options: None,
-                endpoints: Vec::new(),
-            },
+            config: gofe_proto::convert::empty_cluster("web"),
             eds_service_name: Some("web".into()),
             circuit_breakers: None,
             outlier_detection: None,
