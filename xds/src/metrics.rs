@@ -127,6 +127,17 @@ impl ServerMetrics {
         last.insert((node.to_owned(), ty), version.to_owned());
     }
 
+    /// Drops the per-node series of a node whose stream ended (so a fleet that churns does not
+    /// grow the exposition forever).
+    pub(crate) fn forget_node(&self, node: &str) {
+        lock(&self.last_version).retain(|(n, ty), v| {
+            if n == node {
+                let _ = self.version_info.remove_label_values(&[node, ty, v]);
+            }
+            n != node
+        });
+    }
+
     pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

@@ -142,6 +142,7 @@ impl AggregatedDiscoveryService for AdsServer {
             server.inner.metrics.connected.inc();
             let result = stream.run(first, requests, tx).await;
             server.inner.metrics.connected.dec();
+            server.inner.metrics.forget_node(&stream.node_id);
             if let Err(e) = result {
                 tracing::debug!(node = %stream.node_id, error = %e, "ADS stream ended");
             }
@@ -168,6 +169,7 @@ impl AggregatedDiscoveryService for AdsServer {
             server.inner.metrics.connected.inc();
             let result = stream.run(first, requests, tx).await;
             server.inner.metrics.connected.dec();
+            server.inner.metrics.forget_node(&stream.watch.node_id);
             if let Err(e) = result {
                 tracing::debug!(node = %stream.watch.node_id, error = %e, "delta ADS stream ended");
             }

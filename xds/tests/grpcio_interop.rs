@@ -165,6 +165,12 @@ async fn grpcio_xds_client_follows_gofe_weighted_endpoints() {
         (250..=350).contains(&ca),
         "a={ca} b={cb}, expected about 300:100"
     );
+    // The client ACKed the endpoints it uses (and is still connected).
+    let m = server.metrics_text();
+    assert!(
+        m.contains("gofe_xds_acked_version_info{node=\"grpcio-client\",type=\"eds\""),
+        "{m}"
+    );
 
     // Drain a: every call goes to b.
     server.cache().set_snapshot(
@@ -175,9 +181,4 @@ async fn grpcio_xds_client_follows_gofe_weighted_endpoints() {
     let (ca, cb) = parse_counts(&next_line("phase 2 result"));
     assert_eq!((ca, cb), (0, 20), "after draining a");
     let _ = child.wait();
-    let m = server.metrics_text();
-    assert!(
-        m.contains("gofe_xds_acked_version_info{node=\"grpcio-client\""),
-        "{m}"
-    );
 }
