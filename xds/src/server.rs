@@ -374,7 +374,8 @@ impl SotwStream {
             && subset
                 .iter()
                 .all(|(n, e)| state.sent.get(*n) == Some(&e.version));
-        if unchanged && !force {
+        // The first response of a type is sent even when empty: a client waits for it.
+        if unchanged && !force && !state.nonce.is_empty() {
             return Ok(());
         }
         let response = DiscoveryResponse {

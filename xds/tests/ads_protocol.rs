@@ -346,3 +346,17 @@ async fn recv_delta(
         .unwrap()
         .unwrap()
 }
+
+#[tokio::test]
+async fn first_response_is_sent_even_when_empty() {
+    let server = server();
+    let addr = start(&server).await;
+    // Subscribed before any snapshot exists; then a snapshot without clusters arrives.
+    let mut c = Sotw::connect(addr, "early").await;
+    server
+        .cache()
+        .set_snapshot(NodeKey::Default, snapshot(&Resources::default()));
+    let r = c.recv().await;
+    assert_eq!(r.type_url, ResourceType::Cluster.type_url());
+    assert!(r.resources.is_empty());
+}
