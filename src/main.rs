@@ -28,11 +28,16 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the proxy (data plane) on a YAML configuration file.
+    /// Run the proxy (data plane) on a YAML configuration file, or steered by an xDS control
+    /// plane (--bootstrap).
     Proxy {
         /// The configuration file (see examples/).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "bootstrap")]
+        config: Option<PathBuf>,
+        /// An xDS bootstrap file (node, control-plane address, TLS, static resources; see
+        /// `gofe_xds::bootstrap`). Replaces --config.
+        #[arg(long, conflicts_with = "config")]
+        bootstrap: Option<PathBuf>,
         /// Also reload when the file changes (checked every second), not only on SIGHUP.
         #[arg(long)]
         watch: bool,
@@ -140,9 +145,17 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Proxy {
-                config,
+                bootstrap: Some(bootstrap),
+                drain_timeout,
+                ..
+            } => gofe_xds::bootstrap::run(&bootstrap, drain_timeout, shutdown_signal())
+                .await
+                .context("gofe proxy (xDS)"),
+            Command::Proxy {
+                config: Some(config),
                 watch,
                 drain_timeout,
+                ..
             } => gofe_proxy::run::run(RunOptions {
                 source: ConfigSource::File(config),
                 watch: watch.then_some(Duration::from_secs(1)),
@@ -150,6 +163,7 @@ fn main() -> anyhow::Result<()> {
             })
             .await
             .context("gofe proxy"),
+            Command::Proxy { .. } => anyhow::bail!("gofe proxy needs --config or --bootstrap"),
             Command::Up { drain_timeout } => up(drain_timeout).await,
             Command::Backend {
                 listen,
@@ -267,6 +281,22 @@ async fn explain(cluster: &str, admin: SocketAddr) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 async fn up(drain: Duration) -> anyhow::Result<()> {

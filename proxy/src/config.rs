@@ -69,12 +69,21 @@ pub struct ListenerConfig {
     pub request_headers_timeout: Duration,
 }
 
+/// Default `max_request_headers_kb` of a listener.
+pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
+/// Default `request_headers_timeout` of a listener.
+pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `healthy_panic_threshold` of a cluster, in percent.
+pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
+/// Default `idle_timeout` of a cluster's upstream connections.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn default_max_request_headers_kb() -> u32 {
-    60
+    DEFAULT_MAX_REQUEST_HEADERS_KB
 }
 
 fn default_request_headers_timeout() -> Duration {
-    Duration::from_secs(10)
+    DEFAULT_REQUEST_HEADERS_TIMEOUT
 }
 
 fn default_protocol() -> Spanned<String> {
@@ -359,11 +368,11 @@ fn default_connect_timeout() -> Duration {
 }
 
 fn default_panic_threshold() -> u32 {
-    50
+    DEFAULT_PANIC_THRESHOLD
 }
 
 fn default_idle_timeout() -> Duration {
-    Duration::from_secs(60)
+    DEFAULT_IDLE_TIMEOUT
 }
 
 /// A cluster's overload limits (Envoy's `circuit_breakers` thresholds, default priority).

@@ -1,0 +1,47 @@
+//! gofe-proto: the Envoy v3 xDS wire types gofe speaks, and validated conversions between them
+//! and the proxy's own configuration (`gofe_proxy::config`).
+//!
+//! ```text
+//!   envoy Listener / RouteConfiguration / Cluster / ClusterLoadAssignment   (bytes, Any)
+//!        │  decode + validate (from_wire)             ▲ to_wire
+//!        ▼                                             │
+//!   ListenerResource / RouteResource / ClusterResource / EndpointsResource  (gofe types)
+//!        │  assemble (with the static part of the bootstrap)
+//!        ▼
+//!   gofe_proxy::ProxyConfig  ──Proxy::apply──▶ running proxy
+//! ```
+//!
+//! The messages themselves come from the `envoy-types` crate, which carries prost/tonic code
+//! generated from Envoy's own `.proto` files (same packages, names, field numbers and type URLs
+//! as Envoy's, so bytes interoperate), with no `protoc` needed to build. [`wire`] re-exports the
+//! handful of them the xDS protocol layer (`gofe-xds`) needs; resource *contents* never leave
+//! this crate raw: every resource is validated into a small gofe type ([`resource`]) and a
+//! resource gofe cannot honour faithfully is an error ([`ConvertError`]) — which the xDS client
+//! turns into a NACK — rather than being half-applied.
+//!
+//! What this crate does not do: talk to the network (that is `gofe-xds`), or decide what the
+//! configuration should be (that is the controller).
+
+pub mod convert;
+pub mod resource;
+
+pub use convert::{assemble, decode_resource, from_proxy_config, ConvertError, Resources};
+pub use resource::{
+    CircuitBreakerThresholds, ClusterResource, DecodedResource, EndpointsResource, ListenerKind,
+    ListenerResource, OutlierDetectionSettings, ResourceType, RouteResource, RouteSource,
+};
+
+/// The protocol-level messages and the ADS service, for the xDS transport (`gofe-xds`).
+pub mod wire {
+    pub use envoy_types::pb::envoy::config::core::v3::Node;
+    pub use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+    pub use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+        AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+    };
+    pub use envoy_types::pb::envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+        Resource,
+    };
+    pub use envoy_types::pb::google::protobuf::Any;
+    pub use envoy_types::pb::google::rpc::Status;
+}

@@ -1,0 +1,190 @@
+//! The validated, gofe-side form of each xDS resource.
+
+use std::time::Duration;
+
+use gofe_proxy::config::{ClusterConfig, EndpointConfig, RouterConfig};
+
+/// The four resource types gofe serves and consumes, in the order an xDS client should
+/// subscribe to them (clusters and their endpoints before the listeners and routes that use
+/// them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceType {
+    /// `envoy.config.cluster.v3.Cluster` (CDS).
+    Cluster,
+    /// `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS).
+    Endpoints,
+    /// `envoy.config.listener.v3.Listener` (LDS).
+    Listener,
+    /// `envoy.config.route.v3.RouteConfiguration` (RDS).
+    Route,
+}
+
+impl ResourceType {
+    /// All of them, in subscription order.
+    pub const ALL: [ResourceType; 4] = [
+        ResourceType::Cluster,
+        ResourceType::Endpoints,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ];
+
+    /// The type URL, as Envoy writes it in `type_url` and `Any`.
+    pub const fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            ResourceType::Endpoints => {
+                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+            }
+            ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        }
+    }
+
+    /// The type for a type URL, if it is one of the four.
+    pub fn from_type_url(url: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.type_url() == url)
+    }
+
+    /// Whether an empty subscription means "everything" (LDS and CDS) rather than "nothing".
+    pub const fn wildcard_by_default(self) -> bool {
+        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+
+    /// Short name for logs and metric labels: `cds`, `eds`, `lds`, `rds`.
+    pub const fn short(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "cds",
+            ResourceType::Endpoints => "eds",
+            ResourceType::Listener => "lds",
+            ResourceType::Route => "rds",
+        }
+    }
+}
+
+/// A Listener resource.
+#[derive(Clone, Debug)]
+pub struct ListenerResource {
+    /// The resource name.
+    pub name: String,
+    /// A socket the proxy binds, or an API listener for proxyless gRPC clients.
+    pub kind: ListenerKind,
+    /// Where the listener's routes come from.
+    pub routes: RouteSource,
+}
+
+/// What a listener is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenerKind {
+    /// A TCP socket, `ip:port`, with one HTTP connection manager filter chain.
+    Socket {
+        /// `ip:port`.
+        address: String,
+    },
+    /// An `api_listener` (no socket): the HTTP connection manager a proxyless gRPC client uses
+    /// for an `xds:///NAME` target whose listener is named `NAME`. gofe's proxy ignores these.
+    Api,
+}
+
+/// Where a listener's routes come from.
+#[derive(Clone, Debug)]
+pub enum RouteSource {
+    /// RDS over ADS: the name of a `RouteConfiguration`.
+    Rds(String),
+    /// Inline in the listener.
+    Inline(RouterConfig),
+}
+
+/// A RouteConfiguration resource.
+#[derive(Clone, Debug)]
+pub struct RouteResource {
+    /// The resource name.
+    pub name: String,
+    /// Its virtual hosts, in gofe's router form.
+    pub router: RouterConfig,
+}
+
+/// A Cluster resource.
+#[derive(Clone, Debug)]
+pub struct ClusterResource {
+    /// The cluster, with the endpoints of an inline `load_assignment` (empty for EDS).
+    pub config: ClusterConfig,
+    /// For an EDS cluster, the name of its `ClusterLoadAssignment` (`service_name`, defaulting
+    /// to the cluster name); `None` for a cluster with inline endpoints.
+    pub eds_service_name: Option<String>,
+    /// Envoy's `circuit_breakers` (default-priority thresholds). Default: none set.
+    pub circuit_breakers: Option<CircuitBreakerThresholds>,
+    /// Envoy's `outlier_detection`. Default: none (outlier detection off).
+    pub outlier_detection: Option<OutlierDetectionSettings>,
+}
+
+/// `circuit_breakers.thresholds` at default priority, Envoy's names and meanings. `None` means
+/// Envoy's default (1024 for each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CircuitBreakerThresholds {
+    /// Maximum connections to the cluster.
+    pub max_connections: Option<u32>,
+    /// Maximum requests waiting for a connection.
+    pub max_pending_requests: Option<u32>,
+    /// Maximum requests in flight.
+    pub max_requests: Option<u32>,
+    /// Maximum retries in flight.
+    pub max_retries: Option<u32>,
+}
+
+/// `outlier_detection`, Envoy's names and meanings. `None` means Envoy's default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutlierDetectionSettings {
+    /// Consecutive 5xx before ejection (Envoy default 5).
+    pub consecutive_5xx: Option<u32>,
+    /// Consecutive 502/503/504 before ejection (Envoy default 5).
+    pub consecutive_gateway_failure: Option<u32>,
+    /// Time between ejection sweeps (Envoy default 10 s).
+    pub interval: Option<Duration>,
+    /// Base ejection time, multiplied by the number of ejections (Envoy default 30 s).
+    pub base_ejection_time: Option<Duration>,
+    /// Cap on the ejection time (Envoy default 300 s).
+    pub max_ejection_time: Option<Duration>,
+    /// Maximum percentage of hosts ejected at once (Envoy default 10).
+    pub max_ejection_percent: Option<u32>,
+    /// Failure percentage at or above which a host is ejected (Envoy default 85).
+    pub failure_percentage_threshold: Option<u32>,
+    /// Minimum requests in an interval for failure-percentage ejection (Envoy default 50).
+    pub failure_percentage_request_volume: Option<u32>,
+}
+
+/// A ClusterLoadAssignment resource.
+#[derive(Clone, Debug)]
+pub struct EndpointsResource {
+    /// The resource name (the cluster's EDS service name).
+    pub cluster_name: String,
+    /// Its endpoints, with their weights and health (UNHEALTHY and TIMEOUT become
+    /// `unhealthy`, DRAINING `draining`).
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// Any one decoded resource.
+// Decoded once per resource on the control path; boxing the cluster would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum DecodedResource {
+    /// A listener.
+    Listener(ListenerResource),
+    /// A route configuration.
+    Route(RouteResource),
+    /// A cluster.
+    Cluster(ClusterResource),
+    /// A load assignment.
+    Endpoints(EndpointsResource),
+}
+
+impl DecodedResource {
+    /// The resource's name (what subscriptions and removals name).
+    pub fn name(&self) -> &str {
+        match self {
+            DecodedResource::Listener(l) => &l.name,
+            DecodedResource::Route(r) => &r.name,
+            DecodedResource::Cluster(c) => &c.config.name.value,
+            DecodedResource::Endpoints(e) => &e.cluster_name,
+        }
+    }
+}

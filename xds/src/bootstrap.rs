@@ -1,0 +1,229 @@
+//! `gofe proxy --bootstrap FILE`: who the proxy is, where its control plane is, and its static
+//! configuration.
+//!
+//! ```yaml
+//! node: { id: "proxy-1", cluster: "web" }
+//! xds_server:
+//!   address: "127.0.0.1:18000"          # host:port of the ADS server
+//!   tls:                                # optional; plaintext when absent
+//!     ca: "ca.pem"
+//!     server_name: "control-plane"      # default: the address's host
+//!     certificate_chain: "proxy.pem"    # optional pair: mutual TLS
+//!     private_key: "proxy-key.pem"
+//! static_resources:                     # optional; the proxy config file's shape
+//!   admin: { address: "127.0.0.1:9901" }
+//! ```
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gofe_proxy::{Proxy, ProxyConfig};
+use serde::Deserialize;
+
+use crate::client::{ClientOptions, ClientTls, XdsClient};
+
+/// The bootstrap file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    /// The node this proxy is.
+    pub node: NodeConfig,
+    /// The control plane.
+    pub xds_server: XdsServerConfig,
+    /// Listeners, clusters and admin that do not come from xDS. Default: none.
+    #[serde(default)]
+    pub static_resources: ProxyConfig,
+}
+
+/// `node` of the bootstrap.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// `node.id`: with mutual TLS, must be a DNS name in the client certificate.
+    pub id: String,
+    /// `node.cluster`. Default empty.
+    #[serde(default)]
+    pub cluster: String,
+}
+
+/// `xds_server` of the bootstrap.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsServerConfig {
+    /// `host:port` of the ADS server.
+    pub address: String,
+    /// TLS. Default: plaintext.
+    #[serde(default)]
+    pub tls: Option<XdsTlsConfig>,
+}
+
+/// TLS files for the control-plane connection (paths relative to the bootstrap file).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsTlsConfig {
+    /// CA bundle that signs the control plane's certificate.
+    pub ca: PathBuf,
+    /// Name to verify in the server certificate. Default: the address's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Client certificate chain (mutual TLS). Default: none.
+    #[serde(default)]
+    pub certificate_chain: Option<PathBuf>,
+    /// Client private key (mutual TLS). Default: none.
+    #[serde(default)]
+    pub private_key: Option<PathBuf>,
+}
+
+/// Why the bootstrap could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid bootstrap.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The client could not start.
+    #[error(transparent)]
+    Client(#[from] crate::client::ClientError),
+}
+
+impl Bootstrap {
+    /// Reads and checks a bootstrap file.
+    pub fn load(path: &Path) -> Result<Bootstrap, BootstrapError> {
+        let text = std::fs::read_to_string(path).map_err(|source| BootstrapError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let invalid = |message: String| BootstrapError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
+        let mut b: Bootstrap = serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        if b.node.id.is_empty() {
+            return Err(invalid("node.id: must not be empty".into()));
+        }
+        if let Some(t) = &mut b.xds_server.tls {
+            if t.certificate_chain.is_some() != t.private_key.is_some() {
+                return Err(invalid(
+                    "xds_server.tls: set both certificate_chain and private_key, or neither".into(),
+                ));
+            }
+            let base = path.parent().unwrap_or(Path::new("."));
+            for p in [
+                Some(&mut t.ca),
+                t.certificate_chain.as_mut(),
+                t.private_key.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        Ok(b)
+    }
+
+    /// Client options for this bootstrap.
+    pub fn client_options(&self, drain: Duration) -> ClientOptions {
+        ClientOptions {
+            node_id: self.node.id.clone(),
+            node_cluster: self.node.cluster.clone(),
+            server: self.xds_server.address.clone(),
+            tls: self.xds_server.tls.as_ref().map(|t| ClientTls {
+                ca: t.ca.clone(),
+                server_name: t.server_name.clone(),
+                identity: t.certificate_chain.clone().zip(t.private_key.clone()),
+            }),
+            base: self.static_resources.clone(),
+            drain,
+            backoff_initial: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs a proxy steered by xDS until `shutdown` completes, then drains for up to `drain`.
+pub async fn run(
+    bootstrap: &Path,
+    drain: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BootstrapError> {
+    let b = Bootstrap::load(bootstrap)?;
+    let proxy = Proxy::new();
+    let client = XdsClient::start(proxy.clone(), b.client_options(drain))?;
+    tracing::info!(node = %b.node.id, server = %b.xds_server.address, "gofe proxy starting with xDS");
+    shutdown.await;
+    client.stop();
+    tracing::info!(?drain, "shutting down: draining in-flight requests");
+    proxy.shutdown(drain).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_node_server_tls_and_static_resources() {
+        let dir = std::env::temp_dir().join(format!("gofe-bootstrap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bootstrap.yaml");
+        std::fs::write(
+            &path,
+            r#"
+node: { id: "proxy-1", cluster: "web" }
+xds_server:
+  address: "127.0.0.1:18000"
+  tls: { ca: "ca.pem", certificate_chain: "proxy.pem", private_key: "/abs/key.pem" }
+static_resources:
+  admin: { address: "127.0.0.1:9901" }
+"#,
+        )
+        .unwrap();
+        let b = Bootstrap::load(&path).unwrap();
+        let o = b.client_options(Duration::from_secs(1));
+        assert_eq!(
+            (o.node_id.as_str(), o.node_cluster.as_str()),
+            ("proxy-1", "web")
+        );
+        let tls = o.tls.unwrap();
+        assert_eq!(tls.ca, dir.join("ca.pem"));
+        assert_eq!(
+            tls.identity,
+            Some((dir.join("proxy.pem"), PathBuf::from("/abs/key.pem")))
+        );
+        assert!(o.base.admin.is_some());
+
+        std::fs::write(
+            &path,
+            "node: { id: \"\" }\nxds_server: { address: \"x:1\" }\n",
+        )
+        .unwrap();
+        assert!(Bootstrap::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("node.id"));
+        std::fs::write(
+            &path,
+            "node: { id: \"a\" }\nxds_server: { adress: \"x:1\" }\n",
+        )
+        .unwrap();
+        assert!(Bootstrap::load(&path).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

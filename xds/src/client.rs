@@ -1,0 +1,509 @@
+//! The proxy's xDS client: one ADS (state-of-the-world) stream to the control plane, whose
+//! resources are assembled with the static configuration and applied to a running
+//! [`gofe_proxy::Proxy`].
+//!
+//! Every response is decoded, validated and applied as a whole; if anything fails — a
+//! resource gofe cannot honour, or a configuration the proxy refuses — the response is NACKed
+//! with the reason in `error_detail` and the proxy keeps serving what it had. When the stream
+//! breaks, the proxy keeps serving its last configuration (fail static) and the client
+//! reconnects with jittered exponential backoff.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use gofe_proto::wire::{
+    AggregatedDiscoveryServiceClient, DiscoveryRequest, DiscoveryResponse, Node, Status,
+};
+use gofe_proto::{
+    assemble, decode_resource, DecodedResource, ListenerKind, ResourceType, Resources, RouteSource,
+};
+use gofe_proxy::{Proxy, ProxyConfig};
+use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::serve::TlsError;
+
+/// TLS to the control plane (PEM files).
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    /// CA certificates that sign the control plane's certificate.
+    pub ca: PathBuf,
+    /// The name to verify in the control plane's certificate. Default: the address's host.
+    pub server_name: Option<String>,
+    /// Client certificate chain and key, for mutual TLS. Default: none.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// How the client connects and what it starts from.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// `node.id`.
+    pub node_id: String,
+    /// `node.cluster`.
+    pub node_cluster: String,
+    /// The control plane, `host:port`.
+    pub server: String,
+    /// TLS to the control plane. Default: plaintext.
+    pub tls: Option<ClientTls>,
+    /// The static part of the configuration (bootstrap listeners, clusters, admin).
+    pub base: ProxyConfig,
+    /// How long a removed listener's connections may drain.
+    pub drain: Duration,
+    /// First reconnect delay. Default 250 ms.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay. Default 30 s.
+    pub backoff_max: Duration,
+}
+
+/// What the client is doing, for tests and `/config_dump`-like views.
+#[derive(Clone, Debug, Default)]
+pub struct ClientStatus {
+    /// A stream is open.
+    pub connected: bool,
+    /// Configurations applied from xDS so far.
+    pub applied: u64,
+    /// The last accepted version of each type.
+    pub versions: HashMap<ResourceType, String>,
+    /// The error_detail of the last NACK sent, if any.
+    pub last_nack: Option<String>,
+    /// NACKs sent so far.
+    pub nacks: u64,
+    /// Why the last connection attempt or stream failed, if one did.
+    pub last_error: Option<String>,
+}
+
+/// Why the client could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// TLS settings could not be loaded.
+    #[error("xds client TLS: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// A handle on a running client.
+pub struct XdsClient {
+    status: watch::Receiver<ClientStatus>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl XdsClient {
+    /// Starts the client for `proxy`. The static part of the configuration is applied at once,
+    /// then again with every accepted xDS update.
+    pub fn start(proxy: Proxy, options: ClientOptions) -> Result<XdsClient, ClientError> {
+        let tls = options.tls.as_ref().map(client_tls_config).transpose()?;
+        let (status_tx, status) = watch::channel(ClientStatus::default());
+        let task = tokio::spawn(run(proxy, options, tls, status_tx));
+        Ok(XdsClient { status, task })
+    }
+
+    /// The client's status, updated as it changes.
+    pub fn status(&self) -> watch::Receiver<ClientStatus> {
+        self.status.clone()
+    }
+
+    /// Stops the client (the proxy keeps serving its configuration).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+fn client_tls_config(t: &ClientTls) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let builder = rustls::ClientConfig::builder_with_provider(crate::serve::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Invalid(e.to_string()))?
+        .with_root_certificates(crate::serve::roots(&t.ca)?);
+    let mut config = match &t.identity {
+        None => builder.with_no_client_auth(),
+        Some((chain, key)) => builder
+            .with_client_auth_cert(crate::serve::certs(chain)?, crate::serve::key(key)?)
+            .map_err(|e| TlsError::Invalid(e.to_string()))?,
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+struct Connector {
+    address: String,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+type Io = TokioIo<Box<dyn IoStream>>;
+trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> IoStream for T {}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = Io;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Io, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let address = self.address.clone();
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(&address).await?;
+            let _ = tcp.set_nodelay(true);
+            let io: Box<dyn IoStream> = match tls {
+                None => Box::new(tcp),
+                Some((config, name)) => Box::new(
+                    tokio_rustls::TlsConnector::from(config)
+                        .connect(name, tcp)
+                        .await?,
+                ),
+            };
+            Ok(TokioIo::new(io))
+        })
+    }
+}
+
+async fn run(
+    proxy: Proxy,
+    options: ClientOptions,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    status: watch::Sender<ClientStatus>,
+) {
+    let mut state = State::new(options.clone());
+    // Static resources (and the admin listener) serve from the start, before the control
+    // plane answers.
+    if let Err(e) = state.apply(&proxy, &state.resources.clone(), &status).await {
+        tracing::error!(error = %e, "the static configuration cannot be applied yet");
+    }
+    let host = options
+        .server
+        .rsplit_once(':')
+        .map_or(options.server.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let server_name = options
+        .tls
+        .as_ref()
+        .and_then(|t| t.server_name.clone())
+        .unwrap_or(host);
+    let tls = match (tls, rustls::pki_types::ServerName::try_from(server_name)) {
+        (Some(c), Ok(name)) => Some((c, name)),
+        (Some(_), Err(e)) => {
+            tracing::error!(error = %e, "invalid control-plane server name; not connecting");
+            return;
+        }
+        (None, _) => None,
+    };
+    let mut attempt: u32 = 0;
+    loop {
+        let connector = Connector {
+            address: options.server.clone(),
+            tls: tls.clone(),
+        };
+        let outcome: Result<(), String> =
+            match tonic::transport::Endpoint::from_static("http://xds.invalid")
+                .connect_timeout(Duration::from_secs(5))
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .connect_with_connector(connector)
+                .await
+            {
+                Err(e) => Err(format!("connect: {}", chain(&e))),
+                Ok(channel) => {
+                    let got_response = state.stream(&proxy, channel, &status).await;
+                    if got_response.0 {
+                        attempt = 0;
+                    }
+                    Err(got_response.1)
+                }
+            };
+        status.send_modify(|s| s.connected = false);
+        if let Err(e) = outcome {
+            status.send_modify(|s| s.last_error = Some(e.clone()));
+            let delay = backoff(attempt, options.backoff_initial, options.backoff_max);
+            tracing::warn!(server = %options.server, error = %e, retry_in = ?delay,
+                "control plane unreachable; serving the last configuration");
+            attempt = attempt.saturating_add(1);
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// An error and its sources, `outer: inner: …`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Exponential backoff with jitter: a random delay in [d/2, d], d = initial × 2^attempt ≤ max.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let d = initial.saturating_mul(1u32 << attempt.min(16)).min(max);
+    d / 2 + d.mul_f64(fastrand::f64() / 2.0)
+}
+
+struct State {
+    options: ClientOptions,
+    resources: Resources,
+    versions: HashMap<ResourceType, String>,
+    nonces: HashMap<ResourceType, String>,
+    /// Names requested for EDS and RDS.
+    interest: HashMap<ResourceType, BTreeSet<String>>,
+    applied_json: Option<String>,
+}
+
+impl State {
+    fn new(options: ClientOptions) -> State {
+        State {
+            options,
+            resources: Resources::default(),
+            versions: HashMap::new(),
+            nonces: HashMap::new(),
+            interest: HashMap::new(),
+            applied_json: None,
+        }
+    }
+
+    fn node(&self) -> Node {
+        Node {
+            id: self.options.node_id.clone(),
+            cluster: self.options.node_cluster.clone(),
+            user_agent_name: "gofe".into(),
+            ..Default::default()
+        }
+    }
+
+    fn request(&self, ty: ResourceType, nonce: &str, error: Option<String>) -> DiscoveryRequest {
+        DiscoveryRequest {
+            version_info: self.versions.get(&ty).cloned().unwrap_or_default(),
+            node: Some(self.node()),
+            resource_names: self
+                .interest
+                .get(&ty)
+                .map(|n| n.iter().cloned().collect())
+                .unwrap_or_default(),
+            type_url: ty.type_url().into(),
+            response_nonce: nonce.into(),
+            error_detail: error.map(|message| Status {
+                code: 3, // INVALID_ARGUMENT
+                message,
+                details: Vec::new(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The EDS and RDS names the accepted clusters and listeners need.
+    fn wanted(resources: &Resources) -> HashMap<ResourceType, BTreeSet<String>> {
+        let eds = resources
+            .clusters
+            .values()
+            .filter_map(|c| c.eds_service_name.clone())
+            .collect();
+        let rds = resources
+            .listeners
+            .values()
+            .filter(|l| matches!(l.kind, ListenerKind::Socket { .. }))
+            .filter_map(|l| match &l.routes {
+                RouteSource::Rds(n) => Some(n.clone()),
+                RouteSource::Inline(_) => None,
+            })
+            .collect();
+        HashMap::from([(ResourceType::Endpoints, eds), (ResourceType::Route, rds)])
+    }
+
+    /// Runs one stream until it breaks. Returns whether any response arrived, and why it ended.
+    async fn stream(
+        &mut self,
+        proxy: &Proxy,
+        channel: tonic::transport::Channel,
+        status: &watch::Sender<ClientStatus>,
+    ) -> (bool, String) {
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
+        let (tx, rx) = mpsc::channel(16);
+        self.nonces.clear();
+        // Subscribe: clusters and listeners (wildcard), then what they need.
+        for ty in [ResourceType::Cluster, ResourceType::Listener] {
+            let _ = tx.send(self.request(ty, "", None)).await;
+        }
+        for ty in [ResourceType::Endpoints, ResourceType::Route] {
+            if self.interest.get(&ty).is_some_and(|n| !n.is_empty()) {
+                let _ = tx.send(self.request(ty, "", None)).await;
+            }
+        }
+        let mut responses = match client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(e) => return (false, format!("stream: {e}")),
+        };
+        tracing::info!(server = %self.options.server, "ADS stream open");
+        status.send_modify(|s| s.connected = true);
+        let mut got = false;
+        loop {
+            let response = match responses.message().await {
+                Ok(Some(r)) => r,
+                Ok(None) => return (got, "stream closed by the control plane".into()),
+                Err(e) => return (got, format!("stream: {e}")),
+            };
+            got = true;
+            let Some(ty) = ResourceType::from_type_url(&response.type_url) else {
+                let _ = tx
+                    .send(DiscoveryRequest {
+                        type_url: response.type_url.clone(),
+                        response_nonce: response.nonce.clone(),
+                        error_detail: Some(Status {
+                            code: 3,
+                            message: "gofe does not use this resource type".into(),
+                            details: Vec::new(),
+                        }),
+                        ..Default::default()
+                    })
+                    .await;
+                continue;
+            };
+            self.nonces.insert(ty, response.nonce.clone());
+            match self.accept(proxy, ty, &response, status).await {
+                Ok(()) => {
+                    self.versions.insert(ty, response.version_info.clone());
+                    status.send_modify(|s| {
+                        s.versions.insert(ty, response.version_info.clone());
+                    });
+                    if tx
+                        .send(self.request(ty, &response.nonce, None))
+                        .await
+                        .is_err()
+                    {
+                        return (got, "request stream closed".into());
+                    }
+                    // New interest in endpoints or routes: ask for them.
+                    let wanted = Self::wanted(&self.resources);
+                    for t in [ResourceType::Endpoints, ResourceType::Route] {
+                        if self.interest.get(&t) != wanted.get(&t) {
+                            self.interest.insert(t, wanted[&t].clone());
+                            let nonce = self.nonces.get(&t).cloned().unwrap_or_default();
+                            let _ = tx.send(self.request(t, &nonce, None)).await;
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(r#type = ty.short(), version = %response.version_info, %error,
+                        "NACK: keeping the last good configuration");
+                    status.send_modify(|s| {
+                        s.last_nack = Some(error.clone());
+                        s.nacks += 1;
+                    });
+                    let _ = tx
+                        .send(self.request(ty, &response.nonce, Some(error)))
+                        .await;
+                }
+            }
+        }
+    }
+
+    /// Decodes, assembles and applies one response; the error is the NACK's error_detail.
+    async fn accept(
+        &mut self,
+        proxy: &Proxy,
+        ty: ResourceType,
+        response: &DiscoveryResponse,
+        status: &watch::Sender<ClientStatus>,
+    ) -> Result<(), String> {
+        let mut errors = Vec::new();
+        let mut decoded = Vec::new();
+        for any in &response.resources {
+            match decode_resource(ty, any) {
+                Ok(r) => decoded.push(r),
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        let mut next = self.resources.clone();
+        let replace_all = ty.wildcard_by_default();
+        match ty {
+            ResourceType::Listener if replace_all => next.listeners.clear(),
+            ResourceType::Cluster if replace_all => next.clusters.clear(),
+            _ => {}
+        }
+        for r in decoded {
+            let name = r.name().to_owned();
+            match r {
+                DecodedResource::Listener(l) => drop(next.listeners.insert(name, l)),
+                DecodedResource::Route(r) => drop(next.routes.insert(name, r)),
+                DecodedResource::Cluster(c) => drop(next.clusters.insert(name, c)),
+                DecodedResource::Endpoints(e) => drop(next.endpoints.insert(name, e)),
+            }
+        }
+        // Forget endpoints and routes nothing refers to any more.
+        let wanted = Self::wanted(&next);
+        next.endpoints
+            .retain(|n, _| wanted[&ResourceType::Endpoints].contains(n));
+        next.routes
+            .retain(|n, _| wanted[&ResourceType::Route].contains(n));
+        self.apply(proxy, &next, status).await?;
+        self.resources = next;
+        Ok(())
+    }
+
+    async fn apply(
+        &mut self,
+        proxy: &Proxy,
+        resources: &Resources,
+        status: &watch::Sender<ClientStatus>,
+    ) -> Result<(), String> {
+        let config = assemble(&self.options.base, resources);
+        let problems = gofe_proxy::config::validate(&config);
+        if !problems.is_empty() {
+            let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            return Err(text.join("; "));
+        }
+        let json = serde_json::to_string(&config).map_err(|e| e.to_string())?;
+        if self.applied_json.as_ref() == Some(&json) {
+            return Ok(());
+        }
+        let version = proxy
+            .apply(config, "xds", self.options.drain)
+            .await
+            .map_err(|e| e.to_string())?;
+        proxy.count_reload(true);
+        self.applied_json = Some(json);
+        status.send_modify(|s| s.applied += 1);
+        tracing::info!(version, "xDS configuration applied");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_stays_under_the_cap() {
+        let (initial, max) = (Duration::from_millis(100), Duration::from_secs(2));
+        for attempt in 0..40 {
+            let ceiling = initial.saturating_mul(1 << attempt.min(16)).min(max);
+            for _ in 0..50 {
+                let d = backoff(attempt, initial, max);
+                assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
+            }
+        }
+        // Jitter: not every client retries at the same instant.
+        let samples: std::collections::HashSet<Duration> =
+            (0..20).map(|_| backoff(3, initial, max)).collect();
+        assert!(samples.len() > 1);
+    }
+}

@@ -1,0 +1,34 @@
+//! gofe-xds: the xDS transport between gofe's control plane and its proxies, speaking Envoy's
+//! v3 Aggregated Discovery Service (ADS) so that Envoy, proxyless gRPC clients and gofe's own
+//! proxy can all take their configuration from gofe, and gofe's proxy from any control plane.
+//!
+//! ```text
+//!   controller ──Snapshot──▶ SnapshotCache ──(debounce, watch per node: newest wins)──┐
+//!                                                                                    ▼
+//!   Envoy / gRPC / gofe proxy ◀══ ADS stream (SotW or delta, one task each) ══ AdsServer
+//!        │ ACK / NACK(error_detail)                                  /metrics ◀──┘
+//!        ▼
+//!   gofe proxy: XdsClient ──decode+validate (gofe-proto)──assemble──▶ Proxy::apply
+//! ```
+//!
+//! - [`AdsServer`] (with [`SnapshotCache`] and [`serve()`]) is the library the controller embeds:
+//!   it sets a [`Snapshot`] per node id, node cluster, or for everyone, and the server pushes
+//!   each stream only what changed for it. TLS and mutual TLS use rustls; a node id is only trusted
+//!   if the client certificate names it, and [`ServerOptions::require_identity`] refuses
+//!   clients without one.
+//! - [`XdsClient`] and [`bootstrap`] are the proxy side (`gofe proxy --bootstrap FILE`).
+//!
+//! What this crate does not do: decide what the configuration should be (the controller), or
+//! know the resource formats beyond passing them to `gofe-proto`, which owns every conversion.
+
+pub mod bootstrap;
+pub mod cache;
+pub mod client;
+mod metrics;
+pub mod serve;
+pub mod server;
+
+pub use cache::{NodeKey, Snapshot, SnapshotCache};
+pub use client::{ClientOptions, ClientStatus, ClientTls, XdsClient};
+pub use serve::{serve, server_tls, TlsError};
+pub use server::{AdsServer, PeerCertificate, ServerOptions};

@@ -1,0 +1,201 @@
+//! Serving the ADS service (and `/metrics`) on a socket, in plaintext, TLS or mutual TLS.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tower_service::Service;
+
+use crate::server::{AdsServer, PeerCertificate};
+
+/// Why TLS settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The PEM files do not make a valid configuration.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+pub(crate) fn certs(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    let pem = read_pem(path)?;
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut BufReader::new(&pem[..])).collect();
+    let certs = certs.map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TlsError::Invalid(format!(
+            "{}: no certificate found",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+pub(crate) fn key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    let pem = read_pem(path)?;
+    rustls_pemfile::private_key(&mut BufReader::new(&pem[..]))
+        .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?
+        .ok_or_else(|| TlsError::Invalid(format!("{}: no private key found", path.display())))
+}
+
+pub(crate) fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(path)? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
+    }
+    Ok(roots)
+}
+
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A server TLS configuration offering `h2`. With `client_ca`, clients must present a
+/// certificate signed by it (mutual TLS), and the node id of each stream must be a name in
+/// that certificate.
+pub fn server_tls(
+    cert_chain: &Path,
+    private_key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots(ca)?),
+                provider(),
+            )
+            .build()
+            .map_err(|e| TlsError::Invalid(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs(cert_chain)?, key(private_key)?)
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves ADS (gRPC over HTTP/2) and `GET /metrics` on `listener` until `shutdown` completes.
+/// With `tls`, connections are TLS; a verified client certificate is passed to the ADS service
+/// for the node-identity check.
+pub async fn serve(
+    listener: TcpListener,
+    server: AdsServer,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let http = Arc::new(auto::Builder::new(TokioExecutor::new()));
+    tokio::pin!(shutdown);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let server = server.clone();
+        let http = Arc::clone(&http);
+        let acceptor = acceptor.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                None => {
+                    let svc = service(server, None);
+                    let conn = http.serve_connection(TokioIo::new(tcp), svc);
+                    tokio::select! { _ = conn => {}, _ = stop.changed() => {} }
+                }
+                Some(acceptor) => {
+                    let tls = match acceptor.accept(tcp).await {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::info!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                    };
+                    let cert = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| PeerCertificate(c.clone().into_owned()));
+                    let svc = service(server, cert);
+                    let conn = http.serve_connection(TokioIo::new(tls), svc);
+                    tokio::select! { _ = conn => {}, _ = stop.changed() => {} }
+                }
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+}
+
+fn service(
+    server: AdsServer,
+    cert: Option<PeerCertificate>,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<tonic::body::Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send,
+> + Clone
+       + Send {
+    let grpc = server.service();
+    hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        let mut grpc = grpc.clone();
+        let server = server.clone();
+        let cert = cert.clone();
+        async move {
+            if req.uri().path() == "/metrics" {
+                let text = server.metrics_text();
+                let mut resp =
+                    http::Response::new(tonic::body::Body::new(Full::new(Bytes::from(text))));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                return Ok(resp);
+            }
+            if let Some(cert) = cert {
+                req.extensions_mut().insert(cert);
+            }
+            grpc.call(req).await
+        }
+    })
+}

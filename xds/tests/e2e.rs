@@ -1,0 +1,437 @@
+//! End to end on 127.0.0.1: a control plane in the test steers a running gofe proxy in front of
+//! demo backends over real ADS.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use gofe_proto::{
+    ClusterResource, EndpointsResource, ListenerKind, ListenerResource, Resources, RouteResource,
+    RouteSource,
+};
+use gofe_proxy::config::{
+    EndpointConfig, RouteActionConfig, RouteConfig, RouteMatchConfig, RouterConfig,
+    VirtualHostConfig,
+};
+use gofe_proxy::demo::DemoBackend;
+use gofe_proxy::{Proxy, ProxyConfig};
+use gofe_xds::{AdsServer, ClientOptions, NodeKey, ServerOptions, Snapshot, XdsClient};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_saphyr::{Location, Spanned};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn s(v: impl Into<String>) -> Spanned<String> {
+    Spanned::new(v.into(), Location::UNKNOWN, Location::UNKNOWN)
+}
+
+/// A listener on `listen`, all paths to cluster `web`, whose endpoints are `endpoints`.
+fn resources(
+    listen: SocketAddr,
+    endpoints: &[(SocketAddr, u32)],
+    raw_extra: Option<&str>,
+) -> Resources {
+    let mut r = Resources::default();
+    r.listeners.insert(
+        "ingress".into(),
+        ListenerResource {
+            name: "ingress".into(),
+            kind: ListenerKind::Socket {
+                address: listen.to_string(),
+            },
+            routes: RouteSource::Rds("ingress-routes".into()),
+        },
+    );
+    r.routes.insert(
+        "ingress-routes".into(),
+        RouteResource {
+            name: "ingress-routes".into(),
+            router: RouterConfig {
+                virtual_hosts: vec![VirtualHostConfig {
+                    name: s("all"),
+                    domains: vec![s("*")],
+                    routes: vec![RouteConfig {
+                        matcher: RouteMatchConfig {
+                            prefix: Some(s("/")),
+                            ..Default::default()
+                        },
+                        route: RouteActionConfig {
+                            cluster: Some(s("web")),
+                            timeout: Duration::from_secs(5),
+                            ..Default::default()
+                        },
+                    }],
+                }],
+            },
+        },
+    );
+    r.clusters.insert(
+        "web".into(),
+        ClusterResource {
+            config: gofe_proto::convert::empty_cluster("web"),
+            eds_service_name: Some("web".into()),
+            circuit_breakers: None,
+            outlier_detection: None,
+        },
+    );
+    let mut eps: Vec<EndpointConfig> = endpoints
+        .iter()
+        .map(|(a, w)| EndpointConfig {
+            address: s(a.to_string()),
+            weight: *w,
+            health_status: Default::default(),
+        })
+        .collect();
+    if let Some(raw) = raw_extra {
+        eps.push(EndpointConfig {
+            address: s(raw),
+            weight: 1,
+            health_status: Default::default(),
+        });
+    }
+    r.endpoints.insert(
+        "web".into(),
+        EndpointsResource {
+            cluster_name: "web".into(),
+            endpoints: eps,
+        },
+    );
+    r
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+struct ControlPlane {
+    server: AdsServer,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ControlPlane {
+    async fn start(addr: SocketAddr) -> ControlPlane {
+        let server = AdsServer::new(ServerOptions {
+            debounce: Duration::from_millis(5),
+            ..Default::default()
+        });
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gofe_xds::serve(listener, server.clone(), None, async {
+            let _ = stopped.await;
+        }));
+        ControlPlane {
+            server,
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn push(&self, r: &Resources) {
+        self.server
+            .cache()
+            .set_snapshot(NodeKey::Default, Snapshot::from_resources(r).unwrap());
+    }
+
+    async fn kill(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = self.task.await;
+    }
+}
+
+fn client_options(server: SocketAddr) -> ClientOptions {
+    ClientOptions {
+        node_id: "proxy-1".into(),
+        node_cluster: "test".into(),
+        server: server.to_string(),
+        tls: None,
+        base: ProxyConfig::default(),
+        drain: Duration::from_millis(100),
+        backoff_initial: Duration::from_millis(50),
+        backoff_max: Duration::from_millis(500),
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>;
+
+fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Sends `n` requests and counts answers by `x-backend` (`"error"` for failures).
+async fn split(client: &HttpClient, listen: SocketAddr, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let uri: http::Uri = format!("http://{listen}/").parse().unwrap();
+        let who = match client.get(uri).await {
+            Ok(resp) if resp.status().is_success() => {
+                let who = resp
+                    .headers()
+                    .get("x-backend")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("?")
+                    .to_owned();
+                let _ = resp.into_body().collect().await;
+                who
+            }
+            Ok(resp) => format!("status {}", resp.status().as_u16()),
+            Err(_) => "error".into(),
+        };
+        *counts.entry(who).or_insert(0) += 1;
+    }
+    counts
+}
+
+fn counts(pairs: &[(&str, usize)]) -> HashMap<String, usize> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect()
+}
+
+/// Polls until a window of `n` requests splits exactly as `want` (smooth weighted round robin
+/// is exact over a whole cycle), or fails at the deadline with the last split seen.
+async fn wait_for_split(
+    client: &HttpClient,
+    listen: SocketAddr,
+    n: usize,
+    want: &HashMap<String, usize>,
+) {
+    let start = Instant::now();
+    let mut last = HashMap::new();
+    while start.elapsed() < DEADLINE {
+        last = split(client, listen, n).await;
+        if &last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("split never became {want:?}; last {last:?}");
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+struct Fixture {
+    a: DemoBackend,
+    b: DemoBackend,
+    listen: SocketAddr,
+    proxy: Proxy,
+    client: XdsClient,
+    http: HttpClient,
+}
+
+async fn fixture(cp: &ControlPlane) -> Fixture {
+    let a = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "a")
+        .await
+        .unwrap();
+    let b = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "b")
+        .await
+        .unwrap();
+    let listen = free_port();
+    let proxy = Proxy::new();
+    let client = XdsClient::start(proxy.clone(), client_options(cp.addr)).unwrap();
+    Fixture {
+        a,
+        b,
+        listen,
+        proxy,
+        client,
+        http: http_client(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_weights_steer_the_running_proxy() {
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let f = fixture(&cp).await;
+    cp.push(&resources(
+        f.listen,
+        &[(f.a.addr(), 3), (f.b.addr(), 1)],
+        None,
+    ));
+    wait_for_split(&f.http, f.listen, 40, &counts(&[("a", 30), ("b", 10)])).await;
+
+    cp.push(&resources(
+        f.listen,
+        &[(f.a.addr(), 1), (f.b.addr(), 4)],
+        None,
+    ));
+    wait_for_split(&f.http, f.listen, 50, &counts(&[("a", 10), ("b", 40)])).await;
+
+    // Weight 0 drains an endpoint.
+    cp.push(&resources(
+        f.listen,
+        &[(f.a.addr(), 0), (f.b.addr(), 1)],
+        None,
+    ));
+    wait_for_split(&f.http, f.listen, 20, &counts(&[("b", 20)])).await;
+
+    assert!(f.proxy.active().source == "xds");
+    let metrics = cp.server.metrics_text();
+    assert!(
+        metrics.contains("gofe_xds_connected_proxies 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gofe_xds_pushes_total{type=\"eds\"}"),
+        "{metrics}"
+    );
+    f.client.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_resource_is_nacked_and_the_proxy_keeps_serving() {
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let f = fixture(&cp).await;
+    cp.push(&resources(
+        f.listen,
+        &[(f.a.addr(), 1), (f.b.addr(), 1)],
+        None,
+    ));
+    wait_for_split(&f.http, f.listen, 20, &counts(&[("a", 10), ("b", 10)])).await;
+    let mut status = f.client.status();
+    let good_eds = status.borrow().versions[&gofe_proto::ResourceType::Endpoints].clone();
+
+    // An endpoint address the proxy refuses: the client NACKs with the reason.
+    cp.push(&resources(
+        f.listen,
+        &[(f.a.addr(), 1), (f.b.addr(), 3)],
+        Some("bad host:80"),
+    ));
+    let start = Instant::now();
+    while status.borrow().last_nack.is_none() {
+        assert!(start.elapsed() < DEADLINE, "no NACK");
+        let _ = tokio::time::timeout(Duration::from_millis(100), status.changed()).await;
+    }
+    let nack = status.borrow().last_nack.clone().unwrap();
+    assert!(nack.contains("invalid endpoint address"), "{nack}");
+    assert_eq!(
+        status.borrow().versions[&gofe_proto::ResourceType::Endpoints],
+        good_eds
+    );
+    let server = cp.server.clone();
+    wait_until("the server to export the NACK", || {
+        let m = server.metrics_text();
+        m.contains("gofe_xds_nacks_total{type=\"eds\"} 1") && m.contains("invalid endpoint address")
+    })
+    .await;
+    // Still the old split, and the bad version is not resent in a loop.
+    assert_eq!(
+        split(&f.http, f.listen, 20).await,
+        counts(&[("a", 10), ("b", 10)])
+    );
+    assert_eq!(status.borrow().nacks, 1);
+
+    // A good version afterwards is accepted.
+    cp.push(&resources(
+        f.listen,
+        &[(f.a.addr(), 1), (f.b.addr(), 3)],
+        None,
+    ));
+    wait_for_split(&f.http, f.listen, 20, &counts(&[("a", 5), ("b", 15)])).await;
+    assert_eq!(status.borrow().nacks, 1);
+    f.client.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_serves_through_a_control_plane_restart_and_resyncs() {
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let cp_addr = cp.addr;
+    let f = fixture(&cp).await;
+    cp.push(&resources(
+        f.listen,
+        &[(f.a.addr(), 1), (f.b.addr(), 1)],
+        None,
+    ));
+    wait_for_split(&f.http, f.listen, 20, &counts(&[("a", 10), ("b", 10)])).await;
+    let status = f.client.status();
+
+    cp.kill().await;
+    wait_until("the client to notice the outage", || {
+        !status.borrow().connected
+    })
+    .await;
+    // Fail static: every request still succeeds with the last configuration.
+    assert_eq!(
+        split(&f.http, f.listen, 20).await,
+        counts(&[("a", 10), ("b", 10)])
+    );
+
+    let cp = ControlPlane::start(cp_addr).await;
+    cp.push(&resources(
+        f.listen,
+        &[(f.a.addr(), 4), (f.b.addr(), 1)],
+        None,
+    ));
+    wait_for_split(&f.http, f.listen, 50, &counts(&[("a", 40), ("b", 10)])).await;
+    assert!(status.borrow().connected);
+    f.client.stop();
+    f.proxy.shutdown(Duration::ZERO).await;
+    f.a.stop().await;
+    f.b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_bootstrap_listener_with_dynamic_clusters() {
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let a = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "a")
+        .await
+        .unwrap();
+    let listen = free_port();
+    let base: ProxyConfig = serde_saphyr::from_str(&format!(
+        r#"
+listeners:
+  - name: "static-ingress"
+    address: "{listen}"
+    filters:
+      - type: "router"
+        config:
+          virtual_hosts:
+            - name: "all"
+              domains: ["*"]
+              routes:
+                - match: {{ prefix: "/" }}
+                  route: {{ cluster: "web" }}
+"#
+    ))
+    .unwrap();
+    let proxy = Proxy::new();
+    let client = XdsClient::start(
+        proxy.clone(),
+        ClientOptions {
+            base,
+            ..client_options(cp.addr)
+        },
+    )
+    .unwrap();
+    let http = http_client();
+    // Before the control plane says anything, the static listener serves (503: no cluster yet).
+    wait_for_split(&http, listen, 2, &counts(&[("status 503", 2)])).await;
+    // Dynamic cluster and endpoints only; the listener stays the static one.
+    let mut r = resources(free_port(), &[(a.addr(), 1)], None);
+    r.listeners.clear();
+    r.routes.clear();
+    cp.push(&r);
+    wait_for_split(&http, listen, 5, &counts(&[("a", 5)])).await;
+    let active = proxy.active();
+    assert_eq!(active.config.listeners.len(), 1);
+    assert_eq!(
+        active.config.listeners[0].name.as_ref().unwrap().value,
+        "static-ingress"
+    );
+    client.stop();
+}
