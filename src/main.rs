@@ -207,9 +207,11 @@ async fn controller(command: ControllerCommand) -> anyhow::Result<()> {
         } => {
             let loaded = gofe_controller::config::load(&config)?;
             if !with_proxy {
-                tracing::warn!(
-                    "no publisher: decisions are made and explained but not pushed (use --with-proxy)"
-                );
+                if loaded.controller.xds.is_none() {
+                    tracing::warn!(
+                        "no publisher: decisions are made and explained but not pushed (set xds.address, or use --with-proxy)"
+                    );
+                }
                 gofe_controller::serve(
                     loaded,
                     gofe_controller::Publisher::DryRun,

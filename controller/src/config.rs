@@ -12,6 +12,7 @@
 //! policy: { max_ejection_percent: 50 }                # defaults for every cluster
 //! clusters: { web: { base_ejection_time: "10s" } }    # per-cluster overrides
 //! admin: { address: "127.0.0.1:9902" }                # /decisions, /debug/queries, /metrics
+//! xds: { address: "0.0.0.0:18000" }                   # ADS for the proxies
 //! ```
 //!
 //! Errors name the file, line and field, like the proxy's.
@@ -46,6 +47,18 @@ pub struct ControllerConfig {
     /// The controller's own HTTP endpoint. Default `127.0.0.1:9902`.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Serve the decisions over xDS (ADS) to proxies (`gofe proxy --bootstrap`) and other
+    /// Envoy-protocol clients. Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xds: Option<XdsConfig>,
+}
+
+/// The controller's xDS server.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsConfig {
+    /// `ip:port` for ADS over gRPC (plaintext; `/metrics` on the same port).
+    pub address: String,
 }
 
 fn default_interval() -> Duration {

@@ -39,6 +39,8 @@ use signals::Source;
 pub enum Publisher {
     /// A proxy in the same process (`gofe up`, tests).
     Local(gofe_proxy::Proxy),
+    /// Proxies and other Envoy-protocol clients, over ADS: every node gets the snapshot.
+    Xds(gofe_xds::AdsServer),
     /// Nowhere: decide and explain only (dry run).
     DryRun,
 }
@@ -55,6 +57,16 @@ impl Publisher {
                 .await
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
+            Publisher::Xds(server) => {
+                let resources =
+                    gofe_proto::convert::from_proxy_config(&config).map_err(|e| e.to_string())?;
+                let snapshot =
+                    gofe_xds::Snapshot::from_resources(&resources).map_err(|e| e.to_string())?;
+                server
+                    .cache()
+                    .set_snapshot(gofe_xds::NodeKey::Default, snapshot);
+                Ok(())
+            }
             Publisher::DryRun => Ok(()),
         }
     }
@@ -518,6 +530,28 @@ pub async fn serve(
 ) -> Result<(), ControllerError> {
     let interval = loaded.controller.interval;
     let admin_addr = loaded.controller.admin.address.clone();
+    let (xds_stop, xds_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut publisher = publisher;
+    let mut xds_task = None;
+    if let (Some(xds), Publisher::DryRun) = (&loaded.controller.xds, &publisher) {
+        let server = gofe_xds::AdsServer::new(gofe_xds::ServerOptions::default());
+        let listener = tokio::net::TcpListener::bind(&xds.address)
+            .await
+            .map_err(|source| ControllerError::Bind {
+                address: xds.address.clone(),
+                source,
+            })?;
+        tracing::info!(xds = %listener.local_addr().map_or(xds.address.clone(), |a| a.to_string()), "serving ADS");
+        xds_task = Some(tokio::spawn(gofe_xds::serve(
+            listener,
+            server.clone(),
+            None,
+            async {
+                let _ = xds_stopped.await;
+            },
+        )));
+        publisher = Publisher::Xds(server);
+    }
     let controller = Controller::new(loaded, publisher)?;
     let shared = controller.shared();
     let addr: SocketAddr = admin_addr.parse().map_err(|e| ControllerError::Bind {
@@ -534,6 +568,10 @@ pub async fn serve(
     let server = tokio::spawn(admin::serve(listener, shared));
     controller.run_until(interval, stop).await;
     server.abort();
+    let _ = xds_stop.send(());
+    if let Some(t) = xds_task {
+        let _ = t.await;
+    }
     Ok(())
 }
 

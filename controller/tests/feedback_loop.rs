@@ -384,3 +384,122 @@ async fn the_loop_with_the_embedded_scraper() {
     );
     assert!(v.signal_error.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_reach_a_proxy_over_xds() {
+    // The controller serves ADS; a separate gofe proxy takes everything but its admin endpoint
+    // from it (`gofe proxy --bootstrap` in-process), and the controller reads that proxy's
+    // metrics. A half-failing backend must be ejected at that proxy.
+    let mut backends = Vec::new();
+    let mut yaml = PROXY.to_owned();
+    for i in 0..4 {
+        let b = DemoBackend::start("127.0.0.1:0".parse().unwrap(), &format!("b{i}"))
+            .await
+            .unwrap();
+        yaml = yaml.replace(&format!("{{B{i}}}"), &b.addr().to_string());
+        backends.push(b);
+    }
+    let mut pushed = gofe_proxy::config::parse("proxy.yaml", &yaml).unwrap();
+    pushed.admin = None;
+    let server = gofe_xds::AdsServer::new(gofe_xds::ServerOptions::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let xds_addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let ads = tokio::spawn(gofe_xds::serve(listener, server.clone(), None, async {
+        let _ = stopped.await;
+    }));
+
+    let proxy = Proxy::new();
+    let base =
+        gofe_proxy::config::parse("base.yaml", "admin: { address: \"127.0.0.1:0\" }\n").unwrap();
+    proxy
+        .apply(base.clone(), "base.yaml", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let admin = proxy.admin_addr().await.unwrap();
+    let client = gofe_xds::XdsClient::start(
+        proxy.clone(),
+        gofe_xds::ClientOptions {
+            node_id: "proxy-1".into(),
+            node_cluster: "test".into(),
+            server: xds_addr.to_string(),
+            tls: None,
+            base,
+            drain: Duration::from_millis(100),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_millis(500),
+        },
+    )
+    .unwrap();
+
+    let source = format!("  source: embedded\n  embedded: {{ targets: [\"{admin}\"] }}");
+    let loaded = Loaded {
+        controller: config::parse("controller.yaml", &controller_yaml(&source)).unwrap(),
+        proxy: pushed,
+    };
+    let mut c = Controller::new(loaded, Publisher::Xds(server)).unwrap();
+    c.step().await;
+    // The proxy's listener arrives over xDS.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let listen = loop {
+        if let Some(a) = proxy.listener_addrs().await.values().next().copied() {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "no listener arrived over xDS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let stop_traffic = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let stop_traffic = Arc::clone(&stop_traffic);
+        tokio::spawn(async move {
+            let http: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+            let url: http::Uri = format!("http://{listen}/").parse().unwrap();
+            let deadline = Instant::now() + Duration::from_secs(90);
+            while !stop_traffic.load(Ordering::Relaxed) && Instant::now() < deadline {
+                if let Ok(r) = http.get(url.clone()).await {
+                    let _ = r.into_body().collect().await;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    backends[3].set_failure(0.5, 500);
+    let bad = backends[3].addr().to_string();
+    step_until(&mut c, "b3 ejected", Duration::from_secs(40), |v| {
+        endpoint(v, &bad).state == "ejected"
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let active = proxy.active();
+        let unhealthy = active
+            .config
+            .clusters
+            .iter()
+            .flat_map(|c| &c.endpoints)
+            .any(|e| {
+                e.address.value == bad
+                    && e.health_status == gofe_proxy::config::HealthStatus::Unhealthy
+            });
+        if unhealthy {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the ejection never reached the proxy over xDS"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = backends[3].served();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        backends[3].served(),
+        before,
+        "no traffic to the ejected endpoint"
+    );
+    stop_traffic.store(true, Ordering::Relaxed);
+    let _ = traffic.await;
+    client.stop();
+    let _ = stop.send(());
+    let _ = ads.await;
+}
