@@ -10,6 +10,9 @@
 //!   per-try timeout with one retry on another endpoint, and the controller's latency weighting
 //!   from the embedded signal source.
 //!
+//! It also reports how long after the fault began the proxy ejected the slow endpoint and the
+//! controller first published a lower weight for it (`-` when that never happened).
+//!
 //! Run: `cargo bench -p gofe-controller --bench slow_backend -- [MODE…] [--seconds N]`.
 //! Everything runs on 127.0.0.1 in this process; the run is bounded by `--seconds`.
 
@@ -60,6 +63,10 @@ struct Outcome {
     sent_during_fault: u64,
     p50_ms: f64,
     p99_ms: f64,
+    /// From the fault to the proxy's own ejection of the slow endpoint.
+    ejected_after_ms: Option<u64>,
+    /// From the fault to the controller's first decision lowering the slow endpoint.
+    reweighted_after_ms: Option<u64>,
 }
 
 async fn run(mode: &str, seconds: u64) -> Outcome {
@@ -81,6 +88,7 @@ async fn run(mode: &str, seconds: u64) -> Outcome {
     let listen = proxy.listener_addrs().await[&"127.0.0.1:0".parse().unwrap()];
     let admin = proxy.admin_addr().await.unwrap();
 
+    let mut shared = None;
     let controller = if mode == "gofe" {
         let yaml = format!(
             "proxy_config: unused.yaml\ninterval: \"1s\"\nsignals: {{ source: embedded, window: \"3s\", latency_quantile: 0.9, embedded: {{ targets: [\"{admin}\"] }} }}\npolicy: {{ max_ejection_percent: 20, base_ejection_time: \"5s\", min_weight_percent: 5, max_step_percent: 80, latency_half_life: \"1s\", slow_start_window: \"5s\" }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n"
@@ -90,6 +98,7 @@ async fn run(mode: &str, seconds: u64) -> Outcome {
             proxy: proxy_cfg,
         };
         let c = Controller::new(loaded, Publisher::Local(proxy.clone())).unwrap();
+        shared = Some(c.shared());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(c.run_until(Duration::from_secs(1), async {
             let _ = rx.await;
@@ -113,6 +122,46 @@ async fn run(mode: &str, seconds: u64) -> Outcome {
     let fault_from = Duration::from_secs(seconds / 6);
     let fault_to = fault_from + Duration::from_secs(30.min(seconds / 2));
     let start = Instant::now();
+    // Watch for the reactions to the fault: the proxy's ejection, the controller's new weight.
+    let slow_ep = addrs[0].clone();
+    let watcher = {
+        let proxy = proxy.clone();
+        let shared = shared.clone();
+        let fault_at = start + fault_from;
+        let limit = start + Duration::from_secs(seconds);
+        tokio::spawn(async move {
+            let (mut ejected, mut reweighted) = (None, None);
+            let state =
+                format!("gofe_endpoint_breaker_state{{cluster=\"web\",endpoint=\"{slow_ep}\"}} 1");
+            while Instant::now() < limit
+                && (ejected.is_none() || (shared.is_some() && reweighted.is_none()))
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                let now = Instant::now();
+                if now < fault_at {
+                    continue;
+                }
+                let since =
+                    u64::try_from(now.duration_since(fault_at).as_millis()).unwrap_or(u64::MAX);
+                if ejected.is_none() && proxy.metrics_text().contains(&state) {
+                    ejected = Some(since);
+                }
+                if let (None, Some(sh)) = (reweighted, &shared) {
+                    let lowered = sh.decisions.read().ok().is_some_and(|d| {
+                        d.clusters.get("web").is_some_and(|c| {
+                            c.endpoints
+                                .iter()
+                                .any(|e| e.endpoint == slow_ep && (e.weight < 100 || !e.healthy))
+                        })
+                    });
+                    if lowered {
+                        reweighted = Some(since);
+                    }
+                }
+            }
+            (ejected, reweighted)
+        })
+    };
     let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RPS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut faulty = false;
@@ -169,6 +218,7 @@ async fn run(mode: &str, seconds: u64) -> Outcome {
         let _ = tx.send(());
         let _ = task.await;
     }
+    let (ejected_after_ms, reweighted_after_ms) = watcher.await.unwrap_or((None, None));
     proxy.shutdown(Duration::from_secs(1)).await;
     for b in backends {
         b.stop().await;
@@ -187,6 +237,8 @@ async fn run(mode: &str, seconds: u64) -> Outcome {
         sent_during_fault: fault_sent.load(Ordering::Relaxed),
         p50_ms: q(0.5),
         p99_ms: q(0.99),
+        ejected_after_ms,
+        reweighted_after_ms,
     }
 }
 
@@ -213,19 +265,28 @@ fn main() {
         "slow-backend experiment: {BACKENDS} backends, {RPS} req/s open loop, 1 s client timeout, one backend at 2 s for 30 s of a {seconds} s run"
     );
     println!(
-        "{:<14} {:>8} {:>10} {:>16} {:>8} {:>8}",
-        "mode", "sent", "success", "success (fault)", "p50 ms", "p99 ms"
+        "{:<14} {:>8} {:>10} {:>16} {:>8} {:>8} {:>12} {:>14}",
+        "mode",
+        "sent",
+        "success",
+        "success (fault)",
+        "p50 ms",
+        "p99 ms",
+        "ejected ms",
+        "reweighted ms"
     );
     for mode in modes {
         let o = rt.block_on(run(mode, seconds));
         println!(
-            "{:<14} {:>8} {:>9.3}% {:>15.3}% {:>8.1} {:>8.1}",
+            "{:<14} {:>8} {:>9.3}% {:>15.3}% {:>8.1} {:>8.1} {:>12} {:>14}",
             mode,
             o.sent,
             100.0 * o.ok as f64 / o.sent.max(1) as f64,
             100.0 * o.ok_during_fault as f64 / o.sent_during_fault.max(1) as f64,
             o.p50_ms,
-            o.p99_ms
+            o.p99_ms,
+            o.ejected_after_ms.map_or("-".into(), |v| v.to_string()),
+            o.reweighted_after_ms.map_or("-".into(), |v| v.to_string()),
         );
     }
 }
