@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gofe_core::policy::Policy;
+use gofe_yaml::Spanned;
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_saphyr::Spanned;
 
 /// The whole controller configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -391,35 +391,12 @@ pub struct Loaded {
 
 /// Parses controller YAML; `name` names it in errors.
 pub fn parse(name: &str, text: &str) -> Result<ControllerConfig, ConfigError> {
-    let mut field = String::new();
-    let parsed: Result<ControllerConfig, serde_saphyr::Error> =
-        serde_saphyr::with_deserializer_from_str(text, |de| {
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                field = e.path().to_string();
-                e.into_inner()
-            })
-        });
-    let config = parsed.map_err(|e| {
-        let loc = e.location();
-        let rendered = e.without_snippet().to_string();
-        let message = rendered
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim_start_matches("error: ")
-            .split_once(": ")
-            .map_or(rendered.clone(), |(_, m)| m.to_owned());
-        ConfigError::Invalid {
-            file: name.to_owned(),
-            line: loc.map_or(0, |l| l.line() as usize),
-            column: loc.map_or(0, |l| l.column() as usize),
-            field: if field == "." {
-                String::new()
-            } else {
-                field.clone()
-            },
-            message,
-        }
+    let config: ControllerConfig = gofe_yaml::from_str(text).map_err(|p| ConfigError::Invalid {
+        file: name.to_owned(),
+        line: p.line.unwrap_or(0),
+        column: p.column.unwrap_or(0),
+        field: p.field,
+        message: p.message,
     })?;
     let q = config.signals.latency_quantile;
     if !(0.0..=1.0).contains(&q) {

@@ -8,12 +8,11 @@
 //! problem it finds.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gofe_yaml::Spanned;
 use serde::{Deserialize, Deserializer};
-use serde_saphyr::Spanned;
 
 use crate::rules::{
     BuiltinSettings, EjectionAware, ExternalRule, Forecast, MissingData, RuleBook, RuleOptions,
@@ -220,35 +219,7 @@ impl<'de> Deserialize<'de> for DurationText {
 
 // === errors ===
 
-/// One thing wrong with a rules file, and where.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// 1-based column, when known.
-    pub column: Option<usize>,
-    /// Path of the field, e.g. `externalRules[0].metricsQuery`.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    /// `LINE:COLUMN: FIELD: MESSAGE`, leaving out what is unknown.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(line) = self.line {
-            write!(f, "{line}:")?;
-            if let Some(column) = self.column {
-                write!(f, "{column}:")?;
-            }
-            f.write_str(" ")?;
-        }
-        if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
-        }
-        f.write_str(&self.message)
-    }
-}
+pub use gofe_yaml::Problem;
 
 /// Why a rules file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -317,87 +288,32 @@ pub fn parse(source_name: &str, text: &str) -> Result<RuleBook, ConfigError> {
     let config: AdapterConfig = if text.trim().is_empty() {
         AdapterConfig::default()
     } else {
-        let mut field = String::new();
-        let parsed: Result<AdapterConfig, serde_saphyr::Error> =
-            serde_saphyr::with_deserializer_from_str(text, |de| {
-                serde_path_to_error::deserialize(de).map_err(|e| {
-                    field = e.path().to_string();
-                    e.into_inner()
-                })
-            });
-        match parsed {
-            Ok(c) => c,
-            Err(e) => {
-                let location = e.location();
-                if field == "." {
-                    field.clear();
-                }
-                // A `Spanned<T>` field adds a `.value` step of its own.
-                if let Some(stripped) = field.strip_suffix(".value") {
-                    field = stripped.to_owned();
-                }
-                return Err(invalid(vec![Problem {
-                    line: location.map(|l| l.line() as usize),
-                    column: location.map(|l| l.column() as usize),
-                    field,
-                    message: first_line(&e.without_snippet().to_string()),
-                }]));
-            }
-        }
+        gofe_yaml::from_str(text).map_err(|p| invalid(vec![p]))?
     };
     let mut v = Validator {
-        problems: Vec::new(),
+        problems: gofe_yaml::Validator::default(),
     };
     let book = v.book(&config);
     if v.problems.is_empty() {
         Ok(book)
     } else {
-        v.problems
-            .sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
-        Err(invalid(v.problems))
-    }
-}
-
-/// saphyr renders "error: line L column C: message" and a snippet; keep the message alone.
-fn first_line(rendered: &str) -> String {
-    let line = rendered.lines().next().unwrap_or_default();
-    let line = line.strip_prefix("error: ").unwrap_or(line);
-    let message = match line.split_once(": ") {
-        Some((head, rest)) if head.starts_with("line ") => rest,
-        _ => line,
-    };
-    // Custom errors repeat the position at the end; the Problem carries it already.
-    match message.rfind(" at line ") {
-        Some(i) if message[i..].contains(", column ") => message[..i].to_owned(),
-        _ => message.to_owned(),
+        Err(invalid(v.problems.finish()))
     }
 }
 
 // === validation ===
 
 struct Validator {
-    problems: Vec<Problem>,
+    problems: gofe_yaml::Validator,
 }
 
 impl Validator {
     fn at<T>(&mut self, spanned: &Spanned<T>, field: String, message: impl Into<String>) {
-        let loc = spanned.referenced;
-        let known = loc.line() > 0;
-        self.problems.push(Problem {
-            line: known.then(|| loc.line() as usize),
-            column: known.then(|| loc.column() as usize),
-            field,
-            message: message.into(),
-        });
+        self.problems.at(spanned, field, message);
     }
 
     fn nowhere(&mut self, field: String, message: impl Into<String>) {
-        self.problems.push(Problem {
-            line: None,
-            column: None,
-            field,
-            message: message.into(),
-        });
+        self.problems.nowhere(field, message);
     }
 
     fn regex(&mut self, text: &Spanned<String>, field: String) -> Option<regex::Regex> {

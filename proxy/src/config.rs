@@ -7,13 +7,12 @@
 //! config that fails here never reaches the running proxy.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use gofe_yaml::Spanned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_saphyr::Spanned;
 
 pub use gofe_core::duration::parse as parse_duration;
 
@@ -576,13 +575,7 @@ pub struct AdminConfig {
     pub address: Spanned<String>,
 }
 
-fn unspanned<T>(value: T) -> Spanned<T> {
-    Spanned::new(
-        value,
-        serde_saphyr::Location::UNKNOWN,
-        serde_saphyr::Location::UNKNOWN,
-    )
-}
+use gofe_yaml::unspanned;
 
 /// Serde adapter for durations written as text (`"30s"`, `"250ms"`).
 mod duration_text {
@@ -621,47 +614,7 @@ mod optional_duration_text {
 
 // === errors ===
 
-/// One thing wrong with a configuration, and where.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// 1-based column, when known.
-    pub column: Option<usize>,
-    /// Path of the field, e.g. `clusters[0].endpoints[1].address`.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    /// `LINE:COLUMN: FIELD: MESSAGE`, leaving out what is unknown. Prefixed with the file name
-    /// and a colon, this is the `file:line:column:` form editors and terminals link to.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(line) = self.line {
-            write!(f, "{line}:")?;
-            if let Some(column) = self.column {
-                write!(f, "{column}:")?;
-            }
-            f.write_str(" ")?;
-        }
-        if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
-        }
-        f.write_str(&self.message)
-    }
-}
-
-impl Problem {
-    /// `FILE:LINE:COLUMN: FIELD: MESSAGE`.
-    pub fn in_file(&self, file: &str) -> String {
-        if self.line.is_some() {
-            format!("{file}:{self}")
-        } else {
-            format!("{file}: {self}")
-        }
-    }
-}
+pub use gofe_yaml::Problem;
 
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -717,29 +670,7 @@ pub fn parse(source_name: &str, text: &str) -> Result<ProxyConfig, ConfigError> 
         source_name: source_name.to_owned(),
         problems,
     };
-    let mut field = String::new();
-    let parsed: Result<ProxyConfig, serde_saphyr::Error> =
-        serde_saphyr::with_deserializer_from_str(text, |de| {
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                field = e.path().to_string();
-                e.into_inner()
-            })
-        });
-    let config = match parsed {
-        Ok(config) => config,
-        Err(e) => {
-            let location = e.location();
-            if field == "." {
-                field.clear();
-            }
-            return Err(invalid(vec![Problem {
-                line: location.map(|l| l.line() as usize),
-                column: location.map(|l| l.column() as usize),
-                field,
-                message: first_line(&e.without_snippet().to_string()),
-            }]));
-        }
-    };
+    let config: ProxyConfig = gofe_yaml::from_str(text).map_err(|p| invalid(vec![p]))?;
     let problems = validate(&config);
     if problems.is_empty() {
         Ok(config)
@@ -748,55 +679,14 @@ pub fn parse(source_name: &str, text: &str) -> Result<ProxyConfig, ConfigError> 
     }
 }
 
-/// saphyr renders "error: line L column C: message" and a snippet; keep the message alone.
-fn first_line(rendered: &str) -> String {
-    let line = rendered.lines().next().unwrap_or_default();
-    let line = line.strip_prefix("error: ").unwrap_or(line);
-    let message = match line.split_once(": ") {
-        Some((head, rest)) if head.starts_with("line ") => rest,
-        _ => line,
-    };
-    // Some messages repeat the location at the end; it is already in front.
-    match message.rfind(" at line ") {
-        Some(i) if message[i..].contains(", column ") => message[..i].to_owned(),
-        _ => message.to_owned(),
-    }
-}
-
 // === validation ===
 
-struct Validator {
-    problems: Vec<Problem>,
-}
-
-impl Validator {
-    fn at<T>(&mut self, spanned: &Spanned<T>, field: String, message: impl Into<String>) {
-        let loc = spanned.referenced;
-        let known = loc.line() > 0;
-        self.problems.push(Problem {
-            line: known.then(|| loc.line() as usize),
-            column: known.then(|| loc.column() as usize),
-            field,
-            message: message.into(),
-        });
-    }
-
-    fn nowhere(&mut self, field: String, message: impl Into<String>) {
-        self.problems.push(Problem {
-            line: None,
-            column: None,
-            field,
-            message: message.into(),
-        });
-    }
-}
+use gofe_yaml::Validator;
 
 /// Checks everything serde cannot: references, uniqueness, address and domain syntax.
 /// Returns every problem found, ordered by position in the file.
 pub fn validate(config: &ProxyConfig) -> Vec<Problem> {
-    let mut v = Validator {
-        problems: Vec::new(),
-    };
+    let mut v = Validator::default();
 
     let mut cluster_names: HashMap<&str, usize> = HashMap::new();
     for (ci, cluster) in config.clusters.iter().enumerate() {
@@ -957,9 +847,7 @@ pub fn validate(config: &ProxyConfig) -> Vec<Problem> {
         }
     }
 
-    v.problems
-        .sort_by_key(|p| (p.line.unwrap_or(usize::MAX), p.column.unwrap_or(0)));
-    v.problems
+    v.finish()
 }
 
 fn validate_router(

@@ -1,10 +1,9 @@
 //! Scenario files: everything a run needs, in YAML, validated once.
 //!
-//! Parse errors name the file, line, column and field path (serde-saphyr locations with
-//! serde_path_to_error paths, as the proxy's configuration does); validation errors name the
+//! Parse errors name the file, line, column and field path (read through gofe-yaml, as the
+//! proxy's configuration is); validation errors name the
 //! field path. The schema is documented with an example in `simulations/README.md`.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -495,34 +494,7 @@ impl Balancer {
 
 // === loading ===
 
-/// One thing wrong with a scenario.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// 1-based line, when known.
-    pub line: Option<usize>,
-    /// 1-based column, when known.
-    pub column: Option<usize>,
-    /// Field path.
-    pub field: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(line) = self.line {
-            write!(f, "{line}:")?;
-            if let Some(c) = self.column {
-                write!(f, "{c}:")?;
-            }
-            f.write_str(" ")?;
-        }
-        if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
-        }
-        f.write_str(&self.message)
-    }
-}
+pub use gofe_yaml::Problem;
 
 /// Why a scenario could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -537,7 +509,7 @@ pub enum ScenarioError {
         source: std::io::Error,
     },
     /// The file is not a valid scenario.
-    #[error("{}", .problems.iter().map(|p| if p.line.is_some() { format!("{source_name}:{p}") } else { format!("{source_name}: {p}") }).collect::<Vec<_>>().join("\n"))]
+    #[error("{}", .problems.iter().map(|p| p.in_file(source_name)).collect::<Vec<_>>().join("\n"))]
     Invalid {
         /// The file name.
         source_name: String,
@@ -557,33 +529,11 @@ pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
 
 /// Parses and validates scenario text; `source_name` names it in errors.
 pub fn parse(source_name: &str, text: &str) -> Result<Scenario, ScenarioError> {
-    let mut field = String::new();
-    let parsed: Result<Scenario, serde_saphyr::Error> =
-        serde_saphyr::with_deserializer_from_str(text, |de| {
-            serde_path_to_error::deserialize(de).map_err(|e| {
-                field = e.path().to_string();
-                e.into_inner()
-            })
-        });
     let invalid = |problems| ScenarioError::Invalid {
         source_name: source_name.to_owned(),
         problems,
     };
-    let scenario = match parsed {
-        Ok(s) => s,
-        Err(e) => {
-            let location = e.location();
-            if field == "." {
-                field.clear();
-            }
-            return Err(invalid(vec![Problem {
-                line: location.map(|l| l.line() as usize),
-                column: location.map(|l| l.column() as usize),
-                field,
-                message: first_line(&e.without_snippet().to_string()),
-            }]));
-        }
-    };
+    let scenario: Scenario = gofe_yaml::from_str(text).map_err(|p| invalid(vec![p]))?;
     let mut problems = validate(&scenario);
     if problems.is_empty() {
         Ok(scenario)
@@ -669,19 +619,6 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
         }
     }
     found
-}
-
-fn first_line(rendered: &str) -> String {
-    let line = rendered.lines().next().unwrap_or_default();
-    let line = line.strip_prefix("error: ").unwrap_or(line);
-    let message = match line.split_once(": ") {
-        Some((head, rest)) if head.starts_with("line ") => rest,
-        _ => line,
-    };
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_owned(),
-        None => message.to_owned(),
-    }
 }
 
 /// Everything serde cannot check; each problem names its field.
