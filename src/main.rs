@@ -108,6 +108,8 @@ enum ControllerCommand {
         #[arg(long, default_value = "127.0.0.1:9902")]
         admin: SocketAddr,
     },
+    /// Print the TrafficPolicy CustomResourceDefinition (YAML) for `kubectl apply -f -`.
+    Crd,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -238,6 +240,10 @@ async fn controller(command: ControllerCommand) -> anyhow::Result<()> {
             Ok(())
         }
         ControllerCommand::Explain { cluster, admin } => explain(&cluster, admin).await,
+        ControllerCommand::Crd => {
+            print!("{}", gofe_controller::kubernetes::crd::crd_yaml());
+            Ok(())
+        }
     }
 }
 

@@ -13,6 +13,7 @@
 //! clusters: { web: { base_ejection_time: "10s" } }    # per-cluster overrides
 //! admin: { address: "127.0.0.1:9902" }                # /decisions, /debug/queries, /metrics
 //! xds: { address: "0.0.0.0:18000" }                   # ADS for the proxies
+//! kubernetes: { namespace: shop }                     # discover endpoints (off by default)
 //! ```
 //!
 //! Errors name the file, line and field, like the proxy's.
@@ -51,6 +52,82 @@ pub struct ControllerConfig {
     /// Envoy-protocol clients. Default: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xds: Option<XdsConfig>,
+    /// Kubernetes mode: endpoints from the EndpointSlices of the Services that `TrafficPolicy`
+    /// resources select, policies from those resources, leader election on a Lease. Default:
+    /// off (file mode: clusters and endpoints from `proxy_config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesConfig>,
+}
+
+/// Kubernetes mode.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// Watch `TrafficPolicy` and `EndpointSlice` objects of this namespace only. Default: all
+    /// namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Leader election among the controller's replicas.
+    #[serde(default)]
+    pub leader_election: LeaderElectionConfig,
+}
+
+/// Leader election on a `coordination.k8s.io/v1` Lease; the settings and defaults of
+/// Kubernetes' own controllers (client-go's leader election).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderElectionConfig {
+    /// Off: this replica always decides (run one replica only). Default on.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The Lease's name. Default `gofe-controller`.
+    #[serde(default = "default_lease_name")]
+    pub lease_name: String,
+    /// The Lease's namespace. Default: `$POD_NAMESPACE`, else `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_namespace: Option<String>,
+    /// This replica's identity. Default: `$POD_NAME`, else the host name, with the process id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// How long a lease holds without renewal. Default 15 s.
+    #[serde(default = "default_lease_duration", with = "duration_text")]
+    pub lease_duration: Duration,
+    /// The leader stops deciding when it could not renew for this long. Default 10 s.
+    #[serde(default = "default_renew_deadline", with = "duration_text")]
+    pub renew_deadline: Duration,
+    /// Time between attempts to acquire or renew. Default 2 s.
+    #[serde(default = "default_retry_period", with = "duration_text")]
+    pub retry_period: Duration,
+}
+
+impl Default for LeaderElectionConfig {
+    fn default() -> Self {
+        LeaderElectionConfig {
+            enabled: true,
+            lease_name: default_lease_name(),
+            lease_namespace: None,
+            identity: None,
+            lease_duration: default_lease_duration(),
+            renew_deadline: default_renew_deadline(),
+            retry_period: default_retry_period(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_lease_name() -> String {
+    "gofe-controller".into()
+}
+fn default_lease_duration() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_renew_deadline() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_retry_period() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// The controller's xDS server.
@@ -398,6 +475,23 @@ pub fn parse(name: &str, text: &str) -> Result<ControllerConfig, ConfigError> {
         field: p.field,
         message: p.message,
     })?;
+    if let Some(k) = &config.kubernetes {
+        let le = &k.leader_election;
+        if !(le.retry_period < le.renew_deadline && le.renew_deadline < le.lease_duration) {
+            return Err(ConfigError::Invalid {
+                file: name.to_owned(),
+                line: 0,
+                column: 0,
+                field: "kubernetes.leader_election".into(),
+                message: format!(
+                    "needs retry_period < renew_deadline < lease_duration, got {} < {} < {}",
+                    gofe_core::duration::format(le.retry_period),
+                    gofe_core::duration::format(le.renew_deadline),
+                    gofe_core::duration::format(le.lease_duration)
+                ),
+            });
+        }
+    }
     let q = config.signals.latency_quantile;
     if !(0.0..=1.0).contains(&q) {
         return Err(ConfigError::Invalid {

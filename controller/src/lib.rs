@@ -30,6 +30,7 @@ use serde::Serialize;
 
 pub mod admin;
 pub mod config;
+pub mod kubernetes;
 pub mod signals;
 
 use signals::Source;
@@ -211,9 +212,58 @@ pub struct ClusterView {
     pub endpoints: Vec<EndpointView>,
 }
 
+/// A breaker transition decided in a step.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EventView {
+    /// The cluster.
+    pub cluster: String,
+    /// The endpoint.
+    pub endpoint: String,
+    /// `ejected`, `half_open` or `recovered`.
+    pub kind: &'static str,
+    /// Why (for an ejection: the rule and how long).
+    pub reason: String,
+}
+
+impl EventView {
+    fn of(cluster: &str, event: &Event, now_ms: u64) -> Self {
+        let (endpoint, kind, reason) = match event {
+            Event::Ejected {
+                endpoint,
+                reason,
+                until_ms,
+            } => (
+                endpoint,
+                "ejected",
+                format!(
+                    "{} (for {} s)",
+                    reason.as_str(),
+                    until_ms.saturating_sub(now_ms).div_ceil(1000)
+                ),
+            ),
+            Event::HalfOpen { endpoint } => (endpoint, "half_open", "trial weight".to_owned()),
+            Event::Recovered { endpoint } => (endpoint, "recovered", "ramping back".to_owned()),
+        };
+        EventView {
+            cluster: cluster.to_owned(),
+            endpoint: endpoint.clone(),
+            kind,
+            reason,
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// Everything `/decisions` shows.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DecisionsView {
+    /// `leader` (this replica decides) or `follower` (it serves the leader's decisions).
+    pub role: &'static str,
     /// Unix time of the step.
     pub decided_at_unix: u64,
     /// Version last published.
@@ -222,6 +272,8 @@ pub struct DecisionsView {
     pub signal_error: Option<String>,
     /// Per cluster.
     pub clusters: BTreeMap<String, ClusterView>,
+    /// Breaker transitions of the step.
+    pub events: Vec<EventView>,
 }
 
 fn mode_name(m: Mode) -> &'static str {
@@ -262,7 +314,12 @@ impl Shared {
 
 /// The controller: configuration, signal source, per-cluster state, publisher.
 pub struct Controller {
+    /// The proxy configuration the file names (Kubernetes discovery starts from it).
+    file_base: ProxyConfig,
+    /// The configuration steered now: the file's, or the file's with discovered endpoints.
     base: ProxyConfig,
+    default_policy: Policy,
+    file_overrides: BTreeMap<String, config::PolicyConfig>,
     policies: BTreeMap<String, Policy>,
     source: Source,
     states: BTreeMap<String, ClusterState>,
@@ -282,6 +339,9 @@ pub enum ControllerError {
     /// The signal source could not be built.
     #[error(transparent)]
     Signals(#[from] signals::SignalError),
+    /// Kubernetes mode could not start.
+    #[error(transparent)]
+    Kubernetes(#[from] kubernetes::KubernetesError),
     /// The admin address could not be bound.
     #[error("cannot bind the admin address {address}: {source}")]
     Bind {
@@ -318,7 +378,10 @@ impl Controller {
             metrics: Metrics::new(),
         });
         Ok(Controller {
+            file_base: loaded.proxy.clone(),
             base: loaded.proxy,
+            default_policy: default,
+            file_overrides: loaded.controller.clusters.clone(),
             policies,
             source,
             states: BTreeMap::new(),
@@ -333,6 +396,126 @@ impl Controller {
     /// What the admin endpoint reads.
     pub fn shared(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
+    }
+
+    /// The proxy configuration from the controller's file.
+    pub fn file_base(&self) -> &ProxyConfig {
+        &self.file_base
+    }
+
+    /// Steers `config` from now on (clusters and endpoints discovered since the last step):
+    /// every cluster's policy is the default, then the file's override for it, then
+    /// `overrides` (a `TrafficPolicy`'s). State of clusters that are gone is dropped; new
+    /// endpoints start as the policy's slow start says.
+    pub fn set_topology(
+        &mut self,
+        config: ProxyConfig,
+        overrides: &BTreeMap<String, config::PolicyConfig>,
+    ) {
+        self.policies = config
+            .clusters
+            .iter()
+            .map(|c| {
+                let name = c.name.value.clone();
+                let file = self.file_overrides.get(&name).map_or_else(
+                    || self.default_policy.clone(),
+                    |o| o.resolve(&self.default_policy),
+                );
+                let p = overrides
+                    .get(&name)
+                    .map_or(file.clone(), |o| o.resolve(&file));
+                (name, p)
+            })
+            .collect();
+        self.states
+            .retain(|name, _| self.policies.contains_key(name));
+        self.base = config;
+    }
+
+    /// Publishes weights decided elsewhere (by the leader) instead of deciding: `weights` maps
+    /// cluster → endpoint → (weight in hundredths, healthy). Endpoints it does not name get
+    /// their base weight. Nothing is published when nothing changed.
+    pub async fn follow(
+        &mut self,
+        weights: &BTreeMap<String, BTreeMap<String, (u32, bool)>>,
+    ) -> DecisionsView {
+        let mut config = self.base.clone();
+        let mut fingerprint = Vec::new();
+        let mut view = DecisionsView {
+            role: "follower",
+            ..DecisionsView::default()
+        };
+        for cluster in &mut config.clusters {
+            let decided = weights.get(&cluster.name.value);
+            let mut endpoints = Vec::new();
+            for ep in &mut cluster.endpoints {
+                let (weight, healthy) = decided
+                    .and_then(|d| d.get(&ep.address.value).copied())
+                    .unwrap_or(((f64::from(ep.weight) * policy::WEIGHT_SCALE) as u32, true));
+                endpoints.push(EndpointView {
+                    endpoint: ep.address.value.clone(),
+                    base_weight: ep.weight,
+                    weight,
+                    healthy,
+                    state: if decided.is_some() {
+                        "followed"
+                    } else {
+                        "base"
+                    },
+                    multiplier: 1.0,
+                    reason: "decided by the leader".into(),
+                    inputs: None,
+                });
+                ep.weight = weight;
+                ep.health_status = if healthy {
+                    HealthStatus::Healthy
+                } else {
+                    HealthStatus::Unhealthy
+                };
+                fingerprint.push((
+                    cluster.name.value.clone(),
+                    ep.address.value.clone(),
+                    weight,
+                    healthy,
+                ));
+            }
+            view.clusters.insert(
+                cluster.name.value.clone(),
+                ClusterView {
+                    mode: "followed",
+                    endpoints,
+                },
+            );
+        }
+        self.publish_if_changed(config, fingerprint).await;
+        // A new leader starts from fresh state rather than from another replica's.
+        self.states.clear();
+        view.version = self.version;
+        view.decided_at_unix = unix_now();
+        if let Ok(mut w) = self.shared.decisions.write() {
+            *w = view.clone();
+        }
+        view
+    }
+
+    async fn publish_if_changed(
+        &mut self,
+        config: ProxyConfig,
+        fingerprint: Vec<(String, String, u32, bool)>,
+    ) {
+        if self.published.as_ref() == Some(&fingerprint) {
+            return;
+        }
+        let version = self.version + 1;
+        match self.publisher.publish(config, version).await {
+            Ok(()) => {
+                self.version = version;
+                self.published = Some(fingerprint);
+                self.shared.metrics.version.set(version as i64);
+                tracing::info!(version, "published new weights");
+            }
+            Err(e) => tracing::error!(error = %e, "publishing failed; will retry next step"),
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -355,6 +538,7 @@ impl Controller {
             }
         };
         let empty = BTreeMap::new();
+        let mut events = Vec::new();
         let mut decisions: BTreeMap<String, (Decision, Vec<(String, u32)>)> = BTreeMap::new();
         for cluster in &self.base.clusters {
             let name = cluster.name.value.clone();
@@ -373,6 +557,7 @@ impl Controller {
                 now,
             );
             for event in &d.events {
+                events.push(EventView::of(&name, event, now));
                 match event {
                     Event::Ejected {
                         endpoint,
@@ -420,31 +605,20 @@ impl Controller {
                 ));
             }
         }
-        if self.published.as_ref() != Some(&fingerprint) {
-            let version = self.version + 1;
-            match self.publisher.publish(config, version).await {
-                Ok(()) => {
-                    self.version = version;
-                    self.published = Some(fingerprint);
-                    self.shared.metrics.version.set(version as i64);
-                    tracing::info!(version, "published new weights");
-                }
-                Err(e) => tracing::error!(error = %e, "publishing failed; will retry next step"),
-            }
-        }
+        self.publish_if_changed(config, fingerprint).await;
 
         // Metrics and the explanation.
         let m = &self.shared.metrics;
         m.decisions.inc();
-        let unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let unix = unix_now();
         m.last_decision.set(unix as i64);
         let mut view = DecisionsView {
+            role: "leader",
             decided_at_unix: unix,
             version: self.version,
             signal_error,
             clusters: BTreeMap::new(),
+            events,
         };
         for (name, (d, base)) in &decisions {
             for mode in [Mode::Normal, Mode::FailStatic, Mode::Relaxed, Mode::Panic] {
@@ -529,6 +703,10 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), ControllerError> {
     let interval = loaded.controller.interval;
+    let kubernetes = match loaded.controller.kubernetes.clone() {
+        Some(settings) => Some((kubernetes::client().await?, settings)),
+        None => None,
+    };
     let admin_addr = loaded.controller.admin.address.clone();
     let (xds_stop, xds_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut publisher = publisher;
@@ -566,7 +744,12 @@ pub async fn serve(
         })?;
     tracing::info!(admin = %listener.local_addr().map_or(admin_addr.clone(), |a| a.to_string()), "gofe controller running");
     let server = tokio::spawn(admin::serve(listener, shared));
-    controller.run_until(interval, stop).await;
+    match kubernetes {
+        Some((client, settings)) => {
+            kubernetes::drive(controller, client, settings, interval, stop).await
+        }
+        None => controller.run_until(interval, stop).await,
+    }
     server.abort();
     let _ = xds_stop.send(());
     if let Some(t) = xds_task {

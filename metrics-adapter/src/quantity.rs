@@ -52,7 +52,7 @@ impl fmt::Display for MilliQuantity {
         let negative = self.0 < 0;
         let mut mantissa = self.0.unsigned_abs();
         let mut index = 0;
-        while index + 1 < SUFFIXES.len() && mantissa % 1000 == 0 {
+        while index + 1 < SUFFIXES.len() && mantissa.is_multiple_of(1000) {
             mantissa /= 1000;
             index += 1;
         }
