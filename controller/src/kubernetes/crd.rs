@@ -390,6 +390,16 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_is_a_usable_policy() {
+        let p: TrafficPolicy =
+            gofe_yaml::from_str(include_str!("../../../examples/trafficpolicy.yaml")).unwrap();
+        assert_eq!(p.spec.host, "api-service");
+        let c = p.spec.policy().unwrap();
+        assert_eq!(c.max_ejection_percent, Some(20));
+        assert_eq!(c.base_ejection_time, Some(Duration::from_secs(30)));
+    }
+
+    #[test]
     fn crd_is_valid_yaml_with_status_and_schema() {
         let text = crd_yaml();
         let v: serde_json::Value = gofe_yaml::from_str(&text).unwrap();
