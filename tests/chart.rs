@@ -218,7 +218,8 @@ fn objects(branch: Branch) -> Vec<(String, Value)> {
 
 #[test]
 fn the_stripper_keeps_one_side_of_each_block() {
-    let text = "a: 1\n{{- if .x }}\nb: {{ .y }}\n{{- else }}\nc: 3\n{{- end }}\n{{- include \"z\" . }}\n";
+    let text =
+        "a: 1\n{{- if .x }}\nb: {{ .y }}\n{{- else }}\nc: 3\n{{- end }}\n{{- include \"z\" . }}\n";
     assert_eq!(render("t", text, Branch::First), "a: 1\nb: TEMPLATED\n");
     assert_eq!(render("t", text, Branch::Last), "a: 1\nc: 3\n");
 }
@@ -311,7 +312,11 @@ fn controller_rbac_is_exactly_the_calls_it_makes() {
         assert_eq!(role["metadata"]["namespace"], PLACEHOLDER);
         assert_eq!(
             grants(role),
-            set(&[("coordination.k8s.io", "leases", &["get", "create", "update"])])
+            set(&[(
+                "coordination.k8s.io",
+                "leases",
+                &["get", "create", "update"]
+            )])
         );
         let lease_binding = find(&objects, "RoleBinding", &lease_role);
         assert_eq!(lease_binding["roleRef"]["kind"], "Role");
@@ -379,9 +384,7 @@ fn adapter_is_registered_and_bound_as_an_aggregated_api_server() {
         assert!(args.contains(&flag), "adapter args {args:?} lack {flag}");
     }
     let config = find(&objects, "ConfigMap", &adapter);
-    assert!(config["data"]
-        .get("requestheader-client-ca.crt")
-        .is_some());
+    assert!(config["data"].get("requestheader-client-ca.crt").is_some());
 }
 
 // === the configuration files the chart ships ===
@@ -436,7 +439,10 @@ fn shipped_controller_file_and_the_one_values_make_are_accepted() {
         .unwrap_or_else(|e| panic!("{e}"));
     // The ConfigMap names the proxy configuration proxy.yaml, next to controller.yaml.
     assert_eq!(parsed.proxy_config.value, "proxy.yaml");
-    assert!(parsed.kubernetes.is_some(), "the chart runs Kubernetes mode");
+    assert!(
+        parsed.kubernetes.is_some(),
+        "the chart runs Kubernetes mode"
+    );
 
     let mut values = values();
     let assembled = controller_config(&values);
@@ -462,7 +468,10 @@ fn shipped_controller_file_and_the_one_values_make_are_accepted() {
     values["controller"]["config"] = json!({ "interval": "2s", "signals": { "window": "1m" } });
     let parsed = gofe_controller::config::parse("values", &controller_config(&values).to_string())
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(parsed.kubernetes.unwrap().namespace.as_deref(), Some("shop"));
+    assert_eq!(
+        parsed.kubernetes.unwrap().namespace.as_deref(),
+        Some("shop")
+    );
     assert_eq!(parsed.interval, std::time::Duration::from_secs(2));
     assert_eq!(parsed.signals.window, std::time::Duration::from_secs(60));
     assert_eq!(
