@@ -269,14 +269,15 @@ fn main() {
     println!(
         "fault cases: {BACKENDS} backends, round robin, {RPS} req/s open loop, fault from {}s to {}s of {seconds}s",
         seconds / 4,
-        seconds / 4 + seconds / 2
+        seconds / 4 + 20.min(seconds / 2)
     );
     println!(
-        "{:<13} {:<4} {:>12} {:>14} {:>14} {:>12} {:>13} {:>13}",
+        "{:<13} {:<4} {:>12} {:>14} {:>12} {:>14} {:>12} {:>13} {:>13}",
         "case",
         "loop",
         "sent(fault)",
         "errors(fault)",
+        "faulty share",
         "p99 fault ms",
         "p99 all ms",
         "reacted ms",
