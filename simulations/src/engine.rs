@@ -210,6 +210,8 @@ struct Pod {
     /// gofe balancer: per controller interval (requests, failures, Σ latency × requests).
     signal_window: VecDeque<(f64, f64, f64)>,
     signal_now: (f64, f64, f64),
+    /// gofe balancer: the controller's last weight for this pod (`None`: not decided yet).
+    gofe_weight: Option<u32>,
 }
 
 impl Pod {
@@ -347,6 +349,7 @@ pub fn run_recorded(
             cached: None,
             signal_window: VecDeque::new(),
             signal_now: (0.0, 0.0, 0.0),
+            gofe_weight: None,
         }
     };
     let mut pods: Vec<Pod> = (0..sv.pods).map(|_| new_pod(0.0, true)).collect();
@@ -373,8 +376,16 @@ pub fn run_recorded(
     let mut row = StepRow::default();
     let gofe_policy = gofe_core::policy::Policy::default();
     let mut gofe_state = gofe_core::policy::ClusterState::default();
-    let mut gofe_weights: BTreeMap<usize, u32> = BTreeMap::new();
     let mut next_decide = policy.interval.secs();
+    // gofe balancer: what `decide` is given, kept from one decision to the next.
+    let mut base_weights: Vec<(String, u32)> = Vec::new();
+    let mut base_pods: Vec<usize> = Vec::new();
+    let mut signals: BTreeMap<String, gofe_core::policy::Signals> = BTreeMap::new();
+    let mut signal_pods: Vec<usize> = Vec::new();
+    // Per entry of `signals`, in key order: its place in `fresh_signals`.
+    let mut signal_order: Vec<usize> = Vec::new();
+    let (mut decided, mut ready_pods, mut fresh_pods) = (Vec::new(), Vec::new(), Vec::new());
+    let mut fresh_signals: Vec<(usize, gofe_core::policy::Signals)> = Vec::new();
     let mut seq_weights: Vec<u32> = Vec::new();
     let mut weights: Vec<u32> = Vec::new();
     let report_every = (steps / 100).max(1);
@@ -433,9 +444,8 @@ pub fn run_recorded(
         if policy.balancer == Balancer::Gofe {
             // The controller's weights (endpoints it has not seen yet get the base weight).
             for (w, &i) in weights.iter_mut().zip(&endpoints) {
-                *w = gofe_weights
-                    .get(&pods[i].index)
-                    .copied()
+                *w = pods[i]
+                    .gofe_weight
                     .unwrap_or(gofe_core::policy::WEIGHT_SCALE as u32);
             }
             if weights.iter().all(|&w| w == 0) {
@@ -646,25 +656,28 @@ pub fn run_recorded(
             let keep = (policy.window.secs() / policy.interval.secs())
                 .ceil()
                 .max(1.0) as usize;
-            let mut base_weights = Vec::new();
-            let mut signals = BTreeMap::new();
-            for p in &mut pods {
+            decided.clear();
+            ready_pods.clear();
+            fresh_pods.clear();
+            fresh_signals.clear();
+            for (i, p) in pods.iter_mut().enumerate() {
                 p.signal_window.push_back(std::mem::take(&mut p.signal_now));
                 while p.signal_window.len() > keep {
                     p.signal_window.pop_front();
                 }
+                p.gofe_weight = None;
                 if now < p.ready_at {
                     continue;
                 }
-                let name = p.name.clone();
                 let (req, fail, lat) = p
                     .signal_window
                     .iter()
                     .fold((0.0, 0.0, 0.0), |a, x| (a.0 + x.0, a.1 + x.1, a.2 + x.2));
                 let span = p.signal_window.len() as f64 * policy.interval.secs();
                 if req > 0.0 {
-                    signals.insert(
-                        name.clone(),
+                    fresh_pods.push(p.index);
+                    fresh_signals.push((
+                        i,
                         gofe_core::policy::Signals {
                             requests: req,
                             rps: req / span,
@@ -672,14 +685,40 @@ pub fn run_recorded(
                             latency: lat / req,
                             sampled_at_ms: now_ms,
                         },
-                    );
+                    ));
                 }
-                base_weights.push((name, 1u32));
+                ready_pods.push(p.index);
+                decided.push(i);
             }
-            let decision = gofe_core::policy::decide(
+            // The endpoint list and the signal map keep their names while the pods they
+            // describe stay the same (most steps): only the values change.
+            if ready_pods != base_pods {
+                base_weights.clear();
+                base_weights.extend(decided.iter().map(|&i| (pods[i].name.clone(), 1u32)));
+                std::mem::swap(&mut base_pods, &mut ready_pods);
+            }
+            if fresh_pods == signal_pods {
+                for (v, &j) in signals.values_mut().zip(&signal_order) {
+                    *v = fresh_signals[j].1;
+                }
+            } else {
+                signal_order.clear();
+                signal_order.extend(0..fresh_signals.len());
+                signal_order.sort_by(|&a, &b| {
+                    pods[fresh_signals[a].0]
+                        .name
+                        .cmp(&pods[fresh_signals[b].0].name)
+                });
+                signals = signal_order
+                    .iter()
+                    .map(|&j| (pods[fresh_signals[j].0].name.clone(), fresh_signals[j].1))
+                    .collect();
+                std::mem::swap(&mut signal_pods, &mut fresh_pods);
+            }
+            let decision = gofe_core::policy::decide_owned(
                 &gofe_policy,
                 &base_weights,
-                &gofe_state,
+                std::mem::take(&mut gofe_state),
                 &signals,
                 now_ms,
             );
@@ -691,23 +730,20 @@ pub fn run_recorded(
             if let Some(rec) = recorder.as_mut() {
                 rec(&base_weights, &signals, now_ms, &decision);
             }
+            // Decisions come in the order of `base_weights`.
             let panic = decision.mode == gofe_core::policy::Mode::Panic;
-            gofe_weights = decision
-                .endpoints
-                .iter()
-                .filter_map(|d| {
-                    let index: usize = d.endpoint.strip_prefix("pod-")?.parse().ok()?;
-                    let w = if panic {
-                        gofe_core::policy::WEIGHT_SCALE as u32
-                    } else if d.healthy {
-                        d.weight
-                    } else {
-                        0
-                    };
-                    Some((index, w))
-                })
-                .collect();
-            open = gofe_weights.values().filter(|&&w| w == 0).count();
+            open = 0;
+            for (d, &i) in decision.endpoints.iter().zip(&decided) {
+                let w = if panic {
+                    gofe_core::policy::WEIGHT_SCALE as u32
+                } else if d.healthy {
+                    d.weight
+                } else {
+                    0
+                };
+                open += usize::from(w == 0);
+                pods[i].gofe_weight = Some(w);
+            }
             gofe_state = decision.state;
         }
 
