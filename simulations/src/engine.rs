@@ -16,9 +16,11 @@
 //!
 //! Every `scrape` the pods' request and CPU counters are sampled; the adapter recomputes
 //! `rate()` over `window` every `cache`; the HPA ([`gofe_core::hpa::reconcile`]) syncs every
-//! `sync` on the cached values. Pods start `Pending` for `startup`, run unready for
-//! `readiness`, then join the endpoints. Scale-down removes pending, then unready, then the
-//! newest pods first, as a ReplicaSet does.
+//! `sync` on the cached values. With `external_rps.forecast` the total rate is also sampled
+//! every forecast `step`, and at each cache refresh the adapter's value is its Holt forecast
+//! ([`gofe_core::forecast`], the adapter's own code) `lead` ahead. Pods start `Pending` for
+//! `startup`, run unready for `readiness`, then join the endpoints. Scale-down removes
+//! pending, then unready, then the newest pods first, as a ReplicaSet does.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
@@ -74,6 +76,7 @@ pub fn hpa_spec(a: &Autoscaling) -> Result<HpaSpec, (String, String)> {
             SimMetric::ExternalRps {
                 average_value,
                 value,
+                ..
             } => MetricSpec {
                 name: "rps".into(),
                 kind: MetricKind::External,
@@ -223,6 +226,47 @@ impl Pod {
     }
 }
 
+/// `rate()` over `window` at `now` from a pod's scrapes (oldest first): per second of requests
+/// and of CPU (milli-cores) between the first and the last scrape in the window, and the last
+/// scrape's time; `None` without two scrapes in the window.
+fn rate_at(samples: &VecDeque<(f64, f64, f64)>, now: f64, window: f64) -> Option<(f64, f64, f64)> {
+    let first = samples.iter().find(|s| s.0 >= now - window)?;
+    let last = samples.back()?;
+    (last.0 > first.0).then(|| {
+        let span = last.0 - first.0;
+        ((last.1 - first.1) / span, (last.2 - first.2) / span, last.0)
+    })
+}
+
+/// The adapter's forecast of an External rate metric: the total rate sampled every `step`
+/// (as a Prometheus range query would evaluate it), the last `window` of it kept, and the
+/// forecast made when the adapter's cache refreshes.
+struct Forecaster {
+    holt: gofe_core::forecast::Holt,
+    steps_ahead: f64,
+    step: f64,
+    keep: usize,
+    next_sample: f64,
+    history: VecDeque<f64>,
+    /// The value the adapter serves now (`None`: no finite history, served as unavailable).
+    served: Option<f64>,
+}
+
+impl Forecaster {
+    fn new(f: &crate::scenario::Forecast) -> Self {
+        Forecaster {
+            holt: f.holt(),
+            steps_ahead: gofe_core::forecast::steps_ahead(f.lead.0, f.step.0),
+            step: f.step.secs(),
+            // A range query over [now − window, now] holds window / step + 1 points.
+            keep: (f.window.secs() / f.step.secs()).floor() as usize + 1,
+            next_sample: 0.0,
+            history: VecDeque::new(),
+            served: None,
+        }
+    }
+}
+
 /// Speed of the pod created `index`-th: the first heterogeneity group it falls in (every
 /// `1/fraction`-th pod, spread evenly), else 1.
 fn speed_of(index: usize, scenario: &Scenario) -> f64 {
@@ -298,6 +342,20 @@ pub fn run_recorded(
             policy: policy.name.clone(),
             message: format!("autoscaling.{f}: {m}"),
         })?;
+    // One per HPA metric, in order: the adapter's forecast, for an External rate with one.
+    let mut forecasters: Vec<Option<Forecaster>> = autoscaling
+        .map(|a| {
+            a.metrics
+                .iter()
+                .map(|m| match m {
+                    SimMetric::ExternalRps {
+                        forecast: Some(f), ..
+                    } => Some(Forecaster::new(f)),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let hpa_config = ControllerConfig {
         tolerance: autoscaling.map_or(gofe_core::hpa::DEFAULT_TOLERANCE, |a| a.tolerance),
         ..ControllerConfig::default()
@@ -820,20 +878,29 @@ pub fn run_recorded(
                 }
             }
         }
+        for f in forecasters.iter_mut().flatten() {
+            if now >= f.next_sample {
+                f.next_sample += f.step;
+                // sum(rate(…)): no series at all is a gap, not a zero.
+                let mut total = None;
+                for p in &pods {
+                    if let Some(r) = rate_at(&p.samples, now, pl.window.secs()) {
+                        *total.get_or_insert(0.0) += r.0;
+                    }
+                }
+                f.history.push_back(total.unwrap_or(f64::NAN));
+                while f.history.len() > f.keep {
+                    f.history.pop_front();
+                }
+            }
+        }
         if now >= next_cache || pl.cache.0.is_zero() {
             next_cache += pl.cache.secs();
             for p in &mut pods {
-                let in_window: Vec<&(f64, f64, f64)> = p
-                    .samples
-                    .iter()
-                    .filter(|s| s.0 >= now - pl.window.secs())
-                    .collect();
-                p.cached = match (in_window.first(), in_window.last()) {
-                    (Some(a), Some(b)) if b.0 > a.0 => {
-                        Some(((b.1 - a.1) / (b.0 - a.0), (b.2 - a.2) / (b.0 - a.0), b.0))
-                    }
-                    _ => None,
-                };
+                p.cached = rate_at(&p.samples, now, pl.window.secs());
+            }
+            for f in forecasters.iter_mut().flatten() {
+                f.served = f.holt.forecast(f.history.make_contiguous(), f.steps_ahead);
             }
         }
         if let Some(spec) = &hpa {
@@ -869,7 +936,14 @@ pub fn run_recorded(
                 let readings: Vec<Reading> = spec
                     .metrics
                     .iter()
-                    .map(|m| match m.kind {
+                    .zip(&forecasters)
+                    .map(|(m, forecast)| match m.kind {
+                        MetricKind::External if forecast.is_some() => {
+                            match forecast.as_ref().and_then(|f| f.served) {
+                                Some(v) => Reading::Values(vec![(v * 1000.0).round() as i64]),
+                                None => Reading::Unavailable,
+                            }
+                        }
                         MetricKind::External | MetricKind::Object => Reading::Values(vec![pods
                             .iter()
                             .filter_map(|p| p.cached.map(|c| (c.0 * 1000.0).round() as i64))
