@@ -349,6 +349,16 @@ fn push_fixed(out: &mut String, x: f64, p: usize) {
     let _ = write!(out, "{x:.p$}");
 }
 
+/// The first 8 bytes of `s`, zero-padded, as a big-endian number: two strings whose keys differ
+/// compare as their keys do (a string that ends early pads with the smallest byte), so a sort
+/// compares whole strings only on equal keys.
+fn prefix_key(s: &str) -> u64 {
+    let mut key = [0u8; 8];
+    let n = s.len().min(8);
+    key[..n].copy_from_slice(&s.as_bytes()[..n]);
+    u64::from_be_bytes(key)
+}
+
 /// Advances `it` (ordered by key) to `key` and returns its value, if present.
 fn seek<'a, V>(
     it: &mut std::iter::Peekable<std::collections::btree_map::Iter<'a, String, V>>,
@@ -426,9 +436,17 @@ fn step(
 
     // Slots: one per distinct address, in address order; `slot[i]` is `base[i]`'s.
     let n = base.len();
-    let mut order: Vec<usize> = (0..n).collect();
+    let mut order: Vec<(u64, usize)> = base
+        .iter()
+        .enumerate()
+        .map(|(i, (ep, _))| (prefix_key(ep), i))
+        .collect();
     if !base.windows(2).all(|w| w[0].0 < w[1].0) {
-        order.sort_unstable_by(|&a, &b| base[a].0.cmp(&base[b].0).then(a.cmp(&b)));
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| base[a.1].0.cmp(&base[b.1].0))
+                .then(a.1.cmp(&b.1))
+        });
     }
     let mut slot = vec![0usize; n];
     let mut slots: Vec<Slot<'_>> = Vec::with_capacity(n);
@@ -437,7 +455,7 @@ fn step(
     let mut previous_it = previous.endpoints.iter().peekable();
     let mut signals_it = signals.iter().peekable();
     let mut known = 0;
-    for &i in &order {
+    for &(_, i) in &order {
         let ep = base[i].0.as_str();
         if slots.last().is_some_and(|s| s.name == ep) {
             slot[i] = slots.len() - 1;
@@ -1250,6 +1268,25 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn prefix_keys_never_contradict_string_order(
+            a in "[a-c\\x00.:0-9]{0,12}",
+            b in "[a-c\\x00.:0-9]{0,12}",
+        ) {
+            let (ka, kb) = (prefix_key(&a), prefix_key(&b));
+            if ka != kb {
+                prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+            }
+        }
+    }
+
+    /// Addresses of the pool: several share their first 8 bytes, so sorting them compares
+    /// whole strings too.
+    fn address(i: usize) -> String {
+        format!("10.0.0.{}:80", [1, 10, 11, 2, 20, 3, 100, 12, 4][i % 9])
+    }
+
     fn any_signals() -> impl Strategy<Value = Option<(f64, f64, f64, u64)>> {
         let rate = prop_oneof![
             Just(1.0),
@@ -1297,13 +1334,13 @@ mod tests {
             for (b, sigs, dt) in &steps {
                 now += dt;
                 let b: Vec<(String, u32)> =
-                    b.iter().map(|(i, w)| (format!("10.0.{}.1:80", i % 9), *w)).collect();
+                    b.iter().map(|(i, w)| (address(*i), *w)).collect();
                 let s: BTreeMap<String, Signals> = sigs
                     .iter()
                     .enumerate()
                     .filter_map(|(i, s)| {
                         let (success_rate, latency, requests, age) = (*s)?;
-                        Some((format!("10.0.{i}.1:80"), Signals {
+                        Some((address(i), Signals {
                             requests,
                             rps: requests / 5.0,
                             success_rate,
