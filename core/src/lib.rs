@@ -17,6 +17,8 @@
 //! * [`policy`] — the controller's decision step: per-endpoint signals in, weights, ejections
 //!   and reasons out (shared with the simulator).
 //!
+//! * [`forecast`] — Holt's linear trend, the metrics adapter's forecast of a metric, also run
+//!   by the simulator;
 //! * [`hpa`] — the Kubernetes HorizontalPodAutoscaler (autoscaling/v2) replica computation,
 //!   step for step as the HPA controller does it, for the simulator, adapter and controller.
 //!
@@ -25,6 +27,7 @@
 
 pub mod balance;
 pub mod duration;
+pub mod forecast;
 pub mod hpa;
 pub mod outlier;
 pub mod policy;

@@ -26,6 +26,8 @@
 //! 5. **Weights.** base weight × latency multiplier × ramp, in hundredths (so the proxy's integer
 //!    weights keep the precision); an ejected endpoint gets weight 0 and is marked unhealthy.
 
+use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -287,26 +289,141 @@ fn success_rate_stats(policy: &Policy, rates: &[f64]) -> Option<(f64, f64, f64, 
     ))
 }
 
+/// The median, by selection rather than a full sort (the values at the middle of the order are
+/// the same either way).
 fn median(values: &mut [f64]) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
-    values.sort_by(f64::total_cmp);
+    let even = values.len().is_multiple_of(2);
     let mid = values.len() / 2;
-    Some(if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
+    let (left, upper, _) = values.select_nth_unstable_by(mid, f64::total_cmp);
+    let upper = *upper;
+    Some(if even {
+        let lower = left.iter().copied().max_by(f64::total_cmp).unwrap_or(upper);
+        (lower + upper) / 2.0
     } else {
-        values[mid]
+        upper
     })
+}
+
+/// Appends `format!("{x:.p$}")` to `out`: the same text, with a short path for the plain case.
+/// A non-negative float below 10¹² is scaled by 10^p; unless the scaled value sits within its
+/// rounding error of a tie, it rounds as the exact decimal expansion does, so its integer digits
+/// can be written directly. Everything else (ties, negatives, NaN, huge values) goes to `{:.p$}`.
+fn push_fixed(out: &mut String, x: f64, p: usize) {
+    const POW10: [u64; 5] = [1, 10, 100, 1_000, 10_000];
+    if p < POW10.len() && x.is_sign_positive() && x < 1e12 {
+        let unit = POW10[p];
+        let scaled = x * unit as f64;
+        // Truncation is the floor here, and the difference is exact: `scaled` < 2^52.
+        let whole = scaled as u64;
+        let frac = scaled - whole as f64;
+        // `scaled` is within `scaled × 2^-53` of x × 10^p; the margin is twice that.
+        if (frac - 0.5).abs() > scaled * f64::EPSILON + f64::MIN_POSITIVE {
+            let mut rounded = whole + u64::from(frac > 0.5);
+            // Digits, last first: p decimals, the point, then the integer part.
+            let mut buf = [0u8; 24];
+            let mut at = buf.len();
+            for _ in 0..p {
+                at -= 1;
+                buf[at] = b'0' + (rounded % 10) as u8;
+                rounded /= 10;
+            }
+            if p > 0 {
+                at -= 1;
+                buf[at] = b'.';
+            }
+            loop {
+                at -= 1;
+                buf[at] = b'0' + (rounded % 10) as u8;
+                rounded /= 10;
+                if rounded == 0 {
+                    break;
+                }
+            }
+            out.extend(buf[at..].iter().map(|&b| char::from(b)));
+            return;
+        }
+    }
+    let _ = write!(out, "{x:.p$}");
+}
+
+/// The first 8 bytes of `s`, zero-padded, as a big-endian number: two strings whose keys differ
+/// compare as their keys do (a string that ends early pads with the smallest byte), so a sort
+/// compares whole strings only on equal keys.
+fn prefix_key(s: &str) -> u64 {
+    let mut key = [0u8; 8];
+    let n = s.len().min(8);
+    key[..n].copy_from_slice(&s.as_bytes()[..n]);
+    u64::from_be_bytes(key)
+}
+
+/// Advances `it` (ordered by key) to `key` and returns its value, if present.
+fn seek<'a, V>(
+    it: &mut std::iter::Peekable<std::collections::btree_map::Iter<'a, String, V>>,
+    key: &str,
+) -> Option<&'a V> {
+    while let Some(&(k, v)) = it.peek() {
+        match k.as_str().cmp(key) {
+            Ordering::Less => {
+                it.next();
+            }
+            Ordering::Equal => return Some(v),
+            Ordering::Greater => return None,
+        }
+    }
+    None
+}
+
+/// One distinct address of a decision step: its state, fresh signals and reason so far.
+struct Slot<'a> {
+    name: &'a str,
+    state: EndpointState,
+    fresh: Option<Signals>,
+    reason: Option<String>,
+}
+
+fn closed(st: &EndpointState) -> bool {
+    st.breaker.state() == BreakerState::Closed
 }
 
 /// One decision step. `base` lists the cluster's endpoints with the operator's weights;
 /// `signals` holds what is known for each (absent: missing). Deterministic: the same inputs
 /// give the same decision.
+///
+/// Entries of `base` that repeat an address share one state, as keys of a map would. Inside,
+/// a step works on vectors with one slot per distinct address (addresses sorted once, then
+/// merged with `previous` and `signals`, which are ordered by address), so `n` endpoints cost
+/// `O(n log n)` address comparisons and few allocations besides the decision itself.
 pub fn decide(
     policy: &Policy,
     base: &[(String, u32)],
     previous: &ClusterState,
+    signals: &BTreeMap<String, Signals>,
+    now_ms: u64,
+) -> Decision {
+    step(policy, base, Cow::Borrowed(previous), signals, now_ms)
+}
+
+/// [`decide`], taking the previous state by value, for a caller that replaces its state with
+/// the decision's anyway (the simulator): when the endpoints are those of the previous step,
+/// the state's map is updated in place rather than rebuilt. The decision is the one
+/// `decide(policy, base, &previous, signals, now_ms)` makes.
+pub fn decide_owned(
+    policy: &Policy,
+    base: &[(String, u32)],
+    previous: ClusterState,
+    signals: &BTreeMap<String, Signals>,
+    now_ms: u64,
+) -> Decision {
+    step(policy, base, Cow::Owned(previous), signals, now_ms)
+}
+
+fn step(
+    policy: &Policy,
+    base: &[(String, u32)],
+    previous: Cow<'_, ClusterState>,
     signals: &BTreeMap<String, Signals>,
     now_ms: u64,
 ) -> Decision {
@@ -315,48 +432,91 @@ pub fn decide(
         max: policy.max_ejection_time,
     };
     let first_step = previous.endpoints.is_empty();
-    let mut state = ClusterState {
-        endpoints: BTreeMap::new(),
-        last_fresh_ms: previous.last_fresh_ms,
-    };
     let mut events = Vec::new();
-    let mut reasons: BTreeMap<String, String> = BTreeMap::new();
 
-    // 1. Freshness.
-    let fresh: BTreeMap<&str, Signals> = base
+    // Slots: one per distinct address, in address order; `slot[i]` is `base[i]`'s.
+    let n = base.len();
+    let mut order: Vec<(u64, usize)> = base
         .iter()
-        .filter_map(|(ep, _)| {
-            let s = signals.get(ep)?;
-            let age = now_ms.saturating_sub(s.sampled_at_ms);
-            (age <= ms(policy.stale_after)
-                && s.success_rate.is_finite()
-                && s.requests.is_finite()
-                && s.latency.is_finite())
-            .then_some((ep.as_str(), *s))
-        })
+        .enumerate()
+        .map(|(i, (ep, _))| (prefix_key(ep), i))
         .collect();
-    for (ep, _) in base {
-        let mut st = previous
-            .endpoints
-            .get(ep)
-            .cloned()
-            .unwrap_or_else(|| EndpointState::new(now_ms, !first_step));
-        if fresh.contains_key(ep.as_str()) {
+    if !base.windows(2).all(|w| w[0].0 < w[1].0) {
+        order.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| base[a.1].0.cmp(&base[b.1].0))
+                .then(a.1.cmp(&b.1))
+        });
+    }
+    let mut slot = vec![0usize; n];
+    let mut slots: Vec<Slot<'_>> = Vec::with_capacity(n);
+    // 1. Freshness.
+    let stale_after = ms(policy.stale_after);
+    let mut previous_it = previous.endpoints.iter().peekable();
+    let mut signals_it = signals.iter().peekable();
+    let mut known = 0;
+    for &(_, i) in &order {
+        let ep = base[i].0.as_str();
+        if slots.last().is_some_and(|s| s.name == ep) {
+            slot[i] = slots.len() - 1;
+            continue;
+        }
+        let s = seek(&mut signals_it, ep)
+            .filter(|s| {
+                now_ms.saturating_sub(s.sampled_at_ms) <= stale_after
+                    && s.success_rate.is_finite()
+                    && s.requests.is_finite()
+                    && s.latency.is_finite()
+            })
+            .copied();
+        let mut st = match seek(&mut previous_it, ep) {
+            Some(st) => {
+                known += 1;
+                st.clone()
+            }
+            None => EndpointState::new(now_ms, !first_step),
+        };
+        if s.is_some() {
             st.last_fresh_ms = Some(now_ms);
         }
-        state.endpoints.insert(ep.clone(), st);
+        slot[i] = slots.len();
+        slots.push(Slot {
+            name: ep,
+            state: st,
+            fresh: s,
+            reason: None,
+        });
     }
-    if !fresh.is_empty() {
-        state.last_fresh_ms = Some(now_ms);
-    }
+    let any_fresh = slots.iter().any(|s| s.fresh.is_some());
+    let last_fresh_ms = if any_fresh {
+        Some(now_ms)
+    } else {
+        previous.last_fresh_ms
+    };
+    // The same addresses as last time: the previous map, when owned, takes the new states.
+    let same_endpoints = known == slots.len() && previous.endpoints.len() == slots.len();
+    let cluster_state = move |slots: Vec<Slot<'_>>| match previous {
+        Cow::Owned(mut state) if same_endpoints => {
+            for (st, s) in state.endpoints.values_mut().zip(slots) {
+                *st = s.state;
+            }
+            state.last_fresh_ms = last_fresh_ms;
+            state
+        }
+        _ => ClusterState {
+            endpoints: slots
+                .into_iter()
+                .map(|s| (s.name.to_owned(), s.state))
+                .collect(),
+            last_fresh_ms,
+        },
+    };
 
-    if fresh.is_empty() {
-        let stale_for = state
-            .last_fresh_ms
-            .map_or(u64::MAX, |t| now_ms.saturating_sub(t));
+    if !any_fresh {
+        let stale_for = last_fresh_ms.map_or(u64::MAX, |t| now_ms.saturating_sub(t));
         if first_step || stale_for >= ms(policy.relax_after) {
             // Relax: the operator's weights, every breaker closed.
-            for st in state.endpoints.values_mut() {
+            for Slot { state: st, .. } in &mut slots {
                 *st = EndpointState {
                     last_fresh_ms: st.last_fresh_ms,
                     ..EndpointState::new(now_ms, false)
@@ -380,7 +540,7 @@ pub fn decide(
                 .collect();
             return Decision {
                 endpoints,
-                state,
+                state: cluster_state(slots),
                 mode: Mode::Relaxed,
                 events,
             };
@@ -388,8 +548,9 @@ pub fn decide(
         // Fail static: hold everything as it was.
         let endpoints = base
             .iter()
-            .map(|(ep, w)| {
-                let st = &state.endpoints[ep];
+            .zip(&slot)
+            .map(|((ep, w), &k)| {
+                let st = &slots[k].state;
                 let (weight, healthy, _) = publish(policy, *w, st, now_ms);
                 EndpointDecision {
                     endpoint: ep.clone(),
@@ -407,7 +568,7 @@ pub fn decide(
             .collect();
         return Decision {
             endpoints,
-            state,
+            state: cluster_state(slots),
             mode: Mode::FailStatic,
             events,
         };
@@ -416,8 +577,9 @@ pub fn decide(
     // 2. Breakers: time moves ejections to half-open; fresh trials are judged.
     let serving_rates: Vec<f64> = base
         .iter()
-        .filter(|(ep, w)| *w > 0 && state.endpoints[ep].breaker.state() == BreakerState::Closed)
-        .filter_map(|(ep, _)| fresh.get(ep.as_str()))
+        .zip(&slot)
+        .filter(|&((_, w), &k)| *w > 0 && closed(&slots[k].state))
+        .filter_map(|(_, &k)| slots[k].fresh.as_ref())
         .filter(|s| s.requests >= policy.success_rate_request_volume)
         .map(|s| s.success_rate)
         .collect();
@@ -426,8 +588,13 @@ pub fn decide(
         s.success_rate >= 1.0 - policy.failure_percentage_threshold
             && sr.is_none_or(|(_, _, threshold, _)| s.success_rate >= threshold)
     };
-    for (ep, _) in base {
-        let st = state.endpoints.get_mut(ep).expect("inserted above");
+    for ((ep, _), &k) in base.iter().zip(&slot) {
+        let Slot {
+            state: st,
+            fresh,
+            reason: why,
+            ..
+        } = &mut slots[k];
         if let Some(t) = st.breaker.poll(now_ms) {
             debug_assert_eq!(t.to, BreakerState::HalfOpen);
             events.push(Event::HalfOpen {
@@ -437,17 +604,14 @@ pub fn decide(
         if st.breaker.state() != BreakerState::HalfOpen {
             continue;
         }
-        let Some(s) = fresh.get(ep.as_str()) else {
+        let Some(s) = fresh.as_ref() else {
             continue;
         };
         if s.requests < policy.half_open_min_requests {
-            reasons.insert(
-                ep.clone(),
-                format!(
-                    "half-open: {:.0} trial requests so far, {:.0} needed",
-                    s.requests, policy.half_open_min_requests
-                ),
-            );
+            *why = Some(format!(
+                "half-open: {:.0} trial requests so far, {:.0} needed",
+                s.requests, policy.half_open_min_requests
+            ));
             continue;
         }
         if passes(s) {
@@ -457,13 +621,10 @@ pub fn decide(
             events.push(Event::Recovered {
                 endpoint: ep.clone(),
             });
-            reasons.insert(
-                ep.clone(),
-                format!(
-                    "recovered: trial success rate {:.3}; ramping back",
-                    s.success_rate
-                ),
-            );
+            *why = Some(format!(
+                "recovered: trial success rate {:.3}; ramping back",
+                s.success_rate
+            ));
         } else if let Some(t) = st.breaker.trial(false, now_ms, times) {
             if let BreakerState::Open { until_ms } = t.to {
                 events.push(Event::Ejected {
@@ -471,36 +632,34 @@ pub fn decide(
                     reason: EjectReason::FailedTrial,
                     until_ms,
                 });
-                reasons.insert(
-                    ep.clone(),
-                    format!(
-                        "ejected again: trial success rate {:.3}; for {} s",
-                        s.success_rate,
-                        (until_ms - now_ms) / 1000
-                    ),
-                );
+                *why = Some(format!(
+                    "ejected again: trial success rate {:.3}; for {} s",
+                    s.success_rate,
+                    (until_ms - now_ms) / 1000
+                ));
             }
         }
     }
 
-    // 3. Outliers among fresh, closed endpoints.
-    let mut candidates: Vec<(&str, f64, EjectReason, String)> = Vec::new();
-    let fp_hosts = base
+    // 3. Outliers among fresh, closed endpoints. Candidates carry their slot, which orders
+    // them as their address does.
+    let mut candidates: Vec<(usize, f64, EjectReason, String)> = Vec::new();
+    let fp_hosts = slot
         .iter()
-        .filter_map(|(ep, _)| fresh.get(ep.as_str()))
+        .filter_map(|&k| slots[k].fresh.as_ref())
         .filter(|s| s.requests >= policy.failure_percentage_request_volume)
         .count();
-    for (ep, w) in base {
-        if *w == 0 || state.endpoints[ep].breaker.state() != BreakerState::Closed {
+    for ((_, w), &k) in base.iter().zip(&slot) {
+        if *w == 0 || !closed(&slots[k].state) {
             continue;
         }
-        let Some(s) = fresh.get(ep.as_str()) else {
+        let Some(s) = slots[k].fresh.as_ref() else {
             continue;
         };
         if let Some((mean, stdev, threshold, hosts)) = sr {
             if s.requests >= policy.success_rate_request_volume && s.success_rate < threshold {
                 candidates.push((
-                    ep,
+                    k,
                     s.success_rate,
                     EjectReason::SuccessRate,
                     format!(
@@ -518,7 +677,7 @@ pub fn decide(
             && failure >= policy.failure_percentage_threshold
         {
             candidates.push((
-                ep,
+                k,
                 s.success_rate,
                 EjectReason::FailurePercentage,
                 format!(
@@ -528,56 +687,68 @@ pub fn decide(
             ));
         }
     }
-    candidates.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
+    candidates.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
     let serving = base.iter().filter(|(_, w)| *w > 0).count();
     let allowed =
         max_ejectable(serving, policy.max_ejection_percent).min(serving.saturating_sub(1));
     let panic_floor = (serving * policy.panic_threshold_percent.min(100) as usize).div_ceil(100);
-    for (ep, _, reason, why) in candidates {
+    for (k, _, reason, why) in candidates {
         let out = base
             .iter()
-            .filter(|(e, w)| *w > 0 && state.endpoints[e].breaker.state() != BreakerState::Closed)
+            .zip(&slot)
+            .filter(|&((_, w), &k)| *w > 0 && !closed(&slots[k].state))
             .count();
         if out >= allowed || serving - out - 1 < panic_floor {
-            reasons.insert(
-                ep.to_owned(),
-                format!("outlier but not ejected: {why}; max_ejection_percent or the panic threshold reached"),
-            );
+            slots[k].reason = Some(format!(
+                "outlier but not ejected: {why}; max_ejection_percent or the panic threshold reached"
+            ));
             continue;
         }
-        let st = state.endpoints.get_mut(ep).expect("inserted above");
+        let sl = &mut slots[k];
+        let st = &mut sl.state;
         if let Some(t) = st.breaker.trip(now_ms, times, reason) {
             if let BreakerState::Open { until_ms } = t.to {
                 st.ramp_from_ms = None;
                 events.push(Event::Ejected {
-                    endpoint: ep.to_owned(),
+                    endpoint: sl.name.to_owned(),
                     reason,
                     until_ms,
                 });
-                reasons.insert(
-                    ep.to_owned(),
-                    format!("ejected for {} s: {why}", (until_ms - now_ms) / 1000),
-                );
+                sl.reason = Some(format!(
+                    "ejected for {} s: {why}",
+                    (until_ms - now_ms) / 1000
+                ));
             }
         }
     }
 
-    // 4. Latency multipliers among fresh, closed endpoints with enough requests.
-    let mut ewmas = Vec::new();
-    for (ep, _) in base {
-        let st = state.endpoints.get_mut(ep).expect("inserted above");
-        let Some(s) = fresh.get(ep.as_str()) else {
+    // 4. Latency multipliers among fresh, closed endpoints with enough requests. Endpoints
+    // updated together share a time step, so its decay factor is computed once.
+    let half = ms(policy.latency_half_life).max(1) as f64;
+    let mut decay_for: Option<(u64, f64)> = None;
+    let mut ewmas = Vec::with_capacity(n);
+    for &k in &slot {
+        let Slot {
+            state: st, fresh, ..
+        } = &mut slots[k];
+        let Some(s) = fresh.as_ref() else {
             continue;
         };
-        if st.breaker.state() != BreakerState::Closed || s.requests < policy.latency_min_requests {
+        if !closed(st) || s.requests < policy.latency_min_requests {
             continue;
         }
         let smoothed = match st.latency_ewma {
             None => s.latency,
             Some((prev, at)) => {
-                let dt = now_ms.saturating_sub(at) as f64;
-                let half = ms(policy.latency_half_life).max(1) as f64;
-                let alpha = 1.0 - 0.5f64.powf(dt / half);
+                let dt = now_ms.saturating_sub(at);
+                let alpha = match decay_for {
+                    Some((d, alpha)) if d == dt => alpha,
+                    _ => {
+                        let alpha = 1.0 - 0.5f64.powf(dt as f64 / half);
+                        decay_for = Some((dt, alpha));
+                        alpha
+                    }
+                };
                 prev + alpha * (s.latency - prev)
             }
         };
@@ -585,96 +756,108 @@ pub fn decide(
         ewmas.push(smoothed);
     }
     let reference = median(&mut ewmas);
-    for (ep, _) in base {
-        let st = state.endpoints.get_mut(ep).expect("inserted above");
+    let floor = f64::from(policy.min_weight_percent) / 100.0;
+    let cap = f64::from(policy.max_weight_percent.max(policy.min_weight_percent)) / 100.0;
+    let band = f64::from(policy.hysteresis_percent) / 100.0;
+    let step = f64::from(policy.max_step_percent) / 100.0;
+    for &k in &slot {
+        let Slot {
+            state: st,
+            fresh,
+            reason: why,
+            ..
+        } = &mut slots[k];
         if !policy.latency_weighting {
             st.multiplier = 1.0;
             continue;
         }
-        let (Some(reference), Some(s)) = (reference, fresh.get(ep.as_str())) else {
+        let (Some(reference), Some(s)) = (reference, fresh.as_ref()) else {
             continue;
         };
-        if ewmas.len() < 2
-            || st.breaker.state() != BreakerState::Closed
-            || s.requests < policy.latency_min_requests
-        {
+        if ewmas.len() < 2 || !closed(st) || s.requests < policy.latency_min_requests {
             continue;
         }
         let Some((latency, _)) = st.latency_ewma else {
             continue;
         };
-        let floor = f64::from(policy.min_weight_percent) / 100.0;
-        let cap = f64::from(policy.max_weight_percent.max(policy.min_weight_percent)) / 100.0;
         let target = if latency > 0.0 {
             (reference / latency).clamp(floor, cap)
         } else {
             cap
         };
         let current = st.multiplier;
-        let band = f64::from(policy.hysteresis_percent) / 100.0;
         if ((target - current) / current).abs() > band {
-            let step = f64::from(policy.max_step_percent) / 100.0;
             st.multiplier = target.clamp(current * (1.0 - step), current * (1.0 + step));
             st.multiplier = st.multiplier.clamp(floor, cap);
         }
-        if !reasons.contains_key(ep) && (st.multiplier - 1.0).abs() > 1e-9 {
-            reasons.insert(
-                ep.clone(),
-                format!(
-                    "latency {:.4} s vs cluster median {reference:.4} s: weight ×{:.2} (target ×{target:.2})",
-                    latency, st.multiplier
-                ),
-            );
+        if why.is_none() && (st.multiplier - 1.0).abs() > 1e-9 {
+            let mut text = String::with_capacity(128);
+            text.push_str("latency ");
+            push_fixed(&mut text, latency, 4);
+            text.push_str(" s vs cluster median ");
+            push_fixed(&mut text, reference, 4);
+            text.push_str(" s: weight ×");
+            push_fixed(&mut text, st.multiplier, 2);
+            text.push_str(" (target ×");
+            push_fixed(&mut text, target, 2);
+            text.push(')');
+            *why = Some(text);
         }
     }
 
     // 5. Decay past ejections of healthy endpoints, then publish.
-    for st in state.endpoints.values_mut() {
+    for Slot { state: st, .. } in &mut slots {
         if now_ms.saturating_sub(st.last_decay_ms) >= ms(policy.decay_interval) {
             st.breaker.decay();
             st.last_decay_ms = now_ms;
         }
     }
     let mut healthy = 0;
-    let mut endpoints = Vec::with_capacity(base.len());
-    for (ep, w) in base {
-        let st = state.endpoints.get_mut(ep).expect("inserted above");
+    let mut endpoints = Vec::with_capacity(n);
+    for ((ep, w), &k) in base.iter().zip(&slot) {
+        let sl = &mut slots[k];
+        let st = &mut sl.state;
         let (weight, is_healthy, status) = publish(policy, *w, st, now_ms);
         if st.ramp_from_ms.is_some()
             && now_ms.saturating_sub(st.ramp_from_ms.unwrap_or(0)) >= ms(policy.slow_start_window)
         {
             st.ramp_from_ms = None;
         }
-        let held = !fresh.contains_key(ep.as_str());
+        let signals = sl.fresh;
+        let held = signals.is_none();
         if is_healthy && *w > 0 {
             healthy += 1;
         }
-        let reason = reasons.remove(ep).unwrap_or_else(|| {
+        let mut reason = sl.reason.take().unwrap_or_else(|| {
+            let mut r = String::with_capacity(64);
             if held {
-                "held: no fresh signals for this endpoint".to_owned()
+                r.push_str("held: no fresh signals for this endpoint");
             } else {
-                match status {
-                    Status::Ejected { until_ms } => {
-                        format!(
-                            "ejected for {} more s",
-                            until_ms.saturating_sub(now_ms) / 1000
-                        )
-                    }
-                    Status::HalfOpen => "half-open: waiting for trial requests".to_owned(),
+                let _ = match status {
+                    Status::Ejected { until_ms } => write!(
+                        r,
+                        "ejected for {} more s",
+                        until_ms.saturating_sub(now_ms) / 1000
+                    ),
+                    Status::HalfOpen => r.write_str("half-open: waiting for trial requests"),
                     Status::Ramping { fraction } => {
-                        format!("slow start: {:.0}% of full weight", fraction * 100.0)
+                        r.push_str("slow start: ");
+                        push_fixed(&mut r, fraction * 100.0, 0);
+                        r.write_str("% of full weight")
                     }
-                    _ => "healthy".to_owned(),
-                }
+                    _ => r.write_str("healthy"),
+                };
             }
+            r
         });
-        let mut summary = String::new();
-        if let Some(s) = fresh.get(ep.as_str()) {
-            let _ = write!(
-                summary,
-                "{:.1} rps, success {:.3}, latency {:.4} s",
-                s.rps, s.success_rate, s.latency
-            );
+        if let Some(s) = &signals {
+            reason.push_str(" (");
+            push_fixed(&mut reason, s.rps, 1);
+            reason.push_str(" rps, success ");
+            push_fixed(&mut reason, s.success_rate, 3);
+            reason.push_str(", latency ");
+            push_fixed(&mut reason, s.latency, 4);
+            reason.push_str(" s)");
         }
         endpoints.push(EndpointDecision {
             endpoint: ep.clone(),
@@ -682,12 +865,8 @@ pub fn decide(
             healthy: is_healthy,
             status: if held { Status::Held } else { status },
             multiplier: st.multiplier,
-            reason: if summary.is_empty() {
-                reason
-            } else {
-                format!("{reason} ({summary})")
-            },
-            signals: fresh.get(ep.as_str()).copied(),
+            reason,
+            signals,
         });
     }
     let mode = if serving > 0
@@ -699,7 +878,7 @@ pub fn decide(
     };
     Decision {
         endpoints,
-        state,
+        state: cluster_state(slots),
         mode,
         events,
     }
@@ -740,6 +919,9 @@ fn publish(policy: &Policy, base: u32, st: &EndpointState, now_ms: u64) -> (u32,
         },
     }
 }
+
+#[cfg(test)]
+mod reference;
 
 #[cfg(test)]
 mod tests {
@@ -1037,6 +1219,141 @@ mod tests {
                     if e.healthy { prop_assert!(e.weight >= 1); serving += 1; }
                 }
                 prop_assert!(serving >= 1, "never zero capacity");
+                state = d.state;
+            }
+        }
+    }
+
+    #[test]
+    fn push_fixed_writes_what_std_writes_at_ties_and_edges() {
+        let values = [
+            0.0,
+            -0.0,
+            0.5,
+            1.5,
+            2.5,
+            0.25,
+            0.125,
+            0.375,
+            0.0005,
+            0.00005,
+            0.05,
+            0.15,
+            0.35,
+            1.005,
+            2.675,
+            9.995,
+            99.95,
+            0.9995,
+            0.99995,
+            1e11 + 0.5,
+            1e12,
+            123456.78125,
+            4503599627370495.5,
+            -1.25,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::MIN_POSITIVE,
+            5e-324,
+            1.0 - f64::EPSILON,
+            0.1 + 0.2,
+        ];
+        for x in values {
+            for p in 0..=5 {
+                let mut got = String::new();
+                push_fixed(&mut got, x, p);
+                assert_eq!(got, format!("{x:.p$}"), "{x:e} at {p}");
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn prefix_keys_never_contradict_string_order(
+            a in "[a-c\\x00.:0-9]{0,12}",
+            b in "[a-c\\x00.:0-9]{0,12}",
+        ) {
+            let (ka, kb) = (prefix_key(&a), prefix_key(&b));
+            if ka != kb {
+                prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+            }
+        }
+    }
+
+    /// Addresses of the pool: several share their first 8 bytes, so sorting them compares
+    /// whole strings too.
+    fn address(i: usize) -> String {
+        format!("10.0.0.{}:80", [1, 10, 11, 2, 20, 3, 100, 12, 4][i % 9])
+    }
+
+    fn any_signals() -> impl Strategy<Value = Option<(f64, f64, f64, u64)>> {
+        let rate = prop_oneof![
+            Just(1.0),
+            Just(0.999),
+            Just(0.5),
+            Just(0.0),
+            0.0f64..1.0,
+            Just(f64::NAN)
+        ];
+        let latency = prop_oneof![Just(0.010), Just(0.100), 0.0f64..1.0, Just(0.0)];
+        let requests = prop_oneof![Just(200.0), Just(3.0), 0.0f64..1000.0];
+        let age = prop_oneof![Just(0u64), 0u64..60_000];
+        prop::option::weighted(0.85, (rate, latency, requests, age))
+    }
+
+    proptest! {
+        #[test]
+        fn push_fixed_writes_what_std_writes(
+            x in prop_oneof![0.0f64..1.0, 0.0f64..1000.0, 0.0f64..1e13, any::<f64>()],
+            p in 0usize..6,
+        ) {
+            let mut got = "prefix ".to_owned();
+            push_fixed(&mut got, x, p);
+            prop_assert_eq!(got, format!("prefix {x:.p$}"));
+        }
+
+        #[test]
+        fn decisions_are_those_of_the_reference_implementation(
+            steps in prop::collection::vec(
+                (
+                    // base: addresses (some repeated, unordered) and weights
+                    prop::collection::vec((0usize..9, 0u32..4), 0..9),
+                    // signals per address of the pool
+                    prop::collection::vec(any_signals(), 9),
+                    // time since the previous step
+                    prop_oneof![Just(5_000u64), 1u64..20_000, 20_000u64..400_000],
+                ),
+                1..25,
+            ),
+            tight in any::<bool>(),
+        ) {
+            let p = if tight { policy() } else { Policy { success_rate_minimum_hosts: 2, ..Policy::default() } };
+            let mut state = ClusterState::default();
+            let mut now = 0u64;
+            for (b, sigs, dt) in &steps {
+                now += dt;
+                let b: Vec<(String, u32)> =
+                    b.iter().map(|(i, w)| (address(*i), *w)).collect();
+                let s: BTreeMap<String, Signals> = sigs
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| {
+                        let (success_rate, latency, requests, age) = (*s)?;
+                        Some((address(i), Signals {
+                            requests,
+                            rps: requests / 5.0,
+                            success_rate,
+                            latency,
+                            sampled_at_ms: now.saturating_sub(age),
+                        }))
+                    })
+                    .collect();
+                let d = decide(&p, &b, &state, &s, now);
+                let r = reference::decide(&p, &b, &state, &s, now);
+                prop_assert_eq!(&d, &r);
+                let owned = decide_owned(&p, &b, state.clone(), &s, now);
+                prop_assert_eq!(&d, &owned);
                 state = d.state;
             }
         }

@@ -423,17 +423,18 @@ impl Validator {
                 lead: f.lead.value.0,
                 window: d(&f.window, 600),
                 step: d(&f.step, 15),
-                holt: crate::forecast::Holt {
-                    alpha: f.alpha.as_ref().map_or(0.5, |a| a.value),
-                    beta: f.beta.as_ref().map_or(0.3, |b| b.value),
+                holt: {
+                    let default = gofe_core::forecast::Holt::default();
+                    gofe_core::forecast::Holt {
+                        alpha: f.alpha.as_ref().map_or(default.alpha, |a| a.value),
+                        beta: f.beta.as_ref().map_or(default.beta, |b| b.value),
+                    }
                 },
             };
-            if forecast.step < Duration::from_secs(1) {
+            if forecast.step < gofe_core::forecast::MIN_STEP {
                 let at = f.step.as_ref().map_or(&f.lead, |s| s);
                 self.at(at, format!("{field}.forecast.step"), "must be at least 1s");
-            } else if forecast.window.as_secs_f64() / forecast.step.as_secs_f64() < 2.0
-                || forecast.window.as_secs_f64() / forecast.step.as_secs_f64() > 11000.0
-            {
+            } else if !gofe_core::forecast::history_fits(forecast.window, forecast.step) {
                 self.at(
                     &f.lead,
                     format!("{field}.forecast.window"),

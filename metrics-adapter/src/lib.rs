@@ -16,7 +16,8 @@
 //!   [`selector`] into PromQL; [`selector`] parses `labelSelector` and escapes it into label
 //!   matchers.
 //! - [`provider`] answers (metric, namespace, selector) through a bounded cache with single
-//!   flight, applies the missing-data policy, the [`forecast`] and ejection awareness.
+//!   flight, applies the missing-data policy, the forecast ([`gofe_core::forecast`], the same
+//!   code the simulator runs) and ejection awareness.
 //! - [`prom`] is a small Prometheus HTTP API client; [`quantity`] formats values as Kubernetes
 //!   quantities; [`api`] is the HTTP surface and its `Status` errors; [`server`] is TLS, client
 //!   certificate authentication and the process entry point [`server::run`].
@@ -29,7 +30,6 @@
 
 pub mod api;
 pub mod config;
-pub mod forecast;
 pub mod prom;
 pub mod provider;
 pub mod quantity;

@@ -347,7 +347,7 @@ impl Provider {
             None => self.prom.query(&query, None).await,
             Some(f) => {
                 let start = now - f.window.as_secs_f64();
-                let steps_ahead = f.lead.as_secs_f64() / f.step.as_secs_f64();
+                let steps_ahead = gofe_core::forecast::steps_ahead(f.lead, f.step);
                 self.prom
                     .query_range(&query, start, now, f.step)
                     .await

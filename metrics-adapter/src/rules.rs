@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::forecast::Holt;
 use crate::selector::{Matcher, Selector, SelectorError};
+use gofe_core::forecast::Holt;
 
 /// The ejection state the gofe controller exports: `gofe_endpoint_ejected{cluster,endpoint}`,
 /// a gauge that is 1 while an endpoint is ejected (not serving) and 0 while it serves.

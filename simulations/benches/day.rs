@@ -1,6 +1,7 @@
 //! The performance target: a 24-hour trace at 1-second resolution, 100 pods, one policy, in
 //! under a second. Writes a day-long CSV trace to a temporary directory (the simulator streams
-//! it), then times one run per balancer. `cargo bench -p gofe-sim --bench day`.
+//! it), then times one run per balancer. `cargo bench -p gofe-sim --bench day`; set
+//! `GOFE_SIM_BENCH=gofe` (a policy name) to time only that policy, e.g. under a profiler.
 
 use std::io::Write;
 use std::time::Instant;
@@ -46,7 +47,11 @@ policies:
     );
     let sc = gofe_sim::scenario::parse("bench-day.yaml", &text).expect("scenario");
     println!("24 h at 1 s steps (86,400 steps), 100 pods, HPA + pipeline on, streamed CSV trace:");
+    let only = std::env::var("GOFE_SIM_BENCH").ok();
     for policy in &sc.policies {
+        if only.as_deref().is_some_and(|o| o != policy.name) {
+            continue;
+        }
         let mut best = f64::INFINITY;
         let mut steps = 0u64;
         for _ in 0..3 {

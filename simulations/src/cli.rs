@@ -232,6 +232,7 @@ pub fn set_param(sc: &mut Scenario, param: &str, value: f64) -> anyhow::Result<(
                         Some(SimMetric::ExternalRps {
                             average_value,
                             value: v,
+                            ..
                         }) => {
                             let q = Some(Quantity((value * 1000.0).round() as i64));
                             if average_value.is_some() {

@@ -16,9 +16,11 @@
 //!
 //! Every `scrape` the pods' request and CPU counters are sampled; the adapter recomputes
 //! `rate()` over `window` every `cache`; the HPA ([`gofe_core::hpa::reconcile`]) syncs every
-//! `sync` on the cached values. Pods start `Pending` for `startup`, run unready for
-//! `readiness`, then join the endpoints. Scale-down removes pending, then unready, then the
-//! newest pods first, as a ReplicaSet does.
+//! `sync` on the cached values. With `external_rps.forecast` the total rate is also sampled
+//! every forecast `step`, and at each cache refresh the adapter's value is its Holt forecast
+//! ([`gofe_core::forecast`], the adapter's own code) `lead` ahead. Pods start `Pending` for
+//! `startup`, run unready for `readiness`, then join the endpoints. Scale-down removes
+//! pending, then unready, then the newest pods first, as a ReplicaSet does.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
@@ -74,6 +76,7 @@ pub fn hpa_spec(a: &Autoscaling) -> Result<HpaSpec, (String, String)> {
             SimMetric::ExternalRps {
                 average_value,
                 value,
+                ..
             } => MetricSpec {
                 name: "rps".into(),
                 kind: MetricKind::External,
@@ -210,6 +213,8 @@ struct Pod {
     /// gofe balancer: per controller interval (requests, failures, Σ latency × requests).
     signal_window: VecDeque<(f64, f64, f64)>,
     signal_now: (f64, f64, f64),
+    /// gofe balancer: the controller's last weight for this pod (`None`: not decided yet).
+    gofe_weight: Option<u32>,
 }
 
 impl Pod {
@@ -218,6 +223,47 @@ impl Pod {
     }
     fn running(&self, now: f64) -> bool {
         now >= self.running_at
+    }
+}
+
+/// `rate()` over `window` at `now` from a pod's scrapes (oldest first): per second of requests
+/// and of CPU (milli-cores) between the first and the last scrape in the window, and the last
+/// scrape's time; `None` without two scrapes in the window.
+fn rate_at(samples: &VecDeque<(f64, f64, f64)>, now: f64, window: f64) -> Option<(f64, f64, f64)> {
+    let first = samples.iter().find(|s| s.0 >= now - window)?;
+    let last = samples.back()?;
+    (last.0 > first.0).then(|| {
+        let span = last.0 - first.0;
+        ((last.1 - first.1) / span, (last.2 - first.2) / span, last.0)
+    })
+}
+
+/// The adapter's forecast of an External rate metric: the total rate sampled every `step`
+/// (as a Prometheus range query would evaluate it), the last `window` of it kept, and the
+/// forecast made when the adapter's cache refreshes.
+struct Forecaster {
+    holt: gofe_core::forecast::Holt,
+    steps_ahead: f64,
+    step: f64,
+    keep: usize,
+    next_sample: f64,
+    history: VecDeque<f64>,
+    /// The value the adapter serves now (`None`: no finite history, served as unavailable).
+    served: Option<f64>,
+}
+
+impl Forecaster {
+    fn new(f: &crate::scenario::Forecast) -> Self {
+        Forecaster {
+            holt: f.holt(),
+            steps_ahead: gofe_core::forecast::steps_ahead(f.lead.0, f.step.0),
+            step: f.step.secs(),
+            // A range query over [now − window, now] holds window / step + 1 points.
+            keep: (f.window.secs() / f.step.secs()).floor() as usize + 1,
+            next_sample: 0.0,
+            history: VecDeque::new(),
+            served: None,
+        }
     }
 }
 
@@ -296,6 +342,20 @@ pub fn run_recorded(
             policy: policy.name.clone(),
             message: format!("autoscaling.{f}: {m}"),
         })?;
+    // One per HPA metric, in order: the adapter's forecast, for an External rate with one.
+    let mut forecasters: Vec<Option<Forecaster>> = autoscaling
+        .map(|a| {
+            a.metrics
+                .iter()
+                .map(|m| match m {
+                    SimMetric::ExternalRps {
+                        forecast: Some(f), ..
+                    } => Some(Forecaster::new(f)),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     let hpa_config = ControllerConfig {
         tolerance: autoscaling.map_or(gofe_core::hpa::DEFAULT_TOLERANCE, |a| a.tolerance),
         ..ControllerConfig::default()
@@ -347,6 +407,7 @@ pub fn run_recorded(
             cached: None,
             signal_window: VecDeque::new(),
             signal_now: (0.0, 0.0, 0.0),
+            gofe_weight: None,
         }
     };
     let mut pods: Vec<Pod> = (0..sv.pods).map(|_| new_pod(0.0, true)).collect();
@@ -373,8 +434,16 @@ pub fn run_recorded(
     let mut row = StepRow::default();
     let gofe_policy = gofe_core::policy::Policy::default();
     let mut gofe_state = gofe_core::policy::ClusterState::default();
-    let mut gofe_weights: BTreeMap<usize, u32> = BTreeMap::new();
     let mut next_decide = policy.interval.secs();
+    // gofe balancer: what `decide` is given, kept from one decision to the next.
+    let mut base_weights: Vec<(String, u32)> = Vec::new();
+    let mut base_pods: Vec<usize> = Vec::new();
+    let mut signals: BTreeMap<String, gofe_core::policy::Signals> = BTreeMap::new();
+    let mut signal_pods: Vec<usize> = Vec::new();
+    // Per entry of `signals`, in key order: its place in `fresh_signals`.
+    let mut signal_order: Vec<usize> = Vec::new();
+    let (mut decided, mut ready_pods, mut fresh_pods) = (Vec::new(), Vec::new(), Vec::new());
+    let mut fresh_signals: Vec<(usize, gofe_core::policy::Signals)> = Vec::new();
     let mut seq_weights: Vec<u32> = Vec::new();
     let mut weights: Vec<u32> = Vec::new();
     let report_every = (steps / 100).max(1);
@@ -433,9 +502,8 @@ pub fn run_recorded(
         if policy.balancer == Balancer::Gofe {
             // The controller's weights (endpoints it has not seen yet get the base weight).
             for (w, &i) in weights.iter_mut().zip(&endpoints) {
-                *w = gofe_weights
-                    .get(&pods[i].index)
-                    .copied()
+                *w = pods[i]
+                    .gofe_weight
                     .unwrap_or(gofe_core::policy::WEIGHT_SCALE as u32);
             }
             if weights.iter().all(|&w| w == 0) {
@@ -646,25 +714,28 @@ pub fn run_recorded(
             let keep = (policy.window.secs() / policy.interval.secs())
                 .ceil()
                 .max(1.0) as usize;
-            let mut base_weights = Vec::new();
-            let mut signals = BTreeMap::new();
-            for p in &mut pods {
+            decided.clear();
+            ready_pods.clear();
+            fresh_pods.clear();
+            fresh_signals.clear();
+            for (i, p) in pods.iter_mut().enumerate() {
                 p.signal_window.push_back(std::mem::take(&mut p.signal_now));
                 while p.signal_window.len() > keep {
                     p.signal_window.pop_front();
                 }
+                p.gofe_weight = None;
                 if now < p.ready_at {
                     continue;
                 }
-                let name = p.name.clone();
                 let (req, fail, lat) = p
                     .signal_window
                     .iter()
                     .fold((0.0, 0.0, 0.0), |a, x| (a.0 + x.0, a.1 + x.1, a.2 + x.2));
                 let span = p.signal_window.len() as f64 * policy.interval.secs();
                 if req > 0.0 {
-                    signals.insert(
-                        name.clone(),
+                    fresh_pods.push(p.index);
+                    fresh_signals.push((
+                        i,
                         gofe_core::policy::Signals {
                             requests: req,
                             rps: req / span,
@@ -672,14 +743,40 @@ pub fn run_recorded(
                             latency: lat / req,
                             sampled_at_ms: now_ms,
                         },
-                    );
+                    ));
                 }
-                base_weights.push((name, 1u32));
+                ready_pods.push(p.index);
+                decided.push(i);
             }
-            let decision = gofe_core::policy::decide(
+            // The endpoint list and the signal map keep their names while the pods they
+            // describe stay the same (most steps): only the values change.
+            if ready_pods != base_pods {
+                base_weights.clear();
+                base_weights.extend(decided.iter().map(|&i| (pods[i].name.clone(), 1u32)));
+                std::mem::swap(&mut base_pods, &mut ready_pods);
+            }
+            if fresh_pods == signal_pods {
+                for (v, &j) in signals.values_mut().zip(&signal_order) {
+                    *v = fresh_signals[j].1;
+                }
+            } else {
+                signal_order.clear();
+                signal_order.extend(0..fresh_signals.len());
+                signal_order.sort_by(|&a, &b| {
+                    pods[fresh_signals[a].0]
+                        .name
+                        .cmp(&pods[fresh_signals[b].0].name)
+                });
+                signals = signal_order
+                    .iter()
+                    .map(|&j| (pods[fresh_signals[j].0].name.clone(), fresh_signals[j].1))
+                    .collect();
+                std::mem::swap(&mut signal_pods, &mut fresh_pods);
+            }
+            let decision = gofe_core::policy::decide_owned(
                 &gofe_policy,
                 &base_weights,
-                &gofe_state,
+                std::mem::take(&mut gofe_state),
                 &signals,
                 now_ms,
             );
@@ -691,23 +788,20 @@ pub fn run_recorded(
             if let Some(rec) = recorder.as_mut() {
                 rec(&base_weights, &signals, now_ms, &decision);
             }
+            // Decisions come in the order of `base_weights`.
             let panic = decision.mode == gofe_core::policy::Mode::Panic;
-            gofe_weights = decision
-                .endpoints
-                .iter()
-                .filter_map(|d| {
-                    let index: usize = d.endpoint.strip_prefix("pod-")?.parse().ok()?;
-                    let w = if panic {
-                        gofe_core::policy::WEIGHT_SCALE as u32
-                    } else if d.healthy {
-                        d.weight
-                    } else {
-                        0
-                    };
-                    Some((index, w))
-                })
-                .collect();
-            open = gofe_weights.values().filter(|&&w| w == 0).count();
+            open = 0;
+            for (d, &i) in decision.endpoints.iter().zip(&decided) {
+                let w = if panic {
+                    gofe_core::policy::WEIGHT_SCALE as u32
+                } else if d.healthy {
+                    d.weight
+                } else {
+                    0
+                };
+                open += usize::from(w == 0);
+                pods[i].gofe_weight = Some(w);
+            }
             gofe_state = decision.state;
         }
 
@@ -784,20 +878,29 @@ pub fn run_recorded(
                 }
             }
         }
+        for f in forecasters.iter_mut().flatten() {
+            if now >= f.next_sample {
+                f.next_sample += f.step;
+                // sum(rate(…)): no series at all is a gap, not a zero.
+                let mut total = None;
+                for p in &pods {
+                    if let Some(r) = rate_at(&p.samples, now, pl.window.secs()) {
+                        *total.get_or_insert(0.0) += r.0;
+                    }
+                }
+                f.history.push_back(total.unwrap_or(f64::NAN));
+                while f.history.len() > f.keep {
+                    f.history.pop_front();
+                }
+            }
+        }
         if now >= next_cache || pl.cache.0.is_zero() {
             next_cache += pl.cache.secs();
             for p in &mut pods {
-                let in_window: Vec<&(f64, f64, f64)> = p
-                    .samples
-                    .iter()
-                    .filter(|s| s.0 >= now - pl.window.secs())
-                    .collect();
-                p.cached = match (in_window.first(), in_window.last()) {
-                    (Some(a), Some(b)) if b.0 > a.0 => {
-                        Some(((b.1 - a.1) / (b.0 - a.0), (b.2 - a.2) / (b.0 - a.0), b.0))
-                    }
-                    _ => None,
-                };
+                p.cached = rate_at(&p.samples, now, pl.window.secs());
+            }
+            for f in forecasters.iter_mut().flatten() {
+                f.served = f.holt.forecast(f.history.make_contiguous(), f.steps_ahead);
             }
         }
         if let Some(spec) = &hpa {
@@ -833,7 +936,14 @@ pub fn run_recorded(
                 let readings: Vec<Reading> = spec
                     .metrics
                     .iter()
-                    .map(|m| match m.kind {
+                    .zip(&forecasters)
+                    .map(|(m, forecast)| match m.kind {
+                        MetricKind::External if forecast.is_some() => {
+                            match forecast.as_ref().and_then(|f| f.served) {
+                                Some(v) => Reading::Values(vec![(v * 1000.0).round() as i64]),
+                                None => Reading::Unavailable,
+                            }
+                        }
                         MetricKind::External | MetricKind::Object => Reading::Values(vec![pods
                             .iter()
                             .filter_map(|p| p.cached.map(|c| (c.0 * 1000.0).round() as i64))

@@ -374,6 +374,10 @@ pub enum SimMetric {
         /// …`Value` in total.
         #[serde(default)]
         value: Option<Quantity>,
+        /// The adapter's `forecast` option: the HPA sees the rate forecast `lead` ahead
+        /// instead of the current rate (absent: the current rate).
+        #[serde(default)]
+        forecast: Option<Forecast>,
     },
     /// Per-pod requests per second (Pods, AverageValue).
     PodsRps {
@@ -386,6 +390,47 @@ pub enum SimMetric {
         /// Target, percent.
         average_utilization: i32,
     },
+}
+
+/// The metrics adapter's `forecast` option of a rule, with its names, defaults and limits:
+/// the served value is the request rate extrapolated `lead` ahead by Holt's linear trend
+/// ([`gofe_core::forecast`], the adapter's code) over the last `window` of the rate, sampled
+/// every `step`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forecast {
+    /// How far ahead the served value looks (required), e.g. `60s`.
+    pub lead: Dur,
+    /// History fitted (default `10m`).
+    #[serde(default = "ten_minutes")]
+    pub window: Dur,
+    /// Spacing of the history samples (default `15s`, at least `1s`; the window must hold
+    /// 2 to 11,000 of them).
+    #[serde(default = "fifteen")]
+    pub step: Dur,
+    /// Level smoothing α in (0, 1] (default 0.5).
+    #[serde(default = "holt_alpha")]
+    pub alpha: f64,
+    /// Trend smoothing β in (0, 1] (default 0.3).
+    #[serde(default = "holt_beta")]
+    pub beta: f64,
+}
+
+impl Forecast {
+    /// The smoothing factors.
+    pub fn holt(&self) -> gofe_core::forecast::Holt {
+        gofe_core::forecast::Holt {
+            alpha: self.alpha,
+            beta: self.beta,
+        }
+    }
+}
+
+fn holt_alpha() -> f64 {
+    gofe_core::forecast::Holt::default().alpha
+}
+fn holt_beta() -> f64 {
+    gofe_core::forecast::Holt::default().beta
 }
 
 /// Outlier detection settings (the per-endpoint breaker of gofe-core).
@@ -776,13 +821,33 @@ fn validate_autoscaling(a: &Autoscaling, base: &str, p: &mut Vec<Problem>) {
         if let SimMetric::ExternalRps {
             average_value,
             value,
+            forecast,
         } = m
         {
+            let field = format!("{base}.metrics[{i}].external_rps");
             if average_value.is_some() == value.is_some() {
-                bad(
-                    format!("{base}.metrics[{i}].external_rps"),
-                    "exactly one of average_value, value".into(),
-                );
+                bad(field.clone(), "exactly one of average_value, value".into());
+            }
+            if let Some(f) = forecast {
+                if f.step.0 < gofe_core::forecast::MIN_STEP {
+                    bad(
+                        format!("{field}.forecast.step"),
+                        "must be at least 1s".into(),
+                    );
+                } else if !gofe_core::forecast::history_fits(f.window.0, f.step.0) {
+                    bad(
+                        format!("{field}.forecast.window"),
+                        "window must hold between 2 and 11000 steps".into(),
+                    );
+                }
+                for (name, v) in [("alpha", f.alpha), ("beta", f.beta)] {
+                    if !(v > 0.0 && v <= 1.0) {
+                        bad(
+                            format!("{field}.forecast.{name}"),
+                            "must be in (0, 1]".into(),
+                        );
+                    }
+                }
             }
         }
     }
