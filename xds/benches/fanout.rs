@@ -1,11 +1,20 @@
 //! Fan-out benchmark: N simulated ADS clients on loopback, one endpoint-weight change, time
 //! until every client has received and ACKed it; and the control plane's RSS per client.
 //!
-//! `cargo bench -p gofe-xds --bench fanout -- 100 1000 5000`
+//! ```sh
+//! cargo bench -p gofe-xds --bench fanout -- [--rounds R] [--debounce-ms D] 100 1000 5000
+//! ```
 //!
-//! The control plane runs in a child process (this binary with `--server`) so its RSS is its
-//! own. Each simulated client is a real gRPC client on its own HTTP/2 connection, subscribed
-//! to CDS (wildcard) and to the EDS of every cluster, ACKing every response as Envoy does.
+//! The control plane runs in a child process (this binary with `--server`) so that its RSS
+//! and CPU time are its own; the clients and the driver share the parent process. Each
+//! simulated client is a real gRPC client on its own HTTP/2 connection, subscribed to CDS
+//! (wildcard) and to the EDS of every cluster, ACKing every response as Envoy does.
+//!
+//! Each round changes the weights of one cluster. Latency is measured twice, both from the
+//! moment `set_snapshot` is called (so the debounce is included):
+//! - by the control plane, to the moment it has *processed* the k-th ACK of the change
+//!   (sampled every 100 µs; this is the headline figure);
+//! - by the clients, to the moment each one has queued its ACK.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -63,6 +72,7 @@ fn resources(generation: u32) -> Resources {
     r
 }
 
+/// VmRSS of this process, KiB.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -72,15 +82,43 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// The control plane: prints its port, then obeys `push` and `rss` lines on stdin.
-async fn server() {
-    let server = AdsServer::new(ServerOptions::default());
+/// CPU time consumed so far by every thread of this process (nanosecond resolution, from
+/// `/proc/self/task/*/schedstat`; threads that have exited are not counted, and ours don't).
+fn cpu_time() -> Duration {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// The control plane: prints its port, then obeys commands on stdin, one a line; every
+/// answer of ours starts with "= " (a wrapper such as heaptrack may print lines of its own).
+/// - `push N`: sets the next generation's snapshot, waits until N more EDS ACKs have been
+///   processed, and answers the times (ms after `set_snapshot`) of the 50 %, 99 % and last.
+/// - `rss`, `cpu`: VmRSS in KiB; CPU time in ms.
+async fn server(debounce: Duration) {
+    let server = AdsServer::new(ServerOptions {
+        debounce,
+        ..Default::default()
+    });
     server.cache().set_snapshot(
         NodeKey::Default,
         Snapshot::from_resources(&resources(0)).unwrap(),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    println!("{}", listener.local_addr().unwrap().port());
+    println!("= {}", listener.local_addr().unwrap().port());
     tokio::spawn(gofe_xds::serve(
         listener,
         server.clone(),
@@ -90,23 +128,42 @@ async fn server() {
     let mut generation = 0;
     let mut lines = BufReader::new(std::io::stdin()).lines();
     while let Some(Ok(line)) = tokio::task::block_in_place(|| lines.next()) {
-        match line.as_str() {
-            "push" => {
+        let mut words = line.split_whitespace();
+        match (
+            words.next(),
+            words.next().and_then(|n| n.parse::<u64>().ok()),
+        ) {
+            (Some("push"), Some(n)) => {
                 generation += 1;
-                server.cache().set_snapshot(
-                    NodeKey::Default,
-                    Snapshot::from_resources(&resources(generation)).unwrap(),
-                );
-                println!("ok");
+                let snapshot = Snapshot::from_resources(&resources(generation)).unwrap();
+                let base = server.acks(ResourceType::Endpoints);
+                let marks = [n.div_ceil(2), (n * 99).div_ceil(100), n];
+                let mut times = [Duration::ZERO; 3];
+                let start = Instant::now();
+                server.cache().set_snapshot(NodeKey::Default, snapshot);
+                tokio::task::block_in_place(|| {
+                    let mut next = 0;
+                    while next < marks.len() && start.elapsed() < Duration::from_secs(60) {
+                        let acked = server.acks(ResourceType::Endpoints) - base;
+                        while next < marks.len() && acked >= marks[next] {
+                            times[next] = start.elapsed();
+                            next += 1;
+                        }
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                });
+                let [a, b, c] = times.map(ms);
+                println!("= {a:.1} {b:.1} {c:.1}");
             }
-            "rss" => println!("{}", rss_kib()),
+            (Some("rss"), _) => println!("= {}", rss_kib()),
+            (Some("cpu"), _) => println!("= {:.1}", ms(cpu_time())),
             _ => return,
         }
     }
 }
 
 /// One simulated Envoy. After its first EDS response it waits for all others; then it reports
-/// on `done` the instant it ACKs the next EDS response (the pushed change).
+/// on `done` the instant it has queued the ACK of each later EDS response.
 async fn client(port: u16, id: usize, ready: Arc<Barrier>, done: mpsc::UnboundedSender<Instant>) {
     let mut grpc = loop {
         match AggregatedDiscoveryServiceClient::connect(format!("http://127.0.0.1:{port}")).await {
@@ -130,33 +187,27 @@ async fn client(port: u16, id: usize, ready: Arc<Barrier>, done: mpsc::Unbounded
             ..Default::default()
         };
     let eds_names: Vec<String> = (0..CLUSTERS).map(|c| format!("svc-{c}")).collect();
-    tx.send(req(
-        ResourceType::Cluster,
-        vec![],
-        String::new(),
-        String::new(),
-    ))
-    .await
-    .unwrap();
-    tx.send(req(
-        ResourceType::Endpoints,
-        eds_names.clone(),
-        String::new(),
-        String::new(),
-    ))
-    .await
-    .unwrap();
-    let mut stream = grpc
+    let first = [
+        req(ResourceType::Cluster, vec![], String::new(), String::new()),
+        req(
+            ResourceType::Endpoints,
+            eds_names.clone(),
+            String::new(),
+            String::new(),
+        ),
+    ];
+    for r in first {
+        tx.send(r).await.expect("the request stream is open");
+    }
+    let mut stream = match grpc
         .stream_aggregated_resources(ReceiverStream::new(rx))
         .await
-        .unwrap()
-        .into_inner();
+    {
+        Ok(s) => s.into_inner(),
+        Err(e) => panic!("client {id}: {e}"),
+    };
     let mut seen_eds = false;
-    loop {
-        let resp = match stream.message().await {
-            Ok(Some(r)) => r,
-            _ => return,
-        };
+    while let Ok(Some(resp)) = stream.message().await {
         let Some(ty) = ResourceType::from_type_url(&resp.type_url) else {
             continue;
         };
@@ -165,14 +216,13 @@ async fn client(port: u16, id: usize, ready: Arc<Barrier>, done: mpsc::Unbounded
         } else {
             vec![]
         };
-        tx.send(req(
-            ty,
-            names,
-            resp.version_info.clone(),
-            resp.nonce.clone(),
-        ))
-        .await
-        .unwrap();
+        if tx
+            .send(req(ty, names, resp.version_info, resp.nonce))
+            .await
+            .is_err()
+        {
+            break;
+        }
         if ty == ResourceType::Endpoints {
             if !seen_eds {
                 seen_eds = true;
@@ -182,6 +232,9 @@ async fn client(port: u16, id: usize, ready: Arc<Barrier>, done: mpsc::Unbounded
             }
         }
     }
+    if !seen_eds {
+        panic!("client {id}: stream ended before the first EDS response");
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -189,22 +242,39 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-async fn run(n: usize) -> String {
+struct Options {
+    rounds: usize,
+    debounce: Duration,
+    sizes: Vec<usize>,
+}
+
+async fn run(n: usize, options: &Options) -> String {
     let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
+    let wrap = std::env::var("FANOUT_SERVER_WRAP").unwrap_or_default();
+    let mut argv: Vec<String> = wrap.split_whitespace().map(String::from).collect();
+    argv.push(exe.display().to_string());
+    let mut child = Command::new(&argv[0])
+        .args(&argv[1..])
         .arg("--server")
+        .arg(options.debounce.as_millis().to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut to_server = child.stdin.take().unwrap();
     let mut from_server = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port: u16 = from_server.next().unwrap().unwrap().parse().unwrap();
+    let mut answer = move || loop {
+        let line = from_server.next().unwrap().unwrap();
+        if let Some(a) = line.strip_prefix("= ") {
+            return a.to_owned();
+        }
+    };
+    let port: u16 = answer().parse().unwrap();
     let mut ask = |cmd: &str| -> String {
         writeln!(to_server, "{cmd}").unwrap();
-        from_server.next().unwrap().unwrap()
+        tokio::task::block_in_place(&mut answer)
     };
-    let rss_before: u64 = ask("rss").parse().unwrap();
+    let rss_before: f64 = ask("rss").parse().unwrap();
 
     let ready = Arc::new(Barrier::new(n + 1));
     let (done_tx, mut done) = mpsc::unbounded_channel();
@@ -212,32 +282,87 @@ async fn run(n: usize) -> String {
         tokio::spawn(client(port, id, Arc::clone(&ready), done_tx.clone()));
     }
     ready.wait().await;
-    let rss_after: u64 = ask("rss").parse().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss_synced: f64 = ask("rss").parse().unwrap();
+    let server_cpu_before: f64 = ask("cpu").parse().unwrap();
+    let client_cpu_before = cpu_time();
 
-    let start = Instant::now();
-    ask("push");
-    let mut latencies = Vec::with_capacity(n);
-    while latencies.len() < n {
-        match tokio::time::timeout(Duration::from_secs(60), done.recv()).await {
-            Ok(Some(t)) => latencies.push(t.duration_since(start)),
-            _ => break,
+    let mut server_side = Vec::new();
+    let mut client_side = Vec::with_capacity(n * options.rounds);
+    for _ in 0..options.rounds {
+        let start = Instant::now();
+        let marks: Vec<f64> = ask(&format!("push {n}"))
+            .split_whitespace()
+            .map(|v| v.parse().unwrap())
+            .collect();
+        server_side.push(marks);
+        let mut got = 0;
+        while got < n {
+            match tokio::time::timeout(Duration::from_secs(60), done.recv()).await {
+                Ok(Some(t)) => client_side.push(t.duration_since(start)),
+                _ => break,
+            }
+            got += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let server_cpu = ask("cpu").parse::<f64>().unwrap() - server_cpu_before;
+    let client_cpu = ms(cpu_time() - client_cpu_before);
+    let rss_after: f64 = ask("rss").parse().unwrap();
+    let _ = writeln!(to_server, "quit");
+    if wrap.is_empty() {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+
+    client_side.sort();
+    // Server side: the median over rounds of each mark, and the worst round's last ACK.
+    let column = |i: usize| {
+        let mut v: Vec<f64> = server_side.iter().map(|m| m[i]).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (p50, _) = column(0);
+    let (p99, p99_worst) = column(1);
+    let (last, last_worst) = column(2);
+    let rounds = options.rounds as f64;
+    format!(
+        "| {n} | {} | {p50:.1} | {p99:.1} ({p99_worst:.1}) | {last:.1} ({last_worst:.1}) \
+         | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.1} | {:.1} |",
+        client_side.len(),
+        ms(percentile(&client_side, 0.5)),
+        ms(percentile(&client_side, 0.99)),
+        ms(*client_side.last().unwrap()),
+        server_cpu / rounds,
+        client_cpu / rounds,
+        (rss_synced - rss_before) / n as f64,
+        (rss_after - rss_before) / n as f64,
+    )
+}
+
+fn parse_options() -> Options {
+    let mut options = Options {
+        rounds: 5,
+        debounce: ServerOptions::default().debounce,
+        sizes: Vec::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--rounds" => options.rounds = args.next().and_then(|v| v.parse().ok()).unwrap_or(5),
+            "--debounce-ms" => {
+                let ms = args.next().and_then(|v| v.parse().ok()).unwrap_or(10);
+                options.debounce = Duration::from_millis(ms);
+            }
+            // `cargo bench` passes `--bench`.
+            _ => options.sizes.extend(a.parse::<usize>().ok()),
         }
     }
-    latencies.sort();
-    let _ = writeln!(to_server, "quit");
-    let _ = child.kill();
-    let _ = child.wait();
-    let per_client = (rss_after.saturating_sub(rss_before)) as f64 / n as f64;
-    format!(
-        "| {n} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} |",
-        latencies.len(),
-        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
-        latencies.last().unwrap().as_secs_f64() * 1e3,
-        rss_before,
-        rss_after,
-        per_client,
-    )
+    if options.sizes.is_empty() {
+        options.sizes = vec![100, 1000, 5000];
+    }
+    options.rounds = options.rounds.max(1);
+    options
 }
 
 fn main() {
@@ -246,22 +371,25 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    if args.iter().any(|a| a == "--server") {
-        runtime.block_on(server());
+    if args.first().map(String::as_str) == Some("--server") {
+        let debounce = args.get(1).and_then(|v| v.parse().ok()).unwrap_or(10);
+        runtime.block_on(server(Duration::from_millis(debounce)));
         return;
     }
-    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
-    let sizes = if sizes.is_empty() {
-        vec![100, 1000, 5000]
-    } else {
-        sizes
-    };
+    let options = parse_options();
     println!(
-        "{CLUSTERS} EDS clusters x {ENDPOINTS} endpoints per client; one cluster's weights change; debounce 10 ms"
+        "{CLUSTERS} EDS clusters x {ENDPOINTS} endpoints per client; one cluster's weights \
+         change per round; {} rounds; debounce {} ms (included)",
+        options.rounds,
+        options.debounce.as_millis()
     );
-    println!("| clients | acked | p50 ms | p99 ms | max ms | CP RSS before KiB | CP RSS after KiB | KiB/client |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for n in sizes {
-        println!("{}", runtime.block_on(run(n)));
+    println!(
+        "| clients | ACKs | CP p50 ms | CP p99 ms (worst round) | CP last ms (worst round) \
+         | client p50 ms | client p99 ms | client max ms | CP CPU ms/round \
+         | clients CPU ms/round | CP KiB/client synced | CP KiB/client after pushes |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &n in &options.sizes {
+        println!("{}", runtime.block_on(run(n, &options)));
     }
 }

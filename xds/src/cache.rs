@@ -1,12 +1,14 @@
 //! Per-node snapshots of resources, versioned by content, published after a short debounce.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gofe_proto::wire::Any;
+use bytes::Bytes;
+use gofe_proto::wire::{Any, DiscoveryResponse};
 use gofe_proto::{ConvertError, ResourceType, Resources};
+use prost::Message as _;
 use tokio::sync::{watch, Notify};
 
 /// One encoded resource and its version (a hash of its bytes).
@@ -25,6 +27,70 @@ pub struct TypeSnapshot {
     pub version: String,
     /// Resources by name.
     pub resources: BTreeMap<String, Arc<Entry>>,
+    /// State-of-the-world responses already encoded, by subscription (its address: the
+    /// subscription is interned, and the entry holds it so the address is not reused).
+    sotw: Mutex<HashMap<usize, (Arc<Subscription>, Arc<EncodedSotw>)>>,
+}
+
+/// A set of resource names a stream subscribed to, or the wildcard. Interned
+/// ([`Subscriptions`]): streams that ask for the same names share one, and with it one encoded
+/// response per snapshot.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Subscription {
+    /// `None`: wildcard.
+    pub(crate) names: Option<BTreeSet<String>>,
+}
+
+impl Subscription {
+    /// Whether this is what a request with `names` (already known to be wildcard or not) asks
+    /// for. May answer `false` for an equal set listed with duplicates; never `true` wrongly.
+    pub(crate) fn is(&self, wildcard: bool, names: &[String]) -> bool {
+        match &self.names {
+            None => wildcard,
+            Some(set) => {
+                !wildcard && set.len() == names.len() && names.iter().all(|n| set.contains(n))
+            }
+        }
+    }
+}
+
+/// The interned subscriptions of a server.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions {
+    /// The set, and the size at which unused entries are next swept out.
+    set: Mutex<(HashSet<Arc<Subscription>>, usize)>,
+}
+
+impl Subscriptions {
+    /// The shared subscription to `names` (`None`: wildcard).
+    pub(crate) fn intern(&self, names: Option<BTreeSet<String>>) -> Arc<Subscription> {
+        let key = Subscription { names };
+        let mut guard = lock(&self.set);
+        let (set, sweep_at) = &mut *guard;
+        if let Some(s) = set.get(&key) {
+            return Arc::clone(s);
+        }
+        if set.len() >= *sweep_at {
+            // Entries only the set still holds belong to streams that have gone.
+            set.retain(|s| Arc::strong_count(s) > 1);
+            *sweep_at = (set.len() * 2).max(64);
+        }
+        let s = Arc::new(key);
+        set.insert(Arc::clone(&s));
+        s
+    }
+}
+
+/// A state-of-the-world response for one subscription, encoded once per snapshot and shared
+/// by every stream with that subscription.
+#[derive(Debug)]
+pub(crate) struct EncodedSotw {
+    /// A hash of the names and versions selected: equal for equal contents.
+    pub(crate) fingerprint: u64,
+    /// The type's version (`version_info`).
+    pub(crate) version: Arc<str>,
+    /// The `DiscoveryResponse` without its nonce, which each stream adds.
+    pub(crate) body: Bytes,
 }
 
 /// Everything one node (or group of nodes) should have: the four resource types.
@@ -35,7 +101,8 @@ pub struct Snapshot {
     pub created: Instant,
 }
 
-fn index(t: ResourceType) -> usize {
+/// The position of `t` in [`ResourceType::ALL`].
+pub(crate) fn index(t: ResourceType) -> usize {
     match t {
         ResourceType::Cluster => 0,
         ResourceType::Endpoints => 1,
@@ -99,7 +166,53 @@ impl TypeSnapshot {
                 .map(|(n, e)| (n.as_str(), e.version.as_str()))
                 .collect::<Vec<_>>(),
         );
-        TypeSnapshot { version, resources }
+        TypeSnapshot {
+            version,
+            resources,
+            sotw: Mutex::default(),
+        }
+    }
+
+    /// The state-of-the-world response of type `ty` for `subscription`, encoded on first use.
+    pub(crate) fn sotw(
+        &self,
+        ty: ResourceType,
+        subscription: &Arc<Subscription>,
+    ) -> Arc<EncodedSotw> {
+        let key = Arc::as_ptr(subscription) as usize;
+        // Held while encoding: the other streams that want this response wait for it rather
+        // than encoding it too.
+        let mut memo = lock(&self.sotw);
+        if let Some((_, encoded)) = memo.get(&key) {
+            return Arc::clone(encoded);
+        }
+        let selected: Vec<(&String, &Arc<Entry>)> = match &subscription.names {
+            None => self.resources.iter().collect(),
+            Some(names) => names
+                .iter()
+                .filter_map(|n| self.resources.get_key_value(n))
+                .collect(),
+        };
+        let fingerprint = {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for (name, entry) in &selected {
+                (name.as_str(), entry.version.as_str()).hash(&mut h);
+            }
+            h.finish()
+        };
+        let response = DiscoveryResponse {
+            version_info: self.version.clone(),
+            resources: selected.iter().map(|(_, e)| e.any.clone()).collect(),
+            type_url: ty.type_url().to_owned(),
+            ..Default::default()
+        };
+        let encoded = Arc::new(EncodedSotw {
+            fingerprint,
+            version: Arc::from(self.version.as_str()),
+            body: Bytes::from(response.encode_to_vec()),
+        });
+        memo.insert(key, (Arc::clone(subscription), Arc::clone(&encoded)));
+        encoded
     }
 }
 
@@ -184,6 +297,19 @@ impl SnapshotCache {
             .entry(key)
             .or_insert_with(|| watch::channel(None).0)
             .subscribe()
+    }
+}
+
+impl SnapshotCache {
+    /// Drops the slot of `key` if it holds no snapshot and nothing but the caller's own
+    /// receiver (about to be dropped) watches it, so slots of departed nodes do not pile up.
+    pub(crate) fn release(&self, key: &NodeKey) {
+        let mut slots = lock(&self.inner.slots);
+        if let Some(slot) = slots.get(key) {
+            if slot.receiver_count() <= 1 && slot.borrow().is_none() {
+                slots.remove(key);
+            }
+        }
     }
 }
 

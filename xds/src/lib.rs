@@ -24,6 +24,7 @@
 pub mod bootstrap;
 pub mod cache;
 pub mod client;
+mod grpc;
 mod metrics;
 pub mod serve;
 pub mod server;
