@@ -1,4 +1,5 @@
-//! Per-node snapshots of resources, versioned by content, published after a short debounce.
+//! Per-node snapshots of resources, versioned by content, published at most once per debounce
+//! window.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -29,8 +30,11 @@ pub struct TypeSnapshot {
     pub resources: BTreeMap<String, Arc<Entry>>,
     /// State-of-the-world responses already encoded, by subscription (its address: the
     /// subscription is interned, and the entry holds it so the address is not reused).
-    sotw: Mutex<HashMap<usize, (Arc<Subscription>, Arc<EncodedSotw>)>>,
+    sotw: Mutex<HashMap<usize, SotwMemo>>,
 }
+
+/// An encoded response and the subscription it was encoded for.
+type SotwMemo = (Arc<Subscription>, Arc<EncodedSotw>);
 
 /// A set of resource names a stream subscribed to, or the wildcard. Interned
 /// ([`Subscriptions`]): streams that ask for the same names share one, and with it one encoded
@@ -234,8 +238,10 @@ type Slot = watch::Sender<Option<Arc<Snapshot>>>;
 ///
 /// Each key has a `watch` channel: a stream holds a receiver and sees only the newest
 /// snapshot, however many were set while it was busy (a slow client never queues versions,
-/// and never holds back a fast one). Setting a snapshot is debounced: changes that arrive
-/// within the debounce window after the first are published together.
+/// and never holds back a fast one). Publication is rate-limited by the debounce window: a
+/// change that comes after a quiet window is published at once, and changes that come within
+/// the window after a publication are held and published together when it ends. An isolated
+/// change therefore waits for nothing, and a burst costs the clients one push per window.
 #[derive(Clone)]
 pub struct SnapshotCache {
     inner: Arc<CacheInner>,
@@ -249,8 +255,9 @@ struct CacheInner {
 }
 
 impl SnapshotCache {
-    /// A cache publishing changes `debounce` after the first one (zero: at once). Starts its
-    /// debounce task, so it must be created inside a Tokio runtime when `debounce` is non-zero.
+    /// A cache publishing at most once per `debounce` (zero: every change at once). Starts
+    /// its publishing task, so it must be created inside a Tokio runtime when `debounce` is
+    /// non-zero.
     pub fn new(debounce: Duration) -> SnapshotCache {
         let inner = Arc::new(CacheInner {
             slots: Mutex::default(),
@@ -262,18 +269,24 @@ impl SnapshotCache {
             let weak = Arc::downgrade(&inner);
             let notify = Arc::clone(&inner.notify);
             tokio::spawn(async move {
+                let mut last: Option<tokio::time::Instant> = None;
                 loop {
                     notify.notified().await;
-                    tokio::time::sleep(debounce).await;
+                    if let Some(last) = last {
+                        tokio::time::sleep_until(last + debounce).await;
+                    }
                     let Some(inner) = weak.upgrade() else { return };
-                    inner.flush();
+                    if inner.flush() {
+                        last = Some(tokio::time::Instant::now());
+                    }
                 }
             });
         }
         SnapshotCache { inner }
     }
 
-    /// Sets the snapshot for `key`; streams whose resources changed get it after the debounce.
+    /// Sets the snapshot for `key`; streams whose resources changed get it at once, or at the
+    /// end of the debounce window if a publication happened within it.
     pub fn set_snapshot(&self, key: NodeKey, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
         if self.inner.debounce.is_zero() {
@@ -314,11 +327,14 @@ impl SnapshotCache {
 }
 
 impl CacheInner {
-    fn flush(&self) {
+    /// Publishes what is pending; says whether there was anything.
+    fn flush(&self) -> bool {
         let pending: Vec<_> = lock(&self.pending).drain().collect();
+        let any = !pending.is_empty();
         for (key, snapshot) in pending {
             self.publish(key, snapshot);
         }
+        any
     }
 
     fn publish(&self, key: NodeKey, snapshot: Arc<Snapshot>) {
@@ -332,4 +348,59 @@ impl CacheInner {
 /// is a single map operation).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A snapshot with one cluster whose bytes are `[tag]`.
+    fn snapshot(tag: u8) -> Snapshot {
+        let any = Any {
+            type_url: ResourceType::Cluster.type_url().into(),
+            value: vec![tag],
+        };
+        let clusters = BTreeMap::from([("c".to_owned(), any)]);
+        Snapshot::from_encoded(HashMap::from([(ResourceType::Cluster, clusters)]))
+    }
+
+    fn version(rx: &mut watch::Receiver<Option<Arc<Snapshot>>>) -> String {
+        let current = rx.borrow_and_update();
+        current
+            .as_ref()
+            .unwrap()
+            .of(ResourceType::Cluster)
+            .version
+            .clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_isolated_change_is_published_at_once_and_a_burst_once_per_window() {
+        let cache = SnapshotCache::new(Duration::from_millis(10));
+        let mut rx = cache.subscribe(NodeKey::Default);
+        let start = tokio::time::Instant::now();
+
+        cache.set_snapshot(NodeKey::Default, snapshot(1));
+        rx.changed().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::ZERO);
+
+        // Two changes within the window after that publication: held, then published together.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        cache.set_snapshot(NodeKey::Default, snapshot(2));
+        tokio::time::sleep(Duration::from_millis(3)).await;
+        let last = snapshot(3);
+        let last_version = last.of(ResourceType::Cluster).version.clone();
+        cache.set_snapshot(NodeKey::Default, last);
+        rx.changed().await.unwrap();
+        assert_eq!(start.elapsed(), Duration::from_millis(10));
+        assert_eq!(version(&mut rx), last_version);
+        assert!(!rx.has_changed().unwrap());
+
+        // After a quiet window, at once again.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before = start.elapsed();
+        cache.set_snapshot(NodeKey::Default, snapshot(4));
+        rx.changed().await.unwrap();
+        assert_eq!(start.elapsed(), before);
+    }
 }

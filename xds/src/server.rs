@@ -45,7 +45,9 @@ pub struct PeerCertificate(pub CertificateDer<'static>);
 /// Options of an [`AdsServer`].
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// Debounce window for snapshot changes. Default 10 ms.
+    /// Debounce window: snapshots are published at most once per window. A change after a
+    /// quiet window goes out at once; changes within the window after a publication are held
+    /// and published together at its end (see [`SnapshotCache`]). Default 10 ms.
     pub debounce: Duration,
     /// Refuse streams that come without a client certificate. Whenever a client certificate is
     /// presented (mutual TLS), the node id must be a DNS name it is valid for, whatever this
