@@ -29,8 +29,9 @@ pub struct TypeSnapshot {
     /// Resources by name.
     pub resources: BTreeMap<String, Arc<Entry>>,
     /// State-of-the-world responses already encoded, by subscription (its address: the
-    /// subscription is interned, and the entry holds it so the address is not reused).
-    sotw: Mutex<HashMap<usize, SotwMemo>>,
+    /// subscription is interned, and the entry holds it so the address is not reused); and
+    /// the size at which entries no stream uses any more are swept out.
+    sotw: Mutex<(HashMap<usize, SotwMemo>, usize)>,
 }
 
 /// An encoded response and the subscription it was encoded for.
@@ -186,9 +187,16 @@ impl TypeSnapshot {
         let key = Arc::as_ptr(subscription) as usize;
         // Held while encoding: the other streams that want this response wait for it rather
         // than encoding it too.
-        let mut memo = lock(&self.sotw);
+        let mut guard = lock(&self.sotw);
+        let (memo, sweep_at) = &mut *guard;
         if let Some((_, encoded)) = memo.get(&key) {
             return Arc::clone(encoded);
+        }
+        if memo.len() >= *sweep_at {
+            // Held only here and by the interner: every stream with that subscription is gone
+            // (a snapshot can outlive many clients that came and went).
+            memo.retain(|_, (s, _)| Arc::strong_count(s) > 2);
+            *sweep_at = (memo.len() * 2).max(64);
         }
         let selected: Vec<(&String, &Arc<Entry>)> = match &subscription.names {
             None => self.resources.iter().collect(),
@@ -372,6 +380,35 @@ mod tests {
             .of(ResourceType::Cluster)
             .version
             .clone()
+    }
+
+    #[test]
+    fn equal_subscriptions_share_one_encoding_per_snapshot() {
+        let interned = Subscriptions::default();
+        let a = interned.intern(Some(BTreeSet::from(["c".to_owned(), "gone".to_owned()])));
+        let b = interned.intern(Some(BTreeSet::from(["gone".to_owned(), "c".to_owned()])));
+        assert!(Arc::ptr_eq(&a, &b));
+        let wildcard = interned.intern(None);
+
+        let snap = snapshot(7);
+        let types = snap.of(ResourceType::Cluster);
+        let first = types.sotw(ResourceType::Cluster, &a);
+        assert!(Arc::ptr_eq(&first, &types.sotw(ResourceType::Cluster, &b)));
+        let decoded = DiscoveryResponse::decode(first.body.clone()).unwrap();
+        assert_eq!(decoded.resources.len(), 1);
+        assert_eq!(decoded.resources[0].value, [7]);
+        assert_eq!(decoded.version_info, types.version);
+        assert_eq!(decoded.type_url, ResourceType::Cluster.type_url());
+        assert!(decoded.nonce.is_empty());
+        // The same resources selected another way have the same fingerprint; other content
+        // has another.
+        let all = types.sotw(ResourceType::Cluster, &wildcard);
+        assert_eq!(all.fingerprint, first.fingerprint);
+        let other = snapshot(8);
+        let changed = other
+            .of(ResourceType::Cluster)
+            .sotw(ResourceType::Cluster, &a);
+        assert_ne!(changed.fingerprint, first.fingerprint);
     }
 
     #[tokio::test(start_paused = true)]
