@@ -442,6 +442,7 @@ async fn run(n: usize, options: &Options) -> String {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
+    // The child's pipes belong to a thread of their own, so the clients' runtime never blocks.
     let mut to_server = child.stdin.take().unwrap();
     let mut from_server = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut answer = move || loop {
@@ -451,11 +452,23 @@ async fn run(n: usize, options: &Options) -> String {
         }
     };
     let port: u16 = answer().parse().unwrap();
-    let mut ask = |cmd: &str| -> String {
-        writeln!(to_server, "{cmd}").unwrap();
-        tokio::task::block_in_place(&mut answer)
+    type Ask = (String, tokio::sync::oneshot::Sender<String>);
+    let (commands, inbox) = std::sync::mpsc::channel::<Ask>();
+    let pipes = std::thread::spawn(move || {
+        for (cmd, reply) in inbox {
+            writeln!(to_server, "{cmd}").unwrap();
+            if cmd == "quit" {
+                return;
+            }
+            let _ = reply.send(answer());
+        }
+    });
+    let ask = |cmd: &str| {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        commands.send((cmd.to_owned(), reply)).unwrap();
+        async move { answer.await.unwrap_or_default() }
     };
-    let rss_before: f64 = ask("rss").parse().unwrap();
+    let rss_before: f64 = ask("rss").await.parse().unwrap();
 
     let ready = Arc::new(Barrier::new(n + 1));
     let (done_tx, mut done) = mpsc::unbounded_channel();
@@ -464,8 +477,8 @@ async fn run(n: usize, options: &Options) -> String {
     }
     ready.wait().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let rss_synced: f64 = ask("rss").parse().unwrap();
-    let server_cpu_before: f64 = ask("cpu").parse().unwrap();
+    let rss_synced: f64 = ask("rss").await.parse().unwrap();
+    let server_cpu_before: f64 = ask("cpu").await.parse().unwrap();
     let client_cpu_before = cpu_time();
 
     let mut server_side = Vec::new();
@@ -473,6 +486,7 @@ async fn run(n: usize, options: &Options) -> String {
     for _ in 0..options.rounds {
         let start = Instant::now();
         let marks: Vec<f64> = ask(&format!("push {n}"))
+            .await
             .split_whitespace()
             .map(|v| v.parse().unwrap())
             .collect();
@@ -490,10 +504,11 @@ async fn run(n: usize, options: &Options) -> String {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let server_cpu = ask("cpu").parse::<f64>().unwrap() - server_cpu_before;
+    let server_cpu = ask("cpu").await.parse::<f64>().unwrap() - server_cpu_before;
     let client_cpu = ms(cpu_time() - client_cpu_before);
-    let rss_after: f64 = ask("rss").parse().unwrap();
-    let _ = writeln!(to_server, "quit");
+    let rss_after: f64 = ask("rss").await.parse().unwrap();
+    let _ = ask("quit");
+    let _ = pipes.join();
     if wrap.is_empty() {
         let _ = child.kill();
     }
@@ -551,6 +566,9 @@ fn parse_options() -> Options {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // Both processes: a multi-threaded runtime, one worker per core (as the control plane is
+    // deployed; a single-threaded client runtime made no difference to the clients' CPU time
+    // and left them one core).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
