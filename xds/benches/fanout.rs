@@ -507,7 +507,7 @@ async fn run(n: usize, options: &Options) -> String {
     let server_cpu = ask("cpu").await.parse::<f64>().unwrap() - server_cpu_before;
     let client_cpu = ms(cpu_time() - client_cpu_before);
     let rss_after: f64 = ask("rss").await.parse().unwrap();
-    let _ = ask("quit");
+    ask("quit").await;
     let _ = pipes.join();
     if wrap.is_empty() {
         let _ = child.kill();
