@@ -3,7 +3,7 @@
 //! proxy can all take their configuration from gofe, and gofe's proxy from any control plane.
 //!
 //! ```text
-//!   controller ──Snapshot──▶ SnapshotCache ──(debounce, watch per node: newest wins)──┐
+//!   controller ──Snapshot──▶ SnapshotCache ──(≤1/10 ms, watch per node: newest wins)──┐
 //!                                                                                    ▼
 //!   Envoy / gRPC / gofe proxy ◀══ ADS stream (SotW or delta, one task each) ══ AdsServer
 //!        │ ACK / NACK(error_detail)                                  /metrics ◀──┘
@@ -24,6 +24,7 @@
 pub mod bootstrap;
 pub mod cache;
 pub mod client;
+mod grpc;
 mod metrics;
 pub mod serve;
 pub mod server;

@@ -7,12 +7,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
-use tower_service::Service;
 
+use crate::grpc::ResponseBody;
 use crate::server::{AdsServer, PeerCertificate};
 
 /// Why TLS settings could not be loaded.
@@ -171,31 +170,25 @@ fn service(
     cert: Option<PeerCertificate>,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
-    Response = http::Response<tonic::body::Body>,
+    Response = http::Response<ResponseBody>,
     Error = Infallible,
-    Future = impl Future<Output = Result<http::Response<tonic::body::Body>, Infallible>> + Send,
+    Future = impl Future<Output = Result<http::Response<ResponseBody>, Infallible>> + Send,
 > + Clone
        + Send {
-    let grpc = server.service();
-    hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        let mut grpc = grpc.clone();
+    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let server = server.clone();
         let cert = cert.clone();
         async move {
             if req.uri().path() == "/metrics" {
                 let text = server.metrics_text();
-                let mut resp =
-                    http::Response::new(tonic::body::Body::new(Full::new(Bytes::from(text))));
+                let mut resp = http::Response::new(ResponseBody::Full(Some(Bytes::from(text))));
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; version=0.0.4"),
                 );
                 return Ok(resp);
             }
-            if let Some(cert) = cert {
-                req.extensions_mut().insert(cert);
-            }
-            grpc.call(req).await
+            Ok(server.handle(req, cert).await)
         }
     })
 }

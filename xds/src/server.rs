@@ -1,29 +1,37 @@
 //! The ADS server: state-of-the-world and delta streams over one gRPC endpoint.
 //!
 //! Each stream is one task. It reads requests and watches the snapshot of its node; per type
-//! it remembers what it subscribed to, what it last sent (names and per-resource versions) and
-//! the nonce of that response. A request whose nonce is not the latest is stale and ignored;
-//! a NACK (error_detail set) is logged and exported, and the client stays on what it had: the
-//! rejected version is not sent again, only a newer snapshot is. A response is sent only when
-//! the resources the stream subscribed to actually changed.
+//! it remembers what it subscribed to, what it last sent and the nonce of that response. A
+//! request whose nonce is not the latest is stale and ignored; a NACK (error_detail set) is
+//! logged and exported, and the client stays on what it had: the rejected version is not sent
+//! again, only a newer snapshot is. A response is sent only when the resources the stream
+//! subscribed to actually changed.
+//!
+//! State-of-the-world responses are encoded once per (snapshot, type, subscription) and the
+//! bytes shared by every stream that gets them (see [`crate::grpc`]); a stream adds only its
+//! nonce. Subscriptions are interned, so a thousand proxies watching the same clusters hold
+//! one set of names between them.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::pin::Pin;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use gofe_proto::wire::{
-    AggregatedDiscoveryService, DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest,
-    DiscoveryResponse, Node, Resource,
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, Node, Resource,
 };
 use gofe_proto::ResourceType;
+use prost::Message as _;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Status, Streaming};
 
-use crate::cache::{NodeKey, Snapshot, SnapshotCache};
+use crate::cache::{index, NodeKey, Snapshot, SnapshotCache, Subscription, Subscriptions};
+use crate::grpc::{self, Message, ResponseBody};
 use crate::metrics::ServerMetrics;
+
+/// The field number of `nonce` in both `DiscoveryResponse` and `DeltaDiscoveryResponse`.
+const NONCE_FIELD: u8 = 5;
 
 /// How many responses may wait for a slow client before its stream task waits (it then
 /// skips straight to the newest snapshot when the client catches up).
@@ -37,7 +45,9 @@ pub struct PeerCertificate(pub CertificateDer<'static>);
 /// Options of an [`AdsServer`].
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
-    /// Debounce window for snapshot changes. Default 10 ms.
+    /// Debounce window: snapshots are published at most once per window. A change after a
+    /// quiet window goes out at once; changes within the window after a publication are held
+    /// and published together at its end (see [`SnapshotCache`]). Default 10 ms.
     pub debounce: Duration,
     /// Refuse streams that come without a client certificate. Whenever a client certificate is
     /// presented (mutual TLS), the node id must be a DNS name it is valid for, whatever this
@@ -64,6 +74,7 @@ pub(crate) struct ServerInner {
     cache: SnapshotCache,
     pub(crate) metrics: ServerMetrics,
     require_identity: bool,
+    subscriptions: Subscriptions,
 }
 
 impl AdsServer {
@@ -74,6 +85,7 @@ impl AdsServer {
                 cache: SnapshotCache::new(options.debounce),
                 metrics: ServerMetrics::new(),
                 require_identity: options.require_identity,
+                subscriptions: Subscriptions::default(),
             }),
         }
     }
@@ -88,10 +100,14 @@ impl AdsServer {
         self.inner.metrics.render()
     }
 
-    /// The gRPC service, for a tonic or hyper server.
-    pub fn service(&self) -> gofe_proto::wire::AggregatedDiscoveryServiceServer<AdsServer> {
-        gofe_proto::wire::AggregatedDiscoveryServiceServer::new(self.clone())
-            .max_decoding_message_size(16 << 20)
+    /// How many ACKs of `ty` responses this server has processed since it started (what
+    /// `gofe_xds_acks_total` counts).
+    pub fn acks(&self, ty: ResourceType) -> u64 {
+        self.inner
+            .metrics
+            .acks
+            .with_label_values(&[ty.short()])
+            .get()
     }
 
     fn check_identity(&self, node: &Node, peer: Option<&PeerCertificate>) -> Result<(), Status> {
@@ -116,19 +132,34 @@ impl AdsServer {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send>>;
+/// The gRPC paths of the two ADS methods.
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for AdsServer {
-    type StreamAggregatedResourcesStream = BoxStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = BoxStream<DeltaDiscoveryResponse>;
-
-    async fn stream_aggregated_resources(
+impl AdsServer {
+    /// Answers one HTTP/2 request to the ADS endpoint: either ADS method, or a gRPC
+    /// `UNIMPLEMENTED` status. `peer` is the client certificate of a mutual-TLS connection.
+    pub(crate) async fn handle(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        let peer = request.extensions().get::<PeerCertificate>().cloned();
-        let mut requests = request.into_inner();
+        request: http::Request<hyper::body::Incoming>,
+        peer: Option<PeerCertificate>,
+    ) -> http::Response<ResponseBody> {
+        let result = match request.uri().path() {
+            SOTW_PATH => self.start_sotw(request, peer).await,
+            DELTA_PATH => self.start_delta(request, peer).await,
+            other => Err(Status::unimplemented(format!("no gRPC method at {other}"))),
+        };
+        result.unwrap_or_else(grpc::status_response)
+    }
+
+    async fn start_sotw(
+        &self,
+        request: http::Request<hyper::body::Incoming>,
+        peer: Option<PeerCertificate>,
+    ) -> Result<http::Response<ResponseBody>, Status> {
+        let mut requests = grpc::requests::<DiscoveryRequest>(request)?;
         let first = match requests.message().await? {
             Some(first) => first,
             None => return Err(Status::cancelled("stream closed before its first request")),
@@ -140,22 +171,23 @@ impl AggregatedDiscoveryService for AdsServer {
         tokio::spawn(async move {
             let mut stream = SotwStream::new(&server, node);
             server.inner.metrics.connected.inc();
-            let result = stream.run(first, requests, tx).await;
+            let result = stream.run(first, requests, &tx).await;
             server.inner.metrics.connected.dec();
-            server.inner.metrics.forget_node(&stream.node_id);
+            server.inner.metrics.forget_node(&stream.watch.node_id);
             if let Err(e) = result {
-                tracing::debug!(node = %stream.node_id, error = %e, "ADS stream ended");
+                tracing::debug!(node = %stream.watch.node_id, error = %e, "ADS stream ended");
+                let _ = tx.try_send(Err(e));
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(grpc::stream_response(rx))
     }
 
-    async fn delta_aggregated_resources(
+    async fn start_delta(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        let peer = request.extensions().get::<PeerCertificate>().cloned();
-        let mut requests = request.into_inner();
+        request: http::Request<hyper::body::Incoming>,
+        peer: Option<PeerCertificate>,
+    ) -> Result<http::Response<ResponseBody>, Status> {
+        let mut requests = grpc::requests::<DeltaDiscoveryRequest>(request)?;
         let first = match requests.message().await? {
             Some(first) => first,
             None => return Err(Status::cancelled("stream closed before its first request")),
@@ -167,14 +199,15 @@ impl AggregatedDiscoveryService for AdsServer {
         tokio::spawn(async move {
             let mut stream = DeltaStream::new(&server, node);
             server.inner.metrics.connected.inc();
-            let result = stream.run(first, requests, tx).await;
+            let result = stream.run(first, requests, &tx).await;
             server.inner.metrics.connected.dec();
             server.inner.metrics.forget_node(&stream.watch.node_id);
             if let Err(e) = result {
                 tracing::debug!(node = %stream.watch.node_id, error = %e, "delta ADS stream ended");
+                let _ = tx.try_send(Err(e));
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(grpc::stream_response(rx))
     }
 }
 
@@ -183,6 +216,7 @@ impl AggregatedDiscoveryService for AdsServer {
 /// The three snapshot slots a node may take its resources from, most specific first.
 struct NodeWatch {
     node_id: String,
+    keys: [NodeKey; 2],
     slots: [watch::Receiver<Option<Arc<Snapshot>>>; 3],
     server: AdsServer,
 }
@@ -190,13 +224,18 @@ struct NodeWatch {
 impl NodeWatch {
     fn new(server: &AdsServer, node: &Node) -> NodeWatch {
         let cache = server.cache();
+        let keys = [
+            NodeKey::Id(node.id.clone()),
+            NodeKey::Cluster(node.cluster.clone()),
+        ];
         NodeWatch {
             node_id: node.id.clone(),
             slots: [
-                cache.subscribe(NodeKey::Id(node.id.clone())),
-                cache.subscribe(NodeKey::Cluster(node.cluster.clone())),
+                cache.subscribe(keys[0].clone()),
+                cache.subscribe(keys[1].clone()),
                 cache.subscribe(NodeKey::Default),
             ],
+            keys,
             server: server.clone(),
         }
     }
@@ -219,57 +258,78 @@ impl NodeWatch {
     fn metrics(&self) -> &ServerMetrics {
         &self.server.inner.metrics
     }
-}
 
-fn new_nonce(counter: &mut u64) -> String {
-    *counter += 1;
-    counter.to_string()
-}
-
-/// The subset of a type's resources a subscription selects.
-fn selected<'a>(
-    snapshot: &'a Snapshot,
-    ty: ResourceType,
-    names: &Option<BTreeSet<String>>,
-) -> BTreeMap<&'a str, &'a Arc<crate::cache::Entry>> {
-    let all = &snapshot.of(ty).resources;
-    match names {
-        None => all.iter().map(|(n, e)| (n.as_str(), e)).collect(),
-        Some(names) => names
-            .iter()
-            .filter_map(|n| all.get_key_value(n).map(|(k, e)| (k.as_str(), e)))
-            .collect(),
+    /// The interned subscription a request with `names` asks for, reusing `current` when it is
+    /// the same. Returns it and whether it differs from `current`.
+    fn subscription(
+        &self,
+        ty: ResourceType,
+        names: Vec<String>,
+        current: Option<&Arc<Subscription>>,
+    ) -> (Arc<Subscription>, bool) {
+        let wildcard =
+            names.iter().any(|n| n == "*") || (names.is_empty() && ty.wildcard_by_default());
+        if let Some(current) = current.filter(|c| c.is(wildcard, &names)) {
+            return (Arc::clone(current), false);
+        }
+        let names = (!wildcard).then(|| names.into_iter().collect::<BTreeSet<String>>());
+        let new = self.server.inner.subscriptions.intern(names);
+        let changed = current.is_none_or(|c| !Arc::ptr_eq(c, &new));
+        (new, changed)
     }
+}
+
+impl Drop for NodeWatch {
+    fn drop(&mut self) {
+        for key in &self.keys {
+            self.server.cache().release(key);
+        }
+    }
+}
+
+/// Whether `nonce` (from a request) is the decimal form of `sent` (what we sent; 0: nothing).
+fn is_nonce(nonce: &str, sent: u64) -> bool {
+    sent != 0
+        && nonce.len() <= 20
+        && nonce.bytes().all(|b| b.is_ascii_digit())
+        && !nonce.starts_with('0')
+        && nonce.parse() == Ok(sent)
+}
+
+/// A queued response: sent, or an error once the client has gone.
+async fn send(tx: &mpsc::Sender<Result<Message, Status>>, message: Message) -> Result<(), Status> {
+    tx.send(Ok(message))
+        .await
+        .map_err(|_| Status::cancelled("client went away"))
 }
 
 // === state of the world ===
 
 #[derive(Default)]
 struct SotwType {
-    /// `None`: wildcard.
-    names: Option<BTreeSet<String>>,
-    subscribed: bool,
-    nonce: String,
-    version: String,
-    /// Name → resource version of what was last sent.
-    sent: BTreeMap<String, String>,
+    /// `None` until the client first asks for the type.
+    subscription: Option<Arc<Subscription>>,
+    /// Of the last response; 0: none sent yet.
+    nonce: u64,
+    /// Fingerprint of what was last sent.
+    sent: Option<u64>,
+    /// Version of the last response.
+    version: Option<Arc<str>>,
     /// Snapshot time of the last send, for the latency histogram.
     sent_at: Option<std::time::Instant>,
 }
 
 struct SotwStream {
-    node_id: String,
     watch: NodeWatch,
-    types: HashMap<ResourceType, SotwType>,
+    types: [SotwType; 4],
     nonce: u64,
 }
 
 impl SotwStream {
     fn new(server: &AdsServer, node: Node) -> SotwStream {
         SotwStream {
-            node_id: node.id.clone(),
             watch: NodeWatch::new(server, &node),
-            types: HashMap::new(),
+            types: Default::default(),
             nonce: 0,
         }
     }
@@ -278,20 +338,19 @@ impl SotwStream {
         &mut self,
         first: DiscoveryRequest,
         mut requests: Streaming<DiscoveryRequest>,
-        tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        tx: &mpsc::Sender<Result<Message, Status>>,
     ) -> Result<(), Status> {
-        tracing::info!(node = %self.node_id, "ADS stream opened");
-        self.on_request(first, &tx).await?;
+        tracing::info!(node = %self.watch.node_id, "ADS stream opened");
+        self.on_request(first, tx).await?;
         loop {
             tokio::select! {
                 req = requests.message() => match req? {
-                    Some(req) => self.on_request(req, &tx).await?,
+                    Some(req) => self.on_request(req, tx).await?,
                     None => return Ok(()),
                 },
                 _ = self.watch.changed() => {
-                    let types: Vec<ResourceType> = self.types.keys().copied().collect();
-                    for ty in ResourceType::ALL.into_iter().filter(|t| types.contains(t)) {
-                        self.maybe_send(ty, false, &tx).await?;
+                    for ty in ResourceType::ALL {
+                        self.maybe_send(ty, false, tx).await?;
                     }
                 }
             }
@@ -301,41 +360,38 @@ impl SotwStream {
     async fn on_request(
         &mut self,
         req: DiscoveryRequest,
-        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        tx: &mpsc::Sender<Result<Message, Status>>,
     ) -> Result<(), Status> {
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
-            tracing::debug!(node = %self.node_id, type_url = %req.type_url, "ignoring unknown type");
+            tracing::debug!(node = %self.watch.node_id, type_url = %req.type_url, "ignoring unknown type");
             return Ok(());
         };
-        let state = self.types.entry(ty).or_default();
+        let node_id = &self.watch.node_id;
+        let metrics = self.watch.metrics();
+        let state = &mut self.types[index(ty)];
         if !req.response_nonce.is_empty() {
-            if req.response_nonce != state.nonce {
+            if !is_nonce(&req.response_nonce, state.nonce) {
                 // Stale: an answer to a response that has been superseded. Nothing changes,
                 // but a rejection is still worth knowing about.
                 if let Some(status) = &req.error_detail {
-                    tracing::warn!(node = %self.node_id, r#type = ty.short(),
+                    tracing::warn!(node = %node_id, r#type = ty.short(),
                         error = %status.message, "NACK of a superseded response");
-                    self.watch.metrics().record_nack(
-                        &self.node_id,
-                        ty.short(),
-                        "superseded",
-                        &status.message,
-                    );
+                    metrics.record_nack(node_id, ty.short(), "superseded", &status.message);
                 }
                 return Ok(());
             }
-            let metrics = self.watch.metrics();
             match &req.error_detail {
                 Some(status) => {
+                    let rejected = state.version.as_deref().unwrap_or("");
                     tracing::warn!(
-                        node = %self.node_id, r#type = ty.short(),
-                        rejected = %state.version, kept = %req.version_info,
+                        node = %node_id, r#type = ty.short(),
+                        rejected = %rejected, kept = %req.version_info,
                         error = %status.message, "NACK: client kept its last good version"
                     );
-                    metrics.record_nack(&self.node_id, ty.short(), &state.version, &status.message);
+                    metrics.record_nack(node_id, ty.short(), rejected, &status.message);
                 }
                 None => {
-                    metrics.record_ack(&self.node_id, ty.short(), &req.version_info);
+                    metrics.record_ack(node_id, ty.short(), &req.version_info);
                     if let Some(at) = state.sent_at.take() {
                         metrics
                             .push_latency
@@ -345,12 +401,10 @@ impl SotwStream {
                 }
             }
         }
-        let names: BTreeSet<String> = req.resource_names.into_iter().collect();
-        let wildcard = names.contains("*") || (names.is_empty() && ty.wildcard_by_default());
-        let names = (!wildcard).then_some(names);
-        let changed = !state.subscribed || state.names != names;
-        state.subscribed = true;
-        state.names = names;
+        let (subscription, changed) =
+            self.watch
+                .subscription(ty, req.resource_names, state.subscription.as_ref());
+        state.subscription = Some(subscription);
         if changed {
             self.maybe_send(ty, true, tx).await?;
         }
@@ -361,45 +415,33 @@ impl SotwStream {
         &mut self,
         ty: ResourceType,
         force: bool,
-        tx: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        tx: &mpsc::Sender<Result<Message, Status>>,
     ) -> Result<(), Status> {
+        let state = &mut self.types[index(ty)];
+        let Some(subscription) = &state.subscription else {
+            return Ok(());
+        };
         let Some(snapshot) = self.watch.current() else {
             return Ok(());
         };
-        let Some(state) = self.types.get_mut(&ty) else {
-            return Ok(());
-        };
-        let subset = selected(&snapshot, ty, &state.names);
-        let unchanged = subset.len() == state.sent.len()
-            && subset
-                .iter()
-                .all(|(n, e)| state.sent.get(*n) == Some(&e.version));
+        let encoded = snapshot.of(ty).sotw(ty, subscription);
         // The first response of a type is sent even when empty: a client waits for it.
-        if unchanged && !force && !state.nonce.is_empty() {
+        if state.sent == Some(encoded.fingerprint) && !force && state.nonce != 0 {
             return Ok(());
         }
-        let response = DiscoveryResponse {
-            version_info: snapshot.of(ty).version.clone(),
-            resources: subset.values().map(|e| e.any.clone()).collect(),
-            type_url: ty.type_url().to_owned(),
-            nonce: new_nonce(&mut self.nonce),
-            ..Default::default()
-        };
-        state.sent = subset
-            .iter()
-            .map(|(n, e)| ((*n).to_owned(), e.version.clone()))
-            .collect();
-        state.nonce = response.nonce.clone();
-        state.version = response.version_info.clone();
+        self.nonce += 1;
+        let mut own = Vec::with_capacity(24);
+        grpc::put_decimal_field(&mut own, NONCE_FIELD, self.nonce);
+        state.nonce = self.nonce;
+        state.sent = Some(encoded.fingerprint);
+        state.version = Some(Arc::clone(&encoded.version));
         state.sent_at = Some(snapshot.created);
         self.watch
             .metrics()
             .pushes
             .with_label_values(&[ty.short()])
             .inc();
-        tx.send(Ok(response))
-            .await
-            .map_err(|_| Status::cancelled("client went away"))
+        send(tx, Message::new(&own, encoded.body.clone())).await
     }
 }
 
@@ -407,17 +449,18 @@ impl SotwStream {
 
 #[derive(Default)]
 struct DeltaType {
-    /// `None`: wildcard.
-    names: Option<BTreeSet<String>>,
+    /// `None` until the client first asks for the type.
+    subscription: Option<Arc<Subscription>>,
     /// What the client has: name → version.
     known: BTreeMap<String, String>,
-    nonce: String,
+    /// Of the last response; 0: none sent yet.
+    nonce: u64,
     sent_at: Option<std::time::Instant>,
 }
 
 struct DeltaStream {
     watch: NodeWatch,
-    types: HashMap<ResourceType, DeltaType>,
+    types: [DeltaType; 4],
     nonce: u64,
 }
 
@@ -425,7 +468,7 @@ impl DeltaStream {
     fn new(server: &AdsServer, node: Node) -> DeltaStream {
         DeltaStream {
             watch: NodeWatch::new(server, &node),
-            types: HashMap::new(),
+            types: Default::default(),
             nonce: 0,
         }
     }
@@ -434,20 +477,19 @@ impl DeltaStream {
         &mut self,
         first: DeltaDiscoveryRequest,
         mut requests: Streaming<DeltaDiscoveryRequest>,
-        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+        tx: &mpsc::Sender<Result<Message, Status>>,
     ) -> Result<(), Status> {
         tracing::info!(node = %self.watch.node_id, "delta ADS stream opened");
-        self.on_request(first, &tx).await?;
+        self.on_request(first, tx).await?;
         loop {
             tokio::select! {
                 req = requests.message() => match req? {
-                    Some(req) => self.on_request(req, &tx).await?,
+                    Some(req) => self.on_request(req, tx).await?,
                     None => return Ok(()),
                 },
                 _ = self.watch.changed() => {
-                    let types: Vec<ResourceType> = self.types.keys().copied().collect();
-                    for ty in ResourceType::ALL.into_iter().filter(|t| types.contains(t)) {
-                        self.maybe_send(ty, &tx).await?;
+                    for ty in ResourceType::ALL {
+                        self.maybe_send(ty, tx).await?;
                     }
                 }
             }
@@ -457,50 +499,56 @@ impl DeltaStream {
     async fn on_request(
         &mut self,
         req: DeltaDiscoveryRequest,
-        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+        tx: &mpsc::Sender<Result<Message, Status>>,
     ) -> Result<(), Status> {
         let Some(ty) = ResourceType::from_type_url(&req.type_url) else {
             return Ok(());
         };
-        let node_id = self.watch.node_id.clone();
-        let first_for_type = !self.types.contains_key(&ty);
-        let state = self.types.entry(ty).or_default();
-        if first_for_type {
-            state.known = req.initial_resource_versions.into_iter().collect();
-            let explicit: BTreeSet<String> = req.resource_names_subscribe.iter().cloned().collect();
-            state.names =
-                if explicit.contains("*") || (explicit.is_empty() && ty.wildcard_by_default()) {
-                    None
-                } else {
-                    Some(explicit)
-                };
-        } else {
-            if let Some(names) = &mut state.names {
-                for n in &req.resource_names_subscribe {
-                    if n == "*" {
-                        state.names = None;
-                        break;
-                    }
-                    names.insert(n.clone());
-                }
+        let state = &mut self.types[index(ty)];
+        match &state.subscription {
+            None => {
+                state.known = req.initial_resource_versions.into_iter().collect();
+                let (subscription, _) =
+                    self.watch
+                        .subscription(ty, req.resource_names_subscribe, None);
+                state.subscription = Some(subscription);
             }
-            if let Some(names) = &mut state.names {
-                for n in &req.resource_names_unsubscribe {
-                    names.remove(n);
-                    state.known.remove(n);
+            Some(current) => {
+                if let Some(names) = &current.names {
+                    if !req.resource_names_subscribe.is_empty()
+                        || !req.resource_names_unsubscribe.is_empty()
+                    {
+                        // Subscribing to "*" makes the stream wildcard, and a wildcard
+                        // stream ignores unsubscriptions.
+                        let names = if req.resource_names_subscribe.iter().any(|n| n == "*") {
+                            None
+                        } else {
+                            let mut names = names.clone();
+                            names.extend(req.resource_names_subscribe);
+                            for n in &req.resource_names_unsubscribe {
+                                names.remove(n);
+                                state.known.remove(n);
+                            }
+                            Some(names)
+                        };
+                        state.subscription =
+                            Some(self.watch.server.inner.subscriptions.intern(names));
+                    }
                 }
             }
         }
-        if !req.response_nonce.is_empty() && req.response_nonce == state.nonce {
+        let node_id = &self.watch.node_id;
+        if !req.response_nonce.is_empty() && is_nonce(&req.response_nonce, state.nonce) {
             let metrics = self.watch.metrics();
+            let nonce = state.nonce.to_string();
             match &req.error_detail {
                 Some(status) => {
                     tracing::warn!(node = %node_id, r#type = ty.short(), error = %status.message,
                         "delta NACK: client kept its previous resources");
-                    metrics.record_nack(&node_id, ty.short(), &state.nonce, &status.message);
+                    metrics.record_nack(node_id, ty.short(), &nonce, &status.message);
                 }
                 None => {
-                    metrics.record_ack(&node_id, ty.short(), &state.nonce);
+                    metrics.record_ack(node_id, ty.short(), &nonce);
                     if let Some(at) = state.sent_at.take() {
                         metrics
                             .push_latency
@@ -516,20 +564,29 @@ impl DeltaStream {
     async fn maybe_send(
         &mut self,
         ty: ResourceType,
-        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+        tx: &mpsc::Sender<Result<Message, Status>>,
     ) -> Result<(), Status> {
+        let state = &mut self.types[index(ty)];
+        let Some(subscription) = &state.subscription else {
+            return Ok(());
+        };
         let Some(snapshot) = self.watch.current() else {
             return Ok(());
         };
-        let Some(state) = self.types.get_mut(&ty) else {
-            return Ok(());
+        let all = &snapshot.of(ty).resources;
+        let in_subscription = |name: &str| match &subscription.names {
+            None => all.contains_key(name),
+            Some(names) => names.contains(name) && all.contains_key(name),
         };
-        let subset = selected(&snapshot, ty, &state.names);
-        let resources: Vec<Resource> = subset
+        let selected: Vec<(&String, &Arc<crate::cache::Entry>)> = match &subscription.names {
+            None => all.iter().collect(),
+            Some(names) => names.iter().filter_map(|n| all.get_key_value(n)).collect(),
+        };
+        let resources: Vec<Resource> = selected
             .iter()
-            .filter(|(n, e)| state.known.get(**n) != Some(&e.version))
+            .filter(|(n, e)| state.known.get(n.as_str()) != Some(&e.version))
             .map(|(n, e)| Resource {
-                name: (*n).to_owned(),
+                name: (*n).clone(),
                 version: e.version.clone(),
                 resource: Some(e.any.clone()),
                 ..Default::default()
@@ -538,7 +595,7 @@ impl DeltaStream {
         let removed: Vec<String> = state
             .known
             .keys()
-            .filter(|n| !subset.contains_key(n.as_str()))
+            .filter(|n| !in_subscription(n))
             .cloned()
             .collect();
         if resources.is_empty() && removed.is_empty() {
@@ -550,23 +607,27 @@ impl DeltaStream {
         for n in &removed {
             state.known.remove(n);
         }
+        self.nonce += 1;
         let response = DeltaDiscoveryResponse {
             system_version_info: snapshot.of(ty).version.clone(),
             resources,
             type_url: ty.type_url().to_owned(),
             removed_resources: removed,
-            nonce: new_nonce(&mut self.nonce),
             ..Default::default()
         };
-        state.nonce = response.nonce.clone();
+        let mut own = Vec::with_capacity(24);
+        grpc::put_decimal_field(&mut own, NONCE_FIELD, self.nonce);
+        state.nonce = self.nonce;
         state.sent_at = Some(snapshot.created);
         self.watch
             .metrics()
             .pushes
             .with_label_values(&[ty.short()])
             .inc();
-        tx.send(Ok(response))
-            .await
-            .map_err(|_| Status::cancelled("client went away"))
+        send(
+            tx,
+            Message::new(&own, Bytes::from(response.encode_to_vec())),
+        )
+        .await
     }
 }

@@ -361,3 +361,38 @@ async fn first_response_is_sent_even_when_empty() {
     assert_eq!(r.type_url, ResourceType::Cluster.type_url());
     assert!(r.resources.is_empty());
 }
+
+#[tokio::test]
+async fn unknown_methods_and_compressed_requests_get_a_grpc_status() {
+    let server = server();
+    let addr = start(&server).await;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(tcp);
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let call = |method: &str, encoding: Option<&str>| {
+        let mut request = http::Request::post(format!(
+            "http://{addr}/envoy.service.discovery.v3.AggregatedDiscoveryService/{method}"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+        if let Some(encoding) = encoding {
+            request = request.header("grpc-encoding", encoding);
+        }
+        request
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    // 12 is UNIMPLEMENTED, sent as a trailers-only response.
+    let response = sender.send_request(call("Nope", None)).await.unwrap();
+    assert_eq!(response.headers()["grpc-status"], "12");
+    let response = sender
+        .send_request(call("StreamAggregatedResources", Some("gzip")))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["grpc-status"], "12");
+    conn.abort();
+}
