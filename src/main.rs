@@ -38,6 +38,13 @@ enum Command {
         /// `gofe_xds::bootstrap`). Replaces --config.
         #[arg(long, conflicts_with = "config")]
         bootstrap: Option<PathBuf>,
+        /// Overrides the bootstrap's `node.id` (Envoy's flag; e.g. the Pod name from
+        /// `$POD_NAME`, so each proxy replica is its own xDS node).
+        #[arg(long, requires = "bootstrap")]
+        service_node: Option<String>,
+        /// Overrides the bootstrap's `node.cluster` (Envoy's flag).
+        #[arg(long, requires = "bootstrap")]
+        service_cluster: Option<String>,
         /// Also reload when the file changes (checked every second), not only on SIGHUP.
         #[arg(long)]
         watch: bool,
@@ -148,11 +155,22 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Proxy {
                 bootstrap: Some(bootstrap),
+                service_node,
+                service_cluster,
                 drain_timeout,
                 ..
-            } => gofe_xds::bootstrap::run(&bootstrap, drain_timeout, shutdown_signal())
-                .await
-                .context("gofe proxy (xDS)"),
+            } => {
+                let mut b = gofe_xds::bootstrap::Bootstrap::load(&bootstrap)?;
+                if let Some(node) = service_node.filter(|n| !n.is_empty()) {
+                    b.node.id = node;
+                }
+                if let Some(cluster) = service_cluster {
+                    b.node.cluster = cluster;
+                }
+                gofe_xds::bootstrap::run_loaded(b, drain_timeout, shutdown_signal())
+                    .await
+                    .context("gofe proxy (xDS)")
+            }
             Command::Proxy {
                 config: Some(config),
                 watch,

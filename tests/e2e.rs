@@ -429,3 +429,57 @@ async fn up_runs_the_demo_with_embedded_defaults() {
         .unwrap();
     assert_eq!(code, Some(0));
 }
+
+/// `--service-node` makes the proxy its own xDS node whatever the bootstrap says (each replica
+/// of a Deployment shares one bootstrap file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_node_overrides_the_bootstraps_node_id() {
+    let server = gofe_xds::AdsServer::new(gofe_xds::ServerOptions::default());
+    // An empty state of the world: the proxy ACKs it, naming its node.
+    server.cache().set_snapshot(
+        gofe_xds::NodeKey::Default,
+        gofe_xds::Snapshot::from_encoded(std::collections::HashMap::new()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(gofe_xds::serve(listener, server.clone(), None, async {
+        let _ = stop_rx.await;
+    }));
+    let dir = std::env::temp_dir().join(format!("gofe-e2e-node-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bootstrap = dir.join("bootstrap.yaml");
+    std::fs::write(
+        &bootstrap,
+        format!("node: {{ id: \"from-the-file\", cluster: \"mesh\" }}\nxds_server: {{ address: \"{addr}\" }}\n"),
+    )
+    .unwrap();
+    let proc = Proc::start(
+        &[
+            "proxy",
+            "--bootstrap",
+            bootstrap.to_str().unwrap(),
+            "--service-node",
+            "pod-7",
+        ],
+        &dir,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = server.metrics_text();
+        if text.contains("node=\"pod-7\"") {
+            assert!(!text.contains("from-the-file"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy never subscribed as pod-7: {}\n{text}",
+            proc.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(proc);
+    let _ = stop_tx.send(());
+    let _ = serving.await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

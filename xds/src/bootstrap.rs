@@ -163,7 +163,16 @@ pub async fn run(
     drain: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BootstrapError> {
-    let b = Bootstrap::load(bootstrap)?;
+    run_loaded(Bootstrap::load(bootstrap)?, drain, shutdown).await
+}
+
+/// [`run`] on an already loaded bootstrap (e.g. with the node overridden from the command
+/// line, as Envoy's `--service-node` does).
+pub async fn run_loaded(
+    b: Bootstrap,
+    drain: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), BootstrapError> {
     let proxy = Proxy::new();
     let client = XdsClient::start(proxy.clone(), b.client_options(drain))?;
     tracing::info!(node = %b.node.id, server = %b.xds_server.address, "gofe proxy starting with xDS");
