@@ -274,6 +274,61 @@ pub struct DecisionsView {
     pub clusters: BTreeMap<String, ClusterView>,
     /// Breaker transitions of the step.
     pub events: Vec<EventView>,
+    /// When the version was published over xDS (Unix ms); absent without an xDS publisher.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub published_at_unix_ms: Option<u64>,
+    /// Every xDS node connected to this replica: what it ACKed and how long it took.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub proxies: Vec<ProxyView>,
+}
+
+/// One xDS node as `/decisions` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProxyView {
+    /// `node.id`.
+    pub node: String,
+    /// Per type (`cds`, `eds`, `lds`, `rds`): the version it last ACKed.
+    pub acked: BTreeMap<&'static str, String>,
+    /// Whether it ACKed anything at or after the last publication: a weight change reaches a
+    /// proxy as an `eds` response, so this is "it has the newest weights".
+    pub caught_up: bool,
+    /// Time from the last publication to its last ACK after it (ms): the convergence time.
+    pub convergence_ms: Option<u64>,
+}
+
+fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The xDS nodes' ACKs, joined with the time of the last publication.
+fn proxies_view(
+    server: &gofe_xds::AdsServer,
+    published: Option<std::time::SystemTime>,
+) -> Vec<ProxyView> {
+    let mut by_node: BTreeMap<String, ProxyView> = BTreeMap::new();
+    for ack in server.node_acks() {
+        let view = by_node
+            .entry(ack.node.clone())
+            .or_insert_with(|| ProxyView {
+                node: ack.node.clone(),
+                acked: BTreeMap::new(),
+                caught_up: false,
+                convergence_ms: None,
+            });
+        view.acked.insert(ack.type_short, ack.version.clone());
+        if let Some(p) = published {
+            if ack.acked_at >= p {
+                view.caught_up = true;
+                let ms = ack
+                    .acked_at
+                    .duration_since(p)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                view.convergence_ms = Some(view.convergence_ms.map_or(ms, |m| m.max(ms)));
+            }
+        }
+    }
+    by_node.into_values().collect()
 }
 
 fn mode_name(m: Mode) -> &'static str {
@@ -325,6 +380,7 @@ pub struct Controller {
     states: BTreeMap<String, ClusterState>,
     publisher: Publisher,
     published: Option<Vec<(String, String, u32, bool)>>,
+    published_at: Option<std::time::SystemTime>,
     version: u64,
     started: tokio::time::Instant,
     shared: Arc<Shared>,
@@ -387,6 +443,7 @@ impl Controller {
             states: BTreeMap::new(),
             publisher,
             published: None,
+            published_at: None,
             version: 0,
             started: tokio::time::Instant::now(),
             shared,
@@ -492,6 +549,10 @@ impl Controller {
         self.states.clear();
         view.version = self.version;
         view.decided_at_unix = unix_now();
+        if let Publisher::Xds(server) = &self.publisher {
+            view.published_at_unix_ms = self.published_at.map(unix_ms);
+            view.proxies = proxies_view(server, self.published_at);
+        }
         if let Ok(mut w) = self.shared.decisions.write() {
             *w = view.clone();
         }
@@ -511,6 +572,7 @@ impl Controller {
             Ok(()) => {
                 self.version = version;
                 self.published = Some(fingerprint);
+                self.published_at = Some(std::time::SystemTime::now());
                 self.shared.metrics.version.set(version as i64);
                 tracing::info!(version, "published new weights");
             }
@@ -619,7 +681,13 @@ impl Controller {
             signal_error,
             clusters: BTreeMap::new(),
             events,
+            published_at_unix_ms: None,
+            proxies: Vec::new(),
         };
+        if let Publisher::Xds(server) = &self.publisher {
+            view.published_at_unix_ms = self.published_at.map(unix_ms);
+            view.proxies = proxies_view(server, self.published_at);
+        }
         for (name, (d, base)) in &decisions {
             for mode in [Mode::Normal, Mode::FailStatic, Mode::Relaxed, Mode::Panic] {
                 m.mode

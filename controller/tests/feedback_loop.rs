@@ -497,6 +497,16 @@ async fn decisions_reach_a_proxy_over_xds() {
         before,
         "no traffic to the ejected endpoint"
     );
+    // /decisions joins the proxy's ACKs: it has the newest weights, and how long that took.
+    let v = step_until(&mut c, "proxy-1 caught up", Duration::from_secs(10), |v| {
+        v.proxies
+            .iter()
+            .any(|p| p.node == "proxy-1" && p.caught_up && p.acked.contains_key("eds"))
+    })
+    .await;
+    assert!(v.published_at_unix_ms.is_some());
+    let p = v.proxies.iter().find(|p| p.node == "proxy-1").unwrap();
+    assert!(p.convergence_ms.is_some(), "{p:?}");
     stop_traffic.store(true, Ordering::Relaxed);
     let _ = traffic.await;
     client.stop();

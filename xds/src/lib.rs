@@ -31,5 +31,6 @@ pub mod server;
 
 pub use cache::{NodeKey, Snapshot, SnapshotCache};
 pub use client::{ClientOptions, ClientStatus, ClientTls, XdsClient};
+pub use metrics::NodeAck;
 pub use serve::{serve, server_tls, TlsError};
 pub use server::{AdsServer, PeerCertificate, ServerOptions};

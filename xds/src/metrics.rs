@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::SystemTime;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -21,7 +22,7 @@ pub(crate) struct ServerMetrics {
     nack_info: IntGaugeVec,
     last_nack: Mutex<HashMap<(String, &'static str), [String; 2]>>,
     version_info: IntGaugeVec,
-    last_version: Mutex<HashMap<(String, &'static str), String>>,
+    last_version: Mutex<HashMap<(String, &'static str), (String, SystemTime)>>,
 }
 
 impl ServerMetrics {
@@ -115,7 +116,7 @@ impl ServerMetrics {
     pub(crate) fn record_ack(&self, node: &str, ty: &'static str, version: &str) {
         self.acks.with_label_values(&[ty]).inc();
         let mut last = lock(&self.last_version);
-        if let Some(v) = last.get(&(node.to_owned(), ty)) {
+        if let Some((v, _)) = last.get(&(node.to_owned(), ty)) {
             if v == version {
                 return;
             }
@@ -124,13 +125,31 @@ impl ServerMetrics {
         self.version_info
             .with_label_values(&[node, ty, version])
             .set(1);
-        last.insert((node.to_owned(), ty), version.to_owned());
+        last.insert(
+            (node.to_owned(), ty),
+            (version.to_owned(), SystemTime::now()),
+        );
+    }
+
+    /// Every connected node's last ACKed version per type, and when it first ACKed it.
+    pub(crate) fn node_acks(&self) -> Vec<NodeAck> {
+        let mut out: Vec<NodeAck> = lock(&self.last_version)
+            .iter()
+            .map(|((node, ty), (version, at))| NodeAck {
+                node: node.clone(),
+                type_short: ty,
+                version: version.clone(),
+                acked_at: *at,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.node, a.type_short).cmp(&(&b.node, b.type_short)));
+        out
     }
 
     /// Drops the per-node series of a node whose stream ended (so a fleet that churns does not
     /// grow the exposition forever).
     pub(crate) fn forget_node(&self, node: &str) {
-        lock(&self.last_version).retain(|(n, ty), v| {
+        lock(&self.last_version).retain(|(n, ty), (v, _)| {
             if n == node {
                 let _ = self.version_info.remove_label_values(&[node, ty, v]);
             }
@@ -143,4 +162,17 @@ impl ServerMetrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// A node's last ACK of one resource type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAck {
+    /// `node.id`.
+    pub node: String,
+    /// `cds`, `eds`, `lds` or `rds`.
+    pub type_short: &'static str,
+    /// The version it ACKed (`version_info`, or the nonce for delta streams).
+    pub version: String,
+    /// When it first ACKed that version.
+    pub acked_at: SystemTime,
 }

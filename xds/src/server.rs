@@ -100,6 +100,12 @@ impl AdsServer {
         self.inner.metrics.render()
     }
 
+    /// Every connected node's last ACKed version of each type and when it first ACKed it (what
+    /// `gofe_xds_acked_version_info` exports), ordered by node and type.
+    pub fn node_acks(&self) -> Vec<crate::metrics::NodeAck> {
+        self.inner.metrics.node_acks()
+    }
+
     /// How many ACKs of `ty` responses this server has processed since it started (what
     /// `gofe_xds_acks_total` counts).
     pub fn acks(&self, ty: ResourceType) -> u64 {
@@ -456,6 +462,8 @@ struct DeltaType {
     /// Of the last response; 0: none sent yet.
     nonce: u64,
     sent_at: Option<std::time::Instant>,
+    /// `system_version_info` of the last response (what an ACK of it acknowledges).
+    sent_version: String,
 }
 
 struct DeltaStream {
@@ -548,7 +556,7 @@ impl DeltaStream {
                     metrics.record_nack(node_id, ty.short(), &nonce, &status.message);
                 }
                 None => {
-                    metrics.record_ack(node_id, ty.short(), &nonce);
+                    metrics.record_ack(node_id, ty.short(), &state.sent_version);
                     if let Some(at) = state.sent_at.take() {
                         metrics
                             .push_latency
@@ -608,6 +616,7 @@ impl DeltaStream {
             state.known.remove(n);
         }
         self.nonce += 1;
+        state.sent_version = snapshot.of(ty).version.clone();
         let response = DeltaDiscoveryResponse {
             system_version_info: snapshot.of(ty).version.clone(),
             resources,
