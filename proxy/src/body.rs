@@ -34,6 +34,8 @@ pub(crate) struct Guards {
     pub(crate) endpoint: Option<ActiveGuard>,
     pub(crate) cluster: Option<Admission>,
     pub(crate) slot: Option<OwnedSemaphorePermit>,
+    /// The request's place in its connection's in-flight count (for the idle timeout).
+    pub(crate) stream: Option<crate::forward::StreamGuard>,
 }
 
 enum Inner {

@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,54 @@ pub(crate) struct ConnContext {
     pub(crate) internal_client: bool,
     /// `http` or `https`, for `x-forwarded-proto`.
     pub(crate) scheme: &'static str,
+    /// Set by the connection's [`crate::framing::FramingWatch`] to the request whose head
+    /// carried both `Content-Length` and `Transfer-Encoding` (which hyper hides from us).
+    pub(crate) framing_conflict: crate::framing::ConflictCell,
+    /// Requests started (high 32 bits, wrapping) and in flight (low 32 bits), in one word so
+    /// that a request costs one atomic add at each end.
+    streams: AtomicU64,
+}
+
+/// A connection's request counters at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Streams {
+    /// Requests started so far (wrapping).
+    pub(crate) started: u32,
+    /// Requests whose response has not finished yet.
+    pub(crate) open: u32,
+}
+
+const ONE_STARTED_AND_OPEN: u64 = (1 << 32) | 1;
+
+impl ConnContext {
+    /// The request counters (for the idle timeout).
+    pub(crate) fn streams(&self) -> Streams {
+        let v = self.streams.load(Ordering::Relaxed);
+        Streams {
+            started: (v >> 32) as u32,
+            open: v as u32,
+        }
+    }
+}
+
+/// Counts a request as in flight on its connection until dropped (with the response body).
+pub(crate) struct StreamGuard(Arc<ConnContext>);
+
+impl StreamGuard {
+    /// Counts a new request; also returns its number on the connection (from 1, wrapping).
+    fn new(conn: Arc<ConnContext>) -> (Self, u32) {
+        let before = conn
+            .streams
+            .fetch_add(ONE_STARTED_AND_OPEN, Ordering::Relaxed);
+        let number = ((before >> 32) as u32).wrapping_add(1);
+        (StreamGuard(conn), number)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ConnContext {
@@ -51,6 +99,8 @@ impl ConnContext {
             client_ip,
             internal_client: is_internal(client),
             scheme: if tls { "https" } else { "http" },
+            framing_conflict: Arc::default(),
+            streams: AtomicU64::new(0),
         }
     }
 }
@@ -81,9 +131,12 @@ pub(crate) async fn serve(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let state = conn.listener.state.load_full();
     let listener_guard = ActiveGuard::new(&state.stats.active);
-    let mut response = forward(req, &conn, &state).await;
+    let (stream, number) = StreamGuard::new(conn);
+    let mut response = forward(req, &stream.0, number, &state).await;
     state.stats.requests[class_index(response.status().as_u16())].inc();
-    response.body_mut().guards().listener = Some(listener_guard);
+    let guards = response.body_mut().guards();
+    guards.listener = Some(listener_guard);
+    guards.stream = Some(stream);
     Ok(response)
 }
 
@@ -134,17 +187,24 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
 async fn forward(
     req: Request<Incoming>,
     conn: &ConnContext,
+    number: u32,
     state: &ListenerState,
 ) -> Response<ProxyBody> {
-    // Both framings at once is how requests are smuggled; hyper already refuses most of
-    // these, and this refuses the rest.
+    // Both framings at once is how requests are smuggled (RFC 9112 §6.1). hyper frames such
+    // a request by Transfer-Encoding and drops Content-Length before we see it; the
+    // connection's framing watch saw the raw head. Refuse it, as Envoy does, and close.
     if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
+        && (req.headers().contains_key(header::CONTENT_LENGTH)
+            || conn.framing_conflict.load(Ordering::Relaxed)
+                == crate::framing::CONFLICT_FLAG | u64::from(number))
     {
-        return local_reply(
+        let mut r = local_reply(
             StatusCode::BAD_REQUEST,
             "both content-length and transfer-encoding\n",
         );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
     }
     let authority = match req.uri().authority() {
         Some(a) => a.as_str(),

@@ -34,6 +34,7 @@ mod cluster;
 pub mod config;
 pub mod demo;
 mod forward;
+mod framing;
 mod health;
 mod listener;
 mod metrics;
@@ -238,6 +239,7 @@ impl Proxy {
                         max_header_bytes: (l.max_request_headers_kb as usize).saturating_mul(1024),
                         header_timeout: (!l.request_headers_timeout.is_zero())
                             .then_some(l.request_headers_timeout),
+                        idle_timeout: (!l.idle_timeout.is_zero()).then_some(l.idle_timeout),
                     },
                 },
             ));

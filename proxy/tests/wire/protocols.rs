@@ -198,3 +198,52 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+const IDLE_CONFIG: &str = r#"
+listeners:
+  - address: "127.0.0.1:0"
+    idle_timeout: "200ms"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+                - match: { prefix: "/" }
+                  route: { cluster: h1 }
+clusters:
+  - { name: h1, endpoints: [{ address: "{B0}" }] }
+"#;
+
+#[tokio::test]
+async fn idle_h2_connections_are_closed_but_busy_ones_are_not() {
+    let (b, vars) = backends(&["one"]).await;
+    let h = Harness::start(&fill(IDLE_CONFIG, &vars)).await;
+    // A request in flight for several idle timeouts keeps its connection open.
+    b[0].set_delay(std::time::Duration::from_secs(1));
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("http://svc.test/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send
+        .send_request(req)
+        .await
+        .expect("a busy connection stays open");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hello from one\n");
+    // Then, with nothing in flight, the proxy ends the connection with a GOAWAY: the client's
+    // connection finishes cleanly on its own.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+    let ended = ended.expect("the idle connection was closed by the proxy");
+    ended
+        .unwrap()
+        .expect("closed gracefully (GOAWAY), not reset");
+    assert!(send.is_closed());
+}
