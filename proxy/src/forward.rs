@@ -19,11 +19,12 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{ActiveGuard, ProxyBody};
-use crate::cluster::Admission;
+use crate::cluster::{Admission, Cluster, Endpoint};
 use crate::config::RetryOn;
 use crate::health::Outcome;
 use crate::listener::ListenerState;
 use crate::metrics::class_index;
+use crate::upstream::{Lease, UpstreamError};
 
 /// What the proxy knows about one downstream connection.
 pub(crate) struct ConnContext {
@@ -142,18 +143,18 @@ pub(crate) async fn serve(
 
 /// How one attempt ended.
 enum Attempt {
-    Response(Response<Incoming>),
-    Failed(Outcome, hyper_util::client::legacy::Error),
+    Response(Response<Incoming>, Option<Lease>),
+    Failed(Outcome, UpstreamError),
     TimedOut,
 }
 
 impl Attempt {
     fn outcome(&self) -> Outcome {
         match self {
-            Attempt::Response(r) if r.status().is_server_error() => {
+            Attempt::Response(r, _) if r.status().is_server_error() => {
                 Outcome::Status(r.status().as_u16())
             }
-            Attempt::Response(_) => Outcome::Success,
+            Attempt::Response(..) => Outcome::Success,
             Attempt::Failed(outcome, _) => *outcome,
             Attempt::TimedOut => Outcome::Timeout,
         }
@@ -323,14 +324,20 @@ async fn forward(
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
         let endpoint = Arc::clone(&cluster.endpoints[picked.index]);
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(endpoint.authority.clone());
-        uri.path_and_query = Some(path_and_query.clone());
-        let Ok(uri) = Uri::from_parts(uri) else {
-            return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
+        let uri = if cluster.http2 {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(endpoint.authority.clone());
+            uri.path_and_query = Some(path_and_query.clone());
+            let Ok(uri) = Uri::from_parts(uri) else {
+                return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
+            };
+            uri
+        } else {
+            // HTTP/1.1 upstream: origin form; the Host header carries the authority.
+            Uri::from(path_and_query.clone())
         };
-        let upstream_req = match first.take() {
+        let mut upstream_req = match first.take() {
             Some((mut parts, body)) => {
                 parts.uri = uri;
                 Request::from_parts(parts, body)
@@ -351,6 +358,11 @@ async fn forward(
                 r
             }
         };
+        if !cluster.http2 && !upstream_req.headers().contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                upstream_req.headers_mut().insert(header::HOST, host);
+            }
+        }
 
         let active = ActiveGuard::new(&endpoint.stats.active);
         let pending = ActiveGuard::new(&cluster.stats.pending);
@@ -359,7 +371,7 @@ async fn forward(
             (a, b) => a.or(b),
         };
         let started = Instant::now();
-        let sent = cluster.client.request(upstream_req);
+        let sent = send(&cluster, &endpoint, upstream_req);
         let attempt = match per_try {
             Some(t) => match tokio::time::timeout(t, sent).await {
                 Ok(r) => classify(r),
@@ -371,7 +383,7 @@ async fn forward(
         let elapsed = started.elapsed();
         let outcome = attempt.outcome();
         let status = match &attempt {
-            Attempt::Response(r) => r.status(),
+            Attempt::Response(r, _) => r.status(),
             Attempt::Failed(Outcome::ConnectFailure, _) => StatusCode::SERVICE_UNAVAILABLE,
             Attempt::Failed(..) => StatusCode::BAD_GATEWAY,
             Attempt::TimedOut => StatusCode::GATEWAY_TIMEOUT,
@@ -418,10 +430,11 @@ async fn forward(
         }
 
         return match attempt {
-            Attempt::Response(response) => {
+            Attempt::Response(response, lease) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 let mut body = ProxyBody::stream(body);
+                body.set_lease(lease);
                 let guards = body.guards();
                 guards.endpoint = Some(active);
                 guards.cluster = Some(admitted);
@@ -444,10 +457,30 @@ async fn forward(
     }
 }
 
-fn classify(result: Result<Response<Incoming>, hyper_util::client::legacy::Error>) -> Attempt {
+/// Sends one attempt: on the endpoint's own HTTP/1.1 pool, or through the HTTP/2 client.
+async fn send(
+    cluster: &Cluster,
+    endpoint: &Arc<Endpoint>,
+    req: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
+    match &cluster.client.h2 {
+        Some(client) => client
+            .request(req)
+            .await
+            .map(|r| (r, None))
+            .map_err(Into::into),
+        None => endpoint
+            .pool
+            .send(req)
+            .await
+            .map(|(r, lease)| (r, Some(lease))),
+    }
+}
+
+fn classify(result: Result<(Response<Incoming>, Option<Lease>), UpstreamError>) -> Attempt {
     match result {
-        Ok(r) => Attempt::Response(r),
-        Err(e) if crate::cluster::ConnectFailed::caused(&e) => {
+        Ok((r, lease)) => Attempt::Response(r, lease),
+        Err(e) if crate::cluster::ConnectFailed::caused(&*e) => {
             Attempt::Failed(Outcome::ConnectFailure, e)
         }
         Err(e) => Attempt::Failed(Outcome::Reset, e),

@@ -41,6 +41,7 @@ mod metrics;
 mod route;
 pub mod run;
 mod tls;
+mod upstream;
 
 pub use body::ProxyBody;
 pub use config::ProxyConfig;

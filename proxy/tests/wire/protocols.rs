@@ -247,3 +247,64 @@ async fn idle_h2_connections_are_closed_but_busy_ones_are_not() {
         .expect("closed gracefully (GOAWAY), not reset");
     assert!(send.is_closed());
 }
+
+const POOL_CONFIG: &str = r#"
+listeners:
+  - address: "127.0.0.1:0"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+                - match: { prefix: "/" }
+                  route: { cluster: h1 }
+clusters:
+  - { name: h1, idle_timeout: "200ms", endpoints: [{ address: "{B0}" }] }
+"#;
+
+#[tokio::test]
+async fn upstream_http1_connections_are_reused_then_closed_when_idle() {
+    let (b, vars) = backends(&["one"]).await;
+    let h = Harness::start(&fill(POOL_CONFIG, &vars)).await;
+    let series = |name: &str| format!(r#"{name}{{cluster="h1",endpoint="{}"}}"#, b[0].addr());
+    let c = h1_client();
+    for _ in 0..20 {
+        let r = get(&c, &h.url("/"), "any", &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    let text = h.proxy.metrics_text();
+    assert_eq!(
+        metric(&text, &series("gofe_upstream_connections_total")),
+        Some(1.0),
+        "20 sequential requests share one upstream connection"
+    );
+    assert_eq!(
+        metric(&text, &series("gofe_upstream_connections_active")),
+        Some(1.0)
+    );
+    // Idle past the cluster's idle_timeout, the connection is closed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(
+        &h.proxy.metrics_text(),
+        &series("gofe_upstream_connections_active"),
+    ) != Some(0.0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle upstream connection never closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // And a new request opens a new one.
+    let r = get(&c, &h.url("/"), "any", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        metric(
+            &h.proxy.metrics_text(),
+            &series("gofe_upstream_connections_total")
+        ),
+        Some(2.0)
+    );
+}
