@@ -464,8 +464,8 @@ async fn send(
     req: Request<ProxyBody>,
 ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
     match &cluster.client.h2 {
-        Some(client) => client
-            .request(req)
+        // Boxed: hyper-util's request future is large, and only HTTP/2 clusters need it.
+        Some(client) => Box::pin(client.request(req))
             .await
             .map(|r| (r, None))
             .map_err(Into::into),

@@ -165,7 +165,9 @@ impl EndpointPool {
         loop {
             let (mut conn, reused) = match self.checkout().await {
                 Some(c) => (c, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting is rare, and its future would otherwise swell every
+                // request's future.
+                None => (Box::pin(self.connect()).await?, false),
             };
             let sent = pin!(conn.send.try_send_request(req));
             let mut sent = sent;
