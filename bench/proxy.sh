@@ -14,6 +14,8 @@
 # Knobs (environment):
 #   GOFE_BIN=path        use this gofe binary instead of building one
 #   GOFE_REF=rev         build that commit (from `git archive`) instead of the work tree
+#   GOFE_BASE_BIN=path   also measure this second gofe binary (target `gofe-base`, port +4,
+#                        admin +8) in the same run, for before/after comparisons of gofe itself
 #   CARGO_TARGET_DIR=dir cargo target dir for the build (default /var/cache/gofe-target-bench)
 #   REPS=3               repetitions per configuration (interleaved)
 #   DURATION=10s         wrk duration per measurement
@@ -54,8 +56,15 @@ GOFE_PORT=$((PORT_BASE + 1))
 NGINX_PORT=$((PORT_BASE + 2))
 HAPROXY_PORT=$((PORT_BASE + 3))
 GOFE_ADMIN_PORT=$((PORT_BASE + 9))
+GOFE_BASE_PORT=$((PORT_BASE + 4))
+GOFE_BASE_ADMIN_PORT=$((PORT_BASE + 8))
+GOFE_BASE_BIN="${GOFE_BASE_BIN:-}"
 
-TARGETS=(direct gofe nginx haproxy)
+if [[ -n "$GOFE_BASE_BIN" ]]; then
+    TARGETS=(direct gofe-base gofe nginx haproxy)
+else
+    TARGETS=(direct gofe nginx haproxy)
+fi
 
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() {
@@ -158,10 +167,10 @@ cleanup() {
     exit "$status"
 }
 
-render() { # template output
+render() { # template output port [admin-port]
     sed -e "s|@WORKDIR@|$WORKDIR|g" \
         -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" \
-        -e "s|@ADMIN_PORT@|$GOFE_ADMIN_PORT|g" \
+        -e "s|@ADMIN_PORT@|${4:-$GOFE_ADMIN_PORT}|g" \
         -e "s|@PORT@|$3|g" "$1" >"$2"
 }
 
@@ -193,6 +202,13 @@ start_servers() {
     "$NGINX" -t -q -p "$WORKDIR" -c "$WORKDIR/nginx-proxy.conf" || die "proxy nginx config"
     "$HAPROXY" -c -q -f "$WORKDIR/haproxy.cfg" || die "haproxy config"
     "$GOFE" check "$WORKDIR/gofe.yaml" >/dev/null || die "gofe config"
+    if [[ -n "$GOFE_BASE_BIN" ]]; then
+        for p in "$GOFE_BASE_PORT" "$GOFE_BASE_ADMIN_PORT"; do
+            port_free "$p" || die "port $p is already in use (set PORT_BASE)"
+        done
+        render "$HERE/gofe.yaml.tmpl" "$WORKDIR/gofe-base.yaml" "$GOFE_BASE_PORT" "$GOFE_BASE_ADMIN_PORT"
+        "$GOFE_BASE_BIN" check "$WORKDIR/gofe-base.yaml" >/dev/null || die "gofe-base config"
+    fi
 
     log "starting backend nginx on CPU $LOAD_CPU, port $BACKEND_PORT"
     "${PRIO[@]}" taskset -c "$LOAD_CPU" "$NGINX" -p "$WORKDIR" -c "$WORKDIR/nginx-backend.conf" \
@@ -207,6 +223,14 @@ start_servers() {
     PIDS+=($!)
     GOFE_PID=$!
 
+    if [[ -n "$GOFE_BASE_BIN" ]]; then
+        log "starting gofe-base ($GOFE_BASE_BIN) on CPU $PROXY_CPU, port $GOFE_BASE_PORT"
+        RUST_LOG="${RUST_LOG:-warn}" "${PRIO[@]}" taskset -c "$PROXY_CPU" "$GOFE_BASE_BIN" proxy \
+            --config "$WORKDIR/gofe-base.yaml" --drain-timeout 1s >"$WORKDIR/gofe-base.out" 2>&1 &
+        PIDS+=($!)
+        GOFE_BASE_PID=$!
+    fi
+
     log "starting nginx proxy on CPU $PROXY_CPU, port $NGINX_PORT"
     "${PRIO[@]}" taskset -c "$PROXY_CPU" "$NGINX" -p "$WORKDIR" -c "$WORKDIR/nginx-proxy.conf" \
         >"$WORKDIR/nginx-proxy.out" 2>&1 &
@@ -220,6 +244,7 @@ start_servers() {
     HAPROXY_PID=$!
 
     wait_http "$GOFE_PORT" "gofe"
+    [[ -z "$GOFE_BASE_BIN" ]] || wait_http "$GOFE_BASE_PORT" "gofe-base"
     wait_http "$NGINX_PORT" "nginx proxy"
     wait_http "$HAPROXY_PORT" "haproxy"
 }
@@ -235,6 +260,7 @@ pid_of() {
     case "$1" in
         direct) echo "$BACKEND_PID" ;;
         gofe) echo "$GOFE_PID" ;;
+        gofe-base) echo "$GOFE_BASE_PID" ;;
         nginx) echo "$NGINX_PID" ;;
         haproxy) echo "$HAPROXY_PID" ;;
     esac
@@ -244,6 +270,7 @@ port_of() {
     case "$1" in
         direct) echo "$BACKEND_PORT" ;;
         gofe) echo "$GOFE_PORT" ;;
+        gofe-base) echo "$GOFE_BASE_PORT" ;;
         nginx) echo "$NGINX_PORT" ;;
         haproxy) echo "$HAPROXY_PORT" ;;
     esac
@@ -470,10 +497,10 @@ main() {
     {
         echo "### Run of $(date -u '+%Y-%m-%d %H:%M UTC')"
         echo
-        echo "- command: \`${GOFE_REF:+GOFE_REF=$GOFE_REF }REPS=$REPS DURATION=$DURATION NICE=$NICE CONNS=$CONNS LOW_CONNS=\"$LOW_CONNS\" bench/proxy.sh\`"
+        echo "- command: \`${GOFE_REF:+GOFE_REF=$GOFE_REF }${GOFE_BASE_BIN:+GOFE_BASE_BIN=$GOFE_BASE_BIN }REPS=$REPS DURATION=$DURATION NICE=$NICE CONNS=$CONNS LOW_CONNS=\"$LOW_CONNS\" bench/proxy.sh\`"
         echo "- machine: $(nproc) CPUs ($(lscpu | awk -F': *' '/^Model name/ {print $2; exit}')), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r)"
-        echo "- versions: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $("$HAPROXY" -v | head -1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'), gofe $gofe_commit ($("$GOFE" --version))"
-        echo "- method: proxies pinned to CPU $PROXY_CPU with one worker/thread each; backend nginx (1 worker) and wrk (-t1) pinned to CPU $LOAD_CPU; all of them at nice $NICE; each measurement \`wrk -t1 -c<N> -d$DURATION --latency\`; $REPS repetitions interleaved (direct, gofe, nginx, haproxy, then again), median per cell; loaded RSS is the largest VmRSS right after a c=$CONNS run; nginx RSS sums master + worker."
+        echo "- versions: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $("$HAPROXY" -v | head -1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'), gofe $gofe_commit ($("$GOFE" --version))${GOFE_BASE_BIN:+, gofe-base = binary $GOFE_BASE_BIN}"
+        echo "- method: proxies pinned to CPU $PROXY_CPU with one worker/thread each; backend nginx (1 worker) and wrk (-t1) pinned to CPU $LOAD_CPU; all of them at nice $NICE; each measurement \`wrk -t1 -c<N> -d$DURATION --latency\`; $REPS repetitions interleaved (${TARGETS[*]}, then again), median per cell; loaded RSS is the largest VmRSS right after a c=$CONNS run; nginx RSS sums master + worker."
         echo
         report
     } >"$WORKDIR/report.md"

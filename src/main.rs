@@ -147,7 +147,17 @@ fn init_logs(format: LogFormat) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // On one CPU (as under `taskset -c 0`, or a one-CPU container) a multi-thread runtime has a
+    // single worker anyway, and its cross-thread machinery (a separate `block_on` thread,
+    // atomics on every task hand-off, work-stealing bookkeeping) buys nothing: run everything
+    // on one thread instead (measured in BENCHMARKS.md).
+    let one_cpu = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
+    let mut builder = if one_cpu {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = builder
         .enable_all()
         .build()
         .context("starting the Tokio runtime")?;

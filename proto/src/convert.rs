@@ -1328,6 +1328,7 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
             max_connections: None,
             max_request_headers_kb: gofe_proxy::config::DEFAULT_MAX_REQUEST_HEADERS_KB,
             request_headers_timeout: gofe_proxy::config::DEFAULT_REQUEST_HEADERS_TIMEOUT,
+            idle_timeout: gofe_proxy::config::DEFAULT_LISTENER_IDLE_TIMEOUT,
         });
     }
     // Clusters referenced but not defined: present and empty (503), as in Envoy.

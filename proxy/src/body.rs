@@ -17,6 +17,7 @@ use prometheus::IntGauge;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::cluster::Admission;
+use crate::upstream::Lease;
 
 /// The error a body yields: the peer's, or "too large" from a size limit.
 pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -25,6 +26,9 @@ pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub struct ProxyBody {
     inner: Inner,
     guards: Guards,
+    /// The HTTP/1.1 upstream connection this (response) body arrives on, driven by polling
+    /// the body and returned to its pool when the body is complete.
+    lease: Option<Lease>,
 }
 
 /// What a request holds until its response body is finished (or dropped).
@@ -34,6 +38,8 @@ pub(crate) struct Guards {
     pub(crate) endpoint: Option<ActiveGuard>,
     pub(crate) cluster: Option<Admission>,
     pub(crate) slot: Option<OwnedSemaphorePermit>,
+    /// The request's place in its connection's in-flight count (for the idle timeout).
+    pub(crate) stream: Option<crate::forward::StreamGuard>,
 }
 
 enum Inner {
@@ -98,6 +104,19 @@ impl ProxyBody {
         ProxyBody {
             inner,
             guards: Guards::default(),
+            lease: None,
+        }
+    }
+
+    /// Attaches the upstream connection this body is read from.
+    pub(crate) fn set_lease(&mut self, lease: Option<Lease>) {
+        self.lease = lease;
+    }
+
+    /// The body is complete: its upstream connection may serve another request.
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
         }
     }
 
@@ -113,6 +132,48 @@ impl Body for ProxyBody {
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(lease) = &mut self.lease {
+            lease.drive(cx);
+        }
+        let polled = self.poll_inner(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Err(_))) => self.lease = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner_is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Empty => SizeHint::with_exact(0),
+            Inner::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Inner::Stream(incoming) | Inner::Limited { body: incoming, .. } => incoming.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // A body dropped after its last byte arrived (hyper does not poll a body it knows to be
+        // empty) still frees its connection; one dropped earlier closes it.
+        if self.lease.is_some() && self.inner_is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+impl ProxyBody {
+    fn poll_inner(
+        &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.inner {
@@ -138,23 +199,13 @@ impl Body for ProxyBody {
         }
     }
 
-    fn is_end_stream(&self) -> bool {
+    fn inner_is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Empty => true,
             Inner::Full(bytes) => bytes.is_none(),
             Inner::Stream(incoming) | Inner::Limited { body: incoming, .. } => {
                 incoming.is_end_stream()
             }
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Inner::Empty => SizeHint::with_exact(0),
-            Inner::Full(bytes) => {
-                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
-            }
-            Inner::Stream(incoming) | Inner::Limited { body: incoming, .. } => incoming.size_hint(),
         }
     }
 }

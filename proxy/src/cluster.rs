@@ -27,9 +27,15 @@ use crate::body::ProxyBody;
 use crate::config::{CircuitBreakersConfig, ClusterConfig, HealthStatus, LbPolicy};
 use crate::health::{Eligibility, EndpointHealth, Outcome, OutlierPolicy, TrialGuard};
 use crate::metrics::{ClusterStats, EndpointStats, Metrics};
+use crate::upstream::{EndpointPool, H1Pools};
 
-/// A pooled HTTP client for one cluster.
-pub(crate) type UpstreamClient = Client<CountingConnector, ProxyBody>;
+/// A cluster's upstream connections: the proxy's own per-endpoint HTTP/1.1 pools, or
+/// hyper-util's pooled client for an HTTP/2 cluster (where one connection multiplexes).
+#[derive(Clone)]
+pub(crate) struct UpstreamClient {
+    pub(crate) h2: Option<Client<CountingConnector, ProxyBody>>,
+    pub(crate) h1: Arc<H1Pools>,
+}
 
 /// What decides whether two cluster versions can share a connection pool.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -62,10 +68,21 @@ pub(crate) fn new_client(key: &PoolKey, metrics: &Arc<Metrics>) -> UpstreamClien
         cluster: key.cluster.as_str().into(),
         metrics: Arc::clone(metrics),
     };
-    Client::builder(TokioExecutor::new())
-        .http2_only(key.http2)
-        .pool_idle_timeout(key.idle_timeout)
-        .build(connector)
+    let h2 = key.http2.then(|| {
+        Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .pool_idle_timeout(key.idle_timeout)
+            .build(connector)
+    });
+    UpstreamClient {
+        h2,
+        h1: Arc::new(H1Pools::new(
+            &key.cluster,
+            key.connect_timeout,
+            key.idle_timeout,
+            metrics,
+        )),
+    }
 }
 
 /// A cluster's circuit-breaker counters. Like connection pools, they outlive configuration
@@ -127,6 +144,8 @@ pub(crate) struct Endpoint {
     /// Health as outlier detection sees it (shared across snapshots).
     pub(crate) health: Arc<EndpointHealth>,
     pub(crate) stats: EndpointStats,
+    /// Idle HTTP/1.1 connections to this endpoint (unused by an HTTP/2 cluster).
+    pub(crate) pool: Arc<EndpointPool>,
 }
 
 /// An immutable snapshot of a cluster.
@@ -168,6 +187,12 @@ impl Cluster {
         limits: Arc<ClusterLimits>,
     ) -> Result<Self, String> {
         let name = config.name.value.as_str();
+        let addresses: Vec<&str> = config
+            .endpoints
+            .iter()
+            .map(|ep| ep.address.value.as_str())
+            .collect();
+        let mut pools = client.h1.for_endpoints(&addresses).into_iter();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for ep in &config.endpoints {
             let address = ep.address.value.as_str();
@@ -181,6 +206,7 @@ impl Cluster {
                 status: ep.health_status,
                 health: health(address),
                 stats: metrics.endpoint(name, address, ep.weight),
+                pool: pools.next().expect("one pool per endpoint"),
             }));
         }
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
@@ -464,6 +490,10 @@ impl tower_service::Service<http::Uri> for CountingConnector {
 pub(crate) struct ConnectFailed(#[source] Box<dyn std::error::Error + Send + Sync>);
 
 impl ConnectFailed {
+    pub(crate) fn new(cause: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        ConnectFailed(cause)
+    }
+
     /// Whether `error` (or anything it was caused by) is a failed connect.
     pub(crate) fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
         let mut current = Some(error);
@@ -481,6 +511,16 @@ impl ConnectFailed {
 pub(crate) struct Counted {
     io: TokioIo<TcpStream>,
     gauge: IntGauge,
+}
+
+impl Counted {
+    /// Counts a new connection to the endpoint `labels` = `[cluster, address]`.
+    pub(crate) fn new(io: TokioIo<TcpStream>, metrics: &Metrics, labels: &[&str; 2]) -> Self {
+        metrics.upstream_cx_total.with_label_values(labels).inc();
+        let gauge = metrics.upstream_cx_active.with_label_values(labels);
+        gauge.inc();
+        Counted { io, gauge }
+    }
 }
 
 impl Drop for Counted {

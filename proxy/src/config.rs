@@ -66,12 +66,21 @@ pub struct ListenerConfig {
     /// disables it. Default 10 s.
     #[serde(default = "default_request_headers_timeout", with = "duration_text")]
     pub request_headers_timeout: Duration,
+    /// How long a client connection may stay open with no request in flight before the proxy
+    /// closes it (Envoy's `common_http_protocol_options.idle_timeout`): HTTP/2 connections get
+    /// a GOAWAY, HTTP/1.1 connections are closed between requests. Checked every quarter of the
+    /// timeout, so a connection goes after between 1 and 1.5 × this much idleness. `"0s"`
+    /// disables it. Default 1 h.
+    #[serde(default = "default_listener_idle_timeout", with = "duration_text")]
+    pub idle_timeout: Duration,
 }
 
 /// Default `max_request_headers_kb` of a listener.
 pub const DEFAULT_MAX_REQUEST_HEADERS_KB: u32 = 60;
 /// Default `request_headers_timeout` of a listener.
 pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `idle_timeout` of a listener's client connections.
+pub const DEFAULT_LISTENER_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default `healthy_panic_threshold` of a cluster, in percent.
 pub const DEFAULT_PANIC_THRESHOLD: u32 = 50;
 /// Default `idle_timeout` of a cluster's upstream connections.
@@ -83,6 +92,10 @@ fn default_max_request_headers_kb() -> u32 {
 
 fn default_request_headers_timeout() -> Duration {
     DEFAULT_REQUEST_HEADERS_TIMEOUT
+}
+
+fn default_listener_idle_timeout() -> Duration {
+    DEFAULT_LISTENER_IDLE_TIMEOUT
 }
 
 fn default_protocol() -> Spanned<String> {

@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,11 +19,12 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::body::{ActiveGuard, ProxyBody};
-use crate::cluster::Admission;
+use crate::cluster::{Admission, Cluster, Endpoint};
 use crate::config::RetryOn;
 use crate::health::Outcome;
 use crate::listener::ListenerState;
 use crate::metrics::class_index;
+use crate::upstream::{Lease, UpstreamError};
 
 /// What the proxy knows about one downstream connection.
 pub(crate) struct ConnContext {
@@ -36,6 +37,54 @@ pub(crate) struct ConnContext {
     pub(crate) internal_client: bool,
     /// `http` or `https`, for `x-forwarded-proto`.
     pub(crate) scheme: &'static str,
+    /// Set by the connection's [`crate::framing::FramingWatch`] to the request whose head
+    /// carried both `Content-Length` and `Transfer-Encoding` (which hyper hides from us).
+    pub(crate) framing_conflict: crate::framing::ConflictCell,
+    /// Requests started (high 32 bits, wrapping) and in flight (low 32 bits), in one word so
+    /// that a request costs one atomic add at each end.
+    streams: AtomicU64,
+}
+
+/// A connection's request counters at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Streams {
+    /// Requests started so far (wrapping).
+    pub(crate) started: u32,
+    /// Requests whose response has not finished yet.
+    pub(crate) open: u32,
+}
+
+const ONE_STARTED_AND_OPEN: u64 = (1 << 32) | 1;
+
+impl ConnContext {
+    /// The request counters (for the idle timeout).
+    pub(crate) fn streams(&self) -> Streams {
+        let v = self.streams.load(Ordering::Relaxed);
+        Streams {
+            started: (v >> 32) as u32,
+            open: v as u32,
+        }
+    }
+}
+
+/// Counts a request as in flight on its connection until dropped (with the response body).
+pub(crate) struct StreamGuard(Arc<ConnContext>);
+
+impl StreamGuard {
+    /// Counts a new request; also returns its number on the connection (from 1, wrapping).
+    fn new(conn: Arc<ConnContext>) -> (Self, u32) {
+        let before = conn
+            .streams
+            .fetch_add(ONE_STARTED_AND_OPEN, Ordering::Relaxed);
+        let number = ((before >> 32) as u32).wrapping_add(1);
+        (StreamGuard(conn), number)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ConnContext {
@@ -51,6 +100,8 @@ impl ConnContext {
             client_ip,
             internal_client: is_internal(client),
             scheme: if tls { "https" } else { "http" },
+            framing_conflict: Arc::default(),
+            streams: AtomicU64::new(0),
         }
     }
 }
@@ -81,26 +132,29 @@ pub(crate) async fn serve(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let state = conn.listener.state.load_full();
     let listener_guard = ActiveGuard::new(&state.stats.active);
-    let mut response = forward(req, &conn, &state).await;
+    let (stream, number) = StreamGuard::new(conn);
+    let mut response = forward(req, &stream.0, number, &state).await;
     state.stats.requests[class_index(response.status().as_u16())].inc();
-    response.body_mut().guards().listener = Some(listener_guard);
+    let guards = response.body_mut().guards();
+    guards.listener = Some(listener_guard);
+    guards.stream = Some(stream);
     Ok(response)
 }
 
 /// How one attempt ended.
 enum Attempt {
-    Response(Response<Incoming>),
-    Failed(Outcome, hyper_util::client::legacy::Error),
+    Response(Response<Incoming>, Option<Lease>),
+    Failed(Outcome, UpstreamError),
     TimedOut,
 }
 
 impl Attempt {
     fn outcome(&self) -> Outcome {
         match self {
-            Attempt::Response(r) if r.status().is_server_error() => {
+            Attempt::Response(r, _) if r.status().is_server_error() => {
                 Outcome::Status(r.status().as_u16())
             }
-            Attempt::Response(_) => Outcome::Success,
+            Attempt::Response(..) => Outcome::Success,
             Attempt::Failed(outcome, _) => *outcome,
             Attempt::TimedOut => Outcome::Timeout,
         }
@@ -134,17 +188,24 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
 async fn forward(
     req: Request<Incoming>,
     conn: &ConnContext,
+    number: u32,
     state: &ListenerState,
 ) -> Response<ProxyBody> {
-    // Both framings at once is how requests are smuggled; hyper already refuses most of
-    // these, and this refuses the rest.
+    // Both framings at once is how requests are smuggled (RFC 9112 §6.1). hyper frames such
+    // a request by Transfer-Encoding and drops Content-Length before we see it; the
+    // connection's framing watch saw the raw head. Refuse it, as Envoy does, and close.
     if req.headers().contains_key(header::TRANSFER_ENCODING)
-        && req.headers().contains_key(header::CONTENT_LENGTH)
+        && (req.headers().contains_key(header::CONTENT_LENGTH)
+            || conn.framing_conflict.load(Ordering::Relaxed)
+                == crate::framing::CONFLICT_FLAG | u64::from(number))
     {
-        return local_reply(
+        let mut r = local_reply(
             StatusCode::BAD_REQUEST,
             "both content-length and transfer-encoding\n",
         );
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return r;
     }
     let authority = match req.uri().authority() {
         Some(a) => a.as_str(),
@@ -263,14 +324,20 @@ async fn forward(
             return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
         };
         let endpoint = Arc::clone(&cluster.endpoints[picked.index]);
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(Scheme::HTTP);
-        uri.authority = Some(endpoint.authority.clone());
-        uri.path_and_query = Some(path_and_query.clone());
-        let Ok(uri) = Uri::from_parts(uri) else {
-            return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
+        let uri = if cluster.http2 {
+            let mut uri = http::uri::Parts::default();
+            uri.scheme = Some(Scheme::HTTP);
+            uri.authority = Some(endpoint.authority.clone());
+            uri.path_and_query = Some(path_and_query.clone());
+            let Ok(uri) = Uri::from_parts(uri) else {
+                return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
+            };
+            uri
+        } else {
+            // HTTP/1.1 upstream: origin form; the Host header carries the authority.
+            Uri::from(path_and_query.clone())
         };
-        let upstream_req = match first.take() {
+        let mut upstream_req = match first.take() {
             Some((mut parts, body)) => {
                 parts.uri = uri;
                 Request::from_parts(parts, body)
@@ -291,6 +358,11 @@ async fn forward(
                 r
             }
         };
+        if !cluster.http2 && !upstream_req.headers().contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                upstream_req.headers_mut().insert(header::HOST, host);
+            }
+        }
 
         let active = ActiveGuard::new(&endpoint.stats.active);
         let pending = ActiveGuard::new(&cluster.stats.pending);
@@ -299,7 +371,7 @@ async fn forward(
             (a, b) => a.or(b),
         };
         let started = Instant::now();
-        let sent = cluster.client.request(upstream_req);
+        let sent = send(&cluster, &endpoint, upstream_req);
         let attempt = match per_try {
             Some(t) => match tokio::time::timeout(t, sent).await {
                 Ok(r) => classify(r),
@@ -311,7 +383,7 @@ async fn forward(
         let elapsed = started.elapsed();
         let outcome = attempt.outcome();
         let status = match &attempt {
-            Attempt::Response(r) => r.status(),
+            Attempt::Response(r, _) => r.status(),
             Attempt::Failed(Outcome::ConnectFailure, _) => StatusCode::SERVICE_UNAVAILABLE,
             Attempt::Failed(..) => StatusCode::BAD_GATEWAY,
             Attempt::TimedOut => StatusCode::GATEWAY_TIMEOUT,
@@ -358,10 +430,11 @@ async fn forward(
         }
 
         return match attempt {
-            Attempt::Response(response) => {
+            Attempt::Response(response, lease) => {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 let mut body = ProxyBody::stream(body);
+                body.set_lease(lease);
                 let guards = body.guards();
                 guards.endpoint = Some(active);
                 guards.cluster = Some(admitted);
@@ -384,10 +457,30 @@ async fn forward(
     }
 }
 
-fn classify(result: Result<Response<Incoming>, hyper_util::client::legacy::Error>) -> Attempt {
+/// Sends one attempt: on the endpoint's own HTTP/1.1 pool, or through the HTTP/2 client.
+async fn send(
+    cluster: &Cluster,
+    endpoint: &Arc<Endpoint>,
+    req: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
+    match &cluster.client.h2 {
+        // Boxed: hyper-util's request future is large, and only HTTP/2 clusters need it.
+        Some(client) => Box::pin(client.request(req))
+            .await
+            .map(|r| (r, None))
+            .map_err(Into::into),
+        None => endpoint
+            .pool
+            .send(req)
+            .await
+            .map(|(r, lease)| (r, Some(lease))),
+    }
+}
+
+fn classify(result: Result<(Response<Incoming>, Option<Lease>), UpstreamError>) -> Attempt {
     match result {
-        Ok(r) => Attempt::Response(r),
-        Err(e) if crate::cluster::ConnectFailed::caused(&e) => {
+        Ok((r, lease)) => Attempt::Response(r, lease),
+        Err(e) if crate::cluster::ConnectFailed::caused(&*e) => {
             Attempt::Failed(Outcome::ConnectFailure, e)
         }
         Err(e) => Attempt::Failed(Outcome::Reset, e),

@@ -34,12 +34,14 @@ mod cluster;
 pub mod config;
 pub mod demo;
 mod forward;
+mod framing;
 mod health;
 mod listener;
 mod metrics;
 mod route;
 pub mod run;
 mod tls;
+mod upstream;
 
 pub use body::ProxyBody;
 pub use config::ProxyConfig;
@@ -238,6 +240,7 @@ impl Proxy {
                         max_header_bytes: (l.max_request_headers_kb as usize).saturating_mul(1024),
                         header_timeout: (!l.request_headers_timeout.is_zero())
                             .then_some(l.request_headers_timeout),
+                        idle_timeout: (!l.idle_timeout.is_zero()).then_some(l.idle_timeout),
                     },
                 },
             ));

@@ -12,13 +12,14 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::forward::{self, ConnContext};
+use crate::framing::FramingWatch;
 use crate::metrics::ListenerStats;
 use crate::route::RouteTable;
 
@@ -41,6 +42,8 @@ pub(crate) struct ListenerLimits {
     /// Largest request header block in bytes (HTTP/1.1 read buffer, HTTP/2 header list).
     pub(crate) max_header_bytes: usize,
     pub(crate) header_timeout: Option<Duration>,
+    /// Close a client connection after this long without a request in flight.
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 impl ListenerLimits {
@@ -108,7 +111,9 @@ async fn accept_loop(
     shared: Arc<ListenerShared>,
     mut stopped: watch::Receiver<Option<Duration>>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Every connection holds a receiver: `true` asks it to finish gracefully, and the sender's
+    // `closed()` tells when the last one is gone.
+    let (drain_tx, drain_rx) = watch::channel(false);
     loop {
         let accepted = tokio::select! {
             _ = stopped.changed() => break,
@@ -133,6 +138,7 @@ async fn accept_loop(
         }
         let _ = tcp.set_nodelay(true);
         let http = state.limits.http();
+        let idle = state.limits.idle_timeout;
         let tls = state.tls.clone();
         let stats_active = state.stats.cx_active.clone();
         let name = Arc::clone(&state.name);
@@ -143,14 +149,14 @@ async fn accept_loop(
             peer.ip(),
             tls.is_some(),
         ));
-        let watcher = graceful.watcher();
+        let drain = drain_rx.clone();
         tokio::spawn(async move {
             let _open = crate::body::ActiveGuard::new(&stats_active);
-            let service = service_fn(move |req| forward::serve(req, Arc::clone(&ctx)));
+            let conflict = Arc::clone(&ctx.framing_conflict);
             let result = match tls {
                 None => {
-                    let conn = http.serve_connection(TokioIo::new(tcp), service);
-                    watcher.watch(conn.into_owned()).await
+                    let io = FramingWatch::new(tcp, conflict);
+                    serve_connection(io, &http, ctx, idle, drain).await
                 }
                 Some(acceptor) => {
                     let handshake =
@@ -166,8 +172,8 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    let conn = http.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(conn.into_owned()).await
+                    let io = FramingWatch::new(stream, conflict);
+                    serve_connection(io, &http, ctx, idle, drain).await
                 }
             };
             if let Err(e) = result {
@@ -176,8 +182,10 @@ async fn accept_loop(
         });
     }
     drop(listener);
+    drop(drain_rx);
     let drain = stopped.borrow().unwrap_or_default();
-    if tokio::time::timeout(drain, graceful.shutdown())
+    let _ = drain_tx.send(true);
+    if tokio::time::timeout(drain, drain_tx.closed())
         .await
         .is_err()
     {
@@ -185,5 +193,63 @@ async fn accept_loop(
             ?drain,
             "connections still open after the drain timeout; no longer waiting for them"
         );
+    }
+}
+
+/// Serves one client connection until it ends. It is asked to finish gracefully (in-flight
+/// requests complete, HTTP/2 gets a GOAWAY) when the listener drains or when it has been idle
+/// for `idle`.
+async fn serve_connection<I>(
+    io: I,
+    http: &auto::Builder<TokioExecutor>,
+    ctx: Arc<ConnContext>,
+    idle: Option<Duration>,
+    mut drain: watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service_ctx = Arc::clone(&ctx);
+    let service = service_fn(move |req| forward::serve(req, Arc::clone(&service_ctx)));
+    let conn = http.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            biased;
+            done = conn.as_mut() => return done,
+            _ = drain.changed(), if !closing => {}
+            _ = idle_for(&ctx, idle), if !closing => {
+                tracing::debug!(?idle, "closing an idle client connection");
+            }
+        }
+        closing = true;
+        conn.as_mut().graceful_shutdown();
+    }
+}
+
+/// Completes once the connection has had no request in flight and no new request for at least
+/// `timeout` (checked every quarter of it); never when `timeout` is `None`.
+async fn idle_for(ctx: &ConnContext, timeout: Option<Duration>) {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    let quarter = (timeout / 4).max(Duration::from_millis(1));
+    let mut seen = ctx.streams();
+    let mut quiet = 0;
+    loop {
+        tokio::time::sleep(quarter).await;
+        let now = ctx.streams();
+        if now.open == 0 && now.started == seen.started {
+            quiet += 1;
+            // The first quiet check may follow a stream that ended just before it; four more
+            // make a whole timeout.
+            if quiet > 4 {
+                return;
+            }
+        } else {
+            quiet = 0;
+        }
+        seen = now;
     }
 }

@@ -92,20 +92,67 @@ async fn malformed_requests_get_400() {
 }
 
 #[tokio::test]
-async fn content_length_with_transfer_encoding_cannot_smuggle() {
+async fn content_length_with_transfer_encoding_gets_400_and_a_close() {
     // Both framings: the chunked body ends after "0", and what follows would be a second,
-    // smuggled request if the two sides of the proxy disagreed on framing. The proxy either
-    // refuses (400) or, as RFC 9112 §6.1 allows, uses Transfer-Encoding alone and closes the
-    // connection after the response: one response, never two.
+    // smuggled request if the two sides of the proxy disagreed on framing. RFC 9112 §6.1: the
+    // proxy refuses the request (as Envoy does), closes the connection, and the backend never
+    // sees either request. Both header orders, since hyper handles them differently.
     let (h, b) = start().await;
-    let raw = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let cases: &[&[u8]] = &[
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\ncontent-length: 44\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    ];
+    for raw in cases {
+        // `exchange` reads until the proxy closes the connection.
+        let resp = exchange(h.addr, raw).await;
+        assert_eq!(status_of(&resp), 400, "{resp:?}");
+        assert_eq!(
+            resp.matches("HTTP/1.1 ").count(),
+            1,
+            "one response: {resp:?}"
+        );
+        assert!(
+            resp.to_ascii_lowercase().contains("connection: close"),
+            "{resp:?}"
+        );
+    }
+    assert_eq!(b[0].served(), 0, "the backend never saw either request");
+    still_serves(&h).await;
+}
+
+#[tokio::test]
+async fn the_framing_watch_follows_keep_alive_bodies() {
+    // Legitimate requests with length and chunked bodies (extensions, trailers) on one kept-alive
+    // connection, then one with both framings: each earlier one is answered 200, the last 400.
+    let (h, b) = start().await;
+    let raw: &[u8] = b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 19\r\n\r\n\
+        content-length: 1\r\n\
+        POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n\
+        5;x=1\r\nhello\r\n1a\r\ntransfer-encoding: 1\r\n\r\nab\r\n0\r\nx-t: 1\r\n\r\n\
+        GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+        POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n";
     let resp = exchange(h.addr, raw).await;
-    assert_eq!(resp.matches("HTTP/1.1 ").count(), 1, "{resp:?}");
-    assert!(matches!(status_of(&resp), 200 | 400), "{resp:?}");
-    assert!(
-        b[0].served() <= 1,
-        "the smuggled request never reached the backend"
-    );
+    let statuses: Vec<u16> = resp
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| status_of(&resp[i..]))
+        .collect();
+    assert_eq!(statuses, [200, 200, 200, 400], "{resp:?}");
+    assert_eq!(b[0].served(), 3);
+    still_serves(&h).await;
+}
+
+#[tokio::test]
+async fn differing_content_lengths_get_400() {
+    let (h, b) = start().await;
+    let cases: &[&[u8]] = &[
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 4\r\n\r\nabcd",
+    ];
+    for raw in cases {
+        let resp = exchange(h.addr, raw).await;
+        assert_eq!(status_of(&resp), 400, "{resp:?}");
+    }
+    assert_eq!(b[0].served(), 0, "the backend never saw them");
     still_serves(&h).await;
 }
 

@@ -198,3 +198,113 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+const IDLE_CONFIG: &str = r#"
+listeners:
+  - address: "127.0.0.1:0"
+    idle_timeout: "200ms"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+                - match: { prefix: "/" }
+                  route: { cluster: h1 }
+clusters:
+  - { name: h1, endpoints: [{ address: "{B0}" }] }
+"#;
+
+#[tokio::test]
+async fn idle_h2_connections_are_closed_but_busy_ones_are_not() {
+    let (b, vars) = backends(&["one"]).await;
+    let h = Harness::start(&fill(IDLE_CONFIG, &vars)).await;
+    // A request in flight for several idle timeouts keeps its connection open.
+    b[0].set_delay(std::time::Duration::from_secs(1));
+    let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::get("http://svc.test/")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send
+        .send_request(req)
+        .await
+        .expect("a busy connection stays open");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hello from one\n");
+    // Then, with nothing in flight, the proxy ends the connection with a GOAWAY: the client's
+    // connection finishes cleanly on its own.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+    let ended = ended.expect("the idle connection was closed by the proxy");
+    ended
+        .unwrap()
+        .expect("closed gracefully (GOAWAY), not reset");
+    assert!(send.is_closed());
+}
+
+const POOL_CONFIG: &str = r#"
+listeners:
+  - address: "127.0.0.1:0"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+                - match: { prefix: "/" }
+                  route: { cluster: h1 }
+clusters:
+  - { name: h1, idle_timeout: "200ms", endpoints: [{ address: "{B0}" }] }
+"#;
+
+#[tokio::test]
+async fn upstream_http1_connections_are_reused_then_closed_when_idle() {
+    let (b, vars) = backends(&["one"]).await;
+    let h = Harness::start(&fill(POOL_CONFIG, &vars)).await;
+    let series = |name: &str| format!(r#"{name}{{cluster="h1",endpoint="{}"}}"#, b[0].addr());
+    let c = h1_client();
+    for _ in 0..20 {
+        let r = get(&c, &h.url("/"), "any", &[]).await;
+        assert_eq!(r.status, 200);
+    }
+    let text = h.proxy.metrics_text();
+    assert_eq!(
+        metric(&text, &series("gofe_upstream_connections_total")),
+        Some(1.0),
+        "20 sequential requests share one upstream connection"
+    );
+    assert_eq!(
+        metric(&text, &series("gofe_upstream_connections_active")),
+        Some(1.0)
+    );
+    // Idle past the cluster's idle_timeout, the connection is closed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(
+        &h.proxy.metrics_text(),
+        &series("gofe_upstream_connections_active"),
+    ) != Some(0.0)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle upstream connection never closed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // And a new request opens a new one.
+    let r = get(&c, &h.url("/"), "any", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        metric(
+            &h.proxy.metrics_text(),
+            &series("gofe_upstream_connections_total")
+        ),
+        Some(2.0)
+    );
+}

@@ -342,3 +342,67 @@ async fn a_request_with_a_body_is_not_retried() {
     assert_eq!(r.status, 503);
     assert_eq!(b.iter().map(DemoBackend::served).sum::<u64>(), 1);
 }
+
+/// A backend that answers one request per connection and then closes it without saying so
+/// (no `Connection: close`), as a server whose keep-alive timeout fired would.
+async fn one_shot_backend() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_backend_closed_is_not_used() {
+    let (addr, backend) = one_shot_backend().await;
+    let mut vars = std::collections::HashMap::new();
+    vars.insert("{B0}".to_owned(), addr.to_string());
+    let yaml = fill(
+        r#"
+listeners:
+  - address: "127.0.0.1:0"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+                - match: { prefix: "/" }
+                  route: { cluster: web }
+clusters:
+  - { name: web, endpoints: [{ address: "{B0}" }] }
+"#,
+        &vars,
+    );
+    let h = Harness::start(&yaml).await;
+    let c = h1_client();
+    for i in 0..10 {
+        let r = get(&c, &h.url("/"), "any", &[]).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        // Give the backend's close time to arrive, as it would between real requests.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    backend.abort();
+}
