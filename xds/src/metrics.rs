@@ -22,7 +22,7 @@ pub(crate) struct ServerMetrics {
     nack_info: IntGaugeVec,
     last_nack: Mutex<HashMap<(String, &'static str), [String; 2]>>,
     version_info: IntGaugeVec,
-    last_version: Mutex<HashMap<(String, &'static str), (String, SystemTime)>>,
+    last_version: Mutex<HashMap<NodeType, (String, SystemTime)>>,
 }
 
 impl ServerMetrics {
@@ -163,6 +163,9 @@ impl ServerMetrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 }
+
+/// A node id and a resource type's short name.
+type NodeType = (String, &'static str);
 
 /// A node's last ACK of one resource type.
 #[derive(Clone, Debug, PartialEq, Eq)]
