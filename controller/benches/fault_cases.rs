@@ -19,13 +19,13 @@
 
 #![allow(missing_docs)]
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gofe_controller::config::{self, Loaded};
-use gofe_controller::{Controller, Publisher};
 use gofe_proxy::config::HealthStatus;
 use gofe_proxy::demo::DemoBackend;
 use gofe_proxy::Proxy;
@@ -71,45 +71,27 @@ fn at_proxy(proxy: &Proxy, ep: &str) -> Option<(u32, bool)> {
 }
 
 async fn run(case: &str, on: bool, seconds: u64) -> Outcome {
-    let mut backends = Vec::new();
-    for i in 0..BACKENDS {
-        backends.push(
-            DemoBackend::start("127.0.0.1:0".parse().unwrap(), &format!("b{i}"))
-                .await
-                .unwrap(),
-        );
-    }
+    let mesh = support::Mesh::start(BACKENDS, proxy_yaml).await;
     if case == "slow_10x" {
-        for b in &backends {
+        for b in &mesh.backends {
             b.set_delay(Duration::from_millis(2));
         }
     }
-    let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
-    let proxy_cfg = gofe_proxy::config::parse("bench.yaml", &proxy_yaml(&addrs)).unwrap();
-    let proxy = Proxy::new();
-    proxy
-        .apply(proxy_cfg.clone(), "bench.yaml", Duration::from_secs(1))
-        .await
-        .unwrap();
-    let listen = proxy.listener_addrs().await[&"127.0.0.1:0".parse().unwrap()];
-    let admin = proxy.admin_addr().await.unwrap();
-    let controller = if on {
-        let yaml = format!(
-            "proxy_config: unused.yaml\ninterval: \"1s\"\nsignals: {{ source: embedded, window: \"3s\", latency_quantile: 0.9, embedded: {{ targets: [\"{admin}\"] }} }}\npolicy: {{ max_ejection_percent: 25, base_ejection_time: \"5s\", failure_percentage_threshold: 20, half_open_weight_percent: 10, slow_start_window: \"5s\", latency_half_life: \"1s\", max_step_percent: 80, min_weight_percent: 5 }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n"
-        );
-        let loaded = Loaded {
-            controller: config::parse("controller.yaml", &yaml).unwrap(),
-            proxy: proxy_cfg,
-        };
-        let c = Controller::new(loaded, Publisher::Local(proxy.clone())).unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(c.run_until(Duration::from_secs(1), async {
-            let _ = rx.await;
-        }));
-        Some((tx, task))
-    } else {
-        None
-    };
+    let (backends, addrs, proxy, listen, admin) = (
+        &mesh.backends,
+        &mesh.addrs,
+        mesh.proxy.clone(),
+        mesh.listen,
+        mesh.admin,
+    );
+    let controller = on.then(|| {
+        support::Running::start(
+            &mesh,
+            &format!(
+                "proxy_config: unused.yaml\ninterval: \"1s\"\nsignals: {{ source: embedded, window: \"3s\", latency_quantile: 0.9, embedded: {{ targets: [\"{admin}\"] }} }}\npolicy: {{ max_ejection_percent: 25, base_ejection_time: \"5s\", failure_percentage_threshold: 20, half_open_weight_percent: 10, slow_start_window: \"5s\", latency_half_life: \"1s\", max_step_percent: 80, min_weight_percent: 5 }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n"
+            ),
+        )
+    });
 
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(1024)
@@ -215,26 +197,20 @@ async fn run(case: &str, on: bool, seconds: u64) -> Outcome {
     for h in inflight {
         let _ = h.await;
     }
-    if let Some((tx, task)) = controller {
-        let _ = tx.send(());
-        let _ = task.await;
+    if let Some(c) = controller {
+        c.stop().await;
     }
     let (reacted_ms, restored_ms) = watcher.await.unwrap_or((None, None));
     let faulty_share = match served_marks.as_slice() {
         [(b0, a0), (b1, a1), ..] => (b1 - b0) as f64 / (a1 - a0).max(1) as f64,
         _ => 0.0,
     };
-    proxy.shutdown(Duration::from_secs(1)).await;
-    for b in backends {
-        b.stop().await;
-    }
+    mesh.stop().await;
     let l = latencies.lock().unwrap().clone();
     let p99 = |filter: &dyn Fn(&(bool, f64)) -> bool| {
         let mut v: Vec<f64> = l.iter().filter(|x| filter(x)).map(|x| x.1).collect();
         v.sort_by(f64::total_cmp);
-        v.get(((v.len() as f64 - 1.0) * 0.99) as usize)
-            .copied()
-            .unwrap_or(0.0)
+        support::quantile(&v, 0.99)
     };
     Outcome {
         sent_fault: sent_fault.load(Ordering::Relaxed),
@@ -249,11 +225,7 @@ async fn run(case: &str, on: bool, seconds: u64) -> Outcome {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let seconds = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(60u64);
+    let seconds = support::seconds(&args, 60);
     let mut cases: Vec<&str> = args
         .iter()
         .map(String::as_str)

@@ -18,15 +18,13 @@
 
 #![allow(missing_docs)]
 
+mod support;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gofe_controller::config::{self, Loaded};
-use gofe_controller::{Controller, Publisher};
-use gofe_proxy::demo::DemoBackend;
-use gofe_proxy::Proxy;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -70,43 +68,25 @@ struct Outcome {
 }
 
 async fn run(mode: &str, seconds: u64) -> Outcome {
-    let mut backends = Vec::new();
-    for i in 0..BACKENDS {
-        backends.push(
-            DemoBackend::start("127.0.0.1:0".parse().unwrap(), &format!("b{i}"))
-                .await
-                .unwrap(),
-        );
-    }
-    let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
-    let proxy_cfg = gofe_proxy::config::parse("bench.yaml", &proxy_yaml(mode, &addrs)).unwrap();
-    let proxy = Proxy::new();
-    proxy
-        .apply(proxy_cfg.clone(), "bench.yaml", Duration::from_secs(1))
-        .await
-        .unwrap();
-    let listen = proxy.listener_addrs().await[&"127.0.0.1:0".parse().unwrap()];
-    let admin = proxy.admin_addr().await.unwrap();
-
-    let mut shared = None;
-    let controller = if mode == "gofe" {
-        let yaml = format!(
-            "proxy_config: unused.yaml\ninterval: \"1s\"\nsignals: {{ source: embedded, window: \"3s\", latency_quantile: 0.9, embedded: {{ targets: [\"{admin}\"] }} }}\npolicy: {{ max_ejection_percent: 20, base_ejection_time: \"5s\", min_weight_percent: 5, max_step_percent: 80, latency_half_life: \"1s\", slow_start_window: \"5s\" }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n"
-        );
-        let loaded = Loaded {
-            controller: config::parse("controller.yaml", &yaml).unwrap(),
-            proxy: proxy_cfg,
-        };
-        let c = Controller::new(loaded, Publisher::Local(proxy.clone())).unwrap();
-        shared = Some(c.shared());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(c.run_until(Duration::from_secs(1), async {
-            let _ = rx.await;
-        }));
-        Some((tx, task))
-    } else {
-        None
-    };
+    let mesh = support::Mesh::start(BACKENDS, |addrs| proxy_yaml(mode, addrs)).await;
+    let (backends, addrs, proxy, listen, admin) = (
+        &mesh.backends,
+        &mesh.addrs,
+        mesh.proxy.clone(),
+        mesh.listen,
+        mesh.admin,
+    );
+    let controller = (mode == "gofe").then(|| {
+        support::Running::start(
+            &mesh,
+            &format!(
+                "proxy_config: unused.yaml\ninterval: \"1s\"\nsignals: {{ source: embedded, window: \"3s\", latency_quantile: 0.9, embedded: {{ targets: [\"{admin}\"] }} }}\npolicy: {{ max_ejection_percent: 20, base_ejection_time: \"5s\", min_weight_percent: 5, max_step_percent: 80, latency_half_life: \"1s\", slow_start_window: \"5s\" }}\nadmin: {{ address: \"127.0.0.1:0\" }}\n"
+            ),
+        )
+    });
+    let shared = controller
+        .as_ref()
+        .map(|c| std::sync::Arc::clone(&c.shared));
 
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(2048)
@@ -214,22 +194,14 @@ async fn run(mode: &str, seconds: u64) -> Outcome {
     for h in inflight {
         let _ = h.await;
     }
-    if let Some((tx, task)) = controller {
-        let _ = tx.send(());
-        let _ = task.await;
+    if let Some(c) = controller {
+        c.stop().await;
     }
     let (ejected_after_ms, reweighted_after_ms) = watcher.await.unwrap_or((None, None));
-    proxy.shutdown(Duration::from_secs(1)).await;
-    for b in backends {
-        b.stop().await;
-    }
+    mesh.stop().await;
     let mut l = latencies.lock().unwrap().clone();
     l.sort_by(f64::total_cmp);
-    let q = |p: f64| {
-        l.get(((l.len() as f64 - 1.0) * p) as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let q = |p: f64| support::quantile(&l, p);
     Outcome {
         sent: sent.load(Ordering::Relaxed),
         ok: ok.load(Ordering::Relaxed),
@@ -244,11 +216,7 @@ async fn run(mode: &str, seconds: u64) -> Outcome {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let seconds = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(60u64);
+    let seconds = support::seconds(&args, 60);
     let mut modes: Vec<&str> = args
         .iter()
         .map(String::as_str)

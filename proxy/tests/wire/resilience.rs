@@ -406,3 +406,36 @@ clusters:
     }
     backend.abort();
 }
+
+#[tokio::test]
+async fn a_route_timeout_answers_504_and_the_proxy_keeps_serving() {
+    let (b, vars) = backends(&["a", "b", "c", "d"]).await;
+    for x in &b {
+        x.set_delay(Duration::from_secs(5));
+    }
+    let h = Harness::start(&fill(&config("", r#", timeout: "200ms""#, HEALTHY), &vars)).await;
+    let c = h1_client();
+    let r = get(&c, &h.url("/"), "any", &[]).await;
+    assert_eq!(r.status.as_u16(), 504, "{}", r.text());
+    // Fast again: the next request is served.
+    for x in &b {
+        x.set_delay(Duration::ZERO);
+    }
+    assert_eq!(get(&c, &h.url("/"), "any", &[]).await.status.as_u16(), 200);
+}
+
+#[tokio::test]
+async fn a_per_try_timeout_is_retried_on_another_host() {
+    let (b, vars) = backends(&["a", "b", "c", "d"]).await;
+    b[0].set_delay(Duration::from_secs(5));
+    let retry = r#", timeout: "10s", retry_policy: { retry_on: "gateway-error", num_retries: 1, per_try_timeout: "150ms" }"#;
+    let h = Harness::start(&fill(&config("", retry, HEALTHY), &vars)).await;
+    let replies = run(&h, 8).await;
+    let codes: Vec<u16> = replies.iter().map(|r| r.status.as_u16()).collect();
+    assert!(codes.iter().all(|&s| s == 200), "{codes:?}");
+    assert!(
+        replies.iter().all(|r| r.backend() != "a"),
+        "the slow host never answers in time"
+    );
+    assert!(series(&h, r#"gofe_upstream_retries_total{cluster="web"}"#) >= 1.0);
+}

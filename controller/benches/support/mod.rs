@@ -1,0 +1,106 @@
+//! What the controller's benchmarks share: a mesh of demo backends behind an in-process gofe
+//! proxy, a controller steering it, and the small helpers around a run.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gofe_controller::config::{self, Loaded};
+use gofe_controller::{Controller, Publisher, Shared};
+use gofe_proxy::demo::DemoBackend;
+use gofe_proxy::Proxy;
+
+/// Backends, the proxy in front of them, and its addresses.
+pub struct Mesh {
+    pub backends: Vec<DemoBackend>,
+    pub addrs: Vec<String>,
+    pub proxy: Proxy,
+    pub config: gofe_proxy::ProxyConfig,
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Mesh {
+    /// `n` backends on 127.0.0.1 and a proxy on the configuration `yaml` makes of their
+    /// addresses (a listener and an admin on `127.0.0.1:0`).
+    pub async fn start(n: usize, yaml: impl Fn(&[String]) -> String) -> Mesh {
+        let mut backends = Vec::new();
+        for i in 0..n {
+            backends.push(
+                DemoBackend::start("127.0.0.1:0".parse().unwrap(), &format!("b{i}"))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
+        let config = gofe_proxy::config::parse("bench.yaml", &yaml(&addrs)).unwrap();
+        let proxy = Proxy::new();
+        proxy
+            .apply(config.clone(), "bench.yaml", Duration::from_secs(1))
+            .await
+            .unwrap();
+        let listen = proxy.listener_addrs().await[&"127.0.0.1:0".parse().unwrap()];
+        let admin = proxy.admin_addr().await.unwrap();
+        Mesh {
+            backends,
+            addrs,
+            proxy,
+            config,
+            listen,
+            admin,
+        }
+    }
+
+    /// Stops the proxy and the backends.
+    pub async fn stop(self) {
+        self.proxy.shutdown(Duration::from_secs(1)).await;
+        for b in self.backends {
+            b.stop().await;
+        }
+    }
+}
+
+/// A controller deciding every second on `controller_yaml`, publishing into the mesh's proxy.
+pub struct Running {
+    pub shared: std::sync::Arc<Shared>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn start(mesh: &Mesh, controller_yaml: &str) -> Running {
+        let loaded = Loaded {
+            controller: config::parse("controller.yaml", controller_yaml).unwrap(),
+            proxy: mesh.config.clone(),
+        };
+        let c = Controller::new(loaded, Publisher::Local(mesh.proxy.clone())).unwrap();
+        let shared = c.shared();
+        let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(c.run_until(Duration::from_secs(1), async {
+            let _ = rx.await;
+        }));
+        Running { shared, stop, task }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// `--seconds N` from the command line.
+pub fn seconds(args: &[String], default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The `p` quantile of sorted values (0 when empty).
+pub fn quantile(sorted: &[f64], p: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p) as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
