@@ -62,7 +62,9 @@ pub struct ListenerConfig {
     /// Default 60.
     #[serde(default = "default_max_request_headers_kb")]
     pub max_request_headers_kb: u32,
-    /// Time a client has to send a request's headers; a slower one is disconnected. `"0s"`
+    /// Time a client has to send a request's headers, counted from the head's first byte (and
+    /// for a new connection's first request, from the connection's start); a slower one is
+    /// disconnected. An idle kept-alive connection is the `idle_timeout`'s business. `"0s"`
     /// disables it. Default 10 s.
     #[serde(default = "default_request_headers_timeout", with = "duration_text")]
     pub request_headers_timeout: Duration,

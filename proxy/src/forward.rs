@@ -6,9 +6,12 @@
 //! prepared strings, bumps atomics and edits headers in place.
 
 use std::convert::Infallible;
+use std::future::{poll_fn, Future};
 use std::net::IpAddr;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,6 +46,62 @@ pub(crate) struct ConnContext {
     /// Requests started (high 32 bits, wrapping) and in flight (low 32 bits), in one word so
     /// that a request costs one atomic add at each end.
     streams: AtomicU64,
+    /// The connection's reusable attempt timer (see [`TimerSlot`]).
+    timer: TimerSlot,
+}
+
+/// One timer kept per connection and reused by its requests' attempt deadlines.
+///
+/// A fresh Tokio timer per request costs an allocation-free but locked insert into the timer
+/// wheel and a locked removal when the response comes first, which it nearly always does. A
+/// timer that is *moved later* while still registered costs one compare-and-swap instead (the
+/// wheel finds the new deadline when the old one comes up). HTTP/1.1 requests on a connection
+/// run one after another, so they all reuse the connection's timer; a request that finds it in
+/// use (concurrent HTTP/2 streams, a retry's second attempt) gets a timer of its own.
+#[derive(Default)]
+struct TimerSlot(Mutex<Option<Pin<Box<tokio::time::Sleep>>>>);
+
+/// A timer taken from a [`TimerSlot`], put back when dropped.
+struct Timer<'a> {
+    slot: &'a TimerSlot,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl TimerSlot {
+    /// A timer that fires at `deadline`.
+    fn arm(&self, deadline: Instant) -> Timer<'_> {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let reused = self.0.try_lock().ok().and_then(|mut s| s.take());
+        let sleep = match reused {
+            Some(mut sleep) => {
+                sleep.as_mut().reset(deadline);
+                sleep
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        Timer {
+            slot: self,
+            sleep: Some(sleep),
+        }
+    }
+}
+
+impl Timer<'_> {
+    fn poll_fired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.sleep
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+    }
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut slot) = self.slot.0.try_lock() {
+            if slot.is_none() {
+                *slot = self.sleep.take();
+            }
+        }
+    }
 }
 
 /// A connection's request counters at one moment.
@@ -102,6 +161,7 @@ impl ConnContext {
             scheme: if tls { "https" } else { "http" },
             framing_conflict: Arc::default(),
             streams: AtomicU64::new(0),
+            timer: TimerSlot::default(),
         }
     }
 }
@@ -185,6 +245,14 @@ fn remaining(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|d| d.saturating_duration_since(Instant::now()))
 }
 
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 async fn forward(
     req: Request<Incoming>,
     conn: &ConnContext,
@@ -225,7 +293,9 @@ async fn forward(
         return local_reply(StatusCode::NOT_FOUND, "no route matches this request\n");
     };
     let cluster = Arc::clone(route.action.pick());
-    let deadline = route.timeout.map(|t| Instant::now() + t);
+    // One clock read serves the route's deadline and the first attempt's start.
+    let received = Instant::now();
+    let deadline = route.timeout.map(|t| received + t);
     let retry = route.retry;
     let max_request_bytes = route.max_request_bytes;
     if let Some(limit) = max_request_bytes {
@@ -316,6 +386,7 @@ async fn forward(
     ));
 
     let mut retries_done = 0;
+    let mut attempt_start = Some(received);
     let mut avoid = None;
     let mut _retry_admission = None;
     loop {
@@ -366,17 +437,24 @@ async fn forward(
 
         let active = ActiveGuard::new(&endpoint.stats.active);
         let pending = ActiveGuard::new(&cluster.stats.pending);
-        let per_try = match (retry.and_then(|r| r.per_try_timeout), remaining(deadline)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let started = Instant::now();
+        let started = attempt_start.take().unwrap_or_else(Instant::now);
+        let per_try = retry.and_then(|r| r.per_try_timeout).map(|t| started + t);
         let sent = send(&cluster, &endpoint, upstream_req);
-        let attempt = match per_try {
-            Some(t) => match tokio::time::timeout(t, sent).await {
-                Ok(r) => classify(r),
-                Err(_) => Attempt::TimedOut,
-            },
+        let attempt = match earliest(per_try, deadline) {
+            Some(at) => {
+                let mut timer = conn.timer.arm(at);
+                let mut sent = pin!(sent);
+                poll_fn(|cx| {
+                    if let Poll::Ready(r) = sent.as_mut().poll(cx) {
+                        Poll::Ready(classify(r))
+                    } else if timer.poll_fired(cx) {
+                        Poll::Ready(Attempt::TimedOut)
+                    } else {
+                        Poll::Pending
+                    }
+                })
+                .await
+            }
             None => classify(sent.await),
         };
         drop(pending);
@@ -507,6 +585,11 @@ pub(crate) fn local_reply(status: StatusCode, text: &'static str) -> Response<Pr
 /// Removes headers that describe one connection, not the message (RFC 9110 §7.6.1), including
 /// every header the `Connection` header names. `TE: trailers` survives (gRPC needs it).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them, or only `Connection`: one pass over the few names
+    // present is cheaper than looking each hop-by-hop name up.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
@@ -540,6 +623,18 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Whether `name` is one of the headers [`strip_hop_by_hop`] always removes (`TE` included:
+/// whether it stays depends on its value).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TRANSFER_ENCODING
+        || name == header::TE
+        || name == header::UPGRADE
+        || name == header::TRAILER
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// `x-forwarded-for` gains the client's address, `x-forwarded-proto` is the scheme the client
 /// used, and every request leaves with an `x-request-id` (a client's own is kept only when the
 /// client is internal), as Envoy does at the edge.
@@ -559,12 +654,15 @@ fn set_forwarding_headers(headers: &mut HeaderMap, conn: &ConnContext) {
         }
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
-    let keep = conn.internal_client
-        && headers
-            .get(&X_REQUEST_ID)
-            .is_some_and(|v| !v.is_empty() && v.len() <= 128);
-    if !keep {
-        headers.insert(&X_REQUEST_ID, new_request_id());
+    match headers.entry(&X_REQUEST_ID) {
+        header::Entry::Occupied(e)
+            if conn.internal_client && !e.get().is_empty() && e.get().len() <= 128 => {}
+        header::Entry::Occupied(mut e) => {
+            e.insert(new_request_id());
+        }
+        header::Entry::Vacant(e) => {
+            e.insert(new_request_id());
+        }
     }
 }
 

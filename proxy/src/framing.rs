@@ -17,12 +17,15 @@
 //! off it fails open: hyper's own handling (Transfer-Encoding wins, connection closed) still
 //! keeps anything from being smuggled; only the explicit 400 is lost.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 const CONTENT_LENGTH: &[u8] = b"content-length:";
 const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
@@ -139,6 +142,12 @@ impl Tracker {
     /// Whether the tracker stopped following the connection.
     pub(crate) fn is_off(&self) -> bool {
         self.state == State::Off
+    }
+
+    /// Whether the client owes the rest of a request head: one has begun and is not complete,
+    /// or the connection has not yet completed its first.
+    pub(crate) fn awaiting_head(&self) -> bool {
+        matches!(self.state, State::Head(_)) && (self.head.started || self.heads == 0)
     }
 
     /// Follows `bytes`, the next bytes the client sent.
@@ -408,19 +417,58 @@ pub(crate) const CONFLICT_FLAG: u64 = 1 << 32;
 
 /// An HTTP/1.1 downstream stream whose request framing is followed by a [`Tracker`]; a head
 /// with both framings is recorded in `conflict`.
+///
+/// It also enforces the listener's `request_headers_timeout`, as Envoy does: from the first
+/// byte of a request head (and, for a new connection, from its first read) until the head is
+/// complete. The timer is armed only when a read finds nothing while a head is owed, which a
+/// request arriving in one piece never does, and it is one reusable timer per connection;
+/// an expired head fails the read with `TimedOut`, which ends the connection.
 pub(crate) struct FramingWatch<T> {
     io: T,
     tracker: Tracker,
     conflict: ConflictCell,
+    header_timer: Option<HeaderTimer>,
+}
+
+/// The per-connection timer of `request_headers_timeout`.
+struct HeaderTimer {
+    timeout: Duration,
+    /// Created the first time it is needed.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Whether `sleep` is set for the head now owed.
+    armed: bool,
+}
+
+impl HeaderTimer {
+    /// Whether the head owed now has run out of time (arming the timer for it if needed).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed {
+            self.armed = true;
+            let deadline = Instant::now() + self.timeout;
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        self.sleep
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+    }
 }
 
 impl<T> FramingWatch<T> {
-    /// Watches `io`, recording in `conflict` which request carries both framings.
-    pub(crate) fn new(io: T, conflict: ConflictCell) -> Self {
+    /// Watches `io`, recording in `conflict` which request carries both framings, and cutting
+    /// off a client that takes longer than `header_timeout` to send a request head.
+    pub(crate) fn new(io: T, conflict: ConflictCell, header_timeout: Option<Duration>) -> Self {
         FramingWatch {
             io,
             tracker: Tracker::default(),
             conflict,
+            header_timer: header_timeout.map(|timeout| HeaderTimer {
+                timeout,
+                sleep: None,
+                armed: false,
+            }),
         }
     }
 }
@@ -434,10 +482,21 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingWatch<T> {
         let this = &mut *self;
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
-        if !this.tracker.is_off() {
-            if let Verdict::Conflict(n) = this.tracker.feed(&buf.filled()[before..]) {
-                this.conflict
-                    .store(CONFLICT_FLAG | u64::from(n), Ordering::Relaxed);
+        if this.tracker.is_off() {
+            return polled;
+        }
+        if let Verdict::Conflict(n) = this.tracker.feed(&buf.filled()[before..]) {
+            this.conflict
+                .store(CONFLICT_FLAG | u64::from(n), Ordering::Relaxed);
+        }
+        if let Some(timer) = &mut this.header_timer {
+            if !this.tracker.awaiting_head() {
+                timer.armed = false;
+            } else if polled.is_pending() && timer.expired(cx) {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request headers timeout",
+                )));
             }
         }
         polled

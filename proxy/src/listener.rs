@@ -52,11 +52,12 @@ impl ListenerLimits {
 
     fn http(&self) -> auto::Builder<TokioExecutor> {
         let mut http = auto::Builder::new(TokioExecutor::new());
+        // The request-headers timeout is the framing watch's (`FramingWatch`): hyper's own
+        // would arm a new timer for every request.
         http.http1()
-            .timer(TokioTimer::new())
             .keep_alive(true)
             .max_buf_size(self.max_header_bytes.max(Self::MIN_HEADER_BYTES))
-            .header_read_timeout(self.header_timeout);
+            .header_read_timeout(None);
         http.http2()
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(self.max_header_bytes).unwrap_or(u32::MAX));
@@ -139,6 +140,7 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let http = state.limits.http();
         let idle = state.limits.idle_timeout;
+        let header_timeout = state.limits.header_timeout;
         let tls = state.tls.clone();
         let stats_active = state.stats.cx_active.clone();
         let name = Arc::clone(&state.name);
@@ -155,7 +157,7 @@ async fn accept_loop(
             let conflict = Arc::clone(&ctx.framing_conflict);
             let result = match tls {
                 None => {
-                    let io = FramingWatch::new(tcp, conflict);
+                    let io = FramingWatch::new(tcp, conflict, header_timeout);
                     serve_connection(io, &http, ctx, idle, drain).await
                 }
                 Some(acceptor) => {
@@ -172,7 +174,7 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    let io = FramingWatch::new(stream, conflict);
+                    let io = FramingWatch::new(stream, conflict, header_timeout);
                     serve_connection(io, &http, ctx, idle, drain).await
                 }
             };

@@ -201,6 +201,40 @@ async fn slow_headers_are_cut_off() {
 }
 
 #[tokio::test]
+async fn a_connection_that_never_sends_a_request_is_cut_off() {
+    let (h, _b) = start().await;
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "a silent connection was kept open");
+    still_serves(&h).await;
+}
+
+#[tokio::test]
+async fn the_header_timeout_counts_from_a_heads_first_byte_not_from_the_last_response() {
+    let (h, _b) = start().await;
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+    s.write_all(request).await.unwrap();
+    assert_eq!(read_status(&mut s).await, 200);
+    // Idle between requests for twice request_headers_timeout (300ms): that is the idle
+    // timeout's business (1 h here), so the kept-alive connection still serves.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    s.write_all(request).await.unwrap();
+    assert_eq!(
+        read_status(&mut s).await,
+        200,
+        "same connection, second request"
+    );
+    // A head that starts and never ends is cut off on this same connection.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "an unfinished head was not cut off");
+    still_serves(&h).await;
+}
+
+#[tokio::test]
 async fn broken_upstreams_give_502_for_that_request_only() {
     let (h, _b) = start().await;
     let c = h1_client();

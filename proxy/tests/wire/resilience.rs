@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use gofe_proxy::demo::DemoBackend;
 
+use tokio::io::AsyncWriteExt;
+
 use crate::support::*;
 
 fn config(cluster_extra: &str, route_extra: &str, statuses: [&str; 4]) -> String {
@@ -422,6 +424,36 @@ async fn a_route_timeout_answers_504_and_the_proxy_keeps_serving() {
         x.set_delay(Duration::ZERO);
     }
     assert_eq!(get(&c, &h.url("/"), "any", &[]).await.status.as_u16(), 200);
+}
+
+#[tokio::test]
+async fn route_timeouts_fire_again_on_a_reused_connection() {
+    // The attempt timer is one per client connection and reused by its requests: it must fire
+    // for every slow request and never for a fast one, however they alternate.
+    let (b, vars) = backends(&["a", "b", "c", "d"]).await;
+    let h = Harness::start(&fill(&config("", r#", timeout: "200ms""#, HEALTHY), &vars)).await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    for (round, slow) in [false, true, false, false, true, true, false]
+        .into_iter()
+        .enumerate()
+    {
+        for x in &b {
+            x.set_delay(if slow {
+                Duration::from_secs(5)
+            } else {
+                Duration::ZERO
+            });
+        }
+        s.write_all(b"GET / HTTP/1.1\r\nHost: any\r\n\r\n")
+            .await
+            .unwrap();
+        let status = read_status(&mut s).await;
+        assert_eq!(
+            status,
+            if slow { 504 } else { 200 },
+            "round {round} (slow: {slow})"
+        );
+    }
 }
 
 #[tokio::test]
