@@ -23,7 +23,8 @@ use serde_json::{json, Value};
 const PLACEHOLDER: &str = "TEMPLATED";
 
 fn chart() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/gofe")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("charts/gofe")
 }
 
 fn read(rel: &str) -> String {

@@ -17,7 +17,7 @@ use prometheus::IntGauge;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::cluster::Admission;
-use crate::upstream::Lease;
+use crate::upstream::UpstreamBody;
 
 /// The error a body yields: the peer's, or "too large" from a size limit.
 pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -26,9 +26,6 @@ pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 pub struct ProxyBody {
     inner: Inner,
     guards: Guards,
-    /// The HTTP/1.1 upstream connection this (response) body arrives on, driven by polling
-    /// the body and returned to its pool when the body is complete.
-    lease: Option<Lease>,
 }
 
 /// What a request holds until its response body is finished (or dropped).
@@ -46,6 +43,8 @@ enum Inner {
     Empty,
     Full(Option<Bytes>),
     Stream(Incoming),
+    /// A response body read straight from an HTTP/1.1 upstream connection.
+    Upstream(UpstreamBody),
     Limited {
         body: Incoming,
         remaining: u64,
@@ -100,23 +99,15 @@ impl ProxyBody {
         })
     }
 
+    /// A response body read from an HTTP/1.1 upstream connection.
+    pub(crate) fn upstream(body: UpstreamBody) -> Self {
+        Self::from_inner(Inner::Upstream(body))
+    }
+
     fn from_inner(inner: Inner) -> Self {
         ProxyBody {
             inner,
             guards: Guards::default(),
-            lease: None,
-        }
-    }
-
-    /// Attaches the upstream connection this body is read from.
-    pub(crate) fn set_lease(&mut self, lease: Option<Lease>) {
-        self.lease = lease;
-    }
-
-    /// The body is complete: its upstream connection may serve another request.
-    fn release(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.release();
         }
     }
 
@@ -134,16 +125,7 @@ impl Body for ProxyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        if let Some(lease) = &mut self.lease {
-            lease.drive(cx);
-        }
-        let polled = self.poll_inner(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Err(_))) => self.lease = None,
-            _ => {}
-        }
-        polled
+        self.poll_inner(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -157,16 +139,9 @@ impl Body for ProxyBody {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
             Inner::Stream(incoming) | Inner::Limited { body: incoming, .. } => incoming.size_hint(),
-        }
-    }
-}
-
-impl Drop for ProxyBody {
-    fn drop(&mut self) {
-        // A body dropped after its last byte arrived (hyper does not poll a body it knows to be
-        // empty) still frees its connection; one dropped earlier closes it.
-        if self.lease.is_some() && self.inner_is_end_stream() {
-            self.release();
+            Inner::Upstream(body) => body
+                .exact_len()
+                .map_or_else(SizeHint::default, SizeHint::with_exact),
         }
     }
 }
@@ -180,6 +155,7 @@ impl ProxyBody {
             Inner::Empty => Poll::Ready(None),
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Inner::Stream(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            Inner::Upstream(body) => body.poll_frame(cx),
             Inner::Limited {
                 body,
                 remaining,
@@ -206,6 +182,7 @@ impl ProxyBody {
             Inner::Stream(incoming) | Inner::Limited { body: incoming, .. } => {
                 incoming.is_end_stream()
             }
+            Inner::Upstream(body) => body.is_complete(),
         }
     }
 }
@@ -215,7 +192,7 @@ impl std::fmt::Debug for ProxyBody {
         let kind = match &self.inner {
             Inner::Empty => "empty",
             Inner::Full(_) => "full",
-            Inner::Stream(_) | Inner::Limited { .. } => "stream",
+            Inner::Stream(_) | Inner::Limited { .. } | Inner::Upstream(_) => "stream",
         };
         f.debug_struct("ProxyBody").field("kind", &kind).finish()
     }

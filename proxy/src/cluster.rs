@@ -513,16 +513,6 @@ pub(crate) struct Counted {
     gauge: IntGauge,
 }
 
-impl Counted {
-    /// Counts a new connection to the endpoint `labels` = `[cluster, address]`.
-    pub(crate) fn new(io: TokioIo<TcpStream>, metrics: &Metrics, labels: &[&str; 2]) -> Self {
-        metrics.upstream_cx_total.with_label_values(labels).inc();
-        let gauge = metrics.upstream_cx_active.with_label_values(labels);
-        gauge.inc();
-        Counted { io, gauge }
-    }
-}
-
 impl Drop for Counted {
     fn drop(&mut self) {
         self.gauge.dec();

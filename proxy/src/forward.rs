@@ -27,7 +27,7 @@ use crate::config::RetryOn;
 use crate::health::Outcome;
 use crate::listener::ListenerState;
 use crate::metrics::class_index;
-use crate::upstream::{Lease, UpstreamError};
+use crate::upstream::UpstreamError;
 
 /// What the proxy knows about one downstream connection.
 pub(crate) struct ConnContext {
@@ -182,8 +182,6 @@ fn is_internal(ip: IpAddr) -> bool {
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Serves one downstream request. Never fails: every problem becomes a response.
 pub(crate) async fn serve(
@@ -202,8 +200,10 @@ pub(crate) async fn serve(
 }
 
 /// How one attempt ended.
+// The response is the common case by far; boxing it would cost an allocation per request.
+#[allow(clippy::large_enum_variant)]
 enum Attempt {
-    Response(Response<Incoming>, Option<Lease>),
+    Response(Response<ProxyBody>),
     Failed(Outcome, UpstreamError),
     TimedOut,
 }
@@ -211,7 +211,7 @@ enum Attempt {
 impl Attempt {
     fn outcome(&self) -> Outcome {
         match self {
-            Attempt::Response(r, _) if r.status().is_server_error() => {
+            Attempt::Response(r) if r.status().is_server_error() => {
                 Outcome::Status(r.status().as_u16())
             }
             Attempt::Response(..) => Outcome::Success,
@@ -461,7 +461,7 @@ async fn forward(
         let elapsed = started.elapsed();
         let outcome = attempt.outcome();
         let status = match &attempt {
-            Attempt::Response(r, _) => r.status(),
+            Attempt::Response(r) => r.status(),
             Attempt::Failed(Outcome::ConnectFailure, _) => StatusCode::SERVICE_UNAVAILABLE,
             Attempt::Failed(..) => StatusCode::BAD_GATEWAY,
             Attempt::TimedOut => StatusCode::GATEWAY_TIMEOUT,
@@ -508,11 +508,9 @@ async fn forward(
         }
 
         return match attempt {
-            Attempt::Response(response, lease) => {
-                let (mut parts, body) = response.into_parts();
+            Attempt::Response(response) => {
+                let (mut parts, mut body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                let mut body = ProxyBody::stream(body);
-                body.set_lease(lease);
                 let guards = body.guards();
                 guards.endpoint = Some(active);
                 guards.cluster = Some(admitted);
@@ -540,24 +538,20 @@ async fn send(
     cluster: &Cluster,
     endpoint: &Arc<Endpoint>,
     req: Request<ProxyBody>,
-) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
+) -> Result<Response<ProxyBody>, UpstreamError> {
     match &cluster.client.h2 {
         // Boxed: hyper-util's request future is large, and only HTTP/2 clusters need it.
         Some(client) => Box::pin(client.request(req))
             .await
-            .map(|r| (r, None))
+            .map(|r| r.map(ProxyBody::stream))
             .map_err(Into::into),
-        None => endpoint
-            .pool
-            .send(req)
-            .await
-            .map(|(r, lease)| (r, Some(lease))),
+        None => endpoint.pool.send(req).await,
     }
 }
 
-fn classify(result: Result<(Response<Incoming>, Option<Lease>), UpstreamError>) -> Attempt {
+fn classify(result: Result<Response<ProxyBody>, UpstreamError>) -> Attempt {
     match result {
-        Ok((r, lease)) => Attempt::Response(r, lease),
+        Ok(r) => Attempt::Response(r),
         Err(e) if crate::cluster::ConnectFailed::caused(&*e) => {
             Attempt::Failed(Outcome::ConnectFailure, e)
         }
@@ -585,12 +579,15 @@ pub(crate) fn local_reply(status: StatusCode, text: &'static str) -> Response<Pr
 /// Removes headers that describe one connection, not the message (RFC 9110 §7.6.1), including
 /// every header the `Connection` header names. `TE: trailers` survives (gRPC needs it).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them, or only `Connection`: one pass over the few names
-    // present is cheaper than looking each hop-by-hop name up.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the few names present says which hop-by-hop headers there are (most
+    // messages carry none, or only `Connection`); only those are then looked up and removed.
+    let present = headers
+        .keys()
+        .fold(0u8, |bits, name| bits | hop_by_hop_bit(name));
+    if present == 0 {
         return;
     }
-    if headers.contains_key(header::CONNECTION) {
+    if present & CONNECTION_BIT != 0 {
         let mut named: Vec<HeaderName> = Vec::new();
         for value in headers.get_all(header::CONNECTION) {
             let Ok(text) = value.to_str() else { continue };
@@ -611,28 +608,44 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(header::TRANSFER_ENCODING);
-    headers.remove(header::UPGRADE);
-    headers.remove(header::TRAILER);
-    if let Some(te) = headers.get(header::TE) {
-        if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
-            headers.remove(header::TE);
+    for (i, name) in ALWAYS_STRIPPED.iter().enumerate() {
+        if present & (ALWAYS_STRIPPED_FIRST_BIT << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    if present & TE_BIT != 0 {
+        if let Some(te) = headers.get(header::TE) {
+            if !te.as_bytes().eq_ignore_ascii_case(b"trailers") {
+                headers.remove(header::TE);
+            }
         }
     }
 }
 
-/// Whether `name` is one of the headers [`strip_hop_by_hop`] always removes (`TE` included:
-/// whether it stays depends on its value).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::TE
-        || name == header::UPGRADE
-        || name == header::TRAILER
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
+const CONNECTION_BIT: u8 = 1;
+const TE_BIT: u8 = 2;
+const ALWAYS_STRIPPED_FIRST_BIT: u8 = 4;
+/// Hop-by-hop headers removed whatever their value (bits 4, 8, ... in [`hop_by_hop_bit`]).
+const ALWAYS_STRIPPED: [HeaderName; 5] = [
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// The bit [`strip_hop_by_hop`] uses for `name`, or 0 when it is not a hop-by-hop header.
+fn hop_by_hop_bit(name: &HeaderName) -> u8 {
+    if name == header::CONNECTION {
+        return CONNECTION_BIT;
+    }
+    if name == header::TE {
+        return TE_BIT;
+    }
+    ALWAYS_STRIPPED
+        .iter()
+        .position(|n| n == name)
+        .map_or(0, |i| ALWAYS_STRIPPED_FIRST_BIT << i)
 }
 
 /// `x-forwarded-for` gains the client's address, `x-forwarded-proto` is the scheme the client

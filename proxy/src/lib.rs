@@ -9,11 +9,14 @@
 //!   config file ──load/validate──▶ ProxyConfig ──Proxy::apply──▶ clusters + route tables
 //!   (SIGHUP, file watch)                                             │  (ArcSwap, per listener)
 //!                                                                     ▼
-//!   client ──▶ listener ──▶ forward::serve ──route──▶ Cluster::pick ──▶ pooled upstream client
+//!   client ──▶ listener ──▶ forward::serve ──route──▶ Cluster::pick ──▶ upstream (pooled)
 //!                                     └── metrics (pre-resolved atomics) ──▶ admin /metrics
 //! ```
 //!
-//! [`config`] owns the file format and its validation; [`Proxy`] turns a valid configuration
+//! Downstream connections are served by hyper (HTTP/1.1 and HTTP/2). Upstream, HTTP/2 clusters
+//! use hyper-util's client; HTTP/1.1 clusters use the proxy's own codec (`h1`) on per-endpoint
+//! pools (`upstream`), run by the task serving the client, so a request crosses no channel and
+//! wakes no second task on its way. [`config`] owns the file format and its validation; [`Proxy`] turns a valid configuration
 //! into running listeners and swaps it atomically while traffic flows (in-flight requests keep
 //! the snapshot they started with); [`run`] is the process lifecycle around it (signals, reload,
 //! drain). [`demo`] is a tiny backend for `gofe up`, benchmarks and tests. The xDS client, the
@@ -35,6 +38,7 @@ pub mod config;
 pub mod demo;
 mod forward;
 mod framing;
+mod h1;
 mod health;
 mod listener;
 mod metrics;

@@ -4,11 +4,16 @@
 //! (routes, TLS certificate, metric labels) is a [`ListenerState`] behind an `ArcSwap`, replaced
 //! whole on every configuration change; a connection reads the current state once per request.
 
+use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::task::AtomicWaker;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -201,6 +206,9 @@ async fn accept_loop(
 /// Serves one client connection until it ends. It is asked to finish gracefully (in-flight
 /// requests complete, HTTP/2 gets a GOAWAY) when the listener drains or when it has been idle
 /// for `idle`.
+///
+/// The drain and idle watches are polled only when one of them has been woken (see
+/// [`ControlGate`]), not on each of the many wakes the connection's own I/O causes.
 async fn serve_connection<I>(
     io: I,
     http: &auto::Builder<TokioExecutor>,
@@ -213,20 +221,71 @@ where
 {
     let service_ctx = Arc::clone(&ctx);
     let service = service_fn(move |req| forward::serve(req, Arc::clone(&service_ctx)));
-    let conn = http.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(conn);
-    let mut closing = false;
-    loop {
+    let mut conn = pin!(http.serve_connection(TokioIo::new(io), service));
+    let mut control = pin!(async {
         tokio::select! {
-            biased;
-            done = conn.as_mut() => return done,
-            _ = drain.changed(), if !closing => {}
-            _ = idle_for(&ctx, idle), if !closing => {
+            _ = drain.changed() => {}
+            _ = idle_for(&ctx, idle) => {
                 tracing::debug!(?idle, "closing an idle client connection");
             }
         }
-        closing = true;
-        conn.as_mut().graceful_shutdown();
+    });
+    let gate = Arc::new(ControlGate::default());
+    let control_waker = Waker::from(Arc::clone(&gate));
+    let mut closing = false;
+    poll_fn(|cx| {
+        if let Poll::Ready(done) = conn.as_mut().poll(cx) {
+            return Poll::Ready(done);
+        }
+        if !closing && gate.take(cx.waker()) {
+            let mut control_cx = Context::from_waker(&control_waker);
+            if control.as_mut().poll(&mut control_cx).is_ready() {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+                return conn.as_mut().poll(cx);
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Lets a connection task poll its control futures only after they were woken.
+///
+/// The control futures are polled with a waker of their own that raises `woken` and then wakes
+/// the task; the task polls them again only if `woken` is up.
+struct ControlGate {
+    woken: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Default for ControlGate {
+    fn default() -> Self {
+        ControlGate {
+            // Up at first, so the control futures are polled once and register their wakers.
+            woken: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        }
+    }
+}
+
+impl ControlGate {
+    /// Remembers the task's current waker; returns whether the control futures were woken
+    /// since the last call (and lowers the flag).
+    fn take(&self, task: &Waker) -> bool {
+        self.task.register(task);
+        self.woken.swap(false, Ordering::AcqRel)
+    }
+}
+
+impl Wake for ControlGate {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.task.wake();
     }
 }
 

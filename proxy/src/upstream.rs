@@ -2,13 +2,14 @@
 //!
 //! hyper-util's pooled client runs every upstream connection as a task of its own and hands it
 //! each request over a channel, so a proxied request wakes two tasks and crosses two channels
-//! before its response reaches the client. Here an idle connection (a hyper
-//! `client::conn::http1` pair) sits in its endpoint's pool; a request checks it out, and the
-//! task serving the client polls the connection itself: first while waiting for the response
-//! head, then from the response body ([`Lease`], carried by `ProxyBody`) until the body has
-//! been read. When the body is complete and the connection can take another request it goes
-//! back to the pool; in every other case (an error, a body left unread, `Connection: close`)
-//! it is dropped and closed.
+//! before its response reaches the client. Here an idle connection ([`H1Conn`]: a socket and
+//! its buffers) sits in its endpoint's pool; a request checks it out, and the task serving the
+//! client runs the exchange itself with the codec in [`crate::h1`]: it writes the request head
+//! and body, reads the response head, then hands the connection to the response body
+//! ([`UpstreamBody`], carried by `ProxyBody`), which reads the rest as the client takes it.
+//! When the body is complete and the connection can take another request it goes back to the
+//! pool; in every other case (an error, a body left unread, `Connection: close`, a request
+//! body cut short) it is dropped and closed.
 //!
 //! A connection that was idle longer than the cluster's `idle_timeout` is closed: a sweeper per
 //! pool counts ticks of a quarter of the timeout, and a connection parked four ticks ago or more
@@ -18,21 +19,24 @@
 //! HTTP/2 clusters keep hyper-util's client: there one connection multiplexes every request.
 
 use std::collections::HashMap;
-use std::future::{poll_fn, Future};
-use std::pin::{pin, Pin};
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use http::{Method, Request, Response};
+use http_body::{Body as _, Frame};
+use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use crate::body::ProxyBody;
-use crate::cluster::{ConnectFailed, Counted};
+use crate::body::{ActiveGuard, BodyError, ProxyBody};
+use crate::cluster::ConnectFailed;
+use crate::h1::{
+    self, BodyFraming, ChunkedDecoder, Decoded, H1Error, RequestFraming, ResponseHead, Span,
+};
 use crate::metrics::Metrics;
 
 /// The error of an upstream exchange.
@@ -111,93 +115,403 @@ struct Parked {
     tick: u64,
 }
 
-/// One HTTP/1.1 connection: the handle to send on and the connection state machine.
+/// One HTTP/1.1 connection to an endpoint, with its buffers (kept across requests so an
+/// exchange allocates none of its own).
 pub(crate) struct H1Conn {
-    send: http1::SendRequest<ProxyBody>,
-    /// `None` once the connection has ended.
-    conn: Option<http1::Connection<Counted, ProxyBody>>,
+    io: TcpStream,
+    /// Bytes read and not yet used: the rest of a response head, body bytes.
+    read: BytesMut,
+    /// Bytes to write before anything else: a request head, chunk framing, small body data.
+    write: Vec<u8>,
+    /// How much of `write` is written.
+    written: usize,
+    /// Scratch space for the response head parser.
+    spans: Vec<Span>,
+    /// Nothing on this connection (response body, request body) is half done, and the
+    /// upstream allows another request on it.
+    reusable: bool,
+    _active: ActiveGuard,
 }
+
+/// Body data at most this large is copied next to its framing and written with it; larger
+/// data is written from its own buffer.
+const COALESCE_BYTES: usize = 4096;
 
 impl H1Conn {
-    /// Lets the connection make progress (read, write, notice a close). Returns whether it is
-    /// still open.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(conn) = &mut self.conn else {
-            return false;
-        };
-        match Pin::new(conn).poll(cx) {
-            Poll::Pending => true,
-            Poll::Ready(result) => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "upstream connection ended");
-                }
-                self.conn = None;
-                false
-            }
-        }
-    }
-}
-
-/// A checked-out connection travelling with a response body, which drives it.
-pub(crate) struct Lease {
-    conn: Box<H1Conn>,
-    pool: Arc<EndpointPool>,
-}
-
-impl Lease {
-    /// Lets the connection make progress while its response body is read.
-    pub(crate) fn drive(&mut self, cx: &mut Context<'_>) {
-        self.conn.drive(cx);
-    }
-
-    /// The response body was read to its end: the connection may serve another request.
-    pub(crate) fn release(self) {
-        self.pool.park(self.conn);
-    }
-}
-
-impl EndpointPool {
-    /// Sends `req` (origin-form URI, `Host` set) on an idle connection or a new one.
-    pub(crate) async fn send(
-        self: &Arc<Self>,
-        mut req: Request<ProxyBody>,
-    ) -> Result<(Response<Incoming>, Lease), UpstreamError> {
+    /// Writes pending bytes, then the request body from `sending`; ready when the whole request
+    /// is written.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        sending: &mut Sending,
+    ) -> Poll<Result<(), UpstreamError>> {
         loop {
-            let (mut conn, reused) = match self.checkout().await {
-                Some(c) => (c, true),
-                // Boxed: connecting is rare, and its future would otherwise swell every
-                // request's future.
-                None => (Box::pin(self.connect()).await?, false),
-            };
-            let sent = pin!(conn.send.try_send_request(req));
-            let mut sent = sent;
-            let result = poll_fn(|cx| {
-                conn.drive(cx);
-                sent.as_mut().poll(cx)
-            })
-            .await;
-            match result {
-                Ok(response) => {
-                    return Ok((
-                        response,
-                        Lease {
-                            conn,
-                            pool: Arc::clone(self),
-                        },
-                    ))
+            while self.written < self.write.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(std::io::Error::from(
+                            std::io::ErrorKind::WriteZero,
+                        )
+                        .into()))
+                    }
+                    Poll::Ready(Ok(n)) => self.written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                    Poll::Pending => return Poll::Pending,
                 }
-                Err(mut e) => match e.take_message() {
-                    // A parked connection that closed before the request went out: nothing
-                    // was sent, so the request can go on a fresh connection.
-                    Some(unsent) if reused => req = unsent,
-                    _ => return Err(e.into_error().into()),
+            }
+            self.write.clear();
+            self.written = 0;
+            if let Some(data) = &mut sending.data {
+                while !data.is_empty() {
+                    match Pin::new(&mut self.io).poll_write(cx, data) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(std::io::Error::from(
+                                std::io::ErrorKind::WriteZero,
+                            )
+                            .into()))
+                        }
+                        Poll::Ready(Ok(n)) => data.advance(n),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                sending.data = None;
+                if sending.framing == RequestFraming::Chunked {
+                    self.write.extend_from_slice(b"\r\n");
+                    continue;
+                }
+            }
+            if sending.done {
+                return Poll::Ready(Ok(()));
+            }
+            match Pin::new(&mut sending.body).poll_frame(cx) {
+                Poll::Pending => {
+                    if self.write.is_empty() {
+                        return Poll::Pending;
+                    }
+                }
+                Poll::Ready(None) => {
+                    if sending.framing == RequestFraming::Chunked {
+                        h1::encode_last_chunk(&mut self.write, None);
+                    }
+                    sending.done = true;
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => {
+                        let chunked = sending.framing == RequestFraming::Chunked;
+                        if chunked {
+                            h1::encode_chunk_size(&mut self.write, data.len());
+                        }
+                        if data.len() <= COALESCE_BYTES {
+                            self.write.extend_from_slice(&data);
+                            if chunked {
+                                self.write.extend_from_slice(b"\r\n");
+                            }
+                        } else {
+                            sending.data = Some(data);
+                        }
+                    }
+                    Err(frame) => {
+                        if sending.framing == RequestFraming::Chunked {
+                            h1::encode_last_chunk(&mut self.write, frame.trailers_ref());
+                        }
+                        // Trailers end the body; with a length framing they have no place on
+                        // the wire and are dropped, as hyper would.
+                        sending.done = true;
+                    }
                 },
             }
         }
     }
 
+    /// Reads more bytes into `read`; ready with how many (0 at the end of the stream).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_MIN_SPARE {
+            self.read.reserve(READ_BUFFER);
+        }
+        loop {
+            match self.io.try_read_buf(&mut self.read) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::task::ready!(self.io.poll_read_ready(cx))?;
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// Reads until a whole response head has arrived.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+    ) -> Poll<Result<ResponseHead, UpstreamError>> {
+        loop {
+            if !self.read.is_empty() {
+                if let Some(head) = h1::parse_head(&mut self.read, head_request, &mut self.spans)? {
+                    return Poll::Ready(Ok(head));
+                }
+            }
+            match std::task::ready!(self.poll_fill(cx)) {
+                Ok(0) => return Poll::Ready(Err(H1Error::Closed.into())),
+                Ok(_) => {}
+                Err(e) => return Poll::Ready(Err(e.into())),
+            }
+        }
+    }
+
+    /// Whether a parked connection can be used: the upstream has neither closed it nor sent
+    /// anything unasked.
+    fn still_open(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// Reads ask for at least this much room in the read buffer ...
+const READ_MIN_SPARE: usize = 2048;
+/// ... and grow it by this much when there is less.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// A request body on its way upstream.
+pub(crate) struct Sending {
+    body: ProxyBody,
+    framing: RequestFraming,
+    /// Data being written from its own buffer (too large to coalesce).
+    data: Option<Bytes>,
+    /// The body has ended (its last framing may still be in the write buffer).
+    done: bool,
+}
+
+/// A checked-out connection travelling with a response body, which drives it: the response
+/// body is read from it and, when the upstream answered before the request body was all sent,
+/// the rest of the request body is written from it too.
+pub(crate) struct Lease {
+    conn: Box<H1Conn>,
+    pool: Arc<EndpointPool>,
+    /// The rest of the request body, when the response came first.
+    sending: Option<Box<Sending>>,
+}
+
+impl Lease {
+    /// Lets the request body make progress while the response body is read.
+    fn drive_send(&mut self, cx: &mut Context<'_>) {
+        if let Some(sending) = &mut self.sending {
+            match self.conn.poll_send(cx, sending) {
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => self.sending = None,
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(error = %e, "request body not fully sent upstream");
+                    self.sending = None;
+                    self.conn.reusable = false;
+                }
+            }
+        }
+    }
+
+    /// The exchange is over: the connection may serve another request if nothing on it is
+    /// half done.
+    fn release(self) {
+        if self.sending.is_none() && self.conn.reusable && self.conn.read.is_empty() {
+            self.pool.park(self.conn);
+        }
+    }
+}
+
+/// A response body read from an HTTP/1.1 upstream connection.
+pub(crate) struct UpstreamBody {
+    /// `None` once the body is complete (the connection was released) or failed.
+    lease: Option<Lease>,
+    framing: BodyFraming,
+    chunked: ChunkedDecoder,
+}
+
+impl UpstreamBody {
+    /// Reads the next frame of the body.
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let Some(lease) = &mut self.lease else {
+            return Poll::Ready(None);
+        };
+        lease.drive_send(cx);
+        let conn = &mut lease.conn;
+        loop {
+            let frame = match &mut self.framing {
+                BodyFraming::Empty => None,
+                BodyFraming::Length(0) => None,
+                BodyFraming::Length(left) => {
+                    if conn.read.is_empty() {
+                        Some(Decoded::NeedMore)
+                    } else {
+                        let n = usize::try_from(*left)
+                            .unwrap_or(usize::MAX)
+                            .min(conn.read.len());
+                        *left -= n as u64;
+                        Some(Decoded::Data(conn.read.split_to(n).freeze()))
+                    }
+                }
+                BodyFraming::Chunked => match self.chunked.decode(&mut conn.read) {
+                    Ok(Decoded::End(None)) => None,
+                    Ok(decoded) => Some(decoded),
+                    Err(e) => return self.fail(e.into()),
+                },
+                BodyFraming::UntilClose => {
+                    if conn.read.is_empty() {
+                        Some(Decoded::NeedMore)
+                    } else {
+                        Some(Decoded::Data(conn.read.split().freeze()))
+                    }
+                }
+            };
+            match frame {
+                None => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Some(Decoded::Data(data)) => {
+                    if self.is_complete() {
+                        // The last bytes: hand the connection back now, not when the body is
+                        // dropped (hyper does not poll a body it knows has ended).
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Decoded::End(trailers)) => {
+                    self.finish();
+                    return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                }
+                Some(Decoded::NeedMore) => match std::task::ready!(conn.poll_fill(cx)) {
+                    Ok(0) if self.framing == BodyFraming::UntilClose => {
+                        conn.reusable = false;
+                        self.finish();
+                        return Poll::Ready(None);
+                    }
+                    Ok(0) => return self.fail(H1Error::Closed.into()),
+                    Ok(_) => {}
+                    Err(e) => return self.fail(e.into()),
+                },
+            }
+        }
+    }
+
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        tracing::debug!(error = %e, "upstream response body failed");
+        self.lease = None;
+        Poll::Ready(Some(Err(e)))
+    }
+
+    /// Whether the whole body has been read.
+    pub(crate) fn is_complete(&self) -> bool {
+        match self.framing {
+            BodyFraming::Empty | BodyFraming::Length(0) => true,
+            BodyFraming::Chunked => self.chunked == ChunkedDecoder::Done,
+            BodyFraming::Length(_) | BodyFraming::UntilClose => false,
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+
+    /// The body's exact length, when the framing says it.
+    pub(crate) fn exact_len(&self) -> Option<u64> {
+        match self.framing {
+            BodyFraming::Empty => Some(0),
+            BodyFraming::Length(n) => Some(n),
+            BodyFraming::Chunked | BodyFraming::UntilClose => None,
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // A body dropped after its last byte still frees its connection; one dropped earlier
+        // closes it (the rest of the response would otherwise be read as the next one).
+        if self.is_complete() {
+            self.finish();
+        }
+    }
+}
+
+impl EndpointPool {
+    /// Sends `req` (origin-form URI, `Host` set) on an idle connection or a new one; the
+    /// response's body is read from that connection as it is polled.
+    pub(crate) async fn send(
+        self: &Arc<Self>,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let (parts, body) = req.into_parts();
+        let head_request = parts.method == Method::HEAD;
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let mut conn = match self.checkout() {
+            Some(c) => c,
+            // Boxed: connecting is rare, and its future would otherwise swell every
+            // request's future.
+            None => Box::pin(self.connect()).await?,
+        };
+        conn.write.clear();
+        conn.written = 0;
+        let framing = h1::encode_head(
+            &mut conn.write,
+            &parts.method,
+            target,
+            &parts.headers,
+            body.is_end_stream(),
+        );
+        let mut sending = Sending {
+            done: framing == RequestFraming::None,
+            body,
+            framing,
+            data: None,
+        };
+        let mut sent = false;
+        let head = poll_fn(|cx| {
+            if !sent {
+                match conn.poll_send(cx, &mut sending) {
+                    Poll::Ready(Ok(())) => sent = true,
+                    // The upstream may have answered before it stopped reading (413 and a
+                    // close, say): that answer, if any, is the result.
+                    Poll::Ready(Err(e)) => {
+                        return match conn.poll_head(cx, head_request) {
+                            Poll::Ready(Ok(head)) => Poll::Ready(Ok((head, true))),
+                            _ => Poll::Ready(Err(e)),
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            conn.poll_head(cx, head_request)
+                .map(|r| r.map(|head| (head, false)))
+        })
+        .await;
+        let (head, send_failed) = match head {
+            Ok(h) => h,
+            Err(e) => return Err(e),
+        };
+        conn.reusable = head.keep_alive && !send_failed;
+        let lease = Lease {
+            conn,
+            pool: Arc::clone(self),
+            sending: (!sent && !send_failed).then(|| Box::new(sending)),
+        };
+        let mut response = Response::new(ProxyBody::upstream(UpstreamBody {
+            lease: Some(lease),
+            framing: head.framing,
+            chunked: ChunkedDecoder::Size,
+        }));
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers;
+        Ok(response)
+    }
+
     /// The most recently parked connection that is still usable, if any.
-    async fn checkout(&self) -> Option<Box<H1Conn>> {
+    fn checkout(&self) -> Option<Box<H1Conn>> {
         loop {
             let (candidate, expired) = {
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -213,9 +527,7 @@ impl EndpointPool {
             };
             drop(expired);
             let mut conn = candidate?;
-            // Let it notice a close by the endpoint, or finish the previous exchange.
-            let open = poll_fn(|cx| Poll::Ready(conn.drive(cx))).await;
-            if open && conn.send.is_ready() {
+            if conn.still_open() {
                 return Some(conn);
             }
         }
@@ -243,19 +555,24 @@ impl EndpointPool {
                 return Err(ConnectFailed::new(cause).into());
             }
         };
-        let io = Counted::new(TokioIo::new(tcp), &self.metrics, &labels);
-        let (send, conn) = http1::handshake(io).await?;
+        self.metrics
+            .upstream_cx_total
+            .with_label_values(&labels)
+            .inc();
+        let active = self.metrics.upstream_cx_active.with_label_values(&labels);
         Ok(Box::new(H1Conn {
-            send,
-            conn: Some(conn),
+            io: tcp,
+            read: BytesMut::with_capacity(READ_BUFFER),
+            write: Vec::with_capacity(1024),
+            written: 0,
+            spans: Vec::new(),
+            reusable: true,
+            _active: ActiveGuard::new(&active),
         }))
     }
 
     /// Parks a connection whose exchange is complete, if it can take another request.
     fn park(self: &Arc<Self>, conn: Box<H1Conn>) {
-        if conn.conn.is_none() || conn.send.is_closed() {
-            return;
-        }
         if !self.sweeping.swap(true, Ordering::Relaxed) {
             self.start_sweeper();
         }

@@ -111,7 +111,9 @@ fn forecast_options_are_checked_as_the_adapter_checks_them() {
 
 #[test]
 fn shipped_diurnal_scenario_compares_current_and_forecast_rate() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/diurnal-flash-crowd.yaml");
+    let path =
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("scenarios/diurnal-flash-crowd.yaml");
     let sc = scenario::load(&path).unwrap();
     let forecast = |name: &str| {
         let p = sc.policies.iter().find(|p| p.name == name).unwrap();
@@ -127,7 +129,7 @@ fn shipped_diurnal_scenario_compares_current_and_forecast_rate() {
     assert!(!forecast("hpa-no-behavior"));
     assert!(forecast("hpa-forecast"));
     let summary = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
             .join("scenarios/reports/diurnal-flash-crowd/summary.txt"),
     )
     .unwrap();

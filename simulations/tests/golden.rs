@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use gofe_sim::{cli, engine, scenario};
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).to_owned()
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .to_owned()
 }
 
 fn temp(name: &str) -> PathBuf {

@@ -132,10 +132,12 @@ async fn grpcio_xds_client_follows_gofe_weighted_endpoints() {
         Snapshot::from_resources(&greeter(&[(a, 3), (b, 1)])).unwrap(),
     );
 
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/grpcio_xds_client.py"
-    );
+    // Looked up when the test runs, not when it was compiled: a build cache shared between
+    // checkouts must not point the test at another checkout's files.
+    let script = std::path::Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    )
+    .join("tests/fixtures/grpcio_xds_client.py");
     let mut child = Command::new(&python)
         .arg(script)
         .args([cp.port(), a.port(), b.port()].map(|p| p.to_string()))

@@ -9,3 +9,4 @@ mod reload;
 mod resilience;
 mod routing;
 mod support;
+mod upstream_h1;
