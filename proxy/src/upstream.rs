@@ -19,8 +19,8 @@
 //! HTTP/2 clusters keep hyper-util's client: there one connection multiplexes every request.
 
 use std::collections::HashMap;
-use std::future::poll_fn;
-use std::pin::Pin;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
@@ -29,7 +29,7 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Request, Response};
 use http_body::{Body as _, Frame};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::body::{ActiveGuard, BodyError, ProxyBody};
@@ -231,15 +231,10 @@ impl H1Conn {
         if self.read.capacity() - self.read.len() < READ_MIN_SPARE {
             self.read.reserve(READ_BUFFER);
         }
-        loop {
-            match self.io.try_read_buf(&mut self.read) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::task::ready!(self.io.poll_read_ready(cx))?;
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        // Through `AsyncRead` rather than `try_read_buf`: after a read that did not fill the
+        // buffer Tokio marks the socket not readable, so the next exchange's first read
+        // waits for readiness instead of costing a `recv` that finds nothing.
+        pin!(self.io.read_buf(&mut self.read)).poll(cx)
     }
 
     /// Reads until a whole response head has arrived.
