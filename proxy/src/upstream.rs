@@ -147,33 +147,15 @@ impl H1Conn {
     ) -> Poll<Result<(), UpstreamError>> {
         loop {
             while self.written < self.write.len() {
-                match Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(std::io::Error::from(
-                            std::io::ErrorKind::WriteZero,
-                        )
-                        .into()))
-                    }
-                    Poll::Ready(Ok(n)) => self.written += n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                    Poll::Pending => return Poll::Pending,
-                }
+                self.written +=
+                    std::task::ready!(write_some(&mut self.io, cx, &self.write[self.written..]))?;
             }
             self.write.clear();
             self.written = 0;
             if let Some(data) = &mut sending.data {
                 while !data.is_empty() {
-                    match Pin::new(&mut self.io).poll_write(cx, data) {
-                        Poll::Ready(Ok(0)) => {
-                            return Poll::Ready(Err(std::io::Error::from(
-                                std::io::ErrorKind::WriteZero,
-                            )
-                            .into()))
-                        }
-                        Poll::Ready(Ok(n)) => data.advance(n),
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                        Poll::Pending => return Poll::Pending,
-                    }
+                    let n = std::task::ready!(write_some(&mut self.io, cx, data))?;
+                    data.advance(n);
                 }
                 sending.data = None;
                 if sending.framing == RequestFraming::Chunked {
@@ -262,6 +244,20 @@ impl H1Conn {
     fn still_open(&mut self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+/// One write of some of `buf`; a write of nothing is an error (the socket will take no more).
+fn write_some(
+    io: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> Poll<Result<usize, UpstreamError>> {
+    match Pin::new(io).poll_write(cx, buf) {
+        Poll::Ready(Ok(0)) => Poll::Ready(Err(
+            std::io::Error::from(std::io::ErrorKind::WriteZero).into()
+        )),
+        polled => polled.map_err(Into::into),
     }
 }
 
