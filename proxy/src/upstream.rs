@@ -127,6 +127,8 @@ pub(crate) struct H1Conn {
     written: usize,
     /// Scratch space for the response head parser.
     spans: Vec<Span>,
+    /// How much room the next read gets (grows while reads fill it).
+    read_size: usize,
     /// Nothing on this connection (response body, request body) is half done, and the
     /// upstream allows another request on it.
     reusable: bool,
@@ -211,12 +213,21 @@ impl H1Conn {
     /// Reads more bytes into `read`; ready with how many (0 at the end of the stream).
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
         if self.read.capacity() - self.read.len() < READ_MIN_SPARE {
-            self.read.reserve(READ_BUFFER);
+            self.read.reserve(self.read_size);
         }
+        let room = self.read.capacity() - self.read.len();
         // Through `AsyncRead` rather than `try_read_buf`: after a read that did not fill the
         // buffer Tokio marks the socket not readable, so the next exchange's first read
         // waits for readiness instead of costing a `recv` that finds nothing.
-        pin!(self.io.read_buf(&mut self.read)).poll(cx)
+        let n = std::task::ready!(pin!(self.io.read_buf(&mut self.read)).poll(cx))?;
+        // Large bodies are read in larger pieces (fewer reads, fewer frames to write on),
+        // as hyper's adaptive read buffer does; small responses keep the buffer small.
+        if n == room {
+            self.read_size = (self.read_size * 2).min(READ_BUFFER_MAX);
+        } else if n < room / 4 {
+            self.read_size = (self.read_size / 2).max(READ_BUFFER);
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Reads until a whole response head has arrived.
@@ -263,8 +274,10 @@ fn write_some(
 
 /// Reads ask for at least this much room in the read buffer ...
 const READ_MIN_SPARE: usize = 2048;
-/// ... and grow it by this much when there is less.
+/// ... and grow it by at least this much when there is less ...
 const READ_BUFFER: usize = 16 * 1024;
+/// ... and at most this much, after reads that kept filling it.
+const READ_BUFFER_MAX: usize = 256 * 1024;
 
 /// A request body on its way upstream.
 pub(crate) struct Sending {
@@ -557,6 +570,7 @@ impl EndpointPool {
             write: Vec::with_capacity(1024),
             written: 0,
             spans: Vec::new(),
+            read_size: READ_BUFFER,
             reusable: true,
             _active: ActiveGuard::new(&active),
         }))
