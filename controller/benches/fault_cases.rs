@@ -29,7 +29,7 @@ use bytes::Bytes;
 use gofe_proxy::config::HealthStatus;
 use gofe_proxy::demo::DemoBackend;
 use gofe_proxy::Proxy;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -143,14 +143,9 @@ async fn run(case: &str, on: bool, seconds: u64) -> Outcome {
     let sent_fault = Arc::new(AtomicU64::new(0));
     let failed_fault = Arc::new(AtomicU64::new(0));
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<(bool, f64)>::new()));
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RPS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut faulty = false;
     let mut served_marks = Vec::new();
-    let mut inflight = Vec::new();
-    while start.elapsed() < Duration::from_secs(seconds) {
-        tick.tick().await;
-        let t = start.elapsed();
+    support::open_loop(RPS, start, seconds, |t| {
         let in_fault = t >= fault_from && t < fault_to;
         if in_fault != faulty {
             faulty = in_fault;
@@ -170,16 +165,10 @@ async fn run(case: &str, on: bool, seconds: u64) -> Outcome {
             Arc::clone(&failed_fault),
             Arc::clone(&latencies),
         );
-        inflight.push(tokio::spawn(async move {
+        async move {
             let began = Instant::now();
-            let answered = tokio::time::timeout(CLIENT_TIMEOUT, async {
-                let r = client.get(uri).await.ok()?;
-                let status = r.status();
-                r.into_body().collect().await.ok()?;
-                Some(status)
-            })
-            .await;
-            let ok = matches!(answered, Ok(Some(s)) if s.is_success());
+            let answered = support::get_within(&client, uri, CLIENT_TIMEOUT).await;
+            let ok = answered.is_some_and(|s| s.is_success());
             if in_fault {
                 sf.fetch_add(1, Ordering::Relaxed);
                 if !ok {
@@ -189,14 +178,9 @@ async fn run(case: &str, on: bool, seconds: u64) -> Outcome {
             if let Ok(mut l) = lat.lock() {
                 l.push((in_fault, began.elapsed().as_secs_f64() * 1000.0));
             }
-        }));
-        if inflight.len() > 4096 {
-            inflight.retain(|h| !h.is_finished());
         }
-    }
-    for h in inflight {
-        let _ = h.await;
-    }
+    })
+    .await;
     if let Some(c) = controller {
         c.stop().await;
     }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -142,13 +142,8 @@ async fn run(mode: &str, seconds: u64) -> Outcome {
             (ejected, reweighted)
         })
     };
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / RPS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut faulty = false;
-    let mut inflight = Vec::new();
-    while start.elapsed() < Duration::from_secs(seconds) {
-        tick.tick().await;
-        let t = start.elapsed();
+    support::open_loop(RPS, start, seconds, |t| {
         let in_fault = t >= fault_from && t < fault_to;
         if in_fault != faulty {
             faulty = in_fault;
@@ -162,38 +157,25 @@ async fn run(mode: &str, seconds: u64) -> Outcome {
             Arc::clone(&fault_ok),
             Arc::clone(&latencies),
         );
-        inflight.push(tokio::spawn(async move {
+        async move {
             sent.fetch_add(1, Ordering::Relaxed);
             if in_fault {
                 fs.fetch_add(1, Ordering::Relaxed);
             }
             let began = Instant::now();
-            let answered = tokio::time::timeout(CLIENT_TIMEOUT, async {
-                let r = client.get(uri).await.ok()?;
-                let status = r.status();
-                r.into_body().collect().await.ok()?;
-                Some(status)
-            })
-            .await;
-            if let Ok(Some(s)) = answered {
-                if s.is_success() {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                    if in_fault {
-                        fo.fetch_add(1, Ordering::Relaxed);
-                    }
+            let answered = support::get_within(&client, uri, CLIENT_TIMEOUT).await;
+            if answered.is_some_and(|s| s.is_success()) {
+                ok.fetch_add(1, Ordering::Relaxed);
+                if in_fault {
+                    fo.fetch_add(1, Ordering::Relaxed);
                 }
             }
             if let Ok(mut l) = lat.lock() {
                 l.push(began.elapsed().min(CLIENT_TIMEOUT).as_secs_f64() * 1000.0);
             }
-        }));
-        if inflight.len() > 4096 {
-            inflight.retain(|h| !h.is_finished());
         }
-    }
-    for h in inflight {
-        let _ = h.await;
-    }
+    })
+    .await;
     if let Some(c) = controller {
         c.stop().await;
     }

@@ -523,18 +523,7 @@ impl Controller {
                     reason: "decided by the leader".into(),
                     inputs: None,
                 });
-                ep.weight = weight;
-                ep.health_status = if healthy {
-                    HealthStatus::Healthy
-                } else {
-                    HealthStatus::Unhealthy
-                };
-                fingerprint.push((
-                    cluster.name.value.clone(),
-                    ep.address.value.clone(),
-                    weight,
-                    healthy,
-                ));
+                set_endpoint(&cluster.name.value, ep, weight, healthy, &mut fingerprint);
             }
             view.clusters.insert(
                 cluster.name.value.clone(),
@@ -653,18 +642,13 @@ impl Controller {
                 continue;
             };
             for (ep, dec) in cluster.endpoints.iter_mut().zip(&d.endpoints) {
-                ep.weight = dec.weight;
-                ep.health_status = if dec.healthy {
-                    HealthStatus::Healthy
-                } else {
-                    HealthStatus::Unhealthy
-                };
-                fingerprint.push((
-                    cluster.name.value.clone(),
-                    ep.address.value.clone(),
+                set_endpoint(
+                    &cluster.name.value,
+                    ep,
                     dec.weight,
                     dec.healthy,
-                ));
+                    &mut fingerprint,
+                );
             }
         }
         self.publish_if_changed(config, fingerprint).await;
@@ -839,4 +823,27 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// Gives `ep` of `cluster` its decided weight and health, and records them in the fingerprint
+/// that tells whether a publication changes anything.
+fn set_endpoint(
+    cluster: &str,
+    ep: &mut gofe_proxy::config::EndpointConfig,
+    weight: u32,
+    healthy: bool,
+    fingerprint: &mut Vec<(String, String, u32, bool)>,
+) {
+    ep.weight = weight;
+    ep.health_status = if healthy {
+        HealthStatus::Healthy
+    } else {
+        HealthStatus::Unhealthy
+    };
+    fingerprint.push((
+        cluster.to_owned(),
+        ep.address.value.clone(),
+        weight,
+        healthy,
+    ));
 }

@@ -104,3 +104,50 @@ pub fn quantile(sorted: &[f64], p: f64) -> f64 {
         .copied()
         .unwrap_or(0.0)
 }
+
+/// The benches' HTTP client.
+pub type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+/// One GET that must complete, body included, within `timeout`: the status if it did.
+pub async fn get_within(
+    client: &HttpClient,
+    uri: http::Uri,
+    timeout: Duration,
+) -> Option<http::StatusCode> {
+    use http_body_util::BodyExt;
+    tokio::time::timeout(timeout, async {
+        let r = client.get(uri).await.ok()?;
+        let status = r.status();
+        r.into_body().collect().await.ok()?;
+        Some(status)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Open-loop load: `rps` times a second until `seconds` after `start` (late ticks are sent in
+/// a burst, never dropped), `next(elapsed)` makes each request's future, which runs as a task
+/// of its own; returns when every request has finished.
+pub async fn open_loop<F, Fut>(rps: u64, start: std::time::Instant, seconds: u64, mut next: F)
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rps));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut inflight = Vec::new();
+    while start.elapsed() < Duration::from_secs(seconds) {
+        tick.tick().await;
+        inflight.push(tokio::spawn(next(start.elapsed())));
+        if inflight.len() > 4096 {
+            inflight.retain(|h| !h.is_finished());
+        }
+    }
+    for h in inflight {
+        let _ = h.await;
+    }
+}

@@ -192,40 +192,27 @@ pub async fn drive(
     let (policies, policies_writer) = reflector::store::<TrafficPolicy>();
     let (slices, slices_writer) = reflector::store::<EndpointSlice>();
     let changed = Arc::new(tokio::sync::Notify::new());
-    let mut tasks = Vec::new();
-    {
-        let changed = Arc::clone(&changed);
-        let stream = watcher(policies_api, watcher::Config::default())
-            .default_backoff()
-            .reflect(policies_writer)
-            .touched_objects();
-        tasks.push(tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(_) => changed.notify_one(),
-                    Err(e) => tracing::warn!(error = %e, "TrafficPolicy watch"),
-                }
-            }
-        }));
-    }
-    {
-        let changed = Arc::clone(&changed);
-        let config = watcher::Config::default().labels(topology::SERVICE_NAME_LABEL);
-        let stream = watcher(slices_api, config)
+    let tasks = vec![
+        spawn_watch(
+            watcher(policies_api, watcher::Config::default())
+                .default_backoff()
+                .reflect(policies_writer)
+                .touched_objects(),
+            Arc::clone(&changed),
+            "TrafficPolicy",
+        ),
+        spawn_watch(
+            watcher(
+                slices_api,
+                watcher::Config::default().labels(topology::SERVICE_NAME_LABEL),
+            )
             .default_backoff()
             .reflect(slices_writer)
-            .touched_objects();
-        tasks.push(tokio::spawn(async move {
-            let mut stream = std::pin::pin!(stream);
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(_) => changed.notify_one(),
-                    Err(e) => tracing::warn!(error = %e, "EndpointSlice watch"),
-                }
-            }
-        }));
-    }
+            .touched_objects(),
+            Arc::clone(&changed),
+            "EndpointSlice",
+        ),
+    ];
 
     // Leader election in its own task, so a slow API call never delays a decision step.
     let le = settings.leader_election.clone();
@@ -418,4 +405,26 @@ async fn write_status(client: &Client, binding: &Binding, status: &TrafficPolicy
     {
         tracing::warn!(error = %e, policy = %format!("{}/{}", binding.namespace, binding.name), "cannot write status");
     }
+}
+
+/// Drives a reflector's watch stream, waking `changed` on every change and logging errors (the
+/// stream backs off and resumes by itself).
+fn spawn_watch<K, S>(
+    stream: S,
+    changed: Arc<tokio::sync::Notify>,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()>
+where
+    S: futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => changed.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "{what} watch"),
+            }
+        }
+    })
 }

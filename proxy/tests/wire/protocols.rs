@@ -199,27 +199,18 @@ fn tempdir() -> std::path::PathBuf {
     dir
 }
 
-const IDLE_CONFIG: &str = r#"
-listeners:
-  - address: "127.0.0.1:0"
-    idle_timeout: "200ms"
-    filters:
-      - type: router
-        config:
-          virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-                - match: { prefix: "/" }
-                  route: { cluster: h1 }
-clusters:
-  - { name: h1, endpoints: [{ address: "{B0}" }] }
-"#;
+fn idle_config() -> String {
+    catch_all(
+        "h1",
+        r#"idle_timeout: "200ms""#,
+        r#"endpoints: [{ address: "{B0}" }]"#,
+    )
+}
 
 #[tokio::test]
 async fn idle_h2_connections_are_closed_but_busy_ones_are_not() {
     let (b, vars) = backends(&["one"]).await;
-    let h = Harness::start(&fill(IDLE_CONFIG, &vars)).await;
+    let h = Harness::start(&fill(&idle_config(), &vars)).await;
     // A request in flight for several idle timeouts keeps its connection open.
     b[0].set_delay(std::time::Duration::from_secs(1));
     let tcp = tokio::net::TcpStream::connect(h.addr).await.unwrap();
@@ -248,26 +239,18 @@ async fn idle_h2_connections_are_closed_but_busy_ones_are_not() {
     assert!(send.is_closed());
 }
 
-const POOL_CONFIG: &str = r#"
-listeners:
-  - address: "127.0.0.1:0"
-    filters:
-      - type: router
-        config:
-          virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-                - match: { prefix: "/" }
-                  route: { cluster: h1 }
-clusters:
-  - { name: h1, idle_timeout: "200ms", endpoints: [{ address: "{B0}" }] }
-"#;
+fn pool_config() -> String {
+    catch_all(
+        "h1",
+        "",
+        r#"idle_timeout: "200ms", endpoints: [{ address: "{B0}" }]"#,
+    )
+}
 
 #[tokio::test]
 async fn upstream_http1_connections_are_reused_then_closed_when_idle() {
     let (b, vars) = backends(&["one"]).await;
-    let h = Harness::start(&fill(POOL_CONFIG, &vars)).await;
+    let h = Harness::start(&fill(&pool_config(), &vars)).await;
     let series = |name: &str| format!(r#"{name}{{cluster="h1",endpoint="{}"}}"#, b[0].addr());
     let c = h1_client();
     for _ in 0..20 {

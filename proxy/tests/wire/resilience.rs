@@ -381,21 +381,7 @@ async fn a_pooled_connection_the_backend_closed_is_not_used() {
     let mut vars = std::collections::HashMap::new();
     vars.insert("{B0}".to_owned(), addr.to_string());
     let yaml = fill(
-        r#"
-listeners:
-  - address: "127.0.0.1:0"
-    filters:
-      - type: router
-        config:
-          virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-                - match: { prefix: "/" }
-                  route: { cluster: web }
-clusters:
-  - { name: web, endpoints: [{ address: "{B0}" }] }
-"#,
+        &catch_all("web", "", r#"endpoints: [{ address: "{B0}" }]"#),
         &vars,
     );
     let h = Harness::start(&yaml).await;

@@ -170,3 +170,31 @@ pub async fn read_status(s: &mut tokio::net::TcpStream) -> u16 {
         buf.extend_from_slice(&chunk[..n]);
     }
 }
+
+/// A listener on 127.0.0.1:0 whose one route sends every request to the cluster `name`:
+/// `listener_fields` are added to the listener (e.g. `idle_timeout: "200ms"`, or nothing),
+/// `cluster_fields` make up the rest of the cluster entry (its endpoints, at least).
+pub fn catch_all(name: &str, listener_fields: &str, cluster_fields: &str) -> String {
+    let listener_fields = if listener_fields.is_empty() {
+        String::new()
+    } else {
+        format!("    {listener_fields}\n")
+    };
+    format!(
+        r#"
+listeners:
+  - address: "127.0.0.1:0"
+{listener_fields}    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+                - match: {{ prefix: "/" }}
+                  route: {{ cluster: {name} }}
+clusters:
+  - {{ name: {name}, {cluster_fields} }}
+"#
+    )
+}

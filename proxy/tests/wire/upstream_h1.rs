@@ -148,25 +148,13 @@ async fn serve(mut s: TcpStream) {
     }
 }
 
-const CONFIG: &str = r#"
-listeners:
-  - address: "127.0.0.1:0"
-    filters:
-      - type: router
-        config:
-          virtual_hosts:
-            - name: all
-              domains: ["*"]
-              routes:
-                - match: { prefix: "/" }
-                  route: { cluster: scripted }
-clusters:
-  - { name: scripted, endpoints: [{ address: "{B0}" }] }
-"#;
-
 async fn setup() -> (Scripted, Harness) {
     let upstream = Scripted::start().await;
-    let yaml = CONFIG.replace("{B0}", &upstream.addr.to_string());
+    let yaml = catch_all(
+        "scripted",
+        "",
+        &format!(r#"endpoints: [{{ address: "{}" }}]"#, upstream.addr),
+    );
     (upstream, Harness::start(&yaml).await)
 }
 
