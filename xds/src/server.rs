@@ -309,6 +309,108 @@ async fn send(tx: &mpsc::Sender<Result<Message, Status>>, message: Message) -> R
         .map_err(|_| Status::cancelled("client went away"))
 }
 
+/// What the state-of-the-world and the delta streams have in common: one loop that answers the
+/// client's requests and, when the node's snapshot changes, sends what changed.
+trait AdsStream {
+    /// The stream's request message.
+    type Request;
+    /// For the log line when a stream opens.
+    const KIND: &'static str;
+
+    fn watch(&mut self) -> &mut NodeWatch;
+
+    /// Handles one request from the client.
+    async fn on_request(
+        &mut self,
+        req: Self::Request,
+        tx: &mpsc::Sender<Result<Message, Status>>,
+    ) -> Result<(), Status>;
+
+    /// Sends what the client is owed of type `ty` after a snapshot change.
+    async fn on_change(
+        &mut self,
+        ty: ResourceType,
+        tx: &mpsc::Sender<Result<Message, Status>>,
+    ) -> Result<(), Status>;
+
+    /// Serves the stream until the client ends it or goes away.
+    async fn run(
+        &mut self,
+        first: Self::Request,
+        mut requests: Streaming<Self::Request>,
+        tx: &mpsc::Sender<Result<Message, Status>>,
+    ) -> Result<(), Status>
+    where
+        Self::Request: prost::Message + Default + 'static,
+    {
+        tracing::info!(node = %self.watch().node_id, "{} stream opened", Self::KIND);
+        self.on_request(first, tx).await?;
+        loop {
+            tokio::select! {
+                req = requests.message() => match req? {
+                    Some(req) => self.on_request(req, tx).await?,
+                    None => return Ok(()),
+                },
+                _ = self.watch().changed() => {
+                    for ty in ResourceType::ALL {
+                        self.on_change(ty, tx).await?;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl AdsStream for SotwStream {
+    type Request = DiscoveryRequest;
+    const KIND: &'static str = "ADS";
+
+    fn watch(&mut self) -> &mut NodeWatch {
+        &mut self.watch
+    }
+
+    async fn on_request(
+        &mut self,
+        req: DiscoveryRequest,
+        tx: &mpsc::Sender<Result<Message, Status>>,
+    ) -> Result<(), Status> {
+        SotwStream::on_request(self, req, tx).await
+    }
+
+    async fn on_change(
+        &mut self,
+        ty: ResourceType,
+        tx: &mpsc::Sender<Result<Message, Status>>,
+    ) -> Result<(), Status> {
+        self.maybe_send(ty, false, tx).await
+    }
+}
+
+impl AdsStream for DeltaStream {
+    type Request = DeltaDiscoveryRequest;
+    const KIND: &'static str = "delta ADS";
+
+    fn watch(&mut self) -> &mut NodeWatch {
+        &mut self.watch
+    }
+
+    async fn on_request(
+        &mut self,
+        req: DeltaDiscoveryRequest,
+        tx: &mpsc::Sender<Result<Message, Status>>,
+    ) -> Result<(), Status> {
+        DeltaStream::on_request(self, req, tx).await
+    }
+
+    async fn on_change(
+        &mut self,
+        ty: ResourceType,
+        tx: &mpsc::Sender<Result<Message, Status>>,
+    ) -> Result<(), Status> {
+        self.maybe_send(ty, tx).await
+    }
+}
+
 // === state of the world ===
 
 #[derive(Default)]
@@ -337,29 +439,6 @@ impl SotwStream {
             watch: NodeWatch::new(server, &node),
             types: Default::default(),
             nonce: 0,
-        }
-    }
-
-    async fn run(
-        &mut self,
-        first: DiscoveryRequest,
-        mut requests: Streaming<DiscoveryRequest>,
-        tx: &mpsc::Sender<Result<Message, Status>>,
-    ) -> Result<(), Status> {
-        tracing::info!(node = %self.watch.node_id, "ADS stream opened");
-        self.on_request(first, tx).await?;
-        loop {
-            tokio::select! {
-                req = requests.message() => match req? {
-                    Some(req) => self.on_request(req, tx).await?,
-                    None => return Ok(()),
-                },
-                _ = self.watch.changed() => {
-                    for ty in ResourceType::ALL {
-                        self.maybe_send(ty, false, tx).await?;
-                    }
-                }
-            }
         }
     }
 
@@ -478,29 +557,6 @@ impl DeltaStream {
             watch: NodeWatch::new(server, &node),
             types: Default::default(),
             nonce: 0,
-        }
-    }
-
-    async fn run(
-        &mut self,
-        first: DeltaDiscoveryRequest,
-        mut requests: Streaming<DeltaDiscoveryRequest>,
-        tx: &mpsc::Sender<Result<Message, Status>>,
-    ) -> Result<(), Status> {
-        tracing::info!(node = %self.watch.node_id, "delta ADS stream opened");
-        self.on_request(first, tx).await?;
-        loop {
-            tokio::select! {
-                req = requests.message() => match req? {
-                    Some(req) => self.on_request(req, tx).await?,
-                    None => return Ok(()),
-                },
-                _ = self.watch.changed() => {
-                    for ty in ResourceType::ALL {
-                        self.maybe_send(ty, tx).await?;
-                    }
-                }
-            }
         }
     }
 
