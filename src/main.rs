@@ -35,7 +35,7 @@ enum Command {
         #[arg(long, short, required_unless_present = "bootstrap")]
         config: Option<PathBuf>,
         /// An xDS bootstrap file (node, control-plane address, TLS, static resources; see
-        /// `gofe_xds::bootstrap`). Replaces --config.
+        /// `gofe_proxy::xds::bootstrap`). Replaces --config.
         #[arg(long, conflicts_with = "config")]
         bootstrap: Option<PathBuf>,
         /// Overrides the bootstrap's `node.id` (Envoy's flag; e.g. the Pod name from
@@ -86,11 +86,75 @@ enum Command {
     Sim(gofe_sim::cli::SimArgs),
     /// Run the Kubernetes external metrics adapter (external.metrics.k8s.io for the HPA).
     Adapter(Box<gofe_metrics_adapter::server::AdapterArgs>),
-    /// Check a proxy configuration file and print every problem with its line and field.
+    /// Check any gofe file (proxy config, xDS bootstrap, controller config, adapter rules,
+    /// simulator scenario) and print every problem with its file, line, column and field. The
+    /// kind is told from the file's top-level keys unless --kind says it.
     Check {
-        /// The configuration file.
-        config: PathBuf,
+        /// The file.
+        file: PathBuf,
+        /// What kind of file it is. Default: detected.
+        #[arg(long, value_enum)]
+        kind: Option<FileKind>,
     },
+}
+
+/// The kinds of file `gofe check` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum FileKind {
+    /// `gofe proxy --config` (listeners, clusters, admin).
+    Proxy,
+    /// `gofe proxy --bootstrap` (node, xds_server, static_resources).
+    Bootstrap,
+    /// `gofe controller run --config` (proxy_config, signals, policy, ...); also checks the
+    /// proxy configuration it names.
+    Controller,
+    /// `gofe adapter --config` (prometheus-adapter's rules, gofe's builtinRules).
+    Adapter,
+    /// `gofe sim` scenarios (traffic, service, policies).
+    Scenario,
+}
+
+impl FileKind {
+    /// Tells a file's kind by its top-level keys.
+    fn detect(keys: &[String]) -> Option<FileKind> {
+        let has = |names: &[&str]| keys.iter().any(|k| names.contains(&k.as_str()));
+        if has(&["proxy_config"]) {
+            Some(FileKind::Controller)
+        } else if has(&["node", "xds_server", "static_resources"]) {
+            Some(FileKind::Bootstrap)
+        } else if has(&["externalRules", "rules", "resourceRules", "builtinRules"]) {
+            Some(FileKind::Adapter)
+        } else if has(&["traffic", "service", "policies"]) {
+            Some(FileKind::Scenario)
+        } else if has(&["listeners", "clusters", "admin"]) {
+            Some(FileKind::Proxy)
+        } else {
+            None
+        }
+    }
+}
+
+/// `gofe check`: loads `file` as `kind` (or the detected kind) with every problem reported.
+fn check(file: &std::path::Path, kind: Option<FileKind>) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{}: cannot read", file.display()))?;
+    let kind = match kind {
+        Some(k) => k,
+        None => gofe_yaml::top_level_keys(&text)
+            .as_deref()
+            .and_then(FileKind::detect)
+            .unwrap_or(FileKind::Proxy),
+    };
+    match kind {
+        FileKind::Proxy => drop(gofe_proxy::config::load(file)?),
+        FileKind::Bootstrap => drop(gofe_proxy::xds::bootstrap::Bootstrap::load(file)?),
+        FileKind::Controller => drop(gofe_controller::config::load(file)?),
+        FileKind::Adapter => drop(gofe_metrics_adapter::config::load(file)?),
+        FileKind::Scenario => drop(gofe_sim::scenario::load(file)?),
+    }
+    let name = format!("{kind:?}").to_lowercase();
+    println!("{}: ok ({name})", file.display());
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -170,14 +234,14 @@ fn main() -> anyhow::Result<()> {
                 drain_timeout,
                 ..
             } => {
-                let mut b = gofe_xds::bootstrap::Bootstrap::load(&bootstrap)?;
+                let mut b = gofe_proxy::xds::bootstrap::Bootstrap::load(&bootstrap)?;
                 if let Some(node) = service_node.filter(|n| !n.is_empty()) {
                     b.node.id = node;
                 }
                 if let Some(cluster) = service_cluster {
                     b.node.cluster = cluster;
                 }
-                gofe_xds::bootstrap::run_loaded(b, drain_timeout, shutdown_signal())
+                gofe_proxy::xds::bootstrap::run_loaded(b, drain_timeout, shutdown_signal())
                     .await
                     .context("gofe proxy (xDS)")
             }
@@ -219,11 +283,7 @@ fn main() -> anyhow::Result<()> {
             Command::Adapter(args) => gofe_metrics_adapter::run((*args).into_options()?)
                 .await
                 .context("gofe adapter"),
-            Command::Check { config } => {
-                gofe_proxy::config::load(&config)?;
-                println!("{}: ok", config.display());
-                Ok(())
-            }
+            Command::Check { file, kind } => check(&file, kind),
         }
     })
 }
@@ -250,22 +310,15 @@ async fn controller(command: ControllerCommand) -> anyhow::Result<()> {
                 .await?;
                 return Ok(());
             }
-            let proxy = gofe_proxy::Proxy::new();
-            proxy
-                .apply(
-                    loaded.proxy.clone(),
-                    &config.display().to_string(),
-                    drain_timeout,
-                )
-                .await?;
-            gofe_controller::serve(
+            let mesh = LocalMesh::start(&loaded, drain_timeout).await?;
+            let result = gofe_controller::serve(
                 loaded,
-                gofe_controller::Publisher::Local(proxy.clone()),
+                gofe_controller::Publisher::Xds(mesh.ads.clone()),
                 gofe_controller::shutdown_signal(),
             )
-            .await?;
-            proxy.shutdown(drain_timeout).await;
-            Ok(())
+            .await;
+            mesh.stop(drain_timeout).await;
+            result.context("gofe controller")
         }
         ControllerCommand::Explain { cluster, admin } => explain(&cluster, admin).await,
         ControllerCommand::Crd => {
@@ -345,32 +398,99 @@ async fn up(drain: Duration) -> anyhow::Result<()> {
                 .with_context(|| format!("starting demo backend {name} on {addr}"))?,
         );
     }
-    let proxy_config = gofe_proxy::config::parse("examples/up.yaml (embedded)", UP_CONFIG)?;
-    let controller_config =
-        gofe_controller::config::parse("examples/controller.yaml (embedded)", UP_CONTROLLER)?;
-    let proxy = gofe_proxy::Proxy::new();
-    proxy
-        .apply(proxy_config.clone(), "examples/up.yaml (embedded)", drain)
+    let loaded = gofe_controller::config::Loaded {
+        controller: gofe_controller::config::parse(
+            "examples/controller.yaml (embedded)",
+            UP_CONTROLLER,
+        )?,
+        proxy: gofe_proxy::config::parse("examples/up.yaml (embedded)", UP_CONFIG)?,
+    };
+    let mesh = LocalMesh::start(&loaded, drain)
         .await
-        .context("starting the proxy")?;
+        .context("starting the proxy and its xDS connection")?;
     println!(
         "gofe is up:\n  proxy       http://127.0.0.1:8080/  (try /, /canary, /lr)\n  proxy admin http://127.0.0.1:9901/metrics  /ready  /config_dump\n  controller  http://127.0.0.1:9902/decisions  (or: gofe controller explain web)\n  backends    {}\nCtrl-C to stop.",
         UP_BACKENDS.map(|(n, a)| format!("{n}={a}")).join(" ")
     );
     let result = gofe_controller::serve(
-        gofe_controller::config::Loaded {
-            controller: controller_config,
-            proxy: proxy_config,
-        },
-        gofe_controller::Publisher::Local(proxy.clone()),
+        loaded,
+        gofe_controller::Publisher::Xds(mesh.ads.clone()),
         gofe_controller::shutdown_signal(),
     )
     .await
     .context("gofe controller");
-    tracing::info!(?drain, "shutting down: draining in-flight requests");
-    proxy.shutdown(drain).await;
+    mesh.stop(drain).await;
     for b in backends {
         b.stop().await;
     }
     result
+}
+
+/// A proxy in this process steered by the controller over real xDS: the controller's ADS server
+/// on a loopback socket (its `xds.address`, or a free port) and the proxy's xDS client connected
+/// to it, exactly as separate processes would be.
+struct LocalMesh {
+    ads: gofe_xds::AdsServer,
+    proxy: gofe_proxy::Proxy,
+    client: gofe_proxy::xds::XdsClient,
+    stop_ads: tokio::sync::oneshot::Sender<()>,
+    ads_task: tokio::task::JoinHandle<()>,
+}
+
+impl LocalMesh {
+    async fn start(
+        loaded: &gofe_controller::config::Loaded,
+        drain: Duration,
+    ) -> anyhow::Result<LocalMesh> {
+        let address = loaded
+            .controller
+            .xds
+            .as_ref()
+            .map_or("127.0.0.1:0", |x| x.address.as_str());
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the xDS server on {address}"))?;
+        let xds_addr = listener.local_addr()?;
+        let ads = gofe_xds::AdsServer::new(gofe_xds::ServerOptions::default());
+        let (stop_ads, stopped) = tokio::sync::oneshot::channel::<()>();
+        let ads_task = tokio::spawn(gofe_xds::serve(listener, ads.clone(), None, async {
+            let _ = stopped.await;
+        }));
+        tracing::info!(xds = %xds_addr, "serving ADS");
+        // The admin listener is the proxy's own (a bootstrap setting, as in Envoy); everything
+        // else arrives over xDS.
+        let base = gofe_proxy::ProxyConfig {
+            admin: loaded.proxy.admin.clone(),
+            ..Default::default()
+        };
+        let proxy = gofe_proxy::Proxy::new();
+        let client = gofe_proxy::xds::XdsClient::start(
+            proxy.clone(),
+            gofe_proxy::xds::ClientOptions {
+                node_id: "gofe-local".into(),
+                node_cluster: "gofe".into(),
+                server: xds_addr.to_string(),
+                tls: None,
+                base,
+                drain,
+                backoff_initial: Duration::from_millis(50),
+                backoff_max: Duration::from_secs(1),
+            },
+        )?;
+        Ok(LocalMesh {
+            ads,
+            proxy,
+            client,
+            stop_ads,
+            ads_task,
+        })
+    }
+
+    async fn stop(self, drain: Duration) {
+        tracing::info!(?drain, "shutting down: draining in-flight requests");
+        self.client.stop();
+        self.proxy.shutdown(drain).await;
+        let _ = self.stop_ads.send(());
+        let _ = self.ads_task.await;
+    }
 }

@@ -439,7 +439,7 @@ fn shipped_controller_file_and_the_one_values_make_are_accepted() {
     let parsed = gofe_controller::config::parse("files/controller.yaml", &file)
         .unwrap_or_else(|e| panic!("{e}"));
     // The ConfigMap names the proxy configuration proxy.yaml, next to controller.yaml.
-    assert_eq!(parsed.proxy_config.value, "proxy.yaml");
+    assert_eq!(parsed.proxy_config, "proxy.yaml");
     assert!(
         parsed.kubernetes.is_some(),
         "the chart runs Kubernetes mode"
@@ -497,7 +497,7 @@ fn shipped_proxy_config_is_accepted_and_its_listeners_are_the_service_ports() {
         .listeners
         .iter()
         .map(|l| {
-            let a: std::net::SocketAddr = l.address.value.parse().expect("ip:port");
+            let a: std::net::SocketAddr = l.address.parse().expect("ip:port");
             u64::from(a.port())
         })
         .collect();
@@ -524,10 +524,11 @@ fn shipped_bootstrap_is_accepted_with_the_controller_service_address() {
     ] {
         let path = dir.join(name);
         std::fs::write(&path, text).expect("write");
-        let b = gofe_xds::bootstrap::Bootstrap::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        let b =
+            gofe_proxy::xds::bootstrap::Bootstrap::load(&path).unwrap_or_else(|e| panic!("{e}"));
         // The proxy Deployment's admin port (probes, Prometheus) is the bootstrap's.
         let admin = b.static_resources.admin.expect("an admin listener");
-        assert_eq!(admin.address.value, "0.0.0.0:9901");
+        assert_eq!(admin.address, "0.0.0.0:9901");
     }
     std::fs::remove_dir_all(&dir).ok();
 }

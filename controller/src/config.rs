@@ -19,12 +19,12 @@
 //! Errors name the file, line and field, like the proxy's.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use gofe_core::policy::Policy;
-use gofe_yaml::Spanned;
-use serde::{Deserialize, Deserializer, Serialize};
+use gofe_yaml::{Validate, Validator};
+use serde::{Deserialize, Serialize};
 
 /// The whole controller configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -32,9 +32,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 pub struct ControllerConfig {
     /// A gofe proxy configuration file: what the controller serves to proxies. Its clusters'
     /// endpoints and weights are the base the controller adjusts. Relative to this file.
-    pub proxy_config: Spanned<String>,
+    pub proxy_config: String,
     /// Time between decisions. Default 5 s.
-    #[serde(default = "default_interval", with = "duration_text")]
+    #[serde(default = "default_interval", with = "gofe_yaml::duration::text")]
     pub interval: Duration,
     /// Where signals come from.
     #[serde(default)]
@@ -90,13 +90,13 @@ pub struct LeaderElectionConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
     /// How long a lease holds without renewal. Default 15 s.
-    #[serde(default = "default_lease_duration", with = "duration_text")]
+    #[serde(default = "default_lease_duration", with = "gofe_yaml::duration::text")]
     pub lease_duration: Duration,
     /// The leader stops deciding when it could not renew for this long. Default 10 s.
-    #[serde(default = "default_renew_deadline", with = "duration_text")]
+    #[serde(default = "default_renew_deadline", with = "gofe_yaml::duration::text")]
     pub renew_deadline: Duration,
     /// Time between attempts to acquire or renew. Default 2 s.
-    #[serde(default = "default_retry_period", with = "duration_text")]
+    #[serde(default = "default_retry_period", with = "gofe_yaml::duration::text")]
     pub retry_period: Duration,
 }
 
@@ -177,7 +177,7 @@ pub struct SignalsConfig {
     #[serde(default)]
     pub source: SourceKind,
     /// The rate window. Default 30 s.
-    #[serde(default = "default_window", with = "duration_text")]
+    #[serde(default = "default_window", with = "gofe_yaml::duration::text")]
     pub window: Duration,
     /// The latency quantile the policy weighs by (0–1). Default 0.9.
     #[serde(default = "default_quantile")]
@@ -243,7 +243,7 @@ pub struct PrometheusConfig {
     #[serde(default = "default_q_timestamp")]
     pub last_sample: String,
     /// Request timeout. Default 5 s.
-    #[serde(default = "default_query_timeout", with = "duration_text")]
+    #[serde(default = "default_query_timeout", with = "gofe_yaml::duration::text")]
     pub timeout: Duration,
 }
 
@@ -301,10 +301,10 @@ pub struct PolicyConfig {
     /// See [`Policy::failure_percentage_request_volume`].
     pub failure_percentage_request_volume: Option<f64>,
     /// See [`Policy::base_ejection_time`].
-    #[serde(default, with = "opt_duration_text")]
+    #[serde(default, with = "gofe_yaml::duration::optional_text")]
     pub base_ejection_time: Option<Duration>,
     /// See [`Policy::max_ejection_time`].
-    #[serde(default, with = "opt_duration_text")]
+    #[serde(default, with = "gofe_yaml::duration::optional_text")]
     pub max_ejection_time: Option<Duration>,
     /// See [`Policy::max_ejection_percent`].
     pub max_ejection_percent: Option<u32>,
@@ -313,7 +313,7 @@ pub struct PolicyConfig {
     /// See [`Policy::half_open_min_requests`].
     pub half_open_min_requests: Option<f64>,
     /// See [`Policy::slow_start_window`].
-    #[serde(default, with = "opt_duration_text")]
+    #[serde(default, with = "gofe_yaml::duration::optional_text")]
     pub slow_start_window: Option<Duration>,
     /// See [`Policy::latency_weighting`].
     pub latency_weighting: Option<bool>,
@@ -326,17 +326,17 @@ pub struct PolicyConfig {
     /// See [`Policy::hysteresis_percent`].
     pub hysteresis_percent: Option<u32>,
     /// See [`Policy::latency_half_life`].
-    #[serde(default, with = "opt_duration_text")]
+    #[serde(default, with = "gofe_yaml::duration::optional_text")]
     pub latency_half_life: Option<Duration>,
     /// See [`Policy::latency_min_requests`].
     pub latency_min_requests: Option<f64>,
     /// See [`Policy::panic_threshold_percent`] (Envoy's `healthy_panic_threshold`).
     pub healthy_panic_threshold: Option<u32>,
     /// See [`Policy::stale_after`].
-    #[serde(default, with = "opt_duration_text")]
+    #[serde(default, with = "gofe_yaml::duration::optional_text")]
     pub stale_after: Option<Duration>,
     /// See [`Policy::relax_after`].
-    #[serde(default, with = "opt_duration_text")]
+    #[serde(default, with = "gofe_yaml::duration::optional_text")]
     pub relax_after: Option<Duration>,
 }
 
@@ -390,72 +390,151 @@ impl PolicyConfig {
     }
 }
 
-mod duration_text {
-    use super::*;
+// === validation ===
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        gofe_core::duration::parse(&text).map_err(serde::de::Error::custom)
-    }
-
-    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&gofe_core::duration::format(*d))
-    }
-}
-
-mod opt_duration_text {
-    use super::*;
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        gofe_core::duration::parse(&text)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
-    }
-
-    pub(super) fn serialize<S: serde::Serializer>(
-        d: &Option<Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&gofe_core::duration::format(*d)),
-            None => s.serialize_none(),
+impl Validate for ControllerConfig {
+    fn validate(&self, v: &mut Validator) {
+        if self.proxy_config.is_empty() {
+            v.error("proxy_config", "must name a proxy configuration file");
+        }
+        if self.interval.is_zero() {
+            v.error("interval", "must be longer than 0s");
+        }
+        let s = &self.signals;
+        if s.window.is_zero() {
+            v.error("signals.window", "must be longer than 0s");
+        }
+        if !(0.0..=1.0).contains(&s.latency_quantile) {
+            v.error(
+                "signals.latency_quantile",
+                format!("must be between 0 and 1, got {}", s.latency_quantile),
+            );
+        }
+        for (i, t) in s.embedded.targets.iter().enumerate() {
+            if t.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+            {
+                v.error(
+                    format!("signals.embedded.targets[{i}]"),
+                    format!("expected a proxy's admin address host:port, got {t:?}"),
+                );
+            }
+        }
+        check_url(v, "signals.prometheus.url", &s.prometheus.url);
+        if s.prometheus.timeout.is_zero() {
+            v.error("signals.prometheus.timeout", "must be longer than 0s");
+        }
+        check_socket(v, "admin.address", &self.admin.address);
+        if let Some(x) = &self.xds {
+            check_socket(v, "xds.address", &x.address);
+        }
+        v.within("policy", |v| self.policy.validate(v));
+        for (name, p) in &self.clusters {
+            v.within(&format!("clusters.{name}"), |v| p.validate(v));
+        }
+        if let Some(k) = &self.kubernetes {
+            let le = &k.leader_election;
+            if !(le.retry_period < le.renew_deadline && le.renew_deadline < le.lease_duration) {
+                v.error(
+                    "kubernetes.leader_election",
+                    format!(
+                        "needs retry_period < renew_deadline < lease_duration, got {} < {} < {}",
+                        gofe_yaml::duration::format(le.retry_period),
+                        gofe_yaml::duration::format(le.renew_deadline),
+                        gofe_yaml::duration::format(le.lease_duration)
+                    ),
+                );
+            }
         }
     }
 }
 
-/// Why the controller configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A file could not be read.
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not a valid controller configuration.
-    #[error("{file}:{line}:{column}: {field}: {message}")]
-    Invalid {
-        /// The file.
-        file: String,
-        /// 1-based line (0 when unknown).
-        line: usize,
-        /// 1-based column (0 when unknown).
-        column: usize,
-        /// Field path.
-        field: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// The proxy configuration it names is invalid.
-    #[error(transparent)]
-    Proxy(#[from] gofe_proxy::config::ConfigError),
+impl Validate for PolicyConfig {
+    fn validate(&self, v: &mut Validator) {
+        let percent = |v: &mut Validator, field: &str, value: Option<u32>| {
+            if let Some(p) = value.filter(|p| *p > 100) {
+                v.error(field, format!("must be at most 100, got {p}"));
+            }
+        };
+        percent(v, "max_ejection_percent", self.max_ejection_percent);
+        percent(v, "half_open_weight_percent", self.half_open_weight_percent);
+        percent(v, "healthy_panic_threshold", self.healthy_panic_threshold);
+        percent(v, "hysteresis_percent", self.hysteresis_percent);
+        if let Some(p) = self.failure_percentage_threshold {
+            if !(0.0..=100.0).contains(&p) {
+                v.error(
+                    "failure_percentage_threshold",
+                    format!("must be between 0 and 100, got {p}"),
+                );
+            }
+        }
+        if let (Some(lo), Some(hi)) = (self.min_weight_percent, self.max_weight_percent) {
+            if lo > hi {
+                v.error(
+                    "min_weight_percent",
+                    format!("must not exceed max_weight_percent ({lo} > {hi})"),
+                );
+            }
+        }
+        if let (Some(base), Some(max)) = (self.base_ejection_time, self.max_ejection_time) {
+            if base > max {
+                v.error(
+                    "base_ejection_time",
+                    "must not be longer than max_ejection_time",
+                );
+            }
+        }
+        for (field, value) in [
+            (
+                "success_rate_request_volume",
+                self.success_rate_request_volume,
+            ),
+            ("success_rate_stdev_factor", self.success_rate_stdev_factor),
+            (
+                "failure_percentage_request_volume",
+                self.failure_percentage_request_volume,
+            ),
+            ("half_open_min_requests", self.half_open_min_requests),
+            ("latency_min_requests", self.latency_min_requests),
+        ] {
+            if let Some(x) = value.filter(|x| !x.is_finite() || *x < 0.0) {
+                v.error(field, format!("must be a number of at least 0, got {x}"));
+            }
+        }
+    }
 }
+
+fn check_socket(v: &mut Validator, field: &str, address: &str) {
+    if address.parse::<std::net::SocketAddr>().is_err() {
+        v.error(
+            field,
+            format!(
+                "invalid socket address {address:?} (expected ip:port, e.g. \"127.0.0.1:9902\")"
+            ),
+        );
+    }
+}
+
+/// An `http://` or `https://` URL with a host.
+fn check_url(v: &mut Validator, field: &str, url: &str) {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"));
+    match rest {
+        None => v.error(
+            field,
+            format!("expected an http:// or https:// URL, got {url:?}"),
+        ),
+        Some(rest) if rest.split(['/', '?']).next().is_none_or(str::is_empty) => {
+            v.error(field, format!("URL {url:?} has no host"))
+        }
+        Some(_) => {}
+    }
+}
+
+// === loading ===
+
+pub use gofe_yaml::ConfigError;
 
 /// A loaded configuration: the controller's settings and the proxy configuration it serves.
 #[derive(Clone, Debug)]
@@ -463,60 +542,23 @@ pub struct Loaded {
     /// The controller's settings.
     pub controller: ControllerConfig,
     /// The proxy configuration (base weights).
-    pub proxy: gofe_proxy::ProxyConfig,
+    pub proxy: gofe_model::ProxyConfig,
 }
 
-/// Parses controller YAML; `name` names it in errors.
+/// Parses and validates controller YAML; `name` names it in errors (every problem, each with
+/// its line, column and field).
 pub fn parse(name: &str, text: &str) -> Result<ControllerConfig, ConfigError> {
-    let config: ControllerConfig = gofe_yaml::from_str(text).map_err(|p| ConfigError::Invalid {
-        file: name.to_owned(),
-        line: p.line.unwrap_or(0),
-        column: p.column.unwrap_or(0),
-        field: p.field,
-        message: p.message,
-    })?;
-    if let Some(k) = &config.kubernetes {
-        let le = &k.leader_election;
-        if !(le.retry_period < le.renew_deadline && le.renew_deadline < le.lease_duration) {
-            return Err(ConfigError::Invalid {
-                file: name.to_owned(),
-                line: 0,
-                column: 0,
-                field: "kubernetes.leader_election".into(),
-                message: format!(
-                    "needs retry_period < renew_deadline < lease_duration, got {} < {} < {}",
-                    gofe_core::duration::format(le.retry_period),
-                    gofe_core::duration::format(le.renew_deadline),
-                    gofe_core::duration::format(le.lease_duration)
-                ),
-            });
-        }
-    }
-    let q = config.signals.latency_quantile;
-    if !(0.0..=1.0).contains(&q) {
-        return Err(ConfigError::Invalid {
-            file: name.to_owned(),
-            line: 0,
-            column: 0,
-            field: "signals.latency_quantile".into(),
-            message: format!("must be between 0 and 1, got {q}"),
-        });
-    }
-    Ok(config)
+    gofe_yaml::parse(name, text)
 }
 
-/// Reads the controller file and the proxy configuration it names.
+/// Reads the controller file and the proxy configuration it names (relative to it).
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let controller = parse(&path.display().to_string(), &text)?;
+    let controller: ControllerConfig = gofe_yaml::load(path)?;
     let proxy_path = path
         .parent()
         .unwrap_or(Path::new("."))
-        .join(&controller.proxy_config.value);
-    let proxy = gofe_proxy::config::load(&proxy_path)?;
+        .join(&controller.proxy_config);
+    let proxy = gofe_model::load(&proxy_path)?;
     Ok(Loaded { controller, proxy })
 }
 
@@ -551,5 +593,35 @@ mod tests {
         );
         let e = parse("c.yaml", "proxy_config: p.yaml\ninterval: 5\n").unwrap_err();
         assert!(e.to_string().starts_with("c.yaml:2:11: interval:"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_line() {
+        let text = "proxy_config: p.yaml\nsignals:\n  latency_quantile: 1.5\n  prometheus: { url: \"127.0.0.1:9090\" }\npolicy: { max_ejection_percent: 150 }\nclusters:\n  web: { min_weight_percent: 50, max_weight_percent: 10 }\nadmin: { address: \"localhost\" }\n";
+        let e = parse("c.yaml", text).unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.in_file("c.yaml")).collect();
+        assert_eq!(lines.len(), 5, "{lines:?}");
+        assert!(
+            lines[0].starts_with("c.yaml:3:21: signals.latency_quantile: must be between 0 and 1"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "c.yaml:4:22: signals.prometheus.url: expected an http:// or https:// URL"
+            ),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].starts_with("c.yaml:5:33: policy.max_ejection_percent: must be at most 100"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[3].starts_with("c.yaml:7:30: clusters.web.min_weight_percent:"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[4].starts_with("c.yaml:8:19: admin.address: invalid socket address"),
+            "{lines:?}"
+        );
     }
 }

@@ -23,8 +23,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use gofe_core::policy::{self, ClusterState, Decision, Event, Mode, Policy, Status};
-use gofe_proxy::config::HealthStatus;
-use gofe_proxy::ProxyConfig;
+use gofe_model::{HealthStatus, ProxyConfig};
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 
@@ -38,8 +37,6 @@ use signals::Source;
 /// Where decisions go.
 #[derive(Clone)]
 pub enum Publisher {
-    /// A proxy in the same process (`gofe up`, tests).
-    Local(gofe_proxy::Proxy),
     /// Proxies and other Envoy-protocol clients, over ADS: every node gets the snapshot.
     Xds(gofe_xds::AdsServer),
     /// Nowhere: decide and explain only (dry run).
@@ -47,17 +44,8 @@ pub enum Publisher {
 }
 
 impl Publisher {
-    async fn publish(&self, config: ProxyConfig, version: u64) -> Result<(), String> {
+    async fn publish(&self, config: ProxyConfig, _version: u64) -> Result<(), String> {
         match self {
-            Publisher::Local(proxy) => proxy
-                .apply(
-                    config,
-                    &format!("controller v{version}"),
-                    Duration::from_secs(15),
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
             Publisher::Xds(server) => {
                 let resources =
                     gofe_proto::convert::from_proxy_config(&config).map_err(|e| e.to_string())?;
@@ -418,7 +406,7 @@ impl Controller {
             .clusters
             .iter()
             .map(|c| {
-                let name = c.name.value.clone();
+                let name = c.name.clone();
                 let p = loaded
                     .controller
                     .clusters
@@ -473,7 +461,7 @@ impl Controller {
             .clusters
             .iter()
             .map(|c| {
-                let name = c.name.value.clone();
+                let name = c.name.clone();
                 let file = self.file_overrides.get(&name).map_or_else(
                     || self.default_policy.clone(),
                     |o| o.resolve(&self.default_policy),
@@ -503,14 +491,14 @@ impl Controller {
             ..DecisionsView::default()
         };
         for cluster in &mut config.clusters {
-            let decided = weights.get(&cluster.name.value);
+            let decided = weights.get(&cluster.name);
             let mut endpoints = Vec::new();
             for ep in &mut cluster.endpoints {
                 let (weight, healthy) = decided
-                    .and_then(|d| d.get(&ep.address.value).copied())
+                    .and_then(|d| d.get(&ep.address).copied())
                     .unwrap_or(((f64::from(ep.weight) * policy::WEIGHT_SCALE) as u32, true));
                 endpoints.push(EndpointView {
-                    endpoint: ep.address.value.clone(),
+                    endpoint: ep.address.clone(),
                     base_weight: ep.weight,
                     weight,
                     healthy,
@@ -523,10 +511,10 @@ impl Controller {
                     reason: "decided by the leader".into(),
                     inputs: None,
                 });
-                set_endpoint(&cluster.name.value, ep, weight, healthy, &mut fingerprint);
+                set_endpoint(&cluster.name, ep, weight, healthy, &mut fingerprint);
             }
             view.clusters.insert(
-                cluster.name.value.clone(),
+                cluster.name.clone(),
                 ClusterView {
                     mode: "followed",
                     endpoints,
@@ -592,11 +580,11 @@ impl Controller {
         let mut events = Vec::new();
         let mut decisions: BTreeMap<String, (Decision, Vec<(String, u32)>)> = BTreeMap::new();
         for cluster in &self.base.clusters {
-            let name = cluster.name.value.clone();
+            let name = cluster.name.clone();
             let base: Vec<(String, u32)> = cluster
                 .endpoints
                 .iter()
-                .map(|e| (e.address.value.clone(), e.weight))
+                .map(|e| (e.address.clone(), e.weight))
                 .collect();
             let policy = &self.policies[&name];
             let previous = self.states.get(&name).cloned().unwrap_or_default();
@@ -638,17 +626,11 @@ impl Controller {
         let mut config = self.base.clone();
         let mut fingerprint = Vec::new();
         for cluster in &mut config.clusters {
-            let Some((d, _)) = decisions.get(&cluster.name.value) else {
+            let Some((d, _)) = decisions.get(&cluster.name) else {
                 continue;
             };
             for (ep, dec) in cluster.endpoints.iter_mut().zip(&d.endpoints) {
-                set_endpoint(
-                    &cluster.name.value,
-                    ep,
-                    dec.weight,
-                    dec.healthy,
-                    &mut fingerprint,
-                );
+                set_endpoint(&cluster.name, ep, dec.weight, dec.healthy, &mut fingerprint);
             }
         }
         self.publish_if_changed(config, fingerprint).await;
@@ -829,7 +811,7 @@ pub async fn shutdown_signal() {
 /// that tells whether a publication changes anything.
 fn set_endpoint(
     cluster: &str,
-    ep: &mut gofe_proxy::config::EndpointConfig,
+    ep: &mut gofe_model::EndpointConfig,
     weight: u32,
     healthy: bool,
     fingerprint: &mut Vec<(String, String, u32, bool)>,
@@ -840,10 +822,5 @@ fn set_endpoint(
     } else {
         HealthStatus::Unhealthy
     };
-    fingerprint.push((
-        cluster.to_owned(),
-        ep.address.value.clone(),
-        weight,
-        healthy,
-    ));
+    fingerprint.push((cluster.to_owned(), ep.address.clone(), weight, healthy));
 }

@@ -228,7 +228,7 @@ impl Prometheus {
                 query: String::new(),
                 message: format!("bad url {:?}: {e}", config.url),
             })?;
-        let w = gofe_core::duration::format(window);
+        let w = gofe_yaml::duration::format(window);
         let render = |q: &str| {
             q.replace("{window}", &w)
                 .replace("{quantile}", &quantile.to_string())

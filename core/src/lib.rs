@@ -26,7 +26,6 @@
 //! randomness; this crate only decides.
 
 pub mod balance;
-pub mod duration;
 pub mod forecast;
 pub mod hpa;
 pub mod outlier;

@@ -8,11 +8,10 @@
 //! problem it finds.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use gofe_yaml::Spanned;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::rules::{
     BuiltinSettings, EjectionAware, ExternalRule, Forecast, MissingData, RuleBook, RuleOptions,
@@ -32,10 +31,10 @@ pub struct AdapterConfig {
     /// prometheus-adapter's custom-metrics rules: rejected (this adapter serves external
     /// metrics only).
     #[serde(default)]
-    pub rules: Option<Spanned<serde::de::IgnoredAny>>,
+    pub rules: Option<serde::de::IgnoredAny>,
     /// prometheus-adapter's resource-metrics rules: rejected.
     #[serde(default)]
-    pub resource_rules: Option<Spanned<serde::de::IgnoredAny>>,
+    pub resource_rules: Option<serde::de::IgnoredAny>,
 }
 
 /// Settings of the built-in rules.
@@ -47,11 +46,11 @@ pub struct BuiltinRulesConfig {
     pub enabled: Option<bool>,
     /// The `rate()` window of the built-in queries. Default `2m`.
     #[serde(default)]
-    pub rate_window: Option<Spanned<DurationText>>,
+    pub rate_window: Option<DurationText>,
     /// When set, the built-in rules are namespaced: the HPA's namespace must equal this
     /// Prometheus label. Default: unset (the mesh's service names are global).
     #[serde(default)]
-    pub namespace_label: Option<Spanned<String>>,
+    pub namespace_label: Option<String>,
     /// gofe options per built-in metric name (missing data, forecast, ejection awareness).
     #[serde(default)]
     pub metrics: BTreeMap<String, RuleOptionsConfig>,
@@ -62,7 +61,7 @@ pub struct BuiltinRulesConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ExternalRuleConfig {
     /// Series selector used to discover which metric names the rule serves.
-    pub series_query: Spanned<String>,
+    pub series_query: String,
     /// Filters on discovered series names. Default: none.
     #[serde(default)]
     pub series_filters: Vec<SeriesFilterConfig>,
@@ -73,7 +72,7 @@ pub struct ExternalRuleConfig {
     #[serde(default)]
     pub name: Option<NameConfig>,
     /// The PromQL template.
-    pub metrics_query: Spanned<String>,
+    pub metrics_query: String,
     /// gofe extension: what to serve when Prometheus returns no usable value. Default
     /// `policy: error`.
     #[serde(default)]
@@ -92,10 +91,10 @@ pub struct ExternalRuleConfig {
 pub struct SeriesFilterConfig {
     /// Keep only names matching this regex.
     #[serde(default)]
-    pub is: Option<Spanned<String>>,
+    pub is: Option<String>,
     /// Drop names matching this regex.
     #[serde(default)]
-    pub is_not: Option<Spanned<String>>,
+    pub is_not: Option<String>,
 }
 
 /// prometheus-adapter's `resources` block.
@@ -107,7 +106,7 @@ pub struct ResourcesConfig {
     pub overrides: BTreeMap<String, GroupResourceConfig>,
     /// Label name template, e.g. `kube_<<.Resource>>`.
     #[serde(default)]
-    pub template: Option<Spanned<String>>,
+    pub template: Option<String>,
     /// Whether the HPA's namespace filters the query. Default `true`.
     #[serde(default)]
     pub namespaced: Option<bool>,
@@ -130,10 +129,10 @@ pub struct GroupResourceConfig {
 pub struct NameConfig {
     /// Regex applied to the series name (unanchored). Default: matches everything.
     #[serde(default)]
-    pub matches: Option<Spanned<String>>,
+    pub matches: Option<String>,
     /// Replacement (`$1`, `${name}`). Default `$0`, or `$1` when `matches` has one group.
     #[serde(default, rename = "as")]
-    pub as_: Option<Spanned<String>>,
+    pub as_: Option<String>,
 }
 
 /// gofe's per-rule options.
@@ -159,7 +158,7 @@ pub struct MissingDataConfig {
     pub policy: PolicyName,
     /// For `hold-last`: the oldest value still served. Default `5m`.
     #[serde(default)]
-    pub max_age: Option<Spanned<DurationText>>,
+    pub max_age: Option<DurationText>,
 }
 
 /// Missing-data policy names.
@@ -179,19 +178,19 @@ pub enum PolicyName {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ForecastConfig {
     /// How far ahead to forecast, e.g. `60s`.
-    pub lead: Spanned<DurationText>,
+    pub lead: DurationText,
     /// History used. Default `10m`.
     #[serde(default)]
-    pub window: Option<Spanned<DurationText>>,
+    pub window: Option<DurationText>,
     /// Spacing of the history samples. Default `15s`.
     #[serde(default)]
-    pub step: Option<Spanned<DurationText>>,
+    pub step: Option<DurationText>,
     /// Level smoothing in (0, 1]. Default 0.5.
     #[serde(default)]
-    pub alpha: Option<Spanned<f64>>,
+    pub alpha: Option<f64>,
     /// Trend smoothing in (0, 1]. Default 0.3.
     #[serde(default)]
-    pub beta: Option<Spanned<f64>>,
+    pub beta: Option<f64>,
 }
 
 /// Ejection-aware scaling options.
@@ -201,126 +200,51 @@ pub struct EjectionAwareConfig {
     /// The Prometheus label of the rule's result that names the mesh service (the proxy's
     /// cluster). Default `cluster`.
     #[serde(default)]
-    pub label: Option<Spanned<String>>,
+    pub label: Option<String>,
 }
 
-/// A duration written as text (`90s`, `2m`, `1h30m`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DurationText(pub Duration);
-
-impl<'de> Deserialize<'de> for DurationText {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        gofe_core::duration::parse(&text)
-            .map(DurationText)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-// === errors ===
-
-pub use gofe_yaml::Problem;
-
-/// Why a rules file could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read rules file: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not a valid rules file.
-    #[error("{}", render_problems(.source_name, .problems))]
-    Invalid {
-        /// The file name.
-        source_name: String,
-        /// Every problem, in file order.
-        problems: Vec<Problem>,
-    },
-}
-
-fn render_problems(source_name: &str, problems: &[Problem]) -> String {
-    let lines: Vec<String> = problems
-        .iter()
-        .map(|p| {
-            if p.line.is_some() {
-                format!("{source_name}:{p}")
-            } else {
-                format!("{source_name}: {p}")
-            }
-        })
-        .collect();
-    lines.join("\n")
-}
-
-impl ConfigError {
-    /// The individual problems (empty for a read error).
-    pub fn problems(&self) -> &[Problem] {
-        match self {
-            ConfigError::Read { .. } => &[],
-            ConfigError::Invalid { problems, .. } => problems,
-        }
-    }
-}
+pub use gofe_yaml::duration::Text as DurationText;
 
 // === loading ===
 
+pub use gofe_yaml::{ConfigError, Problem};
+
 /// Reads, parses and validates a rules file into a [`RuleBook`].
 pub fn load(path: &Path) -> Result<RuleBook, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse(&path.display().to_string(), &text)
+    parse(&path.display().to_string(), &gofe_yaml::read(path)?)
 }
 
-/// Parses and validates rules text; `source_name` names it in errors. Empty text is the
-/// default configuration (built-in rules only).
+/// Parses and validates rules text; `source_name` names it in errors (every problem, each with
+/// its line, column and field). Empty text is the default configuration (built-in rules only).
 pub fn parse(source_name: &str, text: &str) -> Result<RuleBook, ConfigError> {
-    let invalid = |problems| ConfigError::Invalid {
-        source_name: source_name.to_owned(),
-        problems,
-    };
-    let config: AdapterConfig = if text.trim().is_empty() {
-        AdapterConfig::default()
-    } else {
-        gofe_yaml::from_str(text).map_err(|p| invalid(vec![p]))?
-    };
-    let mut v = Validator {
-        problems: gofe_yaml::Validator::default(),
-    };
-    let book = v.book(&config);
-    if v.problems.is_empty() {
-        Ok(book)
-    } else {
-        Err(invalid(v.problems.finish()))
+    if gofe_yaml::is_blank(text) {
+        return Ok(Checker {
+            problems: &mut gofe_yaml::Validator::default(),
+        }
+        .book(&AdapterConfig::default()));
     }
+    gofe_yaml::parse_with(source_name, text, |config: AdapterConfig, problems| {
+        Checker { problems }.book(&config)
+    })
 }
 
 // === validation ===
 
-struct Validator {
-    problems: gofe_yaml::Validator,
+/// Converts a parsed file into a [`RuleBook`], reporting every problem by field path.
+struct Checker<'a> {
+    problems: &'a mut gofe_yaml::Validator,
 }
 
-impl Validator {
-    fn at<T>(&mut self, spanned: &Spanned<T>, field: String, message: impl Into<String>) {
-        self.problems.at(spanned, field, message);
+impl Checker<'_> {
+    fn error(&mut self, field: String, message: impl Into<String>) {
+        self.problems.error(field, message);
     }
 
-    fn nowhere(&mut self, field: String, message: impl Into<String>) {
-        self.problems.nowhere(field, message);
-    }
-
-    fn regex(&mut self, text: &Spanned<String>, field: String) -> Option<regex::Regex> {
-        match regex::Regex::new(&text.value) {
+    fn regex(&mut self, text: &str, field: String) -> Option<regex::Regex> {
+        match regex::Regex::new(text) {
             Ok(r) => Some(r),
             Err(e) => {
-                self.at(text, field, format!("invalid regex: {e}"));
+                self.error(field, format!("invalid regex: {e}"));
                 None
             }
         }
@@ -328,11 +252,11 @@ impl Validator {
 
     fn book(&mut self, c: &AdapterConfig) -> RuleBook {
         const ONLY_EXTERNAL: &str = "gofe's adapter serves external.metrics.k8s.io only; move these rules to a custom-metrics adapter or rewrite them as externalRules";
-        if let Some(r) = &c.rules {
-            self.at(r, "rules".into(), ONLY_EXTERNAL);
+        if c.rules.is_some() {
+            self.error("rules".into(), ONLY_EXTERNAL);
         }
-        if let Some(r) = &c.resource_rules {
-            self.at(r, "resourceRules".into(), ONLY_EXTERNAL);
+        if c.resource_rules.is_some() {
+            self.error("resourceRules".into(), ONLY_EXTERNAL);
         }
         let builtin = self.builtins(c.builtin_rules.as_ref());
         let external = c
@@ -351,26 +275,25 @@ impl Validator {
         };
         settings.enabled = c.enabled.unwrap_or(true);
         if let Some(w) = &c.rate_window {
-            if w.value.0 < Duration::from_secs(1) {
-                self.at(w, "builtinRules.rateWindow".into(), "must be at least 1s");
+            if w.0 < Duration::from_secs(1) {
+                self.error("builtinRules.rateWindow".into(), "must be at least 1s");
             }
-            settings.rate_window = w.value.0;
+            settings.rate_window = w.0;
         }
         if let Some(l) = &c.namespace_label {
-            if !crate::selector::is_prometheus_label(&l.value) {
-                self.at(
-                    l,
+            if !crate::selector::is_prometheus_label(l) {
+                self.error(
                     "builtinRules.namespaceLabel".into(),
                     "not a Prometheus label name",
                 );
             }
-            settings.namespace_label = Some(l.value.clone());
+            settings.namespace_label = Some(l.clone());
         }
         let known = crate::rules::BUILTIN_NAMES;
         for (name, options) in &c.metrics {
             let field = format!("builtinRules.metrics.{name}");
             if !known.contains(&name.as_str()) {
-                self.nowhere(
+                self.error(
                     field.clone(),
                     format!(
                         "no built-in metric of this name (known: {})",
@@ -402,11 +325,10 @@ impl Validator {
                 (PolicyName::Error, None) => MissingData::Error,
                 (PolicyName::Zero, None) => MissingData::Zero,
                 (PolicyName::HoldLast, age) => MissingData::HoldLast {
-                    max_age: age.as_ref().map_or(Duration::from_secs(300), |a| a.value.0),
+                    max_age: age.as_ref().map_or(Duration::from_secs(300), |a| a.0),
                 },
-                (_, Some(age)) => {
-                    self.at(
-                        age,
+                (_, Some(_)) => {
+                    self.error(
                         format!("{field}.missingData.maxAge"),
                         "only the hold-last policy has a maxAge",
                     );
@@ -415,36 +337,33 @@ impl Validator {
             },
         };
         let forecast = forecast.as_ref().map(|f| {
-            let d = |x: &Option<Spanned<DurationText>>, default: u64| {
-                x.as_ref()
-                    .map_or(Duration::from_secs(default), |s| s.value.0)
+            let d = |x: &Option<DurationText>, default: u64| {
+                x.as_ref().map_or(Duration::from_secs(default), |s| s.0)
             };
             let forecast = Forecast {
-                lead: f.lead.value.0,
+                lead: f.lead.0,
                 window: d(&f.window, 600),
                 step: d(&f.step, 15),
                 holt: {
                     let default = gofe_core::forecast::Holt::default();
                     gofe_core::forecast::Holt {
-                        alpha: f.alpha.as_ref().map_or(default.alpha, |a| a.value),
-                        beta: f.beta.as_ref().map_or(default.beta, |b| b.value),
+                        alpha: f.alpha.unwrap_or(default.alpha),
+                        beta: f.beta.unwrap_or(default.beta),
                     }
                 },
             };
             if forecast.step < gofe_core::forecast::MIN_STEP {
-                let at = f.step.as_ref().map_or(&f.lead, |s| s);
-                self.at(at, format!("{field}.forecast.step"), "must be at least 1s");
+                self.error(format!("{field}.forecast.step"), "must be at least 1s");
             } else if !gofe_core::forecast::history_fits(forecast.window, forecast.step) {
-                self.at(
-                    &f.lead,
+                self.error(
                     format!("{field}.forecast.window"),
                     "window must hold between 2 and 11000 steps",
                 );
             }
             for (name, value) in [("alpha", &f.alpha), ("beta", &f.beta)] {
                 if let Some(v) = value {
-                    if !(v.value > 0.0 && v.value <= 1.0) {
-                        self.at(v, format!("{field}.forecast.{name}"), "must be in (0, 1]");
+                    if !(*v > 0.0 && *v <= 1.0) {
+                        self.error(format!("{field}.forecast.{name}"), "must be in (0, 1]");
                     }
                 }
             }
@@ -454,11 +373,10 @@ impl Validator {
             let label = e
                 .label
                 .as_ref()
-                .map_or_else(|| "cluster".to_owned(), |l| l.value.clone());
+                .map_or_else(|| "cluster".to_owned(), |l| l.clone());
             if let Some(l) = &e.label {
-                if !crate::selector::is_prometheus_label(&l.value) {
-                    self.at(
-                        l,
+                if !crate::selector::is_prometheus_label(l) {
+                    self.error(
                         format!("{field}.ejectionAware.label"),
                         "not a Prometheus label name",
                     );
@@ -476,23 +394,15 @@ impl Validator {
     fn external(&mut self, i: usize, c: &ExternalRuleConfig) -> Option<ExternalRule> {
         let field = format!("externalRules[{i}]");
         let before = self.problems.len();
-        let template = match Template::parse(&c.metrics_query.value) {
+        let template = match Template::parse(&c.metrics_query) {
             Ok(t) => Some(t),
             Err(e) => {
-                self.at(
-                    &c.metrics_query,
-                    format!("{field}.metricsQuery"),
-                    e.to_string(),
-                );
+                self.error(format!("{field}.metricsQuery"), e.to_string());
                 None
             }
         };
-        if c.series_query.value.trim().is_empty() {
-            self.at(
-                &c.series_query,
-                format!("{field}.seriesQuery"),
-                "must not be empty",
-            );
+        if c.series_query.trim().is_empty() {
+            self.error(format!("{field}.seriesQuery"), "must not be empty");
         }
         let mut keep = Vec::new();
         let mut drop = Vec::new();
@@ -501,7 +411,7 @@ impl Validator {
             match (&f.is, &f.is_not) {
                 (Some(is), None) => keep.extend(self.regex(is, format!("{ff}.is"))),
                 (None, Some(not)) => drop.extend(self.regex(not, format!("{ff}.isNot"))),
-                _ => self.nowhere(ff, "exactly one of is or isNot is required"),
+                _ => self.error(ff, "exactly one of is or isNot is required"),
             }
         }
         let (matches, replacement) = match &c.name {
@@ -513,18 +423,14 @@ impl Validator {
                     .and_then(|m| self.regex(m, format!("{field}.name.matches")));
                 let groups = matches.as_ref().map_or(0, |m| m.captures_len() - 1);
                 let replacement = match &n.as_ {
-                    Some(a) if !a.value.is_empty() => a.value.clone(),
+                    Some(a) if !a.is_empty() => a.clone(),
                     _ if groups == 0 => "$0".to_owned(),
                     _ if groups == 1 => "$1".to_owned(),
                     _ => {
-                        let at = n.matches.as_ref().map(|m| m.referenced);
-                        self.problems.push(Problem {
-                            line: at.map(|l| l.line() as usize),
-                            column: at.map(|l| l.column() as usize),
-                            field: format!("{field}.name.as"),
-                            message: "required when name.matches has more than one capture group"
-                                .into(),
-                        });
+                        self.error(
+                            format!("{field}.name.as"),
+                            "required when name.matches has more than one capture group",
+                        );
                         String::new()
                     }
                 };
@@ -534,7 +440,7 @@ impl Validator {
         let mut namespace_label = None;
         for (label, gr) in &c.resources.overrides {
             if !crate::selector::is_prometheus_label(label) {
-                self.nowhere(
+                self.error(
                     format!("{field}.resources.overrides.{label}"),
                     "not a Prometheus label name",
                 );
@@ -545,9 +451,9 @@ impl Validator {
         }
         if namespace_label.is_none() {
             if let Some(t) = &c.resources.template {
-                match Template::parse_resource(&t.value) {
+                match Template::parse_resource(t) {
                     Ok(render) => namespace_label = Some(render("namespace")),
-                    Err(e) => self.at(t, format!("{field}.resources.template"), e.to_string()),
+                    Err(e) => self.error(format!("{field}.resources.template"), e.to_string()),
                 }
             }
         }
@@ -558,7 +464,7 @@ impl Validator {
         }
         Some(ExternalRule {
             index: i,
-            series_query: c.series_query.value.clone(),
+            series_query: c.series_query.clone(),
             keep,
             drop,
             matches,

@@ -55,7 +55,7 @@ pub enum MissingData {
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&gofe_core::duration::format(*d))
+    s.serialize_str(&gofe_yaml::duration::format(*d))
 }
 
 /// Forecasting options of a rule.

@@ -106,7 +106,7 @@ pub struct AdapterArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    gofe_core::duration::parse(s).map_err(|e| e.to_string())
+    gofe_yaml::duration::parse(s).map_err(|e| e.to_string())
 }
 
 /// Inconsistent command-line flags.

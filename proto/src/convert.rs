@@ -22,14 +22,13 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
-use gofe_proxy::config::{
+use gofe_model::{
     ClusterConfig, ClusterWeightConfig, EndpointConfig, FilterConfig, HeaderMatcherConfig,
     HealthStatus, Http2ProtocolOptions, LbPolicy, ListenerConfig, ProxyConfig, RouteActionConfig,
     RouteConfig, RouteMatchConfig, RouterConfig, StringMatchConfig, VirtualHostConfig,
     WeightedClustersConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_ROUTE_TIMEOUT,
 };
 use prost::{Message, Name};
-use serde_saphyr::{Location, Spanned};
 
 use crate::resource::*;
 
@@ -78,10 +77,6 @@ fn invalid(resource: &str, field: &str, message: impl Into<String>) -> ConvertEr
 
 fn unsupported(resource: &str, field: &str) -> ConvertError {
     invalid(resource, field, "not supported by gofe")
-}
-
-fn spanned(value: impl Into<String>) -> Spanned<String> {
-    Spanned::new(value.into(), Location::UNKNOWN, Location::UNKNOWN)
 }
 
 /// Packs a message into an `Any` with its Envoy type URL.
@@ -387,8 +382,8 @@ pub fn route_to_wire(r: &RouteResource) -> Result<route::RouteConfiguration, Con
             routes.push(route_entry_to_wire(rt, &res)?);
         }
         virtual_hosts.push(route::VirtualHost {
-            name: vh.name.value.clone(),
-            domains: vh.domains.iter().map(|d| d.value.clone()).collect(),
+            name: vh.name.clone(),
+            domains: vh.domains.to_vec(),
             routes,
             ..Default::default()
         });
@@ -403,8 +398,8 @@ pub fn route_to_wire(r: &RouteResource) -> Result<route::RouteConfiguration, Con
 fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, ConvertError> {
     use route::route_match::PathSpecifier;
     let path_specifier = match (&rt.matcher.prefix, &rt.matcher.path) {
-        (Some(p), None) => PathSpecifier::Prefix(p.value.clone()),
-        (None, Some(p)) => PathSpecifier::Path(p.value.clone()),
+        (Some(p), None) => PathSpecifier::Prefix(p.clone()),
+        (None, Some(p)) => PathSpecifier::Path(p.clone()),
         _ => return Err(invalid(res, "match", "needs exactly one of prefix or path")),
     };
     let headers = rt
@@ -417,13 +412,13 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
     use route::route_action::ClusterSpecifier;
     let a = &rt.route;
     let cluster_specifier = match (&a.cluster, &a.weighted_clusters) {
-        (Some(c), None) => ClusterSpecifier::Cluster(c.value.clone()),
+        (Some(c), None) => ClusterSpecifier::Cluster(c.clone()),
         (None, Some(wc)) => ClusterSpecifier::WeightedClusters(route::WeightedCluster {
             clusters: wc
                 .clusters
                 .iter()
                 .map(|c| route::weighted_cluster::ClusterWeight {
-                    name: c.name.value.clone(),
+                    name: c.name.clone(),
                     weight: Some(UInt32Value { value: c.weight }),
                     ..Default::default()
                 })
@@ -474,7 +469,7 @@ fn header_to_wire(h: &HeaderMatcherConfig) -> Result<route::HeaderMatcher, Strin
         _ => return Err("needs exactly one of string_match or present_match".into()),
     };
     Ok(route::HeaderMatcher {
-        name: h.name.value.clone(),
+        name: h.name.clone(),
         invert_match: h.invert_match,
         header_match_specifier: Some(spec),
         ..Default::default()
@@ -502,8 +497,8 @@ pub fn route_from_wire(r: &route::RouteConfiguration) -> Result<RouteResource, C
             )?);
         }
         virtual_hosts.push(VirtualHostConfig {
-            name: spanned(&vh.name),
-            domains: vh.domains.iter().map(spanned).collect(),
+            name: String::from(&vh.name),
+            domains: vh.domains.to_vec(),
             routes,
         });
     }
@@ -539,9 +534,9 @@ fn route_entry_from_wire(
     let mut matcher = RouteMatchConfig::default();
     match &m.path_specifier {
         Some(PathSpecifier::Prefix(p)) => {
-            matcher.prefix = Some(spanned(if p.is_empty() { "/" } else { p.as_str() }))
+            matcher.prefix = Some(String::from(if p.is_empty() { "/" } else { p.as_str() }))
         }
-        Some(PathSpecifier::Path(p)) => matcher.path = Some(spanned(p)),
+        Some(PathSpecifier::Path(p)) => matcher.path = Some(String::from(p)),
         Some(_) => {
             return Err(unsupported(
                 res,
@@ -583,7 +578,7 @@ fn route_entry_from_wire(
         ..Default::default()
     };
     match &action.cluster_specifier {
-        Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => out.cluster = Some(spanned(c)),
+        Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => out.cluster = Some(String::from(c)),
         Some(ClusterSpecifier::WeightedClusters(wc)) => {
             let mut clusters = Vec::new();
             for (i, c) in wc.clusters.iter().enumerate() {
@@ -595,7 +590,7 @@ fn route_entry_from_wire(
                     ));
                 }
                 clusters.push(ClusterWeightConfig {
-                    name: spanned(&c.name),
+                    name: String::from(&c.name),
                     weight: c.weight.map_or(0, |w| w.value),
                 });
             }
@@ -657,7 +652,7 @@ fn header_from_wire(h: &route::HeaderMatcher) -> Result<HeaderMatcherConfig, Str
         return Err("treat_missing_header_as_empty is not supported by gofe".into());
     }
     Ok(HeaderMatcherConfig {
-        name: spanned(&h.name),
+        name: String::from(&h.name),
         string_match: present_match.is_none().then_some(sm),
         present_match,
         invert_match: h.invert_match,
@@ -672,7 +667,7 @@ pub fn cluster_to_wire(c: &ClusterResource) -> cluster::Cluster {
     use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig};
     let cfg = &c.config;
     let mut out = cluster::Cluster {
-        name: cfg.name.value.clone(),
+        name: cfg.name.clone(),
         connect_timeout: Some(pb_duration(cfg.connect_timeout)),
         lb_policy: match cfg.lb_policy {
             LbPolicy::RoundRobin => cluster::cluster::LbPolicy::RoundRobin as i32,
@@ -688,7 +683,7 @@ pub fn cluster_to_wire(c: &ClusterResource) -> cluster::Cluster {
                 Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
             out.eds_cluster_config = Some(EdsClusterConfig {
                 eds_config: Some(ads_config_source()),
-                service_name: if *service == cfg.name.value {
+                service_name: if *service == cfg.name {
                     String::new()
                 } else {
                     service.clone()
@@ -699,7 +694,7 @@ pub fn cluster_to_wire(c: &ClusterResource) -> cluster::Cluster {
             out.cluster_discovery_type =
                 Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
             out.load_assignment = Some(endpoints_to_wire(&EndpointsResource {
-                cluster_name: cfg.name.value.clone(),
+                cluster_name: cfg.name.clone(),
                 endpoints: cfg.endpoints.clone(),
             }));
         }
@@ -941,7 +936,7 @@ pub fn endpoints_to_wire(e: &EndpointsResource) -> endpoint::ClusterLoadAssignme
         .endpoints
         .iter()
         .map(|ep| {
-            let (host, port) = split_host_port(&ep.address.value);
+            let (host, port) = split_host_port(&ep.address);
             let lb = endpoint::LbEndpoint {
                 health_status: match ep.health_status {
                     HealthStatus::Unhealthy => core::HealthStatus::Unhealthy as i32,
@@ -962,7 +957,7 @@ pub fn endpoints_to_wire(e: &EndpointsResource) -> endpoint::ClusterLoadAssignme
             };
             endpoint::LocalityLbEndpoints {
                 locality: Some(core::Locality {
-                    sub_zone: ep.address.value.clone(),
+                    sub_zone: ep.address.clone(),
                     ..Default::default()
                 }),
                 lb_endpoints: vec![lb],
@@ -1060,7 +1055,7 @@ pub fn endpoints_from_wire(
                 ));
             }
             endpoints.push(EndpointConfig {
-                address: spanned(address),
+                address,
                 weight,
                 health_status,
             });
@@ -1077,15 +1072,15 @@ pub fn endpoints_from_wire(
 /// fields of it are added here and there only.
 pub fn empty_cluster(name: &str) -> ClusterConfig {
     ClusterConfig {
-        name: spanned(name),
+        name: String::from(name),
         lb_policy: LbPolicy::default(),
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         http2_protocol_options: None,
         endpoints: Vec::new(),
-        circuit_breakers: gofe_proxy::config::CircuitBreakersConfig::default(),
+        circuit_breakers: gofe_model::CircuitBreakersConfig::default(),
         outlier_detection: None,
-        healthy_panic_threshold: gofe_proxy::config::DEFAULT_PANIC_THRESHOLD,
-        idle_timeout: gofe_proxy::config::DEFAULT_IDLE_TIMEOUT,
+        healthy_panic_threshold: gofe_model::DEFAULT_PANIC_THRESHOLD,
+        idle_timeout: gofe_model::DEFAULT_IDLE_TIMEOUT,
     }
 }
 
@@ -1104,7 +1099,7 @@ fn apply_resilience(
         c.max_retries = t.max_retries.unwrap_or(c.max_retries);
     }
     if let Some(o) = od {
-        let mut c = gofe_proxy::config::OutlierDetectionConfig::default();
+        let mut c = gofe_model::OutlierDetectionConfig::default();
         c.consecutive_5xx = o.consecutive_5xx.unwrap_or(c.consecutive_5xx);
         c.consecutive_gateway_failure = o
             .consecutive_gateway_failure
@@ -1131,14 +1126,13 @@ fn resilience_of(
     Option<OutlierDetectionSettings>,
 ) {
     let c = &config.circuit_breakers;
-    let cb = (*c != gofe_proxy::config::CircuitBreakersConfig::default()).then_some(
-        CircuitBreakerThresholds {
+    let cb =
+        (*c != gofe_model::CircuitBreakersConfig::default()).then_some(CircuitBreakerThresholds {
             max_connections: Some(c.max_connections),
             max_pending_requests: Some(c.max_pending_requests),
             max_requests: Some(c.max_requests),
             max_retries: Some(c.max_retries),
-        },
-    );
+        });
     let od = config
         .outlier_detection
         .as_ref()
@@ -1207,11 +1201,7 @@ impl Resources {
 pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError> {
     let mut out = Resources::default();
     for l in &config.listeners {
-        let name = l
-            .name
-            .as_ref()
-            .map_or(&l.address.value, |n| &n.value)
-            .clone();
+        let name = l.name.as_ref().map_or(&l.address, |n| n).clone();
         if l.tls.is_some() {
             return Err(unsupported(&format!("Listener {name:?}"), "tls"));
         }
@@ -1233,14 +1223,14 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
             ListenerResource {
                 name: name.clone(),
                 kind: ListenerKind::Socket {
-                    address: l.address.value.clone(),
+                    address: l.address.clone(),
                 },
                 routes: RouteSource::Rds(name),
             },
         );
     }
     for c in &config.clusters {
-        let name = c.name.value.clone();
+        let name = c.name.clone();
         out.endpoints.insert(
             name.clone(),
             EndpointsResource {
@@ -1275,8 +1265,7 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
 /// listeners (for proxyless clients) are not served by the proxy.
 pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
     let mut out = base.clone();
-    let mut cluster_names: HashSet<String> =
-        out.clusters.iter().map(|c| c.name.value.clone()).collect();
+    let mut cluster_names: HashSet<String> = out.clusters.iter().map(|c| c.name.clone()).collect();
     for (name, c) in &dynamic.clusters {
         if cluster_names.contains(name) {
             continue;
@@ -1295,12 +1284,7 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
     let listener_names: HashSet<String> = out
         .listeners
         .iter()
-        .map(|l| {
-            l.name
-                .as_ref()
-                .map_or(&l.address.value, |n| &n.value)
-                .clone()
-        })
+        .map(|l| l.name.as_ref().map_or(&l.address, |n| n).clone())
         .collect();
     for (name, l) in &dynamic.listeners {
         let ListenerKind::Socket { address } = &l.kind else {
@@ -1317,18 +1301,18 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
             },
         };
         out.listeners.push(ListenerConfig {
-            name: Some(spanned(name)),
-            address: spanned(address),
-            protocol: spanned("http"),
+            name: Some(String::from(name)),
+            address: String::from(address),
+            protocol: String::from("http"),
             tls: None,
             filters: vec![FilterConfig {
-                kind: spanned("router"),
+                kind: String::from("router"),
                 config: router,
             }],
             max_connections: None,
-            max_request_headers_kb: gofe_proxy::config::DEFAULT_MAX_REQUEST_HEADERS_KB,
-            request_headers_timeout: gofe_proxy::config::DEFAULT_REQUEST_HEADERS_TIMEOUT,
-            idle_timeout: gofe_proxy::config::DEFAULT_LISTENER_IDLE_TIMEOUT,
+            max_request_headers_kb: gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB,
+            request_headers_timeout: gofe_model::DEFAULT_REQUEST_HEADERS_TIMEOUT,
+            idle_timeout: gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
         });
     }
     // Clusters referenced but not defined: present and empty (503), as in Envoy.
@@ -1344,9 +1328,9 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
                             .flat_map(|w| w.clusters.iter().map(|c| &c.name)),
                     );
                     for n in names {
-                        if !cluster_names.contains(&n.value) {
-                            cluster_names.insert(n.value.clone());
-                            missing.push(n.value.clone());
+                        if !cluster_names.contains(n) {
+                            cluster_names.insert(n.clone());
+                            missing.push(n.clone());
                         }
                     }
                 }

@@ -1,5 +1,5 @@
 //! gofe-proto: the Envoy v3 xDS wire types gofe speaks, and validated conversions between them
-//! and the proxy's own configuration (`gofe_proxy::config`).
+//! and the proxy's own configuration (`gofe_model`).
 //!
 //! ```text
 //!   envoy Listener / RouteConfiguration / Cluster / ClusterLoadAssignment   (bytes, Any)
@@ -8,7 +8,7 @@
 //!   ListenerResource / RouteResource / ClusterResource / EndpointsResource  (gofe types)
 //!        │  assemble (with the static part of the bootstrap)
 //!        ▼
-//!   gofe_proxy::ProxyConfig  ──Proxy::apply──▶ running proxy
+//!   gofe_model::ProxyConfig  ──Proxy::apply──▶ running proxy
 //! ```
 //!
 //! The messages themselves come from the `envoy-types` crate, which carries prost/tonic code

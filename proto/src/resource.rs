@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use gofe_proxy::config::{ClusterConfig, EndpointConfig, RouterConfig};
+use gofe_model::{ClusterConfig, EndpointConfig, RouterConfig};
 
 /// The four resource types gofe serves and consumes, in the order an xDS client should
 /// subscribe to them (clusters and their endpoints before the listeners and routes that use
@@ -183,7 +183,7 @@ impl DecodedResource {
         match self {
             DecodedResource::Listener(l) => &l.name,
             DecodedResource::Route(r) => &r.name,
-            DecodedResource::Cluster(c) => &c.config.name.value,
+            DecodedResource::Cluster(c) => &c.config.name,
             DecodedResource::Endpoints(e) => &e.cluster_name,
         }
     }

@@ -49,7 +49,7 @@ pub(crate) struct PoolKey {
 impl PoolKey {
     pub(crate) fn of(config: &ClusterConfig) -> Self {
         PoolKey {
-            cluster: config.name.value.clone(),
+            cluster: config.name.clone(),
             http2: config.http2_protocol_options.is_some(),
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
@@ -186,16 +186,16 @@ impl Cluster {
         health: &mut dyn FnMut(&str) -> Arc<EndpointHealth>,
         limits: Arc<ClusterLimits>,
     ) -> Result<Self, String> {
-        let name = config.name.value.as_str();
+        let name = config.name.as_str();
         let addresses: Vec<&str> = config
             .endpoints
             .iter()
-            .map(|ep| ep.address.value.as_str())
+            .map(|ep| ep.address.as_str())
             .collect();
         let mut pools = client.h1.for_endpoints(&addresses).into_iter();
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for ep in &config.endpoints {
-            let address = ep.address.value.as_str();
+            let address = ep.address.as_str();
             let authority: Authority = address
                 .parse()
                 .map_err(|e| format!("cluster {name:?}: endpoint {address:?}: {e}"))?;
@@ -245,7 +245,7 @@ impl Cluster {
         metrics: &Arc<Metrics>,
     ) -> Result<Self, String> {
         let client = new_client(&PoolKey::of(config), metrics);
-        let name = config.name.value.clone();
+        let name = config.name.clone();
         Cluster::build(
             config,
             client,

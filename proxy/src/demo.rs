@@ -211,7 +211,7 @@ async fn answer(
     if let Some(delay) = req
         .headers()
         .get("x-demo-delay")
-        .and_then(|v| gofe_core::duration::parse(v.to_str().ok()?).ok())
+        .and_then(|v| gofe_model::parse_duration(v.to_str().ok()?).ok())
     {
         tokio::time::sleep(delay).await;
     }

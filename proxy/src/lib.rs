@@ -34,7 +34,7 @@ use serde::Serialize;
 mod admin;
 mod body;
 mod cluster;
-pub mod config;
+pub use gofe_model as config;
 pub mod demo;
 mod forward;
 mod framing;
@@ -46,6 +46,7 @@ mod route;
 pub mod run;
 mod tls;
 mod upstream;
+pub mod xds;
 
 pub use body::ProxyBody;
 pub use config::ProxyConfig;
@@ -168,7 +169,7 @@ impl Proxy {
         let mut health = HashMap::new();
         let mut limits = HashMap::new();
         for c in &config.clusters {
-            let name = c.name.value.clone();
+            let name = c.name.clone();
             let key = PoolKey::of(c);
             let client = control
                 .pools
@@ -210,13 +211,12 @@ impl Proxy {
         for l in &config.listeners {
             let addr: SocketAddr = l
                 .address
-                .value
                 .parse()
-                .map_err(|_| ApplyError::Invalid(format!("bad address {}", l.address.value)))?;
+                .map_err(|_| ApplyError::Invalid(format!("bad address {}", l.address)))?;
             let name: Arc<str> = l
                 .name
                 .as_ref()
-                .map_or(l.address.value.as_str(), |n| n.value.as_str())
+                .map_or(l.address.as_str(), |n| n.as_str())
                 .into();
             let mut routes = None;
             for f in &l.filters {
@@ -271,12 +271,13 @@ impl Proxy {
                 }
             }
         }
-        let admin_addr = match &config.admin {
-            Some(a) => Some(a.address.value.parse::<SocketAddr>().map_err(|_| {
-                ApplyError::Invalid(format!("bad admin address {}", a.address.value))
-            })?),
-            None => None,
-        };
+        let admin_addr =
+            match &config.admin {
+                Some(a) => Some(a.address.parse::<SocketAddr>().map_err(|_| {
+                    ApplyError::Invalid(format!("bad admin address {}", a.address))
+                })?),
+                None => None,
+            };
         let mut new_admin = None;
         if admin_addr != control.admin.as_ref().map(|(a, _)| *a) {
             if let Some(addr) = admin_addr {
@@ -440,7 +441,7 @@ pub mod bench_support {
                 .iter()
                 .map(|c| {
                     let built = Cluster::standalone(c, &metrics).expect("cluster builds");
-                    (c.name.value.clone(), Arc::new(built))
+                    (c.name.clone(), Arc::new(built))
                 })
                 .collect();
             let table = RouteTable::build(&config.listeners[0].filters[0].config, &clusters)

@@ -115,7 +115,7 @@ impl RouteTable {
         let mut any = None;
         for (index, vh) in router.virtual_hosts.iter().enumerate() {
             for domain in &vh.domains {
-                let d = domain.value.to_ascii_lowercase();
+                let d = domain.to_ascii_lowercase();
                 if d == "*" {
                     any.get_or_insert(index);
                 } else if let Some(suffix) = d.strip_prefix('*') {
@@ -132,7 +132,7 @@ impl RouteTable {
                 .map(|r| Route::build(r, clusters))
                 .collect::<Result<Vec<_>, _>>()?;
             vhosts.push(VirtualHost {
-                name: vh.name.value.as_str().into(),
+                name: vh.name.as_str().into(),
                 routes: routes.into_boxed_slice(),
             });
         }
@@ -212,8 +212,8 @@ impl Route {
     ) -> Result<Self, String> {
         let m = &config.matcher;
         let path = match (&m.prefix, &m.path) {
-            (Some(p), _) => PathMatch::Prefix(p.value.as_str().into()),
-            (None, Some(p)) => PathMatch::Exact(p.value.as_str().into()),
+            (Some(p), _) => PathMatch::Prefix(p.as_str().into()),
+            (None, Some(p)) => PathMatch::Exact(p.as_str().into()),
             (None, None) => return Err("route without prefix or path".into()),
         };
         let headers = m
@@ -229,12 +229,12 @@ impl Route {
         };
         let a = &config.route;
         let action = match (&a.cluster, &a.weighted_clusters) {
-            (Some(c), _) => Action::Cluster(lookup(&c.value)?),
+            (Some(c), _) => Action::Cluster(lookup(c)?),
             (None, Some(wc)) => {
                 let clusters = wc
                     .clusters
                     .iter()
-                    .map(|c| lookup(&c.name.value))
+                    .map(|c| lookup(&c.name))
                     .collect::<Result<Vec<_>, _>>()?;
                 let weights: Vec<u32> = wc.clusters.iter().map(|c| c.weight).collect();
                 Action::Weighted {
@@ -248,7 +248,7 @@ impl Route {
         let retry = match &a.retry_policy {
             None => None,
             Some(r) => Some(RetryPolicy {
-                on: RetryOn::parse(&r.retry_on.value)?,
+                on: RetryOn::parse(&r.retry_on)?,
                 num_retries: r.num_retries,
                 per_try_timeout: r.per_try_timeout.filter(|t| !t.is_zero()),
             }),
@@ -274,8 +274,8 @@ impl Route {
 
 impl HeaderMatch {
     fn build(config: &HeaderMatcherConfig) -> Result<Self, String> {
-        let name = HeaderName::from_bytes(config.name.value.as_bytes())
-            .map_err(|_| format!("invalid header name {:?}", config.name.value))?;
+        let name = HeaderName::from_bytes(config.name.as_bytes())
+            .map_err(|_| format!("invalid header name {:?}", config.name))?;
         let bytes = |s: &String| s.as_bytes().to_vec().into_boxed_slice();
         let test = match (&config.present_match, &config.string_match) {
             (Some(present), _) => HeaderTest::Present(*present),
@@ -329,7 +329,7 @@ mod tests {
             .iter()
             .map(|c| {
                 (
-                    c.name.value.clone(),
+                    c.name.clone(),
                     Arc::new(Cluster::standalone(c, &metrics).unwrap()),
                 )
             })

@@ -25,7 +25,7 @@ impl Dur {
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        gofe_core::duration::parse(&text)
+        gofe_yaml::duration::parse(&text)
             .map(Dur)
             .map_err(serde::de::Error::custom)
     }
@@ -541,129 +541,25 @@ impl Balancer {
 
 pub use gofe_yaml::Problem;
 
-/// Why a scenario could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ScenarioError {
-    /// The file could not be read.
-    #[error("{path}: cannot read scenario: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not a valid scenario.
-    #[error("{}", .problems.iter().map(|p| p.in_file(source_name)).collect::<Vec<_>>().join("\n"))]
-    Invalid {
-        /// The file name.
-        source_name: String,
-        /// Every problem found.
-        problems: Vec<Problem>,
-    },
-}
+/// Why a scenario could not be loaded: a read error, or every problem with its line.
+pub type ScenarioError = gofe_yaml::ConfigError;
 
 /// Reads and validates a scenario file.
 pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse(&path.display().to_string(), &text)
+    gofe_yaml::load(path)
 }
 
 /// Parses and validates scenario text; `source_name` names it in errors.
 pub fn parse(source_name: &str, text: &str) -> Result<Scenario, ScenarioError> {
-    let invalid = |problems| ScenarioError::Invalid {
-        source_name: source_name.to_owned(),
-        problems,
-    };
-    let scenario: Scenario = gofe_yaml::from_str(text).map_err(|p| invalid(vec![p]))?;
-    let mut problems = validate(&scenario);
-    if problems.is_empty() {
-        Ok(scenario)
-    } else {
-        for p in &mut problems {
-            if let Some((line, column)) = locate(text, &p.field) {
-                p.line = Some(line);
-                p.column = Some(column);
-            }
-        }
-        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
-        Err(invalid(problems))
-    }
+    gofe_yaml::parse(source_name, text)
 }
 
-/// Finds the line and column of a field path (`policies[1].autoscaling.maxReplicas`) in YAML
-/// text written in block style, with flow mappings allowed inside: the best effort that lets
-/// validation errors, which serde no longer sees, name a line too. `None` when not found.
-pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
-    let lines: Vec<&str> = text.lines().collect();
-    let indent = |l: &str| l.len() - l.trim_start().len();
-    let content = |l: &str| {
-        let t = l.trim_start();
-        !(t.is_empty() || t.starts_with('#'))
-    };
-    let (mut start, mut end) = (0usize, lines.len());
-    let mut found = None;
-    for segment in path.split('.') {
-        let (key, indices) = match segment.find('[') {
-            Some(i) => (&segment[..i], &segment[i..]),
-            None => (segment, ""),
-        };
-        if !key.is_empty() {
-            let (line, col) = (start..end).find_map(|i| {
-                let l = lines[i];
-                let mut from = 0;
-                while let Some(pos) = l[from..].find(key) {
-                    let at = from + pos;
-                    let before = l[..at].chars().last();
-                    let after = l[at + key.len()..].trim_start();
-                    if matches!(before, None | Some(' ' | '{' | ',' | '-'))
-                        && after.starts_with(':')
-                    {
-                        return Some((i, at));
-                    }
-                    from = at + key.len();
-                }
-                None
-            })?;
-            found = Some((line + 1, col + 1));
-            let own = indent(lines[line]).max(col);
-            let rest_inline = lines[line][col..].contains('{');
-            start = line;
-            end = if rest_inline {
-                line + 1
-            } else {
-                (line + 1..end)
-                    .find(|&i| {
-                        content(lines[i]) && indent(lines[i]) <= own.min(indent(lines[line]))
-                    })
-                    .unwrap_or(end)
-            };
-        }
-        for index in indices
-            .split(['[', ']'])
-            .filter(|x| !x.is_empty())
-            .map(|x| x.parse::<usize>())
-        {
-            let index = index.ok()?;
-            let items: Vec<usize> = (start + 1..end)
-                .filter(|&i| lines[i].trim_start().starts_with('-'))
-                .collect();
-            let item_indent = items.iter().map(|&i| indent(lines[i])).min()?;
-            let items: Vec<usize> = items
-                .into_iter()
-                .filter(|&i| indent(lines[i]) == item_indent)
-                .collect();
-            let line = *items.get(index)?;
-            found = Some((line + 1, item_indent + 1));
-            end = items.get(index + 1).copied().unwrap_or(end);
-            // The item's own line may hold the next key (`- name: x`): search from it.
-            start = line;
+impl gofe_yaml::Validate for Scenario {
+    fn validate(&self, v: &mut gofe_yaml::Validator) {
+        for problem in validate(self) {
+            v.push(problem);
         }
     }
-    found
 }
 
 /// Everything serde cannot check; each problem names its field.
@@ -886,14 +782,14 @@ mod tests {
     fn validation_errors_name_the_field() {
         let text = OK.replace("pods: 2", "pods: 0");
         let e = parse("s.yaml", &text).unwrap_err().to_string();
-        assert!(e.starts_with("s.yaml:6:3: service.pods: must be in"), "{e}");
+        assert!(e.starts_with("s.yaml:6:9: service.pods: must be in"), "{e}");
         let text = format!("{OK}autoscaling:\n  maxReplicas: 5\n  metrics:\n    - cpu: {{ average_utilization: 50 }}\n  behavior:\n    scaleUp:\n      selectPolicy: Sometimes\n");
         let e = parse("s.yaml", &text).unwrap_err().to_string();
         assert!(
             e.contains("autoscaling.behavior.scaleUp.selectPolicy"),
             "{e}"
         );
-        assert!(e.starts_with("s.yaml:16:7:"), "{e}");
+        assert!(e.starts_with("s.yaml:16:21:"), "{e}");
     }
 
     proptest::proptest! {
@@ -903,19 +799,22 @@ mod tests {
             let mut text: String = OK.chars().take(cut).collect();
             text.push_str(&junk);
             let _ = parse("s.yaml", &text);
-            for field in ["service.pods", "policies[0].balancer", "x[3].y", "[", "a..b"] {
-                let _ = locate(&text, field);
-            }
+            let mut problems: Vec<Problem> = ["service.pods", "policies[0].balancer", "x[3].y", "[", "a..b"]
+                .iter()
+                .map(|f| Problem { line: None, column: None, field: (*f).to_owned(), message: String::new() })
+                .collect();
+            gofe_yaml::locate(&text, &mut problems);
         }
     }
 
     #[test]
-    fn locate_finds_block_and_flow_fields() {
-        let text = "a:\n  b: 1\nlist:\n  - { name: x, v: 1 }\n  - name: y\n    v: 2\n";
-        assert_eq!(locate(text, "a.b"), Some((2, 3)));
-        assert_eq!(locate(text, "list[0].v"), Some((4, 16)));
-        assert_eq!(locate(text, "list[1].v"), Some((6, 5)));
-        assert_eq!(locate(text, "list[1]"), Some((5, 3)));
-        assert_eq!(locate(text, "missing"), None);
+    fn validation_problems_in_flow_and_block_fields_have_lines() {
+        let text = OK.replace("  pods: 2\n", "  pods: 0\n").replace(
+            "  - { name: rr, balancer: round_robin }\n",
+            "  - { name: rr, balancer: round_robin }\n  - name: rr\n    balancer: round_robin\n",
+        );
+        let e = parse("s.yaml", &text).unwrap_err().to_string();
+        assert!(e.lines().all(|l| l.starts_with("s.yaml:")), "{e}");
+        assert!(e.lines().any(|l| l.starts_with("s.yaml:6:")), "{e}");
     }
 }

@@ -23,12 +23,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
+use gofe_model::EndpointConfig;
 use gofe_proto::wire::{DiscoveryRequest, Node};
 use gofe_proto::{ClusterResource, EndpointsResource, ResourceType, Resources};
-use gofe_proxy::config::EndpointConfig;
 use gofe_xds::{AdsServer, NodeKey, ServerOptions, Snapshot};
 use prost::Message as _;
-use serde_saphyr::{Location, Spanned};
 use tokio::sync::{mpsc, Barrier};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -36,8 +35,8 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 const CLUSTERS: usize = 20;
 const ENDPOINTS: usize = 10;
 
-fn s(v: String) -> Spanned<String> {
-    Spanned::new(v, Location::UNKNOWN, Location::UNKNOWN)
+fn s(v: String) -> String {
+    v
 }
 
 /// 20 EDS clusters of 10 endpoints; cluster 0's weights depend on `generation`.

@@ -6,9 +6,7 @@
 //!   controller ──Snapshot──▶ SnapshotCache ──(≤1/10 ms, watch per node: newest wins)──┐
 //!                                                                                    ▼
 //!   Envoy / gRPC / gofe proxy ◀══ ADS stream (SotW or delta, one task each) ══ AdsServer
-//!        │ ACK / NACK(error_detail)                                  /metrics ◀──┘
-//!        ▼
-//!   gofe proxy: XdsClient ──decode+validate (gofe-proto)──assemble──▶ Proxy::apply
+//!        ACK / NACK(error_detail)                                    /metrics ◀──┘
 //! ```
 //!
 //! - [`AdsServer`] (with [`SnapshotCache`] and [`serve()`]) is the library the controller embeds:
@@ -16,21 +14,19 @@
 //!   each stream only what changed for it. TLS and mutual TLS use rustls; a node id is only trusted
 //!   if the client certificate names it, and [`ServerOptions::require_identity`] refuses
 //!   clients without one.
-//! - [`XdsClient`] and [`bootstrap`] are the proxy side (`gofe proxy --bootstrap FILE`).
 //!
-//! What this crate does not do: decide what the configuration should be (the controller), or
-//! know the resource formats beyond passing them to `gofe-proto`, which owns every conversion.
+//! What this crate does not do: decide what the configuration should be (the controller), know
+//! the resource formats beyond passing them to `gofe-proto`, which owns every conversion, or
+//! take configuration from a control plane: that is the proxy's own xDS client
+//! (`gofe_proxy::xds`, `gofe proxy --bootstrap FILE`), which needs only `gofe-proto`.
 
-pub mod bootstrap;
 pub mod cache;
-pub mod client;
 mod grpc;
 mod metrics;
 pub mod serve;
 pub mod server;
 
 pub use cache::{NodeKey, Snapshot, SnapshotCache};
-pub use client::{ClientOptions, ClientStatus, ClientTls, XdsClient};
 pub use metrics::NodeAck;
 pub use serve::{serve, server_tls, TlsError};
 pub use server::{AdsServer, PeerCertificate, ServerOptions};

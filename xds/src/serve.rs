@@ -2,7 +2,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,65 +13,8 @@ use tokio::net::TcpListener;
 use crate::grpc::ResponseBody;
 use crate::server::{AdsServer, PeerCertificate};
 
-/// Why TLS settings could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    /// A PEM file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The PEM files do not make a valid configuration.
-    #[error("{0}")]
-    Invalid(String),
-}
-
-fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
-pub(crate) fn certs(
-    path: &Path,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
-    let pem = read_pem(path)?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut BufReader::new(&pem[..])).collect();
-    let certs = certs.map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(TlsError::Invalid(format!(
-            "{}: no certificate found",
-            path.display()
-        )));
-    }
-    Ok(certs)
-}
-
-pub(crate) fn key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
-    let pem = read_pem(path)?;
-    rustls_pemfile::private_key(&mut BufReader::new(&pem[..]))
-        .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?
-        .ok_or_else(|| TlsError::Invalid(format!("{}: no private key found", path.display())))
-}
-
-pub(crate) fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(path)? {
-        roots
-            .add(c)
-            .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
-    }
-    Ok(roots)
-}
-
-pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+pub use gofe_tls::TlsError;
+use gofe_tls::{certs, key, provider, roots};
 
 /// A server TLS configuration offering `h2`. With `client_ca`, clients must present a
 /// certificate signed by it (mutual TLS), and the node id of each stream must be a name in

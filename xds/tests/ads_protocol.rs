@@ -3,22 +3,21 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use gofe_model::EndpointConfig;
 use gofe_proto::wire::{
     AggregatedDiscoveryServiceClient, DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
     Node, Status,
 };
 use gofe_proto::{ClusterResource, EndpointsResource, ResourceType, Resources};
-use gofe_proxy::config::EndpointConfig;
 use gofe_xds::{AdsServer, NodeKey, ServerOptions, Snapshot};
-use serde_saphyr::{Location, Spanned};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
-fn s(v: impl Into<String>) -> Spanned<String> {
-    Spanned::new(v.into(), Location::UNKNOWN, Location::UNKNOWN)
+fn s(v: impl Into<String>) -> String {
+    v.into()
 }
 
 /// Clusters named `names`, each an EDS cluster whose single endpoint has `weight`.

@@ -11,19 +11,18 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use gofe_model::{
+    EndpointConfig, RouteActionConfig, RouteConfig, RouteMatchConfig, RouterConfig,
+    VirtualHostConfig, DEFAULT_ROUTE_TIMEOUT,
+};
 use gofe_proto::{
     ClusterResource, EndpointsResource, ListenerKind, ListenerResource, Resources, RouteResource,
     RouteSource,
 };
-use gofe_proxy::config::{
-    EndpointConfig, RouteActionConfig, RouteConfig, RouteMatchConfig, RouterConfig,
-    VirtualHostConfig, DEFAULT_ROUTE_TIMEOUT,
-};
 use gofe_xds::{AdsServer, NodeKey, ServerOptions, Snapshot};
-use serde_saphyr::{Location, Spanned};
 
-fn s(v: impl Into<String>) -> Spanned<String> {
-    Spanned::new(v.into(), Location::UNKNOWN, Location::UNKNOWN)
+fn s(v: impl Into<String>) -> String {
+    v.into()
 }
 
 fn free_port() -> SocketAddr {

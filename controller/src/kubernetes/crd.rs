@@ -253,7 +253,7 @@ pub struct SpecError {
 fn duration(field: &str, text: &Option<String>) -> Result<Option<Duration>, SpecError> {
     text.as_deref()
         .map(|t| {
-            gofe_core::duration::parse(t).map_err(|e| SpecError {
+            gofe_yaml::duration::parse(t).map_err(|e| SpecError {
                 field: field.to_owned(),
                 message: e.to_string(),
             })

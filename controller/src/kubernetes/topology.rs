@@ -12,8 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
-use gofe_proxy::config::{ClusterConfig, EndpointConfig, HealthStatus};
-use gofe_proxy::ProxyConfig;
+use gofe_model::{ClusterConfig, EndpointConfig, HealthStatus, ProxyConfig};
 
 use super::crd::{PortSelector, TrafficPolicy};
 use crate::config::PolicyConfig;
@@ -221,16 +220,12 @@ pub fn build(base: &ProxyConfig, policies: &[TrafficPolicy], slices: &[EndpointS
         let endpoints: Vec<EndpointConfig> = addresses
             .into_iter()
             .map(|a| EndpointConfig {
-                address: gofe_yaml::unspanned(a),
+                address: a,
                 weight: 1,
                 health_status: HealthStatus::Healthy,
             })
             .collect();
-        match config
-            .clusters
-            .iter_mut()
-            .find(|c| c.name.value == cluster_name)
-        {
+        match config.clusters.iter_mut().find(|c| c.name == cluster_name) {
             Some(existing) => existing.endpoints = endpoints,
             None => match default_cluster(&cluster_name) {
                 Some(mut c) => {
@@ -289,7 +284,7 @@ mod tests {
     }
 
     fn base() -> ProxyConfig {
-        gofe_proxy::config::parse(
+        gofe_model::parse(
             "p.yaml",
             "listeners:\n  - name: web\n    address: 127.0.0.1:0\n    filters:\n      - type: router\n        config:\n          virtual_hosts:\n            - name: all\n              domains: [\"*\"]\n              routes:\n                - match: { prefix: / }\n                  route: { cluster: api }\nclusters:\n  - name: api\n    connect_timeout: 2s\n",
         )
@@ -322,17 +317,8 @@ mod tests {
             serde_json::json!([{"addresses": ["10.9.9.9"]}]),
         );
         let t = build(&base(), &[p], &[s, other]);
-        let api = t
-            .config
-            .clusters
-            .iter()
-            .find(|c| c.name.value == "api")
-            .unwrap();
-        let addrs: Vec<_> = api
-            .endpoints
-            .iter()
-            .map(|e| e.address.value.as_str())
-            .collect();
+        let api = t.config.clusters.iter().find(|c| c.name == "api").unwrap();
+        let addrs: Vec<_> = api.endpoints.iter().map(|e| e.address.as_str()).collect();
         assert_eq!(addrs, ["10.0.0.1:8080", "10.0.0.2:8080"]);
         assert_eq!(
             api.connect_timeout,
@@ -374,13 +360,8 @@ mod tests {
             serde_json::json!([{"addresses": ["10.1.0.2"]}]),
         );
         let t = build(&base(), &[ok, wrong_ns, dup, ports, bad], &[s, m]);
-        let cart = t
-            .config
-            .clusters
-            .iter()
-            .find(|c| c.name.value == "cart")
-            .unwrap();
-        assert_eq!(cart.endpoints[0].address.value, "10.1.0.1:7070");
+        let cart = t.config.clusters.iter().find(|c| c.name == "cart").unwrap();
+        assert_eq!(cart.endpoints[0].address, "10.1.0.1:7070");
         let by_name = |ns: &str, n: &str| {
             t.bindings
                 .iter()
@@ -405,6 +386,6 @@ mod tests {
             "{}",
             bad.1
         );
-        assert!(!t.config.clusters.iter().any(|c| c.name.value == "y"));
+        assert!(!t.config.clusters.iter().any(|c| c.name == "y"));
     }
 }

@@ -33,7 +33,7 @@ clusters:
 "#;
 
 fn sample() -> ProxyConfig {
-    gofe_proxy::config::parse("sample.yaml", SAMPLE).unwrap()
+    gofe_model::parse("sample.yaml", SAMPLE).unwrap()
 }
 
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -170,7 +170,7 @@ fn golden_wire_forms_decode_to_gofe_types() {
     let got: Vec<(&str, u32)> = e
         .endpoints
         .iter()
-        .map(|e| (e.address.value.as_str(), e.weight))
+        .map(|e| (e.address.as_str(), e.weight))
         .collect();
     assert_eq!(got, [("10.0.0.1:9000", 3), ("10.0.0.2:9000", 0)]);
 }
@@ -195,7 +195,7 @@ fn sample_round_trips_through_the_wire_bytes() {
         }
     }
     let back = assemble(&ProxyConfig::default(), &decoded);
-    assert!(gofe_proxy::config::validate(&back).is_empty());
+    assert!(gofe_model::validate(&back).is_empty());
     // Weight 0 travels as DRAINING and comes back as 0; everything else is exact.
     assert_eq!(json(&back), json(&config));
 }
@@ -307,10 +307,10 @@ fn assemble_waits_for_rds_and_fills_unknown_clusters() {
     r.clusters.remove("v2");
     r.endpoints.clear();
     let out = assemble(&ProxyConfig::default(), &r);
-    assert!(gofe_proxy::config::validate(&out).is_empty());
-    let v2 = out.clusters.iter().find(|c| c.name.value == "v2").unwrap();
+    assert!(gofe_model::validate(&out).is_empty());
+    let v2 = out.clusters.iter().find(|c| c.name == "v2").unwrap();
     assert!(v2.endpoints.is_empty());
-    let v1 = out.clusters.iter().find(|c| c.name.value == "v1").unwrap();
+    let v1 = out.clusters.iter().find(|c| c.name == "v1").unwrap();
     assert!(v1.endpoints.is_empty(), "EDS not received yet");
 }
 

@@ -109,7 +109,7 @@ async fn an_invalid_config_never_replaces_the_running_one() {
     let port = taken.local_addr().unwrap().port();
     let mut cfg = gofe_proxy::config::parse("ok.yaml", &config(&[&vars["{B0}"]], &[1])).unwrap();
     let mut second = cfg.listeners[0].clone();
-    second.address.value = format!("127.0.0.1:{port}");
+    second.address = format!("127.0.0.1:{port}");
     cfg.listeners.push(second);
     let e = h
         .proxy

@@ -1,6 +1,6 @@
 //! The proxy's xDS client: one ADS (state-of-the-world) stream to the control plane, whose
 //! resources are assembled with the static configuration and applied to a running
-//! [`gofe_proxy::Proxy`].
+//! [`Proxy`](crate::Proxy).
 //!
 //! Every response is decoded, validated and applied as a whole; if anything fails — a
 //! resource gofe cannot honour, or a configuration the proxy refuses — the response is NACKed
@@ -16,18 +16,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::{Proxy, ProxyConfig};
 use gofe_proto::wire::{
     AggregatedDiscoveryServiceClient, DiscoveryRequest, DiscoveryResponse, Node, Status,
 };
 use gofe_proto::{
     assemble, decode_resource, DecodedResource, ListenerKind, ResourceType, Resources, RouteSource,
 };
-use gofe_proxy::{Proxy, ProxyConfig};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::serve::TlsError;
+use gofe_tls::TlsError;
 
 /// TLS to the control plane (PEM files).
 #[derive(Clone, Debug)]
@@ -114,14 +114,14 @@ impl XdsClient {
 }
 
 fn client_tls_config(t: &ClientTls) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let builder = rustls::ClientConfig::builder_with_provider(crate::serve::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(gofe_tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Invalid(e.to_string()))?
-        .with_root_certificates(crate::serve::roots(&t.ca)?);
+        .with_root_certificates(gofe_tls::roots(&t.ca)?);
     let mut config = match &t.identity {
         None => builder.with_no_client_auth(),
         Some((chain, key)) => builder
-            .with_client_auth_cert(crate::serve::certs(chain)?, crate::serve::key(key)?)
+            .with_client_auth_cert(gofe_tls::certs(chain)?, gofe_tls::key(key)?)
             .map_err(|e| TlsError::Invalid(e.to_string()))?,
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -466,7 +466,7 @@ impl State {
         status: &watch::Sender<ClientStatus>,
     ) -> Result<(), String> {
         let config = assemble(&self.options.base, resources);
-        let problems = gofe_proxy::config::validate(&config);
+        let problems = crate::config::validate(&config);
         if !problems.is_empty() {
             let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
             return Err(text.join("; "));

@@ -5,10 +5,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use gofe_proto::{ClusterResource, ResourceType, Resources};
+use gofe_proxy::xds::{ClientOptions, ClientStatus, ClientTls, XdsClient};
 use gofe_proxy::{Proxy, ProxyConfig};
-use gofe_xds::{
-    AdsServer, ClientOptions, ClientStatus, ClientTls, NodeKey, ServerOptions, Snapshot, XdsClient,
-};
+use gofe_xds::{AdsServer, NodeKey, ServerOptions, Snapshot};
 use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
 
 const DEADLINE: Duration = Duration::from_secs(20);

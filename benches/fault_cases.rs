@@ -14,7 +14,7 @@
 //! weights at the proxy (the endpoint unhealthy, or its weight halved) and from the recovery
 //! to its full weight back.
 //!
-//! Run: `cargo bench -p gofe-controller --bench fault_cases -- [CASE…] [--seconds N]`.
+//! Run: `cargo bench --bench fault_cases -- [CASE…] [--seconds N]`.
 //! Everything runs on 127.0.0.1 in this process and stops by itself.
 
 #![allow(missing_docs)]
@@ -66,7 +66,7 @@ fn at_proxy(proxy: &Proxy, ep: &str) -> Option<(u32, bool)> {
     let e = active.config.clusters[0]
         .endpoints
         .iter()
-        .find(|e| e.address.value == ep)?;
+        .find(|e| e.address == ep)?;
     Some((e.weight, e.health_status == HealthStatus::Healthy))
 }
 

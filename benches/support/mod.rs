@@ -1,5 +1,6 @@
-//! What the controller's benchmarks share: a mesh of demo backends behind an in-process gofe
-//! proxy, a controller steering it, and the small helpers around a run.
+//! What the controller's benchmarks share: a mesh of demo backends behind a gofe proxy that a
+//! controller steers over real xDS (in this process, on loopback sockets), and the small
+//! helpers around a run.
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
@@ -7,15 +8,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use gofe_controller::config::{self, Loaded};
-use gofe_controller::{Controller, Publisher, Shared};
+use gofe_controller::{Controller, Shared};
 use gofe_proxy::demo::DemoBackend;
 use gofe_proxy::Proxy;
+
+#[path = "../../tests/support/mod.rs"]
+mod xds_proxy;
+use xds_proxy::XdsProxy;
 
 /// Backends, the proxy in front of them, and its addresses.
 pub struct Mesh {
     pub backends: Vec<DemoBackend>,
     pub addrs: Vec<String>,
     pub proxy: Proxy,
+    pub xds: XdsProxy,
     pub config: gofe_proxy::ProxyConfig,
     pub listen: SocketAddr,
     pub admin: SocketAddr,
@@ -35,17 +41,14 @@ impl Mesh {
         }
         let addrs: Vec<String> = backends.iter().map(|b| b.addr().to_string()).collect();
         let config = gofe_proxy::config::parse("bench.yaml", &yaml(&addrs)).unwrap();
-        let proxy = Proxy::new();
-        proxy
-            .apply(config.clone(), "bench.yaml", Duration::from_secs(1))
-            .await
-            .unwrap();
-        let listen = proxy.listener_addrs().await[&"127.0.0.1:0".parse().unwrap()];
-        let admin = proxy.admin_addr().await.unwrap();
+        let xds = XdsProxy::start(&config, "bench").await;
+        let listen = xds.listener("127.0.0.1:0").await;
+        let admin = xds.admin;
         Mesh {
             backends,
             addrs,
-            proxy,
+            proxy: xds.proxy.clone(),
+            xds,
             config,
             listen,
             admin,
@@ -54,7 +57,7 @@ impl Mesh {
 
     /// Stops the proxy and the backends.
     pub async fn stop(self) {
-        self.proxy.shutdown(Duration::from_secs(1)).await;
+        self.xds.stop().await;
         for b in self.backends {
             b.stop().await;
         }
@@ -74,7 +77,7 @@ impl Running {
             controller: config::parse("controller.yaml", controller_yaml).unwrap(),
             proxy: mesh.config.clone(),
         };
-        let c = Controller::new(loaded, Publisher::Local(mesh.proxy.clone())).unwrap();
+        let c = Controller::new(loaded, mesh.xds.publisher()).unwrap();
         let shared = c.shared();
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(c.run_until(Duration::from_secs(1), async {

@@ -13,7 +13,7 @@
 //! It also reports how long after the fault began the proxy ejected the slow endpoint and the
 //! controller first published a lower weight for it (`-` when that never happened).
 //!
-//! Run: `cargo bench -p gofe-controller --bench slow_backend -- [MODE…] [--seconds N]`.
+//! Run: `cargo bench --bench slow_backend -- [MODE…] [--seconds N]`.
 //! Everything runs on 127.0.0.1 in this process; the run is bounded by `--seconds`.
 
 #![allow(missing_docs)]

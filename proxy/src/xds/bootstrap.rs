@@ -18,10 +18,12 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gofe_proxy::{Proxy, ProxyConfig};
+use gofe_yaml::{ConfigError, Validate, Validator};
 use serde::Deserialize;
 
-use crate::client::{ClientOptions, ClientTls, XdsClient};
+use crate::{Proxy, ProxyConfig};
+
+use super::client::{ClientOptions, ClientTls, XdsClient};
 
 /// The bootstrap file.
 #[derive(Clone, Debug, Deserialize)]
@@ -78,49 +80,46 @@ pub struct XdsTlsConfig {
 /// Why the bootstrap could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not a valid bootstrap.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        message: String,
-    },
+    /// The file could not be read, or is not a valid bootstrap (every problem, with its line).
+    #[error(transparent)]
+    Load(#[from] ConfigError),
     /// The client could not start.
     #[error(transparent)]
-    Client(#[from] crate::client::ClientError),
+    Client(#[from] super::client::ClientError),
+}
+
+impl Validate for Bootstrap {
+    fn validate(&self, v: &mut Validator) {
+        if self.node.id.is_empty() {
+            v.error("node.id", "must not be empty");
+        }
+        if !self.xds_server.address.contains(':') {
+            v.error(
+                "xds_server.address",
+                format!("expected host:port, got {:?}", self.xds_server.address),
+            );
+        }
+        if let Some(t) = &self.xds_server.tls {
+            if t.certificate_chain.is_some() != t.private_key.is_some() {
+                v.error(
+                    "xds_server.tls",
+                    "set both certificate_chain and private_key, or neither",
+                );
+            }
+        }
+        // Static listeners may route to clusters that arrive over CDS.
+        v.within("static_resources", |v| {
+            self.static_resources.validate_partial(v)
+        });
+    }
 }
 
 impl Bootstrap {
-    /// Reads and checks a bootstrap file.
+    /// Reads and checks a bootstrap file: every problem, with file, line, column and field.
+    /// TLS paths are taken relative to the file.
     pub fn load(path: &Path) -> Result<Bootstrap, BootstrapError> {
-        let text = std::fs::read_to_string(path).map_err(|source| BootstrapError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let invalid = |message: String| BootstrapError::Invalid {
-            path: path.display().to_string(),
-            message,
-        };
-        let mut b: Bootstrap = serde_saphyr::from_str(&text).map_err(|e| invalid(e.to_string()))?;
-        if b.node.id.is_empty() {
-            return Err(invalid("node.id: must not be empty".into()));
-        }
+        let mut b: Bootstrap = gofe_yaml::load(path)?;
         if let Some(t) = &mut b.xds_server.tls {
-            if t.certificate_chain.is_some() != t.private_key.is_some() {
-                return Err(invalid(
-                    "xds_server.tls: set both certificate_chain and private_key, or neither".into(),
-                ));
-            }
             let base = path.parent().unwrap_or(Path::new("."));
             for p in [
                 Some(&mut t.ca),
@@ -234,5 +233,26 @@ static_resources:
         .unwrap();
         assert!(Bootstrap::load(&path).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn every_problem_is_named_with_its_line_including_the_static_resources() {
+        let text = "node: { id: \"\" }\nxds_server:\n  address: \"no-port\"\nstatic_resources:\n  admin: { address: \"nowhere\" }\n";
+        let e = gofe_yaml::parse::<Bootstrap>("b.yaml", text).unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.in_file("b.yaml")).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].starts_with("b.yaml:1:13: node.id: must not be empty"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("b.yaml:3:12: xds_server.address:"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2]
+                .starts_with("b.yaml:5:21: static_resources.admin.address: invalid socket address"),
+            "{lines:?}"
+        );
     }
 }

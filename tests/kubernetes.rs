@@ -5,6 +5,7 @@
 #![allow(unreachable_pub)]
 
 mod fake_api;
+mod support;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +20,7 @@ use gofe_proxy::demo::DemoBackend;
 use gofe_proxy::Proxy;
 use http_body_util::{BodyExt, Empty};
 use serde_json::{json, Value};
+use support::XdsProxy;
 
 const POLICIES: &str = "/apis/gofe.io/v1alpha1/trafficpolicies";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
@@ -120,21 +122,24 @@ async fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
+/// The proxy's endpoints of `api`: address, the weight it balances by (an endpoint that is not
+/// healthy gets no traffic whatever its weight, and EDS weights are at least 1), and health.
 fn endpoints_of(proxy: &Proxy) -> Vec<(String, u32, bool)> {
     let active = proxy.active();
     active
         .config
         .clusters
         .iter()
-        .find(|c| c.name.value == "api")
+        .find(|c| c.name == "api")
         .map(|c| {
             c.endpoints
                 .iter()
                 .map(|e| {
+                    let healthy = e.health_status == gofe_proxy::config::HealthStatus::Healthy;
                     (
-                        e.address.value.clone(),
-                        e.weight,
-                        e.health_status == gofe_proxy::config::HealthStatus::Healthy,
+                        e.address.clone(),
+                        if healthy { e.weight } else { 0 },
+                        healthy,
                     )
                 })
                 .collect()
@@ -142,15 +147,11 @@ fn endpoints_of(proxy: &Proxy) -> Vec<(String, u32, bool)> {
         .unwrap_or_default()
 }
 
-async fn start_proxy() -> (Proxy, SocketAddr, SocketAddr) {
-    let proxy = Proxy::new();
+async fn start_proxy(node: &str) -> (XdsProxy, SocketAddr, SocketAddr) {
     let cfg = gofe_proxy::config::parse("proxy.yaml", PROXY).unwrap();
-    proxy
-        .apply(cfg.clone(), "proxy.yaml", Duration::from_secs(1))
-        .await
-        .unwrap();
-    let listen = proxy.listener_addrs().await[&"127.0.0.1:0".parse().unwrap()];
-    let admin = proxy.admin_addr().await.unwrap();
+    let proxy = XdsProxy::start(&cfg, node).await;
+    let listen = proxy.listener("127.0.0.1:0").await;
+    let admin = proxy.admin;
     (proxy, listen, admin)
 }
 
@@ -171,7 +172,8 @@ fn controller(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_steers_discovered_endpoints_and_reports_on_the_policy() {
     let (port, backends) = backends().await;
-    let (proxy, listen, admin) = start_proxy().await;
+    let (mesh, listen, admin) = start_proxy("proxy-1").await;
+    let proxy = mesh.proxy.clone();
     let api = FakeApi::default();
     api.put(
         POLICIES,
@@ -180,11 +182,7 @@ async fn the_leader_steers_discovered_endpoints_and_reports_on_the_policy() {
     );
     api.put(SLICES, slice(port, &["127.0.0.1", "127.0.0.2"]));
 
-    let (c, settings) = controller(
-        &format!("\"{admin}\""),
-        "replica-a",
-        Publisher::Local(proxy.clone()),
-    );
+    let (c, settings) = controller(&format!("\"{admin}\""), "replica-a", mesh.publisher());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let driver = tokio::spawn(kubernetes::drive(
         c,
@@ -278,11 +276,12 @@ async fn the_leader_steers_discovered_endpoints_and_reports_on_the_policy() {
     assert_eq!(failing["pod"], "api-1");
     assert_eq!(failing["state"], "ejected");
     assert_eq!(failing["weight"], 0);
-    let at_proxy = endpoints_of(&proxy);
-    assert!(
-        at_proxy.iter().any(|e| e.0 == ep(2) && !e.2 && e.1 == 0),
-        "published to the proxy: {at_proxy:?}"
-    );
+    support::wait_for(&proxy, "the ejection published to the proxy", |p| {
+        endpoints_of(p)
+            .iter()
+            .any(|e| e.0 == ep(2) && !e.2 && e.1 == 0)
+    })
+    .await;
     let before = backends[1].served();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -332,7 +331,7 @@ async fn the_leader_steers_discovered_endpoints_and_reports_on_the_policy() {
         .iter()
         .filter(|l| l.method == http::Method::PATCH && l.path.contains("trafficpolicies"))
         .all(|l| l.path.ends_with("/status")));
-    proxy.shutdown(Duration::from_millis(100)).await;
+    mesh.stop().await;
     for b in backends {
         b.stop().await;
     }
@@ -363,8 +362,8 @@ async fn followers_serve_the_leaders_weights_and_take_over_an_expired_lease() {
     let mut replicas = Vec::new();
     let mut proxies = Vec::new();
     for id in ["replica-a", "replica-b"] {
-        let (proxy, _, _) = start_proxy().await;
-        let (c, settings) = controller("", id, Publisher::Local(proxy.clone()));
+        let (mesh, _, _) = start_proxy(&format!("proxy-{id}")).await;
+        let (c, settings) = controller("", id, mesh.publisher());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let driver = tokio::spawn(kubernetes::drive(
             c,
@@ -376,7 +375,7 @@ async fn followers_serve_the_leaders_weights_and_take_over_an_expired_lease() {
             },
         ));
         replicas.push((stop_tx, driver));
-        proxies.push(proxy);
+        proxies.push(mesh);
     }
 
     // While "z" holds the lease both replicas follow: their proxies get z's weights.
@@ -385,7 +384,7 @@ async fn followers_serve_the_leaders_weights_and_take_over_an_expired_lease() {
             "the leader's weights at a follower's proxy",
             Duration::from_secs(10),
             || {
-                let e = endpoints_of(proxy);
+                let e = endpoints_of(&proxy.proxy);
                 (e == vec![
                     ("10.0.0.1:8080".to_owned(), 150, true),
                     ("10.0.0.2:8080".to_owned(), 0, false),
@@ -442,7 +441,7 @@ async fn followers_serve_the_leaders_weights_and_take_over_an_expired_lease() {
             "the new weights everywhere",
             Duration::from_secs(10),
             || {
-                endpoints_of(proxy)
+                endpoints_of(&proxy.proxy)
                     .iter()
                     .all(|e| e.1 == 100 && e.2)
                     .then_some(())
@@ -455,7 +454,7 @@ async fn followers_serve_the_leaders_weights_and_take_over_an_expired_lease() {
         driver.await.unwrap();
     }
     for p in proxies {
-        p.shutdown(Duration::from_millis(100)).await;
+        p.stop().await;
     }
     // The paths the fake served are the real API's.
     assert!(api.log().iter().any(|l| l

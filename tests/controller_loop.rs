@@ -7,6 +7,8 @@
 
 #![allow(unreachable_pub)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -22,6 +24,7 @@ use gofe_proxy::Proxy;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use support::XdsProxy;
 
 struct Prometheus {
     child: Child,
@@ -134,7 +137,7 @@ policy:
 
 struct Mesh {
     backends: Vec<DemoBackend>,
-    proxy: Proxy,
+    proxy: XdsProxy,
     listen: SocketAddr,
     admin: SocketAddr,
     stop: Arc<AtomicBool>,
@@ -152,14 +155,10 @@ impl Mesh {
             yaml = yaml.replace(&format!("{{B{i}}}"), &b.addr().to_string());
             backends.push(b);
         }
-        let proxy = Proxy::new();
         let cfg = gofe_proxy::config::parse("proxy.yaml", &yaml).unwrap();
-        proxy
-            .apply(cfg, "proxy.yaml", Duration::from_secs(1))
-            .await
-            .unwrap();
-        let listen = proxy.listener_addrs().await[&"127.0.0.1:0".parse().unwrap()];
-        let admin = proxy.admin_addr().await.unwrap();
+        let proxy = XdsProxy::start(&cfg, "proxy-1").await;
+        let listen = proxy.listener("127.0.0.1:0").await;
+        let admin = proxy.admin;
         // Steady traffic: 4 clients, bounded by the test's lifetime (and 120 s at most).
         let stop = Arc::new(AtomicBool::new(false));
         let mut traffic = Vec::new();
@@ -264,17 +263,13 @@ async fn scenarios(mesh: &Mesh, c: &mut Controller) {
         endpoint(v, &bad).state == "ejected"
     })
     .await;
-    let active = mesh.proxy.active();
-    let ep = active.config.clusters[0]
-        .endpoints
-        .iter()
-        .find(|e| e.address.value == bad)
-        .unwrap();
-    assert_eq!(
-        ep.health_status,
-        gofe_proxy::config::HealthStatus::Unhealthy,
-        "published to the proxy"
-    );
+    mesh.proxy
+        .wait_for("the ejection published to the proxy", |p| {
+            p.active().config.clusters[0].endpoints.iter().any(|e| {
+                e.address == bad && e.health_status == gofe_proxy::config::HealthStatus::Unhealthy
+            })
+        })
+        .await;
     let before = mesh.backends[3].served();
     let others_before: u64 = mesh.backends[..3].iter().map(DemoBackend::served).sum();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -327,7 +322,7 @@ async fn the_loop_with_a_real_prometheus() {
         controller: config::parse("controller.yaml", &controller_yaml(&source)).unwrap(),
         proxy: mesh.base_config(),
     };
-    let mut c = Controller::new(loaded, Publisher::Local(mesh.proxy.clone())).unwrap();
+    let mut c = Controller::new(loaded, mesh.proxy.publisher()).unwrap();
     scenarios(&mesh, &mut c).await;
 
     // 4. Prometheus goes away: decisions hold (fail static), nothing is zeroed or ejected.
@@ -364,7 +359,7 @@ async fn the_loop_with_the_embedded_scraper() {
         controller: config::parse("controller.yaml", &controller_yaml(&source)).unwrap(),
         proxy: mesh.base_config(),
     };
-    let mut c = Controller::new(loaded, Publisher::Local(mesh.proxy.clone())).unwrap();
+    let mut c = Controller::new(loaded, mesh.proxy.publisher()).unwrap();
     scenarios(&mesh, &mut c).await;
 
     // The scrape target disappears: hold.
@@ -417,9 +412,9 @@ async fn decisions_reach_a_proxy_over_xds() {
         .await
         .unwrap();
     let admin = proxy.admin_addr().await.unwrap();
-    let client = gofe_xds::XdsClient::start(
+    let client = gofe_proxy::xds::XdsClient::start(
         proxy.clone(),
-        gofe_xds::ClientOptions {
+        gofe_proxy::xds::ClientOptions {
             node_id: "proxy-1".into(),
             node_cluster: "test".into(),
             server: xds_addr.to_string(),
@@ -478,8 +473,7 @@ async fn decisions_reach_a_proxy_over_xds() {
             .iter()
             .flat_map(|c| &c.endpoints)
             .any(|e| {
-                e.address.value == bad
-                    && e.health_status == gofe_proxy::config::HealthStatus::Unhealthy
+                e.address == bad && e.health_status == gofe_proxy::config::HealthStatus::Unhealthy
             });
         if unhealthy {
             break;

@@ -1,20 +1,31 @@
-//! The proxy's configuration file: YAML types, loading, and validation.
+//! gofe-model: the mesh model every gofe part shares — listeners, routes, clusters, endpoints
+//! and their policies (circuit breakers, outlier detection, retries) as plain data.
 //!
-//! The `listeners` part accepts the shape gofe users already write (see the repository's
-//! `examples/`); `clusters` and `admin` use Envoy's field names where Envoy has the concept.
-//! [`load`] parses and validates in one step and returns *every* problem it finds, each naming
-//! the file, line, column and field path, so an operator fixes a config in one round trip. A
-//! config that fails here never reaches the running proxy.
+//! ```text
+//!   YAML file ──gofe_yaml::load──▶ ┐
+//!   xDS resources ──gofe-proto───▶ ├─▶ ProxyConfig (this crate) ──▶ gofe-proxy (serves it)
+//!   controller decisions ────────▶ ┘                             ──▶ gofe-proto (publishes it)
+//! ```
+//!
+//! The types are what a proxy serves, whoever wrote them: a YAML file, an xDS control plane, or
+//! the controller. They carry no source positions; [`validate`] checks everything serde cannot
+//! (references, uniqueness, address and domain syntax) and names each problem by its field
+//! path, and `gofe-yaml` turns those paths into file lines and columns when the value came from
+//! a file. The `listeners` part accepts the shape gofe users already write (see the
+//! repository's `examples/`); `clusters` use Envoy's field names where Envoy has the concept.
+//!
+//! This crate does not run anything, open sockets or know about YAML positions, protobuf or
+//! hyper: the proxy serves these types, `gofe-proto` converts them to and from Envoy's
+//! messages, the controller builds them.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use gofe_yaml::Spanned;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
-pub use gofe_core::duration::parse as parse_duration;
+pub use gofe_yaml::duration::parse as parse_duration;
 
 /// Default upstream request timeout per route (Envoy's default).
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -42,12 +53,12 @@ pub struct ProxyConfig {
 pub struct ListenerConfig {
     /// Name used in metrics and logs. Default: the address.
     #[serde(default)]
-    pub name: Option<Spanned<String>>,
+    pub name: Option<String>,
     /// Socket address to bind, `ip:port`.
-    pub address: Spanned<String>,
+    pub address: String,
     /// Application protocol. Only `"http"` (HTTP/1.1 and HTTP/2) today. Default `"http"`.
     #[serde(default = "default_protocol")]
-    pub protocol: Spanned<String>,
+    pub protocol: String,
     /// TLS termination. When set, the listener speaks TLS and offers `h2` and `http/1.1` by ALPN;
     /// when absent it speaks cleartext HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
     #[serde(default)]
@@ -66,14 +77,20 @@ pub struct ListenerConfig {
     /// for a new connection's first request, from the connection's start); a slower one is
     /// disconnected. An idle kept-alive connection is the `idle_timeout`'s business. `"0s"`
     /// disables it. Default 10 s.
-    #[serde(default = "default_request_headers_timeout", with = "duration_text")]
+    #[serde(
+        default = "default_request_headers_timeout",
+        with = "gofe_yaml::duration::text"
+    )]
     pub request_headers_timeout: Duration,
     /// How long a client connection may stay open with no request in flight before the proxy
     /// closes it (Envoy's `common_http_protocol_options.idle_timeout`): HTTP/2 connections get
     /// a GOAWAY, HTTP/1.1 connections are closed between requests. Checked every quarter of the
     /// timeout, so a connection goes after between 1 and 1.5 × this much idleness. `"0s"`
     /// disables it. Default 1 h.
-    #[serde(default = "default_listener_idle_timeout", with = "duration_text")]
+    #[serde(
+        default = "default_listener_idle_timeout",
+        with = "gofe_yaml::duration::text"
+    )]
     pub idle_timeout: Duration,
 }
 
@@ -100,8 +117,8 @@ fn default_listener_idle_timeout() -> Duration {
     DEFAULT_LISTENER_IDLE_TIMEOUT
 }
 
-fn default_protocol() -> Spanned<String> {
-    unspanned("http".to_owned())
+fn default_protocol() -> String {
+    "http".to_owned()
 }
 
 /// TLS files of a listener (PEM).
@@ -109,9 +126,9 @@ fn default_protocol() -> Spanned<String> {
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Path of the PEM certificate chain, leaf first.
-    pub certificate_chain: Spanned<String>,
+    pub certificate_chain: String,
     /// Path of the PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub private_key: Spanned<String>,
+    pub private_key: String,
 }
 
 /// One filter of a listener's chain.
@@ -120,7 +137,7 @@ pub struct TlsConfig {
 pub struct FilterConfig {
     /// The filter's type. Only `"router"` today.
     #[serde(rename = "type")]
-    pub kind: Spanned<String>,
+    pub kind: String,
     /// The router's configuration.
     pub config: RouterConfig,
 }
@@ -139,11 +156,11 @@ pub struct RouterConfig {
 #[serde(deny_unknown_fields)]
 pub struct VirtualHostConfig {
     /// Name used in logs and `/config_dump`.
-    pub name: Spanned<String>,
+    pub name: String,
     /// Domains this host serves: exact (`api.example.com`), suffix wildcard (`*.example.com`),
     /// prefix wildcard (`api.*`) or `*`. Matching ignores case and any `:port`. Most specific
     /// wins: exact, then the longest suffix wildcard, then the longest prefix wildcard, then `*`.
-    pub domains: Vec<Spanned<String>>,
+    pub domains: Vec<String>,
     /// Routes, tried in order; the first that matches wins.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
@@ -166,10 +183,10 @@ pub struct RouteConfig {
 pub struct RouteMatchConfig {
     /// Path prefix (case-sensitive). `"/"` matches everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub prefix: Option<Spanned<String>>,
+    pub prefix: Option<String>,
     /// Exact path (case-sensitive, query string excluded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<Spanned<String>>,
+    pub path: Option<String>,
     /// Header conditions; all must hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatcherConfig>,
@@ -180,7 +197,7 @@ pub struct RouteMatchConfig {
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatcherConfig {
     /// Header name (case-insensitive).
-    pub name: Spanned<String>,
+    pub name: String,
     /// Compare the value. Exactly one of `string_match` or `present_match`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub string_match: Option<StringMatchConfig>,
@@ -216,7 +233,7 @@ pub struct StringMatchConfig {
 pub struct RouteActionConfig {
     /// Send every request to this cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cluster: Option<Spanned<String>>,
+    pub cluster: Option<String>,
     /// Split requests across clusters by weight (canary releases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weighted_clusters: Option<WeightedClustersConfig>,
@@ -224,7 +241,7 @@ pub struct RouteActionConfig {
     /// 504. `"0s"` disables it. Default 15 s.
     #[serde(
         default = "default_route_timeout",
-        with = "duration_text",
+        with = "gofe_yaml::duration::text",
         skip_serializing_if = "is_default_route_timeout"
     )]
     pub timeout: Duration,
@@ -248,21 +265,21 @@ pub struct RetryPolicyConfig {
     /// `gateway-error` (502, 503, 504, reset, connect failure, per-try timeout),
     /// `connect-failure`, `reset`. Default `"gateway-error"`.
     #[serde(default = "default_retry_on")]
-    pub retry_on: Spanned<String>,
+    pub retry_on: String,
     /// Retries after the first attempt. Default 1.
     #[serde(default = "default_num_retries")]
     pub num_retries: u32,
     /// Time limit of each attempt (the route `timeout` still bounds them all). Default: none.
     #[serde(
         default,
-        with = "optional_duration_text",
+        with = "gofe_yaml::duration::optional_text",
         skip_serializing_if = "Option::is_none"
     )]
     pub per_try_timeout: Option<Duration>,
 }
 
-fn default_retry_on() -> Spanned<String> {
-    unspanned("gateway-error".to_owned())
+fn default_retry_on() -> String {
+    "gateway-error".to_owned()
 }
 
 fn default_num_retries() -> u32 {
@@ -290,7 +307,7 @@ pub struct WeightedClustersConfig {
 #[serde(deny_unknown_fields)]
 pub struct ClusterWeightConfig {
     /// The cluster's name.
-    pub name: Spanned<String>,
+    pub name: String,
     /// Its share, relative to the others. 0 sends it nothing.
     pub weight: u32,
 }
@@ -347,12 +364,15 @@ pub enum LbPolicy {
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Unique name, referenced by routes.
-    pub name: Spanned<String>,
+    pub name: String,
     /// Balancing policy. Default `round_robin`.
     #[serde(default)]
     pub lb_policy: LbPolicy,
     /// Time allowed to open a TCP connection to an endpoint. Default 5 s.
-    #[serde(default = "default_connect_timeout", with = "duration_text")]
+    #[serde(
+        default = "default_connect_timeout",
+        with = "gofe_yaml::duration::text"
+    )]
     pub connect_timeout: Duration,
     /// When present, upstream connections speak HTTP/2 (prior knowledge); otherwise HTTP/1.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -373,7 +393,7 @@ pub struct ClusterConfig {
     #[serde(default = "default_panic_threshold", alias = "health_panic_threshold")]
     pub healthy_panic_threshold: u32,
     /// How long an idle upstream connection stays in the pool. Default 60 s.
-    #[serde(default = "default_idle_timeout", with = "duration_text")]
+    #[serde(default = "default_idle_timeout", with = "gofe_yaml::duration::text")]
     pub idle_timeout: Duration,
 }
 
@@ -472,13 +492,13 @@ pub struct OutlierDetectionConfig {
     pub consecutive_gateway_failure: u32,
     /// The failure-percentage window: counts restart every interval, and ejection counts decay
     /// by one per interval an endpoint stays healthy. Default 10 s.
-    #[serde(default = "default_interval", with = "duration_text")]
+    #[serde(default = "default_interval", with = "gofe_yaml::duration::text")]
     pub interval: Duration,
     /// Length of a first ejection. Default 5 s.
-    #[serde(default = "default_base_ejection", with = "duration_text")]
+    #[serde(default = "default_base_ejection", with = "gofe_yaml::duration::text")]
     pub base_ejection_time: Duration,
     /// Longest ejection. Default 300 s.
-    #[serde(default = "default_max_ejection", with = "duration_text")]
+    #[serde(default = "default_max_ejection", with = "gofe_yaml::duration::text")]
     pub max_ejection_time: Duration,
     /// Most endpoints ejected at once, in percent of the cluster (at least one when non-zero).
     /// Default 10.
@@ -547,7 +567,7 @@ pub struct Http2ProtocolOptions {}
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// `host:port`, where host is an IP address or a DNS name.
-    pub address: Spanned<String>,
+    pub address: String,
     /// Load-balancing weight. 0 drains the endpoint (no new requests). Default 1.
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -587,164 +607,90 @@ fn default_weight() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Socket address to bind, `ip:port`. Keep it on loopback or a private network.
-    pub address: Spanned<String>,
-}
-
-use gofe_yaml::unspanned;
-
-/// Serde adapter for durations written as text (`"30s"`, `"250ms"`).
-mod duration_text {
-    use super::*;
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        gofe_core::duration::parse(&text).map_err(serde::de::Error::custom)
-    }
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&gofe_core::duration::format(*d))
-    }
-}
-
-/// Serde adapter for optional durations written as text.
-mod optional_duration_text {
-    use super::*;
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        gofe_core::duration::parse(&text)
-            .map(Some)
-            .map_err(serde::de::Error::custom)
-    }
-
-    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&gofe_core::duration::format(*d)),
-            None => s.serialize_none(),
-        }
-    }
-}
-
-// === errors ===
-
-pub use gofe_yaml::Problem;
-
-/// Why a configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: cannot read config: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file was read but is not a valid configuration.
-    #[error("{}", render_problems(.source_name, .problems))]
-    Invalid {
-        /// The file (or other source) name.
-        source_name: String,
-        /// Every problem found, in file order.
-        problems: Vec<Problem>,
-    },
-}
-
-fn render_problems(source_name: &str, problems: &[Problem]) -> String {
-    let lines: Vec<String> = problems.iter().map(|p| p.in_file(source_name)).collect();
-    lines.join("\n")
-}
-
-impl ConfigError {
-    /// The individual problems (empty for a read error).
-    pub fn problems(&self) -> &[Problem] {
-        match self {
-            ConfigError::Read { .. } => &[],
-            ConfigError::Invalid { problems, .. } => problems,
-        }
-    }
+    pub address: String,
 }
 
 // === loading ===
 
-/// Reads, parses and validates a configuration file.
+pub use gofe_yaml::{ConfigError, Problem};
+
+/// Reads and validates a proxy configuration file: every problem, each with its file, line,
+/// column and field.
 pub fn load(path: &Path) -> Result<ProxyConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    parse(&path.display().to_string(), &text)
+    gofe_yaml::load(path)
 }
 
-/// Parses and validates configuration text; `source_name` names it in errors.
+/// Parses and validates proxy configuration YAML; `source_name` names it in errors.
 pub fn parse(source_name: &str, text: &str) -> Result<ProxyConfig, ConfigError> {
-    let invalid = |problems| ConfigError::Invalid {
-        source_name: source_name.to_owned(),
-        problems,
-    };
-    let config: ProxyConfig = gofe_yaml::from_str(text).map_err(|p| invalid(vec![p]))?;
-    let problems = validate(&config);
-    if problems.is_empty() {
-        Ok(config)
-    } else {
-        Err(invalid(problems))
-    }
+    gofe_yaml::parse(source_name, text)
 }
 
 // === validation ===
 
-use gofe_yaml::Validator;
+use gofe_yaml::{Validate, Validator};
 
-/// Checks everything serde cannot: references, uniqueness, address and domain syntax.
-/// Returns every problem found, ordered by position in the file.
+/// Checks everything serde cannot (references, uniqueness, address and domain syntax) on a
+/// configuration built in code or converted from xDS: every problem, with field paths but no
+/// file places.
 pub fn validate(config: &ProxyConfig) -> Vec<Problem> {
     let mut v = Validator::default();
+    config.validate(&mut v);
+    v.finish()
+}
 
+impl Validate for ProxyConfig {
+    fn validate(&self, v: &mut Validator) {
+        validate_into(self, v, true);
+    }
+}
+
+impl ProxyConfig {
+    /// Checks a configuration that is only part of what the proxy will serve, such as a
+    /// bootstrap's static resources: its routes may name clusters that arrive later over xDS
+    /// (as Envoy allows), so references to clusters it does not define are not problems here.
+    pub fn validate_partial(&self, v: &mut Validator) {
+        validate_into(self, v, false);
+    }
+}
+
+fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
     let mut cluster_names: HashMap<&str, usize> = HashMap::new();
     for (ci, cluster) in config.clusters.iter().enumerate() {
         let base = format!("clusters[{ci}]");
-        if cluster.name.value.is_empty() {
-            v.at(&cluster.name, format!("{base}.name"), "must not be empty");
-        } else if let Some(first) = cluster_names.insert(&cluster.name.value, ci) {
-            v.at(
-                &cluster.name,
+        if cluster.name.is_empty() {
+            v.error(format!("{base}.name"), "must not be empty");
+        } else if let Some(first) = cluster_names.insert(&cluster.name, ci) {
+            v.error(
                 format!("{base}.name"),
                 format!(
                     "duplicate cluster name {:?} (also clusters[{first}])",
-                    cluster.name.value
+                    cluster.name
                 ),
             );
         }
         if let Some(od) = &cluster.outlier_detection {
             if od.max_ejection_percent > 100 {
-                v.at(
-                    &cluster.name,
+                v.error(
                     format!("{base}.outlier_detection.max_ejection_percent"),
                     "must be at most 100",
                 );
             }
             if od.interval.is_zero() {
-                v.at(
-                    &cluster.name,
+                v.error(
                     format!("{base}.outlier_detection.interval"),
                     "must be longer than 0s",
                 );
             }
         }
         if cluster.healthy_panic_threshold > 100 {
-            v.at(
-                &cluster.name,
+            v.error(
                 format!("{base}.healthy_panic_threshold"),
                 "must be at most 100",
             );
         }
         if let Some(budget) = &cluster.circuit_breakers.retry_budget {
             if !(0.0..=100.0).contains(&budget.budget_percent) {
-                v.at(
-                    &cluster.name,
+                v.error(
                     format!("{base}.circuit_breakers.retry_budget.budget_percent"),
                     "must be between 0 and 100",
                 );
@@ -753,13 +699,12 @@ pub fn validate(config: &ProxyConfig) -> Vec<Problem> {
         let mut seen = HashSet::new();
         for (ei, ep) in cluster.endpoints.iter().enumerate() {
             let field = format!("{base}.endpoints[{ei}].address");
-            if let Err(msg) = check_endpoint_address(&ep.address.value) {
-                v.at(&ep.address, field, msg);
-            } else if !seen.insert(ep.address.value.to_ascii_lowercase()) {
-                v.at(
-                    &ep.address,
+            if let Err(msg) = check_endpoint_address(&ep.address) {
+                v.error(field, msg);
+            } else if !seen.insert(ep.address.to_ascii_lowercase()) {
+                v.error(
                     field,
-                    format!("duplicate endpoint {:?} in this cluster", ep.address.value),
+                    format!("duplicate endpoint {:?} in this cluster", ep.address),
                 );
             }
         }
@@ -769,19 +714,17 @@ pub fn validate(config: &ProxyConfig) -> Vec<Problem> {
     let mut listener_names: HashMap<&str, usize> = HashMap::new();
     for (li, listener) in config.listeners.iter().enumerate() {
         let base = format!("listeners[{li}]");
-        match listener.address.value.parse::<SocketAddr>() {
-            Err(_) => v.at(
-                &listener.address,
+        match listener.address.parse::<SocketAddr>() {
+            Err(_) => v.error(
                 format!("{base}.address"),
                 format!(
                     "invalid socket address {:?} (expected ip:port, e.g. \"0.0.0.0:8080\")",
-                    listener.address.value
+                    listener.address
                 ),
             ),
             Ok(addr) => {
                 if let Some(first) = addresses.insert(addr, li) {
-                    v.at(
-                        &listener.address,
+                    v.error(
                         format!("{base}.address"),
                         format!("address {addr} is already used by listeners[{first}]"),
                     );
@@ -789,29 +732,27 @@ pub fn validate(config: &ProxyConfig) -> Vec<Problem> {
             }
         }
         if let Some(name) = &listener.name {
-            if let Some(first) = listener_names.insert(&name.value, li) {
-                v.at(
-                    name,
+            if let Some(first) = listener_names.insert(name, li) {
+                v.error(
                     format!("{base}.name"),
                     format!(
                         "duplicate listener name {:?} (also listeners[{first}])",
-                        name.value
+                        name
                     ),
                 );
             }
         }
-        if listener.protocol.value != "http" {
-            v.at(
-                &listener.protocol,
+        if listener.protocol != "http" {
+            v.error(
                 format!("{base}.protocol"),
                 format!(
                     "unsupported protocol {:?} (supported: \"http\")",
-                    listener.protocol.value
+                    listener.protocol
                 ),
             );
         }
         if listener.filters.len() != 1 {
-            v.nowhere(
+            v.error(
                 format!("{base}.filters"),
                 format!(
                     "expected exactly one filter (a router), found {}",
@@ -821,84 +762,77 @@ pub fn validate(config: &ProxyConfig) -> Vec<Problem> {
         }
         for (fi, filter) in listener.filters.iter().enumerate() {
             let fbase = format!("{base}.filters[{fi}]");
-            if filter.kind.value != "router" {
-                v.at(
-                    &filter.kind,
+            if filter.kind != "router" {
+                v.error(
                     format!("{fbase}.type"),
                     format!(
                         "unknown filter type {:?} (supported: \"router\")",
-                        filter.kind.value
+                        filter.kind
                     ),
                 );
             }
             validate_router(
-                &mut v,
+                v,
                 &filter.config,
                 &format!("{fbase}.config"),
-                &cluster_names,
+                check_refs.then_some(&cluster_names),
             );
         }
     }
 
     if let Some(admin) = &config.admin {
-        if let Ok(addr) = admin.address.value.parse::<SocketAddr>() {
+        if let Ok(addr) = admin.address.parse::<SocketAddr>() {
             // Port 0 asks the OS for a free port: it cannot collide.
             if let Some(li) = addresses.get(&addr).filter(|_| addr.port() != 0) {
-                v.at(
-                    &admin.address,
-                    "admin.address".into(),
+                v.error(
+                    "admin.address",
                     format!("address {addr} is already used by listeners[{li}]"),
                 );
             }
         } else {
-            v.at(
-                &admin.address,
-                "admin.address".into(),
+            v.error(
+                "admin.address",
                 format!(
                     "invalid socket address {:?} (expected ip:port, e.g. \"127.0.0.1:9901\")",
-                    admin.address.value
+                    admin.address
                 ),
             );
         }
     }
-
-    v.finish()
 }
 
 fn validate_router(
     v: &mut Validator,
     router: &RouterConfig,
     base: &str,
-    clusters: &HashMap<&str, usize>,
+    clusters: Option<&HashMap<&str, usize>>,
 ) {
     let mut vhost_names: HashSet<&str> = HashSet::new();
     let mut domains: HashMap<String, usize> = HashMap::new();
     for (hi, vhost) in router.virtual_hosts.iter().enumerate() {
         let hbase = format!("{base}.virtual_hosts[{hi}]");
-        if !vhost_names.insert(&vhost.name.value) {
-            v.at(
-                &vhost.name,
+        if !vhost_names.insert(&vhost.name) {
+            v.error(
                 format!("{hbase}.name"),
-                format!("duplicate virtual host name {:?}", vhost.name.value),
+                format!("duplicate virtual host name {:?}", vhost.name),
             );
         }
         if vhost.domains.is_empty() {
-            v.nowhere(
+            v.error(
                 format!("{hbase}.domains"),
                 "needs at least one domain (\"*\" matches any)",
             );
         }
         for (di, domain) in vhost.domains.iter().enumerate() {
             let field = format!("{hbase}.domains[{di}]");
-            if let Err(msg) = check_domain(&domain.value) {
-                v.at(domain, field, msg);
-            } else if let Some(first) = domains.insert(domain.value.to_ascii_lowercase(), hi) {
-                v.at(
-                    domain,
+            if let Err(msg) = check_domain(domain) {
+                v.error(field, msg);
+            } else if let Some(first) = domains.insert(domain.to_ascii_lowercase(), hi) {
+                v.error(
                     field,
                     format!(
                         "domain {:?} is already served by virtual_hosts[{first}]",
-                        domain.value
+                        domain
                     ),
                 );
             }
@@ -913,43 +847,39 @@ fn validate_route(
     v: &mut Validator,
     route: &RouteConfig,
     base: &str,
-    clusters: &HashMap<&str, usize>,
+    clusters: Option<&HashMap<&str, usize>>,
 ) {
     let m = &route.matcher;
     match (&m.prefix, &m.path) {
-        (Some(_), Some(path)) => v.at(
-            path,
+        (Some(_), Some(_)) => v.error(
             format!("{base}.match.path"),
             "set either prefix or path, not both",
         ),
-        (None, None) => v.nowhere(
+        (None, None) => v.error(
             format!("{base}.match"),
             "needs a prefix or a path (prefix \"/\" matches everything)",
         ),
         (Some(p), None) | (None, Some(p)) => {
-            if !p.value.starts_with('/') {
+            if !p.starts_with('/') {
                 let which = if m.prefix.is_some() { "prefix" } else { "path" };
-                v.at(
-                    p,
+                v.error(
                     format!("{base}.match.{which}"),
-                    format!("must start with '/', got {:?}", p.value),
+                    format!("must start with '/', got {:?}", p),
                 );
             }
         }
     }
     for (i, h) in m.headers.iter().enumerate() {
         let field = format!("{base}.match.headers[{i}]");
-        if http::HeaderName::from_bytes(h.name.value.as_bytes()).is_err() {
-            v.at(
-                &h.name,
+        if http::HeaderName::from_bytes(h.name.as_bytes()).is_err() {
+            v.error(
                 format!("{field}.name"),
-                format!("invalid header name {:?}", h.name.value),
+                format!("invalid header name {:?}", h.name),
             );
         }
         let kinds = usize::from(h.string_match.is_some()) + usize::from(h.present_match.is_some());
         if kinds != 1 {
-            v.at(
-                &h.name,
+            v.error(
                 field.clone(),
                 "set exactly one of string_match or present_match",
             );
@@ -960,8 +890,7 @@ fn validate_route(
                 .filter(|o| o.is_some())
                 .count();
             if n != 1 {
-                v.at(
-                    &h.name,
+                v.error(
                     format!("{field}.string_match"),
                     "set exactly one of exact, prefix, suffix, contains",
                 );
@@ -970,19 +899,15 @@ fn validate_route(
     }
     let a = &route.route;
     if let Some(retry) = &a.retry_policy {
-        if let Err(msg) = RetryOn::parse(&retry.retry_on.value) {
-            v.at(
-                &retry.retry_on,
-                format!("{base}.route.retry_policy.retry_on"),
-                msg,
-            );
+        if let Err(msg) = RetryOn::parse(&retry.retry_on) {
+            v.error(format!("{base}.route.retry_policy.retry_on"), msg);
         }
     }
     match (&a.cluster, &a.weighted_clusters) {
         (Some(c), None) => check_cluster_ref(v, c, format!("{base}.route.cluster"), clusters),
         (None, Some(wc)) => {
             if wc.clusters.is_empty() || wc.clusters.iter().all(|c| c.weight == 0) {
-                v.nowhere(
+                v.error(
                     format!("{base}.route.weighted_clusters.clusters"),
                     "needs at least one cluster with a non-zero weight",
                 );
@@ -990,23 +915,18 @@ fn validate_route(
             let mut seen = HashSet::new();
             for (i, c) in wc.clusters.iter().enumerate() {
                 let field = format!("{base}.route.weighted_clusters.clusters[{i}].name");
-                if !seen.insert(c.name.value.as_str()) {
-                    v.at(
-                        &c.name,
-                        field,
-                        format!("cluster {:?} listed twice", c.name.value),
-                    );
+                if !seen.insert(c.name.as_str()) {
+                    v.error(field, format!("cluster {:?} listed twice", c.name));
                 } else {
                     check_cluster_ref(v, &c.name, field, clusters);
                 }
             }
         }
-        (Some(c), Some(_)) => v.at(
-            c,
+        (Some(_), Some(_)) => v.error(
             format!("{base}.route"),
             "set either cluster or weighted_clusters, not both",
         ),
-        (None, None) => v.nowhere(
+        (None, None) => v.error(
             format!("{base}.route"),
             "needs a cluster or weighted_clusters",
         ),
@@ -1015,19 +935,21 @@ fn validate_route(
 
 fn check_cluster_ref(
     v: &mut Validator,
-    name: &Spanned<String>,
+    name: &str,
     field: String,
-    clusters: &HashMap<&str, usize>,
+    clusters: Option<&HashMap<&str, usize>>,
 ) {
-    if !clusters.contains_key(name.value.as_str()) {
+    let Some(clusters) = clusters else {
+        return;
+    };
+    if !clusters.contains_key(name) {
         let mut known: Vec<&str> = clusters.keys().copied().collect();
         known.sort_unstable();
-        v.at(
-            name,
+        v.error(
             field,
             format!(
                 "unknown cluster {:?} (defined: {})",
-                name.value,
+                name,
                 if known.is_empty() {
                     "none".to_owned()
                 } else {
@@ -1121,11 +1043,8 @@ admin: { address: "127.0.0.1:9901" }
         let c = parse("sample.yaml", SAMPLE).unwrap();
         assert_eq!(c.listeners.len(), 1);
         let vh = &c.listeners[0].filters[0].config.virtual_hosts[0];
-        assert_eq!(vh.domains[0].value, "api.example.com");
-        assert_eq!(
-            vh.routes[0].route.cluster.as_ref().unwrap().value,
-            "backend-v1"
-        );
+        assert_eq!(vh.domains[0], "api.example.com");
+        assert_eq!(vh.routes[0].route.cluster.as_ref().unwrap(), "backend-v1");
         assert_eq!(vh.routes[0].route.timeout, DEFAULT_ROUTE_TIMEOUT);
         assert_eq!(c.clusters[0].endpoints[1].weight, 1);
         assert_eq!(c.clusters[0].lb_policy, LbPolicy::RoundRobin);

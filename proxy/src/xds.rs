@@ -1,0 +1,16 @@
+//! The proxy's xDS client: `gofe proxy --bootstrap FILE` takes listeners, routes, clusters and
+//! endpoints from a control plane over Envoy's v3 ADS (gofe's controller or any other), decodes
+//! and validates them with `gofe-proto`, and applies each accepted snapshot atomically.
+//!
+//! ```text
+//!   control plane ══ ADS ══▶ XdsClient ──decode+validate (gofe-proto)──assemble──▶ Proxy::apply
+//!                  ◀═ ACK / NACK(error_detail) ═╛
+//! ```
+//!
+//! [`bootstrap`] reads the bootstrap file (node, control plane, static resources, admin);
+//! [`client`] runs the stream. The server side is `gofe-xds`.
+
+pub mod bootstrap;
+pub mod client;
+
+pub use client::{ClientOptions, ClientStatus, ClientTls, XdsClient};
