@@ -27,6 +27,7 @@
 
 pub mod balance;
 pub mod duration;
+mod fmt;
 pub mod forecast;
 pub mod hpa;
 pub mod outlier;

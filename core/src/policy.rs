@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::fmt::push_fixed;
 use crate::outlier::{max_ejectable, Breaker, BreakerState, EjectReason, EjectionTimes};
 
 /// Weights are published in hundredths of the base weight.
@@ -305,48 +306,6 @@ fn median(values: &mut [f64]) -> Option<f64> {
     } else {
         upper
     })
-}
-
-/// Appends `format!("{x:.p$}")` to `out`: the same text, with a short path for the plain case.
-/// A non-negative float below 10¹² is scaled by 10^p; unless the scaled value sits within its
-/// rounding error of a tie, it rounds as the exact decimal expansion does, so its integer digits
-/// can be written directly. Everything else (ties, negatives, NaN, huge values) goes to `{:.p$}`.
-fn push_fixed(out: &mut String, x: f64, p: usize) {
-    const POW10: [u64; 5] = [1, 10, 100, 1_000, 10_000];
-    if p < POW10.len() && x.is_sign_positive() && x < 1e12 {
-        let unit = POW10[p];
-        let scaled = x * unit as f64;
-        // Truncation is the floor here, and the difference is exact: `scaled` < 2^52.
-        let whole = scaled as u64;
-        let frac = scaled - whole as f64;
-        // `scaled` is within `scaled × 2^-53` of x × 10^p; the margin is twice that.
-        if (frac - 0.5).abs() > scaled * f64::EPSILON + f64::MIN_POSITIVE {
-            let mut rounded = whole + u64::from(frac > 0.5);
-            // Digits, last first: p decimals, the point, then the integer part.
-            let mut buf = [0u8; 24];
-            let mut at = buf.len();
-            for _ in 0..p {
-                at -= 1;
-                buf[at] = b'0' + (rounded % 10) as u8;
-                rounded /= 10;
-            }
-            if p > 0 {
-                at -= 1;
-                buf[at] = b'.';
-            }
-            loop {
-                at -= 1;
-                buf[at] = b'0' + (rounded % 10) as u8;
-                rounded /= 10;
-                if rounded == 0 {
-                    break;
-                }
-            }
-            out.extend(buf[at..].iter().map(|&b| char::from(b)));
-            return;
-        }
-    }
-    let _ = write!(out, "{x:.p$}");
 }
 
 /// The first 8 bytes of `s`, zero-padded, as a big-endian number: two strings whose keys differ
@@ -1224,50 +1183,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn push_fixed_writes_what_std_writes_at_ties_and_edges() {
-        let values = [
-            0.0,
-            -0.0,
-            0.5,
-            1.5,
-            2.5,
-            0.25,
-            0.125,
-            0.375,
-            0.0005,
-            0.00005,
-            0.05,
-            0.15,
-            0.35,
-            1.005,
-            2.675,
-            9.995,
-            99.95,
-            0.9995,
-            0.99995,
-            1e11 + 0.5,
-            1e12,
-            123456.78125,
-            4503599627370495.5,
-            -1.25,
-            f64::NAN,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::MIN_POSITIVE,
-            5e-324,
-            1.0 - f64::EPSILON,
-            0.1 + 0.2,
-        ];
-        for x in values {
-            for p in 0..=5 {
-                let mut got = String::new();
-                push_fixed(&mut got, x, p);
-                assert_eq!(got, format!("{x:.p$}"), "{x:e} at {p}");
-            }
-        }
-    }
-
     proptest! {
         #[test]
         fn prefix_keys_never_contradict_string_order(
@@ -1303,16 +1218,6 @@ mod tests {
     }
 
     proptest! {
-        #[test]
-        fn push_fixed_writes_what_std_writes(
-            x in prop_oneof![0.0f64..1.0, 0.0f64..1000.0, 0.0f64..1e13, any::<f64>()],
-            p in 0usize..6,
-        ) {
-            let mut got = "prefix ".to_owned();
-            push_fixed(&mut got, x, p);
-            prop_assert_eq!(got, format!("prefix {x:.p$}"));
-        }
-
         #[test]
         fn decisions_are_those_of_the_reference_implementation(
             steps in prop::collection::vec(
