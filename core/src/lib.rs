@@ -26,6 +26,7 @@
 //! randomness; this crate only decides.
 
 pub mod balance;
+mod fmt;
 pub mod forecast;
 pub mod hpa;
 pub mod outlier;

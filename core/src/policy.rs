@@ -32,6 +32,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use crate::fmt::push_fixed;
 use crate::outlier::{max_ejectable, Breaker, BreakerState, EjectReason, EjectionTimes};
 
 /// Weights are published in hundredths of the base weight.
@@ -307,48 +308,6 @@ fn median(values: &mut [f64]) -> Option<f64> {
     })
 }
 
-/// Appends `format!("{x:.p$}")` to `out`: the same text, with a short path for the plain case.
-/// A non-negative float below 10¹² is scaled by 10^p; unless the scaled value sits within its
-/// rounding error of a tie, it rounds as the exact decimal expansion does, so its integer digits
-/// can be written directly. Everything else (ties, negatives, NaN, huge values) goes to `{:.p$}`.
-fn push_fixed(out: &mut String, x: f64, p: usize) {
-    const POW10: [u64; 5] = [1, 10, 100, 1_000, 10_000];
-    if p < POW10.len() && x.is_sign_positive() && x < 1e12 {
-        let unit = POW10[p];
-        let scaled = x * unit as f64;
-        // Truncation is the floor here, and the difference is exact: `scaled` < 2^52.
-        let whole = scaled as u64;
-        let frac = scaled - whole as f64;
-        // `scaled` is within `scaled × 2^-53` of x × 10^p; the margin is twice that.
-        if (frac - 0.5).abs() > scaled * f64::EPSILON + f64::MIN_POSITIVE {
-            let mut rounded = whole + u64::from(frac > 0.5);
-            // Digits, last first: p decimals, the point, then the integer part.
-            let mut buf = [0u8; 24];
-            let mut at = buf.len();
-            for _ in 0..p {
-                at -= 1;
-                buf[at] = b'0' + (rounded % 10) as u8;
-                rounded /= 10;
-            }
-            if p > 0 {
-                at -= 1;
-                buf[at] = b'.';
-            }
-            loop {
-                at -= 1;
-                buf[at] = b'0' + (rounded % 10) as u8;
-                rounded /= 10;
-                if rounded == 0 {
-                    break;
-                }
-            }
-            out.extend(buf[at..].iter().map(|&b| char::from(b)));
-            return;
-        }
-    }
-    let _ = write!(out, "{x:.p$}");
-}
-
 /// The first 8 bytes of `s`, zero-padded, as a big-endian number: two strings whose keys differ
 /// compare as their keys do (a string that ends early pads with the smallest byte), so a sort
 /// compares whole strings only on equal keys.
@@ -374,18 +333,6 @@ fn seek<'a, V>(
         }
     }
     None
-}
-
-/// One distinct address of a decision step: its state, fresh signals and reason so far.
-struct Slot<'a> {
-    name: &'a str,
-    state: EndpointState,
-    fresh: Option<Signals>,
-    reason: Option<String>,
-}
-
-fn closed(st: &EndpointState) -> bool {
-    st.breaker.state() == BreakerState::Closed
 }
 
 /// One decision step. `base` lists the cluster's endpoints with the operator's weights;
@@ -420,6 +367,9 @@ pub fn decide_owned(
     step(policy, base, Cow::Owned(previous), signals, now_ms)
 }
 
+/// The decision step, as the module documentation lists it: freshness (or fail static /
+/// relaxed), breakers and trials, outliers and their guards, latency weighting, decay, and
+/// publication.
 fn step(
     policy: &Policy,
     base: &[(String, u32)],
@@ -427,130 +377,418 @@ fn step(
     signals: &BTreeMap<String, Signals>,
     now_ms: u64,
 ) -> Decision {
-    let times = EjectionTimes {
+    let first_step = previous.endpoints.is_empty();
+    let mut slots = Slots::gather(policy, base, &previous, signals, now_ms);
+    if !slots.any_fresh() {
+        return slots.hold_or_relax(policy, previous, first_step, now_ms);
+    }
+    let times = ejection_times(policy);
+    let mut events = Vec::new();
+    let sr = success_rate_stats(policy, &slots.serving_success_rates(policy));
+    slots.judge_trials(policy, sr, times, now_ms, &mut events);
+    let candidates = slots.outlier_candidates(policy, sr);
+    let serving = base.iter().filter(|(_, w)| *w > 0).count();
+    let guard = EjectionGuard::new(policy, serving);
+    slots.eject(candidates, guard, times, now_ms, &mut events);
+    let ewmas = slots.smooth_latencies(policy, now_ms);
+    slots.weigh_by_latency(policy, ewmas);
+    slots.decay_ejections(policy, now_ms);
+    let (endpoints, healthy) = slots.publish(policy, now_ms);
+    Decision {
+        endpoints,
+        state: slots.into_state(previous, Some(now_ms)),
+        mode: cluster_mode(policy, serving, healthy),
+        events,
+    }
+}
+
+fn ejection_times(policy: &Policy) -> EjectionTimes {
+    EjectionTimes {
         base: policy.base_ejection_time,
         max: policy.max_ejection_time,
-    };
-    let first_step = previous.endpoints.is_empty();
-    let mut events = Vec::new();
+    }
+}
 
-    // Slots: one per distinct address, in address order; `slot[i]` is `base[i]`'s.
-    let n = base.len();
-    let mut order: Vec<(u64, usize)> = base
-        .iter()
-        .enumerate()
-        .map(|(i, (ep, _))| (prefix_key(ep), i))
-        .collect();
-    if !base.windows(2).all(|w| w[0].0 < w[1].0) {
-        order.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| base[a.1].0.cmp(&base[b.1].0))
-                .then(a.1.cmp(&b.1))
-        });
-    }
-    let mut slot = vec![0usize; n];
-    let mut slots: Vec<Slot<'_>> = Vec::with_capacity(n);
-    // 1. Freshness.
-    let stale_after = ms(policy.stale_after);
-    let mut previous_it = previous.endpoints.iter().peekable();
-    let mut signals_it = signals.iter().peekable();
-    let mut known = 0;
-    for &(_, i) in &order {
-        let ep = base[i].0.as_str();
-        if slots.last().is_some_and(|s| s.name == ep) {
-            slot[i] = slots.len() - 1;
-            continue;
+/// Whether signals sampled at `s.sampled_at_ms` count at `now_ms`: not older than
+/// `stale_after_ms`, and every value a decision reads is finite.
+fn is_fresh(s: &Signals, now_ms: u64, stale_after_ms: u64) -> bool {
+    now_ms.saturating_sub(s.sampled_at_ms) <= stale_after_ms
+        && s.success_rate.is_finite()
+        && s.requests.is_finite()
+        && s.latency.is_finite()
+}
+
+/// A trial passes when it clears both outlier rules: the failure-percentage threshold and, when
+/// the cluster has success-rate statistics, their threshold.
+fn trial_passes(policy: &Policy, s: &Signals, sr: Option<(f64, f64, f64, usize)>) -> bool {
+    s.success_rate >= 1.0 - policy.failure_percentage_threshold
+        && sr.is_none_or(|(_, _, threshold, _)| s.success_rate >= threshold)
+}
+
+/// Envoy's success-rate rule: with the cluster's statistics, an endpoint with enough requests
+/// below the threshold is an outlier; the reason says why.
+fn success_rate_outlier(
+    policy: &Policy,
+    s: &Signals,
+    sr: Option<(f64, f64, f64, usize)>,
+) -> Option<String> {
+    let (mean, stdev, threshold, hosts) = sr?;
+    (s.requests >= policy.success_rate_request_volume && s.success_rate < threshold).then(|| {
+        format!(
+            "success rate {:.3} below {threshold:.3} (mean {mean:.3} − {} × stdev {stdev:.3}, {hosts} hosts)",
+            s.success_rate, policy.success_rate_stdev_factor
+        )
+    })
+}
+
+/// The failure-percentage rule: with at least `failure_percentage_minimum_hosts` hosts of enough
+/// volume (`fp_hosts`), an endpoint with enough requests failing at or above the threshold is
+/// an outlier; the reason says why.
+fn failure_percentage_outlier(policy: &Policy, s: &Signals, fp_hosts: usize) -> Option<String> {
+    let failure = 1.0 - s.success_rate;
+    (policy.failure_percentage_threshold <= 1.0
+        && fp_hosts >= policy.failure_percentage_minimum_hosts
+        && s.requests >= policy.failure_percentage_request_volume
+        && failure >= policy.failure_percentage_threshold)
+        .then(|| {
+            format!(
+                "failure ratio {failure:.3} ≥ {:.3} over {:.0} requests",
+                policy.failure_percentage_threshold, s.requests
+            )
+        })
+}
+
+/// An ejection candidate: its slot (which orders candidates as their addresses do), its
+/// success rate (worst first), the rule that picked it and why.
+struct Candidate {
+    slot: usize,
+    success_rate: f64,
+    reason: EjectReason,
+    why: String,
+}
+
+/// The capacity guards on ejection: at most `max_ejection_percent` of the serving endpoints
+/// out (and never all of them), and never below the panic threshold.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct EjectionGuard {
+    /// Endpoints with a non-zero base weight.
+    serving: usize,
+    /// Most endpoints out at once.
+    allowed: usize,
+    /// Fewest endpoints that must keep serving.
+    panic_floor: usize,
+}
+
+impl EjectionGuard {
+    fn new(policy: &Policy, serving: usize) -> Self {
+        EjectionGuard {
+            serving,
+            allowed: max_ejectable(serving, policy.max_ejection_percent)
+                .min(serving.saturating_sub(1)),
+            panic_floor: (serving * policy.panic_threshold_percent.min(100) as usize).div_ceil(100),
         }
-        let s = seek(&mut signals_it, ep)
-            .filter(|s| {
-                now_ms.saturating_sub(s.sampled_at_ms) <= stale_after
-                    && s.success_rate.is_finite()
-                    && s.requests.is_finite()
-                    && s.latency.is_finite()
-            })
-            .copied();
-        let mut st = match seek(&mut previous_it, ep) {
-            Some(st) => {
-                known += 1;
-                st.clone()
-            }
-            None => EndpointState::new(now_ms, !first_step),
-        };
-        if s.is_some() {
-            st.last_fresh_ms = Some(now_ms);
-        }
-        slot[i] = slots.len();
-        slots.push(Slot {
-            name: ep,
-            state: st,
-            fresh: s,
-            reason: None,
-        });
     }
-    let any_fresh = slots.iter().any(|s| s.fresh.is_some());
-    let last_fresh_ms = if any_fresh {
-        Some(now_ms)
+
+    /// Whether one more endpoint may be ejected while `out` serving endpoints are out.
+    fn permits(&self, out: usize) -> bool {
+        !(out >= self.allowed || self.serving - out - 1 < self.panic_floor)
+    }
+}
+
+/// The latency weighting's bounds, as fractions: the multiplier's floor and cap, the hysteresis
+/// band and the largest step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct LatencyBounds {
+    floor: f64,
+    cap: f64,
+    band: f64,
+    step: f64,
+}
+
+impl LatencyBounds {
+    fn new(policy: &Policy) -> Self {
+        LatencyBounds {
+            floor: f64::from(policy.min_weight_percent) / 100.0,
+            cap: f64::from(policy.max_weight_percent.max(policy.min_weight_percent)) / 100.0,
+            band: f64::from(policy.hysteresis_percent) / 100.0,
+            step: f64::from(policy.max_step_percent) / 100.0,
+        }
+    }
+
+    /// The multiplier an endpoint with smoothed `latency` should have against the cluster's
+    /// `reference` (median): their ratio, within the floor and the cap.
+    fn target(&self, reference: f64, latency: f64) -> f64 {
+        if latency > 0.0 {
+            (reference / latency).clamp(self.floor, self.cap)
+        } else {
+            self.cap
+        }
+    }
+
+    /// The multiplier after one step from `current` towards `target`: unchanged inside the
+    /// hysteresis band, else moved by at most `step` of its value, within the floor and the cap.
+    fn next(&self, current: f64, target: f64) -> f64 {
+        if ((target - current) / current).abs() > self.band {
+            target
+                .clamp(current * (1.0 - self.step), current * (1.0 + self.step))
+                .clamp(self.floor, self.cap)
+        } else {
+            current
+        }
+    }
+}
+
+/// Why an endpoint's latency moved its weight.
+fn latency_reason(latency: f64, reference: f64, multiplier: f64, target: f64) -> String {
+    let mut text = String::with_capacity(128);
+    text.push_str("latency ");
+    push_fixed(&mut text, latency, 4);
+    text.push_str(" s vs cluster median ");
+    push_fixed(&mut text, reference, 4);
+    text.push_str(" s: weight ×");
+    push_fixed(&mut text, multiplier, 2);
+    text.push_str(" (target ×");
+    push_fixed(&mut text, target, 2);
+    text.push(')');
+    text
+}
+
+/// The reason of an endpoint nothing else explained this step: held without fresh signals,
+/// else what its status says.
+fn status_reason(status: Status, held: bool, now_ms: u64) -> String {
+    let mut r = String::with_capacity(64);
+    if held {
+        r.push_str("held: no fresh signals for this endpoint");
     } else {
-        previous.last_fresh_ms
-    };
-    // The same addresses as last time: the previous map, when owned, takes the new states.
-    let same_endpoints = known == slots.len() && previous.endpoints.len() == slots.len();
-    let cluster_state = move |slots: Vec<Slot<'_>>| match previous {
-        Cow::Owned(mut state) if same_endpoints => {
-            for (st, s) in state.endpoints.values_mut().zip(slots) {
-                *st = s.state;
+        let _ = match status {
+            Status::Ejected { until_ms } => write!(
+                r,
+                "ejected for {} more s",
+                until_ms.saturating_sub(now_ms) / 1000
+            ),
+            Status::HalfOpen => r.write_str("half-open: waiting for trial requests"),
+            Status::Ramping { fraction } => {
+                r.push_str("slow start: ");
+                push_fixed(&mut r, fraction * 100.0, 0);
+                r.write_str("% of full weight")
             }
-            state.last_fresh_ms = last_fresh_ms;
-            state
-        }
-        _ => ClusterState {
-            endpoints: slots
-                .into_iter()
-                .map(|s| (s.name.to_owned(), s.state))
-                .collect(),
-            last_fresh_ms,
-        },
-    };
+            _ => r.write_str("healthy"),
+        };
+    }
+    r
+}
 
-    if !any_fresh {
-        let stale_for = last_fresh_ms.map_or(u64::MAX, |t| now_ms.saturating_sub(t));
-        if first_step || stale_for >= ms(policy.relax_after) {
-            // Relax: the operator's weights, every breaker closed.
-            for Slot { state: st, .. } in &mut slots {
-                *st = EndpointState {
-                    last_fresh_ms: st.last_fresh_ms,
-                    ..EndpointState::new(now_ms, false)
-                };
+/// Appends the signals a decision was made on to its reason.
+fn push_signals(reason: &mut String, s: &Signals) {
+    reason.push_str(" (");
+    push_fixed(reason, s.rps, 1);
+    reason.push_str(" rps, success ");
+    push_fixed(reason, s.success_rate, 3);
+    reason.push_str(", latency ");
+    push_fixed(reason, s.latency, 4);
+    reason.push_str(" s)");
+}
+
+/// Panic when fewer than `panic_threshold_percent` of the serving endpoints are healthy.
+fn cluster_mode(policy: &Policy, serving: usize, healthy: usize) -> Mode {
+    if serving > 0
+        && (healthy as u128) * 100 < (serving as u128) * u128::from(policy.panic_threshold_percent)
+    {
+        Mode::Panic
+    } else {
+        Mode::Normal
+    }
+}
+
+// === impl Slots ===
+
+/// One distinct address of a decision step: its state, fresh signals and reason so far.
+struct Slot<'a> {
+    name: &'a str,
+    state: EndpointState,
+    fresh: Option<Signals>,
+    reason: Option<String>,
+}
+
+fn closed(st: &EndpointState) -> bool {
+    st.breaker.state() == BreakerState::Closed
+}
+
+/// A decision step's working set: the base entries, one slot per distinct address in address
+/// order, and which slot each base entry is.
+struct Slots<'a> {
+    base: &'a [(String, u32)],
+    /// `slot[i]` is `base[i]`'s slot.
+    slot: Vec<usize>,
+    slots: Vec<Slot<'a>>,
+    /// Slots whose address has a state in the previous step.
+    known: usize,
+}
+
+impl<'a> Slots<'a> {
+    /// Step 1, freshness: sorts the addresses once and merges them with the previous states and the
+    /// signals (both ordered by address). An address without a previous state starts afresh
+    /// (ramping, unless this is the cluster's first step); its signals are kept when fresh.
+    fn gather(
+        policy: &Policy,
+        base: &'a [(String, u32)],
+        previous: &ClusterState,
+        signals: &BTreeMap<String, Signals>,
+        now_ms: u64,
+    ) -> Self {
+        let first_step = previous.endpoints.is_empty();
+        let n = base.len();
+        let mut order: Vec<(u64, usize)> = base
+            .iter()
+            .enumerate()
+            .map(|(i, (ep, _))| (prefix_key(ep), i))
+            .collect();
+        if !base.windows(2).all(|w| w[0].0 < w[1].0) {
+            order.sort_unstable_by(|a, b| {
+                a.0.cmp(&b.0)
+                    .then_with(|| base[a.1].0.cmp(&base[b.1].0))
+                    .then(a.1.cmp(&b.1))
+            });
+        }
+        let mut slot = vec![0usize; n];
+        let mut slots: Vec<Slot<'_>> = Vec::with_capacity(n);
+        let stale_after = ms(policy.stale_after);
+        let mut previous_it = previous.endpoints.iter().peekable();
+        let mut signals_it = signals.iter().peekable();
+        let mut known = 0;
+        for &(_, i) in &order {
+            let ep = base[i].0.as_str();
+            if slots.last().is_some_and(|s| s.name == ep) {
+                slot[i] = slots.len() - 1;
+                continue;
             }
-            let endpoints = base
-                .iter()
-                .map(|(ep, w)| EndpointDecision {
-                    endpoint: ep.clone(),
-                    weight: scaled(*w, 1.0),
-                    healthy: true,
-                    status: Status::Relaxed,
-                    multiplier: 1.0,
-                    reason: if first_step {
-                        "no signals yet: base weight".to_owned()
-                    } else {
-                        format!("no fresh signals for {} s: base weight", stale_for / 1000)
-                    },
-                    signals: None,
-                })
-                .collect();
-            return Decision {
-                endpoints,
-                state: cluster_state(slots),
-                mode: Mode::Relaxed,
-                events,
+            let s = seek(&mut signals_it, ep)
+                .filter(|s| is_fresh(s, now_ms, stale_after))
+                .copied();
+            let mut st = match seek(&mut previous_it, ep) {
+                Some(st) => {
+                    known += 1;
+                    st.clone()
+                }
+                None => EndpointState::new(now_ms, !first_step),
+            };
+            if s.is_some() {
+                st.last_fresh_ms = Some(now_ms);
+            }
+            slot[i] = slots.len();
+            slots.push(Slot {
+                name: ep,
+                state: st,
+                fresh: s,
+                reason: None,
+            });
+        }
+        Slots {
+            base,
+            slot,
+            slots,
+            known,
+        }
+    }
+
+    fn any_fresh(&self) -> bool {
+        self.slots.iter().any(|s| s.fresh.is_some())
+    }
+
+    /// The cluster state the slots make. The same addresses as last time: the previous map,
+    /// when owned, takes the new states in place.
+    fn into_state(
+        self,
+        previous: Cow<'_, ClusterState>,
+        last_fresh_ms: Option<u64>,
+    ) -> ClusterState {
+        let same_endpoints =
+            self.known == self.slots.len() && previous.endpoints.len() == self.slots.len();
+        match previous {
+            Cow::Owned(mut state) if same_endpoints => {
+                for (st, s) in state.endpoints.values_mut().zip(self.slots) {
+                    *st = s.state;
+                }
+                state.last_fresh_ms = last_fresh_ms;
+                state
+            }
+            _ => ClusterState {
+                endpoints: self
+                    .slots
+                    .into_iter()
+                    .map(|s| (s.name.to_owned(), s.state))
+                    .collect(),
+                last_fresh_ms,
+            },
+        }
+    }
+
+    /// No fresh signals anywhere: relaxed to the operator's weights on the first step or after
+    /// `relax_after`, else every endpoint held as it was (fail static).
+    fn hold_or_relax(
+        self,
+        policy: &Policy,
+        previous: Cow<'_, ClusterState>,
+        first_step: bool,
+        now_ms: u64,
+    ) -> Decision {
+        let last_fresh_ms = previous.last_fresh_ms;
+        let stale_for = last_fresh_ms.map_or(u64::MAX, |t| now_ms.saturating_sub(t));
+        let (endpoints, slots, mode) = if first_step || stale_for >= ms(policy.relax_after) {
+            let (endpoints, slots) = self.relax(first_step, stale_for, now_ms);
+            (endpoints, slots, Mode::Relaxed)
+        } else {
+            (self.hold(policy, stale_for, now_ms), self, Mode::FailStatic)
+        };
+        Decision {
+            endpoints,
+            state: slots.into_state(previous, last_fresh_ms),
+            mode,
+            events: Vec::new(),
+        }
+    }
+
+    /// Relaxed: the operator's weights, every breaker closed (when fresh data was last seen is
+    /// kept).
+    fn relax(
+        mut self,
+        first_step: bool,
+        stale_for: u64,
+        now_ms: u64,
+    ) -> (Vec<EndpointDecision>, Self) {
+        for Slot { state: st, .. } in &mut self.slots {
+            *st = EndpointState {
+                last_fresh_ms: st.last_fresh_ms,
+                ..EndpointState::new(now_ms, false)
             };
         }
-        // Fail static: hold everything as it was.
-        let endpoints = base
+        let endpoints = self
+            .base
             .iter()
-            .zip(&slot)
+            .map(|(ep, w)| EndpointDecision {
+                endpoint: ep.clone(),
+                weight: scaled(*w, 1.0),
+                healthy: true,
+                status: Status::Relaxed,
+                multiplier: 1.0,
+                reason: if first_step {
+                    "no signals yet: base weight".to_owned()
+                } else {
+                    format!("no fresh signals for {} s: base weight", stale_for / 1000)
+                },
+                signals: None,
+            })
+            .collect();
+        (endpoints, self)
+    }
+
+    /// Fail static: every endpoint publishes what its state held.
+    fn hold(&self, policy: &Policy, stale_for: u64, now_ms: u64) -> Vec<EndpointDecision> {
+        self.base
+            .iter()
+            .zip(&self.slot)
             .map(|((ep, w), &k)| {
-                let st = &slots[k].state;
+                let st = &self.slots[k].state;
                 let (weight, healthy, _) = publish(policy, *w, st, now_ms);
                 EndpointDecision {
                     endpoint: ep.clone(),
@@ -565,322 +803,301 @@ fn step(
                     signals: None,
                 }
             })
-            .collect();
-        return Decision {
-            endpoints,
-            state: cluster_state(slots),
-            mode: Mode::FailStatic,
-            events,
-        };
+            .collect()
     }
 
-    // 2. Breakers: time moves ejections to half-open; fresh trials are judged.
-    let serving_rates: Vec<f64> = base
-        .iter()
-        .zip(&slot)
-        .filter(|&((_, w), &k)| *w > 0 && closed(&slots[k].state))
-        .filter_map(|(_, &k)| slots[k].fresh.as_ref())
-        .filter(|s| s.requests >= policy.success_rate_request_volume)
-        .map(|s| s.success_rate)
-        .collect();
-    let sr = success_rate_stats(policy, &serving_rates);
-    let passes = |s: &Signals| {
-        s.success_rate >= 1.0 - policy.failure_percentage_threshold
-            && sr.is_none_or(|(_, _, threshold, _)| s.success_rate >= threshold)
-    };
-    for ((ep, _), &k) in base.iter().zip(&slot) {
-        let Slot {
-            state: st,
-            fresh,
-            reason: why,
-            ..
-        } = &mut slots[k];
-        if let Some(t) = st.breaker.poll(now_ms) {
-            debug_assert_eq!(t.to, BreakerState::HalfOpen);
-            events.push(Event::HalfOpen {
-                endpoint: ep.clone(),
-            });
-        }
-        if st.breaker.state() != BreakerState::HalfOpen {
-            continue;
-        }
-        let Some(s) = fresh.as_ref() else {
-            continue;
-        };
-        if s.requests < policy.half_open_min_requests {
-            *why = Some(format!(
-                "half-open: {:.0} trial requests so far, {:.0} needed",
-                s.requests, policy.half_open_min_requests
-            ));
-            continue;
-        }
-        if passes(s) {
-            st.breaker.trial(true, now_ms, times);
-            st.ramp_from_ms = Some(now_ms);
-            st.multiplier = 1.0;
-            events.push(Event::Recovered {
-                endpoint: ep.clone(),
-            });
-            *why = Some(format!(
-                "recovered: trial success rate {:.3}; ramping back",
-                s.success_rate
-            ));
-        } else if let Some(t) = st.breaker.trial(false, now_ms, times) {
-            if let BreakerState::Open { until_ms } = t.to {
-                events.push(Event::Ejected {
+    /// Success rates of the serving (non-zero base weight), closed, fresh endpoints with
+    /// enough requests for the success-rate rule, one per base entry.
+    fn serving_success_rates(&self, policy: &Policy) -> Vec<f64> {
+        self.base
+            .iter()
+            .zip(&self.slot)
+            .filter(|&((_, w), &k)| *w > 0 && closed(&self.slots[k].state))
+            .filter_map(|(_, &k)| self.slots[k].fresh.as_ref())
+            .filter(|s| s.requests >= policy.success_rate_request_volume)
+            .map(|s| s.success_rate)
+            .collect()
+    }
+
+    /// Step 2, breakers: time moves ejections to half-open; fresh trials with enough requests are
+    /// judged (passing closes the breaker and starts slow start, failing ejects for longer).
+    fn judge_trials(
+        &mut self,
+        policy: &Policy,
+        sr: Option<(f64, f64, f64, usize)>,
+        times: EjectionTimes,
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) {
+        for ((ep, _), &k) in self.base.iter().zip(&self.slot) {
+            let Slot {
+                state: st,
+                fresh,
+                reason: why,
+                ..
+            } = &mut self.slots[k];
+            if let Some(t) = st.breaker.poll(now_ms) {
+                debug_assert_eq!(t.to, BreakerState::HalfOpen);
+                events.push(Event::HalfOpen {
                     endpoint: ep.clone(),
-                    reason: EjectReason::FailedTrial,
-                    until_ms,
                 });
-                *why = Some(format!(
-                    "ejected again: trial success rate {:.3}; for {} s",
-                    s.success_rate,
-                    (until_ms - now_ms) / 1000
-                ));
             }
-        }
-    }
-
-    // 3. Outliers among fresh, closed endpoints. Candidates carry their slot, which orders
-    // them as their address does.
-    let mut candidates: Vec<(usize, f64, EjectReason, String)> = Vec::new();
-    let fp_hosts = slot
-        .iter()
-        .filter_map(|&k| slots[k].fresh.as_ref())
-        .filter(|s| s.requests >= policy.failure_percentage_request_volume)
-        .count();
-    for ((_, w), &k) in base.iter().zip(&slot) {
-        if *w == 0 || !closed(&slots[k].state) {
-            continue;
-        }
-        let Some(s) = slots[k].fresh.as_ref() else {
-            continue;
-        };
-        if let Some((mean, stdev, threshold, hosts)) = sr {
-            if s.requests >= policy.success_rate_request_volume && s.success_rate < threshold {
-                candidates.push((
-                    k,
-                    s.success_rate,
-                    EjectReason::SuccessRate,
-                    format!(
-                        "success rate {:.3} below {threshold:.3} (mean {mean:.3} − {} × stdev {stdev:.3}, {hosts} hosts)",
-                        s.success_rate, policy.success_rate_stdev_factor
-                    ),
+            if st.breaker.state() != BreakerState::HalfOpen {
+                continue;
+            }
+            let Some(s) = fresh.as_ref() else {
+                continue;
+            };
+            if s.requests < policy.half_open_min_requests {
+                *why = Some(format!(
+                    "half-open: {:.0} trial requests so far, {:.0} needed",
+                    s.requests, policy.half_open_min_requests
                 ));
                 continue;
             }
-        }
-        let failure = 1.0 - s.success_rate;
-        if policy.failure_percentage_threshold <= 1.0
-            && fp_hosts >= policy.failure_percentage_minimum_hosts
-            && s.requests >= policy.failure_percentage_request_volume
-            && failure >= policy.failure_percentage_threshold
-        {
-            candidates.push((
-                k,
-                s.success_rate,
-                EjectReason::FailurePercentage,
-                format!(
-                    "failure ratio {failure:.3} ≥ {:.3} over {:.0} requests",
-                    policy.failure_percentage_threshold, s.requests
-                ),
-            ));
-        }
-    }
-    candidates.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
-    let serving = base.iter().filter(|(_, w)| *w > 0).count();
-    let allowed =
-        max_ejectable(serving, policy.max_ejection_percent).min(serving.saturating_sub(1));
-    let panic_floor = (serving * policy.panic_threshold_percent.min(100) as usize).div_ceil(100);
-    for (k, _, reason, why) in candidates {
-        let out = base
-            .iter()
-            .zip(&slot)
-            .filter(|&((_, w), &k)| *w > 0 && !closed(&slots[k].state))
-            .count();
-        if out >= allowed || serving - out - 1 < panic_floor {
-            slots[k].reason = Some(format!(
-                "outlier but not ejected: {why}; max_ejection_percent or the panic threshold reached"
-            ));
-            continue;
-        }
-        let sl = &mut slots[k];
-        let st = &mut sl.state;
-        if let Some(t) = st.breaker.trip(now_ms, times, reason) {
-            if let BreakerState::Open { until_ms } = t.to {
-                st.ramp_from_ms = None;
-                events.push(Event::Ejected {
-                    endpoint: sl.name.to_owned(),
-                    reason,
-                    until_ms,
+            if trial_passes(policy, s, sr) {
+                st.breaker.trial(true, now_ms, times);
+                st.ramp_from_ms = Some(now_ms);
+                st.multiplier = 1.0;
+                events.push(Event::Recovered {
+                    endpoint: ep.clone(),
                 });
-                sl.reason = Some(format!(
-                    "ejected for {} s: {why}",
-                    (until_ms - now_ms) / 1000
+                *why = Some(format!(
+                    "recovered: trial success rate {:.3}; ramping back",
+                    s.success_rate
                 ));
+            } else if let Some(t) = st.breaker.trial(false, now_ms, times) {
+                if let BreakerState::Open { until_ms } = t.to {
+                    events.push(Event::Ejected {
+                        endpoint: ep.clone(),
+                        reason: EjectReason::FailedTrial,
+                        until_ms,
+                    });
+                    *why = Some(format!(
+                        "ejected again: trial success rate {:.3}; for {} s",
+                        s.success_rate,
+                        (until_ms - now_ms) / 1000
+                    ));
+                }
             }
         }
     }
 
-    // 4. Latency multipliers among fresh, closed endpoints with enough requests. Endpoints
-    // updated together share a time step, so its decay factor is computed once.
-    let half = ms(policy.latency_half_life).max(1) as f64;
-    let mut decay_for: Option<(u64, f64)> = None;
-    let mut ewmas = Vec::with_capacity(n);
-    for &k in &slot {
-        let Slot {
-            state: st, fresh, ..
-        } = &mut slots[k];
-        let Some(s) = fresh.as_ref() else {
-            continue;
-        };
-        if !closed(st) || s.requests < policy.latency_min_requests {
-            continue;
-        }
-        let smoothed = match st.latency_ewma {
-            None => s.latency,
-            Some((prev, at)) => {
-                let dt = now_ms.saturating_sub(at);
-                let alpha = match decay_for {
-                    Some((d, alpha)) if d == dt => alpha,
-                    _ => {
-                        let alpha = 1.0 - 0.5f64.powf(dt as f64 / half);
-                        decay_for = Some((dt, alpha));
-                        alpha
-                    }
-                };
-                prev + alpha * (s.latency - prev)
+    /// Step 3, outliers among the serving, fresh, closed endpoints: the success-rate rule first,
+    /// else the failure-percentage rule; worst success rate first, then by address.
+    fn outlier_candidates(
+        &self,
+        policy: &Policy,
+        sr: Option<(f64, f64, f64, usize)>,
+    ) -> Vec<Candidate> {
+        let mut candidates = Vec::new();
+        let fp_hosts = self
+            .slot
+            .iter()
+            .filter_map(|&k| self.slots[k].fresh.as_ref())
+            .filter(|s| s.requests >= policy.failure_percentage_request_volume)
+            .count();
+        for ((_, w), &k) in self.base.iter().zip(&self.slot) {
+            if *w == 0 || !closed(&self.slots[k].state) {
+                continue;
             }
-        };
-        st.latency_ewma = Some((smoothed, now_ms));
-        ewmas.push(smoothed);
-    }
-    let reference = median(&mut ewmas);
-    let floor = f64::from(policy.min_weight_percent) / 100.0;
-    let cap = f64::from(policy.max_weight_percent.max(policy.min_weight_percent)) / 100.0;
-    let band = f64::from(policy.hysteresis_percent) / 100.0;
-    let step = f64::from(policy.max_step_percent) / 100.0;
-    for &k in &slot {
-        let Slot {
-            state: st,
-            fresh,
-            reason: why,
-            ..
-        } = &mut slots[k];
-        if !policy.latency_weighting {
-            st.multiplier = 1.0;
-            continue;
-        }
-        let (Some(reference), Some(s)) = (reference, fresh.as_ref()) else {
-            continue;
-        };
-        if ewmas.len() < 2 || !closed(st) || s.requests < policy.latency_min_requests {
-            continue;
-        }
-        let Some((latency, _)) = st.latency_ewma else {
-            continue;
-        };
-        let target = if latency > 0.0 {
-            (reference / latency).clamp(floor, cap)
-        } else {
-            cap
-        };
-        let current = st.multiplier;
-        if ((target - current) / current).abs() > band {
-            st.multiplier = target.clamp(current * (1.0 - step), current * (1.0 + step));
-            st.multiplier = st.multiplier.clamp(floor, cap);
-        }
-        if why.is_none() && (st.multiplier - 1.0).abs() > 1e-9 {
-            let mut text = String::with_capacity(128);
-            text.push_str("latency ");
-            push_fixed(&mut text, latency, 4);
-            text.push_str(" s vs cluster median ");
-            push_fixed(&mut text, reference, 4);
-            text.push_str(" s: weight ×");
-            push_fixed(&mut text, st.multiplier, 2);
-            text.push_str(" (target ×");
-            push_fixed(&mut text, target, 2);
-            text.push(')');
-            *why = Some(text);
-        }
-    }
-
-    // 5. Decay past ejections of healthy endpoints, then publish.
-    for Slot { state: st, .. } in &mut slots {
-        if now_ms.saturating_sub(st.last_decay_ms) >= ms(policy.decay_interval) {
-            st.breaker.decay();
-            st.last_decay_ms = now_ms;
-        }
-    }
-    let mut healthy = 0;
-    let mut endpoints = Vec::with_capacity(n);
-    for ((ep, w), &k) in base.iter().zip(&slot) {
-        let sl = &mut slots[k];
-        let st = &mut sl.state;
-        let (weight, is_healthy, status) = publish(policy, *w, st, now_ms);
-        if st.ramp_from_ms.is_some()
-            && now_ms.saturating_sub(st.ramp_from_ms.unwrap_or(0)) >= ms(policy.slow_start_window)
-        {
-            st.ramp_from_ms = None;
-        }
-        let signals = sl.fresh;
-        let held = signals.is_none();
-        if is_healthy && *w > 0 {
-            healthy += 1;
-        }
-        let mut reason = sl.reason.take().unwrap_or_else(|| {
-            let mut r = String::with_capacity(64);
-            if held {
-                r.push_str("held: no fresh signals for this endpoint");
-            } else {
-                let _ = match status {
-                    Status::Ejected { until_ms } => write!(
-                        r,
-                        "ejected for {} more s",
-                        until_ms.saturating_sub(now_ms) / 1000
-                    ),
-                    Status::HalfOpen => r.write_str("half-open: waiting for trial requests"),
-                    Status::Ramping { fraction } => {
-                        r.push_str("slow start: ");
-                        push_fixed(&mut r, fraction * 100.0, 0);
-                        r.write_str("% of full weight")
-                    }
-                    _ => r.write_str("healthy"),
-                };
+            let Some(s) = self.slots[k].fresh.as_ref() else {
+                continue;
+            };
+            let found = success_rate_outlier(policy, s, sr)
+                .map(|why| (EjectReason::SuccessRate, why))
+                .or_else(|| {
+                    failure_percentage_outlier(policy, s, fp_hosts)
+                        .map(|why| (EjectReason::FailurePercentage, why))
+                });
+            if let Some((reason, why)) = found {
+                candidates.push(Candidate {
+                    slot: k,
+                    success_rate: s.success_rate,
+                    reason,
+                    why,
+                });
             }
-            r
+        }
+        candidates.sort_by(|a, b| {
+            a.success_rate
+                .total_cmp(&b.success_rate)
+                .then_with(|| a.slot.cmp(&b.slot))
         });
-        if let Some(s) = &signals {
-            reason.push_str(" (");
-            push_fixed(&mut reason, s.rps, 1);
-            reason.push_str(" rps, success ");
-            push_fixed(&mut reason, s.success_rate, 3);
-            reason.push_str(", latency ");
-            push_fixed(&mut reason, s.latency, 4);
-            reason.push_str(" s)");
-        }
-        endpoints.push(EndpointDecision {
-            endpoint: ep.clone(),
-            weight,
-            healthy: is_healthy,
-            status: if held { Status::Held } else { status },
-            multiplier: st.multiplier,
+        candidates
+    }
+
+    /// Serving endpoints (one per base entry) whose breaker is not closed.
+    fn out(&self) -> usize {
+        self.base
+            .iter()
+            .zip(&self.slot)
+            .filter(|&((_, w), &k)| *w > 0 && !closed(&self.slots[k].state))
+            .count()
+    }
+
+    /// Ejects the candidates in order while the guard permits; the rest keep serving, with a
+    /// reason that says why they were not ejected.
+    fn eject(
+        &mut self,
+        candidates: Vec<Candidate>,
+        guard: EjectionGuard,
+        times: EjectionTimes,
+        now_ms: u64,
+        events: &mut Vec<Event>,
+    ) {
+        for Candidate {
+            slot: k,
             reason,
-            signals,
-        });
+            why,
+            ..
+        } in candidates
+        {
+            if !guard.permits(self.out()) {
+                self.slots[k].reason = Some(format!(
+                    "outlier but not ejected: {why}; max_ejection_percent or the panic threshold reached"
+                ));
+                continue;
+            }
+            let sl = &mut self.slots[k];
+            let st = &mut sl.state;
+            if let Some(t) = st.breaker.trip(now_ms, times, reason) {
+                if let BreakerState::Open { until_ms } = t.to {
+                    st.ramp_from_ms = None;
+                    events.push(Event::Ejected {
+                        endpoint: sl.name.to_owned(),
+                        reason,
+                        until_ms,
+                    });
+                    sl.reason = Some(format!(
+                        "ejected for {} s: {why}",
+                        (until_ms - now_ms) / 1000
+                    ));
+                }
+            }
+        }
     }
-    let mode = if serving > 0
-        && (healthy as u128) * 100 < (serving as u128) * u128::from(policy.panic_threshold_percent)
-    {
-        Mode::Panic
-    } else {
-        Mode::Normal
-    };
-    Decision {
-        endpoints,
-        state: cluster_state(slots),
-        mode,
-        events,
+
+    /// Step 4a, latency: smooths the latency of every fresh, closed endpoint with enough requests
+    /// (one update per base entry) and returns the smoothed values. Endpoints updated together
+    /// share a time step, so its decay factor is computed once.
+    fn smooth_latencies(&mut self, policy: &Policy, now_ms: u64) -> Vec<f64> {
+        let half = ms(policy.latency_half_life).max(1) as f64;
+        let mut decay_for: Option<(u64, f64)> = None;
+        let mut ewmas = Vec::with_capacity(self.slot.len());
+        for &k in &self.slot {
+            let Slot {
+                state: st, fresh, ..
+            } = &mut self.slots[k];
+            let Some(s) = fresh.as_ref() else {
+                continue;
+            };
+            if !closed(st) || s.requests < policy.latency_min_requests {
+                continue;
+            }
+            let smoothed = match st.latency_ewma {
+                None => s.latency,
+                Some((prev, at)) => {
+                    let dt = now_ms.saturating_sub(at);
+                    let alpha = match decay_for {
+                        Some((d, alpha)) if d == dt => alpha,
+                        _ => {
+                            let alpha = 1.0 - 0.5f64.powf(dt as f64 / half);
+                            decay_for = Some((dt, alpha));
+                            alpha
+                        }
+                    };
+                    prev + alpha * (s.latency - prev)
+                }
+            };
+            st.latency_ewma = Some((smoothed, now_ms));
+            ewmas.push(smoothed);
+        }
+        ewmas
+    }
+
+    /// Step 4b, latency weighting: with at least two smoothed latencies, each such endpoint's
+    /// multiplier steps towards the cluster median over its latency ([`LatencyBounds`]).
+    /// Disabled, every multiplier is 1.
+    fn weigh_by_latency(&mut self, policy: &Policy, mut ewmas: Vec<f64>) {
+        let reference = median(&mut ewmas);
+        let bounds = LatencyBounds::new(policy);
+        for &k in &self.slot {
+            let Slot {
+                state: st,
+                fresh,
+                reason: why,
+                ..
+            } = &mut self.slots[k];
+            if !policy.latency_weighting {
+                st.multiplier = 1.0;
+                continue;
+            }
+            let (Some(reference), Some(s)) = (reference, fresh.as_ref()) else {
+                continue;
+            };
+            if ewmas.len() < 2 || !closed(st) || s.requests < policy.latency_min_requests {
+                continue;
+            }
+            let Some((latency, _)) = st.latency_ewma else {
+                continue;
+            };
+            let target = bounds.target(reference, latency);
+            st.multiplier = bounds.next(st.multiplier, target);
+            if why.is_none() && (st.multiplier - 1.0).abs() > 1e-9 {
+                *why = Some(latency_reason(latency, reference, st.multiplier, target));
+            }
+        }
+    }
+
+    /// Step 5a, decay: every `decay_interval`, an endpoint forgets one past ejection.
+    fn decay_ejections(&mut self, policy: &Policy, now_ms: u64) {
+        for Slot { state: st, .. } in &mut self.slots {
+            if now_ms.saturating_sub(st.last_decay_ms) >= ms(policy.decay_interval) {
+                st.breaker.decay();
+                st.last_decay_ms = now_ms;
+            }
+        }
+    }
+
+    /// Step 5b, publication: per base entry, its weight, health, status and reason (a finished
+    /// slow-start ramp ends here); and how many serving endpoints are healthy.
+    fn publish(&mut self, policy: &Policy, now_ms: u64) -> (Vec<EndpointDecision>, usize) {
+        let mut healthy = 0;
+        let mut endpoints = Vec::with_capacity(self.slot.len());
+        for ((ep, w), &k) in self.base.iter().zip(&self.slot) {
+            let sl = &mut self.slots[k];
+            let st = &mut sl.state;
+            let (weight, is_healthy, status) = publish(policy, *w, st, now_ms);
+            if st.ramp_from_ms.is_some()
+                && now_ms.saturating_sub(st.ramp_from_ms.unwrap_or(0))
+                    >= ms(policy.slow_start_window)
+            {
+                st.ramp_from_ms = None;
+            }
+            let signals = sl.fresh;
+            let held = signals.is_none();
+            if is_healthy && *w > 0 {
+                healthy += 1;
+            }
+            let mut reason = sl
+                .reason
+                .take()
+                .unwrap_or_else(|| status_reason(status, held, now_ms));
+            if let Some(s) = &signals {
+                push_signals(&mut reason, s);
+            }
+            endpoints.push(EndpointDecision {
+                endpoint: ep.clone(),
+                weight,
+                healthy: is_healthy,
+                status: if held { Status::Held } else { status },
+                multiplier: st.multiplier,
+                reason,
+                signals,
+            });
+        }
+        (endpoints, healthy)
     }
 }
 
@@ -924,438 +1141,4 @@ fn publish(policy: &Policy, base: u32, st: &EndpointState, now_ms: u64) -> (u32,
 mod reference;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn base(n: usize) -> Vec<(String, u32)> {
-        (0..n).map(|i| (format!("10.0.0.{i}:80"), 1)).collect()
-    }
-
-    fn healthy(now: u64) -> Signals {
-        Signals {
-            requests: 200.0,
-            rps: 20.0,
-            success_rate: 1.0,
-            latency: 0.010,
-            sampled_at_ms: now,
-        }
-    }
-
-    fn signals(
-        base: &[(String, u32)],
-        now: u64,
-        f: impl Fn(usize) -> Signals,
-    ) -> BTreeMap<String, Signals> {
-        let _ = now;
-        base.iter()
-            .enumerate()
-            .map(|(i, (e, _))| (e.clone(), f(i)))
-            .collect()
-    }
-
-    fn policy() -> Policy {
-        Policy {
-            max_ejection_percent: 50,
-            base_ejection_time: Duration::from_secs(10),
-            slow_start_window: Duration::from_secs(20),
-            ..Policy::default()
-        }
-    }
-
-    #[test]
-    fn half_failing_endpoint_is_ejected_and_its_share_goes_to_the_others() {
-        let b = base(4);
-        let p = policy();
-        let s = signals(&b, 1000, |i| Signals {
-            success_rate: if i == 3 { 0.5 } else { 1.0 },
-            ..healthy(1000)
-        });
-        let d = decide(&p, &b, &ClusterState::default(), &s, 1000);
-        assert_eq!(d.endpoints[3].weight, 0);
-        assert!(!d.endpoints[3].healthy);
-        assert!(matches!(
-            d.endpoints[3].status,
-            Status::Ejected { until_ms: 11_000 }
-        ));
-        assert!(
-            d.endpoints[3].reason.contains("failure ratio 0.500"),
-            "{}",
-            d.endpoints[3].reason
-        );
-        assert!(d.endpoints[..3]
-            .iter()
-            .all(|e| e.weight == 100 && e.healthy));
-        assert!(matches!(
-            d.events[..],
-            [Event::Ejected {
-                reason: EjectReason::FailurePercentage,
-                ..
-            }]
-        ));
-        assert_eq!(d.mode, Mode::Normal);
-    }
-
-    #[test]
-    fn success_rate_outlier_among_many_hosts() {
-        let b = base(10);
-        let p = policy();
-        let s = signals(&b, 0, |i| Signals {
-            success_rate: if i == 0 { 0.90 } else { 0.995 },
-            ..healthy(0)
-        });
-        let d = decide(&p, &b, &ClusterState::default(), &s, 0);
-        assert_eq!(d.endpoints[0].weight, 0, "{}", d.endpoints[0].reason);
-        assert!(d.endpoints[0].reason.contains("success rate 0.900 below"));
-        assert!(d.endpoints[1..].iter().all(|e| e.healthy));
-    }
-
-    #[test]
-    fn never_more_than_max_ejection_percent_nor_zero_capacity() {
-        let b = base(4);
-        let p = Policy {
-            max_ejection_percent: 100,
-            panic_threshold_percent: 0,
-            ..policy()
-        };
-        let s = signals(&b, 0, |_| Signals {
-            success_rate: 0.1,
-            ..healthy(0)
-        });
-        let d = decide(&p, &b, &ClusterState::default(), &s, 0);
-        let out = d.endpoints.iter().filter(|e| e.weight == 0).count();
-        assert_eq!(out, 3, "never zero capacity");
-
-        let p = policy(); // 50% and panic threshold 50%
-        let d = decide(&p, &b, &ClusterState::default(), &s, 0);
-        let out = d.endpoints.iter().filter(|e| e.weight == 0).count();
-        assert_eq!(out, 2);
-        assert!(d.endpoints.iter().any(|e| e.reason.contains("not ejected")));
-    }
-
-    #[test]
-    fn ejected_then_half_open_then_ramps_back() {
-        let b = base(4);
-        let p = policy();
-        let bad = |now| {
-            signals(&b, now, move |i| Signals {
-                success_rate: if i == 3 { 0.2 } else { 1.0 },
-                ..healthy(now)
-            })
-        };
-        let good = |now| signals(&b, now, move |_| healthy(now));
-        let d = decide(&p, &b, &ClusterState::default(), &bad(0), 0);
-        assert_eq!(d.endpoints[3].weight, 0);
-        let d = decide(&p, &b, &d.state, &good(5_000), 5_000);
-        assert_eq!(d.endpoints[3].weight, 0, "still ejected at 5 s");
-        let d = decide(&p, &b, &d.state, &good(10_000), 10_000);
-        assert_eq!(d.endpoints[3].status, Status::Ramping { fraction: 0.05 });
-        assert!(d.events.contains(&Event::HalfOpen {
-            endpoint: b[3].0.clone()
-        }));
-        assert!(d.events.contains(&Event::Recovered {
-            endpoint: b[3].0.clone()
-        }));
-        assert_eq!(d.endpoints[3].weight, 5);
-        let d = decide(&p, &b, &d.state, &good(20_000), 20_000);
-        let Status::Ramping { fraction } = d.endpoints[3].status else {
-            panic!("{:?}", d.endpoints[3]);
-        };
-        assert!((fraction - 0.525).abs() < 1e-9);
-        let d = decide(&p, &b, &d.state, &good(30_000), 30_000);
-        assert_eq!(d.endpoints[3].status, Status::Serving);
-        assert_eq!(d.endpoints[3].weight, 100);
-    }
-
-    #[test]
-    fn a_failing_trial_ejects_for_longer() {
-        let b = base(4);
-        let p = policy();
-        let bad = |now| {
-            signals(&b, now, move |i| Signals {
-                success_rate: if i == 3 { 0.2 } else { 1.0 },
-                ..healthy(now)
-            })
-        };
-        let d = decide(&p, &b, &ClusterState::default(), &bad(0), 0);
-        let d = decide(&p, &b, &d.state, &bad(10_000), 10_000);
-        assert_eq!(d.endpoints[3].status, Status::Ejected { until_ms: 30_000 });
-        assert!(d.events.iter().any(|e| matches!(
-            e,
-            Event::Ejected {
-                reason: EjectReason::FailedTrial,
-                ..
-            }
-        )));
-    }
-
-    #[test]
-    fn a_slow_endpoint_loses_weight_step_by_step_to_the_floor() {
-        let b = base(4);
-        let p = policy();
-        let mut state = ClusterState::default();
-        let mut weights = Vec::new();
-        for step in 0..8u64 {
-            let now = step * 5_000;
-            let s = signals(&b, now, |i| Signals {
-                latency: if i == 0 { 0.100 } else { 0.010 },
-                ..healthy(now)
-            });
-            let d = decide(&p, &b, &state, &s, now);
-            weights.push(d.endpoints[0].weight);
-            assert!(d.endpoints[1..].iter().all(|e| e.weight == 100));
-            state = d.state;
-        }
-        assert_eq!(weights[0], 50, "at most 50% change per step");
-        assert_eq!(weights[1], 25);
-        assert_eq!(*weights.last().unwrap(), 10, "floor 10%: {weights:?}");
-        assert!(weights.windows(2).all(|w| w[1] <= w[0]), "{weights:?}");
-    }
-
-    #[test]
-    fn small_latency_noise_does_not_move_weights() {
-        let b = base(4);
-        let p = policy();
-        let mut state = ClusterState::default();
-        for step in 0..10u64 {
-            let now = step * 5_000;
-            let s = signals(&b, now, |i| Signals {
-                latency: 0.010 * (1.0 + 0.04 * ((i as u64 + step) % 3) as f64),
-                ..healthy(now)
-            });
-            let d = decide(&p, &b, &state, &s, now);
-            assert!(
-                d.endpoints.iter().all(|e| e.weight == 100),
-                "{:?}",
-                d.endpoints
-            );
-            state = d.state;
-        }
-    }
-
-    #[test]
-    fn stale_signals_hold_then_relax() {
-        let b = base(4);
-        let p = policy();
-        let s = signals(&b, 0, |i| Signals {
-            latency: if i == 0 { 0.100 } else { 0.010 },
-            ..healthy(0)
-        });
-        let d = decide(&p, &b, &ClusterState::default(), &s, 0);
-        assert_eq!(d.endpoints[0].weight, 50);
-        // Prometheus goes away: nothing fresh.
-        let none = BTreeMap::new();
-        let d = decide(&p, &b, &d.state, &none, 60_000);
-        assert_eq!(d.mode, Mode::FailStatic);
-        assert_eq!(d.endpoints[0].weight, 50, "held, not reset and not zeroed");
-        assert!(d.endpoints[0].reason.contains("fail static"));
-        // Old samples are as good as none, and never eject.
-        let old = signals(&b, 0, |_| Signals {
-            success_rate: 0.0,
-            ..healthy(0)
-        });
-        let d = decide(&p, &b, &d.state, &old, 120_000);
-        assert_eq!(d.mode, Mode::FailStatic);
-        assert!(d.endpoints.iter().all(|e| e.healthy));
-        let d = decide(&p, &b, &d.state, &none, 300_001);
-        assert_eq!(d.mode, Mode::Relaxed);
-        assert!(d.endpoints.iter().all(|e| e.weight == 100));
-    }
-
-    #[test]
-    fn one_stale_endpoint_is_held_while_others_are_decided() {
-        let b = base(4);
-        let p = policy();
-        let mut s = signals(&b, 1000, |_| healthy(1000));
-        s.remove(&b[2].0);
-        let d = decide(&p, &b, &ClusterState::default(), &s, 1000);
-        assert_eq!(d.endpoints[2].status, Status::Held);
-        assert_eq!(d.endpoints[2].weight, 100);
-        assert!(d.endpoints[2].healthy);
-    }
-
-    #[test]
-    fn operator_base_weights_are_respected() {
-        let b = vec![
-            ("a:1".to_owned(), 3),
-            ("b:1".to_owned(), 1),
-            ("c:1".to_owned(), 0),
-        ];
-        let s: BTreeMap<String, Signals> = b.iter().map(|(e, _)| (e.clone(), healthy(0))).collect();
-        let d = decide(&policy(), &b, &ClusterState::default(), &s, 0);
-        let w: Vec<u32> = d.endpoints.iter().map(|e| e.weight).collect();
-        assert_eq!(w, [300, 100, 0]);
-    }
-
-    proptest! {
-        #[test]
-        fn weights_stay_in_bounds_and_decisions_are_deterministic(
-            steps in prop::collection::vec(
-                prop::collection::vec((0.0f64..1.0, 0.001f64..2.0, 0.0f64..500.0, any::<bool>()), 5),
-                1..12,
-            ),
-        ) {
-            let b: Vec<(String, u32)> =
-                (0..5).map(|i| (format!("e{i}:1"), 1 + i as u32)).collect();
-            let p = policy();
-            let mut state = ClusterState::default();
-            for (k, step) in steps.iter().enumerate() {
-                let now = k as u64 * 7_000;
-                let s: BTreeMap<String, Signals> = b
-                    .iter()
-                    .zip(step)
-                    .filter(|(_, (_, _, _, present))| *present)
-                    .map(|((e, _), (sr, lat, req, _))| {
-                        (e.clone(), Signals { requests: *req, rps: *req / 5.0, success_rate: *sr, latency: *lat, sampled_at_ms: now })
-                    })
-                    .collect();
-                let d = decide(&p, &b, &state, &s, now);
-                let again = decide(&p, &b, &state, &s, now);
-                prop_assert_eq!(&d, &again);
-                let mut serving = 0;
-                for (e, (_, base_w)) in d.endpoints.iter().zip(&b) {
-                    let max = base_w * 100 * p.max_weight_percent / 100;
-                    prop_assert!(e.weight <= max, "{:?}", e);
-                    if e.healthy { prop_assert!(e.weight >= 1); serving += 1; }
-                }
-                prop_assert!(serving >= 1, "never zero capacity");
-                state = d.state;
-            }
-        }
-    }
-
-    #[test]
-    fn push_fixed_writes_what_std_writes_at_ties_and_edges() {
-        let values = [
-            0.0,
-            -0.0,
-            0.5,
-            1.5,
-            2.5,
-            0.25,
-            0.125,
-            0.375,
-            0.0005,
-            0.00005,
-            0.05,
-            0.15,
-            0.35,
-            1.005,
-            2.675,
-            9.995,
-            99.95,
-            0.9995,
-            0.99995,
-            1e11 + 0.5,
-            1e12,
-            123456.78125,
-            4503599627370495.5,
-            -1.25,
-            f64::NAN,
-            f64::INFINITY,
-            f64::NEG_INFINITY,
-            f64::MIN_POSITIVE,
-            5e-324,
-            1.0 - f64::EPSILON,
-            0.1 + 0.2,
-        ];
-        for x in values {
-            for p in 0..=5 {
-                let mut got = String::new();
-                push_fixed(&mut got, x, p);
-                assert_eq!(got, format!("{x:.p$}"), "{x:e} at {p}");
-            }
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn prefix_keys_never_contradict_string_order(
-            a in "[a-c\\x00.:0-9]{0,12}",
-            b in "[a-c\\x00.:0-9]{0,12}",
-        ) {
-            let (ka, kb) = (prefix_key(&a), prefix_key(&b));
-            if ka != kb {
-                prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
-            }
-        }
-    }
-
-    /// Addresses of the pool: several share their first 8 bytes, so sorting them compares
-    /// whole strings too.
-    fn address(i: usize) -> String {
-        format!("10.0.0.{}:80", [1, 10, 11, 2, 20, 3, 100, 12, 4][i % 9])
-    }
-
-    fn any_signals() -> impl Strategy<Value = Option<(f64, f64, f64, u64)>> {
-        let rate = prop_oneof![
-            Just(1.0),
-            Just(0.999),
-            Just(0.5),
-            Just(0.0),
-            0.0f64..1.0,
-            Just(f64::NAN)
-        ];
-        let latency = prop_oneof![Just(0.010), Just(0.100), 0.0f64..1.0, Just(0.0)];
-        let requests = prop_oneof![Just(200.0), Just(3.0), 0.0f64..1000.0];
-        let age = prop_oneof![Just(0u64), 0u64..60_000];
-        prop::option::weighted(0.85, (rate, latency, requests, age))
-    }
-
-    proptest! {
-        #[test]
-        fn push_fixed_writes_what_std_writes(
-            x in prop_oneof![0.0f64..1.0, 0.0f64..1000.0, 0.0f64..1e13, any::<f64>()],
-            p in 0usize..6,
-        ) {
-            let mut got = "prefix ".to_owned();
-            push_fixed(&mut got, x, p);
-            prop_assert_eq!(got, format!("prefix {x:.p$}"));
-        }
-
-        #[test]
-        fn decisions_are_those_of_the_reference_implementation(
-            steps in prop::collection::vec(
-                (
-                    // base: addresses (some repeated, unordered) and weights
-                    prop::collection::vec((0usize..9, 0u32..4), 0..9),
-                    // signals per address of the pool
-                    prop::collection::vec(any_signals(), 9),
-                    // time since the previous step
-                    prop_oneof![Just(5_000u64), 1u64..20_000, 20_000u64..400_000],
-                ),
-                1..25,
-            ),
-            tight in any::<bool>(),
-        ) {
-            let p = if tight { policy() } else { Policy { success_rate_minimum_hosts: 2, ..Policy::default() } };
-            let mut state = ClusterState::default();
-            let mut now = 0u64;
-            for (b, sigs, dt) in &steps {
-                now += dt;
-                let b: Vec<(String, u32)> =
-                    b.iter().map(|(i, w)| (address(*i), *w)).collect();
-                let s: BTreeMap<String, Signals> = sigs
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, s)| {
-                        let (success_rate, latency, requests, age) = (*s)?;
-                        Some((address(i), Signals {
-                            requests,
-                            rps: requests / 5.0,
-                            success_rate,
-                            latency,
-                            sampled_at_ms: now.saturating_sub(age),
-                        }))
-                    })
-                    .collect();
-                let d = decide(&p, &b, &state, &s, now);
-                let r = reference::decide(&p, &b, &state, &s, now);
-                prop_assert_eq!(&d, &r);
-                let owned = decide_owned(&p, &b, state.clone(), &s, now);
-                prop_assert_eq!(&d, &owned);
-                state = d.state;
-            }
-        }
-    }
-}
+mod tests;
