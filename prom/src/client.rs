@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -115,9 +116,15 @@ struct Endpoints {
 }
 
 /// A Prometheus HTTP API client. It holds one pool of keep-alive connections; clones share
-/// it, so clone a client rather than building another for the same Prometheus.
+/// it (a clone is a reference count), so clone a client rather than building another for
+/// the same Prometheus.
 #[derive(Clone, Debug)]
 pub struct Client {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     http: hyper_util::client::legacy::Client<Connector, Full<Bytes>>,
     endpoints: Endpoints,
     url: String,
@@ -182,17 +189,19 @@ impl Client {
             .pool_idle_timeout(Duration::from_secs(60))
             .build(Connector { http, tls });
         Ok(Client {
-            http: client,
-            endpoints,
-            url: config.url.clone(),
-            timeout: config.timeout,
-            max_answer_bytes: config.max_answer_bytes,
+            inner: Arc::new(Inner {
+                http: client,
+                endpoints,
+                url: config.url.clone(),
+                timeout: config.timeout,
+                max_answer_bytes: config.max_answer_bytes,
+            }),
         })
     }
 
     /// The base URL, as configured.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.inner.url
     }
 
     /// Evaluates `promql` at `time` (Unix seconds; Prometheus' now when `None`). A vector
@@ -204,7 +213,7 @@ impl Client {
         if let Some(t) = &time {
             form.push(("time", t));
         }
-        let data = self.call(&self.endpoints.query, &form).await?;
+        let data = self.inner.call(&self.inner.endpoints.query, &form).await?;
         answer::instant(data)
     }
 
@@ -228,7 +237,10 @@ impl Client {
             ("end", &end),
             ("step", &step),
         ];
-        let data = self.call(&self.endpoints.query_range, &form).await?;
+        let data = self
+            .inner
+            .call(&self.inner.endpoints.query_range, &form)
+            .await?;
         answer::range(data)
     }
 
@@ -237,10 +249,12 @@ impl Client {
     pub async fn series(&self, selector: &str, start: f64) -> Result<Vec<Labels>, Error> {
         let start = format!("{start:.3}");
         let form = [("match[]", selector), ("start", &start)];
-        let data = self.call(&self.endpoints.series, &form).await?;
+        let data = self.inner.call(&self.inner.endpoints.series, &form).await?;
         answer::series(data)
     }
+}
 
+impl Inner {
     /// POSTs `form` to `uri` and returns the answer's `data`.
     async fn call(
         &self,
@@ -291,7 +305,7 @@ impl Client {
             chain.detail = e.to_string();
         }
         let url = self.url.clone();
-        let source: Cause = std::sync::Arc::new(e);
+        let source: Cause = Arc::new(e);
         if chain.timed_out {
             return Error::Timeout {
                 url,
@@ -336,7 +350,7 @@ impl Client {
         Error::Transport {
             url: self.url.clone(),
             detail: chain.detail,
-            source: std::sync::Arc::from(e),
+            source: Arc::from(e),
         }
     }
 }
