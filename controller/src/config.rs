@@ -502,6 +502,15 @@ pub fn parse(name: &str, text: &str) -> Result<ControllerConfig, ConfigError> {
             message: format!("must be between 0 and 1, got {q}"),
         });
     }
+    if let Err(e) = gofe_prom::validate_url(&config.signals.prometheus.url) {
+        return Err(ConfigError::Invalid {
+            file: name.to_owned(),
+            line: 0,
+            column: 0,
+            field: "signals.prometheus.url".into(),
+            message: e.to_string(),
+        });
+    }
     Ok(config)
 }
 
