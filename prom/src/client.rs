@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, USER_AGENT};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::pki_types::ServerName;
 
 use crate::answer::{self, Labels, RangeSeries, Sample};
@@ -186,7 +186,9 @@ impl Client {
         // The scheme is checked above; the connector adds TLS for https itself.
         http.enforce_http(false);
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            // Idle connections are closed after a minute (the timer reaps them).
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
             .build(Connector { http, tls });
         Ok(Client {
             inner: Arc::new(Inner {
