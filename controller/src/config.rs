@@ -515,20 +515,10 @@ fn check_socket(v: &mut Validator, field: &str, address: &str) {
     }
 }
 
-/// An `http://` or `https://` URL with a host.
+/// A URL the Prometheus client can use (`http://` or `https://`, a host, no credentials).
 fn check_url(v: &mut Validator, field: &str, url: &str) {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"));
-    match rest {
-        None => v.error(
-            field,
-            format!("expected an http:// or https:// URL, got {url:?}"),
-        ),
-        Some(rest) if rest.split(['/', '?']).next().is_none_or(str::is_empty) => {
-            v.error(field, format!("URL {url:?} has no host"))
-        }
-        Some(_) => {}
+    if let Err(e) = gofe_prom::validate_url(url) {
+        v.error(field, e.to_string());
     }
 }
 
@@ -607,7 +597,7 @@ mod tests {
         );
         assert!(
             lines[1].starts_with(
-                "c.yaml:4:22: signals.prometheus.url: expected an http:// or https:// URL"
+                "c.yaml:4:22: signals.prometheus.url: invalid prometheus url"
             ),
             "{lines:?}"
         );

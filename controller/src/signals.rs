@@ -26,13 +26,21 @@ pub type Snapshot = BTreeMap<String, BTreeMap<String, Signals>>;
 /// Why a source could not produce signals.
 #[derive(Debug, thiserror::Error)]
 pub enum SignalError {
-    /// Prometheus did not answer, or answered an error.
-    #[error("prometheus query {query:?}: {message}")]
+    /// The Prometheus client could not be built from `signals.prometheus` (an unusable URL,
+    /// or `https://`, which needs a CA file the controller cannot be given yet).
+    #[error("prometheus client: {0}")]
+    PrometheusClient(#[source] gofe_prom::BuildError),
+    /// A Prometheus query failed; `source` says how: connection refused, timeout, 5xx, bad
+    /// PromQL (Prometheus' `errorType` and `error`), an answer that is not the API's JSON, ...
+    #[error("prometheus query {name:?} failed: {source} (query: {query})")]
     Prometheus {
+        /// The query's name in the configuration (`requests`, `rps`, ...).
+        name: String,
         /// The rendered query.
         query: String,
         /// What went wrong.
-        message: String,
+        #[source]
+        source: gofe_prom::Error,
     },
     /// No proxy could be scraped.
     #[error("no proxy could be scraped: {0}")]
@@ -40,10 +48,12 @@ pub enum SignalError {
 }
 
 impl SignalError {
-    /// A short label for the `reason` of `gofe_controller_signal_errors_total`.
+    /// A short label for the `reason` of `gofe_controller_signal_errors_total`: the source
+    /// (`prometheus` or `scrape`). A Prometheus failure's own kind is
+    /// [`gofe_prom::Error::metric_label`] of its source.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            SignalError::Prometheus { .. } => "prometheus",
+            SignalError::PrometheusClient(_) | SignalError::Prometheus { .. } => "prometheus",
             SignalError::Scrape(_) => "scrape",
         }
     }
@@ -211,9 +221,8 @@ impl Embedded {
 
 /// Queries Prometheus with configurable PromQL.
 pub struct Prometheus {
-    client: prometheus_http_query::Client,
+    client: gofe_prom::Client,
     queries: BTreeMap<String, String>,
-    timeout: Duration,
 }
 
 impl Prometheus {
@@ -223,11 +232,11 @@ impl Prometheus {
         window: Duration,
         quantile: f64,
     ) -> Result<Self, SignalError> {
-        let client: prometheus_http_query::Client =
-            config.url.parse().map_err(|e| SignalError::Prometheus {
-                query: String::new(),
-                message: format!("bad url {:?}: {e}", config.url),
-            })?;
+        let client = gofe_prom::Client::new(&gofe_prom::ClientConfig {
+            timeout: config.timeout,
+            ..gofe_prom::ClientConfig::new(&config.url)
+        })
+        .map_err(SignalError::PrometheusClient)?;
         let w = gofe_yaml::duration::format(window);
         let render = |q: &str| {
             q.replace("{window}", &w)
@@ -243,33 +252,31 @@ impl Prometheus {
         .into_iter()
         .map(|(k, q)| (k.to_owned(), render(q)))
         .collect();
-        Ok(Prometheus {
-            client,
-            queries,
-            timeout: config.timeout,
-        })
+        Ok(Prometheus { client, queries })
     }
 
+    /// The query `name`'s value per (cluster, endpoint); series without both labels (and a
+    /// scalar) are ignored.
     async fn vector(&self, name: &str) -> Result<BTreeMap<(String, String), f64>, SignalError> {
-        let query = self.queries[name].clone();
-        let err = |message: String| SignalError::Prometheus {
-            query: query.clone(),
-            message,
-        };
-        let result = tokio::time::timeout(self.timeout, self.client.query(query.as_str()).get())
-            .await
-            .map_err(|_| err("timed out".into()))?
-            .map_err(|e| err(e.to_string()))?;
-        let prometheus_http_query::response::Data::Vector(vector) = result.data() else {
-            return Err(err("expected an instant vector".into()));
-        };
+        let query = self.queries.get(name).map_or("", String::as_str);
+        let samples =
+            self.client
+                .query(query, None)
+                .await
+                .map_err(|source| SignalError::Prometheus {
+                    name: name.to_owned(),
+                    query: query.to_owned(),
+                    source,
+                })?;
         let mut out = BTreeMap::new();
-        for v in vector {
-            let labels = v.metric();
-            let (Some(c), Some(e)) = (labels.get("cluster"), labels.get("endpoint")) else {
+        for mut sample in samples {
+            let (Some(c), Some(e)) = (
+                sample.labels.remove("cluster"),
+                sample.labels.remove("endpoint"),
+            ) else {
                 continue;
             };
-            out.insert((c.clone(), e.clone()), v.sample().value());
+            out.insert((c, e), sample.value);
         }
         Ok(out)
     }
@@ -312,3 +319,6 @@ impl Prometheus {
         Ok(snapshot)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -481,7 +481,6 @@ pub fn rfc3339(unix: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prom::PrometheusClient;
     use crate::provider::CacheConfig;
     use axum::body::Body;
     use http_body_util::BodyExt;
@@ -497,7 +496,11 @@ mod tests {
 
     fn state(auth: AuthPolicy) -> AppState {
         // Nothing listens on port 1: every query is "unavailable".
-        let prom = PrometheusClient::new("http://127.0.0.1:1", Duration::from_millis(200)).unwrap();
+        let prom = gofe_prom::Client::new(&gofe_prom::ClientConfig {
+            timeout: Duration::from_millis(200),
+            ..gofe_prom::ClientConfig::new("http://127.0.0.1:1")
+        })
+        .unwrap();
         AppState {
             provider: Arc::new(Provider::new(
                 prom,

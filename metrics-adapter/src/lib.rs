@@ -3,7 +3,7 @@
 //! HorizontalPodAutoscaler can scale on them.
 //!
 //! ```text
-//!  kube-aggregator ──TLS, front-proxy cert──▶ server ──▶ api (axum) ──▶ provider ──▶ prom ──▶ Prometheus
+//!  kube-aggregator ──TLS, front-proxy cert──▶ server ──▶ api (axum) ──▶ provider ──▶ gofe-prom ──▶ Prometheus
 //!   (HPA controller)                          │ auth                     │ cache, single flight
 //!                                             │                          │ missing-data policy
 //!                                             │                          │ forecast (Holt)
@@ -18,9 +18,10 @@
 //! - [`provider`] answers (metric, namespace, selector) through a bounded cache with single
 //!   flight, applies the missing-data policy, the forecast ([`gofe_core::forecast`], the same
 //!   code the simulator runs) and ejection awareness.
-//! - [`prom`] is a small Prometheus HTTP API client; [`quantity`] formats values as Kubernetes
-//!   quantities; [`api`] is the HTTP surface and its `Status` errors; [`server`] is TLS, client
-//!   certificate authentication and the process entry point [`server::run`].
+//! - Prometheus is read through [`gofe_prom`], the workspace's one Prometheus HTTP API client
+//!   (the controller's too); [`quantity`] formats values as Kubernetes quantities; [`api`] is
+//!   the HTTP surface and its `Status` errors; [`server`] is TLS, client certificate
+//!   authentication and the process entry point [`server::run`].
 //!
 //! What it does not do: it serves no `custom.metrics.k8s.io` (per-object metrics) and makes no
 //! authorization decisions of its own (no SubjectAccessReview): the aggregator authenticates and
@@ -30,7 +31,6 @@
 
 pub mod api;
 pub mod config;
-pub mod prom;
 pub mod provider;
 pub mod quantity;
 pub mod rules;

@@ -19,11 +19,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use gofe_prom::{Client as PrometheusClient, Error as PromError, Sample};
 use serde::Serialize;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use crate::prom::{PromError, PrometheusClient};
 use crate::quantity::MilliQuantity;
 use crate::rules::{MissingData, Rule, RuleBook};
 use crate::selector::{Selector, SelectorError};
@@ -357,13 +357,11 @@ impl Provider {
                             .filter_map(|s| {
                                 let xs: Vec<f64> = s.points.iter().map(|p| p.1).collect();
                                 let t = s.points.last().map_or(now, |p| p.0);
-                                f.holt
-                                    .forecast(&xs, steps_ahead)
-                                    .map(|value| crate::prom::Sample {
-                                        labels: s.labels,
-                                        timestamp: t,
-                                        value,
-                                    })
+                                f.holt.forecast(&xs, steps_ahead).map(|value| Sample {
+                                    labels: s.labels,
+                                    timestamp: t,
+                                    value,
+                                })
                             })
                             .collect()
                     })
@@ -391,7 +389,7 @@ impl Provider {
         &self,
         rule: &Rule,
         key: &Key,
-        raw: Result<Vec<crate::prom::Sample>, PromError>,
+        raw: Result<Vec<Sample>, PromError>,
         selector: &Selector,
         last_good: Option<Arc<Answer>>,
     ) -> Outcome {
@@ -405,6 +403,7 @@ impl Provider {
                         let labels = s
                             .labels
                             .iter()
+                            .filter(|(k, _)| k.as_str() != "__name__")
                             .map(|(k, v)| (rule.metric_label(k).to_owned(), v.clone()))
                             .collect();
                         Some(MetricValue {
@@ -427,7 +426,7 @@ impl Provider {
                     selector: key.selector.clone(),
                 }
             }
-            Err(e @ PromError::Unavailable(_)) => FetchError::Unavailable(e),
+            Err(e) if e.is_unavailable() => FetchError::Unavailable(e),
             Err(source) => {
                 tracing::warn!(metric = %key.metric, error = %source, "rule query failed");
                 return Err(FetchError::Rule {
@@ -474,7 +473,11 @@ mod tests {
     use std::time::Duration;
 
     fn provider(freshness: Duration, capacity: usize, options: RuleOptions) -> Provider {
-        let prom = PrometheusClient::new("http://127.0.0.1:1", Duration::from_millis(100)).unwrap();
+        let prom = PrometheusClient::new(&gofe_prom::ClientConfig {
+            timeout: Duration::from_millis(100),
+            ..gofe_prom::ClientConfig::new("http://127.0.0.1:1")
+        })
+        .unwrap();
         let mut book = RuleBook {
             builtin: BuiltinSettings::default(),
             ..RuleBook::default()
@@ -549,8 +552,12 @@ mod tests {
         assert!(cell.get().is_some());
     }
 
-    fn outage() -> Result<Vec<crate::prom::Sample>, PromError> {
-        Err(PromError::Unavailable("test".into()))
+    fn outage() -> Result<Vec<Sample>, PromError> {
+        Err(PromError::Unavailable {
+            status: 503,
+            error_type: None,
+            message: "test".into(),
+        })
     }
 
     #[tokio::test(start_paused = true)]
@@ -593,7 +600,7 @@ mod tests {
         let p = provider(Duration::from_secs(10), 10, options);
         let rule = p.rules()["http_requests_per_second"].clone();
         let sel = Selector::parse("service=s0,endpoint!=x").unwrap();
-        let nan = vec![crate::prom::Sample {
+        let nan = vec![Sample {
             labels: BTreeMap::from([("cluster".to_owned(), "s0".to_owned())]),
             timestamp: 1.0,
             value: f64::NAN,
@@ -619,8 +626,11 @@ mod tests {
             .apply_policy(
                 &rule,
                 &key(0),
-                Ok(vec![crate::prom::Sample {
-                    labels: BTreeMap::from([("cluster".to_owned(), "s0".to_owned())]),
+                Ok(vec![Sample {
+                    labels: BTreeMap::from([
+                        ("__name__".to_owned(), "gofe_rps".to_owned()),
+                        ("cluster".to_owned(), "s0".to_owned()),
+                    ]),
                     timestamp: 1.0,
                     value: 1.25,
                 }]),
@@ -629,6 +639,10 @@ mod tests {
             )
             .unwrap();
         assert_eq!(ok.items[0].value.to_string(), "1250m");
-        assert_eq!(ok.items[0].labels["service"], "s0");
+        assert_eq!(
+            ok.items[0].labels,
+            BTreeMap::from([("service".to_owned(), "s0".to_owned())]),
+            "the series name is not a label of the value"
+        );
     }
 }

@@ -15,7 +15,6 @@ use tokio::net::TcpListener;
 use tower_service::Service;
 
 use crate::api::{router, AppState, AuthPolicy, ClientCert};
-use crate::prom::PrometheusClient;
 use crate::provider::{CacheConfig, Provider};
 
 /// TLS files for cluster mode (all PEM).
@@ -159,9 +158,10 @@ pub enum StartError {
     /// The rules file is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-    /// The Prometheus URL is invalid.
-    #[error(transparent)]
-    Url(#[from] crate::prom::UrlError),
+    /// The Prometheus client could not be built: a bad `--prometheus-url`, or an unusable
+    /// (or missing, for https) `--prometheus-ca-file`.
+    #[error("{0} (see --prometheus-url and --prometheus-ca-file)")]
+    Prometheus(#[from] gofe_prom::BuildError),
     /// A TLS file could not be read or used.
     #[error("{path}: {message}")]
     Tls {
@@ -246,11 +246,11 @@ impl Adapter {
             Some(path) => crate::config::load(path)?,
             None => crate::config::parse("(no rules file)", "")?,
         };
-        let prom = PrometheusClient::with_ca(
-            &options.prometheus_url,
-            options.query_timeout,
-            options.prometheus_ca_file.as_deref(),
-        )?;
+        let prom = gofe_prom::Client::new(&gofe_prom::ClientConfig {
+            timeout: options.query_timeout,
+            ca_file: options.prometheus_ca_file.clone(),
+            ..gofe_prom::ClientConfig::new(&options.prometheus_url)
+        })?;
         let provider = Arc::new(Provider::new(prom, book, options.cache));
         let (auth, tls) = match &options.tls {
             None => (AuthPolicy::None, None),

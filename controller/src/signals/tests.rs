@@ -1,0 +1,234 @@
+//! The Prometheus source against a scripted Prometheus on 127.0.0.1, and its errors.
+
+use std::error::Error as _;
+use std::net::SocketAddr;
+
+use axum::http::StatusCode;
+
+use super::*;
+use crate::config;
+
+/// A Prometheus that answers each query (the form body `query=<name>`) from `answers`;
+/// unknown queries get an empty vector.
+async fn scripted(answers: Vec<(&'static str, StatusCode, &'static str)>) -> SocketAddr {
+    let handler = move |body: String| {
+        let answers = answers.clone();
+        async move {
+            let query = body
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("query="))
+                .unwrap_or_default()
+                .to_owned();
+            match answers.iter().find(|(q, _, _)| *q == query) {
+                Some((_, status, body)) => (*status, body.to_string()),
+                None => (
+                    StatusCode::OK,
+                    r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#.into(),
+                ),
+            }
+        }
+    };
+    let app = axum::Router::new().route("/api/v1/query", axum::routing::post(handler));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn vector(items: &str) -> String {
+    format!(r#"{{"status":"success","data":{{"resultType":"vector","result":[{items}]}}}}"#)
+}
+
+fn item(cluster: &str, endpoint: &str, value: &str) -> String {
+    format!(
+        r#"{{"metric":{{"cluster":"{cluster}","endpoint":"{endpoint}"}},"value":[1,"{value}"]}}"#
+    )
+}
+
+fn source(url: &str) -> Prometheus {
+    let config = PrometheusConfig {
+        url: url.to_owned(),
+        requests: "q_requests".into(),
+        rps: "q_rps".into(),
+        success_rate: "q_success".into(),
+        latency: "q_latency".into(),
+        last_sample: "q_last".into(),
+        timeout: Duration::from_secs(10),
+    };
+    Prometheus::new(&config, Duration::from_secs(30), 0.9).unwrap()
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+#[tokio::test]
+async fn prometheus_answers_become_signals_per_endpoint() {
+    let ok = StatusCode::OK;
+    let requests = vector(
+        &[
+            item("web", "10.0.0.1:80", "10"),
+            item("web", "10.0.0.2:80", "20"),
+            item("web", "10.0.0.3:80", "30"),
+            item("api", "10.0.1.1:80", "5"),
+            r#"{"metric":{"cluster":"web"},"value":[1,"99"]}"#.to_owned(),
+        ]
+        .join(","),
+    );
+    let rps = vector(&item("web", "10.0.0.1:80", "0.5"));
+    let success = vector(
+        &[
+            item("web", "10.0.0.1:80", "NaN"),
+            item("web", "10.0.0.2:80", "0.75"),
+        ]
+        .join(","),
+    );
+    let latency = vector(
+        &[
+            item("web", "10.0.0.1:80", "+Inf"),
+            item("web", "10.0.0.2:80", "0.2"),
+        ]
+        .join(","),
+    );
+    // 10.0.0.3 has no newest-sample time; 10.0.1.1's is the epoch (very old).
+    let last = vector(
+        &[
+            item("web", "10.0.0.1:80", "1e12"),
+            item("web", "10.0.0.2:80", "1e12"),
+            item("api", "10.0.1.1:80", "0"),
+        ]
+        .join(","),
+    );
+    let addr = scripted(vec![
+        ("q_requests", ok, leak(requests)),
+        ("q_rps", ok, leak(rps)),
+        ("q_success", ok, leak(success)),
+        ("q_latency", ok, leak(latency)),
+        ("q_last", ok, leak(last)),
+    ])
+    .await;
+    let mut prom = source(&format!("http://{addr}"));
+    let snapshot = prom.fetch(5_000).await.unwrap();
+
+    let web = &snapshot["web"];
+    assert_eq!(
+        web.keys().collect::<Vec<_>>(),
+        ["10.0.0.1:80", "10.0.0.2:80"],
+        "series without an endpoint label or a newest-sample time are left out"
+    );
+    let one = &web["10.0.0.1:80"];
+    assert_eq!((one.requests, one.rps), (10.0, 0.5));
+    assert_eq!(
+        one.success_rate, 1.0,
+        "NaN (no requests) is no data, not failure"
+    );
+    assert_eq!(one.latency, 0.0, "a non-finite latency is no data");
+    assert_eq!(one.sampled_at_ms, 5_000, "sampled now");
+    let two = &web["10.0.0.2:80"];
+    assert_eq!((two.requests, two.rps), (20.0, 0.0));
+    assert_eq!((two.success_rate, two.latency), (0.75, 0.2));
+    assert_eq!(snapshot["api"]["10.0.1.1:80"].sampled_at_ms, 0, "stale");
+}
+
+#[tokio::test]
+async fn bad_promql_is_a_rejected_query_with_prometheus_reason() {
+    let addr = scripted(vec![(
+        "q_latency",
+        StatusCode::BAD_REQUEST,
+        r#"{"status":"error","errorType":"bad_data","error":"parse error"}"#,
+    )])
+    .await;
+    let e = source(&format!("http://{addr}"))
+        .fetch(0)
+        .await
+        .unwrap_err();
+    match &e {
+        SignalError::Prometheus {
+            name,
+            query,
+            source: gofe_prom::Error::Rejected { error_type, .. },
+        } => {
+            assert_eq!((name.as_str(), query.as_str()), ("latency", "q_latency"));
+            assert_eq!(error_type, "bad_data");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        e.to_string(),
+        "prometheus query \"latency\" failed: prometheus rejected the query (bad_data): parse error (query: q_latency)"
+    );
+    assert_eq!(e.metric_label(), "prometheus");
+}
+
+#[tokio::test]
+async fn an_unreachable_prometheus_says_connection_refused() {
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let e = source(&format!("http://{addr}"))
+        .fetch(0)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &e,
+            SignalError::Prometheus {
+                source: gofe_prom::Error::Refused { .. },
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("connection refused"), "{e}");
+    let cause = e.source().expect("the typed cause is kept");
+    assert_eq!(
+        cause
+            .downcast_ref::<gofe_prom::Error>()
+            .map(|c| c.metric_label()),
+        Some("refused")
+    );
+}
+
+#[test]
+fn a_prometheus_url_without_a_scheme_fails_at_load() {
+    let e = config::parse(
+        "c.yaml",
+        "proxy_config: p.yaml\nsignals:\n  source: prometheus\n  prometheus: { url: \"prometheus:9090\" }\n",
+    )
+    .unwrap_err();
+    let problems = e.problems();
+    assert_eq!(problems.len(), 1, "{e}");
+    assert_eq!(problems[0].field, "signals.prometheus.url");
+    assert!(problems[0].message.contains("no scheme"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("c.yaml:4:22: signals.prometheus.url: "),
+        "{e}"
+    );
+    let ok = config::parse(
+        "c.yaml",
+        "proxy_config: p.yaml\nsignals:\n  prometheus: { url: \"http://prometheus:9090/prefix\" }\n",
+    );
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
+fn an_https_prometheus_without_a_ca_fails_when_the_source_is_built() {
+    let config = SignalsConfig {
+        source: SourceKind::Prometheus,
+        prometheus: PrometheusConfig {
+            url: "https://prometheus:9090".into(),
+            ..PrometheusConfig::default()
+        },
+        ..SignalsConfig::default()
+    };
+    let e = Source::new(&config).err().expect("refused");
+    assert!(
+        matches!(
+            e,
+            SignalError::PrometheusClient(gofe_prom::BuildError::MissingCa { .. })
+        ),
+        "{e:?}"
+    );
+}
