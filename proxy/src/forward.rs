@@ -13,6 +13,10 @@
 //!           └───────────────────────────── retry ◀──────────────────────────────────────────┘
 //!        ─▶ Attempt::into_response
 //! ```
+//!
+//! A failed attempt says whose fault it was (see [`attempt`]): a client that breaks its own
+//! request body is answered 400 (or, gone, not at all) and counted on its listener, never
+//! against the endpoint.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +26,7 @@ use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
+use prometheus::IntCounter;
 
 use crate::body::ProxyBody;
 use crate::cluster::{Cluster, Endpoint};
@@ -37,11 +42,13 @@ mod headers;
 mod reply;
 mod retry;
 
+use self::attempt::ClientGone;
 use self::reply::{closing_reply, local_reply};
 use self::retry::Retries;
 
 /// Serves one downstream request with a listener's current `routes`, counting it in `stats`.
-/// Never fails: every problem becomes a response.
+/// Never fails: every problem becomes a response. A request whose client went away before it
+/// could be answered (this future dropped, or its body cut off) counts as aborted.
 pub(crate) async fn serve(
     req: Request<Incoming>,
     conn: Arc<ConnContext>,
@@ -49,13 +56,32 @@ pub(crate) async fn serve(
     stats: &ListenerStats,
 ) -> Response<ProxyBody> {
     let listener_guard = ActiveGuard::new(&stats.active);
+    let mut unanswered = Unanswered(Some(&stats.aborted));
     let (stream, number) = StreamGuard::new(conn);
-    let mut response = forward(req, stream.conn(), number, routes).await;
-    stats.requests[class_index(response.status().as_u16())].inc();
+    let mut response = match forward(req, stream.conn(), number, routes).await {
+        Ok(response) => {
+            unanswered.0 = None;
+            stats.requests[class_index(response.status().as_u16())].inc();
+            response
+        }
+        // Should the client still read, this is what its request was.
+        Err(ClientGone) => closing_reply(StatusCode::BAD_REQUEST, "request body incomplete\n"),
+    };
     let guards = response.body_mut().guards();
     guards.listener = Some(listener_guard);
     guards.stream = Some(stream);
     response
+}
+
+/// Counts a request as aborted when dropped armed.
+struct Unanswered<'a>(Option<&'a IntCounter>);
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(aborted) = self.0 {
+            aborted.inc();
+        }
+    }
 }
 
 async fn forward(
@@ -63,13 +89,13 @@ async fn forward(
     conn: &ConnContext,
     number: u32,
     routes: &RouteTable,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, ClientGone> {
     // Refuse a request that would be smuggled, as Envoy does, and close.
     if headers::both_framings(&req, conn, number) {
-        return closing_reply(
+        return Ok(closing_reply(
             StatusCode::BAD_REQUEST,
             "both content-length and transfer-encoding\n",
-        );
+        ));
     }
     let authority = match req.uri().authority() {
         Some(a) => a.as_str(),
@@ -79,14 +105,17 @@ async fn forward(
         },
     };
     let Some(vhost) = routes.find_host(authority) else {
-        return local_reply(
+        return Ok(local_reply(
             StatusCode::NOT_FOUND,
             "no virtual host matches this authority\n",
-        );
+        ));
     };
     let Some(route) = vhost.find_route(req.uri().path(), req.headers()) else {
         tracing::debug!(vhost = %vhost.name, path = req.uri().path(), "no route");
-        return local_reply(StatusCode::NOT_FOUND, "no route matches this request\n");
+        return Ok(local_reply(
+            StatusCode::NOT_FOUND,
+            "no route matches this request\n",
+        ));
     };
     let cluster = Arc::clone(route.action.pick());
     // One clock read serves the route's deadline and the first attempt's start.
@@ -99,12 +128,15 @@ async fn forward(
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit) {
-            return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+            return Ok(local_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+            ));
         }
     }
     let admitted = match breakers::admit(&cluster, deadline).await {
         Ok(admitted) => admitted,
-        Err(refused) => return refused,
+        Err(refused) => return Ok(refused),
     };
 
     let (mut parts, body) = req.into_parts();
@@ -113,7 +145,11 @@ async fn forward(
     let template = retries
         .possible()
         .then(|| (parts.method.clone(), parts.headers.clone()));
-    let watch = limit.map(|_| Arc::new(BodyWatch::default()));
+    // Where the body says how it broke, for whoever cannot tell from its error: this request
+    // (was the limit broken?) and hyper's HTTP/2 client (which keeps the body's errors to
+    // itself). An HTTP/1.1 request without a limit needs none.
+    let watch = (limit.is_some() || (cluster.http2 && !body.is_end_stream()))
+        .then(|| Arc::new(BodyWatch::default()));
     let mut first = Some((parts, RequestBody::client(body, limit, watch.clone())));
 
     let mut attempt_start = Some(received);
@@ -121,12 +157,15 @@ async fn forward(
     loop {
         let Some(picked) = cluster.pick(avoid) else {
             cluster.stats.no_healthy.inc();
-            return local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream\n");
+            return Ok(local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream\n",
+            ));
         };
         let index = picked.index;
         let endpoint = Arc::clone(&cluster.endpoints[index]);
         let Some(uri) = upstream_uri(&cluster, &endpoint, &path_and_query) else {
-            return local_reply(StatusCode::BAD_REQUEST, "bad request target\n");
+            return Ok(local_reply(StatusCode::BAD_REQUEST, "bad request target\n"));
         };
         let upstream_req = match first.take() {
             Some((mut parts, body)) => {
@@ -134,8 +173,13 @@ async fn forward(
                 Request::from_parts(parts, body)
             }
             None => {
+                // A retry always has the first request's head; were it missing, that would be
+                // the proxy's fault.
                 let Some((method, headers)) = &template else {
-                    return local_reply(StatusCode::BAD_GATEWAY, "upstream failed\n");
+                    return Ok(local_reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal error\n",
+                    ));
                 };
                 again(method, headers, uri, cluster.http2)
             }
@@ -157,7 +201,10 @@ async fn forward(
         let elapsed = started.elapsed();
         if watch.as_ref().and_then(|w| w.fault()) == Some(BodyFault::TooLarge) {
             // The client's body broke the limit; that is not the endpoint's failure.
-            return local_reply(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n");
+            return Ok(local_reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large\n",
+            ));
         }
         let outcome = attempt.outcome();
         attempt::account(&cluster, picked, &attempt, elapsed);
