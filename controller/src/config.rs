@@ -596,9 +596,7 @@ mod tests {
             "{lines:?}"
         );
         assert!(
-            lines[1].starts_with(
-                "c.yaml:4:22: signals.prometheus.url: invalid prometheus url"
-            ),
+            lines[1].starts_with("c.yaml:4:22: signals.prometheus.url: invalid prometheus url"),
             "{lines:?}"
         );
         assert!(

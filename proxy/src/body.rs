@@ -1,25 +1,24 @@
-//! The one body type the proxy moves in both directions.
+//! The body of every response the proxy sends a client.
 //!
-//! A request or response body is either streamed straight through from the other side
-//! ([`hyper::body::Incoming`], never buffered whole), a small local reply, or empty. A response
-//! body also carries the guards of the request it belongs to, so "active request" gauges fall
-//! when the last byte has gone to the client (or the client went away), not when headers did.
+//! A response body is either streamed straight through from an endpoint (an HTTP/1.1
+//! [`UpstreamBody`] read off the proxy's own connection, or hyper's [`Incoming`] from an
+//! HTTP/2 one; never buffered whole), a small local reply, or empty. It also carries the guards
+//! of the request it belongs to, so "active request" gauges fall when the last byte has gone to
+//! the client (or the client went away), not when headers did. Request bodies on their way to
+//! an endpoint are [`crate::request_body::RequestBody`].
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use prometheus::IntGauge;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::cluster::Admission;
+use crate::ctx::{ActiveGuard, Admission, StreamGuard};
 use crate::upstream::UpstreamBody;
 
-/// The error a body yields: the peer's, or "too large" from a size limit.
+/// The error a body yields: the endpoint's (or, for a demo backend's echo, the client's).
 pub(crate) type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A streamed, local or empty HTTP body.
@@ -36,7 +35,7 @@ pub(crate) struct Guards {
     pub(crate) cluster: Option<Admission>,
     pub(crate) slot: Option<OwnedSemaphorePermit>,
     /// The request's place in its connection's in-flight count (for the idle timeout).
-    pub(crate) stream: Option<crate::forward::StreamGuard>,
+    pub(crate) stream: Option<StreamGuard>,
 }
 
 enum Inner {
@@ -45,33 +44,6 @@ enum Inner {
     Stream(Incoming),
     /// A response body read straight from an HTTP/1.1 upstream connection.
     Upstream(UpstreamBody),
-    Limited {
-        body: Incoming,
-        remaining: u64,
-        exceeded: Arc<AtomicBool>,
-    },
-}
-
-/// A body went over its size limit.
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds the route's max_request_bytes")]
-pub(crate) struct TooLarge;
-
-/// Decrements a gauge when dropped.
-pub(crate) struct ActiveGuard(IntGauge);
-
-impl ActiveGuard {
-    /// Increments `gauge` now and decrements it when the guard is dropped.
-    pub(crate) fn new(gauge: &IntGauge) -> Self {
-        gauge.inc();
-        ActiveGuard(gauge.clone())
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 impl ProxyBody {
@@ -88,15 +60,6 @@ impl ProxyBody {
     /// A body streamed from the other side of the proxy.
     pub fn stream(incoming: Incoming) -> Self {
         Self::from_inner(Inner::Stream(incoming))
-    }
-
-    /// A streamed body that fails with [`TooLarge`] (and sets `exceeded`) past `limit` bytes.
-    pub(crate) fn limited(incoming: Incoming, limit: u64, exceeded: Arc<AtomicBool>) -> Self {
-        Self::from_inner(Inner::Limited {
-            body: incoming,
-            remaining: limit,
-            exceeded,
-        })
     }
 
     /// A response body read from an HTTP/1.1 upstream connection.
@@ -138,7 +101,7 @@ impl Body for ProxyBody {
             Inner::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            Inner::Stream(incoming) | Inner::Limited { body: incoming, .. } => incoming.size_hint(),
+            Inner::Stream(incoming) => incoming.size_hint(),
             Inner::Upstream(body) => body
                 .exact_len()
                 .map_or_else(SizeHint::default, SizeHint::with_exact),
@@ -155,23 +118,7 @@ impl ProxyBody {
             Inner::Empty => Poll::Ready(None),
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Inner::Stream(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
-            Inner::Upstream(body) => body.poll_frame(cx),
-            Inner::Limited {
-                body,
-                remaining,
-                exceeded,
-            } => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    let len = frame.data_ref().map_or(0, |d| d.len() as u64);
-                    if len > *remaining {
-                        exceeded.store(true, Ordering::Release);
-                        return Poll::Ready(Some(Err(TooLarge.into())));
-                    }
-                    *remaining -= len;
-                    Poll::Ready(Some(Ok(frame)))
-                }
-                other => other.map_err(Into::into),
-            },
+            Inner::Upstream(body) => body.poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -179,9 +126,7 @@ impl ProxyBody {
         match &self.inner {
             Inner::Empty => true,
             Inner::Full(bytes) => bytes.is_none(),
-            Inner::Stream(incoming) | Inner::Limited { body: incoming, .. } => {
-                incoming.is_end_stream()
-            }
+            Inner::Stream(incoming) => incoming.is_end_stream(),
             Inner::Upstream(body) => body.is_complete(),
         }
     }
@@ -192,7 +137,7 @@ impl std::fmt::Debug for ProxyBody {
         let kind = match &self.inner {
             Inner::Empty => "empty",
             Inner::Full(_) => "full",
-            Inner::Stream(_) | Inner::Limited { .. } | Inner::Upstream(_) => "stream",
+            Inner::Stream(_) | Inner::Upstream(_) => "stream",
         };
         f.debug_struct("ProxyBody").field("kind", &kind).finish()
     }

@@ -23,17 +23,17 @@ use prometheus::IntGauge;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::body::ProxyBody;
 use crate::config::{CircuitBreakersConfig, ClusterConfig, HealthStatus, LbPolicy};
 use crate::health::{Eligibility, EndpointHealth, Outcome, OutlierPolicy, TrialGuard};
 use crate::metrics::{ClusterStats, EndpointStats, Metrics};
-use crate::upstream::{EndpointPool, H1Pools};
+use crate::request_body::RequestBody;
+use crate::upstream::{ConnectFailed, EndpointPool, H1Pools};
 
 /// A cluster's upstream connections: the proxy's own per-endpoint HTTP/1.1 pools, or
 /// hyper-util's pooled client for an HTTP/2 cluster (where one connection multiplexes).
 #[derive(Clone)]
 pub(crate) struct UpstreamClient {
-    pub(crate) h2: Option<Client<CountingConnector, ProxyBody>>,
+    pub(crate) h2: Option<Client<CountingConnector, RequestBody>>,
     pub(crate) h1: Arc<H1Pools>,
 }
 
@@ -108,27 +108,6 @@ impl ClusterLimits {
             slots: Arc::new(Semaphore::new(max_connections as usize)),
             slot_count: max_connections,
         }
-    }
-}
-
-/// A counted admission to a limit; leaving drops the count.
-pub(crate) struct Admission(Arc<AtomicU32>);
-
-impl Admission {
-    /// Admits one more when fewer than `max` are in.
-    pub(crate) fn try_new(counter: &Arc<AtomicU32>, max: u32) -> Option<Self> {
-        if counter.fetch_add(1, Ordering::AcqRel) >= max {
-            counter.fetch_sub(1, Ordering::AcqRel);
-            None
-        } else {
-            Some(Admission(Arc::clone(counter)))
-        }
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -475,35 +454,11 @@ impl tower_service::Service<http::Uri> for CountingConnector {
                         .upstream_connect_failures
                         .with_label_values(&labels)
                         .inc();
-                    Err(Box::new(ConnectFailed(e.into()))
+                    Err(Box::new(ConnectFailed::new(e.into()))
                         as Box<dyn std::error::Error + Send + Sync>)
                 }
             }
         })
-    }
-}
-
-/// A connection to an endpoint could not be opened. hyper's client reports some failures on
-/// a freshly opened connection as connect errors too; this marks the real ones.
-#[derive(Debug, thiserror::Error)]
-#[error("connect failed: {0}")]
-pub(crate) struct ConnectFailed(#[source] Box<dyn std::error::Error + Send + Sync>);
-
-impl ConnectFailed {
-    pub(crate) fn new(cause: Box<dyn std::error::Error + Send + Sync>) -> Self {
-        ConnectFailed(cause)
-    }
-
-    /// Whether `error` (or anything it was caused by) is a failed connect.
-    pub(crate) fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
-        let mut current = Some(error);
-        while let Some(e) = current {
-            if e.is::<ConnectFailed>() {
-                return true;
-            }
-            current = e.source();
-        }
-        false
     }
 }
 

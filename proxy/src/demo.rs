@@ -4,7 +4,8 @@
 //! `x-backend: NAME` header, so a client can see where the proxy sent it. Request headers steer it:
 //! `x-demo-status: 503` picks the status, `x-demo-delay: 250ms` delays the answer. A path ending
 //! in `/echo` streams the request body back as it arrives; one ending in `/headers` lists the
-//! request headers it received.
+//! request headers it received; one ending in `/count` reads the whole request body before it
+//! answers, with the body's length in bytes (so it never answers a request whose body broke).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -216,6 +218,23 @@ async fn answer(
         tokio::time::sleep(delay).await;
     }
     let path = req.uri().path();
+    if path.ends_with("/count") {
+        let mut response = match req.into_body().collect().await {
+            Ok(body) => Response::new(ProxyBody::full(format!("{}\n", body.to_bytes().len()))),
+            Err(_) => {
+                let mut r = Response::new(ProxyBody::full("request body broke\n"));
+                *r.status_mut() = StatusCode::BAD_REQUEST;
+                r
+            }
+        };
+        if response.status() == StatusCode::OK {
+            *response.status_mut() = status;
+        }
+        response
+            .headers_mut()
+            .insert("x-backend", HeaderValue::clone(&name));
+        return Ok(response);
+    }
     let body = if path.ends_with("/echo") {
         ProxyBody::stream(req.into_body())
     } else if path.ends_with("/headers") {

@@ -4,6 +4,7 @@
 //! (routes, TLS certificate, metric labels) is a [`ListenerState`] behind an `ArcSwap`, replaced
 //! whole on every configuration change; a connection reads the current state once per request.
 
+use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -23,7 +24,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::forward::{self, ConnContext};
+use crate::ctx::{ActiveGuard, ConnContext};
+use crate::forward;
 use crate::framing::FramingWatch;
 use crate::metrics::ListenerStats;
 use crate::route::RouteTable;
@@ -151,19 +153,16 @@ async fn accept_loop(
         let name = Arc::clone(&state.name);
         state.stats.cx_total.inc();
         drop(state);
-        let ctx = Arc::new(ConnContext::new(
-            Arc::clone(&shared),
-            peer.ip(),
-            tls.is_some(),
-        ));
+        let ctx = Arc::new(ConnContext::new(peer.ip(), tls.is_some()));
+        let listener = Arc::clone(&shared);
         let drain = drain_rx.clone();
         tokio::spawn(async move {
-            let _open = crate::body::ActiveGuard::new(&stats_active);
+            let _open = ActiveGuard::new(&stats_active);
             let conflict = Arc::clone(&ctx.framing_conflict);
             let result = match tls {
                 None => {
                     let io = FramingWatch::new(tcp, conflict, header_timeout);
-                    serve_connection(io, &http, ctx, idle, drain).await
+                    serve_connection(io, &http, listener, ctx, idle, drain).await
                 }
                 Some(acceptor) => {
                     let handshake =
@@ -180,7 +179,7 @@ async fn accept_loop(
                         }
                     };
                     let io = FramingWatch::new(stream, conflict, header_timeout);
-                    serve_connection(io, &http, ctx, idle, drain).await
+                    serve_connection(io, &http, listener, ctx, idle, drain).await
                 }
             };
             if let Err(e) = result {
@@ -203,7 +202,8 @@ async fn accept_loop(
     }
 }
 
-/// Serves one client connection until it ends. It is asked to finish gracefully (in-flight
+/// Serves one client connection until it ends, each request with the listener's state of the
+/// moment (read once per request). It is asked to finish gracefully (in-flight
 /// requests complete, HTTP/2 gets a GOAWAY) when the listener drains or when it has been idle
 /// for `idle`.
 ///
@@ -212,6 +212,7 @@ async fn accept_loop(
 async fn serve_connection<I>(
     io: I,
     http: &auto::Builder<TokioExecutor>,
+    listener: Arc<ListenerShared>,
     ctx: Arc<ConnContext>,
     idle: Option<Duration>,
     mut drain: watch::Receiver<bool>,
@@ -220,7 +221,11 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service_ctx = Arc::clone(&ctx);
-    let service = service_fn(move |req| forward::serve(req, Arc::clone(&service_ctx)));
+    let service = service_fn(move |req| {
+        let state = listener.state.load_full();
+        let conn = Arc::clone(&service_ctx);
+        async move { Ok::<_, Infallible>(forward::serve(req, conn, &state.routes, &state.stats).await) }
+    });
     let mut conn = pin!(http.serve_connection(TokioIo::new(io), service));
     let mut control = pin!(async {
         tokio::select! {

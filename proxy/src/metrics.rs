@@ -35,6 +35,7 @@ pub(crate) struct Metrics {
     endpoint_weight: IntGaugeVec,
     downstream_requests: IntCounterVec,
     downstream_active: IntGaugeVec,
+    downstream_aborted: IntCounterVec,
     downstream_cx_active: IntGaugeVec,
     downstream_cx_total: IntCounterVec,
     pub(crate) config_version: IntGauge,
@@ -147,13 +148,19 @@ impl Metrics {
             downstream_requests: counter_vec(
                 &r,
                 "gofe_downstream_requests_total",
-                "Requests received on a listener, by the status class returned to the client.",
+                "Requests answered on a listener, by the status class returned to the client (those whose client went away first are gofe_downstream_requests_aborted_total).",
                 &["listener", "code_class"],
             ),
             downstream_active: gauge_vec(
                 &r,
                 "gofe_downstream_requests_active",
                 "Requests in progress on a listener.",
+                &["listener"],
+            ),
+            downstream_aborted: counter_vec(
+                &r,
+                "gofe_downstream_requests_aborted_total",
+                "Requests on a listener whose client went away before the proxy had a response for them (mid-body, or while an endpoint was working on it); never counted against an endpoint.",
                 &["listener"],
             ),
             downstream_cx_active: gauge_vec(
@@ -289,6 +296,7 @@ impl Metrics {
                     .with_label_values(&[listener, class])
             }),
             active: self.downstream_active.with_label_values(&[listener]),
+            aborted: self.downstream_aborted.with_label_values(&[listener]),
             cx_active: self.downstream_cx_active.with_label_values(&[listener]),
             cx_total: self.downstream_cx_total.with_label_values(&[listener]),
             cx_overflow: self.downstream_cx_overflow.with_label_values(&[listener]),
@@ -372,6 +380,8 @@ pub(crate) struct ClusterStats {
 pub(crate) struct ListenerStats {
     pub(crate) requests: [IntCounter; 5],
     pub(crate) active: IntGauge,
+    /// Requests whose client went away before it could be answered.
+    pub(crate) aborted: IntCounter,
     pub(crate) cx_active: IntGauge,
     pub(crate) cx_total: IntCounter,
     pub(crate) cx_overflow: IntCounter,

@@ -17,6 +17,10 @@
 //! clusters' connection pools always have.
 //!
 //! HTTP/2 clusters keep hyper-util's client: there one connection multiplexes every request.
+//!
+//! An exchange that fails says which side failed ([`ExchangeError`]): the endpoint (no
+//! connection, a broken connection, a response that is not HTTP/1.1) or the client, whose
+//! request body broke while it was being sent.
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -32,15 +36,30 @@ use http_body::{Body as _, Frame};
 use tokio::io::{AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::body::{ActiveGuard, BodyError, ProxyBody};
-use crate::cluster::ConnectFailed;
+use crate::ctx::ActiveGuard;
 use crate::h1::{
     self, BodyFraming, ChunkedDecoder, Decoded, H1Error, RequestFraming, ResponseHead, Span,
 };
 use crate::metrics::Metrics;
+use crate::request_body::{DownstreamError, RequestBody};
 
-/// The error of an upstream exchange.
-pub(crate) type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
+/// Why an HTTP/1.1 exchange with an endpoint failed, and on which side.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExchangeError {
+    /// No connection to the endpoint could be opened.
+    #[error(transparent)]
+    Connect(#[from] ConnectFailed),
+    /// The connection to the endpoint failed (reset, refused a write, ...).
+    #[error("upstream connection failed: {0}")]
+    Io(#[source] std::io::Error),
+    /// The endpoint closed the connection early or answered something that is not HTTP/1.1.
+    #[error(transparent)]
+    Protocol(#[from] H1Error),
+    /// The client's request body broke while it was being sent: the client's fault, not the
+    /// endpoint's.
+    #[error("request body: {0}")]
+    RequestBody(#[source] DownstreamError),
+}
 
 /// Ticks of the idle sweeper after which a parked connection is closed.
 const IDLE_TICKS: u64 = 4;
@@ -146,7 +165,7 @@ impl H1Conn {
         &mut self,
         cx: &mut Context<'_>,
         sending: &mut Sending,
-    ) -> Poll<Result<(), UpstreamError>> {
+    ) -> Poll<Result<(), ExchangeError>> {
         loop {
             while self.written < self.write.len() {
                 self.written +=
@@ -180,7 +199,9 @@ impl H1Conn {
                     }
                     sending.done = true;
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(ExchangeError::RequestBody(e)))
+                }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) => {
@@ -235,7 +256,7 @@ impl H1Conn {
         &mut self,
         cx: &mut Context<'_>,
         head_request: bool,
-    ) -> Poll<Result<ResponseHead, UpstreamError>> {
+    ) -> Poll<Result<ResponseHead, ExchangeError>> {
         loop {
             if !self.read.is_empty() {
                 if let Some(head) = h1::parse_head(&mut self.read, head_request, &mut self.spans)? {
@@ -245,7 +266,7 @@ impl H1Conn {
             match std::task::ready!(self.poll_fill(cx)) {
                 Ok(0) => return Poll::Ready(Err(H1Error::Closed.into())),
                 Ok(_) => {}
-                Err(e) => return Poll::Ready(Err(e.into())),
+                Err(e) => return Poll::Ready(Err(ExchangeError::Io(e))),
             }
         }
     }
@@ -263,12 +284,12 @@ fn write_some(
     io: &mut TcpStream,
     cx: &mut Context<'_>,
     buf: &[u8],
-) -> Poll<Result<usize, UpstreamError>> {
+) -> Poll<Result<usize, ExchangeError>> {
     match Pin::new(io).poll_write(cx, buf) {
-        Poll::Ready(Ok(0)) => Poll::Ready(Err(
-            std::io::Error::from(std::io::ErrorKind::WriteZero).into()
-        )),
-        polled => polled.map_err(Into::into),
+        Poll::Ready(Ok(0)) => Poll::Ready(Err(ExchangeError::Io(std::io::Error::from(
+            std::io::ErrorKind::WriteZero,
+        )))),
+        polled => polled.map_err(ExchangeError::Io),
     }
 }
 
@@ -281,7 +302,7 @@ const READ_BUFFER_MAX: usize = 256 * 1024;
 
 /// A request body on its way upstream.
 pub(crate) struct Sending {
-    body: ProxyBody,
+    body: RequestBody,
     framing: RequestFraming,
     /// Data being written from its own buffer (too large to coalesce).
     data: Option<Bytes>,
@@ -337,7 +358,7 @@ impl UpstreamBody {
     pub(crate) fn poll_frame(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
         let Some(lease) = &mut self.lease else {
             return Poll::Ready(None);
         };
@@ -396,13 +417,13 @@ impl UpstreamBody {
                     }
                     Ok(0) => return self.fail(H1Error::Closed.into()),
                     Ok(_) => {}
-                    Err(e) => return self.fail(e.into()),
+                    Err(e) => return self.fail(ExchangeError::Io(e)),
                 },
             }
         }
     }
 
-    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn fail(&mut self, e: ExchangeError) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
         tracing::debug!(error = %e, "upstream response body failed");
         self.lease = None;
         Poll::Ready(Some(Err(e)))
@@ -448,8 +469,8 @@ impl EndpointPool {
     /// response's body is read from that connection as it is polled.
     pub(crate) async fn send(
         self: &Arc<Self>,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        req: Request<RequestBody>,
+    ) -> Result<Response<UpstreamBody>, ExchangeError> {
         let (parts, body) = req.into_parts();
         let head_request = parts.method == Method::HEAD;
         let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
@@ -504,11 +525,11 @@ impl EndpointPool {
             pool: Arc::clone(self),
             sending: (!sent && !send_failed).then(|| Box::new(sending)),
         };
-        let mut response = Response::new(ProxyBody::upstream(UpstreamBody {
+        let mut response = Response::new(UpstreamBody {
             lease: Some(lease),
             framing: head.framing,
             chunked: ChunkedDecoder::Size,
-        }));
+        });
         *response.status_mut() = head.status;
         *response.headers_mut() = head.headers;
         Ok(response)
@@ -537,7 +558,7 @@ impl EndpointPool {
         }
     }
 
-    async fn connect(&self) -> Result<Box<H1Conn>, UpstreamError> {
+    async fn connect(&self) -> Result<Box<H1Conn>, ConnectFailed> {
         let labels = [&*self.cluster, &*self.address];
         let connecting = tokio::time::timeout(self.connect_timeout, async {
             let tcp = TcpStream::connect(&*self.address).await?;
@@ -552,11 +573,11 @@ impl EndpointPool {
                     .upstream_connect_failures
                     .with_label_values(&labels)
                     .inc();
-                let cause: UpstreamError = match failed {
+                let cause: Box<dyn std::error::Error + Send + Sync> = match failed {
                     Ok(Err(e)) => e.into(),
                     _ => "connect timed out".into(),
                 };
-                return Err(ConnectFailed::new(cause).into());
+                return Err(ConnectFailed::new(cause));
             }
         };
         self.metrics
@@ -614,5 +635,30 @@ impl EndpointPool {
                 drop(expired);
             }
         });
+    }
+}
+
+/// A connection to an endpoint could not be opened. hyper's client reports some failures on
+/// a freshly opened connection as connect errors too; this marks the real ones.
+#[derive(Debug, thiserror::Error)]
+#[error("connect failed: {0}")]
+pub(crate) struct ConnectFailed(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+impl ConnectFailed {
+    /// A failed connect, for `cause`.
+    pub(crate) fn new(cause: Box<dyn std::error::Error + Send + Sync>) -> Self {
+        ConnectFailed(cause)
+    }
+
+    /// Whether `error` (or anything it was caused by) is a failed connect.
+    pub(crate) fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut current = Some(error);
+        while let Some(e) = current {
+            if e.is::<ConnectFailed>() {
+                return true;
+            }
+            current = e.source();
+        }
+        false
     }
 }

@@ -3,6 +3,7 @@
 //! real proxy, driven by real HTTP/1.1, h2c and h2-over-TLS clients.
 
 mod balancing;
+mod blame;
 mod hostile;
 mod protocols;
 mod reload;
