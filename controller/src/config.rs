@@ -52,6 +52,12 @@ pub struct ControllerConfig {
     /// Envoy-protocol clients. Default: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xds: Option<XdsConfig>,
+    /// A file where the controller keeps its decision state (ejections, ramps, latency
+    /// multipliers, the last publication) so that a restart resumes them instead of
+    /// readmitting ejected endpoints. Relative to this file. Written after every publication,
+    /// atomically. Default: none (a restart starts fresh, and says so in its log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_file: Option<String>,
     /// Kubernetes mode: endpoints from the EndpointSlices of the Services that `TrafficPolicy`
     /// resources select, policies from those resources, leader election on a Lease. Default:
     /// off (file mode: clusters and endpoints from `proxy_config`).
@@ -394,6 +400,9 @@ impl PolicyConfig {
 
 impl Validate for ControllerConfig {
     fn validate(&self, v: &mut Validator) {
+        if self.state_file.as_deref() == Some("") {
+            v.error("state_file", "must name a file (or leave it out)");
+        }
         if self.proxy_config.is_empty() {
             v.error("proxy_config", "must name a proxy configuration file");
         }
@@ -543,11 +552,12 @@ pub fn parse(name: &str, text: &str) -> Result<ControllerConfig, ConfigError> {
 
 /// Reads the controller file and the proxy configuration it names (relative to it).
 pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
-    let controller: ControllerConfig = gofe_yaml::load(path)?;
-    let proxy_path = path
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join(&controller.proxy_config);
+    let mut controller: ControllerConfig = gofe_yaml::load(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let proxy_path = dir.join(&controller.proxy_config);
+    if let Some(state) = &mut controller.state_file {
+        *state = dir.join(&*state).display().to_string();
+    }
     let proxy = gofe_model::load(&proxy_path)?;
     Ok(Loaded { controller, proxy })
 }

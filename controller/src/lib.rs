@@ -23,14 +23,18 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use gofe_core::policy::{self, ClusterState, Decision, Event, Mode, Policy, Status};
-use gofe_model::{HealthStatus, ProxyConfig};
+use gofe_model::ProxyConfig;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use serde::Serialize;
 
 pub mod admin;
 pub mod config;
 pub mod kubernetes;
+pub mod publication;
 pub mod signals;
+pub mod state;
+
+use publication::Published;
 
 use signals::Source;
 
@@ -367,11 +371,26 @@ pub struct Controller {
     source: Source,
     states: BTreeMap<String, ClusterState>,
     publisher: Publisher,
-    published: Option<Vec<(String, String, u32, bool)>>,
+    /// What the last publication carried per endpoint.
+    published: Option<Vec<Published>>,
     published_at: Option<std::time::SystemTime>,
     version: u64,
     started: tokio::time::Instant,
+    /// Added to the time since `started`: the decision clock of a resumed state goes on.
+    clock_offset_ms: u64,
+    /// Where decision state is kept across restarts.
+    state_file: Option<std::path::PathBuf>,
+    /// A resumed state's last publication, published again before the first decision.
+    resume: Option<ProxyConfig>,
+    /// Signals were unavailable on the last step (one log line when lost, one when back).
+    signals_lost: bool,
     shared: Arc<Shared>,
+}
+
+/// What one step decided for one cluster: the decision and the base weights it started from.
+struct ClusterStep {
+    decision: Decision,
+    base: Vec<(String, u32)>,
 }
 
 /// Why the controller could not start.
@@ -386,6 +405,9 @@ pub enum ControllerError {
     /// Kubernetes mode could not start.
     #[error(transparent)]
     Kubernetes(#[from] kubernetes::KubernetesError),
+    /// The state file exists but cannot be read: refused rather than silently forgotten.
+    #[error(transparent)]
+    State(#[from] state::StateError),
     /// The admin address could not be bound.
     #[error("cannot bind the admin address {address}: {source}")]
     Bind {
@@ -421,7 +443,12 @@ impl Controller {
             queries: RwLock::new(source.describe()),
             metrics: Metrics::new(),
         });
-        Ok(Controller {
+        let state_file = loaded
+            .controller
+            .state_file
+            .as_ref()
+            .map(std::path::PathBuf::from);
+        let mut controller = Controller {
             file_base: loaded.proxy.clone(),
             base: loaded.proxy,
             default_policy: default,
@@ -434,8 +461,25 @@ impl Controller {
             published_at: None,
             version: 0,
             started: tokio::time::Instant::now(),
+            clock_offset_ms: 0,
+            state_file,
+            resume: None,
+            signals_lost: false,
             shared,
-        })
+        };
+        match &controller.state_file {
+            Some(path) => {
+                if let Some(saved) = state::load(path)? {
+                    controller.resume_from(saved);
+                } else {
+                    tracing::info!(state_file = %path.display(), "no saved state yet: starting fresh");
+                }
+            }
+            None => tracing::info!(
+                "no state_file: a restart of this controller forgets its ejections and ramps"
+            ),
+        }
+        Ok(controller)
     }
 
     /// What the admin endpoint reads.
@@ -485,7 +529,7 @@ impl Controller {
         weights: &BTreeMap<String, BTreeMap<String, (u32, bool)>>,
     ) -> DecisionsView {
         let mut config = self.base.clone();
-        let mut fingerprint = Vec::new();
+        let mut published = Vec::new();
         let mut view = DecisionsView {
             role: "follower",
             ..DecisionsView::default()
@@ -511,7 +555,7 @@ impl Controller {
                     reason: "decided by the leader".into(),
                     inputs: None,
                 });
-                set_endpoint(&cluster.name, ep, weight, healthy, &mut fingerprint);
+                publication::set_endpoint(&cluster.name, ep, weight, healthy, &mut published);
             }
             view.clusters.insert(
                 cluster.name.clone(),
@@ -521,7 +565,7 @@ impl Controller {
                 },
             );
         }
-        self.publish_if_changed(config, fingerprint).await;
+        self.publish_if_changed(config, published).await;
         // A new leader starts from fresh state rather than from another replica's.
         self.states.clear();
         view.version = self.version;
@@ -536,38 +580,113 @@ impl Controller {
         view
     }
 
-    async fn publish_if_changed(
-        &mut self,
-        config: ProxyConfig,
-        fingerprint: Vec<(String, String, u32, bool)>,
-    ) {
-        if self.published.as_ref() == Some(&fingerprint) {
+    /// Continues from a saved state: the decision clock goes on from it, the breakers, ramps
+    /// and multipliers are those it had, and its last publication is published again first.
+    fn resume_from(&mut self, saved: state::Saved) {
+        self.clock_offset_ms = saved.clock_now_ms();
+        self.version = saved.version;
+        self.states = saved
+            .clusters
+            .into_iter()
+            .filter(|(name, _)| self.policies.contains_key(name))
+            .collect();
+        self.published = Some(saved.published);
+        self.resume = Some(saved.config);
+        tracing::info!(
+            version = self.version,
+            clusters = self.states.len(),
+            "resumed the saved decision state"
+        );
+    }
+
+    /// Publishes `config` unless it carries exactly what the last publication did; the log
+    /// line names what changed. With a state file, the state is saved after each publication.
+    async fn publish_if_changed(&mut self, config: ProxyConfig, published: Vec<Published>) {
+        if self.published.as_ref() == Some(&published) {
             return;
         }
+        let changes = publication::changes(self.published.as_deref(), &published);
         let version = self.version + 1;
-        match self.publisher.publish(config, version).await {
+        match self.publisher.publish(config.clone(), version).await {
             Ok(()) => {
                 self.version = version;
-                self.published = Some(fingerprint);
+                self.published = Some(published);
                 self.published_at = Some(std::time::SystemTime::now());
                 self.shared.metrics.version.set(version as i64);
-                tracing::info!(version, "published new weights");
+                tracing::info!(
+                    version,
+                    changes = changes.join("; "),
+                    "published version {version}"
+                );
+                self.save_state(config);
             }
             Err(e) => tracing::error!(error = %e, "publishing failed; will retry next step"),
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    /// Writes the decision state to the state file, when there is one.
+    fn save_state(&self, config: ProxyConfig) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        let saved = state::Saved::new(
+            self.now_ms(),
+            self.version,
+            config,
+            self.published.clone().unwrap_or_default(),
+            self.states.clone(),
+        );
+        if let Err(e) = state::save(path, &saved) {
+            tracing::error!(error = %e, "could not save the decision state");
+        }
     }
 
-    /// One step: fetch signals, decide every cluster, publish if anything changed.
+    /// The decision clock: ms since this controller started, continuing a resumed state's.
+    fn now_ms(&self) -> u64 {
+        let elapsed = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.clock_offset_ms.saturating_add(elapsed)
+    }
+
+    /// One step: fetch signals, decide every cluster, publish if anything changed, record
+    /// metrics and the explanation.
     pub async fn step(&mut self) -> DecisionsView {
+        if let Some(config) = self.resume.take() {
+            // What the proxies had from before the restart, before anything new.
+            if let Err(e) = self.publisher.publish(config, self.version).await {
+                tracing::error!(error = %e, "republishing the saved configuration failed");
+            }
+            self.published_at = Some(std::time::SystemTime::now());
+        }
         let now = self.now_ms();
-        let (snapshot, signal_error) = match self.source.fetch(now).await {
-            Ok(s) => (s, None),
+        let (snapshot, signal_error) = self.fetch_signals(now).await;
+        let (decided, events) = self.decide_all(&snapshot, now);
+        let (config, published) = publication::weighted(&self.base, |cluster, i| {
+            let d = decided.get(cluster)?.decision.endpoints.get(i)?;
+            Some((d.weight, d.healthy))
+        });
+        self.publish_if_changed(config, published).await;
+        self.record_metrics(&decided);
+        let view = self.view(&decided, events, signal_error);
+        if let Ok(mut w) = self.shared.decisions.write() {
+            *w = view.clone();
+        }
+        view
+    }
+
+    /// This step's signals; when they cannot be had, an empty snapshot (every decision holds)
+    /// and the error. One log line when signals are lost and one when they are back.
+    async fn fetch_signals(&mut self, now: u64) -> (signals::Snapshot, Option<String>) {
+        match self.source.fetch(now).await {
+            Ok(s) => {
+                if std::mem::take(&mut self.signals_lost) {
+                    tracing::info!("signals are back: deciding again");
+                }
+                (s, None)
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "signals unavailable; holding decisions");
+                if !std::mem::replace(&mut self.signals_lost, true) {
+                    tracing::warn!(error = %e, "signals lost: holding decisions (fail static) until they return");
+                }
                 self.shared
                     .metrics
                     .signal_errors
@@ -575,10 +694,19 @@ impl Controller {
                     .inc();
                 (signals::Snapshot::new(), Some(e.to_string()))
             }
-        };
+        }
+    }
+
+    /// Runs the policy for every cluster on `snapshot`, keeping each cluster's new state;
+    /// logs and counts the events.
+    fn decide_all(
+        &mut self,
+        snapshot: &signals::Snapshot,
+        now: u64,
+    ) -> (BTreeMap<String, ClusterStep>, Vec<EventView>) {
         let empty = BTreeMap::new();
         let mut events = Vec::new();
-        let mut decisions: BTreeMap<String, (Decision, Vec<(String, u32)>)> = BTreeMap::new();
+        let mut decided = BTreeMap::new();
         for cluster in &self.base.clusters {
             let name = cluster.name.clone();
             let base: Vec<(String, u32)> = cluster
@@ -586,63 +714,83 @@ impl Controller {
                 .iter()
                 .map(|e| (e.address.clone(), e.weight))
                 .collect();
-            let policy = &self.policies[&name];
             let previous = self.states.get(&name).cloned().unwrap_or_default();
-            let d = policy::decide(
-                policy,
+            let decision = policy::decide(
+                &self.policies[&name],
                 &base,
                 &previous,
                 snapshot.get(&name).unwrap_or(&empty),
                 now,
             );
-            for event in &d.events {
+            for event in &decision.events {
                 events.push(EventView::of(&name, event, now));
-                match event {
-                    Event::Ejected {
-                        endpoint,
-                        reason,
-                        until_ms,
-                    } => {
-                        tracing::warn!(cluster = %name, %endpoint, reason = reason.as_str(), ejected_for_s = until_ms.saturating_sub(now) / 1000, "controller ejected endpoint");
-                        self.shared
-                            .metrics
-                            .ejections
-                            .with_label_values(&[name.as_str(), reason.as_str()])
-                            .inc();
-                    }
-                    Event::HalfOpen { endpoint } => {
-                        tracing::info!(cluster = %name, %endpoint, "endpoint half-open: trial weight")
-                    }
-                    Event::Recovered { endpoint } => {
-                        tracing::info!(cluster = %name, %endpoint, "endpoint recovered: ramping back")
-                    }
-                }
+                self.log_event(&name, event, now);
             }
-            self.states.insert(name.clone(), d.state.clone());
-            decisions.insert(name, (d, base));
+            self.states.insert(name.clone(), decision.state.clone());
+            decided.insert(name, ClusterStep { decision, base });
         }
+        (decided, events)
+    }
 
-        // The configuration to publish: the base, with the decided weights and health.
-        let mut config = self.base.clone();
-        let mut fingerprint = Vec::new();
-        for cluster in &mut config.clusters {
-            let Some((d, _)) = decisions.get(&cluster.name) else {
-                continue;
-            };
-            for (ep, dec) in cluster.endpoints.iter_mut().zip(&d.endpoints) {
-                set_endpoint(&cluster.name, ep, dec.weight, dec.healthy, &mut fingerprint);
+    fn log_event(&self, cluster: &str, event: &Event, now: u64) {
+        match event {
+            Event::Ejected {
+                endpoint,
+                reason,
+                until_ms,
+            } => {
+                tracing::warn!(%cluster, %endpoint, reason = reason.as_str(), ejected_for_s = until_ms.saturating_sub(now) / 1000, "controller ejected endpoint");
+                self.shared
+                    .metrics
+                    .ejections
+                    .with_label_values(&[cluster, reason.as_str()])
+                    .inc();
+            }
+            Event::HalfOpen { endpoint } => {
+                tracing::info!(%cluster, %endpoint, "endpoint half-open: trial weight")
+            }
+            Event::Recovered { endpoint } => {
+                tracing::info!(%cluster, %endpoint, "endpoint recovered: ramping back")
             }
         }
-        self.publish_if_changed(config, fingerprint).await;
+    }
 
-        // Metrics and the explanation.
+    /// The controller's own metrics for this step's decisions.
+    fn record_metrics(&self, decided: &BTreeMap<String, ClusterStep>) {
         let m = &self.shared.metrics;
         m.decisions.inc();
-        let unix = unix_now();
-        m.last_decision.set(unix as i64);
+        m.last_decision.set(unix_now() as i64);
+        for (name, step) in decided {
+            let d = &step.decision;
+            for mode in [Mode::Normal, Mode::FailStatic, Mode::Relaxed, Mode::Panic] {
+                m.mode
+                    .with_label_values(&[name.as_str(), mode_name(mode)])
+                    .set(i64::from(mode == d.mode));
+            }
+            for e in &d.endpoints {
+                m.weight
+                    .with_label_values(&[name.as_str(), e.endpoint.as_str()])
+                    .set(i64::from(e.weight));
+                m.ejected
+                    .with_label_values(&[name.as_str(), e.endpoint.as_str()])
+                    .set(i64::from(
+                        matches!(e.status, Status::Ejected { .. })
+                            || (!e.healthy && e.status == Status::Held),
+                    ));
+            }
+        }
+    }
+
+    /// The explanation `/decisions` and `gofe controller explain` show.
+    fn view(
+        &self,
+        decided: &BTreeMap<String, ClusterStep>,
+        events: Vec<EventView>,
+        signal_error: Option<String>,
+    ) -> DecisionsView {
         let mut view = DecisionsView {
             role: "leader",
-            decided_at_unix: unix,
+            decided_at_unix: unix_now(),
             version: self.version,
             signal_error,
             clusters: BTreeMap::new(),
@@ -654,53 +802,35 @@ impl Controller {
             view.published_at_unix_ms = self.published_at.map(unix_ms);
             view.proxies = proxies_view(server, self.published_at);
         }
-        for (name, (d, base)) in &decisions {
-            for mode in [Mode::Normal, Mode::FailStatic, Mode::Relaxed, Mode::Panic] {
-                m.mode
-                    .with_label_values(&[name.as_str(), mode_name(mode)])
-                    .set(i64::from(mode == d.mode));
-            }
-            let endpoints = d
+        for (name, step) in decided {
+            let endpoints = step
+                .decision
                 .endpoints
                 .iter()
-                .zip(base)
-                .map(|(e, (_, base_weight))| {
-                    m.weight
-                        .with_label_values(&[name.as_str(), e.endpoint.as_str()])
-                        .set(i64::from(e.weight));
-                    m.ejected
-                        .with_label_values(&[name.as_str(), e.endpoint.as_str()])
-                        .set(i64::from(
-                            matches!(e.status, Status::Ejected { .. })
-                                || (!e.healthy && e.status == Status::Held),
-                        ));
-                    EndpointView {
-                        endpoint: e.endpoint.clone(),
-                        base_weight: *base_weight,
-                        weight: e.weight,
-                        healthy: e.healthy,
-                        state: state_name(e.status),
-                        multiplier: e.multiplier,
-                        reason: e.reason.clone(),
-                        inputs: e.signals.map(|s| Inputs {
-                            requests: s.requests,
-                            rps: s.rps,
-                            success_rate: s.success_rate,
-                            latency_seconds: s.latency,
-                        }),
-                    }
+                .zip(&step.base)
+                .map(|(e, (_, base_weight))| EndpointView {
+                    endpoint: e.endpoint.clone(),
+                    base_weight: *base_weight,
+                    weight: e.weight,
+                    healthy: e.healthy,
+                    state: state_name(e.status),
+                    multiplier: e.multiplier,
+                    reason: e.reason.clone(),
+                    inputs: e.signals.map(|s| Inputs {
+                        requests: s.requests,
+                        rps: s.rps,
+                        success_rate: s.success_rate,
+                        latency_seconds: s.latency,
+                    }),
                 })
                 .collect();
             view.clusters.insert(
                 name.clone(),
                 ClusterView {
-                    mode: mode_name(d.mode),
+                    mode: mode_name(step.decision.mode),
                     endpoints,
                 },
             );
-        }
-        if let Ok(mut w) = self.shared.decisions.write() {
-            *w = view.clone();
         }
         view
     }
@@ -805,22 +935,4 @@ pub async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-}
-
-/// Gives `ep` of `cluster` its decided weight and health, and records them in the fingerprint
-/// that tells whether a publication changes anything.
-fn set_endpoint(
-    cluster: &str,
-    ep: &mut gofe_model::EndpointConfig,
-    weight: u32,
-    healthy: bool,
-    fingerprint: &mut Vec<(String, String, u32, bool)>,
-) {
-    ep.weight = weight;
-    ep.health_status = if healthy {
-        HealthStatus::Healthy
-    } else {
-        HealthStatus::Unhealthy
-    };
-    fingerprint.push((cluster.to_owned(), ep.address.clone(), weight, healthy));
 }

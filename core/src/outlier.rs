@@ -42,6 +42,7 @@ impl EjectReason {
 
 /// Where a breaker is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum BreakerState {
     /// Serving normally.
     Closed,
@@ -93,6 +94,7 @@ pub fn ejection_duration(times: EjectionTimes, times_ejected: u32) -> Duration {
 
 /// One endpoint's breaker.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Breaker {
     state: BreakerState,
     /// Ejections so far, decayed by one per healthy interval ([`Breaker::decay`]).

@@ -140,6 +140,7 @@ pub struct Signals {
 
 /// One endpoint's decision state, carried from step to step.
 #[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct EndpointState {
     /// The breaker (closed, ejected, half-open).
     pub breaker: Breaker,
@@ -170,6 +171,7 @@ impl EndpointState {
 
 /// A cluster's decision state: one entry per endpoint, ordered by address.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct ClusterState {
     /// Per endpoint (keyed by address).
     pub endpoints: BTreeMap<String, EndpointState>,
