@@ -71,11 +71,15 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         delay: Option<Duration>,
         /// Fail this fraction of requests (0.0-1.0), evenly spread.
-        #[arg(long, default_value_t = 0.0)]
+        #[arg(long, default_value_t = 0.0, value_parser = parse_fail_ratio)]
         fail_ratio: f64,
         /// The status of failed requests.
-        #[arg(long, default_value_t = 500)]
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(100..=599))]
         fail_status: u16,
+        /// Serve a control endpoint here to change the faults while running:
+        /// `curl -X POST 'http://ADDR/fault?fail_ratio=0.5&fail_status=503&delay=50ms'`.
+        #[arg(long)]
+        control: Option<SocketAddr>,
     },
     /// The controller: signals in, endpoint weights and ejections out.
     Controller {
@@ -183,6 +187,10 @@ enum ControllerCommand {
     Crd,
 }
 
+fn parse_fail_ratio(s: &str) -> Result<f64, String> {
+    gofe_proxy::demo::check_fail_ratio(s)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     gofe_proxy::config::parse_duration(s).map_err(|e| e.to_string())
 }
@@ -241,6 +249,7 @@ fn main() -> anyhow::Result<()> {
                 if let Some(cluster) = service_cluster {
                     b.node.cluster = cluster;
                 }
+                let _hup = ignore_sighup("gofe proxy --bootstrap (its configuration comes from xDS)");
                 gofe_proxy::xds::bootstrap::run_loaded(b, drain_timeout, shutdown_signal())
                     .await
                     .context("gofe proxy (xDS)")
@@ -265,6 +274,7 @@ fn main() -> anyhow::Result<()> {
                 delay,
                 fail_ratio,
                 fail_status,
+                control,
             } => {
                 let backend = DemoBackend::start(listen, &name)
                     .await
@@ -273,16 +283,27 @@ fn main() -> anyhow::Result<()> {
                     backend.set_delay(d);
                 }
                 backend.set_failure(fail_ratio, fail_status);
+                if let Some(addr) = control {
+                    let listener = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding the control endpoint {addr}"))?;
+                    tracing::info!(control = %listener.local_addr()?, "fault control endpoint serving /fault");
+                    backend.serve_control(listener);
+                }
                 tracing::info!(addr = %backend.addr(), %name, "demo backend serving");
-                tokio::signal::ctrl_c().await.ok();
+                let _hup = ignore_sighup("gofe backend (change faults through --control)");
+                shutdown_signal().await;
                 backend.stop().await;
                 Ok(())
             }
             Command::Controller { command } => controller(command).await,
             Command::Sim(args) => gofe_sim::cli::main(args),
-            Command::Adapter(args) => gofe_metrics_adapter::run((*args).into_options()?)
+            Command::Adapter(args) => {
+                let _hup = ignore_sighup("gofe adapter (restart it to read its rules again)");
+                gofe_metrics_adapter::run((*args).into_options()?)
                 .await
-                .context("gofe adapter"),
+                .context("gofe adapter")
+            }
             Command::Check { file, kind } => check(&file, kind),
         }
     })
@@ -302,19 +323,21 @@ async fn controller(command: ControllerCommand) -> anyhow::Result<()> {
                         "no publisher: decisions are made and explained but not pushed (set xds.address, or use --with-proxy)"
                     );
                 }
-                gofe_controller::serve(
+                gofe_controller::serve_with_reloads(
                     loaded,
                     gofe_controller::Publisher::DryRun,
                     gofe_controller::shutdown_signal(),
+                    reload_on_sighup(config.clone()),
                 )
                 .await?;
                 return Ok(());
             }
             let mesh = LocalMesh::start(&loaded, drain_timeout).await?;
-            let result = gofe_controller::serve(
+            let result = gofe_controller::serve_with_reloads(
                 loaded,
                 gofe_controller::Publisher::Xds(mesh.ads.clone()),
                 gofe_controller::shutdown_signal(),
+                reload_on_sighup(config.clone()),
             )
             .await;
             mesh.stop(drain_timeout).await;
@@ -372,6 +395,49 @@ async fn explain(cluster: &str, admin: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// On each SIGHUP, reads the controller's files again: a valid configuration goes to the
+/// controller, an invalid one is logged with every problem and the running one stays.
+fn reload_on_sighup(path: PathBuf) -> tokio::sync::mpsc::Receiver<gofe_controller::config::Loaded> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!(config = %path.display(), "SIGHUP: reloading the controller's configuration");
+                    match gofe_controller::config::load(&path) {
+                        Ok(loaded) => {
+                            if tx.send(loaded).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "reload refused: the running configuration stays")
+                        }
+                    }
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot handle SIGHUP: reload needs a restart"),
+    }
+    rx
+}
+
+/// Keeps SIGHUP from killing a command that has nothing to reload: each one is logged as
+/// ignored, with what the command does instead. The handler lives as long as the guard.
+fn ignore_sighup(what: &'static str) -> Option<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).ok()?;
+    Some(tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::warn!(
+                command = what,
+                "SIGHUP ignored: this command has no files to reload"
+            );
+        }
+    }))
+}
+
 /// SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -412,6 +478,7 @@ async fn up(drain: Duration) -> anyhow::Result<()> {
         "gofe is up:\n  proxy       http://127.0.0.1:8080/  (try /, /canary, /lr)\n  proxy admin http://127.0.0.1:9901/metrics  /ready  /config_dump\n  controller  http://127.0.0.1:9902/decisions  (or: gofe controller explain web)\n  backends    {}\nCtrl-C to stop.",
         UP_BACKENDS.map(|(n, a)| format!("{n}={a}")).join(" ")
     );
+    let _hup = ignore_sighup("gofe up (its configuration is embedded)");
     let result = gofe_controller::serve(
         loaded,
         gofe_controller::Publisher::Xds(mesh.ads.clone()),

@@ -384,6 +384,8 @@ pub struct Controller {
     resume: Option<ProxyConfig>,
     /// Signals were unavailable on the last step (one log line when lost, one when back).
     signals_lost: bool,
+    /// The controller settings it runs with (a reload compares against them).
+    running: config::ControllerConfig,
     shared: Arc<Shared>,
 }
 
@@ -465,6 +467,7 @@ impl Controller {
             state_file,
             resume: None,
             signals_lost: false,
+            running: loaded.controller.clone(),
             shared,
         };
         match &controller.state_file {
@@ -836,10 +839,18 @@ impl Controller {
     }
 
     /// Runs steps every `interval` until `stop` resolves.
-    pub async fn run_until(
+    pub async fn run_until(self, interval: Duration, stop: impl std::future::Future<Output = ()>) {
+        let (_keep, reloads) = tokio::sync::mpsc::channel(1);
+        self.run_with_reloads(interval, stop, reloads).await;
+    }
+
+    /// [`Controller::run_until`], applying each configuration that arrives on `reloads`
+    /// (`SIGHUP`) before the next step.
+    pub async fn run_with_reloads(
         mut self,
         interval: Duration,
         stop: impl std::future::Future<Output = ()>,
+        mut reloads: tokio::sync::mpsc::Receiver<config::Loaded>,
     ) {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -847,8 +858,60 @@ impl Controller {
         loop {
             tokio::select! {
                 _ = tick.tick() => { self.step().await; }
+                Some(loaded) = reloads.recv() => self.reload(loaded),
                 _ = &mut stop => return,
             }
+        }
+    }
+
+    /// Takes a reloaded configuration: the proxy configuration (clusters, endpoints, base
+    /// weights) and the policies apply from the next step, keeping the state of endpoints
+    /// that remain. Settings that need a restart (signals, admin, xds, interval, kubernetes,
+    /// state_file) are named in a warning and keep their running values.
+    pub fn reload(&mut self, loaded: config::Loaded) {
+        let restart: Vec<&str> = self.restart_settings_changed(&loaded.controller);
+        if !restart.is_empty() {
+            tracing::warn!(
+                settings = restart.join(", "),
+                "reload: these settings take effect only after a restart; the running values stay"
+            );
+        }
+        self.default_policy = loaded.controller.policy.resolve(&Policy::default());
+        self.file_overrides = loaded.controller.clusters.clone();
+        self.file_base = loaded.proxy.clone();
+        self.set_topology(loaded.proxy, &BTreeMap::new());
+        self.running = loaded.controller;
+        tracing::info!("reload: configuration applied");
+    }
+
+    fn restart_settings_changed(&self, next: &config::ControllerConfig) -> Vec<&'static str> {
+        let json = |v: &dyn erased::Json| v.json();
+        let r = &self.running;
+        [
+            ("signals", json(&r.signals) != json(&next.signals)),
+            ("admin", json(&r.admin) != json(&next.admin)),
+            ("xds", json(&r.xds) != json(&next.xds)),
+            ("interval", r.interval != next.interval),
+            ("kubernetes", json(&r.kubernetes) != json(&next.kubernetes)),
+            ("state_file", r.state_file != next.state_file),
+        ]
+        .into_iter()
+        .filter_map(|(name, changed)| changed.then_some(name))
+        .collect()
+    }
+}
+
+/// Comparing configuration sections by their serialized form (they hold floats and durations,
+/// and derive no `PartialEq`).
+mod erased {
+    /// A value as JSON.
+    pub(crate) trait Json {
+        fn json(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap_or_default()
         }
     }
 }
@@ -865,6 +928,18 @@ pub async fn serve(
     loaded: config::Loaded,
     publisher: Publisher,
     stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ControllerError> {
+    let (_keep, reloads) = tokio::sync::mpsc::channel(1);
+    serve_with_reloads(loaded, publisher, stop, reloads).await
+}
+
+/// [`serve`], applying each configuration that arrives on `reloads` (file mode; in
+/// Kubernetes mode policies come from TrafficPolicies and a reload is refused with a warning).
+pub async fn serve_with_reloads(
+    loaded: config::Loaded,
+    publisher: Publisher,
+    stop: impl std::future::Future<Output = ()>,
+    mut reloads: tokio::sync::mpsc::Receiver<config::Loaded>,
 ) -> Result<(), ControllerError> {
     let interval = loaded.controller.interval;
     let kubernetes = match loaded.controller.kubernetes.clone() {
@@ -910,9 +985,15 @@ pub async fn serve(
     let server = tokio::spawn(admin::serve(listener, shared));
     match kubernetes {
         Some((client, settings)) => {
-            kubernetes::drive(controller, client, settings, interval, stop).await
+            let refused = tokio::spawn(async move {
+                while reloads.recv().await.is_some() {
+                    tracing::warn!("reload: in Kubernetes mode clusters and policies come from TrafficPolicies and EndpointSlices; the file's other settings need a restart");
+                }
+            });
+            kubernetes::drive(controller, client, settings, interval, stop).await;
+            refused.abort();
         }
-        None => controller.run_until(interval, stop).await,
+        None => controller.run_with_reloads(interval, stop, reloads).await,
     }
     server.abort();
     let _ = xds_stop.send(());

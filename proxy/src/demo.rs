@@ -6,6 +6,11 @@
 //! in `/echo` streams the request body back as it arrives; one ending in `/headers` lists the
 //! request headers it received; one ending in `/count` reads the whole request body before it
 //! answers, with the body's length in bytes (so it never answers a request whose body broke).
+//!
+//! Its faults can change while it runs, from code ([`DemoBackend::set_failure`], …) or over
+//! HTTP on a control listener of its own ([`serve_control`], `gofe backend --control ADDR`):
+//! `GET /fault` shows them, `POST /fault?fail_ratio=0.5&fail_status=503&delay=50ms` changes
+//! them (each parameter optional), so an experiment needs no restart.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -59,7 +64,71 @@ struct Faults {
     served: AtomicU64,
 }
 
+/// A backend's faults as the control endpoint reads and writes them.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct FaultSettings {
+    /// Share of requests that fail (0–1).
+    pub fail_ratio: f64,
+    /// Status of failed requests.
+    pub fail_status: u16,
+    /// Delay of every answer, in seconds.
+    pub delay_seconds: f64,
+}
+
 impl Faults {
+    fn settings(&self) -> FaultSettings {
+        FaultSettings {
+            fail_ratio: self.fail_ppm.load(Ordering::Relaxed) as f64 / 1_000_000.0,
+            fail_status: self.fail_status.load(Ordering::Relaxed),
+            delay_seconds: self.delay_us.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+
+    fn set_failure(&self, ratio: f64, status: u16) {
+        let ppm = (ratio.clamp(0.0, 1.0) * 1_000_000.0).round() as u64;
+        self.fail_status.store(status, Ordering::Relaxed);
+        self.fail_ppm.store(ppm, Ordering::Relaxed);
+    }
+
+    fn set_delay(&self, delay: Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.delay_us.store(us, Ordering::Relaxed);
+    }
+
+    /// Applies `fail_ratio`, `fail_status` and `delay` from a query string; every value is
+    /// checked before any is applied, so a bad request changes nothing.
+    fn apply_query(&self, query: &str) -> Result<FaultSettings, String> {
+        let mut next = self.settings();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "fail_ratio" => next.fail_ratio = check_fail_ratio(value)?,
+                "fail_status" => {
+                    next.fail_status = value
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|s| (100..=599).contains(s))
+                        .ok_or_else(|| {
+                            format!("fail_status: {value:?} is not an HTTP status (100-599)")
+                        })?;
+                }
+                "delay" => {
+                    next.delay_seconds = gofe_model::parse_duration(value)
+                        .map_err(|e| format!("delay: {e}"))?
+                        .as_secs_f64();
+                }
+                other => {
+                    return Err(format!(
+                        "unknown parameter {other:?} (fail_ratio, fail_status, delay)"
+                    ))
+                }
+            }
+        }
+        self.set_failure(next.fail_ratio, next.fail_status);
+        self.set_delay(Duration::from_secs_f64(next.delay_seconds));
+        Ok(self.settings())
+    }
+
     /// Whether request number `n` fails: exactly `fail_ppm` per million, evenly spread.
     fn fails(&self, n: u64) -> bool {
         let ppm = self.fail_ppm.load(Ordering::Relaxed);
@@ -157,15 +226,22 @@ impl DemoBackend {
 
     /// Delays every answer by `delay` (zero: no delay).
     pub fn set_delay(&self, delay: Duration) {
-        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
-        self.faults.delay_us.store(us, Ordering::Relaxed);
+        self.faults.set_delay(delay);
     }
 
     /// Answers `ratio` (0.0–1.0) of requests, evenly spread, with `status` instead of 200.
     pub fn set_failure(&self, ratio: f64, status: u16) {
-        let ppm = (ratio.clamp(0.0, 1.0) * 1_000_000.0).round() as u64;
-        self.faults.fail_status.store(status, Ordering::Relaxed);
-        self.faults.fail_ppm.store(ppm, Ordering::Relaxed);
+        self.faults.set_failure(ratio, status);
+    }
+
+    /// Serves the control endpoint (`/fault`) for this backend on `listener` until the
+    /// backend stops.
+    pub fn serve_control(&self, listener: TcpListener) -> JoinHandle<()> {
+        tokio::spawn(serve_control(
+            listener,
+            Arc::clone(&self.faults),
+            self.stop.subscribe(),
+        ))
     }
 
     /// Makes new connections misbehave at the protocol level (see [`Broken`]).
@@ -184,6 +260,74 @@ impl DemoBackend {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = self.task.await;
+    }
+}
+
+/// `fail_ratio` as text, in 0..=1.
+pub fn check_fail_ratio(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "fail_ratio: {text:?} is not a ratio between 0 and 1"
+        )),
+    }
+}
+
+/// The control endpoint: `GET /fault` shows the faults as JSON, `POST /fault?…` changes them
+/// (400 with the reason for a bad value, 404 elsewhere, 405 for other methods).
+async fn serve_control(
+    listener: TcpListener,
+    faults: Arc<Faults>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(_) => continue,
+            },
+            _ = stop.changed() => return,
+        };
+        let faults = Arc::clone(&faults);
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let faults = Arc::clone(&faults);
+                async move { Ok::<_, Infallible>(control(&req, &faults)) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn control(req: &Request<Incoming>, faults: &Faults) -> Response<ProxyBody> {
+    let reply = |status: StatusCode, text: String| {
+        let mut r = Response::new(ProxyBody::full(text));
+        *r.status_mut() = status;
+        r
+    };
+    let json = |s: FaultSettings| serde_json::to_string(&s).unwrap_or_default() + "\n";
+    if req.uri().path() != "/fault" {
+        return reply(StatusCode::NOT_FOUND, "only /fault here\n".into());
+    }
+    match *req.method() {
+        http::Method::GET => reply(StatusCode::OK, json(faults.settings())),
+        http::Method::POST | http::Method::PUT => {
+            match faults.apply_query(req.uri().query().unwrap_or("")) {
+                Ok(s) => {
+                    tracing::info!(
+                        fail_ratio = s.fail_ratio,
+                        fail_status = s.fail_status,
+                        delay_seconds = s.delay_seconds,
+                        "demo backend faults changed"
+                    );
+                    reply(StatusCode::OK, json(s))
+                }
+                Err(e) => reply(StatusCode::BAD_REQUEST, e + "\n"),
+            }
+        }
+        _ => reply(StatusCode::METHOD_NOT_ALLOWED, "GET or POST\n".into()),
     }
 }
 
@@ -265,6 +409,32 @@ async fn answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_queries_change_faults_all_or_nothing() {
+        let f = Faults::default();
+        let s = f
+            .apply_query("fail_ratio=0.25&fail_status=503&delay=20ms")
+            .unwrap();
+        assert_eq!((s.fail_ratio, s.fail_status), (0.25, 503));
+        assert!((s.delay_seconds - 0.02).abs() < 1e-9);
+        for bad in [
+            "fail_ratio=1.5",
+            "fail_ratio=-0.1",
+            "fail_status=700",
+            "delay=5",
+            "what=1",
+        ] {
+            assert!(f.apply_query(bad).is_err(), "{bad}");
+        }
+        assert!(f.apply_query("fail_ratio=0&fail_status=99").is_err());
+        assert_eq!(
+            f.settings().fail_ratio,
+            0.25,
+            "a refused request changed nothing"
+        );
+        assert!(check_fail_ratio("1").is_ok() && check_fail_ratio("2").is_err());
+    }
 
     #[test]
     fn failure_ratio_is_exact_and_spread() {
