@@ -189,21 +189,11 @@ fn tls_error(path: &Path, message: impl std::fmt::Display) -> StartError {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, StartError> {
-    let pem = std::fs::read(path).map_err(|e| tls_error(path, e))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_error(path, e))?;
-    if certs.is_empty() {
-        return Err(tls_error(path, "no PEM certificates"));
-    }
-    Ok(certs)
+    gofe_tls::certs(path).map_err(|e| tls_error(path, e))
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, StartError> {
-    let pem = std::fs::read(path).map_err(|e| tls_error(path, e))?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|e| tls_error(path, e))?
-        .ok_or_else(|| tls_error(path, "no PEM private key"))
+    gofe_tls::key(path).map_err(|e| tls_error(path, e))
 }
 
 /// The rustls server configuration: the serving certificate, and client certificates verified

@@ -12,24 +12,7 @@ use serde::Deserialize;
 use crate::hpa_script::{BehaviorJson, KedaJson, Quantity};
 
 /// A duration written as in gofe's configuration files (`"30s"`, `"250ms"`, `"1h"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Dur(pub Duration);
-
-impl Dur {
-    /// Seconds as `f64`.
-    pub fn secs(self) -> f64 {
-        self.0.as_secs_f64()
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        gofe_yaml::duration::parse(&text)
-            .map(Dur)
-            .map_err(serde::de::Error::custom)
-    }
-}
+pub use gofe_yaml::duration::Text as Dur;
 
 /// A whole scenario.
 #[derive(Clone, Debug, Deserialize)]

@@ -117,6 +117,13 @@ pub fn format(d: Duration) -> String {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Text(pub Duration);
 
+impl Text {
+    /// Seconds as `f64`.
+    pub fn secs(self) -> f64 {
+        self.0.as_secs_f64()
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for Text {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         text::deserialize(d).map(Text)
