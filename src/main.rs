@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use gofe_proxy::demo::DemoBackend;
 use gofe_proxy::run::{ConfigSource, RunOptions};
 
+mod explain;
+
 /// gofe: metrics-driven adaptive load balancing and autoscaling for service meshes.
 #[derive(Parser, Debug)]
 #[command(name = "gofe", version, about, long_about = None)]
@@ -177,8 +179,8 @@ enum ControllerCommand {
     },
     /// Show, per endpoint of a cluster, the inputs, the weight, the state and why.
     Explain {
-        /// The cluster.
-        cluster: String,
+        /// The cluster. Default: list the clusters and the xDS nodes.
+        cluster: Option<String>,
         /// The running controller's admin address.
         #[arg(long, default_value = "127.0.0.1:9902")]
         admin: SocketAddr,
@@ -343,7 +345,7 @@ async fn controller(command: ControllerCommand) -> anyhow::Result<()> {
             mesh.stop(drain_timeout).await;
             result.context("gofe controller")
         }
-        ControllerCommand::Explain { cluster, admin } => explain(&cluster, admin).await,
+        ControllerCommand::Explain { cluster, admin } => explain(cluster.as_deref(), admin).await,
         ControllerCommand::Crd => {
             print!("{}", gofe_controller::kubernetes::crd::crd_yaml());
             Ok(())
@@ -351,12 +353,12 @@ async fn controller(command: ControllerCommand) -> anyhow::Result<()> {
     }
 }
 
-async fn explain(cluster: &str, admin: SocketAddr) -> anyhow::Result<()> {
+async fn explain(cluster: Option<&str>, admin: SocketAddr) -> anyhow::Result<()> {
     use http_body_util::BodyExt;
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
-    let uri: http::Uri = format!("http://{admin}/decisions/{cluster}").parse()?;
+    let uri: http::Uri = format!("http://{admin}/decisions").parse()?;
     let resp = client
         .get(uri)
         .await
@@ -367,31 +369,10 @@ async fn explain(cluster: &str, admin: SocketAddr) -> anyhow::Result<()> {
         anyhow::bail!("{status}: {}", String::from_utf8_lossy(&body).trim());
     }
     let view: serde_json::Value = serde_json::from_slice(&body)?;
-    println!(
-        "cluster {cluster}: mode {}",
-        view["mode"].as_str().unwrap_or("?")
+    print!(
+        "{}",
+        explain::render(&view, cluster).map_err(anyhow::Error::msg)?
     );
-    println!(
-        "{:<24} {:>6} {:>7} {:<10} {:>8} {:>8} {:>9}  reason",
-        "endpoint", "weight", "healthy", "state", "rps", "success", "latency"
-    );
-    for e in view["endpoints"].as_array().into_iter().flatten() {
-        let i = &e["inputs"];
-        let num = |v: &serde_json::Value, p: usize| {
-            v.as_f64().map_or("-".to_owned(), |x| format!("{x:.p$}"))
-        };
-        println!(
-            "{:<24} {:>6} {:>7} {:<10} {:>8} {:>8} {:>9}  {}",
-            e["endpoint"].as_str().unwrap_or("?"),
-            e["weight"],
-            e["healthy"],
-            e["state"].as_str().unwrap_or("?"),
-            num(&i["rps"], 1),
-            num(&i["success_rate"], 3),
-            num(&i["latency_seconds"], 4),
-            e["reason"].as_str().unwrap_or(""),
-        );
-    }
     Ok(())
 }
 
