@@ -316,6 +316,58 @@ fn check_names_file_line_and_field() {
     );
 }
 
+/// `gofe check` on a file of each kind it knows: the kind detected, every problem of a bad one
+/// named, an empty file refused.
+#[test]
+fn check_detects_every_file_kind_and_the_examples_pass() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let check = |file: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gofe"))
+            .args(["check", file.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (file, kind) in [
+        ("examples/up.yaml", "proxy"),
+        ("examples/controller.yaml", "controller"),
+        ("examples/loop/proxy.yaml", "proxy"),
+        ("examples/loop/controller.yaml", "controller"),
+        ("examples/loop/bootstrap.yaml", "bootstrap"),
+        ("simulations/scenarios/heterogeneous.yaml", "scenario"),
+    ] {
+        let path = root.join(file);
+        let (ok, stdout, stderr) = check(&path);
+        assert!(ok, "{file}: {stderr}");
+        assert!(stdout.contains(&format!("ok ({kind})")), "{file}: {stdout}");
+    }
+    let dir = tempdir();
+    let bad = dir.join("bootstrap.yaml");
+    write(
+        &bad,
+        "node: { id: \"\" }\nxds_server: { address: \"nowhere\" }\n",
+    );
+    let (ok, _, stderr) = check(&bad);
+    assert!(!ok);
+    let f = bad.display();
+    assert!(
+        stderr.contains(&format!("{f}:1:13: node.id: must not be empty")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("{f}:2:24: xds_server.address:")),
+        "{stderr}"
+    );
+    let empty = dir.join("empty.yaml");
+    write(&empty, "# nothing\n");
+    let (ok, _, stderr) = check(&empty);
+    assert!(!ok && stderr.contains("the file is empty"), "{stderr}");
+}
+
 #[tokio::test]
 async fn up_runs_the_demo_with_embedded_defaults() {
     // The README's first command. It uses fixed ports (8080, 9101-9103, 9901).
