@@ -262,6 +262,10 @@ pub struct DecisionsView {
     pub version: u64,
     /// Signal error of the step, if any.
     pub signal_error: Option<String>,
+    /// Clusters with endpoints for which the source returned no series at all this step
+    /// (a query that matches nothing, a scrape that misses the proxies): their decisions hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub no_signals: Vec<String>,
     /// Per cluster.
     pub clusters: BTreeMap<String, ClusterView>,
     /// Breaker transitions of the step.
@@ -384,6 +388,8 @@ pub struct Controller {
     resume: Option<ProxyConfig>,
     /// Signals were unavailable on the last step (one log line when lost, one when back).
     signals_lost: bool,
+    /// Clusters the source returned nothing for on the last step (logged when the set changes).
+    no_signals: Vec<String>,
     /// The controller settings it runs with (a reload compares against them).
     running: config::ControllerConfig,
     shared: Arc<Shared>,
@@ -445,6 +451,9 @@ impl Controller {
             queries: RwLock::new(source.describe()),
             metrics: Metrics::new(),
         });
+        if loaded.proxy.admin.is_some() && matches!(publisher, Publisher::Xds(_)) {
+            tracing::warn!("proxy_config's admin is not published over xDS: a proxy's admin listener is its own bootstrap setting (static_resources.admin), as in Envoy");
+        }
         let state_file = loaded
             .controller
             .state_file
@@ -467,6 +476,7 @@ impl Controller {
             state_file,
             resume: None,
             signals_lost: false,
+            no_signals: Vec::new(),
             running: loaded.controller.clone(),
             shared,
         };
@@ -662,6 +672,9 @@ impl Controller {
         }
         let now = self.now_ms();
         let (snapshot, signal_error) = self.fetch_signals(now).await;
+        if signal_error.is_none() {
+            self.note_missing_clusters(&snapshot);
+        }
         let (decided, events) = self.decide_all(&snapshot, now);
         let (config, published) = publication::weighted(&self.base, |cluster, i| {
             let d = decided.get(cluster)?.decision.endpoints.get(i)?;
@@ -698,6 +711,29 @@ impl Controller {
                 (signals::Snapshot::new(), Some(e.to_string()))
             }
         }
+    }
+
+    /// Names, once per change, the clusters with endpoints that the source returned nothing for:
+    /// an empty answer is a problem to report (their decisions hold), not silence.
+    fn note_missing_clusters(&mut self, snapshot: &signals::Snapshot) {
+        let missing: Vec<String> = self
+            .base
+            .clusters
+            .iter()
+            .filter(|c| !c.endpoints.is_empty() && !snapshot.contains_key(&c.name))
+            .map(|c| c.name.clone())
+            .collect();
+        if missing != self.no_signals {
+            if missing.is_empty() {
+                tracing::info!("every cluster has signals again");
+            } else {
+                tracing::warn!(
+                    clusters = missing.join(", "),
+                    "the signal source returned no series for these clusters: their decisions hold (check the queries at /debug/queries and that the proxies are scraped)"
+                );
+            }
+        }
+        self.no_signals = missing;
     }
 
     /// Runs the policy for every cluster on `snapshot`, keeping each cluster's new state;
@@ -796,6 +832,7 @@ impl Controller {
             decided_at_unix: unix_now(),
             version: self.version,
             signal_error,
+            no_signals: self.no_signals.clone(),
             clusters: BTreeMap::new(),
             events,
             published_at_unix_ms: None,
@@ -1015,5 +1052,65 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn controller(extra: &str) -> Controller {
+        let proxy = gofe_model::parse(
+            "p.yaml",
+            "clusters:\n  - name: web\n    endpoints: [{ address: \"10.0.0.1:80\" }]\n  - name: idle\n    endpoints: []\n",
+        )
+        .unwrap();
+        let controller = config::parse(
+            "c.yaml",
+            &format!("proxy_config: p.yaml\nsignals: {{ embedded: {{ targets: [\"127.0.0.1:1\"] }} }}\n{extra}"),
+        )
+        .unwrap();
+        Controller::new(config::Loaded { controller, proxy }, Publisher::DryRun).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_cluster_the_source_returns_nothing_for_is_named() {
+        let mut c = controller("");
+        c.note_missing_clusters(&signals::Snapshot::new());
+        assert_eq!(
+            c.no_signals,
+            vec!["web"],
+            "a cluster without endpoints expects none"
+        );
+        let mut snapshot = signals::Snapshot::new();
+        snapshot.insert("web".into(), BTreeMap::new());
+        c.note_missing_clusters(&snapshot);
+        assert!(c.no_signals.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_reload_applies_clusters_and_policies_and_names_what_needs_a_restart() {
+        let mut c = controller("");
+        assert!(c.restart_settings_changed(&c.running.clone()).is_empty());
+        let next = config::parse(
+            "c.yaml",
+            "proxy_config: p.yaml\ninterval: 9s\nsignals: { window: 7s, embedded: { targets: [\"127.0.0.1:1\"] } }\npolicy: { max_ejection_percent: 20 }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.restart_settings_changed(&next),
+            vec!["signals", "interval"]
+        );
+        let proxy = gofe_model::parse(
+            "p.yaml",
+            "clusters:\n  - name: api\n    endpoints: [{ address: \"10.0.0.9:80\" }]\n",
+        )
+        .unwrap();
+        c.reload(config::Loaded {
+            controller: next,
+            proxy,
+        });
+        assert_eq!(c.policies.keys().collect::<Vec<_>>(), vec!["api"]);
+        assert_eq!(c.policies["api"].max_ejection_percent, 20);
     }
 }
