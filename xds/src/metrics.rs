@@ -1,6 +1,7 @@
 //! The control plane's Prometheus metrics.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
@@ -20,9 +21,15 @@ pub(crate) struct ServerMetrics {
     pub(crate) nacks: IntCounterVec,
     pub(crate) push_latency: HistogramVec,
     nack_info: IntGaugeVec,
-    last_nack: Mutex<HashMap<(String, &'static str), [String; 2]>>,
+    /// Per stream, node and type: the last NACK's version and error.
+    last_nack: Mutex<HashMap<StreamType, [String; 2]>>,
     version_info: IntGaugeVec,
-    last_version: Mutex<HashMap<NodeType, (String, SystemTime)>>,
+    /// Per stream, node and type: the last ACKed version and when it was first ACKed. Kept by
+    /// stream, not by node: two streams claiming one node id (a restarted proxy whose old
+    /// stream has not ended yet, two proxies sharing an id, an impostor) each keep their own,
+    /// and one ending forgets only its own.
+    last_version: Mutex<HashMap<StreamType, (String, SystemTime)>>,
+    next_stream: AtomicU64,
 }
 
 impl ServerMetrics {
@@ -97,64 +104,91 @@ impl ServerMetrics {
             last_nack: Mutex::default(),
             version_info,
             last_version: Mutex::default(),
+            next_stream: AtomicU64::new(0),
         }
     }
 
-    pub(crate) fn record_nack(&self, node: &str, ty: &'static str, version: &str, error: &str) {
+    /// A new stream's id.
+    pub(crate) fn next_stream(&self) -> u64 {
+        self.next_stream.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_nack(
+        &self,
+        stream: u64,
+        node: &str,
+        ty: &'static str,
+        version: &str,
+        error: &str,
+    ) {
         self.nacks.with_label_values(&[ty]).inc();
         let error: String = error.chars().take(256).collect();
         let mut last = lock(&self.last_nack);
-        if let Some([v, e]) = last.get(&(node.to_owned(), ty)) {
-            let _ = self.nack_info.remove_label_values(&[node, ty, v, e]);
-        }
-        self.nack_info
-            .with_label_values(&[node, ty, version, &error])
-            .set(1);
-        last.insert((node.to_owned(), ty), [version.to_owned(), error]);
+        let before = nack_series(&last, node);
+        last.insert((stream, node.to_owned(), ty), [version.to_owned(), error]);
+        sync(&self.nack_info, node, &before, &nack_series(&last, node));
     }
 
-    pub(crate) fn record_ack(&self, node: &str, ty: &'static str, version: &str) {
+    pub(crate) fn record_ack(&self, stream: u64, node: &str, ty: &'static str, version: &str) {
         self.acks.with_label_values(&[ty]).inc();
         let mut last = lock(&self.last_version);
-        if let Some((v, _)) = last.get(&(node.to_owned(), ty)) {
-            if v == version {
-                return;
-            }
-            let _ = self.version_info.remove_label_values(&[node, ty, v]);
+        let key = (stream, node.to_owned(), ty);
+        if last.get(&key).is_some_and(|(v, _)| v == version) {
+            return;
         }
-        self.version_info
-            .with_label_values(&[node, ty, version])
-            .set(1);
-        last.insert(
-            (node.to_owned(), ty),
-            (version.to_owned(), SystemTime::now()),
+        let before = version_series(&last, node);
+        last.insert(key, (version.to_owned(), SystemTime::now()));
+        sync(
+            &self.version_info,
+            node,
+            &before,
+            &version_series(&last, node),
         );
     }
 
-    /// Every connected node's last ACKed version per type, and when it first ACKed it.
+    /// Every connected node's last ACKed version per type, and when it first ACKed it. A node
+    /// with several streams shows its most recent ACK of each type.
     pub(crate) fn node_acks(&self) -> Vec<NodeAck> {
-        let mut out: Vec<NodeAck> = lock(&self.last_version)
-            .iter()
-            .map(|((node, ty), (version, at))| NodeAck {
-                node: node.clone(),
-                type_short: ty,
-                version: version.clone(),
-                acked_at: *at,
+        let mut newest: HashMap<(String, &'static str), (String, SystemTime)> = HashMap::new();
+        for ((_, node, ty), (version, at)) in lock(&self.last_version).iter() {
+            let entry = newest
+                .entry((node.clone(), ty))
+                .or_insert_with(|| (version.clone(), *at));
+            if *at > entry.1 {
+                *entry = (version.clone(), *at);
+            }
+        }
+        let mut out: Vec<NodeAck> = newest
+            .into_iter()
+            .map(|((node, type_short), (version, acked_at))| NodeAck {
+                node,
+                type_short,
+                version,
+                acked_at,
             })
             .collect();
         out.sort_by(|a, b| (&a.node, a.type_short).cmp(&(&b.node, b.type_short)));
         out
     }
 
-    /// Drops the per-node series of a node whose stream ended (so a fleet that churns does not
-    /// grow the exposition forever).
-    pub(crate) fn forget_node(&self, node: &str) {
-        lock(&self.last_version).retain(|(n, ty), (v, _)| {
-            if n == node {
-                let _ = self.version_info.remove_label_values(&[node, ty, v]);
-            }
-            n != node
-        });
+    /// Drops what one stream of `node` recorded when it ends (so a fleet that churns does not
+    /// grow the exposition forever); the node's other streams keep theirs.
+    pub(crate) fn forget_stream(&self, stream: u64, node: &str) {
+        {
+            let mut last = lock(&self.last_version);
+            let before = version_series(&last, node);
+            last.retain(|(s, n, _), _| !(*s == stream && n == node));
+            sync(
+                &self.version_info,
+                node,
+                &before,
+                &version_series(&last, node),
+            );
+        }
+        let mut last = lock(&self.last_nack);
+        let before = nack_series(&last, node);
+        last.retain(|(s, n, _), _| !(*s == stream && n == node));
+        sync(&self.nack_info, node, &before, &nack_series(&last, node));
     }
 
     pub(crate) fn render(&self) -> String {
@@ -164,8 +198,47 @@ impl ServerMetrics {
     }
 }
 
-/// A node id and a resource type's short name.
-type NodeType = (String, &'static str);
+/// A stream id, its node id and a resource type's short name.
+type StreamType = (u64, String, &'static str);
+
+/// The label values after `node` that `node`'s streams export for versions: (type, version).
+fn version_series(
+    last: &HashMap<StreamType, (String, SystemTime)>,
+    node: &str,
+) -> BTreeSet<Vec<String>> {
+    last.iter()
+        .filter(|((_, n, _), _)| n == node)
+        .map(|((_, _, ty), (v, _))| vec![(*ty).to_owned(), v.clone()])
+        .collect()
+}
+
+/// The label values after `node` that `node`'s streams export for NACKs: (type, version, error).
+fn nack_series(last: &HashMap<StreamType, [String; 2]>, node: &str) -> BTreeSet<Vec<String>> {
+    last.iter()
+        .filter(|((_, n, _), _)| n == node)
+        .map(|((_, _, ty), [v, e])| vec![(*ty).to_owned(), v.clone(), e.clone()])
+        .collect()
+}
+
+/// Makes the info gauge's series of `node` go from `before` to `after`.
+fn sync(
+    gauge: &IntGaugeVec,
+    node: &str,
+    before: &BTreeSet<Vec<String>>,
+    after: &BTreeSet<Vec<String>>,
+) {
+    fn labels<'a>(node: &'a str, rest: &'a [String]) -> Vec<&'a str> {
+        std::iter::once(node)
+            .chain(rest.iter().map(String::as_str))
+            .collect()
+    }
+    for gone in before.difference(after) {
+        let _ = gauge.remove_label_values(&labels(node, gone));
+    }
+    for new in after.difference(before) {
+        gauge.with_label_values(&labels(node, new)).set(1);
+    }
+}
 
 /// A node's last ACK of one resource type.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -178,4 +251,47 @@ pub struct NodeAck {
     pub version: String,
     /// When it first ACKed that version.
     pub acked_at: SystemTime,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_sharing_a_node_id_keep_their_own_state() {
+        let m = ServerMetrics::new();
+        let (real, other) = (m.next_stream(), m.next_stream());
+        m.record_ack(real, "proxy-1", "eds", "v1");
+        m.record_ack(other, "proxy-1", "eds", "v0");
+        m.record_nack(other, "proxy-1", "lds", "v9", "bad listener");
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"gofe_xds_acked_version_info{node="proxy-1",type="eds",version="v1"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"version="v0""#), "{text}");
+        assert!(text.contains("bad listener"), "{text}");
+
+        // The impostor's stream ends: the real proxy stays, and its NACK entry goes with it.
+        m.forget_stream(other, "proxy-1");
+        let acks = m.node_acks();
+        assert_eq!(acks.len(), 1, "{acks:?}");
+        assert_eq!(
+            (acks[0].node.as_str(), acks[0].version.as_str()),
+            ("proxy-1", "v1")
+        );
+        let text = m.render();
+        assert!(text.contains(r#"version="v1""#), "{text}");
+        assert!(!text.contains(r#"version="v0""#), "{text}");
+        assert!(
+            !text.contains("bad listener"),
+            "a stale NACK entry is gone: {text}"
+        );
+
+        m.forget_stream(real, "proxy-1");
+        assert!(m.node_acks().is_empty());
+        assert!(!m.render().contains("gofe_xds_acked_version_info{"));
+    }
 }

@@ -179,7 +179,10 @@ impl AdsServer {
             server.inner.metrics.connected.inc();
             let result = stream.run(first, requests, &tx).await;
             server.inner.metrics.connected.dec();
-            server.inner.metrics.forget_node(&stream.watch.node_id);
+            server
+                .inner
+                .metrics
+                .forget_stream(stream.watch.stream, &stream.watch.node_id);
             if let Err(e) = result {
                 tracing::debug!(node = %stream.watch.node_id, error = %e, "ADS stream ended");
                 let _ = tx.try_send(Err(e));
@@ -207,7 +210,10 @@ impl AdsServer {
             server.inner.metrics.connected.inc();
             let result = stream.run(first, requests, &tx).await;
             server.inner.metrics.connected.dec();
-            server.inner.metrics.forget_node(&stream.watch.node_id);
+            server
+                .inner
+                .metrics
+                .forget_stream(stream.watch.stream, &stream.watch.node_id);
             if let Err(e) = result {
                 tracing::debug!(node = %stream.watch.node_id, error = %e, "delta ADS stream ended");
                 let _ = tx.try_send(Err(e));
@@ -222,6 +228,8 @@ impl AdsServer {
 /// The three snapshot slots a node may take its resources from, most specific first.
 struct NodeWatch {
     node_id: String,
+    /// This stream's id: what it records is its own, not the whole node's.
+    stream: u64,
     keys: [NodeKey; 2],
     slots: [watch::Receiver<Option<Arc<Snapshot>>>; 3],
     server: AdsServer,
@@ -236,6 +244,7 @@ impl NodeWatch {
         ];
         NodeWatch {
             node_id: node.id.clone(),
+            stream: server.inner.metrics.next_stream(),
             slots: [
                 cache.subscribe(keys[0].clone()),
                 cache.subscribe(keys[1].clone()),
@@ -452,6 +461,7 @@ impl SotwStream {
             return Ok(());
         };
         let node_id = &self.watch.node_id;
+        let stream_id = self.watch.stream;
         let metrics = self.watch.metrics();
         let state = &mut self.types[index(ty)];
         if !req.response_nonce.is_empty() {
@@ -461,7 +471,13 @@ impl SotwStream {
                 if let Some(status) = &req.error_detail {
                     tracing::warn!(node = %node_id, r#type = ty.short(),
                         error = %status.message, "NACK of a superseded response");
-                    metrics.record_nack(node_id, ty.short(), "superseded", &status.message);
+                    metrics.record_nack(
+                        stream_id,
+                        node_id,
+                        ty.short(),
+                        "superseded",
+                        &status.message,
+                    );
                 }
                 return Ok(());
             }
@@ -473,10 +489,10 @@ impl SotwStream {
                         rejected = %rejected, kept = %req.version_info,
                         error = %status.message, "NACK: client kept its last good version"
                     );
-                    metrics.record_nack(node_id, ty.short(), rejected, &status.message);
+                    metrics.record_nack(stream_id, node_id, ty.short(), rejected, &status.message);
                 }
                 None => {
-                    metrics.record_ack(node_id, ty.short(), &req.version_info);
+                    metrics.record_ack(stream_id, node_id, ty.short(), &req.version_info);
                     if let Some(at) = state.sent_at.take() {
                         metrics
                             .push_latency
@@ -602,6 +618,7 @@ impl DeltaStream {
             }
         }
         let node_id = &self.watch.node_id;
+        let stream_id = self.watch.stream;
         if !req.response_nonce.is_empty() && is_nonce(&req.response_nonce, state.nonce) {
             let metrics = self.watch.metrics();
             let nonce = state.nonce.to_string();
@@ -609,10 +626,10 @@ impl DeltaStream {
                 Some(status) => {
                     tracing::warn!(node = %node_id, r#type = ty.short(), error = %status.message,
                         "delta NACK: client kept its previous resources");
-                    metrics.record_nack(node_id, ty.short(), &nonce, &status.message);
+                    metrics.record_nack(stream_id, node_id, ty.short(), &nonce, &status.message);
                 }
                 None => {
-                    metrics.record_ack(node_id, ty.short(), &state.sent_version);
+                    metrics.record_ack(stream_id, node_id, ty.short(), &state.sent_version);
                     if let Some(at) = state.sent_at.take() {
                         metrics
                             .push_latency
