@@ -73,7 +73,22 @@ pub enum SelectorError {
         "label key {0:?} cannot be matched in Prometheus (label names are [a-zA-Z_][a-zA-Z0-9_]*)"
     )]
     NotAPrometheusLabel(String),
+    /// Larger than a selector an HPA sends: refused before it becomes a huge Prometheus query.
+    #[error("label selector too large: {what} (at most {limit})")]
+    TooLarge {
+        /// What is over the bound.
+        what: String,
+        /// The bound.
+        limit: usize,
+    },
 }
+
+/// Longest selector text accepted, in bytes.
+pub const MAX_SELECTOR_BYTES: usize = 4096;
+/// Most requirements in one selector.
+pub const MAX_REQUIREMENTS: usize = 32;
+/// Most values in one `in (…)`/`notin (…)` set.
+pub const MAX_SET_VALUES: usize = 64;
 
 // === parsing ===
 
@@ -121,6 +136,12 @@ impl<'a> Lexer<'a> {
 impl Selector {
     /// Parses selector text. Empty (or blank) text is the empty selector.
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
+        if text.len() > MAX_SELECTOR_BYTES {
+            return Err(SelectorError::TooLarge {
+                what: format!("{} bytes", text.len()),
+                limit: MAX_SELECTOR_BYTES,
+            });
+        }
         let mut lx = Lexer { text, pos: 0 };
         let mut requirements = Vec::new();
         lx.skip_ws();
@@ -129,7 +150,22 @@ impl Selector {
         }
         loop {
             lx.skip_ws();
-            requirements.push(parse_requirement(&mut lx)?);
+            let requirement = parse_requirement(&mut lx)?;
+            if let Operator::In(values) | Operator::NotIn(values) = &requirement.op {
+                if values.len() > MAX_SET_VALUES {
+                    return Err(SelectorError::TooLarge {
+                        what: format!("{} values for {:?}", values.len(), requirement.key),
+                        limit: MAX_SET_VALUES,
+                    });
+                }
+            }
+            requirements.push(requirement);
+            if requirements.len() > MAX_REQUIREMENTS {
+                return Err(SelectorError::TooLarge {
+                    what: format!("more than {MAX_REQUIREMENTS} requirements"),
+                    limit: MAX_REQUIREMENTS,
+                });
+            }
             lx.skip_ws();
             if lx.rest().is_empty() {
                 break;
@@ -387,6 +423,23 @@ impl fmt::Display for Selector {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn oversized_selectors_are_refused() {
+        let many: Vec<String> = (0..5000).map(|i| format!("k{i}=v")).collect();
+        assert!(matches!(
+            Selector::parse(&many.join(",")),
+            Err(SelectorError::TooLarge { .. })
+        ));
+        let many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+        let e = Selector::parse(&many.join(",")).unwrap_err();
+        assert!(e.to_string().contains("more than 32 requirements"), "{e}");
+        let values: Vec<String> = (0..65).map(|i| format!("v{i}")).collect();
+        let e = Selector::parse(&format!("app in ({})", values.join(","))).unwrap_err();
+        assert!(e.to_string().contains("65 values"), "{e}");
+        let ok: Vec<String> = (0..32).map(|i| format!("k{i}=v")).collect();
+        assert!(Selector::parse(&ok.join(",")).is_ok());
+    }
+
     use super::*;
 
     fn matchers(text: &str) -> Vec<String> {
