@@ -24,7 +24,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::config::{CircuitBreakersConfig, ClusterConfig, HealthStatus, LbPolicy};
-use crate::health::{Eligibility, EndpointHealth, Outcome, OutlierPolicy, TrialGuard};
+use crate::health::{
+    Eligibility, EndpointHealth, HealthSource, Outcome, OutlierPolicy, OutlierState, TrialGuard,
+};
 use crate::metrics::{ClusterStats, EndpointStats, Metrics};
 use crate::request_body::RequestBody;
 use crate::upstream::{ConnectFailed, EndpointPool, H1Pools};
@@ -120,6 +122,8 @@ pub(crate) struct Endpoint {
     pub(crate) weight: u32,
     /// Health as configured (the control plane's view).
     pub(crate) status: HealthStatus,
+    /// Who configured `status`.
+    pub(crate) source: HealthSource,
     /// Health as outlier detection sees it (shared across snapshots).
     pub(crate) health: Arc<EndpointHealth>,
     pub(crate) stats: EndpointStats,
@@ -150,6 +154,38 @@ pub(crate) struct Cluster {
     eject_lock: Mutex<()>,
 }
 
+/// One endpoint as `/config_dump` shows it: configured health next to the proxy's own view.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct EndpointView<'a> {
+    pub(crate) cluster: &'a str,
+    pub(crate) address: &'a str,
+    /// Configured weight.
+    pub(crate) weight: u32,
+    /// Configured health (`healthy`, `unhealthy`, `draining`).
+    pub(crate) health_status: HealthStatus,
+    /// Who configured it: `config` (a file, or the bootstrap's static resources) or
+    /// `controller` (xDS).
+    pub(crate) health_source: HealthSource,
+    /// Passive outlier detection.
+    pub(crate) outlier: OutlierView,
+    /// The weight the balancer gives it now (0 when it may not serve; panic mode aside).
+    pub(crate) effective_weight: u32,
+}
+
+/// An endpoint's outlier-detection state, as `/config_dump` shows it.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct OutlierView {
+    /// Whether the cluster has outlier detection at all.
+    pub(crate) enabled: bool,
+    /// `closed` (serving), `open` (ejected) or `half_open` (trial requests only).
+    pub(crate) state: OutlierState,
+    /// While open: how long the ejection has left, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ejected_for_ms: Option<u64>,
+    /// Past ejections that still count towards the next ejection's length.
+    pub(crate) times_ejected: u32,
+}
+
 /// What [`Cluster::pick`] chose.
 pub(crate) struct Picked {
     pub(crate) index: usize,
@@ -158,8 +194,10 @@ pub(crate) struct Picked {
 }
 
 impl Cluster {
+    /// Builds a snapshot of `config`, whose endpoints' health was configured by `source`.
     pub(crate) fn build(
         config: &ClusterConfig,
+        source: HealthSource,
         client: UpstreamClient,
         metrics: &Metrics,
         health: &mut dyn FnMut(&str) -> Arc<EndpointHealth>,
@@ -178,13 +216,17 @@ impl Cluster {
             let authority: Authority = address
                 .parse()
                 .map_err(|e| format!("cluster {name:?}: endpoint {address:?}: {e}"))?;
+            let healthy = ep.health_status == HealthStatus::Healthy;
+            let health = health(address);
+            health.set_configured_weight(if healthy { ep.weight } else { 0 });
             endpoints.push(Arc::new(Endpoint {
                 address: address.into(),
                 authority,
                 weight: ep.weight,
                 status: ep.health_status,
-                health: health(address),
-                stats: metrics.endpoint(name, address, ep.weight),
+                source,
+                health,
+                stats: metrics.endpoint(name, address, ep.weight, healthy, source),
                 pool: pools.next().expect("one pool per endpoint"),
             }));
         }
@@ -227,6 +269,7 @@ impl Cluster {
         let name = config.name.clone();
         Cluster::build(
             config,
+            HealthSource::Config,
             client,
             metrics,
             &mut |addr| {
@@ -238,6 +281,28 @@ impl Cluster {
             },
             Arc::new(ClusterLimits::new(config.circuit_breakers.max_connections)),
         )
+    }
+
+    /// Every endpoint as `/config_dump` shows it.
+    pub(crate) fn views(&self) -> impl Iterator<Item = EndpointView<'_>> {
+        self.endpoints.iter().map(|ep| {
+            let (state, ejected_for_ms) = ep.health.outlier_state();
+            let serving = ep.status == HealthStatus::Healthy && state == OutlierState::Closed;
+            EndpointView {
+                cluster: &self.name,
+                address: &ep.address,
+                weight: ep.weight,
+                health_status: ep.status,
+                health_source: ep.source,
+                outlier: OutlierView {
+                    enabled: self.outlier.is_some(),
+                    state,
+                    ejected_for_ms,
+                    times_ejected: ep.health.times_ejected(),
+                },
+                effective_weight: if serving { ep.weight } else { 0 },
+            }
+        })
     }
 
     /// The balancer's choice ignoring health, or `None` when no endpoint has weight.

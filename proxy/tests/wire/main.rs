@@ -4,6 +4,7 @@
 
 mod balancing;
 mod blame;
+mod health_view;
 mod hostile;
 mod protocols;
 mod reload;
