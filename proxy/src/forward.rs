@@ -97,12 +97,9 @@ async fn forward(
             "both content-length and transfer-encoding\n",
         ));
     }
-    let authority = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => match req.headers().get(header::HOST).map(|h| h.to_str()) {
-            Some(Ok(host)) => host,
-            _ => "",
-        },
+    let authority = match headers::routing_authority(&req) {
+        Ok(a) => a,
+        Err(why) => return Ok(local_reply(StatusCode::BAD_REQUEST, why)),
     };
     let Some(vhost) = routes.find_host(authority) else {
         return Ok(local_reply(

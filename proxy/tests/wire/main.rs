@@ -5,6 +5,7 @@
 mod balancing;
 mod blame;
 mod health_view;
+mod host;
 mod hostile;
 mod protocols;
 mod reload;
