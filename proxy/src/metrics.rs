@@ -52,6 +52,7 @@ pub(crate) struct Metrics {
     retries: IntCounterVec,
     panic: IntCounterVec,
     downstream_cx_overflow: IntCounterVec,
+    downstream_cx_flood: IntCounterVec,
     /// Registered when an xDS client starts (a file-configured proxy has no such series).
     xds: std::sync::OnceLock<XdsMetrics>,
 }
@@ -273,6 +274,12 @@ impl Metrics {
                 "Client connections closed at once because the listener was at max_connections.",
                 &["listener"],
             ),
+            downstream_cx_flood: counter_vec(
+                &r,
+                "gofe_downstream_connections_flood_total",
+                "HTTP/2 client connections closed for flooding the proxy with control frames it must answer (PING, SETTINGS): more than 1000 at once, refilled at 100/s (Envoy's max_outbound_control_frames).",
+                &["listener"],
+            ),
             registry: r,
             xds: std::sync::OnceLock::new(),
         }
@@ -417,6 +424,7 @@ impl Metrics {
             cx_active: self.downstream_cx_active.with_label_values(&[listener]),
             cx_total: self.downstream_cx_total.with_label_values(&[listener]),
             cx_overflow: self.downstream_cx_overflow.with_label_values(&[listener]),
+            cx_flood: self.downstream_cx_flood.with_label_values(&[listener]),
         }
     }
 
@@ -512,6 +520,8 @@ pub(crate) struct ListenerStats {
     pub(crate) cx_active: IntGauge,
     pub(crate) cx_total: IntCounter,
     pub(crate) cx_overflow: IntCounter,
+    /// HTTP/2 connections closed for a control-frame flood.
+    pub(crate) cx_flood: IntCounter,
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 mod balancing;
 mod blame;
+mod flood;
 mod health_view;
 mod host;
 mod hostile;
