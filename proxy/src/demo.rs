@@ -4,8 +4,9 @@
 //! `x-backend: NAME` header, so a client can see where the proxy sent it. Request headers steer it:
 //! `x-demo-status: 503` picks the status, `x-demo-delay: 250ms` delays the answer. A path ending
 //! in `/echo` streams the request body back as it arrives; one ending in `/headers` lists the
-//! request headers it received; one ending in `/count` reads the whole request body before it
-//! answers, with the body's length in bytes (so it never answers a request whose body broke).
+//! request headers it received (after `:authority`, when the request had one); one ending in
+//! `/count` reads the whole request body before it answers, with the body's length in bytes
+//! (so it never answers a request whose body broke).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -240,6 +241,12 @@ async fn answer(
     } else if path.ends_with("/headers") {
         {
             let mut text = String::new();
+            // An HTTP/2 request's authority is no header; show it first, as the server saw it.
+            if let Some(a) = req.uri().authority() {
+                text.push_str(":authority: ");
+                text.push_str(a.as_str());
+                text.push('\n');
+            }
             for (k, v) in req.headers() {
                 text.push_str(k.as_str());
                 text.push_str(": ");

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Version};
 
 use crate::ctx::ConnContext;
@@ -118,6 +118,18 @@ pub(crate) fn rewrite_request(parts: &mut Parts, conn: &ConnContext, http2: bool
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+/// For an HTTP/2 endpoint, after [`rewrite_request`]: takes the `Host` header out (the
+/// endpoint gets the authority as `:authority` alone, RFC 9113 §8.3.1) and returns the
+/// authority the request was routed by, or `None` when it had none.
+pub(crate) fn upstream_authority(parts: &mut Parts) -> Option<Authority> {
+    let host = parts.headers.remove(header::HOST);
+    // HTTP/2 and absolute-form requests: the target's own (a reference count, no copy).
+    if let Some(a) = parts.uri.authority() {
+        return Some(a.clone());
+    }
+    Authority::try_from(host?.as_bytes()).ok()
 }
 
 /// Removes headers that describe one connection, not the message (RFC 9110 §7.6.1), including

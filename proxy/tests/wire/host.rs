@@ -170,3 +170,92 @@ async fn get_h2_plain(client: &TestClient, url: &str) -> Reply {
     )
     .await
 }
+
+const H2_UPSTREAM: &str = r#"
+listeners:
+  - address: "127.0.0.1:0"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+                - match: { prefix: "/" }
+                  route: { cluster: h2 }
+clusters:
+  - name: h2
+    http2_protocol_options: {}
+    endpoints: [{ address: "{B0}" }]
+"#;
+
+/// The authorities an HTTP/2 backend saw: its `:authority` and any `host` header.
+fn seen(text: &str) -> (Vec<&str>, Vec<&str>) {
+    let get = |name: &str| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .collect::<Vec<_>>()
+    };
+    (get(":authority: "), get("host: "))
+}
+
+#[tokio::test]
+async fn an_http2_endpoint_gets_the_routed_authority_as_authority_and_nothing_else() {
+    let (b, vars) = backends(&["h2"]).await;
+    let h = Harness::start(&fill(H2_UPSTREAM, &vars)).await;
+    // HTTP/1.1 in, Host: a.example: the endpoint's :authority is a.example, not its address.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /headers HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(status_of(&text), 200, "{text}");
+    assert_eq!(seen(&text), (vec!["a.example"], vec![]), "{text}");
+
+    // Absolute form: its authority, not the Host header.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(
+        b"GET http://a.example/headers HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(seen(&text), (vec!["a.example"], vec![]), "{text}");
+
+    // HTTP/2 in with a host header beside :authority: only :authority goes on.
+    let client = h2c_client();
+    let req = Request::get(h.url("/headers"))
+        .header("host", "b.example")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let r = send(&client, req).await;
+    let addr = h.addr.to_string();
+    assert_eq!(
+        seen(&r.text()),
+        (vec![addr.as_str()], vec![]),
+        "{}",
+        r.text()
+    );
+    // The connections go to the endpoint, counted under its address.
+    let metrics = h.proxy.metrics_text();
+    assert!(
+        metric(
+            &metrics,
+            &format!(
+                r#"gofe_upstream_connections_total{{cluster="h2",endpoint="{}"}}"#,
+                vars["{B0}"]
+            )
+        )
+        .unwrap()
+            >= 1.0,
+        "{metrics}"
+    );
+    h.proxy.shutdown(Duration::ZERO).await;
+    for x in b {
+        x.stop().await;
+    }
+}
