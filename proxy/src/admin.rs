@@ -17,8 +17,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use serde::Serialize;
+
 use crate::body::ProxyBody;
-use crate::Shared;
+use crate::cluster::EndpointView;
+use crate::{ActiveConfig, Shared};
 
 /// A bound, serving admin listener.
 pub(crate) struct RunningAdmin {
@@ -72,6 +75,72 @@ impl RunningAdmin {
     }
 }
 
+/// What `/ready` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Readiness {
+    /// Serving its configuration.
+    Live,
+    /// An xDS client waits for its first snapshot (or for `initial_fetch_timeout`).
+    Initializing,
+    /// Nothing applied yet.
+    NoConfig,
+    /// Shutting down.
+    Draining,
+}
+
+impl Readiness {
+    /// What `/ready` answers.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            Readiness::Live => "LIVE",
+            Readiness::Initializing => "INITIALIZING",
+            Readiness::NoConfig => "NO CONFIG",
+            Readiness::Draining => "DRAINING",
+        }
+    }
+}
+
+impl Shared {
+    /// What `/ready` says now.
+    pub(crate) fn readiness(&self) -> Readiness {
+        if self.draining.load(Ordering::Relaxed) {
+            Readiness::Draining
+        } else if self.warming.load(Ordering::Acquire) {
+            Readiness::Initializing
+        } else if self.active.load().version == 0 {
+            Readiness::NoConfig
+        } else {
+            Readiness::Live
+        }
+    }
+}
+
+/// `/config_dump`: the active configuration (flattened, as before), every endpoint's health
+/// as configured and as the proxy's outlier detection sees it, and the xDS client's state.
+#[derive(Serialize)]
+struct ConfigDump<'a> {
+    #[serde(flatten)]
+    active: &'a ActiveConfig,
+    /// `LIVE`, `INITIALIZING`, `NO CONFIG`, `DRAINING` (what `/ready` says).
+    ready: &'static str,
+    endpoints: Vec<EndpointView<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xds: Option<crate::xds::status::XdsView>,
+}
+
+fn config_dump(shared: &Shared) -> serde_json::Value {
+    let active = shared.active.load_full();
+    let clusters = shared.clusters.load_full();
+    let xds = shared.xds.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let dump = ConfigDump {
+        active: &active,
+        ready: shared.readiness().as_str(),
+        endpoints: clusters.iter().flat_map(|c| c.views()).collect(),
+        xds,
+    };
+    serde_json::to_value(&dump).unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }))
+}
+
 fn reply(
     status: StatusCode,
     content_type: &'static str,
@@ -96,24 +165,23 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
             shared.metrics.render(),
         ),
         "/ready" => {
-            if shared.draining.load(Ordering::Relaxed) {
-                reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "DRAINING\n")
-            } else if shared.active.load().version == 0 {
-                reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "NO CONFIG\n")
+            let readiness = shared.readiness();
+            let status = if readiness == Readiness::Live {
+                StatusCode::OK
             } else {
-                reply(StatusCode::OK, TEXT, "LIVE\n")
-            }
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            reply(status, TEXT, format!("{}\n", readiness.as_str()))
         }
         "/config_dump" => {
-            let active = shared.active.load();
-            let body = serde_json::to_vec_pretty(&**active)
+            let body = serde_json::to_vec_pretty(&config_dump(shared))
                 .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}").into_bytes());
             reply(StatusCode::OK, "application/json", body)
         }
         "/" => reply(
             StatusCode::OK,
             TEXT,
-            "gofe proxy admin\n  /metrics      Prometheus metrics\n  /ready        readiness (200 LIVE, 503 when draining)\n  /config_dump  active configuration and its version (JSON)\n",
+            "gofe proxy admin\n  /metrics      Prometheus metrics\n  /ready        readiness (200 LIVE; 503 INITIALIZING, NO CONFIG or DRAINING)\n  /config_dump  active configuration, endpoint health, xDS state (JSON)\n",
         ),
         _ => reply(StatusCode::NOT_FOUND, TEXT, "not found (see /)\n"),
     }

@@ -5,6 +5,7 @@
 //! Connection pools ([`UpstreamClient`]) outlive these swaps: the proxy hands the same pool to the
 //! next `Cluster` of the same name when its connection settings did not change.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -24,17 +25,62 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::config::{CircuitBreakersConfig, ClusterConfig, HealthStatus, LbPolicy};
-use crate::health::{Eligibility, EndpointHealth, Outcome, OutlierPolicy, TrialGuard};
+use crate::health::{
+    Eligibility, EndpointHealth, HealthSource, Outcome, OutlierPolicy, OutlierState, TrialGuard,
+};
 use crate::metrics::{ClusterStats, EndpointStats, Metrics};
 use crate::request_body::RequestBody;
 use crate::upstream::{ConnectFailed, EndpointPool, H1Pools};
 
-/// A cluster's upstream connections: the proxy's own per-endpoint HTTP/1.1 pools, or
-/// hyper-util's pooled client for an HTTP/2 cluster (where one connection multiplexes).
+/// A cluster's upstream connections: the proxy's own per-endpoint HTTP/1.1 pools, or, for an
+/// HTTP/2 cluster (where one connection multiplexes), a hyper-util client per endpoint.
 #[derive(Clone)]
 pub(crate) struct UpstreamClient {
-    pub(crate) h2: Option<Client<CountingConnector, RequestBody>>,
+    pub(crate) h2: Option<Arc<H2Clients>>,
     pub(crate) h1: Arc<H1Pools>,
+}
+
+/// An HTTP/2 upstream client that always connects to one endpoint, whatever authority a
+/// request carries: so `:authority` can be the one the request was routed by.
+pub(crate) type H2Client = Client<CountingConnector, RequestBody>;
+
+/// The HTTP/2 clients of a cluster's endpoints, kept across configuration swaps (like
+/// [`H1Pools`]); only [`Cluster::build`] takes the lock.
+pub(crate) struct H2Clients {
+    http: HttpConnector,
+    cluster: Arc<str>,
+    idle_timeout: Duration,
+    metrics: Arc<Metrics>,
+    endpoints: Mutex<HashMap<Box<str>, H2Client>>,
+}
+
+impl H2Clients {
+    /// The clients of `addresses`, in order, reusing those that exist and forgetting the rest.
+    pub(crate) fn for_endpoints(&self, addresses: &[&str]) -> Vec<Option<H2Client>> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        endpoints.retain(|address, _| addresses.contains(&&**address));
+        addresses
+            .iter()
+            .map(|&address| {
+                if let Some(c) = endpoints.get(address) {
+                    return Some(c.clone());
+                }
+                let target: http::Uri = format!("http://{address}/").parse().ok()?;
+                let client = Client::builder(TokioExecutor::new())
+                    .http2_only(true)
+                    .pool_idle_timeout(self.idle_timeout)
+                    .build(CountingConnector {
+                        http: self.http.clone(),
+                        cluster: Arc::clone(&self.cluster),
+                        endpoint: address.into(),
+                        target,
+                        metrics: Arc::clone(&self.metrics),
+                    });
+                endpoints.insert(address.into(), client.clone());
+                Some(client)
+            })
+            .collect()
+    }
 }
 
 /// What decides whether two cluster versions can share a connection pool.
@@ -63,16 +109,14 @@ pub(crate) fn new_client(key: &PoolKey, metrics: &Arc<Metrics>) -> UpstreamClien
     http.set_nodelay(true);
     http.set_connect_timeout(Some(key.connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
-    let connector = CountingConnector {
-        http,
-        cluster: key.cluster.as_str().into(),
-        metrics: Arc::clone(metrics),
-    };
     let h2 = key.http2.then(|| {
-        Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .pool_idle_timeout(key.idle_timeout)
-            .build(connector)
+        Arc::new(H2Clients {
+            http,
+            cluster: key.cluster.as_str().into(),
+            idle_timeout: key.idle_timeout,
+            metrics: Arc::clone(metrics),
+            endpoints: Mutex::default(),
+        })
     });
     UpstreamClient {
         h2,
@@ -120,11 +164,15 @@ pub(crate) struct Endpoint {
     pub(crate) weight: u32,
     /// Health as configured (the control plane's view).
     pub(crate) status: HealthStatus,
+    /// Who configured `status`.
+    pub(crate) source: HealthSource,
     /// Health as outlier detection sees it (shared across snapshots).
     pub(crate) health: Arc<EndpointHealth>,
     pub(crate) stats: EndpointStats,
     /// Idle HTTP/1.1 connections to this endpoint (unused by an HTTP/2 cluster).
     pub(crate) pool: Arc<EndpointPool>,
+    /// An HTTP/2 cluster's client for this endpoint.
+    pub(crate) h2: Option<H2Client>,
 }
 
 /// An immutable snapshot of a cluster.
@@ -136,7 +184,6 @@ pub(crate) struct Cluster {
     order: WeightedSequence,
     ticket: AtomicU64,
     pub(crate) http2: bool,
-    pub(crate) client: UpstreamClient,
     pub(crate) stats: ClusterStats,
     pub(crate) outlier: Option<OutlierPolicy>,
     pub(crate) breakers: CircuitBreakersConfig,
@@ -150,6 +197,38 @@ pub(crate) struct Cluster {
     eject_lock: Mutex<()>,
 }
 
+/// One endpoint as `/config_dump` shows it: configured health next to the proxy's own view.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct EndpointView<'a> {
+    pub(crate) cluster: &'a str,
+    pub(crate) address: &'a str,
+    /// Configured weight.
+    pub(crate) weight: u32,
+    /// Configured health (`healthy`, `unhealthy`, `draining`).
+    pub(crate) health_status: HealthStatus,
+    /// Who configured it: `config` (a file, or the bootstrap's static resources) or
+    /// `controller` (xDS).
+    pub(crate) health_source: HealthSource,
+    /// Passive outlier detection.
+    pub(crate) outlier: OutlierView,
+    /// The weight the balancer gives it now (0 when it may not serve; panic mode aside).
+    pub(crate) effective_weight: u32,
+}
+
+/// An endpoint's outlier-detection state, as `/config_dump` shows it.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct OutlierView {
+    /// Whether the cluster has outlier detection at all.
+    pub(crate) enabled: bool,
+    /// `closed` (serving), `open` (ejected) or `half_open` (trial requests only).
+    pub(crate) state: OutlierState,
+    /// While open: how long the ejection has left, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ejected_for_ms: Option<u64>,
+    /// Past ejections that still count towards the next ejection's length.
+    pub(crate) times_ejected: u32,
+}
+
 /// What [`Cluster::pick`] chose.
 pub(crate) struct Picked {
     pub(crate) index: usize,
@@ -158,8 +237,10 @@ pub(crate) struct Picked {
 }
 
 impl Cluster {
+    /// Builds a snapshot of `config`, whose endpoints' health was configured by `source`.
     pub(crate) fn build(
         config: &ClusterConfig,
+        source: HealthSource,
         client: UpstreamClient,
         metrics: &Metrics,
         health: &mut dyn FnMut(&str) -> Arc<EndpointHealth>,
@@ -172,20 +253,29 @@ impl Cluster {
             .map(|ep| ep.address.as_str())
             .collect();
         let mut pools = client.h1.for_endpoints(&addresses).into_iter();
+        let mut h2 = client
+            .h2
+            .as_ref()
+            .map(|c| c.for_endpoints(&addresses).into_iter());
         let mut endpoints = Vec::with_capacity(config.endpoints.len());
         for ep in &config.endpoints {
             let address = ep.address.as_str();
             let authority: Authority = address
                 .parse()
                 .map_err(|e| format!("cluster {name:?}: endpoint {address:?}: {e}"))?;
+            let healthy = ep.health_status == HealthStatus::Healthy;
+            let health = health(address);
+            health.set_configured_weight(if healthy { ep.weight } else { 0 });
             endpoints.push(Arc::new(Endpoint {
                 address: address.into(),
                 authority,
                 weight: ep.weight,
                 status: ep.health_status,
-                health: health(address),
-                stats: metrics.endpoint(name, address, ep.weight),
+                source,
+                health,
+                stats: metrics.endpoint(name, address, ep.weight, healthy, source),
                 pool: pools.next().expect("one pool per endpoint"),
+                h2: h2.as_mut().and_then(|clients| clients.next().flatten()),
             }));
         }
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
@@ -206,7 +296,6 @@ impl Cluster {
             // successive snapshots) do not all begin on the same endpoint.
             ticket: AtomicU64::new(fastrand::u64(..)),
             http2: config.http2_protocol_options.is_some(),
-            client,
             stats: metrics.cluster(name),
             outlier: config.outlier_detection.as_ref().map(OutlierPolicy::new),
             breakers: config.circuit_breakers.clone(),
@@ -227,6 +316,7 @@ impl Cluster {
         let name = config.name.clone();
         Cluster::build(
             config,
+            HealthSource::Config,
             client,
             metrics,
             &mut |addr| {
@@ -238,6 +328,28 @@ impl Cluster {
             },
             Arc::new(ClusterLimits::new(config.circuit_breakers.max_connections)),
         )
+    }
+
+    /// Every endpoint as `/config_dump` shows it.
+    pub(crate) fn views(&self) -> impl Iterator<Item = EndpointView<'_>> {
+        self.endpoints.iter().map(|ep| {
+            let (state, ejected_for_ms) = ep.health.outlier_state();
+            let serving = ep.status == HealthStatus::Healthy && state == OutlierState::Closed;
+            EndpointView {
+                cluster: &self.name,
+                address: &ep.address,
+                weight: ep.weight,
+                health_status: ep.status,
+                health_source: ep.source,
+                outlier: OutlierView {
+                    enabled: self.outlier.is_some(),
+                    state,
+                    ejected_for_ms,
+                    times_ejected: ep.health.times_ejected(),
+                },
+                effective_weight: if serving { ep.weight } else { 0 },
+            }
+        })
     }
 
     /// The balancer's choice ignoring health, or `None` when no endpoint has weight.
@@ -412,11 +524,15 @@ impl Cluster {
 
 // === impl CountingConnector ===
 
-/// An [`HttpConnector`] that counts connections per endpoint in the proxy's metrics.
+/// An [`HttpConnector`] bound to one endpoint (whatever the request's authority) that counts
+/// its connections in the proxy's metrics.
 #[derive(Clone)]
 pub(crate) struct CountingConnector {
     http: HttpConnector,
     cluster: Arc<str>,
+    endpoint: Arc<str>,
+    /// `http://ENDPOINT/`: what the connector connects to.
+    target: http::Uri,
     metrics: Arc<Metrics>,
 }
 
@@ -432,16 +548,13 @@ impl tower_service::Service<http::Uri> for CountingConnector {
         self.http.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        let endpoint = uri
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .unwrap_or_default();
-        let connecting = self.http.call(uri);
+    fn call(&mut self, _routed: http::Uri) -> Self::Future {
+        let connecting = self.http.call(self.target.clone());
+        let endpoint = Arc::clone(&self.endpoint);
         let cluster = Arc::clone(&self.cluster);
         let metrics = Arc::clone(&self.metrics);
         Box::pin(async move {
-            let labels = [&*cluster, endpoint.as_str()];
+            let labels = [&*cluster, &*endpoint];
             match connecting.await {
                 Ok(io) => {
                     metrics.upstream_cx_total.with_label_values(&labels).inc();

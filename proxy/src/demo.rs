@@ -4,13 +4,14 @@
 //! `x-backend: NAME` header, so a client can see where the proxy sent it. Request headers steer it:
 //! `x-demo-status: 503` picks the status, `x-demo-delay: 250ms` delays the answer. A path ending
 //! in `/echo` streams the request body back as it arrives; one ending in `/headers` lists the
-//! request headers it received; one ending in `/count` reads the whole request body before it
-//! answers, with the body's length in bytes (so it never answers a request whose body broke).
+//! request headers it received (after `:authority`, when the request had one); one ending in
+//! `/count` reads the whole request body before it answers, with the body's length in bytes
+//! (so it never answers a request whose body broke).
 //!
 //! Its faults can change while it runs, from code ([`DemoBackend::set_failure`], …) or over
-//! HTTP on a control listener of its own ([`serve_control`], `gofe backend --control ADDR`):
-//! `GET /fault` shows them, `POST /fault?fail_ratio=0.5&fail_status=503&delay=50ms` changes
-//! them (each parameter optional), so an experiment needs no restart.
+//! HTTP on a control listener of its own ([`DemoBackend::serve_control`], `gofe backend
+//! --control ADDR`): `GET /fault` shows them, `POST /fault?fail_ratio=0.5&fail_status=503&delay=50ms`
+//! changes them (each parameter optional), so an experiment needs no restart.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -384,6 +385,12 @@ async fn answer(
     } else if path.ends_with("/headers") {
         {
             let mut text = String::new();
+            // An HTTP/2 request's authority is no header; show it first, as the server saw it.
+            if let Some(a) = req.uri().authority() {
+                text.push_str(":authority: ");
+                text.push_str(a.as_str());
+                text.push('\n');
+            }
             for (k, v) in req.headers() {
                 text.push_str(k.as_str());
                 text.push_str(": ");

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -97,12 +97,9 @@ async fn forward(
             "both content-length and transfer-encoding\n",
         ));
     }
-    let authority = match req.uri().authority() {
-        Some(a) => a.as_str(),
-        None => match req.headers().get(header::HOST).map(|h| h.to_str()) {
-            Some(Ok(host)) => host,
-            _ => "",
-        },
+    let authority = match headers::routing_authority(&req) {
+        Ok(a) => a,
+        Err(why) => return Ok(local_reply(StatusCode::BAD_REQUEST, why)),
     };
     let Some(vhost) = routes.find_host(authority) else {
         return Ok(local_reply(
@@ -141,6 +138,11 @@ async fn forward(
 
     let (mut parts, body) = req.into_parts();
     let path_and_query = headers::rewrite_request(&mut parts, conn, cluster.http2);
+    let routed = if cluster.http2 {
+        headers::upstream_authority(&mut parts)
+    } else {
+        None
+    };
     let mut retries = Retries::new(route.retry, body.is_end_stream());
     let template = retries
         .possible()
@@ -164,7 +166,7 @@ async fn forward(
         };
         let index = picked.index;
         let endpoint = Arc::clone(&cluster.endpoints[index]);
-        let Some(uri) = upstream_uri(&cluster, &endpoint, &path_and_query) else {
+        let Some(uri) = upstream_uri(&cluster, &endpoint, routed.as_ref(), &path_and_query) else {
             return Ok(local_reply(StatusCode::BAD_REQUEST, "bad request target\n"));
         };
         let upstream_req = match first.take() {
@@ -221,11 +223,14 @@ async fn forward(
     }
 }
 
-/// The request target for `endpoint`: absolute for HTTP/2, origin form for HTTP/1.1 (whose
-/// `Host` header carries the authority).
+/// The request target for `endpoint`: origin form for HTTP/1.1 (whose `Host` header carries
+/// the authority); absolute for HTTP/2, with the `routed` authority as `:authority` (the
+/// endpoint's own when the request had none). An HTTP/2 endpoint's client connects to the
+/// endpoint whatever the authority says.
 fn upstream_uri(
     cluster: &Cluster,
     endpoint: &Endpoint,
+    routed: Option<&Authority>,
     path_and_query: &PathAndQuery,
 ) -> Option<Uri> {
     if !cluster.http2 {
@@ -233,7 +238,7 @@ fn upstream_uri(
     }
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(endpoint.authority.clone());
+    uri.authority = Some(routed.unwrap_or(&endpoint.authority).clone());
     uri.path_and_query = Some(path_and_query.clone());
     Uri::from_parts(uri).ok()
 }

@@ -16,6 +16,16 @@
 //! HTTP/2 connection preface, it switches itself off for the rest of the connection. Switched
 //! off it fails open: hyper's own handling (Transfer-Encoding wins, connection closed) still
 //! keeps anything from being smuggled; only the explicit 400 is lost.
+//!
+//! On an HTTP/2 connection (the 24-byte connection preface, cleartext or inside TLS) the watch
+//! follows frames instead ([`ControlFrames`]): it reads each 9-byte frame header and jumps over
+//! the payload, and counts the PING and SETTINGS frames that oblige the proxy to answer. A
+//! client may have [`MAX_CONTROL_FRAMES`] (1000, Envoy's `max_outbound_control_frames`) of
+//! them outstanding, the allowance refilling at [`CONTROL_FRAMES_PER_SECOND`]; past that the
+//! connection is closed (a read error ends it). hyper's HTTP/2 server queues at most one answer
+//! and stops reading while it cannot write it, so a flood costs memory nowhere, but without
+//! this a client could keep the proxy answering pings at line rate, or park a connection on
+//! answers it never reads, forever.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -24,6 +34,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -406,6 +417,108 @@ impl Tracker {
     }
 }
 
+// === impl ControlFrames ===
+
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_SETTINGS: u8 = 0x4;
+const FRAME_PING: u8 = 0x6;
+const FLAG_ACK: u8 = 0x1;
+
+/// How many answer-obliging control frames (PING, SETTINGS without ACK) an HTTP/2 client may
+/// have outstanding: Envoy's `max_outbound_control_frames` default.
+pub(crate) const MAX_CONTROL_FRAMES: u32 = 1000;
+
+/// How fast the allowance comes back: far above any keep-alive or BDP ping rate.
+pub(crate) const CONTROL_FRAMES_PER_SECOND: u32 = 100;
+
+/// The client sent more control frames than it may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Flood {
+    /// The frame that broke the limit: `ping` or `settings`.
+    pub(crate) kind: &'static str,
+}
+
+/// Follows the frames of an HTTP/2 connection (after its preface) and meters the control frames
+/// the proxy must answer. Per read: one header parse per frame, payloads skipped unread; the
+/// clock is read only for a PING or SETTINGS frame.
+#[derive(Debug, Default)]
+pub(crate) struct ControlFrames {
+    header: [u8; 9],
+    /// Header bytes of the current frame seen so far.
+    have: u8,
+    /// Payload bytes of the current frame still to skip.
+    skip: u32,
+    /// When the allowance would be whole again; `None` before the first control frame.
+    due: Option<Instant>,
+}
+
+impl ControlFrames {
+    /// Follows `bytes`, the next bytes the client sent.
+    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> Result<(), Flood> {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = usize::try_from(self.skip)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
+                self.skip -= n as u32;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let have = usize::from(self.have);
+            let n = (9 - have).min(bytes.len());
+            self.header[have..have + n].copy_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if have + n < 9 {
+                self.have = (have + n) as u8;
+                return Ok(());
+            }
+            self.have = 0;
+            let h = self.header;
+            self.skip = u32::from_be_bytes([0, h[0], h[1], h[2]]);
+            let kind = match h[3] {
+                FRAME_PING => "ping",
+                FRAME_SETTINGS => "settings",
+                _ => continue,
+            };
+            if h[4] & FLAG_ACK == 0 {
+                self.spend(kind)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One answer-obliging frame against the allowance: a virtual-scheduling token bucket
+    /// (GCRA). Each frame moves `due` on by one interval (10 ms at 100/s); the frame is
+    /// refused when that puts `due` more than the whole allowance (1000 intervals) ahead of
+    /// now. Quiet time brings the allowance back, never past 1000.
+    fn spend(&mut self, kind: &'static str) -> Result<(), Flood> {
+        const INTERVAL: Duration =
+            Duration::from_micros(1_000_000 / CONTROL_FRAMES_PER_SECOND as u64);
+        const TOLERANCE: Duration = Duration::from_micros(
+            1_000_000 / CONTROL_FRAMES_PER_SECOND as u64 * MAX_CONTROL_FRAMES as u64,
+        );
+        let now = Instant::now();
+        let due = self.due.map_or(now, |d| d.max(now)) + INTERVAL;
+        if due.duration_since(now) > TOLERANCE {
+            return Err(Flood { kind });
+        }
+        self.due = Some(due);
+        Ok(())
+    }
+}
+
+/// What the watch knows of a connection's protocol.
+#[derive(Debug)]
+enum Protocol {
+    /// Could still be HTTP/2: this many bytes of the preface matched.
+    Sniffing(u8),
+    /// HTTP/2, frames followed.
+    Http2(ControlFrames),
+    /// HTTP/1.x (the [`Tracker`]'s business).
+    Http1,
+}
+
 // === impl FramingWatch ===
 
 /// Which request of a connection carried both framings: 0 for none, else [`CONFLICT_FLAG`] or'd
@@ -428,6 +541,9 @@ pub(crate) struct FramingWatch<T> {
     tracker: Tracker,
     conflict: ConflictCell,
     header_timer: Option<HeaderTimer>,
+    protocol: Protocol,
+    /// Counts connections closed for a control-frame flood.
+    flood: IntCounter,
 }
 
 /// The per-connection timer of `request_headers_timeout`.
@@ -457,13 +573,21 @@ impl HeaderTimer {
 }
 
 impl<T> FramingWatch<T> {
-    /// Watches `io`, recording in `conflict` which request carries both framings, and cutting
-    /// off a client that takes longer than `header_timeout` to send a request head.
-    pub(crate) fn new(io: T, conflict: ConflictCell, header_timeout: Option<Duration>) -> Self {
+    /// Watches `io`, recording in `conflict` which request carries both framings, cutting off
+    /// a client that takes longer than `header_timeout` to send a request head, and closing an
+    /// HTTP/2 connection that floods control frames (counted in `flood`).
+    pub(crate) fn new(
+        io: T,
+        conflict: ConflictCell,
+        header_timeout: Option<Duration>,
+        flood: IntCounter,
+    ) -> Self {
         FramingWatch {
             io,
             tracker: Tracker::default(),
             conflict,
+            protocol: Protocol::Sniffing(0),
+            flood,
             header_timer: header_timeout.map(|timeout| HeaderTimer {
                 timeout,
                 sleep: None,
@@ -482,6 +606,43 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingWatch<T> {
         let this = &mut *self;
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        let new = &buf.filled()[before..];
+        let frames = match &mut this.protocol {
+            Protocol::Http1 => None,
+            Protocol::Http2(frames) => Some((frames, new)),
+            Protocol::Sniffing(matched) => {
+                let at = usize::from(*matched);
+                let n = (PREFACE.len() - at).min(new.len());
+                if new[..n] != PREFACE[at..at + n] {
+                    this.protocol = Protocol::Http1;
+                    None
+                } else if at + n < PREFACE.len() {
+                    *matched = (at + n) as u8;
+                    None
+                } else {
+                    this.protocol = Protocol::Http2(ControlFrames::default());
+                    match &mut this.protocol {
+                        Protocol::Http2(frames) => Some((frames, &new[n..])),
+                        _ => None,
+                    }
+                }
+            }
+        };
+        if let Some((frames, bytes)) = frames {
+            if let Err(flood) = frames.feed(bytes) {
+                this.flood.inc();
+                tracing::warn!(
+                    frame = flood.kind,
+                    limit = MAX_CONTROL_FRAMES,
+                    "closing an HTTP/2 client connection: control frame flood"
+                );
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "HTTP/2 control frame flood",
+                )));
+            }
+            return polled;
+        }
         if this.tracker.is_off() {
             return polled;
         }
@@ -619,7 +780,101 @@ mod tests {
         assert_eq!(t.state, State::Chunked(Chunk::Start));
     }
 
+    /// An HTTP/2 frame header and `len` payload bytes of `fill`.
+    fn frame(ty: u8, flags: u8, len: usize, fill: u8) -> Vec<u8> {
+        let l = (len as u32).to_be_bytes();
+        let mut f = vec![l[1], l[2], l[3], ty, flags, 0, 0, 0, 0];
+        f.resize(9 + len, fill);
+        f
+    }
+
+    fn pings(n: usize) -> Vec<u8> {
+        (0..n).flat_map(|_| frame(FRAME_PING, 0, 8, 7)).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn control_frames_are_metered_and_payloads_skipped() {
+        let mut f = ControlFrames::default();
+        // A DATA frame whose payload is made of PING frames is skipped, not read.
+        let payload = pings(2000);
+        let mut data = frame(0, 0, 0, 0);
+        data[..3].copy_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+        data.extend_from_slice(&payload);
+        assert_eq!(f.feed(&data), Ok(()));
+        // ACKs oblige no answer and are not counted; HEADERS, WINDOW_UPDATE neither.
+        for ty_flags in [
+            (FRAME_PING, FLAG_ACK),
+            (FRAME_SETTINGS, FLAG_ACK),
+            (1, 4),
+            (8, 0),
+        ] {
+            for _ in 0..2000 {
+                assert_eq!(f.feed(&frame(ty_flags.0, ty_flags.1, 4, 0)), Ok(()));
+            }
+        }
+        assert_eq!(f.due, None);
+        assert_eq!(f.feed(&pings(MAX_CONTROL_FRAMES as usize)), Ok(()));
+        assert_eq!(
+            f.feed(&frame(FRAME_SETTINGS, 0, 6, 0)),
+            Err(Flood { kind: "settings" })
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_control_frame_allowance_refills_over_time() {
+        // (After a flood the connection is closed: each case starts a new one.)
+        let mut f = ControlFrames::default();
+        assert_eq!(f.feed(&pings(MAX_CONTROL_FRAMES as usize)), Ok(()));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let refill = CONTROL_FRAMES_PER_SECOND as usize;
+        assert_eq!(f.feed(&pings(refill)), Ok(()));
+        assert_eq!(f.feed(&pings(1)), Err(Flood { kind: "ping" }));
+
+        // A long quiet spell gives back the whole allowance, no more.
+        let mut f = ControlFrames::default();
+        assert_eq!(f.feed(&pings(10)), Ok(()));
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(f.feed(&pings(MAX_CONTROL_FRAMES as usize)), Ok(()));
+        assert_eq!(f.feed(&pings(1)), Err(Flood { kind: "ping" }));
+
+        // A steady client below the rate never runs out.
+        let mut f = ControlFrames::default();
+        for _ in 0..10_000 {
+            assert_eq!(f.feed(&pings(1)), Ok(()));
+            tokio::time::advance(Duration::from_millis(20)).await;
+        }
+    }
+
     proptest::proptest! {
+        /// However an HTTP/2 stream is split across reads, the flood is found at the same
+        /// frame.
+        #[test]
+        fn control_frame_splitting_does_not_matter(cuts in proptest::collection::vec(0usize..20_000, 0..8)) {
+            let mut raw = frame(0, 0, 100, 6);
+            raw.extend(pings(MAX_CONTROL_FRAMES as usize));
+            let ok_len = raw.len();
+            raw.extend(pings(1));
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % raw.len()).collect();
+            cuts.sort_unstable();
+            // On a paused clock: no allowance comes back while the bytes are fed.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let _guard = rt.enter();
+            let mut f = ControlFrames::default();
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([raw.len()]) {
+                let r = f.feed(&raw[from..cut]);
+                proptest::prop_assert_eq!(r.is_err(), cut > ok_len + 8, "cut at {}", cut);
+                if r.is_err() {
+                    break;
+                }
+                from = cut;
+            }
+        }
+
         /// However the bytes are split across reads, the verdict is the same.
         #[test]
         fn splitting_does_not_matter(cuts in proptest::collection::vec(0usize..200, 0..6)) {

@@ -8,6 +8,11 @@
 //!
 //! An [`EndpointHealth`] outlives configuration swaps (it is keyed by cluster and address), so a
 //! weight change pushed every few seconds never un-ejects a failing endpoint.
+//!
+//! Both views are exported (`gofe_endpoint_health{source}`: `config` or `controller` for the
+//! configured health, `outlier` for the breaker) with the effective weight they leave the
+//! endpoint (`gofe_endpoint_effective_weight`), updated on configuration swaps and breaker
+//! transitions only, never per request.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -96,6 +101,10 @@ impl OutlierPolicy {
 /// Metric handles of one endpoint's health.
 pub(crate) struct HealthStats {
     pub(crate) state: IntGauge,
+    /// `gofe_endpoint_health{source="outlier"}`: 1 while the breaker is closed.
+    pub(crate) outlier_healthy: IntGauge,
+    /// `gofe_endpoint_effective_weight`: the weight the balancer gives the endpoint now.
+    pub(crate) effective_weight: IntGauge,
     pub(crate) ejections: [IntCounter; 5],
     /// The cluster's count of endpoints not closed.
     pub(crate) active: IntGauge,
@@ -131,9 +140,51 @@ pub(crate) struct EndpointHealth {
     window_total: AtomicU64,
     window_failed: AtomicU64,
     trials_in_flight: AtomicU32,
+    /// The latest snapshot's weight when its configured health lets the endpoint serve, else
+    /// 0: what the effective weight is while the breaker is closed.
+    configured_weight: AtomicU32,
     breaker: Mutex<Breaker>,
     stats: HealthStats,
 }
+
+/// The outlier-detection state of an endpoint, as `/config_dump` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum OutlierState {
+    /// Serving.
+    Closed,
+    /// Ejected.
+    Open,
+    /// Taking trial requests only.
+    HalfOpen,
+}
+
+/// Who set an endpoint's configured health: the `source` label of `gofe_endpoint_health`
+/// (the third source, `outlier`, is the proxy's own passive detection).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum HealthSource {
+    /// A configuration file, or the static resources of an xDS bootstrap.
+    Config,
+    /// The control plane, over xDS (EDS `health_status`; the controller's ejections).
+    Controller,
+}
+
+impl HealthSource {
+    /// Both, in label order.
+    pub(crate) const ALL: [HealthSource; 2] = [HealthSource::Config, HealthSource::Controller];
+
+    /// The label value.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            HealthSource::Config => "config",
+            HealthSource::Controller => "controller",
+        }
+    }
+}
+
+/// The `source` label of the outlier-detection series of `gofe_endpoint_health`.
+pub(crate) const OUTLIER_SOURCE: &str = "outlier";
 
 /// Whether an endpoint may take a request now.
 #[derive(Debug)]
@@ -176,9 +227,51 @@ impl EndpointHealth {
             window_total: AtomicU64::new(0),
             window_failed: AtomicU64::new(0),
             trials_in_flight: AtomicU32::new(0),
+            configured_weight: AtomicU32::new(0),
             breaker: Mutex::new(Breaker::default()),
-            stats,
+            stats: {
+                stats.outlier_healthy.set(1);
+                stats
+            },
         }
+    }
+
+    /// Called when a snapshot containing this endpoint is built: `weight` is its weight when
+    /// its configured health lets it serve, else 0. Updates the effective weight.
+    pub(crate) fn set_configured_weight(&self, weight: u32) {
+        self.configured_weight.store(weight, Ordering::Relaxed);
+        self.publish_effective_weight();
+    }
+
+    fn publish_effective_weight(&self) {
+        let weight = if self.is_closed() {
+            self.configured_weight.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        self.stats.effective_weight.set(i64::from(weight));
+    }
+
+    /// The breaker's state and, when open, how long the ejection has left (ms). Not for the
+    /// hot path (the admin endpoint's `/config_dump`).
+    pub(crate) fn outlier_state(&self) -> (OutlierState, Option<u64>) {
+        match self.state.load(Ordering::Acquire) {
+            CLOSED => (OutlierState::Closed, None),
+            OPEN => (
+                OutlierState::Open,
+                Some(
+                    self.open_until_ms
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(now_ms()),
+                ),
+            ),
+            _ => (OutlierState::HalfOpen, None),
+        }
+    }
+
+    /// How many times the endpoint has been ejected (decays while it stays healthy).
+    pub(crate) fn times_ejected(&self) -> u32 {
+        self.lock().times_ejected()
     }
 
     /// True unless the breaker is open or half-open.
@@ -250,6 +343,8 @@ impl EndpointHealth {
             _ => {}
         }
         self.stats.state.set(i64::from(code));
+        self.stats.outlier_healthy.set(i64::from(code == CLOSED));
+        self.publish_effective_weight();
         if let Some(t) = t {
             if let Some(reason) = t.reason {
                 self.stats.ejections[reason_index(reason)].inc();
@@ -286,6 +381,7 @@ impl EndpointHealth {
         }
         *self.lock() = Breaker::default();
         self.stats.state.set(0);
+        self.stats.outlier_healthy.set(1);
     }
 
     /// Records a finished attempt. Returns the reason to eject, when a rule trips; the caller
@@ -383,6 +479,8 @@ mod tests {
             "e",
             HealthStats {
                 state: g,
+                outlier_healthy: IntGauge::new("o", "o").unwrap(),
+                effective_weight: IntGauge::new("w", "w").unwrap(),
                 ejections: [c(), c(), c(), c(), c()],
                 active: IntGauge::new("a", "a").unwrap(),
             },

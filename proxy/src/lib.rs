@@ -19,8 +19,14 @@
 //! wakes no second task on its way. [`config`] owns the file format and its validation; [`Proxy`] turns a valid configuration
 //! into running listeners and swaps it atomically while traffic flows (in-flight requests keep
 //! the snapshot they started with); [`run`] is the process lifecycle around it (signals, reload,
-//! drain). [`demo`] is a tiny backend for `gofe up`, benchmarks and tests. The xDS client, the
-//! controller's decisions and outlier detection live in their own crates and issues.
+//! drain). [`demo`] is a tiny backend for `gofe up`, benchmarks and tests. [`xds`] is the
+//! proxy's xDS client (`gofe proxy --bootstrap`); the controller's decisions live in
+//! `gofe-controller`, the pure outlier and balancing math in `gofe-core`.
+//!
+//! The admin listener serves `/metrics`, `/ready` (200 once the configuration is serving: at
+//! once for a file, after the first snapshot or `initial_fetch_timeout` for xDS) and
+//! `/config_dump` (the configuration, every endpoint's configured and passive health, and the
+//! xDS client's state).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -55,7 +61,7 @@ pub use config::ProxyConfig;
 
 use crate::admin::RunningAdmin;
 use crate::cluster::{Cluster, ClusterLimits, PoolKey, UpstreamClient};
-use crate::health::EndpointHealth;
+use crate::health::{EndpointHealth, HealthSource};
 use crate::listener::{ListenerLimits, ListenerState, RunningListener};
 use crate::metrics::Metrics;
 use crate::route::RouteTable;
@@ -102,6 +108,25 @@ pub(crate) struct Shared {
     metrics: Arc<Metrics>,
     active: ArcSwap<ActiveConfig>,
     draining: AtomicBool,
+    /// Set while an xDS client waits for its first snapshot: `/ready` says 503 until then.
+    warming: AtomicBool,
+    /// The clusters being served, by name, for `/config_dump` (never read per request).
+    clusters: ArcSwap<Vec<Arc<Cluster>>>,
+    /// With an xDS client: the names of the bootstrap's static clusters (their endpoints'
+    /// health is the configuration's; every other cluster's is the control plane's).
+    static_clusters: std::sync::Mutex<Option<Arc<HashSet<String>>>>,
+    /// With an xDS client: its state, for `/config_dump`.
+    xds: std::sync::Mutex<Option<xds::status::XdsView>>,
+}
+
+impl Shared {
+    /// Who configured the endpoints of cluster `name`.
+    fn health_source(statics: Option<&HashSet<String>>, name: &str) -> HealthSource {
+        match statics {
+            Some(s) if !s.contains(name) => HealthSource::Controller,
+            _ => HealthSource::Config,
+        }
+    }
 }
 
 /// What only the (serialized) apply path touches.
@@ -141,6 +166,10 @@ impl Proxy {
                 metrics: Arc::new(Metrics::new()),
                 active: ArcSwap::from_pointee(ActiveConfig::default()),
                 draining: AtomicBool::new(false),
+                warming: AtomicBool::new(false),
+                clusters: ArcSwap::default(),
+                static_clusters: std::sync::Mutex::new(None),
+                xds: std::sync::Mutex::new(None),
             }),
             control: Arc::default(),
         }
@@ -163,6 +192,12 @@ impl Proxy {
             return Err(ApplyError::Invalid(text.join("\n")));
         }
         let metrics = &self.shared.metrics;
+        let statics = self
+            .shared
+            .static_clusters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut control = self.control.lock().await;
 
         // Clusters, reusing connection pools, health and limits of what stays.
@@ -188,6 +223,7 @@ impl Proxy {
             let previous = &control.health;
             let built = Cluster::build(
                 c,
+                Shared::health_source(statics.as_deref(), &name),
                 client,
                 metrics,
                 &mut |address| {
@@ -347,6 +383,9 @@ impl Proxy {
         control.limits = limits;
         control.clusters = cluster_names;
         control.pools = pools;
+        let mut serving: Vec<Arc<Cluster>> = clusters.values().cloned().collect();
+        serving.sort_by(|a, b| a.name.cmp(&b.name));
+        self.shared.clusters.store(Arc::new(serving));
         control.version += 1;
         let version = control.version;
         self.shared.active.store(Arc::new(ActiveConfig {

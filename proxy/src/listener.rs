@@ -150,6 +150,7 @@ async fn accept_loop(
         let header_timeout = state.limits.header_timeout;
         let tls = state.tls.clone();
         let stats_active = state.stats.cx_active.clone();
+        let flood = state.stats.cx_flood.clone();
         let name = Arc::clone(&state.name);
         state.stats.cx_total.inc();
         drop(state);
@@ -161,7 +162,7 @@ async fn accept_loop(
             let conflict = Arc::clone(&ctx.framing_conflict);
             let result = match tls {
                 None => {
-                    let io = FramingWatch::new(tcp, conflict, header_timeout);
+                    let io = FramingWatch::new(tcp, conflict, header_timeout, flood);
                     serve_connection(io, &http, listener, ctx, idle, drain).await
                 }
                 Some(acceptor) => {
@@ -178,7 +179,7 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    let io = FramingWatch::new(stream, conflict, header_timeout);
+                    let io = FramingWatch::new(stream, conflict, header_timeout, flood);
                     serve_connection(io, &http, listener, ctx, idle, drain).await
                 }
             };

@@ -13,6 +13,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::health::HealthSource;
+
 /// Latency histogram buckets, in seconds: 0.5 ms to 30 s.
 pub(crate) const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -33,6 +35,8 @@ pub(crate) struct Metrics {
     upstream_timeouts: IntCounterVec,
     upstream_no_healthy: IntCounterVec,
     endpoint_weight: IntGaugeVec,
+    endpoint_health: IntGaugeVec,
+    endpoint_effective_weight: IntGaugeVec,
     downstream_requests: IntCounterVec,
     downstream_active: IntGaugeVec,
     downstream_aborted: IntCounterVec,
@@ -48,6 +52,27 @@ pub(crate) struct Metrics {
     retries: IntCounterVec,
     panic: IntCounterVec,
     downstream_cx_overflow: IntCounterVec,
+    downstream_cx_flood: IntCounterVec,
+    /// Registered when an xDS client starts (a file-configured proxy has no such series).
+    xds: std::sync::OnceLock<XdsMetrics>,
+}
+
+/// The xDS client's series (Envoy's `control_plane.*` and per-type `update_*` stats).
+pub(crate) struct XdsMetrics {
+    /// `gofe_xds_connected`.
+    pub(crate) connected: IntGauge,
+    /// `gofe_xds_disconnects_total`.
+    pub(crate) disconnects: IntCounter,
+    /// `gofe_xds_update_accepted_total{type}`.
+    pub(crate) accepted: IntCounterVec,
+    /// `gofe_xds_update_rejected_total{type}`.
+    pub(crate) rejected: IntCounterVec,
+    /// `gofe_xds_version_info{type,version}`.
+    pub(crate) version: IntGaugeVec,
+    /// `gofe_xds_last_rejection_info{type,error}`.
+    pub(crate) last_rejection: IntGaugeVec,
+    /// `gofe_xds_init_fetch_timeout_total`.
+    pub(crate) init_fetch_timeouts: IntCounter,
 }
 
 /// Circuit-breaker overflow kinds, in `ClusterStats::overflow` order.
@@ -145,6 +170,18 @@ impl Metrics {
                 "Configured load-balancing weight of an endpoint (0 = drained).",
                 ce,
             ),
+            endpoint_health: gauge_vec(
+                &r,
+                "gofe_endpoint_health",
+                "Whether an endpoint may serve, as each source sees it: 1 yes, 0 no. source=\"config\" (a configuration file) or \"controller\" (xDS health_status) is its configured health (0: unhealthy or draining); source=\"outlier\" is the proxy's own passive detection (0: ejected or half-open).",
+                &["cluster", "endpoint", "source"],
+            ),
+            endpoint_effective_weight: gauge_vec(
+                &r,
+                "gofe_endpoint_effective_weight",
+                "The weight the balancer gives an endpoint now: its configured weight while every source says it may serve, else 0 (panic mode, which ignores health, aside).",
+                ce,
+            ),
             downstream_requests: counter_vec(
                 &r,
                 "gofe_downstream_requests_total",
@@ -237,13 +274,80 @@ impl Metrics {
                 "Client connections closed at once because the listener was at max_connections.",
                 &["listener"],
             ),
+            downstream_cx_flood: counter_vec(
+                &r,
+                "gofe_downstream_connections_flood_total",
+                "HTTP/2 client connections closed for flooding the proxy with control frames it must answer (PING, SETTINGS): more than 1000 at once, refilled at 100/s (Envoy's max_outbound_control_frames).",
+                &["listener"],
+            ),
             registry: r,
+            xds: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The xDS client's series, registered on first use.
+    pub(crate) fn xds(&self) -> &XdsMetrics {
+        self.xds.get_or_init(|| {
+            let r = &self.registry;
+            let counter = |name: &str, help: &str| {
+                register(r, IntCounter::new(name, help).expect("valid metric"))
+            };
+            XdsMetrics {
+                connected: register(
+                    r,
+                    IntGauge::new(
+                        "gofe_xds_connected",
+                        "1 while the ADS stream to the control plane is open, else 0 (Envoy's control_plane.connected_state).",
+                    )
+                    .expect("valid metric"),
+                ),
+                disconnects: counter(
+                    "gofe_xds_disconnects_total",
+                    "Failed connection attempts and broken ADS streams.",
+                ),
+                accepted: counter_vec(
+                    r,
+                    "gofe_xds_update_accepted_total",
+                    "xDS responses accepted (ACKed), by type (cds, eds, lds, rds).",
+                    &["type"],
+                ),
+                rejected: counter_vec(
+                    r,
+                    "gofe_xds_update_rejected_total",
+                    "xDS responses rejected (NACKed), by type; the proxy kept its last good configuration.",
+                    &["type"],
+                ),
+                version: gauge_vec(
+                    r,
+                    "gofe_xds_version_info",
+                    "1 for the last accepted version_info of each type.",
+                    &["type", "version"],
+                ),
+                last_rejection: gauge_vec(
+                    r,
+                    "gofe_xds_last_rejection_info",
+                    "1 for the error_detail of the last rejected response of each type (at most 256 characters).",
+                    &["type", "error"],
+                ),
+                init_fetch_timeouts: counter(
+                    "gofe_xds_init_fetch_timeout_total",
+                    "Initial fetches that initial_fetch_timeout cut short (the proxy then reported ready with what it had).",
+                ),
+            }
+        })
     }
 
     pub(crate) fn health(&self, cluster: &str, endpoint: &str) -> crate::health::HealthStats {
         crate::health::HealthStats {
             state: self.breaker_state.with_label_values(&[cluster, endpoint]),
+            outlier_healthy: self.endpoint_health.with_label_values(&[
+                cluster,
+                endpoint,
+                crate::health::OUTLIER_SOURCE,
+            ]),
+            effective_weight: self
+                .endpoint_effective_weight
+                .with_label_values(&[cluster, endpoint]),
             ejections: crate::health::REASONS.map(|reason| {
                 self.ejections_total
                     .with_label_values(&[cluster, endpoint, reason.as_str()])
@@ -261,11 +365,31 @@ impl Metrics {
         String::from_utf8(buf).expect("the text format is UTF-8")
     }
 
-    pub(crate) fn endpoint(&self, cluster: &str, endpoint: &str, weight: u32) -> EndpointStats {
+    /// The handles of an endpoint's series; sets its configured weight and health (`healthy`,
+    /// as `source` set it).
+    pub(crate) fn endpoint(
+        &self,
+        cluster: &str,
+        endpoint: &str,
+        weight: u32,
+        healthy: bool,
+        source: HealthSource,
+    ) -> EndpointStats {
         let labels = [cluster, endpoint];
         self.endpoint_weight
             .with_label_values(&labels)
             .set(i64::from(weight));
+        for s in HealthSource::ALL {
+            if s == source {
+                self.endpoint_health
+                    .with_label_values(&[cluster, endpoint, s.as_str()])
+                    .set(i64::from(healthy));
+            } else {
+                let _ = self
+                    .endpoint_health
+                    .remove_label_values(&[cluster, endpoint, s.as_str()]);
+            }
+        }
         EndpointStats {
             requests: CODE_CLASSES.map(|class| {
                 self.upstream_requests
@@ -300,6 +424,7 @@ impl Metrics {
             cx_active: self.downstream_cx_active.with_label_values(&[listener]),
             cx_total: self.downstream_cx_total.with_label_values(&[listener]),
             cx_overflow: self.downstream_cx_overflow.with_label_values(&[listener]),
+            cx_flood: self.downstream_cx_flood.with_label_values(&[listener]),
         }
     }
 
@@ -317,6 +442,16 @@ impl Metrics {
         let _ = self.upstream_cx_total.remove_label_values(&labels);
         let _ = self.upstream_connect_failures.remove_label_values(&labels);
         let _ = self.breaker_state.remove_label_values(&labels);
+        let _ = self.endpoint_effective_weight.remove_label_values(&labels);
+        for source in HealthSource::ALL
+            .map(HealthSource::as_str)
+            .into_iter()
+            .chain([crate::health::OUTLIER_SOURCE])
+        {
+            let _ = self
+                .endpoint_health
+                .remove_label_values(&[cluster, endpoint, source]);
+        }
         for reason in crate::health::REASONS {
             let _ = self
                 .ejections_total
@@ -385,6 +520,8 @@ pub(crate) struct ListenerStats {
     pub(crate) cx_active: IntGauge,
     pub(crate) cx_total: IntCounter,
     pub(crate) cx_overflow: IntCounter,
+    /// HTTP/2 connections closed for a control-frame flood.
+    pub(crate) cx_flood: IntCounter,
 }
 
 #[cfg(test)]
@@ -394,7 +531,7 @@ mod tests {
     #[test]
     fn endpoint_handles_land_in_the_text_output() {
         let m = Metrics::new();
-        let ep = m.endpoint("web", "127.0.0.1:1", 3);
+        let ep = m.endpoint("web", "127.0.0.1:1", 3, true, HealthSource::Config);
         ep.record(503, Duration::from_millis(2));
         ep.record(200, Duration::from_millis(2));
         ep.record(200, Duration::from_millis(2));

@@ -8,9 +8,11 @@
 //! ```
 //!
 //! [`bootstrap`] reads the bootstrap file (node, control plane, static resources, admin);
-//! [`client`] runs the stream. The server side is `gofe-xds`.
+//! [`client`] runs the stream; `status` exports its state (`/metrics`, `/config_dump`) and
+//! decides readiness (Envoy's `initial_fetch_timeout`). The server side is `gofe-xds`.
 
 pub mod bootstrap;
 pub mod client;
+pub(crate) mod status;
 
-pub use client::{ClientOptions, ClientStatus, ClientTls, XdsClient};
+pub use client::{ClientOptions, ClientStatus, ClientTls, InitialFetch, XdsClient};

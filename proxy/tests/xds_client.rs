@@ -436,3 +436,344 @@ listeners:
     );
     client.stop();
 }
+
+// === readiness, the client's state, health as the proxy sees it ===
+
+/// A static admin listener on 127.0.0.1:0, as a bootstrap would give one.
+fn with_admin(server: SocketAddr) -> ClientOptions {
+    let base: ProxyConfig = gofe_yaml::from_str("admin: { address: \"127.0.0.1:0\" }\n").unwrap();
+    ClientOptions {
+        base,
+        ..client_options(server)
+    }
+}
+
+/// GET `path` on the admin listener: status and body.
+async fn admin_get(http: &HttpClient, admin: SocketAddr, path: &str) -> (u16, String) {
+    let uri: http::Uri = format!("http://{admin}{path}").parse().unwrap();
+    let resp = http.get(uri).await.expect("the admin listener answers");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn admin_addr(proxy: &Proxy) -> SocketAddr {
+    let start = Instant::now();
+    loop {
+        if let Some(a) = proxy.admin_addr().await {
+            return a;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the static admin listener never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls `path` until `f` holds for its (status, body), or fails with the last answer.
+async fn admin_until(
+    http: &HttpClient,
+    admin: SocketAddr,
+    path: &str,
+    what: &str,
+    f: impl Fn(u16, &str) -> bool,
+) -> String {
+    let start = Instant::now();
+    let mut last = (0, String::new());
+    while start.elapsed() < DEADLINE {
+        last = admin_get(http, admin, path).await;
+        if f(last.0, &last.1) {
+            return last.1;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "timed out waiting for {what}; last {path}: {} {}",
+        last.0, last.1
+    );
+}
+
+/// The value of one sample line of a Prometheus text, e.g. `gofe_xds_connected`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_the_first_snapshot_is_serving() {
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let a = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "a")
+        .await
+        .unwrap();
+    let listen = free_port();
+    let proxy = Proxy::new();
+    let client = XdsClient::start(proxy.clone(), with_admin(cp.addr)).unwrap();
+    let http = http_client();
+    let admin = admin_addr(&proxy).await;
+    let status = client.status();
+    wait_until("the ADS stream to open", || status.borrow().connected).await;
+
+    // Connected, but the control plane has published nothing: not ready.
+    let (code, body) = admin_get(&http, admin, "/ready").await;
+    assert_eq!((code, body.as_str()), (503, "INITIALIZING\n"));
+    let metrics = admin_get(&http, admin, "/metrics").await.1;
+    assert_eq!(
+        sample(&metrics, "gofe_xds_connected"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, r#"gofe_xds_update_accepted_total{type="cds"}"#),
+        Some(0.0),
+        "{metrics}"
+    );
+    let dump: serde_json::Value =
+        serde_json::from_str(&admin_get(&http, admin, "/config_dump").await.1).unwrap();
+    assert_eq!(dump["ready"], "INITIALIZING");
+    assert_eq!(dump["xds"]["connected"], true);
+    assert_eq!(dump["xds"]["initial_fetch"], "waiting");
+    assert_eq!(dump["xds"]["initial_fetch_timeout_ms"], 15000);
+
+    cp.push(&resources(listen, &[(a.addr(), 1)], None));
+    admin_until(&http, admin, "/ready", "ready", |c, _| c == 200).await;
+    // Ready means the snapshot's listener and cluster serve, at once.
+    assert_eq!(split(&http, listen, 3).await, counts(&[("a", 3)]));
+
+    let metrics = admin_get(&http, admin, "/metrics").await.1;
+    let versions = status.borrow().versions.clone();
+    for (ty, short) in [
+        (gofe_proto::ResourceType::Cluster, "cds"),
+        (gofe_proto::ResourceType::Endpoints, "eds"),
+        (gofe_proto::ResourceType::Listener, "lds"),
+        (gofe_proto::ResourceType::Route, "rds"),
+    ] {
+        let version = &versions[&ty];
+        assert_eq!(
+            sample(
+                &metrics,
+                &format!(r#"gofe_xds_version_info{{type="{short}",version="{version}"}}"#)
+            ),
+            Some(1.0),
+            "{metrics}"
+        );
+        assert!(
+            sample(
+                &metrics,
+                &format!(r#"gofe_xds_update_accepted_total{{type="{short}"}}"#)
+            )
+            .unwrap()
+                >= 1.0,
+            "{metrics}"
+        );
+    }
+    assert_eq!(
+        sample(&metrics, "gofe_xds_init_fetch_timeout_total"),
+        Some(0.0)
+    );
+    let dump: serde_json::Value =
+        serde_json::from_str(&admin_get(&http, admin, "/config_dump").await.1).unwrap();
+    assert_eq!(dump["ready"], "LIVE");
+    assert_eq!(dump["xds"]["initial_fetch"], "done");
+    assert_eq!(
+        dump["xds"]["types"]["eds"]["version"],
+        versions[&gofe_proto::ResourceType::Endpoints].as_str()
+    );
+    client.stop();
+    proxy.shutdown(Duration::ZERO).await;
+    a.stop().await;
+    cp.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_answer_the_proxy_is_ready_after_the_initial_fetch_timeout() {
+    // A control plane that never publishes: after initial_fetch_timeout the proxy reports
+    // ready with what it has (its static admin listener), as Envoy does.
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let proxy = Proxy::new();
+    let client = XdsClient::start_with_initial_fetch_timeout(
+        proxy.clone(),
+        with_admin(cp.addr),
+        Duration::from_millis(200),
+    )
+    .unwrap();
+    let http = http_client();
+    let admin = admin_addr(&proxy).await;
+    admin_until(&http, admin, "/ready", "ready after the timeout", |c, b| {
+        c == 200 && b == "LIVE\n"
+    })
+    .await;
+    let metrics = admin_get(&http, admin, "/metrics").await.1;
+    assert_eq!(
+        sample(&metrics, "gofe_xds_init_fetch_timeout_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+    let dump: serde_json::Value =
+        serde_json::from_str(&admin_get(&http, admin, "/config_dump").await.1).unwrap();
+    assert_eq!(dump["xds"]["initial_fetch"], "timed_out");
+    client.stop();
+    proxy.shutdown(Duration::ZERO).await;
+    cp.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_are_asked_for_only_by_the_names_listeners_reference() {
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let f = fixture(&cp).await;
+    // Clusters and endpoints, no listener yet: nothing to ask RDS for.
+    let mut r = resources(f.listen, &[(f.a.addr(), 1)], None);
+    let routes = std::mem::take(&mut r.routes);
+    let listeners = std::mem::take(&mut r.listeners);
+    cp.push(&r);
+    let status = f.client.status();
+    wait_until("EDS to be accepted", || {
+        status
+            .borrow()
+            .versions
+            .contains_key(&gofe_proto::ResourceType::Endpoints)
+    })
+    .await;
+    wait_until("LDS to be accepted", || {
+        status
+            .borrow()
+            .versions
+            .contains_key(&gofe_proto::ResourceType::Listener)
+    })
+    .await;
+    assert_eq!(
+        cp.server.acks(gofe_proto::ResourceType::Route),
+        0,
+        "no RDS request before a listener names a route configuration"
+    );
+    let metrics = cp.server.metrics_text();
+    assert!(
+        !metrics.contains(r#"gofe_xds_pushes_total{type="rds"}"#),
+        "{metrics}"
+    );
+
+    // A listener names its routes: now RDS is asked for them, and they serve.
+    r.routes = routes;
+    r.listeners = listeners;
+    cp.push(&r);
+    wait_for_split(&f.http, f.listen, 4, &counts(&[("a", 4)])).await;
+    assert!(cp.server.acks(gofe_proto::ResourceType::Route) >= 1);
+    f.client.stop();
+    f.proxy.shutdown(Duration::ZERO).await;
+    f.a.stop().await;
+    f.b.stop().await;
+    cp.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_ejection_is_visible_at_the_proxy() {
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let a = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "a")
+        .await
+        .unwrap();
+    let b = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "b")
+        .await
+        .unwrap();
+    let listen = free_port();
+    let proxy = Proxy::new();
+    let client = XdsClient::start(proxy.clone(), with_admin(cp.addr)).unwrap();
+    let http = http_client();
+    let admin = admin_addr(&proxy).await;
+    // The controller ejects `a`: EDS carries it UNHEALTHY (with its weight).
+    let mut r = resources(listen, &[(a.addr(), 1), (b.addr(), 1)], None);
+    r.endpoints.get_mut("web").unwrap().endpoints[0].health_status =
+        gofe_model::HealthStatus::Unhealthy;
+    cp.push(&r);
+    wait_for_split(&http, listen, 6, &counts(&[("b", 6)])).await;
+
+    let metrics = admin_get(&http, admin, "/metrics").await.1;
+    let (ea, eb) = (a.addr().to_string(), b.addr().to_string());
+    let series = |name: &str, ep: &str, extra: &str| {
+        sample(
+            &metrics,
+            &format!(r#"{name}{{cluster="web",endpoint="{ep}"{extra}}}"#),
+        )
+    };
+    let controller = r#",source="controller""#;
+    let outlier = r#",source="outlier""#;
+    assert_eq!(
+        series("gofe_endpoint_weight", &ea, ""),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series("gofe_endpoint_health", &ea, controller),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series("gofe_endpoint_health", &ea, outlier),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series("gofe_endpoint_effective_weight", &ea, ""),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series("gofe_endpoint_health", &eb, controller),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        series("gofe_endpoint_effective_weight", &eb, ""),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("gofe_endpoint_health{") && l.contains(r#"source="config""#)),
+        "xDS clusters' health is the controller's: {metrics}"
+    );
+
+    let dump: serde_json::Value =
+        serde_json::from_str(&admin_get(&http, admin, "/config_dump").await.1).unwrap();
+    let endpoint = |addr: &str| {
+        dump["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["cluster"] == "web" && e["address"] == addr)
+            .cloned()
+            .unwrap_or_else(|| panic!("{addr} in {dump}"))
+    };
+    let ja = endpoint(&ea);
+    assert_eq!(ja["health_status"], "unhealthy", "{ja}");
+    assert_eq!(ja["health_source"], "controller", "{ja}");
+    assert_eq!(ja["outlier"]["state"], "closed", "{ja}");
+    assert_eq!(ja["weight"], 1, "{ja}");
+    assert_eq!(ja["effective_weight"], 0, "{ja}");
+    assert_eq!(endpoint(&eb)["effective_weight"], 1);
+
+    // The controller lets it back in.
+    let r = resources(listen, &[(a.addr(), 1), (b.addr(), 1)], None);
+    cp.push(&r);
+    wait_for_split(&http, listen, 6, &counts(&[("a", 3), ("b", 3)])).await;
+    let metrics = admin_get(&http, admin, "/metrics").await.1;
+    assert_eq!(
+        sample(
+            &metrics,
+            &format!(
+                r#"gofe_endpoint_health{{cluster="web",endpoint="{ea}",source="controller"}}"#
+            )
+        ),
+        Some(1.0)
+    );
+    client.stop();
+    proxy.shutdown(Duration::ZERO).await;
+    a.stop().await;
+    b.stop().await;
+    cp.kill().await;
+}

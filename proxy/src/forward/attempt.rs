@@ -206,7 +206,7 @@ pub(crate) async fn run(
     watch: Option<&BodyWatch>,
 ) -> Attempt {
     let _pending = ActiveGuard::new(&cluster.stats.pending);
-    let sent = send(cluster, endpoint, req);
+    let sent = send(endpoint, req);
     let result = match deadline {
         Some(at) => {
             let mut timer = conn.timer(at);
@@ -241,11 +241,10 @@ enum SendError {
 
 /// Sends one attempt: on the endpoint's own HTTP/1.1 pool, or through the HTTP/2 client.
 async fn send(
-    cluster: &Cluster,
     endpoint: &Endpoint,
     req: Request<RequestBody>,
 ) -> Result<Response<ProxyBody>, SendError> {
-    match &cluster.client.h2 {
+    match &endpoint.h2 {
         // Boxed: hyper-util's request future is large, and only HTTP/2 clusters need it.
         Some(client) => Box::pin(client.request(req))
             .await

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
-use http::uri::PathAndQuery;
+use http::uri::{Authority, PathAndQuery};
 use http::{Request, Version};
 
 use crate::ctx::ConnContext;
@@ -29,16 +29,81 @@ pub(crate) fn both_framings<B>(req: &Request<B>, conn: &ConnContext, number: u32
             || conn.framing_conflict.load(Ordering::Relaxed) == CONFLICT_FLAG | u64::from(number))
 }
 
+/// The authority a request is routed by, or why it is refused with 400 (RFC 9112 §3.2,
+/// §3.2.2; RFC 9113 §8.3.1). Whatever is returned here is what the endpoint gets as `Host`
+/// ([`rewrite_request`] writes it), so the backend never sees a host other than the one the
+/// route was chosen by:
+///
+/// - more than one `Host` header, or one whose value is no authority: refused (any version
+///   without `:authority`; HTTP/1.x always);
+/// - a target with an authority (HTTP/1.1 absolute form, HTTP/2 `:authority`): that authority;
+///   HTTP/1.1's `Host` is ignored and replaced, HTTP/2's `host` header dropped (as Envoy does);
+/// - otherwise the `Host` header; HTTP/1.1 and HTTP/2 without one are refused (HTTP/1.0 may
+///   omit it, and matches only a catch-all virtual host).
+pub(crate) fn routing_authority<B>(req: &Request<B>) -> Result<&str, &'static str> {
+    let h2 = req.version() >= Version::HTTP_2;
+    if let Some(a) = req.uri().authority() {
+        if h2 {
+            return Ok(a.as_str());
+        }
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("more than one host header\n");
+    }
+    if let Some(a) = req.uri().authority() {
+        return Ok(a.as_str());
+    }
+    match host {
+        Some(v) => match v.to_str() {
+            Ok(h) if is_authority(h.as_bytes()) => Ok(h),
+            _ => Err("invalid host header\n"),
+        },
+        None if req.version() == Version::HTTP_10 => Ok(""),
+        None => Err("missing host header\n"),
+    }
+}
+
+/// Whether `b` can be a URI authority without user information (RFC 3986 §3.2: reg-name,
+/// IPv4 or bracketed IPv6 host, optional port); empty is allowed (RFC 9112 §3.2).
+fn is_authority(b: &[u8]) -> bool {
+    b.iter().all(|&c| {
+        c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'%'
+            )
+    })
+}
+
 /// Turns the client's request head into the one an endpoint gets (`http2`: the cluster speaks
 /// HTTP/2); returns the path and query to send.
 pub(crate) fn rewrite_request(parts: &mut Parts, conn: &ConnContext, http2: bool) -> PathAndQuery {
-    // An HTTP/2 client sends no Host header, only :authority in the URI we are about to
-    // replace; keep the original authority for an HTTP/1.1 upstream.
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(a) = parts.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-                parts.headers.insert(header::HOST, v);
-            }
+    // A target with an authority (HTTP/2's :authority, HTTP/1.1's absolute form) is what the
+    // request was routed by (`routing_authority`): it becomes the one Host header, replacing
+    // whatever the client sent (RFC 9112 §3.2.2, RFC 9113 §8.3.1). The URI itself is about to
+    // be replaced by the endpoint's.
+    if let Some(a) = parts.uri.authority() {
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            parts.headers.insert(header::HOST, v);
         }
     }
     parts.version = if http2 {
@@ -53,6 +118,18 @@ pub(crate) fn rewrite_request(parts: &mut Parts, conn: &ConnContext, http2: bool
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"))
+}
+
+/// For an HTTP/2 endpoint, after [`rewrite_request`]: takes the `Host` header out (the
+/// endpoint gets the authority as `:authority` alone, RFC 9113 §8.3.1) and returns the
+/// authority the request was routed by, or `None` when it had none.
+pub(crate) fn upstream_authority(parts: &mut Parts) -> Option<Authority> {
+    let host = parts.headers.remove(header::HOST);
+    // HTTP/2 and absolute-form requests: the target's own (a reference count, no copy).
+    if let Some(a) = parts.uri.authority() {
+        return Some(a.clone());
+    }
+    Authority::try_from(host?.as_bytes()).ok()
 }
 
 /// Removes headers that describe one connection, not the message (RFC 9110 §7.6.1), including
@@ -263,6 +340,73 @@ mod tests {
         assert_eq!(parts.headers["host"], "shop.example.com");
         assert!(!parts.headers.contains_key("x-hop"));
         assert!(parts.headers.contains_key("x-request-id"));
+    }
+
+    #[test]
+    fn the_routing_authority_follows_rfc_9112_and_9113() {
+        let req = |version: Version, target: &str, hosts: &[&str]| {
+            let mut r = Request::get(target).version(version);
+            for h in hosts {
+                r = r.header("host", *h);
+            }
+            r.body(()).unwrap()
+        };
+        let h11 = Version::HTTP_11;
+        assert_eq!(
+            routing_authority(&req(h11, "/", &["a.example"])),
+            Ok("a.example")
+        );
+        assert_eq!(
+            routing_authority(&req(h11, "/", &[])),
+            Err("missing host header\n")
+        );
+        assert_eq!(
+            routing_authority(&req(h11, "/", &["a", "b"])),
+            Err("more than one host header\n")
+        );
+        assert_eq!(
+            routing_authority(&req(h11, "/", &["a@b"])),
+            Err("invalid host header\n")
+        );
+        assert_eq!(
+            routing_authority(&req(h11, "/", &["a b"])),
+            Err("invalid host header\n")
+        );
+        assert_eq!(routing_authority(&req(h11, "/", &[""])), Ok(""));
+        assert_eq!(routing_authority(&req(Version::HTTP_10, "/", &[])), Ok(""));
+        // Absolute form: the target's authority, whatever Host says; two Hosts still refused.
+        assert_eq!(
+            routing_authority(&req(h11, "http://a.example/x", &["b.example"])),
+            Ok("a.example")
+        );
+        assert_eq!(
+            routing_authority(&req(h11, "http://a.example/x", &["b", "c"])),
+            Err("more than one host header\n")
+        );
+        // HTTP/2: :authority wins, a host header is dropped.
+        let h2 = Version::HTTP_2;
+        assert_eq!(
+            routing_authority(&req(h2, "http://a.example/x", &["b.example", "c"])),
+            Ok("a.example")
+        );
+        assert_eq!(
+            routing_authority(&req(h2, "/x", &["b.example"])),
+            Ok("b.example")
+        );
+        assert_eq!(
+            routing_authority(&req(h2, "/x", &[])),
+            Err("missing host header\n")
+        );
+
+        // What the endpoint gets is what was routed by: one Host, the target's authority.
+        let (mut parts, ()) = req(h11, "http://a.example/x", &["b.example"]).into_parts();
+        rewrite_request(&mut parts, &conn("127.0.0.1"), false);
+        let hosts: Vec<_> = parts.headers.get_all("host").iter().collect();
+        assert_eq!(hosts, ["a.example"]);
+        let (mut parts, ()) = req(h2, "http://a.example/x", &["B.example"]).into_parts();
+        rewrite_request(&mut parts, &conn("127.0.0.1"), false);
+        let hosts: Vec<_> = parts.headers.get_all("host").iter().collect();
+        assert_eq!(hosts, ["a.example"]);
     }
 
     #[test]

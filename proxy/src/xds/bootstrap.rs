@@ -5,6 +5,7 @@
 //! node: { id: "proxy-1", cluster: "web" }
 //! xds_server:
 //!   address: "127.0.0.1:18000"          # host:port of the ADS server
+//!   initial_fetch_timeout: "15s"        # optional; /ready waits this long per stage; "0s": forever
 //!   tls:                                # optional; plaintext when absent
 //!     ca: "ca.pem"
 //!     server_name: "control-plane"      # default: the address's host
@@ -58,6 +59,19 @@ pub struct XdsServerConfig {
     /// TLS. Default: plaintext.
     #[serde(default)]
     pub tls: Option<XdsTlsConfig>,
+    /// How long the proxy waits for the control plane's first snapshot before it reports
+    /// ready with what it has (Envoy's `initial_fetch_timeout`): CDS and LDS may take this
+    /// long, then the EDS and RDS resources they name as long again. `"0s"` waits without
+    /// limit. Default 15 s, as Envoy.
+    #[serde(
+        default = "default_initial_fetch_timeout",
+        with = "gofe_yaml::duration::text"
+    )]
+    pub initial_fetch_timeout: Duration,
+}
+
+fn default_initial_fetch_timeout() -> Duration {
+    super::client::DEFAULT_INITIAL_FETCH_TIMEOUT
 }
 
 /// TLS files for the control-plane connection (paths relative to the bootstrap file).
@@ -173,7 +187,11 @@ pub async fn run_loaded(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BootstrapError> {
     let proxy = Proxy::new();
-    let client = XdsClient::start(proxy.clone(), b.client_options(drain))?;
+    let client = XdsClient::start_with_initial_fetch_timeout(
+        proxy.clone(),
+        b.client_options(drain),
+        b.xds_server.initial_fetch_timeout,
+    )?;
     tracing::info!(node = %b.node.id, server = %b.xds_server.address, "gofe proxy starting with xDS");
     shutdown.await;
     client.stop();
@@ -216,6 +234,22 @@ static_resources:
             Some((dir.join("proxy.pem"), PathBuf::from("/abs/key.pem")))
         );
         assert!(o.base.admin.is_some());
+        assert_eq!(
+            b.xds_server.initial_fetch_timeout,
+            super::super::client::DEFAULT_INITIAL_FETCH_TIMEOUT
+        );
+        std::fs::write(
+            &path,
+            "node: { id: \"a\" }\nxds_server: { address: \"x:1\", initial_fetch_timeout: \"2s\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            Bootstrap::load(&path)
+                .unwrap()
+                .xds_server
+                .initial_fetch_timeout,
+            Duration::from_secs(2)
+        );
 
         std::fs::write(
             &path,

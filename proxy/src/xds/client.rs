@@ -27,7 +27,13 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::status;
+
 use gofe_tls::TlsError;
+
+/// Envoy's default `initial_fetch_timeout`: how long each stage of the first fetch may keep
+/// `/ready` at 503.
+pub const DEFAULT_INITIAL_FETCH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// TLS to the control plane (PEM files).
 #[derive(Clone, Debug)]
@@ -61,6 +67,16 @@ pub struct ClientOptions {
     pub backoff_max: Duration,
 }
 
+/// How far the first fetch from the control plane has come: what `/ready` waits for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InitialFetch {
+    /// CDS and LDS have been answered (accepted or rejected).
+    pub clusters_and_listeners: bool,
+    /// Every EDS and RDS resource the accepted clusters and listeners name has arrived (or
+    /// its type's response was rejected).
+    pub endpoints_and_routes: bool,
+}
+
 /// What the client is doing, for tests and `/config_dump`-like views.
 #[derive(Clone, Debug, Default)]
 pub struct ClientStatus {
@@ -76,6 +92,8 @@ pub struct ClientStatus {
     pub nacks: u64,
     /// Why the last connection attempt or stream failed, if one did.
     pub last_error: Option<String>,
+    /// How far the first fetch has come.
+    pub initial_fetch: InitialFetch,
 }
 
 /// Why the client could not start.
@@ -90,16 +108,42 @@ pub enum ClientError {
 pub struct XdsClient {
     status: watch::Receiver<ClientStatus>,
     task: tokio::task::JoinHandle<()>,
+    readiness: tokio::task::JoinHandle<()>,
 }
 
 impl XdsClient {
     /// Starts the client for `proxy`. The static part of the configuration is applied at once,
     /// then again with every accepted xDS update.
+    ///
+    /// `/ready` answers 503 until the first snapshot is serving or
+    /// [`DEFAULT_INITIAL_FETCH_TIMEOUT`] (15 s, as Envoy) has run out for a stage; see
+    /// [`start_with_initial_fetch_timeout`](Self::start_with_initial_fetch_timeout).
     pub fn start(proxy: Proxy, options: ClientOptions) -> Result<XdsClient, ClientError> {
+        Self::start_with_initial_fetch_timeout(proxy, options, DEFAULT_INITIAL_FETCH_TIMEOUT)
+    }
+
+    /// [`start`](Self::start), with the time each stage of the first fetch (CDS and LDS, then
+    /// the EDS and RDS resources they name) may take before the proxy reports ready with what
+    /// it has: Envoy's `initial_fetch_timeout`. Zero waits without limit.
+    pub fn start_with_initial_fetch_timeout(
+        proxy: Proxy,
+        options: ClientOptions,
+        initial_fetch_timeout: Duration,
+    ) -> Result<XdsClient, ClientError> {
         let tls = options.tls.as_ref().map(client_tls_config).transpose()?;
         let (status_tx, status) = watch::channel(ClientStatus::default());
+        status::attach(&proxy, &options, initial_fetch_timeout);
+        let readiness = tokio::spawn(status::readiness(
+            proxy.clone(),
+            status.clone(),
+            initial_fetch_timeout,
+        ));
         let task = tokio::spawn(run(proxy, options, tls, status_tx));
-        Ok(XdsClient { status, task })
+        Ok(XdsClient {
+            status,
+            task,
+            readiness,
+        })
     }
 
     /// The client's status, updated as it changes.
@@ -110,6 +154,7 @@ impl XdsClient {
     /// Stops the client (the proxy keeps serving its configuration).
     pub fn stop(self) {
         self.task.abort();
+        self.readiness.abort();
     }
 }
 
@@ -222,9 +267,8 @@ async fn run(
                     Err(got_response.1)
                 }
             };
-        status.send_modify(|s| s.connected = false);
+        status::disconnected(&proxy, &status, outcome.as_ref().err());
         if let Err(e) = outcome {
-            status.send_modify(|s| s.last_error = Some(e.clone()));
             let delay = backoff(attempt, options.backoff_initial, options.backoff_max);
             tracing::warn!(server = %options.server, error = %e, retry_in = ?delay,
                 "control plane unreachable; serving the last configuration");
@@ -350,7 +394,7 @@ impl State {
             Err(e) => return (false, format!("stream: {e}")),
         };
         tracing::info!(server = %self.options.server, "ADS stream open");
-        status.send_modify(|s| s.connected = true);
+        status::connected(proxy, status);
         let mut got = false;
         loop {
             let response = match responses.message().await {
@@ -378,9 +422,7 @@ impl State {
             match self.accept(proxy, ty, &response, status).await {
                 Ok(()) => {
                     self.versions.insert(ty, response.version_info.clone());
-                    status.send_modify(|s| {
-                        s.versions.insert(ty, response.version_info.clone());
-                    });
+                    status::accepted(proxy, status, ty, &response.version_info);
                     if tx
                         .send(self.request(ty, &response.nonce, None))
                         .await
@@ -389,28 +431,51 @@ impl State {
                         return (got, "request stream closed".into());
                     }
                     // New interest in endpoints or routes: ask for them.
-                    let wanted = Self::wanted(&self.resources);
-                    for t in [ResourceType::Endpoints, ResourceType::Route] {
-                        if self.interest.get(&t) != wanted.get(&t) {
-                            self.interest.insert(t, wanted[&t].clone());
-                            let nonce = self.nonces.get(&t).cloned().unwrap_or_default();
-                            let _ = tx.send(self.request(t, &nonce, None)).await;
-                        }
+                    for t in self.update_interest() {
+                        let nonce = self.nonces.get(&t).cloned().unwrap_or_default();
+                        let _ = tx.send(self.request(t, &nonce, None)).await;
                     }
                 }
                 Err(error) => {
                     tracing::warn!(r#type = ty.short(), version = %response.version_info, %error,
                         "NACK: keeping the last good configuration");
-                    status.send_modify(|s| {
-                        s.last_nack = Some(error.clone());
-                        s.nacks += 1;
-                    });
+                    status::rejected(proxy, status, ty, &error);
                     let _ = tx
                         .send(self.request(ty, &response.nonce, Some(error)))
                         .await;
                 }
             }
+            status::progress(
+                proxy,
+                status,
+                &self.resources,
+                &Self::wanted(&self.resources),
+            );
         }
+    }
+
+    /// Takes the EDS and RDS names the accepted clusters and listeners need as the interest;
+    /// returns the types whose subscription must be sent again. Like Envoy, a type is first
+    /// asked for once a name of it is needed: a request with no names would ask a control plane
+    /// that reads an empty list as a wildcard for everything.
+    fn update_interest(&mut self) -> Vec<ResourceType> {
+        let mut wanted = Self::wanted(&self.resources);
+        let mut changed = Vec::new();
+        for t in [ResourceType::Endpoints, ResourceType::Route] {
+            let names = wanted.remove(&t).unwrap_or_default();
+            let before = self.interest.get(&t);
+            if before == Some(&names) {
+                continue;
+            }
+            // Subscribed before: an empty list now unsubscribes. Never subscribed: nothing to
+            // say until a name is needed.
+            let subscribed = before.is_some_and(|b| !b.is_empty());
+            if subscribed || !names.is_empty() {
+                changed.push(t);
+            }
+            self.interest.insert(t, names);
+        }
+        changed
     }
 
     /// Decodes, assembles and applies one response; the error is the NACK's error_detail.

@@ -4,6 +4,9 @@
 
 mod balancing;
 mod blame;
+mod flood;
+mod health_view;
+mod host;
 mod hostile;
 mod protocols;
 mod reload;

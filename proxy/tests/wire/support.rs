@@ -198,3 +198,76 @@ clusters:
 "#
     )
 }
+
+/// An HTTP/1.1 backend on 127.0.0.1 that records the head of every request it gets (bodiless
+/// requests only) and answers each `200` with `x-backend: NAME`, keeping connections alive.
+/// `stop` ends it and every connection it has.
+pub struct Capture {
+    pub addr: std::net::SocketAddr,
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Capture {
+    pub async fn start(name: &str) -> Capture {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = std::sync::Arc::clone(&heads);
+        let reply = format!("HTTP/1.1 200 OK\r\nx-backend: {name}\r\ncontent-length: 0\r\n\r\n");
+        let task = tokio::spawn(async move {
+            // Dropped with this task (on stop): every connection goes with it.
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    continue;
+                };
+                let recorded = std::sync::Arc::clone(&recorded);
+                let reply = reply.clone();
+                conns.spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                            buf.drain(..end + 4);
+                            recorded.lock().unwrap().push(head);
+                            if s.write_all(reply.as_bytes()).await.is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        Capture { addr, heads, task }
+    }
+
+    /// The `Host` values of each request received so far, in order.
+    pub fn hosts(&self) -> Vec<Vec<String>> {
+        self.heads
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|head| {
+                head.lines()
+                    .filter_map(|l| {
+                        let (name, value) = l.split_once(':')?;
+                        name.eq_ignore_ascii_case("host")
+                            .then(|| value.trim().to_owned())
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    pub async fn stop(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
