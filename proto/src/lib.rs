@@ -25,10 +25,14 @@
 pub mod convert;
 pub mod resource;
 
-pub use convert::{assemble, decode_resource, from_proxy_config, ConvertError, Resources};
+pub use convert::{
+    assemble, decode_resource, from_proxy_config, unpublishable, ConvertError, Resources,
+    ResponseUpdate,
+};
 pub use resource::{
     CircuitBreakerThresholds, ClusterResource, DecodedResource, EndpointsResource, ListenerKind,
     ListenerResource, OutlierDetectionSettings, ResourceType, RouteResource, RouteSource,
+    SocketSettings,
 };
 
 /// The protocol-level messages and the ADS service, for the xDS transport (`gofe-xds`).

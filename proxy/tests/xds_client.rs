@@ -42,6 +42,7 @@ fn resources(
             name: "ingress".into(),
             kind: ListenerKind::Socket {
                 address: listen.to_string(),
+                settings: Default::default(),
             },
             routes: RouteSource::Rds("ingress-routes".into()),
         },
