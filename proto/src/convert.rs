@@ -102,6 +102,16 @@ pub enum ConvertError {
         /// What is wrong.
         message: String,
     },
+    /// A resource whose nested message could not be read (a decode error or an unexpected
+    /// type inside it), named.
+    #[error("{resource}: {source}")]
+    InResource {
+        /// Which resource, e.g. `Listener "ingress"`.
+        resource: String,
+        /// What went wrong inside it.
+        #[source]
+        source: Box<ConvertError>,
+    },
     /// A value of the proxy's configuration that no Envoy field can carry, so it cannot be
     /// published over xDS (it would be lost on the way).
     #[error("{field}: {message}")]
@@ -208,6 +218,17 @@ fn from_any<M: Message + Name + Default>(any: &Any) -> Result<M, ConvertError> {
 
 /// The longest duration a `google.protobuf.Duration` may hold (10 000 years).
 const MAX_PB_SECONDS: u64 = 315_576_000_000;
+
+/// A duration of the proxy's configuration that a `google.protobuf.Duration` cannot hold.
+fn check_pb_duration(d: Duration, field: String) -> Result<(), ConvertError> {
+    if d.as_secs() > MAX_PB_SECONDS {
+        return Err(not_publishable(
+            field,
+            "longer than the 10 000 years a protobuf Duration holds",
+        ));
+    }
+    Ok(())
+}
 
 fn pb_duration(d: Duration) -> PbDuration {
     PbDuration {
@@ -581,7 +602,16 @@ impl Resources {
                     entries.push((name, Some(c)));
                 }
                 Err((name, e)) => {
-                    refused.push(e);
+                    refused.push(match (&name, e) {
+                        (
+                            Some(n),
+                            e @ (ConvertError::Decode { .. } | ConvertError::UnexpectedType(_)),
+                        ) => ConvertError::InResource {
+                            resource: resource_label(ty, n),
+                            source: Box::new(e),
+                        },
+                        (_, e) => e,
+                    });
                     if let Some(name) = name.filter(|n| seen.insert(n.clone())) {
                         entries.push((name, None));
                     }

@@ -18,6 +18,7 @@ const FAILURE_PERCENTAGE_OFF: u32 = 101;
 /// A cluster's values that have no Envoy form.
 pub(super) fn check_publishable(c: &ClusterConfig, base: &str) -> Result<(), ConvertError> {
     let positive = |d: Duration, field: &str, what: &str| {
+        check_pb_duration(d, format!("{base}.{field}"))?;
         if d.is_zero() {
             Err(not_publishable(
                 format!("{base}.{field}"),
@@ -38,6 +39,7 @@ pub(super) fn check_publishable(c: &ClusterConfig, base: &str) -> Result<(), Con
         "gofe closes idle connections at once; Envoy's 0s keeps them forever",
     )?;
     if let Some(o) = &c.outlier_detection {
+        check_pb_duration(o.interval, format!("{base}.outlier_detection.interval"))?;
         positive(
             o.base_ejection_time,
             "outlier_detection.base_ejection_time",
@@ -856,15 +858,11 @@ fn outlier_detection_from_wire(
             .as_ref()
             .map(|_| config.base_ejection_time),
         max_ejection_time: max_ejection_time.as_ref().map(|_| config.max_ejection_time),
-        max_ejection_percent: max_ejection_percent_set(o),
+        max_ejection_percent: o.max_ejection_percent.map(|v| v.value),
         failure_percentage_threshold: failure_percentage_threshold.map(|v| v.value),
         failure_percentage_request_volume: failure_percentage_request_volume.map(|v| v.value),
     };
     Ok((config, settings))
-}
-
-fn max_ejection_percent_set(o: &cluster::OutlierDetection) -> Option<u32> {
-    o.max_ejection_percent.map(|v| v.value)
 }
 
 /// `common_lb_config`: the panic threshold (whole percents; Envoy's default 50). The other

@@ -35,7 +35,11 @@ pub(super) fn check_publishable(l: &ListenerConfig, base: &str) -> Result<(), Co
             "Envoy's max_request_headers_kb is 1..=8192",
         ));
     }
-    Ok(())
+    check_pb_duration(
+        l.request_headers_timeout,
+        format!("{base}.request_headers_timeout"),
+    )?;
+    check_pb_duration(l.idle_timeout, format!("{base}.idle_timeout"))
 }
 
 // === to wire ===
@@ -89,13 +93,14 @@ pub fn listener_to_wire(l: &ListenerResource) -> Result<listener::Listener, Conv
             format!("invalid socket address {address:?}"),
         )
     })?;
-    if settings.max_connections == Some(0)
-        || !(1..=MAX_REQUEST_HEADERS_KB).contains(&settings.max_request_headers_kb)
-    {
+    if settings.max_connections == Some(0) {
+        return Err(invalid(&res, "max_connections", "0 has no Envoy form"));
+    }
+    if !(1..=MAX_REQUEST_HEADERS_KB).contains(&settings.max_request_headers_kb) {
         return Err(invalid(
             &res,
-            "max_connections/max_request_headers_kb",
-            "out of Envoy's range",
+            "max_request_headers_kb",
+            "Envoy's is 1..=8192",
         ));
     }
     if settings.buffer_filter {

@@ -15,6 +15,15 @@ const RETRY_MAX_INTERVAL: Duration = Duration::from_millis(250);
 
 /// A route's values that have no Envoy form.
 pub(super) fn check_publishable(r: &RouteConfig, base: &str) -> Result<(), ConvertError> {
+    check_pb_duration(r.route.timeout, format!("{base}.route.timeout"))?;
+    if let Some(d) = r
+        .route
+        .retry_policy
+        .as_ref()
+        .and_then(|p| p.per_try_timeout)
+    {
+        check_pb_duration(d, format!("{base}.route.retry_policy.per_try_timeout"))?;
+    }
     match r.route.max_request_bytes {
         Some(0) => Err(not_publishable(
             format!("{base}.route.max_request_bytes"),

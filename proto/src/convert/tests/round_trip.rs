@@ -375,6 +375,14 @@ fn values_without_an_envoy_form_are_refused_by_path() {
             }),
         ),
         (
+            "listeners[0].filters[0].config.virtual_hosts[0].routes[0].route.timeout",
+            Box::new(|c| {
+                c.listeners[0].filters[0].config.virtual_hosts[0].routes[0]
+                    .route
+                    .timeout = Duration::from_secs(u64::MAX)
+            }),
+        ),
+        (
             "clusters[1].idle_timeout",
             Box::new(|c| c.clusters[1].idle_timeout = Duration::ZERO),
         ),

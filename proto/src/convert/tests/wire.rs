@@ -1020,6 +1020,27 @@ fn validate_clusters_refuses_routes_naming_unknown_clusters() {
 }
 
 #[test]
+fn a_nested_message_that_does_not_decode_names_its_resource() {
+    let mut l: listener::Listener = typed(&listener_named("garbled", "127.0.0.1:1", "r"));
+    l.filter_chains[0].filters.last_mut().unwrap().config_type =
+        Some(listener::filter::ConfigType::TypedConfig(Any {
+            type_url: hcm::HttpConnectionManager::type_url(),
+            value: vec![0xff, 0xff, 0xff],
+        }));
+    let u = Resources::default().accept_response(
+        ResourceType::Listener,
+        &[to_any(&l)],
+        &ProxyConfig::default(),
+    );
+    let e = u.refused[0].to_string();
+    assert!(
+        e.starts_with("Listener \"garbled\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager: cannot decode"),
+        "{e}"
+    );
+    assert!(std::error::Error::source(&u.refused[0]).is_some());
+}
+
+#[test]
 fn a_response_naming_a_resource_twice_is_refused_for_the_second() {
     let u = Resources::default().accept_response(
         ResourceType::Listener,
