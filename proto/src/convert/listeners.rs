@@ -810,7 +810,13 @@ fn hcm_settings(
             add_proxy_protocol_connection_state,
         )
         .set("forward_proto_config", forward_proto_config)
-        .set("strip_any_host_port", strip_port_mode)
+        .when(
+            "strip_any_host_port",
+            matches!(
+                strip_port_mode,
+                Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true))
+            ),
+        )
         .finish()?;
     let buffer_filter = http_filters_from_wire(http_filters, res, base)?;
     let idle_timeout = match common_http_protocol_options {

@@ -513,6 +513,8 @@ fn default_values_written_out_are_accepted() {
         m.generate_request_id = Some(BoolValue { value: true });
         m.stream_idle_timeout = secs(0);
         m.use_remote_address = Some(BoolValue { value: false });
+        m.strip_port_mode =
+            Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(false));
     });
     w.l.bind_to_port = Some(BoolValue { value: true });
     w.rc.virtual_hosts[0].routes[0]
