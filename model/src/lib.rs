@@ -33,7 +33,7 @@ pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The whole proxy configuration file.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Downstream listeners (sockets the proxy accepts on). Default: none.
@@ -48,7 +48,7 @@ pub struct ProxyConfig {
 }
 
 /// A downstream listener.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Name used in metrics and logs. Default: the address.
@@ -122,7 +122,7 @@ fn default_protocol() -> String {
 }
 
 /// TLS files of a listener (PEM).
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Path of the PEM certificate chain, leaf first.
@@ -132,7 +132,7 @@ pub struct TlsConfig {
 }
 
 /// One filter of a listener's chain.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// The filter's type. Only `"router"` today.
@@ -143,7 +143,7 @@ pub struct FilterConfig {
 }
 
 /// The router filter: virtual hosts and their routes.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouterConfig {
     /// Virtual hosts, selected by the request's Host / `:authority`.
@@ -152,14 +152,20 @@ pub struct RouterConfig {
 }
 
 /// A virtual host: a set of domains and the routes for them.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualHostConfig {
     /// Name used in logs and `/config_dump`.
     pub name: String,
-    /// Domains this host serves: exact (`api.example.com`), suffix wildcard (`*.example.com`),
-    /// prefix wildcard (`api.*`) or `*`. Matching ignores case and any `:port`. Most specific
-    /// wins: exact, then the longest suffix wildcard, then the longest prefix wildcard, then `*`.
+    /// Domains this host serves, read as Envoy reads them: `*` alone matches any host; a
+    /// leading `*` makes a suffix wildcard (`*.example.com`) and a trailing one a prefix
+    /// wildcard (`api.*`), each matching at least one character; any other domain is exact,
+    /// including one with a `*` inside (`db.ingress.*:8080` matches only itself). Matching
+    /// ignores case. A domain with a port (`svc:9080`, `*.svc:9080`) needs a host with that
+    /// port, as in Envoy; a domain without one matches the host whatever its port (Envoy's
+    /// `ignore_port_in_host_matching`). Most specific wins: exact (the host as sent, then
+    /// without its port), then the longest suffix wildcard, then the longest prefix wildcard,
+    /// then `*`. Each domain appears once per router.
     pub domains: Vec<String>,
     /// Routes, tried in order; the first that matches wins.
     #[serde(default)]
@@ -167,7 +173,7 @@ pub struct VirtualHostConfig {
 }
 
 /// A route: a match and what to do with requests that match.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// What requests this route takes.
@@ -178,7 +184,7 @@ pub struct RouteConfig {
 }
 
 /// A route's match: exactly one of `prefix` or `path`, plus optional header conditions.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatchConfig {
     /// Path prefix (case-sensitive). `"/"` matches everything.
@@ -193,7 +199,7 @@ pub struct RouteMatchConfig {
 }
 
 /// A condition on one request header (Envoy's `HeaderMatcher`).
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatcherConfig {
     /// Header name (case-insensitive).
@@ -210,7 +216,7 @@ pub struct HeaderMatcherConfig {
 }
 
 /// How a header value is compared (Envoy's `StringMatcher`): exactly one field.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StringMatchConfig {
     /// The value equals this.
@@ -228,7 +234,7 @@ pub struct StringMatchConfig {
 }
 
 /// A route's action: exactly one of `cluster` or `weighted_clusters`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteActionConfig {
     /// Send every request to this cluster.
@@ -258,7 +264,7 @@ pub struct RouteActionConfig {
 /// Only requests without a body are retried: bodies stream through and are not kept for a
 /// replay. Each retry goes to a different endpoint when the cluster has one, after a jittered
 /// backoff (25 ms base), and is refused when the cluster's retry limit or budget is spent.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicyConfig {
     /// Comma-separated conditions: `5xx` (any 5xx, reset, connect failure or per-try timeout),
@@ -295,7 +301,7 @@ fn is_default_route_timeout(d: &Duration) -> bool {
 }
 
 /// A weighted split across clusters.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedClustersConfig {
     /// The clusters and their weights; at least one weight must be non-zero.
@@ -303,7 +309,7 @@ pub struct WeightedClustersConfig {
 }
 
 /// One cluster of a weighted split.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterWeightConfig {
     /// The cluster's name.
@@ -360,7 +366,7 @@ pub enum LbPolicy {
 }
 
 /// An upstream cluster.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Unique name, referenced by routes.
@@ -563,7 +569,7 @@ fn default_trials() -> u32 {
 pub struct Http2ProtocolOptions {}
 
 /// One upstream endpoint.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// `host:port`, where host is an IP address or a DNS name.
@@ -603,7 +609,7 @@ fn default_weight() -> u32 {
 }
 
 /// The admin listener.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Socket address to bind, `ip:port`. Keep it on loopback or a private network.
@@ -984,22 +990,37 @@ fn check_endpoint_address(address: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A virtual-host domain as Envoy accepts one (`*`, `*.suffix`, `prefix.*`, or an exact name,
+/// each with an optional `:port`; a `*` elsewhere is a literal character of an exact domain),
+/// limited to the characters a Host header can carry, so that every domain can match a request.
 fn check_domain(domain: &str) -> Result<(), String> {
-    if domain == "*" {
-        return Ok(());
-    }
-    let core = domain
-        .strip_prefix('*')
-        .or_else(|| domain.strip_suffix('*'))
-        .unwrap_or(domain);
-    if core.is_empty()
-        || core.contains('*')
-        || !core
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
+    let authority_byte = |b: u8| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'%'
+            )
+    };
+    if domain.is_empty() || !domain.bytes().all(authority_byte) {
         return Err(format!(
-            "invalid domain {domain:?} (use a name, \"*.suffix\", \"prefix.*\" or \"*\")"
+            "invalid domain {domain:?} (use a host name with an optional :port, \"*.suffix\", \"prefix.*\" or \"*\")"
         ));
     }
     Ok(())
@@ -1119,10 +1140,23 @@ admin: { address: "127.0.0.1:9901" }
 
     #[test]
     fn domain_and_endpoint_syntax() {
-        for ok in ["*", "*.example.com", "api.*", "api.example.com"] {
+        // Envoy's forms, ports included; a `*` inside is a literal of an exact domain.
+        for ok in [
+            "*",
+            "*.example.com",
+            "api.*",
+            "api.example.com",
+            "localhost:8080",
+            "svc:9080",
+            "*.svc:9080",
+            "db.ingress.*:8080",
+            "a*b",
+            "[::1]:80",
+        ] {
             assert!(check_domain(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "a*b", "*.*", "**", "exa mple.com", "localhost:8080"] {
+        // No Host header can carry these.
+        for bad in ["", "exa mple.com", "a\nb", "tab\there", "ümlaut.de", "a/b"] {
             assert!(check_domain(bad).is_err(), "{bad}");
         }
         for ok in [

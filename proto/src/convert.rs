@@ -1,14 +1,32 @@
 //! Conversions between Envoy v3 resources and gofe's configuration, both ways, in one place.
 //!
 //! `*_from_wire` validates: anything gofe would not honour exactly as Envoy does (a regex match,
-//! a redirect, an unknown load-balancing policy, TLS on a listener, …) is a [`ConvertError`]
-//! naming the resource and field, so the client NACKs it instead of serving something else.
+//! a redirect, an unknown load-balancing policy, a header mutation, …) is a [`ConvertError`]
+//! naming the resource and the Envoy field path, so the client NACKs it instead of serving
+//! something else. Each message is taken apart field by field (an exhaustive destructuring,
+//! so a field added to Envoy's protos fails the build until someone decides about it): every
+//! field is read, refused when set to anything but its default, or ignored by design — the
+//! list, with reasons, is `proto/README.md`.
+//!
 //! `*_to_wire` writes the canonical Envoy form gofe's control plane serves: listeners with one
 //! HTTP connection manager taking its routes from RDS over ADS and ending in the router filter,
 //! EDS clusters over ADS, and one locality per endpoint carrying its weight (see
-//! [`endpoints_to_wire`]).
+//! [`endpoints_to_wire`]). Every field of the proxy's configuration travels in Envoy's own
+//! field for it; the few values Envoy cannot express (an endpoint weight of 0, a half-open
+//! trial count, an unnamed listener) ride in `metadata.filter_metadata["gofe"]`, which Envoy
+//! ignores, next to the closest Envoy form. [`from_proxy_config`] refuses, with the field's
+//! path, a value that has no Envoy form at all.
+//!
+//! [`Resources::accept_response`] takes a state-of-the-world response into the resources a
+//! client holds the way Envoy does: the valid resources are taken, each refused one keeps its
+//! previous version, and the refusals are listed by resource name for the NACK.
 
-use std::collections::{BTreeMap, HashSet};
+mod clusters;
+mod endpoints;
+mod listeners;
+mod routes;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -17,30 +35,49 @@ use envoy_types::pb::envoy::config::core::v3 as core;
 use envoy_types::pb::envoy::config::endpoint::v3 as endpoint;
 use envoy_types::pb::envoy::config::listener::v3 as listener;
 use envoy_types::pb::envoy::config::route::v3 as route;
+use envoy_types::pb::envoy::extensions::filters::http::buffer::v3 as buffer;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3 as upstream_http;
 use envoy_types::pb::envoy::r#type::matcher::v3 as matcher;
-use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
+use envoy_types::pb::google::protobuf::{
+    value, Any, BoolValue, Duration as PbDuration, Struct, UInt32Value, Value,
+};
 use gofe_model::{
     ClusterConfig, ClusterWeightConfig, EndpointConfig, FilterConfig, HeaderMatcherConfig,
-    HealthStatus, Http2ProtocolOptions, LbPolicy, ListenerConfig, ProxyConfig, RouteActionConfig,
-    RouteConfig, RouteMatchConfig, RouterConfig, StringMatchConfig, VirtualHostConfig,
-    WeightedClustersConfig, DEFAULT_CONNECT_TIMEOUT, DEFAULT_ROUTE_TIMEOUT,
+    HealthStatus, Http2ProtocolOptions, LbPolicy, ListenerConfig, Problem, ProxyConfig,
+    RetryPolicyConfig, RouteActionConfig, RouteConfig, RouteMatchConfig, RouterConfig,
+    StringMatchConfig, VirtualHostConfig, WeightedClustersConfig, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_ROUTE_TIMEOUT,
 };
 use prost::{Message, Name};
 
 use crate::resource::*;
 
+pub use clusters::{cluster_from_wire, cluster_to_wire, empty_cluster};
+pub use endpoints::{endpoints_from_wire, endpoints_to_wire};
+pub use listeners::{listener_from_wire, listener_to_wire};
+pub use routes::{route_from_wire, route_to_wire};
+
 /// Name of the HTTP connection manager network filter.
 pub const HCM_FILTER_NAME: &str = "envoy.filters.network.http_connection_manager";
+/// Name of the connection limit network filter (a listener's `max_connections`).
+pub const CONNECTION_LIMIT_FILTER_NAME: &str = "envoy.filters.network.connection_limit";
 /// Name of the router HTTP filter.
 pub const ROUTER_FILTER_NAME: &str = "envoy.filters.http.router";
+/// Name of the buffer HTTP filter (a route's `max_request_bytes`, configured per route).
+pub const BUFFER_FILTER_NAME: &str = "envoy.filters.http.buffer";
+/// Name of the retry host predicate that steers a retry away from the endpoints already tried.
+pub const PREVIOUS_HOSTS_PREDICATE: &str = "envoy.retry_host_predicates.previous_hosts";
+/// Name of the TLS transport socket.
+pub const TLS_TRANSPORT_SOCKET_NAME: &str = "envoy.transport_sockets.tls";
 /// Key of the upstream HTTP protocol options in `typed_extension_protocol_options`.
 pub const HTTP_PROTOCOL_OPTIONS_KEY: &str =
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+/// The `filter_metadata` namespace of the values only gofe reads (Envoy ignores it).
+pub const GOFE_METADATA: &str = "gofe";
 
-/// Why a resource was refused.
+/// Why a resource was refused, or a configuration cannot be published.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
     /// The bytes are not a valid message of the announced type.
@@ -60,9 +97,28 @@ pub enum ConvertError {
     Invalid {
         /// Which resource, e.g. `Cluster "web"`.
         resource: String,
-        /// The field path inside it.
+        /// The Envoy field path inside it.
         field: String,
         /// What is wrong.
+        message: String,
+    },
+    /// A resource whose nested message could not be read (a decode error or an unexpected
+    /// type inside it), named.
+    #[error("{resource}: {source}")]
+    InResource {
+        /// Which resource, e.g. `Listener "ingress"`.
+        resource: String,
+        /// What went wrong inside it.
+        #[source]
+        source: Box<ConvertError>,
+    },
+    /// A value of the proxy's configuration that no Envoy field can carry, so it cannot be
+    /// published over xDS (it would be lost on the way).
+    #[error("{field}: {message}")]
+    Unpublishable {
+        /// The field path in the proxy's configuration, e.g. `listeners[0].max_connections`.
+        field: String,
+        /// Why it has no Envoy form.
         message: String,
     },
 }
@@ -77,6 +133,69 @@ fn invalid(resource: &str, field: &str, message: impl Into<String>) -> ConvertEr
 
 fn unsupported(resource: &str, field: &str) -> ConvertError {
     invalid(resource, field, "not supported by gofe")
+}
+
+fn not_publishable(field: impl Into<String>, message: impl Into<String>) -> ConvertError {
+    ConvertError::Unpublishable {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// `base.name`, or `name` when `base` is empty.
+fn join(base: &str, name: &str) -> String {
+    if base.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{base}.{name}")
+    }
+}
+
+/// Collects the fields of one message that gofe does not support, so they are refused
+/// together, each by its Envoy path.
+struct Unsupported<'a> {
+    resource: &'a str,
+    base: String,
+    fields: Vec<String>,
+}
+
+impl<'a> Unsupported<'a> {
+    fn new(resource: &'a str, base: &str) -> Self {
+        Unsupported {
+            resource,
+            base: base.to_owned(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// Refuses `field` when it is set to anything but its protobuf default.
+    fn set<T: Default + PartialEq>(&mut self, field: &str, value: &T) -> &mut Self {
+        self.when(field, *value != T::default())
+    }
+
+    /// Refuses `field` when `refused`.
+    fn when(&mut self, field: &str, refused: bool) -> &mut Self {
+        if refused {
+            self.fields.push(join(&self.base, field));
+        }
+        self
+    }
+
+    /// A `BoolValue` whose default is `false`: refused when `true`.
+    fn truthy(&mut self, field: &str, value: &Option<BoolValue>) -> &mut Self {
+        self.when(field, value.as_ref().is_some_and(|b| b.value))
+    }
+
+    fn finish(&mut self) -> Result<(), ConvertError> {
+        if self.fields.is_empty() {
+            return Ok(());
+        }
+        Err(invalid(
+            self.resource,
+            &std::mem::take(&mut self.fields).join(", "),
+            "not supported by gofe",
+        ))
+    }
 }
 
 /// Packs a message into an `Any` with its Envoy type URL.
@@ -97,9 +216,23 @@ fn from_any<M: Message + Name + Default>(any: &Any) -> Result<M, ConvertError> {
     })
 }
 
+/// The longest duration a `google.protobuf.Duration` may hold (10 000 years).
+const MAX_PB_SECONDS: u64 = 315_576_000_000;
+
+/// A duration of the proxy's configuration that a `google.protobuf.Duration` cannot hold.
+fn check_pb_duration(d: Duration, field: String) -> Result<(), ConvertError> {
+    if d.as_secs() > MAX_PB_SECONDS {
+        return Err(not_publishable(
+            field,
+            "longer than the 10 000 years a protobuf Duration holds",
+        ));
+    }
+    Ok(())
+}
+
 fn pb_duration(d: Duration) -> PbDuration {
     PbDuration {
-        seconds: d.as_secs() as i64,
+        seconds: d.as_secs().min(MAX_PB_SECONDS) as i64,
         nanos: d.subsec_nanos() as i32,
     }
 }
@@ -109,6 +242,21 @@ fn duration_from_pb(d: &PbDuration, resource: &str, field: &str) -> Result<Durat
         return Err(invalid(resource, field, "negative or malformed duration"));
     }
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// An optional wire duration, or `default` when unset.
+fn duration_or(
+    d: &Option<PbDuration>,
+    default: Duration,
+    resource: &str,
+    field: &str,
+) -> Result<Duration, ConvertError> {
+    d.as_ref()
+        .map_or(Ok(default), |d| duration_from_pb(d, resource, field))
+}
+
+fn u32v(value: u32) -> Option<UInt32Value> {
+    Some(UInt32Value { value })
 }
 
 fn ads_config_source() -> core::ConfigSource {
@@ -139,82 +287,6 @@ fn check_config_source(
     }
 }
 
-// === decode any ===
-
-/// Decodes and validates one resource of the given type.
-pub fn decode_resource(expected: ResourceType, any: &Any) -> Result<DecodedResource, ConvertError> {
-    if any.type_url != expected.type_url() {
-        return Err(ConvertError::UnexpectedType(any.type_url.clone()));
-    }
-    Ok(match expected {
-        ResourceType::Listener => DecodedResource::Listener(listener_from_wire(&from_any(any)?)?),
-        ResourceType::Route => DecodedResource::Route(route_from_wire(&from_any(any)?)?),
-        ResourceType::Cluster => DecodedResource::Cluster(cluster_from_wire(&from_any(any)?)?),
-        ResourceType::Endpoints => {
-            DecodedResource::Endpoints(endpoints_from_wire(&from_any(any)?)?)
-        }
-    })
-}
-
-// === listeners ===
-
-/// The canonical wire form of a listener.
-pub fn listener_to_wire(l: &ListenerResource) -> Result<listener::Listener, ConvertError> {
-    let route_specifier = match &l.routes {
-        RouteSource::Rds(name) => hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
-            config_source: Some(ads_config_source()),
-            route_config_name: name.clone(),
-        }),
-        RouteSource::Inline(router) => hcm::http_connection_manager::RouteSpecifier::RouteConfig(
-            route_to_wire(&RouteResource {
-                name: l.name.clone(),
-                router: router.clone(),
-            })?,
-        ),
-    };
-    let manager = hcm::HttpConnectionManager {
-        stat_prefix: l.name.clone(),
-        http_filters: vec![hcm::HttpFilter {
-            name: ROUTER_FILTER_NAME.into(),
-            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
-                &Router::default(),
-            ))),
-            ..Default::default()
-        }],
-        route_specifier: Some(route_specifier),
-        ..Default::default()
-    };
-    let mut out = listener::Listener {
-        name: l.name.clone(),
-        ..Default::default()
-    };
-    match &l.kind {
-        ListenerKind::Api => {
-            out.api_listener = Some(listener::ApiListener {
-                api_listener: Some(to_any(&manager)),
-            });
-        }
-        ListenerKind::Socket { address } => {
-            let addr: SocketAddr = address.parse().map_err(|_| {
-                invalid(
-                    &format!("Listener {:?}", l.name),
-                    "address",
-                    format!("invalid socket address {address:?}"),
-                )
-            })?;
-            out.address = Some(socket_address(&addr.ip().to_string(), addr.port()));
-            out.filter_chains = vec![listener::FilterChain {
-                filters: vec![listener::Filter {
-                    name: HCM_FILTER_NAME.into(),
-                    config_type: Some(listener::filter::ConfigType::TypedConfig(to_any(&manager))),
-                }],
-                ..Default::default()
-            }];
-        }
-    }
-    Ok(out)
-}
-
 fn socket_address(host: &str, port: u16) -> core::Address {
     core::Address {
         address: Some(core::address::Address::SocketAddress(core::SocketAddress {
@@ -225,7 +297,7 @@ fn socket_address(host: &str, port: u16) -> core::Address {
     }
 }
 
-/// `host:port` (`[v6]:port`) of a socket address.
+/// `host:port` (`[v6]:port`) of a TCP socket address.
 fn address_from_wire(
     a: Option<&core::Address>,
     resource: &str,
@@ -234,743 +306,45 @@ fn address_from_wire(
     let Some(core::address::Address::SocketAddress(sa)) = a.and_then(|a| a.address.as_ref()) else {
         return Err(invalid(resource, field, "needs a socket_address"));
     };
-    if sa.protocol != core::socket_address::Protocol::Tcp as i32 {
-        return Err(invalid(resource, field, "only TCP is supported"));
+    let core::SocketAddress {
+        protocol,
+        address,
+        resolver_name,
+        // Dual-stack binding of `::` follows the operating system's default.
+        ipv4_compat: _,
+        network_namespace_filepath,
+        port_specifier,
+    } = sa;
+    let sfield = join(field, "socket_address");
+    Unsupported::new(resource, &sfield)
+        .set("resolver_name", resolver_name)
+        .set("network_namespace_filepath", network_namespace_filepath)
+        .finish()?;
+    if *protocol != core::socket_address::Protocol::Tcp as i32 {
+        return Err(invalid(
+            resource,
+            &join(&sfield, "protocol"),
+            "only TCP is supported",
+        ));
     }
-    let port = match sa.port_specifier {
-        Some(core::socket_address::PortSpecifier::PortValue(p)) if p <= 65535 => p,
-        _ => return Err(invalid(resource, field, "needs a port_value in 0..=65535")),
+    let port = match port_specifier {
+        Some(core::socket_address::PortSpecifier::PortValue(p)) if *p <= 65535 => *p,
+        _ => {
+            return Err(invalid(
+                resource,
+                &join(&sfield, "port_value"),
+                "needs a port_value in 0..=65535 (named ports are not supported)",
+            ))
+        }
     };
-    if sa.address.is_empty() {
-        return Err(invalid(resource, field, "empty address"));
+    if address.is_empty() {
+        return Err(invalid(resource, &join(&sfield, "address"), "empty"));
     }
-    Ok(if sa.address.contains(':') {
-        format!("[{}]:{port}", sa.address)
+    Ok(if address.contains(':') {
+        format!("[{address}]:{port}")
     } else {
-        format!("{}:{port}", sa.address)
+        format!("{address}:{port}")
     })
-}
-
-/// Validates a Listener: an `api_listener` or a socket with exactly one filter chain holding
-/// exactly one HTTP connection manager whose last HTTP filter is the router.
-pub fn listener_from_wire(l: &listener::Listener) -> Result<ListenerResource, ConvertError> {
-    let res = format!("Listener {:?}", l.name);
-    if l.name.is_empty() {
-        return Err(invalid(&res, "name", "empty name"));
-    }
-    if let Some(api) = &l.api_listener {
-        let any = api
-            .api_listener
-            .as_ref()
-            .ok_or_else(|| invalid(&res, "api_listener", "empty"))?;
-        let manager: hcm::HttpConnectionManager = from_any(any)?;
-        return Ok(ListenerResource {
-            name: l.name.clone(),
-            kind: ListenerKind::Api,
-            routes: hcm_routes(&manager, &res)?,
-        });
-    }
-    let address = address_from_wire(l.address.as_ref(), &res, "address")?;
-    if l.filter_chains.len() != 1 {
-        return Err(invalid(
-            &res,
-            "filter_chains",
-            "exactly one filter chain is supported",
-        ));
-    }
-    let chain = &l.filter_chains[0];
-    if chain.filter_chain_match.is_some() {
-        return Err(unsupported(&res, "filter_chains[0].filter_chain_match"));
-    }
-    if chain.transport_socket.is_some() {
-        return Err(unsupported(
-            &res,
-            "filter_chains[0].transport_socket (TLS over xDS)",
-        ));
-    }
-    if !l.listener_filters.is_empty() {
-        return Err(unsupported(&res, "listener_filters"));
-    }
-    if chain.filters.len() != 1 {
-        return Err(invalid(
-            &res,
-            "filter_chains[0].filters",
-            "exactly one http_connection_manager filter is supported",
-        ));
-    }
-    let filter = &chain.filters[0];
-    let Some(listener::filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
-        return Err(invalid(
-            &res,
-            "filter_chains[0].filters[0]",
-            "needs a typed_config",
-        ));
-    };
-    if any.type_url != hcm::HttpConnectionManager::type_url() {
-        return Err(invalid(
-            &res,
-            "filter_chains[0].filters[0].typed_config",
-            format!("unsupported network filter {:?}", any.type_url),
-        ));
-    }
-    let manager: hcm::HttpConnectionManager = from_any(any)?;
-    Ok(ListenerResource {
-        name: l.name.clone(),
-        kind: ListenerKind::Socket { address },
-        routes: hcm_routes(&manager, &res)?,
-    })
-}
-
-fn hcm_routes(m: &hcm::HttpConnectionManager, res: &str) -> Result<RouteSource, ConvertError> {
-    let field = "http_connection_manager.http_filters";
-    match m.http_filters.as_slice() {
-        [only] => {
-            let is_router = match &only.config_type {
-                Some(hcm::http_filter::ConfigType::TypedConfig(a)) => {
-                    a.type_url == Router::type_url()
-                }
-                None => only.name == ROUTER_FILTER_NAME,
-                _ => false,
-            };
-            if !is_router {
-                return Err(invalid(res, field, "only the router filter is supported"));
-            }
-        }
-        _ => {
-            return Err(invalid(
-                res,
-                field,
-                "exactly one filter, the router, is supported",
-            ))
-        }
-    }
-    use hcm::http_connection_manager::RouteSpecifier as R;
-    match &m.route_specifier {
-        Some(R::Rds(rds)) => {
-            check_config_source(
-                rds.config_source.as_ref(),
-                res,
-                "http_connection_manager.rds.config_source",
-            )?;
-            if rds.route_config_name.is_empty() {
-                return Err(invalid(
-                    res,
-                    "http_connection_manager.rds.route_config_name",
-                    "empty",
-                ));
-            }
-            Ok(RouteSource::Rds(rds.route_config_name.clone()))
-        }
-        Some(R::RouteConfig(rc)) => Ok(RouteSource::Inline(route_from_wire(rc)?.router)),
-        _ => Err(invalid(
-            res,
-            "http_connection_manager",
-            "needs rds or route_config (scoped routes are not supported)",
-        )),
-    }
-}
-
-// === routes ===
-
-/// The wire form of a route configuration.
-pub fn route_to_wire(r: &RouteResource) -> Result<route::RouteConfiguration, ConvertError> {
-    let res = format!("RouteConfiguration {:?}", r.name);
-    let mut virtual_hosts = Vec::new();
-    for vh in &r.router.virtual_hosts {
-        let mut routes = Vec::new();
-        for rt in &vh.routes {
-            routes.push(route_entry_to_wire(rt, &res)?);
-        }
-        virtual_hosts.push(route::VirtualHost {
-            name: vh.name.clone(),
-            domains: vh.domains.to_vec(),
-            routes,
-            ..Default::default()
-        });
-    }
-    Ok(route::RouteConfiguration {
-        name: r.name.clone(),
-        virtual_hosts,
-        ..Default::default()
-    })
-}
-
-fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, ConvertError> {
-    use route::route_match::PathSpecifier;
-    let path_specifier = match (&rt.matcher.prefix, &rt.matcher.path) {
-        (Some(p), None) => PathSpecifier::Prefix(p.clone()),
-        (None, Some(p)) => PathSpecifier::Path(p.clone()),
-        _ => return Err(invalid(res, "match", "needs exactly one of prefix or path")),
-    };
-    let headers = rt
-        .matcher
-        .headers
-        .iter()
-        .map(header_to_wire)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|m| invalid(res, "match.headers", m))?;
-    use route::route_action::ClusterSpecifier;
-    let a = &rt.route;
-    let cluster_specifier = match (&a.cluster, &a.weighted_clusters) {
-        (Some(c), None) => ClusterSpecifier::Cluster(c.clone()),
-        (None, Some(wc)) => ClusterSpecifier::WeightedClusters(route::WeightedCluster {
-            clusters: wc
-                .clusters
-                .iter()
-                .map(|c| route::weighted_cluster::ClusterWeight {
-                    name: c.name.clone(),
-                    weight: Some(UInt32Value { value: c.weight }),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }),
-        _ => {
-            return Err(invalid(
-                res,
-                "route",
-                "needs exactly one of cluster or weighted_clusters",
-            ))
-        }
-    };
-    Ok(route::Route {
-        r#match: Some(route::RouteMatch {
-            path_specifier: Some(path_specifier),
-            headers,
-            ..Default::default()
-        }),
-        action: Some(route::route::Action::Route(route::RouteAction {
-            cluster_specifier: Some(cluster_specifier),
-            timeout: (a.timeout != DEFAULT_ROUTE_TIMEOUT).then(|| pb_duration(a.timeout)),
-            ..Default::default()
-        })),
-        ..Default::default()
-    })
-}
-
-fn header_to_wire(h: &HeaderMatcherConfig) -> Result<route::HeaderMatcher, String> {
-    use matcher::string_matcher::MatchPattern;
-    use route::header_matcher::HeaderMatchSpecifier as H;
-    let spec = match (&h.string_match, h.present_match) {
-        (Some(sm), None) => {
-            let pattern = match (&sm.exact, &sm.prefix, &sm.suffix, &sm.contains) {
-                (Some(v), None, None, None) => MatchPattern::Exact(v.clone()),
-                (None, Some(v), None, None) => MatchPattern::Prefix(v.clone()),
-                (None, None, Some(v), None) => MatchPattern::Suffix(v.clone()),
-                (None, None, None, Some(v)) => MatchPattern::Contains(v.clone()),
-                _ => return Err("string_match needs exactly one pattern".into()),
-            };
-            H::StringMatch(matcher::StringMatcher {
-                match_pattern: Some(pattern),
-                ignore_case: false,
-            })
-        }
-        (None, Some(present)) => H::PresentMatch(present),
-        _ => return Err("needs exactly one of string_match or present_match".into()),
-    };
-    Ok(route::HeaderMatcher {
-        name: h.name.clone(),
-        invert_match: h.invert_match,
-        header_match_specifier: Some(spec),
-        ..Default::default()
-    })
-}
-
-/// Validates a route configuration into gofe's router form.
-pub fn route_from_wire(r: &route::RouteConfiguration) -> Result<RouteResource, ConvertError> {
-    let res = format!("RouteConfiguration {:?}", r.name);
-    if r.vhds.is_some() {
-        return Err(unsupported(&res, "vhds"));
-    }
-    let mut virtual_hosts = Vec::new();
-    for (hi, vh) in r.virtual_hosts.iter().enumerate() {
-        let base = format!("virtual_hosts[{hi}]");
-        if vh.require_tls != 0 {
-            return Err(unsupported(&res, &format!("{base}.require_tls")));
-        }
-        let mut routes = Vec::new();
-        for (ri, rt) in vh.routes.iter().enumerate() {
-            routes.push(route_entry_from_wire(
-                rt,
-                &res,
-                &format!("{base}.routes[{ri}]"),
-            )?);
-        }
-        virtual_hosts.push(VirtualHostConfig {
-            name: String::from(&vh.name),
-            domains: vh.domains.to_vec(),
-            routes,
-        });
-    }
-    Ok(RouteResource {
-        name: r.name.clone(),
-        router: RouterConfig { virtual_hosts },
-    })
-}
-
-fn route_entry_from_wire(
-    rt: &route::Route,
-    res: &str,
-    base: &str,
-) -> Result<RouteConfig, ConvertError> {
-    use route::route_match::PathSpecifier;
-    let m = rt
-        .r#match
-        .as_ref()
-        .ok_or_else(|| invalid(res, &format!("{base}.match"), "missing"))?;
-    let f = |x: &str| format!("{base}.match.{x}");
-    if m.case_sensitive.as_ref().is_some_and(|c| !c.value) {
-        return Err(unsupported(res, &f("case_sensitive=false")));
-    }
-    if m.runtime_fraction.is_some() {
-        return Err(unsupported(res, &f("runtime_fraction")));
-    }
-    if !m.query_parameters.is_empty() {
-        return Err(unsupported(res, &f("query_parameters")));
-    }
-    if m.grpc.is_some() || m.tls_context.is_some() || !m.dynamic_metadata.is_empty() {
-        return Err(unsupported(res, &f("grpc/tls_context/dynamic_metadata")));
-    }
-    let mut matcher = RouteMatchConfig::default();
-    match &m.path_specifier {
-        Some(PathSpecifier::Prefix(p)) => {
-            matcher.prefix = Some(String::from(if p.is_empty() { "/" } else { p.as_str() }))
-        }
-        Some(PathSpecifier::Path(p)) => matcher.path = Some(String::from(p)),
-        Some(_) => {
-            return Err(unsupported(
-                res,
-                &f("path_specifier (only prefix and path)"),
-            ))
-        }
-        None => return Err(invalid(res, &f("path_specifier"), "missing")),
-    }
-    for (i, h) in m.headers.iter().enumerate() {
-        matcher.headers.push(
-            header_from_wire(h).map_err(|msg| invalid(res, &f(&format!("headers[{i}]")), msg))?,
-        );
-    }
-    let action = match &rt.action {
-        Some(route::route::Action::Route(a)) => a,
-        _ => {
-            return Err(unsupported(
-                res,
-                &format!("{base} action (only route actions; not redirect, direct_response, …)"),
-            ))
-        }
-    };
-    let af = |x: &str| format!("{base}.route.{x}");
-    if !action.prefix_rewrite.is_empty()
-        || action.regex_rewrite.is_some()
-        || action.host_rewrite_specifier.is_some()
-    {
-        return Err(unsupported(res, &af("rewrites")));
-    }
-    if action.retry_policy.is_some() {
-        return Err(unsupported(res, &af("retry_policy")));
-    }
-    use route::route_action::ClusterSpecifier;
-    let mut out = RouteActionConfig {
-        timeout: match &action.timeout {
-            Some(d) => duration_from_pb(d, res, &af("timeout"))?,
-            None => DEFAULT_ROUTE_TIMEOUT,
-        },
-        ..Default::default()
-    };
-    match &action.cluster_specifier {
-        Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => out.cluster = Some(String::from(c)),
-        Some(ClusterSpecifier::WeightedClusters(wc)) => {
-            let mut clusters = Vec::new();
-            for (i, c) in wc.clusters.iter().enumerate() {
-                if c.name.is_empty() {
-                    return Err(invalid(
-                        res,
-                        &af(&format!("weighted_clusters.clusters[{i}].name")),
-                        "empty (cluster_header is not supported)",
-                    ));
-                }
-                clusters.push(ClusterWeightConfig {
-                    name: String::from(&c.name),
-                    weight: c.weight.map_or(0, |w| w.value),
-                });
-            }
-            if clusters.iter().all(|c| c.weight == 0) {
-                return Err(invalid(
-                    res,
-                    &af("weighted_clusters"),
-                    "needs a cluster with a non-zero weight",
-                ));
-            }
-            out.weighted_clusters = Some(WeightedClustersConfig { clusters });
-        }
-        _ => {
-            return Err(unsupported(
-                res,
-                &af("cluster_specifier (only cluster and weighted_clusters)"),
-            ))
-        }
-    }
-    Ok(RouteConfig {
-        matcher,
-        route: out,
-    })
-}
-
-// The deprecated `*_match` forms are still valid Envoy v3 and are accepted.
-#[allow(deprecated)]
-fn header_from_wire(h: &route::HeaderMatcher) -> Result<HeaderMatcherConfig, String> {
-    use matcher::string_matcher::MatchPattern;
-    use route::header_matcher::HeaderMatchSpecifier as H;
-    let mut sm = StringMatchConfig::default();
-    let mut present_match = None;
-    match &h.header_match_specifier {
-        Some(H::ExactMatch(v)) => sm.exact = Some(v.clone()),
-        Some(H::PrefixMatch(v)) => sm.prefix = Some(v.clone()),
-        Some(H::SuffixMatch(v)) => sm.suffix = Some(v.clone()),
-        Some(H::ContainsMatch(v)) => sm.contains = Some(v.clone()),
-        Some(H::PresentMatch(p)) => present_match = Some(*p),
-        Some(H::StringMatch(m)) => {
-            if m.ignore_case {
-                return Err("string_match.ignore_case is not supported by gofe".into());
-            }
-            match &m.match_pattern {
-                Some(MatchPattern::Exact(v)) => sm.exact = Some(v.clone()),
-                Some(MatchPattern::Prefix(v)) => sm.prefix = Some(v.clone()),
-                Some(MatchPattern::Suffix(v)) => sm.suffix = Some(v.clone()),
-                Some(MatchPattern::Contains(v)) => sm.contains = Some(v.clone()),
-                _ => return Err(
-                    "only exact, prefix, suffix and contains string matches are supported by gofe"
-                        .into(),
-                ),
-            }
-        }
-        // Envoy: no specifier means "present".
-        None => present_match = Some(true),
-        Some(_) => return Err("regex and range header matches are not supported by gofe".into()),
-    }
-    if h.treat_missing_header_as_empty {
-        return Err("treat_missing_header_as_empty is not supported by gofe".into());
-    }
-    Ok(HeaderMatcherConfig {
-        name: String::from(&h.name),
-        string_match: present_match.is_none().then_some(sm),
-        present_match,
-        invert_match: h.invert_match,
-    })
-}
-
-// === clusters ===
-
-/// The wire form of a cluster: EDS over ADS when `eds_service_name` is set, otherwise STATIC
-/// with the endpoints inline.
-pub fn cluster_to_wire(c: &ClusterResource) -> cluster::Cluster {
-    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType, EdsClusterConfig};
-    let cfg = &c.config;
-    let mut out = cluster::Cluster {
-        name: cfg.name.clone(),
-        connect_timeout: Some(pb_duration(cfg.connect_timeout)),
-        lb_policy: match cfg.lb_policy {
-            LbPolicy::RoundRobin => cluster::cluster::LbPolicy::RoundRobin as i32,
-            LbPolicy::LeastRequest => cluster::cluster::LbPolicy::LeastRequest as i32,
-        },
-        circuit_breakers: c.circuit_breakers.map(circuit_breakers_to_wire),
-        outlier_detection: c.outlier_detection.map(|o| outlier_detection_to_wire(&o)),
-        ..Default::default()
-    };
-    match &c.eds_service_name {
-        Some(service) => {
-            out.cluster_discovery_type =
-                Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32));
-            out.eds_cluster_config = Some(EdsClusterConfig {
-                eds_config: Some(ads_config_source()),
-                service_name: if *service == cfg.name {
-                    String::new()
-                } else {
-                    service.clone()
-                },
-            });
-        }
-        None => {
-            out.cluster_discovery_type =
-                Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
-            out.load_assignment = Some(endpoints_to_wire(&EndpointsResource {
-                cluster_name: cfg.name.clone(),
-                endpoints: cfg.endpoints.clone(),
-            }));
-        }
-    }
-    if cfg.http2_protocol_options.is_some() {
-        use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig;
-        use upstream_http::http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions};
-        let options = upstream_http::HttpProtocolOptions {
-            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
-                ExplicitHttpConfig {
-                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
-                        core::Http2ProtocolOptions::default(),
-                    )),
-                },
-            )),
-            ..Default::default()
-        };
-        out.typed_extension_protocol_options
-            .insert(HTTP_PROTOCOL_OPTIONS_KEY.into(), to_any(&options));
-    }
-    out
-}
-
-fn u32v(v: Option<u32>) -> Option<UInt32Value> {
-    v.map(|value| UInt32Value { value })
-}
-
-fn circuit_breakers_to_wire(t: CircuitBreakerThresholds) -> cluster::CircuitBreakers {
-    cluster::CircuitBreakers {
-        thresholds: vec![cluster::circuit_breakers::Thresholds {
-            priority: core::RoutingPriority::Default as i32,
-            max_connections: u32v(t.max_connections),
-            max_pending_requests: u32v(t.max_pending_requests),
-            max_requests: u32v(t.max_requests),
-            max_retries: u32v(t.max_retries),
-            ..Default::default()
-        }],
-        ..Default::default()
-    }
-}
-
-fn outlier_detection_to_wire(o: &OutlierDetectionSettings) -> cluster::OutlierDetection {
-    cluster::OutlierDetection {
-        consecutive_5xx: u32v(o.consecutive_5xx),
-        consecutive_gateway_failure: u32v(o.consecutive_gateway_failure),
-        interval: o.interval.map(pb_duration),
-        base_ejection_time: o.base_ejection_time.map(pb_duration),
-        max_ejection_time: o.max_ejection_time.map(pb_duration),
-        max_ejection_percent: u32v(o.max_ejection_percent),
-        failure_percentage_threshold: u32v(o.failure_percentage_threshold),
-        failure_percentage_request_volume: u32v(o.failure_percentage_request_volume),
-        ..Default::default()
-    }
-}
-
-/// Validates a cluster. The deprecated `http2_protocol_options` field is still accepted.
-#[allow(deprecated)]
-pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, ConvertError> {
-    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
-    let res = format!("Cluster {:?}", c.name);
-    if c.name.is_empty() {
-        return Err(invalid(&res, "name", "empty name"));
-    }
-    let lb_policy = match cluster::cluster::LbPolicy::try_from(c.lb_policy) {
-        Ok(cluster::cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
-        Ok(cluster::cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
-        _ => {
-            return Err(invalid(
-                &res,
-                "lb_policy",
-                format!(
-                    "{} is not supported by gofe (ROUND_ROBIN, LEAST_REQUEST)",
-                    c.lb_policy
-                ),
-            ))
-        }
-    };
-    if c.transport_socket.is_some() || !c.transport_socket_matches.is_empty() {
-        return Err(unsupported(&res, "transport_socket (upstream TLS)"));
-    }
-    if !c.health_checks.is_empty() {
-        return Err(unsupported(&res, "health_checks"));
-    }
-    if c.lb_subset_config.is_some() || c.load_balancing_policy.is_some() {
-        return Err(unsupported(&res, "lb_subset_config/load_balancing_policy"));
-    }
-    let connect_timeout = match &c.connect_timeout {
-        Some(d) => duration_from_pb(d, &res, "connect_timeout")?,
-        None => DEFAULT_CONNECT_TIMEOUT,
-    };
-    let mut http2 = c.http2_protocol_options.is_some();
-    for (key, any) in &c.typed_extension_protocol_options {
-        if key != HTTP_PROTOCOL_OPTIONS_KEY {
-            return Err(unsupported(
-                &res,
-                &format!("typed_extension_protocol_options[{key:?}]"),
-            ));
-        }
-        let options: upstream_http::HttpProtocolOptions = from_any(any)?;
-        use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig;
-        use upstream_http::http_protocol_options::UpstreamProtocolOptions;
-        match &options.upstream_protocol_options {
-            Some(UpstreamProtocolOptions::ExplicitHttpConfig(e)) => match &e.protocol_config {
-                Some(ProtocolConfig::Http2ProtocolOptions(_)) => http2 = true,
-                Some(ProtocolConfig::HttpProtocolOptions(_)) => http2 = false,
-                _ => {
-                    return Err(unsupported(
-                        &res,
-                        "explicit_http_config (HTTP/1.1 or HTTP/2 only)",
-                    ))
-                }
-            },
-            None => {}
-            Some(_) => {
-                return Err(unsupported(
-                    &res,
-                    "upstream_protocol_options (only explicit_http_config)",
-                ))
-            }
-        }
-    }
-    let discovery = match c.cluster_discovery_type {
-        None => DiscoveryType::Static,
-        Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(t)
-            .map_err(|_| invalid(&res, "type", format!("unknown discovery type {t}")))?,
-        Some(ClusterDiscoveryType::ClusterType(_)) => {
-            return Err(unsupported(&res, "cluster_type"))
-        }
-    };
-    let mut config = empty_cluster(&c.name);
-    config.lb_policy = lb_policy;
-    config.connect_timeout = connect_timeout;
-    config.http2_protocol_options = http2.then(Http2ProtocolOptions::default);
-    let eds_service_name = match discovery {
-        DiscoveryType::Eds => {
-            let eds = c.eds_cluster_config.as_ref();
-            check_config_source(
-                eds.and_then(|e| e.eds_config.as_ref()),
-                &res,
-                "eds_cluster_config.eds_config",
-            )?;
-            Some(match eds.map(|e| e.service_name.as_str()) {
-                Some(s) if !s.is_empty() => s.to_owned(),
-                _ => c.name.clone(),
-            })
-        }
-        // gofe resolves DNS names in endpoint addresses itself.
-        DiscoveryType::Static | DiscoveryType::StrictDns | DiscoveryType::LogicalDns => {
-            if let Some(la) = &c.load_assignment {
-                config.endpoints = endpoints_from_wire(la)?.endpoints;
-            }
-            None
-        }
-        DiscoveryType::OriginalDst => return Err(unsupported(&res, "type ORIGINAL_DST")),
-    };
-    let circuit_breakers = match &c.circuit_breakers {
-        None => None,
-        Some(cb) => {
-            if !cb.per_host_thresholds.is_empty() {
-                return Err(unsupported(&res, "circuit_breakers.per_host_thresholds"));
-            }
-            let mut out = None;
-            for (i, t) in cb.thresholds.iter().enumerate() {
-                if t.priority != core::RoutingPriority::Default as i32 {
-                    return Err(unsupported(
-                        &res,
-                        &format!("circuit_breakers.thresholds[{i}].priority HIGH"),
-                    ));
-                }
-                if t.retry_budget.is_some() {
-                    return Err(unsupported(
-                        &res,
-                        &format!("circuit_breakers.thresholds[{i}].retry_budget"),
-                    ));
-                }
-                out = Some(CircuitBreakerThresholds {
-                    max_connections: t.max_connections.map(|v| v.value),
-                    max_pending_requests: t.max_pending_requests.map(|v| v.value),
-                    max_requests: t.max_requests.map(|v| v.value),
-                    max_retries: t.max_retries.map(|v| v.value),
-                });
-            }
-            out
-        }
-    };
-    let outlier_detection = match &c.outlier_detection {
-        None => None,
-        Some(o) => {
-            let d = |v: &Option<PbDuration>, f: &str| -> Result<Option<Duration>, ConvertError> {
-                v.as_ref()
-                    .map(|d| duration_from_pb(d, &res, &format!("outlier_detection.{f}")))
-                    .transpose()
-            };
-            let percent = |v: Option<UInt32Value>, f: &str| -> Result<Option<u32>, ConvertError> {
-                match v {
-                    Some(p) if p.value > 100 => Err(invalid(
-                        &res,
-                        &format!("outlier_detection.{f}"),
-                        "must be at most 100",
-                    )),
-                    other => Ok(other.map(|p| p.value)),
-                }
-            };
-            Some(OutlierDetectionSettings {
-                consecutive_5xx: o.consecutive_5xx.map(|v| v.value),
-                consecutive_gateway_failure: o.consecutive_gateway_failure.map(|v| v.value),
-                interval: d(&o.interval, "interval")?,
-                base_ejection_time: d(&o.base_ejection_time, "base_ejection_time")?,
-                max_ejection_time: d(&o.max_ejection_time, "max_ejection_time")?,
-                max_ejection_percent: percent(o.max_ejection_percent, "max_ejection_percent")?,
-                failure_percentage_threshold: percent(
-                    o.failure_percentage_threshold,
-                    "failure_percentage_threshold",
-                )?,
-                failure_percentage_request_volume: o
-                    .failure_percentage_request_volume
-                    .map(|v| v.value),
-            })
-        }
-    };
-    apply_resilience(&mut config, circuit_breakers, outlier_detection);
-    Ok(ClusterResource {
-        config,
-        eds_service_name,
-        circuit_breakers,
-        outlier_detection,
-    })
-}
-
-// === endpoints ===
-
-/// The wire form of a load assignment: one locality per endpoint, in order, each with the
-/// endpoint's weight both as its `load_balancing_weight` and as the locality's. Envoy balances
-/// on endpoint weights; proxyless gRPC balances across localities by locality weight (it ignores
-/// endpoint weights), so this layout gives both the same split. Weight 0 is written as a
-/// DRAINING endpoint in a locality without weight (both refuse weight 0).
-pub fn endpoints_to_wire(e: &EndpointsResource) -> endpoint::ClusterLoadAssignment {
-    let endpoints = e
-        .endpoints
-        .iter()
-        .map(|ep| {
-            let (host, port) = split_host_port(&ep.address);
-            let lb = endpoint::LbEndpoint {
-                health_status: match ep.health_status {
-                    HealthStatus::Unhealthy => core::HealthStatus::Unhealthy as i32,
-                    HealthStatus::Draining => core::HealthStatus::Draining as i32,
-                    HealthStatus::Healthy if ep.weight == 0 => core::HealthStatus::Draining as i32,
-                    HealthStatus::Healthy => core::HealthStatus::Healthy as i32,
-                },
-                load_balancing_weight: Some(UInt32Value {
-                    value: ep.weight.max(1),
-                }),
-                host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
-                    endpoint::Endpoint {
-                        address: Some(socket_address(host, port)),
-                        ..Default::default()
-                    },
-                )),
-                ..Default::default()
-            };
-            endpoint::LocalityLbEndpoints {
-                locality: Some(core::Locality {
-                    sub_zone: ep.address.clone(),
-                    ..Default::default()
-                }),
-                lb_endpoints: vec![lb],
-                load_balancing_weight: (ep.weight > 0).then_some(UInt32Value { value: ep.weight }),
-                ..Default::default()
-            }
-        })
-        .collect();
-    endpoint::ClusterLoadAssignment {
-        cluster_name: e.cluster_name.clone(),
-        endpoints,
-        ..Default::default()
-    }
 }
 
 fn split_host_port(address: &str) -> (&str, u16) {
@@ -983,170 +357,162 @@ fn split_host_port(address: &str) -> (&str, u16) {
     }
 }
 
-/// Validates a load assignment. Endpoints of priority 0 are used (gofe has no priority
-/// failover); endpoints that are not healthy get weight 0 (drained).
-pub fn endpoints_from_wire(
-    c: &endpoint::ClusterLoadAssignment,
-) -> Result<EndpointsResource, ConvertError> {
-    let res = format!("ClusterLoadAssignment {:?}", c.cluster_name);
-    if c.cluster_name.is_empty() {
-        return Err(invalid(&res, "cluster_name", "empty"));
+// === gofe metadata ===
+
+/// `metadata.filter_metadata["gofe"]` holding `fields`, or `None` when there are none.
+fn gofe_metadata(fields: Vec<(&str, value::Kind)>) -> Option<core::Metadata> {
+    if fields.is_empty() {
+        return None;
     }
-    if !c.named_endpoints.is_empty() {
-        return Err(unsupported(&res, "named_endpoints"));
-    }
-    let mut endpoints = Vec::new();
-    let mut seen = HashSet::new();
-    for (li, locality) in c.endpoints.iter().enumerate() {
-        if locality.priority != 0 {
-            continue;
-        }
-        if locality.lb_config.is_some() {
-            return Err(unsupported(
-                &res,
-                &format!("endpoints[{li}].leds_cluster_locality_config"),
-            ));
-        }
-        for (ei, lb) in locality.lb_endpoints.iter().enumerate() {
-            let field = format!("endpoints[{li}].lb_endpoints[{ei}]");
-            let ep = match &lb.host_identifier {
-                Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(ep)) => ep,
-                _ => {
-                    return Err(invalid(
-                        &res,
-                        &field,
-                        "needs an endpoint (endpoint_name is not supported)",
-                    ))
-                }
-            };
-            let address = address_from_wire(
-                ep.address.as_ref(),
-                &res,
-                &format!("{field}.endpoint.address"),
-            )?;
-            let weight = match lb.load_balancing_weight {
-                None => 1,
-                Some(UInt32Value { value: 0 }) => {
-                    return Err(invalid(
-                        &res,
-                        &format!("{field}.load_balancing_weight"),
-                        "must be at least 1",
-                    ))
-                }
-                Some(UInt32Value { value }) => value,
-            };
-            // DRAINING is gofe's weight 0 (the form `endpoints_to_wire` writes it in), so a
-            // configuration round-trips exactly; UNHEALTHY and TIMEOUT stay unhealthy (the
-            // controller's ejections), which the proxy counts for panic mode.
-            let (weight, health_status) = match core::HealthStatus::try_from(lb.health_status) {
-                Ok(
-                    core::HealthStatus::Unknown
-                    | core::HealthStatus::Healthy
-                    | core::HealthStatus::Degraded,
-                ) => (weight, HealthStatus::Healthy),
-                Ok(core::HealthStatus::Draining) => (0, HealthStatus::Healthy),
-                _ => (weight, HealthStatus::Unhealthy),
-            };
-            if !seen.insert(address.clone()) {
-                return Err(invalid(
-                    &res,
-                    &field,
-                    format!("duplicate endpoint {address}"),
-                ));
-            }
-            endpoints.push(EndpointConfig {
-                address,
-                weight,
-                health_status,
-            });
-        }
-    }
-    Ok(EndpointsResource {
-        cluster_name: c.cluster_name.clone(),
-        endpoints,
+    let s = Struct {
+        fields: fields
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Value { kind: Some(v) }))
+            .collect(),
+    };
+    Some(core::Metadata {
+        filter_metadata: HashMap::from([(GOFE_METADATA.to_owned(), s)]),
+        ..Default::default()
     })
 }
 
-/// A cluster named `name` with every other setting at its default and no endpoints. The one
-/// place outside `cluster_from_wire` that builds a `ClusterConfig` field by field, so new
-/// fields of it are added here and there only.
-pub fn empty_cluster(name: &str) -> ClusterConfig {
-    ClusterConfig {
-        name: String::from(name),
-        lb_policy: LbPolicy::default(),
-        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        http2_protocol_options: None,
-        endpoints: Vec::new(),
-        circuit_breakers: gofe_model::CircuitBreakersConfig::default(),
-        outlier_detection: None,
-        healthy_panic_threshold: gofe_model::DEFAULT_PANIC_THRESHOLD,
-        idle_timeout: gofe_model::DEFAULT_IDLE_TIMEOUT,
+/// Reads gofe's metadata values; other namespaces (and typed metadata) are not gofe's and are
+/// ignored, as Envoy ignores gofe's.
+struct GofeMetadata<'a>(Option<&'a Struct>);
+
+impl<'a> GofeMetadata<'a> {
+    fn of(m: &'a Option<core::Metadata>) -> Self {
+        GofeMetadata(
+            m.as_ref()
+                .and_then(|m| m.filter_metadata.get(GOFE_METADATA)),
+        )
+    }
+
+    fn kind(&self, key: &str) -> Option<&'a value::Kind> {
+        self.0?.fields.get(key)?.kind.as_ref()
+    }
+
+    fn u32(&self, key: &str, resource: &str, field: &str) -> Result<Option<u32>, ConvertError> {
+        match self.kind(key) {
+            None => Ok(None),
+            Some(value::Kind::NumberValue(n))
+                if n.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(n) =>
+            {
+                Ok(Some(*n as u32))
+            }
+            Some(_) => Err(invalid(
+                resource,
+                &format!("{field}.filter_metadata[\"gofe\"].{key}"),
+                "must be a whole number in 0..=4294967295",
+            )),
+        }
+    }
+
+    fn bool(&self, key: &str) -> bool {
+        matches!(self.kind(key), Some(value::Kind::BoolValue(true)))
+    }
+
+    fn str(&self, key: &str) -> Option<&'a str> {
+        match self.kind(key) {
+            Some(value::Kind::StringValue(s)) => Some(s),
+            _ => None,
+        }
     }
 }
 
-/// Puts Envoy's thresholds and outlier settings into the proxy's cluster configuration:
-/// what the wire leaves unset keeps gofe's default.
-fn apply_resilience(
-    config: &mut ClusterConfig,
-    cb: Option<CircuitBreakerThresholds>,
-    od: Option<OutlierDetectionSettings>,
-) {
-    if let Some(t) = cb {
-        let c = &mut config.circuit_breakers;
-        c.max_connections = t.max_connections.unwrap_or(c.max_connections);
-        c.max_pending_requests = t.max_pending_requests.unwrap_or(c.max_pending_requests);
-        c.max_requests = t.max_requests.unwrap_or(c.max_requests);
-        c.max_retries = t.max_retries.unwrap_or(c.max_retries);
-    }
-    if let Some(o) = od {
-        let mut c = gofe_model::OutlierDetectionConfig::default();
-        c.consecutive_5xx = o.consecutive_5xx.unwrap_or(c.consecutive_5xx);
-        c.consecutive_gateway_failure = o
-            .consecutive_gateway_failure
-            .unwrap_or(c.consecutive_gateway_failure);
-        c.interval = o.interval.unwrap_or(c.interval);
-        c.base_ejection_time = o.base_ejection_time.unwrap_or(c.base_ejection_time);
-        c.max_ejection_time = o.max_ejection_time.unwrap_or(c.max_ejection_time);
-        c.max_ejection_percent = o.max_ejection_percent.unwrap_or(c.max_ejection_percent);
-        c.failure_percentage_threshold = o
-            .failure_percentage_threshold
-            .unwrap_or(c.failure_percentage_threshold);
-        c.failure_percentage_request_volume = o
-            .failure_percentage_request_volume
-            .unwrap_or(c.failure_percentage_request_volume);
-        config.outlier_detection = Some(c);
-    }
+// === decode any ===
+
+/// Decodes and validates one resource of the given type.
+pub fn decode_resource(expected: ResourceType, any: &Any) -> Result<DecodedResource, ConvertError> {
+    decode_checked(expected, any)
+        .map(|c| c.resource)
+        .map_err(|(_, e)| e)
 }
 
-/// The wire settings of a proxy cluster configuration (the inverse of `apply_resilience`).
-fn resilience_of(
-    config: &ClusterConfig,
-) -> (
-    Option<CircuitBreakerThresholds>,
-    Option<OutlierDetectionSettings>,
-) {
-    let c = &config.circuit_breakers;
-    let cb =
-        (*c != gofe_model::CircuitBreakersConfig::default()).then_some(CircuitBreakerThresholds {
-            max_connections: Some(c.max_connections),
-            max_pending_requests: Some(c.max_pending_requests),
-            max_requests: Some(c.max_requests),
-            max_retries: Some(c.max_retries),
-        });
-    let od = config
-        .outlier_detection
-        .as_ref()
-        .map(|o| OutlierDetectionSettings {
-            consecutive_5xx: Some(o.consecutive_5xx),
-            consecutive_gateway_failure: Some(o.consecutive_gateway_failure),
-            interval: Some(o.interval),
-            base_ejection_time: Some(o.base_ejection_time),
-            max_ejection_time: Some(o.max_ejection_time),
-            max_ejection_percent: Some(o.max_ejection_percent),
-            failure_percentage_threshold: Some(o.failure_percentage_threshold),
-            failure_percentage_request_volume: Some(o.failure_percentage_request_volume),
-        });
-    (cb, od)
+/// Clusters a resource names, each as `(Envoy path of the reference, cluster name)`.
+type ClusterRefs = Vec<(String, String)>;
+
+/// A decoded resource and the clusters it requires to exist (`validate_clusters`).
+struct Checked {
+    resource: DecodedResource,
+    required_clusters: ClusterRefs,
+}
+
+/// Decodes and validates one resource; a refusal carries the resource's name when the bytes
+/// decoded far enough to have one.
+fn decode_checked(
+    expected: ResourceType,
+    any: &Any,
+) -> Result<Checked, (Option<String>, ConvertError)> {
+    if any.type_url != expected.type_url() {
+        return Err((None, ConvertError::UnexpectedType(any.type_url.clone())));
+    }
+    let no_name = |e| (None, e);
+    Ok(match expected {
+        ResourceType::Listener => {
+            let l: listener::Listener = from_any(any).map_err(no_name)?;
+            let (resource, required_clusters) =
+                listeners::listener_from_wire_checked(&l).map_err(|e| (Some(l.name.clone()), e))?;
+            Checked {
+                resource: DecodedResource::Listener(resource),
+                required_clusters,
+            }
+        }
+        ResourceType::Route => {
+            let r: route::RouteConfiguration = from_any(any).map_err(no_name)?;
+            let res = format!("RouteConfiguration {:?}", r.name);
+            let (resource, validate) =
+                routes::route_from_wire_in(&r, &res, "").map_err(|e| (Some(r.name.clone()), e))?;
+            let required_clusters = if validate {
+                routes::cluster_refs(&resource.router, "")
+            } else {
+                Vec::new()
+            };
+            Checked {
+                resource: DecodedResource::Route(resource),
+                required_clusters,
+            }
+        }
+        ResourceType::Cluster => {
+            let c: cluster::Cluster = from_any(any).map_err(no_name)?;
+            Checked {
+                resource: DecodedResource::Cluster(
+                    cluster_from_wire(&c).map_err(|e| (Some(c.name.clone()), e))?,
+                ),
+                required_clusters: Vec::new(),
+            }
+        }
+        ResourceType::Endpoints => {
+            let e: endpoint::ClusterLoadAssignment = from_any(any).map_err(no_name)?;
+            Checked {
+                resource: DecodedResource::Endpoints(
+                    endpoints_from_wire(&e).map_err(|err| (Some(e.cluster_name.clone()), err))?,
+                ),
+                required_clusters: Vec::new(),
+            }
+        }
+    })
+}
+
+/// Runs the proxy configuration's own checks on one converted resource (as a part of a
+/// configuration, so references to clusters defined elsewhere are fine) and refuses the
+/// resource with the first problem. The conversions check the same things with Envoy paths
+/// first; this is the backstop that keeps one bad resource from failing a whole assembly.
+fn model_check(
+    piece: &ProxyConfig,
+    resource: &str,
+    strip: &str,
+    base: &str,
+) -> Result<(), ConvertError> {
+    let mut v = gofe_yaml::Validator::default();
+    piece.validate_partial(&mut v);
+    match v.finish().into_iter().next() {
+        None => Ok(()),
+        Some(p) => {
+            let field = p.field.strip_prefix(strip).unwrap_or(&p.field);
+            Err(invalid(resource, &join(base, field), p.message))
+        }
+    }
 }
 
 // === whole configurations ===
@@ -1162,6 +528,18 @@ pub struct Resources {
     pub clusters: BTreeMap<String, ClusterResource>,
     /// Load assignments, by EDS service name.
     pub endpoints: BTreeMap<String, EndpointsResource>,
+}
+
+/// What one state-of-the-world response does to the resources a client holds.
+#[derive(Debug)]
+pub struct ResponseUpdate {
+    /// The resources after the response: each valid resource of it in place and, for LDS and
+    /// CDS, the ones it leaves out removed; each refused resource at its previous version (or
+    /// absent if it had none).
+    pub resources: Resources,
+    /// Every refused resource with why, naming it (Envoy's NACK lists these but applies the
+    /// rest). Empty when the whole response was taken.
+    pub refused: Vec<ConvertError>,
 }
 
 impl Resources {
@@ -1181,7 +559,7 @@ impl Resources {
             }
             ResourceType::Cluster => {
                 for (n, c) in &self.clusters {
-                    out.insert(n.clone(), to_any(&cluster_to_wire(c)));
+                    out.insert(n.clone(), to_any(&cluster_to_wire(c)?));
                 }
             }
             ResourceType::Endpoints => {
@@ -1192,18 +570,237 @@ impl Resources {
         }
         Ok(out)
     }
+
+    /// Takes a state-of-the-world response of type `ty` into these resources, resource by
+    /// resource, as Envoy does: a resource that does not decode, that gofe cannot honour, that
+    /// repeats a name of the response, that binds an address another listener (or `base`'s
+    /// admin) already has, or that asks for `validate_clusters` and names a cluster nobody
+    /// defines, is refused and keeps its previous version; the others are taken. `base` is the
+    /// static configuration the resources are assembled with.
+    pub fn accept_response(
+        &self,
+        ty: ResourceType,
+        response: &[Any],
+        base: &ProxyConfig,
+    ) -> ResponseUpdate {
+        let mut refused = Vec::new();
+        // In response order: the name, and the new version when it was accepted.
+        let mut entries: Vec<(String, Option<Checked>)> = Vec::new();
+        let mut seen = HashSet::new();
+        for any in response {
+            match decode_checked(ty, any) {
+                Ok(c) => {
+                    let name = c.resource.name().to_owned();
+                    if !seen.insert(name.clone()) {
+                        refused.push(invalid(
+                            &resource_label(ty, &name),
+                            "name",
+                            "the response holds this resource twice",
+                        ));
+                        continue;
+                    }
+                    entries.push((name, Some(c)));
+                }
+                Err((name, e)) => {
+                    refused.push(match (&name, e) {
+                        (
+                            Some(n),
+                            e @ (ConvertError::Decode { .. } | ConvertError::UnexpectedType(_)),
+                        ) => ConvertError::InResource {
+                            resource: resource_label(ty, n),
+                            source: Box::new(e),
+                        },
+                        (_, e) => e,
+                    });
+                    if let Some(name) = name.filter(|n| seen.insert(n.clone())) {
+                        entries.push((name, None));
+                    }
+                }
+            }
+        }
+        let mut next = self.clone();
+        if ty.wildcard_by_default() {
+            // The response is the whole set: what it does not name is gone.
+            let named: HashSet<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+            match ty {
+                ResourceType::Listener => next.listeners.retain(|n, _| named.contains(n.as_str())),
+                _ => next.clusters.retain(|n, _| named.contains(n.as_str())),
+            }
+        }
+        let known_clusters: HashSet<String> = base
+            .clusters
+            .iter()
+            .map(|c| c.name.clone())
+            .chain(next.clusters.keys().cloned())
+            .chain(
+                entries
+                    .iter()
+                    .filter(|_| ty == ResourceType::Cluster)
+                    .filter_map(|(n, c)| c.as_ref().map(|_| n.clone())),
+            )
+            .collect();
+        // Addresses bound by the static listeners, the admin listener, and the dynamic
+        // listeners that keep their version.
+        let mut taken: HashMap<SocketAddr, String> = HashMap::new();
+        if ty == ResourceType::Listener {
+            let static_names: HashSet<String> = base.listeners.iter().map(listener_name).collect();
+            for l in &base.listeners {
+                if let Ok(a) = l.address.parse::<SocketAddr>() {
+                    taken.insert(a, format!("static listener {:?}", listener_name(l)));
+                }
+            }
+            if let Some(a) = base
+                .admin
+                .as_ref()
+                .and_then(|a| a.address.parse::<SocketAddr>().ok())
+                .filter(|a| a.port() != 0)
+            {
+                taken.insert(a, "the admin listener".into());
+            }
+            // Listeners named like a static one are not served (the static one wins).
+            entries.retain(|(n, _)| !static_names.contains(n));
+            for (name, c) in &entries {
+                if c.is_none() {
+                    if let Some(a) = next.listeners.get(name).and_then(socket_of) {
+                        taken.insert(a, format!("listener {name:?}"));
+                    }
+                }
+            }
+        }
+        for (name, checked) in entries {
+            let Some(Checked {
+                resource,
+                required_clusters,
+            }) = checked
+            else {
+                continue;
+            };
+            let label = resource_label(ty, &name);
+            if let Some((field, missing)) = required_clusters
+                .iter()
+                .find(|(_, c)| !known_clusters.contains(c))
+            {
+                refused.push(invalid(
+                    &label,
+                    field,
+                    format!("unknown cluster {missing:?} (validate_clusters is set)"),
+                ));
+                continue;
+            }
+            match resource {
+                DecodedResource::Listener(l) => {
+                    if let Some(a) = socket_of(&l) {
+                        if let Some(holder) = taken.get(&a) {
+                            refused.push(invalid(
+                                &label,
+                                "address",
+                                format!("{a} is already bound by {holder}"),
+                            ));
+                            if let Some(old) = next.listeners.get(&name).and_then(socket_of) {
+                                taken
+                                    .entry(old)
+                                    .or_insert_with(|| format!("listener {name:?}"));
+                            }
+                            continue;
+                        }
+                        taken.insert(a, format!("listener {name:?}"));
+                    }
+                    next.listeners.insert(name, l);
+                }
+                DecodedResource::Route(r) => drop(next.routes.insert(name, r)),
+                DecodedResource::Cluster(c) => drop(next.clusters.insert(name, c)),
+                DecodedResource::Endpoints(e) => drop(next.endpoints.insert(name, e)),
+            }
+        }
+        ResponseUpdate {
+            resources: next,
+            refused,
+        }
+    }
+}
+
+fn resource_label(ty: ResourceType, name: &str) -> String {
+    let kind = match ty {
+        ResourceType::Listener => "Listener",
+        ResourceType::Route => "RouteConfiguration",
+        ResourceType::Cluster => "Cluster",
+        ResourceType::Endpoints => "ClusterLoadAssignment",
+    };
+    format!("{kind} {name:?}")
+}
+
+fn socket_of(l: &ListenerResource) -> Option<SocketAddr> {
+    match &l.kind {
+        ListenerKind::Socket { address, .. } => address.parse().ok(),
+        ListenerKind::Api => None,
+    }
+}
+
+/// A listener's name: its own, or its address.
+fn listener_name(l: &ListenerConfig) -> String {
+    l.name.as_ref().unwrap_or(&l.address).clone()
+}
+
+/// What of `config` is deliberately not published over xDS, as notes for the controller to log
+/// or refuse: the `admin` listener belongs to each proxy's bootstrap, as in Envoy, where the
+/// admin interface is not an xDS resource.
+pub fn unpublishable(config: &ProxyConfig) -> Vec<Problem> {
+    let mut notes = Vec::new();
+    if config.admin.is_some() {
+        notes.push(Problem {
+            line: None,
+            column: None,
+            field: "admin".into(),
+            message: "the admin listener is not an xDS resource and is not published: it \
+                      belongs to each proxy's bootstrap (as in Envoy)"
+                .into(),
+        });
+    }
+    notes
+}
+
+/// Values of the proxy's configuration that no Envoy field can carry: the first, by its path.
+fn check_publishable(config: &ProxyConfig) -> Result<(), ConvertError> {
+    for (li, l) in config.listeners.iter().enumerate() {
+        let base = format!("listeners[{li}]");
+        listeners::check_publishable(l, &base)?;
+        for (fi, f) in l.filters.iter().enumerate() {
+            for (hi, vh) in f.config.virtual_hosts.iter().enumerate() {
+                for (ri, r) in vh.routes.iter().enumerate() {
+                    routes::check_publishable(
+                        r,
+                        &format!("{base}.filters[{fi}].config.virtual_hosts[{hi}].routes[{ri}]"),
+                    )?;
+                }
+            }
+        }
+    }
+    for (ci, c) in config.clusters.iter().enumerate() {
+        clusters::check_publishable(c, &format!("clusters[{ci}]"))?;
+    }
+    Ok(())
 }
 
 /// Splits a gofe configuration into xDS resources, the way gofe's control plane serves it:
 /// each listener named `NAME` (default: its address) gets a RouteConfiguration `NAME` over
-/// RDS; each cluster is an EDS cluster with a load assignment of the same name. TLS listeners
-/// are refused (TLS over xDS is not supported yet); the admin listener is not an xDS resource.
+/// RDS; each cluster whose endpoints are all IP addresses is an EDS cluster with a load
+/// assignment of the same name, and one with a DNS name among its endpoints a STRICT_DNS
+/// cluster with its endpoints inline (EDS carries IP addresses only).
+///
+/// Every field travels (see the crate's README for where each goes); a value Envoy has no form
+/// for is refused with its path ([`ConvertError::Unpublishable`]), never dropped. The admin
+/// listener is not an xDS resource: [`unpublishable`] says so.
 pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError> {
+    check_publishable(config)?;
     let mut out = Resources::default();
-    for l in &config.listeners {
-        let name = l.name.as_ref().map_or(&l.address, |n| n).clone();
-        if l.tls.is_some() {
-            return Err(unsupported(&format!("Listener {name:?}"), "tls"));
+    let mut names: HashMap<String, usize> = HashMap::new();
+    for (li, l) in config.listeners.iter().enumerate() {
+        let name = listener_name(l);
+        if let Some(first) = names.insert(name.clone(), li) {
+            return Err(not_publishable(
+                format!("listeners[{li}].name"),
+                format!("resource name {name:?} is also listeners[{first}]'s"),
+            ));
         }
         let mut router = RouterConfig::default();
         for f in &l.filters {
@@ -1224,6 +821,15 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
                 name: name.clone(),
                 kind: ListenerKind::Socket {
                     address: l.address.clone(),
+                    settings: SocketSettings {
+                        tls: l.tls.clone(),
+                        max_connections: l.max_connections,
+                        max_request_headers_kb: l.max_request_headers_kb,
+                        request_headers_timeout: l.request_headers_timeout,
+                        idle_timeout: l.idle_timeout,
+                        buffer_filter: true,
+                        unnamed: l.name.is_none(),
+                    },
                 },
                 routes: RouteSource::Rds(name),
             },
@@ -1231,21 +837,27 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
     }
     for c in &config.clusters {
         let name = c.name.clone();
-        out.endpoints.insert(
-            name.clone(),
-            EndpointsResource {
-                cluster_name: name.clone(),
-                endpoints: c.endpoints.clone(),
-            },
-        );
         let mut config = c.clone();
-        config.endpoints.clear();
-        let (circuit_breakers, outlier_detection) = resilience_of(&config);
+        let eds = c
+            .endpoints
+            .iter()
+            .all(|e| e.address.parse::<SocketAddr>().is_ok());
+        if eds {
+            out.endpoints.insert(
+                name.clone(),
+                EndpointsResource {
+                    cluster_name: name.clone(),
+                    endpoints: c.endpoints.clone(),
+                },
+            );
+            config.endpoints.clear();
+        }
+        let (circuit_breakers, outlier_detection) = clusters::resilience_of(&config);
         out.clusters.insert(
             name.clone(),
             ClusterResource {
                 config,
-                eds_service_name: Some(name),
+                eds_service_name: eds.then_some(name),
                 circuit_breakers,
                 outlier_detection,
             },
@@ -1262,7 +874,8 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
 /// has not arrived has no endpoints yet; a cluster named by a route but not (yet) defined is
 /// added empty, so requests to it fail with 503 as in Envoy rather than the whole configuration
 /// being refused. Static clusters and listeners win over dynamic ones of the same name; API
-/// listeners (for proxyless clients) are not served by the proxy.
+/// listeners (for proxyless clients) are not served by the proxy. A route's `max_request_bytes`
+/// takes effect only on a listener whose connection manager has the buffer filter, as in Envoy.
 pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
     let mut out = base.clone();
     let mut cluster_names: HashSet<String> = out.clusters.iter().map(|c| c.name.clone()).collect();
@@ -1281,58 +894,54 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
         cluster_names.insert(name.clone());
         out.clusters.push(config);
     }
-    let listener_names: HashSet<String> = out
-        .listeners
-        .iter()
-        .map(|l| l.name.as_ref().map_or(&l.address, |n| n).clone())
-        .collect();
+    let listener_names: HashSet<String> = out.listeners.iter().map(listener_name).collect();
     for (name, l) in &dynamic.listeners {
-        let ListenerKind::Socket { address } = &l.kind else {
+        let ListenerKind::Socket { address, settings } = &l.kind else {
             continue;
         };
         if listener_names.contains(name) {
             continue;
         }
-        let router = match &l.routes {
+        let mut router = match &l.routes {
             RouteSource::Inline(r) => r.clone(),
             RouteSource::Rds(route_name) => match dynamic.routes.get(route_name) {
                 Some(r) => r.router.clone(),
                 None => continue,
             },
         };
+        if !settings.buffer_filter {
+            for r in router
+                .virtual_hosts
+                .iter_mut()
+                .flat_map(|vh| vh.routes.iter_mut())
+            {
+                r.route.max_request_bytes = None;
+            }
+        }
+        let unnamed = settings.unnamed && name == address;
         out.listeners.push(ListenerConfig {
-            name: Some(String::from(name)),
+            name: (!unnamed).then(|| String::from(name)),
             address: String::from(address),
             protocol: String::from("http"),
-            tls: None,
+            tls: settings.tls.clone(),
             filters: vec![FilterConfig {
                 kind: String::from("router"),
                 config: router,
             }],
-            max_connections: None,
-            max_request_headers_kb: gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB,
-            request_headers_timeout: gofe_model::DEFAULT_REQUEST_HEADERS_TIMEOUT,
-            idle_timeout: gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
+            max_connections: settings.max_connections,
+            max_request_headers_kb: settings.max_request_headers_kb,
+            request_headers_timeout: settings.request_headers_timeout,
+            idle_timeout: settings.idle_timeout,
         });
     }
     // Clusters referenced but not defined: present and empty (503), as in Envoy.
     let mut missing = Vec::new();
     for l in &out.listeners {
         for f in &l.filters {
-            for vh in &f.config.virtual_hosts {
-                for r in &vh.routes {
-                    let names = r.route.cluster.iter().chain(
-                        r.route
-                            .weighted_clusters
-                            .iter()
-                            .flat_map(|w| w.clusters.iter().map(|c| &c.name)),
-                    );
-                    for n in names {
-                        if !cluster_names.contains(n) {
-                            cluster_names.insert(n.clone());
-                            missing.push(n.clone());
-                        }
-                    }
+            for (_, n) in routes::cluster_refs(&f.config, "") {
+                if !cluster_names.contains(&n) {
+                    cluster_names.insert(n.clone());
+                    missing.push(n);
                 }
             }
         }

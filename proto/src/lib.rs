@@ -6,7 +6,7 @@
 //!        │  decode + validate (from_wire)             ▲ to_wire
 //!        ▼                                             │
 //!   ListenerResource / RouteResource / ClusterResource / EndpointsResource  (gofe types)
-//!        │  assemble (with the static part of the bootstrap)
+//!        │  Resources::accept_response, then assemble (with the static part of the bootstrap)
 //!        ▼
 //!   gofe_model::ProxyConfig  ──Proxy::apply──▶ running proxy
 //! ```
@@ -19,16 +19,28 @@
 //! resource gofe cannot honour faithfully is an error ([`ConvertError`]) — which the xDS client
 //! turns into a NACK — rather than being half-applied.
 //!
+//! Both directions are complete: every field of the proxy's configuration travels in an Envoy
+//! field (a value Envoy has no form for rides in `metadata.filter_metadata["gofe"]`, or is
+//! refused with its path by [`from_proxy_config`]), and every field of the Envoy messages is
+//! read, refused by name, or ignored for a stated reason. [`Resources::accept_response`] takes a
+//! response resource by resource, as Envoy does, so one bad resource does not sink the others.
+//! The field-by-field table, with the reasons and the tests, is the crate's `README.md`.
+//!
 //! What this crate does not do: talk to the network (that is `gofe-xds`), or decide what the
-//! configuration should be (that is the controller).
+//! configuration should be (that is the controller). The admin listener is not an xDS
+//! resource: it belongs to each proxy's bootstrap ([`unpublishable`] says so).
 
 pub mod convert;
 pub mod resource;
 
-pub use convert::{assemble, decode_resource, from_proxy_config, ConvertError, Resources};
+pub use convert::{
+    assemble, decode_resource, from_proxy_config, unpublishable, ConvertError, Resources,
+    ResponseUpdate,
+};
 pub use resource::{
     CircuitBreakerThresholds, ClusterResource, DecodedResource, EndpointsResource, ListenerKind,
     ListenerResource, OutlierDetectionSettings, ResourceType, RouteResource, RouteSource,
+    SocketSettings,
 };
 
 /// The protocol-level messages and the ADS service, for the xDS transport (`gofe-xds`).

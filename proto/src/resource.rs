@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use gofe_model::{ClusterConfig, EndpointConfig, RouterConfig};
+use gofe_model::{ClusterConfig, EndpointConfig, RouterConfig, TlsConfig};
 
 /// The four resource types gofe serves and consumes, in the order an xDS client should
 /// subscribe to them (clusters and their endpoints before the listeners and routes that use
@@ -79,10 +79,54 @@ pub enum ListenerKind {
     Socket {
         /// `ip:port`.
         address: String,
+        /// Everything else of the proxy's listener that the Envoy listener carries.
+        settings: SocketSettings,
     },
     /// An `api_listener` (no socket): the HTTP connection manager a proxyless gRPC client uses
     /// for an `xds:///NAME` target whose listener is named `NAME`. gofe's proxy ignores these.
     Api,
+}
+
+/// The settings of a socket listener besides its address and routes, each where Envoy keeps it
+/// (the wire form in brackets). `Default` is gofe's defaults, as a listener in a configuration
+/// file gets them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketSettings {
+    /// TLS termination with certificate files (the filter chain's `transport_socket`, a
+    /// `DownstreamTlsContext` with `filename` data sources). Default: none (cleartext).
+    pub tls: Option<TlsConfig>,
+    /// Most client connections open at once (an `envoy.filters.network.connection_limit`
+    /// filter before the connection manager). Default: no limit.
+    pub max_connections: Option<u32>,
+    /// Largest request header block, KiB (`max_request_headers_kb`). Default 60.
+    pub max_request_headers_kb: u32,
+    /// Time a client has to send a request's headers (`request_headers_timeout`); zero
+    /// disables it. Default 10 s (Envoy's default, when the wire leaves it unset, is off).
+    pub request_headers_timeout: Duration,
+    /// Idle time after which a client connection is closed
+    /// (`common_http_protocol_options.idle_timeout`); zero disables it. Default 1 h.
+    pub idle_timeout: Duration,
+    /// Whether the connection manager has the buffer filter (`envoy.filters.http.buffer`,
+    /// disabled by default and enabled per route). Routes' `max_request_bytes` take effect
+    /// only with it, as in Envoy. Default: yes.
+    pub buffer_filter: bool,
+    /// The proxy's listener had no name of its own: its resource name is its address (metadata
+    /// `gofe.unnamed`, which Envoy ignores). Default: no.
+    pub unnamed: bool,
+}
+
+impl Default for SocketSettings {
+    fn default() -> Self {
+        SocketSettings {
+            tls: None,
+            max_connections: None,
+            max_request_headers_kb: gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB,
+            request_headers_timeout: gofe_model::DEFAULT_REQUEST_HEADERS_TIMEOUT,
+            idle_timeout: gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
+            buffer_filter: true,
+            unnamed: false,
+        }
+    }
 }
 
 /// Where a listener's routes come from.
@@ -106,14 +150,20 @@ pub struct RouteResource {
 /// A Cluster resource.
 #[derive(Clone, Debug)]
 pub struct ClusterResource {
-    /// The cluster, with the endpoints of an inline `load_assignment` (empty for EDS).
+    /// The cluster, with the endpoints of an inline `load_assignment` (empty for EDS). This is
+    /// what the wire form is written from.
     pub config: ClusterConfig,
     /// For an EDS cluster, the name of its `ClusterLoadAssignment` (`service_name`, defaulting
-    /// to the cluster name); `None` for a cluster with inline endpoints.
+    /// to the cluster name); `None` for a cluster with inline endpoints (STATIC when every
+    /// endpoint is an IP address, STRICT_DNS otherwise).
     pub eds_service_name: Option<String>,
-    /// Envoy's `circuit_breakers` (default-priority thresholds). Default: none set.
+    /// Informational: the default-priority `circuit_breakers` thresholds as the wire set them
+    /// (`None` where Envoy's default applies), for views of what a control plane sent.
+    /// [`cluster_to_wire`](crate::convert::cluster_to_wire) writes `config.circuit_breakers`.
     pub circuit_breakers: Option<CircuitBreakerThresholds>,
-    /// Envoy's `outlier_detection`. Default: none (outlier detection off).
+    /// Informational: `outlier_detection` as the wire set it (`None` where Envoy's default
+    /// applies). [`cluster_to_wire`](crate::convert::cluster_to_wire) writes
+    /// `config.outlier_detection`.
     pub outlier_detection: Option<OutlierDetectionSettings>,
 }
 

@@ -20,8 +20,8 @@ use crate::config::{HeaderMatcherConfig, RetryOn, RouteConfig, RouterConfig};
 pub(crate) struct RouteTable {
     vhosts: Box<[VirtualHost]>,
     exact: HashMap<Box<str>, usize>,
-    /// `(suffix without the '*', vhost)`, longest suffix first.
-    suffixes: Box<[(Box<str>, usize)]>,
+    /// `(suffix without the '*', vhost, whether the suffix has a port)`, longest suffix first.
+    suffixes: Box<[(Box<str>, usize, bool)]>,
     /// `(prefix without the '*', vhost)`, longest prefix first.
     prefixes: Box<[(Box<str>, usize)]>,
     any: Option<usize>,
@@ -119,7 +119,8 @@ impl RouteTable {
                 if d == "*" {
                     any.get_or_insert(index);
                 } else if let Some(suffix) = d.strip_prefix('*') {
-                    suffixes.push((suffix.into(), index));
+                    let with_port = strip_port(suffix).len() != suffix.len();
+                    suffixes.push((suffix.into(), index, with_port));
                 } else if let Some(prefix) = d.strip_suffix('*') {
                     prefixes.push((prefix.into(), index));
                 } else {
@@ -137,7 +138,7 @@ impl RouteTable {
             });
         }
         // Longest first; the sort is stable, so equal lengths keep file order.
-        suffixes.sort_by_key(|(s, _): &(Box<str>, usize)| std::cmp::Reverse(s.len()));
+        suffixes.sort_by_key(|(s, _, _): &(Box<str>, usize, bool)| std::cmp::Reverse(s.len()));
         prefixes.sort_by_key(|(p, _): &(Box<str>, usize)| std::cmp::Reverse(p.len()));
         Ok(RouteTable {
             vhosts: vhosts.into_boxed_slice(),
@@ -148,17 +149,17 @@ impl RouteTable {
         })
     }
 
-    /// The virtual host for a Host / `:authority` value (port ignored, case-insensitive).
+    /// The virtual host for a Host / `:authority` value (case-insensitive): domains with a
+    /// port match the value as sent, domains without one match it without its port.
     pub(crate) fn find_host(&self, authority: &str) -> Option<&VirtualHost> {
-        let host = strip_port(authority);
-        let mut buf = [0u8; 256];
-        let index = if host.len() <= buf.len() {
-            let lower = &mut buf[..host.len()];
-            lower.copy_from_slice(host.as_bytes());
+        let mut buf = [0u8; 262];
+        let index = if authority.len() <= buf.len() {
+            let lower = &mut buf[..authority.len()];
+            lower.copy_from_slice(authority.as_bytes());
             lower.make_ascii_lowercase();
             // Lowercasing ASCII bytes keeps UTF-8 valid.
             let lower = std::str::from_utf8(lower).unwrap_or_default();
-            self.match_host(lower)
+            self.match_host(lower, strip_port(lower))
         } else {
             // Longer than any DNS name: only a catch-all can take it.
             self.any
@@ -166,17 +167,20 @@ impl RouteTable {
         index.map(|i| &self.vhosts[i])
     }
 
-    fn match_host(&self, host: &str) -> Option<usize> {
-        if let Some(&i) = self.exact.get(host) {
+    /// `full` is the lowercased authority, `bare` the same without its port.
+    fn match_host(&self, full: &str, bare: &str) -> Option<usize> {
+        if let Some(&i) = self.exact.get(full).or_else(|| self.exact.get(bare)) {
             return Some(i);
         }
-        for (suffix, i) in self.suffixes.iter() {
+        for (suffix, i, with_port) in self.suffixes.iter() {
+            let host = if *with_port { full } else { bare };
             if host.len() > suffix.len() && host.ends_with(&**suffix) {
                 return Some(*i);
             }
         }
+        // A prefix wildcard covers the port too (`api.*` takes `api.example.com:8080`).
         for (prefix, i) in self.prefixes.iter() {
-            if host.len() > prefix.len() && host.starts_with(&**prefix) {
+            if full.len() > prefix.len() && full.starts_with(&**prefix) {
                 return Some(*i);
             }
         }
@@ -396,6 +400,36 @@ clusters:
         assert_eq!(host(&t, "api.internal").as_deref(), Some("prefix"));
         assert_eq!(host(&t, "[::1]:80").as_deref(), Some("any"));
         assert_eq!(host(&t, &"a".repeat(300)).as_deref(), Some("any"));
+    }
+
+    #[test]
+    fn domains_with_a_port_need_that_port() {
+        let yaml = YAML
+            .replace(
+                "domains: [\"api.example.com\"]",
+                "domains: [\"api.example.com\", \"svc:9080\", \"db.ingress.*:8080\"]",
+            )
+            .replace(
+                "domains: [\"*.eu.example.com\"]",
+                "domains: [\"*.eu.example.com\", \"*.mesh:9080\"]",
+            );
+        let t = table(&yaml);
+        assert_eq!(host(&t, "svc:9080").as_deref(), Some("exact"));
+        assert_eq!(host(&t, "SVC:9080").as_deref(), Some("exact"));
+        assert_eq!(host(&t, "svc:9081").as_deref(), Some("any"), "other port");
+        assert_eq!(host(&t, "svc").as_deref(), Some("any"), "no port");
+        // A `*` neither first nor last is a literal: the domain is exact.
+        assert_eq!(host(&t, "db.ingress.*:8080").as_deref(), Some("exact"));
+        assert_eq!(host(&t, "db.ingress.x:8080").as_deref(), Some("any"));
+        assert_eq!(host(&t, "a.mesh:9080").as_deref(), Some("suffix-long"));
+        assert_eq!(host(&t, "a.mesh:9081").as_deref(), Some("any"));
+        assert_eq!(host(&t, "a.mesh").as_deref(), Some("any"));
+        // Domains without a port still take any port.
+        assert_eq!(
+            host(&t, "x.eu.example.com:8443").as_deref(),
+            Some("suffix-long")
+        );
+        assert_eq!(host(&t, "api.internal:1").as_deref(), Some("prefix"));
     }
 
     #[test]

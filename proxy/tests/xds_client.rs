@@ -1,17 +1,23 @@
 //! End to end on 127.0.0.1: a control plane in the test steers a running gofe proxy in front of
 //! demo backends over real ADS.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use envoy_types::pb::envoy::config::cluster::v3 as cluster;
+use envoy_types::pb::envoy::config::listener::v3 as listener;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3 as hcm;
+use envoy_types::pb::google::protobuf::BoolValue;
 use gofe_model::{
-    EndpointConfig, RouteActionConfig, RouteConfig, RouteMatchConfig, RouterConfig,
-    VirtualHostConfig,
+    EndpointConfig, RetryPolicyConfig, RouteActionConfig, RouteConfig, RouteMatchConfig,
+    RouterConfig, VirtualHostConfig,
 };
+use gofe_proto::convert::{cluster_to_wire, empty_cluster, listener_to_wire, to_any};
+use gofe_proto::wire::Any;
 use gofe_proto::{
-    ClusterResource, EndpointsResource, ListenerKind, ListenerResource, Resources, RouteResource,
-    RouteSource,
+    ClusterResource, EndpointsResource, ListenerKind, ListenerResource, ResourceType, Resources,
+    RouteResource, RouteSource, SocketSettings,
 };
 use gofe_proxy::demo::DemoBackend;
 use gofe_proxy::xds::{ClientOptions, XdsClient};
@@ -20,6 +26,7 @@ use gofe_xds::{AdsServer, NodeKey, ServerOptions, Snapshot};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
@@ -42,6 +49,7 @@ fn resources(
             name: "ingress".into(),
             kind: ListenerKind::Socket {
                 address: listen.to_string(),
+                settings: SocketSettings::default(),
             },
             routes: RouteSource::Rds("ingress-routes".into()),
         },
@@ -72,7 +80,7 @@ fn resources(
     r.clusters.insert(
         "web".into(),
         ClusterResource {
-            config: gofe_proto::convert::empty_cluster("web"),
+            config: empty_cluster("web"),
             eds_service_name: Some("web".into()),
             circuit_breakers: None,
             outlier_detection: None,
@@ -435,6 +443,180 @@ listeners:
         "static-ingress"
     );
     client.stop();
+}
+
+/// What a control plane other than gofe's might send alongside good resources: a cluster with
+/// a balancing policy gofe does not have, a listener asking for path normalization, and a load
+/// assignment whose address is not an IP address.
+fn with_bad_resources(r: &Resources, side: &ListenerResource) -> Snapshot {
+    let mut encoded: HashMap<ResourceType, BTreeMap<String, Any>> = ResourceType::ALL
+        .into_iter()
+        .map(|t| (t, r.encode(t).unwrap()))
+        .collect();
+    let mut maglev = cluster_to_wire(&ClusterResource {
+        config: empty_cluster("maglev"),
+        eds_service_name: None,
+        circuit_breakers: None,
+        outlier_detection: None,
+    })
+    .unwrap();
+    maglev.lb_policy = cluster::cluster::LbPolicy::Maglev as i32;
+    encoded
+        .get_mut(&ResourceType::Cluster)
+        .unwrap()
+        .insert("maglev".into(), to_any(&maglev));
+
+    let mut l = listener_to_wire(side).unwrap();
+    let filter = l.filter_chains[0].filters.last_mut().unwrap();
+    let Some(listener::filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+        panic!("no connection manager")
+    };
+    let mut manager = hcm::HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+    manager.normalize_path = Some(BoolValue { value: true });
+    filter.config_type = Some(listener::filter::ConfigType::TypedConfig(to_any(&manager)));
+    encoded
+        .get_mut(&ResourceType::Listener)
+        .unwrap()
+        .insert(side.name.clone(), to_any(&l));
+
+    let mut bad_eds = Resources::default();
+    bad_eds.endpoints.insert(
+        "extra".into(),
+        EndpointsResource {
+            cluster_name: "extra".into(),
+            endpoints: vec![EndpointConfig {
+                address: s("999.999.999.999:80"),
+                weight: 1,
+                health_status: Default::default(),
+            }],
+        },
+    );
+    encoded
+        .get_mut(&ResourceType::Endpoints)
+        .unwrap()
+        .extend(bad_eds.encode(ResourceType::Endpoints).unwrap());
+    Snapshot::from_encoded(encoded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_resource_is_nacked_by_name_and_the_others_applied() {
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let f = fixture(&cp).await;
+    let mut r = resources(f.listen, &[(f.a.addr(), 1), (f.b.addr(), 1)], None);
+    // RouteAction.retry_policy travels to the proxy.
+    r.routes
+        .get_mut("ingress-routes")
+        .unwrap()
+        .router
+        .virtual_hosts[0]
+        .routes[0]
+        .route
+        .retry_policy = Some(RetryPolicyConfig {
+        retry_on: s("5xx,reset"),
+        num_retries: 2,
+        per_try_timeout: Some(Duration::from_secs(1)),
+    });
+    r.clusters.insert(
+        "extra".into(),
+        ClusterResource {
+            config: empty_cluster("extra"),
+            eds_service_name: Some("extra".into()),
+            circuit_breakers: None,
+            outlier_detection: None,
+        },
+    );
+    let side_addr = free_port();
+    let side = ListenerResource {
+        name: "side".into(),
+        kind: ListenerKind::Socket {
+            address: side_addr.to_string(),
+            settings: SocketSettings::default(),
+        },
+        routes: RouteSource::Rds("ingress-routes".into()),
+    };
+    cp.server
+        .cache()
+        .set_snapshot(NodeKey::Default, with_bad_resources(&r, &side));
+
+    // The good resources of each response serve.
+    wait_for_split(&f.http, f.listen, 20, &counts(&[("a", 10), ("b", 10)])).await;
+    let server = cp.server.clone();
+    wait_until("a NACK of each type naming its bad resource", || {
+        let m = server.metrics_text();
+        ["cds", "lds", "eds"]
+            .iter()
+            .all(|t| m.contains(&format!("gofe_xds_nacks_total{{type=\"{t}\"}} 1")))
+    })
+    .await;
+    let m = server.metrics_text();
+    let nack_line = |t: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with("gofe_xds_last_nack_info") && l.contains(&format!("type=\"{t}\""))
+            })
+            .unwrap_or_else(|| panic!("no {t} NACK in {m}"))
+            .to_owned()
+    };
+    let cds = nack_line("cds");
+    assert!(cds.contains("Cluster \\\"maglev\\\": lb_policy"), "{cds}");
+    let lds = nack_line("lds");
+    assert!(
+        lds.contains("Listener \\\"side\\\": ")
+            && lds.contains("normalize_path: not supported by gofe"),
+        "{lds}"
+    );
+    let eds = nack_line("eds");
+    assert!(
+        eds.contains("ClusterLoadAssignment \\\"extra\\\": ") && eds.contains("999.999.999.999"),
+        "{eds}"
+    );
+    for line in [&cds, &lds, &eds] {
+        assert!(
+            !line.contains("\\\"web\\\"") && !line.contains("ingress"),
+            "only the bad ones: {line}"
+        );
+    }
+
+    let snapshot = f.proxy.active();
+    let active = &snapshot.config;
+    let listeners: Vec<&str> = active
+        .listeners
+        .iter()
+        .filter_map(|l| l.name.as_deref())
+        .collect();
+    assert_eq!(listeners, ["ingress"]);
+    let mut clusters: Vec<&str> = active.clusters.iter().map(|c| c.name.as_str()).collect();
+    clusters.sort_unstable();
+    assert_eq!(clusters, ["extra", "web"]);
+    let extra = active.clusters.iter().find(|c| c.name == "extra").unwrap();
+    assert!(
+        extra.endpoints.is_empty(),
+        "its load assignment was refused"
+    );
+    let retry = active.listeners[0].filters[0].config.virtual_hosts[0].routes[0]
+        .route
+        .retry_policy
+        .clone()
+        .expect("retry policy applied");
+    assert_eq!(
+        (retry.retry_on.as_str(), retry.num_retries),
+        ("5xx,reset", 2)
+    );
+
+    // The control plane mends the listener: it is taken, and the other listener keeps serving.
+    let status = f.client.status();
+    let nacks = status.borrow().nacks;
+    let mut fixed = r.clone();
+    fixed.listeners.insert("side".into(), side.clone());
+    cp.push(&fixed);
+    wait_for_split(&f.http, side_addr, 4, &counts(&[("a", 2), ("b", 2)])).await;
+    wait_for_split(&f.http, f.listen, 4, &counts(&[("a", 2), ("b", 2)])).await;
+    assert_eq!(status.borrow().nacks, nacks, "the mended snapshot is ACKed");
+    f.client.stop();
+    f.proxy.shutdown(Duration::ZERO).await;
+    f.a.stop().await;
+    f.b.stop().await;
+    cp.kill().await;
 }
 
 // === readiness, the client's state, health as the proxy sees it ===

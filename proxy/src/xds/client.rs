@@ -2,11 +2,13 @@
 //! resources are assembled with the static configuration and applied to a running
 //! [`Proxy`](crate::Proxy).
 //!
-//! Every response is decoded, validated and applied as a whole; if anything fails — a
-//! resource gofe cannot honour, or a configuration the proxy refuses — the response is NACKed
-//! with the reason in `error_detail` and the proxy keeps serving what it had. When the stream
-//! breaks, the proxy keeps serving its last configuration (fail static) and the client
-//! reconnects with jittered exponential backoff.
+//! Every response is decoded and validated resource by resource, as Envoy does: the valid
+//! resources are applied, and each one gofe cannot honour keeps its previous version and is
+//! listed by name in the NACK's `error_detail` (the version stays the last fully accepted one).
+//! If the assembled configuration is refused as a whole (the proxy cannot apply it), nothing
+//! of the response is applied and it is NACKed with the reason. When the stream breaks, the
+//! proxy keeps serving its last configuration (fail static) and the client reconnects with
+//! jittered exponential backoff.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -20,9 +22,7 @@ use crate::{Proxy, ProxyConfig};
 use gofe_proto::wire::{
     AggregatedDiscoveryServiceClient, DiscoveryRequest, DiscoveryResponse, Node, Status,
 };
-use gofe_proto::{
-    assemble, decode_resource, DecodedResource, ListenerKind, ResourceType, Resources, RouteSource,
-};
+use gofe_proto::{assemble, ListenerKind, ResourceType, Resources, RouteSource};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -419,7 +419,18 @@ impl State {
                 continue;
             };
             self.nonces.insert(ty, response.nonce.clone());
-            match self.accept(proxy, ty, &response, status).await {
+            let outcome = self.accept(proxy, ty, &response, status).await;
+            if outcome.is_ok() {
+                // New interest in endpoints or routes: ask for them (also after a response
+                // that was taken in part).
+                for t in self.update_interest() {
+                    let nonce = self.nonces.get(&t).cloned().unwrap_or_default();
+                    let _ = tx.send(self.request(t, &nonce, None)).await;
+                }
+            }
+            // A response taken in part is NACKed with the refused resources, as Envoy does.
+            let outcome = outcome.and_then(|refused| refused.map_or(Ok(()), Err));
+            match outcome {
                 Ok(()) => {
                     self.versions.insert(ty, response.version_info.clone());
                     status::accepted(proxy, status, ty, &response.version_info);
@@ -429,11 +440,6 @@ impl State {
                         .is_err()
                     {
                         return (got, "request stream closed".into());
-                    }
-                    // New interest in endpoints or routes: ask for them.
-                    for t in self.update_interest() {
-                        let nonce = self.nonces.get(&t).cloned().unwrap_or_default();
-                        let _ = tx.send(self.request(t, &nonce, None)).await;
                     }
                 }
                 Err(error) => {
@@ -478,50 +484,36 @@ impl State {
         changed
     }
 
-    /// Decodes, assembles and applies one response; the error is the NACK's error_detail.
+    /// Decodes, assembles and applies one response, resource by resource. `Ok(None)`: all of
+    /// it was taken; `Ok(Some(detail))`: the valid resources were applied and `detail` lists
+    /// the refused ones, by name, for the NACK; `Err(detail)`: nothing was applied.
     async fn accept(
         &mut self,
         proxy: &Proxy,
         ty: ResourceType,
         response: &DiscoveryResponse,
         status: &watch::Sender<ClientStatus>,
-    ) -> Result<(), String> {
-        let mut errors = Vec::new();
-        let mut decoded = Vec::new();
-        for any in &response.resources {
-            match decode_resource(ty, any) {
-                Ok(r) => decoded.push(r),
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(errors.join("; "));
-        }
-        let mut next = self.resources.clone();
-        let replace_all = ty.wildcard_by_default();
-        match ty {
-            ResourceType::Listener if replace_all => next.listeners.clear(),
-            ResourceType::Cluster if replace_all => next.clusters.clear(),
-            _ => {}
-        }
-        for r in decoded {
-            let name = r.name().to_owned();
-            match r {
-                DecodedResource::Listener(l) => drop(next.listeners.insert(name, l)),
-                DecodedResource::Route(r) => drop(next.routes.insert(name, r)),
-                DecodedResource::Cluster(c) => drop(next.clusters.insert(name, c)),
-                DecodedResource::Endpoints(e) => drop(next.endpoints.insert(name, e)),
-            }
-        }
+    ) -> Result<Option<String>, String> {
+        let update = self
+            .resources
+            .accept_response(ty, &response.resources, &self.options.base);
+        let refused: Vec<String> = update.refused.iter().map(|e| e.to_string()).collect();
+        let mut next = update.resources;
         // Forget endpoints and routes nothing refers to any more.
         let wanted = Self::wanted(&next);
         next.endpoints
             .retain(|n, _| wanted[&ResourceType::Endpoints].contains(n));
         next.routes
             .retain(|n, _| wanted[&ResourceType::Route].contains(n));
-        self.apply(proxy, &next, status).await?;
+        if let Err(e) = self.apply(proxy, &next, status).await {
+            return Err(refused
+                .into_iter()
+                .chain([e])
+                .collect::<Vec<_>>()
+                .join("; "));
+        }
         self.resources = next;
-        Ok(())
+        Ok((!refused.is_empty()).then(|| refused.join("; ")))
     }
 
     async fn apply(

@@ -1,0 +1,991 @@
+//! Listeners: the socket, its one filter chain (an optional connection limit, then the HTTP
+//! connection manager with the buffer and router filters), TLS from certificate files.
+
+use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
+use envoy_types::pb::google::protobuf::UInt64Value;
+use gofe_model::TlsConfig;
+
+use super::*;
+
+/// The ALPN list gofe's TLS listeners offer (and the only one accepted from the wire).
+const ALPN: [&str; 2] = ["h2", "http/1.1"];
+
+/// Largest `max_request_headers_kb` Envoy accepts.
+const MAX_REQUEST_HEADERS_KB: u32 = 8192;
+
+/// A placeholder `max_request_bytes` for the buffer filter's listener-level configuration,
+/// which Envoy requires but never uses: the filter is disabled by default and every route that
+/// enables it brings its own limit.
+const UNUSED_BUFFER_LIMIT: u32 = u32::MAX;
+
+/// A listener's values that have no Envoy form.
+pub(super) fn check_publishable(l: &ListenerConfig, base: &str) -> Result<(), ConvertError> {
+    if l.max_connections == Some(0) {
+        return Err(not_publishable(
+            format!("{base}.max_connections"),
+            "0 has no Envoy form (the connection_limit filter's max_connections is at least 1)",
+        ));
+    }
+    if !(1..=MAX_REQUEST_HEADERS_KB).contains(&l.max_request_headers_kb) {
+        return Err(not_publishable(
+            format!("{base}.max_request_headers_kb"),
+            "Envoy's max_request_headers_kb is 1..=8192",
+        ));
+    }
+    check_pb_duration(
+        l.request_headers_timeout,
+        format!("{base}.request_headers_timeout"),
+    )?;
+    check_pb_duration(l.idle_timeout, format!("{base}.idle_timeout"))
+}
+
+// === to wire ===
+
+/// The canonical wire form of a listener.
+pub fn listener_to_wire(l: &ListenerResource) -> Result<listener::Listener, ConvertError> {
+    let res = format!("Listener {:?}", l.name);
+    let route_specifier = match &l.routes {
+        RouteSource::Rds(name) => hcm::http_connection_manager::RouteSpecifier::Rds(hcm::Rds {
+            config_source: Some(ads_config_source()),
+            route_config_name: name.clone(),
+        }),
+        RouteSource::Inline(router) => hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+            route_to_wire(&RouteResource {
+                name: l.name.clone(),
+                router: router.clone(),
+            })?,
+        ),
+    };
+    let router_filter = hcm::HttpFilter {
+        name: ROUTER_FILTER_NAME.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+            &Router::default(),
+        ))),
+        ..Default::default()
+    };
+    let mut manager = hcm::HttpConnectionManager {
+        stat_prefix: l.name.clone(),
+        http_filters: vec![router_filter],
+        route_specifier: Some(route_specifier),
+        ..Default::default()
+    };
+    let mut out = listener::Listener {
+        name: l.name.clone(),
+        ..Default::default()
+    };
+    let (address, settings) = match &l.kind {
+        ListenerKind::Api => {
+            // A proxyless client's connection manager: routes only, no gofe settings.
+            out.api_listener = Some(listener::ApiListener {
+                api_listener: Some(to_any(&manager)),
+            });
+            return Ok(out);
+        }
+        ListenerKind::Socket { address, settings } => (address, settings),
+    };
+    let addr: SocketAddr = address.parse().map_err(|_| {
+        invalid(
+            &res,
+            "address",
+            format!("invalid socket address {address:?}"),
+        )
+    })?;
+    if settings.max_connections == Some(0) {
+        return Err(invalid(&res, "max_connections", "0 has no Envoy form"));
+    }
+    if !(1..=MAX_REQUEST_HEADERS_KB).contains(&settings.max_request_headers_kb) {
+        return Err(invalid(
+            &res,
+            "max_request_headers_kb",
+            "Envoy's is 1..=8192",
+        ));
+    }
+    if settings.buffer_filter {
+        manager.http_filters.insert(
+            0,
+            hcm::HttpFilter {
+                name: BUFFER_FILTER_NAME.into(),
+                disabled: true,
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+                    &buffer::Buffer {
+                        max_request_bytes: u32v(UNUSED_BUFFER_LIMIT),
+                    },
+                ))),
+                ..Default::default()
+            },
+        );
+    }
+    manager.max_request_headers_kb = u32v(settings.max_request_headers_kb);
+    manager.request_headers_timeout = Some(pb_duration(settings.request_headers_timeout));
+    manager.common_http_protocol_options = Some(core::HttpProtocolOptions {
+        idle_timeout: Some(pb_duration(settings.idle_timeout)),
+        ..Default::default()
+    });
+    // gofe acts as the edge: it appends the client's address to x-forwarded-for.
+    manager.use_remote_address = Some(BoolValue { value: true });
+    let mut filters = Vec::new();
+    if let Some(max) = settings.max_connections {
+        filters.push(listener::Filter {
+            name: CONNECTION_LIMIT_FILTER_NAME.into(),
+            config_type: Some(listener::filter::ConfigType::TypedConfig(to_any(
+                &ConnectionLimit {
+                    stat_prefix: l.name.clone(),
+                    max_connections: Some(UInt64Value { value: max.into() }),
+                    ..Default::default()
+                },
+            ))),
+        });
+    }
+    filters.push(listener::Filter {
+        name: HCM_FILTER_NAME.into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(to_any(&manager))),
+    });
+    out.address = Some(socket_address(&addr.ip().to_string(), addr.port()));
+    out.filter_chains = vec![listener::FilterChain {
+        filters,
+        transport_socket: settings.tls.as_ref().map(tls_to_wire),
+        ..Default::default()
+    }];
+    out.metadata = gofe_metadata(if settings.unnamed {
+        vec![("unnamed", value::Kind::BoolValue(true))]
+    } else {
+        Vec::new()
+    });
+    Ok(out)
+}
+
+fn tls_to_wire(t: &TlsConfig) -> core::TransportSocket {
+    let file = |path: &str| {
+        Some(core::DataSource {
+            specifier: Some(core::data_source::Specifier::Filename(path.to_owned())),
+            ..Default::default()
+        })
+    };
+    let context = tls::DownstreamTlsContext {
+        common_tls_context: Some(tls::CommonTlsContext {
+            tls_certificates: vec![tls::TlsCertificate {
+                certificate_chain: file(&t.certificate_chain),
+                private_key: file(&t.private_key),
+                ..Default::default()
+            }],
+            alpn_protocols: ALPN.iter().map(|p| (*p).to_owned()).collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    core::TransportSocket {
+        name: TLS_TRANSPORT_SOCKET_NAME.into(),
+        config_type: Some(core::transport_socket::ConfigType::TypedConfig(to_any(
+            &context,
+        ))),
+    }
+}
+
+// === from wire ===
+
+/// Validates a Listener: an `api_listener`, or a socket with exactly one filter chain (in
+/// `filter_chains` or `default_filter_chain`) holding an optional connection limit and an HTTP
+/// connection manager.
+pub fn listener_from_wire(l: &listener::Listener) -> Result<ListenerResource, ConvertError> {
+    listener_from_wire_checked(l).map(|(r, _)| r)
+}
+
+/// The listener, and the clusters its inline route configuration requires (Envoy validates an
+/// inline route configuration's clusters by default).
+#[allow(deprecated)]
+pub(super) fn listener_from_wire_checked(
+    l: &listener::Listener,
+) -> Result<(ListenerResource, ClusterRefs), ConvertError> {
+    let res = format!("Listener {:?}", l.name);
+    let listener::Listener {
+        name,
+        address,
+        additional_addresses,
+        stat_prefix: _,
+        stats_matcher: _,
+        filter_chains,
+        fcds_config,
+        filter_chain_matcher,
+        use_original_dst,
+        default_filter_chain,
+        // Flow-control buffer sizes: gofe streams bodies with its own bounded buffers.
+        per_connection_buffer_limit_bytes: _,
+        per_connection_buffer_high_watermark_timeout,
+        metadata,
+        deprecated_v1,
+        // How a listener update drains connections: gofe drains a changed listener its own way.
+        drain_type: _,
+        listener_filters,
+        listener_filters_timeout: _,
+        continue_on_listener_filters_timeout: _,
+        transparent,
+        freebind,
+        socket_options,
+        tcp_fast_open_queue_length,
+        // Informational (inbound or outbound).
+        traffic_direction: _,
+        udp_listener_config,
+        api_listener,
+        connection_balance_config,
+        // Socket tuning: gofe has one accept loop per listener.
+        reuse_port: _,
+        enable_reuse_port: _,
+        // Access logs: gofe logs and counts requests its own way.
+        access_log: _,
+        tcp_backlog_size: _,
+        max_connections_to_accept_per_socket_event: _,
+        bind_to_port,
+        enable_mptcp,
+        // gofe has no global connection limit or overload manager to bypass.
+        ignore_global_conn_limit: _,
+        bypass_overload_manager: _,
+        tcp_keepalive,
+        listener_specifier,
+    } = l;
+    if name.is_empty() {
+        return Err(invalid(&res, "name", "empty name"));
+    }
+    Unsupported::new(&res, "")
+        .set("additional_addresses", additional_addresses)
+        .set("fcds_config", fcds_config)
+        .set("filter_chain_matcher", filter_chain_matcher)
+        .truthy("use_original_dst", use_original_dst)
+        .set(
+            "per_connection_buffer_high_watermark_timeout",
+            per_connection_buffer_high_watermark_timeout,
+        )
+        .set("deprecated_v1", deprecated_v1)
+        .truthy("transparent", transparent)
+        .truthy("freebind", freebind)
+        .set("socket_options", socket_options)
+        .set("tcp_fast_open_queue_length", tcp_fast_open_queue_length)
+        .set("udp_listener_config", udp_listener_config)
+        .set("connection_balance_config", connection_balance_config)
+        .when(
+            "bind_to_port",
+            bind_to_port.as_ref().is_some_and(|b| !b.value),
+        )
+        .set("enable_mptcp", enable_mptcp)
+        .set("tcp_keepalive", tcp_keepalive)
+        .set(
+            "listener_specifier (internal listeners)",
+            listener_specifier,
+        )
+        .finish()?;
+    if let Some(api) = api_listener {
+        let any = api
+            .api_listener
+            .as_ref()
+            .ok_or_else(|| invalid(&res, "api_listener", "empty"))?;
+        let manager: hcm::HttpConnectionManager = from_any(any)?;
+        let (routes, _) = hcm_routes(&manager, &res, "api_listener.api_listener")?;
+        return Ok((
+            ListenerResource {
+                name: name.clone(),
+                kind: ListenerKind::Api,
+                routes,
+            },
+            Vec::new(),
+        ));
+    }
+    for (i, f) in listener_filters.iter().enumerate() {
+        // The inspectors only inform filter-chain matching, which a single chain does not do.
+        let harmless = match &f.config_type {
+            Some(listener::listener_filter::ConfigType::TypedConfig(a)) => {
+                a.type_url == TlsInspector::type_url() || a.type_url == HttpInspector::type_url()
+            }
+            _ => false,
+        };
+        if !harmless {
+            return Err(invalid(
+                &res,
+                &format!("listener_filters[{i}]"),
+                format!(
+                    "listener filter {:?} not supported by gofe (only the TLS and HTTP inspectors)",
+                    f.name
+                ),
+            ));
+        }
+    }
+    let address = address_from_wire(address.as_ref(), &res, "address")?;
+    if address.parse::<SocketAddr>().is_err() {
+        return Err(invalid(
+            &res,
+            "address.socket_address.address",
+            format!("{address:?}: a listener binds an IP address"),
+        ));
+    }
+    let (chain, base) =
+        match (filter_chains.as_slice(), default_filter_chain) {
+            ([only], None) => (only, "filter_chains[0]"),
+            ([], Some(default)) => (default, "default_filter_chain"),
+            _ => return Err(invalid(
+                &res,
+                "filter_chains",
+                "exactly one filter chain (in filter_chains or default_filter_chain) is supported",
+            )),
+        };
+    let (routes, mut settings, required) = chain_from_wire(chain, &res, base)?;
+    settings.unnamed = GofeMetadata::of(metadata).bool("unnamed");
+    Ok((
+        ListenerResource {
+            name: name.clone(),
+            kind: ListenerKind::Socket { address, settings },
+            routes,
+        },
+        required,
+    ))
+}
+
+#[allow(deprecated)]
+fn chain_from_wire(
+    chain: &listener::FilterChain,
+    res: &str,
+    base: &str,
+) -> Result<(RouteSource, SocketSettings, ClusterRefs), ConvertError> {
+    let listener::FilterChain {
+        filter_chain_match,
+        filters,
+        use_proxy_proto,
+        metadata: _,
+        transport_socket,
+        transport_socket_connect_timeout,
+        name: _,
+    } = chain;
+    Unsupported::new(res, base)
+        // An empty match matches every connection, as no match does.
+        .when(
+            "filter_chain_match",
+            filter_chain_match
+                .as_ref()
+                .is_some_and(|m| *m != Default::default()),
+        )
+        .truthy("use_proxy_proto", use_proxy_proto)
+        .set(
+            "transport_socket_connect_timeout",
+            transport_socket_connect_timeout,
+        )
+        .finish()?;
+    let tls = transport_socket
+        .as_ref()
+        .map(|t| tls_from_wire(t, res, &join(base, "transport_socket")))
+        .transpose()?;
+    let (limit, manager_filter, mi) = match filters.as_slice() {
+        [m] => (None, m, 0),
+        [c, m] => (Some(c), m, 1),
+        _ => {
+            return Err(invalid(
+                res,
+                &join(base, "filters"),
+                "expected an http_connection_manager, optionally after a connection_limit",
+            ))
+        }
+    };
+    let max_connections = limit
+        .map(|f| connection_limit_from_wire(f, res, &join(base, "filters[0]")))
+        .transpose()?;
+    let mbase = join(base, &format!("filters[{mi}].typed_config"));
+    let any = match &manager_filter.config_type {
+        Some(listener::filter::ConfigType::TypedConfig(any))
+            if any.type_url == hcm::HttpConnectionManager::type_url() =>
+        {
+            any
+        }
+        _ => {
+            return Err(invalid(
+                res,
+                &join(base, &format!("filters[{mi}]")),
+                format!(
+                    "network filter {:?} not supported by gofe (the last filter must be an \
+                     http_connection_manager with a typed_config)",
+                    manager_filter.name
+                ),
+            ))
+        }
+    };
+    let manager: hcm::HttpConnectionManager = from_any(any)?;
+    let (routes, required) = hcm_routes(&manager, res, &mbase)?;
+    let mut settings = hcm_settings(&manager, res, &mbase)?;
+    settings.tls = tls;
+    settings.max_connections = max_connections;
+    Ok((routes, settings, required))
+}
+
+fn connection_limit_from_wire(
+    f: &listener::Filter,
+    res: &str,
+    base: &str,
+) -> Result<u32, ConvertError> {
+    let Some(listener::filter::ConfigType::TypedConfig(any)) = &f.config_type else {
+        return Err(invalid(res, base, "needs a typed_config"));
+    };
+    if any.type_url != ConnectionLimit::type_url() {
+        return Err(invalid(
+            res,
+            base,
+            format!(
+                "network filter {:?} not supported by gofe (only connection_limit before the \
+                 http_connection_manager)",
+                f.name
+            ),
+        ));
+    }
+    let ConnectionLimit {
+        stat_prefix: _,
+        max_connections,
+        delay,
+        runtime_enabled,
+    } = from_any(any)?;
+    let cbase = join(base, "typed_config");
+    Unsupported::new(res, &cbase)
+        .set("delay", &delay)
+        .set("runtime_enabled", &runtime_enabled)
+        .finish()?;
+    match max_connections.map(|v| v.value) {
+        Some(n @ 1..=0xFFFF_FFFF) => Ok(n as u32),
+        _ => Err(invalid(
+            res,
+            &join(&cbase, "max_connections"),
+            "needs a value in 1..=4294967295",
+        )),
+    }
+}
+
+fn tls_from_wire(
+    t: &core::TransportSocket,
+    res: &str,
+    base: &str,
+) -> Result<TlsConfig, ConvertError> {
+    let any = match &t.config_type {
+        Some(core::transport_socket::ConfigType::TypedConfig(a))
+            if a.type_url == tls::DownstreamTlsContext::type_url() =>
+        {
+            a
+        }
+        _ => {
+            return Err(invalid(
+                res,
+                base,
+                format!(
+                    "transport socket {:?} not supported by gofe (only a DownstreamTlsContext)",
+                    t.name
+                ),
+            ))
+        }
+    };
+    let base = join(base, "typed_config");
+    let tls::DownstreamTlsContext {
+        common_tls_context,
+        require_client_certificate,
+        require_sni,
+        disable_stateful_session_resumption,
+        session_timeout,
+        ocsp_staple_policy,
+        full_scan_certs_on_sni_mismatch,
+        prefer_client_ciphers,
+        session_ticket_keys_type,
+    } = from_any(any)?;
+    Unsupported::new(res, &base)
+        .truthy("require_client_certificate", &require_client_certificate)
+        .truthy("require_sni", &require_sni)
+        .set(
+            "disable_stateful_session_resumption",
+            &disable_stateful_session_resumption,
+        )
+        .set("session_timeout", &session_timeout)
+        .set("ocsp_staple_policy", &ocsp_staple_policy)
+        .truthy(
+            "full_scan_certs_on_sni_mismatch",
+            &full_scan_certs_on_sni_mismatch,
+        )
+        .set("prefer_client_ciphers", &prefer_client_ciphers)
+        .set("session_ticket_keys_type", &session_ticket_keys_type)
+        .finish()?;
+    let cbase = join(&base, "common_tls_context");
+    #[allow(deprecated)]
+    let tls::CommonTlsContext {
+        tls_params,
+        tls_certificates,
+        tls_certificate_sds_secret_configs,
+        tls_certificate_provider_instance,
+        custom_tls_certificate_selector,
+        tls_certificate_certificate_provider,
+        tls_certificate_certificate_provider_instance,
+        alpn_protocols,
+        custom_handshaker,
+        key_log,
+        validation_context_type,
+    } = common_tls_context.unwrap_or_default();
+    Unsupported::new(res, &cbase)
+        .set("tls_params", &tls_params)
+        .set(
+            "tls_certificate_sds_secret_configs",
+            &tls_certificate_sds_secret_configs,
+        )
+        .set(
+            "tls_certificate_provider_instance",
+            &tls_certificate_provider_instance,
+        )
+        .set(
+            "custom_tls_certificate_selector",
+            &custom_tls_certificate_selector,
+        )
+        .set(
+            "tls_certificate_certificate_provider",
+            &tls_certificate_certificate_provider,
+        )
+        .set(
+            "tls_certificate_certificate_provider_instance",
+            &tls_certificate_certificate_provider_instance,
+        )
+        .set("custom_handshaker", &custom_handshaker)
+        .set("key_log", &key_log)
+        .set(
+            "validation_context (client certificates)",
+            &validation_context_type,
+        )
+        .finish()?;
+    if alpn_protocols != ALPN {
+        return Err(invalid(
+            res,
+            &join(&cbase, "alpn_protocols"),
+            format!("gofe offers exactly {ALPN:?}, got {alpn_protocols:?}"),
+        ));
+    }
+    let [cert] = tls_certificates.as_slice() else {
+        return Err(invalid(
+            res,
+            &join(&cbase, "tls_certificates"),
+            "exactly one certificate is supported",
+        ));
+    };
+    let kbase = join(&cbase, "tls_certificates[0]");
+    let tls::TlsCertificate {
+        certificate_chain,
+        private_key,
+        pkcs12,
+        watched_directory,
+        private_key_provider,
+        password,
+        ocsp_staple,
+        signed_certificate_timestamp,
+        tls_params,
+    } = cert;
+    Unsupported::new(res, &kbase)
+        .set("pkcs12", pkcs12)
+        .set("watched_directory", watched_directory)
+        .set("private_key_provider", private_key_provider)
+        .set("password", password)
+        .set("ocsp_staple", ocsp_staple)
+        .set("signed_certificate_timestamp", signed_certificate_timestamp)
+        .set("tls_params", tls_params)
+        .finish()?;
+    let file = |d: &Option<core::DataSource>, f: &str| -> Result<String, ConvertError> {
+        match d {
+            Some(core::DataSource {
+                watched_directory: None,
+                specifier: Some(core::data_source::Specifier::Filename(path)),
+            }) if !path.is_empty() => Ok(path.clone()),
+            _ => Err(invalid(
+                res,
+                &join(&kbase, f),
+                "needs a filename (inline and environment data sources are not supported by gofe)",
+            )),
+        }
+    };
+    Ok(TlsConfig {
+        certificate_chain: file(certificate_chain, "certificate_chain")?,
+        private_key: file(private_key, "private_key")?,
+    })
+}
+
+/// Where the connection manager's routes come from, and the clusters an inline route
+/// configuration requires (`validate_clusters`, true by default for inline routes).
+fn hcm_routes(
+    m: &hcm::HttpConnectionManager,
+    res: &str,
+    base: &str,
+) -> Result<(RouteSource, ClusterRefs), ConvertError> {
+    use hcm::http_connection_manager::RouteSpecifier as R;
+    match &m.route_specifier {
+        Some(R::Rds(rds)) => {
+            check_config_source(
+                rds.config_source.as_ref(),
+                res,
+                &join(base, "rds.config_source"),
+            )?;
+            if rds.route_config_name.is_empty() {
+                return Err(invalid(res, &join(base, "rds.route_config_name"), "empty"));
+            }
+            Ok((RouteSource::Rds(rds.route_config_name.clone()), Vec::new()))
+        }
+        Some(R::RouteConfig(rc)) => {
+            let rbase = join(base, "route_config");
+            let (r, _) = routes::route_from_wire_in(rc, res, &rbase)?;
+            let validate = rc.validate_clusters.as_ref().is_none_or(|b| b.value);
+            let required = if validate {
+                routes::cluster_refs(&r.router, &rbase)
+            } else {
+                Vec::new()
+            };
+            Ok((RouteSource::Inline(r.router), required))
+        }
+        _ => Err(invalid(
+            res,
+            base,
+            "needs rds or route_config (scoped routes are not supported)",
+        )),
+    }
+}
+
+/// The connection manager's settings, refusing every field gofe does not honour.
+#[allow(deprecated)]
+fn hcm_settings(
+    m: &hcm::HttpConnectionManager,
+    res: &str,
+    base: &str,
+) -> Result<SocketSettings, ConvertError> {
+    use hcm::http_connection_manager::{CodecType, PathWithEscapedSlashesAction};
+    let hcm::HttpConnectionManager {
+        codec_type,
+        stat_prefix: _,
+        http_filters,
+        add_user_agent,
+        // Tracing: gofe does not trace (nor sample, nor add span headers).
+        tracing: _,
+        common_http_protocol_options,
+        http1_safe_max_connection_duration,
+        http_protocol_options,
+        http2_protocol_options,
+        http3_protocol_options,
+        server_name,
+        // gofe never writes a Server header, whatever the transformation.
+        server_header_transformation: _,
+        scheme_header_transformation,
+        max_request_headers_kb,
+        stream_idle_timeout,
+        stream_flush_timeout,
+        request_timeout,
+        request_headers_timeout,
+        // Graceful-close timing: gofe drains connections its own way.
+        drain_timeout: _,
+        drain_timeout_jitter: _,
+        delayed_close_timeout: _,
+        // Access logs: gofe logs and counts requests its own way.
+        access_log: _,
+        access_log_flush_interval: _,
+        flush_access_log_on_new_request: _,
+        access_log_options: _,
+        // gofe always acts as the edge (appends the client's address to x-forwarded-for).
+        use_remote_address: _,
+        xff_num_trusted_hops,
+        original_ip_detection_extensions,
+        early_header_mutation_extensions,
+        internal_address_config,
+        skip_xff_append,
+        via,
+        generate_request_id,
+        preserve_external_request_id,
+        always_set_request_id_in_response,
+        forward_client_cert_details,
+        set_current_client_cert_details,
+        forward_client_cert_matcher,
+        proxy_100_continue,
+        represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
+        upgrade_configs,
+        normalize_path,
+        merge_slashes,
+        path_with_escaped_slashes_action,
+        request_id_extension,
+        local_reply_config,
+        strip_matching_host_port,
+        stream_error_on_invalid_http_message,
+        path_normalization_options,
+        strip_trailing_host_dot,
+        proxy_status_config,
+        typed_header_validation_config,
+        append_x_forwarded_port,
+        append_local_overload,
+        add_proxy_protocol_connection_state,
+        forward_proto_config,
+        route_specifier: _,
+        strip_port_mode,
+    } = m;
+    let escaped_ok = matches!(
+        PathWithEscapedSlashesAction::try_from(*path_with_escaped_slashes_action),
+        Ok(PathWithEscapedSlashesAction::ImplementationSpecificDefault
+            | PathWithEscapedSlashesAction::KeepUnchanged)
+    );
+    Unsupported::new(res, base)
+        .when(
+            "codec_type (gofe detects HTTP/1.1 and HTTP/2 itself: AUTO only)",
+            *codec_type != CodecType::Auto as i32,
+        )
+        .truthy("add_user_agent", add_user_agent)
+        .set(
+            "http1_safe_max_connection_duration",
+            http1_safe_max_connection_duration,
+        )
+        .set("http_protocol_options", http_protocol_options)
+        .set("http2_protocol_options", http2_protocol_options)
+        .set("http3_protocol_options", http3_protocol_options)
+        .set("server_name", server_name)
+        .set("scheme_header_transformation", scheme_header_transformation)
+        // Zero disables it, which is what gofe does.
+        .when(
+            "stream_idle_timeout",
+            stream_idle_timeout
+                .as_ref()
+                .is_some_and(|d| *d != PbDuration::default()),
+        )
+        .when(
+            "stream_flush_timeout",
+            stream_flush_timeout
+                .as_ref()
+                .is_some_and(|d| *d != PbDuration::default()),
+        )
+        .when(
+            "request_timeout",
+            request_timeout
+                .as_ref()
+                .is_some_and(|d| *d != PbDuration::default()),
+        )
+        .set("xff_num_trusted_hops", xff_num_trusted_hops)
+        .set(
+            "original_ip_detection_extensions",
+            original_ip_detection_extensions,
+        )
+        .set(
+            "early_header_mutation_extensions",
+            early_header_mutation_extensions,
+        )
+        .set("internal_address_config", internal_address_config)
+        .set("skip_xff_append", skip_xff_append)
+        .set("via", via)
+        .when(
+            "generate_request_id (gofe always sets x-request-id)",
+            generate_request_id.as_ref().is_some_and(|b| !b.value),
+        )
+        .set("preserve_external_request_id", preserve_external_request_id)
+        .set(
+            "always_set_request_id_in_response",
+            always_set_request_id_in_response,
+        )
+        .set("forward_client_cert_details", forward_client_cert_details)
+        .set(
+            "set_current_client_cert_details",
+            set_current_client_cert_details,
+        )
+        .set("forward_client_cert_matcher", forward_client_cert_matcher)
+        .set("proxy_100_continue", proxy_100_continue)
+        .set(
+            "represent_ipv4_remote_address_as_ipv4_mapped_ipv6",
+            represent_ipv4_remote_address_as_ipv4_mapped_ipv6,
+        )
+        .set("upgrade_configs", upgrade_configs)
+        .truthy("normalize_path", normalize_path)
+        .set("merge_slashes", merge_slashes)
+        .when("path_with_escaped_slashes_action", !escaped_ok)
+        .set("request_id_extension", request_id_extension)
+        .set("local_reply_config", local_reply_config)
+        .set("strip_matching_host_port", strip_matching_host_port)
+        .truthy(
+            "stream_error_on_invalid_http_message",
+            stream_error_on_invalid_http_message,
+        )
+        .set("path_normalization_options", path_normalization_options)
+        .set("strip_trailing_host_dot", strip_trailing_host_dot)
+        .set("proxy_status_config", proxy_status_config)
+        .set(
+            "typed_header_validation_config",
+            typed_header_validation_config,
+        )
+        .set("append_x_forwarded_port", append_x_forwarded_port)
+        .set("append_local_overload", append_local_overload)
+        .truthy(
+            "add_proxy_protocol_connection_state",
+            add_proxy_protocol_connection_state,
+        )
+        .set("forward_proto_config", forward_proto_config)
+        .when(
+            "strip_any_host_port",
+            matches!(
+                strip_port_mode,
+                Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true))
+            ),
+        )
+        .finish()?;
+    let buffer_filter = http_filters_from_wire(http_filters, res, base)?;
+    let idle_timeout = match common_http_protocol_options {
+        None => gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
+        Some(o) => protocol_options_idle_timeout(
+            o,
+            gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
+            res,
+            &join(base, "common_http_protocol_options"),
+        )?,
+    };
+    let max_request_headers_kb = match max_request_headers_kb.map(|v| v.value) {
+        None => gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB,
+        Some(kb @ 1..=MAX_REQUEST_HEADERS_KB) => kb,
+        Some(_) => {
+            return Err(invalid(
+                res,
+                &join(base, "max_request_headers_kb"),
+                "must be in 1..=8192",
+            ))
+        }
+    };
+    Ok(SocketSettings {
+        tls: None,
+        max_connections: None,
+        max_request_headers_kb,
+        // Envoy's default: no request headers timeout.
+        request_headers_timeout: duration_or(
+            request_headers_timeout,
+            Duration::ZERO,
+            res,
+            &join(base, "request_headers_timeout"),
+        )?,
+        idle_timeout,
+        buffer_filter,
+        unnamed: false,
+    })
+}
+
+/// `common_http_protocol_options`, of which gofe honours `idle_timeout` (zero disables it)
+/// and refuses the rest when set.
+pub(super) fn protocol_options_idle_timeout(
+    o: &core::HttpProtocolOptions,
+    default: Duration,
+    res: &str,
+    base: &str,
+) -> Result<Duration, ConvertError> {
+    let core::HttpProtocolOptions {
+        idle_timeout,
+        max_connection_duration,
+        max_connection_duration_jitter,
+        max_headers_count,
+        max_response_headers_kb,
+        max_stream_duration,
+        headers_with_underscores_action,
+        max_requests_per_connection,
+    } = o;
+    Unsupported::new(res, base)
+        .set("max_connection_duration", max_connection_duration)
+        .set(
+            "max_connection_duration_jitter",
+            max_connection_duration_jitter,
+        )
+        .set("max_headers_count", max_headers_count)
+        .set("max_response_headers_kb", max_response_headers_kb)
+        .set("max_stream_duration", max_stream_duration)
+        .set(
+            "headers_with_underscores_action",
+            headers_with_underscores_action,
+        )
+        .set("max_requests_per_connection", max_requests_per_connection)
+        .finish()?;
+    duration_or(idle_timeout, default, res, &join(base, "idle_timeout"))
+}
+
+/// The connection manager's HTTP filters: an optional buffer filter disabled by default (each
+/// route enables it with its limit), then the router, last. A filter gofe does not have is
+/// skipped when marked `is_optional` (Envoy's rule for clients without it) and refused
+/// otherwise. Returns whether the buffer filter is there.
+fn http_filters_from_wire(
+    filters: &[hcm::HttpFilter],
+    res: &str,
+    base: &str,
+) -> Result<bool, ConvertError> {
+    let Some((last, rest)) = filters.split_last() else {
+        return Err(invalid(
+            res,
+            &join(base, "http_filters"),
+            "needs the router filter",
+        ));
+    };
+    let typed = |f: &hcm::HttpFilter| match &f.config_type {
+        Some(hcm::http_filter::ConfigType::TypedConfig(a)) => Some(a.clone()),
+        _ => None,
+    };
+    let last_base = join(base, &format!("http_filters[{}]", rest.len()));
+    match typed(last) {
+        Some(a) if a.type_url == Router::type_url() => {
+            router_from_wire(&from_any(&a)?, res, &join(&last_base, "typed_config"))?
+        }
+        None if last.config_type.is_none() && last.name == ROUTER_FILTER_NAME => {}
+        _ => {
+            return Err(invalid(
+                res,
+                &last_base,
+                "the last HTTP filter must be the router",
+            ))
+        }
+    }
+    let mut buffer_filter = false;
+    for (i, f) in rest.iter().enumerate() {
+        let fbase = join(base, &format!("http_filters[{i}]"));
+        match typed(f) {
+            Some(a) if a.type_url == buffer::Buffer::type_url() => {
+                if f.name != BUFFER_FILTER_NAME {
+                    return Err(invalid(
+                        res,
+                        &join(&fbase, "name"),
+                        format!(
+                            "gofe reads the buffer filter under the name {BUFFER_FILTER_NAME:?}"
+                        ),
+                    ));
+                }
+                if !f.disabled {
+                    return Err(invalid(
+                        res,
+                        &join(&fbase, "disabled"),
+                        "a buffer filter enabled for every route is not supported by gofe: \
+                         disable it here and enable it per route with its limit",
+                    ));
+                }
+                let _: buffer::Buffer = from_any(&a)?;
+                buffer_filter = true;
+            }
+            _ if f.is_optional => {}
+            _ => {
+                return Err(invalid(
+                    res,
+                    &fbase,
+                    format!(
+                    "HTTP filter {:?} not supported by gofe (the buffer and router filters only)",
+                    f.name
+                ),
+                ))
+            }
+        }
+    }
+    Ok(buffer_filter)
+}
+
+#[allow(deprecated)]
+fn router_from_wire(r: &Router, res: &str, base: &str) -> Result<(), ConvertError> {
+    let Router {
+        // Statistics: gofe counts requests its own way.
+        dynamic_stats: _,
+        start_child_span: _,
+        upstream_log: _,
+        upstream_log_options: _,
+        // gofe adds no x-envoy-* headers, suppressed or not.
+        suppress_envoy_headers: _,
+        strict_check_headers,
+        respect_expected_rq_timeout,
+        suppress_grpc_request_failure_code_stats: _,
+        upstream_http_filters,
+        reject_connect_request_early_data: _,
+    } = r;
+    Unsupported::new(res, base)
+        .set("strict_check_headers", strict_check_headers)
+        .set("respect_expected_rq_timeout", respect_expected_rq_timeout)
+        .set("upstream_http_filters", upstream_http_filters)
+        .finish()
+}

@@ -1,0 +1,941 @@
+//! Route configurations: virtual hosts, routes, their matches and actions, retry policies and
+//! per-route body limits (the buffer filter's per-route configuration).
+
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+
+use super::*;
+
+/// How many times Envoy re-picks an endpoint for a retry to find one not tried yet, in the
+/// retry policies gofe writes (gofe itself always picks another when the cluster has one).
+const HOST_SELECTION_ATTEMPTS: i64 = 5;
+
+/// Envoy's retry backoff defaults, which are gofe's (jittered, 25 ms base, 250 ms cap).
+const RETRY_BASE_INTERVAL: Duration = Duration::from_millis(25);
+const RETRY_MAX_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A route's values that have no Envoy form.
+pub(super) fn check_publishable(r: &RouteConfig, base: &str) -> Result<(), ConvertError> {
+    check_pb_duration(r.route.timeout, format!("{base}.route.timeout"))?;
+    if let Some(d) = r
+        .route
+        .retry_policy
+        .as_ref()
+        .and_then(|p| p.per_try_timeout)
+    {
+        check_pb_duration(d, format!("{base}.route.retry_policy.per_try_timeout"))?;
+    }
+    match r.route.max_request_bytes {
+        Some(0) => Err(not_publishable(
+            format!("{base}.route.max_request_bytes"),
+            "0 has no Envoy form (the buffer filter's max_request_bytes is at least 1)",
+        )),
+        Some(n) if n > u64::from(u32::MAX) => Err(not_publishable(
+            format!("{base}.route.max_request_bytes"),
+            "above 4294967295 has no Envoy form (the buffer filter's limit is a uint32)",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The clusters a router names, each with its Envoy path under `base`.
+pub(super) fn cluster_refs(router: &RouterConfig, base: &str) -> ClusterRefs {
+    let mut out = Vec::new();
+    for (hi, vh) in router.virtual_hosts.iter().enumerate() {
+        for (ri, r) in vh.routes.iter().enumerate() {
+            let rbase = join(base, &format!("virtual_hosts[{hi}].routes[{ri}].route"));
+            if let Some(c) = &r.route.cluster {
+                out.push((join(&rbase, "cluster"), c.clone()));
+            }
+            for (ci, c) in r
+                .route
+                .weighted_clusters
+                .iter()
+                .flat_map(|w| w.clusters.iter())
+                .enumerate()
+            {
+                out.push((
+                    join(&rbase, &format!("weighted_clusters.clusters[{ci}].name")),
+                    c.name.clone(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Whether a domain ends in `:port` (`svc:9080`, `[::1]:80`; not `::1`).
+fn has_port(domain: &str) -> bool {
+    domain.rsplit_once(':').is_some_and(|(host, port)| {
+        !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && (!host.contains(':') || host.ends_with(']'))
+    })
+}
+
+// === to wire ===
+
+/// The wire form of a route configuration.
+pub fn route_to_wire(r: &RouteResource) -> Result<route::RouteConfiguration, ConvertError> {
+    let res = format!("RouteConfiguration {:?}", r.name);
+    let mut virtual_hosts = Vec::new();
+    let mut any_port = false;
+    for vh in &r.router.virtual_hosts {
+        let mut routes = Vec::new();
+        for rt in &vh.routes {
+            routes.push(route_entry_to_wire(rt, &res)?);
+        }
+        any_port |= vh.domains.iter().any(|d| has_port(d));
+        virtual_hosts.push(route::VirtualHost {
+            name: vh.name.clone(),
+            domains: vh.domains.to_vec(),
+            routes,
+            ..Default::default()
+        });
+    }
+    Ok(route::RouteConfiguration {
+        name: r.name.clone(),
+        virtual_hosts,
+        // gofe matches a domain without a port whatever the request's port; Envoy does so with
+        // this flag, which would however also blind it to domains that have a port.
+        ignore_port_in_host_matching: !any_port,
+        ..Default::default()
+    })
+}
+
+fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, ConvertError> {
+    use route::route_match::PathSpecifier;
+    let path_specifier = match (&rt.matcher.prefix, &rt.matcher.path) {
+        (Some(p), None) => PathSpecifier::Prefix(p.clone()),
+        (None, Some(p)) => PathSpecifier::Path(p.clone()),
+        _ => return Err(invalid(res, "match", "needs exactly one of prefix or path")),
+    };
+    let headers = rt
+        .matcher
+        .headers
+        .iter()
+        .map(header_to_wire)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| invalid(res, "match.headers", m))?;
+    use route::route_action::ClusterSpecifier;
+    let a = &rt.route;
+    let cluster_specifier = match (&a.cluster, &a.weighted_clusters) {
+        (Some(c), None) => ClusterSpecifier::Cluster(c.clone()),
+        (None, Some(wc)) => ClusterSpecifier::WeightedClusters(route::WeightedCluster {
+            clusters: wc
+                .clusters
+                .iter()
+                .map(|c| route::weighted_cluster::ClusterWeight {
+                    name: c.name.clone(),
+                    weight: u32v(c.weight),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        _ => {
+            return Err(invalid(
+                res,
+                "route",
+                "needs exactly one of cluster or weighted_clusters",
+            ))
+        }
+    };
+    let mut typed_per_filter_config = HashMap::new();
+    if let Some(limit) = a.max_request_bytes {
+        let limit = u32::try_from(limit)
+            .ok()
+            .filter(|l| *l > 0)
+            .ok_or_else(|| invalid(res, "route.max_request_bytes", "out of Envoy's range"))?;
+        let per_route = buffer::BufferPerRoute {
+            r#override: Some(buffer::buffer_per_route::Override::Buffer(buffer::Buffer {
+                max_request_bytes: u32v(limit),
+            })),
+        };
+        // The listener's buffer filter is disabled by default; this enables it here.
+        typed_per_filter_config.insert(
+            BUFFER_FILTER_NAME.to_owned(),
+            to_any(&route::FilterConfig {
+                config: Some(to_any(&per_route)),
+                is_optional: false,
+                disabled: false,
+            }),
+        );
+    }
+    Ok(route::Route {
+        r#match: Some(route::RouteMatch {
+            path_specifier: Some(path_specifier),
+            headers,
+            ..Default::default()
+        }),
+        action: Some(route::route::Action::Route(route::RouteAction {
+            cluster_specifier: Some(cluster_specifier),
+            timeout: (a.timeout != DEFAULT_ROUTE_TIMEOUT).then(|| pb_duration(a.timeout)),
+            retry_policy: a.retry_policy.as_ref().map(retry_policy_to_wire),
+            ..Default::default()
+        })),
+        typed_per_filter_config,
+        ..Default::default()
+    })
+}
+
+fn retry_policy_to_wire(r: &RetryPolicyConfig) -> route::RetryPolicy {
+    route::RetryPolicy {
+        retry_on: r.retry_on.clone(),
+        num_retries: u32v(r.num_retries),
+        per_try_timeout: r.per_try_timeout.map(pb_duration),
+        retry_host_predicate: vec![route::retry_policy::RetryHostPredicate {
+            name: PREVIOUS_HOSTS_PREDICATE.into(),
+            config_type: Some(
+                route::retry_policy::retry_host_predicate::ConfigType::TypedConfig(to_any(
+                    &PreviousHostsPredicate {},
+                )),
+            ),
+        }],
+        host_selection_retry_max_attempts: HOST_SELECTION_ATTEMPTS,
+        ..Default::default()
+    }
+}
+
+fn header_to_wire(h: &HeaderMatcherConfig) -> Result<route::HeaderMatcher, String> {
+    use matcher::string_matcher::MatchPattern;
+    use route::header_matcher::HeaderMatchSpecifier as H;
+    let spec = match (&h.string_match, h.present_match) {
+        (Some(sm), None) => {
+            let pattern = match (&sm.exact, &sm.prefix, &sm.suffix, &sm.contains) {
+                (Some(v), None, None, None) => MatchPattern::Exact(v.clone()),
+                (None, Some(v), None, None) => MatchPattern::Prefix(v.clone()),
+                (None, None, Some(v), None) => MatchPattern::Suffix(v.clone()),
+                (None, None, None, Some(v)) => MatchPattern::Contains(v.clone()),
+                _ => return Err("string_match needs exactly one pattern".into()),
+            };
+            H::StringMatch(matcher::StringMatcher {
+                match_pattern: Some(pattern),
+                ignore_case: false,
+            })
+        }
+        (None, Some(present)) => H::PresentMatch(present),
+        _ => return Err("needs exactly one of string_match or present_match".into()),
+    };
+    Ok(route::HeaderMatcher {
+        name: h.name.clone(),
+        invert_match: h.invert_match,
+        header_match_specifier: Some(spec),
+        ..Default::default()
+    })
+}
+
+// === from wire ===
+
+/// Validates a route configuration into gofe's router form.
+pub fn route_from_wire(r: &route::RouteConfiguration) -> Result<RouteResource, ConvertError> {
+    let res = format!("RouteConfiguration {:?}", r.name);
+    route_from_wire_in(r, &res, "").map(|(r, _)| r)
+}
+
+/// A route's `max_request_bytes` as a level of the configuration says it: a limit, or "no
+/// limit" (the buffer filter disabled there).
+#[derive(Clone, Copy)]
+enum BufferSetting {
+    Limit(u64),
+    Disabled,
+}
+
+/// Validates a route configuration found in `res` at `base` (empty for an RDS resource).
+/// Returns it and whether it asks for its clusters to be validated (`validate_clusters`,
+/// which the caller defaults).
+pub(super) fn route_from_wire_in(
+    r: &route::RouteConfiguration,
+    res: &str,
+    base: &str,
+) -> Result<(RouteResource, bool), ConvertError> {
+    let route::RouteConfiguration {
+        name,
+        virtual_hosts,
+        vhds,
+        internal_only_headers,
+        response_headers_to_add,
+        response_headers_to_remove,
+        request_headers_to_add,
+        request_headers_to_remove,
+        // Matters only with header mutations, which are refused.
+        most_specific_header_mutations_wins: _,
+        validate_clusters,
+        // Matters only for direct responses, which are refused.
+        max_direct_response_body_size_bytes: _,
+        cluster_specifier_plugins,
+        request_mirror_policies,
+        // gofe matches domains without a port whatever the request's port, and domains with a
+        // port with it (see the model's `domains`), with or without this flag.
+        ignore_port_in_host_matching: _,
+        vhost_header,
+        ignore_path_parameters_in_path_matching,
+        typed_per_filter_config,
+        metadata: _,
+        route_specifiers,
+    } = r;
+    Unsupported::new(res, base)
+        .set("vhds", vhds)
+        .set("internal_only_headers", internal_only_headers)
+        .set("response_headers_to_add", response_headers_to_add)
+        .set("response_headers_to_remove", response_headers_to_remove)
+        .set("request_headers_to_add", request_headers_to_add)
+        .set("request_headers_to_remove", request_headers_to_remove)
+        .set("cluster_specifier_plugins", cluster_specifier_plugins)
+        .set("request_mirror_policies", request_mirror_policies)
+        .set("vhost_header", vhost_header)
+        .set(
+            "ignore_path_parameters_in_path_matching",
+            ignore_path_parameters_in_path_matching,
+        )
+        .set("route_specifiers", route_specifiers)
+        .finish()?;
+    let config_buffer = buffer_setting(typed_per_filter_config, res, base)?;
+    let mut out = Vec::new();
+    for (hi, vh) in virtual_hosts.iter().enumerate() {
+        out.push(virtual_host_from_wire(
+            vh,
+            res,
+            &join(base, &format!("virtual_hosts[{hi}]")),
+            config_buffer,
+        )?);
+    }
+    let router = RouterConfig { virtual_hosts: out };
+    // The proxy's own checks (domain syntax and uniqueness, header names, weights, …), named
+    // by the same paths: gofe's router fields are Envoy's.
+    let piece = ProxyConfig {
+        listeners: vec![ListenerConfig {
+            name: None,
+            address: "127.0.0.1:0".into(),
+            protocol: "http".into(),
+            tls: None,
+            filters: vec![FilterConfig {
+                kind: "router".into(),
+                config: router,
+            }],
+            max_connections: None,
+            max_request_headers_kb: gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB,
+            request_headers_timeout: gofe_model::DEFAULT_REQUEST_HEADERS_TIMEOUT,
+            idle_timeout: gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
+        }],
+        ..Default::default()
+    };
+    model_check(&piece, res, "listeners[0].filters[0].config.", base)?;
+    let router = piece
+        .listeners
+        .into_iter()
+        .next()
+        .and_then(|l| l.filters.into_iter().next())
+        .map(|f| f.config)
+        .unwrap_or_default();
+    Ok((
+        RouteResource {
+            name: name.clone(),
+            router,
+        },
+        validate_clusters.as_ref().is_some_and(|b| b.value),
+    ))
+}
+
+#[allow(deprecated)]
+fn virtual_host_from_wire(
+    vh: &route::VirtualHost,
+    res: &str,
+    base: &str,
+    config_buffer: Option<BufferSetting>,
+) -> Result<VirtualHostConfig, ConvertError> {
+    let route::VirtualHost {
+        name,
+        domains,
+        routes,
+        matcher,
+        require_tls,
+        // Statistics only.
+        virtual_clusters: _,
+        rate_limits,
+        request_headers_to_add,
+        request_headers_to_remove,
+        response_headers_to_add,
+        response_headers_to_remove,
+        cors,
+        typed_per_filter_config,
+        include_request_attempt_count,
+        include_attempt_count_in_response,
+        retry_policy,
+        retry_policy_typed_config,
+        hedge_policy,
+        include_is_timeout_retry_header,
+        per_request_buffer_limit_bytes,
+        request_body_buffer_limit,
+        request_mirror_policies,
+        metadata: _,
+        route_specifiers,
+    } = vh;
+    Unsupported::new(res, base)
+        .set("matcher", matcher)
+        .set("require_tls", require_tls)
+        .set("rate_limits", rate_limits)
+        .set("request_headers_to_add", request_headers_to_add)
+        .set("request_headers_to_remove", request_headers_to_remove)
+        .set("response_headers_to_add", response_headers_to_add)
+        .set("response_headers_to_remove", response_headers_to_remove)
+        .set("cors", cors)
+        .set(
+            "include_request_attempt_count",
+            include_request_attempt_count,
+        )
+        .set(
+            "include_attempt_count_in_response",
+            include_attempt_count_in_response,
+        )
+        .set("retry_policy_typed_config", retry_policy_typed_config)
+        .set("hedge_policy", hedge_policy)
+        .set(
+            "include_is_timeout_retry_header",
+            include_is_timeout_retry_header,
+        )
+        .set(
+            "per_request_buffer_limit_bytes",
+            per_request_buffer_limit_bytes,
+        )
+        .set("request_body_buffer_limit", request_body_buffer_limit)
+        .set("request_mirror_policies", request_mirror_policies)
+        .set("route_specifiers", route_specifiers)
+        .finish()?;
+    let vhost_buffer = buffer_setting(typed_per_filter_config, res, base)?.or(config_buffer);
+    let vhost_retry = retry_policy
+        .as_ref()
+        .map(|r| retry_policy_from_wire(r, res, &join(base, "retry_policy")))
+        .transpose()?;
+    let mut out = Vec::new();
+    for (ri, rt) in routes.iter().enumerate() {
+        out.push(route_entry_from_wire(
+            rt,
+            res,
+            &join(base, &format!("routes[{ri}]")),
+            vhost_buffer,
+            &vhost_retry,
+        )?);
+    }
+    Ok(VirtualHostConfig {
+        name: name.clone(),
+        domains: domains.to_vec(),
+        routes: out,
+    })
+}
+
+#[allow(deprecated)]
+fn route_entry_from_wire(
+    rt: &route::Route,
+    res: &str,
+    base: &str,
+    vhost_buffer: Option<BufferSetting>,
+    vhost_retry: &Option<Option<RetryPolicyConfig>>,
+) -> Result<RouteConfig, ConvertError> {
+    let route::Route {
+        // Names and statistics only.
+        name: _,
+        r#match,
+        metadata: _,
+        // Tracing: gofe does not trace.
+        decorator: _,
+        typed_per_filter_config,
+        request_headers_to_add,
+        request_headers_to_remove,
+        response_headers_to_add,
+        response_headers_to_remove,
+        tracing: _,
+        per_request_buffer_limit_bytes,
+        stat_prefix: _,
+        request_body_buffer_limit,
+        route_specifiers,
+        action,
+    } = rt;
+    Unsupported::new(res, base)
+        .set("request_headers_to_add", request_headers_to_add)
+        .set("request_headers_to_remove", request_headers_to_remove)
+        .set("response_headers_to_add", response_headers_to_add)
+        .set("response_headers_to_remove", response_headers_to_remove)
+        .set(
+            "per_request_buffer_limit_bytes",
+            per_request_buffer_limit_bytes,
+        )
+        .set("request_body_buffer_limit", request_body_buffer_limit)
+        .set("route_specifiers", route_specifiers)
+        .finish()?;
+    let matcher = match_from_wire(
+        r#match
+            .as_ref()
+            .ok_or_else(|| invalid(res, &join(base, "match"), "missing"))?,
+        res,
+        &join(base, "match"),
+    )?;
+    let action = match action {
+        Some(route::route::Action::Route(a)) => a,
+        _ => {
+            return Err(invalid(
+                res,
+                base,
+                "only route actions are supported by gofe (not redirect, direct_response, …)",
+            ))
+        }
+    };
+    let buffer = buffer_setting(typed_per_filter_config, res, base)?.or(vhost_buffer);
+    let mut out = action_from_wire(action, res, &join(base, "route"), vhost_retry)?;
+    out.max_request_bytes = match buffer {
+        Some(BufferSetting::Limit(n)) => Some(n),
+        Some(BufferSetting::Disabled) | None => None,
+    };
+    Ok(RouteConfig {
+        matcher,
+        route: out,
+    })
+}
+
+fn match_from_wire(
+    m: &route::RouteMatch,
+    res: &str,
+    base: &str,
+) -> Result<RouteMatchConfig, ConvertError> {
+    use route::route_match::PathSpecifier;
+    let route::RouteMatch {
+        case_sensitive,
+        runtime_fraction,
+        headers,
+        query_parameters,
+        cookies,
+        grpc,
+        tls_context,
+        dynamic_metadata,
+        filter_state,
+        path_specifier,
+    } = m;
+    Unsupported::new(res, base)
+        .when(
+            "case_sensitive",
+            case_sensitive.as_ref().is_some_and(|c| !c.value),
+        )
+        .set("runtime_fraction", runtime_fraction)
+        .set("query_parameters", query_parameters)
+        .set("cookies", cookies)
+        .set("grpc", grpc)
+        .set("tls_context", tls_context)
+        .set("dynamic_metadata", dynamic_metadata)
+        .set("filter_state", filter_state)
+        .finish()?;
+    let mut out = RouteMatchConfig::default();
+    let slash = |p: &str, which: &str| -> Result<String, ConvertError> {
+        if p.starts_with('/') {
+            Ok(p.to_owned())
+        } else {
+            Err(invalid(
+                res,
+                &join(base, which),
+                format!("{p:?} can match no path: gofe needs it to start with '/'"),
+            ))
+        }
+    };
+    match path_specifier {
+        // An empty prefix matches every path, as "/" does.
+        Some(PathSpecifier::Prefix(p)) if p.is_empty() => out.prefix = Some("/".into()),
+        Some(PathSpecifier::Prefix(p)) => out.prefix = Some(slash(p, "prefix")?),
+        Some(PathSpecifier::Path(p)) => out.path = Some(slash(p, "path")?),
+        Some(_) => {
+            return Err(unsupported(
+                res,
+                &join(base, "path_specifier (only prefix and path)"),
+            ))
+        }
+        None => return Err(invalid(res, &join(base, "path_specifier"), "missing")),
+    }
+    for (i, h) in headers.iter().enumerate() {
+        out.headers.push(
+            header_from_wire(h)
+                .map_err(|msg| invalid(res, &join(base, &format!("headers[{i}]")), msg))?,
+        );
+    }
+    Ok(out)
+}
+
+#[allow(deprecated)]
+fn action_from_wire(
+    a: &route::RouteAction,
+    res: &str,
+    base: &str,
+    vhost_retry: &Option<Option<RetryPolicyConfig>>,
+) -> Result<RouteActionConfig, ConvertError> {
+    use route::route_action::{ClusterNotFoundResponseCode, ClusterSpecifier};
+    let route::RouteAction {
+        cluster_not_found_response_code,
+        metadata_match,
+        prefix_rewrite,
+        regex_rewrite,
+        path_rewrite_policy,
+        path_rewrite,
+        append_x_forwarded_host,
+        timeout,
+        idle_timeout,
+        flush_timeout,
+        early_data_policy,
+        retry_policy,
+        retry_policy_typed_config,
+        request_mirror_policies,
+        priority,
+        rate_limits,
+        include_vh_rate_limits,
+        // Used only by hash-based balancers (ring hash, Maglev), which are refused: Envoy ignores
+        // it under round robin and least request too.
+        hash_policy: _,
+        cors,
+        max_grpc_timeout,
+        grpc_timeout_offset,
+        upgrade_configs,
+        internal_redirect_policy,
+        internal_redirect_action,
+        max_internal_redirects,
+        hedge_policy,
+        max_stream_duration,
+        cluster_specifier,
+        host_rewrite_specifier,
+    } = a;
+    Unsupported::new(res, base)
+        .when(
+            "cluster_not_found_response_code (gofe answers 503)",
+            *cluster_not_found_response_code
+                != ClusterNotFoundResponseCode::ServiceUnavailable as i32,
+        )
+        .set("metadata_match", metadata_match)
+        .set("prefix_rewrite", prefix_rewrite)
+        .set("regex_rewrite", regex_rewrite)
+        .set("path_rewrite_policy", path_rewrite_policy)
+        .set("path_rewrite", path_rewrite)
+        .set("append_x_forwarded_host", append_x_forwarded_host)
+        .set("idle_timeout", idle_timeout)
+        .set("flush_timeout", flush_timeout)
+        .set("early_data_policy", early_data_policy)
+        .set("retry_policy_typed_config", retry_policy_typed_config)
+        .set("request_mirror_policies", request_mirror_policies)
+        .when(
+            "priority HIGH",
+            *priority != core::RoutingPriority::Default as i32,
+        )
+        .set("rate_limits", rate_limits)
+        .set("include_vh_rate_limits", include_vh_rate_limits)
+        .set("cors", cors)
+        .set("max_grpc_timeout", max_grpc_timeout)
+        .set("grpc_timeout_offset", grpc_timeout_offset)
+        .set("upgrade_configs", upgrade_configs)
+        .set("internal_redirect_policy", internal_redirect_policy)
+        .set("internal_redirect_action", internal_redirect_action)
+        .set("max_internal_redirects", max_internal_redirects)
+        .set("hedge_policy", hedge_policy)
+        .set("max_stream_duration", max_stream_duration)
+        .set("host_rewrite_specifier", host_rewrite_specifier)
+        .finish()?;
+    let mut out = RouteActionConfig {
+        timeout: duration_or(timeout, DEFAULT_ROUTE_TIMEOUT, res, &join(base, "timeout"))?,
+        // A route's own policy replaces its virtual host's (Envoy does not merge them).
+        retry_policy: match retry_policy {
+            Some(r) => retry_policy_from_wire(r, res, &join(base, "retry_policy"))?,
+            None => vhost_retry.clone().flatten(),
+        },
+        ..Default::default()
+    };
+    match cluster_specifier {
+        Some(ClusterSpecifier::Cluster(c)) if !c.is_empty() => out.cluster = Some(c.clone()),
+        Some(ClusterSpecifier::WeightedClusters(wc)) => {
+            out.weighted_clusters = Some(weighted_from_wire(
+                wc,
+                res,
+                &join(base, "weighted_clusters"),
+            )?);
+        }
+        _ => {
+            return Err(unsupported(
+                res,
+                &join(
+                    base,
+                    "cluster_specifier (only cluster and weighted_clusters)",
+                ),
+            ))
+        }
+    }
+    Ok(out)
+}
+
+#[allow(deprecated)]
+fn weighted_from_wire(
+    wc: &route::WeightedCluster,
+    res: &str,
+    base: &str,
+) -> Result<WeightedClustersConfig, ConvertError> {
+    let route::WeightedCluster {
+        clusters,
+        total_weight,
+        runtime_key_prefix,
+        random_value_specifier,
+    } = wc;
+    Unsupported::new(res, base)
+        .set("runtime_key_prefix", runtime_key_prefix)
+        .set("random_value_specifier", random_value_specifier)
+        .finish()?;
+    let mut out = Vec::new();
+    for (i, c) in clusters.iter().enumerate() {
+        let cbase = join(base, &format!("clusters[{i}]"));
+        let route::weighted_cluster::ClusterWeight {
+            name,
+            cluster_header,
+            weight,
+            metadata_match,
+            request_headers_to_add,
+            request_headers_to_remove,
+            response_headers_to_add,
+            response_headers_to_remove,
+            typed_per_filter_config,
+            host_rewrite_specifier,
+        } = c;
+        Unsupported::new(res, &cbase)
+            .set("cluster_header", cluster_header)
+            .set("metadata_match", metadata_match)
+            .set("request_headers_to_add", request_headers_to_add)
+            .set("request_headers_to_remove", request_headers_to_remove)
+            .set("response_headers_to_add", response_headers_to_add)
+            .set("response_headers_to_remove", response_headers_to_remove)
+            .set("typed_per_filter_config", typed_per_filter_config)
+            .set("host_rewrite_specifier", host_rewrite_specifier)
+            .finish()?;
+        if name.is_empty() {
+            return Err(invalid(res, &join(&cbase, "name"), "empty"));
+        }
+        out.push(ClusterWeightConfig {
+            name: name.clone(),
+            weight: weight.map_or(0, |w| w.value),
+        });
+    }
+    if out.iter().all(|c| c.weight == 0) {
+        return Err(invalid(
+            res,
+            &join(base, "clusters"),
+            "needs a cluster with a non-zero weight",
+        ));
+    }
+    let sum: u64 = out.iter().map(|c| u64::from(c.weight)).sum();
+    if let Some(total) = total_weight {
+        if u64::from(total.value) != sum {
+            return Err(invalid(
+                res,
+                &join(base, "total_weight"),
+                format!("{} is not the sum of the weights ({sum})", total.value),
+            ));
+        }
+    }
+    Ok(WeightedClustersConfig { clusters: out })
+}
+
+/// A retry policy; `None` when its `retry_on` is empty (Envoy then never retries).
+fn retry_policy_from_wire(
+    r: &route::RetryPolicy,
+    res: &str,
+    base: &str,
+) -> Result<Option<RetryPolicyConfig>, ConvertError> {
+    let route::RetryPolicy {
+        retry_on,
+        num_retries,
+        per_try_timeout,
+        per_try_idle_timeout,
+        retry_priority,
+        retry_host_predicate,
+        retry_options_predicates,
+        // How often Envoy re-picks to satisfy the predicates; gofe always picks another
+        // endpoint when there is one.
+        host_selection_retry_max_attempts: _,
+        retriable_status_codes,
+        retry_back_off,
+        rate_limited_retry_back_off,
+        retriable_headers,
+        retriable_request_headers,
+        refresh_cluster_on_retry,
+    } = r;
+    let default_backoff = retry_back_off.as_ref().is_none_or(|b| {
+        b.base_interval
+            .as_ref()
+            .map(|d| duration_from_pb(d, res, base).ok())
+            == Some(Some(RETRY_BASE_INTERVAL))
+            && b.max_interval
+                .as_ref()
+                .is_none_or(|d| duration_from_pb(d, res, base).ok() == Some(RETRY_MAX_INTERVAL))
+    });
+    let predicates_ok = retry_host_predicate.iter().all(|p| match &p.config_type {
+        Some(route::retry_policy::retry_host_predicate::ConfigType::TypedConfig(a)) => {
+            a.type_url == PreviousHostsPredicate::type_url()
+        }
+        None => p.name == PREVIOUS_HOSTS_PREDICATE,
+    });
+    Unsupported::new(res, base)
+        .set("per_try_idle_timeout", per_try_idle_timeout)
+        .set("retry_priority", retry_priority)
+        .when("retry_host_predicate (only previous_hosts)", !predicates_ok)
+        .set("retry_options_predicates", retry_options_predicates)
+        .set("retriable_status_codes", retriable_status_codes)
+        .when(
+            "retry_back_off (gofe's is Envoy's default: 25ms base, 250ms max)",
+            !default_backoff,
+        )
+        .set("rate_limited_retry_back_off", rate_limited_retry_back_off)
+        .set("retriable_headers", retriable_headers)
+        .set("retriable_request_headers", retriable_request_headers)
+        .set("refresh_cluster_on_retry", refresh_cluster_on_retry)
+        .finish()?;
+    let tokens: Vec<&str> = retry_on
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect();
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    if let Some(t) = tokens
+        .iter()
+        .find(|t| !matches!(**t, "5xx" | "gateway-error" | "connect-failure" | "reset"))
+    {
+        return Err(invalid(
+            res,
+            &join(base, "retry_on"),
+            format!(
+                "{t:?} not supported by gofe (supported: 5xx, gateway-error, connect-failure, reset)"
+            ),
+        ));
+    }
+    Ok(Some(RetryPolicyConfig {
+        retry_on: if retry_on.split(',').any(|t| t.trim().is_empty()) {
+            tokens.join(",")
+        } else {
+            retry_on.clone()
+        },
+        num_retries: num_retries.map_or(1, |n| n.value),
+        per_try_timeout: per_try_timeout
+            .as_ref()
+            .map(|d| duration_from_pb(d, res, &join(base, "per_try_timeout")))
+            .transpose()?,
+    }))
+}
+
+/// The buffer filter's setting in a `typed_per_filter_config` map. A configuration for a filter
+/// gofe does not have is refused unless it is marked optional (a `FilterConfig` with
+/// `is_optional`).
+fn buffer_setting(
+    map: &HashMap<String, Any>,
+    res: &str,
+    base: &str,
+) -> Result<Option<BufferSetting>, ConvertError> {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    let mut out = None;
+    for key in keys {
+        let any = &map[key];
+        let field = join(base, &format!("typed_per_filter_config[{key:?}]"));
+        let wrapper = (any.type_url == route::FilterConfig::type_url())
+            .then(|| from_any::<route::FilterConfig>(any))
+            .transpose()?;
+        if key != BUFFER_FILTER_NAME {
+            if wrapper.is_some_and(|w| w.is_optional) {
+                continue;
+            }
+            return Err(invalid(
+                res,
+                &field,
+                "a per-route configuration for an HTTP filter gofe does not have (only the \
+                 buffer filter's; mark others is_optional)",
+            ));
+        }
+        let per_route = match &wrapper {
+            Some(w) if w.disabled => {
+                out = Some(BufferSetting::Disabled);
+                continue;
+            }
+            Some(w) => w.config.as_ref().ok_or_else(|| {
+                invalid(
+                    res,
+                    &join(&field, "config"),
+                    "enabling the buffer filter needs a BufferPerRoute with its limit",
+                )
+            })?,
+            None => any,
+        };
+        let per_route: buffer::BufferPerRoute = from_any(per_route)?;
+        out = Some(match per_route.r#override {
+            Some(buffer::buffer_per_route::Override::Disabled(true)) => BufferSetting::Disabled,
+            Some(buffer::buffer_per_route::Override::Buffer(b)) => match b.max_request_bytes {
+                Some(UInt32Value { value }) if value > 0 => BufferSetting::Limit(value.into()),
+                _ => {
+                    return Err(invalid(
+                        res,
+                        &join(&field, "buffer.max_request_bytes"),
+                        "needs a value of at least 1",
+                    ))
+                }
+            },
+            _ => {
+                return Err(invalid(
+                    res,
+                    &field,
+                    "needs disabled: true or a buffer with max_request_bytes",
+                ))
+            }
+        });
+    }
+    Ok(out)
+}
+
+// The deprecated `*_match` forms are still valid Envoy v3 and are accepted.
+#[allow(deprecated)]
+fn header_from_wire(h: &route::HeaderMatcher) -> Result<HeaderMatcherConfig, String> {
+    use matcher::string_matcher::MatchPattern;
+    use route::header_matcher::HeaderMatchSpecifier as H;
+    let route::HeaderMatcher {
+        name,
+        invert_match,
+        treat_missing_header_as_empty,
+        header_match_specifier,
+    } = h;
+    if name.starts_with(':') {
+        return Err(format!(
+            "pseudo-header {name:?} matching is not supported by gofe"
+        ));
+    }
+    if *treat_missing_header_as_empty {
+        return Err("treat_missing_header_as_empty is not supported by gofe".into());
+    }
+    let mut sm = StringMatchConfig::default();
+    let mut present_match = None;
+    match header_match_specifier {
+        Some(H::ExactMatch(v)) => sm.exact = Some(v.clone()),
+        Some(H::PrefixMatch(v)) => sm.prefix = Some(v.clone()),
+        Some(H::SuffixMatch(v)) => sm.suffix = Some(v.clone()),
+        Some(H::ContainsMatch(v)) => sm.contains = Some(v.clone()),
+        Some(H::PresentMatch(p)) => present_match = Some(*p),
+        Some(H::StringMatch(m)) => {
+            if m.ignore_case {
+                return Err("string_match.ignore_case is not supported by gofe".into());
+            }
+            match &m.match_pattern {
+                Some(MatchPattern::Exact(v)) => sm.exact = Some(v.clone()),
+                Some(MatchPattern::Prefix(v)) => sm.prefix = Some(v.clone()),
+                Some(MatchPattern::Suffix(v)) => sm.suffix = Some(v.clone()),
+                Some(MatchPattern::Contains(v)) => sm.contains = Some(v.clone()),
+                _ => return Err(
+                    "only exact, prefix, suffix and contains string matches are supported by gofe"
+                        .into(),
+                ),
+            }
+        }
+        // Envoy: no specifier means "present".
+        None => present_match = Some(true),
+        Some(_) => return Err("regex and range header matches are not supported by gofe".into()),
+    }
+    Ok(HeaderMatcherConfig {
+        name: name.clone(),
+        string_match: present_match.is_none().then_some(sm),
+        present_match,
+        invert_match: *invert_match,
+    })
+}

@@ -1,0 +1,446 @@
+//! Every field of the proxy's configuration survives the trip through Envoy's messages, and what
+//! cannot make the trip is refused by name.
+
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+use gofe_model::{CircuitBreakersConfig, OutlierDetectionConfig, RetryBudgetConfig, TlsConfig};
+
+use super::*;
+
+fn duration() -> impl Strategy<Value = Duration> {
+    (0..=MAX_PB_SECONDS, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n))
+}
+
+fn positive_duration() -> impl Strategy<Value = Duration> {
+    duration().prop_filter("longer than 0s", |d| !d.is_zero())
+}
+
+fn health() -> impl Strategy<Value = HealthStatus> {
+    prop::sample::select(vec![
+        HealthStatus::Healthy,
+        HealthStatus::Unhealthy,
+        HealthStatus::Draining,
+    ])
+}
+
+/// Endpoint `i` of a cluster: an IPv4, IPv6 or DNS address (unique by `i`), any weight
+/// (0 included) and health.
+fn endpoints() -> impl Strategy<Value = Vec<EndpointConfig>> {
+    vec((0u8..3, 1u16..=65535, any::<u32>(), health()), 0..4).prop_map(|eps| {
+        eps.into_iter()
+            .enumerate()
+            .map(|(i, (kind, port, weight, health_status))| EndpointConfig {
+                address: match kind {
+                    0 => format!("10.0.{}.{}:{port}", i / 256, i % 256),
+                    1 => format!("[fd00::{:x}]:{port}", i + 1),
+                    _ => format!("host-{i}.svc:{port}"),
+                },
+                weight,
+                health_status,
+            })
+            .collect()
+    })
+}
+
+fn outlier_detection() -> impl Strategy<Value = OutlierDetectionConfig> {
+    (
+        (any::<u32>(), any::<u32>(), positive_duration()),
+        (positive_duration(), positive_duration(), 0u32..=100),
+        (any::<u32>(), any::<u32>(), any::<u32>()),
+    )
+        .prop_map(
+            |((c5, cg, interval), (base, max, pct), (fpt, fpv, trials))| OutlierDetectionConfig {
+                consecutive_5xx: c5,
+                consecutive_gateway_failure: cg,
+                interval,
+                base_ejection_time: base,
+                max_ejection_time: max,
+                max_ejection_percent: pct,
+                failure_percentage_threshold: fpt,
+                failure_percentage_request_volume: fpv,
+                half_open_trial_requests: trials,
+            },
+        )
+}
+
+fn circuit_breakers() -> impl Strategy<Value = CircuitBreakersConfig> {
+    (
+        (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()),
+        prop::option::of((0.0f64..=100.0, any::<u32>())),
+    )
+        .prop_map(|((c, p, r, rt), budget)| CircuitBreakersConfig {
+            max_connections: c,
+            max_pending_requests: p,
+            max_requests: r,
+            max_retries: rt,
+            retry_budget: budget.map(
+                |(budget_percent, min_retry_concurrency)| RetryBudgetConfig {
+                    budget_percent,
+                    min_retry_concurrency,
+                },
+            ),
+        })
+}
+
+fn cluster(i: usize) -> impl Strategy<Value = ClusterConfig> {
+    (
+        (
+            prop::sample::select(vec![LbPolicy::RoundRobin, LbPolicy::LeastRequest]),
+            positive_duration(),
+            any::<bool>(),
+            endpoints(),
+        ),
+        (
+            circuit_breakers(),
+            prop::option::of(outlier_detection()),
+            0u32..=100,
+            positive_duration(),
+        ),
+    )
+        .prop_map(
+            move |((lb_policy, connect_timeout, http2, endpoints), (cb, od, panic, idle))| {
+                ClusterConfig {
+                    name: format!("c{i}"),
+                    lb_policy,
+                    connect_timeout,
+                    http2_protocol_options: http2.then(Http2ProtocolOptions::default),
+                    endpoints,
+                    circuit_breakers: cb,
+                    outlier_detection: od,
+                    healthy_panic_threshold: panic,
+                    idle_timeout: idle,
+                }
+            },
+        )
+}
+
+/// Domains of virtual host `hi`, unique across a router by their index, in every Envoy form.
+fn domains(hi: usize) -> impl Strategy<Value = Vec<String>> {
+    (vec(0u8..6, 1..4), any::<bool>()).prop_map(move |(kinds, catch_all)| {
+        let mut out: Vec<String> = kinds
+            .into_iter()
+            .enumerate()
+            .map(|(di, k)| match k {
+                0 => format!("h{hi}-{di}.example.com"),
+                1 => format!("svc{hi}{di}:9080"),
+                2 => format!("*.s{hi}{di}.example"),
+                3 => format!("p{hi}{di}.*"),
+                4 => format!("db.{hi}{di}.*:8080"),
+                _ => format!("*.m{hi}{di}:15001"),
+            })
+            .collect();
+        if hi == 0 && catch_all {
+            out.push("*".into());
+        }
+        out
+    })
+}
+
+fn header() -> impl Strategy<Value = HeaderMatcherConfig> {
+    (
+        prop::sample::select(vec!["x-a", "x-canary", "user-agent"]),
+        0u8..6,
+        "[a-z0-9]{0,5}",
+        any::<bool>(),
+    )
+        .prop_map(|(name, kind, v, invert)| {
+            let mut sm = StringMatchConfig::default();
+            let mut present = None;
+            match kind {
+                0 => sm.exact = Some(v),
+                1 => sm.prefix = Some(v),
+                2 => sm.suffix = Some(v),
+                3 => sm.contains = Some(v),
+                4 => present = Some(true),
+                _ => present = Some(false),
+            }
+            HeaderMatcherConfig {
+                name: name.into(),
+                string_match: present.is_none().then_some(sm),
+                present_match: present,
+                invert_match: invert,
+            }
+        })
+}
+
+fn retry_policy() -> impl Strategy<Value = RetryPolicyConfig> {
+    (
+        prop::sample::subsequence(
+            vec!["5xx", "gateway-error", "connect-failure", "reset"],
+            1..=4,
+        ),
+        any::<u32>(),
+        prop::option::of(duration()),
+    )
+        .prop_map(|(on, num_retries, per_try_timeout)| RetryPolicyConfig {
+            retry_on: on.join(","),
+            num_retries,
+            per_try_timeout,
+        })
+}
+
+fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
+    (
+        (any::<bool>(), "/[a-z0-9/]{0,8}", vec(header(), 0..3)),
+        (
+            prop::option::of(vec((0..clusters, any::<u32>()), 1..4)),
+            0..clusters,
+            duration(),
+            prop::option::of(retry_policy()),
+            prop::option::of(1..=u64::from(u32::MAX)),
+        ),
+    )
+        .prop_map(
+            |((prefix, path, headers), (weighted, cluster, timeout, retry, limit))| {
+                let matcher = RouteMatchConfig {
+                    prefix: prefix.then(|| path.clone()),
+                    path: (!prefix).then_some(path),
+                    headers,
+                };
+                let weighted_clusters = weighted.map(|ws| {
+                    let mut seen = HashSet::new();
+                    let mut clusters: Vec<ClusterWeightConfig> = ws
+                        .into_iter()
+                        .filter(|(i, _)| seen.insert(*i))
+                        .map(|(i, weight)| ClusterWeightConfig {
+                            name: format!("c{i}"),
+                            weight,
+                        })
+                        .collect();
+                    if clusters.iter().all(|c| c.weight == 0) {
+                        clusters[0].weight = 1;
+                    }
+                    WeightedClustersConfig { clusters }
+                });
+                RouteConfig {
+                    matcher,
+                    route: RouteActionConfig {
+                        cluster: weighted_clusters.is_none().then(|| format!("c{cluster}")),
+                        weighted_clusters,
+                        timeout,
+                        retry_policy: retry,
+                        max_request_bytes: limit,
+                    },
+                }
+            },
+        )
+}
+
+fn router(clusters: usize) -> impl Strategy<Value = RouterConfig> {
+    vec(vec(route(clusters), 0..3), 1..4).prop_flat_map(|hosts| {
+        let n = hosts.len();
+        (Just(hosts), (0..n).map(domains).collect::<Vec<_>>()).prop_map(|(hosts, domains)| {
+            RouterConfig {
+                virtual_hosts: hosts
+                    .into_iter()
+                    .zip(domains)
+                    .enumerate()
+                    .map(|(hi, (routes, domains))| VirtualHostConfig {
+                        name: format!("vh{hi}"),
+                        domains,
+                        routes,
+                    })
+                    .collect(),
+            }
+        })
+    })
+}
+
+fn listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerConfig> {
+    (
+        (
+            any::<u16>(),
+            any::<bool>(),
+            prop::option::of(("[a-z/]{1,12}", "[a-z/]{1,12}")),
+            prop::option::of(1..=u32::MAX),
+        ),
+        (1..=8192u32, duration(), duration(), router(clusters)),
+    )
+        .prop_map(
+            move |((port, named, tls, max_connections), (kb, headers, idle, router))| {
+                ListenerConfig {
+                    name: named.then(|| format!("l{li}")),
+                    address: format!("127.0.0.{}:{port}", li + 1),
+                    protocol: "http".into(),
+                    tls: tls.map(|(certificate_chain, private_key)| TlsConfig {
+                        certificate_chain,
+                        private_key,
+                    }),
+                    filters: vec![FilterConfig {
+                        kind: "router".into(),
+                        config: router,
+                    }],
+                    max_connections,
+                    max_request_headers_kb: kb,
+                    request_headers_timeout: headers,
+                    idle_timeout: idle,
+                }
+            },
+        )
+}
+
+fn proxy_config() -> impl Strategy<Value = ProxyConfig> {
+    (1usize..4, 0usize..3).prop_flat_map(|(nc, nl)| {
+        (
+            (0..nc).map(cluster).collect::<Vec<_>>(),
+            (0..nl).map(|li| listener(li, nc)).collect::<Vec<_>>(),
+        )
+            .prop_map(|(clusters, listeners)| ProxyConfig {
+                listeners,
+                clusters,
+                admin: None,
+            })
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// What the proxy applies from xDS is exactly what the controller published.
+    #[test]
+    fn every_valid_config_round_trips_through_xds(config in proxy_config()) {
+        let problems = gofe_model::validate(&config);
+        prop_assert!(problems.is_empty(), "the generator made an invalid config: {problems:?}");
+        let back = from_xds(&to_xds(&config));
+        prop_assert_eq!(canonical(back), canonical(config));
+    }
+}
+
+#[test]
+fn weight_zero_is_drained_for_envoy_and_exact_for_gofe() {
+    for health in [
+        HealthStatus::Healthy,
+        HealthStatus::Draining,
+        HealthStatus::Unhealthy,
+    ] {
+        let e = EndpointsResource {
+            cluster_name: "c".into(),
+            endpoints: vec![EndpointConfig {
+                address: "10.0.0.1:80".into(),
+                weight: 0,
+                health_status: health,
+            }],
+        };
+        let wire = endpoints_to_wire(&e);
+        let lb = &wire.endpoints[0].lb_endpoints[0];
+        // What an Envoy client sees: the smallest weight it accepts, and no new traffic.
+        assert_eq!(lb.load_balancing_weight, u32w(1));
+        let envoy_health = if health == HealthStatus::Unhealthy {
+            core::HealthStatus::Unhealthy
+        } else {
+            core::HealthStatus::Draining
+        };
+        assert_eq!(lb.health_status, envoy_health as i32, "{health:?}");
+        assert_eq!(
+            wire.endpoints[0].load_balancing_weight, None,
+            "gRPC: no share"
+        );
+        // What gofe reads back: exactly what was sent.
+        let back = endpoints_from_wire(&wire).unwrap();
+        assert_eq!(back.endpoints, e.endpoints);
+    }
+}
+
+#[test]
+fn values_without_an_envoy_form_are_refused_by_path() {
+    type Mutation = Box<dyn Fn(&mut ProxyConfig)>;
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "listeners[0].max_connections",
+            Box::new(|c| c.listeners[0].max_connections = Some(0)),
+        ),
+        (
+            "listeners[0].max_request_headers_kb",
+            Box::new(|c| c.listeners[0].max_request_headers_kb = 0),
+        ),
+        (
+            "listeners[0].max_request_headers_kb",
+            Box::new(|c| c.listeners[0].max_request_headers_kb = 8193),
+        ),
+        (
+            "listeners[0].filters[0].config.virtual_hosts[0].routes[1].route.max_request_bytes",
+            Box::new(|c| {
+                c.listeners[0].filters[0].config.virtual_hosts[0].routes[1]
+                    .route
+                    .max_request_bytes = Some(0)
+            }),
+        ),
+        (
+            "listeners[0].filters[0].config.virtual_hosts[0].routes[1].route.max_request_bytes",
+            Box::new(|c| {
+                c.listeners[0].filters[0].config.virtual_hosts[0].routes[1]
+                    .route
+                    .max_request_bytes = Some(1 << 32)
+            }),
+        ),
+        (
+            "listeners[0].filters[0].config.virtual_hosts[0].routes[0].route.timeout",
+            Box::new(|c| {
+                c.listeners[0].filters[0].config.virtual_hosts[0].routes[0]
+                    .route
+                    .timeout = Duration::from_secs(u64::MAX)
+            }),
+        ),
+        (
+            "clusters[1].idle_timeout",
+            Box::new(|c| c.clusters[1].idle_timeout = Duration::ZERO),
+        ),
+        (
+            "clusters[0].connect_timeout",
+            Box::new(|c| c.clusters[0].connect_timeout = Duration::ZERO),
+        ),
+        (
+            "clusters[0].outlier_detection.base_ejection_time",
+            Box::new(|c| {
+                c.clusters[0].outlier_detection = Some(OutlierDetectionConfig {
+                    base_ejection_time: Duration::ZERO,
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "listeners[1].name",
+            Box::new(|c| {
+                // Unnamed, listener 0's resource name is its address: taken by listener 1.
+                c.listeners[0].name = None;
+                let mut l = c.listeners[0].clone();
+                l.name = Some("127.0.0.1:8080".into());
+                l.address = "127.0.0.1:8081".into();
+                c.listeners.push(l);
+            }),
+        ),
+    ];
+    for (field, mutate) in cases {
+        let mut c = sample();
+        mutate(&mut c);
+        assert!(
+            gofe_model::validate(&c).is_empty(),
+            "{field}: valid for the proxy"
+        );
+        match from_proxy_config(&c) {
+            Err(ConvertError::Unpublishable { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_admin_listener_is_a_reported_omission() {
+    let mut c = sample();
+    c.admin = Some(gofe_model::AdminConfig {
+        address: "127.0.0.1:9901".into(),
+    });
+    let published = from_proxy_config(&c).expect("admin does not stop publication");
+    assert!(unpublishable(&sample()).is_empty());
+    let notes = unpublishable(&c);
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].field, "admin");
+    assert!(notes[0].message.contains("bootstrap"), "{}", notes[0]);
+    // Nothing of it is in the resources.
+    c.admin = None;
+    assert_eq!(
+        canonical(from_xds(&to_xds(&c))),
+        canonical(assemble(&ProxyConfig::default(), &published))
+    );
+}

@@ -1,0 +1,1057 @@
+//! Envoy's semantics over xDS: what gofe reads from messages other control planes write, what it
+//! refuses by name, and which defaults it takes.
+
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget;
+use envoy_types::pb::envoy::r#type::v3::Percent;
+
+use super::*;
+
+fn route_action(rc: &mut route::RouteConfiguration) -> &mut route::RouteAction {
+    action_mut(&mut rc.virtual_hosts[0].routes[0])
+}
+
+fn any_of<M: Message + Name>(m: &M) -> Any {
+    to_any(m)
+}
+
+/// A RouteConfiguration naming `clusters`, one route each.
+fn routes_naming(name: &str, clusters: &[&str]) -> route::RouteConfiguration {
+    route::RouteConfiguration {
+        name: name.into(),
+        virtual_hosts: vec![route::VirtualHost {
+            name: "all".into(),
+            domains: vec!["*".into()],
+            routes: clusters
+                .iter()
+                .map(|c| route::Route {
+                    r#match: Some(route::RouteMatch {
+                        path_specifier: Some(route::route_match::PathSpecifier::Prefix(format!(
+                            "/{c}"
+                        ))),
+                        ..Default::default()
+                    }),
+                    action: Some(route::route::Action::Route(route::RouteAction {
+                        cluster_specifier: Some(route::route_action::ClusterSpecifier::Cluster(
+                            (*c).into(),
+                        )),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+#[test]
+fn retry_policy_is_read_with_envoy_defaults() {
+    let (_, _, mut rc, _) = sample_wire();
+    route_action(&mut rc).retry_policy = Some(route::RetryPolicy {
+        retry_on: "5xx, reset".into(),
+        per_try_timeout: Some(PbDuration {
+            seconds: 0,
+            nanos: 300_000_000,
+        }),
+        retry_back_off: Some(route::retry_policy::RetryBackOff {
+            base_interval: Some(PbDuration {
+                seconds: 0,
+                nanos: 25_000_000,
+            }),
+            max_interval: None,
+        }),
+        host_selection_retry_max_attempts: 3,
+        ..Default::default()
+    });
+    let r = route_from_wire(&rc).unwrap();
+    let p = r.router.virtual_hosts[0].routes[0]
+        .route
+        .retry_policy
+        .clone()
+        .unwrap();
+    assert_eq!(p.retry_on, "5xx, reset");
+    assert_eq!(p.num_retries, 1, "Envoy's default");
+    assert_eq!(p.per_try_timeout, Some(Duration::from_millis(300)));
+
+    // gofe's own form carries a previous-hosts predicate and reads back.
+    let mut c = sample();
+    c.listeners[0].filters[0].config.virtual_hosts[0].routes[0]
+        .route
+        .retry_policy = Some(p.clone());
+    let back = route_to_wire(&from_proxy_config(&c).unwrap().routes["public"]).unwrap();
+    let wire = action_of(&back.virtual_hosts[0].routes[0])
+        .retry_policy
+        .clone()
+        .unwrap();
+    assert_eq!(wire.retry_host_predicate[0].name, PREVIOUS_HOSTS_PREDICATE);
+    assert_eq!(wire.num_retries, u32w(1));
+
+    // An empty retry_on retries nothing: no policy.
+    route_action(&mut rc).retry_policy = Some(route::RetryPolicy::default());
+    let r = route_from_wire(&rc).unwrap();
+    assert!(r.router.virtual_hosts[0].routes[0]
+        .route
+        .retry_policy
+        .is_none());
+}
+
+#[test]
+fn a_virtual_hosts_retry_policy_applies_to_its_routes_without_one() {
+    let (_, _, mut rc, _) = sample_wire();
+    rc.virtual_hosts[0].retry_policy = Some(route::RetryPolicy {
+        retry_on: "gateway-error".into(),
+        num_retries: u32w(4),
+        ..Default::default()
+    });
+    route_action(&mut rc).retry_policy = Some(route::RetryPolicy {
+        retry_on: "reset".into(),
+        ..Default::default()
+    });
+    let r = route_from_wire(&rc).unwrap();
+    let routes = &r.router.virtual_hosts[0].routes;
+    let own = routes[0].route.retry_policy.as_ref().unwrap();
+    assert_eq!((own.retry_on.as_str(), own.num_retries), ("reset", 1));
+    let inherited = routes[1].route.retry_policy.as_ref().unwrap();
+    assert_eq!(
+        (inherited.retry_on.as_str(), inherited.num_retries),
+        ("gateway-error", 4)
+    );
+}
+
+#[test]
+fn unsupported_retry_fields_are_refused_by_name() {
+    let cases: Vec<(&str, route::RetryPolicy)> = vec![
+        (
+            "retry_on: \"retriable-4xx\" not supported by gofe",
+            route::RetryPolicy {
+                retry_on: "5xx,retriable-4xx".into(),
+                ..Default::default()
+            },
+        ),
+        (
+            "retry_policy.retriable_status_codes: not supported by gofe",
+            route::RetryPolicy {
+                retry_on: "5xx".into(),
+                retriable_status_codes: vec![409],
+                ..Default::default()
+            },
+        ),
+        (
+            "retry_policy.per_try_idle_timeout: not supported by gofe",
+            route::RetryPolicy {
+                retry_on: "5xx".into(),
+                per_try_idle_timeout: secs(1),
+                ..Default::default()
+            },
+        ),
+        (
+            "retry_policy.retry_back_off",
+            route::RetryPolicy {
+                retry_on: "5xx".into(),
+                retry_back_off: Some(route::retry_policy::RetryBackOff {
+                    base_interval: secs(1),
+                    max_interval: None,
+                }),
+                ..Default::default()
+            },
+        ),
+        (
+            "retry_policy.retry_host_predicate",
+            route::RetryPolicy {
+                retry_on: "5xx".into(),
+                retry_host_predicate: vec![route::retry_policy::RetryHostPredicate {
+                    name: "envoy.retry_host_predicates.omit_canary_hosts".into(),
+                    config_type: None,
+                }],
+                ..Default::default()
+            },
+        ),
+    ];
+    for (want, policy) in cases {
+        let (_, _, mut rc, _) = sample_wire();
+        route_action(&mut rc).retry_policy = Some(policy);
+        let e = err(route_from_wire(&rc));
+        assert!(
+            e.starts_with("RouteConfiguration \"public\": virtual_hosts[0].routes[0].route."),
+            "{e}"
+        );
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
+
+#[test]
+fn retry_budget_is_read_and_its_interval_refused() {
+    let (_, _, _, mut c) = sample_wire();
+    c.circuit_breakers = Some(cluster::CircuitBreakers {
+        thresholds: vec![
+            cluster::circuit_breakers::Thresholds {
+                max_retries: u32w(7),
+                retry_budget: Some(RetryBudget {
+                    budget_percent: Some(Percent { value: 12.5 }),
+                    min_retry_concurrency: None,
+                    budget_interval: None,
+                }),
+                ..Default::default()
+            },
+            // HIGH priority: no gofe route can use it, so it is accepted and unused.
+            cluster::circuit_breakers::Thresholds {
+                priority: core::RoutingPriority::High as i32,
+                max_requests: u32w(1),
+                ..Default::default()
+            },
+        ],
+        ..Default::default()
+    });
+    let r = cluster_from_wire(&c).unwrap();
+    let cb = &r.config.circuit_breakers;
+    assert_eq!(cb.max_retries, 7);
+    assert_eq!(
+        cb.max_requests, 1024,
+        "the HIGH threshold is not the default's"
+    );
+    let budget = cb.retry_budget.as_ref().unwrap();
+    assert_eq!(budget.budget_percent, 12.5);
+    assert_eq!(budget.min_retry_concurrency, 3, "Envoy's default");
+
+    let t = &mut c.circuit_breakers.as_mut().unwrap().thresholds[0];
+    t.retry_budget.as_mut().unwrap().budget_interval = secs(1);
+    let e = err(cluster_from_wire(&c));
+    assert!(
+        e.contains("circuit_breakers.thresholds[0].retry_budget.budget_interval: not supported"),
+        "{e}"
+    );
+}
+
+#[test]
+fn domains_with_ports_are_accepted_and_bad_ones_named_by_envoy_path() {
+    let (_, _, mut rc, _) = sample_wire();
+    rc.virtual_hosts[0].domains = vec![
+        "svc:9080".into(),
+        "db.ingress.*:8080".into(),
+        "*.mesh:15001".into(),
+        "a*b".into(),
+    ];
+    let r = route_from_wire(&rc).unwrap();
+    assert_eq!(r.router.virtual_hosts[0].domains.len(), 4);
+
+    rc.virtual_hosts[0].domains = vec!["api.example.com".into(), "exa mple.com".into()];
+    let e = err(route_from_wire(&rc));
+    assert!(
+        e.starts_with("RouteConfiguration \"public\": virtual_hosts[0].domains[1]: invalid domain"),
+        "{e}"
+    );
+    // Inside a listener's inline route configuration, the path says so.
+    let (_, mut l, _, _) = sample_wire();
+    rc.virtual_hosts[0].domains = vec!["*".into(), "*".into()];
+    set_hcm(&mut l, |m| {
+        m.route_specifier = Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+            rc.clone(),
+        ))
+    });
+    let e = err(listener_from_wire(&l));
+    assert!(
+        e.starts_with(
+            "Listener \"public\": filter_chains[0].filters[0].typed_config.route_config.\
+             virtual_hosts[0].domains[1]: domain \"*\" is already served"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_listener_whose_one_chain_is_the_default_chain_is_accepted() {
+    let (_, mut l, _, _) = sample_wire();
+    l.default_filter_chain = Some(l.filter_chains.remove(0));
+    let r = listener_from_wire(&l).unwrap();
+    assert!(matches!(&r.kind, ListenerKind::Socket { address, .. } if address == "127.0.0.1:8080"));
+    // Two chains are a choice gofe cannot make.
+    l.filter_chains
+        .push(l.default_filter_chain.clone().unwrap());
+    let e = err(listener_from_wire(&l));
+    assert!(e.contains("filter_chains: exactly one filter chain"), "{e}");
+}
+
+/// Each field gofe does not honour, set to a non-default value, is refused by its path.
+#[test]
+fn fields_gofe_does_not_honour_are_refused_by_name() {
+    use hcm::http_connection_manager::{PathWithEscapedSlashesAction, UpgradeConfig};
+    type Case = (&'static str, Box<dyn Fn(&mut Wire)>);
+    let header = || core::HeaderValueOption {
+        header: Some(core::HeaderValue {
+            key: "x-added".into(),
+            value: "1".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let cases: Vec<Case> = vec![
+        (
+            "virtual_hosts[0].routes[0].request_headers_to_add",
+            Box::new(move |w| {
+                w.rc.virtual_hosts[0].routes[0].request_headers_to_add = vec![header()]
+            }),
+        ),
+        (
+            "virtual_hosts[0].response_headers_to_add",
+            Box::new(move |w| w.rc.virtual_hosts[0].response_headers_to_add = vec![header()]),
+        ),
+        (
+            ": request_headers_to_add",
+            Box::new(move |w| w.rc.request_headers_to_add = vec![header()]),
+        ),
+        (
+            "virtual_hosts[0].routes[0].match.cookies",
+            Box::new(|w| {
+                w.rc.virtual_hosts[0].routes[0]
+                    .r#match
+                    .as_mut()
+                    .unwrap()
+                    .cookies = vec![route::CookieMatcher {
+                    name: "session".into(),
+                    ..Default::default()
+                }]
+            }),
+        ),
+        (
+            "virtual_hosts[0].routes[0].match.query_parameters",
+            Box::new(|w| {
+                w.rc.virtual_hosts[0].routes[0]
+                    .r#match
+                    .as_mut()
+                    .unwrap()
+                    .query_parameters = vec![Default::default()]
+            }),
+        ),
+        (
+            "virtual_hosts[0].routes[0].route.upgrade_configs",
+            Box::new(|w| {
+                route_action(&mut w.rc).upgrade_configs = vec![Default::default()];
+            }),
+        ),
+        (
+            "typed_config.normalize_path",
+            Box::new(|w| {
+                set_hcm(&mut w.l, |m| {
+                    m.normalize_path = Some(BoolValue { value: true })
+                })
+            }),
+        ),
+        (
+            "typed_config.merge_slashes",
+            Box::new(|w| set_hcm(&mut w.l, |m| m.merge_slashes = true)),
+        ),
+        (
+            "typed_config.path_with_escaped_slashes_action",
+            Box::new(|w| {
+                set_hcm(&mut w.l, |m| {
+                    m.path_with_escaped_slashes_action =
+                        PathWithEscapedSlashesAction::UnescapeAndRedirect as i32
+                })
+            }),
+        ),
+        (
+            "typed_config.common_http_protocol_options.headers_with_underscores_action",
+            Box::new(|w| {
+                set_hcm(&mut w.l, |m| {
+                    m.common_http_protocol_options
+                        .as_mut()
+                        .unwrap()
+                        .headers_with_underscores_action =
+                        core::http_protocol_options::HeadersWithUnderscoresAction::RejectRequest
+                            as i32
+                })
+            }),
+        ),
+        (
+            "typed_config.common_http_protocol_options.max_requests_per_connection",
+            Box::new(|w| {
+                set_hcm(&mut w.l, |m| {
+                    m.common_http_protocol_options
+                        .as_mut()
+                        .unwrap()
+                        .max_requests_per_connection = u32w(100)
+                })
+            }),
+        ),
+        (
+            "typed_config.upgrade_configs",
+            Box::new(|w| {
+                set_hcm(&mut w.l, |m| {
+                    m.upgrade_configs = vec![UpgradeConfig {
+                        upgrade_type: "websocket".into(),
+                        ..Default::default()
+                    }]
+                })
+            }),
+        ),
+        (
+            "typed_config.local_reply_config",
+            Box::new(|w| {
+                set_hcm(&mut w.l, |m| {
+                    m.local_reply_config = Some(Default::default())
+                })
+            }),
+        ),
+        (
+            "typed_config.stream_idle_timeout",
+            Box::new(|w| set_hcm(&mut w.l, |m| m.stream_idle_timeout = secs(300))),
+        ),
+        (
+            "Listener \"public\": bind_to_port",
+            Box::new(|w| w.l.bind_to_port = Some(BoolValue { value: false })),
+        ),
+        (
+            "common_lb_config.close_connections_on_host_set_change",
+            Box::new(|w| {
+                w.c.common_lb_config = Some(cluster::cluster::CommonLbConfig {
+                    close_connections_on_host_set_change: true,
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "common_lb_config.locality_config_specifier",
+            Box::new(|w| {
+                w.c.common_lb_config = Some(cluster::cluster::CommonLbConfig {
+                    locality_config_specifier: Some(
+                        cluster::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                            Default::default(),
+                        ),
+                    ),
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "common_lb_config.update_merge_window",
+            Box::new(|w| {
+                w.c.common_lb_config = Some(cluster::cluster::CommonLbConfig {
+                    update_merge_window: secs(5),
+                    ..Default::default()
+                })
+            }),
+        ),
+        (
+            "Cluster \"v1\": max_requests_per_connection",
+            Box::new(|w| {
+                #[allow(deprecated)]
+                {
+                    w.c.max_requests_per_connection = u32w(10);
+                }
+            }),
+        ),
+        (
+            "common_http_protocol_options.max_requests_per_connection",
+            Box::new(|w| {
+                let any =
+                    w.c.typed_extension_protocol_options
+                        .get_mut(HTTP_PROTOCOL_OPTIONS_KEY)
+                        .unwrap();
+                let mut o: upstream_http::HttpProtocolOptions = typed(any);
+                o.common_http_protocol_options
+                    .as_mut()
+                    .unwrap()
+                    .max_requests_per_connection = u32w(10);
+                *any = to_any(&o);
+            }),
+        ),
+        (
+            "health_checks",
+            Box::new(|w| w.c.health_checks = vec![Default::default()]),
+        ),
+        (
+            "lb_config",
+            Box::new(|w| {
+                w.c.lb_config = Some(cluster::cluster::LbConfig::LeastRequestLbConfig(
+                    Default::default(),
+                ))
+            }),
+        ),
+    ];
+    for (want, mutate) in cases {
+        let mut w = Wire::sample();
+        mutate(&mut w);
+        let e = w
+            .first_error()
+            .unwrap_or_else(|| panic!("{want}: accepted"));
+        assert!(e.contains(want), "{want}: {e}");
+        assert!(e.contains("not supported by gofe"), "{want}: {e}");
+    }
+}
+
+/// The sample's listener, routes and cluster in wire form, to mutate.
+struct Wire {
+    l: listener::Listener,
+    rc: route::RouteConfiguration,
+    c: cluster::Cluster,
+}
+
+impl Wire {
+    fn sample() -> Wire {
+        let (_, l, rc, c) = sample_wire();
+        Wire { l, rc, c }
+    }
+
+    fn first_error(&self) -> Option<String> {
+        listener_from_wire(&self.l)
+            .err()
+            .or_else(|| route_from_wire(&self.rc).err())
+            .or_else(|| cluster_from_wire(&self.c).err())
+            .map(|e| e.to_string())
+    }
+}
+
+#[test]
+fn default_values_written_out_are_accepted() {
+    use hcm::http_connection_manager::PathWithEscapedSlashesAction;
+    let mut w = Wire::sample();
+    set_hcm(&mut w.l, |m| {
+        m.normalize_path = Some(BoolValue { value: false });
+        m.merge_slashes = false;
+        m.path_with_escaped_slashes_action = PathWithEscapedSlashesAction::KeepUnchanged as i32;
+        m.generate_request_id = Some(BoolValue { value: true });
+        m.stream_idle_timeout = secs(0);
+        m.use_remote_address = Some(BoolValue { value: false });
+        m.strip_port_mode =
+            Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(false));
+    });
+    w.l.bind_to_port = Some(BoolValue { value: true });
+    w.rc.virtual_hosts[0].routes[0]
+        .r#match
+        .as_mut()
+        .unwrap()
+        .case_sensitive = Some(BoolValue { value: true });
+    w.c.common_lb_config = Some(cluster::cluster::CommonLbConfig {
+        healthy_panic_threshold: Some(Percent { value: 50.0 }),
+        update_merge_window: secs(1),
+        ..Default::default()
+    });
+    w.c.outlier_detection = Some(cluster::OutlierDetection {
+        enforcing_consecutive_5xx: u32w(100),
+        enforcing_failure_percentage: u32w(0),
+        split_external_local_origin_errors: false,
+        // Only used with split_external_local_origin_errors.
+        consecutive_local_origin_failure: u32w(3),
+        ..Default::default()
+    });
+    assert_eq!(w.first_error(), None);
+}
+
+#[test]
+fn outlier_detection_left_unset_takes_envoys_defaults() {
+    let (_, _, _, mut c) = sample_wire();
+    c.outlier_detection = Some(cluster::OutlierDetection::default());
+    let o = cluster_from_wire(&c)
+        .unwrap()
+        .config
+        .outlier_detection
+        .unwrap();
+    assert_eq!(o.base_ejection_time, Duration::from_secs(30));
+    assert_eq!(o.interval, Duration::from_secs(10));
+    assert_eq!(o.max_ejection_time, Duration::from_secs(300));
+    assert_eq!(o.max_ejection_percent, 10);
+    assert_eq!(o.consecutive_5xx, 5);
+    assert_eq!(
+        o.consecutive_gateway_failure, 0,
+        "enforcing_consecutive_gateway_failure defaults to 0"
+    );
+    assert!(
+        o.failure_percentage_threshold > 100,
+        "enforcing_failure_percentage defaults to 0: off"
+    );
+    assert_eq!(o.failure_percentage_request_volume, 50);
+    assert_eq!(o.half_open_trial_requests, 1);
+
+    // enforcing_* at 0 turns a rule off, at 100 on.
+    c.outlier_detection = Some(cluster::OutlierDetection {
+        enforcing_consecutive_5xx: u32w(0),
+        enforcing_consecutive_gateway_failure: u32w(100),
+        enforcing_failure_percentage: u32w(100),
+        failure_percentage_minimum_hosts: u32w(0),
+        ..Default::default()
+    });
+    let o = cluster_from_wire(&c)
+        .unwrap()
+        .config
+        .outlier_detection
+        .unwrap();
+    assert_eq!(o.consecutive_5xx, 0);
+    assert_eq!(o.consecutive_gateway_failure, 5);
+    assert_eq!(o.failure_percentage_threshold, 85);
+
+    let refused: Vec<(&str, cluster::OutlierDetection)> = vec![
+        (
+            "outlier_detection.enforcing_consecutive_5xx: 50 not supported by gofe",
+            cluster::OutlierDetection {
+                enforcing_consecutive_5xx: u32w(50),
+                ..Default::default()
+            },
+        ),
+        (
+            "outlier_detection.failure_percentage_minimum_hosts: 5 not supported",
+            cluster::OutlierDetection {
+                enforcing_failure_percentage: u32w(100),
+                ..Default::default()
+            },
+        ),
+        (
+            "outlier_detection.split_external_local_origin_errors: not supported",
+            cluster::OutlierDetection {
+                split_external_local_origin_errors: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "outlier_detection.enforcing_success_rate (success-rate ejection): not supported",
+            cluster::OutlierDetection {
+                enforcing_success_rate: u32w(100),
+                ..Default::default()
+            },
+        ),
+        (
+            "outlier_detection.interval: must be longer than 0s",
+            cluster::OutlierDetection {
+                interval: secs(0),
+                ..Default::default()
+            },
+        ),
+        (
+            "outlier_detection.max_ejection_percent: must be at most 100",
+            cluster::OutlierDetection {
+                max_ejection_percent: u32w(101),
+                ..Default::default()
+            },
+        ),
+    ];
+    for (want, o) in refused {
+        c.outlier_detection = Some(o);
+        let e = err(cluster_from_wire(&c));
+        assert!(e.contains(want), "{want}: {e}");
+    }
+}
+
+#[test]
+fn gofe_outlier_detection_is_written_for_envoy_to_eject_alike() {
+    let mut c = sample();
+    c.clusters[0].outlier_detection = Some(gofe_model::OutlierDetectionConfig {
+        consecutive_5xx: 0,
+        failure_percentage_threshold: 1000,
+        half_open_trial_requests: 3,
+        ..Default::default()
+    });
+    let r = from_proxy_config(&c).unwrap();
+    let wire = cluster_to_wire(&r.clusters["v1"]).unwrap();
+    let o = wire.outlier_detection.as_ref().unwrap();
+    assert_eq!(o.enforcing_consecutive_5xx, u32w(0));
+    assert_eq!(
+        o.enforcing_success_rate,
+        u32w(0),
+        "gofe has no success-rate rule"
+    );
+    assert_eq!(o.enforcing_failure_percentage, u32w(0));
+    assert_eq!(o.base_ejection_time, secs(5), "gofe's default, explicit");
+    assert_eq!(o.always_eject_one_host, Some(BoolValue { value: true }));
+    let back = cluster_from_wire(&wire).unwrap();
+    assert_eq!(back.config, r.clusters["v1"].config);
+}
+
+#[test]
+fn panic_threshold_and_idle_timeout_are_read() {
+    let (_, _, _, mut c) = sample_wire();
+    c.common_lb_config = Some(cluster::cluster::CommonLbConfig {
+        healthy_panic_threshold: Some(Percent { value: 0.0 }),
+        ..Default::default()
+    });
+    c.typed_extension_protocol_options.clear();
+    let r = cluster_from_wire(&c).unwrap();
+    assert_eq!(r.config.healthy_panic_threshold, 0);
+    assert_eq!(
+        r.config.idle_timeout,
+        Duration::from_secs(3600),
+        "Envoy's upstream default"
+    );
+    c.common_lb_config = Some(cluster::cluster::CommonLbConfig {
+        healthy_panic_threshold: Some(Percent { value: 33.3 }),
+        ..Default::default()
+    });
+    let e = err(cluster_from_wire(&c));
+    assert!(
+        e.contains("common_lb_config.healthy_panic_threshold: 33.3"),
+        "{e}"
+    );
+}
+
+#[test]
+fn eds_addresses_must_be_ip_addresses() {
+    for bad in ["999.999.999.999", "backend.svc"] {
+        let mut cla = golden_cla_v1();
+        cla.endpoints[0].lb_endpoints[0].host_identifier = Some(
+            endpoint::lb_endpoint::HostIdentifier::Endpoint(endpoint::Endpoint {
+                address: Some(socket_address(bad, 80)),
+                ..Default::default()
+            }),
+        );
+        let e = err(endpoints_from_wire(&cla));
+        assert!(
+            e.contains("endpoints[0].lb_endpoints[0].endpoint.address: invalid endpoint address"),
+            "{bad}: {e}"
+        );
+    }
+    // A DNS cluster resolves names.
+    let r = from_proxy_config(&sample()).unwrap();
+    let v2 = cluster_from_wire(&cluster_to_wire(&r.clusters["v2"]).unwrap()).unwrap();
+    assert_eq!(v2.config.endpoints[0].address, "backend.svc:9000");
+    // And a STATIC one does not.
+    let mut wire = cluster_to_wire(&r.clusters["v2"]).unwrap();
+    wire.cluster_discovery_type = Some(cluster::cluster::ClusterDiscoveryType::Type(
+        cluster::cluster::DiscoveryType::Static as i32,
+    ));
+    assert!(err(cluster_from_wire(&wire)).contains("load_assignment.endpoints[0]"));
+}
+
+#[test]
+fn other_refusals_name_resource_and_field() {
+    let (_, _, mut rc, mut c) = sample_wire();
+    c.lb_policy = cluster::cluster::LbPolicy::Maglev as i32;
+    assert!(err(cluster_from_wire(&c)).contains("Cluster \"v1\": lb_policy"));
+
+    let mut cla = golden_cla_v1();
+    cla.endpoints[0].lb_endpoints[0].load_balancing_weight = u32w(0);
+    let e = err(endpoints_from_wire(&cla));
+    assert!(
+        e.contains("load_balancing_weight: must be at least 1"),
+        "{e}"
+    );
+    let mut cla = golden_cla_v1();
+    cla.endpoints[0].lb_endpoints[0].health_status = core::HealthStatus::Degraded as i32;
+    assert!(err(endpoints_from_wire(&cla)).contains("health_status: DEGRADED"));
+    let mut cla = golden_cla_v1();
+    cla.endpoints[1].priority = 1;
+    assert!(err(endpoints_from_wire(&cla)).contains("endpoints[1].priority"));
+
+    rc.virtual_hosts[0].routes[0].action =
+        Some(route::route::Action::DirectResponse(Default::default()));
+    assert!(err(route_from_wire(&rc)).contains("virtual_hosts[0].routes[0]"));
+}
+
+#[test]
+fn max_request_bytes_travel_as_the_buffer_filters_per_route_config() {
+    let mut c = sample();
+    c.listeners[0].filters[0].config.virtual_hosts[0].routes[1]
+        .route
+        .max_request_bytes = Some(4096);
+    let r = from_proxy_config(&c).unwrap();
+    let rc = route_to_wire(&r.routes["public"]).unwrap();
+    let per_filter = &rc.virtual_hosts[0].routes[1].typed_per_filter_config;
+    let wrapper: route::FilterConfig = typed(&per_filter[BUFFER_FILTER_NAME]);
+    assert!(
+        !wrapper.disabled,
+        "enables the listener's disabled buffer filter"
+    );
+    let per_route: buffer::BufferPerRoute = typed(wrapper.config.as_ref().unwrap());
+    assert_eq!(
+        per_route.r#override,
+        Some(buffer::buffer_per_route::Override::Buffer(buffer::Buffer {
+            max_request_bytes: u32w(4096)
+        }))
+    );
+    assert!(rc.virtual_hosts[0].routes[0]
+        .typed_per_filter_config
+        .is_empty());
+
+    // Other control planes' forms: a bare BufferPerRoute on the virtual host, disabled on one
+    // route.
+    let mut rc = rc;
+    rc.virtual_hosts[0].routes[1]
+        .typed_per_filter_config
+        .clear();
+    rc.virtual_hosts[0].typed_per_filter_config.insert(
+        BUFFER_FILTER_NAME.into(),
+        any_of(&buffer::BufferPerRoute {
+            r#override: Some(buffer::buffer_per_route::Override::Buffer(buffer::Buffer {
+                max_request_bytes: u32w(100),
+            })),
+        }),
+    );
+    rc.virtual_hosts[0].routes[2]
+        .typed_per_filter_config
+        .insert(
+            BUFFER_FILTER_NAME.into(),
+            any_of(&buffer::BufferPerRoute {
+                r#override: Some(buffer::buffer_per_route::Override::Disabled(true)),
+            }),
+        );
+    let back = route_from_wire(&rc).unwrap();
+    let limits: Vec<Option<u64>> = back.router.virtual_hosts[0]
+        .routes
+        .iter()
+        .map(|r| r.route.max_request_bytes)
+        .collect();
+    assert_eq!(limits, [Some(100), Some(100), None]);
+
+    // A filter gofe does not have: refused, unless optional.
+    rc.virtual_hosts[0].routes[0]
+        .typed_per_filter_config
+        .insert(
+            "envoy.filters.http.cors".into(),
+            any_of(&route::FilterConfig::default()),
+        );
+    assert!(
+        err(route_from_wire(&rc)).contains("typed_per_filter_config[\"envoy.filters.http.cors\"]")
+    );
+    rc.virtual_hosts[0].routes[0]
+        .typed_per_filter_config
+        .insert(
+            "envoy.filters.http.cors".into(),
+            any_of(&route::FilterConfig {
+                is_optional: true,
+                ..Default::default()
+            }),
+        );
+    assert!(route_from_wire(&rc).is_ok());
+}
+
+#[test]
+fn without_the_buffer_filter_route_limits_do_nothing_as_in_envoy() {
+    let mut c = sample();
+    c.listeners[0].filters[0].config.virtual_hosts[0].routes[1]
+        .route
+        .max_request_bytes = Some(4096);
+    let mut xds = to_xds(&c);
+    let (_, listeners) = xds
+        .iter_mut()
+        .find(|(t, _)| *t == ResourceType::Listener)
+        .unwrap();
+    let original: listener::Listener = typed(&listeners[0]);
+    let mut l = original.clone();
+    set_hcm(&mut l, |m| {
+        m.http_filters.remove(0);
+    });
+    listeners[0] = to_any(&l);
+    let back = from_xds(&xds);
+    let route = &back.listeners[0].filters[0].config.virtual_hosts[0].routes[1];
+    assert_eq!(route.route.max_request_bytes, None);
+
+    // A buffer filter on for every route is refused: gofe's limits are per route.
+    set_hcm(&mut l, |m| {
+        m.http_filters.insert(
+            0,
+            hcm::HttpFilter {
+                name: BUFFER_FILTER_NAME.into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+                    &buffer::Buffer {
+                        max_request_bytes: u32w(10),
+                    },
+                ))),
+                ..Default::default()
+            },
+        )
+    });
+    assert!(err(listener_from_wire(&l)).contains("http_filters[0].disabled"));
+    // An HTTP filter gofe does not have: refused unless optional.
+    set_hcm(&mut l, |m| {
+        m.http_filters[0] = hcm::HttpFilter {
+            name: "envoy.filters.http.cors".into(),
+            ..Default::default()
+        }
+    });
+    assert!(err(listener_from_wire(&l)).contains("HTTP filter \"envoy.filters.http.cors\""));
+    set_hcm(&mut l, |m| m.http_filters[0].is_optional = true);
+    assert!(listener_from_wire(&l).is_ok());
+}
+
+#[test]
+fn listener_limits_and_tls_travel_in_envoys_fields() {
+    let mut c = sample();
+    let l = &mut c.listeners[0];
+    l.max_connections = Some(500);
+    l.tls = Some(gofe_model::TlsConfig {
+        certificate_chain: "/etc/gofe/cert.pem".into(),
+        private_key: "/etc/gofe/key.pem".into(),
+    });
+    let r = from_proxy_config(&c).unwrap();
+    let wire = listener_to_wire(&r.listeners["public"]).unwrap();
+    let chain = &wire.filter_chains[0];
+    assert_eq!(chain.filters[0].name, CONNECTION_LIMIT_FILTER_NAME);
+    let Some(listener::filter::ConfigType::TypedConfig(limit)) = &chain.filters[0].config_type
+    else {
+        panic!()
+    };
+    let limit: envoy_types::pb::envoy::extensions::filters::network::connection_limit::v3::ConnectionLimit =
+        typed(limit);
+    assert_eq!(limit.max_connections.unwrap().value, 500);
+    let ts = chain.transport_socket.as_ref().unwrap();
+    assert_eq!(ts.name, TLS_TRANSPORT_SOCKET_NAME);
+    let back = listener_from_wire(&wire).unwrap();
+    let ListenerKind::Socket { settings, .. } = &back.kind else {
+        panic!()
+    };
+    assert_eq!(settings.max_connections, Some(500));
+    assert_eq!(settings.tls, c.listeners[0].tls);
+
+    // A connection limit that delays the close is not gofe's.
+    let mut delayed = limit.clone();
+    delayed.delay = secs(1);
+    let mut w = wire.clone();
+    w.filter_chains[0].filters[0].config_type =
+        Some(listener::filter::ConfigType::TypedConfig(to_any(&delayed)));
+    assert!(err(listener_from_wire(&w)).contains("filters[0].typed_config.delay"));
+}
+
+#[test]
+fn request_headers_timeout_left_unset_is_envoys_none() {
+    let (_, mut l, _, _) = sample_wire();
+    set_hcm(&mut l, |m| {
+        m.request_headers_timeout = None;
+        m.max_request_headers_kb = None;
+        m.common_http_protocol_options = None;
+    });
+    let r = listener_from_wire(&l).unwrap();
+    let ListenerKind::Socket { settings, .. } = &r.kind else {
+        panic!()
+    };
+    assert_eq!(settings.request_headers_timeout, Duration::ZERO);
+    assert_eq!(settings.max_request_headers_kb, 60);
+    assert_eq!(settings.idle_timeout, Duration::from_secs(3600));
+}
+
+// === whole responses ===
+
+fn listener_named(name: &str, address: &str, routes: &str) -> Any {
+    let l = ListenerResource {
+        name: name.into(),
+        kind: ListenerKind::Socket {
+            address: address.into(),
+            settings: SocketSettings::default(),
+        },
+        routes: RouteSource::Rds(routes.into()),
+    };
+    to_any(&listener_to_wire(&l).unwrap())
+}
+
+#[test]
+fn one_bad_listener_does_not_sink_the_response() {
+    let base = ProxyConfig::default();
+    let held = Resources::default()
+        .accept_response(
+            ResourceType::Listener,
+            &[listener_named("b", "127.0.0.1:2", "r")],
+            &base,
+        )
+        .resources;
+    // "b" turns bad in the next response, "a" is new and good, "c" takes "a"'s address.
+    let mut bad: listener::Listener = typed(&listener_named("b", "127.0.0.1:3", "r"));
+    set_hcm(&mut bad, |m| {
+        m.normalize_path = Some(BoolValue { value: true })
+    });
+    let u = held.accept_response(
+        ResourceType::Listener,
+        &[
+            listener_named("a", "127.0.0.1:1", "r"),
+            to_any(&bad),
+            listener_named("c", "127.0.0.1:1", "r"),
+        ],
+        &base,
+    );
+    let names: Vec<&str> = u.resources.listeners.keys().map(String::as_str).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert!(
+        matches!(&u.resources.listeners["b"].kind, ListenerKind::Socket { address, .. } if address == "127.0.0.1:2"),
+        "b keeps its previous version"
+    );
+    let refused: Vec<String> = u.refused.iter().map(|e| e.to_string()).collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].starts_with("Listener \"b\": ") && refused[0].contains("normalize_path"));
+    assert!(
+        refused[1]
+            .starts_with("Listener \"c\": address: 127.0.0.1:1 is already bound by listener \"a\""),
+        "{}",
+        refused[1]
+    );
+    // LDS is state of the world: a later response without "b" removes it.
+    let u = u.resources.accept_response(
+        ResourceType::Listener,
+        &[listener_named("a", "127.0.0.1:1", "r")],
+        &base,
+    );
+    assert!(u.refused.is_empty());
+    assert_eq!(u.resources.listeners.len(), 1);
+}
+
+#[test]
+fn validate_clusters_refuses_routes_naming_unknown_clusters() {
+    let base = ProxyConfig::default();
+    let mut held = Resources::default();
+    held.clusters.insert(
+        "known".into(),
+        from_proxy_config(&sample()).unwrap().clusters["v1"].clone(),
+    );
+    let mut checked = routes_naming("checked", &["known", "missing"]);
+    checked.validate_clusters = Some(BoolValue { value: true });
+    let unchecked = routes_naming("unchecked", &["missing"]);
+    let u = held.accept_response(
+        ResourceType::Route,
+        &[to_any(&checked), to_any(&unchecked)],
+        &base,
+    );
+    assert_eq!(
+        u.resources.routes.len(),
+        1,
+        "without the flag Envoy accepts"
+    );
+    assert!(u.resources.routes.contains_key("unchecked"));
+    let e = u.refused[0].to_string();
+    assert!(
+        e.starts_with(
+            "RouteConfiguration \"checked\": virtual_hosts[0].routes[1].route.cluster: \
+             unknown cluster \"missing\""
+        ),
+        "{e}"
+    );
+    // Inline routes are validated unless they say otherwise (Envoy's default for them).
+    let (_, mut l, _, _) = sample_wire();
+    set_hcm(&mut l, |m| {
+        m.route_specifier = Some(hcm::http_connection_manager::RouteSpecifier::RouteConfig(
+            routes_naming("inline", &["missing"]),
+        ))
+    });
+    let u = held.accept_response(ResourceType::Listener, &[to_any(&l)], &base);
+    assert!(u.resources.listeners.is_empty());
+    assert!(u.refused[0].to_string().contains("filter_chains[0].filters[0].typed_config.route_config.virtual_hosts[0].routes[0].route.cluster"));
+}
+
+#[test]
+fn a_nested_message_that_does_not_decode_names_its_resource() {
+    let mut l: listener::Listener = typed(&listener_named("garbled", "127.0.0.1:1", "r"));
+    l.filter_chains[0].filters.last_mut().unwrap().config_type =
+        Some(listener::filter::ConfigType::TypedConfig(Any {
+            type_url: hcm::HttpConnectionManager::type_url(),
+            value: vec![0xff, 0xff, 0xff],
+        }));
+    let u = Resources::default().accept_response(
+        ResourceType::Listener,
+        &[to_any(&l)],
+        &ProxyConfig::default(),
+    );
+    let e = u.refused[0].to_string();
+    assert!(
+        e.starts_with("Listener \"garbled\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager: cannot decode"),
+        "{e}"
+    );
+    assert!(std::error::Error::source(&u.refused[0]).is_some());
+}
+
+#[test]
+fn a_response_naming_a_resource_twice_is_refused_for_the_second() {
+    let u = Resources::default().accept_response(
+        ResourceType::Listener,
+        &[
+            listener_named("a", "127.0.0.1:1", "r"),
+            listener_named("a", "127.0.0.1:2", "r"),
+        ],
+        &ProxyConfig::default(),
+    );
+    assert_eq!(u.resources.listeners.len(), 1);
+    assert!(u.refused[0].to_string().contains("twice"));
+}
