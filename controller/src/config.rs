@@ -535,6 +535,31 @@ fn check_url(v: &mut Validator, field: &str, url: &str) {
 
 pub use gofe_yaml::ConfigError;
 
+/// Refuses, with its file, line and field, a proxy configuration the controller could not
+/// publish over xDS without losing something (a value no Envoy field can carry), and logs
+/// what is deliberately not published (the admin listener, a bootstrap setting).
+pub fn check_publishable(path: &Path, proxy: &gofe_model::ProxyConfig) -> Result<(), ConfigError> {
+    for note in gofe_proto::convert::unpublishable(proxy) {
+        tracing::warn!(file = %path.display(), field = %note.field, "{}", note.message);
+    }
+    match gofe_proto::convert::from_proxy_config(proxy) {
+        Err(gofe_proto::convert::ConvertError::Unpublishable { field, message }) => {
+            let mut problems = vec![gofe_yaml::Problem {
+                line: None,
+                column: None,
+                field,
+                message: format!("cannot be published over xDS: {message}"),
+            }];
+            if let Ok(text) = std::fs::read_to_string(path) {
+                gofe_yaml::locate(&text, &mut problems);
+            }
+            Err(ConfigError::invalid(&path.display().to_string(), problems))
+        }
+        // Anything else is a bug in the conversion, reported when publishing.
+        _ => Ok(()),
+    }
+}
+
 /// A loaded configuration: the controller's settings and the proxy configuration it serves.
 #[derive(Clone, Debug)]
 pub struct Loaded {
@@ -559,6 +584,7 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         *state = dir.join(&*state).display().to_string();
     }
     let proxy = gofe_model::load(&proxy_path)?;
+    check_publishable(&proxy_path, &proxy)?;
     Ok(Loaded { controller, proxy })
 }
 
@@ -621,5 +647,29 @@ mod tests {
             lines[4].starts_with("c.yaml:8:19: admin.address: invalid socket address"),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn a_proxy_config_that_cannot_travel_over_xds_is_refused_with_its_line() {
+        let dir = std::env::temp_dir().join(format!("gofe-unpublishable-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("c.yaml"), "proxy_config: p.yaml\n").unwrap();
+        std::fs::write(
+            dir.join("p.yaml"),
+            "listeners:\n  - address: \"127.0.0.1:8080\"\n    max_connections: 0\n    filters:\n      - type: router\n        config: { virtual_hosts: [] }\n",
+        )
+        .unwrap();
+        let e = load(&dir.join("c.yaml")).unwrap_err().to_string();
+        assert!(
+            e.contains("p.yaml:3:22: listeners[0].max_connections: cannot be published over xDS"),
+            "{e}"
+        );
+        std::fs::write(
+            dir.join("p.yaml"),
+            "listeners:\n  - address: \"127.0.0.1:8080\"\n    filters:\n      - type: router\n        config: { virtual_hosts: [] }\n",
+        )
+        .unwrap();
+        assert!(load(&dir.join("c.yaml")).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

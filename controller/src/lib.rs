@@ -451,9 +451,6 @@ impl Controller {
             queries: RwLock::new(source.describe()),
             metrics: Metrics::new(),
         });
-        if loaded.proxy.admin.is_some() && matches!(publisher, Publisher::Xds(_)) {
-            tracing::warn!("proxy_config's admin is not published over xDS: a proxy's admin listener is its own bootstrap setting (static_resources.admin), as in Envoy");
-        }
         let state_file = loaded
             .controller
             .state_file
