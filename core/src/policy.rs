@@ -9,13 +9,17 @@
 //! One decision step:
 //!
 //! 1. **Freshness.** An endpoint whose signals are missing or older than `stale_after` is *held*:
-//!    it keeps its state and weight, and nothing is decided about it (stale data never ejects).
-//!    When no endpoint has fresh data the whole cluster is held (fail static), and after
-//!    `relax_after` without any fresh data it relaxes to the operator's base weights.
+//!    it keeps its state and weight, and nothing is decided about it (stale data never ejects);
+//!    a slow-start ramp stands still while it is held and resumes where it was. When no
+//!    endpoint has fresh data the whole cluster is held (fail static: no weight or state
+//!    advances), and after `relax_after` without any fresh data it relaxes to the operator's
+//!    base weights.
 //! 2. **Breakers.** Each endpoint is a [`Breaker`]: an ejection lasts `base_ejection_time ×
 //!    times ejected` (capped), then the endpoint is half-open with a small trial weight; a
-//!    passing trial closes it and starts a slow-start ramp back to full weight, a failing one
-//!    ejects it again for longer.
+//!    trial of at least `half_open_min_requests` passes only when its success rate is clear of
+//!    the ejection threshold with 95 % confidence ([`TRIAL_CONFIDENCE`]) and then starts a
+//!    slow-start ramp back to full weight, fails (ejecting again, for longer) when the trial
+//!    itself meets an ejection rule, and otherwise goes on.
 //! 3. **Outliers.** Envoy's success-rate rule (below `mean − factor × stdev` of the cluster,
 //!    with minimum hosts and request volume) and failure-percentage rule pick ejection
 //!    candidates, worst first, while at most `max_ejection_percent` of the cluster is out, the
@@ -90,7 +94,9 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::fmt::push_fixed;
-use crate::outlier::{max_ejectable, Breaker, BreakerState, EjectReason, EjectionTimes};
+use crate::outlier::{
+    max_ejectable, wilson_lower_bound, Breaker, BreakerState, EjectReason, EjectionTimes,
+};
 
 use self::latency::{window_fraction, Comparison, LatencyLoop};
 pub use self::latency::{
@@ -104,6 +110,20 @@ mod latency;
 /// than the cluster's (within the latency rule's dead band): a warm newcomer gets its full
 /// share in a third of `slow_start_window`; a cold (slower) one takes the whole window.
 pub const RAMP_SPEEDUP: f64 = 3.0;
+
+/// A half-open trial passes only when, with this one-sided confidence (1.645 standard
+/// deviations: 95 %), the endpoint's success rate is above the failure-percentage rule's by a
+/// tenth of its failure allowance ([`TRIAL_HYSTERESIS`]): the Wilson lower bound of the trial's
+/// success rate is at least `1 − 0.9 × failure_percentage_threshold` (and the success rate is
+/// not below the cluster's success-rate threshold). It fails when the trial itself would be
+/// ejected (failure ratio at or above the threshold, or success below the cluster's
+/// threshold). In between the endpoint stays half-open, at its trial weight, until the
+/// evidence decides. An endpoint failing exactly half its requests is never readmitted.
+pub const TRIAL_CONFIDENCE: f64 = 1.645;
+
+/// The hysteresis between ejection and readmission, as a fraction of the failure-percentage
+/// threshold: readmitted only below `(1 − 0.1) × threshold` failures (see [`TRIAL_CONFIDENCE`]).
+pub const TRIAL_HYSTERESIS: f64 = 0.1;
 
 /// Weights are published in hundredths of the base weight.
 pub const WEIGHT_SCALE: f64 = 100.0;
@@ -133,12 +153,14 @@ pub struct Policy {
     pub max_ejection_percent: u32,
     /// Trial weight of a half-open endpoint, in percent of its base weight (default 5).
     pub half_open_weight_percent: u32,
-    /// Requests a half-open endpoint must serve in a window before it is judged (default 5).
+    /// Requests a half-open endpoint must serve in a window before its trial is judged
+    /// (default 20, the failure-percentage rule's volume: a trial is judged on as much evidence
+    /// as an ejection). See [`TRIAL_CONFIDENCE`] for the rule.
     pub half_open_min_requests: f64,
     /// Time a recovered (or new) endpoint takes to ramp from its trial weight to full weight
     /// (Envoy's `slow_start_window`; default 30 s; 0 disables). With latency weighting the ramp
     /// runs [`RAMP_SPEEDUP`] times as fast while the endpoint is no slower than the others,
-    /// and stands still while it is slower or has no fresh signals.
+    /// and stands still while it is slower, has no fresh signals, or the cluster is held.
     pub slow_start_window: Duration,
     /// Weigh endpoints by their latency relative to the cluster (default on).
     pub latency_weighting: bool,
@@ -182,7 +204,7 @@ impl Default for Policy {
             max_ejection_time: Duration::from_secs(300),
             max_ejection_percent: 10,
             half_open_weight_percent: 5,
-            half_open_min_requests: 5.0,
+            half_open_min_requests: 20.0,
             slow_start_window: Duration::from_secs(30),
             latency_weighting: true,
             min_weight_percent: 10,
@@ -511,11 +533,39 @@ fn is_fresh(s: &Signals, now_ms: u64, stale_after_ms: u64) -> bool {
         && s.latency.is_finite()
 }
 
-/// A trial passes when it clears both outlier rules: the failure-percentage threshold and, when
-/// the cluster has success-rate statistics, their threshold.
-fn trial_passes(policy: &Policy, s: &Signals, sr: Option<(f64, f64, f64, usize)>) -> bool {
-    s.success_rate >= 1.0 - policy.failure_percentage_threshold
-        && sr.is_none_or(|(_, _, threshold, _)| s.success_rate >= threshold)
+/// The verdict on a half-open endpoint's trial.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Trial {
+    /// Confidently clear of both outlier rules: readmitted.
+    Passes,
+    /// The trial itself meets an ejection rule: ejected again.
+    Fails,
+    /// Neither yet: the trial's success rate's lower bound, and what it must reach.
+    Undecided { bound: f64, needed: f64 },
+}
+
+/// Judges a trial ([`TRIAL_CONFIDENCE`]): it fails on the ejection rules themselves (failure
+/// ratio at or above the failure-percentage threshold, or success below the cluster's
+/// success-rate threshold) and passes only with the Wilson lower bound of its success rate at
+/// least `1 − (1 − TRIAL_HYSTERESIS) × threshold`.
+fn judge_trial(policy: &Policy, s: &Signals, sr: Option<(f64, f64, f64, usize)>) -> Trial {
+    let threshold = policy.failure_percentage_threshold;
+    let rule_on = threshold <= 1.0;
+    let below_sr = sr.is_some_and(|(_, _, t, _)| s.success_rate < t);
+    if (rule_on && 1.0 - s.success_rate >= threshold) || below_sr {
+        return Trial::Fails;
+    }
+    let needed = if rule_on {
+        1.0 - (1.0 - TRIAL_HYSTERESIS) * threshold
+    } else {
+        0.0
+    };
+    let bound = wilson_lower_bound(s.success_rate, s.requests, TRIAL_CONFIDENCE);
+    if bound >= needed {
+        Trial::Passes
+    } else {
+        Trial::Undecided { bound, needed }
+    }
 }
 
 /// Envoy's success-rate rule: with the cluster's statistics, an endpoint with enough requests
@@ -676,6 +726,28 @@ fn latency_reason(
     text
 }
 
+/// How long an ejection ending at `until_ms` lasts from `now_ms`, in a reason: `for 30 s`; or
+/// `indefinitely` when its end saturated the clock (an ejection time longer than the clock can
+/// count), rather than a number of seconds near 2⁶⁴ / 1000.
+struct EjectedFor {
+    until_ms: u64,
+    now_ms: u64,
+}
+
+impl std::fmt::Display for EjectedFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.until_ms == u64::MAX {
+            f.write_str("indefinitely")
+        } else {
+            write!(
+                f,
+                "for {} s",
+                self.until_ms.saturating_sub(self.now_ms) / 1000
+            )
+        }
+    }
+}
+
 /// The reason of an endpoint nothing else explained this step: held without fresh signals,
 /// else what its status says.
 fn status_reason(status: Status, held: bool, now_ms: u64) -> String {
@@ -684,6 +756,9 @@ fn status_reason(status: Status, held: bool, now_ms: u64) -> String {
         r.push_str("held: no fresh signals for this endpoint");
     } else {
         let _ = match status {
+            Status::Ejected { until_ms } if until_ms == u64::MAX => {
+                r.write_str("ejected indefinitely")
+            }
             Status::Ejected { until_ms } => write!(
                 r,
                 "ejected for {} more s",
@@ -856,12 +931,19 @@ impl<'a> Slots<'a> {
         now_ms: u64,
     ) -> Decision {
         let last_fresh_ms = previous.last_fresh_ms;
-        let stale_for = last_fresh_ms.map_or(u64::MAX, |t| now_ms.saturating_sub(t));
-        let (endpoints, slots, mode) = if first_step || stale_for >= ms(policy.relax_after) {
-            let (endpoints, slots) = self.relax(first_step, stale_for, now_ms);
-            (endpoints, slots, Mode::Relaxed)
-        } else {
-            (self.hold(policy, stale_for, now_ms), self, Mode::FailStatic)
+        // `None`: never any fresh signals.
+        let stale_for = last_fresh_ms.map(|t| now_ms.saturating_sub(t));
+        let relax = stale_for.is_none_or(|stale| stale >= ms(policy.relax_after));
+        let (endpoints, slots, mode) = match stale_for {
+            Some(stale) if !first_step && !relax => {
+                let mut slots = self;
+                let endpoints = slots.hold(policy, stale, now_ms);
+                (endpoints, slots, Mode::FailStatic)
+            }
+            _ => {
+                let (endpoints, slots) = self.relax(first_step, stale_for, now_ms);
+                (endpoints, slots, Mode::Relaxed)
+            }
         };
         Decision {
             endpoints,
@@ -876,7 +958,7 @@ impl<'a> Slots<'a> {
     fn relax(
         mut self,
         first_step: bool,
-        stale_for: u64,
+        stale_for: Option<u64>,
         now_ms: u64,
     ) -> (Vec<EndpointDecision>, Self) {
         for Slot { state: st, .. } in &mut self.slots {
@@ -894,10 +976,10 @@ impl<'a> Slots<'a> {
                 healthy: true,
                 status: Status::Relaxed,
                 multiplier: 1.0,
-                reason: if first_step {
-                    "no signals yet: base weight".to_owned()
-                } else {
-                    format!("no fresh signals for {} s: base weight", stale_for / 1000)
+                reason: match stale_for {
+                    _ if first_step => "no signals yet: base weight".to_owned(),
+                    None => "no fresh signals yet: base weight".to_owned(),
+                    Some(stale) => format!("no fresh signals for {} s: base weight", stale / 1000),
                 },
                 signals: None,
             })
@@ -905,8 +987,13 @@ impl<'a> Slots<'a> {
         (endpoints, self)
     }
 
-    /// Fail static: every endpoint publishes what its state held.
-    fn hold(&self, policy: &Policy, stale_for: u64, now_ms: u64) -> Vec<EndpointDecision> {
+    /// Fail static: every endpoint publishes what its state held, and nothing advances — not
+    /// even a slow-start ramp, whose clock stands still until signals return (it then resumes
+    /// where it was).
+    fn hold(&mut self, policy: &Policy, stale_for: u64, now_ms: u64) -> Vec<EndpointDecision> {
+        for Slot { state: st, .. } in &mut self.slots {
+            advance_ramp(st, RampPace::Stopped, now_ms);
+        }
         self.base
             .iter()
             .zip(&self.slot)
@@ -978,7 +1065,16 @@ impl<'a> Slots<'a> {
                 ));
                 continue;
             }
-            if trial_passes(policy, s, sr) {
+            let verdict = judge_trial(policy, s, sr);
+            if let Trial::Undecided { bound, needed } = verdict {
+                *why = Some(format!(
+                    "half-open: trial success rate {:.3} over {:.0} requests, at least {bound:.3} \
+                     with 95 % confidence; {needed:.3} needed",
+                    s.success_rate, s.requests
+                ));
+                continue;
+            }
+            if verdict == Trial::Passes {
                 st.breaker.trial(true, now_ms, times);
                 st.ramp_from_ms = Some(now_ms);
                 st.ramp_seen_ms = Some(now_ms);
@@ -998,9 +1094,9 @@ impl<'a> Slots<'a> {
                         until_ms,
                     });
                     *why = Some(format!(
-                        "ejected again: trial success rate {:.3}; for {} s",
+                        "ejected again: trial success rate {:.3}; {}",
                         s.success_rate,
-                        (until_ms - now_ms) / 1000
+                        EjectedFor { until_ms, now_ms }
                     ));
                 }
             }
@@ -1094,8 +1190,8 @@ impl<'a> Slots<'a> {
                         until_ms,
                     });
                     sl.reason = Some(format!(
-                        "ejected for {} s: {why}",
-                        (until_ms - now_ms) / 1000
+                        "ejected {}: {why}",
+                        EjectedFor { until_ms, now_ms }
                     ));
                 }
             }

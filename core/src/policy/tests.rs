@@ -408,9 +408,18 @@ proptest! {
             ),
             1..25,
         ),
-        tight in any::<bool>(),
+        tight in prop::option::of(any::<bool>()),
     ) {
-        let p = if tight { policy() } else { Policy { success_rate_minimum_hosts: 2, ..Policy::default() } };
+        let p = match tight {
+            Some(true) => policy(),
+            Some(false) => Policy { success_rate_minimum_hosts: 2, ..Policy::default() },
+            None => Policy {
+                base_ejection_time: Duration::MAX,
+                max_ejection_time: Duration::MAX,
+                relax_after: Duration::MAX,
+                ..policy()
+            },
+        };
         let mut state = ClusterState::default();
         let mut now = 0u64;
         for (b, sigs, dt) in &steps {
@@ -434,6 +443,10 @@ proptest! {
             let d = decide(&p, &b, &state, &s, now);
             let owned = decide_owned(&p, &b, state.clone(), &s, now);
             prop_assert_eq!(&d, &owned);
+            for e in &d.endpoints {
+                // No saturated clock (u64::MAX ms is 18446744073709551 s) in words.
+                prop_assert!(!e.reason.contains("18446744073709"), "{}", e.reason);
+            }
             state = d.state;
         }
     }
@@ -634,13 +647,43 @@ fn without_fresh_signals_a_first_step_relaxes_and_later_ones_hold_until_relax_af
 }
 
 #[test]
-fn a_trial_passes_only_clear_of_both_outlier_thresholds() {
-    let p = policy(); // failure threshold 0.5
-    assert!(trial_passes(&p, &with_rate(0.6, 0), None));
-    assert!(!trial_passes(&p, &with_rate(0.4, 0), None));
+fn a_trial_passes_only_confidently_clear_of_both_outlier_thresholds() {
+    let p = policy(); // failure threshold 0.5: readmitted above 0.55 with 95 % confidence
+    let over = |rate: f64, requests: f64| {
+        judge_trial(
+            &p,
+            &Signals {
+                requests,
+                ..with_rate(rate, 0)
+            },
+            None,
+        )
+    };
+    assert_eq!(over(0.7, 200.0), Trial::Passes);
+    assert_eq!(over(1.0, 20.0), Trial::Passes);
+    assert_eq!(over(0.5, 200.0), Trial::Fails, "the ejection rule itself");
+    assert_eq!(over(0.4, 200.0), Trial::Fails);
+    let Trial::Undecided { bound, needed } = over(0.6, 200.0) else {
+        panic!("0.6 of 200 is not clear of 0.55");
+    };
+    assert!(bound < needed && bound > 0.5 && (needed - 0.55).abs() < 1e-12);
+    assert!(
+        matches!(over(1.0, 3.0), Trial::Undecided { .. }),
+        "3 of 3 is not enough"
+    );
+    assert_eq!(over(0.6, 20_000.0), Trial::Passes, "with enough evidence");
     let sr = Some((0.99, 0.01, 0.9, 5));
-    assert!(trial_passes(&p, &with_rate(0.95, 0), sr));
-    assert!(!trial_passes(&p, &with_rate(0.8, 0), sr));
+    assert_eq!(judge_trial(&p, &with_rate(0.95, 0), sr), Trial::Passes);
+    assert_eq!(judge_trial(&p, &with_rate(0.8, 0), sr), Trial::Fails);
+    let off = Policy {
+        failure_percentage_threshold: 1.1,
+        ..policy()
+    };
+    assert_eq!(
+        judge_trial(&off, &with_rate(0.1, 0), None),
+        Trial::Passes,
+        "rule off"
+    );
 }
 
 #[test]
@@ -697,7 +740,10 @@ fn trials_are_judged_once_half_open_with_enough_requests() {
     let st = |i: usize| &slots.slots[i].state;
     let why = |i: usize| slots.slots[i].reason.as_deref();
     assert_eq!(st(0).breaker.state(), BreakerState::HalfOpen);
-    assert_eq!(why(0), Some("half-open: 2 trial requests so far, 5 needed"));
+    assert_eq!(
+        why(0),
+        Some("half-open: 2 trial requests so far, 20 needed")
+    );
     assert_eq!(st(1).breaker.state(), BreakerState::Closed);
     assert_eq!(st(1).ramp_from_ms, Some(10_000));
     assert_eq!(
@@ -1236,4 +1282,201 @@ fn the_cluster_panics_below_the_threshold_share_of_healthy_endpoints() {
     assert_eq!(cluster_mode(&p, 4, 2), Mode::Normal);
     assert_eq!(cluster_mode(&p, 4, 1), Mode::Panic);
     assert_eq!(cluster_mode(&p, 0, 0), Mode::Normal);
+}
+
+// === The state machine over time: fail static, trials, reasons ===
+
+/// An endpoint (the last of four) ejected at 0 under `p` and readmitted at 10 s: it is
+/// ramping, at the trial weight, in the returned state.
+fn ramping_cluster(p: &Policy, b: &[(String, u32)]) -> ClusterState {
+    let bad = signals(b, 0, |i| Signals {
+        success_rate: if i == 3 { 0.2 } else { 1.0 },
+        ..healthy(0)
+    });
+    let d = decide(p, b, &ClusterState::default(), &bad, 0);
+    let good = signals(b, 10_000, |_| healthy(10_000));
+    let d = decide(p, b, &d.state, &good, 10_000);
+    assert_eq!(d.endpoints[3].status, Status::Ramping { fraction: 0.05 });
+    d.state
+}
+
+fn ramp_fraction(d: &Decision, i: usize) -> f64 {
+    match d.endpoints[i].status {
+        Status::Ramping { fraction } => fraction,
+        _ => panic!("{:?}", d.endpoints[i]),
+    }
+}
+
+#[test]
+fn fail_static_holds_a_ramp_where_it_was_and_it_resumes_from_there() {
+    let b = base(4);
+    let p = Policy {
+        slow_start_window: Duration::from_secs(60),
+        ..policy()
+    };
+    let good = |now| signals(&b, now, |_| healthy(now));
+    // Signals again at 12 s: the ramp goes on (warm: three times as fast, 6 s of 60).
+    let d = decide(&p, &b, &ramping_cluster(&p, &b), &good(12_000), 12_000);
+    let fraction = ramp_fraction(&d, 3);
+    assert!((fraction - 0.145).abs() < 1e-9, "{fraction}");
+    let weight = d.endpoints[3].weight;
+    // Prometheus goes away for a minute, decisions every 5 s: held means held.
+    let none = BTreeMap::new();
+    let mut state = d.state;
+    for now in (17_000..=72_000).step_by(5_000) {
+        let d = decide(&p, &b, &state, &none, now);
+        assert_eq!(d.mode, Mode::FailStatic);
+        let e = &d.endpoints[3];
+        assert_eq!((e.weight, e.status), (weight, Status::Held), "at {now}");
+        assert!(
+            e.reason.starts_with("held: no fresh signals for"),
+            "{}",
+            e.reason
+        );
+        state = d.state;
+    }
+    // Signals return: the ramp resumes where it was (5 s since the last held decision, at
+    // three times the pace: 15 s of 60 more), then finishes.
+    let d = decide(&p, &b, &state, &good(77_000), 77_000);
+    let resumed = ramp_fraction(&d, 3);
+    assert!(
+        (resumed - fraction - 0.2375).abs() < 1e-9,
+        "{fraction} -> {resumed}"
+    );
+    let mut d = d;
+    for now in [82_000, 87_000, 92_000] {
+        d = decide(&p, &b, &d.state, &good(now), now);
+    }
+    assert_eq!(d.endpoints[3].status, Status::Serving);
+}
+
+#[test]
+fn an_endpoint_held_alone_keeps_its_ramp_still_while_the_others_are_decided() {
+    let b = base(4);
+    let p = policy();
+    let mut state = ramping_cluster(&p, &b);
+    for now in (15_000..=60_000).step_by(5_000) {
+        let mut s = signals(&b, now, |_| healthy(now));
+        s.remove(&b[3].0);
+        let d = decide(&p, &b, &state, &s, now);
+        assert_eq!(d.mode, Mode::Normal);
+        assert_eq!(
+            (d.endpoints[3].weight, d.endpoints[3].status),
+            (5, Status::Held)
+        );
+        state = d.state;
+    }
+}
+
+/// 200 decisions, every 5 s, of four endpoints, the last failing `failing(now)` of its
+/// requests (200 a window, or 20 while half-open: its trial weight is 5 %): the
+/// (time, status) of the last endpoint and the events.
+fn run_failing(failing: impl Fn(u64) -> f64) -> (Vec<(u64, Status)>, Vec<Event>) {
+    let b = base(4);
+    let p = policy();
+    let mut state = ClusterState::default();
+    let mut statuses = Vec::new();
+    let mut events = Vec::new();
+    for step in 0..200u64 {
+        let now = step * 5_000;
+        let trial = state
+            .endpoints
+            .get(&b[3].0)
+            .is_some_and(|st| st.breaker.state() == BreakerState::HalfOpen);
+        let s = signals(&b, now, |i| Signals {
+            success_rate: if i == 3 { 1.0 - failing(now) } else { 1.0 },
+            requests: if i == 3 && trial { 20.0 } else { 200.0 },
+            ..healthy(now)
+        });
+        let d = decide(&p, &b, &state, &s, now);
+        statuses.push((now, d.endpoints[3].status));
+        events.extend(d.events.into_iter().filter(|e| match e {
+            Event::Ejected { endpoint, .. }
+            | Event::HalfOpen { endpoint }
+            | Event::Recovered { endpoint } => *endpoint == b[3].0,
+        }));
+        state = d.state;
+    }
+    (statuses, events)
+}
+
+#[test]
+fn an_endpoint_failing_half_its_requests_is_never_readmitted() {
+    let (statuses, events) = run_failing(|_| 0.5);
+    assert!(
+        !events.iter().any(|e| matches!(e, Event::Recovered { .. })),
+        "{events:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .all(|(_, s)| matches!(s, Status::Ejected { .. } | Status::HalfOpen)),
+        "{statuses:?}"
+    );
+    // It is tried again and again, each time ejected for longer.
+    let ends: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Ejected { until_ms, .. } => Some(*until_ms),
+            _ => None,
+        })
+        .collect();
+    assert!(ends.len() >= 3, "{events:?}");
+    let gaps: Vec<u64> = ends.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.windows(2).all(|g| g[1] >= g[0]), "{gaps:?}");
+}
+
+#[test]
+fn a_recovered_endpoint_is_still_readmitted() {
+    // Half failing for the first two minutes, then healthy.
+    let (statuses, events) = run_failing(|now| if now < 120_000 { 0.5 } else { 0.0 });
+    let recovered: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e, Event::Recovered { .. }))
+        .collect();
+    assert_eq!(recovered.len(), 1, "{events:?}");
+    assert_eq!(statuses.last().unwrap().1, Status::Serving);
+}
+
+#[test]
+fn reasons_never_show_saturated_times() {
+    let b = base(2);
+    let p = policy();
+    let none = BTreeMap::new();
+    // No signals on the first step nor after it: never any fresh data.
+    let d = decide(&p, &b, &ClusterState::default(), &none, 0);
+    let d = decide(&p, &b, &d.state, &none, 5_000);
+    assert_eq!(d.mode, Mode::Relaxed);
+    assert_eq!(d.endpoints[0].reason, "no fresh signals yet: base weight");
+    // An ejection time the clock cannot count.
+    let forever = Policy {
+        base_ejection_time: Duration::MAX,
+        max_ejection_time: Duration::MAX,
+        ..policy()
+    };
+    let s = signals(&b, 0, |i| Signals {
+        success_rate: if i == 1 { 0.1 } else { 1.0 },
+        ..healthy(0)
+    });
+    let d = decide(&forever, &b, &ClusterState::default(), &s, 0);
+    assert_eq!(
+        d.endpoints[1].reason,
+        "ejected indefinitely: failure ratio 0.900 ≥ 0.500 over 200 requests (20.0 rps, success 0.100, latency 0.0100 s)"
+    );
+    let d = decide(
+        &forever,
+        &b,
+        &d.state,
+        &signals(&b, 5_000, |_| healthy(5_000)),
+        5_000,
+    );
+    assert!(
+        d.endpoints[1].reason.starts_with("ejected indefinitely ("),
+        "{}",
+        d.endpoints[1].reason
+    );
+    assert_eq!(
+        status_reason(Status::Ejected { until_ms: u64::MAX }, false, 5_000),
+        "ejected indefinitely"
+    );
 }
