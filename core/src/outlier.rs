@@ -213,6 +213,20 @@ pub fn failure_percentage_trip(
         && u128::from(failed) * 100 >= u128::from(total) * u128::from(threshold_percent)
 }
 
+/// The lower end of the one-sided Wilson score interval for a success ratio `rate` observed over
+/// `n` trials, at `z` standard deviations (1.645: 95 % confidence): the true ratio is at least
+/// this, with that confidence. 0 without trials.
+pub fn wilson_lower_bound(rate: f64, n: f64, z: f64) -> f64 {
+    if n <= 0.0 || !n.is_finite() || !rate.is_finite() {
+        return 0.0;
+    }
+    let p = rate.clamp(0.0, 1.0);
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre - spread) / (1.0 + z2 / n)).clamp(0.0, 1.0)
+}
+
 /// How many of `hosts` may be ejected at once: `max_ejection_percent` of them, rounded down,
 /// but at least one when the percentage is non-zero (Envoy's rule, so small clusters can
 /// eject at all).
@@ -327,7 +341,31 @@ mod tests {
         assert!(!in_panic(0, 0, 50));
     }
 
+    #[test]
+    fn the_wilson_bound_grows_with_the_evidence() {
+        // All of 20 succeed: at least 20 / (20 + z²) with 95 % confidence.
+        let z = 1.645;
+        assert!((wilson_lower_bound(1.0, 20.0, z) - 20.0 / (20.0 + z * z)).abs() < 1e-12);
+        assert!(wilson_lower_bound(1.0, 5.0, z) < wilson_lower_bound(1.0, 50.0, z));
+        // Half of them: the bound is below a half, however many.
+        for n in [6.0, 60.0, 6_000.0] {
+            assert!(wilson_lower_bound(0.5, n, z) < 0.5);
+        }
+        assert!(wilson_lower_bound(0.5, 6_000.0, z) > 0.48);
+        assert_eq!(wilson_lower_bound(1.0, 0.0, z), 0.0);
+        assert_eq!(wilson_lower_bound(f64::NAN, 10.0, z), 0.0);
+    }
+
     proptest! {
+        #[test]
+        fn the_wilson_bound_is_a_ratio_below_the_observed_one(
+            rate in 0.0f64..=1.0,
+            n in 1.0f64..1e6,
+        ) {
+            let b = wilson_lower_bound(rate, n, 1.645);
+            prop_assert!((0.0..=rate + 1e-12).contains(&b), "{b} for {rate} over {n}");
+        }
+
         #[test]
         fn breaker_never_skips_a_state(ops in prop::collection::vec((0u8..4, 0u64..20_000, any::<bool>()), 0..60)) {
             // Open is only entered by a trip; half-open only from open; closed only from

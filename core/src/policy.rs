@@ -9,22 +9,83 @@
 //! One decision step:
 //!
 //! 1. **Freshness.** An endpoint whose signals are missing or older than `stale_after` is *held*:
-//!    it keeps its state and weight, and nothing is decided about it (stale data never ejects).
-//!    When no endpoint has fresh data the whole cluster is held (fail static), and after
-//!    `relax_after` without any fresh data it relaxes to the operator's base weights.
+//!    it keeps its state and weight, and nothing is decided about it (stale data never ejects);
+//!    a slow-start ramp stands still while it is held and resumes where it was. When no
+//!    endpoint has fresh data the whole cluster is held (fail static: no weight or state
+//!    advances), and after `relax_after` without any fresh data it relaxes to the operator's
+//!    base weights.
 //! 2. **Breakers.** Each endpoint is a [`Breaker`]: an ejection lasts `base_ejection_time ×
 //!    times ejected` (capped), then the endpoint is half-open with a small trial weight; a
-//!    passing trial closes it and starts a slow-start ramp back to full weight, a failing one
-//!    ejects it again for longer.
+//!    trial of at least `half_open_min_requests` passes only when its success rate is clear of
+//!    the ejection threshold with 95 % confidence ([`TRIAL_CONFIDENCE`]) and then starts a
+//!    slow-start ramp back to full weight, fails (ejecting again, for longer) when the trial
+//!    itself meets an ejection rule, and otherwise goes on.
 //! 3. **Outliers.** Envoy's success-rate rule (below `mean − factor × stdev` of the cluster,
 //!    with minimum hosts and request volume) and failure-percentage rule pick ejection
 //!    candidates, worst first, while at most `max_ejection_percent` of the cluster is out, the
 //!    cluster keeps some capacity, and ejecting would not push it under the panic threshold.
-//! 4. **Latency.** A smoothed latency per endpoint (EWMA) is compared with the cluster median:
-//!    slower endpoints lose weight in proportion, faster ones gain, within a floor and a cap,
-//!    changing by at most `max_step_percent` per step and not at all inside the hysteresis band.
+//! 4. **Latency.** A smoothed latency per endpoint (EWMA) is compared with the median of the
+//!    others; an endpoint slower or faster than that by more than the noise moves its weight
+//!    multiplier a little against the difference, and one that is not returns to its base
+//!    weight (the damped loop below). Slow start is paced by the same comparison.
 //! 5. **Weights.** base weight × latency multiplier × ramp, in hundredths (so the proxy's integer
 //!    weights keep the precision); an ejected endpoint gets weight 0 and is marked unhealthy.
+//!
+//! # Latency weighting as a control loop
+//!
+//! Weighting by latency is feedback: a weight moves load, the load moves the endpoint's latency,
+//! the latency moves the weight. Whether that settles depends on three things.
+//!
+//! * **Delay.** The signals are a window's average (30 s in the controller and the simulator,
+//!   which decide every 5 s), smoothed once more, so the latency a weight change causes is fully
+//!   seen at least one signal window later: about six decisions.
+//! * **The plant's gain.** Latency rises with load more than in proportion once an endpoint is
+//!   busy. For an M/M/c queue (50 ms, 8 workers) the elasticity `d ln latency / d ln share` is
+//!   about 1.4 at 78 % utilisation and 5.8 at 90 %; past capacity a backlog builds and latency
+//!   becomes the *integral* of the excess load, so it keeps rising, and later keeps falling,
+//!   for a while after its cause is gone.
+//! * **The controller's gain.** The rule before this one set the multiplier to
+//!   `median / latency` (gain 1 in log terms) at every decision, up to 50 % per step. Per
+//!   window of delay that is a gain of about 6 × 1.4 ≈ 8 at 78 % load; a delayed loop
+//!   oscillates beyond about 1. So it did: weight went to the endpoint that looked fast, which
+//!   was the slow one a window later; weight went away again, and so on. Nothing pulled weights
+//!   back either: the 10 % hysteresis band froze an endpoint that matched the median at ×0.95,
+//!   and noise between equal sub-millisecond backends (a large ratio of tiny latencies) gave
+//!   them 91 and 111. (`scenarios/policy-oscillation.yaml`: shares swinging between 0.035 and
+//!   0.19 of fair 0.1 for two hours, 5,179 SLO-violating seconds where round robin had 14.)
+//!
+//! The rule now ([`LATENCY_GAIN`] and the constants beside it; `hysteresis_percent`,
+//! `max_step_percent`, `min_weight_percent` and `max_weight_percent` from the [`Policy`]):
+//!
+//! * **Dead band.** The difference `e = ln((latency + 1 ms) / (others' median + 1 ms))` counts
+//!   only beyond the wider of `hysteresis_percent` and 3 standard errors of it (`2 / √requests`
+//!   for each side), and only by its excess over that band. Statistically indistinguishable
+//!   endpoints never move; differences well under a millisecond never matter.
+//! * **Small integral gain.** The log multiplier moves by `−0.25 × excess` per signal window,
+//!   spread over the window's decisions (`Δt / window` of it at each). The loop gain per window
+//!   is then about 0.35 at 78 % load.
+//! * **Anti-windup.** While the endpoint's latency already moves the right way by more than the
+//!   band per decision, the multiplier holds: the earlier moves are still arriving (and a
+//!   backlog drains on its own).
+//! * **Rate limit and bounds.** At most `max_step_percent` per decision, within the floor and
+//!   the cap.
+//! * **Decay.** Inside the band, or with nothing to compare (too few requests, one endpoint),
+//!   the log multiplier returns towards 0 by half of itself plus 0.05 per window, and reaches
+//!   the base weight exactly.
+//! * **No judgement on partial evidence.** A window that covers an endpoint at a fraction of
+//!   its share (ramping up, or within a window of its ramp's end) is not in anyone's median and
+//!   can only lower its weight, by being slower. Its slow-start ramp stands still while it is
+//!   slower (cold, or a slow machine) and its multiplier is above the floor, and runs
+//!   [`RAMP_SPEEDUP`] times as fast while it is not (warm).
+//!
+//! What that keeps and costs: a 10× slower endpoint (100 requests a window or more, latencies
+//! of 2 ms and up) loses at least 75 % of its share within N = 25 decisions (about two minutes
+//! at 5 s on a 30 s window) and ends at the floor — slower than the old rule's four decisions,
+//! which is the price of a gain that does not oscillate; failing endpoints are the outlier
+//! rules' to eject, not this one's. The property tests (`policy/tests/latency.rs`) check that
+//! equal endpoints keep equal weights under noise, that equal endpoints behind a queueing model
+//! settle back to equal shares after a ±40 % disturbance at up to 90 % utilisation (and are not
+//! moved by noise up to 97 %), and the 10× case.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -33,7 +94,36 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::fmt::push_fixed;
-use crate::outlier::{max_ejectable, Breaker, BreakerState, EjectReason, EjectionTimes};
+use crate::outlier::{
+    max_ejectable, wilson_lower_bound, Breaker, BreakerState, EjectReason, EjectionTimes,
+};
+
+use self::latency::{window_fraction, Comparison, LatencyLoop};
+pub use self::latency::{
+    LATENCY_CONFIDENCE, LATENCY_CV, LATENCY_DECAY, LATENCY_DECAY_MIN, LATENCY_GAIN,
+    LATENCY_RESOLUTION,
+};
+
+mod latency;
+
+/// How much faster a slow-start ramp runs while the ramping endpoint's latency is no higher
+/// than the cluster's (within the latency rule's dead band): a warm newcomer gets its full
+/// share in a third of `slow_start_window`; a cold (slower) one takes the whole window.
+pub const RAMP_SPEEDUP: f64 = 3.0;
+
+/// A half-open trial passes only when, with this one-sided confidence (1.645 standard
+/// deviations: 95 %), the endpoint's success rate is above the failure-percentage rule's by a
+/// tenth of its failure allowance ([`TRIAL_HYSTERESIS`]): the Wilson lower bound of the trial's
+/// success rate is at least `1 − 0.9 × failure_percentage_threshold` (and the success rate is
+/// not below the cluster's success-rate threshold). It fails when the trial itself would be
+/// ejected (failure ratio at or above the threshold, or success below the cluster's
+/// threshold). In between the endpoint stays half-open, at its trial weight, until the
+/// evidence decides. An endpoint failing exactly half its requests is never readmitted.
+pub const TRIAL_CONFIDENCE: f64 = 1.645;
+
+/// The hysteresis between ejection and readmission, as a fraction of the failure-percentage
+/// threshold: readmitted only below `(1 − 0.1) × threshold` failures (see [`TRIAL_CONFIDENCE`]).
+pub const TRIAL_HYSTERESIS: f64 = 0.1;
 
 /// Weights are published in hundredths of the base weight.
 pub const WEIGHT_SCALE: f64 = 100.0;
@@ -63,10 +153,14 @@ pub struct Policy {
     pub max_ejection_percent: u32,
     /// Trial weight of a half-open endpoint, in percent of its base weight (default 5).
     pub half_open_weight_percent: u32,
-    /// Requests a half-open endpoint must serve in a window before it is judged (default 5).
+    /// Requests a half-open endpoint must serve in a window before its trial is judged
+    /// (default 20, the failure-percentage rule's volume: a trial is judged on as much evidence
+    /// as an ejection). See [`TRIAL_CONFIDENCE`] for the rule.
     pub half_open_min_requests: f64,
     /// Time a recovered (or new) endpoint takes to ramp from its trial weight to full weight
-    /// (Envoy's `slow_start_window`; default 30 s; 0 disables).
+    /// (Envoy's `slow_start_window`; default 30 s; 0 disables). With latency weighting the ramp
+    /// runs [`RAMP_SPEEDUP`] times as fast while the endpoint is no slower than the others,
+    /// and stands still while it is slower, has no fresh signals, or the cluster is held.
     pub slow_start_window: Duration,
     /// Weigh endpoints by their latency relative to the cluster (default on).
     pub latency_weighting: bool,
@@ -74,11 +168,15 @@ pub struct Policy {
     pub min_weight_percent: u32,
     /// Highest latency multiplier, in percent of the base weight (default 200).
     pub max_weight_percent: u32,
-    /// Largest change of the multiplier in one step, in percent of its value (default 50).
+    /// Largest change of the latency multiplier in one decision, in percent of its value
+    /// (default 50).
     pub max_step_percent: u32,
-    /// Changes of the target multiplier smaller than this, in percent, are ignored (default 10).
+    /// The latency rule's smallest dead band, in percent: latency differences from the others'
+    /// median smaller than this (or than 3 standard errors, when wider) do not move weights,
+    /// and inside it weights return to base (default 10). See the module documentation.
     pub hysteresis_percent: u32,
-    /// Half-life of the latency EWMA (default 10 s).
+    /// Half-life of the latency EWMA over the signal windows (default 5 s: one decision; the
+    /// window already averages, and more smoothing is more delay in the loop).
     pub latency_half_life: Duration,
     /// Requests in the window before an endpoint's latency is trusted (default 10).
     pub latency_min_requests: f64,
@@ -106,14 +204,14 @@ impl Default for Policy {
             max_ejection_time: Duration::from_secs(300),
             max_ejection_percent: 10,
             half_open_weight_percent: 5,
-            half_open_min_requests: 5.0,
+            half_open_min_requests: 20.0,
             slow_start_window: Duration::from_secs(30),
             latency_weighting: true,
             min_weight_percent: 10,
             max_weight_percent: 200,
             max_step_percent: 50,
             hysteresis_percent: 10,
-            latency_half_life: Duration::from_secs(10),
+            latency_half_life: Duration::from_secs(5),
             latency_min_requests: 10.0,
             panic_threshold_percent: 50,
             stale_after: Duration::from_secs(30),
@@ -148,8 +246,19 @@ pub struct EndpointState {
     pub multiplier: f64,
     /// Smoothed latency (seconds) and when it was last updated.
     pub latency_ewma: Option<(f64, u64)>,
+    /// When the latency rule last decided the multiplier (its moves are spread over a signal
+    /// window of decisions).
+    pub weighed_at_ms: Option<u64>,
     /// Start of a slow-start ramp, when one is running.
     pub ramp_from_ms: Option<u64>,
+    /// When its slow-start ramp's progress was last accounted: the ramp's clock stops while the
+    /// endpoint is held (no fresh signals) or slower than the cluster, and runs
+    /// [`RAMP_SPEEDUP`] times as fast while it is no slower.
+    pub ramp_seen_ms: Option<u64>,
+    /// When its last slow-start ramp ended: the latency rule leaves the endpoint alone until
+    /// its signal window no longer covers the ramp (a window of a fraction of its share says
+    /// nothing about its latency at full share).
+    pub ramp_ended_ms: Option<u64>,
     /// When fresh signals were last seen.
     pub last_fresh_ms: Option<u64>,
     /// When a past ejection was last forgotten.
@@ -162,7 +271,10 @@ impl EndpointState {
             breaker: Breaker::default(),
             multiplier: 1.0,
             latency_ewma: None,
+            weighed_at_ms: None,
             ramp_from_ms: ramp.then_some(now_ms),
+            ramp_seen_ms: ramp.then_some(now_ms),
+            ramp_ended_ms: None,
             last_fresh_ms: None,
             last_decay_ms: now_ms,
         }
@@ -292,21 +404,23 @@ fn success_rate_stats(policy: &Policy, rates: &[f64]) -> Option<(f64, f64, f64, 
     ))
 }
 
-/// The median, by selection rather than a full sort (the values at the middle of the order are
-/// the same either way).
-fn median(values: &mut [f64]) -> Option<f64> {
-    if values.is_empty() {
+/// The median of `sorted` (ascending), without one element equal to `without` when given
+/// (the median of the others); `None` when nothing is left.
+fn median_of(sorted: &[f64], without: Option<f64>) -> Option<f64> {
+    let skip = without.map(|x| sorted.partition_point(|v| v.total_cmp(&x).is_lt()));
+    let n = sorted.len() - usize::from(skip.is_some_and(|p| p < sorted.len()));
+    if n == 0 {
         return None;
     }
-    let even = values.len().is_multiple_of(2);
-    let mid = values.len() / 2;
-    let (left, upper, _) = values.select_nth_unstable_by(mid, f64::total_cmp);
-    let upper = *upper;
-    Some(if even {
-        let lower = left.iter().copied().max_by(f64::total_cmp).unwrap_or(upper);
-        (lower + upper) / 2.0
+    // The j-th of the remaining values.
+    let at = |j: usize| match skip {
+        Some(p) if j >= p => sorted[j + 1],
+        _ => sorted[j],
+    };
+    Some(if n.is_multiple_of(2) {
+        (at(n / 2 - 1) + at(n / 2)) / 2.0
     } else {
-        upper
+        at(n / 2)
     })
 }
 
@@ -392,8 +506,9 @@ fn step(
     let serving = base.iter().filter(|(_, w)| *w > 0).count();
     let guard = EjectionGuard::new(policy, serving);
     slots.eject(candidates, guard, times, now_ms, &mut events);
-    let ewmas = slots.smooth_latencies(policy, now_ms);
-    slots.weigh_by_latency(policy, ewmas);
+    let samples = slots.smooth_latencies(policy, now_ms);
+    let compared = slots.weigh_by_latency(policy, &samples, now_ms);
+    slots.pace_ramps(policy, &compared, now_ms);
     slots.decay_ejections(policy, now_ms);
     let (endpoints, healthy) = slots.publish(policy, now_ms);
     Decision {
@@ -420,11 +535,39 @@ fn is_fresh(s: &Signals, now_ms: u64, stale_after_ms: u64) -> bool {
         && s.latency.is_finite()
 }
 
-/// A trial passes when it clears both outlier rules: the failure-percentage threshold and, when
-/// the cluster has success-rate statistics, their threshold.
-fn trial_passes(policy: &Policy, s: &Signals, sr: Option<(f64, f64, f64, usize)>) -> bool {
-    s.success_rate >= 1.0 - policy.failure_percentage_threshold
-        && sr.is_none_or(|(_, _, threshold, _)| s.success_rate >= threshold)
+/// The verdict on a half-open endpoint's trial.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Trial {
+    /// Confidently clear of both outlier rules: readmitted.
+    Passes,
+    /// The trial itself meets an ejection rule: ejected again.
+    Fails,
+    /// Neither yet: the trial's success rate's lower bound, and what it must reach.
+    Undecided { bound: f64, needed: f64 },
+}
+
+/// Judges a trial ([`TRIAL_CONFIDENCE`]): it fails on the ejection rules themselves (failure
+/// ratio at or above the failure-percentage threshold, or success below the cluster's
+/// success-rate threshold) and passes only with the Wilson lower bound of its success rate at
+/// least `1 − (1 − TRIAL_HYSTERESIS) × threshold`.
+fn judge_trial(policy: &Policy, s: &Signals, sr: Option<(f64, f64, f64, usize)>) -> Trial {
+    let threshold = policy.failure_percentage_threshold;
+    let rule_on = threshold <= 1.0;
+    let below_sr = sr.is_some_and(|(_, _, t, _)| s.success_rate < t);
+    if (rule_on && 1.0 - s.success_rate >= threshold) || below_sr {
+        return Trial::Fails;
+    }
+    let needed = if rule_on {
+        1.0 - (1.0 - TRIAL_HYSTERESIS) * threshold
+    } else {
+        0.0
+    };
+    let bound = wilson_lower_bound(s.success_rate, s.requests, TRIAL_CONFIDENCE);
+    if bound >= needed {
+        Trial::Passes
+    } else {
+        Trial::Undecided { bound, needed }
+    }
 }
 
 /// Envoy's success-rate rule: with the cluster's statistics, an endpoint with enough requests
@@ -497,62 +640,114 @@ impl EjectionGuard {
     }
 }
 
-/// The latency weighting's bounds, as fractions: the multiplier's floor and cap, the hysteresis
-/// band and the largest step.
+/// One endpoint's smoothed latency this step, for the latency rule.
 #[derive(Clone, Copy, Debug, PartialEq)]
-struct LatencyBounds {
-    floor: f64,
-    cap: f64,
-    band: f64,
-    step: f64,
+struct LatencySample {
+    slot: usize,
+    /// Smoothed latency, seconds.
+    latency: f64,
+    /// The smoothed latency before this step's update, if any.
+    previous: Option<f64>,
+    /// Requests in its window.
+    requests: f64,
+    /// Its window covers it at a fraction of its share (ramping, or within a window after its
+    /// ramp): not part of the cluster's median, and only a slower latency counts.
+    partial: bool,
 }
 
-impl LatencyBounds {
-    fn new(policy: &Policy) -> Self {
-        LatencyBounds {
-            floor: f64::from(policy.min_weight_percent) / 100.0,
-            cap: f64::from(policy.max_weight_percent.max(policy.min_weight_percent)) / 100.0,
-            band: f64::from(policy.hysteresis_percent) / 100.0,
-            step: f64::from(policy.max_step_percent) / 100.0,
-        }
-    }
-
-    /// The multiplier an endpoint with smoothed `latency` should have against the cluster's
-    /// `reference` (median): their ratio, within the floor and the cap.
-    fn target(&self, reference: f64, latency: f64) -> f64 {
-        if latency > 0.0 {
-            (reference / latency).clamp(self.floor, self.cap)
-        } else {
-            self.cap
-        }
-    }
-
-    /// The multiplier after one step from `current` towards `target`: unchanged inside the
-    /// hysteresis band, else moved by at most `step` of its value, within the floor and the cap.
-    fn next(&self, current: f64, target: f64) -> f64 {
-        if ((target - current) / current).abs() > self.band {
-            target
-                .clamp(current * (1.0 - self.step), current * (1.0 + self.step))
-                .clamp(self.floor, self.cap)
-        } else {
-            current
-        }
-    }
+/// How a slow-start ramp's clock runs this step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RampPace {
+    /// Held or slower than the cluster: the ramp stands still.
+    Stopped,
+    /// As configured.
+    Normal,
+    /// Warm: [`RAMP_SPEEDUP`] times as fast.
+    Fast,
 }
 
-/// Why an endpoint's latency moved its weight.
-fn latency_reason(latency: f64, reference: f64, multiplier: f64, target: f64) -> String {
+/// Brings a ramp's progress up to `now_ms` at `pace`, by moving its start: later by the time
+/// that did not count, earlier by the time credited.
+fn advance_ramp(st: &mut EndpointState, pace: RampPace, now_ms: u64) {
+    let Some(from) = st.ramp_from_ms.as_mut() else {
+        return;
+    };
+    let elapsed = st
+        .ramp_seen_ms
+        .map_or(0, |seen| now_ms.saturating_sub(seen));
+    match pace {
+        RampPace::Stopped => *from = from.saturating_add(elapsed).min(now_ms),
+        RampPace::Normal => {}
+        RampPace::Fast => {
+            *from = from.saturating_sub(((RAMP_SPEEDUP - 1.0) * elapsed as f64) as u64);
+        }
+    }
+    st.ramp_seen_ms = Some(now_ms);
+}
+
+/// Whether an endpoint's signal window (`requests / rps` long) still reaches back into its last
+/// slow-start ramp.
+fn settling(st: &EndpointState, s: &Signals, now_ms: u64) -> bool {
+    let window_ms = s.requests / s.rps * 1000.0;
+    st.ramp_ended_ms
+        .is_some_and(|end| window_ms.is_finite() && (now_ms.saturating_sub(end) as f64) < window_ms)
+}
+
+/// Why the latency rule left an endpoint's weight off its base: the comparison (with the
+/// latency and the cluster median) when there was one, and whether it was beyond the dead band.
+fn latency_reason(
+    comparison: Option<(Comparison, f64, f64)>,
+    excess: f64,
+    multiplier: f64,
+) -> String {
     let mut text = String::with_capacity(128);
-    text.push_str("latency ");
-    push_fixed(&mut text, latency, 4);
-    text.push_str(" s vs cluster median ");
-    push_fixed(&mut text, reference, 4);
-    text.push_str(" s: weight ×");
-    push_fixed(&mut text, multiplier, 2);
-    text.push_str(" (target ×");
-    push_fixed(&mut text, target, 2);
-    text.push(')');
+    match comparison {
+        Some((c, latency, reference)) => {
+            text.push_str("latency ");
+            push_fixed(&mut text, latency, 4);
+            text.push_str(" s vs cluster median ");
+            push_fixed(&mut text, reference, 4);
+            text.push_str(if excess != 0.0 {
+                " s, beyond its ±"
+            } else {
+                " s, within its ±"
+            });
+            push_fixed(&mut text, (c.band.exp() - 1.0) * 100.0, 0);
+            text.push_str("% band: weight ×");
+            push_fixed(&mut text, multiplier, 2);
+            if excess == 0.0 {
+                text.push_str(", returning to ×1");
+            }
+        }
+        None => {
+            text.push_str("latency not compared (too few requests or endpoints): weight ×");
+            push_fixed(&mut text, multiplier, 2);
+            text.push_str(", returning to ×1");
+        }
+    }
     text
+}
+
+/// How long an ejection ending at `until_ms` lasts from `now_ms`, in a reason: `for 30 s`; or
+/// `indefinitely` when its end saturated the clock (an ejection time longer than the clock can
+/// count), rather than a number of seconds near 2⁶⁴ / 1000.
+struct EjectedFor {
+    until_ms: u64,
+    now_ms: u64,
+}
+
+impl std::fmt::Display for EjectedFor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.until_ms == u64::MAX {
+            f.write_str("indefinitely")
+        } else {
+            write!(
+                f,
+                "for {} s",
+                self.until_ms.saturating_sub(self.now_ms) / 1000
+            )
+        }
+    }
 }
 
 /// The reason of an endpoint nothing else explained this step: held without fresh signals,
@@ -563,6 +758,9 @@ fn status_reason(status: Status, held: bool, now_ms: u64) -> String {
         r.push_str("held: no fresh signals for this endpoint");
     } else {
         let _ = match status {
+            Status::Ejected { until_ms } if until_ms == u64::MAX => {
+                r.write_str("ejected indefinitely")
+            }
             Status::Ejected { until_ms } => write!(
                 r,
                 "ejected for {} more s",
@@ -735,12 +933,19 @@ impl<'a> Slots<'a> {
         now_ms: u64,
     ) -> Decision {
         let last_fresh_ms = previous.last_fresh_ms;
-        let stale_for = last_fresh_ms.map_or(u64::MAX, |t| now_ms.saturating_sub(t));
-        let (endpoints, slots, mode) = if first_step || stale_for >= ms(policy.relax_after) {
-            let (endpoints, slots) = self.relax(first_step, stale_for, now_ms);
-            (endpoints, slots, Mode::Relaxed)
-        } else {
-            (self.hold(policy, stale_for, now_ms), self, Mode::FailStatic)
+        // `None`: never any fresh signals.
+        let stale_for = last_fresh_ms.map(|t| now_ms.saturating_sub(t));
+        let relax = stale_for.is_none_or(|stale| stale >= ms(policy.relax_after));
+        let (endpoints, slots, mode) = match stale_for {
+            Some(stale) if !first_step && !relax => {
+                let mut slots = self;
+                let endpoints = slots.hold(policy, stale, now_ms);
+                (endpoints, slots, Mode::FailStatic)
+            }
+            _ => {
+                let (endpoints, slots) = self.relax(first_step, stale_for, now_ms);
+                (endpoints, slots, Mode::Relaxed)
+            }
         };
         Decision {
             endpoints,
@@ -755,7 +960,7 @@ impl<'a> Slots<'a> {
     fn relax(
         mut self,
         first_step: bool,
-        stale_for: u64,
+        stale_for: Option<u64>,
         now_ms: u64,
     ) -> (Vec<EndpointDecision>, Self) {
         for Slot { state: st, .. } in &mut self.slots {
@@ -773,10 +978,10 @@ impl<'a> Slots<'a> {
                 healthy: true,
                 status: Status::Relaxed,
                 multiplier: 1.0,
-                reason: if first_step {
-                    "no signals yet: base weight".to_owned()
-                } else {
-                    format!("no fresh signals for {} s: base weight", stale_for / 1000)
+                reason: match stale_for {
+                    _ if first_step => "no signals yet: base weight".to_owned(),
+                    None => "no fresh signals yet: base weight".to_owned(),
+                    Some(stale) => format!("no fresh signals for {} s: base weight", stale / 1000),
                 },
                 signals: None,
             })
@@ -784,8 +989,13 @@ impl<'a> Slots<'a> {
         (endpoints, self)
     }
 
-    /// Fail static: every endpoint publishes what its state held.
-    fn hold(&self, policy: &Policy, stale_for: u64, now_ms: u64) -> Vec<EndpointDecision> {
+    /// Fail static: every endpoint publishes what its state held, and nothing advances — not
+    /// even a slow-start ramp, whose clock stands still until signals return (it then resumes
+    /// where it was).
+    fn hold(&mut self, policy: &Policy, stale_for: u64, now_ms: u64) -> Vec<EndpointDecision> {
+        for Slot { state: st, .. } in &mut self.slots {
+            advance_ramp(st, RampPace::Stopped, now_ms);
+        }
         self.base
             .iter()
             .zip(&self.slot)
@@ -857,9 +1067,19 @@ impl<'a> Slots<'a> {
                 ));
                 continue;
             }
-            if trial_passes(policy, s, sr) {
+            let verdict = judge_trial(policy, s, sr);
+            if let Trial::Undecided { bound, needed } = verdict {
+                *why = Some(format!(
+                    "half-open: trial success rate {:.3} over {:.0} requests, at least {bound:.3} \
+                     with 95 % confidence; {needed:.3} needed",
+                    s.success_rate, s.requests
+                ));
+                continue;
+            }
+            if verdict == Trial::Passes {
                 st.breaker.trial(true, now_ms, times);
                 st.ramp_from_ms = Some(now_ms);
+                st.ramp_seen_ms = Some(now_ms);
                 st.multiplier = 1.0;
                 events.push(Event::Recovered {
                     endpoint: ep.clone(),
@@ -876,9 +1096,9 @@ impl<'a> Slots<'a> {
                         until_ms,
                     });
                     *why = Some(format!(
-                        "ejected again: trial success rate {:.3}; for {} s",
+                        "ejected again: trial success rate {:.3}; {}",
                         s.success_rate,
-                        (until_ms - now_ms) / 1000
+                        EjectedFor { until_ms, now_ms }
                     ));
                 }
             }
@@ -972,8 +1192,8 @@ impl<'a> Slots<'a> {
                         until_ms,
                     });
                     sl.reason = Some(format!(
-                        "ejected for {} s: {why}",
-                        (until_ms - now_ms) / 1000
+                        "ejected {}: {why}",
+                        EjectedFor { until_ms, now_ms }
                     ));
                 }
             }
@@ -981,22 +1201,24 @@ impl<'a> Slots<'a> {
     }
 
     /// Step 4a, latency: smooths the latency of every fresh, closed endpoint with enough requests
-    /// (one update per base entry) and returns the smoothed values. Endpoints updated together
-    /// share a time step, so its decay factor is computed once.
-    fn smooth_latencies(&mut self, policy: &Policy, now_ms: u64) -> Vec<f64> {
+    /// (once per address, however often the base lists it) and returns one [`LatencySample`]
+    /// per endpoint so smoothed. Endpoints updated together share a time step, so its decay
+    /// factor is computed once.
+    fn smooth_latencies(&mut self, policy: &Policy, now_ms: u64) -> Vec<LatencySample> {
         let half = ms(policy.latency_half_life).max(1) as f64;
         let mut decay_for: Option<(u64, f64)> = None;
-        let mut ewmas = Vec::with_capacity(self.slot.len());
-        for &k in &self.slot {
+        let mut samples = Vec::with_capacity(self.slots.len());
+        for (k, sl) in self.slots.iter_mut().enumerate() {
             let Slot {
                 state: st, fresh, ..
-            } = &mut self.slots[k];
+            } = sl;
             let Some(s) = fresh.as_ref() else {
                 continue;
             };
             if !closed(st) || s.requests < policy.latency_min_requests {
                 continue;
             }
+            let previous = st.latency_ewma.map(|(l, _)| l);
             let smoothed = match st.latency_ewma {
                 None => s.latency,
                 Some((prev, at)) => {
@@ -1013,42 +1235,119 @@ impl<'a> Slots<'a> {
                 }
             };
             st.latency_ewma = Some((smoothed, now_ms));
-            ewmas.push(smoothed);
+            samples.push(LatencySample {
+                slot: k,
+                latency: smoothed,
+                previous,
+                requests: s.requests,
+                partial: st.ramp_from_ms.is_some() || settling(st, s, now_ms),
+            });
         }
-        ewmas
+        samples
     }
 
-    /// Step 4b, latency weighting: with at least two smoothed latencies, each such endpoint's
-    /// multiplier steps towards the cluster median over its latency ([`LatencyBounds`]).
-    /// Disabled, every multiplier is 1.
-    fn weigh_by_latency(&mut self, policy: &Policy, mut ewmas: Vec<f64>) {
-        let reference = median(&mut ewmas);
-        let bounds = LatencyBounds::new(policy);
-        for &k in &self.slot {
+    /// Step 4b, latency weighting, the damped loop of the module documentation: the smoothed
+    /// latencies of the trusted endpoints serving at full share are compared with their median
+    /// ([`LatencyLoop::compare`]); an endpoint beyond the dead band moves its multiplier against
+    /// the difference, a little per decision ([`LatencyLoop::next`]); every other fresh, closed
+    /// endpoint (indistinguishable, too few requests, nothing to compare with) returns towards
+    /// its base weight. An endpoint whose window covers it at a fraction of its share (ramping,
+    /// or a window after its ramp) only loses weight, when it is slower. Returns each slot's
+    /// comparison, for the ramps. Disabled, every multiplier is 1 and nothing is compared.
+    fn weigh_by_latency(
+        &mut self,
+        policy: &Policy,
+        samples: &[LatencySample],
+        now_ms: u64,
+    ) -> Vec<Option<Comparison>> {
+        let mut compared = vec![None; self.slots.len()];
+        if !policy.latency_weighting {
+            for Slot { state: st, .. } in &mut self.slots {
+                st.multiplier = 1.0;
+            }
+            return compared;
+        }
+        // Each full-share endpoint against the median of the others; a partial one against
+        // the median of the full-share endpoints.
+        let mut sorted: Vec<f64> = samples
+            .iter()
+            .filter(|s| !s.partial)
+            .map(|s| s.latency)
+            .collect();
+        sorted.sort_unstable_by(f64::total_cmp);
+        let full_requests: f64 = samples
+            .iter()
+            .filter(|s| !s.partial)
+            .map(|s| s.requests)
+            .sum();
+        let control = LatencyLoop::new(policy);
+        let mut against = vec![(0.0, 0.0); self.slots.len()];
+        let mut trend = vec![0.0; self.slots.len()];
+        for s in samples {
+            trend[s.slot] = control.trend(s.previous, s.latency);
+        }
+        if sorted.len() >= 2 {
+            for s in samples {
+                let (without, others) = if s.partial {
+                    (None, full_requests)
+                } else {
+                    (Some(s.latency), full_requests - s.requests)
+                };
+                if let Some(reference) = median_of(&sorted, without) {
+                    compared[s.slot] =
+                        Some(control.compare(reference, s.latency, s.requests, others));
+                    against[s.slot] = (s.latency, reference);
+                }
+            }
+        }
+        for (k, sl) in self.slots.iter_mut().enumerate() {
             let Slot {
                 state: st,
                 fresh,
                 reason: why,
                 ..
-            } = &mut self.slots[k];
-            if !policy.latency_weighting {
-                st.multiplier = 1.0;
+            } = sl;
+            if !closed(st) {
+                // Ejected or on trial: weighed afresh once it serves again.
+                st.weighed_at_ms = None;
                 continue;
             }
-            let (Some(reference), Some(s)) = (reference, fresh.as_ref()) else {
+            let Some(s) = fresh.as_ref() else {
                 continue;
             };
-            if ewmas.len() < 2 || !closed(st) || s.requests < policy.latency_min_requests {
+            let since = st.weighed_at_ms.map(|at| now_ms.saturating_sub(at));
+            let fraction = window_fraction(since, s.requests, s.rps);
+            st.weighed_at_ms = Some(now_ms);
+            let excess = compared[k].map_or(0.0, |c| c.excess());
+            if (st.ramp_from_ms.is_some() || settling(st, s, now_ms)) && excess <= 0.0 {
+                // At a fraction of its share a faster latency says nothing.
                 continue;
             }
-            let Some((latency, _)) = st.latency_ewma else {
-                continue;
+            st.multiplier = control.next(st.multiplier, excess, trend[k], fraction);
+            if why.is_none() && st.multiplier != 1.0 {
+                let with = compared[k].map(|c| (c, against[k].0, against[k].1));
+                *why = Some(latency_reason(with, excess, st.multiplier));
+            }
+        }
+        compared
+    }
+
+    /// Step 4c, slow start's clock: a ramping endpoint's ramp stands still while it has no
+    /// fresh signals (held) or is slower than the cluster ([`Comparison::excess`] above 0:
+    /// cold, or slow) and its multiplier is above the floor; it runs [`RAMP_SPEEDUP`] times as
+    /// fast while the endpoint is no slower (warm); else at its pace.
+    fn pace_ramps(&mut self, policy: &Policy, compared: &[Option<Comparison>], now_ms: u64) {
+        let floor = LatencyLoop::new(policy).floor;
+        for (sl, comparison) in self.slots.iter_mut().zip(compared) {
+            let st = &mut sl.state;
+            let above_floor = st.multiplier.ln() > floor + 1e-9;
+            let pace = match (sl.fresh.is_some(), comparison) {
+                (false, _) => RampPace::Stopped,
+                (true, Some(c)) if c.excess() > 0.0 && above_floor => RampPace::Stopped,
+                (true, Some(c)) if c.excess() <= 0.0 => RampPace::Fast,
+                _ => RampPace::Normal,
             };
-            let target = bounds.target(reference, latency);
-            st.multiplier = bounds.next(st.multiplier, target);
-            if why.is_none() && (st.multiplier - 1.0).abs() > 1e-9 {
-                *why = Some(latency_reason(latency, reference, st.multiplier, target));
-            }
+            advance_ramp(st, pace, now_ms);
         }
     }
 
@@ -1071,11 +1370,13 @@ impl<'a> Slots<'a> {
             let sl = &mut self.slots[k];
             let st = &mut sl.state;
             let (weight, is_healthy, status) = publish(policy, *w, st, now_ms);
-            if st.ramp_from_ms.is_some()
-                && now_ms.saturating_sub(st.ramp_from_ms.unwrap_or(0))
-                    >= ms(policy.slow_start_window)
-            {
-                st.ramp_from_ms = None;
+            if let Some(from) = st.ramp_from_ms {
+                let end = from.saturating_add(ms(policy.slow_start_window));
+                if now_ms >= end {
+                    st.ramp_from_ms = None;
+                    st.ramp_seen_ms = None;
+                    st.ramp_ended_ms = Some(end);
+                }
             }
             let signals = sl.fresh;
             let held = signals.is_none();
@@ -1138,9 +1439,6 @@ fn publish(policy: &Policy, base: u32, st: &EndpointState, now_ms: u64) -> (u32,
         },
     }
 }
-
-#[cfg(test)]
-mod reference;
 
 #[cfg(test)]
 mod tests;
