@@ -990,35 +990,40 @@ fn check_endpoint_address(address: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `b` may appear in a URI authority without user information (RFC 3986 §3.2: a
+/// reg-name, an IPv4 or bracketed IPv6 host, an optional port): what a Host header and a
+/// virtual-host domain are made of.
+#[inline]
+pub fn is_authority_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'['
+                | b']'
+                | b'%'
+        )
+}
+
 /// A virtual-host domain as Envoy accepts one (`*`, `*.suffix`, `prefix.*`, or an exact name,
 /// each with an optional `:port`; a `*` elsewhere is a literal character of an exact domain),
 /// limited to the characters a Host header can carry, so that every domain can match a request.
 fn check_domain(domain: &str) -> Result<(), String> {
-    let authority_byte = |b: u8| {
-        b.is_ascii_alphanumeric()
-            || matches!(
-                b,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'['
-                    | b']'
-                    | b'%'
-            )
-    };
-    if domain.is_empty() || !domain.bytes().all(authority_byte) {
+    if domain.is_empty() || !domain.bytes().all(is_authority_byte) {
         return Err(format!(
             "invalid domain {domain:?} (use a host name with an optional :port, \"*.suffix\", \"prefix.*\" or \"*\")"
         ));

@@ -68,30 +68,7 @@ pub(crate) fn routing_authority<B>(req: &Request<B>) -> Result<&str, &'static st
 /// Whether `b` can be a URI authority without user information (RFC 3986 §3.2: reg-name,
 /// IPv4 or bracketed IPv6 host, optional port); empty is allowed (RFC 9112 §3.2).
 fn is_authority(b: &[u8]) -> bool {
-    b.iter().all(|&c| {
-        c.is_ascii_alphanumeric()
-            || matches!(
-                c,
-                b'-' | b'.'
-                    | b'_'
-                    | b'~'
-                    | b'!'
-                    | b'$'
-                    | b'&'
-                    | b'\''
-                    | b'('
-                    | b')'
-                    | b'*'
-                    | b'+'
-                    | b','
-                    | b';'
-                    | b'='
-                    | b':'
-                    | b'['
-                    | b']'
-                    | b'%'
-            )
-    })
+    b.iter().all(|&c| gofe_model::is_authority_byte(c))
 }
 
 /// Turns the client's request head into the one an endpoint gets (`http2`: the cluster speaks
