@@ -71,7 +71,8 @@
 //!   the cap.
 //! * **Decay.** Inside the band, or with nothing to compare (too few requests, one endpoint),
 //!   the log multiplier returns towards 0 by half of itself plus 0.05 per window, and reaches
-//!   the base weight exactly.
+//!   the base weight exactly; a difference that points home moves it at least as fast, so an
+//!   endpoint just outside the band is not left hovering off its base weight.
 //! * **No judgement on partial evidence.** A window that covers an endpoint at a fraction of
 //!   its share (ramping up, or within a window of its ramp's end) is not in anyone's median and
 //!   can only lower its weight, by being slower. Its slow-start ramp stands still while it is

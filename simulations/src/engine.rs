@@ -7,8 +7,11 @@
 //! * service time `S = latency × slow / speed`, capacity `μ = capacity × speed / slow`;
 //! * with utilization `ρ = λ / μ < 1`, the wait is Sakasegawa's M/M/c approximation
 //!   `S × ρ^(√(2(c+1)) − 1) / (c (1 − ρ))` (`c` = concurrency, `ρ` capped at 0.95: beyond, the backlog term takes over);
-//! * requests in flight at a pod, as the balancers see them, are `backlog + λ × S` (Little's
-//!   law on the service time; the queue is the backlog);
+//! * requests in flight at a pod, as the balancers see them, are carried from step to step: a
+//!   request stays `S` while the pod is below capacity, at most `μ` a second leave at capacity,
+//!   none stays past `timeout` (exact for a constant rate over a step); within a step each pick
+//!   sees those from before, less the ones gone since, plus the step's own so far, so the
+//!   power-of-two-choices balancers split a step of 1 s as ten of 100 ms;
 //! * above capacity a backlog builds at `λ − μ` and adds `backlog / μ`;
 //! * a step's requests to a pod all see that pod's latency; above `timeout` they fail (and the
 //!   backlog is capped at what the pod serves within the timeout); a `fail` fault fails that
@@ -226,7 +229,7 @@ impl<'a> Sim<'a> {
         let duration = run_length(scenario, base)?;
         let steps = (duration / dt).round() as u64;
         let traffic = TrafficSource::new(&scenario.traffic, base, scenario.seed)?;
-        let balancing = Balancing::new(policy.balancer, scenario.seed);
+        let balancing = Balancing::new(policy.balancer, scenario.seed, sv.timeout.secs());
         let autoscaling = if policy.fixed_replicas {
             None
         } else {
@@ -257,7 +260,10 @@ impl<'a> Sim<'a> {
             steps,
             done: 0,
             traffic,
-            model: ServiceModel::new(sv, dt),
+            model: ServiceModel::new(sv, dt).counting_in_flight(matches!(
+                policy.balancer,
+                Balancer::LeastRequest | Balancer::PeakEwma
+            )),
             ewma_keep: (-dt / policy.decay.secs().max(1e-9)).exp(),
             replicas: ReplicaSet::new(scenario),
             desired: sv.pods as i32,

@@ -124,8 +124,10 @@ impl LatencyLoop {
     /// the last decision), at most `step` — unless the endpoint's latency already moves the right
     /// way by more than the relative band since the last decision (`trend`, in log terms): then
     /// the moves made are still arriving, and `u` holds (anti-windup). Without an excess, `u`
-    /// returns towards 0 (the base weight), reaching it exactly (the base weight is 1, or the
-    /// nearer bound when the floor and the cap exclude 1). Always within the floor and the cap.
+    /// returns towards 0 (the base weight) by `decay × |u| + decay_min` per window, reaching it
+    /// exactly (the base weight is 1, or the nearer bound when the floor and the cap exclude 1);
+    /// an excess that points home moves `u` at least that fast, so the pull home is no weaker
+    /// just outside the band than inside it. Always within the floor and the cap.
     pub(super) fn next(&self, current: f64, excess: f64, trend: f64, fraction: f64) -> f64 {
         let u = if current > 0.0 && current.is_finite() {
             current.ln()
@@ -135,22 +137,29 @@ impl LatencyLoop {
         let fraction = fraction.clamp(0.0, 1.0);
         // The base weight, unless the operator's bounds exclude it.
         let home = 0.0f64.clamp(self.floor, self.cap);
+        let off = u - home;
+        let back = ((self.decay * off.abs() + self.decay_min) * fraction).min(self.step);
+        // The return to base: by `back`, not past it.
+        let returned = if off.abs() <= back {
+            home
+        } else {
+            u - back.copysign(off)
+        };
         let moved = if excess != 0.0 {
             let recovering =
                 (excess > 0.0 && trend < -self.band) || (excess < 0.0 && trend > self.band);
+            let integral = (-self.gain * excess * fraction).clamp(-self.step, self.step);
             if recovering {
                 u
+            } else if integral * off < 0.0 && integral.abs() < back {
+                // Towards the base weight, at least as fast as inside the band: the pull home
+                // does not weaken just outside it.
+                returned
             } else {
-                u + (-self.gain * excess * fraction).clamp(-self.step, self.step)
+                u + integral
             }
         } else {
-            let off = u - home;
-            let back = ((self.decay * off.abs() + self.decay_min) * fraction).min(self.step);
-            if off.abs() <= back {
-                home
-            } else {
-                u - back.copysign(off)
-            }
+            returned
         };
         let moved = moved.clamp(self.floor, self.cap);
         if moved == 0.0 {
@@ -238,7 +247,14 @@ mod tests {
         let c = control();
         // A sixth of a window: −0.25 × 0.6 / 6.
         assert!(close(c.next(1.0, 0.6, 0.0, 1.0 / 6.0).ln(), -0.025));
-        assert!(close(c.next(0.5, -0.6, 0.0, 0.5).ln(), 0.5f64.ln() + 0.075));
+        assert!(close(c.next(1.2, -0.6, 0.0, 0.5).ln(), 1.2f64.ln() + 0.075));
+        // Towards the base weight, at least as fast as the return inside the band.
+        let back = (0.5 * 2.0f64.ln() + 0.05) * 0.5;
+        assert!(close(c.next(0.5, -0.6, 0.0, 0.5).ln(), 0.5f64.ln() + back));
+        assert!(
+            close(c.next(0.5, -8.0, 0.0, 0.5), 0.75),
+            "or the integral, to the step"
+        );
         // A whole window of a large excess is limited to the step.
         assert!(close(c.next(1.0, 4.0, 0.0, 1.0), 1.0 / 1.5));
         assert!(close(c.next(1.0, -4.0, 0.0, 1.0), 1.5));

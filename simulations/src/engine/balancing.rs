@@ -5,12 +5,14 @@
 use gofe_core::balance::{least_request, Candidate, WeightedSequence};
 use gofe_core::outlier::BreakerState;
 
-use super::pods::Pod;
+use super::pods::{Flights, Pod};
 use crate::scenario::Balancer;
 
 /// The balancer's state across steps, and this step's endpoints and assignment.
 pub(super) struct Balancing {
     balancer: Balancer,
+    /// The clients' timeout, seconds: no request stays in flight longer.
+    timeout: f64,
     /// Candidate draws of the power-of-two-choices balancers.
     rng: fastrand::Rng,
     /// The smooth weighted round-robin order over `seq_members` (pod indices) at `seq_weights`.
@@ -25,12 +27,16 @@ pub(super) struct Balancing {
     pub(super) endpoints: Vec<usize>,
     /// This step's requests per pod, by position in the pod list.
     pub(super) assigned: Vec<f64>,
+    /// The power-of-two-choices balancers' view of each pod's requests in flight this step,
+    /// by position in the pod list.
+    flights: Flights,
 }
 
 impl Balancing {
-    pub(super) fn new(balancer: Balancer, seed: u64) -> Self {
+    pub(super) fn new(balancer: Balancer, seed: u64, timeout: f64) -> Self {
         Balancing {
             balancer,
+            timeout,
             rng: fastrand::Rng::with_seed(seed),
             seq: WeightedSequence::default(),
             seq_members: Vec::new(),
@@ -39,6 +45,7 @@ impl Balancing {
             ticket: 0,
             endpoints: Vec::new(),
             assigned: Vec::new(),
+            flights: Flights::default(),
         }
     }
 
@@ -102,10 +109,27 @@ impl Balancing {
         let chunk = offered / picks as f64;
         match self.balancer {
             Balancer::RoundRobin | Balancer::Gofe => self.round_robin(picks, chunk),
-            Balancer::LeastRequest => self.least_request(pods, picks, chunk, inv_dt),
-            Balancer::PeakEwma => self.peak_ewma(pods, picks, chunk, inv_dt),
+            Balancer::LeastRequest => {
+                self.view_flights(pods, picks, inv_dt);
+                self.least_request(picks, chunk);
+            }
+            Balancer::PeakEwma => {
+                self.view_flights(pods, picks, inv_dt);
+                self.peak_ewma(pods, picks, chunk);
+            }
         }
         failed
+    }
+
+    /// The endpoints' requests in flight as the step's picks see them: each pick is at its
+    /// moment in the step (the `j`-th of `picks` at `(j + ½) / picks` of it), and sees the
+    /// requests in flight at the step's start and the step's own so far, less those answered or
+    /// given up on since ([`super::pods::Drain`]). Counting them as they come, request by
+    /// request, keeps a step's picks from piling onto the pod that looked emptiest at its
+    /// start, and makes the split the same whatever the step's length.
+    fn view_flights(&mut self, pods: &[Pod], picks: usize, inv_dt: f64) {
+        let pick = 1.0 / inv_dt / picks as f64;
+        self.flights.build(pods, picks, pick, self.timeout);
     }
 
     /// Smooth weighted round robin over the (controller's) weights.
@@ -117,16 +141,13 @@ impl Balancing {
         }
     }
 
-    /// Two random candidates; the one with fewer requests in flight (backlog + this step's
-    /// rate × service time, Little's law) wins.
-    fn least_request(&mut self, pods: &[Pod], picks: usize, chunk: f64, inv_dt: f64) {
-        for _ in 0..picks {
+    /// Two random candidates; the one with fewer requests in flight (as of the pick's moment
+    /// in the step: [`Balancing::view_flights`]) wins.
+    fn least_request(&mut self, picks: usize, chunk: f64) {
+        for j in 0..picks {
             let (a, b) = self.candidates();
-            let assigned = &self.assigned;
-            let active = |i: usize| {
-                let p = &pods[i];
-                ((assigned[i] * inv_dt * p.service + p.backlog) * 1000.0) as u64
-            };
+            let m = self.flights.moment(j);
+            let active = |i: usize| (self.flights.at(i, &m, self.assigned[i]) * 1000.0) as u64;
             let pick = if least_request(
                 Candidate {
                     active: active(a),
@@ -146,14 +167,11 @@ impl Balancing {
     }
 
     /// Two random candidates; the lower peak-EWMA latency × (requests in flight + 1) wins.
-    fn peak_ewma(&mut self, pods: &[Pod], picks: usize, chunk: f64, inv_dt: f64) {
-        for _ in 0..picks {
+    fn peak_ewma(&mut self, pods: &[Pod], picks: usize, chunk: f64) {
+        for j in 0..picks {
             let (a, b) = self.candidates();
-            let assigned = &self.assigned;
-            let cost = |i: usize| {
-                let p = &pods[i];
-                p.ewma * (assigned[i] * inv_dt * p.service + p.backlog + 1.0)
-            };
+            let m = self.flights.moment(j);
+            let cost = |i: usize| pods[i].ewma * (self.flights.at(i, &m, self.assigned[i]) + 1.0);
             let pick = if cost(a) <= cost(b) { a } else { b };
             self.assigned[pick] += chunk;
         }
@@ -183,7 +201,7 @@ mod tests {
     }
 
     fn balanced(balancer: Balancer, pods: &[Pod], offered: f64) -> (Balancing, f64) {
-        let mut b = Balancing::new(balancer, 1);
+        let mut b = Balancing::new(balancer, 1, 1.0);
         b.select_endpoints(pods, 0.0);
         b.refresh_weights(pods);
         let failed = b.assign(pods, offered, 1.0);
@@ -205,7 +223,7 @@ mod tests {
             EjectReason::Consecutive5xx,
         );
         ps[3].life = super::super::pods::Life::Dead { at_ms: 0 };
-        let mut b = Balancing::new(Balancer::RoundRobin, 1);
+        let mut b = Balancing::new(Balancer::RoundRobin, 1, 1.0);
         b.select_endpoints(&ps, 1.0);
         assert_eq!(b.endpoints, [0, 3]);
         b.select_endpoints(&ps, 15.0);
@@ -249,7 +267,7 @@ mod tests {
     #[test]
     fn the_round_robin_order_is_kept_while_members_and_weights_stay() {
         let ps = pods(3);
-        let mut b = Balancing::new(Balancer::RoundRobin, 1);
+        let mut b = Balancing::new(Balancer::RoundRobin, 1, 1.0);
         b.select_endpoints(&ps, 0.0);
         b.refresh_weights(&ps);
         b.assign(&ps, 1.0, 1.0);
@@ -264,14 +282,40 @@ mod tests {
     }
 
     #[test]
-    fn least_request_avoids_a_backlogged_pod() {
+    fn least_request_avoids_a_pod_with_many_requests_in_flight() {
         let mut ps = pods(3);
         ps[0].backlog = 1_000.0;
+        ps[0].in_flight = 1_000.0;
         let (b, failed) = balanced(Balancer::LeastRequest, &ps, 256.0);
         assert_eq!(failed, 0.0);
         approx(b.assigned.iter().sum(), 256.0);
         // It wins only when drawn twice (1 in 9).
         assert!(b.assigned[0] < 0.2 * 256.0, "{:?}", b.assigned);
+    }
+
+    #[test]
+    fn a_coarse_step_does_not_pile_onto_the_pod_that_looked_emptiest_at_its_start() {
+        // Three pods with 50 requests queued (at capacity: 100 a second leave), one with none;
+        // a second's 400 requests. Seen as they come, the empty pod takes requests only while
+        // it has fewer in flight than the others: they end level, the empty one with 50 more
+        // of the 400, 137.5 (34 %). (A view fixed at the step's start gave it every pick it was
+        // a candidate for: 7 in 16, 44 %.)
+        let mut ps = pods(4);
+        for p in &mut ps[1..] {
+            p.in_flight = 50.0;
+        }
+        for p in &mut ps {
+            p.service = 0.05;
+        }
+        for balancer in [Balancer::LeastRequest, Balancer::PeakEwma] {
+            let (b, _) = balanced(balancer, &ps, 400.0);
+            let share = b.assigned[0] / 400.0;
+            assert!(
+                (0.31..0.38).contains(&share),
+                "{balancer:?}: {:?}",
+                b.assigned
+            );
+        }
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub(super) struct Pod {
     pub(super) latency: f64,
     /// This step's service time, seconds.
     pub(super) service: f64,
+    /// Requests in flight at the end of the step, as the proxies count them (sent, not yet
+    /// answered or timed out): see [`ServiceModel::serve`].
+    pub(super) in_flight: f64,
+    /// This step's capacity, requests per second at full load.
+    pub(super) capacity: f64,
     /// Requests served so far (the pod's request counter).
     pub(super) req_counter: f64,
     /// CPU used so far, milli-core seconds.
@@ -79,6 +84,8 @@ impl Pod {
             backlog: 0.0,
             latency: base_latency,
             service: base_latency,
+            in_flight: 0.0,
+            capacity: sv.capacity * speed_of(index, scenario),
             req_counter: 0.0,
             cpu_counter: 0.0,
             samples: VecDeque::new(),
@@ -90,6 +97,15 @@ impl Pod {
             signal_window: VecDeque::new(),
             signal_now: (0.0, 0.0, 0.0),
             gofe_weight: None,
+        }
+    }
+
+    /// How its requests in flight drain, at this step's service time and capacity.
+    pub(super) fn drain(&self, timeout: f64) -> Drain {
+        Drain {
+            service: self.service,
+            capacity: self.capacity,
+            timeout,
         }
     }
 
@@ -163,6 +179,185 @@ pub(super) fn kill(faults: &[Fault], pods: &mut [Pod], now: f64, now_ms: u64, dt
     }
 }
 
+/// What a pod does with requests in flight, as the proxies count them (sent, not yet answered
+/// or given up on): each is served in `service` seconds while fewer than `capacity × service`
+/// are (below capacity), at most `capacity` a second leave (at capacity), and none stays past
+/// `timeout` (the client gives up).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Drain {
+    pub(super) service: f64,
+    pub(super) capacity: f64,
+    pub(super) timeout: f64,
+}
+
+impl Drain {
+    /// Requests in flight `t` seconds after `start` were, when `arrived` more came at an even
+    /// rate over those seconds: the larger of the free (each leaves after `service`) and the
+    /// saturated (`capacity` a second leave) answers, at most the timed-out one (each leaves
+    /// after `timeout`). Each is exact for a constant rate, so one step of 1 s gives what ten
+    /// of 100 ms give, unless the pod crosses its capacity within the step.
+    pub(super) fn in_flight(&self, start: f64, arrived: f64, t: f64) -> f64 {
+        if t <= 0.0 {
+            return start + arrived;
+        }
+        let free = Leaving::after(self.service, t).of(start, arrived);
+        let gave_up = Leaving::after(self.timeout, t).of(start, arrived);
+        let saturated = start + arrived - self.capacity * t;
+        free.max(saturated).min(gave_up)
+    }
+}
+
+/// What is left after `x` stays (`t / stay`) of requests that each stay `stay` seconds: of
+/// those there at the start, `kept = e^−x`; of those that came evenly meanwhile,
+/// `(1 − e^−x) / x`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Leaving {
+    kept: f64,
+    staying: f64,
+}
+
+impl Leaving {
+    fn after(stay: f64, t: f64) -> Self {
+        let x = t / stay.max(1e-9);
+        Leaving::from_kept((-x).exp(), x)
+    }
+
+    fn from_kept(kept: f64, x: f64) -> Self {
+        Leaving {
+            kept,
+            staying: if x < 1e-6 {
+                1.0 - x / 2.0
+            } else {
+                (1.0 - kept) / x
+            },
+        }
+    }
+
+    fn of(&self, start: f64, arrived: f64) -> f64 {
+        start * self.kept + arrived * self.staying
+    }
+}
+
+/// The pods' requests in flight at the moments of one step's picks, the `j`-th of them at
+/// `(j + ½) × pick` seconds into the step: [`Drain::in_flight`] for each pod, with its
+/// exponentials taken from a table per distinct stay (service time or timeout), each built by
+/// one multiplication per pick, since most pods share their service time.
+#[derive(Debug, Default)]
+pub(super) struct Flights {
+    pick: f64,
+    picks: usize,
+    /// The distinct stays (the timeout first), and for the `k`-th, `e^−(j + ½) pick / stay` for
+    /// every pick `j` at `values[k × picks + j]`.
+    stays: Vec<f64>,
+    values: Vec<f64>,
+    /// Per pod (by position).
+    pods: Vec<PodFlight>,
+}
+
+/// One pod's part of [`Flights`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct PodFlight {
+    /// In flight at the step's start.
+    start: f64,
+    capacity: f64,
+    service: f64,
+    /// Where its service time's and the timeout's tables start in `values`.
+    free: usize,
+    gave_up: usize,
+    /// Served before the timeout.
+    before_timeout: bool,
+}
+
+impl Flights {
+    /// The view of `pods` over a step of `picks` picks `pick` seconds apart.
+    pub(super) fn build(&mut self, pods: &[Pod], picks: usize, pick: f64, timeout: f64) {
+        self.pick = pick;
+        self.picks = picks;
+        self.stays.clear();
+        self.values.clear();
+        self.pods.clear();
+        let timeout = timeout.max(1e-9);
+        let gave_up = self.table(timeout);
+        let mut last = (f64::NAN, 0);
+        for p in pods {
+            let service = p.service.max(1e-9);
+            let free = if service == last.0 {
+                last.1
+            } else {
+                let k = match self.stays.iter().position(|&s| s == service) {
+                    Some(k) => k * picks,
+                    None => self.table(service),
+                };
+                last = (service, k);
+                k
+            };
+            self.pods.push(PodFlight {
+                start: p.in_flight,
+                capacity: p.capacity,
+                service,
+                free,
+                gave_up,
+                before_timeout: service <= timeout,
+            });
+        }
+    }
+
+    /// A new table for `stay`: where it starts in `values`.
+    fn table(&mut self, stay: f64) -> usize {
+        let at = self.values.len();
+        self.stays.push(stay);
+        let per_pick = (-self.pick / stay).exp();
+        let mut v = per_pick.sqrt();
+        for _ in 0..self.picks {
+            self.values.push(v);
+            v *= per_pick;
+        }
+        at
+    }
+
+    /// The moment of pick `j`: `(j + ½) × pick` seconds into the step.
+    pub(super) fn moment(&self, j: usize) -> Moment {
+        let t = (j as f64 + 0.5) * self.pick;
+        Moment {
+            j,
+            t,
+            inv_t: 1.0 / t,
+        }
+    }
+
+    /// Pod `i`'s requests in flight at pick `m`, `arrived` having come to it since the step
+    /// began: [`Drain::in_flight`] at that moment.
+    pub(super) fn at(&self, i: usize, m: &Moment, arrived: f64) -> f64 {
+        let f = &self.pods[i];
+        // start × e^−x + arrived × (1 − e^−x) / x, with x = t / stay.
+        let leaving = |table: usize, stay: f64| {
+            let kept = self.values[table + m.j];
+            let staying = if m.t < 1e-6 * stay {
+                1.0 - 0.5 * m.t / stay
+            } else {
+                (1.0 - kept) * stay * m.inv_t
+            };
+            f.start * kept + arrived * staying
+        };
+        let saturated = f.start + arrived - f.capacity * m.t;
+        let unsaturated = leaving(f.free, f.service);
+        if saturated <= unsaturated && f.before_timeout {
+            // Below capacity, served before the timeout: the timeout changes nothing.
+            return unsaturated;
+        }
+        let timeout = self.stays[0];
+        unsaturated.max(saturated).min(leaving(f.gave_up, timeout))
+    }
+}
+
+/// A pick's moment in its step (see [`Flights::moment`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) struct Moment {
+    j: usize,
+    t: f64,
+    inv_t: f64,
+}
+
 /// The queueing model of one pod (see the engine's documentation): the service's constants and
 /// the step length.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -179,6 +374,8 @@ pub(super) struct ServiceModel {
     concurrency: f64,
     /// Sakasegawa's exponent `√(2(c+1)) − 1`.
     wait_exponent: f64,
+    /// Whether a pod's requests in flight are counted (for the balancers that read them).
+    counts_in_flight: bool,
 }
 
 impl ServiceModel {
@@ -191,6 +388,16 @@ impl ServiceModel {
             timeout: sv.timeout.secs(),
             concurrency: c,
             wait_exponent: (2.0 * (c + 1.0)).sqrt() - 1.0,
+            counts_in_flight: true,
+        }
+    }
+
+    /// The model, counting each pod's requests in flight only when `counted` (the
+    /// power-of-two-choices balancers read them; the others need not pay for them).
+    pub(super) fn counting_in_flight(self, counted: bool) -> Self {
+        ServiceModel {
+            counts_in_flight: counted,
+            ..self
         }
     }
 
@@ -233,6 +440,10 @@ impl ServiceModel {
             }
         };
         p.latency = latency;
+        p.capacity = mu;
+        if self.counts_in_flight {
+            p.in_flight = p.drain(self.timeout).in_flight(p.in_flight, n, dt);
+        }
         (latency, failures)
     }
 }
@@ -371,6 +582,77 @@ mod tests {
             (0.02, 0.0)
         );
         assert_eq!(pending.cpu_counter, 0.0);
+    }
+
+    fn drain(service: f64, capacity: f64, timeout: f64) -> Drain {
+        Drain {
+            service,
+            capacity,
+            timeout,
+        }
+    }
+
+    #[test]
+    fn requests_in_flight_drain_the_same_in_one_step_or_ten() {
+        // Below capacity (each served in 50 ms), at capacity (100 a second), and given up on
+        // (served in 2 s, timeout 1 s): a second at a constant rate, in one step or ten.
+        for (d, start, per_second) in [
+            (drain(0.05, 1e9, 10.0), 3.0, 80.0),
+            (drain(0.05, 100.0, 10.0), 500.0, 150.0),
+            (drain(2.0, 2.5, 1.0), 4.0, 10.0),
+        ] {
+            let once = d.in_flight(start, per_second, 1.0);
+            let tenths = (0..10).fold(start, |n, _| d.in_flight(n, per_second / 10.0, 0.1));
+            assert!(
+                (once - tenths).abs() < 1e-9 * once.max(1.0),
+                "{d:?}: {once} vs {tenths}"
+            );
+        }
+        let d = drain(0.05, 100.0, 10.0);
+        approx(d.in_flight(500.0, 150.0, 1.0), 550.0); // 150 in, 100 out
+        assert_eq!(d.in_flight(3.0, 2.0, 0.0), 5.0);
+        // Little's law at a steady 80 a second: 80 × 50 ms.
+        let steady = (0..100).fold(0.0, |n, _| d.in_flight(n, 8.0, 0.1));
+        approx(steady, 4.0);
+        // Given up on: 10 a second for a 1 s timeout.
+        let slow = drain(2.0, 2.5, 1.0);
+        let steady = (0..100).fold(0.0, |n, _| slow.in_flight(n, 1.0, 0.1));
+        assert!((steady - 10.0).abs() < 1e-3, "{steady}");
+    }
+
+    #[test]
+    fn a_steps_flights_are_the_drain_at_each_pick() {
+        let sc = scenario(SERVICE);
+        let mut ps: Vec<Pod> = (0..3).map(|i| Pod::new(i, 0.0, true, &sc)).collect();
+        (ps[0].in_flight, ps[0].service, ps[0].capacity) = (3.0, 0.05, 100.0);
+        (ps[1].in_flight, ps[1].service, ps[1].capacity) = (500.0, 0.05, 100.0);
+        (ps[2].in_flight, ps[2].service, ps[2].capacity) = (4.0, 2.0, 2.5);
+        let mut f = Flights::default();
+        f.build(&ps, 256, 1.0 / 256.0, 1.0);
+        for j in [0, 1, 17, 255] {
+            let m = f.moment(j);
+            let t = (j as f64 + 0.5) / 256.0;
+            for (i, p) in ps.iter().enumerate() {
+                let want = p.drain(1.0).in_flight(p.in_flight, 7.0, t);
+                let got = f.at(i, &m, 7.0);
+                assert!(
+                    (got - want).abs() < 1e-9 * want,
+                    "pod {i} pick {j}: {got} vs {want}"
+                );
+            }
+        }
+        assert_eq!(f.stays.len(), 3, "the timeout and two service times");
+    }
+
+    #[test]
+    fn serving_counts_the_requests_in_flight() {
+        let mut p = Pod::new(0, 0.0, true, &scenario(SERVICE));
+        // c = 1, ρ = 0.5: 20 ms latency, each request in flight that long.
+        let (latency, _) = model().serve(&mut p, 50.0, 0.0, (1.0, 0.0));
+        approx(p.capacity, 100.0);
+        let want = drain(0.01, 100.0, 1.0).in_flight(0.0, 50.0, 1.0);
+        approx(p.in_flight, want);
+        assert!(latency > 0.0 && p.in_flight > 0.0);
     }
 
     #[test]
