@@ -54,13 +54,10 @@ enum Command {
         #[arg(long, default_value = "15s", value_parser = parse_duration)]
         drain_timeout: Duration,
     },
-    /// Run the whole demo with embedded defaults: three demo backends and the proxy in front of
-    /// them (examples/up.yaml), on 127.0.0.1. No external services needed.
-    Up {
-        /// How long Ctrl-C waits for in-flight requests.
-        #[arg(long, default_value = "5s", value_parser = parse_duration)]
-        drain_timeout: Duration,
-    },
+    /// The whole feedback loop, live, on 127.0.0.1: backends with a fault schedule, the proxy
+    /// steered by the controller over xDS, the metrics adapter, an autoscaler running the HPA's
+    /// algorithm on the adapter's API, and a load that rises and falls. Nothing to install.
+    Up(Box<gofe_up::UpArgs>),
     /// Run one demo backend (answers "hello from NAME"; see `gofe_proxy::demo`).
     Backend {
         /// Address to listen on.
@@ -78,6 +75,10 @@ enum Command {
         /// The status of failed requests.
         #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u16).range(100..=599))]
         fail_status: u16,
+        /// Serve at most this many requests per second, queueing the rest (latency rises with
+        /// load; a request that would wait over 1 s gets 503). 0: unlimited.
+        #[arg(long, default_value_t = 0.0, value_parser = parse_capacity)]
+        capacity: f64,
         /// Serve a control endpoint here to change the faults while running:
         /// `curl -X POST 'http://ADDR/fault?fail_ratio=0.5&fail_status=503&delay=50ms'`.
         #[arg(long)]
@@ -193,17 +194,13 @@ fn parse_fail_ratio(s: &str) -> Result<f64, String> {
     gofe_proxy::demo::check_fail_ratio(s)
 }
 
+fn parse_capacity(s: &str) -> Result<f64, String> {
+    gofe_proxy::demo::check_capacity(s)
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     gofe_proxy::config::parse_duration(s).map_err(|e| e.to_string())
 }
-
-const UP_CONFIG: &str = include_str!("../examples/up.yaml");
-const UP_CONTROLLER: &str = include_str!("../examples/controller.yaml");
-const UP_BACKENDS: [(&str, &str); 3] = [
-    ("web-1", "127.0.0.1:9101"),
-    ("web-2", "127.0.0.1:9102"),
-    ("web-3", "127.0.0.1:9103"),
-];
 
 fn init_logs(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -269,13 +266,18 @@ fn main() -> anyhow::Result<()> {
             .await
             .context("gofe proxy"),
             Command::Proxy { .. } => anyhow::bail!("gofe proxy needs --config or --bootstrap"),
-            Command::Up { drain_timeout } => up(drain_timeout).await,
+            Command::Up(args) => {
+                let _hup = ignore_sighup("gofe up (its configuration is embedded or --scenario)");
+                gofe_up::run(*args, shutdown_signal()).await?;
+                Ok(())
+            }
             Command::Backend {
                 listen,
                 name,
                 delay,
                 fail_ratio,
                 fail_status,
+                capacity,
                 control,
             } => {
                 let backend = DemoBackend::start(listen, &name)
@@ -285,6 +287,7 @@ fn main() -> anyhow::Result<()> {
                     backend.set_delay(d);
                 }
                 backend.set_failure(fail_ratio, fail_status);
+                backend.set_capacity(capacity);
                 if let Some(addr) = control {
                     let listener = tokio::net::TcpListener::bind(addr)
                         .await
@@ -433,45 +436,6 @@ async fn shutdown_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-async fn up(drain: Duration) -> anyhow::Result<()> {
-    let mut backends = Vec::new();
-    for (name, addr) in UP_BACKENDS {
-        let addr: SocketAddr = addr.parse()?;
-        backends.push(
-            DemoBackend::start(addr, name)
-                .await
-                .with_context(|| format!("starting demo backend {name} on {addr}"))?,
-        );
-    }
-    let loaded = gofe_controller::config::Loaded {
-        controller: gofe_controller::config::parse(
-            "examples/controller.yaml (embedded)",
-            UP_CONTROLLER,
-        )?,
-        proxy: gofe_proxy::config::parse("examples/up.yaml (embedded)", UP_CONFIG)?,
-    };
-    let mesh = LocalMesh::start(&loaded, drain)
-        .await
-        .context("starting the proxy and its xDS connection")?;
-    println!(
-        "gofe is up:\n  proxy       http://127.0.0.1:8080/  (try /, /canary, /lr)\n  proxy admin http://127.0.0.1:9901/metrics  /ready  /config_dump\n  controller  http://127.0.0.1:9902/decisions  (or: gofe controller explain web)\n  backends    {}\nCtrl-C to stop.",
-        UP_BACKENDS.map(|(n, a)| format!("{n}={a}")).join(" ")
-    );
-    let _hup = ignore_sighup("gofe up (its configuration is embedded)");
-    let result = gofe_controller::serve(
-        loaded,
-        gofe_controller::Publisher::Xds(mesh.ads.clone()),
-        gofe_controller::shutdown_signal(),
-    )
-    .await
-    .context("gofe controller");
-    mesh.stop(drain).await;
-    for b in backends {
-        b.stop().await;
-    }
-    result
 }
 
 /// A proxy in this process steered by the controller over real xDS: the controller's ADS server

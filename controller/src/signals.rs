@@ -6,19 +6,14 @@
 //! controller's clock. A source that cannot answer returns an error, never zeros: the decision
 //! step then holds (see `gofe_core::policy`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use bytes::Bytes;
 use gofe_core::policy::Signals;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use crate::config::{PrometheusConfig, SignalsConfig, SourceKind};
 
-pub mod exposition;
+pub use gofe_prom::exposition;
 
 /// Signals per cluster, then per endpoint address.
 pub type Snapshot = BTreeMap<String, BTreeMap<String, Signals>>;
@@ -111,11 +106,9 @@ impl Source {
 /// Scrapes proxies' `/metrics` and computes windowed rates from successive samples.
 pub struct Embedded {
     targets: Vec<String>,
-    window: Duration,
     quantile: f64,
-    client: Client<HttpConnector, Empty<Bytes>>,
-    /// Per target: recent samples, oldest first.
-    history: BTreeMap<String, VecDeque<(u64, exposition::Sample)>>,
+    scraper: exposition::Scraper,
+    history: exposition::History,
 }
 
 impl Embedded {
@@ -123,75 +116,33 @@ impl Embedded {
     pub fn new(targets: Vec<String>, window: Duration, quantile: f64) -> Self {
         Embedded {
             targets,
-            window,
             quantile,
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            history: BTreeMap::new(),
+            scraper: exposition::Scraper::new(Duration::from_secs(3)),
+            history: exposition::History::new(window),
         }
-    }
-
-    async fn scrape(&self, target: &str) -> Result<exposition::Sample, String> {
-        let uri: http::Uri = format!("http://{target}/metrics")
-            .parse()
-            .map_err(|e| format!("{target}: {e}"))?;
-        let fut = self.client.get(uri);
-        let resp = tokio::time::timeout(Duration::from_secs(3), fut)
-            .await
-            .map_err(|_| format!("{target}: timed out"))?
-            .map_err(|e| format!("{target}: {e}"))?;
-        if !resp.status().is_success() {
-            return Err(format!("{target}: HTTP {}", resp.status()));
-        }
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| format!("{target}: {e}"))?
-            .to_bytes();
-        let text = std::str::from_utf8(&body).map_err(|e| format!("{target}: {e}"))?;
-        Ok(exposition::Sample::parse(text))
     }
 
     async fn fetch(&mut self, now_ms: u64) -> Result<Snapshot, SignalError> {
         let mut errors = Vec::new();
         let mut any = false;
-        for target in self.targets.clone() {
-            match self.scrape(&target).await {
+        for target in &self.targets {
+            match self.scraper.scrape(target).await {
                 Ok(sample) => {
                     any = true;
-                    let h = self.history.entry(target).or_default();
-                    h.push_back((now_ms, sample));
-                    // Keep one sample at least a window old as the base of the deltas.
-                    let window = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX);
-                    while h.len() > 2 && now_ms.saturating_sub(h[1].0) >= window {
-                        h.pop_front();
-                    }
+                    self.history.record(target, now_ms, sample);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "scrape failed");
                     errors.push(e);
                     // A target that cannot be scraped contributes nothing fresh.
-                    self.history.remove(&target);
+                    self.history.forget(target);
                 }
             }
         }
         if !any {
             return Err(SignalError::Scrape(errors.join("; ")));
         }
-        let mut totals: BTreeMap<(String, String), exposition::Delta> = BTreeMap::new();
-        let mut span_ms = 0;
-        for h in self.history.values() {
-            let (Some((t0, first)), Some((t1, last))) = (h.front(), h.back()) else {
-                continue;
-            };
-            if t1 <= t0 {
-                continue;
-            }
-            span_ms = span_ms.max(t1 - t0);
-            for (key, delta) in last.delta_since(first) {
-                totals.entry(key).or_default().add(&delta);
-            }
-        }
+        let (span_ms, totals) = self.history.deltas();
         let mut snapshot = Snapshot::new();
         if span_ms == 0 {
             // One sample so far: nothing to compute a rate from yet.

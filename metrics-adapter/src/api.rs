@@ -120,6 +120,15 @@ impl From<FetchError> for ApiError {
                         .into(),
                 )
             }
+            FetchError::Scrape(e @ crate::scrape::ScrapeError::Unavailable(_)) => {
+                tracing::warn!(error = %e, "scrape source unavailable");
+                ApiError::ServiceUnavailable(format!(
+                    "{e}; no value is served rather than a guessed one"
+                ))
+            }
+            FetchError::Scrape(e @ crate::scrape::ScrapeError::Unsupported(_)) => {
+                ApiError::NotFound(e.to_string())
+            }
             FetchError::Rule { metric, source } => {
                 tracing::error!(%metric, error = %source, "rule query failed");
                 ApiError::Internal(format!(

@@ -18,6 +18,8 @@
 //! - [`provider`] answers (metric, namespace, selector) through a bounded cache with single
 //!   flight, applies the missing-data policy, the forecast ([`gofe_core::forecast`], the same
 //!   code the simulator runs) and ejection awareness.
+//! - [`scrape`] answers the built-in rules from gofe proxies' `/metrics` scraped directly,
+//!   for a mesh with no Prometheus (`gofe up`; `--scrape` instead of `--prometheus-url`).
 //! - Prometheus is read through [`gofe_prom`], the workspace's one Prometheus HTTP API client
 //!   (the controller's too); [`quantity`] formats values as Kubernetes quantities; [`api`] is
 //!   the HTTP surface and its `Status` errors; [`server`] is TLS, client certificate
@@ -34,6 +36,7 @@ pub mod config;
 pub mod provider;
 pub mod quantity;
 pub mod rules;
+pub mod scrape;
 pub mod selector;
 pub mod server;
 

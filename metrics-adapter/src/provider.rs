@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::quantity::MilliQuantity;
 use crate::rules::{MissingData, Rule, RuleBook};
+use crate::scrape::{ScrapeError, ScrapeSource};
 use crate::selector::{Selector, SelectorError};
 
 /// One value of an external metric.
@@ -78,6 +79,9 @@ pub enum FetchError {
     /// Prometheus could not be reached (and the policy did not hold a value).
     #[error(transparent)]
     Unavailable(PromError),
+    /// The scrape source has no value (no rate yet, or the metric needs Prometheus).
+    #[error(transparent)]
+    Scrape(#[from] ScrapeError),
     /// Prometheus rejected the rule's query or answered nonsense: a rule or server problem.
     #[error("rule for metric {metric:?} failed: {source}")]
     Rule {
@@ -140,9 +144,26 @@ pub struct LastResult {
     pub error: Option<String>,
 }
 
-/// Serves metric values from rules, Prometheus and the cache.
+/// Where values come from.
+enum Source {
+    Prometheus(PrometheusClient),
+    Scrape(Arc<ScrapeSource>),
+}
+
+/// Why the scrape source cannot serve a rules file.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum ScrapeRefusal {
+    /// External rules are PromQL over any series.
+    #[error("externalRules need Prometheus (--prometheus-url): the scrape source serves the built-in rules only")]
+    ExternalRules,
+    /// A built-in metric with the `forecast` option needs the rate's history.
+    #[error("builtinRules.metrics.{0}.forecast needs Prometheus (--prometheus-url): the scrape source has no history of the rate")]
+    Forecast(String),
+}
+
+/// Serves metric values from rules, Prometheus (or scraped proxies) and the cache.
 pub struct Provider {
-    prom: PrometheusClient,
+    source: Source,
     book: RuleBook,
     rules: RwLock<Arc<BTreeMap<String, Arc<Rule>>>>,
     discovered: AtomicBool,
@@ -162,6 +183,35 @@ impl Provider {
     /// A provider serving the built-in rules at once and external rules after
     /// [`Provider::discover`].
     pub fn new(prom: PrometheusClient, book: RuleBook, cache_config: CacheConfig) -> Self {
+        Self::with_source(Source::Prometheus(prom), book, cache_config)
+    }
+
+    /// A provider answering the built-in rules from proxies scraped by `scrape` (see
+    /// [`crate::scrape`]); a rules file with external rules or forecasts is refused.
+    pub fn scraping(
+        scrape: Arc<ScrapeSource>,
+        book: RuleBook,
+        cache_config: CacheConfig,
+    ) -> Result<Self, ScrapeRefusal> {
+        if !book.external.is_empty() {
+            return Err(ScrapeRefusal::ExternalRules);
+        }
+        if let Some(rule) = book
+            .builtin
+            .rules()
+            .into_iter()
+            .find(|r| r.options.forecast.is_some())
+        {
+            return Err(ScrapeRefusal::Forecast(rule.metric));
+        }
+        Ok(Self::with_source(
+            Source::Scrape(scrape),
+            book,
+            cache_config,
+        ))
+    }
+
+    fn with_source(source: Source, book: RuleBook, cache_config: CacheConfig) -> Self {
         let builtins = book
             .builtin
             .rules()
@@ -169,7 +219,7 @@ impl Provider {
             .map(|r| (r.metric.clone(), Arc::new(r)))
             .collect();
         Provider {
-            prom,
+            source,
             discovered: AtomicBool::new(book.external.is_empty()),
             book,
             rules: RwLock::new(Arc::new(builtins)),
@@ -209,6 +259,9 @@ impl Provider {
         if self.book.external.is_empty() {
             return Ok(self.rules().len());
         }
+        let Source::Prometheus(prom) = &self.source else {
+            return Ok(self.rules().len());
+        };
         let start = unix_now() - lookback.as_secs_f64();
         let mut rules: BTreeMap<String, Arc<Rule>> = self
             .book
@@ -218,7 +271,7 @@ impl Provider {
             .map(|r| (r.metric.clone(), Arc::new(r)))
             .collect();
         for ext in &self.book.external {
-            let series = self.prom.series(&ext.series_query, start).await?;
+            let series = prom.series(&ext.series_query, start).await?;
             let mut names: Vec<&str> = series
                 .iter()
                 .filter_map(|labels| labels.get("__name__").map(String::as_str))
@@ -343,13 +396,19 @@ impl Provider {
     ) -> Outcome {
         let now = unix_now();
         self.queries.fetch_add(1, Ordering::Relaxed);
+        let prom = match &self.source {
+            Source::Prometheus(prom) => prom,
+            Source::Scrape(scrape) => {
+                let raw = scrape.evaluate(rule, selector).map_err(FetchError::Scrape);
+                return self.finish(rule, key, query, selector, last_good, now, raw);
+            }
+        };
         let raw = match &rule.options.forecast {
-            None => self.prom.query(&query, None).await,
+            None => prom.query(&query, None).await,
             Some(f) => {
                 let start = now - f.window.as_secs_f64();
                 let steps_ahead = gofe_core::forecast::steps_ahead(f.lead, f.step);
-                self.prom
-                    .query_range(&query, start, now, f.step)
+                prom.query_range(&query, start, now, f.step)
                     .await
                     .map(|series| {
                         series
@@ -367,6 +426,31 @@ impl Provider {
                     })
             }
         };
+        let raw = raw.map_err(|e| {
+            if e.is_unavailable() {
+                FetchError::Unavailable(e)
+            } else {
+                FetchError::Rule {
+                    metric: key.metric.clone(),
+                    source: e,
+                }
+            }
+        });
+        self.finish(rule, key, query, selector, last_good, now, raw)
+    }
+
+    /// Applies the rule's missing-data policy to what the source returned and records it.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        rule: &Rule,
+        key: &Key,
+        query: String,
+        selector: &Selector,
+        last_good: Option<Arc<Answer>>,
+        now: f64,
+        raw: Result<Vec<Sample>, FetchError>,
+    ) -> Outcome {
         let outcome = self.apply_policy(rule, key, raw, selector, last_good);
         tracing::debug!(metric = %key.metric, namespace = %key.namespace, selector = %key.selector, %query, ok = outcome.is_ok(), "queried prometheus");
         if let Ok(mut last) = self.last.lock() {
@@ -389,7 +473,7 @@ impl Provider {
         &self,
         rule: &Rule,
         key: &Key,
-        raw: Result<Vec<Sample>, PromError>,
+        raw: Result<Vec<Sample>, FetchError>,
         selector: &Selector,
         last_good: Option<Arc<Answer>>,
     ) -> Outcome {
@@ -426,13 +510,12 @@ impl Provider {
                     selector: key.selector.clone(),
                 }
             }
-            Err(e) if e.is_unavailable() => FetchError::Unavailable(e),
-            Err(source) => {
-                tracing::warn!(metric = %key.metric, error = %source, "rule query failed");
-                return Err(FetchError::Rule {
-                    metric: key.metric.clone(),
-                    source,
-                });
+            Err(
+                e @ (FetchError::Unavailable(_) | FetchError::Scrape(ScrapeError::Unavailable(_))),
+            ) => e,
+            Err(e) => {
+                tracing::warn!(metric = %key.metric, error = %e, "rule query failed");
+                return Err(e);
             }
         };
         match (rule.options.missing, &failure) {
@@ -552,12 +635,12 @@ mod tests {
         assert!(cell.get().is_some());
     }
 
-    fn outage() -> Result<Vec<Sample>, PromError> {
-        Err(PromError::Unavailable {
+    fn outage() -> Result<Vec<Sample>, FetchError> {
+        Err(FetchError::Unavailable(PromError::Unavailable {
             status: 503,
             error_type: None,
             message: "test".into(),
-        })
+        }))
     }
 
     #[tokio::test(start_paused = true)]

@@ -35,8 +35,13 @@ pub struct TlsFiles {
 pub struct AdapterOptions {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Prometheus base URL (`http://…` or `https://…`).
+    /// Prometheus base URL (`http://…` or `https://…`); empty with `scrape`.
     pub prometheus_url: String,
+    /// Instead of Prometheus: proxies' admin addresses (`host:port`) to scrape directly (the
+    /// built-in rules only; see [`crate::scrape`]).
+    pub scrape: Vec<String>,
+    /// How often `scrape` targets are scraped. Default 5 s.
+    pub scrape_interval: Duration,
     /// CA file for an `https` Prometheus.
     pub prometheus_ca_file: Option<PathBuf>,
     /// Per-query timeout. Default 5 s.
@@ -60,8 +65,16 @@ pub struct AdapterArgs {
     #[arg(long, default_value = "0.0.0.0:6443")]
     pub listen: SocketAddr,
     /// Prometheus base URL, e.g. http://prometheus.monitoring:9090 (or https://…).
-    #[arg(long)]
-    pub prometheus_url: String,
+    #[arg(long, required_unless_present = "scrape", conflicts_with = "scrape")]
+    pub prometheus_url: Option<String>,
+    /// No Prometheus: scrape these gofe proxies' admin listeners (`host:port`, comma-separated)
+    /// and serve the built-in rules from what they report (external rules and forecasts are
+    /// refused).
+    #[arg(long, value_delimiter = ',')]
+    pub scrape: Vec<String>,
+    /// How often --scrape targets are scraped.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub scrape_interval: Duration,
     /// For an https Prometheus: the PEM CA(s) its certificate must chain to (only these are
     /// trusted).
     #[arg(long)]
@@ -137,7 +150,9 @@ impl AdapterArgs {
         };
         Ok(AdapterOptions {
             listen: self.listen,
-            prometheus_url: self.prometheus_url,
+            prometheus_url: self.prometheus_url.unwrap_or_default(),
+            scrape: self.scrape,
+            scrape_interval: self.scrape_interval.max(Duration::from_millis(100)),
             prometheus_ca_file: self.prometheus_ca_file,
             query_timeout: self.query_timeout,
             rules_file: self.config,
@@ -158,6 +173,9 @@ pub enum StartError {
     /// The rules file is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The rules file asks for what the scrape source cannot serve.
+    #[error(transparent)]
+    Scrape(#[from] crate::provider::ScrapeRefusal),
     /// The Prometheus client could not be built: a bad `--prometheus-url`, or an unusable
     /// (or missing, for https) `--prometheus-ca-file`.
     #[error("{0} (see --prometheus-url and --prometheus-ca-file)")]
@@ -236,12 +254,23 @@ impl Adapter {
             Some(path) => crate::config::load(path)?,
             None => crate::config::parse("(no rules file)", "")?,
         };
-        let prom = gofe_prom::Client::new(&gofe_prom::ClientConfig {
-            timeout: options.query_timeout,
-            ca_file: options.prometheus_ca_file.clone(),
-            ..gofe_prom::ClientConfig::new(&options.prometheus_url)
-        })?;
-        let provider = Arc::new(Provider::new(prom, book, options.cache));
+        let mut tasks = Vec::new();
+        let provider = if options.scrape.is_empty() {
+            let prom = gofe_prom::Client::new(&gofe_prom::ClientConfig {
+                timeout: options.query_timeout,
+                ca_file: options.prometheus_ca_file.clone(),
+                ..gofe_prom::ClientConfig::new(&options.prometheus_url)
+            })?;
+            Arc::new(Provider::new(prom, book, options.cache))
+        } else {
+            let source = Arc::new(crate::scrape::ScrapeSource::new(
+                options.scrape.clone(),
+                book.builtin.rate_window,
+            ));
+            let provider = Provider::scraping(source.clone(), book, options.cache)?;
+            tasks.push(tokio::spawn(source.run(options.scrape_interval)));
+            Arc::new(provider)
+        };
         let (auth, tls) = match &options.tls {
             None => (AuthPolicy::None, None),
             Some(files) => (
@@ -289,11 +318,12 @@ impl Adapter {
             })
         };
         let serve = tokio::spawn(accept_loop(listener, tls, app));
-        tracing::info!(%addr, tls = options.tls.is_some(), prometheus = %options.prometheus_url, "metrics adapter serving");
+        tracing::info!(%addr, tls = options.tls.is_some(), prometheus = %options.prometheus_url, scrape = %options.scrape.join(","), "metrics adapter serving");
+        tasks.extend([relist, serve]);
         Ok(Adapter {
             addr,
             provider,
-            tasks: vec![relist, serve],
+            tasks,
         })
     }
 

@@ -347,6 +347,8 @@ async fn start_adapter_with(
         relist_interval: Duration::from_secs(60),
         discovery_lookback: Duration::from_secs(3600),
         tls,
+        scrape: Vec::new(),
+        scrape_interval: Duration::from_secs(5),
     })
     .await
     .expect("starting the adapter");
@@ -901,6 +903,8 @@ async fn an_https_prometheus_is_read_with_the_given_ca_only() {
         relist_interval: Duration::from_secs(60),
         discovery_lookback: Duration::from_secs(3600),
         tls: None,
+        scrape: Vec::new(),
+        scrape_interval: Duration::from_secs(5),
     })
     .await
     .unwrap();

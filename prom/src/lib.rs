@@ -1,5 +1,6 @@
 //! gofe's one Prometheus HTTP API client, shared by the metrics adapter and the controller's
-//! Prometheus signal source.
+//! Prometheus signal source, and ([`exposition`]) the reading of gofe proxies' own `/metrics`
+//! text that both use when they scrape proxies directly, with no Prometheus.
 //!
 //! ```text
 //!  Client::query        ──POST /api/v1/query        (form)──▶
@@ -34,6 +35,7 @@ mod answer;
 mod client;
 mod connector;
 mod error;
+pub mod exposition;
 
 pub use answer::{Labels, RangeSeries, Sample};
 pub use client::{validate_url, Client, ClientConfig};

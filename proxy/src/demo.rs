@@ -12,12 +12,17 @@
 //! HTTP on a control listener of its own ([`DemoBackend::serve_control`], `gofe backend
 //! --control ADDR`): `GET /fault` shows them, `POST /fault?fail_ratio=0.5&fail_status=503&delay=50ms`
 //! changes them (each parameter optional), so an experiment needs no restart.
+//!
+//! A capacity makes it behave like a loaded server ([`DemoBackend::set_capacity`], `capacity=RPS`
+//! on the control endpoint): requests are served one after another at that rate, each waiting
+//! in a queue for its turn (so latency rises with load, as a saturated server's does), and a
+//! request whose wait would exceed [`MAX_QUEUE_WAIT`] is answered at once with 503 `overloaded`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -54,8 +59,11 @@ pub enum Broken {
     HalfClose = 3,
 }
 
+/// The longest a request waits for its turn on a backend with a capacity; beyond it the
+/// backend answers 503 at once (shedding load, as an overloaded server with a bounded queue).
+pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(1);
+
 /// Faults switched on at run time.
-#[derive(Default)]
 struct Faults {
     delay_us: AtomicU64,
     /// Fraction of requests that fail, in millionths.
@@ -63,6 +71,26 @@ struct Faults {
     fail_status: AtomicU16,
     broken: AtomicU8,
     served: AtomicU64,
+    /// Requests served per second at most, in thousandths (0: unlimited).
+    capacity_milli: AtomicU64,
+    /// When the queue is next free, in ns after `epoch`.
+    next_free_ns: AtomicU64,
+    epoch: Instant,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            delay_us: AtomicU64::new(0),
+            fail_ppm: AtomicU64::new(0),
+            fail_status: AtomicU16::new(0),
+            broken: AtomicU8::new(0),
+            served: AtomicU64::new(0),
+            capacity_milli: AtomicU64::new(0),
+            next_free_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 /// A backend's faults as the control endpoint reads and writes them.
@@ -74,6 +102,8 @@ pub struct FaultSettings {
     pub fail_status: u16,
     /// Delay of every answer, in seconds.
     pub delay_seconds: f64,
+    /// Requests per second served at most (0: unlimited).
+    pub capacity_rps: f64,
 }
 
 impl Faults {
@@ -82,6 +112,45 @@ impl Faults {
             fail_ratio: self.fail_ppm.load(Ordering::Relaxed) as f64 / 1_000_000.0,
             fail_status: self.fail_status.load(Ordering::Relaxed),
             delay_seconds: self.delay_us.load(Ordering::Relaxed) as f64 / 1e6,
+            capacity_rps: self.capacity_milli.load(Ordering::Relaxed) as f64 / 1000.0,
+        }
+    }
+
+    fn set_capacity(&self, rps: f64) {
+        let milli = (rps.max(0.0) * 1000.0).round() as u64;
+        self.capacity_milli.store(milli, Ordering::Relaxed);
+    }
+
+    /// Takes this request's turn in the queue: how long it waits, or `None` when the wait would
+    /// exceed [`MAX_QUEUE_WAIT`] (the request is shed and takes no turn).
+    fn queue_turn(&self) -> Option<Duration> {
+        self.queue_turn_at(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// [`Faults::queue_turn`] at `now` (ns after `epoch`).
+    fn queue_turn_at(&self, now: u64) -> Option<Duration> {
+        let milli = self.capacity_milli.load(Ordering::Relaxed);
+        if milli == 0 {
+            return Some(Duration::ZERO);
+        }
+        let service_ns = 1_000_000_000_000 / milli;
+        let max_wait = MAX_QUEUE_WAIT.as_nanos() as u64;
+        let mut current = self.next_free_ns.load(Ordering::Relaxed);
+        loop {
+            let start = current.max(now);
+            let wait = start - now;
+            if wait > max_wait {
+                return None;
+            }
+            match self.next_free_ns.compare_exchange_weak(
+                current,
+                start + service_ns,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(Duration::from_nanos(wait)),
+                Err(seen) => current = seen,
+            }
         }
     }
 
@@ -118,15 +187,17 @@ impl Faults {
                         .map_err(|e| format!("delay: {e}"))?
                         .as_secs_f64();
                 }
+                "capacity" => next.capacity_rps = check_capacity(value)?,
                 other => {
                     return Err(format!(
-                        "unknown parameter {other:?} (fail_ratio, fail_status, delay)"
+                        "unknown parameter {other:?} (fail_ratio, fail_status, delay, capacity)"
                     ))
                 }
             }
         }
         self.set_failure(next.fail_ratio, next.fail_status);
         self.set_delay(Duration::from_secs_f64(next.delay_seconds));
+        self.set_capacity(next.capacity_rps);
         Ok(self.settings())
     }
 
@@ -235,6 +306,12 @@ impl DemoBackend {
         self.faults.set_failure(ratio, status);
     }
 
+    /// Serves at most `rps` requests per second, queueing the rest (0: unlimited; see the
+    /// module's documentation).
+    pub fn set_capacity(&self, rps: f64) {
+        self.faults.set_capacity(rps);
+    }
+
     /// Serves the control endpoint (`/fault`) for this backend on `listener` until the
     /// backend stops.
     pub fn serve_control(&self, listener: TcpListener) -> JoinHandle<()> {
@@ -270,6 +347,16 @@ pub fn check_fail_ratio(text: &str) -> Result<f64, String> {
         Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
         _ => Err(format!(
             "fail_ratio: {text:?} is not a ratio between 0 and 1"
+        )),
+    }
+}
+
+/// `capacity` as text: requests per second, 0 (unlimited) or at least 0.001.
+pub fn check_capacity(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r == 0.0 || (r.is_finite() && r >= 0.001) => Ok(r),
+        _ => Err(format!(
+            "capacity: {text:?} is not a rate in requests per second (0 for unlimited)"
         )),
     }
 }
@@ -321,6 +408,7 @@ fn control(req: &Request<Incoming>, faults: &Faults) -> Response<ProxyBody> {
                         fail_ratio = s.fail_ratio,
                         fail_status = s.fail_status,
                         delay_seconds = s.delay_seconds,
+                        capacity_rps = s.capacity_rps,
                         "demo backend faults changed"
                     );
                     reply(StatusCode::OK, json(s))
@@ -337,6 +425,16 @@ async fn answer(
     name: Arc<HeaderValue>,
     faults: Arc<Faults>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let Some(wait) = faults.queue_turn() else {
+        let mut r = Response::new(ProxyBody::full("overloaded\n"));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r.headers_mut()
+            .insert("x-backend", HeaderValue::clone(&name));
+        return Ok(r);
+    };
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
     let n = faults.served.fetch_add(1, Ordering::Relaxed);
     let delay = faults.delay_us.load(Ordering::Relaxed);
     if delay > 0 {
@@ -441,6 +539,36 @@ mod tests {
             "a refused request changed nothing"
         );
         assert!(check_fail_ratio("1").is_ok() && check_fail_ratio("2").is_err());
+        assert!(f.apply_query("capacity=-1").is_err() && f.apply_query("capacity=x").is_err());
+        assert_eq!(f.apply_query("capacity=60").unwrap().capacity_rps, 60.0);
+    }
+
+    #[test]
+    fn a_capacity_queues_requests_at_its_rate_and_sheds_beyond_the_longest_wait() {
+        let f = Faults::default();
+        assert_eq!(
+            f.queue_turn_at(0),
+            Some(Duration::ZERO),
+            "unlimited by default"
+        );
+        f.set_capacity(10.0); // one request per 100 ms
+        let ms = |n: u64| n * 1_000_000;
+        let now = ms(5_000);
+        // A burst at one instant: each waits one service time more than the one before, up to
+        // the longest wait (1 s = 10 turns); the rest are shed and take no turn.
+        let waits: Vec<Option<Duration>> = (0..13).map(|_| f.queue_turn_at(now)).collect();
+        for (k, w) in waits.iter().take(11).enumerate() {
+            assert_eq!(*w, Some(Duration::from_millis(100 * k as u64)), "turn {k}");
+        }
+        assert_eq!(waits[11], None);
+        assert_eq!(waits[12], None);
+        // Once the queue drains, a request is served at once again.
+        assert_eq!(f.queue_turn_at(now + ms(1_200)), Some(Duration::ZERO));
+        // Offered at exactly the capacity, nobody waits.
+        let later = now + ms(10_000);
+        for k in 0..50 {
+            assert_eq!(f.queue_turn_at(later + ms(100 * k)), Some(Duration::ZERO));
+        }
     }
 
     #[test]

@@ -53,6 +53,7 @@ mod pods;
 mod tally;
 
 pub use self::autoscaling::hpa_spec;
+pub use self::pods::speed_of;
 
 use self::autoscaling::{Autoscaler, ReplicaSet};
 use self::balancing::Balancing;

@@ -141,7 +141,7 @@ impl Pod {
 
 /// Speed of the pod created `index`-th: the first heterogeneity group it falls in (every
 /// `1/fraction`-th pod, spread evenly), else 1.
-pub(super) fn speed_of(index: usize, scenario: &Scenario) -> f64 {
+pub fn speed_of(index: usize, scenario: &Scenario) -> f64 {
     for g in &scenario.service.heterogeneity {
         let (i, f) = (index as f64, g.fraction);
         if ((i + 1.0) * f).floor() > (i * f).floor() {

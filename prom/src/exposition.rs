@@ -4,8 +4,19 @@
 //! `gofe_upstream_requests_total{cluster,endpoint,code_class}` and the buckets of
 //! `gofe_upstream_request_duration_seconds{cluster,endpoint,le}`. Lines it does not need, or
 //! cannot read, are skipped (a scrape never fails on one odd line).
+//!
+//! [`Scraper`] fetches targets' `/metrics` and keeps each target's recent samples in a
+//! [`History`], whose [`History::deltas`] are what happened over the window, summed over the
+//! targets (the controller's embedded signals and the adapter's scrape source both use it).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 
 /// Counters of one endpoint at one scrape.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -152,6 +163,103 @@ impl Sample {
                 )
             })
             .collect()
+    }
+}
+
+/// Each target's recent samples, oldest first, on the caller's clock (ms).
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    window_ms: u64,
+    per_target: BTreeMap<String, VecDeque<(u64, Sample)>>,
+}
+
+impl History {
+    /// Keeps, per target, the samples of the last `window` plus one at least that old (the
+    /// base of the deltas).
+    pub fn new(window: Duration) -> Self {
+        History {
+            window_ms: u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+            per_target: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a target's sample taken at `now_ms`.
+    pub fn record(&mut self, target: &str, now_ms: u64, sample: Sample) {
+        let h = self.per_target.entry(target.to_owned()).or_default();
+        h.push_back((now_ms, sample));
+        while h.len() > 2 && now_ms.saturating_sub(h[1].0) >= self.window_ms {
+            h.pop_front();
+        }
+    }
+
+    /// Drops a target's samples (it could not be scraped: it contributes nothing stale).
+    pub fn forget(&mut self, target: &str) {
+        self.per_target.remove(target);
+    }
+
+    /// What changed per (cluster, endpoint) between each target's oldest and newest kept
+    /// sample, summed over targets, with the longest of those spans (ms). A span of 0 means
+    /// no target has two samples yet: there is no rate to compute.
+    pub fn deltas(&self) -> (u64, BTreeMap<(String, String), Delta>) {
+        let mut totals: BTreeMap<(String, String), Delta> = BTreeMap::new();
+        let mut span_ms = 0;
+        for h in self.per_target.values() {
+            let (Some((t0, first)), Some((t1, last))) = (h.front(), h.back()) else {
+                continue;
+            };
+            if t1 <= t0 {
+                continue;
+            }
+            span_ms = span_ms.max(t1 - t0);
+            for (key, delta) in last.delta_since(first) {
+                totals.entry(key).or_default().add(&delta);
+            }
+        }
+        (span_ms, totals)
+    }
+}
+
+/// Fetches gofe proxies' `/metrics` over plain HTTP.
+#[derive(Clone, Debug)]
+pub struct Scraper {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    timeout: Duration,
+}
+
+impl Scraper {
+    /// A scraper whose every fetch ends within `timeout`.
+    pub fn new(timeout: Duration) -> Self {
+        Scraper {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            timeout,
+        }
+    }
+
+    /// `http://TARGET/metrics`, read. The error names the target and what failed.
+    pub async fn scrape(&self, target: &str) -> Result<Sample, String> {
+        let uri: http::Uri = format!("http://{target}/metrics")
+            .parse()
+            .map_err(|e| format!("{target}: {e}"))?;
+        let fetch = async {
+            let resp = self
+                .client
+                .get(uri)
+                .await
+                .map_err(|e| format!("{target}: {e}"))?;
+            if !resp.status().is_success() {
+                return Err(format!("{target}: HTTP {}", resp.status()));
+            }
+            resp.into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .map_err(|e| format!("{target}: {e}"))
+        };
+        let body = tokio::time::timeout(self.timeout, fetch)
+            .await
+            .map_err(|_| format!("{target}: no answer within {:?}", self.timeout))??;
+        let text = std::str::from_utf8(&body).map_err(|e| format!("{target}: {e}"))?;
+        Ok(Sample::parse(text))
     }
 }
 

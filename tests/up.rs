@@ -1,0 +1,219 @@
+//! `gofe up` as a user runs it: the shipped binary, headless (`--json`), on a short scenario,
+//! with every part in its own process on 127.0.0.1 (backends, proxy, controller over xDS,
+//! adapter, the autoscaler). Its events must show the whole loop: the failing backend
+//! ejected and readmitted, replicas rising with the load and falling after it, the proxy
+//! ACKing the controller's publications, and no process left behind.
+
+#![allow(unreachable_pub)]
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::process::tempdir;
+
+/// Fast enough to finish in about a minute: a failing backend first, then a load rise past
+/// two backends' target and back.
+const SCENARIO: &str = "\
+name: e2e
+duration: 55s
+traffic:
+  - constant: { rps: 60 }
+  - ramp: { from: 0, to: 80, start: 16s, end: 22s }
+  - ramp: { from: 0, to: -80, start: 32s, end: 35s }
+service:
+  pods: 2
+  capacity: 120
+  latency: 5ms
+  startup: 0s
+  readiness: 1s
+  faults:
+    - { at: 2s, for: 9s, pod: 1, fail: 0.6 }
+pipeline: { scrape: 1s, window: 4s, sync: 3s }
+autoscaling:
+  minReplicas: 2
+  maxReplicas: 4
+  metrics: [{ external_rps: { average_value: \"40\" } }]
+  behavior: { scaleDown: { stabilizationWindowSeconds: 4 } }
+policies:
+  - { name: gofe, balancer: gofe, interval: 1s, window: 8s }
+";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A base with 200 free ports above it (backend slots and their control ports).
+fn backend_base() -> u16 {
+    loop {
+        let base = 20_000 + fastrand::u16(..20_000);
+        let free = (0..4u16).all(|slot| {
+            [base + slot, base + 100 + slot]
+                .iter()
+                .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        });
+        if free {
+            return base;
+        }
+    }
+}
+
+fn processes_mentioning(needles: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if needles.iter().any(|n| cmd.contains(n.as_str())) {
+            found.push(cmd);
+        }
+    }
+    found
+}
+
+#[test]
+fn gofe_up_shows_the_whole_loop_and_leaves_nothing_behind() {
+    let dir = tempdir();
+    let scenario = dir.join("e2e.yaml");
+    std::fs::write(&scenario, SCENARIO).unwrap();
+    let work = dir.join("run");
+    let base = backend_base();
+    let ports: Vec<String> = (0..5)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_gofe"))
+        .args(["up", "--json", "--scenario"])
+        .arg(&scenario)
+        .arg("--workdir")
+        .arg(&work)
+        .args(["--listen", &ports[0], "--proxy-admin", &ports[1]])
+        .args(["--controller-admin", &ports[2], "--xds", &ports[3]])
+        .args(["--adapter", &ports[4], "--backend-ports", &base.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("gofe up runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "gofe up failed: {stderr}");
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let of = |kind: &str| -> Vec<&Value> { events.iter().filter(|e| e["event"] == kind).collect() };
+    let t = |e: &Value| e["t"].as_f64().unwrap();
+    let story: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] != "status")
+        .map(|e| format!("{} {} {}", e["t"], e["event"], e["name"]))
+        .collect();
+    let story = story.join("\n");
+
+    assert_eq!(of("started").len(), 1, "{story}");
+    // The failing backend (the second, web-2) is ejected, then readmitted after the fault.
+    let ejected = of("ejected")
+        .into_iter()
+        .find(|e| e["name"] == "web-2")
+        .unwrap_or_else(|| panic!("web-2 never ejected:\n{story}"));
+    let recovered = of("recovered")
+        .into_iter()
+        .find(|e| e["name"] == "web-2" && t(e) > t(ejected))
+        .unwrap_or_else(|| panic!("web-2 never recovered:\n{story}"));
+    assert!(
+        t(recovered) > 11.0,
+        "recovered only after the fault ended:\n{story}"
+    );
+    // Replicas rise with the load and fall after it, and new backends join the endpoints.
+    let scaled = of("scaled");
+    let up = scaled
+        .iter()
+        .find(|e| e["to"].as_i64() > e["from"].as_i64())
+        .unwrap_or_else(|| panic!("never scaled up:\n{story}"));
+    assert!(
+        scaled
+            .iter()
+            .any(|e| t(e) > t(up) && e["to"].as_i64() < e["from"].as_i64()),
+        "never scaled down after scaling up:\n{story}"
+    );
+    assert!(
+        !of("backend_ready").is_empty() && !of("backend_stopped").is_empty(),
+        "{story}"
+    );
+    let most = of("status")
+        .iter()
+        .filter_map(|s| s["replicas_ready"].as_u64())
+        .max()
+        .unwrap();
+    assert!(
+        most > 2,
+        "more than two backends were in the endpoints at the peak"
+    );
+    // Each publication is ACKed by the proxy: after every `xds_published`, a status shows it
+    // caught up before the next publication or the end.
+    let published = of("xds_published");
+    assert!(published.len() > 2, "{story}");
+    let statuses = of("status");
+    for (i, p) in published.iter().enumerate() {
+        let next = published.get(i + 1).map_or(f64::INFINITY, |n| t(n));
+        let acked = statuses
+            .iter()
+            .any(|s| t(s) >= t(p) && t(s) <= next && s["proxy_caught_up"] == true);
+        // A publication superseded within the same second is ACKed through its successor.
+        assert!(
+            acked || next - t(p) < 1.5,
+            "version {} never ACKed:\n{story}",
+            p["version"]
+        );
+    }
+    assert!(!of("xds_acked").is_empty());
+    let summary = &of("summary")[0];
+    assert!(summary["requests"].as_u64().unwrap() > 1000, "{summary}");
+    // Nothing is left: no process mentions the run's files or its backends' ports.
+    let mut needles = vec![work.display().to_string()];
+    needles.extend((0..4u16).map(|k| format!("127.0.0.1:{} ", base + k)));
+    needles.extend(ports.iter().map(|p| format!("{p} ")));
+    std::thread::sleep(Duration::from_millis(200));
+    let left = processes_mentioning(&needles);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    assert!(Path::new(&work).join("controller.log").exists());
+}
+
+#[test]
+fn gofe_up_names_a_taken_port_and_a_scenario_it_cannot_play() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_gofe"))
+        .args(["up", "--json", "--listen", &addr])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains(&addr) && err.contains("--listen"), "{err}");
+
+    let dir = tempdir();
+    let scenario = dir.join("bad.yaml");
+    std::fs::write(
+        &scenario,
+        "name: x\nduration: 5s\ntraffic: [{constant: {rps: 1}}]\nservice: {pods: 1, capacity: 5}\n\
+         autoscaling: {maxReplicas: 2, metrics: [{cpu: {average_utilization: 50}}]}\n\
+         policies: [{name: a, balancer: peak_ewma}]\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gofe"))
+        .args(["up", "--json", "--scenario"])
+        .arg(&scenario)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("policies[0].balancer") && err.contains("autoscaling.metrics[0].cpu"),
+        "every problem, by field: {err}"
+    );
+}
