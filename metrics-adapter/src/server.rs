@@ -245,7 +245,7 @@ pub enum StartError {
     #[error(transparent)]
     RequestHeader(#[from] RequestHeaderError),
     /// No Kubernetes client could be configured, to read the request-header settings.
-    #[error("configuring the Kubernetes client (to read the front-proxy CA from the cluster; or give --requestheader-client-ca-file): {0}")]
+    #[error("configuring the Kubernetes client (to read the front-proxy CA from the cluster; or give --requestheader-client-ca-file)")]
     Kube(#[from] kube::Error),
     /// The listener could not bind.
     #[error("binding {addr}: {source}")]
