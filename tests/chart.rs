@@ -1,4 +1,5 @@
-//! The Helm chart (`charts/gofe`) checked without Helm, which this build cannot install:
+//! The Helm chart (`charts/gofe`), first without Helm (the template text itself), then through
+//! real Helm:
 //!
 //! - the committed CRD is exactly what `gofe controller crd` prints (drift check);
 //! - every template is YAML once its template actions are taken out, along the first branch of
@@ -6,10 +7,15 @@
 //! - the RBAC grants exactly the API calls the controller makes (controller/src/kubernetes),
 //!   with no wildcard, and the adapter is registered and bound as an aggregated API server;
 //! - the configuration files the chart ships (charts/gofe/files), and the controller file as
-//!   the chart assembles it from values.yaml, are accepted by gofe's own parsers.
+//!   the chart assembles it from values.yaml, are accepted by gofe's own parsers;
+//! - the Grafana dashboard (files/dashboards/gofe.json) queries only metric names the code
+//!   exports;
+//! - real Helm renders and lints the chart, every object is valid for the oldest and newest
+//!   Kubernetes the chart supports, and bad values fail the schema: tests/helm_chart_check.py
+//!   (PyPI's helm-python-sdk and kubernetes-validate; see its doc).
 //!
-//! What this cannot check: Helm's own rendering (sprig functions, `lookup`, indentation of
-//! `toYaml` output), and anything a live cluster would (admission, the aggregator's TLS).
+//! What this cannot check: Helm's `lookup` against a cluster, and anything a live cluster
+//! would (admission, the aggregator's TLS).
 
 #![allow(unreachable_pub)]
 
@@ -345,7 +351,7 @@ fn controller_rbac_is_exactly_the_calls_it_makes() {
 #[test]
 fn adapter_is_registered_and_bound_as_an_aggregated_api_server() {
     let adapter = format!("{PLACEHOLDER}-adapter");
-    let objects = objects(Branch::First);
+    let objects = self::objects(Branch::First);
     let api = find(&objects, "APIService", "v1beta1.external.metrics.k8s.io");
     assert_eq!(api["spec"]["group"], "external.metrics.k8s.io");
     assert_eq!(api["spec"]["version"], "v1beta1");
@@ -361,15 +367,26 @@ fn adapter_is_registered_and_bound_as_an_aggregated_api_server() {
     );
     assert_eq!(delegator["roleRef"]["name"], "system:auth-delegator");
     assert_eq!(delegator["subjects"][0]["name"], adapter.as_str());
-    let reader = find(&objects, "RoleBinding", &format!("{adapter}-auth-reader"));
+
+    // The front-proxy CA is read at run time (metrics-adapter/src/requestheader.rs: a kube-rs
+    // watcher, list + watch with metadata.name's field selector): exactly that, on that one
+    // ConfigMap, in kube-system.
+    let reader_name = format!("{adapter}-auth-reader");
+    let role = find(&objects, "Role", &reader_name);
+    assert_eq!(role["metadata"]["namespace"], "kube-system");
+    assert_eq!(grants(role), set(&[("", "configmaps", &["list", "watch"])]));
+    assert_eq!(
+        role["rules"][0]["resourceNames"],
+        json!(["extension-apiserver-authentication"])
+    );
+    let reader = find(&objects, "RoleBinding", &reader_name);
     assert_eq!(reader["metadata"]["namespace"], "kube-system");
     assert_eq!(reader["roleRef"]["kind"], "Role");
-    assert_eq!(
-        reader["roleRef"]["name"],
-        "extension-apiserver-authentication-reader"
-    );
+    assert_eq!(reader["roleRef"]["name"], reader_name.as_str());
+    assert_eq!(reader["subjects"][0]["name"], adapter.as_str());
 
-    // Secret (generated) and the Deployment's mount agree on the file names the flags name.
+    // Secret (generated) and the Deployment's mount agree on the file names the flags name;
+    // a user-given CA (the first branch) is a file in the ConfigMap.
     let deployment = find(&objects, "Deployment", &adapter);
     let args: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
         .as_array()
@@ -386,6 +403,198 @@ fn adapter_is_registered_and_bound_as_an_aggregated_api_server() {
     }
     let config = find(&objects, "ConfigMap", &adapter);
     assert!(config["data"].get("requestheader-client-ca.crt").is_some());
+    let secret = find(&objects, "Secret", PLACEHOLDER);
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(
+            secret["data"].get(key).is_some(),
+            "generated Secret lacks {key}"
+        );
+    }
+
+    // Without a CA given (the last branch): no CA flag, and the token for the watch.
+    let last = self::objects(Branch::Last);
+    let deployment = find(&last, "Deployment", &adapter);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let args = pod["containers"][0]["args"].to_string();
+    assert!(!args.contains("client-ca-file"), "{args}");
+    assert!(
+        args.contains(
+            "\"--requestheader-configmap=kube-system/extension-apiserver-authentication\""
+        ),
+        "{args}"
+    );
+    assert_eq!(pod["automountServiceAccountToken"], true);
+}
+
+// === the dashboard ===
+
+/// Every `gofe_*` name in string literals of the code that exports metrics: the proxy's
+/// registry (proxy/src), the controller's (controller/src), the xDS server's (xds/src) and the
+/// adapter's (metrics-adapter/src).
+fn exported_metric_names() -> BTreeSet<String> {
+    let root = chart().join("../..");
+    let mut names = BTreeSet::new();
+    let mut dirs: Vec<PathBuf> = [
+        "proxy/src",
+        "controller/src",
+        "xds/src",
+        "metrics-adapter/src",
+    ]
+    .iter()
+    .map(|d| root.join(d))
+    .collect();
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).expect("source");
+                for literal in text.split('"').skip(1).step_by(2) {
+                    if literal.starts_with("gofe_")
+                        && literal.len() > 5
+                        && literal
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    {
+                        names.insert(literal.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    names
+}
+
+/// The `gofe_*` identifiers of a PromQL expression.
+fn metric_names_in(expr: &str) -> Vec<String> {
+    let bytes = expr.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(at) = expr[i..].find("gofe_") {
+        let start = i + at;
+        let preceded =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        if !preceded {
+            out.push(expr[start..end].to_owned());
+        }
+        i = end;
+    }
+    out
+}
+
+fn exprs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr" | "definition", Value::String(s)) => out.push(s.clone()),
+                    ("query", Value::Object(q)) => {
+                        if let Some(Value::String(s)) = q.get("query") {
+                            out.push(s.clone());
+                        }
+                    }
+                    _ => exprs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_dashboard_queries_only_metrics_gofe_exports() {
+    let exported = exported_metric_names();
+    // The scan finds each part's registry.
+    for known in [
+        "gofe_upstream_requests_total",
+        "gofe_controller_endpoint_weight",
+        "gofe_xds_connected_proxies",
+        "gofe_adapter_requests_total",
+    ] {
+        assert!(
+            exported.contains(known),
+            "{known} not found in the code: {exported:?}"
+        );
+    }
+    let dashboard: Value = serde_json::from_str(&read("files/dashboards/gofe.json"))
+        .expect("files/dashboards/gofe.json is JSON");
+    let mut queries = Vec::new();
+    exprs(&dashboard, &mut queries);
+    assert!(queries.len() >= 20, "{} queries", queries.len());
+    let mut used = BTreeSet::new();
+    for q in &queries {
+        let names = metric_names_in(q);
+        assert!(!names.is_empty(), "a query without a gofe metric: {q}");
+        for name in names {
+            // A histogram is exported by its base name; PromQL reads its series.
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|b| exported.contains(*b)))
+                .unwrap_or(&name);
+            assert!(
+                exported.contains(base),
+                "the dashboard queries {name}, which gofe does not export (query: {q})"
+            );
+            used.insert(base.to_owned());
+        }
+    }
+    // What the dashboard is for: each part's metrics are on it.
+    for prefix in [
+        "gofe_upstream_",
+        "gofe_endpoint_",
+        "gofe_circuit_breaker_",
+        "gofe_outlier_",
+        "gofe_controller_",
+        "gofe_xds_",
+        "gofe_adapter_",
+    ] {
+        assert!(
+            used.iter().any(|n| n.starts_with(prefix)),
+            "no {prefix}* panel: {used:?}"
+        );
+    }
+    assert_eq!(
+        metric_names_in("rate(gofe_a_total{x=\"gofe_b\"}[1m]) / my_gofe_c"),
+        ["gofe_a_total", "gofe_b"]
+    );
+}
+
+// === real Helm ===
+
+/// Real Helm (PyPI's helm-python-sdk: Helm v4's Go SDK, no helm binary) lints and renders the
+/// chart with several value sets, kubernetes-validate checks every object strictly against the
+/// oldest and newest Kubernetes the chart supports, and bad values must fail the schema:
+/// tests/helm_chart_check.py. Its packages are installed by .ci/run; missing, this fails.
+#[test]
+fn helm_lints_renders_and_kubernetes_validates_the_chart() {
+    let script = chart().join("../../tests/helm_chart_check.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n{stdout}\n{stderr}",
+        script.display(),
+        out.status
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(last.ends_with(" passed, 0 failed"), "{stdout}");
+    let passed: u32 = last
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .unwrap_or(0);
+    assert!(passed >= 300, "only {passed} checks ran:\n{stdout}");
 }
 
 // === the configuration files the chart ships ===

@@ -3,7 +3,8 @@
 //!
 //! [`router`] is the whole API as an axum `Router`; the server wraps it with TLS and hands each
 //! request the verified client certificate ([`ClientCert`]) so [`authenticate`] can decide
-//! whether the `X-Remote-User`/`X-Remote-Group` headers are to be believed.
+//! whether the user headers (`X-Remote-User`, `X-Remote-Group`, or the ones the cluster's
+//! request-header settings name) are to be believed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,7 +18,10 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::json;
 
+use rustls::pki_types::CertificateDer;
+
 use crate::provider::{FetchError, Provider};
+use crate::requestheader::{FrontProxyState, RequestHeaderConfig};
 use crate::selector::Selector;
 
 /// The API group served.
@@ -31,13 +35,11 @@ const GROUP_VERSION: &str = "external.metrics.k8s.io/v1beta1";
 pub enum AuthPolicy {
     /// Development: anyone, and `X-Remote-*` headers are ignored.
     None,
-    /// Cluster: only clients with a certificate verified against the request-header client CA,
-    /// and (when the list is not empty) whose common name is listed; their `X-Remote-User` and
-    /// `X-Remote-Group` headers name the end user.
-    FrontProxy {
-        /// Allowed common names (`--requestheader-allowed-names`); empty allows any.
-        allowed_names: Vec<String>,
-    },
+    /// Cluster: only clients with a certificate verified against the request-header client CA
+    /// in force, and (when the list is not empty) whose common name is listed; their user
+    /// headers name the end user. The settings change at run time (CA rotation); until the
+    /// first are loaded every API request is refused.
+    FrontProxy(Arc<FrontProxyState>),
 }
 
 /// The verified client certificate of a TLS connection, inserted by the server.
@@ -45,6 +47,12 @@ pub enum AuthPolicy {
 pub struct ClientCert {
     /// The subject's common name, when it has one.
     pub common_name: Option<String>,
+    /// The chain the client presented, leaf first (re-verified when the settings changed
+    /// since the handshake).
+    pub chain: Arc<[CertificateDer<'static>]>,
+    /// The [`FrontProxy::generation`](crate::requestheader::FrontProxy) the handshake
+    /// verified it under.
+    pub generation: u64,
 }
 
 /// The end user a verified front proxy vouched for.
@@ -63,6 +71,8 @@ pub struct AppState {
     pub provider: Arc<Provider>,
     /// Who may call.
     pub auth: AuthPolicy,
+    /// The adapter's own metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 // === errors ===
@@ -183,13 +193,50 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
-        ));
+        ))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe));
     Router::new()
+        .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(api)
         .with_state(state)
+}
+
+/// Counts and times every API request, refusals included.
+async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let start = std::time::Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .duration
+        .observe(start.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .with_label_values(&[response.status().as_str()])
+        .inc();
+    response
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let generation = match &state.auth {
+        AuthPolicy::None => 0,
+        AuthPolicy::FrontProxy(fp) => fp.current().map_or(0, |c| c.generation),
+    };
+    let m = &state.metrics;
+    m.requestheader_generation
+        .set(i64::try_from(generation).unwrap_or(i64::MAX));
+    m.rules_ready.set(i64::from(state.provider.ready()));
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
+        .into_response()
 }
 
 /// Checks the caller against the [`AuthPolicy`] and records the [`RemoteUser`].
@@ -200,13 +247,28 @@ pub async fn authenticate(
 ) -> Response {
     match &state.auth {
         AuthPolicy::None => {}
-        AuthPolicy::FrontProxy { allowed_names } => {
+        AuthPolicy::FrontProxy(front_proxy) => {
+            let Some(settings) = front_proxy.current() else {
+                return ApiError::Unauthorized(
+                    "the adapter has not loaded the request-header CA yet".into(),
+                )
+                .into_response();
+            };
             let Some(cert) = request.extensions().get::<ClientCert>().cloned() else {
                 return ApiError::Unauthorized(
                     "a client certificate signed by the request-header CA is required".into(),
                 )
                 .into_response();
             };
+            // Verified in the handshake under other settings: the CA may have been rotated out.
+            if cert.generation != settings.generation && !settings.verifies(&cert.chain) {
+                tracing::info!(common_name = ?cert.common_name, "client certificate not signed by the current request-header CA");
+                return ApiError::Unauthorized(
+                    "the client certificate is not signed by the current request-header CA".into(),
+                )
+                .into_response();
+            }
+            let allowed_names = &settings.config.allowed_names;
             if !allowed_names.is_empty()
                 && !cert
                     .common_name
@@ -219,7 +281,7 @@ pub async fn authenticate(
                 )
                 .into_response();
             }
-            if let Some(user) = remote_user(request.headers()) {
+            if let Some(user) = remote_user(request.headers(), &settings.config) {
                 tracing::debug!(user = %user.name, groups = ?user.groups, path = %request.uri().path(), "request");
                 request.extensions_mut().insert(user);
             }
@@ -228,17 +290,33 @@ pub async fn authenticate(
     next.run(request).await
 }
 
-fn remote_user(headers: &HeaderMap) -> Option<RemoteUser> {
-    let name = headers.get("x-remote-user")?.to_str().ok()?.to_owned();
-    let groups = headers
-        .get_all("x-remote-group")
+/// The end user the headers name: the first of the user-name headers present, and every value
+/// of every group header.
+fn remote_user(headers: &HeaderMap, config: &RequestHeaderConfig) -> Option<RemoteUser> {
+    let name = config
+        .username_headers
         .iter()
+        .find_map(|h| headers.get(h.as_str())?.to_str().ok())?
+        .to_owned();
+    let groups = config
+        .group_headers
+        .iter()
+        .flat_map(|h| headers.get_all(h.as_str()).iter())
         .filter_map(|v| v.to_str().ok().map(str::to_owned))
         .collect();
     Some(RemoteUser { name, groups })
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    if let AuthPolicy::FrontProxy(front_proxy) = &state.auth {
+        if front_proxy.current().is_none() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request-header CA not loaded yet",
+            )
+                .into_response();
+        }
+    }
     if state.provider.ready() {
         "ok".into_response()
     } else {
@@ -517,19 +595,34 @@ mod tests {
                 CacheConfig::default(),
             )),
             auth,
+            metrics: Default::default(),
         }
+    }
+
+    /// A certificate as the server hands it on: verified under the settings of `generation`.
+    fn cert(cn: &str, generation: u64) -> ClientCert {
+        ClientCert {
+            common_name: Some(cn.to_owned()),
+            chain: Arc::from(Vec::new()),
+            generation,
+        }
+    }
+
+    fn ca_pem() -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
     }
 
     async fn call(
         auth: AuthPolicy,
         uri: &str,
-        cert: Option<&str>,
+        cert: Option<ClientCert>,
     ) -> (StatusCode, serde_json::Value) {
         let mut req = axum::http::Request::get(uri).body(Body::empty()).unwrap();
-        if let Some(cn) = cert {
-            req.extensions_mut().insert(ClientCert {
-                common_name: Some(cn.to_owned()),
-            });
+        if let Some(cert) = cert {
+            req.extensions_mut().insert(cert);
         }
         let resp = router(state(auth)).oneshot(req).await.unwrap();
         let status = resp.status();
@@ -605,17 +698,99 @@ mod tests {
 
     #[tokio::test]
     async fn front_proxy_auth() {
-        let policy = AuthPolicy::FrontProxy {
-            allowed_names: vec!["front-proxy-client".into()],
-        };
+        let front_proxy = Arc::new(FrontProxyState::new());
+        let policy = AuthPolicy::FrontProxy(front_proxy.clone());
+        // Before the settings are loaded: nobody, and not ready.
+        let (s, b) = call(policy.clone(), "/apis", Some(cert("front-proxy-client", 0))).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+        assert!(b["message"].as_str().unwrap().contains("not loaded"), "{b}");
+        let (s, _) = call(policy.clone(), "/readyz", None).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+
+        let g = front_proxy
+            .set(
+                "test",
+                RequestHeaderConfig::new(ca_pem(), vec!["front-proxy-client".into()]),
+            )
+            .unwrap()
+            .unwrap()
+            .generation;
         let (s, _) = call(policy.clone(), "/apis", None).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
-        let (s, _) = call(policy.clone(), "/apis", Some("someone-else")).await;
+        let (s, _) = call(policy.clone(), "/apis", Some(cert("someone-else", g))).await;
         assert_eq!(s, StatusCode::FORBIDDEN);
-        let (s, _) = call(policy.clone(), "/apis", Some("front-proxy-client")).await;
+        let (s, _) = call(policy.clone(), "/apis", Some(cert("front-proxy-client", g))).await;
         assert_eq!(s, StatusCode::OK);
-        let (s, _) = call(policy, "/healthz", None).await;
+        let (s, _) = call(policy.clone(), "/healthz", None).await;
         assert_eq!(s, StatusCode::OK);
+
+        // Verified under older settings: re-verified against the current CA, which did not
+        // sign it (here: an empty chain).
+        let (s, b) = call(
+            policy.clone(),
+            "/apis",
+            Some(cert("front-proxy-client", g - 1)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{b}");
+        assert!(b["message"].as_str().unwrap().contains("current"), "{b}");
+
+        // Names now come from the new settings: any name the CA signs.
+        let g = front_proxy
+            .set("test", RequestHeaderConfig::new(ca_pem(), vec![]))
+            .unwrap()
+            .unwrap()
+            .generation;
+        let (s, _) = call(policy, "/apis", Some(cert("someone-else", g))).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn api_requests_are_counted_by_code_and_metrics_need_no_certificate() {
+        let front_proxy = Arc::new(FrontProxyState::new());
+        let state = state(AuthPolicy::FrontProxy(front_proxy.clone()));
+        let app = router(state.clone());
+        let get = |uri: &str| axum::http::Request::get(uri).body(Body::empty()).unwrap();
+        let text = |app: Router| async move {
+            let resp = app.oneshot(get("/metrics")).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+            String::from_utf8(
+                resp.into_body()
+                    .collect()
+                    .await
+                    .unwrap()
+                    .to_bytes()
+                    .to_vec(),
+            )
+            .unwrap()
+        };
+        assert!(text(app.clone())
+            .await
+            .contains("gofe_adapter_requestheader_generation 0"));
+        for _ in 0..2 {
+            let resp = app.clone().oneshot(get("/apis")).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        }
+        let resp = app.clone().oneshot(get("/healthz")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        front_proxy
+            .set("test", RequestHeaderConfig::new(ca_pem(), vec![]))
+            .unwrap();
+        let t = text(app).await;
+        assert!(
+            t.contains(r#"gofe_adapter_requests_total{code="401"} 2"#),
+            "{t}"
+        );
+        assert!(
+            !t.contains(r#"code="200""#),
+            "health checks are not API requests: {t}"
+        );
+        assert!(
+            t.contains("gofe_adapter_request_duration_seconds_count 2"),
+            "{t}"
+        );
+        assert!(t.contains("gofe_adapter_requestheader_generation 1"), "{t}");
+        assert!(t.contains("gofe_adapter_external_rules_ready"), "{t}");
     }
 
     #[test]
@@ -624,12 +799,33 @@ mod tests {
         h.insert("x-remote-user", "alice".parse().unwrap());
         h.append("x-remote-group", "dev".parse().unwrap());
         h.append("x-remote-group", "system:authenticated".parse().unwrap());
+        h.insert("x-proxy-user", "bob".parse().unwrap());
+        h.insert("x-proxy-groups", "ops".parse().unwrap());
+        let defaults = RequestHeaderConfig::new(String::new(), vec![]);
         assert_eq!(
-            remote_user(&h),
+            remote_user(&h, &defaults),
             Some(RemoteUser {
                 name: "alice".into(),
                 groups: vec!["dev".into(), "system:authenticated".into()]
             })
         );
+        // The cluster's own header names (requestheader-username-headers, ...).
+        let custom = RequestHeaderConfig {
+            username_headers: vec!["X-Absent".into(), "X-Proxy-User".into()],
+            group_headers: vec!["X-Proxy-Groups".into()],
+            ..defaults.clone()
+        };
+        assert_eq!(
+            remote_user(&h, &custom),
+            Some(RemoteUser {
+                name: "bob".into(),
+                groups: vec!["ops".into()]
+            })
+        );
+        let none = RequestHeaderConfig {
+            username_headers: vec![],
+            ..defaults
+        };
+        assert_eq!(remote_user(&h, &none), None);
     }
 }

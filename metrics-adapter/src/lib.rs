@@ -24,6 +24,9 @@
 //!   (the controller's too); [`quantity`] formats values as Kubernetes quantities; [`api`] is
 //!   the HTTP surface and its `Status` errors; [`server`] is TLS, client certificate
 //!   authentication and the process entry point [`server::run`].
+//! - [`requestheader`] reads the front-proxy settings (CA, allowed names, user headers) at run
+//!   time from `kube-system/extension-apiserver-authentication`, as aggregated API servers do,
+//!   and follows them when the cluster rotates its CA; a CA file overrides it.
 //!
 //! What it does not do: it serves no `custom.metrics.k8s.io` (per-object metrics) and makes no
 //! authorization decisions of its own (no SubjectAccessReview): the aggregator authenticates and
@@ -33,11 +36,13 @@
 
 pub mod api;
 pub mod config;
+pub mod metrics;
 pub mod provider;
 pub mod quantity;
+pub mod requestheader;
 pub mod rules;
 pub mod scrape;
 pub mod selector;
 pub mod server;
 
-pub use server::{run, Adapter, AdapterOptions, TlsFiles};
+pub use server::{run, Adapter, AdapterOptions, RequestHeaderSource, TlsFiles};

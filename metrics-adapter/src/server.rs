@@ -1,33 +1,69 @@
 //! The listener: TLS with client-certificate verification in cluster mode, plain HTTP in local
-//! mode, and the background relisting of external rules.
+//! mode, and the background tasks: relisting external rules, following the request-header
+//! settings (the cluster's ConfigMap, or a CA file), and re-reading the serving certificate.
+//!
+//! The TLS configuration is rebuilt whenever the request-header CA changes and each handshake
+//! takes the one in force, so a rotated front-proxy CA is honoured without a restart; the
+//! serving certificate is re-read from its files (a renewed cert-manager or mounted Secret)
+//! on the same period as a CA file.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
+
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ResolvesServerCert;
+use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
 use crate::api::{router, AppState, AuthPolicy, ClientCert};
 use crate::provider::{CacheConfig, Provider};
+use crate::requestheader::{FrontProxyState, RequestHeaderConfig, RequestHeaderError};
 
-/// TLS files for cluster mode (all PEM).
+/// TLS for cluster mode: the serving certificate (PEM files) and where the front-proxy
+/// settings come from.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
     /// Serving certificate chain, leaf first.
     pub cert: PathBuf,
     /// Serving private key.
     pub key: PathBuf,
-    /// The aggregator's request-header client CA (`requestheader-client-ca-file`).
-    pub client_ca: PathBuf,
-    /// Allowed front-proxy common names; empty allows any certificate the CA signed.
-    pub allowed_names: Vec<String>,
+    /// The aggregator's request-header settings.
+    pub requestheader: RequestHeaderSource,
+    /// How often the serving certificate (and a CA file) are read again. Default 1 min.
+    pub reload_interval: Duration,
+}
+
+/// Where the request-header (front-proxy) settings come from.
+#[derive(Clone, Debug)]
+pub enum RequestHeaderSource {
+    /// A PEM CA file (`--requestheader-client-ca-file`), read at start and again every
+    /// [`TlsFiles::reload_interval`]; the user headers are Kubernetes' conventional ones.
+    File {
+        /// The CA bundle.
+        client_ca: PathBuf,
+        /// Allowed front-proxy common names; empty allows any certificate the CA signed.
+        allowed_names: Vec<String>,
+    },
+    /// The ConfigMap kube-apiserver publishes (`kube-system/extension-apiserver-authentication`),
+    /// watched: CA, allowed names and user headers as the cluster sets them.
+    ConfigMap {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// When not empty, these names instead of the ConfigMap's
+        /// `requestheader-allowed-names`.
+        allowed_names: Vec<String>,
+    },
 }
 
 /// Everything `gofe adapter` needs.
@@ -108,13 +144,24 @@ pub struct AdapterArgs {
     #[arg(long, required_unless_present = "insecure_local")]
     pub tls_private_key_file: Option<PathBuf>,
     /// CA that signs the aggregator's front-proxy client certificate (the cluster's
-    /// requestheader-client-ca-file). Required unless --insecure-local.
-    #[arg(long, required_unless_present = "insecure_local")]
+    /// requestheader-client-ca-file), re-read every --tls-reload-interval. Default: read at
+    /// run time from --requestheader-configmap, and followed when the cluster rotates it.
+    #[arg(long)]
     pub requestheader_client_ca_file: Option<PathBuf>,
-    /// Common names allowed for the front-proxy certificate, comma-separated. Default: any
-    /// certificate the CA signed.
+    /// Without --requestheader-client-ca-file: the ConfigMap (NAMESPACE/NAME) holding the
+    /// cluster's request-header settings, watched through the Kubernetes API (in-cluster
+    /// service account, or KUBECONFIG).
+    #[arg(long, default_value = "kube-system/extension-apiserver-authentication")]
+    pub requestheader_configmap: String,
+    /// Common names allowed for the front-proxy certificate, comma-separated. Default: the
+    /// ConfigMap's requestheader-allowed-names, or (with a CA file) any certificate the CA
+    /// signed.
     #[arg(long, value_delimiter = ',')]
     pub requestheader_allowed_names: Vec<String>,
+    /// How often the serving certificate and key (and a --requestheader-client-ca-file) are
+    /// read again, so renewed files are served without a restart.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -138,15 +185,39 @@ impl AdapterArgs {
             }
             None
         } else {
-            match (self.tls_cert_file, self.tls_private_key_file, self.requestheader_client_ca_file) {
-                (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
-                    cert,
-                    key,
+            let (Some(cert), Some(key)) = (self.tls_cert_file, self.tls_private_key_file) else {
+                return Err(ArgsError(
+                    "cluster mode needs --tls-cert-file and --tls-private-key-file (or --insecure-local)"
+                        .into(),
+                ));
+            };
+            let requestheader = match self.requestheader_client_ca_file {
+                Some(client_ca) => RequestHeaderSource::File {
                     client_ca,
                     allowed_names: self.requestheader_allowed_names,
-                }),
-                _ => return Err(ArgsError("cluster mode needs --tls-cert-file, --tls-private-key-file and --requestheader-client-ca-file (or --insecure-local)".into())),
-            }
+                },
+                None => match self.requestheader_configmap.split_once('/') {
+                    Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+                        RequestHeaderSource::ConfigMap {
+                            namespace: namespace.to_owned(),
+                            name: name.to_owned(),
+                            allowed_names: self.requestheader_allowed_names,
+                        }
+                    }
+                    _ => {
+                        return Err(ArgsError(format!(
+                            "--requestheader-configmap {:?}: expected NAMESPACE/NAME",
+                            self.requestheader_configmap
+                        )))
+                    }
+                },
+            };
+            Some(TlsFiles {
+                cert,
+                key,
+                requestheader,
+                reload_interval: self.tls_reload_interval.max(Duration::from_secs(1)),
+            })
         };
         Ok(AdapterOptions {
             listen: self.listen,
@@ -188,6 +259,12 @@ pub enum StartError {
         /// What went wrong.
         message: String,
     },
+    /// The request-header CA file is unusable.
+    #[error(transparent)]
+    RequestHeader(#[from] RequestHeaderError),
+    /// No Kubernetes client could be configured, to read the request-header settings.
+    #[error("configuring the Kubernetes client (to read the front-proxy CA from the cluster; or give --requestheader-client-ca-file)")]
+    Kube(#[from] kube::Error),
     /// The listener could not bind.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -214,30 +291,174 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, StartError> {
     gofe_tls::key(path).map_err(|e| tls_error(path, e))
 }
 
-/// The rustls server configuration: the serving certificate, and client certificates verified
-/// against the request-header CA but not required (health probes come without one; the API
-/// answers 401 to them).
-pub fn server_tls_config(files: &TlsFiles) -> Result<rustls::ServerConfig, StartError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in read_certs(&files.client_ca)? {
-        roots.add(ca).map_err(|e| tls_error(&files.client_ca, e))?;
-    }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
+/// The serving certificate and key of `files`, checked to match.
+fn certified_key(files: &TlsFiles) -> Result<CertifiedKey, StartError> {
+    CertifiedKey::from_der(
+        read_certs(&files.cert)?,
+        read_key(&files.key)?,
+        &gofe_tls::provider(),
     )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| tls_error(&files.client_ca, e))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_error(&files.cert, e))?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(read_certs(&files.cert)?, read_key(&files.key)?)
-        .map_err(|e| tls_error(&files.key, e))?;
+    .map_err(|e| tls_error(&files.key, e))
+}
+
+/// Hands every handshake the serving certificate in force.
+#[derive(Debug)]
+struct LiveCert(ArcSwap<CertifiedKey>);
+
+impl ResolvesServerCert for LiveCert {
+    fn resolve(&self, _: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// A TLS configuration and the request-header generation it verifies client certificates
+/// under (0: none loaded, no client certificate asked for).
+struct TlsCurrent {
+    generation: u64,
+    config: Arc<rustls::ServerConfig>,
+}
+
+/// The TLS server's changing parts: the serving certificate, the request-header settings, and
+/// the configuration built from them that each new handshake takes.
+pub struct LiveTls {
+    cert: Arc<LiveCert>,
+    front_proxy: Arc<FrontProxyState>,
+    current: ArcSwap<TlsCurrent>,
+    rebuild: std::sync::Mutex<()>,
+}
+
+impl LiveTls {
+    /// Serving `cert`, with no request-header settings yet.
+    fn new(cert: CertifiedKey) -> Result<Self, rustls::Error> {
+        let cert = Arc::new(LiveCert(ArcSwap::from_pointee(cert)));
+        let config = build_config(&cert, None)?;
+        Ok(LiveTls {
+            cert,
+            front_proxy: Arc::new(FrontProxyState::new()),
+            current: ArcSwap::from_pointee(TlsCurrent {
+                generation: 0,
+                config,
+            }),
+            rebuild: std::sync::Mutex::new(()),
+        })
+    }
+
+    /// The request-header settings in force (shared with the API's authentication).
+    pub fn front_proxy(&self) -> &Arc<FrontProxyState> {
+        &self.front_proxy
+    }
+
+    /// Installs request-header settings (from `source_name`) and, when they changed, the TLS
+    /// configuration verifying against their CA. Returns whether anything changed.
+    pub fn set_request_header(
+        &self,
+        source_name: &str,
+        config: RequestHeaderConfig,
+    ) -> Result<bool, RequestHeaderError> {
+        let _serial = self.rebuild.lock().unwrap_or_else(|e| e.into_inner());
+        // The settings first, then the handshake configuration: a connection verified under
+        // the old CA meanwhile is re-verified by the API against the new one.
+        let Some(fp) = self.front_proxy.set(source_name, config)? else {
+            return Ok(false);
+        };
+        match build_config(&self.cert, Some(&fp)) {
+            Ok(config) => {
+                self.current.store(Arc::new(TlsCurrent {
+                    generation: fp.generation,
+                    config,
+                }));
+                tracing::info!(source = source_name, generation = fp.generation, allowed_names = ?fp.config.allowed_names, "request-header CA loaded");
+                Ok(true)
+            }
+            Err(e) => Err(RequestHeaderError::BadCa {
+                source_name: source_name.to_owned(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Serves `cert` from the next handshake on.
+    fn set_cert(&self, cert: CertifiedKey) {
+        self.cert.0.store(Arc::new(cert));
+    }
+
+    fn acceptor(&self) -> (u64, tokio_rustls::TlsAcceptor) {
+        let current = self.current.load();
+        (
+            current.generation,
+            tokio_rustls::TlsAcceptor::from(current.config.clone()),
+        )
+    }
+}
+
+/// The rustls server configuration: the live serving certificate, and client certificates
+/// verified against the request-header CA but not required (health probes come without one;
+/// the API answers 401 to them). Without settings no client certificate is asked for.
+fn build_config(
+    cert: &Arc<LiveCert>,
+    front_proxy: Option<&crate::requestheader::FrontProxy>,
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let builder = rustls::ServerConfig::builder_with_provider(gofe_tls::provider())
+        .with_safe_default_protocol_versions()?;
+    let builder = match front_proxy {
+        Some(fp) => builder.with_client_cert_verifier(fp.verifier()),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(cert.clone());
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
+    Ok(Arc::new(config))
+}
+
+/// Reads a CA file as request-header settings with `allowed_names`.
+fn file_settings(
+    path: &Path,
+    allowed_names: &[String],
+) -> Result<RequestHeaderConfig, RequestHeaderError> {
+    let pem = std::fs::read_to_string(path).map_err(|e| RequestHeaderError::BadCa {
+        source_name: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    Ok(RequestHeaderConfig::new(pem, allowed_names.to_vec()))
+}
+
+/// Every `interval`: the serving certificate and key read again and, when they changed and
+/// make a valid pair, served; a CA file likewise.
+async fn reload_files(live: Arc<LiveTls>, files: TlsFiles) {
+    let read_pair = |files: &TlsFiles| -> Option<(Vec<u8>, Vec<u8>)> {
+        Some((
+            std::fs::read(&files.cert).ok()?,
+            std::fs::read(&files.key).ok()?,
+        ))
+    };
+    let mut last = read_pair(&files);
+    loop {
+        tokio::time::sleep(files.reload_interval).await;
+        let now = read_pair(&files);
+        if now.is_some() && now != last {
+            match certified_key(&files) {
+                Ok(cert) => {
+                    live.set_cert(cert);
+                    last = now;
+                    tracing::info!(cert = %files.cert.display(), "serving certificate reloaded");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "serving certificate changed but is unusable; serving the previous one")
+                }
+            }
+        }
+        if let RequestHeaderSource::File {
+            client_ca,
+            allowed_names,
+        } = &files.requestheader
+        {
+            let source = client_ca.display().to_string();
+            if let Err(e) = file_settings(client_ca, allowed_names)
+                .and_then(|c| live.set_request_header(&source, c))
+            {
+                tracing::warn!(error = %e, "request-header CA file unusable; keeping the previous CA");
+            }
+        }
+    }
 }
 
 /// A running adapter.
@@ -248,8 +469,24 @@ pub struct Adapter {
 }
 
 impl Adapter {
-    /// Loads the rules, binds the listener and starts serving and relisting.
+    /// Loads the rules, binds the listener and starts serving and relisting. Reading the
+    /// request-header settings from a ConfigMap, the Kubernetes client is the in-cluster (or
+    /// KUBECONFIG) one.
     pub async fn start(options: AdapterOptions) -> Result<Self, StartError> {
+        let client = match options.tls.as_ref().map(|t| &t.requestheader) {
+            Some(RequestHeaderSource::ConfigMap { .. }) => Some(kube::Client::try_default().await?),
+            _ => None,
+        };
+        Self::start_with_client(options, client).await
+    }
+
+    /// [`Adapter::start`] with the Kubernetes client given (tests give one backed by an
+    /// in-memory API server). `client` is used only for a [`RequestHeaderSource::ConfigMap`],
+    /// which needs one.
+    pub async fn start_with_client(
+        options: AdapterOptions,
+        client: Option<kube::Client>,
+    ) -> Result<Self, StartError> {
         let book = match &options.rules_file {
             Some(path) => crate::config::load(path)?,
             None => crate::config::parse("(no rules file)", "")?,
@@ -273,14 +510,59 @@ impl Adapter {
         };
         let (auth, tls) = match &options.tls {
             None => (AuthPolicy::None, None),
-            Some(files) => (
-                AuthPolicy::FrontProxy {
-                    allowed_names: files.allowed_names.clone(),
-                },
-                Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                    server_tls_config(files)?,
-                ))),
-            ),
+            Some(files) => {
+                let live = Arc::new(
+                    LiveTls::new(certified_key(files)?).map_err(|e| tls_error(&files.cert, e))?,
+                );
+                match &files.requestheader {
+                    RequestHeaderSource::File {
+                        client_ca,
+                        allowed_names,
+                    } => {
+                        live.set_request_header(
+                            &client_ca.display().to_string(),
+                            file_settings(client_ca, allowed_names)?,
+                        )?;
+                    }
+                    RequestHeaderSource::ConfigMap {
+                        namespace,
+                        name,
+                        allowed_names,
+                    } => {
+                        let Some(client) = client else {
+                            return Err(StartError::Tls {
+                                path: PathBuf::from(format!("{namespace}/{name}")),
+                                message: "reading the request-header settings from a ConfigMap needs a Kubernetes client".into(),
+                            });
+                        };
+                        let api = kube::Api::namespaced(client, namespace);
+                        let live = live.clone();
+                        let overridden = allowed_names.clone();
+                        let source = format!("ConfigMap {namespace}/{name}");
+                        tasks.push(tokio::spawn(crate::requestheader::watch_config_map(
+                            api,
+                            name.clone(),
+                            move |settings| {
+                                let result = settings.and_then(|mut settings| {
+                                    if !overridden.is_empty() {
+                                        settings.allowed_names = overridden.clone();
+                                    }
+                                    live.set_request_header(&source, settings)
+                                });
+                                if let Err(e) = result {
+                                    let loaded = live.front_proxy().current().is_some();
+                                    tracing::warn!(error = %e, keeping_previous = loaded, "request-header settings not updated");
+                                }
+                            },
+                        )));
+                    }
+                }
+                tasks.push(tokio::spawn(reload_files(live.clone(), files.clone())));
+                (
+                    AuthPolicy::FrontProxy(live.front_proxy().clone()),
+                    Some(live),
+                )
+            }
         };
         let listener =
             TcpListener::bind(options.listen)
@@ -296,6 +578,7 @@ impl Adapter {
         let app = router(AppState {
             provider: provider.clone(),
             auth,
+            metrics: Default::default(),
         });
         let relist = {
             let provider = provider.clone();
@@ -376,11 +659,7 @@ async fn shutdown_signal() {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    app: axum::Router,
-) {
+async fn accept_loop(listener: TcpListener, tls: Option<Arc<LiveTls>>, app: axum::Router) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -392,11 +671,11 @@ async fn accept_loop(
         };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
-        let tls = tls.clone();
+        let tls = tls.as_ref().map(|live| live.acceptor());
         tokio::spawn(async move {
             match tls {
                 None => serve_connection(TokioIo::new(tcp), app, None).await,
-                Some(acceptor) => {
+                Some((generation, acceptor)) => {
                     let stream =
                         match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
                             .await
@@ -415,9 +694,11 @@ async fn accept_loop(
                         .get_ref()
                         .1
                         .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(|leaf| ClientCert {
-                            common_name: common_name(leaf.as_ref()),
+                        .filter(|chain| !chain.is_empty())
+                        .map(|chain| ClientCert {
+                            common_name: common_name(chain[0].as_ref()),
+                            chain: chain.iter().map(|c| c.clone().into_owned()).collect(),
+                            generation,
                         });
                     serve_connection(TokioIo::new(stream), app, cert).await;
                 }

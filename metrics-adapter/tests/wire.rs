@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gofe_metrics_adapter::provider::CacheConfig;
-use gofe_metrics_adapter::{Adapter, AdapterOptions, TlsFiles};
+use gofe_metrics_adapter::{Adapter, AdapterOptions, RequestHeaderSource, TlsFiles};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -763,8 +763,11 @@ impl Pki {
         let files = TlsFiles {
             cert: write(&dir.0, "serving.crt", &cert),
             key: write(&dir.0, "serving.key", &key),
-            client_ca: write(&dir.0, "front-proxy-ca.crt", &front_ca.0.pem()),
-            allowed_names: vec!["front-proxy-client".into()],
+            requestheader: RequestHeaderSource::File {
+                client_ca: write(&dir.0, "front-proxy-ca.crt", &front_ca.0.pem()),
+                allowed_names: vec!["front-proxy-client".into()],
+            },
+            reload_interval: Duration::from_secs(60),
         };
         write(&dir.0, "serving-ca.crt", &serving_ca.0.pem());
         let (c, k) = leaf("front-proxy-client", vec![], true, &front_ca);

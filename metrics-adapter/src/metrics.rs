@@ -1,0 +1,95 @@
+//! The adapter's own Prometheus metrics, served at `/metrics` on its TLS port (like `/healthz`,
+//! without a client certificate: they hold counts, no metric values).
+//!
+//! - `gofe_adapter_requests_total{code}`: API requests answered (every path but the health
+//!   and metrics ones), by HTTP status, 401/403 refusals included.
+//! - `gofe_adapter_request_duration_seconds`: their latency (a histogram).
+//! - `gofe_adapter_requestheader_generation`: which request-header settings are in force (0:
+//!   none loaded yet; one more at each CA or allowed-names change).
+//! - `gofe_adapter_external_rules_ready`: 1 once external rules were discovered.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// The adapter's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// `gofe_adapter_requests_total{code}`.
+    pub requests: IntCounterVec,
+    /// `gofe_adapter_request_duration_seconds`.
+    pub duration: Histogram,
+    /// `gofe_adapter_requestheader_generation`.
+    pub requestheader_generation: IntGauge,
+    /// `gofe_adapter_external_rules_ready`.
+    pub rules_ready: IntGauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in a registry of its own.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "gofe_adapter_requests_total",
+                "API requests answered, by HTTP status code (refusals included).",
+            ),
+            &["code"],
+        )
+        .expect("valid metric");
+        let duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "gofe_adapter_request_duration_seconds",
+                "Time to answer an API request, Prometheus queries included.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid metric");
+        let requestheader_generation = IntGauge::new(
+            "gofe_adapter_requestheader_generation",
+            "Request-header (front-proxy CA) settings in force: 0 none loaded, one more per change.",
+        )
+        .expect("valid metric");
+        let rules_ready = IntGauge::new(
+            "gofe_adapter_external_rules_ready",
+            "1 once external rules' metric names were discovered.",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(requestheader_generation.clone()),
+            Box::new(rules_ready.clone()),
+        ] {
+            registry.register(c).expect("unique metric");
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            requestheader_generation,
+            rules_ready,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
