@@ -85,6 +85,7 @@ fn gofe_up_shows_the_whole_loop_and_leaves_nothing_behind() {
     let scenario = dir.join("e2e.yaml");
     std::fs::write(&scenario, SCENARIO).unwrap();
     let work = dir.join("run");
+    let report = dir.join("report");
     let base = backend_base();
     let ports: Vec<String> = (0..5)
         .map(|_| format!("127.0.0.1:{}", free_port()))
@@ -94,6 +95,8 @@ fn gofe_up_shows_the_whole_loop_and_leaves_nothing_behind() {
         .arg(&scenario)
         .arg("--workdir")
         .arg(&work)
+        .arg("--report")
+        .arg(&report)
         .args(["--listen", &ports[0], "--proxy-admin", &ports[1]])
         .args(["--controller-admin", &ports[2], "--xds", &ports[3]])
         .args(["--adapter", &ports[4], "--backend-ports", &base.to_string()])
@@ -182,6 +185,34 @@ fn gofe_up_shows_the_whole_loop_and_leaves_nothing_behind() {
     let left = processes_mentioning(&needles);
     assert!(left.is_empty(), "processes left behind: {left:?}");
     assert!(Path::new(&work).join("controller.log").exists());
+    // The report: the simulator's plot of the live run, and what happened when.
+    let svg = std::fs::read_to_string(report.join("run.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("polyline"),
+        "{svg:.200}"
+    );
+    let text = std::fs::read_to_string(report.join("summary.txt")).unwrap();
+    assert!(
+        text.contains("ejected") && text.contains("scaled"),
+        "{text}"
+    );
+
+    // Every port is free again: a second run on the same ports starts at once.
+    let again = Command::new(env!("CARGO_BIN_EXE_gofe"))
+        .args(["up", "--json", "--duration", "3s", "--scenario"])
+        .arg(&scenario)
+        .args(["--listen", &ports[0], "--proxy-admin", &ports[1]])
+        .args(["--controller-admin", &ports[2], "--xds", &ports[3]])
+        .args(["--adapter", &ports[4], "--backend-ports", &base.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&again.stdout);
+    assert!(
+        again.status.success() && out.contains("\"event\":\"started\""),
+        "a second run right after: {}\n{out}",
+        String::from_utf8_lossy(&again.stderr)
+    );
 }
 
 #[test]
@@ -216,4 +247,69 @@ fn gofe_up_names_a_taken_port_and_a_scenario_it_cannot_play() {
         err.contains("policies[0].balancer") && err.contains("autoscaling.metrics[0].cpu"),
         "every problem, by field: {err}"
     );
+}
+
+/// With `--start-prometheus`, Debian's Prometheus (installed by `.ci/run`) scrapes the proxy,
+/// and both the controller's signals and the adapter's answers come from it: the load's rise
+/// still scales the backends, and Prometheus is stopped with the rest.
+#[test]
+fn gofe_up_runs_the_loop_through_a_prometheus_it_starts() {
+    let dir = tempdir();
+    let scenario = dir.join("prom.yaml");
+    std::fs::write(
+        &scenario,
+        "name: prom\nduration: 30s\n\
+         traffic: [{constant: {rps: 40}}, {ramp: {from: 0, to: 100, start: 6s, end: 10s}}]\n\
+         service: {pods: 2, capacity: 120, latency: 5ms, startup: 0s, readiness: 1s}\n\
+         pipeline: {scrape: 1s, window: 4s, sync: 3s}\n\
+         autoscaling: {minReplicas: 2, maxReplicas: 4, metrics: [{external_rps: {average_value: \"40\"}}]}\n\
+         policies: [{name: gofe, balancer: gofe, interval: 1s, window: 4s}]\n",
+    )
+    .unwrap();
+    let work = dir.join("run");
+    let base = backend_base();
+    let ports: Vec<String> = (0..6)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_gofe"))
+        .args(["up", "--json", "--start-prometheus", "--scenario"])
+        .arg(&scenario)
+        .arg("--workdir")
+        .arg(&work)
+        .args(["--listen", &ports[0], "--proxy-admin", &ports[1]])
+        .args(["--controller-admin", &ports[2], "--xds", &ports[3]])
+        .args(["--adapter", &ports[4], "--prometheus-listen", &ports[5]])
+        .args(["--backend-ports", &base.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("gofe up runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "gofe up failed: {stderr}");
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let started = events.iter().find(|e| e["event"] == "started").unwrap();
+    assert_eq!(
+        started["prometheus"].as_str(),
+        Some(format!("http://{}", ports[5]).as_str())
+    );
+    let scaled_up = events
+        .iter()
+        .any(|e| e["event"] == "scaled" && e["to"].as_i64() > e["from"].as_i64());
+    let story: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] != "status")
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        scaled_up,
+        "the HPA read the adapter, backed by Prometheus:\n{}",
+        story.join("\n")
+    );
+    let controller = std::fs::read_to_string(work.join("controller.yaml")).unwrap();
+    assert!(controller.contains("source: prometheus"), "{controller}");
+    std::thread::sleep(Duration::from_millis(200));
+    let left = processes_mentioning(&[work.display().to_string()]);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
 }

@@ -264,6 +264,53 @@ pub struct EndpointState {
     pub last_fresh_ms: Option<u64>,
     /// When a past ejection was last forgotten.
     pub last_decay_ms: u64,
+    /// What its half-open trial has seen so far, summed over the steps since it went
+    /// half-open (`None` outside a trial).
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub trial: Option<TrialTally>,
+}
+
+/// A half-open trial's requests, accumulated step by step: each step adds the requests its
+/// signals saw since the previous one (`rps × Δt`, at most the window's count), so a trial at a
+/// small trial weight still gathers `half_open_min_requests` however short the signal window
+/// is — judged on one window alone, a trial whose window never holds that many requests would
+/// stay half-open for as long as the load is low.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct TrialTally {
+    /// Requests seen by the trial.
+    pub requests: f64,
+    /// Of those, the ones that did not fail.
+    pub successes: f64,
+    /// Up to when they were counted (ms).
+    pub seen_ms: u64,
+}
+
+impl TrialTally {
+    /// Adds what `s` saw since the last count, up to `now_ms`.
+    fn add(&mut self, s: &Signals, now_ms: u64) {
+        let dt = now_ms.saturating_sub(self.seen_ms) as f64 / 1000.0;
+        let new = (s.rps * dt).min(s.requests).max(0.0);
+        if new.is_finite() {
+            self.requests += new;
+            self.successes += new * s.success_rate.clamp(0.0, 1.0);
+        }
+        self.seen_ms = now_ms;
+    }
+
+    /// The signals the trial is judged on: the accumulated requests when they are more than
+    /// the window holds, else the window's.
+    fn judged(&self, s: &Signals) -> Signals {
+        if self.requests > s.requests {
+            Signals {
+                requests: self.requests,
+                success_rate: self.successes / self.requests,
+                ..*s
+            }
+        } else {
+            *s
+        }
+    }
 }
 
 impl EndpointState {
@@ -278,6 +325,7 @@ impl EndpointState {
             ramp_ended_ms: None,
             last_fresh_ms: None,
             last_decay_ms: now_ms,
+            trial: None,
         }
     }
 }
@@ -1054,13 +1102,24 @@ impl<'a> Slots<'a> {
                 events.push(Event::HalfOpen {
                     endpoint: ep.clone(),
                 });
+                st.trial = Some(TrialTally {
+                    seen_ms: now_ms,
+                    ..TrialTally::default()
+                });
             }
             if st.breaker.state() != BreakerState::HalfOpen {
+                st.trial = None;
                 continue;
             }
-            let Some(s) = fresh.as_ref() else {
+            let Some(window) = fresh.as_ref() else {
                 continue;
             };
+            let tally = st.trial.get_or_insert(TrialTally {
+                seen_ms: now_ms,
+                ..TrialTally::default()
+            });
+            tally.add(window, now_ms);
+            let s = &tally.judged(window);
             if s.requests < policy.half_open_min_requests {
                 *why = Some(format!(
                     "half-open: {:.0} trial requests so far, {:.0} needed",
@@ -1077,6 +1136,7 @@ impl<'a> Slots<'a> {
                 ));
                 continue;
             }
+            st.trial = None;
             if verdict == Trial::Passes {
                 st.breaker.trial(true, now_ms, times);
                 st.ramp_from_ms = Some(now_ms);

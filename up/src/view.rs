@@ -143,10 +143,18 @@ impl View {
     fn draw(&self, s: &Status) {
         use crossterm::{cursor, terminal, QueueableCommand};
         let (cols, rows) = terminal::size().unwrap_or((100, 30));
-        let width = usize::from(cols).max(40);
         let mut out = std::io::stdout();
         let _ = out.queue(cursor::MoveTo(0, 0));
         let _ = out.queue(terminal::Clear(terminal::ClearType::All));
+        for line in self.frame(s, usize::from(cols), usize::from(rows)) {
+            let _ = writeln!(out, "{line}\r");
+        }
+    }
+
+    /// The terminal view of `s` for a `cols` × `rows` terminal: a header, the status line,
+    /// the endpoint table and as many of the latest events as fit, each line clipped.
+    pub fn frame(&self, s: &Status, cols: usize, rows: usize) -> Vec<String> {
+        let width = cols.max(40);
         let mut lines = vec![
             format!(
                 "gofe up · {} · {:.0}s   (Ctrl-C stops everything)",
@@ -172,14 +180,14 @@ impl View {
         }
         lines.push(String::new());
         lines.push("events".into());
-        let room = usize::from(rows).saturating_sub(lines.len() + 1).max(3);
+        let room = rows.saturating_sub(lines.len() + 1).max(3);
         for (t, kind, text) in self.log.iter().rev().take(room).rev() {
             lines.push(format!("{t:6.1}s  {kind:<14} {text}"));
         }
-        for line in lines {
-            let clipped: String = line.chars().take(width - 1).collect();
-            let _ = writeln!(out, "{clipped}\r");
-        }
+        lines
+            .into_iter()
+            .map(|l| l.chars().take(width - 1).collect())
+            .collect()
     }
 }
 
@@ -199,4 +207,46 @@ pub fn status_line(s: &Status) -> String {
         s.ready,
         s.desired
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_terminal_frame_shows_load_endpoints_and_the_latest_events_that_fit() {
+        let mut v = View::new(Mode::Terminal, "demo");
+        for i in 0..50 {
+            v.event(f64::from(i), "scaled", Value::Null, format!("event {i}"));
+        }
+        let s = Status {
+            t: 12.0,
+            offered_rps: 40.0,
+            served_rps: 39.0,
+            desired: 3,
+            ready: 2,
+            endpoints: vec![EndpointRow {
+                address: "127.0.0.1:9102".into(),
+                name: "web-2".into(),
+                weight: 5,
+                state: "half_open".into(),
+                reason: "half-open: trial weight".into(),
+                share: 0.05,
+            }],
+            ..Status::default()
+        };
+        let frame = v.frame(&s, 60, 20);
+        assert_eq!(frame.len(), 20 - 1, "the frame fits the terminal");
+        assert!(frame[1].starts_with("offered 40 req/s · served 39 req/s"));
+        assert!(frame[4].starts_with("127.0.0.1:9102     web-2       0.05     5%  half_open"));
+        assert_eq!(frame.last().unwrap(), "  49.0s  scaled         event 49");
+        assert!(
+            frame.iter().all(|l| l.chars().count() < 60),
+            "lines are clipped"
+        );
+        assert!(
+            !frame.iter().any(|l| l.contains("event 30")),
+            "only the latest events"
+        );
+    }
 }

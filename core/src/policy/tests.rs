@@ -780,6 +780,54 @@ fn trials_are_judged_once_half_open_with_enough_requests() {
     );
 }
 
+/// Steps every second from 10 s (when the ejection of `10.0.0.0:80` ends) until it leaves
+/// half-open, its trial seeing `rps` with `success` through a 4 s window (never 20 requests in
+/// one window); returns when and how it left.
+fn trial_at_low_load(rps: f64, success: f64) -> Option<(u64, BreakerState)> {
+    let p = policy();
+    let b = base(3);
+    let mut state = cluster(vec![(b[0].0.as_str(), ejected_state())]);
+    for (e, _) in &b[1..] {
+        state.endpoints.insert(e.clone(), closed_state(0));
+    }
+    for now in (10_000..120_000).step_by(1000) {
+        let s = signals(&b, now, |i| {
+            if i == 0 {
+                Signals {
+                    requests: rps * 4.0,
+                    rps,
+                    success_rate: success,
+                    latency: 0.010,
+                    sampled_at_ms: now,
+                }
+            } else {
+                healthy(now)
+            }
+        });
+        let d = decide(&p, &b, &state, &s, now);
+        state = d.state;
+        let breaker = state.endpoints[&b[0].0].breaker.state();
+        if breaker != BreakerState::HalfOpen && now > 10_000 {
+            return Some((now, breaker));
+        }
+    }
+    None
+}
+
+#[test]
+fn a_trial_at_low_load_gathers_its_requests_over_steps() {
+    // 1 req/s through a 4 s window: 4 requests per window, 20 needed. Summed over the steps
+    // since it went half-open (10 s), the trial has 20 requests 20 s later.
+    let (at, state) = trial_at_low_load(1.0, 1.0).expect("the trial is judged");
+    assert_eq!(state, BreakerState::Closed);
+    assert!((30_000..=32_000).contains(&at), "recovered at {at} ms");
+    let (_, state) = trial_at_low_load(1.0, 0.3).expect("the trial is judged");
+    assert!(
+        matches!(state, BreakerState::Open { .. }),
+        "a failing trial at low load ejects again: {state:?}"
+    );
+}
+
 #[test]
 fn outlier_candidates_are_serving_closed_and_fresh_endpoints_worst_first() {
     let p = policy();
