@@ -572,11 +572,12 @@ fn per_pod_replicas(
                     MetricTarget::AverageValue(t) => t,
                     MetricTarget::Value(_) => 0,
                 }
-            } else if ratio > 1.0 || !matches!(spec.target, MetricTarget::Utilization(_)) {
-                // Scale-up (or, for plain values, exactly on target): a missing pod is idle.
+            } else if ratio > 1.0 {
+                // Scale-up: a missing pod is idle.
                 0
             } else {
-                // Utilization exactly on target: the controller leaves missing pods out.
+                // Exactly on target: current kube-controller-manager leaves missing pods out
+                // (for every target type), so the replica count stays.
                 continue;
             };
             metrics.insert(pod, assumed);
@@ -787,10 +788,76 @@ pub struct Outcome {
     pub desired: i32,
     /// Before stabilization and rate limits (0 when metrics failed).
     pub recommended: i32,
+    /// After the stabilization window, before the rate limits and min/max (equal to
+    /// `recommended` without one; 0 when metrics failed).
+    pub stabilized: i32,
     /// What changed the recommendation.
     pub limit: Limit,
     /// Why metrics failed, if they did.
     pub error: Option<HpaError>,
+}
+
+/// One of the HPA's status conditions, as `kubectl describe hpa` shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condition {
+    /// `AbleToScale`, `ScalingActive` or `ScalingLimited`.
+    pub kind: &'static str,
+    /// `True` or `False`.
+    pub status: bool,
+    /// Kubernetes' reason (`ReadyForNewScale`, `ScaleDownStabilized`, `ValidMetricFound`,
+    /// `FailedGetExternalMetric`, `TooManyReplicas`, `DesiredWithinRange`, ...).
+    pub reason: &'static str,
+}
+
+impl Outcome {
+    /// The conditions the HPA controller sets after this sync (its reasons; the messages are
+    /// left out).
+    pub fn conditions(&self, spec: &HpaSpec) -> Vec<Condition> {
+        let c = |kind, status, reason| Condition {
+            kind,
+            status,
+            reason,
+        };
+        let able = match self.limit {
+            Limit::Stabilized if self.stabilized > self.recommended => {
+                c("AbleToScale", true, "ScaleDownStabilized")
+            }
+            Limit::Stabilized => c("AbleToScale", true, "ScaleUpStabilized"),
+            _ => c("AbleToScale", true, "ReadyForNewScale"),
+        };
+        let active = match (&self.limit, &self.error) {
+            (Limit::Disabled, _) => c("ScalingActive", false, "ScalingDisabled"),
+            (_, Some(e)) => {
+                let kind = match e {
+                    HpaError::Unavailable(name) => spec
+                        .metrics
+                        .iter()
+                        .find(|m| &m.name == name)
+                        .map_or(MetricKind::External, |m| m.kind),
+                    _ => MetricKind::External,
+                };
+                let reason = match (e, kind) {
+                    (HpaError::BadTarget(_) | HpaError::NoMetricSpecs, _) => {
+                        "InvalidMetricSourceType"
+                    }
+                    (_, MetricKind::Resource { .. }) => "FailedGetResourceMetric",
+                    (_, MetricKind::Pods) => "FailedGetPodsMetric",
+                    (_, MetricKind::Object) => "FailedGetObjectMetric",
+                    (_, MetricKind::External) => "FailedGetExternalMetric",
+                };
+                c("ScalingActive", false, reason)
+            }
+            _ => c("ScalingActive", true, "ValidMetricFound"),
+        };
+        let limited = match self.limit {
+            Limit::TooFewReplicas => c("ScalingLimited", true, "TooFewReplicas"),
+            Limit::TooManyReplicas => c("ScalingLimited", true, "TooManyReplicas"),
+            Limit::ScaleUpLimit => c("ScalingLimited", true, "ScaleUpLimit"),
+            Limit::ScaleDownLimit => c("ScalingLimited", true, "ScaleDownLimit"),
+            _ => c("ScalingLimited", false, "DesiredWithinRange"),
+        };
+        vec![able, active, limited]
+    }
 }
 
 fn replicas_change(period_seconds: i32, events: &[ScaleEvent], now_ms: i64) -> i32 {
@@ -873,7 +940,7 @@ fn normalize_legacy(
     proposal: i32,
     min: i32,
     now_ms: i64,
-) -> (i32, Limit) {
+) -> (i32, i32, Limit) {
     let cutoff = now_ms.saturating_sub(config.downscale_stabilization_ms);
     let mut stabilized = proposal;
     for r in &history.recommendations {
@@ -889,13 +956,13 @@ fn normalize_legacy(
         (spec.max_replicas, Limit::TooManyReplicas)
     };
     if stabilized < min {
-        (min, Limit::TooFewReplicas)
+        (min, stabilized, Limit::TooFewReplicas)
     } else if stabilized > max_allowed {
-        (max_allowed, max_limit)
+        (max_allowed, stabilized, max_limit)
     } else if stabilized != proposal {
-        (stabilized, Limit::Stabilized)
+        (stabilized, stabilized, Limit::Stabilized)
     } else {
-        (stabilized, Limit::None)
+        (stabilized, stabilized, Limit::None)
     }
 }
 
@@ -909,7 +976,7 @@ fn normalize_with_behavior(
     proposal: i32,
     min: i32,
     now_ms: i64,
-) -> (i32, Limit) {
+) -> (i32, i32, Limit) {
     let (up, down) = spec.behavior.clone().unwrap_or_default().resolved(config);
     let up_cutoff = now_ms.saturating_sub(i64::from(up.stabilization_window_seconds) * 1000);
     let down_cutoff = now_ms.saturating_sub(i64::from(down.stabilization_window_seconds) * 1000);
@@ -949,7 +1016,7 @@ fn normalize_with_behavior(
             (spec.max_replicas, Limit::TooManyReplicas)
         };
         if stabilized > max_allowed {
-            return (max_allowed, why);
+            return (max_allowed, stabilized, why);
         }
     } else if stabilized < current {
         let rate = scale_down_limit(current, history, &down, now_ms).min(current);
@@ -959,13 +1026,13 @@ fn normalize_with_behavior(
             (min, Limit::TooFewReplicas)
         };
         if stabilized < min_allowed {
-            return (min_allowed, why);
+            return (min_allowed, stabilized, why);
         }
     }
     if stabilized == proposal {
         limit = Limit::None;
     }
-    (stabilized, limit)
+    (stabilized, stabilized, limit)
 }
 
 fn longest_period(rules: &ResolvedRules) -> i32 {
@@ -1037,17 +1104,18 @@ pub fn reconcile(
     if let Some(outcome) = keda_activation(spec, obs, history, now_ms) {
         return outcome;
     }
-    let (desired, recommended, limit, error) = if current == 0 && min != 0 {
+    let (desired, recommended, stabilized, limit, error) = if current == 0 && min != 0 {
         return Outcome {
             desired: 0,
             recommended: 0,
+            stabilized: 0,
             limit: Limit::Disabled,
             error: None,
         };
     } else if current > spec.max_replicas {
-        (spec.max_replicas, 0, Limit::TooManyReplicas, None)
+        (spec.max_replicas, 0, 0, Limit::TooManyReplicas, None)
     } else if current < min {
-        (min, 0, Limit::TooFewReplicas, None)
+        (min, 0, 0, Limit::TooFewReplicas, None)
     } else {
         let keda = spec.keda.as_ref();
         history.failures.resize(spec.metrics.len(), 0);
@@ -1068,6 +1136,7 @@ pub fn reconcile(
                 return Outcome {
                     desired: current,
                     recommended: 0,
+                    stabilized: 0,
                     limit: Limit::MetricsFailed,
                     error: Some(e),
                 }
@@ -1080,13 +1149,13 @@ pub fn reconcile(
                     });
                 }
                 let proposal = proposal.max(0);
-                let (desired, limit) = match &spec.behavior {
+                let (desired, stabilized, limit) = match &spec.behavior {
                     None => normalize_legacy(spec, config, history, current, proposal, min, now_ms),
                     Some(_) => normalize_with_behavior(
                         spec, config, history, current, proposal, min, now_ms,
                     ),
                 };
-                (desired, proposal, limit, None)
+                (desired, proposal, stabilized, limit, None)
             }
         }
     };
@@ -1096,6 +1165,7 @@ pub fn reconcile(
     Outcome {
         desired,
         recommended,
+        stabilized,
         limit,
         error,
     }
@@ -1126,6 +1196,7 @@ fn keda_activation(
         Some(Outcome {
             desired,
             recommended: desired,
+            stabilized: desired,
             limit: Limit::Activation,
             error: None,
         })

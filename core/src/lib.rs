@@ -20,7 +20,8 @@
 //! * [`forecast`] — Holt's linear trend, the metrics adapter's forecast of a metric, also run
 //!   by the simulator;
 //! * [`hpa`] — the Kubernetes HorizontalPodAutoscaler (autoscaling/v2) replica computation,
-//!   step for step as the HPA controller does it, for the simulator, adapter and controller.
+//!   step for step as the HPA controller does it, for the simulator, adapter and controller;
+//! * [`quantity`] — Kubernetes quantities (`1500m`, `1.5Gi`, `1e3`) read exactly as milli-units.
 //!
 //! The proxy supplies the atomics (tickets, active-request counts), the clock and the
 //! randomness; this crate only decides.
@@ -31,3 +32,4 @@ pub mod forecast;
 pub mod hpa;
 pub mod outlier;
 pub mod policy;
+pub mod quantity;

@@ -49,6 +49,11 @@ enum SimCommand {
     Hpa {
         /// The input (default: stdin).
         input: Option<PathBuf>,
+        /// Per line, a JSON object instead of the count: per-metric proposals, the
+        /// recommendation before and after stabilization, the limit, the conditions and the
+        /// updated history (to feed back into the next line).
+        #[arg(long)]
+        explain: bool,
     },
     /// Check a scenario file and print every problem with its line and field.
     Check {
@@ -60,20 +65,26 @@ enum SimCommand {
 /// Runs `gofe sim ...`.
 pub fn main(args: SimArgs) -> anyhow::Result<()> {
     match args.command {
-        SimCommand::Hpa { input } => {
+        SimCommand::Hpa { input, explain } => {
             let stdout = std::io::stdout().lock();
             match input {
                 Some(path) => {
                     let file = fs::File::open(&path)
                         .with_context(|| format!("{}: cannot open", path.display()))?;
-                    crate::hpa_script::run(
+                    crate::hpa_script::run_with(
                         &path.display().to_string(),
                         BufReader::new(file),
                         stdout,
+                        explain,
                     )?;
                 }
                 None => {
-                    crate::hpa_script::run("<stdin>", std::io::stdin().lock(), stdout)?;
+                    crate::hpa_script::run_with(
+                        "<stdin>",
+                        std::io::stdin().lock(),
+                        stdout,
+                        explain,
+                    )?;
                 }
             }
             Ok(())

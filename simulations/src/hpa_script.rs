@@ -1,7 +1,11 @@
 //! `gofe sim hpa`: the HPA model as a JSON-lines filter, for checking it against Kubernetes.
 //!
 //! Each input line is one self-contained HPA sync (schema in `simulations/README.md`); each
-//! output line is the desired replica count [`gofe_core::hpa::reconcile`] computes for it. Empty
+//! output line is the desired replica count [`gofe_core::hpa::reconcile`] computes for it, or
+//! with `--explain` ([`explain_line`]) a JSON object with the per-metric proposals, the
+//! recommendation before and after stabilization, the limit that applied, the conditions and
+//! the updated history (in the input's shape, ages as of this sync, so a sequence of syncs can
+//! be replayed by feeding it back with the time between syncs added to the ages). Empty
 //! lines and lines starting with `#` are skipped. A line that does not parse stops the run with
 //! an error naming the input, the line, the field path and the column.
 
@@ -50,33 +54,10 @@ pub enum ScriptError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quantity(pub Milli);
 
-/// Parses a quantity into milli-units.
+/// Parses a quantity into milli-units ([`gofe_core::quantity::parse_milli`]: exact, every
+/// Kubernetes suffix and exponent, rounded up as `MilliValue` does).
 pub fn parse_quantity(text: &str) -> Result<Milli, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
-        .unwrap_or(t.len());
-    let (number, suffix) = t.split_at(split);
-    let scale: f64 = match suffix {
-        "" => 1e3,
-        "m" => 1.0,
-        "k" => 1e6,
-        "M" => 1e9,
-        "G" => 1e12,
-        "T" => 1e15,
-        "Ki" => 1024e3,
-        "Mi" => 1024.0 * 1024e3,
-        "Gi" => 1024.0 * 1024.0 * 1024e3,
-        _ => return Err(format!("unknown quantity suffix {suffix:?} in {text:?}")),
-    };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("invalid quantity {text:?}"))?;
-    let milli = (value * scale).ceil();
-    if !milli.is_finite() || milli.abs() > 9.0e18 {
-        return Err(format!("quantity {text:?} out of range"));
-    }
-    Ok(milli as Milli)
+    gofe_core::quantity::parse_milli(text).map_err(|e| e.to_string())
 }
 
 impl<'de> Deserialize<'de> for Quantity {
@@ -790,8 +771,8 @@ fn events(list: &[EventJson]) -> Vec<ScaleEvent> {
         .collect()
 }
 
-/// Evaluates one JSON line; `Err((field, column, message))` when it is not a valid case.
-pub fn evaluate_line(text: &str) -> Result<i32, (String, usize, String)> {
+/// Parses one JSON line; `Err((field, column, message))` when it is not a valid case.
+fn parse_line(text: &str) -> Result<Prepared, (String, usize, String)> {
     let mut de = serde_json::Deserializer::from_str(text);
     let case: Case = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -804,7 +785,12 @@ pub fn evaluate_line(text: &str) -> Result<i32, (String, usize, String)> {
     })?;
     de.end()
         .map_err(|e| (String::new(), e.column(), strip_position(&e.to_string())))?;
-    let mut p = prepare(&case).map_err(|(f, m)| (f, 1, m))?;
+    prepare(&case).map_err(|(f, m)| (f, 1, m))
+}
+
+/// Evaluates one JSON line; `Err((field, column, message))` when it is not a valid case.
+pub fn evaluate_line(text: &str) -> Result<i32, (String, usize, String)> {
+    let mut p = parse_line(text)?;
     let obs = Observation {
         spec_replicas: p.spec_replicas,
         status_replicas: p.status_replicas,
@@ -812,6 +798,66 @@ pub fn evaluate_line(text: &str) -> Result<i32, (String, usize, String)> {
         readings: &p.readings,
     };
     Ok(gofe_core::hpa::reconcile(&p.spec, &p.config, &obs, &mut p.history, 0).desired)
+}
+
+/// Evaluates one JSON line and explains it: `desired`, each metric's `proposals` (replicas or
+/// error), `recommended` (their maximum), `stabilized`, `limit`, `conditions` and the updated
+/// `history` (`recommendations`, `scaleUpEvents`, `scaleDownEvents` with ages in seconds as of
+/// this sync, the input's shape).
+pub fn explain_line(text: &str) -> Result<serde_json::Value, (String, usize, String)> {
+    use serde_json::json;
+    let mut p = parse_line(text)?;
+    let obs = Observation {
+        spec_replicas: p.spec_replicas,
+        status_replicas: p.status_replicas,
+        pods: &p.pods,
+        readings: &p.readings,
+    };
+    let tol = p.spec.tolerances(&p.config);
+    let proposals: Vec<serde_json::Value> = p
+        .spec
+        .metrics
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let reading = obs.readings.get(i).unwrap_or(&Reading::Unavailable);
+            match gofe_core::hpa::metric_proposal(m, reading, &obs, tol, &p.config) {
+                Ok(r) => json!({"metric": m.name, "replicas": r}),
+                Err(e) => json!({"metric": m.name, "error": e.to_string()}),
+            }
+        })
+        .collect();
+    let out = gofe_core::hpa::reconcile(&p.spec, &p.config, &obs, &mut p.history, 0);
+    let age = |at_ms: i64| (-(at_ms as f64)) / 1000.0;
+    let events = |list: &[ScaleEvent]| -> Vec<serde_json::Value> {
+        list.iter()
+            .filter(|e| !e.outdated)
+            .map(|e| json!({"age": age(e.at_ms), "change": e.change}))
+            .collect()
+    };
+    let conditions: Vec<serde_json::Value> = out
+        .conditions(&p.spec)
+        .into_iter()
+        .map(|c| {
+            json!({"type": c.kind, "status": if c.status { "True" } else { "False" }, "reason": c.reason})
+        })
+        .collect();
+    Ok(json!({
+        "desired": out.desired,
+        "proposals": proposals,
+        "recommended": out.recommended,
+        "stabilized": out.stabilized,
+        "limit": format!("{:?}", out.limit),
+        "error": out.error.map(|e| e.to_string()),
+        "conditions": conditions,
+        "history": {
+            "recommendations": p.history.recommendations.iter()
+                .map(|r| json!({"age": age(r.at_ms), "replicas": r.replicas}))
+                .collect::<Vec<_>>(),
+            "scaleUpEvents": events(&p.history.scale_up_events),
+            "scaleDownEvents": events(&p.history.scale_down_events),
+        },
+    }))
 }
 
 fn strip_position(message: &str) -> String {
@@ -825,7 +871,17 @@ fn strip_position(message: &str) -> String {
 pub fn run(
     source_name: &str,
     input: impl BufRead,
+    output: impl Write,
+) -> Result<usize, ScriptError> {
+    run_with(source_name, input, output, false)
+}
+
+/// [`run`], or with `explain` one [`explain_line`] JSON object per case line.
+pub fn run_with(
+    source_name: &str,
+    input: impl BufRead,
     mut output: impl Write,
+    explain: bool,
 ) -> Result<usize, ScriptError> {
     let io = |source| ScriptError::Io {
         source_name: source_name.to_owned(),
@@ -838,18 +894,22 @@ pub fn run(
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let desired =
-            evaluate_line(trimmed).map_err(|(field, column, message)| ScriptError::Invalid {
-                source_name: source_name.to_owned(),
-                line: i + 1,
-                column,
-                field: if field.is_empty() {
-                    "(line)".into()
-                } else {
-                    field
-                },
-                message,
-            })?;
+        let result = if explain {
+            explain_line(trimmed).map(|v| v.to_string())
+        } else {
+            evaluate_line(trimmed).map(|d| d.to_string())
+        };
+        let desired = result.map_err(|(field, column, message)| ScriptError::Invalid {
+            source_name: source_name.to_owned(),
+            line: i + 1,
+            column,
+            field: if field.is_empty() {
+                "(line)".into()
+            } else {
+                field
+            },
+            message,
+        })?;
         writeln!(output, "{desired}").map_err(io)?;
         cases += 1;
     }
@@ -873,6 +933,60 @@ mod tests {
         assert_eq!(parse_quantity("1Ki").unwrap(), 1_024_000);
         assert!(parse_quantity("1x").is_err());
         assert!(parse_quantity("").is_err());
+    }
+
+    #[test]
+    fn explain_shows_each_stage_and_a_history_that_replays() {
+        // 12.5 req/s at 1 per pod wants 13 pods; a scale-up rule of one pod per minute allows 3.
+        let spec = r#"{"minReplicas":2,"maxReplicas":50,"metrics":[{"type":"External","external":{"metric":{"name":"rps"},"target":{"type":"AverageValue","averageValue":"1000m"}}}],"behavior":{"scaleUp":{"stabilizationWindowSeconds":0,"policies":[{"type":"Pods","value":1,"periodSeconds":60}]}}}"#;
+        let first =
+            format!(r#"{{"spec":{spec},"specReplicas":2,"metrics":[{{"values":["12500m"]}}]}}"#);
+        let e = explain_line(&first).unwrap();
+        assert_eq!(e["desired"], 3);
+        assert_eq!(e["proposals"][0]["replicas"], 13, "ceil(12.5 / 1)");
+        assert_eq!(
+            (e["recommended"].as_i64(), e["stabilized"].as_i64()),
+            (Some(13), Some(13))
+        );
+        assert_eq!(e["limit"], "ScaleUpLimit");
+        let reasons: Vec<&str> = e["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["reason"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            reasons,
+            ["ReadyForNewScale", "ValidMetricFound", "ScaleUpLimit"]
+        );
+        assert_eq!(e["history"]["scaleUpEvents"][0]["change"], 1);
+        // Fed back 30 s later (ages + 30): the minute's budget is spent, so it stays at 3.
+        let mut history = e["history"].clone();
+        for list in ["recommendations", "scaleUpEvents", "scaleDownEvents"] {
+            for item in history[list].as_array_mut().unwrap() {
+                item["age"] = serde_json::json!(item["age"].as_f64().unwrap() + 30.0);
+            }
+        }
+        let second = format!(
+            r#"{{"spec":{spec},"specReplicas":3,"metrics":[{{"values":["12500m"]}}],"recommendations":{},"scaleUpEvents":{}}}"#,
+            history["recommendations"], history["scaleUpEvents"]
+        );
+        let e2 = explain_line(&second).unwrap();
+        assert_eq!(e2["desired"], 3, "{e2}");
+        assert_eq!(e2["limit"], "ScaleUpLimit");
+        assert_eq!(
+            evaluate_line(&second).unwrap(),
+            3,
+            "the plain filter agrees"
+        );
+        // A metric that cannot be read: the error, ScalingActive False, nothing changes.
+        let down =
+            format!(r#"{{"spec":{spec},"specReplicas":3,"metrics":[{{"unavailable":true}}]}}"#);
+        let e3 = explain_line(&down).unwrap();
+        assert_eq!(e3["desired"], 3);
+        assert!(e3["proposals"][0]["error"].is_string());
+        assert_eq!(e3["conditions"][1]["reason"], "FailedGetExternalMetric");
+        assert_eq!(e3["conditions"][1]["status"], "False");
     }
 
     #[test]

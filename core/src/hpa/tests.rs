@@ -776,28 +776,34 @@ proptest! {
 }
 
 #[test]
-fn missing_pods_exactly_on_target_plain_value_vs_utilization() {
-    // AverageValue (the controller's plain-metric path): at a ratio of exactly 1 missing pods
-    // count as 0, which can turn into a scale-down. Utilization (the resource path): they are
-    // left out, and nothing changes.
+fn missing_pods_exactly_on_target_are_left_out_for_every_target() {
+    // Current kube-controller-manager (replica_calculator.go): missing pods are filled in only
+    // when the ratio of the pods that reported moves away from 1 — as idle on a scale-up, at
+    // the target on a scale-down. At exactly 1 they are left out and nothing changes, for a
+    // Pods AverageValue metric as for a resource's utilization (older releases filled them in
+    // as 0 there, which turned a ratio of exactly 1 into a scale-down).
     let s = spec(vec![pods_metric(100)], 1, 100, Some(open_behavior()));
     let r = per_pod(&[("p0", 100)]);
-    assert_eq!(
-        run(&s, 4, &pods(4), &[r]),
-        1,
-        "100 / 4 = 25 per pod → ceil(0.25 × 4) = 1"
-    );
+    assert_eq!(run(&s, 4, &pods(4), &[r]), 4, "on target: no scale-down");
     let cpu = MetricSpec {
         name: "cpu".into(),
         kind: MetricKind::Resource { cpu: false },
         target: MetricTarget::Utilization(50),
     };
-    let s = spec(vec![cpu], 1, 100, Some(open_behavior()));
+    let s_cpu = spec(vec![cpu], 1, 100, Some(open_behavior()));
     let reading = Reading::PerPod {
         samples: [("p0".to_string(), sample(50))].into(),
         requests: (0..4).map(|i| (format!("p{i}"), 100)).collect(),
     };
-    assert_eq!(run(&s, 4, &pods(4), &[reading]), 4);
+    assert_eq!(run(&s_cpu, 4, &pods(4), &[reading]), 4);
+    // Away from 1 they are filled in. Up: idle, (200 + 0 + 0 + 0) / 4 = 50 per pod, the ratio
+    // flips below 1 and the scale-up is cancelled. Down: at the target, (50 + 3 × 100) / 4 =
+    // 87.5, ceil(0.875 × 4) = 4 pods, so it holds.
+    assert_eq!(run(&s, 4, &pods(4), &[per_pod(&[("p0", 200)])]), 4);
+    assert_eq!(run(&s, 4, &pods(4), &[per_pod(&[("p0", 50)])]), 4);
+    // With every pod reporting, the ratio decides as usual.
+    let all = per_pod(&[("p0", 200), ("p1", 200), ("p2", 200), ("p3", 200)]);
+    assert_eq!(run(&s, 4, &pods(4), &[all]), 8);
 }
 
 proptest! {
