@@ -13,6 +13,7 @@
 #
 # Knobs (environment): N=20000 WARMUP=2000 CONNS=64 PORT_BASE=19080 OUTDIR=/tmp/gofe-callgrind
 #                      TOP=40 (functions listed per binary)
+#                      VG_EXTRA="--cache-sim=yes" (or "--dump-instr=yes"): more valgrind options
 #
 # Needs valgrind, h2load (Debian: nghttp2-client) and nginx. The proxy's idle background work
 # (timers, admin) during the measured window is counted too; it is small against N requests
