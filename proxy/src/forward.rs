@@ -18,6 +18,7 @@
 //! request body is answered 400 (or, gone, not at all) and counted on its listener, never
 //! against the endpoint.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -46,19 +47,44 @@ use self::attempt::ClientGone;
 use self::reply::{closing_reply, local_reply};
 use self::retry::Retries;
 
-/// Serves one downstream request with a listener's current `routes`, counting it in `stats`.
+/// What a request is served with: its listener's routes and counters of the moment (the
+/// listener's state, which this module does not otherwise know).
+pub(crate) trait Serving: Send + Sync + 'static {
+    /// The listener's route table.
+    fn routes(&self) -> &RouteTable;
+    /// The listener's request counters.
+    fn stats(&self) -> &ListenerStats;
+}
+
+/// Where a request finds its listener's current state.
+pub(crate) trait Listener: Send + Sync + 'static {
+    /// The state a request is served with.
+    type State: Serving;
+    /// The state of the moment (read once per request).
+    fn current(&self) -> Arc<Self::State>;
+}
+
+/// Serves one downstream request with `listener`'s current routes, counting it in its stats.
 /// Never fails: every problem becomes a response. A request whose client went away before it
 /// could be answered (this future dropped, or its body cut off) counts as aborted.
-pub(crate) async fn serve(
+///
+/// This is the connection's service future itself, and the service only makes it: the state
+/// is read here, not by the service. hyper builds the future into its slot for the request
+/// when the service is small enough to be inlined there; a service that does more (reading
+/// the state, or wrapping this future in one of its own) was not, and hyper then copied the
+/// whole request future, over 3 KiB, once more per request (see BENCHMARKS.md).
+pub(crate) async fn serve<L: Listener>(
     req: Request<Incoming>,
     conn: Arc<ConnContext>,
-    routes: &RouteTable,
-    stats: &ListenerStats,
-) -> Response<ProxyBody> {
+    listener: Arc<L>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let state = listener.current();
+    drop(listener);
+    let stats = state.stats();
     let listener_guard = ActiveGuard::new(&stats.active);
     let mut unanswered = Unanswered(Some(&stats.aborted));
     let (stream, number) = StreamGuard::new(conn);
-    let mut response = match forward(req, stream.conn(), number, routes).await {
+    let mut response = match forward(req, stream.conn(), number, state.routes()).await {
         Ok(response) => {
             unanswered.0 = None;
             stats.requests[class_index(response.status().as_u16())].inc();
@@ -70,7 +96,7 @@ pub(crate) async fn serve(
     let guards = response.body_mut().guards();
     guards.listener = Some(listener_guard);
     guards.stream = Some(stream);
-    response
+    Ok(response)
 }
 
 /// Counts a request as aborted when dropped armed.
@@ -136,23 +162,28 @@ async fn forward(
         Err(refused) => return Ok(refused),
     };
 
-    let (mut parts, body) = req.into_parts();
-    let path_and_query = headers::rewrite_request(&mut parts, conn, cluster.http2);
-    let routed = if cluster.http2 {
-        headers::upstream_authority(&mut parts)
-    } else {
-        None
+    // In a block, so that the head and body taken apart here are not kept in this future
+    // beside the `first` request they go into.
+    let (path_and_query, routed, mut retries, template, watch, mut first) = {
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = headers::rewrite_request(&mut parts, conn, cluster.http2);
+        let routed = if cluster.http2 {
+            headers::upstream_authority(&mut parts)
+        } else {
+            None
+        };
+        let retries = Retries::new(route.retry, body.is_end_stream());
+        let template = retries
+            .possible()
+            .then(|| (parts.method.clone(), parts.headers.clone()));
+        // Where the body says how it broke, for whoever cannot tell from its error: this
+        // request (was the limit broken?) and hyper's HTTP/2 client (which keeps the body's
+        // errors to itself). An HTTP/1.1 request without a limit needs none.
+        let watch = (limit.is_some() || (cluster.http2 && !body.is_end_stream()))
+            .then(|| Arc::new(BodyWatch::default()));
+        let first = Some((parts, RequestBody::client(body, limit, watch.clone())));
+        (path_and_query, routed, retries, template, watch, first)
     };
-    let mut retries = Retries::new(route.retry, body.is_end_stream());
-    let template = retries
-        .possible()
-        .then(|| (parts.method.clone(), parts.headers.clone()));
-    // Where the body says how it broke, for whoever cannot tell from its error: this request
-    // (was the limit broken?) and hyper's HTTP/2 client (which keeps the body's errors to
-    // itself). An HTTP/1.1 request without a limit needs none.
-    let watch = (limit.is_some() || (cluster.http2 && !body.is_end_stream()))
-        .then(|| Arc::new(BodyWatch::default()));
-    let mut first = Some((parts, RequestBody::client(body, limit, watch.clone())));
 
     let mut attempt_start = Some(received);
     let mut avoid = None;
@@ -166,39 +197,43 @@ async fn forward(
         };
         let index = picked.index;
         let endpoint = Arc::clone(&cluster.endpoints[index]);
-        let Some(uri) = upstream_uri(&cluster, &endpoint, routed.as_ref(), &path_and_query) else {
-            return Ok(local_reply(StatusCode::BAD_REQUEST, "bad request target\n"));
-        };
-        let upstream_req = match first.take() {
-            Some((mut parts, body)) => {
-                parts.uri = uri;
-                Request::from_parts(parts, body)
-            }
-            None => {
-                // A retry always has the first request's head; were it missing, that would be
-                // the proxy's fault.
-                let Some((method, headers)) = &template else {
-                    return Ok(local_reply(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal error\n",
-                    ));
-                };
-                again(method, headers, uri, cluster.http2)
-            }
-        };
-        let upstream_req = with_host(upstream_req, &cluster, &endpoint);
-
         let active = ActiveGuard::new(&endpoint.stats.active);
         let started = attempt_start.take().unwrap_or_else(Instant::now);
         let until = deadline::earliest(retries.per_try_deadline(started), deadline);
-        let attempt = attempt::run(
-            &cluster,
-            &endpoint,
-            upstream_req,
-            conn,
-            until,
-            watch.as_deref(),
-        )
+        // The attempt's request is built in this block, so that nothing of it but what the
+        // attempt's future holds stays in this future while the attempt runs.
+        let attempt = {
+            let Some(uri) = upstream_uri(&cluster, &endpoint, routed.as_ref(), &path_and_query)
+            else {
+                return Ok(local_reply(StatusCode::BAD_REQUEST, "bad request target\n"));
+            };
+            let mut upstream_req = match first.take() {
+                Some((mut parts, body)) => {
+                    parts.uri = uri;
+                    Request::from_parts(parts, body)
+                }
+                None => {
+                    // A retry always has the first request's head; were it missing, that would
+                    // be the proxy's fault.
+                    let Some((method, headers)) = &template else {
+                        return Ok(local_reply(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal error\n",
+                        ));
+                    };
+                    again(method, headers, uri, cluster.http2)
+                }
+            };
+            with_host(&mut upstream_req, &cluster, &endpoint);
+            attempt::run(
+                &cluster,
+                &endpoint,
+                upstream_req,
+                conn,
+                until,
+                watch.as_deref(),
+            )
+        }
         .await;
         let elapsed = started.elapsed();
         if watch.as_ref().and_then(|w| w.fault()) == Some(BodyFault::TooLarge) {
@@ -258,15 +293,10 @@ fn again(method: &Method, headers: &HeaderMap, uri: Uri, http2: bool) -> Request
 }
 
 /// An HTTP/1.1 request without a `Host` header gets the endpoint's authority.
-fn with_host(
-    mut req: Request<RequestBody>,
-    cluster: &Cluster,
-    endpoint: &Endpoint,
-) -> Request<RequestBody> {
+fn with_host(req: &mut Request<RequestBody>, cluster: &Cluster, endpoint: &Endpoint) {
     if !cluster.http2 && !req.headers().contains_key(header::HOST) {
         if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
             req.headers_mut().insert(header::HOST, host);
         }
     }
-    req
 }

@@ -4,7 +4,6 @@
 //! (routes, TLS certificate, metric labels) is a [`ListenerState`] behind an `ArcSwap`, replaced
 //! whole on every configuration change; a connection reads the current state once per request.
 
-use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -42,6 +41,16 @@ pub(crate) struct ListenerState {
     pub(crate) limits: ListenerLimits,
 }
 
+impl forward::Serving for ListenerState {
+    fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    fn stats(&self) -> &ListenerStats {
+        &self.stats
+    }
+}
+
 /// Per-listener protections against hostile or broken clients.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ListenerLimits {
@@ -75,6 +84,14 @@ impl ListenerLimits {
 /// State shared by a listener's accept loop and its connections.
 pub(crate) struct ListenerShared {
     pub(crate) state: ArcSwap<ListenerState>,
+}
+
+impl forward::Listener for ListenerShared {
+    type State = ListenerState;
+
+    fn current(&self) -> Arc<ListenerState> {
+        self.state.load_full()
+    }
 }
 
 /// A bound, serving listener.
@@ -222,11 +239,8 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service_ctx = Arc::clone(&ctx);
-    let service = service_fn(move |req| {
-        let state = listener.state.load_full();
-        let conn = Arc::clone(&service_ctx);
-        async move { Ok::<_, Infallible>(forward::serve(req, conn, &state.routes, &state.stats).await) }
-    });
+    let service =
+        service_fn(move |req| forward::serve(req, Arc::clone(&service_ctx), Arc::clone(&listener)));
     let mut conn = pin!(http.serve_connection(TokioIo::new(io), service));
     let mut control = pin!(async {
         tokio::select! {

@@ -25,6 +25,9 @@ pub(crate) struct RouteTable {
     /// `(prefix without the '*', vhost)`, longest prefix first.
     prefixes: Box<[(Box<str>, usize)]>,
     any: Option<usize>,
+    /// Whether any domain names a host (exact, suffix or prefix); without one, every
+    /// authority goes to the catch-all and is not looked at.
+    named: bool,
 }
 
 /// A virtual host and its ordered routes.
@@ -142,6 +145,7 @@ impl RouteTable {
         prefixes.sort_by_key(|(p, _): &(Box<str>, usize)| std::cmp::Reverse(p.len()));
         Ok(RouteTable {
             vhosts: vhosts.into_boxed_slice(),
+            named: !exact.is_empty() || !suffixes.is_empty() || !prefixes.is_empty(),
             exact,
             suffixes: suffixes.into_boxed_slice(),
             prefixes: prefixes.into_boxed_slice(),
@@ -153,7 +157,9 @@ impl RouteTable {
     /// port match the value as sent, domains without one match it without its port.
     pub(crate) fn find_host(&self, authority: &str) -> Option<&VirtualHost> {
         let mut buf = [0u8; 262];
-        let index = if authority.len() <= buf.len() {
+        let index = if !self.named {
+            self.any
+        } else if authority.len() <= buf.len() {
             let lower = &mut buf[..authority.len()];
             lower.copy_from_slice(authority.as_bytes());
             lower.make_ascii_lowercase();

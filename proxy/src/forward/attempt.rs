@@ -18,6 +18,7 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use futures_util::future::{Either, FutureExt as _};
 use http::{Request, Response, StatusCode};
 
 use crate::body::ProxyBody;
@@ -240,22 +241,25 @@ enum SendError {
 }
 
 /// Sends one attempt: on the endpoint's own HTTP/1.1 pool, or through the HTTP/2 client.
-async fn send(
+///
+/// Not an `async fn`: that would be one more future level on every request, holding the
+/// request once more and moved whole into [`run`]'s future; this one is just the client's.
+fn send(
     endpoint: &Endpoint,
     req: Request<RequestBody>,
-) -> Result<Response<ProxyBody>, SendError> {
+) -> impl Future<Output = Result<Response<ProxyBody>, SendError>> + '_ {
     match &endpoint.h2 {
         // Boxed: hyper-util's request future is large, and only HTTP/2 clusters need it.
-        Some(client) => Box::pin(client.request(req))
-            .await
-            .map(|r| r.map(ProxyBody::stream))
-            .map_err(SendError::H2),
-        None => endpoint
-            .pool
-            .send(req)
-            .await
-            .map(|r| r.map(ProxyBody::upstream))
-            .map_err(SendError::H1),
+        Some(client) => Either::Left(Box::pin(client.request(req)).map(|result| {
+            result
+                .map(|r| r.map(ProxyBody::stream))
+                .map_err(SendError::H2)
+        })),
+        None => Either::Right(endpoint.pool.send(req).map(|result| {
+            result
+                .map(|r| r.map(ProxyBody::upstream))
+                .map_err(SendError::H1)
+        })),
     }
 }
 
