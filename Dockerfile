@@ -19,8 +19,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # --- run -------------------------------------------------------------------------------------
 FROM debian:trixie-slim
+# iptables: `gofe inject init --capture` installs the sidecar's redirect rules with it.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates iptables \
  && rm -rf /var/lib/apt/lists/*
 # A fixed numeric uid/gid, so Kubernetes' runAsNonRoot can verify it without a passwd lookup.
 RUN groupadd --system --gid 65532 gofe \

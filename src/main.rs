@@ -93,6 +93,9 @@ enum Command {
     Sim(gofe_sim::cli::SimArgs),
     /// Run the Kubernetes external metrics adapter (external.metrics.k8s.io for the HPA).
     Adapter(Box<gofe_metrics_adapter::server::AdapterArgs>),
+    /// Add the gofe proxy sidecar to every pod template of Kubernetes manifests (stdin or
+    /// files; YAML, JSON, List) and print them; `gofe inject init` runs inside injected pods.
+    Inject(Box<gofe_inject::cli::InjectArgs>),
     /// Check any gofe file (proxy config, xDS bootstrap, controller config, adapter rules,
     /// simulator scenario) and print every problem with its file, line, column and field. The
     /// kind is told from the file's top-level keys unless --kind says it.
@@ -310,6 +313,7 @@ fn main() -> anyhow::Result<()> {
                 .context("gofe adapter")
             }
             Command::Check { file, kind } => check(&file, kind),
+            Command::Inject(args) => gofe_inject::cli::main(*args),
         }
     })
 }

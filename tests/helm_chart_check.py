@@ -16,9 +16,12 @@ Checks:
   against the objects they point at (ports, Secrets, Issuers);
 - what each value set must produce (the front-proxy CA read at run time by default, a
   user-given CA overriding it, the APIService's caBundle matching the serving Secret, the
-  cainjector annotation with cert-manager, scrape annotations on every metrics port);
-- wrong values (replicas -1, port 70000, a typo'd key, a bad duration, mTLS or sidecar
-  injection, which gofe cannot do yet) refused by values.schema.json with a message naming
+  cainjector annotation with cert-manager, scrape annotations on every metrics port; with
+  injection on, the MutatingWebhookConfiguration's selectors, Service, path, caBundle and
+  policy, and the controller's webhook section, mounted Secret and port; every rendered
+  controller file accepted by `gofe check` when GOFE_BIN is set);
+- wrong values (replicas -1, port 70000, a typo'd key, a bad duration, mTLS or traffic
+  capture, which gofe cannot do yet) refused by values.schema.json with a message naming
   the key.
 
 Not checked, because no cluster runs here: `lookup` (offline rendering returns nothing, so the
@@ -30,7 +33,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -90,6 +96,11 @@ VALUE_SETS: dict[str, dict] = {
     "user-given serving Secret": {
         "adapter": {"tls": {"secretName": "my-adapter-tls", "caBundle": base64.b64encode(b"pem").decode()}}
     },
+    "injection on": {"injection": {"enabled": True}},
+    "injection with cert-manager, legacy sidecar, Fail": {
+        "injection": {"enabled": True, "failurePolicy": "Fail", "timeoutSeconds": 5, "nativeSidecar": False,
+                      "proxy": {"memoryLimit": "256Mi"}, "certManager": {"enabled": True}},
+    },
     "annotations off, one controller": {
         "metrics": {"annotations": False},
         "controller": {"replicas": 1, "leaderElection": {"enabled": False}, "podDisruptionBudget": {"enabled": False}},
@@ -111,7 +122,11 @@ BAD_VALUES: list[tuple[str, dict, list[str]]] = [
     ("duration as a number", {"controller": {"leaderElection": {"leaseDuration": 15}}}, ["/controller/leaderElection/leaseDuration"]),
     ("log format", {"logFormat": "xml"}, ["/logFormat"]),
     ("mTLS (not supported yet)", {"controller": {"mtls": {"enabled": True}}}, ["/controller", "mtls"]),
-    ("sidecar injection (not supported yet)", {"proxy": {"sidecarInjection": {"enabled": True}}}, ["/proxy", "sidecarInjection"]),
+    ("sidecar injection under the proxy", {"proxy": {"sidecarInjection": {"enabled": True}}}, ["/proxy", "sidecarInjection"]),
+    ("traffic capture (not supported yet)", {"injection": {"capture": True}}, ["/injection", "capture"]),
+    ("injection failurePolicy", {"injection": {"failurePolicy": "Sometimes"}}, ["/injection/failurePolicy"]),
+    ("injection timeout 60", {"injection": {"timeoutSeconds": 60}}, ["/injection/timeoutSeconds", "maximum"]),
+    ("injected proxy memory", {"injection": {"proxy": {"memory": "lots"}}}, ["/injection/proxy/memory"]),
     ("ejection percent 150", {"controller": {"policy": {"max_ejection_percent": 150}}}, ["max_ejection_percent", "maximum"]),
 ]
 
@@ -194,7 +209,7 @@ def check_custom_kinds(label: str, objects: list[dict]) -> None:
                 ports |= {p["name"] for p in c.get("ports", [])}
         for ep in pm["spec"]["podMetricsEndpoints"]:
             check(ep["port"] in ports, f"{label}: PodMonitor port {ep['port']} is a container port", str(ports))
-    for cert in [o for o in objects if o["kind"] == "Certificate"]:
+    for cert in [o for o in objects if o["kind"] == "Certificate" and o["metadata"]["name"] == f"{FULL}-adapter"]:
         d = find(objects, "Deployment", f"{FULL}-adapter")
         secrets = [v["secret"]["secretName"] for v in d["spec"]["template"]["spec"]["volumes"] if "secret" in v]
         check(cert["spec"]["secretName"] in secrets, f"{label}: Certificate's Secret is the adapter's", str(secrets))
@@ -270,6 +285,83 @@ def check_semantics(label: str, values: dict, objects: list[dict]) -> None:
         check(dash.get("uid") == "gofe-overview" and len(dash["panels"]) > 10, f"{label}: the dashboard JSON is shipped whole")
 
 
+def check_injection(label: str, values: dict, objects: list[dict]) -> None:
+    """The webhook: registered with the Service port, path and a caBundle the serving Secret
+    holds (or cainjector's annotation), selecting by label, the controller serving it."""
+    injection = values.get("injection", {})
+    mwc = find(objects, "MutatingWebhookConfiguration", f"{FULL}-injector")
+    if not injection.get("enabled"):
+        check(mwc is None, f"{label}: no webhook unless injection.enabled")
+        return
+    check(mwc is not None and len(mwc["webhooks"]) == 2, f"{label}: two injection webhooks")
+    if mwc is None:
+        return
+    svc = find(objects, "Service", f"{FULL}-controller")
+    ports = {p["port"]: p for p in svc["spec"]["ports"]}
+    check(443 in ports and ports[443]["targetPort"] == "webhook", f"{label}: the controller Service has the webhook port", str(ports))
+    pod = find(objects, "Deployment", f"{FULL}-controller")["spec"]["template"]["spec"]
+    container_ports = {p["name"]: p["containerPort"] for p in pod["containers"][0]["ports"]}
+    check(container_ports.get("webhook") == 9443, f"{label}: the controller listens on 9443", str(container_ports))
+    cm = find(objects, "ConfigMap", f"{FULL}-controller")
+    config = yaml.safe_load(cm["data"]["controller.yaml"])
+    hook = config.get("webhook", {})
+    check(hook.get("address") == "0.0.0.0:9443" and hook.get("failure_policy") == injection.get("failurePolicy", "Ignore"),
+          f"{label}: the controller file has the webhook section", json.dumps(hook))
+    check(hook.get("sidecar", {}).get("xds_address") == f"{FULL}-controller.{NAMESPACE}.svc:18000",
+          f"{label}: injected proxies are bootstrapped to the controller Service", json.dumps(hook))
+    check(hook.get("sidecar", {}).get("native_sidecar") == injection.get("nativeSidecar", True), f"{label}: nativeSidecar is passed")
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    check(hook.get("cert_file", "").startswith("/var/run/gofe-webhook/") and secrets.get(mounts.get("/var/run/gofe-webhook")) == f"{FULL}-injector-tls",
+          f"{label}: the serving Secret is mounted where the webhook reads it", f"{mounts} {secrets}")
+    for w in mwc["webhooks"]:
+        cc = w["clientConfig"]
+        check(cc["service"] == {"name": f"{FULL}-controller", "namespace": NAMESPACE, "path": "/inject", "port": 443},
+              f"{label}: {w['name']} calls the controller's /inject", json.dumps(cc))
+        check(w["failurePolicy"] == injection.get("failurePolicy", "Ignore") and w["timeoutSeconds"] == injection.get("timeoutSeconds", 10),
+              f"{label}: {w['name']} failurePolicy and timeout from values")
+        check(w["rules"] == [{"operations": ["CREATE"], "apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"], "scope": "Namespaced"}],
+              f"{label}: {w['name']} sees Pod creations only")
+        excluded = [e for e in w["namespaceSelector"]["matchExpressions"] if e["key"] == "kubernetes.io/metadata.name"]
+        check(excluded and NAMESPACE in excluded[0]["values"], f"{label}: {w['name']} never injects the release namespace")
+        if injection.get("certManager", {}).get("enabled"):
+            check("caBundle" not in cc, f"{label}: no caBundle of the chart's own with cert-manager")
+        else:
+            secret = find(objects, "Secret", f"{FULL}-injector-tls")
+            check(secret is not None and cc.get("caBundle") == secret["data"]["ca.crt"], f"{label}: {w['name']} trusts the Secret's CA")
+    by_name = {w["name"]: w for w in mwc["webhooks"]}
+    ns = by_name["namespace.inject.gofe.io"]
+    check({"key": "gofe.io/inject", "operator": "In", "values": ["enabled"]} in ns["namespaceSelector"]["matchExpressions"]
+          and ns["objectSelector"]["matchExpressions"] == [{"key": "gofe.io/inject", "operator": "NotIn", "values": ["disabled"]}],
+          f"{label}: opt-in by namespace label, Pods labelled disabled excluded")
+    obj = by_name["object.inject.gofe.io"]
+    check(obj["objectSelector"]["matchExpressions"] == [{"key": "gofe.io/inject", "operator": "In", "values": ["enabled"]}],
+          f"{label}: opt-in by Pod label")
+    if injection.get("certManager", {}).get("enabled"):
+        check(mwc["metadata"].get("annotations", {}).get("cert-manager.io/inject-ca-from") == f"{NAMESPACE}/{FULL}-injector",
+              f"{label}: cainjector fills the webhook's caBundle")
+        cert = find(objects, "Certificate", f"{FULL}-injector")
+        check(cert is not None and cert["spec"]["secretName"] == f"{FULL}-injector-tls"
+              and f"{FULL}-controller.{NAMESPACE}.svc" in cert["spec"]["dnsNames"], f"{label}: the webhook Certificate covers the Service")
+        ref = cert["spec"]["issuerRef"] if cert else {}
+        check(ref.get("kind") != "Issuer" or find(objects, "Issuer", ref.get("name")) is not None, f"{label}: the webhook Certificate's Issuer is rendered")
+
+
+def check_controller_file(label: str, objects: list[dict]) -> None:
+    """The controller file the chart renders (with its proxy file) is one `gofe check` accepts
+    (only when GOFE_BIN names the binary, as tests/chart.rs does)."""
+    gofe = os.environ.get("GOFE_BIN")
+    if not gofe:
+        return
+    cm = find(objects, "ConfigMap", f"{FULL}-controller")
+    with tempfile.TemporaryDirectory() as d:
+        for name in ("controller.yaml", "proxy.yaml"):
+            Path(d, name).write_text(cm["data"][name])
+        run = subprocess.run([gofe, "check", "--kind", "controller", str(Path(d, "controller.yaml"))],
+                             capture_output=True, text=True)
+        check(run.returncode == 0, f"{label}: gofe check accepts the rendered controller.yaml", run.stdout + run.stderr)
+
+
 def check_documented() -> None:
     """Every key of values.schema.json has a row in the README's values table, and the schema
     closes every object it describes (additionalProperties: false)."""
@@ -318,6 +410,8 @@ def main() -> int:
             validate(label, objects)
             check_custom_kinds(label, objects)
             check_semantics(label, values, objects)
+            check_injection(label, values, objects)
+            check_controller_file(label, objects)
         for label, values, needles in BAD_VALUES:
             try:
                 chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)

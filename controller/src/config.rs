@@ -14,6 +14,12 @@
 //! admin: { address: "127.0.0.1:9902" }                # /decisions, /debug/queries, /metrics
 //! xds: { address: "0.0.0.0:18000" }                   # ADS for the proxies
 //! kubernetes: { namespace: shop }                     # discover endpoints (off by default)
+//! webhook:                                            # sidecar injection (off by default)
+//!   address: "0.0.0.0:9443"
+//!   cert_file: "tls.crt"                              # relative to this file
+//!   key_file: "tls.key"
+//!   failure_policy: Ignore                            # or Fail
+//!   sidecar: { image: "REGISTRY/gofe:0.1.0", xds_address: "gofe-controller.gofe-system.svc:18000" }
 //! ```
 //!
 //! Errors name the file, line and field, like the proxy's.
@@ -63,6 +69,39 @@ pub struct ControllerConfig {
     /// off (file mode: clusters and endpoints from `proxy_config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesConfig>,
+    /// The sidecar-injection admission webhook (`POST /inject` over HTTPS; see
+    /// `crate::webhook`). Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// The sidecar-injection webhook's listener and what it injects.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// `ip:port` of its HTTPS listener.
+    pub address: String,
+    /// PEM certificate chain it serves (relative to this file). Re-read every
+    /// `reload_interval`.
+    pub cert_file: String,
+    /// PEM private key (relative to this file).
+    pub key_file: String,
+    /// A Pod that cannot be injected (a bad `gofe.io/*` annotation, a port clash) is admitted
+    /// unchanged (`Ignore`) or refused (`Fail`), with a warning either way. Default `Ignore`.
+    /// The MutatingWebhookConfiguration's own `failurePolicy` covers the webhook being down.
+    #[serde(default)]
+    pub failure_policy: gofe_inject::admission::FailurePolicy,
+    /// The sidecar: image, controller address, resources (`gofe_inject::InjectConfig`; every
+    /// field optional, defaults there).
+    #[serde(default)]
+    pub sidecar: gofe_inject::InjectConfig,
+    /// How often the certificate files are read again. Default 30 s.
+    #[serde(default = "default_webhook_reload", with = "gofe_yaml::duration::text")]
+    pub reload_interval: Duration,
+}
+
+fn default_webhook_reload() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// Kubernetes mode.
@@ -437,6 +476,21 @@ impl Validate for ControllerConfig {
         if let Some(x) = &self.xds {
             check_socket(v, "xds.address", &x.address);
         }
+        if let Some(w) = &self.webhook {
+            check_socket(v, "webhook.address", &w.address);
+            for (field, value) in [
+                ("webhook.cert_file", &w.cert_file),
+                ("webhook.key_file", &w.key_file),
+            ] {
+                if value.is_empty() {
+                    v.error(field, "must name a PEM file");
+                }
+            }
+            if w.reload_interval.is_zero() {
+                v.error("webhook.reload_interval", "must be longer than 0s");
+            }
+            v.within("webhook.sidecar", |v| w.sidecar.validate(v));
+        }
         v.within("policy", |v| self.policy.validate(v));
         for (name, p) in &self.clusters {
             v.within(&format!("clusters.{name}"), |v| p.validate(v));
@@ -583,6 +637,10 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     if let Some(state) = &mut controller.state_file {
         *state = dir.join(&*state).display().to_string();
     }
+    if let Some(w) = &mut controller.webhook {
+        w.cert_file = dir.join(&w.cert_file).display().to_string();
+        w.key_file = dir.join(&w.key_file).display().to_string();
+    }
     let proxy = gofe_model::load(&proxy_path)?;
     check_publishable(&proxy_path, &proxy)?;
     Ok(Loaded { controller, proxy })
@@ -647,6 +705,46 @@ mod tests {
             lines[4].starts_with("c.yaml:8:19: admin.address: invalid socket address"),
             "{lines:?}"
         );
+    }
+
+    #[test]
+    fn the_webhook_section_is_validated_with_lines_and_fields() {
+        let ok = parse(
+            "c.yaml",
+            "proxy_config: p.yaml\nwebhook:\n  address: \"127.0.0.1:9443\"\n  cert_file: tls.crt\n  key_file: tls.key\n  failure_policy: Fail\n  sidecar: { image: \"r/gofe:1\" }\n",
+        )
+        .unwrap();
+        let w = ok.webhook.unwrap();
+        assert_eq!(
+            w.failure_policy,
+            gofe_inject::admission::FailurePolicy::Fail
+        );
+        assert_eq!(w.sidecar.image, "r/gofe:1");
+        assert_eq!(
+            w.sidecar.proxy_cpu, "200m",
+            "the sidecar's defaults fill the rest"
+        );
+        let text = "proxy_config: p.yaml\nwebhook:\n  address: \"9443\"\n  cert_file: \"\"\n  key_file: tls.key\n  sidecar:\n    proxy_memory: \"lots\"\n";
+        let e = parse("c.yaml", text).unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.in_file("c.yaml")).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].starts_with("c.yaml:3:12: webhook.address: invalid socket address"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("c.yaml:4:14: webhook.cert_file: must name a PEM file"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].starts_with(
+                "c.yaml:7:19: webhook.sidecar.proxy_memory: expected a Kubernetes quantity"
+            ),
+            "{lines:?}"
+        );
+        let e = parse("c.yaml", "proxy_config: p.yaml\nwebhook: { address: \"127.0.0.1:1\", cert_file: a, key_file: b, failure_policy: Sometimes }\n").unwrap_err();
+        assert!(e.to_string().starts_with("c.yaml:2:"), "{e}");
+        assert!(e.to_string().contains("webhook.failure_policy"), "{e}");
     }
 
     #[test]

@@ -33,6 +33,7 @@ pub mod kubernetes;
 pub mod publication;
 pub mod signals;
 pub mod state;
+pub mod webhook;
 
 use publication::Published;
 
@@ -416,6 +417,9 @@ pub enum ControllerError {
     /// The state file exists but cannot be read: refused rather than silently forgotten.
     #[error(transparent)]
     State(#[from] state::StateError),
+    /// The sidecar-injection webhook could not start.
+    #[error(transparent)]
+    Webhook(#[from] webhook::WebhookError),
     /// The admin address could not be bound.
     #[error("cannot bind the admin address {address}: {source}")]
     Bind {
@@ -928,6 +932,7 @@ impl Controller {
             ("interval", r.interval != next.interval),
             ("kubernetes", json(&r.kubernetes) != json(&next.kubernetes)),
             ("state_file", r.state_file != next.state_file),
+            ("webhook", json(&r.webhook) != json(&next.webhook)),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -1003,6 +1008,10 @@ pub async fn serve_with_reloads(
         )));
         publisher = Publisher::Xds(server);
     }
+    let webhook = match &loaded.controller.webhook {
+        Some(config) => Some(webhook::Webhook::start(config).await?),
+        None => None,
+    };
     let controller = Controller::new(loaded, publisher)?;
     let shared = controller.shared();
     let addr: SocketAddr = admin_addr.parse().map_err(|e| ControllerError::Bind {
@@ -1030,6 +1039,7 @@ pub async fn serve_with_reloads(
         None => controller.run_with_reloads(interval, stop, reloads).await,
     }
     server.abort();
+    drop(webhook);
     let _ = xds_stop.send(());
     if let Some(t) = xds_task {
         let _ = t.await;

@@ -49,6 +49,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.controller.watchNamespace }}
 {{- $_ := set $config.kubernetes "namespace" .Values.controller.watchNamespace }}
 {{- end }}
+{{- if .Values.injection.enabled }}
+{{- $_ := set $config "webhook" (include "gofe.webhookConfig" . | fromYaml) }}
+{{- end }}
 {{- toYaml (mergeOverwrite $config .Values.controller.config) }}
 {{- end }}
 
@@ -72,4 +75,40 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The adapter's serving certificate Secret: adapter.tls.secretName, or the generated one. */}}
 {{- define "gofe.adapterTlsSecret" -}}
 {{- default (printf "%s-adapter-tls" (include "gofe.fullname" .)) .Values.adapter.tls.secretName }}
+{{- end }}
+
+{{/* The sidecar-injection webhook's serving certificate Secret. */}}
+{{- define "gofe.injectorTlsSecret" -}}
+{{- printf "%s-injector-tls" (include "gofe.fullname" .) }}
+{{- end }}
+
+{{/* What both injection webhooks share (dict: root, caBundle). */}}
+{{- define "gofe.injectorWebhook" -}}
+{{- $root := .root -}}
+clientConfig:
+  service:
+    name: {{ include "gofe.fullname" $root }}-controller
+    namespace: {{ $root.Release.Namespace }}
+    path: /inject
+    port: 443
+  {{- if .caBundle }}
+  caBundle: {{ .caBundle }}
+  {{- end }}
+rules:
+  - { operations: [CREATE], apiGroups: [""], apiVersions: [v1], resources: [pods], scope: Namespaced }
+admissionReviewVersions: [v1]
+sideEffects: None
+failurePolicy: {{ $root.Values.injection.failurePolicy }}
+timeoutSeconds: {{ $root.Values.injection.timeoutSeconds }}
+reinvocationPolicy: Never
+{{- end }}
+
+{{/* The controller file's webhook section (injection.enabled). */}}
+{{- define "gofe.webhookConfig" -}}
+{{- $i := .Values.injection }}
+{{- $sidecar := dict "image" (include "gofe.image" .) "xds_address" (printf "%s-controller.%s.svc:18000" (include "gofe.fullname" .) .Release.Namespace) "native_sidecar" $i.nativeSidecar "proxy_cpu" $i.proxy.cpu "proxy_memory" $i.proxy.memory "log_level" $i.proxy.logLevel "log_format" .Values.logFormat "image_pull_policy" .Values.image.pullPolicy }}
+{{- if $i.proxy.memoryLimit }}
+{{- $_ := set $sidecar "proxy_memory_limit" $i.proxy.memoryLimit }}
+{{- end }}
+{{- toYaml (dict "address" "0.0.0.0:9443" "cert_file" "/var/run/gofe-webhook/tls.crt" "key_file" "/var/run/gofe-webhook/tls.key" "failure_policy" $i.failurePolicy "sidecar" $sidecar) }}
 {{- end }}
