@@ -101,6 +101,11 @@ VALUE_SETS: dict[str, dict] = {
         "injection": {"enabled": True, "failurePolicy": "Fail", "timeoutSeconds": 5, "nativeSidecar": False,
                       "proxy": {"memoryLimit": "256Mi"}, "certManager": {"enabled": True}},
     },
+    "all three metrics APIs": {"adapter": {"apis": {"external": True, "custom": True, "resource": True}}},
+    "external metrics only, CA given": {
+        "adapter": {"apis": {"custom": False}, "requestheader": {"clientCA": FRONT_PROXY_CA}}
+    },
+    "custom metrics only": {"adapter": {"apis": {"external": False, "custom": True, "resource": False}}},
     "annotations off, one controller": {
         "metrics": {"annotations": False},
         "controller": {"replicas": 1, "leaderElection": {"enabled": False}, "podDisruptionBudget": {"enabled": False}},
@@ -127,6 +132,8 @@ BAD_VALUES: list[tuple[str, dict, list[str]]] = [
     ("injection failurePolicy", {"injection": {"failurePolicy": "Sometimes"}}, ["/injection/failurePolicy"]),
     ("injection timeout 60", {"injection": {"timeoutSeconds": 60}}, ["/injection/timeoutSeconds", "maximum"]),
     ("injected proxy memory", {"injection": {"proxy": {"memory": "lots"}}}, ["/injection/proxy/memory"]),
+    ("a metrics API that does not exist", {"adapter": {"apis": {"pods": True}}}, ["/adapter/apis", "pods"]),
+    ("a metrics API switch as a string", {"adapter": {"apis": {"custom": "yes"}}}, ["/adapter/apis/custom"]),
     ("ejection percent 150", {"controller": {"policy": {"max_ejection_percent": 150}}}, ["max_ejection_percent", "maximum"]),
 ]
 
@@ -226,6 +233,7 @@ def annotations_of_pods(objects: list[dict], component: str) -> dict:
 
 def check_semantics(label: str, values: dict, objects: list[dict]) -> None:
     adapter = values.get("adapter", {})
+    apis = {"external": True, "custom": True, "resource": False, **adapter.get("apis", {})}
     if adapter.get("enabled", True):
         args = containers(objects, "adapter")[0]["args"]
         pod = find(objects, "Deployment", f"{FULL}-adapter")["spec"]["template"]["spec"]
@@ -237,7 +245,9 @@ def check_semantics(label: str, values: dict, objects: list[dict]) -> None:
             check(cm is not None and cm["data"]["requestheader-client-ca.crt"].strip() == user_ca.strip(),
                   f"{label}: the ConfigMap holds the given CA")
             check(role is None, f"{label}: no kube-system Role when the CA is given")
-            check(pod.get("automountServiceAccountToken") is False, f"{label}: no token when no API call is made")
+            lists = apis["custom"] or apis["resource"]
+            check(pod.get("automountServiceAccountToken") is lists,
+                  f"{label}: a token only when objects are listed (custom/resource metrics)")
         else:
             check(not any("client-ca-file" in a for a in args) and "--requestheader-configmap=kube-system/extension-apiserver-authentication" in args, f"{label}: the CA is read at run time", str(args))
             check(pod.get("automountServiceAccountToken") is True, f"{label}: the token is mounted for the watch")
@@ -249,7 +259,30 @@ def check_semantics(label: str, values: dict, objects: list[dict]) -> None:
             binding = find(objects, "RoleBinding", f"{FULL}-adapter-auth-reader")
             check(binding is not None and binding["subjects"][0]["name"] == f"{FULL}-adapter",
                   f"{label}: the Role is bound to the adapter")
-        api = find(objects, "APIService", "v1beta1.external.metrics.k8s.io")
+        registered = sorted(o["metadata"]["name"] for o in objects if o["kind"] == "APIService")
+        want = sorted(
+            (["v1beta1.external.metrics.k8s.io"] if apis["external"] else [])
+            + (["v1beta1.custom.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"] if apis["custom"] else [])
+            + (["v1beta1.metrics.k8s.io"] if apis["resource"] else [])
+        )
+        check(registered == want, f"{label}: the APIServices of the enabled APIs", str(registered))
+        for o in objects:
+            if o["kind"] == "APIService":
+                check(o["spec"]["service"]["name"] == f"{FULL}-adapter" and o["spec"]["group"] in o["metadata"]["name"],
+                      f"{label}: {o['metadata']['name']} goes to the adapter")
+        if apis["custom"]:
+            v2 = find(objects, "APIService", "v1beta2.custom.metrics.k8s.io")
+            v1 = find(objects, "APIService", "v1beta1.custom.metrics.k8s.io")
+            check(v2["spec"]["versionPriority"] > v1["spec"]["versionPriority"], f"{label}: v1beta2 is preferred")
+        reader = find(objects, "ClusterRole", f"{FULL}-adapter-objects")
+        if apis["custom"] or apis["resource"]:
+            check(reader is not None and reader["rules"] == [{"apiGroups": [""], "resources": ["pods", "nodes", "namespaces"], "verbs": ["get", "list"]}],
+                  f"{label}: get/list on the objects metrics are asked for", json.dumps(reader))
+            binding = find(objects, "ClusterRoleBinding", f"{FULL}-adapter-objects")
+            check(binding is not None and binding["subjects"][0]["name"] == f"{FULL}-adapter", f"{label}: bound to the adapter")
+        else:
+            check(reader is None, f"{label}: no object access for external metrics only")
+        api = find(objects, "APIService", registered[0]) if registered else None
         cm_enabled = adapter.get("certManager", {}).get("enabled")
         if cm_enabled:
             check(api["metadata"].get("annotations", {}).get("cert-manager.io/inject-ca-from") == f"{NAMESPACE}/{FULL}-adapter",

@@ -1,5 +1,7 @@
-//! The HTTP API: `external.metrics.k8s.io/v1beta1` as the aggregation layer and the HPA
-//! controller read it, health endpoints, OpenAPI documents and `/debug/rules`.
+//! The HTTP API: `external.metrics.k8s.io/v1beta1`, `custom.metrics.k8s.io/v1beta2` (and
+//! `v1beta1`) and `metrics.k8s.io/v1beta1` (see [`crate::custom_api`]) as the aggregation
+//! layer and the HPA controller read them, health endpoints, OpenAPI documents and
+//! `/debug/rules`.
 //!
 //! [`router`] is the whole API as an axum `Router`; the server wraps it with TLS and hands each
 //! request the verified client certificate ([`ClientCert`]) so [`authenticate`] can decide
@@ -73,6 +75,8 @@ pub struct AppState {
     pub auth: AuthPolicy,
     /// The adapter's own metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Lists the Kubernetes objects custom and resource metrics are asked for by selector.
+    pub objects: Arc<crate::objects::ObjectLister>,
 }
 
 // === errors ===
@@ -180,6 +184,40 @@ pub fn router(state: AppState) -> Router {
             "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/{metric}",
             get(metric_values),
         )
+        .route("/apis/custom.metrics.k8s.io", get(custom_api_group))
+        .route(
+            "/apis/custom.metrics.k8s.io/{version}",
+            get(crate::custom_api::custom_resource_list),
+        )
+        .route(
+            "/apis/custom.metrics.k8s.io/{version}/{*rest}",
+            get(crate::custom_api::custom_values),
+        )
+        .route("/apis/metrics.k8s.io", get(resource_api_group))
+        .route(
+            "/apis/metrics.k8s.io/v1beta1",
+            get(crate::custom_api::resource_resource_list),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/pods",
+            get(crate::custom_api::pod_metrics_list),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods",
+            get(crate::custom_api::pod_metrics_list),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/{name}",
+            get(crate::custom_api::pod_metrics_get),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/nodes",
+            get(crate::custom_api::node_metrics_list),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/nodes/{name}",
+            get(crate::custom_api::node_metrics_get),
+        )
         .route("/openapi/v2", get(openapi_v2))
         .route("/openapi/v3", get(openapi_v3_index))
         .route(
@@ -207,6 +245,16 @@ pub fn router(state: AppState) -> Router {
 /// Counts and times every API request, refusals included.
 async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
+    let path = request.uri().path();
+    let group = if path.starts_with("/apis/external.metrics.k8s.io/") {
+        "external"
+    } else if path.starts_with("/apis/custom.metrics.k8s.io/") {
+        "custom"
+    } else if path.starts_with("/apis/metrics.k8s.io/") {
+        "resource"
+    } else {
+        "other"
+    };
     let response = next.run(request).await;
     state
         .metrics
@@ -215,7 +263,7 @@ async fn observe(State(state): State<AppState>, request: Request, next: Next) ->
     state
         .metrics
         .requests
-        .with_label_values(&[response.status().as_str()])
+        .with_label_values(&[group, response.status().as_str()])
         .inc();
     response
 }
@@ -328,27 +376,66 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-fn group_version() -> serde_json::Value {
-    json!({"groupVersion": GROUP_VERSION, "version": VERSION})
-}
-
-fn group() -> serde_json::Value {
+/// An `APIGroup` (without kind) with `versions`, the first preferred.
+fn group_of(name: &str, versions: &[&str]) -> serde_json::Value {
+    let versions: Vec<serde_json::Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
+        .collect();
     json!({
-        "name": GROUP,
-        "versions": [group_version()],
-        "preferredVersion": group_version(),
+        "name": name,
+        "versions": versions,
+        "preferredVersion": versions[0],
     })
 }
 
-async fn api_group_list() -> Json<serde_json::Value> {
-    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group()]}))
+fn group() -> serde_json::Value {
+    group_of(GROUP, &[VERSION])
 }
 
-async fn api_group() -> Json<serde_json::Value> {
-    let mut g = group();
+fn custom_group() -> serde_json::Value {
+    group_of(
+        crate::custom_api::CUSTOM_GROUP,
+        crate::custom_api::CUSTOM_VERSIONS,
+    )
+}
+
+fn resource_group() -> serde_json::Value {
+    group_of(
+        crate::custom_api::RESOURCE_GROUP,
+        &[crate::custom_api::RESOURCE_VERSION],
+    )
+}
+
+/// The groups served: external always, custom with custom rules, metrics.k8s.io with
+/// resource rules.
+async fn api_group_list(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let mut groups = vec![group()];
+    if state.provider.serves_custom() {
+        groups.push(custom_group());
+    }
+    if state.provider.resource_rules().is_some() {
+        groups.push(resource_group());
+    }
+    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+}
+
+fn as_api_group(mut g: serde_json::Value) -> Json<serde_json::Value> {
     g["kind"] = json!("APIGroup");
     g["apiVersion"] = json!("v1");
     Json(g)
+}
+
+async fn api_group() -> Json<serde_json::Value> {
+    as_api_group(group())
+}
+
+async fn custom_api_group() -> Json<serde_json::Value> {
+    as_api_group(custom_group())
+}
+
+async fn resource_api_group() -> Json<serde_json::Value> {
+    as_api_group(resource_group())
 }
 
 async fn api_resource_list(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -411,7 +498,22 @@ async fn metric_values(
 struct DebugRule<'a> {
     metric: String,
     rule: &'a crate::rules::Rule,
-    rendered_query: Result<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rendered_query: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    render_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_result: Option<crate::provider::LastResult>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DebugCustom<'a> {
+    /// `pods/METRIC`, as discovery lists it.
+    name: String,
+    #[serde(flatten)]
+    metric: &'a crate::custom::CustomMetric,
+    #[serde(skip_serializing_if = "Option::is_none")]
     last_result: Option<crate::provider::LastResult>,
 }
 
@@ -425,11 +527,27 @@ async fn debug_rules(
     let all = state.provider.rules();
     let rules: Vec<DebugRule<'_>> = all
         .iter()
-        .map(|(name, rule)| DebugRule {
-            metric: name.clone(),
-            rule,
-            rendered_query: rule.render(namespace, &selector).map_err(|e| e.to_string()),
-            last_result: last.get(name).cloned(),
+        .map(|(name, rule)| {
+            let rendered = rule.render(namespace, &selector);
+            DebugRule {
+                metric: name.clone(),
+                rule,
+                render_error: rendered.as_ref().err().map(ToString::to_string),
+                rendered_query: rendered.ok(),
+                last_result: last.get(name).cloned(),
+            }
+        })
+        .collect();
+    let custom_all = state.provider.custom_metrics();
+    let custom: Vec<DebugCustom<'_>> = custom_all
+        .iter()
+        .map(|((resource, metric), m)| {
+            let name = format!("{resource}/{metric}");
+            DebugCustom {
+                last_result: last.get(&name).cloned(),
+                name,
+                metric: m,
+            }
         })
         .collect();
     Ok(Json(json!({
@@ -438,6 +556,8 @@ async fn debug_rules(
         "prometheusQueries": state.provider.queries(),
         "cacheSlots": state.provider.cache_len(),
         "rules": rules,
+        "customMetrics": custom,
+        "resourceRules": state.provider.resource_rules(),
     })))
 }
 
@@ -596,6 +716,7 @@ mod tests {
             )),
             auth,
             metrics: Default::default(),
+            objects: Arc::new(crate::objects::ObjectLister::new(None, Duration::ZERO)),
         }
     }
 
@@ -778,7 +899,7 @@ mod tests {
             .unwrap();
         let t = text(app).await;
         assert!(
-            t.contains(r#"gofe_adapter_requests_total{code="401"} 2"#),
+            t.contains(r#"gofe_adapter_requests_total{code="401",group="other"} 2"#),
             "{t}"
         );
         assert!(

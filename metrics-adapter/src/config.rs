@@ -1,11 +1,11 @@
-//! The adapter's rules file: prometheus-adapter's `externalRules` format plus gofe's per-rule
-//! options, loaded and validated in one step.
+//! The adapter's rules file: prometheus-adapter's format (`rules`, `resourceRules`,
+//! `externalRules`) plus gofe's per-rule options, loaded and validated in one step.
 //!
-//! An existing prometheus-adapter configuration loads unchanged as long as it only uses what
-//! the external metrics API needs; everything else (custom-metrics `rules`, `resourceRules`,
-//! template functions beyond `<<.Series>>`, `<<.LabelMatchers>>`, `<<.GroupBy>>`) is a load
-//! error naming the file, line and field, never a silent skip. [`load`] returns *every*
-//! problem it finds.
+//! An existing prometheus-adapter configuration loads unchanged; what gofe does not support
+//! (template functions beyond `<<.Series>>`, `<<.LabelMatchers>>`, `<<.GroupBy>>`,
+//! `<<.GroupBySlice>>`, an unknown field) is a load error naming the file, line and field,
+//! never a silent skip. Every template is rendered with placeholder values and parsed as
+//! PromQL, so a typo in a query fails at start. [`load`] returns *every* problem it finds.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::custom::{CustomRule, ResourceMapping, ResourceRule, ResourceRules};
 use crate::rules::{
     BuiltinSettings, EjectionAware, ExternalRule, Forecast, MissingData, RuleBook, RuleOptions,
     Template,
@@ -28,13 +29,41 @@ pub struct AdapterConfig {
     /// gofe's built-in mesh metrics. Default: enabled, 2 m rate window, not namespaced.
     #[serde(default)]
     pub builtin_rules: Option<BuiltinRulesConfig>,
-    /// prometheus-adapter's custom-metrics rules: rejected (this adapter serves external
-    /// metrics only).
+    /// prometheus-adapter's custom-metrics rules (`custom.metrics.k8s.io`). Default: none.
+    /// The same shape as `externalRules`; `resources.namespaced` and `ejectionAware` are
+    /// refused (they mean nothing for objects).
     #[serde(default)]
-    pub rules: Option<serde::de::IgnoredAny>,
-    /// prometheus-adapter's resource-metrics rules: rejected.
+    pub rules: Vec<ExternalRuleConfig>,
+    /// prometheus-adapter's resource-metrics rules (`metrics.k8s.io`). Default: none.
     #[serde(default)]
-    pub resource_rules: Option<serde::de::IgnoredAny>,
+    pub resource_rules: Option<ResourceRulesConfig>,
+}
+
+/// prometheus-adapter's `resourceRules`: CPU and memory of pods' containers and of nodes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResourceRulesConfig {
+    /// CPU usage, in cores.
+    pub cpu: ResourceRuleConfig,
+    /// Memory usage (working set), in bytes.
+    pub memory: ResourceRuleConfig,
+    /// The window the queries' rates cover, reported as each value's `window`.
+    pub window: DurationText,
+}
+
+/// One of `resourceRules.cpu` / `.memory`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResourceRuleConfig {
+    /// Template of the per-container query (`<<.LabelMatchers>>`, `<<.GroupBy>>`).
+    pub container_query: String,
+    /// Template of the per-node query.
+    pub node_query: String,
+    /// Label ↔ resource mapping; must name the pod, namespace and node labels.
+    #[serde(default)]
+    pub resources: ResourcesConfig,
+    /// The label naming a container in the container query's result.
+    pub container_label: String,
 }
 
 /// Settings of the built-in rules.
@@ -251,13 +280,6 @@ impl Checker<'_> {
     }
 
     fn book(&mut self, c: &AdapterConfig) -> RuleBook {
-        const ONLY_EXTERNAL: &str = "gofe's adapter serves external.metrics.k8s.io only; move these rules to a custom-metrics adapter or rewrite them as externalRules";
-        if c.rules.is_some() {
-            self.error("rules".into(), ONLY_EXTERNAL);
-        }
-        if c.resource_rules.is_some() {
-            self.error("resourceRules".into(), ONLY_EXTERNAL);
-        }
         let builtin = self.builtins(c.builtin_rules.as_ref());
         let external = c
             .external_rules
@@ -265,7 +287,216 @@ impl Checker<'_> {
             .enumerate()
             .filter_map(|(i, r)| self.external(i, r))
             .collect();
-        RuleBook { builtin, external }
+        let custom = c
+            .rules
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.custom(i, r))
+            .collect();
+        let resource = c
+            .resource_rules
+            .as_ref()
+            .and_then(|r| self.resource_rules(r));
+        RuleBook {
+            builtin,
+            external,
+            custom,
+            resource,
+        }
+    }
+
+    /// A `metricsQuery`-like template, parsed and its PromQL checked with placeholders.
+    fn template(&mut self, text: &str, field: String) -> Option<Template> {
+        match Template::parse(text) {
+            Ok(t) => {
+                if let Err(e) = crate::promql::check_template(&t) {
+                    self.error(field, e.to_string());
+                    return None;
+                }
+                Some(t)
+            }
+            Err(e) => {
+                self.error(field, e.to_string());
+                None
+            }
+        }
+    }
+
+    /// `seriesFilters` and `name` of a discovery rule: (keep, drop, matches, replacement).
+    #[allow(clippy::type_complexity)]
+    fn naming(
+        &mut self,
+        field: &str,
+        filters: &[SeriesFilterConfig],
+        name: Option<&NameConfig>,
+    ) -> (
+        Vec<regex::Regex>,
+        Vec<regex::Regex>,
+        Option<regex::Regex>,
+        String,
+    ) {
+        let mut keep = Vec::new();
+        let mut drop = Vec::new();
+        for (j, f) in filters.iter().enumerate() {
+            let ff = format!("{field}.seriesFilters[{j}]");
+            match (&f.is, &f.is_not) {
+                (Some(is), None) => keep.extend(self.regex(is, format!("{ff}.is"))),
+                (None, Some(not)) => drop.extend(self.regex(not, format!("{ff}.isNot"))),
+                _ => self.error(ff, "exactly one of is or isNot is required"),
+            }
+        }
+        let (matches, replacement) = match name {
+            None => (None, "$0".to_owned()),
+            Some(n) => {
+                let matches = n
+                    .matches
+                    .as_ref()
+                    .and_then(|m| self.regex(m, format!("{field}.name.matches")));
+                let groups = matches.as_ref().map_or(0, |m| m.captures_len() - 1);
+                let replacement = match &n.as_ {
+                    Some(a) if !a.is_empty() => a.clone(),
+                    _ if groups == 0 => "$0".to_owned(),
+                    _ if groups == 1 => "$1".to_owned(),
+                    _ => {
+                        self.error(
+                            format!("{field}.name.as"),
+                            "required when name.matches has more than one capture group",
+                        );
+                        String::new()
+                    }
+                };
+                (matches, replacement)
+            }
+        };
+        (keep, drop, matches, replacement)
+    }
+
+    /// A `resources` block as a label ↔ resource mapping.
+    fn mapping(&mut self, field: &str, c: &ResourcesConfig) -> ResourceMapping {
+        let mut overrides = Vec::new();
+        for (label, gr) in &c.overrides {
+            if !crate::selector::is_prometheus_label(label) {
+                self.error(
+                    format!("{field}.resources.overrides.{label}"),
+                    "not a Prometheus label name",
+                );
+            }
+            if gr.resource.trim().is_empty() {
+                self.error(
+                    format!("{field}.resources.overrides.{label}.resource"),
+                    "must not be empty",
+                );
+            }
+            overrides.push((label.clone(), gr.group.clone(), gr.resource.clone()));
+        }
+        match &c.template {
+            None => ResourceMapping::new(&overrides, None),
+            Some(t) => match Template::parse_resource(t) {
+                Ok(render) => ResourceMapping::new(&overrides, Some(&render)),
+                Err(e) => {
+                    self.error(format!("{field}.resources.template"), e.to_string());
+                    ResourceMapping::new(&overrides, None)
+                }
+            },
+        }
+    }
+
+    fn custom(&mut self, i: usize, c: &ExternalRuleConfig) -> Option<CustomRule> {
+        let field = format!("rules[{i}]");
+        let before = self.problems.len();
+        let template = self.template(&c.metrics_query, format!("{field}.metricsQuery"));
+        if c.series_query.trim().is_empty() {
+            self.error(format!("{field}.seriesQuery"), "must not be empty");
+        }
+        let (keep, drop, matches, replacement) =
+            self.naming(&field, &c.series_filters, c.name.as_ref());
+        let mapping = self.mapping(&field, &c.resources);
+        if c.resources.namespaced.is_some() {
+            self.error(
+                format!("{field}.resources.namespaced"),
+                "only externalRules have namespaced: a custom metric is namespaced when its resource is",
+            );
+        }
+        if mapping.labels.is_empty() {
+            self.error(
+                format!("{field}.resources"),
+                "a custom-metrics rule needs resources.overrides or resources.template to tie its series to Kubernetes objects",
+            );
+        }
+        if c.ejection_aware.is_some() {
+            self.error(
+                format!("{field}.ejectionAware"),
+                "only for externalRules and builtinRules (it scales a service's value, not an object's)",
+            );
+        }
+        let options = self.options(&c.missing_data, &c.forecast, &None, &field);
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(CustomRule {
+            index: i,
+            series_query: c.series_query.clone(),
+            keep,
+            drop,
+            matches,
+            replacement,
+            template: template?,
+            mapping,
+            options,
+        })
+    }
+
+    fn resource_rules(&mut self, c: &ResourceRulesConfig) -> Option<ResourceRules> {
+        let before = self.problems.len();
+        let cpu = self.resource_rule("resourceRules.cpu", &c.cpu);
+        let memory = self.resource_rule("resourceRules.memory", &c.memory);
+        if c.window.0 < Duration::from_secs(1) {
+            self.error("resourceRules.window".into(), "must be at least 1s");
+        }
+        if self.problems.len() != before {
+            return None;
+        }
+        Some(ResourceRules {
+            cpu: cpu?,
+            memory: memory?,
+            window: c.window.0,
+        })
+    }
+
+    fn resource_rule(&mut self, field: &str, c: &ResourceRuleConfig) -> Option<ResourceRule> {
+        let container_query = self.template(&c.container_query, format!("{field}.containerQuery"));
+        let node_query = self.template(&c.node_query, format!("{field}.nodeQuery"));
+        let mapping = self.mapping(field, &c.resources);
+        for (what, r) in [
+            ("pod", crate::custom::resource("", "pods")),
+            ("namespace", crate::custom::resource("", "namespaces")),
+            ("node", crate::custom::resource("", "nodes")),
+        ] {
+            if mapping.label_for(&r).is_none() {
+                self.error(
+                    format!("{field}.resources"),
+                    format!("no label is mapped to the {what} resource (add it to resources.overrides, e.g. {what}: {{resource: {what}}})"),
+                );
+            }
+        }
+        if c.resources.namespaced.is_some() {
+            self.error(
+                format!("{field}.resources.namespaced"),
+                "only externalRules have namespaced",
+            );
+        }
+        if !crate::selector::is_prometheus_label(&c.container_label) {
+            self.error(
+                format!("{field}.containerLabel"),
+                "not a Prometheus label name",
+            );
+        }
+        Some(ResourceRule {
+            container_query: container_query?,
+            node_query: node_query?,
+            mapping,
+            container_label: c.container_label.clone(),
+        })
     }
 
     fn builtins(&mut self, c: Option<&BuiltinRulesConfig>) -> BuiltinSettings {
@@ -394,49 +625,12 @@ impl Checker<'_> {
     fn external(&mut self, i: usize, c: &ExternalRuleConfig) -> Option<ExternalRule> {
         let field = format!("externalRules[{i}]");
         let before = self.problems.len();
-        let template = match Template::parse(&c.metrics_query) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                self.error(format!("{field}.metricsQuery"), e.to_string());
-                None
-            }
-        };
+        let template = self.template(&c.metrics_query, format!("{field}.metricsQuery"));
         if c.series_query.trim().is_empty() {
             self.error(format!("{field}.seriesQuery"), "must not be empty");
         }
-        let mut keep = Vec::new();
-        let mut drop = Vec::new();
-        for (j, f) in c.series_filters.iter().enumerate() {
-            let ff = format!("{field}.seriesFilters[{j}]");
-            match (&f.is, &f.is_not) {
-                (Some(is), None) => keep.extend(self.regex(is, format!("{ff}.is"))),
-                (None, Some(not)) => drop.extend(self.regex(not, format!("{ff}.isNot"))),
-                _ => self.error(ff, "exactly one of is or isNot is required"),
-            }
-        }
-        let (matches, replacement) = match &c.name {
-            None => (None, "$0".to_owned()),
-            Some(n) => {
-                let matches = n
-                    .matches
-                    .as_ref()
-                    .and_then(|m| self.regex(m, format!("{field}.name.matches")));
-                let groups = matches.as_ref().map_or(0, |m| m.captures_len() - 1);
-                let replacement = match &n.as_ {
-                    Some(a) if !a.is_empty() => a.clone(),
-                    _ if groups == 0 => "$0".to_owned(),
-                    _ if groups == 1 => "$1".to_owned(),
-                    _ => {
-                        self.error(
-                            format!("{field}.name.as"),
-                            "required when name.matches has more than one capture group",
-                        );
-                        String::new()
-                    }
-                };
-                (matches, replacement)
-            }
-        };
+        let (keep, drop, matches, replacement) =
+            self.naming(&field, &c.series_filters, c.name.as_ref());
         let mut namespace_label = None;
         for (label, gr) in &c.resources.overrides {
             if !crate::selector::is_prometheus_label(label) {
@@ -452,7 +646,7 @@ impl Checker<'_> {
         if namespace_label.is_none() {
             if let Some(t) = &c.resources.template {
                 match Template::parse_resource(t) {
-                    Ok(render) => namespace_label = Some(render("namespace")),
+                    Ok(render) => namespace_label = Some(render("", "namespace")),
                     Err(e) => self.error(format!("{field}.resources.template"), e.to_string()),
                 }
             }
@@ -555,7 +749,7 @@ externalRules:
     fn unsupported_things_are_errors_with_lines() {
         let text = r#"
 rules:
-- seriesQuery: x
+- {seriesQuery: x, metricsQuery: "sum(x)", resources: {namespaced: true, template: "<<.Resource>>"}}
 externalRules:
 - seriesQuery: 'x'
   metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<index .LabelValuesByName "a">>)
@@ -566,7 +760,10 @@ externalRules:
         let err = parse("f.yaml", text).unwrap_err();
         let p = err.problems();
         assert_eq!(p.len(), 3, "{err}");
-        assert_eq!((p[0].line, p[0].field.as_str()), (Some(3), "rules"));
+        assert_eq!(
+            (p[0].line, p[0].field.as_str()),
+            (Some(3), "rules[0].resources.namespaced")
+        );
         assert_eq!(p[1].line, Some(6));
         assert_eq!(p[1].field, "externalRules[0].metricsQuery");
         assert!(
@@ -606,6 +803,78 @@ externalRules:
             err.to_string(),
             "f.yaml:4:44: externalRules[0].missingData.maxAge: invalid duration \"5x\": unknown unit (write e.g. \"30s\", \"250ms\", \"1m30s\")"
         );
+    }
+
+    #[test]
+    fn prometheus_adapters_documented_configs_load() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/prometheus-adapter"
+        );
+        let sample = load(Path::new(&format!("{dir}/sample-config.yaml"))).unwrap();
+        assert_eq!(
+            (sample.custom.len(), sample.external.len()),
+            (4, 2),
+            "every rule of every section"
+        );
+        let resource = sample.resource.as_ref().unwrap();
+        assert_eq!(resource.window, Duration::from_secs(60));
+        assert_eq!(resource.cpu.labels().2.as_deref(), Some("instance"));
+        let brand = &sample.custom[3].mapping.labels["brand"];
+        assert_eq!(brand.qualified(), "brands.cheese.io");
+        let helm = load(Path::new(&format!("{dir}/helm-chart-defaults.yaml"))).unwrap();
+        assert_eq!(helm.custom.len(), 6);
+        assert_eq!(
+            helm.custom[0].replacement, "$1",
+            "as: \"\" with one group is $1"
+        );
+        assert_eq!(helm.custom[3].replacement, "$0");
+        let walkthrough = load(Path::new(&format!("{dir}/walkthrough.yaml"))).unwrap();
+        assert_eq!(walkthrough.custom[0].replacement, "${1}_per_second");
+    }
+
+    #[test]
+    fn custom_and_resource_rule_problems_name_line_and_field() {
+        let text = r#"
+rules:
+- seriesQuery: 'http_requests_total'
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m]) by (<<.GroupBy>>)
+  resources: {overrides: {pod: {resource: pod}}}
+- seriesQuery: 'y'
+  metricsQuery: sum(<<.Series>>)
+  ejectionAware: {}
+resourceRules:
+  cpu:
+    containerQuery: sum(x{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+    nodeQuery: sum(x{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+    resources: {overrides: {pod: {resource: pod}, namespace: {resource: namespace}}}
+    containerLabel: container
+  memory:
+    containerQuery: sum(x{<<.LabelMatchers>>}) by (<<index .LabelValuesByName "pod">>)
+    nodeQuery: sum(x{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+    resources: {overrides: {pod: {resource: pod}, namespace: {resource: namespace}, node: {resource: node}}}
+    containerLabel: container
+  window: 3m
+"#;
+        let err = parse("f.yaml", text).unwrap_err();
+        let got: Vec<(Option<usize>, &str)> = err
+            .problems()
+            .iter()
+            .map(|p| (p.line, p.field.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some(4), "rules[0].metricsQuery"),
+                (Some(6), "rules[1].resources"),
+                (Some(8), "rules[1].ejectionAware"),
+                (Some(13), "resourceRules.cpu.resources"),
+                (Some(16), "resourceRules.memory.containerQuery"),
+            ],
+            "{err}"
+        );
+        assert!(err.problems()[0].message.contains("PromQL"), "{err}");
+        assert!(err.problems()[3].message.contains("node"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! gofe's Kubernetes external metrics adapter: the mesh's request rate, latency and error
-//! ratio, as the gofe proxy measures them, served as `external.metrics.k8s.io/v1beta1` so a
-//! HorizontalPodAutoscaler can scale on them.
+//! gofe's Kubernetes metrics adapter: the mesh's request rate, latency and error ratio, as the
+//! gofe proxy measures them, served as `external.metrics.k8s.io/v1beta1` so a
+//! HorizontalPodAutoscaler can scale on them; and, as a drop-in replacement for
+//! prometheus-adapter, its `rules` as `custom.metrics.k8s.io/v1beta2` (and `v1beta1`) and its
+//! `resourceRules` as `metrics.k8s.io/v1beta1` (`kubectl top`).
 //!
 //! ```text
 //!  kube-aggregator ──TLS, front-proxy cert──▶ server ──▶ api (axum) ──▶ provider ──▶ gofe-prom ──▶ Prometheus
@@ -10,8 +12,12 @@
 //!                                  rules file ─▶ config ─▶ rules ─────────┘ PromQL per selector
 //! ```
 //!
-//! - [`config`] loads the rules file (prometheus-adapter's `externalRules` plus gofe options),
-//!   reporting every problem with file, line and field.
+//! - [`config`] loads the rules file (prometheus-adapter's `rules`, `resourceRules` and
+//!   `externalRules` plus gofe options), reporting every problem with file, line and field;
+//!   [`promql`] parses every template, rendered with placeholders, at load.
+//! - [`custom`] ties custom rules' series to Kubernetes resources and renders their queries
+//!   for objects; [`custom_api`] serves them and the resource metrics; [`objects`] lists the
+//!   objects a label selector selects through the Kubernetes API.
 //! - [`rules`] holds the built-in rules over the proxy's metrics and turns a rule, namespace and
 //!   [`selector`] into PromQL; [`selector`] parses `labelSelector` and escapes it into label
 //!   matchers.
@@ -28,15 +34,18 @@
 //!   time from `kube-system/extension-apiserver-authentication`, as aggregated API servers do,
 //!   and follows them when the cluster rotates its CA; a CA file overrides it.
 //!
-//! What it does not do: it serves no `custom.metrics.k8s.io` (per-object metrics) and makes no
-//! authorization decisions of its own (no SubjectAccessReview): the aggregator authenticates and
+//! What it does not do: it makes no authorization decisions of its own (no SubjectAccessReview): the aggregator authenticates and
 //! authorizes the end user, and the adapter only accepts requests the aggregator's front-proxy
 //! certificate vouches for. The controller, not the adapter, decides and exports ejections
 //! (`gofe_endpoint_ejected`); the adapter only reads them.
 
 pub mod api;
 pub mod config;
+pub mod custom;
+pub mod custom_api;
 pub mod metrics;
+pub mod objects;
+pub mod promql;
 pub mod provider;
 pub mod quantity;
 pub mod requestheader;

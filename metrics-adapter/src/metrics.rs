@@ -1,8 +1,14 @@
 //! The adapter's own Prometheus metrics, served at `/metrics` on its TLS port (like `/healthz`,
 //! without a client certificate: they hold counts, no metric values).
 //!
-//! - `gofe_adapter_requests_total{code}`: API requests answered (every path but the health
-//!   and metrics ones), by HTTP status, 401/403 refusals included.
+//! - `gofe_adapter_requests_total{group,code}`: API requests answered (every path but the
+//!   health and metrics ones), by API group (`external`, `custom`, `resource`, or `other`:
+//!   discovery, OpenAPI, debug) and HTTP status, 401/403 refusals included.
+//! - `gofe_adapter_cache_requests_total{result}`: answers from the cache (`hit`) or from a
+//!   new query (`miss`).
+//! - `gofe_adapter_prometheus_query_duration_seconds`: Prometheus query latency (a histogram).
+//! - `gofe_adapter_prometheus_query_errors_total{kind}`: failed Prometheus queries by kind
+//!   (`unavailable`, `timeout`, `rejected`, ... as `gofe_prom` classifies them).
 //! - `gofe_adapter_request_duration_seconds`: their latency (a histogram).
 //! - `gofe_adapter_requestheader_generation`: which request-header settings are in force (0:
 //!   none loaded yet; one more at each CA or allowed-names change).
@@ -15,8 +21,14 @@ use prometheus::{
 /// The adapter's metrics.
 pub struct Metrics {
     registry: Registry,
-    /// `gofe_adapter_requests_total{code}`.
+    /// `gofe_adapter_requests_total{group,code}`.
     pub requests: IntCounterVec,
+    /// `gofe_adapter_cache_requests_total{result}`.
+    pub cache: IntCounterVec,
+    /// `gofe_adapter_prometheus_query_duration_seconds`.
+    pub prometheus_duration: Histogram,
+    /// `gofe_adapter_prometheus_query_errors_total{kind}`.
+    pub prometheus_errors: IntCounterVec,
     /// `gofe_adapter_request_duration_seconds`.
     pub duration: Histogram,
     /// `gofe_adapter_requestheader_generation`.
@@ -44,9 +56,35 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "gofe_adapter_requests_total",
-                "API requests answered, by HTTP status code (refusals included).",
+                "API requests answered, by API group and HTTP status code (refusals included).",
             ),
-            &["code"],
+            &["group", "code"],
+        )
+        .expect("valid metric");
+        let cache = IntCounterVec::new(
+            Opts::new(
+                "gofe_adapter_cache_requests_total",
+                "Metric values served from the cache (hit) or by a new query (miss).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let prometheus_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "gofe_adapter_prometheus_query_duration_seconds",
+                "Time Prometheus took to answer one query.",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )
+        .expect("valid metric");
+        let prometheus_errors = IntCounterVec::new(
+            Opts::new(
+                "gofe_adapter_prometheus_query_errors_total",
+                "Failed Prometheus queries, by kind of failure.",
+            ),
+            &["kind"],
         )
         .expect("valid metric");
         let duration = Histogram::with_opts(
@@ -72,6 +110,9 @@ impl Metrics {
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
+            Box::new(cache.clone()),
+            Box::new(prometheus_duration.clone()),
+            Box::new(prometheus_errors.clone()),
             Box::new(requestheader_generation.clone()),
             Box::new(rules_ready.clone()),
         ] {
@@ -80,6 +121,9 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            cache,
+            prometheus_duration,
+            prometheus_errors,
             duration,
             requestheader_generation,
             rules_ready,

@@ -24,8 +24,9 @@ use serde::Serialize;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
+use crate::custom::{CustomMetric, Objects, ResourceRules, ResourceTarget};
 use crate::quantity::MilliQuantity;
-use crate::rules::{MissingData, Rule, RuleBook};
+use crate::rules::{MissingData, Rule, RuleBook, RuleOptions, RuleSource};
 use crate::scrape::{ScrapeError, ScrapeSource};
 use crate::selector::{Selector, SelectorError};
 
@@ -57,6 +58,18 @@ pub struct Answer {
     pub zero_filled: bool,
     #[serde(skip)]
     fetched_at: Instant,
+}
+
+impl Answer {
+    /// An answer with no values (a resource metrics list with nothing to show).
+    pub fn empty() -> Self {
+        Answer {
+            items: Vec::new(),
+            held: false,
+            zero_filled: false,
+            fetched_at: Instant::now(),
+        }
+    }
 }
 
 /// Why a metric has no value.
@@ -139,8 +152,10 @@ pub struct LastResult {
     /// Unix seconds of the query.
     pub at: f64,
     /// The values, when it succeeded.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub items: Option<Vec<MetricValue>>,
     /// The error, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -156,16 +171,24 @@ pub enum ScrapeRefusal {
     /// External rules are PromQL over any series.
     #[error("externalRules need Prometheus (--prometheus-url): the scrape source serves the built-in rules only")]
     ExternalRules,
+    /// Custom and resource rules are PromQL over any series.
+    #[error("rules and resourceRules need Prometheus (--prometheus-url): the scrape source serves the built-in rules only")]
+    CustomRules,
     /// A built-in metric with the `forecast` option needs the rate's history.
     #[error("builtinRules.metrics.{0}.forecast needs Prometheus (--prometheus-url): the scrape source has no history of the rate")]
     Forecast(String),
 }
 
+/// Custom metrics by (resource as URLs name it, e.g. `pods`, and metric name).
+pub type CustomMetrics = BTreeMap<(String, String), Arc<CustomMetric>>;
+
 /// Serves metric values from rules, Prometheus (or scraped proxies) and the cache.
 pub struct Provider {
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     source: Source,
     book: RuleBook,
     rules: RwLock<Arc<BTreeMap<String, Arc<Rule>>>>,
+    custom: RwLock<Arc<CustomMetrics>>,
     discovered: AtomicBool,
     cache: Mutex<HashMap<Key, Slot>>,
     cache_config: CacheConfig,
@@ -196,6 +219,9 @@ impl Provider {
         if !book.external.is_empty() {
             return Err(ScrapeRefusal::ExternalRules);
         }
+        if !book.custom.is_empty() || book.resource.is_some() {
+            return Err(ScrapeRefusal::CustomRules);
+        }
         if let Some(rule) = book
             .builtin
             .rules()
@@ -219,15 +245,23 @@ impl Provider {
             .map(|r| (r.metric.clone(), Arc::new(r)))
             .collect();
         Provider {
+            metrics: None,
             source,
-            discovered: AtomicBool::new(book.external.is_empty()),
+            discovered: AtomicBool::new(book.external.is_empty() && book.custom.is_empty()),
             book,
             rules: RwLock::new(Arc::new(builtins)),
+            custom: RwLock::new(Arc::new(BTreeMap::new())),
             cache: Mutex::new(HashMap::new()),
             cache_config,
             queries: AtomicU64::new(0),
             last: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records cache hits and Prometheus query latency and errors in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The current rules, by metric name.
@@ -238,7 +272,26 @@ impl Provider {
         }
     }
 
-    /// Whether external rules have been discovered at least once (always true without them).
+    /// The current custom metrics, by (resource as URLs name it, metric).
+    pub fn custom_metrics(&self) -> Arc<CustomMetrics> {
+        match self.custom.read() {
+            Ok(r) => r.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Whether `custom.metrics.k8s.io` is served (there are custom rules).
+    pub fn serves_custom(&self) -> bool {
+        !self.book.custom.is_empty()
+    }
+
+    /// The resource-metrics rules, when configured.
+    pub fn resource_rules(&self) -> Option<&ResourceRules> {
+        self.book.resource.as_ref()
+    }
+
+    /// Whether external and custom rules have been discovered at least once (always true
+    /// without them).
     pub fn ready(&self) -> bool {
         self.discovered.load(Ordering::Relaxed)
     }
@@ -256,7 +309,7 @@ impl Provider {
     /// Lists the external rules' series in Prometheus and rebuilds the metric names. On
     /// failure the previous names stay.
     pub async fn discover(&self, lookback: Duration) -> Result<usize, PromError> {
-        if self.book.external.is_empty() {
+        if self.book.external.is_empty() && self.book.custom.is_empty() {
             return Ok(self.rules().len());
         }
         let Source::Prometheus(prom) = &self.source else {
@@ -270,8 +323,47 @@ impl Provider {
             .into_iter()
             .map(|r| (r.metric.clone(), Arc::new(r)))
             .collect();
+        // Rules sharing a seriesQuery share one listing, as in prometheus-adapter.
+        let mut listed: HashMap<&str, Arc<Vec<gofe_prom::Labels>>> = HashMap::new();
+        for query in self
+            .book
+            .external
+            .iter()
+            .map(|r| r.series_query.as_str())
+            .chain(self.book.custom.iter().map(|r| r.series_query.as_str()))
+        {
+            if !listed.contains_key(query) {
+                listed.insert(query, Arc::new(prom.series(query, start).await?));
+            }
+        }
+        let mut custom: CustomMetrics = BTreeMap::new();
+        for rule in &self.book.custom {
+            for labels in listed[rule.series_query.as_str()].iter() {
+                for m in rule.instantiate(labels) {
+                    let key = (m.resource.qualified(), m.metric.clone());
+                    match custom.get(&key) {
+                        Some(existing) if existing.rule != m.rule => {
+                            tracing::warn!(metric = %m.metric, resource = %key.0, rule = m.rule, kept_rule = existing.rule, "custom metric defined by two rules; keeping the first");
+                        }
+                        Some(existing) if existing.series != m.series => {
+                            tracing::warn!(metric = %m.metric, resource = %key.0, series = %m.series, kept_series = %existing.series, "two series give one custom metric name; keeping the first");
+                        }
+                        // The same metric from another series of the same name: a namespaced
+                        // one wins (a series with the namespace label).
+                        Some(existing) if existing.namespaced || !m.namespaced => {}
+                        _ => {
+                            custom.insert(key, Arc::new(m));
+                        }
+                    }
+                }
+            }
+        }
+        match self.custom.write() {
+            Ok(mut c) => *c = Arc::new(custom),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(custom),
+        }
         for ext in &self.book.external {
-            let series = prom.series(&ext.series_query, start).await?;
+            let series = listed[ext.series_query.as_str()].clone();
             let mut names: Vec<&str> = series
                 .iter()
                 .filter_map(|labels| labels.get("__name__").map(String::as_str))
@@ -283,7 +375,12 @@ impl Provider {
                     continue;
                 };
                 if let Some(existing) = rules.get(&rule.metric) {
-                    tracing::warn!(metric = %rule.metric, series = name, rule = ext.index, kept = ?existing.source, "metric name defined twice; keeping the first");
+                    let kept = match &existing.source {
+                        RuleSource::Builtin => "builtin".to_owned(),
+                        RuleSource::External { index, .. } => format!("externalRules[{index}]"),
+                        other => format!("{other:?}"),
+                    };
+                    tracing::warn!(metric = %rule.metric, series = name, rule = ext.index, %kept, "metric name defined twice; keeping the first");
                     continue;
                 }
                 rules.insert(rule.metric.clone(), Arc::new(rule));
@@ -327,10 +424,112 @@ impl Provider {
             namespace: namespace.to_owned(),
             selector: selector.to_string(),
         };
+        self.cached(&rule, key, query, selector).await
+    }
+
+    async fn cached(&self, rule: &Rule, key: Key, query: String, selector: &Selector) -> Outcome {
         let (cell, last_good) = self.slot(&key);
-        cell.get_or_init(|| self.fetch(&rule, &key, query, selector, last_good))
+        let hit = cell.initialized();
+        let outcome = cell
+            .get_or_init(|| self.fetch(rule, &key, query, selector, last_good))
             .await
-            .clone()
+            .clone();
+        if let Some(m) = &self.metrics {
+            m.cache
+                .with_label_values(&[if hit { "hit" } else { "miss" }])
+                .inc();
+        }
+        outcome
+    }
+
+    /// The values of custom metric `metric` for `objects`, filtered by `metric_selector`
+    /// (`metricLabelSelector`). Each item's labels are the result series' labels; the one
+    /// named [`CustomMetric::resource_label`] names the object. When the rule's `zero` policy
+    /// fills in missing data, every object gets a 0.
+    pub async fn get_custom(
+        &self,
+        metric: &CustomMetric,
+        objects: &Objects,
+        metric_selector: &Selector,
+    ) -> Result<Arc<Answer>, FetchError> {
+        let query = metric.render(objects, metric_selector)?;
+        let rule = Rule::prepared(
+            format!("{}/{}", metric.resource.qualified(), metric.metric),
+            RuleSource::Custom {
+                index: metric.rule,
+                series: metric.series.clone(),
+                resource: metric.resource.qualified(),
+            },
+            metric.metrics_query.clone(),
+            metric.options.clone(),
+        );
+        let key = Key {
+            metric: rule.metric.clone(),
+            namespace: objects.namespace.clone().unwrap_or_default(),
+            selector: query.clone(),
+        };
+        let answer = self.cached(&rule, key, query, &Selector::default()).await?;
+        if !answer.zero_filled {
+            return Ok(answer);
+        }
+        let items = objects
+            .names
+            .iter()
+            .map(|name| MetricValue {
+                labels: BTreeMap::from([(metric.resource_label.clone(), name.clone())]),
+                timestamp: answer.items.first().map_or_else(unix_now, |i| i.timestamp),
+                value: MilliQuantity(0),
+            })
+            .collect();
+        Ok(Arc::new(Answer {
+            items,
+            held: false,
+            zero_filled: true,
+            fetched_at: answer.fetched_at,
+        }))
+    }
+
+    /// CPU (cores) and memory (bytes) of `objects` by `resourceRules`: containers of pods in
+    /// one namespace, or nodes. Missing data is an error (404), an outage 503.
+    pub async fn get_resource(
+        &self,
+        target: ResourceTarget,
+        objects: &Objects,
+    ) -> Result<(Arc<Answer>, Arc<Answer>), FetchError> {
+        let Some(rules) = &self.book.resource else {
+            return Err(FetchError::UnknownMetric("resourceRules".into()));
+        };
+        let what = match target {
+            ResourceTarget::Containers => "pods",
+            ResourceTarget::Nodes => "nodes",
+        };
+        let mut answers = Vec::with_capacity(2);
+        for (name, rule) in [("cpu", &rules.cpu), ("memory", &rules.memory)] {
+            let Some(query) = rule.render(target, objects) else {
+                return Err(FetchError::UnknownMetric(format!("{what}/{name}")));
+            };
+            let prepared = Rule::prepared(
+                format!("{what}/{name}"),
+                RuleSource::Resource { name: name.into() },
+                match target {
+                    ResourceTarget::Containers => rule.container_query.source().to_owned(),
+                    ResourceTarget::Nodes => rule.node_query.source().to_owned(),
+                },
+                RuleOptions::default(),
+            );
+            let key = Key {
+                metric: prepared.metric.clone(),
+                namespace: objects.namespace.clone().unwrap_or_default(),
+                selector: query.clone(),
+            };
+            answers.push(
+                self.cached(&prepared, key, query, &Selector::default())
+                    .await?,
+            );
+        }
+        let memory = answers.pop().expect("two answers");
+        let cpu = answers.pop().expect("two answers");
+        Ok((cpu, memory))
     }
 
     fn slot(&self, key: &Key) -> (Arc<OnceCell<Outcome>>, Option<Arc<Answer>>) {
@@ -403,6 +602,7 @@ impl Provider {
                 return self.finish(rule, key, query, selector, last_good, now, raw);
             }
         };
+        let started = std::time::Instant::now();
         let raw = match &rule.options.forecast {
             None => prom.query(&query, None).await,
             Some(f) => {
@@ -426,6 +626,13 @@ impl Provider {
                     })
             }
         };
+        if let Some(m) = &self.metrics {
+            m.prometheus_duration
+                .observe(started.elapsed().as_secs_f64());
+            if let Err(e) = &raw {
+                m.prometheus_errors.with_label_values(&[e.kind()]).inc();
+            }
+        }
         let raw = raw.map_err(|e| {
             if e.is_unavailable() {
                 FetchError::Unavailable(e)

@@ -104,7 +104,7 @@ pub enum TemplateError {
     #[error("unclosed '<<' at byte {0}")]
     Unclosed(usize),
     /// An action other than the supported fields.
-    #[error("unsupported template action <<{0}>>: gofe supports <<.Series>>, <<.LabelMatchers>> and <<.GroupBy>> (and <<.Resource>>, <<.Group>> in resources.template)")]
+    #[error("unsupported template action <<{0}>>: gofe supports <<.Series>>, <<.LabelMatchers>>, <<.GroupBy>> and <<.GroupBySlice>> (and <<.Resource>>, <<.Group>> in resources.template)")]
     Unsupported(String),
 }
 
@@ -114,6 +114,7 @@ enum Piece {
     Series,
     LabelMatchers,
     GroupBy,
+    GroupBySlice,
 }
 
 /// A parsed `metricsQuery`: Go-template text with `<<`/`>>` delimiters, restricted to the
@@ -154,6 +155,7 @@ impl Template {
                     ".Series" => Ok(Piece::Series),
                     ".LabelMatchers" => Ok(Piece::LabelMatchers),
                     ".GroupBy" => Ok(Piece::GroupBy),
+                    ".GroupBySlice" => Ok(Piece::GroupBySlice),
                     _ => Err(TemplateError::Unsupported(a)),
                 },
             })
@@ -165,8 +167,9 @@ impl Template {
     }
 
     /// Parses a `resources.template` (e.g. `kube_<<.Resource>>`) into a function from a
-    /// resource name to a label name.
-    pub fn parse_resource(text: &str) -> Result<impl Fn(&str) -> String, TemplateError> {
+    /// (group, singular resource) to a label name. As in prometheus-adapter, the group's dots
+    /// become underscores so the result is a label name (`apps`, `cheese_io`; empty for core).
+    pub fn parse_resource(text: &str) -> Result<impl Fn(&str, &str) -> String, TemplateError> {
         let parts = split_actions(text)?;
         for p in &parts {
             if let Err(a) = p {
@@ -175,13 +178,14 @@ impl Template {
                 }
             }
         }
-        Ok(move |resource: &str| {
+        Ok(move |group: &str, resource: &str| {
+            let group = group.replace('.', "_");
             parts
                 .iter()
                 .map(|p| match p {
                     Ok(t) => t.as_str(),
                     Err(a) if a == ".Resource" => resource,
-                    Err(_) => "",
+                    Err(_) => group.as_str(),
                 })
                 .collect()
         })
@@ -192,8 +196,15 @@ impl Template {
         &self.source
     }
 
-    /// Renders the query.
-    pub fn render(&self, series: &str, matchers: &[Matcher], group_by: &str) -> String {
+    /// Whether the template uses `<<.LabelMatchers>>`.
+    pub fn uses_label_matchers(&self) -> bool {
+        self.pieces.contains(&Piece::LabelMatchers)
+    }
+
+    /// Renders the query, as prometheus-adapter's Go template would: `<<.LabelMatchers>>` is
+    /// the matchers comma-separated, `<<.GroupBy>>` the labels comma-separated, and
+    /// `<<.GroupBySlice>>` the labels as Go prints a `[]string` (`[pod container]`).
+    pub fn render(&self, series: &str, matchers: &[Matcher], group_by: &[String]) -> String {
         let mut out = String::new();
         for p in &self.pieces {
             match p {
@@ -207,7 +218,12 @@ impl Template {
                         let _ = write!(out, "{m}");
                     }
                 }
-                Piece::GroupBy => out.push_str(group_by),
+                Piece::GroupBy => out.push_str(&group_by.join(",")),
+                Piece::GroupBySlice => {
+                    out.push('[');
+                    out.push_str(&group_by.join(" "));
+                    out.push(']');
+                }
             }
         }
         out
@@ -228,6 +244,20 @@ pub enum RuleSource {
         index: usize,
         /// The series name that became this metric.
         series: String,
+    },
+    /// `rules[index]`: a custom metric of a resource.
+    Custom {
+        /// Position in `rules`.
+        index: usize,
+        /// The series name that became this metric.
+        series: String,
+        /// The resource (`pods`, `deployments.apps`).
+        resource: String,
+    },
+    /// `resourceRules.cpu` or `.memory`.
+    Resource {
+        /// `cpu` or `memory`.
+        name: String,
     },
 }
 
@@ -256,6 +286,29 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// A rule whose query is rendered elsewhere (custom and resource metrics): what the
+    /// provider's cache and missing-data policy need of it.
+    pub fn prepared(
+        metric: String,
+        source: RuleSource,
+        template_text: String,
+        options: RuleOptions,
+    ) -> Self {
+        Rule {
+            metric,
+            source,
+            template: Template {
+                source: template_text.clone(),
+                pieces: Vec::new(),
+            },
+            template_text,
+            series: String::new(),
+            namespace_label: None,
+            label_map: Vec::new(),
+            options,
+        }
+    }
+
     /// The Prometheus label for a selector key.
     fn prometheus_label<'a>(&'a self, key: &'a str) -> &'a str {
         self.label_map
@@ -281,7 +334,7 @@ impl Rule {
         for r in &selector.requirements {
             matchers.push(r.to_matcher(self.prometheus_label(&r.key))?);
         }
-        let query = self.template.render(&self.series, &matchers, "");
+        let query = self.template.render(&self.series, &matchers, &[]);
         Ok(match &self.options.ejection_aware {
             None => query,
             Some(e) => {
@@ -461,6 +514,10 @@ pub struct RuleBook {
     pub builtin: BuiltinSettings,
     /// External rules awaiting discovery.
     pub external: Vec<ExternalRule>,
+    /// Custom-metrics rules awaiting discovery.
+    pub custom: Vec<crate::custom::CustomRule>,
+    /// Resource-metrics rules, when configured.
+    pub resource: Option<crate::custom::ResourceRules>,
 }
 
 #[cfg(test)]
@@ -525,7 +582,7 @@ mod tests {
             Matcher::equals("q", "x"),
         ];
         assert_eq!(
-            t.render("queue", &m, ""),
+            t.render("queue", &m, &[]),
             "sum(queue{namespace=\"ns\",q=\"x\"}) by ()"
         );
         assert!(
@@ -540,7 +597,14 @@ mod tests {
             Err(TemplateError::Unclosed(1))
         );
         let label = Template::parse_resource("kube_<<.Resource>>").unwrap();
-        assert_eq!(label("namespace"), "kube_namespace");
+        assert_eq!(label("", "namespace"), "kube_namespace");
+        let label = Template::parse_resource("kube_<<.Group>>_<<.Resource>>").unwrap();
+        assert_eq!(label("cheese.io", "brand"), "kube_cheese_io_brand");
+        let t = Template::parse("sum(x) by (<<.GroupBy>>) <<.GroupBySlice>>").unwrap();
+        assert_eq!(
+            t.render("x", &[], &["pod".into(), "container".into()]),
+            "sum(x) by (pod,container) [pod container]"
+        );
     }
 
     #[test]

@@ -374,6 +374,79 @@ impl Matcher {
     }
 }
 
+impl Matcher {
+    /// `label="name"` for one name, `label=~"a|b"` (regex-escaped) for several: the objects a
+    /// custom or resource metric query is about. No names is any object: `label!=""`.
+    pub fn one_of(label: &str, names: &[String]) -> Self {
+        if names.is_empty() {
+            return Matcher {
+                label: label.to_owned(),
+                op: "!=",
+                literal: promql_string(""),
+            };
+        }
+        if let [one] = names {
+            return Matcher::equals(label, one);
+        }
+        let joined: Vec<String> = names.iter().map(|v| regex_literal(v)).collect();
+        Matcher {
+            label: label.to_owned(),
+            op: "=~",
+            literal: promql_string(&joined.join("|")),
+        }
+    }
+}
+
+impl Selector {
+    /// Whether an object with `labels` is selected (every requirement holds).
+    pub fn matches(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.requirements.iter().all(|r| {
+            let value = labels.get(&r.key);
+            match &r.op {
+                Operator::Equals(v) => value == Some(v),
+                Operator::NotEquals(v) => value != Some(v),
+                Operator::In(vs) => value.is_some_and(|x| vs.contains(x)),
+                Operator::NotIn(vs) => value.is_none_or(|x| !vs.contains(x)),
+                Operator::Exists => value.is_some(),
+                Operator::DoesNotExist => value.is_none(),
+            }
+        })
+    }
+
+    /// The selector as a Kubernetes `metav1.LabelSelector` (`matchLabels` for equalities,
+    /// `matchExpressions` for the rest; `k!=v` is `NotIn [v]`).
+    pub fn to_label_selector(&self) -> serde_json::Value {
+        let mut match_labels = serde_json::Map::new();
+        let mut expressions = Vec::new();
+        for r in &self.requirements {
+            let (op, values): (&str, Vec<&String>) = match &r.op {
+                Operator::Equals(v) => {
+                    match_labels.insert(r.key.clone(), serde_json::Value::String(v.clone()));
+                    continue;
+                }
+                Operator::NotEquals(v) => ("NotIn", vec![v]),
+                Operator::In(vs) => ("In", vs.iter().collect()),
+                Operator::NotIn(vs) => ("NotIn", vs.iter().collect()),
+                Operator::Exists => ("Exists", vec![]),
+                Operator::DoesNotExist => ("DoesNotExist", vec![]),
+            };
+            let mut e = serde_json::json!({"key": r.key, "operator": op});
+            if !values.is_empty() {
+                e["values"] = serde_json::json!(values);
+            }
+            expressions.push(e);
+        }
+        let mut out = serde_json::Map::new();
+        if !match_labels.is_empty() {
+            out.insert("matchLabels".into(), match_labels.into());
+        }
+        if !expressions.is_empty() {
+            out.insert("matchExpressions".into(), expressions.into());
+        }
+        out.into()
+    }
+}
+
 impl Requirement {
     /// This requirement as a matcher on Prometheus label `label`.
     pub fn to_matcher(&self, label: &str) -> Result<Matcher, SelectorError> {

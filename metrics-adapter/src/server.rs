@@ -477,28 +477,56 @@ impl Adapter {
             Some(RequestHeaderSource::ConfigMap { .. }) => Some(kube::Client::try_default().await?),
             _ => None,
         };
-        Self::start_with_client(options, client).await
+        Self::start_with_clients(options, client, None).await
     }
 
     /// [`Adapter::start`] with the Kubernetes client given (tests give one backed by an
-    /// in-memory API server). `client` is used only for a [`RequestHeaderSource::ConfigMap`],
-    /// which needs one.
+    /// in-memory API server). `client` is used for a [`RequestHeaderSource::ConfigMap`],
+    /// which needs one, and to list the objects custom and resource metrics are about.
     pub async fn start_with_client(
         options: AdapterOptions,
         client: Option<kube::Client>,
+    ) -> Result<Self, StartError> {
+        Self::start_with_clients(options, client, None).await
+    }
+
+    /// [`Adapter::start_with_client`], with a separate client for listing objects (without
+    /// one: `client`, else the in-cluster or KUBECONFIG one, else none and label-selected
+    /// custom and resource metrics answer 503).
+    pub async fn start_with_clients(
+        options: AdapterOptions,
+        client: Option<kube::Client>,
+        objects_client: Option<kube::Client>,
     ) -> Result<Self, StartError> {
         let book = match &options.rules_file {
             Some(path) => crate::config::load(path)?,
             None => crate::config::parse("(no rules file)", "")?,
         };
         let mut tasks = Vec::new();
+        let metrics: Arc<crate::metrics::Metrics> = Default::default();
+        // Custom and resource metrics asked for by label selector need the objects' names.
+        let objects_client = if book.custom.is_empty() && book.resource.is_none() {
+            None
+        } else {
+            match (&client, objects_client) {
+                (_, Some(c)) => Some(c),
+                (Some(c), None) => Some(c.clone()),
+                (None, None) => match kube::Client::try_default().await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no Kubernetes client: custom and resource metrics by label selector will answer 503");
+                        None
+                    }
+                },
+            }
+        };
         let provider = if options.scrape.is_empty() {
             let prom = gofe_prom::Client::new(&gofe_prom::ClientConfig {
                 timeout: options.query_timeout,
                 ca_file: options.prometheus_ca_file.clone(),
                 ..gofe_prom::ClientConfig::new(&options.prometheus_url)
             })?;
-            Arc::new(Provider::new(prom, book, options.cache))
+            Arc::new(Provider::new(prom, book, options.cache).with_metrics(metrics.clone()))
         } else {
             let source = Arc::new(crate::scrape::ScrapeSource::new(
                 options.scrape.clone(),
@@ -578,7 +606,11 @@ impl Adapter {
         let app = router(AppState {
             provider: provider.clone(),
             auth,
-            metrics: Default::default(),
+            metrics,
+            objects: Arc::new(crate::objects::ObjectLister::new(
+                objects_client,
+                options.cache.freshness,
+            )),
         });
         let relist = {
             let provider = provider.clone();

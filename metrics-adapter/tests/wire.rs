@@ -211,12 +211,17 @@ fn start_prometheus() -> Prometheus {
 
 /// Starts Prometheus; with `tls = Some((cert, key))` it serves https only.
 fn start_prometheus_with(tls: Option<(&Path, &Path)>) -> Prometheus {
+    start_prometheus_loaded(tls, fixture(now_aligned()))
+}
+
+/// Starts Prometheus holding `openmetrics` (backfilled by promtool).
+fn start_prometheus_loaded(tls: Option<(&Path, &Path)>, openmetrics: String) -> Prometheus {
     let prometheus = require("prometheus");
     let promtool = require("promtool");
     let dir = TempDir::new("prom");
     let data = dir.0.join("data");
     let input = dir.0.join("fixture.om");
-    std::fs::write(&input, fixture(now_aligned())).unwrap();
+    std::fs::write(&input, openmetrics).unwrap();
     let out = Command::new(&promtool)
         .args(["tsdb", "create-blocks-from", "openmetrics"])
         .arg(&input)
@@ -602,7 +607,7 @@ async fn built_in_and_custom_rules_serve_exact_values() {
         .find(|r| r["metric"] == "http_requests_per_second")
         .unwrap();
     assert_eq!(
-        rps["renderedQuery"]["Ok"],
+        rps["renderedQuery"],
         "sum by (cluster) (rate(gofe_upstream_requests_total{cluster=\"api-service\"}[2m]))"
     );
     assert!(rps["lastResult"]["query"]
@@ -922,5 +927,787 @@ async fn an_https_prometheus_is_read_with_the_given_ca_only() {
         (s, body["reason"].as_str()),
         (503, Some("ServiceUnavailable"))
     );
+    adapter.stop();
+}
+
+// === custom.metrics.k8s.io and metrics.k8s.io ===
+
+#[path = "../../tests/fake_api/mod.rs"]
+mod fake_api;
+
+/// Series for custom and resource metrics, in OpenMetrics text, 5 s apart over the hour around
+/// `t0`: linear counters (exact rates) and constant gauges.
+///
+/// Hand computation of what the rules serve:
+/// - walkthrough `http_requests_per_second` = `sum(rate(http_requests_total{…}[2m])) by (pod)`:
+///   shop/web-1 = 2 (GET) + 1 (POST) = 3, shop/web-2 = 4, shop/api-1 = 10, other/web-1 = 7;
+///   with `metricLabelSelector=verb=GET`, shop/web-1 = 2.
+/// - Helm chart defaults: `pods/http_requests` (rule 5, `_total` stripped, rate [5m]) the same
+///   per pod, `namespaces/http_requests` for shop = 3 + 4 + 10 = 17; `pods/cpu_usage` (rule 1)
+///   of shop/web-1 = 0.25 + 0.05 + 1 (the container="" cgroup series, `container!="POD"`
+///   keeps it) = 1.3.
+/// - resource rules: shop/web-1 containers app {cpu 250m, memory 104857600},
+///   sidecar {50m, 2M}; shop/web-2 app {500m, 50M}; the container="" series is dropped by
+///   `container!=""`. Node n1: cpu = user 0.3 + system 0.2 (idle excluded) = 500m,
+///   memory = 8e9 - 6e9 = 2G.
+/// - a node-scoped custom rule: `nodes/node_load` of n1 = 1.5.
+fn custom_fixture(t0: i64) -> String {
+    let series: Vec<(&str, f64, bool)> = vec![
+        // (series, rate per second or gauge value, is a counter)
+        (
+            r#"http_requests_total{namespace="shop",pod="web-1",verb="GET"}"#,
+            2.0,
+            true,
+        ),
+        (
+            r#"http_requests_total{namespace="shop",pod="web-1",verb="POST"}"#,
+            1.0,
+            true,
+        ),
+        (
+            r#"http_requests_total{namespace="shop",pod="web-2",verb="GET"}"#,
+            4.0,
+            true,
+        ),
+        (
+            r#"http_requests_total{namespace="shop",pod="api-1",verb="GET"}"#,
+            10.0,
+            true,
+        ),
+        (
+            r#"http_requests_total{namespace="other",pod="web-1",verb="GET"}"#,
+            7.0,
+            true,
+        ),
+        (
+            r#"container_cpu_usage_seconds_total{namespace="shop",pod="web-1",container="app"}"#,
+            0.25,
+            true,
+        ),
+        (
+            r#"container_cpu_usage_seconds_total{namespace="shop",pod="web-1",container="sidecar"}"#,
+            0.05,
+            true,
+        ),
+        (
+            r#"container_cpu_usage_seconds_total{namespace="shop",pod="web-1",container=""}"#,
+            1.0,
+            true,
+        ),
+        (
+            r#"container_cpu_usage_seconds_total{namespace="shop",pod="web-2",container="app"}"#,
+            0.5,
+            true,
+        ),
+        (
+            r#"container_memory_working_set_bytes{namespace="shop",pod="web-1",container="app"}"#,
+            104_857_600.0,
+            false,
+        ),
+        (
+            r#"container_memory_working_set_bytes{namespace="shop",pod="web-1",container="sidecar"}"#,
+            2_000_000.0,
+            false,
+        ),
+        (
+            r#"container_memory_working_set_bytes{namespace="shop",pod="web-2",container="app"}"#,
+            50_000_000.0,
+            false,
+        ),
+        (
+            r#"node_cpu_seconds_total{node="n1",cpu="0",mode="user"}"#,
+            0.3,
+            true,
+        ),
+        (
+            r#"node_cpu_seconds_total{node="n1",cpu="0",mode="system"}"#,
+            0.2,
+            true,
+        ),
+        (
+            r#"node_cpu_seconds_total{node="n1",cpu="0",mode="idle"}"#,
+            0.5,
+            true,
+        ),
+        (r#"node_memory_MemTotal_bytes{node="n1"}"#, 8e9, false),
+        (r#"node_memory_MemAvailable_bytes{node="n1"}"#, 6e9, false),
+        (r#"node_load{node="n1"}"#, 1.5, false),
+    ];
+    let start = t0 - 1800;
+    let mut text = String::new();
+    for (name, v, counter) in &series {
+        for i in 0..=720 {
+            let ts = start + i * 5;
+            let value = if *counter {
+                1000.0 + v * (ts - start) as f64
+            } else {
+                *v
+            };
+            let _ = writeln!(text, "{name} {value} {ts}");
+        }
+    }
+    text.push_str("# EOF\n");
+    text
+}
+
+/// The cluster's objects the rules are asked about.
+fn fake_cluster() -> fake_api::FakeApi {
+    let fake = fake_api::FakeApi::default();
+    for (ns, name, app) in [
+        ("shop", "web-1", "web"),
+        ("shop", "web-2", "web"),
+        ("shop", "api-1", "api"),
+        ("shop", "idle-1", "idle"),
+        ("other", "web-1", "web"),
+    ] {
+        fake.put(
+            "/api/v1/pods",
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": ns, "labels": {"app": app}}}),
+        );
+    }
+    for name in ["n1", "n2"] {
+        fake.put(
+            "/api/v1/nodes",
+            serde_json::json!({"apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux"}}}),
+        );
+    }
+    fake
+}
+
+const CUSTOM_RULES: &str = r#"
+rules:
+- seriesQuery: 'node_load{node!=""}'
+  resources:
+    overrides:
+      node: {resource: node}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+- seriesQuery: 'http_requests_total{namespace="nowhere"}'
+  resources:
+    overrides:
+      namespace: {resource: namespace}
+      pod: {resource: pod}
+  name: {as: never_seen}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+"#;
+
+/// The walkthrough's rules plus a node rule, the Helm chart's defaults' resource rules.
+fn combined_rules() -> String {
+    let walkthrough = include_str!("fixtures/prometheus-adapter/walkthrough.yaml");
+    let helm = include_str!("fixtures/prometheus-adapter/helm-chart-defaults.yaml");
+    let resource = &helm[helm.find("resourceRules:").unwrap()..];
+    let node_rules = CUSTOM_RULES.trim_start().trim_start_matches("rules:\n");
+    format!("{walkthrough}{node_rules}\n{resource}")
+}
+
+async fn start_custom_adapter(
+    prom: &Prometheus,
+    dir: &TempDir,
+    rules: &str,
+    freshness: Duration,
+    cluster: Option<&fake_api::FakeApi>,
+) -> Adapter {
+    let path = dir.0.join("rules.yaml");
+    std::fs::write(&path, rules).unwrap();
+    let adapter = Adapter::start_with_clients(
+        AdapterOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            prometheus_url: prom.url(),
+            prometheus_ca_file: None,
+            query_timeout: Duration::from_secs(5),
+            rules_file: Some(path),
+            cache: CacheConfig {
+                freshness,
+                capacity: 1000,
+            },
+            relist_interval: Duration::from_secs(60),
+            discovery_lookback: Duration::from_secs(3600),
+            tls: None,
+            scrape: Vec::new(),
+            scrape_interval: Duration::from_secs(5),
+        },
+        None,
+        cluster.map(|c| c.client("adapter")),
+    )
+    .await
+    .expect("starting the adapter");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !adapter.provider().ready() {
+        assert!(Instant::now() < deadline, "rules never discovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    adapter
+}
+
+const CUSTOM: &str = "/apis/custom.metrics.k8s.io/v1beta2";
+
+/// `(namespace, name) → value` of a MetricValueList, checking each item's shape.
+fn described(body: &Value, metric: &str, kind: &str) -> BTreeMap<(String, String), String> {
+    assert_eq!(body["kind"], "MetricValueList", "{body}");
+    body["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items: {body}"))
+        .iter()
+        .map(|i| {
+            assert_eq!(i["metric"]["name"], metric, "{i}");
+            assert_eq!(i["describedObject"]["kind"], kind, "{i}");
+            assert_eq!(i["describedObject"]["apiVersion"], "v1", "{i}");
+            assert!(i["timestamp"].as_str().unwrap().ends_with('Z'));
+            (
+                (
+                    i["describedObject"]["namespace"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    i["describedObject"]["name"].as_str().unwrap().to_owned(),
+                ),
+                i["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(items: &[(&str, &str, &str)]) -> BTreeMap<(String, String), String> {
+    items
+        .iter()
+        .map(|(ns, n, v)| (((*ns).to_owned(), (*n).to_owned()), (*v).to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_and_resource_metrics_serve_exact_values() {
+    let prom = start_prometheus_loaded(None, custom_fixture(now_aligned()));
+    let dir = TempDir::new("custom");
+    let cluster = fake_cluster();
+    let adapter = start_custom_adapter(
+        &prom,
+        &dir,
+        &combined_rules(),
+        Duration::from_secs(30),
+        Some(&cluster),
+    )
+    .await;
+    let a = adapter.addr();
+
+    // Discovery: the groups, and pods/METRIC entries as prometheus-adapter lists them.
+    let (s, groups) = get(a, "/apis").await;
+    assert_eq!(s, 200);
+    let names: Vec<&str> = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "external.metrics.k8s.io",
+            "custom.metrics.k8s.io",
+            "metrics.k8s.io"
+        ]
+    );
+    let (_, g) = get(a, "/apis/custom.metrics.k8s.io").await;
+    assert_eq!(
+        g["preferredVersion"]["groupVersion"],
+        "custom.metrics.k8s.io/v1beta2"
+    );
+    let (s, list) = get(a, CUSTOM).await;
+    assert_eq!(s, 200);
+    let entries: BTreeMap<&str, bool> = list["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["kind"], "MetricValueList");
+            (
+                r["name"].as_str().unwrap(),
+                r["namespaced"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        BTreeMap::from([
+            ("namespaces/http_requests_per_second", false),
+            ("nodes/node_load", false),
+            ("pods/http_requests_per_second", true),
+        ]),
+        "a rule whose series query finds nothing serves nothing"
+    );
+
+    // The HPA's request: pods by label selector, one item per pod that has a series (idle-1
+    // has none; api-1 is not selected; other/web-1 is in another namespace).
+    let (s, body) = get(
+        a,
+        &format!(
+            "{CUSTOM}/namespaces/shop/pods/*/http_requests_per_second?labelSelector=app%3Dweb"
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["apiVersion"], "custom.metrics.k8s.io/v1beta2");
+    assert_eq!(
+        described(&body, "http_requests_per_second", "Pod"),
+        pairs(&[("shop", "web-1", "3"), ("shop", "web-2", "4")])
+    );
+    let (_, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/pods/*/http_requests_per_second?labelSelector=app+in+%28web%2Capi%29"),
+    )
+    .await;
+    assert_eq!(
+        described(&body, "http_requests_per_second", "Pod"),
+        pairs(&[
+            ("shop", "api-1", "10"),
+            ("shop", "web-1", "3"),
+            ("shop", "web-2", "4")
+        ])
+    );
+    // One object; a metricLabelSelector narrows the series and is echoed back.
+    let (s, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/other/pods/web-1/http_requests_per_second"),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        described(&body, "http_requests_per_second", "Pod"),
+        pairs(&[("other", "web-1", "7")])
+    );
+    let (_, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/pods/web-1/http_requests_per_second?metricLabelSelector=verb%3DGET"),
+    )
+    .await;
+    assert_eq!(
+        described(&body, "http_requests_per_second", "Pod"),
+        pairs(&[("shop", "web-1", "2")])
+    );
+    assert_eq!(
+        body["items"][0]["metric"]["selector"],
+        serde_json::json!({"matchLabels": {"verb": "GET"}})
+    );
+    // v1beta1: metricName, same values.
+    let (s, body) = get(
+        a,
+        "/apis/custom.metrics.k8s.io/v1beta1/namespaces/shop/pods/web-2/http_requests_per_second",
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["items"][0]["metricName"], "http_requests_per_second");
+    assert_eq!(body["items"][0]["value"], "4");
+    // The namespace itself, and a cluster-scoped node.
+    let (s, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/metrics/http_requests_per_second"),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        described(&body, "http_requests_per_second", "Namespace"),
+        pairs(&[("", "shop", "17")])
+    );
+    let (s, body) = get(a, &format!("{CUSTOM}/nodes/*/node_load")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        described(&body, "node_load", "Node"),
+        pairs(&[("", "n1", "1500m")]),
+        "n2 has no series"
+    );
+    let (_, body) = get(a, &format!("{CUSTOM}/nodes/n1/node_load")).await;
+    assert_eq!(
+        described(&body, "node_load", "Node"),
+        pairs(&[("", "n1", "1500m")])
+    );
+
+    // Errors: unknown metric, no data, wrong scope 404; bad selectors 400.
+    for path in [
+        format!("{CUSTOM}/namespaces/shop/pods/*/nope"),
+        format!("{CUSTOM}/namespaces/shop/pods/idle-1/http_requests_per_second"),
+        format!(
+            "{CUSTOM}/namespaces/shop/pods/*/http_requests_per_second?labelSelector=app%3Didle"
+        ),
+        format!(
+            "{CUSTOM}/namespaces/shop/pods/*/http_requests_per_second?labelSelector=app%3Dnone"
+        ),
+        format!("{CUSTOM}/nodes/n2/node_load"),
+        format!("{CUSTOM}/namespaces/shop/nodes/n1/node_load"),
+        format!("{CUSTOM}/pods/web-1/http_requests_per_second"),
+        "/apis/custom.metrics.k8s.io/v1alpha1/nodes/n1/node_load".to_owned(),
+    ] {
+        let (s, body) = get(a, &path).await;
+        assert_eq!(
+            (s, body["kind"].as_str(), body["reason"].as_str()),
+            (404, Some("Status"), Some("NotFound")),
+            "{path}: {body}"
+        );
+    }
+    for query in [
+        "labelSelector=app%3D%22x%22",
+        "metricLabelSelector=verb%3D%22x%22%7D",
+        "metricLabelSelector=app.kubernetes.io%2Fname%3Dx",
+    ] {
+        let path = format!("{CUSTOM}/namespaces/shop/pods/*/http_requests_per_second?{query}");
+        let (s, body) = get(a, &path).await;
+        assert_eq!(
+            (s, body["reason"].as_str()),
+            (400, Some("BadRequest")),
+            "{path}: {body}"
+        );
+    }
+
+    // metrics.k8s.io: PodMetrics and NodeMetrics from the Helm chart's default resource rules.
+    let resource = "/apis/metrics.k8s.io/v1beta1";
+    let (s, body) = get(a, &format!("{resource}/namespaces/shop/pods")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["kind"], "PodMetricsList");
+    let pods: Vec<(String, Value)> = body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            assert_eq!(p["kind"], "PodMetrics");
+            assert_eq!(p["window"], "3m0s");
+            assert_eq!(p["metadata"]["namespace"], "shop");
+            (
+                p["metadata"]["name"].as_str().unwrap().to_owned(),
+                p["containers"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pods,
+        vec![
+            (
+                "web-1".to_owned(),
+                serde_json::json!([
+                    {"name": "app", "usage": {"cpu": "250m", "memory": "104857600"}},
+                    {"name": "sidecar", "usage": {"cpu": "50m", "memory": "2M"}},
+                ])
+            ),
+            (
+                "web-2".to_owned(),
+                serde_json::json!([{"name": "app", "usage": {"cpu": "500m", "memory": "50M"}}])
+            ),
+        ],
+        "pods without data (api-1, idle-1) are left out"
+    );
+    let (s, body) = get(a, &format!("{resource}/namespaces/shop/pods/web-2")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["containers"][0]["usage"]["cpu"], "500m");
+    let (s, body) = get(
+        a,
+        &format!("{resource}/namespaces/shop/pods?labelSelector=app%3Dweb"),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(body["items"].as_array().unwrap().len(), 2, "{body}");
+    let (s, body) = get(
+        a,
+        &format!("{resource}/namespaces/shop/pods?labelSelector=app%3Dapi"),
+    )
+    .await;
+    assert_eq!(
+        (s, body["items"].as_array().unwrap().len()),
+        (200, 0),
+        "{body}"
+    );
+    let (s, _) = get(a, &format!("{resource}/namespaces/shop/pods/idle-1")).await;
+    assert_eq!(s, 404);
+    let (s, body) = get(a, &format!("{resource}/nodes")).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        body["items"],
+        serde_json::json!([{
+            "kind": "NodeMetrics", "apiVersion": "metrics.k8s.io/v1beta1",
+            "metadata": body["items"][0]["metadata"].clone(),
+            "timestamp": body["items"][0]["timestamp"].clone(),
+            "window": "3m0s",
+            "usage": {"cpu": "500m", "memory": "2G"},
+        }])
+    );
+    assert_eq!(body["items"][0]["metadata"]["name"], "n1");
+    let (s, _) = get(a, &format!("{resource}/nodes/n2")).await;
+    assert_eq!(s, 404);
+
+    // kubectl against the adapter (plain HTTP, kubeconfig pointing at it).
+    let kubeconfig = dir.0.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: adapter\n  cluster: {{server: \"http://{a}\"}}\nusers:\n- name: u\n  user: {{token: none}}\ncontexts:\n- name: c\n  context: {{cluster: adapter, user: u, namespace: shop}}\ncurrent-context: c\n"),
+    )
+    .unwrap();
+    let (ok, out) = tokio::task::spawn_blocking({
+        let k = kubeconfig.clone();
+        move || {
+            kubectl(
+                &k,
+                "/apis/custom.metrics.k8s.io/v1beta2/namespaces/shop/pods/*/http_requests_per_second?labelSelector=app%3Dweb",
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    let body: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        described(&body, "http_requests_per_second", "Pod"),
+        pairs(&[("shop", "web-1", "3"), ("shop", "web-2", "4")])
+    );
+    let (ok, out) = tokio::task::spawn_blocking({
+        let k = kubeconfig.clone();
+        move || kubectl(&k, "/apis/metrics.k8s.io/v1beta1/namespaces/shop/pods")
+    })
+    .await
+    .unwrap();
+    assert!(ok, "{out}");
+    assert!(out.contains("\"104857600\""), "{out}");
+    let (ok, out) = tokio::task::spawn_blocking({
+        let k = kubeconfig.clone();
+        move || kubectl(&k, "/apis/custom.metrics.k8s.io/v1beta2/nodes/n2/node_load")
+    })
+    .await
+    .unwrap();
+    assert!(!ok && out.contains("NotFound"), "{out}");
+    let top = tokio::task::spawn_blocking({
+        let k = kubeconfig.clone();
+        move || {
+            Command::new(require("kubectl"))
+                .arg("--kubeconfig")
+                .arg(&k)
+                .args(["top", "pods", "-n", "shop", "--containers", "--no-headers"])
+                .output()
+                .expect("running kubectl")
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.status.success(),
+        "kubectl top: {}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["web-1", "app", "250m", "100Mi"],
+            vec!["web-1", "sidecar", "50m", "1Mi"],
+            vec!["web-2", "app", "500m", "47Mi"],
+        ],
+        "{text}"
+    );
+
+    // /debug/rules shows the custom metrics and resource rules in plain JSON.
+    let (s, debug) = get(a, "/debug/rules").await;
+    assert_eq!(s, 200);
+    let pods_rule = debug["customMetrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "pods/http_requests_per_second")
+        .unwrap_or_else(|| panic!("{debug}"));
+    assert_eq!(pods_rule["resourceLabel"], "pod");
+    assert_eq!(pods_rule["namespaceLabel"], "namespace");
+    assert!(pods_rule["lastResult"]["query"]
+        .as_str()
+        .unwrap()
+        .contains("http_requests_total{namespace="));
+    assert_eq!(debug["resourceRules"]["window"], "3m0s");
+    let text = debug.to_string();
+    assert!(
+        !text.contains("\"Ok\"") && !text.contains("\"Some\""),
+        "{text}"
+    );
+
+    // The adapter's own metrics, by API group.
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let resp = client
+        .get(format!("http://{a}/metrics").parse().unwrap())
+        .await
+        .unwrap();
+    let m = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    for want in [
+        r#"gofe_adapter_requests_total{code="200",group="custom"}"#,
+        r#"gofe_adapter_requests_total{code="404",group="custom"}"#,
+        r#"gofe_adapter_requests_total{code="400",group="custom"}"#,
+        r#"gofe_adapter_requests_total{code="200",group="resource"}"#,
+        r#"gofe_adapter_cache_requests_total{result="hit"}"#,
+        r#"gofe_adapter_cache_requests_total{result="miss"}"#,
+        "gofe_adapter_prometheus_query_duration_seconds_count",
+    ] {
+        assert!(m.contains(want), "{want} missing:\n{m}");
+    }
+    adapter.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_adapters_documented_configs_load_and_serve() {
+    let mut prom = start_prometheus_loaded(None, custom_fixture(now_aligned()));
+    let cluster = fake_cluster();
+    let dir = TempDir::new("pa-configs");
+
+    // The community Helm chart's default rules.
+    let helm = include_str!("fixtures/prometheus-adapter/helm-chart-defaults.yaml");
+    let adapter = start_custom_adapter(&prom, &dir, helm, Duration::ZERO, Some(&cluster)).await;
+    let a = adapter.addr();
+    let (_, list) = get(a, CUSTOM).await;
+    let names: Vec<&str> = list["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "pods/cpu_usage",
+        "pods/memory_working_set_bytes",
+        "pods/http_requests",
+        "namespaces/http_requests",
+    ] {
+        assert!(names.contains(&want), "{want} not in {names:?}");
+    }
+    let (s, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/pods/*/http_requests?labelSelector=app%3Dweb"),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        described(&body, "http_requests", "Pod"),
+        pairs(&[("shop", "web-1", "3"), ("shop", "web-2", "4")])
+    );
+    let (_, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/metrics/http_requests"),
+    )
+    .await;
+    assert_eq!(
+        described(&body, "http_requests", "Namespace"),
+        pairs(&[("", "shop", "17")])
+    );
+    let (_, body) = get(a, &format!("{CUSTOM}/namespaces/shop/pods/web-1/cpu_usage")).await;
+    assert_eq!(
+        described(&body, "cpu_usage", "Pod"),
+        pairs(&[("shop", "web-1", "1300m")])
+    );
+    let (_, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/pods/web-1/memory_working_set_bytes"),
+    )
+    .await;
+    assert_eq!(
+        described(&body, "memory_working_set_bytes", "Pod"),
+        pairs(&[("shop", "web-1", "106857600")])
+    );
+    adapter.stop();
+
+    // The sample config: all three sections load; its rules serve the same data.
+    let sample = include_str!("fixtures/prometheus-adapter/sample-config.yaml");
+    let adapter = start_custom_adapter(&prom, &dir, sample, Duration::ZERO, Some(&cluster)).await;
+    let a = adapter.addr();
+    let (_, body) = get(a, &format!("{CUSTOM}/namespaces/shop/pods/web-1/cpu_usage")).await;
+    assert_eq!(
+        described(&body, "cpu_usage", "Pod"),
+        pairs(&[("shop", "web-1", "1300m")])
+    );
+    let (_, body) = get(a, "/apis/metrics.k8s.io/v1beta1/namespaces/shop/pods/web-1").await;
+    // The sample's containerQuery has no container!="" filter: the cgroup series is a
+    // container named "" (1 core) and is left out of the list of named containers.
+    assert_eq!(
+        body["containers"],
+        serde_json::json!([
+            {"name": "app", "usage": {"cpu": "250m", "memory": "104857600"}},
+            {"name": "sidecar", "usage": {"cpu": "50m", "memory": "2M"}},
+        ])
+    );
+    // The walkthrough's rule (also in combined_rules above): values by pod.
+    adapter.stop();
+    let walkthrough = include_str!("fixtures/prometheus-adapter/walkthrough.yaml");
+    let adapter =
+        start_custom_adapter(&prom, &dir, walkthrough, Duration::ZERO, Some(&cluster)).await;
+    let a = adapter.addr();
+    let (s, body) = get(
+        a,
+        &format!(
+            "{CUSTOM}/namespaces/shop/pods/*/http_requests_per_second?labelSelector=app%3Dapi"
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        described(&body, "http_requests_per_second", "Pod"),
+        pairs(&[("shop", "api-1", "10")])
+    );
+    // Prometheus down: 503, never a value (freshness 0: every request asks).
+    prom.kill();
+    let (s, body) = get(
+        a,
+        &format!(
+            "{CUSTOM}/namespaces/shop/pods/*/http_requests_per_second?labelSelector=app%3Dapi"
+        ),
+    )
+    .await;
+    assert_eq!(
+        (s, body["reason"].as_str()),
+        (503, Some("ServiceUnavailable")),
+        "{body}"
+    );
+    adapter.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_missing_data_policies_and_outage_of_resource_metrics() {
+    let mut prom = start_prometheus_loaded(None, custom_fixture(now_aligned()));
+    let cluster = fake_cluster();
+    let dir = TempDir::new("custom-policy");
+    let rules = format!(
+        "{}\n  missingData: {{policy: zero}}\n{}",
+        include_str!("fixtures/prometheus-adapter/walkthrough.yaml").trim_end(),
+        &include_str!("fixtures/prometheus-adapter/helm-chart-defaults.yaml")[include_str!(
+            "fixtures/prometheus-adapter/helm-chart-defaults.yaml"
+        )
+        .find("resourceRules:")
+        .unwrap()..]
+    );
+    let adapter = start_custom_adapter(&prom, &dir, &rules, Duration::ZERO, Some(&cluster)).await;
+    let a = adapter.addr();
+    // zero: pods the selector selects but without series get 0, each named.
+    let (s, body) = get(
+        a,
+        &format!(
+            "{CUSTOM}/namespaces/shop/pods/*/http_requests_per_second?labelSelector=app%3Didle"
+        ),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(
+        described(&body, "http_requests_per_second", "Pod"),
+        pairs(&[("shop", "idle-1", "0")])
+    );
+    prom.kill();
+    // An outage is not zero traffic: 503, for custom and resource metrics alike.
+    let (s, _) = get(
+        a,
+        &format!(
+            "{CUSTOM}/namespaces/shop/pods/*/http_requests_per_second?labelSelector=app%3Dweb"
+        ),
+    )
+    .await;
+    assert_eq!(s, 503);
+    let (s, body) = get(a, "/apis/metrics.k8s.io/v1beta1/namespaces/shop/pods").await;
+    assert_eq!((s, body["code"].as_u64()), (503, Some(503)), "{body}");
     adapter.stop();
 }
