@@ -218,9 +218,32 @@ fn init_logs(format: LogFormat) {
     }
 }
 
+/// A part started by `gofe up` (which sets `GOFE_EXIT_WITH_PARENT` to its pid) exits when
+/// that process is gone, however it ended: no backend, proxy or controller is left behind
+/// holding its ports even when `gofe up` was killed with SIGKILL.
+fn exit_with_parent() {
+    let Some(parent) = std::env::var("GOFE_EXIT_WITH_PARENT")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    else {
+        return;
+    };
+    std::thread::spawn(move || loop {
+        if std::os::unix::process::parent_id() != parent {
+            tracing::warn!(
+                parent,
+                "the gofe up process that started this one is gone: exiting"
+            );
+            std::process::exit(1);
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    });
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logs(cli.log_format);
+    exit_with_parent();
     // On one CPU (as under `taskset -c 0`, or a one-CPU container) a multi-thread runtime has a
     // single worker anyway, and its cross-thread machinery (a separate `block_on` thread,
     // atomics on every task hand-off, work-stealing bookkeeping) buys nothing: run everything
@@ -271,7 +294,10 @@ fn main() -> anyhow::Result<()> {
             Command::Proxy { .. } => anyhow::bail!("gofe proxy needs --config or --bootstrap"),
             Command::Up(args) => {
                 let _hup = ignore_sighup("gofe up (its configuration is embedded or --scenario)");
-                gofe_up::run(*args, shutdown_signal()).await?;
+                // Registered now, not when the run first waits on it: a Ctrl-C while the parts
+                // are starting still stops them cleanly.
+                let stop = shutdown_signal_now()?;
+                gofe_up::run(*args, stop).await?;
                 Ok(())
             }
             Command::Backend {
@@ -424,6 +450,19 @@ fn ignore_sighup(what: &'static str) -> Option<tokio::task::JoinHandle<()>> {
             );
         }
     }))
+}
+
+/// SIGTERM or SIGINT, with both handlers installed before this returns.
+fn shutdown_signal_now() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// SIGTERM or SIGINT.

@@ -313,3 +313,49 @@ fn gofe_up_runs_the_loop_through_a_prometheus_it_starts() {
     let left = processes_mentioning(&[work.display().to_string()]);
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }
+
+/// Killed with SIGKILL (no chance to stop its children), `gofe up` still leaves nothing behind:
+/// every part it started exits once it is gone.
+#[test]
+fn a_killed_gofe_up_leaves_no_part_running() {
+    use std::io::BufRead;
+    let dir = tempdir();
+    let work = dir.join("run");
+    let base = backend_base();
+    let ports: Vec<String> = (0..5)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gofe"))
+        .args(["up", "--json", "--workdir"])
+        .arg(&work)
+        .args(["--listen", &ports[0], "--proxy-admin", &ports[1]])
+        .args(["--controller-admin", &ports[2], "--xds", &ports[3]])
+        .args(["--adapter", &ports[4], "--backend-ports", &base.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let started = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.contains("\"event\":\"started\""));
+    assert!(started, "gofe up started its parts");
+    let needle = work.display().to_string();
+    assert!(!processes_mentioning(std::slice::from_ref(&needle)).is_empty());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = processes_mentioning(std::slice::from_ref(&needle));
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "parts left running after gofe up was killed: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -627,6 +627,10 @@ fn phase(p: Option<&str>, i: usize) -> Result<PodPhase, (String, String)> {
     })
 }
 
+/// The most pods listed by default (`pods` absent: `statusReplicas` ready pods); more would
+/// only exhaust memory (a line with `"specReplicas": 2000000000` is refused, not allocated).
+pub const MAX_DEFAULT_PODS: i32 = 100_000;
+
 /// Converts a parsed line.
 pub fn prepare(case: &Case) -> Result<Prepared, (String, String)> {
     let spec = convert_spec(&case.spec)?;
@@ -641,6 +645,14 @@ pub fn prepare(case: &Case) -> Result<Prepared, (String, String)> {
         ));
     }
     let status_replicas = case.status_replicas.unwrap_or(case.spec_replicas);
+    if case.pods.is_none() && status_replicas > MAX_DEFAULT_PODS {
+        return Err((
+            "statusReplicas".into(),
+            format!(
+                "{status_replicas} default pods would be listed (at most {MAX_DEFAULT_PODS}): give `pods` explicitly"
+            ),
+        ));
+    }
     let pods = match &case.pods {
         Some(list) => list
             .iter()
@@ -1081,6 +1093,14 @@ mod tests {
             );
             let _ = evaluate_line(&line);
         }
+    }
+
+    #[test]
+    fn a_huge_default_pod_list_is_refused_not_allocated() {
+        let line = r#"{"spec":{"maxReplicas":10,"metrics":[{"type":"External","external":{"metric":{"name":"q"},"target":{"type":"AverageValue","averageValue":"1"}}}]},"specReplicas":2000000000,"metrics":[{"values":[1]}]}"#;
+        let (field, _, message) = evaluate_line(line).unwrap_err();
+        assert_eq!(field, "statusReplicas");
+        assert!(message.contains("give `pods` explicitly"), "{message}");
     }
 
     #[test]

@@ -53,6 +53,8 @@ impl Child {
             // A child's error is one line in its log, not a backtrace.
             .env_remove("RUST_BACKTRACE")
             .env_remove("RUST_LIB_BACKTRACE")
+            // The gofe binary exits when this process is gone (see its `main`).
+            .env("GOFE_EXIT_WITH_PARENT", std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
