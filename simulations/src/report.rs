@@ -551,6 +551,9 @@ pub fn clock(secs: f64) -> String {
 /// A tick label for a value on a scale of `step`: as many decimals as the step needs, `k`
 /// and `M` for thousands and millions.
 fn tick_label(v: f64, step: f64) -> String {
+    if clean(v) == 0.0 {
+        return "0".into();
+    }
     let (v, step, suffix) = if step >= 1e6 {
         (v / 1e6, step / 1e6, "M")
     } else if step >= 1e3 {
@@ -1024,6 +1027,7 @@ mod tests {
         assert_eq!(clock(0.0), "0");
         assert_eq!(tick_label(2500.0, 500.0), "2500");
         assert_eq!(tick_label(12_500.0, 2500.0), "12.5k");
+        assert_eq!(tick_label(0.0, 2000.0), "0");
         assert_eq!(tick_label(0.25, 0.05), "0.25");
         // A sweep from 60 to 120: the x axis starts at 60, every label is a round number.
         let mut curve = Series::default();

@@ -5,12 +5,17 @@
 //!
 //! ## Trace files
 //!
-//! CSV (`timestamp,rps`, an optional header line, `#` comments) or JSON lines
-//! (`{"timestamp": ..., "rps": ...}`), chosen by the extension (`.jsonl`/`.ndjson` = JSON lines).
+//! CSV (`timestamp,rps`, an optional header line, `#` comments), JSON lines
+//! (`{"timestamp": ..., "rps": ...}`) or a Prometheus `query_range` answer (its series summed
+//! per timestamp), chosen by the scenario's `format` or the extension (`.jsonl`/`.ndjson` =
+//! JSON lines, `.json` = a Prometheus answer when it starts with `{"status"`). With `counter`
+//! the values are a counter turned into per-second rates (a decrease is a reset, as in
+//! Prometheus' `rate()`); `start` skips into the trace. [`check_trace`] lists every problem of
+//! a file for `gofe sim check`.
 //! A timestamp is a number of seconds (Unix time or an offset) or RFC 3339 UTC
 //! (`2024-03-05T14:00:00Z`); time starts at the first timestamp. Any resolution works.
-//! The rules, applied while streaming (the file is read as the simulation advances, so memory
-//! does not grow with its length):
+//! The rules, applied while streaming (CSV and JSON lines are read as the simulation
+//! advances, so memory does not grow with their length; a Prometheus answer is read whole):
 //!
 //! * between two samples the rate is interpolated linearly;
 //! * a gap longer than `max_gap` follows the scenario's `gaps` rule: `refuse` (the default: an
