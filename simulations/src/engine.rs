@@ -441,9 +441,9 @@ fn run_length(scenario: &Scenario, base: &Path) -> Result<f64, RunError> {
         None => {
             let mut longest: f64 = 0.0;
             for t in &scenario.traffic {
-                if let crate::scenario::Traffic::Trace { file, speedup, .. } = t {
+                if let Some((file, options)) = crate::traffic::TraceOptions::of(t) {
                     longest =
-                        longest.max(crate::traffic::trace_length(&base.join(file), *speedup)?);
+                        longest.max(crate::traffic::trace_length(&base.join(file), &options)?);
                 }
             }
             longest

@@ -26,12 +26,16 @@
 //!
 //! Modules: [`scenario`] (YAML files, validated), [`traffic`] (generators, streamed traces),
 //! [`engine`] (the loop and the service model), [`report`] (CSV, summaries, SVG plots),
-//! [`hpa_script`] (`gofe sim hpa`), [`cli`] (the `gofe sim` subcommands).
+//! [`hpa_script`] (`gofe sim hpa`), [`fetch`] (`gofe sim fetch`), [`output`] (files renamed
+//! into place at the end), [`runs`] (`gofe sim run`), [`cli`] (the `gofe sim` subcommands).
 
 pub mod cli;
 pub mod engine;
+pub mod fetch;
 pub mod hpa_script;
+pub mod output;
 pub mod report;
+pub mod runs;
 pub mod scenario;
 pub mod stats;
 pub mod traffic;

@@ -134,7 +134,34 @@ pub enum Traffic {
         /// The longest gap interpolated linearly (default `5m`).
         #[serde(default = "five_minutes")]
         max_gap: Dur,
+        /// How the file is read (default `auto`: by its extension and first bytes).
+        #[serde(default)]
+        format: TraceFormat,
+        /// The values are a counter: the rate is taken between successive samples, a
+        /// decrease being a reset as in Prometheus' `rate()` (default false).
+        #[serde(default)]
+        counter: bool,
+        /// Trace time at the start of the simulation, from the trace's first timestamp
+        /// (default `0s`).
+        #[serde(default)]
+        start: Option<Dur>,
     },
+}
+
+/// The format of a trace file.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceFormat {
+    /// `.jsonl`/`.ndjson`: JSON lines; `.json`: a Prometheus `query_range` answer when the
+    /// document starts with `{"status"`, else JSON lines; anything else: CSV.
+    #[default]
+    Auto,
+    /// `timestamp,rps` lines.
+    Csv,
+    /// `{"timestamp": …, "rps": …}` lines.
+    Jsonl,
+    /// A Prometheus `query_range` answer (`gofe sim fetch` writes one); the series are summed.
+    Prometheus,
 }
 
 /// What a long gap in a trace means.

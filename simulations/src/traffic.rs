@@ -5,12 +5,17 @@
 //!
 //! ## Trace files
 //!
-//! CSV (`timestamp,rps`, an optional header line, `#` comments) or JSON lines
-//! (`{"timestamp": ..., "rps": ...}`), chosen by the extension (`.jsonl`/`.ndjson` = JSON lines).
+//! CSV (`timestamp,rps`, an optional header line, `#` comments), JSON lines
+//! (`{"timestamp": ..., "rps": ...}`) or a Prometheus `query_range` answer (its series summed
+//! per timestamp), chosen by the scenario's `format` or the extension (`.jsonl`/`.ndjson` =
+//! JSON lines, `.json` = a Prometheus answer when it starts with `{"status"`). With `counter`
+//! the values are a counter turned into per-second rates (a decrease is a reset, as in
+//! Prometheus' `rate()`); `start` skips into the trace. [`check_trace`] lists every problem of
+//! a file for `gofe sim check`.
 //! A timestamp is a number of seconds (Unix time or an offset) or RFC 3339 UTC
 //! (`2024-03-05T14:00:00Z`); time starts at the first timestamp. Any resolution works.
-//! The rules, applied while streaming (the file is read as the simulation advances, so memory
-//! does not grow with its length):
+//! The rules, applied while streaming (CSV and JSON lines are read as the simulation
+//! advances, so memory does not grow with their length; a Prometheus answer is read whole):
 //!
 //! * between two samples the rate is interpolated linearly;
 //! * a gap longer than `max_gap` follows the scenario's `gaps` rule: `refuse` (the default: an
@@ -19,11 +24,14 @@
 //! * a negative, non-finite or unparsable value is refused, naming the line and field;
 //! * after the last sample the trace contributes nothing.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-use crate::scenario::{GapRule, Traffic};
+use serde::Deserialize;
+
+use crate::scenario::{GapRule, TraceFormat, Traffic};
 
 /// A malformed trace.
 #[derive(Debug, thiserror::Error)]
@@ -49,31 +57,184 @@ pub enum TraceError {
         /// What is wrong.
         message: String,
     },
+    /// A Prometheus answer is not valid JSON of the expected shape.
+    #[error("{path}:{line}:{column}: {field}: {message}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// The JSON path (`data.result[0].values[3]`).
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A point of a Prometheus answer is wrong, or a gap between the summed samples.
+    #[error("{path}: {field}: {message}")]
+    Point {
+        /// The file.
+        path: PathBuf,
+        /// Where: `data.result[S].values[P]`, or `sample at T` for the summed series.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The scenario's options do not fit the trace.
+    #[error("{path}: {field}: {message}")]
+    Options {
+        /// The file.
+        path: PathBuf,
+        /// The option (`start`).
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Where a sample came from, for errors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Origin {
+    /// A line of a CSV or JSON-lines file (1-based).
+    Line(usize),
+    /// A timestamp of the summed series of a Prometheus answer (as in the file, Unix seconds).
+    Time(f64),
+}
+
+/// How a trace file is read: the scenario's `trace` options.
+#[derive(Clone, Debug)]
+pub struct TraceOptions {
+    /// The format.
+    pub format: TraceFormat,
+    /// Counter values: rates are taken between successive samples (resets handled).
+    pub counter: bool,
+    /// Trace seconds (from the first timestamp) at simulated time 0.
+    pub start: f64,
+    /// Multiplies every value.
+    pub scale: f64,
+    /// Trace seconds per simulated second.
+    pub speedup: f64,
+    /// What a long gap means.
+    pub gaps: GapRule,
+    /// The longest gap interpolated without `gaps`, seconds.
+    pub max_gap: f64,
+}
+
+impl Default for TraceOptions {
+    fn default() -> Self {
+        TraceOptions {
+            format: TraceFormat::Auto,
+            counter: false,
+            start: 0.0,
+            scale: 1.0,
+            speedup: 1.0,
+            gaps: GapRule::Refuse,
+            max_gap: 300.0,
+        }
+    }
+}
+
+impl TraceOptions {
+    /// The file (relative to the scenario) and options of a `trace` component; `None` for a
+    /// generator.
+    pub fn of(t: &Traffic) -> Option<(&Path, TraceOptions)> {
+        match t {
+            Traffic::Trace {
+                file,
+                scale,
+                speedup,
+                gaps,
+                max_gap,
+                format,
+                counter,
+                start,
+            } => Some((
+                file.as_path(),
+                TraceOptions {
+                    format: *format,
+                    counter: *counter,
+                    start: start.map_or(0.0, |d| d.secs()),
+                    scale: *scale,
+                    speedup: *speedup,
+                    gaps: *gaps,
+                    max_gap: max_gap.secs(),
+                },
+            )),
+            _ => None,
+        }
+    }
 }
 
 // === trace reading ===
 
+enum Source {
+    Lines {
+        lines: std::io::Lines<Box<dyn BufRead>>,
+        json: bool,
+    },
+    /// The summed series of a Prometheus answer, as (Unix seconds, value), oldest first.
+    Points(std::vec::IntoIter<(f64, f64)>),
+}
+
 /// Reads trace samples one at a time.
 pub struct TraceReader {
     path: PathBuf,
-    lines: std::io::Lines<Box<dyn BufRead>>,
+    source: Source,
     line_no: usize,
-    json: bool,
+    /// Problems found while loading a Prometheus answer, handed out first.
+    pending: std::vec::IntoIter<TraceError>,
     origin: Option<f64>,
     last: Option<f64>,
+    /// Counter mode (line sources): the previous raw sample.
+    counter: Option<Option<(f64, f64)>>,
 }
 
 impl TraceReader {
-    /// Opens a trace file.
+    /// Opens a trace file (CSV or JSON lines by its extension; `.json` that starts with
+    /// `{"status"` is a Prometheus answer).
     pub fn open(path: &Path) -> Result<Self, TraceError> {
-        let file = File::open(path).map_err(|source| TraceError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        Ok(Self::new(path, Box::new(BufReader::new(file))))
+        Self::open_with(path, TraceFormat::Auto, false)
     }
 
-    /// Reads a trace from any reader; `path` names it in errors and picks the format.
+    /// Opens a trace file in `format`; with `counter` its values are a counter.
+    pub fn open_with(path: &Path, format: TraceFormat, counter: bool) -> Result<Self, TraceError> {
+        let io = |source| TraceError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let format = match format {
+            TraceFormat::Auto => match path.extension().and_then(|e| e.to_str()) {
+                Some("jsonl" | "ndjson") => TraceFormat::Jsonl,
+                Some("json") => {
+                    let mut head = [0u8; 64];
+                    let mut f = File::open(path).map_err(io)?;
+                    let n = read_up_to(&mut f, &mut head).map_err(io)?;
+                    if looks_like_prometheus(&head[..n]) {
+                        TraceFormat::Prometheus
+                    } else {
+                        TraceFormat::Jsonl
+                    }
+                }
+                _ => TraceFormat::Csv,
+            },
+            f => f,
+        };
+        if format == TraceFormat::Prometheus {
+            let text = std::fs::read_to_string(path).map_err(io)?;
+            return Ok(Self::prometheus(path, &text, counter));
+        }
+        let file = File::open(path).map_err(io)?;
+        let mut r = Self::new(path, Box::new(BufReader::new(file)));
+        if let Source::Lines { json, .. } = &mut r.source {
+            *json = format == TraceFormat::Jsonl;
+        }
+        r.counter = counter.then_some(None);
+        Ok(r)
+    }
+
+    /// Reads a CSV or JSON-lines trace from any reader; `path` names it in errors and picks
+    /// the format (`.jsonl`, `.ndjson`, `.json`: JSON lines).
     pub fn new(path: &Path, reader: Box<dyn BufRead>) -> Self {
         let json = matches!(
             path.extension().and_then(|e| e.to_str()),
@@ -81,11 +242,54 @@ impl TraceReader {
         );
         TraceReader {
             path: path.to_owned(),
-            lines: reader.lines(),
+            source: Source::Lines {
+                lines: reader.lines(),
+                json,
+            },
             line_no: 0,
-            json,
+            pending: Vec::new().into_iter(),
             origin: None,
             last: None,
+            counter: None,
+        }
+    }
+
+    /// Treats the values as a counter (line sources; see [`TraceOptions::counter`]).
+    pub fn counter(mut self) -> Self {
+        self.counter = Some(None);
+        self
+    }
+
+    /// Reads a Prometheus `query_range` answer: its series (counters turned into rates per
+    /// series first when `counter`) summed per timestamp. Every problem found is handed out
+    /// by [`next_sample`](Self::next_sample) before any sample.
+    pub fn prometheus(path: &Path, text: &str, counter: bool) -> Self {
+        let (origin, points, problems) = prometheus_points(path, text, counter);
+        TraceReader {
+            path: path.to_owned(),
+            source: Source::Points(points.into_iter()),
+            line_no: 0,
+            pending: problems.into_iter(),
+            origin,
+            last: None,
+            counter: None,
+        }
+    }
+
+    /// The error for a sample from `origin`.
+    pub fn error_at(&self, origin: Origin, field: &'static str, message: String) -> TraceError {
+        match origin {
+            Origin::Line(line) => TraceError::Invalid {
+                path: self.path.clone(),
+                line,
+                field,
+                message,
+            },
+            Origin::Time(t) => TraceError::Point {
+                path: self.path.clone(),
+                field: format!("sample at {}", fmt_time(t)),
+                message,
+            },
         }
     }
 
@@ -98,50 +302,84 @@ impl TraceReader {
         }
     }
 
-    /// The next sample as (seconds since the first sample, rps), with the line it came from.
-    pub fn next_sample(&mut self) -> Result<Option<(f64, f64, usize)>, TraceError> {
+    /// The next sample as (seconds since the first sample, rps), with where it came from.
+    /// After an error the reader goes on with the next line, so that every problem of a file
+    /// can be listed (an I/O error other than bad UTF-8 ends the file).
+    pub fn next_sample(&mut self) -> Result<Option<(f64, f64, Origin)>, TraceError> {
+        if let Some(e) = self.pending.next() {
+            return Err(e);
+        }
         loop {
-            let Some(line) = self.lines.next() else {
-                return Ok(None);
-            };
-            self.line_no += 1;
-            let line = line.map_err(|source| TraceError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-            let text = line.trim();
-            if text.is_empty() || text.starts_with('#') {
-                continue;
-            }
-            let (ts, rps) = if self.json {
-                self.parse_json(text)?
-            } else {
-                let mut fields = text.split(',').map(str::trim);
-                let (Some(a), Some(b), None) = (fields.next(), fields.next(), fields.next()) else {
-                    return Err(self.invalid("line", "expected two fields: timestamp,rps"));
-                };
-                if self.origin.is_none() && self.last.is_none() && parse_time(a).is_none() {
-                    // A header line.
-                    if a.eq_ignore_ascii_case("timestamp") || a.eq_ignore_ascii_case("time") {
+            let (ts, rps, origin) = match &mut self.source {
+                Source::Points(points) => {
+                    let Some((ts, v)) = points.next() else {
+                        return Ok(None);
+                    };
+                    let origin = self.origin.unwrap_or(ts);
+                    let t = ts - origin;
+                    self.last = Some(t);
+                    return Ok(Some((t, v, Origin::Time(ts))));
+                }
+                Source::Lines { lines, json } => {
+                    let json = *json;
+                    let Some(line) = lines.next() else {
+                        return Ok(None);
+                    };
+                    self.line_no += 1;
+                    let line = match line {
+                        Ok(l) => l,
+                        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                            return Err(self.invalid("line", "not UTF-8"));
+                        }
+                        Err(source) => {
+                            self.source = Source::Points(Vec::new().into_iter());
+                            return Err(TraceError::Io {
+                                path: self.path.clone(),
+                                source,
+                            });
+                        }
+                    };
+                    let text = line.trim();
+                    if text.is_empty() || text.starts_with('#') {
                         continue;
                     }
+                    let (ts, rps) = if json {
+                        self.parse_json(text)?
+                    } else {
+                        let mut fields = text.split(',').map(str::trim);
+                        let (Some(a), Some(b), None) =
+                            (fields.next(), fields.next(), fields.next())
+                        else {
+                            return Err(self.invalid("line", "expected two fields: timestamp,rps"));
+                        };
+                        if self.origin.is_none()
+                            && self.last.is_none()
+                            && parse_time(a).is_none()
+                            && (a.eq_ignore_ascii_case("timestamp")
+                                || a.eq_ignore_ascii_case("time"))
+                        {
+                            // A header line.
+                            continue;
+                        }
+                        let ts = parse_time(a).ok_or_else(|| {
+                            self.invalid(
+                                "timestamp",
+                                format!("not a number of seconds or RFC 3339 time: {a:?}"),
+                            )
+                        })?;
+                        let rps: f64 = b
+                            .parse()
+                            .map_err(|_| self.invalid("rps", format!("not a number: {b:?}")))?;
+                        (ts, rps)
+                    };
+                    (ts, rps, Origin::Line(self.line_no))
                 }
-                let ts = parse_time(a).ok_or_else(|| {
-                    self.invalid(
-                        "timestamp",
-                        format!("not a number of seconds or RFC 3339 time: {a:?}"),
-                    )
-                })?;
-                let rps: f64 = b
-                    .parse()
-                    .map_err(|_| self.invalid("rps", format!("not a number: {b:?}")))?;
-                (ts, rps)
             };
             if !rps.is_finite() || rps < 0.0 {
                 return Err(self.invalid("rps", format!("must be a finite number >= 0, got {rps}")));
             }
-            let origin = *self.origin.get_or_insert(ts);
-            let t = ts - origin;
+            let origin_ts = *self.origin.get_or_insert(ts);
+            let t = ts - origin_ts;
             if let Some(last) = self.last {
                 if t == last {
                     return Err(self.invalid(
@@ -156,7 +394,14 @@ impl TraceReader {
                 }
             }
             self.last = Some(t);
-            return Ok(Some((t, rps, self.line_no)));
+            if let Some(prev) = &mut self.counter {
+                let before = prev.replace((t, rps));
+                match before {
+                    None => continue,
+                    Some((pt, pv)) => return Ok(Some((t, counter_rate(pt, pv, t, rps), origin))),
+                }
+            }
+            return Ok(Some((t, rps, origin)));
         }
     }
 
@@ -175,6 +420,183 @@ impl TraceReader {
             .ok_or_else(|| self.invalid("rps", "missing or not a number"))?;
         Ok((ts, rps))
     }
+}
+
+/// The per-second rate between two counter samples; a decrease is a reset (the counter
+/// restarted from 0), as Prometheus' `rate()` reads it.
+pub fn counter_rate(t0: f64, v0: f64, t1: f64, v1: f64) -> f64 {
+    let increase = if v1 >= v0 { v1 - v0 } else { v1 };
+    increase / (t1 - t0)
+}
+
+fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Whether a document starts like a Prometheus API answer (`{"status"`, blanks allowed).
+fn looks_like_prometheus(head: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(head);
+    let rest = text.trim_start();
+    let Some(rest) = rest.strip_prefix('{') else {
+        return false;
+    };
+    rest.trim_start().starts_with("\"status\"")
+}
+
+fn fmt_time(t: f64) -> String {
+    let s = format!("{t:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+#[derive(Deserialize)]
+struct PromAnswer {
+    status: String,
+    #[serde(default)]
+    data: Option<PromData>,
+    #[serde(default, rename = "errorType")]
+    error_type: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PromData {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: Vec<PromSeries>,
+}
+
+#[derive(Deserialize)]
+struct PromSeries {
+    #[serde(default)]
+    #[allow(dead_code)]
+    metric: BTreeMap<String, String>,
+    #[serde(default)]
+    values: Vec<(f64, String)>,
+}
+
+/// The summed series of a Prometheus `query_range` answer: (origin, points, problems). The
+/// origin is the earliest timestamp of any series (before the counter conversion drops each
+/// series' first point).
+fn prometheus_points(
+    path: &Path,
+    text: &str,
+    counter: bool,
+) -> (Option<f64>, Vec<(f64, f64)>, Vec<TraceError>) {
+    let mut problems = Vec::new();
+    let point = |field: String, message: String| TraceError::Point {
+        path: path.to_owned(),
+        field,
+        message,
+    };
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let answer: PromAnswer = match serde_path_to_error::deserialize(de) {
+        Ok(a) => a,
+        Err(e) => {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let message = inner.to_string();
+            // serde_json appends " at line L column C"; the position is in the prefix.
+            let message = message
+                .rsplit_once(" at line ")
+                .map_or(message.clone(), |(m, _)| m.to_owned());
+            problems.push(TraceError::Json {
+                path: path.to_owned(),
+                line: inner.line(),
+                column: inner.column(),
+                field: if field == "." { "answer".into() } else { field },
+                message,
+            });
+            return (None, Vec::new(), problems);
+        }
+    };
+    if answer.status != "success" {
+        problems.push(point(
+            "status".into(),
+            format!(
+                "the answer is {:?}, not \"success\" ({}: {})",
+                answer.status,
+                answer.error_type.unwrap_or_default(),
+                answer.error.unwrap_or_default()
+            ),
+        ));
+        return (None, Vec::new(), problems);
+    }
+    let Some(data) = answer.data else {
+        problems.push(point("data".into(), "missing".into()));
+        return (None, Vec::new(), problems);
+    };
+    if data.result_type != "matrix" {
+        problems.push(point(
+            "data.resultType".into(),
+            format!(
+                "{:?}: a trace needs a range query's \"matrix\" answer",
+                data.result_type
+            ),
+        ));
+        return (None, Vec::new(), problems);
+    }
+    let mut sum: BTreeMap<i64, f64> = BTreeMap::new();
+    let mut origin: Option<f64> = None;
+    for (si, series) in data.result.iter().enumerate() {
+        let mut prev: Option<(f64, f64)> = None;
+        for (pi, (ts, raw)) in series.values.iter().enumerate() {
+            let field = || format!("data.result[{si}].values[{pi}]");
+            let value = match raw.parse::<f64>() {
+                Ok(v) => v,
+                Err(_) => {
+                    problems.push(point(field(), format!("value {raw:?} is not a number")));
+                    continue;
+                }
+            };
+            if !value.is_finite() || value < 0.0 || !ts.is_finite() {
+                problems.push(point(
+                    field(),
+                    format!(
+                        "value {raw:?} at {} must be a finite number >= 0",
+                        fmt_time(*ts)
+                    ),
+                ));
+                continue;
+            }
+            if let Some((pt, _)) = prev {
+                if *ts <= pt {
+                    problems.push(point(
+                        field(),
+                        format!(
+                            "timestamp {} does not follow {} (timestamps must increase)",
+                            fmt_time(*ts),
+                            fmt_time(pt)
+                        ),
+                    ));
+                    continue;
+                }
+            }
+            origin = Some(origin.map_or(*ts, |o: f64| o.min(*ts)));
+            let v = match (counter, prev) {
+                (false, _) => Some(value),
+                (true, None) => None,
+                (true, Some((pt, pv))) => Some(counter_rate(pt, pv, *ts, value)),
+            };
+            prev = Some((*ts, value));
+            if let Some(v) = v {
+                *sum.entry((ts * 1000.0).round() as i64).or_insert(0.0) += v;
+            }
+        }
+    }
+    let points = sum
+        .into_iter()
+        .map(|(ms, v)| (ms as f64 / 1000.0, v))
+        .collect();
+    (origin, points, problems)
 }
 
 /// Seconds from a number or an RFC 3339 UTC time (`YYYY-MM-DDTHH:MM:SS[.fff](Z|+00:00)`).
@@ -217,55 +639,62 @@ pub struct TraceCurve {
     reader: TraceReader,
     scale: f64,
     speedup: f64,
+    start: f64,
     gaps: GapRule,
     max_gap: f64,
     prev: Option<(f64, f64)>,
-    next: Option<(f64, f64, usize)>,
+    next: Option<(f64, f64, Origin)>,
     /// Time of the last sample (known once read).
     pub ended: bool,
 }
 
 impl TraceCurve {
-    /// Wraps a reader with the scenario's options.
-    pub fn new(
-        mut reader: TraceReader,
-        scale: f64,
-        speedup: f64,
-        gaps: GapRule,
-        max_gap: f64,
-    ) -> Result<Self, TraceError> {
+    /// Wraps a reader with the scenario's options (`format` and `counter` are the reader's).
+    pub fn new(mut reader: TraceReader, options: &TraceOptions) -> Result<Self, TraceError> {
         let first = reader.next_sample()?;
         Ok(TraceCurve {
             reader,
-            scale,
-            speedup,
-            gaps,
-            max_gap,
+            scale: options.scale,
+            speedup: options.speedup,
+            start: options.start,
+            gaps: options.gaps,
+            max_gap: options.max_gap,
             prev: None,
             next: first,
             ended: false,
         })
     }
 
+    /// Opens the file with `options`.
+    pub fn open(path: &Path, options: &TraceOptions) -> Result<Self, TraceError> {
+        Self::new(
+            TraceReader::open_with(path, options.format, options.counter)?,
+            options,
+        )
+    }
+
+    fn gap_error(&self, origin: Origin, gap: f64) -> TraceError {
+        self.reader.error_at(
+            origin,
+            "timestamp",
+            format!(
+                "gap of {gap:.0}s before this sample is longer than max_gap ({:.0}s); set gaps: interpolate, hold or zero to accept it",
+                self.max_gap
+            ),
+        )
+    }
+
     /// The trace's rate at simulated time `t` (non-decreasing across calls).
     pub fn at(&mut self, t: f64) -> Result<f64, TraceError> {
-        let t = t * self.speedup;
-        while let Some((nt, nv, line)) = self.next {
+        let t = self.start + t * self.speedup;
+        while let Some((nt, nv, origin)) = self.next {
             if nt > t {
                 break;
             }
             if let Some((pt, _)) = self.prev {
-                if nt - pt > self.max_gap && self.gaps == GapRule::Refuse {
-                    return Err(TraceError::Invalid {
-                        path: self.reader.path.clone(),
-                        line,
-                        field: "timestamp",
-                        message: format!(
-                            "gap of {:.0}s before this sample is longer than max_gap ({:.0}s); set gaps: interpolate, hold or zero to accept it",
-                            nt - pt,
-                            self.max_gap
-                        ),
-                    });
+                // A gap wholly before the start is not replayed.
+                if nt - pt > self.max_gap && self.gaps == GapRule::Refuse && nt > self.start {
+                    return Err(self.gap_error(origin, nt - pt));
                 }
             }
             self.prev = Some((nt, nv));
@@ -273,21 +702,11 @@ impl TraceCurve {
         }
         let value = match (self.prev, self.next) {
             (None, Some((_, v, _))) => v,
-            (Some((pt, pv)), Some((nt, nv, line))) => {
+            (Some((pt, pv)), Some((nt, nv, origin))) => {
                 let gap = nt - pt;
                 if gap > self.max_gap {
                     match self.gaps {
-                        GapRule::Refuse => {
-                            return Err(TraceError::Invalid {
-                                path: self.reader.path.clone(),
-                                line,
-                                field: "timestamp",
-                                message: format!(
-                                    "gap of {gap:.0}s before this sample is longer than max_gap ({:.0}s); set gaps: interpolate, hold or zero to accept it",
-                                    self.max_gap
-                                ),
-                            })
-                        }
+                        GapRule::Refuse => return Err(self.gap_error(origin, gap)),
                         GapRule::Interpolate => pv + (nv - pv) * (t - pt) / gap,
                         GapRule::Hold => pv,
                         GapRule::Zero => 0.0,
@@ -313,14 +732,147 @@ impl TraceCurve {
     }
 }
 
-/// The length of a trace in simulated seconds (reads it once, streaming).
-pub fn trace_length(path: &Path, speedup: f64) -> Result<f64, TraceError> {
-    let mut r = TraceReader::open(path)?;
+/// The length of a trace in simulated seconds from its `start` (reads it once, streaming).
+pub fn trace_length(path: &Path, options: &TraceOptions) -> Result<f64, TraceError> {
+    let mut r = TraceReader::open_with(path, options.format, options.counter)?;
     let mut last = 0.0;
     while let Some((t, _, _)) = r.next_sample()? {
         last = t;
     }
-    Ok(last / speedup)
+    Ok(((last - options.start) / options.speedup).max(0.0))
+}
+
+/// Most problems listed per trace by [`check_trace`]; the rest are counted.
+pub const MAX_PROBLEMS: usize = 1000;
+
+/// Every problem of a trace with `options`, in file order: each malformed line or point,
+/// duplicate or out-of-order timestamp, refused gap (after `start`), and a `start` past the
+/// end. At most [`MAX_PROBLEMS`] are returned, with the count of all of them.
+pub fn check_trace(path: &Path, options: &TraceOptions) -> (Vec<TraceError>, usize) {
+    let mut problems = Vec::new();
+    let mut count = 0;
+    let mut push = |e: TraceError, count: &mut usize| {
+        *count += 1;
+        if problems.len() < MAX_PROBLEMS {
+            problems.push(e);
+        }
+    };
+    let mut r = match TraceReader::open_with(path, options.format, options.counter) {
+        Ok(r) => r,
+        Err(e) => {
+            push(e, &mut count);
+            return (problems, count);
+        }
+    };
+    let mut prev: Option<f64> = None;
+    let mut samples = 0usize;
+    loop {
+        match r.next_sample() {
+            Ok(None) => break,
+            Ok(Some((t, _, origin))) => {
+                samples += 1;
+                if let Some(pt) = prev {
+                    if t - pt > options.max_gap
+                        && options.gaps == GapRule::Refuse
+                        && t > options.start
+                    {
+                        push(r.error_at(
+                            origin,
+                            "timestamp",
+                            format!(
+                                "gap of {:.0}s before this sample is longer than max_gap ({:.0}s); set gaps: interpolate, hold or zero to accept it",
+                                t - pt,
+                                options.max_gap
+                            ),
+                        ), &mut count);
+                    }
+                }
+                prev = Some(t);
+            }
+            Err(e) => {
+                let io = matches!(e, TraceError::Io { .. });
+                push(e, &mut count);
+                if io {
+                    break;
+                }
+            }
+        }
+    }
+    let last = prev.unwrap_or(0.0);
+    if samples == 0 && count == 0 {
+        push(
+            TraceError::Options {
+                path: path.to_owned(),
+                field: "file",
+                message: "no samples".into(),
+            },
+            &mut count,
+        );
+    } else if options.start > 0.0 && options.start >= last && samples > 0 {
+        push(
+            TraceError::Options {
+                path: path.to_owned(),
+                field: "start",
+                message: format!(
+                    "{}s is past the trace's last sample ({}s after its first)",
+                    fmt_time(options.start),
+                    fmt_time(last)
+                ),
+            },
+            &mut count,
+        );
+    }
+    (problems, count)
+}
+
+/// Every problem of every trace of a scenario (see [`check_trace`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.lines().join("\n"))]
+pub struct TraceProblems {
+    /// Per trace file: the problems listed and how many there were in all.
+    pub files: Vec<(PathBuf, Vec<TraceError>, usize)>,
+}
+
+impl TraceProblems {
+    /// One line per problem, and one per file with more than [`MAX_PROBLEMS`].
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (path, listed, count) in &self.files {
+            out.extend(listed.iter().map(ToString::to_string));
+            if *count > listed.len() {
+                out.push(format!(
+                    "{}: … and {} more problems",
+                    path.display(),
+                    count - listed.len()
+                ));
+            }
+        }
+        out
+    }
+
+    /// All problems, listed or not.
+    pub fn count(&self) -> usize {
+        self.files.iter().map(|f| f.2).sum()
+    }
+}
+
+/// Checks every trace of `traffic` (paths relative to `base`) in full, with its options.
+pub fn check_traces(traffic: &[Traffic], base: &Path) -> Result<(), TraceProblems> {
+    let mut files = Vec::new();
+    for t in traffic {
+        if let Some((file, options)) = TraceOptions::of(t) {
+            let path = base.join(file);
+            let (listed, count) = check_trace(&path, &options);
+            if count > 0 {
+                files.push((path, listed, count));
+            }
+        }
+    }
+    if files.is_empty() {
+        Ok(())
+    } else {
+        Err(TraceProblems { files })
+    }
 }
 
 // === composition ===
@@ -341,21 +893,11 @@ impl TrafficSource {
     pub fn new(traffic: &[Traffic], base: &Path, seed: u64) -> Result<Self, TraceError> {
         let mut components = Vec::new();
         for t in traffic {
-            components.push(match t {
-                Traffic::Trace {
-                    file,
-                    scale,
-                    speedup,
-                    gaps,
-                    max_gap,
-                } => Component::Trace(Box::new(TraceCurve::new(
-                    TraceReader::open(&base.join(file))?,
-                    *scale,
-                    *speedup,
-                    *gaps,
-                    max_gap.secs(),
-                )?)),
-                other => Component::Curve(other.clone()),
+            components.push(match TraceOptions::of(t) {
+                Some((file, options)) => {
+                    Component::Trace(Box::new(TraceCurve::open(&base.join(file), &options)?))
+                }
+                None => Component::Curve(t.clone()),
             });
         }
         Ok(TrafficSource {
@@ -457,7 +999,14 @@ mod tests {
     }
 
     fn curve(name: &str, text: &'static str, gaps: GapRule) -> TraceCurve {
-        TraceCurve::new(reader(name, text), 1.0, 1.0, gaps, 300.0).unwrap()
+        TraceCurve::new(
+            reader(name, text),
+            &TraceOptions {
+                gaps,
+                ..TraceOptions::default()
+            },
+        )
+        .unwrap()
     }
 
     #[test]
@@ -543,6 +1092,154 @@ mod tests {
         assert_eq!(curve("t.csv", text, GapRule::Zero).at(500.0).unwrap(), 0.0);
     }
 
+    fn samples(mut r: TraceReader) -> Vec<(f64, f64)> {
+        let mut out = Vec::new();
+        while let Some((t, v, _)) = r.next_sample().unwrap() {
+            out.push((t, v));
+        }
+        out
+    }
+
+    const TWO_SERIES: &str = r#"{"status":"success","data":{"resultType":"matrix","result":[
+        {"metric":{"pod":"a"},"values":[[1000,"1"],[1010,"2"],[1020,"3"]]},
+        {"metric":{"pod":"b"},"values":[[1010,"10"],[1020,"20"],[1030,"30"]]}]}}"#;
+
+    #[test]
+    fn prometheus_answers_sum_their_series_per_timestamp() {
+        let r = TraceReader::prometheus(Path::new("p.json"), TWO_SERIES, false);
+        assert_eq!(
+            samples(r),
+            [(0.0, 1.0), (10.0, 12.0), (20.0, 23.0), (30.0, 30.0)]
+        );
+        assert!(looks_like_prometheus(b"  {\n \"status\": \"success\""));
+        assert!(!looks_like_prometheus(b"{\"timestamp\": 1, \"rps\": 2}"));
+    }
+
+    #[test]
+    fn prometheus_counters_become_rates_per_series_with_resets() {
+        // a: +10 per 10 s, then a reset to 4 (4 since the restart); b: +50 per 10 s.
+        let text = r#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"pod":"a"},"values":[[0,"100"],[10,"110"],[20,"4"],[30,"14"]]},
+            {"metric":{"pod":"b"},"values":[[0,"0"],[10,"50"],[20,"100"],[30,"150"]]}]}}"#;
+        let r = TraceReader::prometheus(Path::new("p.json"), text, true);
+        assert_eq!(samples(r), [(10.0, 6.0), (20.0, 5.4), (30.0, 6.0)]);
+        assert_eq!(counter_rate(0.0, 100.0, 10.0, 4.0), 0.4);
+    }
+
+    #[test]
+    fn prometheus_non_finite_points_are_refused_with_their_index() {
+        let text = r#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{},"values":[[0,"1"],[15,"NaN"],[30,"2"]]},
+            {"metric":{},"values":[[0,"+Inf"],[15,"x"]]}]}}"#;
+        let mut r = TraceReader::prometheus(Path::new("p.json"), text, false);
+        let e: Vec<String> = (0..3)
+            .map(|_| r.next_sample().unwrap_err().to_string())
+            .collect();
+        assert_eq!(
+            e,
+            [
+                "p.json: data.result[0].values[1]: value \"NaN\" at 15 must be a finite number >= 0",
+                "p.json: data.result[1].values[0]: value \"+Inf\" at 0 must be a finite number >= 0",
+                "p.json: data.result[1].values[1]: value \"x\" is not a number",
+            ]
+        );
+        assert_eq!(
+            r.next_sample().unwrap(),
+            Some((0.0, 1.0, Origin::Time(0.0)))
+        );
+        let bad = TraceReader::prometheus(
+            Path::new("p.json"),
+            "{\"status\":\"success\",\n\"data\":{\"resultType\":\"matrix\",\"result\":[{\"values\":[[0,1]]}]}}",
+            false,
+        )
+        .next_sample()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.starts_with("p.json:2:") && bad.contains("data.result[0].values[0]"),
+            "{bad}"
+        );
+        let vector = TraceReader::prometheus(
+            Path::new("p.json"),
+            r#"{"status":"success","data":{"resultType":"vector","result":[]}}"#,
+            false,
+        )
+        .next_sample()
+        .unwrap_err()
+        .to_string();
+        assert!(
+            vector.starts_with("p.json: data.resultType: \"vector\""),
+            "{vector}"
+        );
+    }
+
+    #[test]
+    fn csv_counters_become_rates_and_a_reset_counts_from_zero() {
+        let r = reader("t.csv", "0,100\n10,200\n20,50\n30,150\n").counter();
+        assert_eq!(samples(r), [(10.0, 10.0), (20.0, 5.0), (30.0, 10.0)]);
+    }
+
+    #[test]
+    fn start_offsets_into_the_trace_and_skips_gaps_before_it() {
+        // A 1000 s gap, then samples every 10 s: starting at 1000 s replays only those.
+        let text = "0,5\n1000,10\n1010,20\n1020,30\n";
+        let options = TraceOptions {
+            start: 1005.0,
+            ..TraceOptions::default()
+        };
+        let mut c = TraceCurve::new(reader("t.csv", text), &options).unwrap();
+        assert_eq!(c.at(0.0).unwrap(), 15.0);
+        assert_eq!(c.at(5.0).unwrap(), 20.0);
+        assert_eq!(c.at(10.0).unwrap(), 25.0);
+        let dir = std::env::temp_dir().join(format!("gofe-sim-start-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.csv");
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(trace_length(&file, &options).unwrap(), 15.0);
+        assert_eq!(check_trace(&file, &options).1, 0);
+        let past = TraceOptions {
+            start: 2000.0,
+            ..TraceOptions::default()
+        };
+        let (problems, _) = check_trace(&file, &past);
+        let last = problems.last().unwrap().to_string();
+        assert!(
+            last.ends_with("start: 2000s is past the trace's last sample (1020s after its first)"),
+            "{last}"
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn check_lists_every_problem_in_file_order() {
+        let dir = std::env::temp_dir().join(format!("gofe-sim-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("t.csv");
+        std::fs::write(
+            &file,
+            "timestamp,rps\n0,1\n1,x\n2,-1\n2,3\n1,4\n1000,5\n1001,1,2\n",
+        )
+        .unwrap();
+        let (problems, n) = check_trace(&file, &TraceOptions::default());
+        let name = file.display().to_string();
+        let got: Vec<String> = problems
+            .iter()
+            .map(|p| p.to_string().replacen(&name, "t.csv", 1))
+            .collect();
+        assert_eq!(n, 5);
+        assert_eq!(
+            got,
+            [
+                "t.csv:3: rps: not a number: \"x\"",
+                "t.csv:4: rps: must be a finite number >= 0, got -1",
+                "t.csv:6: timestamp: out of order (timestamps must increase)",
+                "t.csv:7: timestamp: gap of 998s before this sample is longer than max_gap (300s); set gaps: interpolate, hold or zero to accept it",
+                "t.csv:8: line: expected two fields: timestamp,rps",
+            ]
+        );
+        std::fs::remove_dir_all(dir).ok();
+    }
+
     #[test]
     fn generators() {
         let d = |s| Dur(Duration::from_secs(s));
@@ -579,7 +1276,7 @@ mod tests {
         fn malformed_traces_never_panic(text in "[0-9a-zT:.,{}\"\\- \n#]{0,300}", json in proptest::prelude::any::<bool>()) {
             let name = if json { "t.jsonl" } else { "t.csv" };
             let text: &'static str = Box::leak(text.into_boxed_str());
-            if let Ok(mut c) = TraceCurve::new(reader(name, text), 1.0, 1.0, GapRule::Refuse, 300.0) {
+            if let Ok(mut c) = TraceCurve::new(reader(name, text), &TraceOptions::default()) {
                 for t in 0..50 {
                     if c.at(f64::from(t)).is_err() {
                         break;
