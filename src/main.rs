@@ -83,6 +83,11 @@ enum Command {
         /// `curl -X POST 'http://ADDR/fault?fail_ratio=0.5&fail_status=503&delay=50ms'`.
         #[arg(long)]
         control: Option<SocketAddr>,
+        /// Break every new connection at the protocol level: reset (RST after reading the
+        /// request), garbage (bytes that are not HTTP), half-close (FIN without an answer),
+        /// silent (never answer), no (behave). The control endpoint's `broken=` changes it.
+        #[arg(long, default_value = "no")]
+        broken: gofe_proxy::demo::Broken,
     },
     /// The controller: signals in, endpoint weights and ejections out.
     Controller {
@@ -308,6 +313,7 @@ fn main() -> anyhow::Result<()> {
                 fail_status,
                 capacity,
                 control,
+                broken,
             } => {
                 let backend = DemoBackend::start(listen, &name)
                     .await
@@ -317,6 +323,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 backend.set_failure(fail_ratio, fail_status);
                 backend.set_capacity(capacity);
+                backend.set_broken(broken);
                 if let Some(addr) = control {
                     let listener = tokio::net::TcpListener::bind(addr)
                         .await

@@ -587,6 +587,8 @@ impl Resources {
         // In response order: the name, and the new version when it was accepted.
         let mut entries: Vec<(String, Option<Checked>)> = Vec::new();
         let mut seen = HashSet::new();
+        // A resource refused before its name could be read (bytes that do not decode).
+        let mut unnamed = false;
         for any in response {
             match decode_checked(ty, any) {
                 Ok(c) => {
@@ -612,6 +614,7 @@ impl Resources {
                         },
                         (_, e) => e,
                     });
+                    unnamed |= name.is_none();
                     if let Some(name) = name.filter(|n| seen.insert(n.clone())) {
                         entries.push((name, None));
                     }
@@ -619,8 +622,11 @@ impl Resources {
             }
         }
         let mut next = self.clone();
-        if ty.wildcard_by_default() {
-            // The response is the whole set: what it does not name is gone.
+        // The response is the whole set: what it does not name is gone — unless one of its
+        // resources could not even be named, when the set is unknown and nothing is removed
+        // (a resource that fails to decode must not delete the one it was meant to update;
+        // Envoy rejects such a response whole).
+        if ty.wildcard_by_default() && !unnamed {
             let named: HashSet<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
             match ty {
                 ResourceType::Listener => next.listeners.retain(|n, _| named.contains(n.as_str())),

@@ -11,7 +11,9 @@
 //! Its faults can change while it runs, from code ([`DemoBackend::set_failure`], …) or over
 //! HTTP on a control listener of its own ([`DemoBackend::serve_control`], `gofe backend
 //! --control ADDR`): `GET /fault` shows them, `POST /fault?fail_ratio=0.5&fail_status=503&delay=50ms`
-//! changes them (each parameter optional), so an experiment needs no restart.
+//! changes them (each parameter optional), so an experiment needs no restart. `broken=reset`
+//! (or `garbage`, `half-close`, `silent`, and `no` to behave again) breaks new connections at
+//! the protocol level ([`Broken`]; `gofe backend --broken MODE` from the start).
 //!
 //! A capacity makes it behave like a loaded server ([`DemoBackend::set_capacity`], `capacity=RPS`
 //! on the control endpoint): requests are served one after another at that rate, each waiting
@@ -57,6 +59,52 @@ pub enum Broken {
     Garbage = 2,
     /// Closes its sending side (FIN) without answering.
     HalfClose = 3,
+    /// Accepts, reads the request and never answers (the connection stays open until the
+    /// client gives up, or for a minute at most).
+    Silent = 4,
+}
+
+impl Broken {
+    /// Every mode, as [`Broken::as_str`] names them.
+    pub const ALL: [Broken; 5] = [
+        Broken::No,
+        Broken::Reset,
+        Broken::Garbage,
+        Broken::HalfClose,
+        Broken::Silent,
+    ];
+
+    /// The mode's name: `no`, `reset`, `garbage`, `half-close`, `silent` (what `gofe backend
+    /// --broken` and the control endpoint's `broken=` take).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Broken::No => "no",
+            Broken::Reset => "reset",
+            Broken::Garbage => "garbage",
+            Broken::HalfClose => "half-close",
+            Broken::Silent => "silent",
+        }
+    }
+
+    fn from_u8(v: u8) -> Broken {
+        Broken::ALL
+            .get(usize::from(v))
+            .copied()
+            .unwrap_or(Broken::No)
+    }
+}
+
+impl std::str::FromStr for Broken {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Broken, String> {
+        Broken::ALL
+            .into_iter()
+            .find(|b| b.as_str() == text)
+            .ok_or_else(|| {
+                format!("broken: {text:?} is not one of no, reset, garbage, half-close, silent")
+            })
+    }
 }
 
 /// The longest a request waits for its turn on a backend with a capacity; beyond it the
@@ -70,6 +118,9 @@ struct Faults {
     fail_ppm: AtomicU64,
     fail_status: AtomicU16,
     broken: AtomicU8,
+    /// Told when the connections must break: open connections close (gracefully) so that
+    /// the next request opens a new one, which misbehaves.
+    broke: watch::Sender<u64>,
     served: AtomicU64,
     /// Requests served per second at most, in thousandths (0: unlimited).
     capacity_milli: AtomicU64,
@@ -85,6 +136,7 @@ impl Default for Faults {
             fail_ppm: AtomicU64::new(0),
             fail_status: AtomicU16::new(0),
             broken: AtomicU8::new(0),
+            broke: watch::channel(0).0,
             served: AtomicU64::new(0),
             capacity_milli: AtomicU64::new(0),
             next_free_ns: AtomicU64::new(0),
@@ -104,6 +156,8 @@ pub struct FaultSettings {
     pub delay_seconds: f64,
     /// Requests per second served at most (0: unlimited).
     pub capacity_rps: f64,
+    /// How new connections misbehave ([`Broken::as_str`]; `no` when they behave).
+    pub broken: &'static str,
 }
 
 impl Faults {
@@ -113,6 +167,7 @@ impl Faults {
             fail_status: self.fail_status.load(Ordering::Relaxed),
             delay_seconds: self.delay_us.load(Ordering::Relaxed) as f64 / 1e6,
             capacity_rps: self.capacity_milli.load(Ordering::Relaxed) as f64 / 1000.0,
+            broken: Broken::from_u8(self.broken.load(Ordering::Relaxed)).as_str(),
         }
     }
 
@@ -188,9 +243,10 @@ impl Faults {
                         .as_secs_f64();
                 }
                 "capacity" => next.capacity_rps = check_capacity(value)?,
+                "broken" => next.broken = value.parse::<Broken>()?.as_str(),
                 other => {
                     return Err(format!(
-                        "unknown parameter {other:?} (fail_ratio, fail_status, delay, capacity)"
+                        "unknown parameter {other:?} (fail_ratio, fail_status, delay, capacity, broken)"
                     ))
                 }
             }
@@ -198,7 +254,17 @@ impl Faults {
         self.set_failure(next.fail_ratio, next.fail_status);
         self.set_delay(Duration::from_secs_f64(next.delay_seconds));
         self.set_capacity(next.capacity_rps);
+        self.set_broken(next.broken.parse::<Broken>().unwrap_or(Broken::No));
         Ok(self.settings())
+    }
+
+    /// Breaks new connections as `broken` says; unless it is [`Broken::No`], the open ones
+    /// close (in-flight requests finish first) so that the next request meets the fault.
+    fn set_broken(&self, broken: Broken) {
+        self.broken.store(broken as u8, Ordering::Relaxed);
+        if broken != Broken::No {
+            self.broke.send_modify(|n| *n += 1);
+        }
     }
 
     /// Whether request number `n` fails: exactly `fail_ppm` per million, evenly spread.
@@ -265,12 +331,37 @@ impl DemoBackend {
                         });
                         continue;
                     }
+                    4 => {
+                        let mut stopped = stopped.clone();
+                        tokio::spawn(async move {
+                            // Read whatever comes and never answer, until the client gives up,
+                            // the backend stops, or a minute has passed.
+                            let mut tcp = tcp;
+                            let mut buf = [0u8; 4096];
+                            let silence = async {
+                                while let Ok(n) =
+                                    tokio::io::AsyncReadExt::read(&mut tcp, &mut buf).await
+                                {
+                                    if n == 0 {
+                                        break;
+                                    }
+                                }
+                            };
+                            tokio::select! {
+                                _ = silence => {}
+                                _ = stopped.changed() => {}
+                                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                            }
+                        });
+                        continue;
+                    }
                     _ => {}
                 }
                 let name = Arc::clone(&name);
                 let faults = Arc::clone(&faults);
                 let http = Arc::clone(&http);
                 let mut stopped = stopped.clone();
+                let mut broke = faults.broke.subscribe();
                 tokio::spawn(async move {
                     let service =
                         service_fn(move |req| answer(req, Arc::clone(&name), Arc::clone(&faults)));
@@ -279,6 +370,13 @@ impl DemoBackend {
                     tokio::select! {
                         _ = conn.as_mut() => {}
                         _ = stopped.changed() => {}
+                        _ = broke.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            tokio::select! {
+                                _ = conn.as_mut() => {}
+                                _ = stopped.changed() => {}
+                            }
+                        }
                     }
                 });
             }
@@ -322,9 +420,10 @@ impl DemoBackend {
         ))
     }
 
-    /// Makes new connections misbehave at the protocol level (see [`Broken`]).
+    /// Makes new connections misbehave at the protocol level (see [`Broken`]); open ones
+    /// close once their in-flight requests are answered, so the fault is met at once.
     pub fn set_broken(&self, broken: Broken) {
-        self.faults.broken.store(broken as u8, Ordering::Relaxed);
+        self.faults.set_broken(broken);
     }
 
     /// Requests answered so far (not counting connections refused by [`set_broken`]).
@@ -409,6 +508,7 @@ fn control(req: &Request<Incoming>, faults: &Faults) -> Response<ProxyBody> {
                         fail_status = s.fail_status,
                         delay_seconds = s.delay_seconds,
                         capacity_rps = s.capacity_rps,
+                        broken = s.broken,
                         "demo backend faults changed"
                     );
                     reply(StatusCode::OK, json(s))
@@ -541,6 +641,18 @@ mod tests {
         assert!(check_fail_ratio("1").is_ok() && check_fail_ratio("2").is_err());
         assert!(f.apply_query("capacity=-1").is_err() && f.apply_query("capacity=x").is_err());
         assert_eq!(f.apply_query("capacity=60").unwrap().capacity_rps, 60.0);
+        for b in Broken::ALL {
+            let s = f.apply_query(&format!("broken={}", b.as_str())).unwrap();
+            assert_eq!(s.broken, b.as_str());
+            assert_eq!(Broken::from_u8(f.broken.load(Ordering::Relaxed)), b);
+        }
+        assert!(f.apply_query("broken=reset&fail_ratio=7").is_err());
+        assert_eq!(
+            f.settings().broken,
+            "silent",
+            "a refused request changed nothing"
+        );
+        assert!(f.apply_query("broken=sometimes").is_err());
     }
 
     #[test]

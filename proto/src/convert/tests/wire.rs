@@ -980,6 +980,62 @@ fn one_bad_listener_does_not_sink_the_response() {
 }
 
 #[test]
+fn a_resource_that_does_not_decode_removes_nothing_from_a_whole_set_response() {
+    // Bytes that are no Listener (or Cluster): the resource cannot even be named, so the
+    // response's set is unknown and nothing held may be removed for being "left out" (it was
+    // the defect: the undecodable resource meant to update "a" deleted it).
+    let base = ProxyConfig::default();
+    let held = Resources::default()
+        .accept_response(
+            ResourceType::Listener,
+            &[listener_named("a", "127.0.0.1:1", "r")],
+            &base,
+        )
+        .resources;
+    let garbage = |ty: ResourceType| Any {
+        type_url: ty.type_url().into(),
+        value: vec![0xff, 0xff, 0xff, 0xff, 0x0f],
+    };
+    let u = held.accept_response(
+        ResourceType::Listener,
+        &[
+            garbage(ResourceType::Listener),
+            listener_named("b", "127.0.0.1:2", "r"),
+        ],
+        &base,
+    );
+    assert_eq!(u.refused.len(), 1, "{:?}", u.refused);
+    assert!(
+        u.refused[0].to_string().contains("cannot decode"),
+        "{}",
+        u.refused[0]
+    );
+    let names: Vec<&str> = u.resources.listeners.keys().map(String::as_str).collect();
+    assert_eq!(names, ["a", "b"], "a kept, b taken");
+
+    let mut held = Resources::default();
+    held.clusters.insert(
+        "known".into(),
+        from_proxy_config(&sample()).unwrap().clusters["v1"].clone(),
+    );
+    let u = held.accept_response(
+        ResourceType::Cluster,
+        &[garbage(ResourceType::Cluster)],
+        &base,
+    );
+    assert_eq!(u.refused.len(), 1);
+    assert!(
+        u.resources.clusters.contains_key("known"),
+        "the cluster is kept"
+    );
+    // A named resource that is left out is still removed.
+    let u = u
+        .resources
+        .accept_response(ResourceType::Cluster, &[], &base);
+    assert!(u.refused.is_empty() && u.resources.clusters.is_empty());
+}
+
+#[test]
 fn validate_clusters_refuses_routes_naming_unknown_clusters() {
     let base = ProxyConfig::default();
     let mut held = Resources::default();
