@@ -20,7 +20,7 @@ impl SpanIndex {
     /// Indexes `text`; a document that does not parse indexes nothing.
     pub(crate) fn build(text: &str) -> Self {
         let mut index = SpanIndex::default();
-        if let Ok(root) = serde_saphyr::from_str::<Spanned<Node>>(text) {
+        if let Ok(root) = serde_saphyr::from_str_with_options::<Spanned<Node>>(text, untyped()) {
             index.add(String::new(), &root);
         }
         index
@@ -68,10 +68,19 @@ impl SpanIndex {
 
 /// The keys of the document's top-level mapping.
 pub(crate) fn top_level_keys(text: &str) -> Option<Vec<String>> {
-    match serde_saphyr::from_str::<Node>(text).ok()? {
+    match serde_saphyr::from_str_with_options::<Node>(text, untyped()).ok()? {
         Node::Map(entries) => Some(entries.into_iter().map(|(k, _)| k).collect()),
         _ => None,
     }
+}
+
+/// Options of the untyped pass: it only wants the document's shape, so a scalar no number can
+/// hold (`1e400`, `.inf`) is a leaf like any other instead of an error that would leave the
+/// whole file without places.
+fn untyped() -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    options.non_finite_float_policy = serde_saphyr::NonFiniteFloatPolicy::PassThrough;
+    options
 }
 
 /// A YAML node with no type: only its shape matters here.
@@ -185,6 +194,18 @@ impl<'de> Visitor<'de> for NodeVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scalars_no_number_holds_do_not_lose_the_places() {
+        for v in ["1e400", "-1e400", ".inf", ".nan", "18446744073709551616"] {
+            let index = SpanIndex::build(&format!("a: {v}\nb:\n  c: x\n"));
+            assert_eq!(index.locate("b.c"), Some((3, 6)), "after a: {v}");
+        }
+        assert_eq!(
+            top_level_keys("a: .inf\nb: 1\n"),
+            Some(vec!["a".to_owned(), "b".to_owned()])
+        );
+    }
 
     #[test]
     fn paths_name_their_lines() {
