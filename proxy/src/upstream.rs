@@ -496,23 +496,40 @@ impl EndpointPool {
             data: None,
         };
         let mut sent = false;
+        // Why the request could not be written, once it could not: the upstream may have
+        // answered before it stopped reading (413 and a close, or an answer that needs no
+        // body), and that answer, if one arrives, is the result.
+        let mut send_error: Option<ExchangeError> = None;
         let head = poll_fn(|cx| {
-            if !sent {
+            // The answer first: once the upstream has answered, the rest of the body is
+            // written beside the response body (or not at all), and an answer already here
+            // is taken before a write could make the upstream reset the connection.
+            if let Poll::Ready(r) = conn.poll_head(cx, head_request) {
+                return Poll::Ready(match (r, send_error.take()) {
+                    (Ok(head), failed) => Ok((head, failed.is_some())),
+                    // No answer came: the failed write is what went wrong.
+                    (Err(_), Some(e)) => Err(e),
+                    (Err(e), None) => Err(e),
+                });
+            }
+            if !sent && send_error.is_none() {
                 match conn.poll_send(cx, &mut sending) {
                     Poll::Ready(Ok(())) => sent = true,
-                    // The upstream may have answered before it stopped reading (413 and a
-                    // close, say): that answer, if any, is the result.
+                    // The client's body broke: nothing more will come, and an upstream
+                    // waiting for the rest would never answer.
+                    Poll::Ready(Err(e @ ExchangeError::RequestBody(_))) => {
+                        return Poll::Ready(Err(e))
+                    }
+                    // The upstream stopped taking the request: keep reading until its
+                    // answer or the end of the connection.
                     Poll::Ready(Err(e)) => {
-                        return match conn.poll_head(cx, head_request) {
-                            Poll::Ready(Ok(head)) => Poll::Ready(Ok((head, true))),
-                            _ => Poll::Ready(Err(e)),
-                        }
+                        send_error = Some(e);
+                        cx.waker().wake_by_ref();
                     }
                     Poll::Pending => {}
                 }
             }
-            conn.poll_head(cx, head_request)
-                .map(|r| r.map(|head| (head, false)))
+            Poll::Pending
         })
         .await;
         let (head, send_failed) = match head {

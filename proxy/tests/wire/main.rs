@@ -5,6 +5,7 @@
 mod balancing;
 mod blame;
 mod flood;
+mod fuzz;
 mod health_view;
 mod host;
 mod hostile;
