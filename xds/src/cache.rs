@@ -12,12 +12,12 @@ use gofe_proto::{ConvertError, ResourceType, Resources};
 use prost::Message as _;
 use tokio::sync::{watch, Notify};
 
-/// One encoded resource and its version (a hash of its bytes).
+/// One encoded resource and its version (a hash of its content).
 #[derive(Debug)]
 pub struct Entry {
     /// The resource.
     pub any: Any,
-    /// Its version: changes exactly when its bytes change.
+    /// Its version: changes exactly when its content changes.
     pub version: String,
 }
 
@@ -124,13 +124,46 @@ fn hash_hex(bytes: impl Hash) -> String {
     format!("{:016x}", h.finish())
 }
 
+/// The version of each resource of type `t` in `resources`: a hash of its content (the plain
+/// data holds no maps with a varying order, so equal content gives equal text).
+fn content_versions(resources: &Resources, t: ResourceType) -> HashMap<String, String> {
+    fn of<R: std::fmt::Debug>(m: &BTreeMap<String, R>) -> HashMap<String, String> {
+        m.iter()
+            .map(|(n, r)| (n.clone(), hash_hex(format!("{r:?}"))))
+            .collect()
+    }
+    match t {
+        ResourceType::Listener => of(&resources.listeners),
+        ResourceType::Route => of(&resources.routes),
+        ResourceType::Cluster => of(&resources.clusters),
+        ResourceType::Endpoints => of(&resources.endpoints),
+    }
+}
+
 impl Snapshot {
     /// Encodes gofe resources into a snapshot.
+    ///
+    /// Each resource's version is a hash of the resource as gofe holds it, not of its bytes:
+    /// Envoy's messages keep maps (`filter_metadata`, `Struct.fields`) whose encoded order
+    /// varies from one encoding to the next, so equal resources must not be told apart by
+    /// their bytes (that would push every unchanged cluster again with each new weight).
     pub fn from_resources(resources: &Resources) -> Result<Snapshot, ConvertError> {
         let mut types: [TypeSnapshot; 4] = Default::default();
         for t in ResourceType::ALL {
             let encoded = resources.encode(t)?;
-            types[index(t)] = TypeSnapshot::from_encoded(encoded);
+            let versions = content_versions(resources, t);
+            types[index(t)] = TypeSnapshot::from_versioned(
+                encoded
+                    .into_iter()
+                    .map(|(name, any)| {
+                        let version = versions
+                            .get(&name)
+                            .cloned()
+                            .unwrap_or_else(|| hash_hex(&any.value));
+                        (name, any, version)
+                    })
+                    .collect(),
+            );
         }
         Ok(Snapshot {
             types,
@@ -158,12 +191,21 @@ impl Snapshot {
 
 impl TypeSnapshot {
     fn from_encoded(encoded: BTreeMap<String, Any>) -> TypeSnapshot {
-        let resources: BTreeMap<String, Arc<Entry>> = encoded
+        TypeSnapshot::from_versioned(
+            encoded
+                .into_iter()
+                .map(|(name, any)| {
+                    let version = hash_hex(&any.value);
+                    (name, any, version)
+                })
+                .collect(),
+        )
+    }
+
+    fn from_versioned(entries: Vec<(String, Any, String)>) -> TypeSnapshot {
+        let resources: BTreeMap<String, Arc<Entry>> = entries
             .into_iter()
-            .map(|(name, any)| {
-                let version = hash_hex(&any.value);
-                (name, Arc::new(Entry { any, version }))
-            })
+            .map(|(name, any, version)| (name, Arc::new(Entry { any, version })))
             .collect();
         let version = hash_hex(
             resources
@@ -380,6 +422,44 @@ mod tests {
             .of(ResourceType::Cluster)
             .version
             .clone()
+    }
+
+    /// Equal resources get equal versions however their maps happen to encode: a cluster
+    /// with several gofe metadata values (a `Struct` of several fields) encoded many times
+    /// keeps one version.
+    #[test]
+    fn versions_follow_content_not_the_encoded_order_of_maps() {
+        let text = "clusters:\n  - name: web\n    outlier_detection: { consecutive_5xx: 3, failure_percentage_threshold: 101, half_open_trial_requests: 9 }\n    endpoints:\n      - { address: \"10.0.0.1:80\", weight: 3 }\n      - { address: \"10.0.0.2:80\", weight: 5 }\n";
+        let config = gofe_model::parse("t.yaml", text).unwrap();
+        let resources = gofe_proto::convert::from_proxy_config(&config).unwrap();
+        let first = Snapshot::from_resources(&resources).unwrap();
+        let bytes: BTreeSet<Vec<u8>> = (0..32)
+            .map(|_| {
+                let again = Snapshot::from_resources(&resources).unwrap();
+                for t in ResourceType::ALL {
+                    assert_eq!(again.of(t).version, first.of(t).version, "{t:?}");
+                }
+                again.of(ResourceType::Cluster).resources["web"]
+                    .any
+                    .value
+                    .clone()
+            })
+            .collect();
+        // What the test guards against is there: the same cluster, encoded differently.
+        assert!(bytes.len() > 1, "the cluster's bytes never varied");
+        // And a change of content is a new version.
+        let mut changed = resources.clone();
+        changed
+            .clusters
+            .get_mut("web")
+            .unwrap()
+            .config
+            .connect_timeout = Duration::from_secs(9);
+        let other = Snapshot::from_resources(&changed).unwrap();
+        assert_ne!(
+            other.of(ResourceType::Cluster).version,
+            first.of(ResourceType::Cluster).version
+        );
     }
 
     #[test]

@@ -280,7 +280,7 @@ fn listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerConfig>
         )
 }
 
-fn proxy_config() -> impl Strategy<Value = ProxyConfig> {
+pub(super) fn proxy_config() -> impl Strategy<Value = ProxyConfig> {
     (1usize..4, 0usize..3).prop_flat_map(|(nc, nl)| {
         (
             (0..nc).map(cluster).collect::<Vec<_>>(),
