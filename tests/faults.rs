@@ -1429,3 +1429,116 @@ fn merged(good: &gofe_proto::Resources, replace: Encoded) -> Encoded {
     }
     e
 }
+
+// ---------------------------------------------------------------------------------------------
+// The controller restarted with a slowed endpoint.
+// ---------------------------------------------------------------------------------------------
+
+/// The weight the proxy gives `endpoint` of `web`, from its own `/metrics`.
+fn proxy_weight(proxy_admin: SocketAddr, endpoint: &str) -> Option<f64> {
+    Metrics::scrape(proxy_admin).map(|m| {
+        m.sum(
+            "gofe_endpoint_weight",
+            &[("cluster", "web"), ("endpoint", endpoint)],
+        )
+    })
+}
+
+/// A controller SIGKILLed and restarted while its latency rule holds a slowed endpoint down
+/// does not publish base weights first: the restart flap (100 → 50 → 25 … over seconds) is
+/// what this guards against. Every sample of the slow endpoint's weight at the proxy, from
+/// the kill until the restarted controller has decided for 5 s, stays at most what it was
+/// before the kill plus an eighth of the distance to a healthy endpoint's; and no request
+/// fails.
+#[test]
+fn a_restarted_controller_keeps_a_slowed_endpoint_down_weighted() {
+    let dir = tempdir();
+    let backends: Vec<Backend> = (0..3)
+        .map(|i| {
+            let extra: &[&str] = if i == 2 { &["--delay", "40ms"] } else { &[] };
+            Backend::start(&dir, &format!("b{i}"), extra)
+        })
+        .collect();
+    let (slow, good) = (backends[2].endpoint(), backends[0].endpoint());
+    let (listen, proxy_admin, xds, controller_admin) =
+        (free_port(), free_port(), free_port(), free_port());
+    let endpoints: Vec<(String, u32)> = backends.iter().map(|b| (b.endpoint(), 1)).collect();
+    write(
+        &dir.join("proxy.yaml"),
+        &proxy_yaml(listen, "5s", "", &endpoints),
+    );
+    let config = dir.join("controller.yaml");
+    write(
+        &config,
+        &format!(
+            "proxy_config: proxy.yaml\nstate_file: state.json\ninterval: 500ms\nsignals:\n  source: embedded\n  window: 3s\n  embedded: {{ targets: [\"127.0.0.1:{proxy_admin}\"] }}\npolicy:\n  latency_weighting: true\nadmin: {{ address: \"127.0.0.1:{controller_admin}\" }}\nxds: {{ address: \"127.0.0.1:{xds}\" }}\n"
+        ),
+    );
+    let config = path_arg(&config);
+    let start_controller = || Proc::start(&["controller", "run", "--config", &config], &dir);
+    let mut controller = start_controller();
+    let boot = path_arg(&bootstrap(&dir, xds, proxy_admin));
+    let _proxy = Proc::start(&["proxy", "--bootstrap", &boot], &dir);
+    serves(addr(listen), 1, Duration::from_secs(20));
+    let load = Load::start(addr(listen));
+
+    // The latency rule moves weight away from the slow endpoint.
+    let (w_slow, w_good) = until(
+        "the slow endpoint down-weighted at the proxy",
+        Duration::from_secs(90),
+        || {
+            let (s, g) = (
+                proxy_weight(addr(proxy_admin), &slow)?,
+                proxy_weight(addr(proxy_admin), &good)?,
+            );
+            (g > 0.0 && s <= g / 2.0).then_some((s, g))
+        },
+    );
+    // Let it settle for a few decisions, then take the weight it holds.
+    std::thread::sleep(Duration::from_secs(3));
+    let held = proxy_weight(addr(proxy_admin), &slow).unwrap();
+    let good_now = proxy_weight(addr(proxy_admin), &good).unwrap();
+    let bound = held + (good_now - held).max(0.0) / 8.0;
+
+    controller.kill();
+    let killed = Instant::now();
+    let mut controller = start_controller();
+    let mut highest = 0.0f64;
+    let mut samples = 0;
+    let mut decided_since: Option<Instant> = None;
+    while decided_since.is_none_or(|t| t.elapsed() < Duration::from_secs(5)) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the restarted controller never decided:\n{}",
+            controller.logs()
+        );
+        if let Some(w) = proxy_weight(addr(proxy_admin), &slow) {
+            highest = highest.max(w);
+            samples += 1;
+        }
+        if decided_since.is_none() && endpoint_state(addr(controller_admin), &slow).is_some() {
+            decided_since = Some(Instant::now());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (sent, failures) = load.finish();
+    println!(
+        "slow endpoint down-weighted to {w_slow} (healthy {w_good}), {held} when the controller \
+         was killed; highest of {samples} samples after the restart {highest} (bound {bound}); \
+         {sent} requests, {} failed",
+        failures.len()
+    );
+    assert!(samples > 50, "the proxy's weights were sampled ({samples})");
+    assert!(
+        highest <= bound,
+        "the slow endpoint's weight rose to {highest} after the restart (held {held}, bound \
+         {bound}):\n{}",
+        controller.logs()
+    );
+    assert!(failures.is_empty(), "requests failed: {failures:?}");
+    assert!(controller
+        .logs()
+        .contains("resumed the saved decision state"));
+    controller.signal("TERM");
+    assert_eq!(controller.wait_exit(Duration::from_secs(20)), Some(0));
+}

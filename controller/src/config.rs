@@ -431,6 +431,7 @@ impl PolicyConfig {
             stale_after: self.stale_after.unwrap_or(d.stale_after),
             relax_after: self.relax_after.unwrap_or(d.relax_after),
             decay_interval: d.decay_interval,
+            signal_window: d.signal_window,
         }
     }
 }

@@ -431,10 +431,21 @@ pub enum ControllerError {
     },
 }
 
+/// The policy defaults for a controller's file: gofe-core's, on the file's signal window.
+fn file_policy(c: &config::ControllerConfig) -> Policy {
+    Policy {
+        signal_window: c.signals.window,
+        ..Policy::default()
+    }
+}
+
 impl Controller {
     /// A controller for `loaded`, publishing to `publisher`.
     pub fn new(loaded: config::Loaded, publisher: Publisher) -> Result<Self, ControllerError> {
-        let default = loaded.controller.policy.resolve(&Policy::default());
+        let default = loaded
+            .controller
+            .policy
+            .resolve(&file_policy(&loaded.controller));
         let policies = loaded
             .proxy
             .clusters
@@ -914,7 +925,10 @@ impl Controller {
                 "reload: these settings take effect only after a restart; the running values stay"
             );
         }
-        self.default_policy = loaded.controller.policy.resolve(&Policy::default());
+        self.default_policy = loaded
+            .controller
+            .policy
+            .resolve(&file_policy(&loaded.controller));
         self.file_overrides = loaded.controller.clusters.clone();
         self.file_base = loaded.proxy.clone();
         self.set_topology(loaded.proxy, &BTreeMap::new());

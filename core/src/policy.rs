@@ -190,6 +190,12 @@ pub struct Policy {
     pub relax_after: Duration,
     /// How often a healthy endpoint forgets one past ejection (default 60 s).
     pub decay_interval: Duration,
+    /// The window the signals are computed over (the controller's `signals.window`; default
+    /// 30 s). The latency rule's moves are per window: a decision makes the share of one that
+    /// its new evidence covers, so a window holding only a moment of data (the first steps
+    /// after a start or a restart) moves weights by that moment's share, not by a window's.
+    /// `0s` takes each endpoint's evidence as a whole window.
+    pub signal_window: Duration,
 }
 
 impl Default for Policy {
@@ -218,6 +224,7 @@ impl Default for Policy {
             stale_after: Duration::from_secs(30),
             relax_after: Duration::from_secs(300),
             decay_interval: Duration::from_secs(60),
+            signal_window: Duration::from_secs(30),
         }
     }
 }
@@ -1377,7 +1384,7 @@ impl<'a> Slots<'a> {
                 continue;
             };
             let since = st.weighed_at_ms.map(|at| now_ms.saturating_sub(at));
-            let fraction = window_fraction(since, s.requests, s.rps);
+            let fraction = window_fraction(since, s.requests, s.rps, policy.signal_window);
             st.weighed_at_ms = Some(now_ms);
             let excess = compared[k].map_or(0.0, |c| c.excess());
             if (st.ramp_from_ms.is_some() || settling(st, s, now_ms)) && excess <= 0.0 {

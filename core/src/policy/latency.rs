@@ -177,22 +177,34 @@ impl LatencyLoop {
     }
 }
 
-/// The fraction of a signal window since an endpoint's multiplier was last decided: the time
-/// since then over the window its signals cover (`requests / rps`), at most 1 (and 1 the first
-/// time, or when the window is unknown).
-pub(super) fn window_fraction(since_ms: Option<u64>, requests: f64, rps: f64) -> f64 {
-    let window_s = requests / rps;
-    match since_ms {
-        Some(since) if window_s.is_finite() && window_s > 0.0 => {
-            (since as f64 / 1000.0 / window_s).min(1.0)
-        }
-        _ => 1.0,
+/// The share of a signal window a decision moves an endpoint's multiplier by: the new evidence
+/// since the multiplier was last decided (the time since then, but no more than the span its
+/// signals cover, `requests / rps`) over the configured `window` (or over that span, when the
+/// window is 0 or shorter), at most 1. The first time, the whole span counts as new.
+///
+/// So a window that holds only a moment of data — the first decisions after a start or a
+/// restart, when the rate window has not filled — moves the multiplier by that moment's share
+/// of a window, however long ago the last decision was: a restarted controller does not turn
+/// half a second of evidence into a window's move.
+pub(super) fn window_fraction(
+    since_ms: Option<u64>,
+    requests: f64,
+    rps: f64,
+    window: std::time::Duration,
+) -> f64 {
+    let span_s = requests / rps;
+    if !(span_s.is_finite() && span_s > 0.0) {
+        return 1.0;
     }
+    let nominal = window.as_secs_f64().max(span_s);
+    let new = since_ms.map_or(span_s, |since| (since as f64 / 1000.0).min(span_s));
+    (new / nominal).min(1.0)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn control() -> LatencyLoop {
         LatencyLoop::new(&Policy::default())
@@ -307,14 +319,34 @@ mod tests {
     }
 
     #[test]
-    fn the_window_fraction_is_time_over_the_signals_window() {
-        assert_eq!(window_fraction(Some(5_000), 3_000.0, 100.0), 5.0 / 30.0);
-        assert_eq!(window_fraction(Some(60_000), 3_000.0, 100.0), 1.0);
-        assert_eq!(window_fraction(None, 3_000.0, 100.0), 1.0, "first time");
+    fn the_window_fraction_is_new_evidence_over_the_signal_window() {
+        let (w30, w0) = (Duration::from_secs(30), Duration::ZERO);
+        // A full window of signals (3,000 requests at 100/s: 30 s).
         assert_eq!(
-            window_fraction(Some(5_000), 0.0, 0.0),
-            1.0,
-            "unknown window"
+            window_fraction(Some(5_000), 3_000.0, 100.0, w30),
+            5.0 / 30.0
         );
+        assert_eq!(window_fraction(Some(60_000), 3_000.0, 100.0, w30), 1.0);
+        assert_eq!(
+            window_fraction(None, 3_000.0, 100.0, w30),
+            1.0,
+            "first time"
+        );
+        assert_eq!(window_fraction(Some(5_000), 3_000.0, 100.0, w0), 5.0 / 30.0);
+        assert_eq!(
+            window_fraction(Some(5_000), 0.0, 0.0, w30),
+            1.0,
+            "unknown span"
+        );
+        // Half a second of signals after a restart, the last decision long before: half a
+        // second's share of the window, not a whole window.
+        assert_eq!(window_fraction(Some(600_000), 6.0, 12.0, w30), 0.5 / 30.0);
+        assert_eq!(
+            window_fraction(None, 6.0, 12.0, w30),
+            0.5 / 30.0,
+            "first time"
+        );
+        // Without a configured window the span is the window, as before.
+        assert_eq!(window_fraction(Some(600_000), 6.0, 12.0, w0), 1.0);
     }
 }

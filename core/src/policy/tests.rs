@@ -37,6 +37,8 @@ fn policy() -> Policy {
         max_ejection_percent: 50,
         base_ejection_time: Duration::from_secs(10),
         slow_start_window: Duration::from_secs(20),
+        // The window `healthy` signals cover (200 requests at 20/s).
+        signal_window: Duration::from_secs(10),
         ..Policy::default()
     }
 }
@@ -1526,5 +1528,50 @@ fn reasons_never_show_saturated_times() {
     assert_eq!(
         status_reason(Status::Ejected { until_ms: u64::MAX }, false, 5_000),
         "ejected indefinitely"
+    );
+}
+
+/// A restarted controller resumes a slow endpoint's low multiplier from its state; its first
+/// decisions see a rate window that has barely filled (half a second: a handful of requests,
+/// too few to compare). They move the multiplier by that half second's share of a window,
+/// not by a whole window's (found across processes: a slow endpoint went from weight 34 to
+/// 51 at the first decision after a restart, then back down over the next seconds).
+#[test]
+fn a_barely_filled_window_after_a_restart_barely_moves_a_multiplier() {
+    let p = policy(); // a 10 s signal window
+    let b = base(3);
+    let now = 600_000;
+    let mut slow = closed_state(0);
+    slow.multiplier = 0.34;
+    slow.latency_ewma = Some((0.0475, now - 60_000));
+    slow.weighed_at_ms = Some(now - 60_000);
+    let mut fast = closed_state(0);
+    fast.multiplier = 1.9;
+    fast.latency_ewma = Some((0.0005, now - 60_000));
+    fast.weighed_at_ms = Some(now - 60_000);
+    let previous = cluster(vec![
+        (b[0].0.as_str(), fast.clone()),
+        (b[1].0.as_str(), fast),
+        (b[2].0.as_str(), slow),
+    ]);
+    // Half a second of signals: 35 requests to each fast endpoint, 6 to the slow one.
+    let s = signals(&b, now, |i| Signals {
+        requests: if i == 2 { 6.0 } else { 35.0 },
+        rps: if i == 2 { 12.0 } else { 70.0 },
+        latency: if i == 2 { 0.0475 } else { 0.0005 },
+        ..healthy(now)
+    });
+    let d = decide(&p, &b, &previous, &s, now);
+    let after = |i: usize| d.state.endpoints[&b[i].0].multiplier;
+    // A whole window's decay would take ×0.34 to about ×0.56 and ×1.9 to about ×1.33.
+    assert!(
+        (after(2).ln() - 0.34f64.ln()).abs() < 0.05,
+        "slow: ×0.34 → ×{:.3}",
+        after(2)
+    );
+    assert!(
+        (after(0).ln() - 1.9f64.ln()).abs() < 0.05,
+        "fast: ×1.9 → ×{:.3}",
+        after(0)
     );
 }

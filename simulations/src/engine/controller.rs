@@ -72,7 +72,10 @@ impl Controller {
     /// `interval` on the last `window`.
     pub(super) fn new(p: &Policy) -> Self {
         Controller {
-            policy: policy::Policy::default(),
+            policy: policy::Policy {
+                signal_window: std::time::Duration::from_secs_f64(p.window.secs()),
+                ..policy::Policy::default()
+            },
             state: ClusterState::default(),
             interval: p.interval.secs(),
             keep: (p.window.secs() / p.interval.secs()).ceil().max(1.0) as usize,
