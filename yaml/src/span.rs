@@ -54,14 +54,18 @@ impl SpanIndex {
 
     /// The place of `path`, or of its nearest ancestor that is in the file (a field left to
     /// its default is reported where its parent is written).
+    /// A top-level field the file leaves out is placed at the document's start.
     pub(crate) fn locate(&self, path: &str) -> Option<(usize, usize)> {
         let mut path = path;
         loop {
             if let Some(place) = self.places.get(path) {
                 return Some(*place);
             }
-            let cut = path.rfind(['.', '['])?;
-            path = &path[..cut];
+            match path.rfind(['.', '[']) {
+                Some(cut) => path = &path[..cut],
+                None if self.places.is_empty() => return None,
+                None => return Some(self.places.get("").copied().unwrap_or((1, 1))),
+            }
         }
     }
 }
@@ -208,6 +212,13 @@ mod tests {
     }
 
     #[test]
+    fn a_top_level_field_left_out_is_placed_at_the_start() {
+        let index = SpanIndex::build("# a comment\nname: x\n");
+        assert!(index.locate("duration").is_some_and(|(line, _)| line <= 2));
+        assert_eq!(SpanIndex::build("[unclosed").locate("duration"), None);
+    }
+
+    #[test]
     fn paths_name_their_lines() {
         let text = "a:\n  b: 1\n  list:\n    - x: 1\n    - x: 2\n      y: [3, 4]\nc: text\n";
         let index = SpanIndex::build(text);
@@ -222,7 +233,8 @@ mod tests {
     fn an_absent_field_is_placed_at_its_parent() {
         let index = SpanIndex::build("outer:\n  - n: 1\n  - n: 2\n");
         assert_eq!(index.locate("outer[1].missing").map(|p| p.0), Some(3));
-        assert_eq!(index.locate("elsewhere"), None);
+        // Not in the file at all: the document's start.
+        assert_eq!(index.locate("elsewhere").map(|p| p.0), Some(1));
     }
 
     #[test]
