@@ -37,6 +37,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+mod access_log;
 mod admin;
 mod body;
 mod cluster;
@@ -94,6 +95,14 @@ pub enum ApplyError {
     /// A listener's TLS files could not be loaded.
     #[error("listener {listener}: TLS: {message}")]
     Tls {
+        /// The listener's name.
+        listener: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A listener's access log could not be set up (its file cannot be opened, say).
+    #[error("listener {listener}: {message}")]
+    AccessLog {
         /// The listener's name.
         listener: String,
         /// What went wrong.
@@ -269,6 +278,14 @@ impl Proxy {
                 })?),
             };
             let stats = metrics.listener(&name);
+            let access_log = access_log::AccessLog::build(
+                &l.access_log,
+                metrics.access_log_dropped.with_label_values(&[&*name]),
+            )
+            .map_err(|e| ApplyError::AccessLog {
+                listener: name.to_string(),
+                message: e.to_string(),
+            })?;
             states.push((
                 addr,
                 ListenerState {
@@ -284,6 +301,7 @@ impl Proxy {
                             .then_some(l.request_headers_timeout),
                         idle_timeout: (!l.idle_timeout.is_zero()).then_some(l.idle_timeout),
                     },
+                    access_log,
                 },
             ));
         }

@@ -53,6 +53,8 @@ pub(crate) struct Metrics {
     panic: IntCounterVec,
     downstream_cx_overflow: IntCounterVec,
     downstream_cx_flood: IntCounterVec,
+    /// `gofe_access_log_dropped_total{listener}`.
+    pub(crate) access_log_dropped: IntCounterVec,
     /// Registered when an xDS client starts (a file-configured proxy has no such series).
     xds: std::sync::OnceLock<XdsMetrics>,
 }
@@ -210,6 +212,12 @@ impl Metrics {
                 &r,
                 "gofe_downstream_connections_total",
                 "Client connections accepted on a listener.",
+                &["listener"],
+            ),
+            access_log_dropped: counter_vec(
+                &r,
+                "gofe_access_log_dropped_total",
+                "Access-log lines of a listener dropped because its writer had fallen behind (its buffer was full); requests never wait for the log.",
                 &["listener"],
             ),
             config_version: register(
