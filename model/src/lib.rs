@@ -184,6 +184,10 @@ pub struct VirtualHostConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// The route's name (Envoy's `Route.name`), for logs: what `%ROUTE_NAME%` writes.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// What requests this route takes.
     #[serde(rename = "match")]
     pub matcher: RouteMatchConfig,

@@ -242,6 +242,8 @@ pub(crate) struct Record {
     pub(crate) cluster: Option<Arc<Cluster>>,
     /// The endpoint of the last attempt.
     pub(crate) endpoint: Option<Arc<Endpoint>>,
+    /// The matched route's name.
+    pub(crate) route_name: Option<Arc<str>>,
     /// Why the connection to the endpoint failed.
     pub(crate) failure_reason: Option<Box<str>>,
     /// Request body bytes, counted by the request body when a format wants them.
@@ -276,6 +278,7 @@ impl Record {
             flags: Flags::default(),
             cluster: None,
             endpoint: None,
+            route_name: None,
             failure_reason: None,
             received: None,
             sent: 0,
@@ -336,9 +339,10 @@ impl LogHandle {
         }
     }
 
-    /// The cluster the route chose.
-    pub(crate) fn cluster(&mut self, cluster: &Arc<Cluster>) {
+    /// The route matched (its name) and the cluster it chose.
+    pub(crate) fn routed(&mut self, name: Option<&Arc<str>>, cluster: &Arc<Cluster>) {
         if let Some(r) = &mut self.record {
+            r.route_name = name.cloned();
             r.cluster = Some(Arc::clone(cluster));
         }
     }
@@ -638,7 +642,7 @@ fn write_value(value: &Value, max_len: Option<usize>, r: &Record, out: &mut Vec<
         Value::UpstreamCluster => r.cluster.as_ref().is_some_and(|c| write_str(out, &c.name)),
         Value::DownstreamRemoteAddress => write_display(out, r.peer),
         Value::DownstreamRemoteAddressWithoutPort => write_display(out, r.peer.ip()),
-        Value::RouteName => false,
+        Value::RouteName => r.route_name.as_deref().is_some_and(|n| write_str(out, n)),
         Value::UpstreamTransportFailureReason => r
             .failure_reason
             .as_deref()

@@ -170,7 +170,7 @@ async fn forward(
     };
     let cluster = Arc::clone(route.action.pick());
     if let Some(log) = &mut log {
-        log.cluster(&cluster);
+        log.routed(route.name.as_ref(), &cluster);
     }
     // One clock read serves the route's deadline and the first attempt's start.
     let received = Instant::now();

@@ -148,6 +148,9 @@ struct Control {
     health: HashMap<(String, String), Arc<EndpointHealth>>,
     /// Circuit-breaker counters per cluster, kept across swaps.
     limits: HashMap<String, Arc<ClusterLimits>>,
+    /// Each listener's access logs with the configuration they were built from, kept across
+    /// swaps that leave it unchanged (the writer thread and open files stay).
+    access_logs: HashMap<Arc<str>, (Vec<config::AccessLogConfig>, Arc<access_log::AccessLog>)>,
     clusters: HashSet<String>,
     version: u64,
 }
@@ -214,6 +217,7 @@ impl Proxy {
         let mut clusters = HashMap::new();
         let mut health = HashMap::new();
         let mut limits = HashMap::new();
+        let mut access_logs = HashMap::new();
         for c in &config.clusters {
             let name = c.name.clone();
             let key = PoolKey::of(c);
@@ -278,14 +282,20 @@ impl Proxy {
                 })?),
             };
             let stats = metrics.listener(&name);
-            let access_log = access_log::AccessLog::build(
-                &l.access_log,
-                metrics.access_log_dropped.with_label_values(&[&*name]),
-            )
-            .map_err(|e| ApplyError::AccessLog {
-                listener: name.to_string(),
-                message: e.to_string(),
-            })?;
+            let access_log = match control.access_logs.get(&name) {
+                Some((built_from, log)) if *built_from == l.access_log => Some(Arc::clone(log)),
+                _ => access_log::AccessLog::build(
+                    &l.access_log,
+                    metrics.access_log_dropped.with_label_values(&[&*name]),
+                )
+                .map_err(|e| ApplyError::AccessLog {
+                    listener: name.to_string(),
+                    message: e.to_string(),
+                })?,
+            };
+            if let Some(log) = &access_log {
+                access_logs.insert(Arc::clone(&name), (l.access_log.clone(), Arc::clone(log)));
+            }
             states.push((
                 addr,
                 ListenerState {
@@ -399,6 +409,7 @@ impl Proxy {
         }
         control.health = health;
         control.limits = limits;
+        control.access_logs = access_logs;
         control.clusters = cluster_names;
         control.pools = pools;
         let mut serving: Vec<Arc<Cluster>> = clusters.values().cloned().collect();

@@ -63,6 +63,7 @@ fn resources(
                     name: s("all"),
                     domains: vec![s("*")],
                     routes: vec![RouteConfig {
+                        name: None,
                         matcher: RouteMatchConfig {
                             prefix: Some(s("/")),
                             ..Default::default()

@@ -162,6 +162,7 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
         );
     }
     Ok(route::Route {
+        name: rt.name.clone().unwrap_or_default(),
         r#match: Some(route::RouteMatch {
             path_specifier: Some(path_specifier),
             headers,
@@ -433,8 +434,8 @@ fn route_entry_from_wire(
     vhost_retry: &Option<Option<RetryPolicyConfig>>,
 ) -> Result<RouteConfig, ConvertError> {
     let route::Route {
-        // Names and statistics only.
-        name: _,
+        // Read for logs (`%ROUTE_NAME%`).
+        name,
         r#match,
         metadata: _,
         // Tracing: gofe does not trace.
@@ -487,6 +488,7 @@ fn route_entry_from_wire(
         Some(BufferSetting::Disabled) | None => None,
     };
     Ok(RouteConfig {
+        name: (!name.is_empty()).then(|| name.clone()),
         matcher,
         route: out,
     })

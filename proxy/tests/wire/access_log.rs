@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use crate::support::*;
 
 /// Every value a line can say about a request, separated by `|`.
-const FORMAT: &str = "%REQ(:METHOD)%|%REQ(:PATH)%|%PROTOCOL%|%RESPONSE_CODE%|%RESPONSE_FLAGS%|%UPSTREAM_CLUSTER%|%UPSTREAM_HOST%|%BYTES_SENT%|%BYTES_RECEIVED%|%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%|%REQ(X-TEST?USER-AGENT):6%|%RESP(X-BACKEND)%|%UPSTREAM_TRANSPORT_FAILURE_REASON%|%DURATION%";
+const FORMAT: &str = "%REQ(:METHOD)%|%REQ(:PATH)%|%PROTOCOL%|%RESPONSE_CODE%|%RESPONSE_FLAGS%|%UPSTREAM_CLUSTER%|%UPSTREAM_HOST%|%BYTES_SENT%|%BYTES_RECEIVED%|%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%|%REQ(X-TEST?USER-AGENT):6%|%RESP(X-BACKEND)%|%UPSTREAM_TRANSPORT_FAILURE_REASON%|%DURATION%|%ROUTE_NAME%";
 
 /// A log file in the temp directory, removed when dropped.
 struct LogFile(PathBuf);
@@ -70,7 +70,8 @@ listeners:
             - name: all
               domains: ["api.test", "127.0.0.1"]
               routes:
-                - match: {{ prefix: "/api" }}
+                - name: api-route
+                  match: {{ prefix: "/api" }}
                   route: {{ cluster: web{route} }}
 clusters:
   - {{ name: web, {cluster} }}
@@ -86,7 +87,7 @@ fn text_format() -> String {
 /// The fields of a line written in [`FORMAT`].
 fn fields(line: &str) -> Vec<&str> {
     let f: Vec<&str> = line.split('|').collect();
-    assert_eq!(f.len(), 14, "{line}");
+    assert_eq!(f.len(), 15, "{line}");
     f
 }
 
@@ -126,6 +127,7 @@ async fn a_success_is_logged_with_no_flags_and_its_values() {
     assert_eq!(f[11], "b0", "a response header");
     assert_eq!(f[12], "-", "no transport failure");
     assert!(f[13].parse::<u64>().is_ok(), "a duration in ms: {}", f[13]);
+    assert_eq!(f[14], "api-route");
 
     // h2c too (its :authority is the URI's), with a request body counted.
     let c = h2c_client();
@@ -257,7 +259,11 @@ clusters:
     assert_eq!(get(&c, &h.url("/api"), "api.test", &[]).await.status, 503);
     let lines = log.lines(4).await;
     let f: Vec<Vec<&str>> = lines.iter().map(|l| fields(l)).collect();
-    assert_eq!((f[0][3], f[0][4], f[0][5]), ("404", "NR", "-"), "no route");
+    assert_eq!(
+        (f[0][3], f[0][4], f[0][5], f[0][14]),
+        ("404", "NR", "-", "-"),
+        "no route"
+    );
     assert_eq!((f[1][3], f[1][4]), ("404", "NR"), "no virtual host");
     assert_eq!(
         (f[2][3], f[2][4], f[2][5], f[2][6]),
@@ -341,4 +347,33 @@ fn an_unknown_operator_is_refused_with_its_line() {
             && text.contains("unknown operator %RESPONSE_CODES%"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_log_and_takes_a_changed_format() {
+    let log = LogFile::new("reload");
+    let (b, vars) = backends(&["b0"]).await;
+    let cluster = "endpoints: [{ address: \"{B0}\" }]";
+    let first = fill(
+        &config(&log, "format: 'one %RESPONSE_CODE%'", "", cluster),
+        &vars,
+    );
+    let h = Harness::start(&first).await;
+    let c = h1_client();
+    get(&c, &h.url("/api"), "api.test", &[]).await;
+    h.apply(&first).await;
+    get(&c, &h.url("/api"), "api.test", &[]).await;
+    let second = fill(
+        &config(&log, "format: 'two %RESPONSE_CODE%'", "", cluster),
+        &vars,
+    );
+    h.apply(&second).await;
+    get(&c, &h.url("/api"), "api.test", &[]).await;
+    // Lines of the old and the new writer may land in either order.
+    let mut lines = log.lines(3).await;
+    lines.sort();
+    assert_eq!(lines, ["one 200", "one 200", "two 200"]);
+    for b in b {
+        b.stop().await;
+    }
 }

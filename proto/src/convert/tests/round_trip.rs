@@ -182,7 +182,12 @@ fn retry_policy() -> impl Strategy<Value = RetryPolicyConfig> {
 
 fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
     (
-        (any::<bool>(), "/[a-z0-9/]{0,8}", vec(header(), 0..3)),
+        (
+            any::<bool>(),
+            "/[a-z0-9/]{0,8}",
+            vec(header(), 0..3),
+            prop::option::of("[a-z0-9-]{1,8}"),
+        ),
         (
             prop::option::of(vec((0..clusters, any::<u32>()), 1..4)),
             0..clusters,
@@ -192,7 +197,7 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
         ),
     )
         .prop_map(
-            |((prefix, path, headers), (weighted, cluster, timeout, retry, limit))| {
+            |((prefix, path, headers, name), (weighted, cluster, timeout, retry, limit))| {
                 let matcher = RouteMatchConfig {
                     prefix: prefix.then(|| path.clone()),
                     path: (!prefix).then_some(path),
@@ -214,6 +219,7 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
                     WeightedClustersConfig { clusters }
                 });
                 RouteConfig {
+                    name,
                     matcher,
                     route: RouteActionConfig {
                         cluster: weighted_clusters.is_none().then(|| format!("c{cluster}")),
