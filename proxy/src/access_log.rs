@@ -354,17 +354,15 @@ impl LogHandle {
         }
     }
 
-    /// Why the connection to the endpoint failed.
-    pub(crate) fn failure_reason(&mut self, reason: &dyn std::error::Error) {
+    /// Why the connection to the endpoint failed: the innermost cause of `error` (the OS's
+    /// word, e.g. `Connection refused (os error 111)`, or `connect timed out`).
+    pub(crate) fn failure_reason(&mut self, error: &(dyn std::error::Error + 'static)) {
         if let Some(r) = &mut self.record {
-            let mut text = reason.to_string();
-            let mut cause = reason.source();
-            while let Some(c) = cause {
-                text.push_str(": ");
-                text.push_str(&c.to_string());
-                cause = c.source();
+            let mut innermost = error;
+            while let Some(next) = innermost.source() {
+                innermost = next;
             }
-            r.failure_reason = Some(text.into());
+            r.failure_reason = Some(innermost.to_string().into());
         }
     }
 

@@ -273,8 +273,8 @@ clusters:
     assert_eq!((f[3][3], f[3][4]), ("503", "UF"), "connect failure");
     assert_eq!(f[3][6], refused.to_string());
     assert!(
-        f[3][12].contains("connect"),
-        "a transport failure reason: {}",
+        f[3][12].contains("refused"),
+        "the OS's reason: {}",
         f[3][12]
     );
 }
