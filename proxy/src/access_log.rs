@@ -111,7 +111,7 @@ impl Flags {
 
 /// A listener's access logs, compiled: what a request must capture, and the writer's queue.
 pub(crate) struct AccessLog {
-    queue: SyncSender<Box<Record>>,
+    queue: SyncSender<Message>,
     dropped: IntCounter,
     /// The request headers the formats name, captured by position.
     request_headers: Box<[HeaderName]>,
@@ -191,11 +191,43 @@ impl AccessLog {
 
     /// Hands a finished record to the writer, or drops it (counted) when the writer is behind.
     fn send(&self, record: Box<Record>) {
-        match self.queue.try_send(record) {
+        match self.queue.try_send(Message::Line(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
         }
     }
+
+    /// Waits (blocking this thread, at most `timeout`) until the writer has written every line
+    /// queued before this call; false if it did not in time. For shutdown, off the runtime.
+    pub(crate) fn flush_blocking(&self, timeout: std::time::Duration) -> bool {
+        let (done, flushed) = std::sync::mpsc::channel();
+        let deadline = Instant::now() + timeout;
+        let mut message = Message::Flush(done);
+        // The queue may be full: wait for room, within the deadline.
+        loop {
+            match self.queue.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return true,
+                Err(TrySendError::Full(m)) => {
+                    if Instant::now() >= deadline {
+                        return false;
+                    }
+                    message = m;
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        flushed.recv_timeout(left).is_ok()
+    }
+}
+
+/// What the writer thread is sent.
+enum Message {
+    /// A request's line.
+    Line(Box<Record>),
+    /// Answer once everything before this is written.
+    Flush(std::sync::mpsc::Sender<()>),
 }
 
 /// Header names the formats of one listener name, each once.
@@ -821,7 +853,7 @@ impl Write for Stdout {
 
 /// Starts the thread that formats and writes `sinks`' lines; returns its queue of `capacity`
 /// records. The thread ends when every sender is gone and the queue is empty.
-fn spawn_writer(mut sinks: Vec<Sink>, capacity: usize) -> std::io::Result<SyncSender<Box<Record>>> {
+fn spawn_writer(mut sinks: Vec<Sink>, capacity: usize) -> std::io::Result<SyncSender<Message>> {
     let (tx, rx) = std::sync::mpsc::sync_channel(capacity);
     std::thread::Builder::new()
         .name("gofe-access-log".into())
@@ -829,20 +861,32 @@ fn spawn_writer(mut sinks: Vec<Sink>, capacity: usize) -> std::io::Result<SyncSe
     Ok(tx)
 }
 
-fn run_writer(rx: &Receiver<Box<Record>>, sinks: &mut [Sink]) {
+fn run_writer(rx: &Receiver<Message>, sinks: &mut [Sink]) {
     let mut batch = Vec::with_capacity(BATCH);
     while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
+        let mut flush = None;
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Line(r) => batch.push(r),
+                Message::Flush(done) => {
+                    flush = Some(done);
+                    break;
+                }
+            }
+            if batch.len() < BATCH {
+                next = rx.try_recv().ok();
             }
         }
-        for sink in sinks.iter_mut() {
-            sink.write_batch(&batch);
+        if !batch.is_empty() {
+            for sink in sinks.iter_mut() {
+                sink.write_batch(&batch);
+            }
+            batch.clear();
         }
-        batch.clear();
+        if let Some(done) = flush {
+            let _ = done.send(());
+        }
     }
 }
 
@@ -983,6 +1027,42 @@ mod tests {
         let mut out = Vec::new();
         write_rfc3339_millis(SystemTime::UNIX_EPOCH, &mut out);
         assert_eq!(out, b"1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn a_flush_returns_once_everything_before_it_is_written() {
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let mut names = Names::default();
+        let format = Format::compile(&text("%RESPONSE_CODE%"), &mut names).unwrap();
+        let sink = Sink::new(format, Box::new(Shared(Arc::clone(&written))));
+        let log = Arc::new(AccessLog {
+            queue: spawn_writer(vec![sink], 16).unwrap(),
+            dropped: IntCounter::new("dropped", "dropped").unwrap(),
+            request_headers: names.request.into(),
+            response_headers: names.response.into(),
+            counts_received: false,
+        });
+        for status in [200, 503] {
+            let mut r = record(&log);
+            r.status = status;
+            drop(LogHandle::new(Arc::clone(&log), r));
+        }
+        assert!(log.flush_blocking(std::time::Duration::from_secs(10)));
+        assert_eq!(&*written.lock().unwrap(), b"200\n503\n");
+    }
+
+    /// A sink writing into a shared buffer.
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     /// A sink that tells when a write starts, then waits until it is let go.

@@ -67,6 +67,9 @@ use crate::listener::{ListenerLimits, ListenerState, RunningListener};
 use crate::metrics::Metrics;
 use crate::route::RouteTable;
 
+/// Longest wait at shutdown for a listener's access-log writer to write what it holds.
+const ACCESS_LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The configuration the proxy is serving, as `/config_dump` shows it.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ActiveConfig {
@@ -478,6 +481,26 @@ impl Proxy {
             .collect();
         for s in stops {
             let _ = s.await;
+        }
+        // Every line of the requests served is written before the process goes.
+        let logs: Vec<_> = control
+            .access_logs
+            .drain()
+            .map(|(name, (_, log))| (name, log))
+            .collect();
+        if !logs.is_empty() {
+            let flushed = tokio::task::spawn_blocking(move || {
+                logs.into_iter()
+                    .filter(|(_, log)| !log.flush_blocking(ACCESS_LOG_FLUSH_TIMEOUT))
+                    .map(|(name, _)| name)
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            if let Ok(late) = flushed {
+                for listener in late {
+                    tracing::warn!(%listener, "access log not flushed at shutdown; its last lines may be lost");
+                }
+            }
         }
         if let Some((_, admin)) = control.admin.take() {
             admin.stop().await;

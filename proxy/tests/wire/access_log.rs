@@ -377,3 +377,28 @@ async fn a_reload_keeps_an_unchanged_log_and_takes_a_changed_format() {
         b.stop().await;
     }
 }
+
+#[tokio::test]
+async fn shutdown_writes_every_line_before_it_returns() {
+    let log = LogFile::new("shutdown");
+    let (b, vars) = backends(&["b0"]).await;
+    let yaml = config(
+        &log,
+        "format: '%RESPONSE_CODE%'",
+        "",
+        "endpoints: [{ address: \"{B0}\" }]",
+    );
+    let h = Harness::start(&fill(&yaml, &vars)).await;
+    let c = h1_client();
+    for _ in 0..20 {
+        assert_eq!(get(&c, &h.url("/api"), "api.test", &[]).await.status, 200);
+    }
+    drop(c);
+    h.proxy.shutdown(Duration::from_secs(5)).await;
+    // No waiting: the lines are there once shutdown is over.
+    let text = std::fs::read_to_string(&log.0).unwrap();
+    assert_eq!(text.lines().filter(|l| *l == "200").count(), 20, "{text:?}");
+    for b in b {
+        b.stop().await;
+    }
+}
