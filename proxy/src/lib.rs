@@ -23,10 +23,12 @@
 //! proxy's xDS client (`gofe proxy --bootstrap`); the controller's decisions live in
 //! `gofe-controller`, the pure outlier and balancing math in `gofe-core`.
 //!
-//! The admin listener serves `/metrics`, `/ready` (200 once the configuration is serving: at
-//! once for a file, after the first snapshot or `initial_fetch_timeout` for xDS) and
-//! `/config_dump` (the configuration, every endpoint's configured and passive health, and the
-//! xDS client's state).
+//! The admin listener serves `/metrics` (and Envoy's `/stats/prometheus`), `/ready` (200 once
+//! the configuration is serving: at once for a file, after the first snapshot or
+//! `initial_fetch_timeout` for xDS; 503 after `POST /healthcheck/fail` until
+//! `POST /healthcheck/ok`), `/config_dump` (the configuration, every endpoint's configured and
+//! passive health, and the xDS client's state), `/clusters` and `/server_info` (Envoy's forms).
+//! Listeners may write access logs (`access_log`), off the request path.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -122,6 +124,11 @@ pub(crate) struct Shared {
     draining: AtomicBool,
     /// Set while an xDS client waits for its first snapshot: `/ready` says 503 until then.
     warming: AtomicBool,
+    /// Set by the admin's `/healthcheck/fail` (cleared by `/healthcheck/ok`): `/ready` says
+    /// 503 `DRAINING` so load balancers take the proxy out, while it goes on serving.
+    health_failed: AtomicBool,
+    /// When the proxy started (for `/server_info`'s uptime).
+    started: std::time::Instant,
     /// The clusters being served, by name, for `/config_dump` (never read per request).
     clusters: ArcSwap<Vec<Arc<Cluster>>>,
     /// With an xDS client: the names of the bootstrap's static clusters (their endpoints'
@@ -182,6 +189,8 @@ impl Proxy {
                 active: ArcSwap::from_pointee(ActiveConfig::default()),
                 draining: AtomicBool::new(false),
                 warming: AtomicBool::new(false),
+                health_failed: AtomicBool::new(false),
+                started: std::time::Instant::now(),
                 clusters: ArcSwap::default(),
                 static_clusters: std::sync::Mutex::new(None),
                 xds: std::sync::Mutex::new(None),

@@ -497,6 +497,12 @@ pub(crate) struct EndpointStats {
 }
 
 impl EndpointStats {
+    /// Exchanges finished so far, and of those how many were 5xx (for `/clusters`).
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        let counts = self.requests.each_ref().map(IntCounter::get);
+        (counts.iter().sum(), counts[4])
+    }
+
     /// Records one finished upstream exchange.
     #[inline]
     pub(crate) fn record(&self, status: u16, elapsed: Duration) {

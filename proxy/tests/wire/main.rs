@@ -3,6 +3,7 @@
 //! real proxy, driven by real HTTP/1.1, h2c and h2-over-TLS clients.
 
 mod access_log;
+mod admin;
 mod balancing;
 mod blame;
 mod flood;
