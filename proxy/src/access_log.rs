@@ -352,6 +352,9 @@ pub(crate) struct LogHandle {
     record: Option<Box<Record>>,
     /// The endpoint's response body broke: the body's early end is not the client's doing.
     upstream_failed: bool,
+    /// The response body said it had ended (a body read until the upstream closes cannot tell
+    /// before).
+    ended: bool,
 }
 
 impl LogHandle {
@@ -361,6 +364,7 @@ impl LogHandle {
             log,
             record: Some(Box::new(record)),
             upstream_failed: false,
+            ended: false,
         }
     }
 
@@ -425,6 +429,11 @@ impl LogHandle {
         }
     }
 
+    /// The response body has ended.
+    pub(crate) fn ended(&mut self) {
+        self.ended = true;
+    }
+
     /// The endpoint's response body broke before its end (`UC`).
     pub(crate) fn upstream_body_failed(&mut self) {
         self.upstream_failed = true;
@@ -439,7 +448,7 @@ impl LogHandle {
             .record
             .as_ref()
             .is_some_and(|r| r.method == Method::HEAD);
-        if !self.upstream_failed && !head {
+        if !self.upstream_failed && !self.ended && !head {
             self.flag(Flags::DOWNSTREAM_CONNECTION_TERMINATION);
         }
     }

@@ -97,6 +97,7 @@ impl Body for ProxyBody {
                 Poll::Ready(Some(Ok(frame))) => log.sent(frame.data_ref().map_or(0, Bytes::len)),
                 // The endpoint's body broke mid-way (the proxy's bodies cannot).
                 Poll::Ready(Some(Err(_))) => log.upstream_body_failed(),
+                Poll::Ready(None) => log.ended(),
                 _ => {}
             }
         }

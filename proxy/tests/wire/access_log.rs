@@ -402,3 +402,61 @@ async fn shutdown_writes_every_line_before_it_returns() {
         b.stop().await;
     }
 }
+
+/// An upstream on a raw socket that answers every request with `response` and closes.
+async fn raw_upstream(
+    response: &'static [u8],
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = s.write_all(response).await;
+            let _ = s.shutdown().await;
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn bodies_read_until_close_or_chunked_end_without_flags() {
+    for (response, body) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nread until the upstream closes"[..],
+            "read until the upstream closes",
+        ),
+        (
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"[..],
+            "hello world",
+        ),
+    ] {
+        let log = LogFile::new("framing");
+        let (addr, task) = raw_upstream(response).await;
+        let yaml = config(
+            &log,
+            &text_format(),
+            "",
+            &format!("endpoints: [{{ address: \"{addr}\" }}]"),
+        );
+        let h = Harness::start(&yaml).await;
+        let r = get(&h1_client(), &h.url("/api"), "api.test", &[]).await;
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (200, body));
+        let lines = log.lines(1).await;
+        let f = fields(&lines[0]);
+        assert_eq!(f[4], "-", "the body ended, nobody went away: {}", lines[0]);
+        assert_eq!(f[7], body.len().to_string());
+        task.abort();
+    }
+}
