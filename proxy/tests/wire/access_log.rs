@@ -162,15 +162,23 @@ async fn a_success_is_logged_with_no_flags_and_its_values() {
 
 /// Requests to a backend broken in `how` are logged with `flag` (and answered `status`).
 async fn broken_backend_is_logged(test: &str, how: Broken, route: &str, status: u16, flag: &str) {
+    broken_backend_is_logged_over(test, how, route, status, flag, "").await;
+}
+
+/// The same, with `cluster` fields added (`http2_protocol_options: {}, `).
+async fn broken_backend_is_logged_over(
+    test: &str,
+    how: Broken,
+    route: &str,
+    status: u16,
+    flag: &str,
+    cluster: &str,
+) {
     let log = LogFile::new(test);
     let (b, vars) = backends(&["b0"]).await;
     b[0].set_broken(how);
-    let yaml = config(
-        &log,
-        &text_format(),
-        route,
-        "endpoints: [{ address: \"{B0}\" }]",
-    );
+    let cluster = format!("{cluster}endpoints: [{{ address: \"{{B0}}\" }}]");
+    let yaml = config(&log, &text_format(), route, &cluster);
     let h = Harness::start(&fill(&yaml, &vars)).await;
     let r = get(&h1_client(), &h.url("/api"), "api.test", &[]).await;
     assert_eq!(r.status, status, "{}", r.text());
@@ -202,6 +210,14 @@ async fn an_upstream_answering_garbage_is_upe() {
 #[tokio::test]
 async fn an_upstream_that_never_answers_is_ut() {
     broken_backend_is_logged("silent", Broken::Silent, ", timeout: \"200ms\"", 504, "UT").await;
+}
+
+#[tokio::test]
+async fn over_http2_a_reset_is_uc_and_no_answer_ut() {
+    let h2 = "http2_protocol_options: {}, ";
+    broken_backend_is_logged_over("h2-reset", Broken::Reset, "", 502, "UC", h2).await;
+    let timeout = ", timeout: \"200ms\"";
+    broken_backend_is_logged_over("h2-silent", Broken::Silent, timeout, 504, "UT", h2).await;
 }
 
 #[tokio::test]
