@@ -476,3 +476,44 @@ async fn bodies_read_until_close_or_chunked_end_without_flags() {
         task.abort();
     }
 }
+
+#[tokio::test]
+async fn a_request_over_a_circuit_breaker_is_uo() {
+    let log = LogFile::new("overflow");
+    let (b, vars) = backends(&["b0"]).await;
+    b[0].set_broken(Broken::Silent);
+    let yaml = config(
+        &log,
+        &text_format(),
+        ", timeout: \"1s\"",
+        "circuit_breakers: { max_requests: 1 }, endpoints: [{ address: \"{B0}\" }]",
+    );
+    let h = Harness::start(&fill(&yaml, &vars)).await;
+    let url = h.url("/api/first");
+    let first = tokio::spawn(async move { get(&h1_client(), &url, "api.test", &[]).await });
+    // Once the first is in flight, the second is over max_requests.
+    let active = format!(
+        r#"gofe_upstream_requests_active{{cluster="web",endpoint="{}"}}"#,
+        b[0].addr()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&h.proxy.metrics_text(), &active) != Some(1.0) {
+        assert!(
+            Instant::now() < deadline,
+            "the first request never went out"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = get(&h1_client(), &h.url("/api/second"), "api.test", &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(first.await.unwrap().status, 504);
+    let lines = log.lines(2).await;
+    let second = lines.iter().find(|l| l.contains("/api/second")).unwrap();
+    let f = fields(second);
+    assert_eq!((f[3], f[4], f[6]), ("503", "UO", "-"), "{second}");
+    let first = lines.iter().find(|l| l.contains("/api/first")).unwrap();
+    assert_eq!(fields(first)[4], "UT", "{first}");
+    for b in b {
+        b.stop().await;
+    }
+}
