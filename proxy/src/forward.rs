@@ -192,13 +192,13 @@ async fn forward(
         Ok(admitted) => admitted,
         Err(refused) => {
             // A breaker's refusal, or the route's deadline passing while waiting for one.
-            let why = if refused.status() == StatusCode::GATEWAY_TIMEOUT {
+            let why = if refused.timed_out {
                 Flags::UPSTREAM_REQUEST_TIMEOUT
             } else {
                 Flags::UPSTREAM_OVERFLOW
             };
             flag(&mut log, why);
-            return Ok(refused);
+            return Ok(refused.reply);
         }
     };
 
