@@ -262,10 +262,11 @@ pub(crate) struct Record {
     version: Version,
     scheme: &'static str,
     peer: SocketAddr,
-    /// Values of the access log's `request_headers`, by position.
-    request: Box<[Option<HeaderValue>]>,
-    /// Values of the access log's `response_headers`, by position.
-    response: Box<[Option<HeaderValue>]>,
+    /// Values of the access log's `request_headers`, by position, then of its
+    /// `response_headers` (one allocation for both).
+    headers: Box<[Option<HeaderValue>]>,
+    /// Where the response headers start in `headers`.
+    response_at: usize,
     /// The status sent; 0 while none was.
     status: u16,
     /// Why the proxy answered as it did.
@@ -300,12 +301,13 @@ impl Record {
             version: req.version(),
             scheme,
             peer,
-            request: log
+            headers: log
                 .request_headers
                 .iter()
                 .map(|n| req.headers().get(n).cloned())
+                .chain(log.response_headers.iter().map(|_| None))
                 .collect(),
-            response: log.response_headers.iter().map(|_| None).collect(),
+            response_at: log.request_headers.len(),
             status: 0,
             flags: Flags::default(),
             cluster: None,
@@ -320,7 +322,7 @@ impl Record {
     /// The request headers again, as the proxy rewrote them (`x-forwarded-for`,
     /// `x-request-id`): what the line shows, as in Envoy.
     pub(crate) fn rewritten(&mut self, log: &AccessLog, headers: &HeaderMap) {
-        for (slot, name) in self.request.iter_mut().zip(log.request_headers.iter()) {
+        for (slot, name) in self.headers.iter_mut().zip(log.request_headers.iter()) {
             *slot = headers.get(name).cloned();
         }
     }
@@ -328,7 +330,8 @@ impl Record {
     /// The response going to the client: its status and the headers the formats name.
     pub(crate) fn respond(&mut self, log: &AccessLog, status: u16, headers: &HeaderMap) {
         self.status = status;
-        for (slot, name) in self.response.iter_mut().zip(log.response_headers.iter()) {
+        let response = self.headers.iter_mut().skip(self.response_at);
+        for (slot, name) in response.zip(log.response_headers.iter()) {
             *slot = headers.get(name).cloned();
         }
     }
@@ -642,13 +645,13 @@ fn write_value(value: &Value, max_len: Option<usize>, r: &Record, out: &mut Vec<
                     .uri
                     .authority()
                     .map(|a| a.as_str().as_bytes())
-                    .or_else(|| header(&r.request, host)),
-                Field::Header(i) => header(&r.request, i),
+                    .or_else(|| header(&r.headers, host)),
+                Field::Header(i) => header(&r.headers, i),
             };
             bytes.map(|b| out.extend_from_slice(b)).is_some()
         }),
         Value::Response(positions) => positions.iter().any(|&i| {
-            header(&r.response, i)
+            header(&r.headers, r.response_at + i)
                 .map(|b| out.extend_from_slice(b))
                 .is_some()
         }),
