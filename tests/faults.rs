@@ -1130,6 +1130,7 @@ fn xds_resources(
             name: "all".into(),
             domains: vec!["*".into()],
             routes: vec![RouteConfig {
+                name: None,
                 matcher: RouteMatchConfig {
                     prefix: Some("/".into()),
                     ..Default::default()

@@ -27,6 +27,9 @@ use serde::{Deserialize, Serialize};
 
 pub use gofe_yaml::duration::parse as parse_duration;
 
+pub mod access_log;
+pub use access_log::AccessLogConfig;
+
 /// Default upstream request timeout per route (Envoy's default).
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Default upstream connect timeout per cluster (Envoy's default).
@@ -92,6 +95,11 @@ pub struct ListenerConfig {
         with = "gofe_yaml::duration::text"
     )]
     pub idle_timeout: Duration,
+    /// Access logs (the connection manager's `access_log` in Envoy): every request's line goes
+    /// to each of them, off the request path (a full buffer drops lines and counts them in
+    /// `gofe_access_log_dropped_total`). Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<AccessLogConfig>,
 }
 
 /// Default `max_request_headers_kb` of a listener.
@@ -176,6 +184,10 @@ pub struct VirtualHostConfig {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
+    /// The route's name (Envoy's `Route.name`), for logs: what `%ROUTE_NAME%` writes.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// What requests this route takes.
     #[serde(rename = "match")]
     pub matcher: RouteMatchConfig,
@@ -757,6 +769,11 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
                 ),
             );
         }
+        for (ai, log) in listener.access_log.iter().enumerate() {
+            for (field, message) in access_log::check(log) {
+                v.error(format!("{base}.access_log[{ai}].{field}"), message);
+            }
+        }
         if listener.filters.len() != 1 {
             v.error(
                 format!("{base}.filters"),
@@ -1132,6 +1149,30 @@ admin: { address: "127.0.0.1:9901" }
 
         let text = SAMPLE.replace("10.0.0.12:9000", "10.0.0.11:9000");
         assert!(problems(&text)[0].message.contains("duplicate endpoint"));
+    }
+
+    #[test]
+    fn an_unknown_access_log_operator_names_its_line_and_field() {
+        let text = SAMPLE.replace(
+            "    protocol: \"http\"\n",
+            "    protocol: \"http\"\n    access_log:\n      - path: \"/tmp/a.log\"\n        format: \"%REQ(:PATH)% %RESPONSE_COD%\\n\"\n",
+        );
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].field, "listeners[0].access_log[0].format");
+        assert_eq!(p[0].line, Some(7));
+        assert!(
+            p[0].message
+                .contains("column 14: unknown operator %RESPONSE_COD%"),
+            "{}",
+            p[0]
+        );
+        let ok = text.replace("RESPONSE_COD%", "RESPONSE_CODE%");
+        let c = parse("ok.yaml", &ok).unwrap();
+        assert_eq!(
+            c.listeners[0].access_log[0].path.as_deref(),
+            Some("/tmp/a.log")
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! client holds the way Envoy does: the valid resources are taken, each refused one keeps its
 //! previous version, and the refusals are listed by resource name for the NACK.
 
+mod access_logs;
 mod clusters;
 mod endpoints;
 mod listeners;
@@ -54,6 +55,7 @@ use prost::{Message, Name};
 
 use crate::resource::*;
 
+pub use access_logs::{FILE_ACCESS_LOG_NAME, STDOUT_ACCESS_LOG_NAME};
 pub use clusters::{cluster_from_wire, cluster_to_wire, empty_cluster};
 pub use endpoints::{endpoints_from_wire, endpoints_to_wire};
 pub use listeners::{listener_from_wire, listener_to_wire};
@@ -828,6 +830,7 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
                 kind: ListenerKind::Socket {
                     address: l.address.clone(),
                     settings: SocketSettings {
+                        access_log: l.access_log.clone(),
                         tls: l.tls.clone(),
                         max_connections: l.max_connections,
                         max_request_headers_kb: l.max_request_headers_kb,
@@ -938,6 +941,7 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
             max_request_headers_kb: settings.max_request_headers_kb,
             request_headers_timeout: settings.request_headers_timeout,
             idle_timeout: settings.idle_timeout,
+            access_log: settings.access_log.clone(),
         });
     }
     // Clusters referenced but not defined: present and empty (503), as in Envoy.

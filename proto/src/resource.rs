@@ -113,6 +113,9 @@ pub struct SocketSettings {
     /// The proxy's listener had no name of its own: its resource name is its address (metadata
     /// `gofe.unnamed`, which Envoy ignores). Default: no.
     pub unnamed: bool,
+    /// Access logs (the connection manager's `access_log`: stdout and file loggers with a text
+    /// or JSON `log_format`). Default: none.
+    pub access_log: Vec<gofe_model::AccessLogConfig>,
 }
 
 impl Default for SocketSettings {
@@ -125,6 +128,7 @@ impl Default for SocketSettings {
             idle_timeout: gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
             buffer_filter: true,
             unnamed: false,
+            access_log: Vec::new(),
         }
     }
 }

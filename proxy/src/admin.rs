@@ -1,9 +1,12 @@
-//! The admin listener: `/metrics`, `/ready`, `/config_dump`.
+//! The admin listener: `/metrics` (also `/stats/prometheus`), `/ready`, `/config_dump`,
+//! `/clusters`, `/server_info`, and `POST /healthcheck/fail` / `POST /healthcheck/ok`, with
+//! Envoy's paths and, where Envoy has them, its formats.
 //!
 //! Plain HTTP/1.1 on an operator-chosen address (keep it off public networks). It reads the
 //! proxy's shared state and never blocks the data plane.
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,6 +24,8 @@ use serde::Serialize;
 
 use crate::body::ProxyBody;
 use crate::cluster::EndpointView;
+use crate::config::HealthStatus;
+use crate::health::OutlierState;
 use crate::{ActiveConfig, Shared};
 
 /// A bound, serving admin listener.
@@ -103,7 +108,7 @@ impl Readiness {
 impl Shared {
     /// What `/ready` says now.
     pub(crate) fn readiness(&self) -> Readiness {
-        if self.draining.load(Ordering::Relaxed) {
+        if self.draining.load(Ordering::Relaxed) || self.health_failed.load(Ordering::Relaxed) {
             Readiness::Draining
         } else if self.warming.load(Ordering::Acquire) {
             Readiness::Initializing
@@ -153,13 +158,114 @@ fn reply(
     r
 }
 
+/// `/clusters` in Envoy's text form: a line `CLUSTER::default_priority::LIMIT::N` per circuit
+/// breaker threshold, then `CLUSTER::HOST::STAT::VALUE` lines per endpoint (Envoy's `weight`,
+/// `health_flags`, `rq_active`, `rq_total`, `rq_success`, `rq_error`, and gofe's
+/// `outlier_state` and `effective_weight`).
+fn clusters_text(shared: &Shared) -> String {
+    let clusters = shared.clusters.load_full();
+    let mut out = String::new();
+    for c in clusters.iter() {
+        let b = &c.breakers;
+        for (limit, value) in [
+            ("max_connections", b.max_connections),
+            ("max_pending_requests", b.max_pending_requests),
+            ("max_requests", b.max_requests),
+            ("max_retries", b.max_retries),
+        ] {
+            let _ = writeln!(out, "{}::default_priority::{limit}::{value}", c.name);
+        }
+        for (ep, view) in c.endpoints.iter().zip(c.views()) {
+            let host = format!("{}::{}", c.name, ep.address);
+            let (total, errors) = ep.stats.totals();
+            let mut flags = Vec::new();
+            if view.outlier.state != OutlierState::Closed {
+                flags.push("/failed_outlier_check");
+            }
+            match view.health_status {
+                HealthStatus::Healthy => {}
+                HealthStatus::Unhealthy => flags.push("/failed_eds_health"),
+                HealthStatus::Draining => flags.push("/eds_status_draining"),
+            }
+            let health_flags = if flags.is_empty() {
+                "healthy".to_owned()
+            } else {
+                flags.join("|")
+            };
+            let outlier = match view.outlier.state {
+                OutlierState::Closed => "closed",
+                OutlierState::Open => "open",
+                OutlierState::HalfOpen => "half_open",
+            };
+            let _ = writeln!(out, "{host}::weight::{}", view.weight);
+            let _ = writeln!(out, "{host}::health_flags::{health_flags}");
+            let _ = writeln!(out, "{host}::rq_active::{}", ep.stats.active.get());
+            let _ = writeln!(out, "{host}::rq_total::{total}");
+            let _ = writeln!(out, "{host}::rq_success::{}", total.saturating_sub(errors));
+            let _ = writeln!(out, "{host}::rq_error::{errors}");
+            let _ = writeln!(out, "{host}::outlier_state::{outlier}");
+            let _ = writeln!(out, "{host}::effective_weight::{}", view.effective_weight);
+        }
+    }
+    out
+}
+
+/// `/server_info`, with Envoy's `ServerInfo` field names.
+#[derive(Serialize)]
+struct ServerInfo {
+    version: &'static str,
+    /// `LIVE`, `DRAINING`, `PRE_INITIALIZING`, `INITIALIZING` (Envoy's `ServerInfo.State`).
+    state: &'static str,
+    /// Seconds since start, as a protobuf JSON duration (`"12s"`).
+    uptime_current_epoch: String,
+    uptime_all_epochs: String,
+    /// The active configuration's version (gofe's).
+    config_version: u64,
+}
+
+fn server_info(shared: &Shared) -> ServerInfo {
+    let uptime = format!("{}s", shared.started.elapsed().as_secs());
+    ServerInfo {
+        version: concat!("gofe/", env!("CARGO_PKG_VERSION")),
+        state: match shared.readiness() {
+            Readiness::Live => "LIVE",
+            Readiness::Draining => "DRAINING",
+            Readiness::NoConfig => "PRE_INITIALIZING",
+            Readiness::Initializing => "INITIALIZING",
+        },
+        uptime_current_epoch: uptime.clone(),
+        uptime_all_epochs: uptime,
+        config_version: shared.active.load().version,
+    }
+}
+
 fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     const TEXT: &str = "text/plain; charset=utf-8";
+    // Envoy's mutating endpoints take POST only.
+    let health_check = match req.uri().path() {
+        "/healthcheck/fail" => Some(true),
+        "/healthcheck/ok" => Some(false),
+        _ => None,
+    };
+    if let Some(fail) = health_check {
+        if req.method() != Method::POST {
+            return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "use POST\n");
+        }
+        shared.health_failed.store(fail, Ordering::Relaxed);
+        tracing::info!(failed = fail, "health check set from the admin endpoint");
+        return reply(StatusCode::OK, TEXT, "OK\n");
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "use GET\n");
     }
     match req.uri().path() {
-        "/metrics" => reply(
+        "/clusters" => reply(StatusCode::OK, TEXT, clusters_text(shared)),
+        "/server_info" => {
+            let body = serde_json::to_vec_pretty(&server_info(shared))
+                .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}").into_bytes());
+            reply(StatusCode::OK, "application/json", body)
+        }
+        "/metrics" | "/stats/prometheus" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             shared.metrics.render(),
@@ -181,7 +287,7 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
         "/" => reply(
             StatusCode::OK,
             TEXT,
-            "gofe proxy admin\n  /metrics      Prometheus metrics\n  /ready        readiness (200 LIVE; 503 INITIALIZING, NO CONFIG or DRAINING)\n  /config_dump  active configuration, endpoint health, xDS state (JSON)\n",
+            "gofe proxy admin\n  /metrics                Prometheus metrics (also /stats/prometheus)\n  /ready                  readiness (200 LIVE; 503 INITIALIZING, NO CONFIG or DRAINING)\n  /config_dump            active configuration, endpoint health, xDS state (JSON)\n  /clusters               clusters and endpoints: limits, weights, health, breaker state, requests\n  /server_info            version, state, uptime (JSON)\n  POST /healthcheck/fail  report not ready (503 DRAINING) while serving on, to drain before maintenance\n  POST /healthcheck/ok    ready again\n",
         ),
         _ => reply(StatusCode::NOT_FOUND, TEXT, "not found (see /)\n"),
     }

@@ -15,6 +15,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::access_log::LogHandle;
 use crate::ctx::{ActiveGuard, Admission, StreamGuard};
 use crate::upstream::UpstreamBody;
 
@@ -36,6 +37,8 @@ pub(crate) struct Guards {
     pub(crate) slot: Option<OwnedSemaphorePermit>,
     /// The request's place in its connection's in-flight count (for the idle timeout).
     pub(crate) stream: Option<StreamGuard>,
+    /// The request's access-log record, written when the body is done (only with a log).
+    pub(crate) log: Option<LogHandle>,
 }
 
 enum Inner {
@@ -88,7 +91,17 @@ impl Body for ProxyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        self.poll_inner(cx)
+        let polled = self.poll_inner(cx);
+        if let Some(log) = &mut self.guards.log {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => log.sent(frame.data_ref().map_or(0, Bytes::len)),
+                // The endpoint's body broke mid-way (the proxy's bodies cannot).
+                Poll::Ready(Some(Err(_))) => log.upstream_body_failed(),
+                Poll::Ready(None) => log.ended(),
+                _ => {}
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -128,6 +141,17 @@ impl ProxyBody {
             Inner::Full(bytes) => bytes.is_none(),
             Inner::Stream(incoming) => incoming.is_end_stream(),
             Inner::Upstream(body) => body.is_complete(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away (or hyper gave up on it).
+        if self.guards.log.is_some() && !self.inner_is_end_stream() {
+            if let Some(log) = &mut self.guards.log {
+                log.cut_short();
+            }
         }
     }
 }

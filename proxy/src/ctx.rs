@@ -16,7 +16,7 @@
 //! [`crate::request_body::RequestBody`], never a `ProxyBody`, so the two do not meet again.
 
 use std::future::Future;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +32,8 @@ use crate::framing::ConflictCell;
 
 /// What the proxy knows about one downstream connection.
 pub(crate) struct ConnContext {
+    /// The client's address (for access logs).
+    pub(crate) peer: SocketAddr,
     /// The client's IP, ready to append to `x-forwarded-for`.
     pub(crate) client_ip: HeaderValue,
     /// Whether the client is on loopback or a private network (Envoy's "internal" request):
@@ -61,11 +63,13 @@ pub(crate) struct Streams {
 const ONE_STARTED_AND_OPEN: u64 = (1 << 32) | 1;
 
 impl ConnContext {
-    /// The context of a connection from `client`, over TLS or not.
-    pub(crate) fn new(client: IpAddr, tls: bool) -> Self {
+    /// The context of a connection from `peer`, over TLS or not.
+    pub(crate) fn new(peer: SocketAddr, tls: bool) -> Self {
+        let client = peer.ip();
         let client_ip = HeaderValue::from_str(&client.to_string())
             .expect("an IP address is a valid header value");
         ConnContext {
+            peer,
             client_ip,
             internal_client: is_internal(client),
             scheme: if tls { "https" } else { "http" },
@@ -250,7 +254,7 @@ mod tests {
 
     #[test]
     fn streams_count_started_and_open_requests() {
-        let conn = Arc::new(ConnContext::new("127.0.0.1".parse().unwrap(), false));
+        let conn = Arc::new(ConnContext::new("127.0.0.1:1".parse().unwrap(), false));
         let (a, first) = StreamGuard::new(Arc::clone(&conn));
         let (b, second) = StreamGuard::new(Arc::clone(&conn));
         assert_eq!((first, second), (1, 2));
@@ -291,7 +295,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connection_timer_is_reused_and_a_busy_one_is_not_shared() {
-        let conn = ConnContext::new("127.0.0.1".parse().unwrap(), false);
+        let conn = ConnContext::new("127.0.0.1:1".parse().unwrap(), false);
         let at = Instant::now() + std::time::Duration::from_secs(1);
         let first = conn.timer(at);
         let second = conn.timer(at);

@@ -29,6 +29,7 @@ use http_body::Body as _;
 use hyper::body::Incoming;
 use prometheus::IntCounter;
 
+use crate::access_log::{AccessLog, Flags, LogHandle, Record};
 use crate::body::ProxyBody;
 use crate::cluster::{Cluster, Endpoint};
 use crate::ctx::{ActiveGuard, ConnContext, StreamGuard};
@@ -43,9 +44,9 @@ mod headers;
 mod reply;
 mod retry;
 
-use self::attempt::ClientGone;
+use self::attempt::{Attempt, ClientGone};
 use self::reply::{closing_reply, local_reply};
-use self::retry::Retries;
+use self::retry::{Refused, Retries};
 
 /// What a request is served with: its listener's routes and counters of the moment (the
 /// listener's state, which this module does not otherwise know).
@@ -54,6 +55,8 @@ pub(crate) trait Serving: Send + Sync + 'static {
     fn routes(&self) -> &RouteTable;
     /// The listener's request counters.
     fn stats(&self) -> &ListenerStats;
+    /// The listener's access logs, if it has any.
+    fn access_log(&self) -> Option<&Arc<AccessLog>>;
 }
 
 /// Where a request finds its listener's current state.
@@ -83,19 +86,34 @@ pub(crate) async fn serve<L: Listener>(
     let stats = state.stats();
     let listener_guard = ActiveGuard::new(&stats.active);
     let mut unanswered = Unanswered(Some(&stats.aborted));
+    // Without an access log, this is all the logging a request costs.
+    let mut log = state.access_log().map(|log| {
+        let record = Record::start(log, &req, conn.peer, conn.scheme);
+        LogHandle::new(Arc::clone(log), record)
+    });
     let (stream, number) = StreamGuard::new(conn);
-    let mut response = match forward(req, stream.conn(), number, state.routes()).await {
+    let forwarded = forward(req, stream.conn(), number, state.routes(), log.as_mut()).await;
+    let mut response = match forwarded {
         Ok(response) => {
             unanswered.0 = None;
             stats.requests[class_index(response.status().as_u16())].inc();
+            if let Some(log) = &mut log {
+                log.respond(response.status().as_u16(), response.headers());
+            }
             response
         }
         // Should the client still read, this is what its request was.
-        Err(ClientGone) => closing_reply(StatusCode::BAD_REQUEST, "request body incomplete\n"),
+        Err(ClientGone) => {
+            if let Some(log) = &mut log {
+                log.flag(Flags::DOWNSTREAM_CONNECTION_TERMINATION);
+            }
+            closing_reply(StatusCode::BAD_REQUEST, "request body incomplete\n")
+        }
     };
     let guards = response.body_mut().guards();
     guards.listener = Some(listener_guard);
     guards.stream = Some(stream);
+    guards.log = log;
     Ok(response)
 }
 
@@ -110,11 +128,19 @@ impl Drop for Unanswered<'_> {
     }
 }
 
+/// Adds `flags` to the request's access-log record, if it has one.
+fn flag(log: &mut Option<&mut LogHandle>, flags: Flags) {
+    if let Some(log) = log {
+        log.flag(flags);
+    }
+}
+
 async fn forward(
     req: Request<Incoming>,
     conn: &ConnContext,
     number: u32,
     routes: &RouteTable,
+    mut log: Option<&mut LogHandle>,
 ) -> Result<Response<ProxyBody>, ClientGone> {
     // Refuse a request that would be smuggled, as Envoy does, and close.
     if headers::both_framings(&req, conn, number) {
@@ -128,6 +154,7 @@ async fn forward(
         Err(why) => return Ok(local_reply(StatusCode::BAD_REQUEST, why)),
     };
     let Some(vhost) = routes.find_host(authority) else {
+        flag(&mut log, Flags::NO_ROUTE);
         return Ok(local_reply(
             StatusCode::NOT_FOUND,
             "no virtual host matches this authority\n",
@@ -135,12 +162,16 @@ async fn forward(
     };
     let Some(route) = vhost.find_route(req.uri().path(), req.headers()) else {
         tracing::debug!(vhost = %vhost.name, path = req.uri().path(), "no route");
+        flag(&mut log, Flags::NO_ROUTE);
         return Ok(local_reply(
             StatusCode::NOT_FOUND,
             "no route matches this request\n",
         ));
     };
     let cluster = Arc::clone(route.action.pick());
+    if let Some(log) = &mut log {
+        log.routed(route.name.as_ref(), &cluster);
+    }
     // One clock read serves the route's deadline and the first attempt's start.
     let received = Instant::now();
     let deadline = route.timeout.map(|t| received + t);
@@ -159,7 +190,16 @@ async fn forward(
     }
     let admitted = match breakers::admit(&cluster, deadline).await {
         Ok(admitted) => admitted,
-        Err(refused) => return Ok(refused),
+        Err(refused) => {
+            // A breaker's refusal, or the route's deadline passing while waiting for one.
+            let why = if refused.timed_out {
+                Flags::UPSTREAM_REQUEST_TIMEOUT
+            } else {
+                Flags::UPSTREAM_OVERFLOW
+            };
+            flag(&mut log, why);
+            return Ok(refused.reply);
+        }
     };
 
     // In a block, so that the head and body taken apart here are not kept in this future
@@ -167,6 +207,13 @@ async fn forward(
     let (path_and_query, routed, mut retries, template, watch, mut first) = {
         let (mut parts, body) = req.into_parts();
         let path_and_query = headers::rewrite_request(&mut parts, conn, cluster.http2);
+        let received = match &mut log {
+            Some(log) => {
+                log.rewritten(&parts.headers);
+                log.count_received()
+            }
+            None => None,
+        };
         let routed = if cluster.http2 {
             headers::upstream_authority(&mut parts)
         } else {
@@ -181,7 +228,10 @@ async fn forward(
         // errors to itself). An HTTP/1.1 request without a limit needs none.
         let watch = (limit.is_some() || (cluster.http2 && !body.is_end_stream()))
             .then(|| Arc::new(BodyWatch::default()));
-        let first = Some((parts, RequestBody::client(body, limit, watch.clone())));
+        let first = Some((
+            parts,
+            RequestBody::client(body, limit, watch.clone()).counted(received),
+        ));
         (path_and_query, routed, retries, template, watch, first)
     };
 
@@ -190,6 +240,7 @@ async fn forward(
     loop {
         let Some(picked) = cluster.pick(avoid) else {
             cluster.stats.no_healthy.inc();
+            flag(&mut log, Flags::NO_HEALTHY_UPSTREAM);
             return Ok(local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy upstream\n",
@@ -245,6 +296,9 @@ async fn forward(
         }
         let outcome = attempt.outcome();
         attempt::account(&cluster, picked, &attempt, elapsed);
+        if let Some(log) = &mut log {
+            log.endpoint(&endpoint);
+        }
 
         if retries.again(&cluster, outcome, deadline) {
             avoid = Some(index);
@@ -253,6 +307,21 @@ async fn forward(
             drop(active);
             tokio::time::sleep(retries.backoff(deadline)).await;
             continue;
+        }
+        if let Some(log) = &mut log {
+            if let Attempt::Failed(e) = &attempt {
+                if let Some(f) = e.response_flag() {
+                    log.flag(f);
+                }
+                if let Some(cause) = e.connect_cause() {
+                    log.failure_reason(cause);
+                }
+            }
+            match retries.refused() {
+                Some(Refused::LimitExceeded) => log.flag(Flags::RETRY_LIMIT_EXCEEDED),
+                Some(Refused::Overflow) => log.flag(Flags::UPSTREAM_OVERFLOW),
+                None => {}
+            }
         }
         return attempt.into_response(&cluster, &endpoint, active, admitted);
     }

@@ -23,10 +23,12 @@
 //! proxy's xDS client (`gofe proxy --bootstrap`); the controller's decisions live in
 //! `gofe-controller`, the pure outlier and balancing math in `gofe-core`.
 //!
-//! The admin listener serves `/metrics`, `/ready` (200 once the configuration is serving: at
-//! once for a file, after the first snapshot or `initial_fetch_timeout` for xDS) and
-//! `/config_dump` (the configuration, every endpoint's configured and passive health, and the
-//! xDS client's state).
+//! The admin listener serves `/metrics` (and Envoy's `/stats/prometheus`), `/ready` (200 once
+//! the configuration is serving: at once for a file, after the first snapshot or
+//! `initial_fetch_timeout` for xDS; 503 after `POST /healthcheck/fail` until
+//! `POST /healthcheck/ok`), `/config_dump` (the configuration, every endpoint's configured and
+//! passive health, and the xDS client's state), `/clusters` and `/server_info` (Envoy's forms).
+//! Listeners may write access logs (`access_log`), off the request path.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -37,6 +39,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+mod access_log;
 mod admin;
 mod body;
 mod cluster;
@@ -65,6 +68,9 @@ use crate::health::{EndpointHealth, HealthSource};
 use crate::listener::{ListenerLimits, ListenerState, RunningListener};
 use crate::metrics::Metrics;
 use crate::route::RouteTable;
+
+/// Longest wait at shutdown for a listener's access-log writer to write what it holds.
+const ACCESS_LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The configuration the proxy is serving, as `/config_dump` shows it.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -99,6 +105,14 @@ pub enum ApplyError {
         /// What went wrong.
         message: String,
     },
+    /// A listener's access log could not be set up (its file cannot be opened, say).
+    #[error("listener {listener}: {message}")]
+    AccessLog {
+        /// The listener's name.
+        listener: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The configuration did not pass validation.
     #[error("invalid configuration:\n{0}")]
     Invalid(String),
@@ -110,6 +124,11 @@ pub(crate) struct Shared {
     draining: AtomicBool,
     /// Set while an xDS client waits for its first snapshot: `/ready` says 503 until then.
     warming: AtomicBool,
+    /// Set by the admin's `/healthcheck/fail` (cleared by `/healthcheck/ok`): `/ready` says
+    /// 503 `DRAINING` so load balancers take the proxy out, while it goes on serving.
+    health_failed: AtomicBool,
+    /// When the proxy started (for `/server_info`'s uptime).
+    started: std::time::Instant,
     /// The clusters being served, by name, for `/config_dump` (never read per request).
     clusters: ArcSwap<Vec<Arc<Cluster>>>,
     /// With an xDS client: the names of the bootstrap's static clusters (their endpoints'
@@ -139,6 +158,9 @@ struct Control {
     health: HashMap<(String, String), Arc<EndpointHealth>>,
     /// Circuit-breaker counters per cluster, kept across swaps.
     limits: HashMap<String, Arc<ClusterLimits>>,
+    /// Each listener's access logs with the configuration they were built from, kept across
+    /// swaps that leave it unchanged (the writer thread and open files stay).
+    access_logs: HashMap<Arc<str>, (Vec<config::AccessLogConfig>, Arc<access_log::AccessLog>)>,
     clusters: HashSet<String>,
     version: u64,
 }
@@ -167,6 +189,8 @@ impl Proxy {
                 active: ArcSwap::from_pointee(ActiveConfig::default()),
                 draining: AtomicBool::new(false),
                 warming: AtomicBool::new(false),
+                health_failed: AtomicBool::new(false),
+                started: std::time::Instant::now(),
                 clusters: ArcSwap::default(),
                 static_clusters: std::sync::Mutex::new(None),
                 xds: std::sync::Mutex::new(None),
@@ -205,6 +229,7 @@ impl Proxy {
         let mut clusters = HashMap::new();
         let mut health = HashMap::new();
         let mut limits = HashMap::new();
+        let mut access_logs = HashMap::new();
         for c in &config.clusters {
             let name = c.name.clone();
             let key = PoolKey::of(c);
@@ -269,6 +294,20 @@ impl Proxy {
                 })?),
             };
             let stats = metrics.listener(&name);
+            let access_log = match control.access_logs.get(&name) {
+                Some((built_from, log)) if *built_from == l.access_log => Some(Arc::clone(log)),
+                _ => access_log::AccessLog::build(
+                    &l.access_log,
+                    metrics.access_log_dropped.with_label_values(&[&*name]),
+                )
+                .map_err(|e| ApplyError::AccessLog {
+                    listener: name.to_string(),
+                    message: e.to_string(),
+                })?,
+            };
+            if let Some(log) = &access_log {
+                access_logs.insert(Arc::clone(&name), (l.access_log.clone(), Arc::clone(log)));
+            }
             states.push((
                 addr,
                 ListenerState {
@@ -284,6 +323,7 @@ impl Proxy {
                             .then_some(l.request_headers_timeout),
                         idle_timeout: (!l.idle_timeout.is_zero()).then_some(l.idle_timeout),
                     },
+                    access_log,
                 },
             ));
         }
@@ -381,6 +421,7 @@ impl Proxy {
         }
         control.health = health;
         control.limits = limits;
+        control.access_logs = access_logs;
         control.clusters = cluster_names;
         control.pools = pools;
         let mut serving: Vec<Arc<Cluster>> = clusters.values().cloned().collect();
@@ -449,6 +490,26 @@ impl Proxy {
             .collect();
         for s in stops {
             let _ = s.await;
+        }
+        // Every line of the requests served is written before the process goes.
+        let logs: Vec<_> = control
+            .access_logs
+            .drain()
+            .map(|(name, (_, log))| (name, log))
+            .collect();
+        if !logs.is_empty() {
+            let flushed = tokio::task::spawn_blocking(move || {
+                logs.into_iter()
+                    .filter(|(_, log)| !log.flush_blocking(ACCESS_LOG_FLUSH_TIMEOUT))
+                    .map(|(name, _)| name)
+                    .collect::<Vec<_>>()
+            })
+            .await;
+            if let Ok(late) = flushed {
+                for listener in late {
+                    tracing::warn!(%listener, "access log not flushed at shutdown; its last lines may be lost");
+                }
+            }
         }
         if let Some((_, admin)) = control.admin.take() {
             admin.stop().await;

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
+use crate::access_log::AccessLog;
 use crate::ctx::{ActiveGuard, ConnContext};
 use crate::forward;
 use crate::framing::FramingWatch;
@@ -39,6 +40,7 @@ pub(crate) struct ListenerState {
     pub(crate) tls: Option<TlsAcceptor>,
     pub(crate) stats: ListenerStats,
     pub(crate) limits: ListenerLimits,
+    pub(crate) access_log: Option<Arc<AccessLog>>,
 }
 
 impl forward::Serving for ListenerState {
@@ -48,6 +50,10 @@ impl forward::Serving for ListenerState {
 
     fn stats(&self) -> &ListenerStats {
         &self.stats
+    }
+
+    fn access_log(&self) -> Option<&Arc<AccessLog>> {
+        self.access_log.as_ref()
     }
 }
 
@@ -171,7 +177,7 @@ async fn accept_loop(
         let name = Arc::clone(&state.name);
         state.stats.cx_total.inc();
         drop(state);
-        let ctx = Arc::new(ConnContext::new(peer.ip(), tls.is_some()));
+        let ctx = Arc::new(ConnContext::new(peer, tls.is_some()));
         let listener = Arc::clone(&shared);
         let drain = drain_rx.clone();
         tokio::spawn(async move {

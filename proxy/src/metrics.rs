@@ -53,6 +53,8 @@ pub(crate) struct Metrics {
     panic: IntCounterVec,
     downstream_cx_overflow: IntCounterVec,
     downstream_cx_flood: IntCounterVec,
+    /// `gofe_access_log_dropped_total{listener}`.
+    pub(crate) access_log_dropped: IntCounterVec,
     /// Registered when an xDS client starts (a file-configured proxy has no such series).
     xds: std::sync::OnceLock<XdsMetrics>,
 }
@@ -210,6 +212,12 @@ impl Metrics {
                 &r,
                 "gofe_downstream_connections_total",
                 "Client connections accepted on a listener.",
+                &["listener"],
+            ),
+            access_log_dropped: counter_vec(
+                &r,
+                "gofe_access_log_dropped_total",
+                "Access-log lines of a listener dropped because its writer had fallen behind (its buffer was full); requests never wait for the log.",
                 &["listener"],
             ),
             config_version: register(
@@ -489,6 +497,12 @@ pub(crate) struct EndpointStats {
 }
 
 impl EndpointStats {
+    /// Exchanges finished so far, and of those how many were 5xx (for `/clusters`).
+    pub(crate) fn totals(&self) -> (u64, u64) {
+        let counts = self.requests.each_ref().map(IntCounter::get);
+        (counts.iter().sum(), counts[4])
+    }
+
     /// Records one finished upstream exchange.
     #[inline]
     pub(crate) fn record(&self, status: u16, elapsed: Duration) {

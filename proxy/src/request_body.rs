@@ -12,7 +12,7 @@
 //! A leaf of the request path, like [`crate::ctx`]: it imports nothing from the proxy.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -33,6 +33,8 @@ enum Inner {
         remaining: u64,
         /// Where a failure is recorded, when someone needs to learn of it that way.
         watch: Option<Arc<BodyWatch>>,
+        /// Counts the bytes read, for an access log that writes them.
+        received: Option<Arc<AtomicU64>>,
     },
 }
 
@@ -140,8 +142,17 @@ impl RequestBody {
                 body,
                 remaining: limit.unwrap_or(u64::MAX),
                 watch,
+                received: None,
             },
         }
+    }
+
+    /// Counts the bytes read in `counter`, when one is given.
+    pub(crate) fn counted(mut self, counter: Option<Arc<AtomicU64>>) -> Self {
+        if let Inner::Client { received, .. } = &mut self.inner {
+            *received = counter;
+        }
+        self
     }
 }
 
@@ -157,6 +168,7 @@ impl Body for RequestBody {
             body,
             remaining,
             watch,
+            received,
         } = &mut self.inner
         else {
             return Poll::Ready(None);
@@ -167,6 +179,9 @@ impl Body for RequestBody {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if len <= *remaining {
                     *remaining -= len;
+                    if let Some(received) = received {
+                        received.fetch_add(len, Ordering::Relaxed);
+                    }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 DownstreamError::TooLarge

@@ -44,6 +44,8 @@ pub(crate) struct Route {
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) max_request_bytes: Option<u64>,
+    /// The route's name, for access logs.
+    pub(crate) name: Option<Arc<str>>,
 }
 
 /// A route's retry policy, compiled.
@@ -270,6 +272,7 @@ impl Route {
             timeout: (!a.timeout.is_zero()).then_some(a.timeout),
             retry,
             max_request_bytes: a.max_request_bytes,
+            name: config.name.as_deref().map(Arc::from),
         })
     }
 

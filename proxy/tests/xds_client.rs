@@ -63,6 +63,7 @@ fn resources(
                     name: s("all"),
                     domains: vec![s("*")],
                     routes: vec![RouteConfig {
+                        name: None,
                         matcher: RouteMatchConfig {
                             prefix: Some(s("/")),
                             ..Default::default()
@@ -958,4 +959,38 @@ async fn a_controller_ejection_is_visible_at_the_proxy() {
     a.stop().await;
     b.stop().await;
     cp.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_log_pushed_over_xds_writes_the_proxys_lines() {
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let f = fixture(&cp).await;
+    let path = std::env::temp_dir().join(format!("gofe-xds-access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let mut r = resources(f.listen, &[(f.a.addr(), 1)], None);
+    let Some(ListenerResource {
+        kind: ListenerKind::Socket { settings, .. },
+        ..
+    }) = r.listeners.get_mut("ingress")
+    else {
+        panic!("a socket listener")
+    };
+    // Over the wire: a FileAccessLog with log_format.json_format.
+    settings.access_log = vec![gofe_model::AccessLogConfig {
+        path: Some(path.to_str().unwrap().to_owned()),
+        format: None,
+        json_format: Some(BTreeMap::from([
+            ("code".to_owned(), "%RESPONSE_CODE%".to_owned()),
+            ("upstream".to_owned(), "%UPSTREAM_HOST%".to_owned()),
+        ])),
+    }];
+    cp.push(&r);
+    wait_for_split(&f.http, f.listen, 2, &counts(&[("a", 2)])).await;
+    let want = format!(r#"{{"code":200,"upstream":"{}"}}"#, f.a.addr());
+    wait_until("a logged line", || {
+        std::fs::read_to_string(&path).is_ok_and(|t| t.lines().any(|l| l == want))
+    })
+    .await;
+    f.client.stop();
+    let _ = std::fs::remove_file(&path);
 }

@@ -53,6 +53,7 @@ fn greeter(endpoints: &[(SocketAddr, u32)]) -> Resources {
                     name: s("greeter"),
                     domains: vec![s("*")],
                     routes: vec![RouteConfig {
+                        name: None,
                         matcher: RouteMatchConfig {
                             prefix: Some(s("/")),
                             ..Default::default()

@@ -8,6 +8,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3 as tls;
 use envoy_types::pb::google::protobuf::UInt64Value;
 use gofe_model::TlsConfig;
 
+use super::access_logs::{access_logs_from_wire, access_logs_to_wire};
 use super::*;
 
 /// The ALPN list gofe's TLS listeners offer (and the only one accepted from the wire).
@@ -119,6 +120,7 @@ pub fn listener_to_wire(l: &ListenerResource) -> Result<listener::Listener, Conv
         );
     }
     manager.max_request_headers_kb = u32v(settings.max_request_headers_kb);
+    manager.access_log = access_logs_to_wire(&settings.access_log);
     manager.request_headers_timeout = Some(pb_duration(settings.request_headers_timeout));
     manager.common_http_protocol_options = Some(core::HttpProtocolOptions {
         idle_timeout: Some(pb_duration(settings.idle_timeout)),
@@ -233,8 +235,7 @@ pub(super) fn listener_from_wire_checked(
         // Socket tuning: gofe has one accept loop per listener.
         reuse_port: _,
         enable_reuse_port: _,
-        // Access logs: gofe logs and counts requests its own way.
-        access_log: _,
+        access_log,
         tcp_backlog_size: _,
         max_connections_to_accept_per_socket_event: _,
         bind_to_port,
@@ -269,6 +270,8 @@ pub(super) fn listener_from_wire_checked(
             bind_to_port.as_ref().is_some_and(|b| !b.value),
         )
         .set("enable_mptcp", enable_mptcp)
+        // Connection-level logs: gofe logs requests, in the connection manager's access_log.
+        .set("access_log", access_log)
         .set("tcp_keepalive", tcp_keepalive)
         .set(
             "listener_specifier (internal listeners)",
@@ -674,11 +677,10 @@ fn hcm_settings(
         drain_timeout: _,
         drain_timeout_jitter: _,
         delayed_close_timeout: _,
-        // Access logs: gofe logs and counts requests its own way.
-        access_log: _,
-        access_log_flush_interval: _,
-        flush_access_log_on_new_request: _,
-        access_log_options: _,
+        access_log,
+        access_log_flush_interval,
+        flush_access_log_on_new_request,
+        access_log_options,
         // gofe always acts as the edge (appends the client's address to x-forwarded-for).
         use_remote_address: _,
         xff_num_trusted_hops,
@@ -810,6 +812,13 @@ fn hcm_settings(
             add_proxy_protocol_connection_state,
         )
         .set("forward_proto_config", forward_proto_config)
+        // gofe writes a request's line once, when it is over.
+        .set("access_log_flush_interval", access_log_flush_interval)
+        .set(
+            "flush_access_log_on_new_request",
+            flush_access_log_on_new_request,
+        )
+        .set("access_log_options", access_log_options)
         .when(
             "strip_any_host_port",
             matches!(
@@ -839,7 +848,9 @@ fn hcm_settings(
             ))
         }
     };
+    let access_log = access_logs_from_wire(access_log, res, base)?;
     Ok(SocketSettings {
+        access_log,
         tls: None,
         max_connections: None,
         max_request_headers_kb,
@@ -973,8 +984,8 @@ fn router_from_wire(r: &Router, res: &str, base: &str) -> Result<(), ConvertErro
         // Statistics: gofe counts requests its own way.
         dynamic_stats: _,
         start_child_span: _,
-        upstream_log: _,
-        upstream_log_options: _,
+        upstream_log,
+        upstream_log_options,
         // gofe adds no x-envoy-* headers, suppressed or not.
         suppress_envoy_headers: _,
         strict_check_headers,
@@ -987,5 +998,8 @@ fn router_from_wire(r: &Router, res: &str, base: &str) -> Result<(), ConvertErro
         .set("strict_check_headers", strict_check_headers)
         .set("respect_expected_rq_timeout", respect_expected_rq_timeout)
         .set("upstream_http_filters", upstream_http_filters)
+        // Per-attempt logs: gofe writes one line per request (the connection manager's).
+        .set("upstream_log", upstream_log)
+        .set("upstream_log_options", upstream_log_options)
         .finish()
 }

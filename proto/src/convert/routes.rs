@@ -162,6 +162,7 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
         );
     }
     Ok(route::Route {
+        name: rt.name.clone().unwrap_or_default(),
         r#match: Some(route::RouteMatch {
             path_specifier: Some(path_specifier),
             headers,
@@ -312,6 +313,7 @@ pub(super) fn route_from_wire_in(
                 kind: "router".into(),
                 config: router,
             }],
+            access_log: Vec::new(),
             max_connections: None,
             max_request_headers_kb: gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB,
             request_headers_timeout: gofe_model::DEFAULT_REQUEST_HEADERS_TIMEOUT,
@@ -432,8 +434,8 @@ fn route_entry_from_wire(
     vhost_retry: &Option<Option<RetryPolicyConfig>>,
 ) -> Result<RouteConfig, ConvertError> {
     let route::Route {
-        // Names and statistics only.
-        name: _,
+        // Read for logs (`%ROUTE_NAME%`).
+        name,
         r#match,
         metadata: _,
         // Tracing: gofe does not trace.
@@ -486,6 +488,7 @@ fn route_entry_from_wire(
         Some(BufferSetting::Disabled) | None => None,
     };
     Ok(RouteConfig {
+        name: (!name.is_empty()).then(|| name.clone()),
         matcher,
         route: out,
     })

@@ -21,9 +21,11 @@ use std::time::{Duration, Instant};
 use futures_util::future::{Either, FutureExt as _};
 use http::{Request, Response, StatusCode};
 
+use crate::access_log::Flags;
 use crate::body::ProxyBody;
 use crate::cluster::{Cluster, Endpoint, Picked};
 use crate::ctx::{ActiveGuard, ConnContext};
+use crate::h1::H1Error;
 use crate::health::Outcome;
 use crate::request_body::{BodyFault, BodyWatch, RequestBody};
 use crate::upstream::{ConnectFailed, ExchangeError};
@@ -66,9 +68,12 @@ pub(crate) enum AttemptError {
     /// No connection to the endpoint could be opened.
     #[error("upstream connect error")]
     Connect(#[source] Cause),
-    /// The connection broke, or the endpoint answered something that is not HTTP.
+    /// The connection broke (reset, or closed before a whole response head).
     #[error("upstream reset or sent an invalid response")]
     Reset(#[source] Cause),
+    /// The endpoint answered something that is not HTTP (its connection is not trusted after).
+    #[error("upstream reset or sent an invalid response")]
+    Protocol(#[source] Cause),
     /// No response headers within the route's or the try's timeout.
     #[error("upstream request timeout")]
     Timeout,
@@ -97,7 +102,7 @@ impl Attempt {
             }
             Attempt::Response(..) => Outcome::Success,
             Attempt::Failed(AttemptError::Connect(_)) => Outcome::ConnectFailure,
-            Attempt::Failed(AttemptError::Reset(_)) => Outcome::Reset,
+            Attempt::Failed(AttemptError::Reset(_) | AttemptError::Protocol(_)) => Outcome::Reset,
             Attempt::Failed(AttemptError::Timeout) => Outcome::Timeout,
             Attempt::Failed(AttemptError::Downstream { .. } | AttemptError::Internal(_)) => {
                 return None
@@ -159,18 +164,43 @@ impl AttemptError {
     /// Whose fault the failure was.
     pub(crate) fn error_source(&self) -> ErrorSource {
         match self {
-            AttemptError::Connect(_) | AttemptError::Reset(_) | AttemptError::Timeout => {
-                ErrorSource::Upstream
-            }
+            AttemptError::Connect(_)
+            | AttemptError::Reset(_)
+            | AttemptError::Protocol(_)
+            | AttemptError::Timeout => ErrorSource::Upstream,
             AttemptError::Downstream { .. } => ErrorSource::Downstream,
             AttemptError::Internal(_) => ErrorSource::Internal,
+        }
+    }
+
+    /// Envoy's response flag for the failure, when it has one (the client's own faults have
+    /// none; the proxy's internal ones neither).
+    pub(crate) fn response_flag(&self) -> Option<Flags> {
+        Some(match self {
+            AttemptError::Connect(_) => Flags::UPSTREAM_CONNECT_FAILURE,
+            AttemptError::Reset(_) => Flags::UPSTREAM_CONNECTION_TERMINATION,
+            AttemptError::Protocol(_) => Flags::UPSTREAM_PROTOCOL_ERROR,
+            AttemptError::Timeout => Flags::UPSTREAM_REQUEST_TIMEOUT,
+            AttemptError::Downstream {
+                fault: BodyFault::Aborted,
+                ..
+            } => Flags::DOWNSTREAM_CONNECTION_TERMINATION,
+            AttemptError::Downstream { .. } | AttemptError::Internal(_) => return None,
+        })
+    }
+
+    /// Why the connection to the endpoint could not be opened, when that was the failure.
+    pub(crate) fn connect_cause(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            AttemptError::Connect(cause) => Some(&**cause),
+            _ => None,
         }
     }
 
     fn status(&self) -> StatusCode {
         match self {
             AttemptError::Connect(_) => StatusCode::SERVICE_UNAVAILABLE,
-            AttemptError::Reset(_) => StatusCode::BAD_GATEWAY,
+            AttemptError::Reset(_) | AttemptError::Protocol(_) => StatusCode::BAD_GATEWAY,
             AttemptError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             AttemptError::Downstream { fault, .. } => match fault {
                 BodyFault::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -183,7 +213,9 @@ impl AttemptError {
     fn reply_text(&self) -> &'static str {
         match self {
             AttemptError::Connect(_) => "upstream connect error\n",
-            AttemptError::Reset(_) => "upstream reset or sent an invalid response\n",
+            AttemptError::Reset(_) | AttemptError::Protocol(_) => {
+                "upstream reset or sent an invalid response\n"
+            }
             AttemptError::Timeout => "upstream request timeout\n",
             AttemptError::Downstream { fault, .. } => match fault {
                 BodyFault::TooLarge => "request body too large\n",
@@ -281,9 +313,12 @@ fn classify(result: Result<Response<ProxyBody>, SendError>, watch: Option<&BodyW
             cause: Some(e.into()),
         },
         SendError::H1(ExchangeError::Connect(e)) => AttemptError::Connect(e.into()),
-        SendError::H1(e @ (ExchangeError::Io(_) | ExchangeError::Protocol(_))) => {
+        // The endpoint closing before a whole response head is the connection ending;
+        // anything else its HTTP/1.1 codec refuses is a protocol error.
+        SendError::H1(e @ (ExchangeError::Io(_) | ExchangeError::Protocol(H1Error::Closed))) => {
             AttemptError::Reset(e.into())
         }
+        SendError::H1(e @ ExchangeError::Protocol(_)) => AttemptError::Protocol(e.into()),
         SendError::H2(e) => match watch.and_then(BodyWatch::fault) {
             Some(fault) => AttemptError::Downstream {
                 fault,
@@ -345,6 +380,16 @@ mod tests {
         assert_eq!(reset.status(), 502);
         let garbage = h1(ExchangeError::Protocol(crate::h1::H1Error::BadChunk));
         assert_eq!(garbage.outcome(), Some(Outcome::Reset));
+        assert_eq!(garbage.status(), 502);
+        let flag = |a: &Attempt| match a {
+            Attempt::Failed(e) => e.response_flag(),
+            Attempt::Response(_) => None,
+        };
+        assert_eq!(flag(&garbage), Some(Flags::UPSTREAM_PROTOCOL_ERROR));
+        assert_eq!(flag(&reset), Some(Flags::UPSTREAM_CONNECTION_TERMINATION));
+        let closed = h1(ExchangeError::Protocol(crate::h1::H1Error::Closed));
+        assert_eq!(flag(&closed), Some(Flags::UPSTREAM_CONNECTION_TERMINATION));
+        assert_eq!(flag(&connect), Some(Flags::UPSTREAM_CONNECT_FAILURE));
         let timeout = Attempt::Failed(AttemptError::Timeout);
         assert_eq!(timeout.outcome(), Some(Outcome::Timeout));
         assert_eq!(timeout.status(), 504);

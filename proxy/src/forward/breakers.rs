@@ -24,15 +24,34 @@ pub(crate) struct Admitted {
     pub(crate) slot: Option<OwnedSemaphorePermit>,
 }
 
+/// Why a request was not admitted, and the client's answer.
+pub(crate) struct Refused {
+    /// The reply (503, or 504 for a wait that ran out).
+    pub(crate) reply: Response<ProxyBody>,
+    /// Whether the route's deadline passed while it waited for a slot (else a limit was full).
+    pub(crate) timed_out: bool,
+}
+
+impl Refused {
+    fn overflow(reply: Response<ProxyBody>) -> Self {
+        Refused {
+            reply,
+            timed_out: false,
+        }
+    }
+}
+
 /// Admits a request to `cluster`, or says why not.
 pub(crate) async fn admit(
     cluster: &Cluster,
     deadline: Option<Instant>,
-) -> Result<Admitted, Response<ProxyBody>> {
+) -> Result<Admitted, Refused> {
     let limits = &cluster.limits;
     let Some(request) = Admission::try_new(&limits.active, cluster.breakers.max_requests) else {
         cluster.stats.overflow[2].inc();
-        return Err(overloaded("upstream overloaded: max_requests\n"));
+        return Err(Refused::overflow(overloaded(
+            "upstream overloaded: max_requests\n",
+        )));
     };
     if cluster.http2 {
         return Ok(Admitted {
@@ -50,7 +69,9 @@ pub(crate) async fn admit(
     let Some(_pending) = Admission::try_new(&limits.pending, cluster.breakers.max_pending_requests)
     else {
         cluster.stats.overflow[1].inc();
-        return Err(overloaded("upstream overloaded: max_pending_requests\n"));
+        return Err(Refused::overflow(overloaded(
+            "upstream overloaded: max_pending_requests\n",
+        )));
     };
     let _waiting = ActiveGuard::new(&cluster.stats.pending);
     let acquire = Arc::clone(&limits.slots).acquire_owned();
@@ -59,10 +80,10 @@ pub(crate) async fn admit(
             Ok(p) => p,
             Err(_) => {
                 cluster.stats.timeouts.inc();
-                return Err(local_reply(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "upstream request timeout\n",
-                ));
+                return Err(Refused {
+                    reply: local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n"),
+                    timed_out: true,
+                });
             }
         },
         None => acquire.await,
@@ -72,7 +93,7 @@ pub(crate) async fn admit(
             request,
             slot: Some(p),
         }),
-        Err(_) => Err(overloaded("upstream overloaded\n")),
+        Err(_) => Err(Refused::overflow(overloaded("upstream overloaded\n"))),
     }
 }
 
@@ -111,8 +132,9 @@ clusters:
         let c = cluster("    circuit_breakers: { max_requests: 1 }");
         let first = admit(&c, None).await.ok().unwrap();
         let refused = admit(&c, None).await.err().unwrap();
-        assert_eq!(refused.status(), 503);
-        assert_eq!(refused.headers()["x-gofe-overloaded"], "true");
+        assert!(!refused.timed_out);
+        assert_eq!(refused.reply.status(), 503);
+        assert_eq!(refused.reply.headers()["x-gofe-overloaded"], "true");
         assert_eq!(c.stats.overflow[2].get(), 1);
         drop(first);
         assert!(admit(&c, None).await.is_ok(), "room again");
@@ -135,7 +157,7 @@ clusters:
         assert!(pending, "waits for the slot");
         assert_eq!(c.stats.pending.get(), 1);
         let refused = admit(&c, None).await.err().unwrap();
-        assert_eq!(refused.status(), 503);
+        assert_eq!(refused.reply.status(), 503);
         assert_eq!(c.stats.overflow[1].get(), 1);
 
         // The slot frees: the waiter gets it.
@@ -149,7 +171,8 @@ clusters:
             .await
             .err()
             .unwrap();
-        assert_eq!(timed_out.status(), 504);
+        assert!(timed_out.timed_out);
+        assert_eq!(timed_out.reply.status(), 504);
         assert_eq!(c.stats.timeouts.get(), 1);
     }
 }

@@ -236,7 +236,8 @@ mod tests {
     use super::*;
 
     fn conn(ip: &str) -> ConnContext {
-        ConnContext::new(ip.parse().unwrap(), false)
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        ConnContext::new((ip, 1).into(), false)
     }
 
     #[test]

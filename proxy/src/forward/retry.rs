@@ -20,6 +20,17 @@ pub(crate) struct Retries {
     done: u32,
     /// The retry in flight holds a place in the cluster's retry limit.
     admission: Option<Admission>,
+    /// Why the last failure wanting a retry did not get one.
+    refused: Option<Refused>,
+}
+
+/// Why a failure the policy would retry was not retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// `num_retries` were done already (Envoy's `URX`).
+    LimitExceeded,
+    /// The cluster's retry limit or budget was spent (Envoy's `UO`).
+    Overflow,
 }
 
 impl Retries {
@@ -30,6 +41,7 @@ impl Retries {
             policy: policy.filter(|p| p.num_retries > 0 && bodiless),
             done: 0,
             admission: None,
+            refused: None,
         }
     }
 
@@ -63,7 +75,11 @@ impl Retries {
             return false;
         };
         let time_left = remaining(deadline).is_none_or(|d| !d.is_zero());
-        if self.done >= policy.num_retries || !wanted(policy.on, outcome) || !time_left {
+        if !wanted(policy.on, outcome) || !time_left {
+            return false;
+        }
+        if self.done >= policy.num_retries {
+            self.refused = Some(Refused::LimitExceeded);
             return false;
         }
         let limits = &cluster.limits;
@@ -79,9 +95,15 @@ impl Retries {
             }
             None => {
                 cluster.stats.overflow[3].inc();
+                self.refused = Some(Refused::Overflow);
                 false
             }
         }
+    }
+
+    /// Why the last failure that wanted a retry did not get one, if so.
+    pub(crate) fn refused(&self) -> Option<Refused> {
+        self.refused
     }
 
     /// How long to wait before the retry just granted, within `deadline`.
@@ -198,7 +220,9 @@ clusters:
         assert!(r.again(&c, Some(Outcome::Status(500)), None));
         assert!(r.again(&c, Some(Outcome::Reset), None));
         assert_eq!(r.done(), 2);
+        assert_eq!(r.refused(), None);
         assert!(!r.again(&c, Some(Outcome::Reset), None), "num_retries");
+        assert_eq!(r.refused(), Some(Refused::LimitExceeded));
         assert_eq!(c.stats.retries.get(), 2);
         let past = Instant::now();
         let mut r = Retries::new(Some(policy), true);
@@ -224,6 +248,7 @@ clusters:
             "one retry in flight at a time"
         );
         assert_eq!(c.stats.overflow[3].get(), 1);
+        assert_eq!(b.refused(), Some(Refused::Overflow));
         drop(a);
         assert!(b.again(&c, Some(Outcome::Status(503)), None));
     }

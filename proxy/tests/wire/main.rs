@@ -2,6 +2,8 @@
 //! Black-box tests of the proxy over real sockets on 127.0.0.1: real demo backends behind a
 //! real proxy, driven by real HTTP/1.1, h2c and h2-over-TLS clients.
 
+mod access_log;
+mod admin;
 mod balancing;
 mod blame;
 mod flood;

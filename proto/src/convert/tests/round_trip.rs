@@ -182,7 +182,12 @@ fn retry_policy() -> impl Strategy<Value = RetryPolicyConfig> {
 
 fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
     (
-        (any::<bool>(), "/[a-z0-9/]{0,8}", vec(header(), 0..3)),
+        (
+            any::<bool>(),
+            "/[a-z0-9/]{0,8}",
+            vec(header(), 0..3),
+            prop::option::of("[a-z0-9-]{1,8}"),
+        ),
         (
             prop::option::of(vec((0..clusters, any::<u32>()), 1..4)),
             0..clusters,
@@ -192,7 +197,7 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
         ),
     )
         .prop_map(
-            |((prefix, path, headers), (weighted, cluster, timeout, retry, limit))| {
+            |((prefix, path, headers, name), (weighted, cluster, timeout, retry, limit))| {
                 let matcher = RouteMatchConfig {
                     prefix: prefix.then(|| path.clone()),
                     path: (!prefix).then_some(path),
@@ -214,6 +219,7 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
                     WeightedClustersConfig { clusters }
                 });
                 RouteConfig {
+                    name,
                     matcher,
                     route: RouteActionConfig {
                         cluster: weighted_clusters.is_none().then(|| format!("c{cluster}")),
@@ -247,6 +253,39 @@ fn router(clusters: usize) -> impl Strategy<Value = RouterConfig> {
     })
 }
 
+/// A format string gofe writes (an operator with an argument, a truncation, plain text, `%%`).
+fn format() -> impl Strategy<Value = String> {
+    prop::sample::select(vec![
+        "%REQ(:PATH)% %RESPONSE_CODE%\n",
+        "[%START_TIME%] %RESPONSE_FLAGS% %REQ(X-REQUEST-ID?USER-AGENT):12%",
+        "%UPSTREAM_HOST% 100%% %DURATION%",
+        "plain text",
+    ])
+    .prop_map(String::from)
+}
+
+/// A listener's access logs: stdout or a file, each with the default, a text or a JSON format.
+fn access_logs() -> impl Strategy<Value = Vec<gofe_model::AccessLogConfig>> {
+    vec(
+        (
+            prop::option::of("/[a-z]{1,8}\\.log"),
+            0u8..3,
+            format(),
+            prop::collection::btree_map("[a-z_]{1,6}", format(), 1..3),
+        ),
+        0..3,
+    )
+    .prop_map(|logs| {
+        logs.into_iter()
+            .map(|(path, kind, text, json)| gofe_model::AccessLogConfig {
+                path,
+                format: (kind == 1).then_some(text),
+                json_format: (kind == 2).then_some(json),
+            })
+            .collect()
+    })
+}
+
 fn listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerConfig> {
     (
         (
@@ -256,9 +295,14 @@ fn listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerConfig>
             prop::option::of(1..=u32::MAX),
         ),
         (1..=8192u32, duration(), duration(), router(clusters)),
+        access_logs(),
     )
         .prop_map(
-            move |((port, named, tls, max_connections), (kb, headers, idle, router))| {
+            move |(
+                (port, named, tls, max_connections),
+                (kb, headers, idle, router),
+                access_log,
+            )| {
                 ListenerConfig {
                     name: named.then(|| format!("l{li}")),
                     address: format!("127.0.0.{}:{port}", li + 1),
@@ -275,6 +319,7 @@ fn listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerConfig>
                     max_request_headers_kb: kb,
                     request_headers_timeout: headers,
                     idle_timeout: idle,
+                    access_log,
                 }
             },
         )

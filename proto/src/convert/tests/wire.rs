@@ -1111,3 +1111,145 @@ fn a_response_naming_a_resource_twice_is_refused_for_the_second() {
     assert_eq!(u.resources.listeners.len(), 1);
     assert!(u.refused[0].to_string().contains("twice"));
 }
+
+// === access logs ===
+
+mod access_logs {
+    use envoy_types::pb::envoy::config::accesslog::v3 as accesslog;
+    use envoy_types::pb::envoy::config::core::v3::substitution_format_string::Format;
+    use envoy_types::pb::envoy::extensions::access_loggers::file::v3::{
+        file_access_log, FileAccessLog,
+    };
+    use envoy_types::pb::envoy::extensions::access_loggers::stream::v3::{
+        StderrAccessLog, StdoutAccessLog,
+    };
+
+    use super::*;
+
+    fn logger(name: &str, typed: Any) -> accesslog::AccessLog {
+        accesslog::AccessLog {
+            name: name.into(),
+            filter: None,
+            config_type: Some(accesslog::access_log::ConfigType::TypedConfig(typed)),
+        }
+    }
+
+    fn text_format(text: &str) -> core::SubstitutionFormatString {
+        core::SubstitutionFormatString {
+            format: Some(Format::TextFormatSource(core::DataSource {
+                specifier: Some(core::data_source::Specifier::InlineString(text.into())),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn file(path: &str, format: Option<core::SubstitutionFormatString>) -> accesslog::AccessLog {
+        logger(
+            FILE_ACCESS_LOG_NAME,
+            to_any(&FileAccessLog {
+                path: path.into(),
+                access_log_format: format.map(file_access_log::AccessLogFormat::LogFormat),
+            }),
+        )
+    }
+
+    fn with_logs(logs: Vec<accesslog::AccessLog>) -> Result<ListenerResource, ConvertError> {
+        let (_, mut l, _, _) = sample_wire();
+        set_hcm(&mut l, |m| m.access_log = logs);
+        listener_from_wire(&l)
+    }
+
+    fn logs_of(r: &ListenerResource) -> &[gofe_model::AccessLogConfig] {
+        let ListenerKind::Socket { settings, .. } = &r.kind else {
+            panic!("a socket listener")
+        };
+        &settings.access_log
+    }
+
+    #[test]
+    fn stdout_and_file_loggers_are_read_with_their_formats() {
+        let json = core::SubstitutionFormatString {
+            format: Some(Format::JsonFormat(Struct {
+                fields: [(
+                    "code".to_owned(),
+                    Value {
+                        kind: Some(value::Kind::StringValue("%RESPONSE_CODE%".into())),
+                    },
+                )]
+                .into_iter()
+                .collect(),
+            })),
+            ..Default::default()
+        };
+        let r = with_logs(vec![
+            logger(STDOUT_ACCESS_LOG_NAME, to_any(&StdoutAccessLog::default())),
+            file("/var/log/a.log", Some(text_format("%REQ(:PATH)%\n"))),
+            file("/var/log/b.log", Some(json)),
+        ])
+        .unwrap();
+        let logs = logs_of(&r);
+        assert_eq!(logs.len(), 3);
+        assert_eq!(logs[0], gofe_model::AccessLogConfig::default());
+        assert_eq!(logs[1].path.as_deref(), Some("/var/log/a.log"));
+        assert_eq!(logs[1].format.as_deref(), Some("%REQ(:PATH)%\n"));
+        assert_eq!(
+            logs[2].json_format.as_ref().unwrap()["code"],
+            "%RESPONSE_CODE%"
+        );
+        // And written back the same way.
+        let wire = listener_to_wire(&r).unwrap();
+        assert_eq!(listener_from_wire(&wire).unwrap().kind, r.kind);
+    }
+
+    #[test]
+    fn what_gofe_cannot_log_is_refused_by_name() {
+        let base = "filter_chains[0].filters[0].typed_config.access_log[0]";
+        let mut filtered = file("/a.log", None);
+        filtered.filter = Some(accesslog::AccessLogFilter::default());
+        let e = err(with_logs(vec![filtered]));
+        assert!(e.contains(&format!("{base}.filter")), "{e}");
+
+        let stderr = logger(
+            "envoy.access_loggers.stderr",
+            to_any(&StderrAccessLog::default()),
+        );
+        let e = err(with_logs(vec![stderr]));
+        assert!(
+            e.contains(&format!("{base}.typed_config")) && e.contains("not supported by gofe"),
+            "{e}"
+        );
+
+        let e = err(with_logs(vec![file(
+            "/a.log",
+            Some(text_format("%BOGUS%")),
+        )]));
+        assert!(
+            e.contains(&format!(
+                "{base}.typed_config.log_format.text_format_source.inline_string"
+            )) && e.contains("unknown operator %BOGUS%"),
+            "{e}"
+        );
+
+        let mut omit = text_format("%PROTOCOL%");
+        omit.omit_empty_values = true;
+        let e = err(with_logs(vec![file("/a.log", Some(omit))]));
+        assert!(
+            e.contains(&format!("{base}.typed_config.log_format.omit_empty_values")),
+            "{e}"
+        );
+
+        let e = err(with_logs(vec![file("", None)]));
+        assert!(e.contains(&format!("{base}.typed_config.path")), "{e}");
+
+        let (_, mut l, _, _) = sample_wire();
+        set_hcm(&mut l, |m| {
+            m.access_log_options = Some(hcm::http_connection_manager::HcmAccessLogOptions {
+                access_log_flush_interval: secs(1),
+                ..Default::default()
+            })
+        });
+        let e = err(listener_from_wire(&l));
+        assert!(e.contains("access_log_options"), "{e}");
+    }
+}

@@ -1,0 +1,148 @@
+//! Envoy's admin paths an operator reaches for, over the admin listener's real socket:
+//! `/clusters`, `/server_info`, `/stats/prometheus`, `/healthcheck/fail` and `/healthcheck/ok`.
+
+use bytes::Bytes;
+use gofe_proxy::demo::Broken;
+use http::Request;
+use http_body_util::Full;
+
+use crate::support::*;
+
+const CONFIG: &str = r#"
+admin: { address: "127.0.0.1:0" }
+listeners:
+  - address: "127.0.0.1:0"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+                - match: { prefix: "/bad" }
+                  route: { cluster: bad }
+                - match: { prefix: "/" }
+                  route: { cluster: web }
+clusters:
+  - name: web
+    circuit_breakers: { max_requests: 77 }
+    endpoints:
+      - { address: "{B0}", weight: 3 }
+      - { address: "{B1}", weight: 2, health_status: unhealthy }
+  - name: bad
+    outlier_detection: { consecutive_5xx: 1, max_ejection_percent: 100, base_ejection_time: "300s" }
+    healthy_panic_threshold: 0
+    endpoints:
+      - { address: "{B2}" }
+"#;
+
+async fn admin_get(h: &Harness, path: &str) -> Reply {
+    let admin = h.admin.expect("an admin listener");
+    get(&h1_client(), &format!("http://{admin}{path}"), "admin", &[]).await
+}
+
+async fn admin_post(h: &Harness, path: &str) -> Reply {
+    let admin = h.admin.expect("an admin listener");
+    let req = Request::post(format!("http://{admin}{path}"))
+        .header("host", "admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    send(&h1_client(), req).await
+}
+
+#[tokio::test]
+async fn clusters_lists_limits_weights_health_breaker_state_and_requests() {
+    let (b, vars) = backends(&["b0", "b1", "b2"]).await;
+    b[2].set_broken(Broken::Reset);
+    let h = Harness::start(&fill(CONFIG, &vars)).await;
+    let c = h1_client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, &h.url("/"), "any", &[]).await.status, 200);
+    }
+    // One reset ejects the only endpoint of `bad`.
+    assert_eq!(get(&c, &h.url("/bad"), "any", &[]).await.status, 502);
+
+    let r = admin_get(&h, "/clusters").await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    let (b0, b1, b2) = (b[0].addr(), b[1].addr(), b[2].addr());
+    for line in [
+        "web::default_priority::max_requests::77".to_owned(),
+        "web::default_priority::max_connections::1024".to_owned(),
+        format!("web::{b0}::weight::3"),
+        format!("web::{b0}::health_flags::healthy"),
+        format!("web::{b0}::rq_total::3"),
+        format!("web::{b0}::rq_success::3"),
+        format!("web::{b0}::rq_active::0"),
+        format!("web::{b0}::outlier_state::closed"),
+        format!("web::{b0}::effective_weight::3"),
+        format!("web::{b1}::weight::2"),
+        format!("web::{b1}::health_flags::/failed_eds_health"),
+        format!("web::{b1}::effective_weight::0"),
+        format!("bad::{b2}::health_flags::/failed_outlier_check"),
+        format!("bad::{b2}::outlier_state::open"),
+        format!("bad::{b2}::rq_error::1"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    for b in b {
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn server_info_and_stats_prometheus() {
+    let (b, vars) = backends(&["b0", "b1", "b2"]).await;
+    let h = Harness::start(&fill(CONFIG, &vars)).await;
+    let r = admin_get(&h, "/server_info").await;
+    assert_eq!(r.status, 200);
+    let info: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(info["state"], "LIVE");
+    assert_eq!(info["config_version"], 1);
+    assert!(
+        info["version"].as_str().unwrap().starts_with("gofe/"),
+        "{info}"
+    );
+    assert!(info["uptime_current_epoch"]
+        .as_str()
+        .unwrap()
+        .ends_with('s'));
+
+    let r = admin_get(&h, "/stats/prometheus").await;
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("gofe_config_version 1"), "{}", r.text());
+    assert_eq!(
+        r.headers["content-type"],
+        admin_get(&h, "/metrics").await.headers["content-type"]
+    );
+    for b in b {
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_failed_health_check_drains_readiness_while_requests_are_served() {
+    let (b, vars) = backends(&["b0", "b1", "b2"]).await;
+    let h = Harness::start(&fill(CONFIG, &vars)).await;
+    assert_eq!(admin_get(&h, "/ready").await.status, 200);
+
+    // Envoy's mutating paths take POST only.
+    assert_eq!(admin_get(&h, "/healthcheck/fail").await.status, 405);
+    assert_eq!(admin_get(&h, "/ready").await.status, 200);
+
+    assert_eq!(admin_post(&h, "/healthcheck/fail").await.status, 200);
+    let r = admin_get(&h, "/ready").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (503, "DRAINING\n"));
+    let info: serde_json::Value =
+        serde_json::from_slice(&admin_get(&h, "/server_info").await.body).unwrap();
+    assert_eq!(info["state"], "DRAINING");
+    // The proxy goes on serving while load balancers take it out.
+    assert_eq!(get(&h1_client(), &h.url("/"), "any", &[]).await.status, 200);
+
+    assert_eq!(admin_post(&h, "/healthcheck/ok").await.status, 200);
+    let r = admin_get(&h, "/ready").await;
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (200, "LIVE\n"));
+    for b in b {
+        b.stop().await;
+    }
+}
