@@ -22,8 +22,11 @@ fn problems(e: &gofe_yaml::ConfigError) -> Problems {
         .collect()
 }
 
+/// A loader: its name, a real example of its file, and what it makes of a text.
+type Loader = (&'static str, &'static str, fn(&str) -> Option<Problems>);
+
 /// The loaders, each with a real example of its file.
-fn loaders() -> Vec<(&'static str, &'static str, fn(&str) -> Option<Problems>)> {
+fn loaders() -> Vec<Loader> {
     vec![
         ("proxy", include_str!("../examples/up.yaml"), |t| {
             gofe_proxy::config::parse("f.yaml", t)
