@@ -210,16 +210,54 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     gofe_proxy::config::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`); the filter can be changed at run
+/// time through the proxy admin's `/logging` (Envoy's), which gets a [`LogControl`] for it.
+///
+/// [`LogControl`]: gofe_proxy::LogControl
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    /// The control over a reload handle of any formatter (text and JSON differ in type).
+    fn control<L, S>(
+        handle: tracing_subscriber::reload::Handle<L, S>,
+        directives: String,
+    ) -> gofe_proxy::LogControl
+    where
+        L: From<tracing_subscriber::EnvFilter> + Send + Sync + 'static,
+        S: Send + Sync + 'static,
+    {
+        let current = std::sync::Mutex::new(directives);
+        Box::new(move |wanted| {
+            let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(wanted) = wanted {
+                let filter = tracing_subscriber::EnvFilter::try_new(wanted)
+                    .map_err(|e| format!("filter {wanted:?}: {e}"))?;
+                handle
+                    .reload(filter)
+                    .map_err(|e| format!("the log filter could not be changed: {e}"))?;
+                *current = wanted.to_owned();
+            }
+            Ok(current.clone())
+        })
+    }
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => {
+            let builder = builder.with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            gofe_proxy::install_log_control(control(handle, directives));
+        }
+        LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            gofe_proxy::install_log_control(control(handle, directives));
+        }
     }
 }
 

@@ -454,3 +454,100 @@ async fn service_node_overrides_the_bootstraps_node_id() {
     let _ = serving.await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// POST with an empty body; `None` when the connection fails.
+async fn post(c: &TestClient, url: &str) -> Option<(u16, String)> {
+    let req = http::Request::post(url)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = c.request(req).await.ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The proxy's log filter changes at run time through its admin's `/logging` (Envoy's): a
+/// debug line that `info` keeps out appears once `level=debug` is posted, and goes again with
+/// a narrower filter; a level that is none is refused with 400.
+#[tokio::test]
+async fn the_log_filter_changes_at_run_time_through_the_admin() {
+    let b = DemoBackend::start("127.0.0.1:0".parse().unwrap(), "a")
+        .await
+        .unwrap();
+    let dir = tempdir();
+    let file = dir.join("gofe.yaml");
+    let (listen, admin) = (free_port(), free_port());
+    // Only /api is routed: anything else is a 404 with a debug line saying "no route".
+    let text = config(listen, admin, b.addr()).replace(r#"prefix: "/" }"#, r#"prefix: "/api" }"#);
+    assert!(text.contains("/api"));
+    write(&file, &text);
+    let proc_ = Proc::start(&["proxy", "--config", file.to_str().unwrap()], &dir);
+    let c = client();
+    let logging = format!("http://127.0.0.1:{admin}/logging");
+    until(
+        &c,
+        &format!("http://127.0.0.1:{admin}/ready"),
+        "ready",
+        |r| r.0 == 200,
+    )
+    .await;
+    assert_eq!(
+        get(&c, &logging, &[]).await.unwrap(),
+        (200, "info\n".into())
+    );
+
+    let unrouted = |path: &str| format!("http://127.0.0.1:{listen}{path}");
+    assert_eq!(get(&c, &unrouted("/at-info"), &[]).await.unwrap().0, 404);
+    assert_eq!(
+        post(&c, &format!("{logging}?level=debug")).await.unwrap(),
+        (200, "debug\n".into())
+    );
+    assert_eq!(get(&c, &unrouted("/at-debug"), &[]).await.unwrap().0, 404);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proc_.logs().contains("/at-debug") {
+        assert!(
+            Instant::now() < deadline,
+            "no debug line:\n{}",
+            proc_.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let logs = proc_.logs();
+    assert!(logs.contains("no route"), "{logs}");
+    assert!(!logs.contains("/at-info"), "logged at info: {logs}");
+    assert!(
+        logs.contains("log filter set from the admin endpoint"),
+        "{logs}"
+    );
+
+    // A narrower filter, by directives; then a level that is none.
+    let (status, body) = post(&c, &format!("{logging}?filter=gofe_proxy%3Dwarn%2Cinfo"))
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "gofe_proxy=warn,info\n"));
+    assert_eq!(
+        get(&c, &unrouted("/after-narrowing"), &[]).await.unwrap().0,
+        404
+    );
+    let (status, body) = post(&c, &format!("{logging}?level=loud")).await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        get(&c, &logging, &[]).await.unwrap(),
+        (200, "gofe_proxy=warn,info\n".into()),
+        "a refused change keeps the filter"
+    );
+    // A request after the refusal: its debug line would come after this one if any.
+    assert_eq!(get(&c, &unrouted("/last"), &[]).await.unwrap().0, 404);
+    assert_eq!(
+        get(&c, &format!("http://127.0.0.1:{admin}/ready"), &[])
+            .await
+            .unwrap()
+            .0,
+        200
+    );
+    let logs = proc_.logs();
+    assert!(
+        !logs.contains("/after-narrowing") && !logs.contains("/last"),
+        "{logs}"
+    );
+}

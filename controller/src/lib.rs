@@ -82,6 +82,11 @@ struct Metrics {
 impl Metrics {
     fn new() -> Self {
         let registry = Registry::new();
+        registry
+            .register(Box::new(gofe_prom::process::ProcessCollector::new(
+                "controller",
+            )))
+            .expect("unique metrics");
         let gv = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
@@ -1092,6 +1097,19 @@ mod tests {
         )
         .unwrap();
         Controller::new(config::Loaded { controller, proxy }, Publisher::DryRun).unwrap()
+    }
+
+    #[test]
+    fn the_metrics_show_the_process_and_the_build() {
+        let text = Metrics::new().render();
+        for want in [
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_cpu_seconds_total ",
+            "gofe_build_info{component=\"controller\",",
+        ] {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
     }
 
     #[tokio::test]

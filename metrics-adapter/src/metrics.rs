@@ -53,6 +53,11 @@ impl Metrics {
     /// Registers every metric in a registry of its own.
     pub fn new() -> Self {
         let registry = Registry::new();
+        registry
+            .register(Box::new(gofe_prom::process::ProcessCollector::new(
+                "metrics-adapter",
+            )))
+            .expect("unique metrics");
         let requests = IntCounterVec::new(
             Opts::new(
                 "gofe_adapter_requests_total",

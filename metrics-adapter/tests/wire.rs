@@ -1548,6 +1548,10 @@ async fn custom_and_resource_metrics_serve_exact_values() {
         r#"gofe_adapter_cache_requests_total{result="hit"}"#,
         r#"gofe_adapter_cache_requests_total{result="miss"}"#,
         "gofe_adapter_prometheus_query_duration_seconds_count",
+        // The process, and which gofe this is.
+        "process_resident_memory_bytes ",
+        "process_open_fds ",
+        "gofe_build_info{component=\"metrics-adapter\",",
     ] {
         assert!(m.contains(want), "{want} missing:\n{m}");
     }

@@ -1,6 +1,7 @@
 //! gofe's one Prometheus HTTP API client, shared by the metrics adapter and the controller's
-//! Prometheus signal source, and ([`exposition`]) the reading of gofe proxies' own `/metrics`
-//! text that both use when they scrape proxies directly, with no Prometheus.
+//! Prometheus signal source, ([`exposition`]) the reading of gofe proxies' own `/metrics`
+//! text that both use when they scrape proxies directly, with no Prometheus, and ([`process`])
+//! the `process_*` and `gofe_build_info` series every long-running gofe command exposes.
 //!
 //! ```text
 //!  Client::query        ──POST /api/v1/query        (form)──▶
@@ -36,6 +37,7 @@ mod client;
 mod connector;
 mod error;
 pub mod exposition;
+pub mod process;
 
 pub use answer::{Labels, RangeSeries, Sample};
 pub use client::{validate_url, Client, ClientConfig};

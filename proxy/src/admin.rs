@@ -239,8 +239,94 @@ fn server_info(shared: &Shared) -> ServerInfo {
     }
 }
 
+/// How the admin's `/logging` reads and changes the process's log filter: called with
+/// `None` it returns the filter in force; with `Some(directives)` (a level such as `debug`,
+/// or `tracing` directives such as `gofe_proxy=debug,info`) it puts them in force and returns
+/// them, or says why they are not valid. The binary installs one for its log subscriber.
+pub type LogControl = Box<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
+
+static LOG_CONTROL: std::sync::OnceLock<LogControl> = std::sync::OnceLock::new();
+
+/// Installs the process's [`LogControl`] (once: the log subscriber is the process's). Without
+/// one, `/logging` answers 501.
+pub fn install_log_control(control: LogControl) {
+    let _ = LOG_CONTROL.set(control);
+}
+
+/// `GET /logging`: the filter in force. `POST /logging?level=L` (Envoy's form: every logger at
+/// `trace`, `debug`, `info`, `warn`, `error` or `off`) or `POST /logging?filter=DIRECTIVES`.
+fn logging(req: &Request<Incoming>) -> Response<ProxyBody> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let Some(control) = LOG_CONTROL.get() else {
+        return reply(
+            StatusCode::NOT_IMPLEMENTED,
+            TEXT,
+            "this process's log filter cannot be changed at run time\n",
+        );
+    };
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        return match control(None) {
+            Ok(now) => reply(StatusCode::OK, TEXT, format!("{now}\n")),
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
+        };
+    }
+    if req.method() != Method::POST {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "use GET or POST\n");
+    }
+    let Ok(pairs) =
+        serde_urlencoded::from_str::<Vec<(String, String)>>(req.uri().query().unwrap_or(""))
+    else {
+        return reply(StatusCode::BAD_REQUEST, TEXT, "the query is not a form\n");
+    };
+    let mut wanted = None;
+    for (key, value) in pairs {
+        match key.as_str() {
+            "level" => {
+                match value.as_str() {
+                    "trace" | "debug" | "info" | "warn" | "error" | "off" => wanted = Some(value),
+                    // Envoy's names for two of them.
+                    "warning" => wanted = Some("warn".to_owned()),
+                    "critical" => wanted = Some("error".to_owned()),
+                    _ => return reply(
+                        StatusCode::BAD_REQUEST,
+                        TEXT,
+                        format!(
+                            "level {value:?} is not one of trace, debug, info, warn, error, off\n"
+                        ),
+                    ),
+                }
+            }
+            "filter" => wanted = Some(value),
+            _ => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    TEXT,
+                    format!("unknown parameter {key:?}: use level=L or filter=DIRECTIVES\n"),
+                )
+            }
+        }
+    }
+    let Some(wanted) = wanted else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            TEXT,
+            "say what to log: POST /logging?level=debug or ?filter=gofe_proxy=debug,info\n",
+        );
+    };
+    match control(Some(&wanted)) {
+        Ok(now) => {
+            tracing::info!(filter = %now, "log filter set from the admin endpoint");
+            reply(StatusCode::OK, TEXT, format!("{now}\n"))
+        }
+        Err(e) => reply(StatusCode::BAD_REQUEST, TEXT, format!("{e}\n")),
+    }
+}
+
 fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     const TEXT: &str = "text/plain; charset=utf-8";
+    if req.uri().path() == "/logging" {
+        return logging(&req);
+    }
     // Envoy's mutating endpoints take POST only.
     let health_check = match req.uri().path() {
         "/healthcheck/fail" => Some(true),
@@ -287,7 +373,7 @@ fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
         "/" => reply(
             StatusCode::OK,
             TEXT,
-            "gofe proxy admin\n  /metrics                Prometheus metrics (also /stats/prometheus)\n  /ready                  readiness (200 LIVE; 503 INITIALIZING, NO CONFIG or DRAINING)\n  /config_dump            active configuration, endpoint health, xDS state (JSON)\n  /clusters               clusters and endpoints: limits, weights, health, breaker state, requests\n  /server_info            version, state, uptime (JSON)\n  POST /healthcheck/fail  report not ready (503 DRAINING) while serving on, to drain before maintenance\n  POST /healthcheck/ok    ready again\n",
+            "gofe proxy admin\n  /metrics                Prometheus metrics (also /stats/prometheus)\n  /ready                  readiness (200 LIVE; 503 INITIALIZING, NO CONFIG or DRAINING)\n  /config_dump            active configuration, endpoint health, xDS state (JSON)\n  /clusters               clusters and endpoints: limits, weights, health, breaker state, requests\n  /server_info            version, state, uptime (JSON)\n  POST /healthcheck/fail  report not ready (503 DRAINING) while serving on, to drain before maintenance\n  POST /healthcheck/ok    ready again\n  /logging                the log filter (POST ?level=debug or ?filter=gofe_proxy=debug,info to change it)\n",
         ),
         _ => reply(StatusCode::NOT_FOUND, TEXT, "not found (see /)\n"),
     }

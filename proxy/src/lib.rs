@@ -59,6 +59,7 @@ mod tls;
 mod upstream;
 pub mod xds;
 
+pub use admin::{install_log_control, LogControl};
 pub use body::ProxyBody;
 pub use config::ProxyConfig;
 

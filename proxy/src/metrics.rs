@@ -104,6 +104,8 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
 impl Metrics {
     pub(crate) fn new() -> Self {
         let r = Registry::new();
+        r.register(Box::new(gofe_prom::process::ProcessCollector::new("proxy")))
+            .expect("unique metrics");
         let ce = &["cluster", "endpoint"];
         Metrics {
             upstream_requests: counter_vec(

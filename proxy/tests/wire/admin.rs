@@ -146,3 +146,81 @@ async fn a_failed_health_check_drains_readiness_while_requests_are_served() {
         b.stop().await;
     }
 }
+
+/// `/metrics` carries the process's own series (as Prometheus's client libraries name them)
+/// and which gofe is serving.
+#[tokio::test]
+async fn metrics_show_the_process_and_the_build() {
+    let (_b, vars) = backends(&["b0", "b1", "b2"]).await;
+    let h = Harness::start(&fill(CONFIG, &vars)).await;
+    let r = admin_get(&h, "/metrics").await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    for series in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_threads",
+        "process_start_time_seconds",
+    ] {
+        let v = metric(&text, series).unwrap_or_else(|| panic!("{series} in:\n{text}"));
+        assert!(v > 0.0, "{series} {v}");
+    }
+    assert!(metric(&text, "process_cpu_seconds_total").is_some_and(|v| v >= 0.0));
+    let info = format!(
+        "gofe_build_info{{component=\"proxy\",version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(metric(&text, &info), Some(1.0), "{text}");
+}
+
+/// `/logging` reads and sets the process's log filter through the installed control: Envoy's
+/// `level=` (with its `warning` and `critical` names), or `filter=` directives; a level that
+/// is none, an unknown parameter, nothing to set, or directives the control refuses get 400
+/// and change nothing. (Across processes, with the real subscriber: `tests/e2e.rs`.)
+#[tokio::test]
+async fn logging_reads_and_sets_the_filter_through_the_control() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(vec!["info".to_owned()]));
+    let s = std::sync::Arc::clone(&seen);
+    gofe_proxy::install_log_control(Box::new(move |wanted| {
+        let mut seen = s.lock().unwrap();
+        if let Some(w) = wanted {
+            if w.contains("bad") {
+                return Err(format!("filter {w:?}: invalid"));
+            }
+            seen.push(w.to_owned());
+        }
+        Ok(seen.last().unwrap().clone())
+    }));
+    let (_b, vars) = backends(&["b0", "b1", "b2"]).await;
+    let h = Harness::start(&fill(CONFIG, &vars)).await;
+    let r = admin_get(&h, "/logging").await;
+    assert_eq!((r.status.as_u16(), r.text()), (200, "info\n".to_owned()));
+    for (query, status, now) in [
+        ("level=debug", 200, "debug"),
+        ("level=warning", 200, "warn"),
+        ("level=critical", 200, "error"),
+        (
+            "filter=gofe_proxy%3Ddebug%2Cinfo",
+            200,
+            "gofe_proxy=debug,info",
+        ),
+        ("level=loud", 400, "gofe_proxy=debug,info"),
+        ("colour=red", 400, "gofe_proxy=debug,info"),
+        ("", 400, "gofe_proxy=debug,info"),
+        ("filter=bad", 400, "gofe_proxy=debug,info"),
+    ] {
+        let r = admin_post(&h, &format!("/logging?{query}")).await;
+        assert_eq!(r.status.as_u16(), status, "{query}: {}", r.text());
+        if status == 200 {
+            assert_eq!(r.text(), format!("{now}\n"), "{query}");
+        }
+        let r = admin_get(&h, "/logging").await;
+        assert_eq!(r.text(), format!("{now}\n"), "after {query}");
+    }
+    let req = Request::put(format!("http://{}/logging", h.admin.unwrap()))
+        .header("host", "admin")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&h1_client(), req).await.status, 405);
+}
