@@ -83,6 +83,24 @@ pub struct BuiltinRulesConfig {
     /// gofe options per built-in metric name (missing data, forecast, ejection awareness).
     #[serde(default)]
     pub metrics: BTreeMap<String, RuleOptionsConfig>,
+    /// Serve the built-in metrics per Pod too (`custom.metrics.k8s.io`: `pods/METRIC`, and
+    /// `namespaces/METRIC`), from proxies that run as sidecars and whose series Prometheus
+    /// labels with their pod and namespace. Default: off.
+    #[serde(default)]
+    pub pods: Option<BuiltinPodsConfig>,
+}
+
+/// `builtinRules.pods`: the labels that name a sidecar proxy's pod and namespace.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BuiltinPodsConfig {
+    /// The label naming the pod. Default `pod` (what Prometheus's Kubernetes service
+    /// discovery relabelling usually writes).
+    #[serde(default)]
+    pub pod_label: Option<String>,
+    /// The label naming the pod's namespace. Default `namespace`.
+    #[serde(default)]
+    pub namespace_label: Option<String>,
 }
 
 /// One rule in prometheus-adapter's `externalRules` format, plus gofe's options.
@@ -287,12 +305,14 @@ impl Checker<'_> {
             .enumerate()
             .filter_map(|(i, r)| self.external(i, r))
             .collect();
-        let custom = c
+        let mut custom: Vec<CustomRule> = c
             .rules
             .iter()
             .enumerate()
             .filter_map(|(i, r)| self.custom(i, r))
             .collect();
+        // After the file's: a metric the file defines for pods is the file's.
+        custom.extend(builtin.pod_rules(c.rules.len()));
         let resource = c
             .resource_rules
             .as_ref()
@@ -435,6 +455,7 @@ impl Checker<'_> {
         }
         Some(CustomRule {
             index: i,
+            builtin: false,
             series_query: c.series_query.clone(),
             keep,
             drop,
@@ -539,6 +560,27 @@ impl Checker<'_> {
                 &field,
             );
             settings.options.insert(name.clone(), options);
+        }
+        if let Some(p) = &c.pods {
+            let mut label = |value: &Option<String>, default: &str, field: &str| {
+                let l = value.clone().unwrap_or_else(|| default.to_owned());
+                if !crate::selector::is_prometheus_label(&l) {
+                    self.error(
+                        format!("builtinRules.pods.{field}"),
+                        "not a Prometheus label name",
+                    );
+                }
+                l
+            };
+            let pod = label(&p.pod_label, "pod", "podLabel");
+            let namespace = label(&p.namespace_label, "namespace", "namespaceLabel");
+            if pod == namespace {
+                self.error(
+                    "builtinRules.pods.podLabel".into(),
+                    "must differ from namespaceLabel",
+                );
+            }
+            settings.pods = Some(crate::rules::PodLabels { pod, namespace });
         }
         settings
     }
@@ -831,6 +873,68 @@ externalRules:
         assert_eq!(helm.custom[3].replacement, "$0");
         let walkthrough = load(Path::new(&format!("{dir}/walkthrough.yaml"))).unwrap();
         assert_eq!(walkthrough.custom[0].replacement, "${1}_per_second");
+    }
+
+    #[test]
+    fn built_in_metrics_per_pod_are_custom_rules_after_the_files() {
+        let off = parse("f.yaml", "").unwrap();
+        assert!(off.custom.is_empty(), "off by default");
+        let text = "rules:\n- seriesQuery: 'x{pod!=\"\"}'\n  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)\n  resources: {overrides: {pod: {resource: pod}}}\nbuiltinRules:\n  rateWindow: 1m\n  pods: { podLabel: kubernetes_pod_name }\n";
+        let book = parse("f.yaml", text).unwrap();
+        assert_eq!(book.custom.len(), 1 + 6);
+        assert!(!book.custom[0].builtin);
+        let builtin = &book.custom[1..];
+        assert!(builtin.iter().all(|r| r.builtin));
+        let names: Vec<&str> = builtin.iter().map(|r| r.replacement.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "http_requests_per_second",
+                "http_request_duration_seconds_p50",
+                "http_request_duration_seconds_p90",
+                "http_request_duration_seconds_p99",
+                "http_error_ratio",
+                "http_requests_active"
+            ]
+        );
+        assert_eq!(
+            builtin[0].series_query,
+            "gofe_upstream_requests_total{kubernetes_pod_name!=\"\",namespace!=\"\"}"
+        );
+        assert!(builtin[0].template.source().contains("[1m]"));
+        let labels: Vec<&str> = builtin[0]
+            .mapping
+            .labels
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(labels, ["kubernetes_pod_name", "namespace"]);
+        let disabled = parse("f.yaml", "builtinRules:\n  enabled: false\n  pods: {}\n").unwrap();
+        assert!(disabled.custom.is_empty(), "the built-ins are off");
+
+        let err = parse("f.yaml", "builtinRules:\n  pods:\n    colour: red\n").unwrap_err();
+        let p = &err.problems()[0];
+        assert!(
+            p.to_string().contains("colour") && p.line == Some(3),
+            "{err}"
+        );
+        let err = parse(
+            "f.yaml",
+            "builtinRules:\n  pods:\n    podLabel: \"a pod\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.problems()[0].field,
+            "builtinRules.pods.podLabel",
+            "{err}"
+        );
+        assert_eq!(err.problems()[0].line, Some(3), "{err}");
+        let err = parse(
+            "f.yaml",
+            "builtinRules:\n  pods: { podLabel: ns, namespaceLabel: ns }\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("must differ"), "{err}");
     }
 
     #[test]

@@ -247,8 +247,10 @@ impl ResourceMapping {
 /// A validated prometheus-adapter custom-metrics rule (`rules[index]`), before discovery.
 #[derive(Clone, Debug)]
 pub struct CustomRule {
-    /// Position in `rules`.
+    /// Position in `rules` (for a built-in rule, after the file's).
     pub index: usize,
+    /// One of gofe's built-in metrics served per Pod (`builtinRules.pods`), not the file's.
+    pub builtin: bool,
     /// The discovery series selector.
     pub series_query: String,
     /// `seriesFilters` `is` regexes.
@@ -280,6 +282,8 @@ pub struct CustomMetric {
     pub namespaced: bool,
     /// `rules[index]`.
     pub rule: usize,
+    /// A built-in metric served per Pod (`builtinRules.pods`), not a rule of the file.
+    pub builtin: bool,
     /// The series name that became this metric.
     pub series: String,
     /// The label holding the objects' names.
@@ -336,6 +340,7 @@ impl CustomRule {
                     resource: resource.clone(),
                     namespaced,
                     rule: self.index,
+                    builtin: self.builtin,
                     series: series.clone(),
                     resource_label: label.clone(),
                     namespace_label: if namespaced {
@@ -518,6 +523,7 @@ mod tests {
 
     fn rule() -> CustomRule {
         CustomRule {
+            builtin: false,
             index: 0,
             series_query: "x".into(),
             keep: vec![],

@@ -455,10 +455,14 @@ impl Provider {
         let query = metric.render(objects, metric_selector)?;
         let rule = Rule::prepared(
             format!("{}/{}", metric.resource.qualified(), metric.metric),
-            RuleSource::Custom {
-                index: metric.rule,
-                series: metric.series.clone(),
-                resource: metric.resource.qualified(),
+            if metric.builtin {
+                RuleSource::Builtin
+            } else {
+                RuleSource::Custom {
+                    index: metric.rule,
+                    series: metric.series.clone(),
+                    resource: metric.resource.qualified(),
+                }
             },
             metric.metrics_query.clone(),
             metric.options.clone(),

@@ -365,6 +365,17 @@ pub struct BuiltinSettings {
     /// Options per built-in metric name. Default: `missingData: error`, no forecast;
     /// `http_requests_per_second_ejection_aware` is ejection-aware on `cluster`.
     pub options: BTreeMap<String, RuleOptions>,
+    /// With these labels, the built-in metrics are served per Pod too. Default: not.
+    pub pods: Option<PodLabels>,
+}
+
+/// The Prometheus labels naming a sidecar proxy's pod and its namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLabels {
+    /// The pod's label (`pod`).
+    pub pod: String,
+    /// The namespace's label (`namespace`).
+    pub namespace: String,
 }
 
 impl Default for BuiltinSettings {
@@ -374,11 +385,98 @@ impl Default for BuiltinSettings {
             rate_window: Duration::from_secs(120),
             namespace_label: None,
             options: BTreeMap::new(),
+            pods: None,
         }
     }
 }
 
 impl BuiltinSettings {
+    /// The built-in metrics per Pod (and per namespace), as custom-metrics rules numbered from
+    /// `first_index`: each discovers the proxies' series that carry the pod and namespace
+    /// labels, and asks for the same quantities as the built-in external metrics, summed by
+    /// pod instead of by cluster. A sidecar's upstream is its pod's application, so these are
+    /// the pod's own request rate, latency, errors and requests in flight. None unless
+    /// [`BuiltinSettings::pods`] is set (and the built-ins are enabled).
+    pub fn pod_rules(&self, first_index: usize) -> Vec<crate::custom::CustomRule> {
+        let Some(labels) = self.pods.as_ref().filter(|_| self.enabled) else {
+            return Vec::new();
+        };
+        let w = promql_duration(self.rate_window);
+        let has = format!("{}!=\"\",{}!=\"\"", labels.pod, labels.namespace);
+        let rate =
+            |series: &str, extra: &str| format!("rate({series}{{{extra}<<.LabelMatchers>>}}[{w}])");
+        let total = rate("gofe_upstream_requests_total", "");
+        let rps = format!("sum by (<<.GroupBy>>) ({total})");
+        let errors = format!(
+            "(sum by (<<.GroupBy>>) ({}) or {rps} * 0) / {rps}",
+            rate("gofe_upstream_requests_total", "code_class=\"5xx\",")
+        );
+        let quantile = |q: &str| {
+            format!(
+                "histogram_quantile({q}, sum by (<<.GroupBy>>, le) ({}))",
+                rate("gofe_upstream_request_duration_seconds_bucket", "")
+            )
+        };
+        let requests = format!("gofe_upstream_requests_total{{{has}}}");
+        let buckets = format!("gofe_upstream_request_duration_seconds_bucket{{{has}}}");
+        let defs: [(&str, &str, String); 6] = [
+            ("http_requests_per_second", &requests, rps),
+            (
+                "http_request_duration_seconds_p50",
+                &buckets,
+                quantile("0.5"),
+            ),
+            (
+                "http_request_duration_seconds_p90",
+                &buckets,
+                quantile("0.9"),
+            ),
+            (
+                "http_request_duration_seconds_p99",
+                &buckets,
+                quantile("0.99"),
+            ),
+            ("http_error_ratio", &requests, errors),
+            (
+                "http_requests_active",
+                &format!("gofe_upstream_requests_active{{{has}}}"),
+                "sum by (<<.GroupBy>>) (gofe_upstream_requests_active{<<.LabelMatchers>>})"
+                    .to_owned(),
+            ),
+        ];
+        let mapping = crate::custom::ResourceMapping::new(
+            &[
+                (labels.pod.clone(), String::new(), "pod".to_owned()),
+                (
+                    labels.namespace.clone(),
+                    String::new(),
+                    "namespace".to_owned(),
+                ),
+            ],
+            None,
+        );
+        defs.into_iter()
+            .enumerate()
+            .filter_map(|(k, (name, series_query, text))| {
+                let mut options = self.options.get(name).cloned().unwrap_or_default();
+                // Ejection awareness is about a service's endpoints, not one pod's value.
+                options.ejection_aware = None;
+                Some(crate::custom::CustomRule {
+                    index: first_index + k,
+                    builtin: true,
+                    series_query: series_query.to_owned(),
+                    keep: Vec::new(),
+                    drop: Vec::new(),
+                    matches: None,
+                    replacement: name.to_owned(),
+                    template: Template::parse(&text).ok()?,
+                    mapping: mapping.clone(),
+                    options,
+                })
+            })
+            .collect()
+    }
+
     /// The built-in rules.
     pub fn rules(&self) -> Vec<Rule> {
         if !self.enabled {

@@ -1715,3 +1715,135 @@ async fn custom_missing_data_policies_and_outage_of_resource_metrics() {
     assert_eq!((s, body["code"].as_u64()), (503, Some(503)), "{body}");
     adapter.stop();
 }
+
+/// Sidecar proxies' series as Prometheus labels them (`namespace`, `pod` from its Kubernetes
+/// discovery), rates per second: web-1 serves 3 req/s of 2xx and 1 of 5xx, web-2 5 of 2xx;
+/// web-1 has 4 requests in flight; a gateway's series carry no pod.
+fn sidecar_fixture(t0: i64) -> String {
+    let ep = r#"cluster="local",endpoint="127.0.0.1:8080""#;
+    let series: Vec<(String, f64, bool)> = vec![
+        (format!(r#"gofe_upstream_requests_total{{namespace="shop",pod="web-1",{ep},code_class="2xx"}}"#), 3.0, true),
+        (format!(r#"gofe_upstream_requests_total{{namespace="shop",pod="web-1",{ep},code_class="5xx"}}"#), 1.0, true),
+        (format!(r#"gofe_upstream_requests_total{{namespace="shop",pod="web-2",{ep},code_class="2xx"}}"#), 5.0, true),
+        (r#"gofe_upstream_requests_total{cluster="web",endpoint="10.0.0.1:80",code_class="2xx"}"#.to_owned(), 50.0, true),
+        (format!(r#"gofe_upstream_requests_active{{namespace="shop",pod="web-1",{ep}}}"#), 4.0, false),
+    ];
+    let start = t0 - 1800;
+    let mut text = String::new();
+    for (name, v, counter) in &series {
+        for i in 0..=720 {
+            let ts = start + i * 5;
+            let value = if *counter {
+                1000.0 + v * (ts - start) as f64
+            } else {
+                *v
+            };
+            let _ = writeln!(text, "{name} {value} {ts}");
+        }
+    }
+    text.push_str("# EOF\n");
+    text
+}
+
+/// gofe's built-in metrics per Pod (`builtinRules.pods`), from sidecar proxies' series on a
+/// real Prometheus: discovered as pods/ and namespaces/ metrics, exact values per pod and per
+/// namespace, a pod with no series answers 404, and the built-in external metric still serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_in_metrics_are_served_per_pod_from_sidecars() {
+    let prom = start_prometheus_loaded(None, sidecar_fixture(now_aligned()));
+    let dir = TempDir::new("pods");
+    let cluster = fake_cluster();
+    let adapter = start_custom_adapter(
+        &prom,
+        &dir,
+        "builtinRules:\n  rateWindow: 2m\n  pods: {}\n",
+        Duration::from_secs(30),
+        Some(&cluster),
+    )
+    .await;
+    let a = adapter.addr();
+    let (s, list) = get(a, CUSTOM).await;
+    assert_eq!(s, 200, "{list}");
+    let entries: BTreeMap<&str, bool> = list["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap(),
+                r["namespaced"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    for (name, namespaced) in [
+        ("pods/http_requests_per_second", true),
+        ("pods/http_error_ratio", true),
+        ("pods/http_requests_active", true),
+        ("namespaces/http_requests_per_second", false),
+    ] {
+        assert_eq!(
+            entries.get(name),
+            Some(&namespaced),
+            "{name} in {entries:?}"
+        );
+    }
+    assert!(
+        !entries.keys().any(|n| n.contains("duration")),
+        "no histogram series, no latency metric: {entries:?}"
+    );
+
+    for (pod, rps, errors) in [("web-1", "4", "250m"), ("web-2", "5", "0")] {
+        let (s, body) = get(
+            a,
+            &format!("{CUSTOM}/namespaces/shop/pods/{pod}/http_requests_per_second"),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        assert_eq!(
+            described(&body, "http_requests_per_second", "Pod"),
+            pairs(&[("shop", pod, rps)])
+        );
+        let (_, body) = get(
+            a,
+            &format!("{CUSTOM}/namespaces/shop/pods/{pod}/http_error_ratio"),
+        )
+        .await;
+        assert_eq!(
+            described(&body, "http_error_ratio", "Pod"),
+            pairs(&[("shop", pod, errors)])
+        );
+    }
+    let (_, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/pods/web-1/http_requests_active"),
+    )
+    .await;
+    assert_eq!(
+        described(&body, "http_requests_active", "Pod"),
+        pairs(&[("shop", "web-1", "4")])
+    );
+    let (_, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/metrics/http_requests_per_second"),
+    )
+    .await;
+    assert_eq!(
+        described(&body, "http_requests_per_second", "Namespace"),
+        pairs(&[("", "shop", "9")])
+    );
+    let (s, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/pods/idle-1/http_requests_per_second"),
+    )
+    .await;
+    assert_eq!(s, 404, "{body}");
+    // The external built-in metric is still there, by service (the mesh's cluster).
+    let (s, body) = get(
+        a,
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/shop/http_requests_per_second?labelSelector=service%3Dweb",
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["items"][0]["value"], "50", "{body}");
+    adapter.stop();
+}
