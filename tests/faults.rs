@@ -1131,6 +1131,7 @@ fn xds_resources(
             domains: vec!["*".into()],
             routes: vec![RouteConfig {
                 name: None,
+                fault: None,
                 matcher: RouteMatchConfig {
                     prefix: Some("/".into()),
                     ..Default::default()

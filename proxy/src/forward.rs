@@ -8,7 +8,7 @@
 //! [`serve`] is the whole of it, in the order a request meets them:
 //!
 //! ```text
-//!   framing check ─▶ route ─▶ breakers::admit ─▶ headers::rewrite_request
+//!   framing check ─▶ route ─▶ fault (delay, abort) ─▶ breakers::admit ─▶ headers::rewrite_request
 //!        ─▶ ┌ pick an endpoint ─▶ attempt::run ─▶ attempt::account ─▶ retry::Retries::again ┐
 //!           └───────────────────────────── retry ◀──────────────────────────────────────────┘
 //!        ─▶ Attempt::into_response
@@ -172,6 +172,20 @@ async fn forward(
     if let Some(log) = &mut log {
         log.routed(route.name.as_ref(), &cluster);
     }
+    // Fault injection (Envoy's fault filter): maybe a delay, then maybe an abort, which never
+    // reaches an upstream. A route without faults costs this one branch.
+    let mut faulted = None;
+    if let Some(fault) = &route.fault {
+        if let Some(delay) = fault.delay(req.headers(), &mut faulted) {
+            flag(&mut log, Flags::DELAY_INJECTED);
+            // Boxed: the timer is in this (hot, large) future only for a delayed request.
+            Box::pin(tokio::time::sleep(delay)).await;
+        }
+        if let Some(reply) = fault.abort(req.headers(), &mut faulted) {
+            flag(&mut log, Flags::FAULT_INJECTED);
+            return Ok(reply);
+        }
+    }
     // One clock read serves the route's deadline and the first attempt's start.
     let received = Instant::now();
     let deadline = route.timeout.map(|t| received + t);
@@ -323,7 +337,10 @@ async fn forward(
                 None => {}
             }
         }
-        return attempt.into_response(&cluster, &endpoint, active, admitted);
+        let mut response = attempt.into_response(&cluster, &endpoint, active, admitted)?;
+        // A faulted request stays active until its response ends, as in Envoy.
+        response.body_mut().guards().fault = faulted;
+        return Ok(response);
     }
 }
 

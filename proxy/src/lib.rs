@@ -46,6 +46,7 @@ mod cluster;
 pub use gofe_model as config;
 mod ctx;
 pub mod demo;
+mod fault;
 mod forward;
 mod framing;
 mod h1;
@@ -282,9 +283,12 @@ impl Proxy {
                 .map_or(l.address.as_str(), |n| n.as_str())
                 .into();
             let mut routes = None;
+            let filters = route::Filters::new(metrics, &name);
             for f in &l.filters {
-                routes =
-                    Some(RouteTable::build(&f.config, &clusters).map_err(ApplyError::Invalid)?);
+                routes = Some(
+                    RouteTable::build(&f.config, &clusters, &filters)
+                        .map_err(ApplyError::Invalid)?,
+                );
             }
             let tls = match &l.tls {
                 None => None,
@@ -546,8 +550,12 @@ pub mod bench_support {
                     (c.name.clone(), Arc::new(built))
                 })
                 .collect();
-            let table = RouteTable::build(&config.listeners[0].filters[0].config, &clusters)
-                .expect("routes build");
+            let table = RouteTable::build(
+                &config.listeners[0].filters[0].config,
+                &clusters,
+                &crate::route::Filters::new(&metrics, "bench"),
+            )
+            .expect("routes build");
             Compiled { table, clusters }
         }
 

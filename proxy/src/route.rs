@@ -15,6 +15,8 @@ use http::{HeaderMap, HeaderName};
 
 use crate::cluster::Cluster;
 use crate::config::{HeaderMatcherConfig, RetryOn, RouteConfig, RouterConfig};
+use crate::fault::{ActiveFaults, Fault};
+use crate::metrics::Metrics;
 
 /// A listener's virtual hosts, indexed for matching.
 pub(crate) struct RouteTable {
@@ -46,6 +48,25 @@ pub(crate) struct Route {
     pub(crate) max_request_bytes: Option<u64>,
     /// The route's name, for access logs.
     pub(crate) name: Option<Arc<str>>,
+    /// Fault injection; a route without costs this one branch.
+    pub(crate) fault: Option<Box<Fault>>,
+}
+
+/// What the routes of one listener share while they are built: the metric families their
+/// filters count in and the listener's count of active faults.
+pub(crate) struct Filters<'a> {
+    metrics: &'a Metrics,
+    active_faults: Arc<ActiveFaults>,
+}
+
+impl<'a> Filters<'a> {
+    /// The filters' state of listener `listener`, counted in `metrics`.
+    pub(crate) fn new(metrics: &'a Metrics, listener: &str) -> Self {
+        Filters {
+            metrics,
+            active_faults: ActiveFaults::new(metrics.fault_active.with_label_values(&[listener])),
+        }
+    }
 }
 
 /// A route's retry policy, compiled.
@@ -112,6 +133,7 @@ impl RouteTable {
     pub(crate) fn build(
         router: &RouterConfig,
         clusters: &HashMap<String, Arc<Cluster>>,
+        filters: &Filters<'_>,
     ) -> Result<Self, String> {
         let mut vhosts = Vec::with_capacity(router.virtual_hosts.len());
         let mut exact = HashMap::new();
@@ -135,7 +157,8 @@ impl RouteTable {
             let routes = vh
                 .routes
                 .iter()
-                .map(|r| Route::build(r, clusters))
+                .enumerate()
+                .map(|(ri, r)| Route::build(r, clusters, filters, &vh.name, ri))
                 .collect::<Result<Vec<_>, _>>()?;
             vhosts.push(VirtualHost {
                 name: vh.name.as_str().into(),
@@ -218,10 +241,29 @@ impl VirtualHost {
 }
 
 impl Route {
+    /// Compiles route `index` of virtual host `vhost`.
     fn build(
         config: &RouteConfig,
         clusters: &HashMap<String, Arc<Cluster>>,
+        filters: &Filters<'_>,
+        vhost: &str,
+        index: usize,
     ) -> Result<Self, String> {
+        // The name in metrics: the route's own, else its place.
+        let label = || {
+            config
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{vhost}/{index}"))
+        };
+        let fault = match &config.fault {
+            None => None,
+            Some(f) => Some(Box::new(Fault::build(
+                f,
+                Arc::clone(&filters.active_faults),
+                filters.metrics.fault(&label()),
+            )?)),
+        };
         let m = &config.matcher;
         let path = match (&m.prefix, &m.path) {
             (Some(p), _) => PathMatch::Prefix(p.as_str().into()),
@@ -273,6 +315,7 @@ impl Route {
             retry,
             max_request_bytes: a.max_request_bytes,
             name: config.name.as_deref().map(Arc::from),
+            fault,
         })
     }
 
@@ -347,7 +390,12 @@ mod tests {
                 )
             })
             .collect();
-        RouteTable::build(&cfg.listeners[0].filters[0].config, &clusters).unwrap()
+        RouteTable::build(
+            &cfg.listeners[0].filters[0].config,
+            &clusters,
+            &Filters::new(&metrics, "t"),
+        )
+        .unwrap()
     }
 
     const YAML: &str = r#"

@@ -64,6 +64,7 @@ fn resources(
                     domains: vec![s("*")],
                     routes: vec![RouteConfig {
                         name: None,
+                        fault: None,
                         matcher: RouteMatchConfig {
                             prefix: Some(s("/")),
                             ..Default::default()
@@ -993,4 +994,73 @@ async fn an_access_log_pushed_over_xds_writes_the_proxys_lines() {
     .await;
     f.client.stop();
     let _ = std::fs::remove_file(&path);
+}
+
+/// The snapshot of `r` with its route configuration `ingress-routes` edited by `edit` on the
+/// wire (as another control plane would write it).
+fn with_wire_routes(
+    r: &Resources,
+    edit: impl FnOnce(&mut envoy_types::pb::envoy::config::route::v3::RouteConfiguration),
+) -> Snapshot {
+    let mut encoded: HashMap<ResourceType, BTreeMap<String, Any>> = ResourceType::ALL
+        .into_iter()
+        .map(|t| (t, r.encode(t).unwrap()))
+        .collect();
+    let mut rc = gofe_proto::convert::route_to_wire(&r.routes["ingress-routes"]).unwrap();
+    edit(&mut rc);
+    encoded
+        .get_mut(&ResourceType::Route)
+        .unwrap()
+        .insert("ingress-routes".into(), to_any(&rc));
+    Snapshot::from_encoded(encoded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_pushed_in_typed_per_filter_config_aborts_before_the_backend() {
+    use envoy_types::pb::envoy::config::route::v3 as route;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+    use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let f = fixture(&cp).await;
+    let r = resources(f.listen, &[(f.a.addr(), 1)], None);
+    cp.push(&r);
+    wait_for_split(&f.http, f.listen, 2, &counts(&[("a", 2)])).await;
+    // The virtual host's fault filter configuration, in a FilterConfig: every request
+    // aborted with 503.
+    let abort = fault::HttpFault {
+        abort: Some(fault::FaultAbort {
+            percentage: Some(FractionalPercent {
+                numerator: 100,
+                denominator: 0,
+            }),
+            error_type: Some(fault::fault_abort::ErrorType::HttpStatus(503)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let snapshot = with_wire_routes(&r, |rc| {
+        rc.virtual_hosts[0].typed_per_filter_config.insert(
+            gofe_proto::convert::FAULT_FILTER_NAME.into(),
+            to_any(&route::FilterConfig {
+                config: Some(to_any(&abort)),
+                ..Default::default()
+            }),
+        );
+    });
+    cp.server.cache().set_snapshot(NodeKey::Default, snapshot);
+    wait_for_split(&f.http, f.listen, 3, &counts(&[("status 503", 3)])).await;
+    let served = f.a.served();
+    assert_eq!(
+        split(&f.http, f.listen, 20).await,
+        counts(&[("status 503", 20)])
+    );
+    assert_eq!(
+        f.a.served(),
+        served,
+        "aborted requests never reach the backend"
+    );
+    f.client.stop();
+    f.a.stop().await;
+    f.b.stop().await;
+    cp.kill().await;
 }

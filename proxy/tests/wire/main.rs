@@ -6,6 +6,7 @@ mod access_log;
 mod admin;
 mod balancing;
 mod blame;
+mod fault;
 mod flood;
 mod fuzz;
 mod health_view;
