@@ -1132,6 +1132,7 @@ fn xds_resources(
             routes: vec![RouteConfig {
                 name: None,
                 fault: None,
+                local_ratelimit: None,
                 matcher: RouteMatchConfig {
                     prefix: Some("/".into()),
                     ..Default::default()

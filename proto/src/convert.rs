@@ -26,6 +26,7 @@ mod clusters;
 mod endpoints;
 mod faults;
 mod listeners;
+mod ratelimits;
 mod routes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -61,6 +62,7 @@ pub use clusters::{cluster_from_wire, cluster_to_wire, empty_cluster};
 pub use endpoints::{endpoints_from_wire, endpoints_to_wire};
 pub use faults::FAULT_FILTER_NAME;
 pub use listeners::{listener_from_wire, listener_to_wire};
+pub use ratelimits::LOCAL_RATELIMIT_FILTER_NAME;
 pub use routes::{route_from_wire, route_to_wire};
 
 /// Name of the HTTP connection manager network filter.
@@ -840,6 +842,7 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
                         idle_timeout: l.idle_timeout,
                         buffer_filter: true,
                         fault_filter: true,
+                        local_ratelimit_filter: true,
                         unnamed: l.name.is_none(),
                     },
                 },
@@ -888,7 +891,8 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
 /// being refused. Static clusters and listeners win over dynamic ones of the same name; API
 /// listeners (for proxyless clients) are not served by the proxy. A route's `max_request_bytes`
 /// takes effect only on a listener whose connection manager has the buffer filter, and a route's
-/// `fault` only on one with the fault filter, as in Envoy.
+/// `fault` only on one with the fault filter and its `local_ratelimit` only on one with the local
+/// rate limit filter, as in Envoy.
 pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
     let mut out = base.clone();
     let mut cluster_names: HashSet<String> = out.clusters.iter().map(|c| c.name.clone()).collect();
@@ -938,6 +942,15 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
                 .flat_map(|vh| vh.routes.iter_mut())
             {
                 r.fault = None;
+            }
+        }
+        if !settings.local_ratelimit_filter {
+            for r in router
+                .virtual_hosts
+                .iter_mut()
+                .flat_map(|vh| vh.routes.iter_mut())
+            {
+                r.local_ratelimit = None;
             }
         }
         let unnamed = settings.unnamed && name == address;

@@ -114,6 +114,10 @@ pub struct SocketSettings {
     /// and configured per route). Routes' `fault` take effect only with it, as in Envoy.
     /// Default: yes.
     pub fault_filter: bool,
+    /// Whether the connection manager has the local rate limit filter
+    /// (`envoy.filters.http.local_ratelimit`, without a bucket, configured per route). Routes'
+    /// `local_ratelimit` take effect only with it, as in Envoy. Default: yes.
+    pub local_ratelimit_filter: bool,
     /// The proxy's listener had no name of its own: its resource name is its address (metadata
     /// `gofe.unnamed`, which Envoy ignores). Default: no.
     pub unnamed: bool,
@@ -132,6 +136,7 @@ impl Default for SocketSettings {
             idle_timeout: gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
             buffer_filter: true,
             fault_filter: true,
+            local_ratelimit_filter: true,
             unnamed: false,
             access_log: Vec::new(),
         }

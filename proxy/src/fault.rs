@@ -65,13 +65,14 @@ impl Drop for FaultGuard {
 
 /// A fraction, `numerator` out of `denominator` (checked at most 1).
 #[derive(Clone, Copy, Debug)]
-struct Percent {
+pub(crate) struct Percent {
     numerator: u32,
     denominator: u32,
 }
 
 impl Percent {
-    fn new(p: &FractionalPercent) -> Self {
+    /// The fraction a configuration says.
+    pub(crate) fn new(p: &FractionalPercent) -> Self {
         Percent {
             numerator: p.numerator,
             denominator: p.denominator.value(),
@@ -92,7 +93,7 @@ impl Percent {
 
     /// One draw: true for `numerator` out of `denominator` requests.
     #[inline]
-    fn draw(self) -> bool {
+    pub(crate) fn draw(self) -> bool {
         self.numerator > 0
             && (self.numerator >= self.denominator
                 || fastrand::u32(..self.denominator) < self.numerator)

@@ -8,7 +8,8 @@
 //! [`serve`] is the whole of it, in the order a request meets them:
 //!
 //! ```text
-//!   framing check ─▶ route ─▶ fault (delay, abort) ─▶ breakers::admit ─▶ headers::rewrite_request
+//!   framing check ─▶ route ─▶ fault (delay, abort) ─▶ local rate limit ─▶ breakers::admit
+//!        ─▶ headers::rewrite_request
 //!        ─▶ ┌ pick an endpoint ─▶ attempt::run ─▶ attempt::account ─▶ retry::Retries::again ┐
 //!           └───────────────────────────── retry ◀──────────────────────────────────────────┘
 //!        ─▶ Attempt::into_response
@@ -34,6 +35,7 @@ use crate::body::ProxyBody;
 use crate::cluster::{Cluster, Endpoint};
 use crate::ctx::{ActiveGuard, ConnContext, StreamGuard};
 use crate::metrics::{class_index, ListenerStats};
+use crate::ratelimit::{RateLimitHeaders, Verdict};
 use crate::request_body::{BodyFault, BodyWatch, RequestBody};
 use crate::route::RouteTable;
 
@@ -92,10 +94,22 @@ pub(crate) async fn serve<L: Listener>(
         LogHandle::new(Arc::clone(log), record)
     });
     let (stream, number) = StreamGuard::new(conn);
-    let forwarded = forward(req, stream.conn(), number, state.routes(), log.as_mut()).await;
+    let mut limit_headers = None;
+    let forwarded = forward(
+        req,
+        stream.conn(),
+        number,
+        state.routes(),
+        log.as_mut(),
+        &mut limit_headers,
+    )
+    .await;
     let mut response = match forwarded {
-        Ok(response) => {
+        Ok(mut response) => {
             unanswered.0 = None;
+            if let Some(h) = limit_headers {
+                h.write(response.headers_mut());
+            }
             stats.requests[class_index(response.status().as_u16())].inc();
             if let Some(log) = &mut log {
                 log.respond(response.status().as_u16(), response.headers());
@@ -141,6 +155,7 @@ async fn forward(
     number: u32,
     routes: &RouteTable,
     mut log: Option<&mut LogHandle>,
+    limit_headers: &mut Option<RateLimitHeaders>,
 ) -> Result<Response<ProxyBody>, ClientGone> {
     // Refuse a request that would be smuggled, as Envoy does, and close.
     if headers::both_framings(&req, conn, number) {
@@ -184,6 +199,17 @@ async fn forward(
         if let Some(reply) = fault.abort(req.headers(), &mut faulted) {
             flag(&mut log, Flags::FAULT_INJECTED);
             return Ok(reply);
+        }
+    }
+    // Local rate limiting (Envoy's local_ratelimit filter, after the fault filter): a request
+    // finding the route's bucket empty is answered here. One branch without a limit.
+    if let Some(limit) = &route.ratelimit {
+        match limit.check() {
+            Verdict::Pass(headers) => *limit_headers = headers,
+            Verdict::Limited(headers) => {
+                flag(&mut log, Flags::RATE_LIMITED);
+                return Ok(limit.reply(req.headers(), headers));
+            }
         }
     }
     // One clock read serves the route's deadline and the first attempt's start.

@@ -53,6 +53,7 @@ mod h1;
 mod health;
 mod listener;
 mod metrics;
+mod ratelimit;
 mod request_body;
 mod route;
 pub mod run;

@@ -61,6 +61,12 @@ pub(crate) struct Metrics {
     pub(crate) fault_overflow: IntCounterVec,
     /// `gofe_fault_active{listener}`.
     pub(crate) fault_active: IntGaugeVec,
+    /// `gofe_ratelimit_allowed_total{route}`.
+    ratelimit_allowed: IntCounterVec,
+    /// `gofe_ratelimit_limited_total{route}`.
+    ratelimit_limited: IntCounterVec,
+    /// `gofe_ratelimit_enforced_total{route}`.
+    ratelimit_enforced: IntCounterVec,
     /// Registered when an xDS client starts (a file-configured proxy has no such series).
     xds: std::sync::OnceLock<XdsMetrics>,
 }
@@ -243,6 +249,24 @@ impl Metrics {
                 "gofe_fault_active",
                 "Requests of a listener being faulted now (delayed, or aborted until their response ends).",
                 &["listener"],
+            ),
+            ratelimit_allowed: counter_vec(
+                &r,
+                "gofe_ratelimit_allowed_total",
+                "Requests of a route that took a token from its local rate limit's bucket (Envoy's ok).",
+                &["route"],
+            ),
+            ratelimit_limited: counter_vec(
+                &r,
+                "gofe_ratelimit_limited_total",
+                "Requests of a route that found its local rate limit's bucket empty (Envoy's rate_limited), enforced or not.",
+                &["route"],
+            ),
+            ratelimit_enforced: counter_vec(
+                &r,
+                "gofe_ratelimit_enforced_total",
+                "Rate-limited requests of a route answered with the limit's status (429 by default) instead of going on.",
+                &["route"],
             ),
             config_version: register(
                 &r,
@@ -466,6 +490,15 @@ impl Metrics {
             delays: self.fault_injected.with_label_values(&[route, "delay"]),
             aborts: self.fault_injected.with_label_values(&[route, "abort"]),
             overflow: self.fault_overflow.with_label_values(&[route]),
+        }
+    }
+
+    /// The counters of a route's local rate limit; `route` is its name.
+    pub(crate) fn ratelimit(&self, route: &str) -> crate::ratelimit::RateLimitCounters {
+        crate::ratelimit::RateLimitCounters {
+            allowed: self.ratelimit_allowed.with_label_values(&[route]),
+            limited: self.ratelimit_limited.with_label_values(&[route]),
+            enforced: self.ratelimit_enforced.with_label_values(&[route]),
         }
     }
 

@@ -17,6 +17,7 @@ use crate::cluster::Cluster;
 use crate::config::{HeaderMatcherConfig, RetryOn, RouteConfig, RouterConfig};
 use crate::fault::{ActiveFaults, Fault};
 use crate::metrics::Metrics;
+use crate::ratelimit::LocalRateLimit;
 
 /// A listener's virtual hosts, indexed for matching.
 pub(crate) struct RouteTable {
@@ -50,6 +51,8 @@ pub(crate) struct Route {
     pub(crate) name: Option<Arc<str>>,
     /// Fault injection; a route without costs this one branch.
     pub(crate) fault: Option<Box<Fault>>,
+    /// Local rate limiting; a route without costs this one branch.
+    pub(crate) ratelimit: Option<Box<LocalRateLimit>>,
 }
 
 /// What the routes of one listener share while they are built: the metric families their
@@ -264,6 +267,13 @@ impl Route {
                 filters.metrics.fault(&label()),
             )?)),
         };
+        let ratelimit = match &config.local_ratelimit {
+            None => None,
+            Some(l) => Some(Box::new(LocalRateLimit::build(
+                l,
+                filters.metrics.ratelimit(&label()),
+            )?)),
+        };
         let m = &config.matcher;
         let path = match (&m.prefix, &m.path) {
             (Some(p), _) => PathMatch::Prefix(p.as_str().into()),
@@ -316,6 +326,7 @@ impl Route {
             max_request_bytes: a.max_request_bytes,
             name: config.name.as_deref().map(Arc::from),
             fault,
+            ratelimit,
         })
     }
 

@@ -55,6 +55,7 @@ fn greeter(endpoints: &[(SocketAddr, u32)]) -> Resources {
                     routes: vec![RouteConfig {
                         name: None,
                         fault: None,
+                        local_ratelimit: None,
                         matcher: RouteMatchConfig {
                             prefix: Some(s("/")),
                             ..Default::default()

@@ -1,5 +1,5 @@
 //! Listeners: the socket, its one filter chain (an optional connection limit, then the HTTP
-//! connection manager with the fault, buffer and router filters), TLS from certificate files.
+//! connection manager with the fault, local rate limit, buffer and router filters), TLS from certificate files.
 
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
@@ -103,6 +103,11 @@ pub fn listener_to_wire(l: &ListenerResource) -> Result<listener::Listener, Conv
             "max_request_headers_kb",
             "Envoy's is 1..=8192",
         ));
+    }
+    if settings.local_ratelimit_filter {
+        manager
+            .http_filters
+            .insert(0, super::ratelimits::filter_to_wire());
     }
     if settings.fault_filter {
         manager
@@ -869,6 +874,7 @@ fn hcm_settings(
         idle_timeout,
         buffer_filter: filters.buffer,
         fault_filter: filters.fault,
+        local_ratelimit_filter: filters.ratelimit,
         unnamed: false,
     })
 }
@@ -914,10 +920,12 @@ pub(super) fn protocol_options_idle_timeout(
 struct HttpFilters {
     buffer: bool,
     fault: bool,
+    ratelimit: bool,
 }
 
 /// The connection manager's HTTP filters: an optional fault filter with an empty configuration
-/// (routes configure it), an optional buffer filter disabled by default (each route enables it
+/// (routes configure it), an optional local rate limit filter without a bucket (routes bring
+/// theirs), an optional buffer filter disabled by default (each route enables it
 /// with its limit), then the router, last, in that order. A filter gofe does not have is
 /// skipped when marked `is_optional` (Envoy's rule for clients without it) and refused
 /// otherwise.
@@ -960,7 +968,7 @@ fn http_filters_from_wire(
                 res,
                 fbase,
                 format!(
-                    "{what} out of gofe's order (fault, then buffer, then the router; each once)"
+                    "{what} out of gofe's order (fault, local rate limit, buffer, then the router; each once)"
                 ),
             ));
         }
@@ -975,8 +983,13 @@ fn http_filters_from_wire(
                 super::faults::filter_from_wire(f, &a, res, &fbase)?;
                 out.fault = true;
             }
+            Some(a) if super::ratelimits::is_local_ratelimit(&a) => {
+                in_order(&fbase, 2, "the local rate limit filter")?;
+                super::ratelimits::filter_from_wire(f, &a, res, &fbase)?;
+                out.ratelimit = true;
+            }
             Some(a) if a.type_url == buffer::Buffer::type_url() => {
-                in_order(&fbase, 2, "the buffer filter")?;
+                in_order(&fbase, 3, "the buffer filter")?;
                 if f.name != BUFFER_FILTER_NAME {
                     return Err(invalid(
                         res,
@@ -1003,8 +1016,8 @@ fn http_filters_from_wire(
                     res,
                     &fbase,
                     format!(
-                        "HTTP filter {:?} not supported by gofe (the fault, buffer and router \
-                         filters only)",
+                        "HTTP filter {:?} not supported by gofe (the fault, local rate limit, \
+                         buffer and router filters only)",
                         f.name
                     ),
                 ))

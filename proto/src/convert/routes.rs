@@ -38,6 +38,9 @@ pub(super) fn check_publishable(r: &RouteConfig, base: &str) -> Result<(), Conve
     if let Some(f) = &r.fault {
         faults::check_publishable(f, &format!("{base}.fault"))?;
     }
+    if let Some(l) = &r.local_ratelimit {
+        ratelimits::check_publishable(l, &format!("{base}.local_ratelimit"))?;
+    }
     Ok(())
 }
 
@@ -167,6 +170,12 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
     }
     if let Some(f) = &rt.fault {
         typed_per_filter_config.insert(FAULT_FILTER_NAME.to_owned(), faults::per_route_to_wire(f));
+    }
+    if let Some(r) = &rt.local_ratelimit {
+        typed_per_filter_config.insert(
+            LOCAL_RATELIMIT_FILTER_NAME.to_owned(),
+            ratelimits::per_route_to_wire(r),
+        );
     }
     Ok(route::Route {
         name: rt.name.clone().unwrap_or_default(),
@@ -499,6 +508,7 @@ fn route_entry_from_wire(
         matcher,
         route: out,
         fault: filters.fault(),
+        local_ratelimit: filters.local_ratelimit(),
     })
 }
 
@@ -842,6 +852,8 @@ enum FaultSetting {
 struct PerFilter {
     buffer: Option<BufferSetting>,
     fault: Option<FaultSetting>,
+    /// `Some(None)`: no limit here (disabled, or a `LocalRateLimit` without a bucket).
+    ratelimit: Option<Option<gofe_model::LocalRateLimitConfig>>,
 }
 
 impl PerFilter {
@@ -850,7 +862,12 @@ impl PerFilter {
         PerFilter {
             buffer: self.buffer.or(outer.buffer),
             fault: self.fault.or_else(|| outer.fault.clone()),
+            ratelimit: self.ratelimit.or_else(|| outer.ratelimit.clone()),
         }
+    }
+
+    fn local_ratelimit(&self) -> Option<gofe_model::LocalRateLimitConfig> {
+        self.ratelimit.clone().flatten()
     }
 
     fn fault(&self) -> Option<gofe_model::FaultConfig> {
@@ -861,7 +878,7 @@ impl PerFilter {
     }
 }
 
-/// The settings of the filters gofe has (buffer, fault) in a `typed_per_filter_config` map. A
+/// The settings of the filters gofe has (buffer, fault, local rate limit) in a `typed_per_filter_config` map. A
 /// configuration for a filter gofe does not have is refused unless it is marked optional (a
 /// `FilterConfig` with `is_optional`).
 fn per_filter_settings(
@@ -902,6 +919,26 @@ fn per_filter_settings(
             });
             continue;
         }
+        if key == LOCAL_RATELIMIT_FILTER_NAME {
+            out.ratelimit = Some(match &wrapper {
+                Some(w) if w.disabled => None,
+                Some(w) => {
+                    let config = w.config.as_ref().ok_or_else(|| {
+                        invalid(
+                            res,
+                            &join(&field, "config"),
+                            "enabling the local rate limit filter needs a LocalRateLimit",
+                        )
+                    })?;
+                    ratelimits::per_route_from_wire(config, res, &join(&field, "config"))?
+                }
+                None if ratelimits::is_local_ratelimit(any) => {
+                    ratelimits::per_route_from_wire(any, res, &field)?
+                }
+                None => return Err(ConvertError::UnexpectedType(any.type_url.clone())),
+            });
+            continue;
+        }
         if key != BUFFER_FILTER_NAME {
             if wrapper.is_some_and(|w| w.is_optional) {
                 continue;
@@ -910,7 +947,7 @@ fn per_filter_settings(
                 res,
                 &field,
                 "a per-route configuration for an HTTP filter gofe does not have (only the \
-                 buffer and fault filters'; mark others is_optional)",
+                 buffer, fault and local rate limit filters'; mark others is_optional)",
             ));
         }
         let per_route = match &wrapper {

@@ -13,6 +13,7 @@ mod health_view;
 mod host;
 mod hostile;
 mod protocols;
+mod ratelimit;
 mod reload;
 mod resilience;
 mod routing;

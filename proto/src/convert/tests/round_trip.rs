@@ -221,6 +221,34 @@ fn fault() -> impl Strategy<Value = gofe_model::FaultConfig> {
         )
 }
 
+/// A route's local rate limit: any bucket Envoy accepts, status, fractions and headers.
+fn local_ratelimit() -> impl Strategy<Value = gofe_model::LocalRateLimitConfig> {
+    use gofe_model::local_ratelimit::{TokenBucketConfig, XRateLimitHeaders};
+    (
+        (any::<u32>(), 1..=u32::MAX, duration()),
+        (400u16..600, percent(), percent(), any::<bool>()),
+    )
+        .prop_map(
+            |((max_tokens, tokens_per_fill, interval), (status, enabled, enforced, headers))| {
+                gofe_model::LocalRateLimitConfig {
+                    token_bucket: TokenBucketConfig {
+                        max_tokens,
+                        tokens_per_fill,
+                        fill_interval: interval.max(Duration::from_millis(50)),
+                    },
+                    status,
+                    filter_enabled: enabled,
+                    filter_enforced: enforced,
+                    enable_x_ratelimit_headers: if headers {
+                        XRateLimitHeaders::DraftVersion03
+                    } else {
+                        XRateLimitHeaders::Off
+                    },
+                }
+            },
+        )
+}
+
 fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
     (
         (
@@ -229,6 +257,7 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
             vec(header(), 0..3),
             prop::option::of("[a-z0-9-]{1,8}"),
             prop::option::of(fault()),
+            prop::option::of(local_ratelimit()),
         ),
         (
             prop::option::of(vec((0..clusters, any::<u32>()), 1..4)),
@@ -239,7 +268,10 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
         ),
     )
         .prop_map(
-            |((prefix, path, headers, name, fault), (weighted, cluster, timeout, retry, limit))| {
+            |(
+                (prefix, path, headers, name, fault, local_ratelimit),
+                (weighted, cluster, timeout, retry, limit),
+            )| {
                 let matcher = RouteMatchConfig {
                     prefix: prefix.then(|| path.clone()),
                     path: (!prefix).then_some(path),
@@ -271,6 +303,7 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
                         max_request_bytes: limit,
                     },
                     fault,
+                    local_ratelimit,
                 }
             },
         )

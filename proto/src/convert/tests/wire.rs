@@ -1459,3 +1459,163 @@ fn the_fault_filter_is_configured_per_route_and_in_gofes_order() {
     });
     assert!(err(listener_from_wire(&l)).contains("http_filters[1]"));
 }
+
+#[test]
+fn local_rate_limits_travel_as_the_filters_per_route_config() {
+    use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
+    use gofe_model::local_ratelimit::{TokenBucketConfig, XRateLimitHeaders};
+
+    let mut c = sample();
+    let limit = gofe_model::LocalRateLimitConfig {
+        token_bucket: TokenBucketConfig {
+            max_tokens: 10,
+            tokens_per_fill: 2,
+            fill_interval: Duration::from_secs(1),
+        },
+        status: 503,
+        filter_enabled: gofe_model::FractionalPercent::percent(100),
+        filter_enforced: gofe_model::FractionalPercent::percent(50),
+        enable_x_ratelimit_headers: XRateLimitHeaders::DraftVersion03,
+    };
+    c.listeners[0].filters[0].config.virtual_hosts[0].routes[1].local_ratelimit =
+        Some(limit.clone());
+    let r = from_proxy_config(&c).unwrap();
+    let rc = route_to_wire(&r.routes["public"]).unwrap();
+    let wire: LocalRateLimit =
+        typed(&rc.virtual_hosts[0].routes[1].typed_per_filter_config[LOCAL_RATELIMIT_FILTER_NAME]);
+    assert!(!wire.stat_prefix.is_empty(), "Envoy requires one");
+    assert_eq!(wire.token_bucket.as_ref().unwrap().max_tokens, 10);
+    assert_eq!(wire.status.unwrap().code, 503);
+    assert_eq!(
+        route_from_wire(&rc).unwrap().router.virtual_hosts[0].routes[1].local_ratelimit,
+        Some(limit)
+    );
+
+    // Envoy's documented form, on the virtual host in a FilterConfig, runtime keys and all;
+    // one route without a bucket has no limit.
+    let mut rc = rc;
+    for r in &mut rc.virtual_hosts[0].routes {
+        r.typed_per_filter_config.clear();
+    }
+    let pct = |n| {
+        Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: n,
+                denominator: 0,
+            }),
+            runtime_key: "local_rate_limit_enabled".into(),
+        })
+    };
+    let envoy_doc = LocalRateLimit {
+        stat_prefix: "http_local_rate_limiter".into(),
+        token_bucket: Some(TokenBucket {
+            max_tokens: 10000,
+            tokens_per_fill: u32w(1000),
+            fill_interval: secs(1),
+        }),
+        filter_enabled: pct(100),
+        filter_enforced: pct(100),
+        ..Default::default()
+    };
+    rc.virtual_hosts[0].typed_per_filter_config.insert(
+        LOCAL_RATELIMIT_FILTER_NAME.into(),
+        any_of(&route::FilterConfig {
+            config: Some(any_of(&envoy_doc)),
+            ..Default::default()
+        }),
+    );
+    rc.virtual_hosts[0].routes[1]
+        .typed_per_filter_config
+        .insert(
+            LOCAL_RATELIMIT_FILTER_NAME.into(),
+            any_of(&LocalRateLimit {
+                stat_prefix: "none".into(),
+                ..Default::default()
+            }),
+        );
+    let back = route_from_wire(&rc).unwrap();
+    let routes = &back.router.virtual_hosts[0].routes;
+    let l = routes[0].local_ratelimit.as_ref().unwrap();
+    assert_eq!(l.token_bucket.tokens_per_fill, 1000);
+    assert_eq!(l.status, 429, "Envoy's default");
+    assert_eq!(
+        l.filter_enforced,
+        gofe_model::FractionalPercent::percent(100)
+    );
+    assert_eq!(
+        routes[1].local_ratelimit, None,
+        "a bucketless config limits nothing"
+    );
+    assert!(routes[2].local_ratelimit.is_some());
+
+    let refuse = |l: LocalRateLimit, field: &str| {
+        let mut rc = rc.clone();
+        rc.virtual_hosts[0].routes[2]
+            .typed_per_filter_config
+            .insert(LOCAL_RATELIMIT_FILTER_NAME.into(), any_of(&l));
+        let e = err(route_from_wire(&rc));
+        assert!(e.contains(field), "{field}: {e}");
+    };
+    refuse(
+        LocalRateLimit {
+            descriptors: vec![Default::default()],
+            ..envoy_doc.clone()
+        },
+        "descriptors",
+    );
+    refuse(
+        LocalRateLimit {
+            rate_limited_as_resource_exhausted: true,
+            local_rate_limit_per_downstream_connection: true,
+            ..envoy_doc.clone()
+        },
+        "local_rate_limit_per_downstream_connection",
+    );
+    let mut short = envoy_doc.clone();
+    short.token_bucket.as_mut().unwrap().fill_interval = Some(PbDuration {
+        seconds: 0,
+        nanos: 10_000_000,
+    });
+    refuse(short, "token_bucket.fill_interval");
+    refuse(
+        LocalRateLimit {
+            status: Some(envoy_types::pb::envoy::r#type::v3::HttpStatus { code: 200 }),
+            ..envoy_doc.clone()
+        },
+        "status.code",
+    );
+    refuse(
+        LocalRateLimit {
+            filter_enabled: pct(101),
+            ..envoy_doc.clone()
+        },
+        "filter_enabled.default_value.numerator",
+    );
+
+    // A bucket for the whole connection manager is refused: gofe's are per route.
+    let mut xds = to_xds(&c);
+    let (_, listeners) = xds
+        .iter_mut()
+        .find(|(t, _)| *t == ResourceType::Listener)
+        .unwrap();
+    let mut l: listener::Listener = typed(&listeners[0]);
+    set_hcm(&mut l, |m| {
+        m.http_filters[1].config_type = Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+            &envoy_doc,
+        )))
+    });
+    assert!(err(listener_from_wire(&l)).contains("http_filters[1].typed_config.token_bucket"));
+    // Without the filter, routes' limits do nothing, as in Envoy.
+    set_hcm(&mut l, |m| {
+        m.http_filters
+            .retain(|f| f.name != LOCAL_RATELIMIT_FILTER_NAME)
+    });
+    listeners[0] = to_any(&l);
+    let back = from_xds(&xds);
+    assert_eq!(
+        back.listeners[0].filters[0].config.virtual_hosts[0].routes[1].local_ratelimit,
+        None
+    );
+}
