@@ -187,28 +187,30 @@ async fn forward(
     if let Some(log) = &mut log {
         log.routed(route.name.as_ref(), &cluster);
     }
-    // Fault injection (Envoy's fault filter): maybe a delay, then maybe an abort, which never
-    // reaches an upstream. A route without faults costs this one branch.
+    // The route's filters: fault injection (maybe a delay, then maybe an abort, which never
+    // reaches an upstream), then local rate limiting (a request finding the route's bucket
+    // empty is answered here), as Envoy's fault and local_ratelimit filters in that order. A
+    // route with neither costs this one branch.
     let mut faulted = None;
-    if let Some(fault) = &route.fault {
-        if let Some(delay) = fault.delay(req.headers(), &mut faulted) {
-            flag(&mut log, Flags::DELAY_INJECTED);
-            // Boxed: the timer is in this (hot, large) future only for a delayed request.
-            Box::pin(tokio::time::sleep(delay)).await;
+    if let Some(filters) = &route.filters {
+        if let Some(fault) = &filters.fault {
+            if let Some(delay) = fault.delay(req.headers(), &mut faulted) {
+                flag(&mut log, Flags::DELAY_INJECTED);
+                // Boxed: the timer is in this (hot, large) future only for a delayed request.
+                Box::pin(tokio::time::sleep(delay)).await;
+            }
+            if let Some(reply) = fault.abort(req.headers(), &mut faulted) {
+                flag(&mut log, Flags::FAULT_INJECTED);
+                return Ok(reply);
+            }
         }
-        if let Some(reply) = fault.abort(req.headers(), &mut faulted) {
-            flag(&mut log, Flags::FAULT_INJECTED);
-            return Ok(reply);
-        }
-    }
-    // Local rate limiting (Envoy's local_ratelimit filter, after the fault filter): a request
-    // finding the route's bucket empty is answered here. One branch without a limit.
-    if let Some(limit) = &route.ratelimit {
-        match limit.check() {
-            Verdict::Pass(headers) => *limit_headers = headers,
-            Verdict::Limited(headers) => {
-                flag(&mut log, Flags::RATE_LIMITED);
-                return Ok(limit.reply(req.headers(), headers));
+        if let Some(limit) = &filters.ratelimit {
+            match limit.check() {
+                Verdict::Pass(headers) => *limit_headers = headers,
+                Verdict::Limited(headers) => {
+                    flag(&mut log, Flags::RATE_LIMITED);
+                    return Ok(limit.reply(req.headers(), headers));
+                }
             }
         }
     }

@@ -163,6 +163,9 @@ struct Control {
     /// Each listener's access logs with the configuration they were built from, kept across
     /// swaps that leave it unchanged (the writer thread and open files stay).
     access_logs: HashMap<Arc<str>, (Vec<config::AccessLogConfig>, Arc<access_log::AccessLog>)>,
+    /// Routes' filter state (active faults, rate-limit buckets), kept across swaps that leave
+    /// it unchanged.
+    filters: route::FilterState,
     clusters: HashSet<String>,
     version: u64,
 }
@@ -232,6 +235,7 @@ impl Proxy {
         let mut health = HashMap::new();
         let mut limits = HashMap::new();
         let mut access_logs = HashMap::new();
+        let mut filter_state = route::FilterState::default();
         for c in &config.clusters {
             let name = c.name.clone();
             let key = PoolKey::of(c);
@@ -284,10 +288,11 @@ impl Proxy {
                 .map_or(l.address.as_str(), |n| n.as_str())
                 .into();
             let mut routes = None;
-            let filters = route::Filters::new(metrics, &name);
+            let mut filters =
+                route::Filters::new(metrics, &name, &control.filters, &mut filter_state);
             for f in &l.filters {
                 routes = Some(
-                    RouteTable::build(&f.config, &clusters, &filters)
+                    RouteTable::build(&f.config, &clusters, &mut filters)
                         .map_err(ApplyError::Invalid)?,
                 );
             }
@@ -427,6 +432,7 @@ impl Proxy {
         control.health = health;
         control.limits = limits;
         control.access_logs = access_logs;
+        control.filters = filter_state;
         control.clusters = cluster_names;
         control.pools = pools;
         let mut serving: Vec<Arc<Cluster>> = clusters.values().cloned().collect();
@@ -554,7 +560,12 @@ pub mod bench_support {
             let table = RouteTable::build(
                 &config.listeners[0].filters[0].config,
                 &clusters,
-                &crate::route::Filters::new(&metrics, "bench"),
+                &mut crate::route::Filters::new(
+                    &metrics,
+                    &Arc::from("bench"),
+                    &Default::default(),
+                    &mut Default::default(),
+                ),
             )
             .expect("routes build");
             Compiled { table, clusters }

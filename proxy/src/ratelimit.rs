@@ -7,6 +7,7 @@
 //! whole intervals from the bucket's creation, as Envoy's timer-filled bucket does.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue};
@@ -15,7 +16,7 @@ use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use crate::body::ProxyBody;
-use crate::config::local_ratelimit::XRateLimitHeaders;
+use crate::config::local_ratelimit::{TokenBucketConfig, XRateLimitHeaders};
 use crate::config::LocalRateLimitConfig;
 use crate::fault::{local_reply, Percent};
 
@@ -49,6 +50,16 @@ impl TokenBucket {
             max,
             per_fill,
         }
+    }
+
+    /// A full bucket as configured, its intervals counted from now.
+    pub(crate) fn from_config(c: &TokenBucketConfig) -> Self {
+        TokenBucket::new(
+            c.max_tokens,
+            c.tokens_per_fill,
+            c.fill_interval,
+            Instant::now(),
+        )
     }
 
     /// The number of the fill interval `now` is in (wrapping after 2³² intervals, which the
@@ -135,7 +146,7 @@ pub(crate) enum Verdict {
 
 /// A route's compiled local rate limit.
 pub(crate) struct LocalRateLimit {
-    bucket: TokenBucket,
+    bucket: Arc<TokenBucket>,
     enabled: Percent,
     enforced: Percent,
     status: StatusCode,
@@ -144,19 +155,15 @@ pub(crate) struct LocalRateLimit {
 }
 
 impl LocalRateLimit {
-    /// Compiles a validated configuration; the bucket starts full.
+    /// Compiles a validated configuration around its `bucket` (kept across configurations
+    /// that leave it unchanged).
     pub(crate) fn build(
         c: &LocalRateLimitConfig,
+        bucket: Arc<TokenBucket>,
         counters: RateLimitCounters,
     ) -> Result<Self, String> {
-        let b = &c.token_bucket;
         Ok(LocalRateLimit {
-            bucket: TokenBucket::new(
-                b.max_tokens,
-                b.tokens_per_fill,
-                b.fill_interval,
-                Instant::now(),
-            ),
+            bucket,
             enabled: Percent::new(&c.filter_enabled),
             enforced: Percent::new(&c.filter_enforced),
             status: StatusCode::from_u16(c.status)
@@ -209,7 +216,6 @@ impl LocalRateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::local_ratelimit::TokenBucketConfig;
     use crate::config::FractionalPercent;
 
     fn counters() -> RateLimitCounters {
@@ -222,18 +228,21 @@ mod tests {
     }
 
     fn limit(max: u32, per_fill: u32, interval: Duration, enforced: u32) -> LocalRateLimit {
+        let token_bucket = TokenBucketConfig {
+            max_tokens: max,
+            tokens_per_fill: per_fill,
+            fill_interval: interval,
+        };
+        let bucket = Arc::new(TokenBucket::from_config(&token_bucket));
         LocalRateLimit::build(
             &LocalRateLimitConfig {
-                token_bucket: TokenBucketConfig {
-                    max_tokens: max,
-                    tokens_per_fill: per_fill,
-                    fill_interval: interval,
-                },
+                token_bucket,
                 status: 429,
                 filter_enabled: FractionalPercent::percent(100),
                 filter_enforced: FractionalPercent::percent(enforced),
                 enable_x_ratelimit_headers: XRateLimitHeaders::DraftVersion03,
             },
+            bucket,
             counters(),
         )
         .unwrap()
@@ -308,7 +317,7 @@ mod tests {
 
     #[test]
     fn concurrent_takers_never_take_more_than_the_bucket_holds() {
-        let bucket = std::sync::Arc::new(TokenBucket::new(
+        let bucket = Arc::new(TokenBucket::new(
             1000,
             1,
             Duration::from_secs(3600),
@@ -317,7 +326,7 @@ mod tests {
         let now = Instant::now();
         let threads: Vec<_> = (0..4)
             .map(|_| {
-                let b = std::sync::Arc::clone(&bucket);
+                let b = Arc::clone(&bucket);
                 std::thread::spawn(move || (0..1000).filter(|_| b.take(now).is_ok()).count())
             })
             .collect();

@@ -307,6 +307,7 @@ pub(super) fn route_from_wire_in(
         .set("route_specifiers", route_specifiers)
         .finish()?;
     let config_filters = per_filter_settings(typed_per_filter_config, res, base)?;
+    refuse_shared_bucket(&config_filters, res, base)?;
     let mut out = Vec::new();
     for (hi, vh) in virtual_hosts.iter().enumerate() {
         out.push(virtual_host_from_wire(
@@ -419,7 +420,9 @@ fn virtual_host_from_wire(
         .set("request_mirror_policies", request_mirror_policies)
         .set("route_specifiers", route_specifiers)
         .finish()?;
-    let vhost_filters = per_filter_settings(typed_per_filter_config, res, base)?.or(config_filters);
+    let vhost_filters = per_filter_settings(typed_per_filter_config, res, base)?;
+    refuse_shared_bucket(&vhost_filters, res, base)?;
+    let vhost_filters = vhost_filters.or(config_filters);
     let vhost_retry = retry_policy
         .as_ref()
         .map(|r| retry_policy_from_wire(r, res, &join(base, "retry_policy")))
@@ -876,6 +879,24 @@ impl PerFilter {
             Some(FaultSetting::Disabled) | None => None,
         }
     }
+}
+
+/// In Envoy a `LocalRateLimit` on a virtual host (or a route configuration) is one bucket
+/// shared by every route that inherits it; gofe's buckets are per route, so such a bucket is
+/// refused rather than split into one per route. (One that limits nothing is fine.)
+fn refuse_shared_bucket(level: &PerFilter, res: &str, base: &str) -> Result<(), ConvertError> {
+    if matches!(level.ratelimit, Some(Some(_))) {
+        return Err(invalid(
+            res,
+            &join(
+                base,
+                &format!("typed_per_filter_config[{LOCAL_RATELIMIT_FILTER_NAME:?}]"),
+            ),
+            "a token bucket shared by the routes below is not supported by gofe: configure \
+             the local rate limit on each route",
+        ));
+    }
+    Ok(())
 }
 
 /// The settings of the filters gofe has (buffer, fault, local rate limit) in a `typed_per_filter_config` map. A

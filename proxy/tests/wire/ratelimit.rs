@@ -112,3 +112,59 @@ clusters:
     }
     let _ = std::fs::remove_file(&path);
 }
+
+/// A listener whose route `/limited` allows `max_tokens` an hour; `extra` adds a route after it.
+fn limited(max_tokens: u32, extra: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - address: "127.0.0.1:0"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+                - match: {{ prefix: "/limited" }}
+                  route: {{ cluster: web }}
+                  local_ratelimit:
+                    token_bucket: {{ max_tokens: {max_tokens}, fill_interval: "1h" }}
+                    filter_enabled: {{ numerator: 100 }}
+                    filter_enforced: {{ numerator: 100 }}
+{extra}
+clusters:
+  - {{ name: web, endpoints: [{{ address: "{{B0}}" }}] }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_reload_that_leaves_the_bucket_alone_keeps_it_and_a_new_bucket_starts_full() {
+    let (b, vars) = backends(&["b0"]).await;
+    let h = Harness::start(&fill(&limited(2, ""), &vars)).await;
+    let c = h1_client();
+    let statuses = |n: usize| {
+        let c = c.clone();
+        let url = h.url("/limited");
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                out.push(get(&c, &url, "x", &[]).await.status.as_u16());
+            }
+            out
+        }
+    };
+    assert_eq!(statuses(3).await, [200, 200, 429]);
+    // Another route added after it: the bucket stays empty.
+    let other = "                - match: { prefix: \"/other\" }\n                  route: { cluster: web }";
+    h.apply(&fill(&limited(2, other), &vars)).await;
+    assert_eq!(statuses(1).await, [429]);
+    // The bucket changed: a new one, full.
+    h.apply(&fill(&limited(3, other), &vars)).await;
+    assert_eq!(statuses(4).await, [200, 200, 200, 429]);
+    h.proxy.shutdown(Duration::from_secs(1)).await;
+    for b in b {
+        b.stop().await;
+    }
+}

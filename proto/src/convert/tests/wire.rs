@@ -1493,8 +1493,9 @@ fn local_rate_limits_travel_as_the_filters_per_route_config() {
         Some(limit)
     );
 
-    // Envoy's documented form, on the virtual host in a FilterConfig, runtime keys and all;
-    // one route without a bucket has no limit.
+    // Envoy's documented form, on a route in a FilterConfig, runtime keys and all; a virtual
+    // host's bucketless one limits nothing, and one with a bucket (which Envoy shares among the
+    // host's routes) is refused.
     let mut rc = rc;
     for r in &mut rc.virtual_hosts[0].routes {
         r.typed_per_filter_config.clear();
@@ -1519,22 +1520,24 @@ fn local_rate_limits_travel_as_the_filters_per_route_config() {
         filter_enforced: pct(100),
         ..Default::default()
     };
+    for r in [0, 2] {
+        rc.virtual_hosts[0].routes[r]
+            .typed_per_filter_config
+            .insert(
+                LOCAL_RATELIMIT_FILTER_NAME.into(),
+                any_of(&route::FilterConfig {
+                    config: Some(any_of(&envoy_doc)),
+                    ..Default::default()
+                }),
+            );
+    }
     rc.virtual_hosts[0].typed_per_filter_config.insert(
         LOCAL_RATELIMIT_FILTER_NAME.into(),
-        any_of(&route::FilterConfig {
-            config: Some(any_of(&envoy_doc)),
+        any_of(&LocalRateLimit {
+            stat_prefix: "none".into(),
             ..Default::default()
         }),
     );
-    rc.virtual_hosts[0].routes[1]
-        .typed_per_filter_config
-        .insert(
-            LOCAL_RATELIMIT_FILTER_NAME.into(),
-            any_of(&LocalRateLimit {
-                stat_prefix: "none".into(),
-                ..Default::default()
-            }),
-        );
     let back = route_from_wire(&rc).unwrap();
     let routes = &back.router.virtual_hosts[0].routes;
     let l = routes[0].local_ratelimit.as_ref().unwrap();
@@ -1549,6 +1552,18 @@ fn local_rate_limits_travel_as_the_filters_per_route_config() {
         "a bucketless config limits nothing"
     );
     assert!(routes[2].local_ratelimit.is_some());
+    let mut shared = rc.clone();
+    shared.virtual_hosts[0]
+        .typed_per_filter_config
+        .insert(LOCAL_RATELIMIT_FILTER_NAME.into(), any_of(&envoy_doc));
+    assert!(err(route_from_wire(&shared)).contains(
+        "virtual_hosts[0].typed_per_filter_config[\"envoy.filters.http.local_ratelimit\"]: a token bucket shared"
+    ));
+    shared.virtual_hosts[0].typed_per_filter_config.clear();
+    shared
+        .typed_per_filter_config
+        .insert(LOCAL_RATELIMIT_FILTER_NAME.into(), any_of(&envoy_doc));
+    assert!(err(route_from_wire(&shared)).contains("a token bucket shared"));
 
     let refuse = |l: LocalRateLimit, field: &str| {
         let mut rc = rc.clone();
