@@ -365,3 +365,21 @@ async fn a_grpc_abort_is_a_grpc_status() {
         b.stop().await;
     }
 }
+
+#[test]
+fn a_percentage_over_its_denominator_is_refused_with_file_line_and_field() {
+    let log = LogFile::new("refused");
+    let yaml = config(
+        &log,
+        "{ abort: { http_status: 503, percentage: { numerator: 250, denominator: HUNDRED } } }",
+    )
+    .replace("{B0}", "127.0.0.1:9");
+    let e = gofe_proxy::config::parse("proxy.yaml", &yaml)
+        .expect_err("the percentage is over 100 %")
+        .to_string();
+    let field = "listeners[0].filters[0].config.virtual_hosts[0].routes[0].fault.abort.percentage.numerator";
+    // Line 18 is the route's `fault:`; column 80 its numerator.
+    assert!(e.starts_with("proxy.yaml:18:80: "), "{e}");
+    assert!(e.contains(field), "{e}");
+    assert!(e.contains("250 is more than the denominator (100)"), "{e}");
+}
