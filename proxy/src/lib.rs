@@ -28,7 +28,9 @@
 //! `initial_fetch_timeout` for xDS; 503 after `POST /healthcheck/fail` until
 //! `POST /healthcheck/ok`), `/config_dump` (the configuration, every endpoint's configured and
 //! passive health, and the xDS client's state), `/clusters` and `/server_info` (Envoy's forms).
-//! Listeners may write access logs (`access_log`), off the request path.
+//! Listeners may write access logs (`access_log`), off the request path. Routes may inject
+//! faults (`fault`, Envoy's fault filter) and limit their rate (`local_ratelimit`, Envoy's local
+//! rate limit filter), both compiled when the configuration is applied.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
