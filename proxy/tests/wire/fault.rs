@@ -383,3 +383,45 @@ fn a_percentage_over_its_denominator_is_refused_with_file_line_and_field() {
     assert!(e.contains(field), "{e}");
     assert!(e.contains("250 is more than the denominator (100)"), "{e}");
 }
+
+#[tokio::test]
+async fn delays_hold_their_percentage() {
+    let log = LogFile::new("delay-share");
+    let (b, vars) = backends(&["b0"]).await;
+    let yaml = config(
+        &log,
+        "{ delay: { fixed_delay: \"1ms\", percentage: { numerator: 2500, denominator: TEN_THOUSAND } } }",
+    );
+    let h = Arc::new(Harness::start(&fill(&yaml, &vars)).await);
+    const N: u64 = 2000;
+    const TASKS: u64 = 4;
+    let mut tasks = Vec::new();
+    for _ in 0..TASKS {
+        let h = Arc::clone(&h);
+        tasks.push(tokio::spawn(async move {
+            let c = h1_client();
+            for _ in 0..N / TASKS {
+                assert_eq!(get(&c, &h.url("/faulty"), "x", &[]).await.status, 200);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let lines = log.lines(N as usize).await;
+    let delayed = lines.iter().filter(|l| l.contains(" 200 DI ")).count() as u64;
+    assert_binomial(delayed, N, 0.25);
+    let m = metrics(&h).await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"gofe_fault_injected_total{kind="delay",route="faulty"}"#
+        ),
+        Some(delayed as f64)
+    );
+    assert_eq!(b[0].served(), N, "delayed requests still reach the backend");
+    h.proxy.shutdown(Duration::from_secs(1)).await;
+    for b in b {
+        b.stop().await;
+    }
+}
