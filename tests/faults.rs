@@ -1131,6 +1131,8 @@ fn xds_resources(
             domains: vec!["*".into()],
             routes: vec![RouteConfig {
                 name: None,
+                fault: None,
+                local_ratelimit: None,
                 matcher: RouteMatchConfig {
                     prefix: Some("/".into()),
                     ..Default::default()

@@ -29,6 +29,10 @@ pub use gofe_yaml::duration::parse as parse_duration;
 
 pub mod access_log;
 pub use access_log::AccessLogConfig;
+pub mod fault;
+pub use fault::{FaultConfig, FractionalPercent};
+pub mod local_ratelimit;
+pub use local_ratelimit::LocalRateLimitConfig;
 
 /// Default upstream request timeout per route (Envoy's default).
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -193,6 +197,14 @@ pub struct RouteConfig {
     pub matcher: RouteMatchConfig,
     /// Where they go.
     pub route: RouteActionConfig,
+    /// Fault injection (Envoy's HTTP fault filter configured for this route): delays and
+    /// aborts for a fraction of its requests. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultConfig>,
+    /// Local rate limiting (Envoy's `local_ratelimit` filter configured for this route): a
+    /// token bucket shared by all of the route's requests, after any fault. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_ratelimit: Option<LocalRateLimitConfig>,
 }
 
 /// A route's match: exactly one of `prefix` or `path`, plus optional header conditions.
@@ -920,6 +932,16 @@ fn validate_route(
             }
         }
     }
+    if let Some(fault) = &route.fault {
+        for (field, message) in fault::check(fault) {
+            v.error(format!("{base}.fault.{field}"), message);
+        }
+    }
+    if let Some(limit) = &route.local_ratelimit {
+        for (field, message) in local_ratelimit::check(limit) {
+            v.error(format!("{base}.local_ratelimit.{field}"), message);
+        }
+    }
     let a = &route.route;
     if let Some(retry) = &a.retry_policy {
         if let Err(msg) = RetryOn::parse(&retry.retry_on) {
@@ -1172,6 +1194,59 @@ admin: { address: "127.0.0.1:9901" }
         assert_eq!(
             c.listeners[0].access_log[0].path.as_deref(),
             Some("/tmp/a.log")
+        );
+    }
+
+    #[test]
+    fn a_fault_percentage_over_its_denominator_names_its_line_and_field() {
+        let text = SAMPLE.replace(
+            "route: { cluster: \"backend-v1\" }\n",
+            "route: { cluster: \"backend-v1\" }\n                  fault:\n                    abort:\n                      http_status: 503\n                      percentage: { numerator: 101 }\n",
+        );
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            p[0].field,
+            "listeners[0].filters[0].config.virtual_hosts[0].routes[0].fault.abort.percentage.numerator"
+        );
+        assert_eq!(p[0].line, Some(17));
+        assert!(p[0].message.contains("at most 100 %"), "{}", p[0]);
+        let ok = text.replace("numerator: 101", "numerator: 25");
+        let c = parse("ok.yaml", &ok).unwrap();
+        let fault = c.listeners[0].filters[0].config.virtual_hosts[0].routes[0]
+            .fault
+            .clone()
+            .unwrap();
+        assert_eq!(
+            fault.abort.unwrap().percentage,
+            FractionalPercent::percent(25)
+        );
+    }
+
+    #[test]
+    fn a_rate_limit_reads_envoys_shape_and_refuses_a_short_interval_by_line() {
+        let text = SAMPLE.replace(
+            "route: { cluster: \"backend-v1\" }\n",
+            "route: { cluster: \"backend-v1\" }\n                  local_ratelimit:\n                    token_bucket: { max_tokens: 5, fill_interval: \"10ms\" }\n                    filter_enabled: { numerator: 100 }\n                    filter_enforced: { numerator: 100 }\n                    enable_x_ratelimit_headers: DRAFT_VERSION_03\n",
+        );
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            p[0].field,
+            "listeners[0].filters[0].config.virtual_hosts[0].routes[0].local_ratelimit.token_bucket.fill_interval"
+        );
+        assert_eq!(p[0].line, Some(15));
+        let ok = text.replace("\"10ms\"", "\"1s\"");
+        let c = parse("ok.yaml", &ok).unwrap();
+        let limit = c.listeners[0].filters[0].config.virtual_hosts[0].routes[0]
+            .local_ratelimit
+            .clone()
+            .unwrap();
+        assert_eq!(limit.token_bucket.tokens_per_fill, 1);
+        assert_eq!(limit.status, 429);
+        assert_eq!(
+            limit.enable_x_ratelimit_headers,
+            local_ratelimit::XRateLimitHeaders::DraftVersion03
         );
     }
 

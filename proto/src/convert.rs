@@ -24,7 +24,9 @@
 mod access_logs;
 mod clusters;
 mod endpoints;
+mod faults;
 mod listeners;
+mod ratelimits;
 mod routes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -58,7 +60,9 @@ use crate::resource::*;
 pub use access_logs::{FILE_ACCESS_LOG_NAME, STDOUT_ACCESS_LOG_NAME};
 pub use clusters::{cluster_from_wire, cluster_to_wire, empty_cluster};
 pub use endpoints::{endpoints_from_wire, endpoints_to_wire};
+pub use faults::FAULT_FILTER_NAME;
 pub use listeners::{listener_from_wire, listener_to_wire};
+pub use ratelimits::LOCAL_RATELIMIT_FILTER_NAME;
 pub use routes::{route_from_wire, route_to_wire};
 
 /// Name of the HTTP connection manager network filter.
@@ -837,6 +841,8 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
                         request_headers_timeout: l.request_headers_timeout,
                         idle_timeout: l.idle_timeout,
                         buffer_filter: true,
+                        fault_filter: true,
+                        local_ratelimit_filter: true,
                         unnamed: l.name.is_none(),
                     },
                 },
@@ -884,7 +890,9 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
 /// added empty, so requests to it fail with 503 as in Envoy rather than the whole configuration
 /// being refused. Static clusters and listeners win over dynamic ones of the same name; API
 /// listeners (for proxyless clients) are not served by the proxy. A route's `max_request_bytes`
-/// takes effect only on a listener whose connection manager has the buffer filter, as in Envoy.
+/// takes effect only on a listener whose connection manager has the buffer filter, and a route's
+/// `fault` only on one with the fault filter and its `local_ratelimit` only on one with the local
+/// rate limit filter, as in Envoy.
 pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
     let mut out = base.clone();
     let mut cluster_names: HashSet<String> = out.clusters.iter().map(|c| c.name.clone()).collect();
@@ -925,6 +933,24 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
                 .flat_map(|vh| vh.routes.iter_mut())
             {
                 r.route.max_request_bytes = None;
+            }
+        }
+        if !settings.fault_filter {
+            for r in router
+                .virtual_hosts
+                .iter_mut()
+                .flat_map(|vh| vh.routes.iter_mut())
+            {
+                r.fault = None;
+            }
+        }
+        if !settings.local_ratelimit_filter {
+            for r in router
+                .virtual_hosts
+                .iter_mut()
+                .flat_map(|vh| vh.routes.iter_mut())
+            {
+                r.local_ratelimit = None;
             }
         }
         let unnamed = settings.unnamed && name == address;

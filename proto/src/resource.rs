@@ -110,6 +110,14 @@ pub struct SocketSettings {
     /// disabled by default and enabled per route). Routes' `max_request_bytes` take effect
     /// only with it, as in Envoy. Default: yes.
     pub buffer_filter: bool,
+    /// Whether the connection manager has the fault filter (`envoy.filters.http.fault`, empty
+    /// and configured per route). Routes' `fault` take effect only with it, as in Envoy.
+    /// Default: yes.
+    pub fault_filter: bool,
+    /// Whether the connection manager has the local rate limit filter
+    /// (`envoy.filters.http.local_ratelimit`, without a bucket, configured per route). Routes'
+    /// `local_ratelimit` take effect only with it, as in Envoy. Default: yes.
+    pub local_ratelimit_filter: bool,
     /// The proxy's listener had no name of its own: its resource name is its address (metadata
     /// `gofe.unnamed`, which Envoy ignores). Default: no.
     pub unnamed: bool,
@@ -127,6 +135,8 @@ impl Default for SocketSettings {
             request_headers_timeout: gofe_model::DEFAULT_REQUEST_HEADERS_TIMEOUT,
             idle_timeout: gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
             buffer_filter: true,
+            fault_filter: true,
+            local_ratelimit_filter: true,
             unnamed: false,
             access_log: Vec::new(),
         }

@@ -64,15 +64,24 @@ impl Flags {
     pub(crate) const UPSTREAM_REQUEST_TIMEOUT: Flags = Flags(1 << 7);
     /// `UPE`: the upstream answered something that is not HTTP.
     pub(crate) const UPSTREAM_PROTOCOL_ERROR: Flags = Flags(1 << 8);
+    /// `DI`: the fault filter delayed the request.
+    pub(crate) const DELAY_INJECTED: Flags = Flags(1 << 9);
+    /// `FI`: the fault filter aborted the request.
+    pub(crate) const FAULT_INJECTED: Flags = Flags(1 << 10);
+    /// `RL`: the local rate limit refused the request.
+    pub(crate) const RATE_LIMITED: Flags = Flags(1 << 11);
 
     /// Envoy's codes, in the order Envoy writes them (its `CoreResponseFlag` order).
-    const CODES: [(Flags, &'static str); 9] = [
+    const CODES: [(Flags, &'static str); 12] = [
         (Flags::NO_HEALTHY_UPSTREAM, "UH"),
         (Flags::UPSTREAM_REQUEST_TIMEOUT, "UT"),
         (Flags::UPSTREAM_CONNECT_FAILURE, "UF"),
         (Flags::UPSTREAM_CONNECTION_TERMINATION, "UC"),
         (Flags::UPSTREAM_OVERFLOW, "UO"),
         (Flags::NO_ROUTE, "NR"),
+        (Flags::DELAY_INJECTED, "DI"),
+        (Flags::FAULT_INJECTED, "FI"),
+        (Flags::RATE_LIMITED, "RL"),
         (Flags::DOWNSTREAM_CONNECTION_TERMINATION, "DC"),
         (Flags::RETRY_LIMIT_EXCEEDED, "URX"),
         (Flags::UPSTREAM_PROTOCOL_ERROR, "UPE"),
@@ -992,6 +1001,13 @@ mod tests {
         out.clear();
         f.write(&mut out);
         assert_eq!(out, b"UH,UT,URX");
+        let mut f = Flags::default();
+        f.insert(Flags::FAULT_INJECTED);
+        f.insert(Flags::RATE_LIMITED);
+        f.insert(Flags::DELAY_INJECTED);
+        out.clear();
+        f.write(&mut out);
+        assert_eq!(out, b"DI,FI,RL");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! [`serve`] is the whole of it, in the order a request meets them:
 //!
 //! ```text
-//!   framing check ─▶ route ─▶ breakers::admit ─▶ headers::rewrite_request
+//!   framing check ─▶ route ─▶ fault (delay, abort) ─▶ local rate limit ─▶ breakers::admit
+//!        ─▶ headers::rewrite_request
 //!        ─▶ ┌ pick an endpoint ─▶ attempt::run ─▶ attempt::account ─▶ retry::Retries::again ┐
 //!           └───────────────────────────── retry ◀──────────────────────────────────────────┘
 //!        ─▶ Attempt::into_response
@@ -34,6 +35,7 @@ use crate::body::ProxyBody;
 use crate::cluster::{Cluster, Endpoint};
 use crate::ctx::{ActiveGuard, ConnContext, StreamGuard};
 use crate::metrics::{class_index, ListenerStats};
+use crate::ratelimit::{RateLimitHeaders, Verdict};
 use crate::request_body::{BodyFault, BodyWatch, RequestBody};
 use crate::route::RouteTable;
 
@@ -92,10 +94,22 @@ pub(crate) async fn serve<L: Listener>(
         LogHandle::new(Arc::clone(log), record)
     });
     let (stream, number) = StreamGuard::new(conn);
-    let forwarded = forward(req, stream.conn(), number, state.routes(), log.as_mut()).await;
+    let mut limit_headers = None;
+    let forwarded = forward(
+        req,
+        stream.conn(),
+        number,
+        state.routes(),
+        log.as_mut(),
+        &mut limit_headers,
+    )
+    .await;
     let mut response = match forwarded {
-        Ok(response) => {
+        Ok(mut response) => {
             unanswered.0 = None;
+            if let Some(h) = limit_headers {
+                h.write(response.headers_mut());
+            }
             stats.requests[class_index(response.status().as_u16())].inc();
             if let Some(log) = &mut log {
                 log.respond(response.status().as_u16(), response.headers());
@@ -141,6 +155,7 @@ async fn forward(
     number: u32,
     routes: &RouteTable,
     mut log: Option<&mut LogHandle>,
+    limit_headers: &mut Option<RateLimitHeaders>,
 ) -> Result<Response<ProxyBody>, ClientGone> {
     // Refuse a request that would be smuggled, as Envoy does, and close.
     if headers::both_framings(&req, conn, number) {
@@ -171,6 +186,33 @@ async fn forward(
     let cluster = Arc::clone(route.action.pick());
     if let Some(log) = &mut log {
         log.routed(route.name.as_ref(), &cluster);
+    }
+    // The route's filters: fault injection (maybe a delay, then maybe an abort, which never
+    // reaches an upstream), then local rate limiting (a request finding the route's bucket
+    // empty is answered here), as Envoy's fault and local_ratelimit filters in that order. A
+    // route with neither costs this one branch.
+    let mut faulted = None;
+    if let Some(filters) = &route.filters {
+        if let Some(fault) = &filters.fault {
+            if let Some(delay) = fault.delay(req.headers(), &mut faulted) {
+                flag(&mut log, Flags::DELAY_INJECTED);
+                // Boxed: the timer is in this (hot, large) future only for a delayed request.
+                Box::pin(tokio::time::sleep(delay)).await;
+            }
+            if let Some(reply) = fault.abort(req.headers(), &mut faulted) {
+                flag(&mut log, Flags::FAULT_INJECTED);
+                return Ok(reply);
+            }
+        }
+        if let Some(limit) = &filters.ratelimit {
+            match limit.check() {
+                Verdict::Pass(headers) => *limit_headers = headers,
+                Verdict::Limited(headers) => {
+                    flag(&mut log, Flags::RATE_LIMITED);
+                    return Ok(limit.reply(req.headers(), headers));
+                }
+            }
+        }
     }
     // One clock read serves the route's deadline and the first attempt's start.
     let received = Instant::now();
@@ -323,7 +365,10 @@ async fn forward(
                 None => {}
             }
         }
-        return attempt.into_response(&cluster, &endpoint, active, admitted);
+        let mut response = attempt.into_response(&cluster, &endpoint, active, admitted)?;
+        // A faulted request stays active until its response ends, as in Envoy.
+        response.body_mut().guards().fault = faulted;
+        return Ok(response);
     }
 }
 

@@ -28,7 +28,9 @@
 //! `initial_fetch_timeout` for xDS; 503 after `POST /healthcheck/fail` until
 //! `POST /healthcheck/ok`), `/config_dump` (the configuration, every endpoint's configured and
 //! passive health, and the xDS client's state), `/clusters` and `/server_info` (Envoy's forms).
-//! Listeners may write access logs (`access_log`), off the request path.
+//! Listeners may write access logs (`access_log`), off the request path. Routes may inject
+//! faults (`fault`, Envoy's fault filter) and limit their rate (`local_ratelimit`, Envoy's local
+//! rate limit filter), both compiled when the configuration is applied.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -46,12 +48,14 @@ mod cluster;
 pub use gofe_model as config;
 mod ctx;
 pub mod demo;
+mod fault;
 mod forward;
 mod framing;
 mod h1;
 mod health;
 mod listener;
 mod metrics;
+mod ratelimit;
 mod request_body;
 mod route;
 pub mod run;
@@ -162,6 +166,9 @@ struct Control {
     /// Each listener's access logs with the configuration they were built from, kept across
     /// swaps that leave it unchanged (the writer thread and open files stay).
     access_logs: HashMap<Arc<str>, (Vec<config::AccessLogConfig>, Arc<access_log::AccessLog>)>,
+    /// Routes' filter state (active faults, rate-limit buckets), kept across swaps that leave
+    /// it unchanged.
+    filters: route::FilterState,
     clusters: HashSet<String>,
     version: u64,
 }
@@ -231,6 +238,7 @@ impl Proxy {
         let mut health = HashMap::new();
         let mut limits = HashMap::new();
         let mut access_logs = HashMap::new();
+        let mut filter_state = route::FilterState::default();
         for c in &config.clusters {
             let name = c.name.clone();
             let key = PoolKey::of(c);
@@ -283,9 +291,13 @@ impl Proxy {
                 .map_or(l.address.as_str(), |n| n.as_str())
                 .into();
             let mut routes = None;
+            let mut filters =
+                route::Filters::new(metrics, &name, &control.filters, &mut filter_state);
             for f in &l.filters {
-                routes =
-                    Some(RouteTable::build(&f.config, &clusters).map_err(ApplyError::Invalid)?);
+                routes = Some(
+                    RouteTable::build(&f.config, &clusters, &mut filters)
+                        .map_err(ApplyError::Invalid)?,
+                );
             }
             let tls = match &l.tls {
                 None => None,
@@ -423,6 +435,7 @@ impl Proxy {
         control.health = health;
         control.limits = limits;
         control.access_logs = access_logs;
+        control.filters = filter_state;
         control.clusters = cluster_names;
         control.pools = pools;
         let mut serving: Vec<Arc<Cluster>> = clusters.values().cloned().collect();
@@ -547,8 +560,17 @@ pub mod bench_support {
                     (c.name.clone(), Arc::new(built))
                 })
                 .collect();
-            let table = RouteTable::build(&config.listeners[0].filters[0].config, &clusters)
-                .expect("routes build");
+            let table = RouteTable::build(
+                &config.listeners[0].filters[0].config,
+                &clusters,
+                &mut crate::route::Filters::new(
+                    &metrics,
+                    &Arc::from("bench"),
+                    &Default::default(),
+                    &mut Default::default(),
+                ),
+            )
+            .expect("routes build");
             Compiled { table, clusters }
         }
 

@@ -55,6 +55,18 @@ pub(crate) struct Metrics {
     downstream_cx_flood: IntCounterVec,
     /// `gofe_access_log_dropped_total{listener}`.
     pub(crate) access_log_dropped: IntCounterVec,
+    /// `gofe_fault_injected_total{route,kind}`.
+    pub(crate) fault_injected: IntCounterVec,
+    /// `gofe_fault_overflow_total{route}`.
+    pub(crate) fault_overflow: IntCounterVec,
+    /// `gofe_fault_active{listener}`.
+    pub(crate) fault_active: IntGaugeVec,
+    /// `gofe_ratelimit_allowed_total{route}`.
+    ratelimit_allowed: IntCounterVec,
+    /// `gofe_ratelimit_limited_total{route}`.
+    ratelimit_limited: IntCounterVec,
+    /// `gofe_ratelimit_enforced_total{route}`.
+    ratelimit_enforced: IntCounterVec,
     /// Registered when an xDS client starts (a file-configured proxy has no such series).
     xds: std::sync::OnceLock<XdsMetrics>,
 }
@@ -221,6 +233,42 @@ impl Metrics {
                 "gofe_access_log_dropped_total",
                 "Access-log lines of a listener dropped because its writer had fallen behind (its buffer was full); requests never wait for the log.",
                 &["listener"],
+            ),
+            fault_injected: counter_vec(
+                &r,
+                "gofe_fault_injected_total",
+                "Faults the fault filter injected on a route, by kind (delay or abort); a request both delayed and aborted counts in both.",
+                &["route", "kind"],
+            ),
+            fault_overflow: counter_vec(
+                &r,
+                "gofe_fault_overflow_total",
+                "Faults of a route not injected because its max_active_faults were active (Envoy's faults_overflow).",
+                &["route"],
+            ),
+            fault_active: gauge_vec(
+                &r,
+                "gofe_fault_active",
+                "Requests of a listener being faulted now (delayed, or aborted until their response ends).",
+                &["listener"],
+            ),
+            ratelimit_allowed: counter_vec(
+                &r,
+                "gofe_ratelimit_allowed_total",
+                "Requests of a route that took a token from its local rate limit's bucket (Envoy's ok).",
+                &["route"],
+            ),
+            ratelimit_limited: counter_vec(
+                &r,
+                "gofe_ratelimit_limited_total",
+                "Requests of a route that found its local rate limit's bucket empty (Envoy's rate_limited), enforced or not.",
+                &["route"],
+            ),
+            ratelimit_enforced: counter_vec(
+                &r,
+                "gofe_ratelimit_enforced_total",
+                "Rate-limited requests of a route answered with the limit's status (429 by default) instead of going on.",
+                &["route"],
             ),
             config_version: register(
                 &r,
@@ -435,6 +483,24 @@ impl Metrics {
             cx_total: self.downstream_cx_total.with_label_values(&[listener]),
             cx_overflow: self.downstream_cx_overflow.with_label_values(&[listener]),
             cx_flood: self.downstream_cx_flood.with_label_values(&[listener]),
+        }
+    }
+
+    /// The counters of a route's injected faults; `route` is its name.
+    pub(crate) fn fault(&self, route: &str) -> crate::fault::FaultCounters {
+        crate::fault::FaultCounters {
+            delays: self.fault_injected.with_label_values(&[route, "delay"]),
+            aborts: self.fault_injected.with_label_values(&[route, "abort"]),
+            overflow: self.fault_overflow.with_label_values(&[route]),
+        }
+    }
+
+    /// The counters of a route's local rate limit; `route` is its name.
+    pub(crate) fn ratelimit(&self, route: &str) -> crate::ratelimit::RateLimitCounters {
+        crate::ratelimit::RateLimitCounters {
+            allowed: self.ratelimit_allowed.with_label_values(&[route]),
+            limited: self.ratelimit_limited.with_label_values(&[route]),
+            enforced: self.ratelimit_enforced.with_label_values(&[route]),
         }
     }
 

@@ -14,7 +14,11 @@ use gofe_core::balance::WeightedSequence;
 use http::{HeaderMap, HeaderName};
 
 use crate::cluster::Cluster;
+use crate::config::local_ratelimit::TokenBucketConfig;
 use crate::config::{HeaderMatcherConfig, RetryOn, RouteConfig, RouterConfig};
+use crate::fault::{ActiveFaults, Fault};
+use crate::metrics::Metrics;
+use crate::ratelimit::{LocalRateLimit, TokenBucket};
 
 /// A listener's virtual hosts, indexed for matching.
 pub(crate) struct RouteTable {
@@ -46,6 +50,87 @@ pub(crate) struct Route {
     pub(crate) max_request_bytes: Option<u64>,
     /// The route's name, for access logs.
     pub(crate) name: Option<Arc<str>>,
+    /// Fault injection and local rate limiting; a route with neither costs this one branch.
+    pub(crate) filters: Option<Box<RouteFilters>>,
+}
+
+/// A route's HTTP filters besides the router, in the order they apply.
+pub(crate) struct RouteFilters {
+    /// Fault injection (Envoy's fault filter).
+    pub(crate) fault: Option<Fault>,
+    /// Local rate limiting (Envoy's local_ratelimit filter).
+    pub(crate) ratelimit: Option<LocalRateLimit>,
+}
+
+/// The state of routes' filters that outlives a configuration: each listener's count of
+/// active faults and each rate-limited route's bucket, so that a push which leaves them alone
+/// (an endpoint's weight, another listener) neither refills a bucket nor forgets faults in
+/// progress.
+#[derive(Default)]
+pub(crate) struct FilterState {
+    active_faults: HashMap<Arc<str>, Arc<ActiveFaults>>,
+    /// Each bucket with the configuration it was built from.
+    buckets: HashMap<BucketKey, (TokenBucketConfig, Arc<TokenBucket>)>,
+}
+
+/// Which route a bucket is for: (listener, virtual host, route index).
+type BucketKey = (Arc<str>, Box<str>, usize);
+
+/// What the routes of one listener share while they are built: the metric families their
+/// filters count in, the listener's count of active faults, and the state of the last
+/// configuration (`previous`) to take buckets from (`next` collects what this one keeps).
+pub(crate) struct Filters<'a> {
+    metrics: &'a Metrics,
+    listener: Arc<str>,
+    active_faults: Arc<ActiveFaults>,
+    previous: &'a FilterState,
+    next: &'a mut FilterState,
+}
+
+impl<'a> Filters<'a> {
+    /// The filters' state of listener `listener`, counted in `metrics`.
+    pub(crate) fn new(
+        metrics: &'a Metrics,
+        listener: &Arc<str>,
+        previous: &'a FilterState,
+        next: &'a mut FilterState,
+    ) -> Self {
+        let active_faults = previous
+            .active_faults
+            .get(listener)
+            .cloned()
+            .unwrap_or_else(|| {
+                ActiveFaults::new(metrics.fault_active.with_label_values(&[&**listener]))
+            });
+        next.active_faults
+            .insert(Arc::clone(listener), Arc::clone(&active_faults));
+        Filters {
+            metrics,
+            listener: Arc::clone(listener),
+            active_faults,
+            previous,
+            next,
+        }
+    }
+
+    /// The bucket of route `index` of `vhost`: the last configuration's when it had the same
+    /// one, else a new, full one.
+    fn bucket(
+        &mut self,
+        vhost: &str,
+        index: usize,
+        config: &TokenBucketConfig,
+    ) -> Arc<TokenBucket> {
+        let key = (Arc::clone(&self.listener), Box::from(vhost), index);
+        let bucket = match self.previous.buckets.get(&key) {
+            Some((was, bucket)) if was == config => Arc::clone(bucket),
+            _ => Arc::new(TokenBucket::from_config(config)),
+        };
+        self.next
+            .buckets
+            .insert(key, (config.clone(), Arc::clone(&bucket)));
+        bucket
+    }
 }
 
 /// A route's retry policy, compiled.
@@ -112,6 +197,7 @@ impl RouteTable {
     pub(crate) fn build(
         router: &RouterConfig,
         clusters: &HashMap<String, Arc<Cluster>>,
+        filters: &mut Filters<'_>,
     ) -> Result<Self, String> {
         let mut vhosts = Vec::with_capacity(router.virtual_hosts.len());
         let mut exact = HashMap::new();
@@ -135,7 +221,8 @@ impl RouteTable {
             let routes = vh
                 .routes
                 .iter()
-                .map(|r| Route::build(r, clusters))
+                .enumerate()
+                .map(|(ri, r)| Route::build(r, clusters, filters, &vh.name, ri))
                 .collect::<Result<Vec<_>, _>>()?;
             vhosts.push(VirtualHost {
                 name: vh.name.as_str().into(),
@@ -218,10 +305,39 @@ impl VirtualHost {
 }
 
 impl Route {
+    /// Compiles route `index` of virtual host `vhost`.
     fn build(
         config: &RouteConfig,
         clusters: &HashMap<String, Arc<Cluster>>,
+        filters: &mut Filters<'_>,
+        vhost: &str,
+        index: usize,
     ) -> Result<Self, String> {
+        // The name in metrics: the route's own, else its place.
+        let label = || {
+            config
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("{vhost}/{index}"))
+        };
+        let fault = match &config.fault {
+            None => None,
+            Some(f) => Some(Fault::build(
+                f,
+                Arc::clone(&filters.active_faults),
+                filters.metrics.fault(&label()),
+            )?),
+        };
+        let ratelimit = match &config.local_ratelimit {
+            None => None,
+            Some(l) => Some(LocalRateLimit::build(
+                l,
+                filters.bucket(vhost, index, &l.token_bucket),
+                filters.metrics.ratelimit(&label()),
+            )?),
+        };
+        let filters = (fault.is_some() || ratelimit.is_some())
+            .then(|| Box::new(RouteFilters { fault, ratelimit }));
         let m = &config.matcher;
         let path = match (&m.prefix, &m.path) {
             (Some(p), _) => PathMatch::Prefix(p.as_str().into()),
@@ -273,6 +389,7 @@ impl Route {
             retry,
             max_request_bytes: a.max_request_bytes,
             name: config.name.as_deref().map(Arc::from),
+            filters,
         })
     }
 
@@ -347,7 +464,17 @@ mod tests {
                 )
             })
             .collect();
-        RouteTable::build(&cfg.listeners[0].filters[0].config, &clusters).unwrap()
+        RouteTable::build(
+            &cfg.listeners[0].filters[0].config,
+            &clusters,
+            &mut Filters::new(
+                &metrics,
+                &Arc::from("t"),
+                &FilterState::default(),
+                &mut FilterState::default(),
+            ),
+        )
+        .unwrap()
     }
 
     const YAML: &str = r#"

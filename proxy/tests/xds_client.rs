@@ -64,6 +64,8 @@ fn resources(
                     domains: vec![s("*")],
                     routes: vec![RouteConfig {
                         name: None,
+                        fault: None,
+                        local_ratelimit: None,
                         matcher: RouteMatchConfig {
                             prefix: Some(s("/")),
                             ..Default::default()
@@ -993,4 +995,152 @@ async fn an_access_log_pushed_over_xds_writes_the_proxys_lines() {
     .await;
     f.client.stop();
     let _ = std::fs::remove_file(&path);
+}
+
+/// The snapshot of `r` with its route configuration `ingress-routes` edited by `edit` on the
+/// wire (as another control plane would write it).
+fn with_wire_routes(
+    r: &Resources,
+    edit: impl FnOnce(&mut envoy_types::pb::envoy::config::route::v3::RouteConfiguration),
+) -> Snapshot {
+    let mut encoded: HashMap<ResourceType, BTreeMap<String, Any>> = ResourceType::ALL
+        .into_iter()
+        .map(|t| (t, r.encode(t).unwrap()))
+        .collect();
+    let mut rc = gofe_proto::convert::route_to_wire(&r.routes["ingress-routes"]).unwrap();
+    edit(&mut rc);
+    encoded
+        .get_mut(&ResourceType::Route)
+        .unwrap()
+        .insert("ingress-routes".into(), to_any(&rc));
+    Snapshot::from_encoded(encoded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_pushed_in_typed_per_filter_config_aborts_before_the_backend() {
+    use envoy_types::pb::envoy::config::route::v3 as route;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+    use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let f = fixture(&cp).await;
+    let r = resources(f.listen, &[(f.a.addr(), 1)], None);
+    cp.push(&r);
+    wait_for_split(&f.http, f.listen, 2, &counts(&[("a", 2)])).await;
+    // The virtual host's fault filter configuration, in a FilterConfig: every request
+    // aborted with 503.
+    let abort = fault::HttpFault {
+        abort: Some(fault::FaultAbort {
+            percentage: Some(FractionalPercent {
+                numerator: 100,
+                denominator: 0,
+            }),
+            error_type: Some(fault::fault_abort::ErrorType::HttpStatus(503)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let snapshot = with_wire_routes(&r, |rc| {
+        rc.virtual_hosts[0].typed_per_filter_config.insert(
+            gofe_proto::convert::FAULT_FILTER_NAME.into(),
+            to_any(&route::FilterConfig {
+                config: Some(to_any(&abort)),
+                ..Default::default()
+            }),
+        );
+    });
+    cp.server.cache().set_snapshot(NodeKey::Default, snapshot);
+    wait_for_split(&f.http, f.listen, 3, &counts(&[("status 503", 3)])).await;
+    let served = f.a.served();
+    assert_eq!(
+        split(&f.http, f.listen, 20).await,
+        counts(&[("status 503", 20)])
+    );
+    assert_eq!(
+        f.a.served(),
+        served,
+        "aborted requests never reach the backend"
+    );
+    f.client.stop();
+    f.a.stop().await;
+    f.b.stop().await;
+    cp.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_rate_limit_pushed_in_typed_per_filter_config_answers_429() {
+    use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
+    use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let f = fixture(&cp).await;
+    let r = resources(f.listen, &[(f.a.addr(), 1)], None);
+    cp.push(&r);
+    wait_for_split(&f.http, f.listen, 2, &counts(&[("a", 2)])).await;
+    // Envoy's documented per-route form: two tokens an hour, enabled and enforced for all.
+    let all = || {
+        Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: 100,
+                denominator: 0,
+            }),
+            runtime_key: "local_rate_limit_enforced".into(),
+        })
+    };
+    let limit = LocalRateLimit {
+        stat_prefix: "http_local_rate_limiter".into(),
+        token_bucket: Some(TokenBucket {
+            max_tokens: 2,
+            tokens_per_fill: Some(UInt32Value { value: 1 }),
+            fill_interval: Some(PbDuration {
+                seconds: 3600,
+                nanos: 0,
+            }),
+        }),
+        filter_enabled: all(),
+        filter_enforced: all(),
+        ..Default::default()
+    };
+    let snapshot = with_wire_routes(&r, |rc| {
+        rc.virtual_hosts[0].routes[0]
+            .typed_per_filter_config
+            .insert(
+                gofe_proto::convert::LOCAL_RATELIMIT_FILTER_NAME.into(),
+                to_any(&limit),
+            );
+    });
+    cp.server.cache().set_snapshot(NodeKey::Default, snapshot);
+    // Once the limit is in force, its two tokens go and everything after is 429.
+    wait_until_async("a 429", || async {
+        split(&f.http, f.listen, 1).await.contains_key("status 429")
+    })
+    .await;
+    let served = f.a.served();
+    assert_eq!(
+        split(&f.http, f.listen, 10).await,
+        counts(&[("status 429", 10)])
+    );
+    assert_eq!(
+        f.a.served(),
+        served,
+        "limited requests never reach the backend"
+    );
+    f.client.stop();
+    f.a.stop().await;
+    f.b.stop().await;
+    cp.kill().await;
+}
+
+async fn wait_until_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) {
+    let start = Instant::now();
+    while start.elapsed() < DEADLINE {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
 }

@@ -54,6 +54,8 @@ fn greeter(endpoints: &[(SocketAddr, u32)]) -> Resources {
                     domains: vec![s("*")],
                     routes: vec![RouteConfig {
                         name: None,
+                        fault: None,
+                        local_ratelimit: None,
                         matcher: RouteMatchConfig {
                             prefix: Some(s("/")),
                             ..Default::default()

@@ -1,5 +1,5 @@
 //! Listeners: the socket, its one filter chain (an optional connection limit, then the HTTP
-//! connection manager with the buffer and router filters), TLS from certificate files.
+//! connection manager with the fault, local rate limit, buffer and router filters), TLS from certificate files.
 
 use envoy_types::pb::envoy::extensions::filters::listener::http_inspector::v3::HttpInspector;
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
@@ -104,9 +104,19 @@ pub fn listener_to_wire(l: &ListenerResource) -> Result<listener::Listener, Conv
             "Envoy's is 1..=8192",
         ));
     }
+    if settings.local_ratelimit_filter {
+        manager
+            .http_filters
+            .insert(0, super::ratelimits::filter_to_wire());
+    }
+    if settings.fault_filter {
+        manager
+            .http_filters
+            .insert(0, super::faults::filter_to_wire());
+    }
     if settings.buffer_filter {
         manager.http_filters.insert(
-            0,
+            manager.http_filters.len() - 1,
             hcm::HttpFilter {
                 name: BUFFER_FILTER_NAME.into(),
                 disabled: true,
@@ -827,7 +837,7 @@ fn hcm_settings(
             ),
         )
         .finish()?;
-    let buffer_filter = http_filters_from_wire(http_filters, res, base)?;
+    let filters = http_filters_from_wire(http_filters, res, base)?;
     let idle_timeout = match common_http_protocol_options {
         None => gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
         Some(o) => protocol_options_idle_timeout(
@@ -862,7 +872,9 @@ fn hcm_settings(
             &join(base, "request_headers_timeout"),
         )?,
         idle_timeout,
-        buffer_filter,
+        buffer_filter: filters.buffer,
+        fault_filter: filters.fault,
+        local_ratelimit_filter: filters.ratelimit,
         unnamed: false,
     })
 }
@@ -903,15 +915,25 @@ pub(super) fn protocol_options_idle_timeout(
     duration_or(idle_timeout, default, res, &join(base, "idle_timeout"))
 }
 
-/// The connection manager's HTTP filters: an optional buffer filter disabled by default (each
-/// route enables it with its limit), then the router, last. A filter gofe does not have is
+/// Which of gofe's optional HTTP filters a connection manager has.
+#[derive(Default)]
+struct HttpFilters {
+    buffer: bool,
+    fault: bool,
+    ratelimit: bool,
+}
+
+/// The connection manager's HTTP filters: an optional fault filter with an empty configuration
+/// (routes configure it), an optional local rate limit filter without a bucket (routes bring
+/// theirs), an optional buffer filter disabled by default (each route enables it
+/// with its limit), then the router, last, in that order. A filter gofe does not have is
 /// skipped when marked `is_optional` (Envoy's rule for clients without it) and refused
-/// otherwise. Returns whether the buffer filter is there.
+/// otherwise.
 fn http_filters_from_wire(
     filters: &[hcm::HttpFilter],
     res: &str,
     base: &str,
-) -> Result<bool, ConvertError> {
+) -> Result<HttpFilters, ConvertError> {
     let Some((last, rest)) = filters.split_last() else {
         return Err(invalid(
             res,
@@ -937,11 +959,37 @@ fn http_filters_from_wire(
             ))
         }
     }
-    let mut buffer_filter = false;
+    let mut out = HttpFilters::default();
+    // The rank of the last filter seen: gofe applies its filters in one order.
+    let mut rank = 0;
+    let mut in_order = |fbase: &str, r: u8, what: &str| {
+        if r <= rank {
+            return Err(invalid(
+                res,
+                fbase,
+                format!(
+                    "{what} out of gofe's order (fault, local rate limit, buffer, then the router; each once)"
+                ),
+            ));
+        }
+        rank = r;
+        Ok(())
+    };
     for (i, f) in rest.iter().enumerate() {
         let fbase = join(base, &format!("http_filters[{i}]"));
         match typed(f) {
+            Some(a) if super::faults::is_fault(&a) => {
+                in_order(&fbase, 1, "the fault filter")?;
+                super::faults::filter_from_wire(f, &a, res, &fbase)?;
+                out.fault = true;
+            }
+            Some(a) if super::ratelimits::is_local_ratelimit(&a) => {
+                in_order(&fbase, 2, "the local rate limit filter")?;
+                super::ratelimits::filter_from_wire(f, &a, res, &fbase)?;
+                out.ratelimit = true;
+            }
             Some(a) if a.type_url == buffer::Buffer::type_url() => {
+                in_order(&fbase, 3, "the buffer filter")?;
                 if f.name != BUFFER_FILTER_NAME {
                     return Err(invalid(
                         res,
@@ -960,7 +1008,7 @@ fn http_filters_from_wire(
                     ));
                 }
                 let _: buffer::Buffer = from_any(&a)?;
-                buffer_filter = true;
+                out.buffer = true;
             }
             _ if f.is_optional => {}
             _ => {
@@ -968,14 +1016,15 @@ fn http_filters_from_wire(
                     res,
                     &fbase,
                     format!(
-                    "HTTP filter {:?} not supported by gofe (the buffer and router filters only)",
-                    f.name
-                ),
+                        "HTTP filter {:?} not supported by gofe (the fault, local rate limit, \
+                         buffer and router filters only)",
+                        f.name
+                    ),
                 ))
             }
         }
     }
-    Ok(buffer_filter)
+    Ok(out)
 }
 
 #[allow(deprecated)]

@@ -34,7 +34,14 @@ pub(super) fn check_publishable(r: &RouteConfig, base: &str) -> Result<(), Conve
             "above 4294967295 has no Envoy form (the buffer filter's limit is a uint32)",
         )),
         _ => Ok(()),
+    }?;
+    if let Some(f) = &r.fault {
+        faults::check_publishable(f, &format!("{base}.fault"))?;
     }
+    if let Some(l) = &r.local_ratelimit {
+        ratelimits::check_publishable(l, &format!("{base}.local_ratelimit"))?;
+    }
+    Ok(())
 }
 
 /// The clusters a router names, each with its Envoy path under `base`.
@@ -159,6 +166,15 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
                 is_optional: false,
                 disabled: false,
             }),
+        );
+    }
+    if let Some(f) = &rt.fault {
+        typed_per_filter_config.insert(FAULT_FILTER_NAME.to_owned(), faults::per_route_to_wire(f));
+    }
+    if let Some(r) = &rt.local_ratelimit {
+        typed_per_filter_config.insert(
+            LOCAL_RATELIMIT_FILTER_NAME.to_owned(),
+            ratelimits::per_route_to_wire(r),
         );
     }
     Ok(route::Route {
@@ -290,14 +306,15 @@ pub(super) fn route_from_wire_in(
         )
         .set("route_specifiers", route_specifiers)
         .finish()?;
-    let config_buffer = buffer_setting(typed_per_filter_config, res, base)?;
+    let config_filters = per_filter_settings(typed_per_filter_config, res, base)?;
+    refuse_shared_bucket(&config_filters, res, base)?;
     let mut out = Vec::new();
     for (hi, vh) in virtual_hosts.iter().enumerate() {
         out.push(virtual_host_from_wire(
             vh,
             res,
             &join(base, &format!("virtual_hosts[{hi}]")),
-            config_buffer,
+            &config_filters,
         )?);
     }
     let router = RouterConfig { virtual_hosts: out };
@@ -343,7 +360,7 @@ fn virtual_host_from_wire(
     vh: &route::VirtualHost,
     res: &str,
     base: &str,
-    config_buffer: Option<BufferSetting>,
+    config_filters: &PerFilter,
 ) -> Result<VirtualHostConfig, ConvertError> {
     let route::VirtualHost {
         name,
@@ -403,7 +420,9 @@ fn virtual_host_from_wire(
         .set("request_mirror_policies", request_mirror_policies)
         .set("route_specifiers", route_specifiers)
         .finish()?;
-    let vhost_buffer = buffer_setting(typed_per_filter_config, res, base)?.or(config_buffer);
+    let vhost_filters = per_filter_settings(typed_per_filter_config, res, base)?;
+    refuse_shared_bucket(&vhost_filters, res, base)?;
+    let vhost_filters = vhost_filters.or(config_filters);
     let vhost_retry = retry_policy
         .as_ref()
         .map(|r| retry_policy_from_wire(r, res, &join(base, "retry_policy")))
@@ -414,7 +433,7 @@ fn virtual_host_from_wire(
             rt,
             res,
             &join(base, &format!("routes[{ri}]")),
-            vhost_buffer,
+            &vhost_filters,
             &vhost_retry,
         )?);
     }
@@ -430,7 +449,7 @@ fn route_entry_from_wire(
     rt: &route::Route,
     res: &str,
     base: &str,
-    vhost_buffer: Option<BufferSetting>,
+    vhost_filters: &PerFilter,
     vhost_retry: &Option<Option<RetryPolicyConfig>>,
 ) -> Result<RouteConfig, ConvertError> {
     let route::Route {
@@ -481,9 +500,9 @@ fn route_entry_from_wire(
             ))
         }
     };
-    let buffer = buffer_setting(typed_per_filter_config, res, base)?.or(vhost_buffer);
+    let filters = per_filter_settings(typed_per_filter_config, res, base)?.or(vhost_filters);
     let mut out = action_from_wire(action, res, &join(base, "route"), vhost_retry)?;
-    out.max_request_bytes = match buffer {
+    out.max_request_bytes = match filters.buffer {
         Some(BufferSetting::Limit(n)) => Some(n),
         Some(BufferSetting::Disabled) | None => None,
     };
@@ -491,6 +510,8 @@ fn route_entry_from_wire(
         name: (!name.is_empty()).then(|| name.clone()),
         matcher,
         route: out,
+        fault: filters.fault(),
+        local_ratelimit: filters.local_ratelimit(),
     })
 }
 
@@ -822,23 +843,123 @@ fn retry_policy_from_wire(
     }))
 }
 
-/// The buffer filter's setting in a `typed_per_filter_config` map. A configuration for a filter
-/// gofe does not have is refused unless it is marked optional (a `FilterConfig` with
-/// `is_optional`).
-fn buffer_setting(
+/// A level's fault setting: a configuration, or "none here" (the filter disabled there).
+#[derive(Clone)]
+enum FaultSetting {
+    Config(gofe_model::FaultConfig),
+    Disabled,
+}
+
+/// What one level's `typed_per_filter_config` says for the filters gofe has.
+#[derive(Clone, Default)]
+struct PerFilter {
+    buffer: Option<BufferSetting>,
+    fault: Option<FaultSetting>,
+    /// `Some(None)`: no limit here (disabled, or a `LocalRateLimit` without a bucket).
+    ratelimit: Option<Option<gofe_model::LocalRateLimitConfig>>,
+}
+
+impl PerFilter {
+    /// This level's settings, the less specific level's where this one says nothing.
+    fn or(self, outer: &PerFilter) -> PerFilter {
+        PerFilter {
+            buffer: self.buffer.or(outer.buffer),
+            fault: self.fault.or_else(|| outer.fault.clone()),
+            ratelimit: self.ratelimit.or_else(|| outer.ratelimit.clone()),
+        }
+    }
+
+    fn local_ratelimit(&self) -> Option<gofe_model::LocalRateLimitConfig> {
+        self.ratelimit.clone().flatten()
+    }
+
+    fn fault(&self) -> Option<gofe_model::FaultConfig> {
+        match &self.fault {
+            Some(FaultSetting::Config(f)) => Some(f.clone()),
+            Some(FaultSetting::Disabled) | None => None,
+        }
+    }
+}
+
+/// In Envoy a `LocalRateLimit` on a virtual host (or a route configuration) is one bucket
+/// shared by every route that inherits it; gofe's buckets are per route, so such a bucket is
+/// refused rather than split into one per route. (One that limits nothing is fine.)
+fn refuse_shared_bucket(level: &PerFilter, res: &str, base: &str) -> Result<(), ConvertError> {
+    if matches!(level.ratelimit, Some(Some(_))) {
+        return Err(invalid(
+            res,
+            &join(
+                base,
+                &format!("typed_per_filter_config[{LOCAL_RATELIMIT_FILTER_NAME:?}]"),
+            ),
+            "a token bucket shared by the routes below is not supported by gofe: configure \
+             the local rate limit on each route",
+        ));
+    }
+    Ok(())
+}
+
+/// The settings of the filters gofe has (buffer, fault, local rate limit) in a `typed_per_filter_config` map. A
+/// configuration for a filter gofe does not have is refused unless it is marked optional (a
+/// `FilterConfig` with `is_optional`).
+fn per_filter_settings(
     map: &HashMap<String, Any>,
     res: &str,
     base: &str,
-) -> Result<Option<BufferSetting>, ConvertError> {
+) -> Result<PerFilter, ConvertError> {
     let mut keys: Vec<&String> = map.keys().collect();
     keys.sort();
-    let mut out = None;
+    let mut out = PerFilter::default();
     for key in keys {
         let any = &map[key];
         let field = join(base, &format!("typed_per_filter_config[{key:?}]"));
         let wrapper = (any.type_url == route::FilterConfig::type_url())
             .then(|| from_any::<route::FilterConfig>(any))
             .transpose()?;
+        if key == FAULT_FILTER_NAME {
+            out.fault = Some(match &wrapper {
+                Some(w) if w.disabled => FaultSetting::Disabled,
+                Some(w) => {
+                    let config = w.config.as_ref().ok_or_else(|| {
+                        invalid(
+                            res,
+                            &join(&field, "config"),
+                            "enabling the fault filter needs an HTTPFault",
+                        )
+                    })?;
+                    FaultSetting::Config(faults::per_route_from_wire(
+                        config,
+                        res,
+                        &join(&field, "config"),
+                    )?)
+                }
+                None if faults::is_fault(any) => {
+                    FaultSetting::Config(faults::per_route_from_wire(any, res, &field)?)
+                }
+                None => return Err(ConvertError::UnexpectedType(any.type_url.clone())),
+            });
+            continue;
+        }
+        if key == LOCAL_RATELIMIT_FILTER_NAME {
+            out.ratelimit = Some(match &wrapper {
+                Some(w) if w.disabled => None,
+                Some(w) => {
+                    let config = w.config.as_ref().ok_or_else(|| {
+                        invalid(
+                            res,
+                            &join(&field, "config"),
+                            "enabling the local rate limit filter needs a LocalRateLimit",
+                        )
+                    })?;
+                    ratelimits::per_route_from_wire(config, res, &join(&field, "config"))?
+                }
+                None if ratelimits::is_local_ratelimit(any) => {
+                    ratelimits::per_route_from_wire(any, res, &field)?
+                }
+                None => return Err(ConvertError::UnexpectedType(any.type_url.clone())),
+            });
+            continue;
+        }
         if key != BUFFER_FILTER_NAME {
             if wrapper.is_some_and(|w| w.is_optional) {
                 continue;
@@ -847,12 +968,12 @@ fn buffer_setting(
                 res,
                 &field,
                 "a per-route configuration for an HTTP filter gofe does not have (only the \
-                 buffer filter's; mark others is_optional)",
+                 buffer, fault and local rate limit filters'; mark others is_optional)",
             ));
         }
         let per_route = match &wrapper {
             Some(w) if w.disabled => {
-                out = Some(BufferSetting::Disabled);
+                out.buffer = Some(BufferSetting::Disabled);
                 continue;
             }
             Some(w) => w.config.as_ref().ok_or_else(|| {
@@ -865,7 +986,7 @@ fn buffer_setting(
             None => any,
         };
         let per_route: buffer::BufferPerRoute = from_any(per_route)?;
-        out = Some(match per_route.r#override {
+        out.buffer = Some(match per_route.r#override {
             Some(buffer::buffer_per_route::Override::Disabled(true)) => BufferSetting::Disabled,
             Some(buffer::buffer_per_route::Override::Buffer(b)) => match b.max_request_bytes {
                 Some(UInt32Value { value }) if value > 0 => BufferSetting::Limit(value.into()),

@@ -259,8 +259,21 @@ fn golden_wire_forms_of_the_sample() {
     assert_eq!(rds.route_config_name, "public");
     assert_eq!(rds.config_source, Some(ads_config_source()));
     let names: Vec<&str> = m.http_filters.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, [BUFFER_FILTER_NAME, ROUTER_FILTER_NAME]);
-    assert!(m.http_filters[0].disabled, "enabled per route only");
+    assert_eq!(
+        names,
+        [
+            FAULT_FILTER_NAME,
+            LOCAL_RATELIMIT_FILTER_NAME,
+            BUFFER_FILTER_NAME,
+            ROUTER_FILTER_NAME
+        ]
+    );
+    assert!(!m.http_filters[0].disabled, "empty: routes configure it");
+    assert!(
+        !m.http_filters[1].disabled,
+        "no bucket: routes bring theirs"
+    );
+    assert!(m.http_filters[2].disabled, "enabled per route only");
     assert_eq!(m.max_request_headers_kb, u32w(60));
     assert_eq!(m.request_headers_timeout, secs(10));
     assert_eq!(

@@ -180,6 +180,75 @@ fn retry_policy() -> impl Strategy<Value = RetryPolicyConfig> {
         })
 }
 
+fn percent() -> impl Strategy<Value = gofe_model::FractionalPercent> {
+    use gofe_model::fault::Denominator;
+    prop::sample::select(vec![
+        Denominator::Hundred,
+        Denominator::TenThousand,
+        Denominator::Million,
+    ])
+    .prop_flat_map(|denominator| {
+        (0..=denominator.value()).prop_map(move |numerator| gofe_model::FractionalPercent {
+            numerator,
+            denominator,
+        })
+    })
+}
+
+/// A route's fault injection: any delay and abort kind, percentages of every denominator.
+fn fault() -> impl Strategy<Value = gofe_model::FaultConfig> {
+    use gofe_model::fault::{FaultAbortConfig, FaultDelayConfig, HeaderControlled};
+    (
+        prop::option::of((any::<bool>(), duration(), percent())),
+        prop::option::of((0u8..3, 200u32..600, any::<u32>(), percent())),
+        prop::option::of(any::<u32>()),
+    )
+        .prop_map(
+            |(delay, abort, max_active_faults)| gofe_model::FaultConfig {
+                delay: delay.map(|(fixed, d, percentage)| FaultDelayConfig {
+                    fixed_delay: fixed.then_some(d),
+                    header_delay: (!fixed).then_some(HeaderControlled {}),
+                    percentage,
+                }),
+                abort: abort.map(|(kind, http, grpc, percentage)| FaultAbortConfig {
+                    http_status: (kind == 0).then_some(http),
+                    grpc_status: (kind == 1).then_some(grpc),
+                    header_abort: (kind == 2).then_some(HeaderControlled {}),
+                    percentage,
+                }),
+                max_active_faults,
+            },
+        )
+}
+
+/// A route's local rate limit: any bucket Envoy accepts, status, fractions and headers.
+fn local_ratelimit() -> impl Strategy<Value = gofe_model::LocalRateLimitConfig> {
+    use gofe_model::local_ratelimit::{TokenBucketConfig, XRateLimitHeaders};
+    (
+        (any::<u32>(), 1..=u32::MAX, duration()),
+        (400u16..600, percent(), percent(), any::<bool>()),
+    )
+        .prop_map(
+            |((max_tokens, tokens_per_fill, interval), (status, enabled, enforced, headers))| {
+                gofe_model::LocalRateLimitConfig {
+                    token_bucket: TokenBucketConfig {
+                        max_tokens,
+                        tokens_per_fill,
+                        fill_interval: interval.max(Duration::from_millis(50)),
+                    },
+                    status,
+                    filter_enabled: enabled,
+                    filter_enforced: enforced,
+                    enable_x_ratelimit_headers: if headers {
+                        XRateLimitHeaders::DraftVersion03
+                    } else {
+                        XRateLimitHeaders::Off
+                    },
+                }
+            },
+        )
+}
+
 fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
     (
         (
@@ -187,6 +256,8 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
             "/[a-z0-9/]{0,8}",
             vec(header(), 0..3),
             prop::option::of("[a-z0-9-]{1,8}"),
+            prop::option::of(fault()),
+            prop::option::of(local_ratelimit()),
         ),
         (
             prop::option::of(vec((0..clusters, any::<u32>()), 1..4)),
@@ -197,7 +268,10 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
         ),
     )
         .prop_map(
-            |((prefix, path, headers, name), (weighted, cluster, timeout, retry, limit))| {
+            |(
+                (prefix, path, headers, name, fault, local_ratelimit),
+                (weighted, cluster, timeout, retry, limit),
+            )| {
                 let matcher = RouteMatchConfig {
                     prefix: prefix.then(|| path.clone()),
                     path: (!prefix).then_some(path),
@@ -228,6 +302,8 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
                         retry_policy: retry,
                         max_request_bytes: limit,
                     },
+                    fault,
+                    local_ratelimit,
                 }
             },
         )

@@ -826,7 +826,7 @@ fn without_the_buffer_filter_route_limits_do_nothing_as_in_envoy() {
     let original: listener::Listener = typed(&listeners[0]);
     let mut l = original.clone();
     set_hcm(&mut l, |m| {
-        m.http_filters.remove(0);
+        m.http_filters.retain(|f| f.name != BUFFER_FILTER_NAME);
     });
     listeners[0] = to_any(&l);
     let back = from_xds(&xds);
@@ -1252,4 +1252,385 @@ mod access_logs {
         let e = err(listener_from_wire(&l));
         assert!(e.contains("access_log_options"), "{e}");
     }
+}
+
+#[test]
+fn faults_travel_as_the_fault_filters_per_route_config() {
+    use envoy_types::pb::envoy::extensions::filters::common::fault::v3 as common_fault;
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+    use envoy_types::pb::envoy::r#type::v3::{fractional_percent, FractionalPercent};
+    use gofe_model::fault::{FaultAbortConfig, FaultDelayConfig};
+
+    let mut c = sample();
+    let f = gofe_model::FaultConfig {
+        delay: Some(FaultDelayConfig {
+            fixed_delay: Some(Duration::from_millis(250)),
+            percentage: gofe_model::FractionalPercent::percent(10),
+            ..Default::default()
+        }),
+        abort: Some(FaultAbortConfig {
+            http_status: Some(503),
+            percentage: gofe_model::FractionalPercent::percent(25),
+            ..Default::default()
+        }),
+        max_active_faults: Some(7),
+    };
+    c.listeners[0].filters[0].config.virtual_hosts[0].routes[1].fault = Some(f.clone());
+    let r = from_proxy_config(&c).unwrap();
+    let rc = route_to_wire(&r.routes["public"]).unwrap();
+    let wire: fault::HttpFault =
+        typed(&rc.virtual_hosts[0].routes[1].typed_per_filter_config[FAULT_FILTER_NAME]);
+    assert_eq!(wire.max_active_faults, u32w(7));
+    let abort = wire.abort.as_ref().unwrap();
+    assert_eq!(
+        abort.error_type,
+        Some(fault::fault_abort::ErrorType::HttpStatus(503))
+    );
+    assert_eq!(abort.percentage.unwrap().numerator, 25);
+    assert_eq!(
+        route_from_wire(&rc).unwrap().router.virtual_hosts[0].routes[1].fault,
+        Some(f)
+    );
+
+    // Another control plane's form: on the virtual host, in a FilterConfig, with a gRPC
+    // status out of ten thousand; one route turns it off, another has its own.
+    let mut rc = rc;
+    for r in &mut rc.virtual_hosts[0].routes {
+        r.typed_per_filter_config.clear();
+    }
+    let vh_fault = fault::HttpFault {
+        abort: Some(fault::FaultAbort {
+            percentage: Some(FractionalPercent {
+                numerator: 2500,
+                denominator: fractional_percent::DenominatorType::TenThousand as i32,
+            }),
+            error_type: Some(fault::fault_abort::ErrorType::GrpcStatus(14)),
+            ..Default::default()
+        }),
+        abort_percent_runtime: "fault.http.abort.abort_percent".into(),
+        ..Default::default()
+    };
+    rc.virtual_hosts[0].typed_per_filter_config.insert(
+        FAULT_FILTER_NAME.into(),
+        any_of(&route::FilterConfig {
+            config: Some(any_of(&vh_fault)),
+            ..Default::default()
+        }),
+    );
+    rc.virtual_hosts[0].routes[1]
+        .typed_per_filter_config
+        .insert(
+            FAULT_FILTER_NAME.into(),
+            any_of(&route::FilterConfig {
+                disabled: true,
+                ..Default::default()
+            }),
+        );
+    let own = fault::HttpFault {
+        delay: Some(common_fault::FaultDelay {
+            percentage: Some(FractionalPercent {
+                numerator: 100,
+                denominator: 0,
+            }),
+            fault_delay_secifier: Some(common_fault::fault_delay::FaultDelaySecifier::HeaderDelay(
+                Default::default(),
+            )),
+        }),
+        ..Default::default()
+    };
+    rc.virtual_hosts[0].routes[2]
+        .typed_per_filter_config
+        .insert(FAULT_FILTER_NAME.into(), any_of(&own));
+    let back = route_from_wire(&rc).unwrap();
+    let routes = &back.router.virtual_hosts[0].routes;
+    let grpc = routes[0].fault.as_ref().unwrap().abort.as_ref().unwrap();
+    assert_eq!(grpc.grpc_status, Some(14));
+    assert_eq!(grpc.percentage.numerator, 2500);
+    assert_eq!(routes[1].fault, None, "disabled on this route");
+    let own = routes[2].fault.as_ref().unwrap();
+    assert!(own.abort.is_none(), "the route's own replaces the host's");
+    assert!(own.delay.as_ref().unwrap().header_delay.is_some());
+
+    // What gofe cannot honour is refused by field.
+    let refuse = |f: fault::HttpFault, field: &str| {
+        let mut rc = rc.clone();
+        rc.virtual_hosts[0].routes[2]
+            .typed_per_filter_config
+            .insert(FAULT_FILTER_NAME.into(), any_of(&f));
+        let e = err(route_from_wire(&rc));
+        assert!(e.contains(field), "{field}: {e}");
+    };
+    refuse(
+        fault::HttpFault {
+            response_rate_limit: Some(Default::default()),
+            ..own_abort()
+        },
+        "response_rate_limit",
+    );
+    refuse(
+        fault::HttpFault {
+            upstream_cluster: "web".into(),
+            downstream_nodes: vec!["a".into()],
+            ..own_abort()
+        },
+        "upstream_cluster, virtual_hosts[0].routes[2].typed_per_filter_config[\"envoy.filters.http.fault\"].downstream_nodes",
+    );
+    refuse(
+        fault::HttpFault {
+            delay_percent_runtime: "my.key".into(),
+            ..own_abort()
+        },
+        "delay_percent_runtime",
+    );
+    let mut over = own_abort();
+    over.abort.as_mut().unwrap().percentage = Some(FractionalPercent {
+        numerator: 101,
+        denominator: 0,
+    });
+    refuse(over, "abort.percentage.numerator");
+    let mut bad = own_abort();
+    bad.abort.as_mut().unwrap().error_type = Some(fault::fault_abort::ErrorType::HttpStatus(99));
+    refuse(bad, "abort.http_status");
+    let mut body = own_abort();
+    body.abort.as_mut().unwrap().response_body = "no".into();
+    refuse(body, "abort.response_body");
+}
+
+fn own_abort() -> envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault {
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+    fault::HttpFault {
+        abort: Some(fault::FaultAbort {
+            error_type: Some(fault::fault_abort::ErrorType::HttpStatus(503)),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn the_fault_filter_is_configured_per_route_and_in_gofes_order() {
+    use envoy_types::pb::envoy::extensions::filters::http::fault::v3 as fault;
+    let mut c = sample();
+    c.listeners[0].filters[0].config.virtual_hosts[0].routes[1].fault = Some(Default::default());
+    let mut xds = to_xds(&c);
+    let (_, listeners) = xds
+        .iter_mut()
+        .find(|(t, _)| *t == ResourceType::Listener)
+        .unwrap();
+    let original: listener::Listener = typed(&listeners[0]);
+    // Without the fault filter, routes' faults do nothing, as in Envoy.
+    let mut l = original.clone();
+    set_hcm(&mut l, |m| {
+        m.http_filters.retain(|f| f.name != FAULT_FILTER_NAME)
+    });
+    listeners[0] = to_any(&l);
+    let back = from_xds(&xds);
+    assert_eq!(
+        back.listeners[0].filters[0].config.virtual_hosts[0].routes[1].fault,
+        None
+    );
+    // A fault for every route, at the connection manager, is refused: gofe's are per route.
+    let mut l = original.clone();
+    set_hcm(&mut l, |m| {
+        m.http_filters[0].config_type = Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+            &own_abort(),
+        )))
+    });
+    assert!(err(listener_from_wire(&l)).contains("http_filters[0].typed_config"));
+    let mut l = original.clone();
+    set_hcm(&mut l, |m| m.http_filters[0].disabled = true);
+    assert!(err(listener_from_wire(&l)).contains("http_filters[0].disabled"));
+    // After the buffer filter: not the order gofe applies them in.
+    let mut l = original.clone();
+    set_hcm(&mut l, |m| m.http_filters.swap(0, 1));
+    assert!(err(listener_from_wire(&l)).contains("http_filters[1]: the fault filter out of"));
+    let mut l = original;
+    set_hcm(&mut l, |m| {
+        m.http_filters.insert(
+            0,
+            hcm::HttpFilter {
+                name: FAULT_FILTER_NAME.into(),
+                config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+                    &fault::HttpFault::default(),
+                ))),
+                ..Default::default()
+            },
+        )
+    });
+    assert!(err(listener_from_wire(&l)).contains("http_filters[1]"));
+}
+
+#[test]
+fn local_rate_limits_travel_as_the_filters_per_route_config() {
+    use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use envoy_types::pb::envoy::r#type::v3::{FractionalPercent, TokenBucket};
+    use gofe_model::local_ratelimit::{TokenBucketConfig, XRateLimitHeaders};
+
+    let mut c = sample();
+    let limit = gofe_model::LocalRateLimitConfig {
+        token_bucket: TokenBucketConfig {
+            max_tokens: 10,
+            tokens_per_fill: 2,
+            fill_interval: Duration::from_secs(1),
+        },
+        status: 503,
+        filter_enabled: gofe_model::FractionalPercent::percent(100),
+        filter_enforced: gofe_model::FractionalPercent::percent(50),
+        enable_x_ratelimit_headers: XRateLimitHeaders::DraftVersion03,
+    };
+    c.listeners[0].filters[0].config.virtual_hosts[0].routes[1].local_ratelimit =
+        Some(limit.clone());
+    let r = from_proxy_config(&c).unwrap();
+    let rc = route_to_wire(&r.routes["public"]).unwrap();
+    let wire: LocalRateLimit =
+        typed(&rc.virtual_hosts[0].routes[1].typed_per_filter_config[LOCAL_RATELIMIT_FILTER_NAME]);
+    assert!(!wire.stat_prefix.is_empty(), "Envoy requires one");
+    assert_eq!(wire.token_bucket.as_ref().unwrap().max_tokens, 10);
+    assert_eq!(wire.status.unwrap().code, 503);
+    assert_eq!(
+        route_from_wire(&rc).unwrap().router.virtual_hosts[0].routes[1].local_ratelimit,
+        Some(limit)
+    );
+
+    // Envoy's documented form, on a route in a FilterConfig, runtime keys and all; a virtual
+    // host's bucketless one limits nothing, and one with a bucket (which Envoy shares among the
+    // host's routes) is refused.
+    let mut rc = rc;
+    for r in &mut rc.virtual_hosts[0].routes {
+        r.typed_per_filter_config.clear();
+    }
+    let pct = |n| {
+        Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: n,
+                denominator: 0,
+            }),
+            runtime_key: "local_rate_limit_enabled".into(),
+        })
+    };
+    let envoy_doc = LocalRateLimit {
+        stat_prefix: "http_local_rate_limiter".into(),
+        token_bucket: Some(TokenBucket {
+            max_tokens: 10000,
+            tokens_per_fill: u32w(1000),
+            fill_interval: secs(1),
+        }),
+        filter_enabled: pct(100),
+        filter_enforced: pct(100),
+        ..Default::default()
+    };
+    for r in [0, 2] {
+        rc.virtual_hosts[0].routes[r]
+            .typed_per_filter_config
+            .insert(
+                LOCAL_RATELIMIT_FILTER_NAME.into(),
+                any_of(&route::FilterConfig {
+                    config: Some(any_of(&envoy_doc)),
+                    ..Default::default()
+                }),
+            );
+    }
+    rc.virtual_hosts[0].typed_per_filter_config.insert(
+        LOCAL_RATELIMIT_FILTER_NAME.into(),
+        any_of(&LocalRateLimit {
+            stat_prefix: "none".into(),
+            ..Default::default()
+        }),
+    );
+    let back = route_from_wire(&rc).unwrap();
+    let routes = &back.router.virtual_hosts[0].routes;
+    let l = routes[0].local_ratelimit.as_ref().unwrap();
+    assert_eq!(l.token_bucket.tokens_per_fill, 1000);
+    assert_eq!(l.status, 429, "Envoy's default");
+    assert_eq!(
+        l.filter_enforced,
+        gofe_model::FractionalPercent::percent(100)
+    );
+    assert_eq!(
+        routes[1].local_ratelimit, None,
+        "a bucketless config limits nothing"
+    );
+    assert!(routes[2].local_ratelimit.is_some());
+    let mut shared = rc.clone();
+    shared.virtual_hosts[0]
+        .typed_per_filter_config
+        .insert(LOCAL_RATELIMIT_FILTER_NAME.into(), any_of(&envoy_doc));
+    assert!(err(route_from_wire(&shared)).contains(
+        "virtual_hosts[0].typed_per_filter_config[\"envoy.filters.http.local_ratelimit\"]: a token bucket shared"
+    ));
+    shared.virtual_hosts[0].typed_per_filter_config.clear();
+    shared
+        .typed_per_filter_config
+        .insert(LOCAL_RATELIMIT_FILTER_NAME.into(), any_of(&envoy_doc));
+    assert!(err(route_from_wire(&shared)).contains("a token bucket shared"));
+
+    let refuse = |l: LocalRateLimit, field: &str| {
+        let mut rc = rc.clone();
+        rc.virtual_hosts[0].routes[2]
+            .typed_per_filter_config
+            .insert(LOCAL_RATELIMIT_FILTER_NAME.into(), any_of(&l));
+        let e = err(route_from_wire(&rc));
+        assert!(e.contains(field), "{field}: {e}");
+    };
+    refuse(
+        LocalRateLimit {
+            descriptors: vec![Default::default()],
+            ..envoy_doc.clone()
+        },
+        "descriptors",
+    );
+    refuse(
+        LocalRateLimit {
+            rate_limited_as_resource_exhausted: true,
+            local_rate_limit_per_downstream_connection: true,
+            ..envoy_doc.clone()
+        },
+        "local_rate_limit_per_downstream_connection",
+    );
+    let mut short = envoy_doc.clone();
+    short.token_bucket.as_mut().unwrap().fill_interval = Some(PbDuration {
+        seconds: 0,
+        nanos: 10_000_000,
+    });
+    refuse(short, "token_bucket.fill_interval");
+    refuse(
+        LocalRateLimit {
+            status: Some(envoy_types::pb::envoy::r#type::v3::HttpStatus { code: 200 }),
+            ..envoy_doc.clone()
+        },
+        "status.code",
+    );
+    refuse(
+        LocalRateLimit {
+            filter_enabled: pct(101),
+            ..envoy_doc.clone()
+        },
+        "filter_enabled.default_value.numerator",
+    );
+
+    // A bucket for the whole connection manager is refused: gofe's are per route.
+    let mut xds = to_xds(&c);
+    let (_, listeners) = xds
+        .iter_mut()
+        .find(|(t, _)| *t == ResourceType::Listener)
+        .unwrap();
+    let mut l: listener::Listener = typed(&listeners[0]);
+    set_hcm(&mut l, |m| {
+        m.http_filters[1].config_type = Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+            &envoy_doc,
+        )))
+    });
+    assert!(err(listener_from_wire(&l)).contains("http_filters[1].typed_config.token_bucket"));
+    // Without the filter, routes' limits do nothing, as in Envoy.
+    set_hcm(&mut l, |m| {
+        m.http_filters
+            .retain(|f| f.name != LOCAL_RATELIMIT_FILTER_NAME)
+    });
+    listeners[0] = to_any(&l);
+    let back = from_xds(&xds);
+    assert_eq!(
+        back.listeners[0].filters[0].config.virtual_hosts[0].routes[1].local_ratelimit,
+        None
+    );
 }

@@ -1,0 +1,170 @@
+//! Local rate limiting over real sockets: a burst of `max_tokens` requests goes through, the
+//! rest get 429 with Envoy's `x-ratelimit-*` headers and the `RL` flag, never reaching the
+//! backend. (The bucket's refill over time is a paused-clock unit test: `src/ratelimit.rs`.)
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[tokio::test]
+async fn a_burst_past_max_tokens_is_answered_429_with_the_headers() {
+    let path = std::env::temp_dir().join(format!("gofe-ratelimit-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let (b, vars) = backends(&["b0"]).await;
+    let yaml = format!(
+        r#"
+admin: {{ address: "127.0.0.1:0" }}
+listeners:
+  - address: "127.0.0.1:0"
+    access_log:
+      - path: "{path}"
+        format: "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS%\n"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+                - name: limited
+                  match: {{ prefix: "/limited" }}
+                  route: {{ cluster: web }}
+                  local_ratelimit:
+                    token_bucket: {{ max_tokens: 5, tokens_per_fill: 5, fill_interval: "1h" }}
+                    filter_enabled: {{ numerator: 100 }}
+                    filter_enforced: {{ numerator: 100 }}
+                    enable_x_ratelimit_headers: DRAFT_VERSION_03
+                - name: plain
+                  match: {{ prefix: "/plain" }}
+                  route: {{ cluster: web }}
+clusters:
+  - {{ name: web, endpoints: [{{ address: "{{B0}}" }}] }}
+"#,
+        path = path.display()
+    );
+    let h = Harness::start(&fill(&yaml, &vars)).await;
+    let c = h1_client();
+    for left in (0..5).rev() {
+        let r = get(&c, &h.url("/limited"), "x", &[]).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.headers["x-ratelimit-limit"], "5");
+        assert_eq!(
+            r.headers["x-ratelimit-remaining"],
+            left.to_string().as_str()
+        );
+        let reset: u64 = r.headers["x-ratelimit-reset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=3600).contains(&reset), "{reset}");
+    }
+    for _ in 0..3 {
+        let r = get(&c, &h.url("/limited"), "x", &[]).await;
+        assert_eq!(r.status, 429);
+        assert_eq!(r.text(), "local_rate_limited");
+        assert_eq!(r.headers["x-ratelimit-limit"], "5");
+        assert_eq!(r.headers["x-ratelimit-remaining"], "0");
+        assert_eq!(r.backend(), "");
+    }
+    // Another route has no limit, and no headers.
+    let r = get(&c, &h.url("/plain"), "x", &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.get("x-ratelimit-limit").is_none());
+    assert_eq!(
+        b[0].served(),
+        6,
+        "limited requests never reached the backend"
+    );
+
+    let admin = h.admin.unwrap();
+    let m = get(&c, &format!("http://{admin}/metrics"), "admin", &[])
+        .await
+        .text();
+    assert_eq!(
+        metric(&m, r#"gofe_ratelimit_allowed_total{route="limited"}"#),
+        Some(5.0)
+    );
+    assert_eq!(
+        metric(&m, r#"gofe_ratelimit_limited_total{route="limited"}"#),
+        Some(3.0)
+    );
+    assert_eq!(
+        metric(&m, r#"gofe_ratelimit_enforced_total{route="limited"}"#),
+        Some(3.0)
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.lines().count() >= 9 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "lines: {text:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.iter().filter(|l| **l == "/limited 200 -").count(), 5);
+    assert_eq!(lines.iter().filter(|l| **l == "/limited 429 RL").count(), 3);
+    h.proxy.shutdown(Duration::from_secs(1)).await;
+    for b in b {
+        b.stop().await;
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+/// A listener whose route `/limited` allows `max_tokens` an hour; `extra` adds a route after it.
+fn limited(max_tokens: u32, extra: &str) -> String {
+    format!(
+        r#"
+listeners:
+  - address: "127.0.0.1:0"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+                - match: {{ prefix: "/limited" }}
+                  route: {{ cluster: web }}
+                  local_ratelimit:
+                    token_bucket: {{ max_tokens: {max_tokens}, fill_interval: "1h" }}
+                    filter_enabled: {{ numerator: 100 }}
+                    filter_enforced: {{ numerator: 100 }}
+{extra}
+clusters:
+  - {{ name: web, endpoints: [{{ address: "{{B0}}" }}] }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_reload_that_leaves_the_bucket_alone_keeps_it_and_a_new_bucket_starts_full() {
+    let (b, vars) = backends(&["b0"]).await;
+    let h = Harness::start(&fill(&limited(2, ""), &vars)).await;
+    let c = h1_client();
+    let statuses = |n: usize| {
+        let c = c.clone();
+        let url = h.url("/limited");
+        async move {
+            let mut out = Vec::new();
+            for _ in 0..n {
+                out.push(get(&c, &url, "x", &[]).await.status.as_u16());
+            }
+            out
+        }
+    };
+    assert_eq!(statuses(3).await, [200, 200, 429]);
+    // Another route added after it: the bucket stays empty.
+    let other = "                - match: { prefix: \"/other\" }\n                  route: { cluster: web }";
+    h.apply(&fill(&limited(2, other), &vars)).await;
+    assert_eq!(statuses(1).await, [429]);
+    // The bucket changed: a new one, full.
+    h.apply(&fill(&limited(3, other), &vars)).await;
+    assert_eq!(statuses(4).await, [200, 200, 200, 429]);
+    h.proxy.shutdown(Duration::from_secs(1)).await;
+    for b in b {
+        b.stop().await;
+    }
+}
