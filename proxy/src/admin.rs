@@ -253,6 +253,10 @@ pub fn install_log_control(control: LogControl) {
     let _ = LOG_CONTROL.set(control);
 }
 
+fn not_a_level(value: &str) -> String {
+    format!("level {value:?} is not one of trace, debug, info, warn, error, off\n")
+}
+
 /// `GET /logging`: the filter in force. `POST /logging?level=L` (Envoy's form: every logger at
 /// `trace`, `debug`, `info`, `warn`, `error` or `off`) or `POST /logging?filter=DIRECTIVES`.
 fn logging(req: &Request<Incoming>) -> Response<ProxyBody> {
@@ -287,13 +291,7 @@ fn logging(req: &Request<Incoming>) -> Response<ProxyBody> {
                     // Envoy's names for two of them.
                     "warning" => wanted = Some("warn".to_owned()),
                     "critical" => wanted = Some("error".to_owned()),
-                    _ => return reply(
-                        StatusCode::BAD_REQUEST,
-                        TEXT,
-                        format!(
-                            "level {value:?} is not one of trace, debug, info, warn, error, off\n"
-                        ),
-                    ),
+                    _ => return reply(StatusCode::BAD_REQUEST, TEXT, not_a_level(&value)),
                 }
             }
             "filter" => wanted = Some(value),
