@@ -42,6 +42,21 @@ pub(crate) struct Guards {
     pub(crate) log: Option<LogHandle>,
     /// The request's place among its listener's active faults (only when faulted).
     pub(crate) fault: Option<FaultGuard>,
+    /// The routed request's duration, observed when the body is done.
+    pub(crate) timer: Option<RequestTimer>,
+}
+
+/// Observes the time since `start` in `histogram` when dropped: when the response body has
+/// been sent whole, or abandoned.
+pub(crate) struct RequestTimer {
+    pub(crate) histogram: prometheus::Histogram,
+    pub(crate) start: std::time::Instant,
+}
+
+impl Drop for RequestTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
 }
 
 enum Inner {

@@ -31,7 +31,7 @@ use hyper::body::Incoming;
 use prometheus::IntCounter;
 
 use crate::access_log::{AccessLog, Flags, LogHandle, Record};
-use crate::body::ProxyBody;
+use crate::body::{ProxyBody, RequestTimer};
 use crate::cluster::{Cluster, Endpoint};
 use crate::ctx::{ActiveGuard, ConnContext, StreamGuard};
 use crate::metrics::{class_index, ListenerStats};
@@ -94,7 +94,8 @@ pub(crate) async fn serve<L: Listener>(
         LogHandle::new(Arc::clone(log), record)
     });
     let (stream, number) = StreamGuard::new(conn);
-    let mut limit_headers = None;
+    let start = Instant::now();
+    let (mut limit_headers, mut timer) = (None, None);
     let forwarded = forward(
         req,
         stream.conn(),
@@ -102,6 +103,7 @@ pub(crate) async fn serve<L: Listener>(
         state.routes(),
         log.as_mut(),
         &mut limit_headers,
+        &mut timer,
     )
     .await;
     let mut response = match forwarded {
@@ -128,6 +130,7 @@ pub(crate) async fn serve<L: Listener>(
     guards.listener = Some(listener_guard);
     guards.stream = Some(stream);
     guards.log = log;
+    guards.timer = timer.map(|histogram| RequestTimer { histogram, start });
     Ok(response)
 }
 
@@ -156,6 +159,7 @@ async fn forward(
     routes: &RouteTable,
     mut log: Option<&mut LogHandle>,
     limit_headers: &mut Option<RateLimitHeaders>,
+    timer: &mut Option<prometheus::Histogram>,
 ) -> Result<Response<ProxyBody>, ClientGone> {
     // Refuse a request that would be smuggled, as Envoy does, and close.
     if headers::both_framings(&req, conn, number) {
@@ -183,6 +187,7 @@ async fn forward(
             "no route matches this request\n",
         ));
     };
+    *timer = Some(route.duration.clone());
     let cluster = Arc::clone(route.action.pick());
     if let Some(log) = &mut log {
         log.routed(route.name.as_ref(), &cluster);

@@ -40,6 +40,7 @@ pub(crate) struct Metrics {
     downstream_requests: IntCounterVec,
     downstream_active: IntGaugeVec,
     downstream_aborted: IntCounterVec,
+    downstream_duration: HistogramVec,
     downstream_cx_active: IntGaugeVec,
     downstream_cx_total: IntCounterVec,
     pub(crate) config_version: IntGauge,
@@ -215,6 +216,18 @@ impl Metrics {
                 "gofe_downstream_requests_aborted_total",
                 "Requests on a listener whose client went away before the proxy had a response for them (mid-body, or while an endpoint was working on it); never counted against an endpoint.",
                 &["listener"],
+            ),
+            downstream_duration: register(
+                &r,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "gofe_downstream_request_duration_seconds",
+                        "Time from a routed request's arrival until its response was sent whole (or abandoned), by listener and route (its name, or VHOST/INDEX).",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["listener", "route"],
+                )
+                .expect("valid metric"),
             ),
             downstream_cx_active: gauge_vec(
                 &r,
@@ -484,6 +497,12 @@ impl Metrics {
             cx_overflow: self.downstream_cx_overflow.with_label_values(&[listener]),
             cx_flood: self.downstream_cx_flood.with_label_values(&[listener]),
         }
+    }
+
+    /// The histogram of a route's request durations; `route` is its name.
+    pub(crate) fn route_duration(&self, listener: &str, route: &str) -> Histogram {
+        self.downstream_duration
+            .with_label_values(&[listener, route])
     }
 
     /// The counters of a route's injected faults; `route` is its name.

@@ -52,6 +52,8 @@ pub(crate) struct Route {
     pub(crate) name: Option<Arc<str>>,
     /// Fault injection and local rate limiting; a route with neither costs this one branch.
     pub(crate) filters: Option<Box<RouteFilters>>,
+    /// `gofe_downstream_request_duration_seconds` of this listener and route.
+    pub(crate) duration: prometheus::Histogram,
 }
 
 /// A route's HTTP filters besides the router, in the order they apply.
@@ -336,6 +338,7 @@ impl Route {
                 filters.metrics.ratelimit(&label()),
             )?),
         };
+        let duration = filters.metrics.route_duration(&filters.listener, &label());
         let filters = (fault.is_some() || ratelimit.is_some())
             .then(|| Box::new(RouteFilters { fault, ratelimit }));
         let m = &config.matcher;
@@ -390,6 +393,7 @@ impl Route {
             max_request_bytes: a.max_request_bytes,
             name: config.name.as_deref().map(Arc::from),
             filters,
+            duration,
         })
     }
 

@@ -224,3 +224,41 @@ async fn logging_reads_and_sets_the_filter_through_the_control() {
         .unwrap();
     assert_eq!(send(&h1_client(), req).await.status, 405);
 }
+
+/// `gofe_downstream_request_duration_seconds{listener,route}` times each routed request until
+/// its response is sent: a request the backend holds for 200 ms is in no bucket below it.
+#[tokio::test]
+async fn requests_are_timed_per_listener_and_route() {
+    let (_b, vars) = backends(&["b0", "b1", "b2"]).await;
+    let h = Harness::start(&fill(CONFIG, &vars)).await;
+    let c = h1_client();
+    for _ in 0..3 {
+        assert_eq!(get(&c, &h.url("/"), "any", &[]).await.status, 200);
+    }
+    let slow = get(&c, &h.url("/"), "any", &[("x-demo-delay", "200ms")]).await;
+    assert_eq!(slow.status, 200);
+    let text = h.proxy.metrics_text();
+    let series = |suffix: &str, extra: &str| {
+        format!(
+            "gofe_downstream_request_duration_seconds_{suffix}{{listener=\"127.0.0.1:0\",route=\"all/1\"{extra}}}"
+        )
+    };
+    assert_eq!(metric(&text, &series("count", "")), Some(4.0), "{text}");
+    assert_eq!(
+        metric(&text, &series("bucket", ",le=\"0.1\"")),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, &series("bucket", ",le=\"0.25\"")).map(|v| v >= 3.0),
+        Some(true)
+    );
+    assert!(
+        metric(&text, &series("sum", "")).is_some_and(|s| s >= 0.2),
+        "{text}"
+    );
+    // The other route has its own series, with nothing in it.
+    let other =
+        "gofe_downstream_request_duration_seconds_count{listener=\"127.0.0.1:0\",route=\"all/0\"}";
+    assert_eq!(metric(&text, other), Some(0.0), "{text}");
+}
