@@ -1847,3 +1847,110 @@ async fn built_in_metrics_are_served_per_pod_from_sidecars() {
     assert_eq!(body["items"][0]["value"], "50", "{body}");
     adapter.stop();
 }
+
+/// A stand-in for the API server in front of the adapter, as the aggregation layer is:
+/// `/api` and `/api/v1/nodes` (node `n1`, 2 CPUs and 8 GiB allocatable) answered here, every
+/// other path forwarded to the adapter. One request per connection.
+fn api_front(adapter: SocketAddr) -> SocketAddr {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push_str(&line);
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                let local = match path.split('?').next().unwrap_or("") {
+                    "/api" => Some(r#"{"kind":"APIVersions","versions":["v1"],"serverAddressByClientCIDRs":[{"clientCIDR":"0.0.0.0/0","serverAddress":"127.0.0.1"}]}"#.to_owned()),
+                    "/api/v1/nodes" => Some(r#"{"kind":"NodeList","apiVersion":"v1","metadata":{},"items":[{"metadata":{"name":"n1"},"status":{"capacity":{"cpu":"2","memory":"8Gi"},"allocatable":{"cpu":"2","memory":"8Gi"}}}]}"#.to_owned()),
+                    _ => None,
+                };
+                let answer = match local {
+                    Some(body) => format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .into_bytes(),
+                    None => {
+                        let mut upstream = std::net::TcpStream::connect(adapter).unwrap();
+                        let first = head.lines().next().unwrap_or_default();
+                        write!(
+                            upstream,
+                            "{first}\r\nhost: {adapter}\r\naccept: application/json\r\nconnection: close\r\n\r\n"
+                        )
+                        .unwrap();
+                        let mut out = Vec::new();
+                        let _ = upstream.read_to_end(&mut out);
+                        out
+                    }
+                };
+                let _ = conn.write_all(&answer);
+            });
+        }
+    });
+    addr
+}
+
+/// `kubectl top nodes` through the adapter's `metrics.k8s.io` (nodeQuery of prometheus-adapter's
+/// community Helm chart's resourceRules), with an API server stand-in for the node list:
+/// node n1's usage as Prometheus has it, and its share of what the node can allocate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_top_nodes_reads_the_adapter() {
+    let prom = start_prometheus_loaded(None, custom_fixture(now_aligned()));
+    let dir = TempDir::new("topnodes");
+    let cluster = fake_cluster();
+    let adapter = start_custom_adapter(
+        &prom,
+        &dir,
+        &combined_rules(),
+        Duration::from_secs(30),
+        Some(&cluster),
+    )
+    .await;
+    let front = api_front(adapter.addr());
+    let kubeconfig = dir.0.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: api\n  cluster: {{server: \"http://{front}\"}}\nusers:\n- name: u\n  user: {{token: none}}\ncontexts:\n- name: c\n  context: {{cluster: api, user: u}}\ncurrent-context: c\n"),
+    )
+    .unwrap();
+    let top = tokio::task::spawn_blocking(move || {
+        Command::new(require("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["top", "nodes", "--no-headers"])
+            .output()
+            .expect("running kubectl")
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&top.stdout);
+    assert!(
+        top.status.success(),
+        "kubectl top nodes: {}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    // 500m of 2 CPUs; 2 GB (1907 MiB) of 8 GiB.
+    assert_eq!(
+        rows,
+        vec![vec!["n1", "500m", "25%", "1907Mi", "23%"]],
+        "{text}"
+    );
+    adapter.stop();
+}
