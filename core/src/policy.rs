@@ -129,6 +129,10 @@ pub const TRIAL_HYSTERESIS: f64 = 0.1;
 /// Weights are published in hundredths of the base weight.
 pub const WEIGHT_SCALE: f64 = 100.0;
 
+/// The most a half-open endpoint's trial weight rises to, in percent of its base weight, to
+/// gather its trial requests within a signal window (see [`Policy::half_open_weight_percent`]).
+pub const MAX_TRIAL_PERCENT: f64 = 50.0;
+
 /// A cluster's decision policy. Field names follow Envoy's outlier detection and Istio's
 /// DestinationRule where they share a concept; every field has a working default.
 #[derive(Clone, Debug, PartialEq)]
@@ -152,7 +156,12 @@ pub struct Policy {
     pub max_ejection_time: Duration,
     /// Most endpoints out at once, in percent (at least one when non-zero; default 10).
     pub max_ejection_percent: u32,
-    /// Trial weight of a half-open endpoint, in percent of its base weight (default 5).
+    /// Trial weight of a half-open endpoint, in percent of its base weight (default 5): the
+    /// least it gets. When the cluster's traffic at that weight would take longer than a
+    /// signal window to give the trial its `half_open_min_requests`, the trial gets the weight
+    /// that gathers them within one window instead, up to [`MAX_TRIAL_PERCENT`] of its base:
+    /// the trial's exposure is bounded by its request count, not by its weight, so a quiet
+    /// cluster does not keep a recovered endpoint out for minutes.
     pub half_open_weight_percent: u32,
     /// Requests a half-open endpoint must serve in a window before its trial is judged
     /// (default 20, the failure-percentage rule's volume: a trial is judged on as much evidence
@@ -1468,7 +1477,50 @@ impl<'a> Slots<'a> {
                 signals,
             });
         }
+        self.pace_trials(policy, &mut endpoints);
         (endpoints, healthy)
+    }
+
+    /// Step 5c, the trials' pace: a half-open endpoint whose configured trial weight would
+    /// take the cluster's traffic longer than a signal window to bring it
+    /// `half_open_min_requests` gets the weight that brings them within one (its share of the
+    /// cluster's requests per second, among the serving endpoints' weights), at least its
+    /// configured weight and at most [`MAX_TRIAL_PERCENT`] of its base.
+    fn pace_trials(&self, policy: &Policy, endpoints: &mut [EndpointDecision]) {
+        let window = policy.signal_window.as_secs_f64();
+        if window <= 0.0 || !endpoints.iter().any(|e| e.status == Status::HalfOpen) {
+            return;
+        }
+        let rps: f64 = endpoints
+            .iter()
+            .filter_map(|e| e.signals.as_ref())
+            .map(|s| s.rps)
+            .filter(|r| r.is_finite() && *r > 0.0)
+            .sum();
+        let others: f64 = endpoints
+            .iter()
+            .filter(|e| e.healthy && e.status != Status::HalfOpen)
+            .map(|e| f64::from(e.weight))
+            .sum();
+        if rps <= 0.0 || others <= 0.0 {
+            return;
+        }
+        // The share of the cluster's requests that gives the trial its requests in a window.
+        let share = policy.half_open_min_requests / (rps * window);
+        if !(share > 0.0 && share < 1.0) {
+            return;
+        }
+        let wanted = share * others / (1.0 - share);
+        for ((_, base), e) in self.base.iter().zip(endpoints.iter_mut()) {
+            if e.status != Status::HalfOpen {
+                continue;
+            }
+            let cap = f64::from(*base) * WEIGHT_SCALE * MAX_TRIAL_PERCENT / 100.0;
+            let w = wanted.min(cap).round();
+            if w > f64::from(e.weight) {
+                e.weight = w as u32;
+            }
+        }
     }
 }
 

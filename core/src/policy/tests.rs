@@ -1575,3 +1575,41 @@ fn a_barely_filled_window_after_a_restart_barely_moves_a_multiplier() {
         after(0)
     );
 }
+
+/// A half-open endpoint in a quiet cluster gets the trial weight that brings it its
+/// `half_open_min_requests` within a signal window (found live: at 5 % of its base weight a
+/// recovered backend of `gofe up` needed 30 s of trial at 0.5 req/s); in a busy cluster it
+/// keeps the configured trickle; never more than half its base weight.
+#[test]
+fn a_trial_in_a_quiet_cluster_is_weighted_to_finish_within_a_window() {
+    let p = policy(); // a 10 s window, 20 trial requests, 5 % trial weight
+    let b = base(4);
+    let now = 10_000; // ejected_state's ejection has just run out
+    let trial_weight = |cluster_rps: f64| {
+        let previous = cluster(vec![
+            (b[0].0.as_str(), closed_state(0)),
+            (b[1].0.as_str(), closed_state(0)),
+            (b[2].0.as_str(), closed_state(0)),
+            (b[3].0.as_str(), ejected_state()),
+        ]);
+        let s = signals(&b, now, |i| Signals {
+            rps: if i == 3 { 0.0 } else { cluster_rps / 3.0 },
+            requests: if i == 3 {
+                0.0
+            } else {
+                cluster_rps / 3.0 * 10.0
+            },
+            ..healthy(now)
+        });
+        let d = decide(&p, &b, &previous, &s, now);
+        assert_eq!(d.endpoints[3].status, Status::HalfOpen);
+        assert!(d.endpoints[..3].iter().all(|e| e.weight == 100));
+        d.endpoints[3].weight
+    };
+    // 30 req/s: 300 a window, 20 of them is a share of 1/15: 300 × (1/15) / (14/15) ≈ 21.
+    assert_eq!(trial_weight(30.0), 21);
+    // 3,000 req/s: 5 % of the base weight already brings far more than 20 a window.
+    assert_eq!(trial_weight(3_000.0), 5);
+    // 3 req/s: 30 a window would need two thirds of it; capped at half the base weight.
+    assert_eq!(trial_weight(3.0), 50);
+}
