@@ -215,9 +215,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 ///
 /// [`LogControl`]: gofe_proxy::LogControl
 fn init_logs(format: LogFormat) {
-    let directives = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
-    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    let (filter, directives) = match tracing_subscriber::EnvFilter::try_new(&wanted) {
+        Ok(filter) => (filter, wanted),
+        Err(_) => (
+            tracing_subscriber::EnvFilter::new("info"),
+            "info".to_owned(),
+        ),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
