@@ -1027,12 +1027,19 @@ pub async fn serve_with_reloads(
         )));
         publisher = Publisher::Xds(server);
     }
-    let webhook = match &loaded.controller.webhook {
-        Some(config) => Some(webhook::Webhook::start(config).await?),
-        None => None,
-    };
+    let webhook_config = loaded.controller.webhook.clone();
     let controller = Controller::new(loaded, publisher)?;
     let shared = controller.shared();
+    let webhook = match &webhook_config {
+        Some(config) => Some(
+            webhook::Webhook::start_with(
+                config,
+                webhook::WebhookMetrics::new(&shared.metrics.registry),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let addr: SocketAddr = admin_addr.parse().map_err(|e| ControllerError::Bind {
         address: admin_addr.clone(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),

@@ -12,6 +12,7 @@
 //! A body that is not an AdmissionReview gets 400 with the reason; a Pod that cannot be
 //! injected is admitted unchanged or denied as `failure_policy` says, with a warning either
 //! way. `GET /healthz` answers 200 for probes. The listener makes no Kubernetes API calls.
+//! Each review is counted and timed ([`WebhookMetrics`], on the controller's `/metrics`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -60,6 +61,53 @@ pub struct WebhookState {
     pub sidecar: InjectConfig,
     /// What to do with a Pod that cannot be injected.
     pub failure_policy: FailurePolicy,
+    /// Where reviews are counted.
+    pub metrics: WebhookMetrics,
+}
+
+/// The webhook's series: `gofe_injection_reviews_total{result}` (`injected`, `skipped`,
+/// `failed_admitted`, `failed_denied`, `malformed`) and
+/// `gofe_injection_review_duration_seconds`, the time to decide and encode an answer.
+#[derive(Clone, Debug)]
+pub struct WebhookMetrics {
+    reviews: prometheus::IntCounterVec,
+    duration: prometheus::Histogram,
+}
+
+impl WebhookMetrics {
+    /// The series, registered in `registry`.
+    pub fn new(registry: &prometheus::Registry) -> Self {
+        let reviews = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "gofe_injection_reviews_total",
+                "AdmissionReviews answered by the sidecar-injection webhook, by result.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let duration = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "gofe_injection_review_duration_seconds",
+                "Time the webhook took to decide and encode an AdmissionReview's answer.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+            ]),
+        )
+        .expect("valid metric");
+        for result in [
+            "injected",
+            "skipped",
+            "failed_admitted",
+            "failed_denied",
+            "malformed",
+        ] {
+            reviews.with_label_values(&[result]);
+        }
+        let _ = registry.register(Box::new(reviews.clone()));
+        let _ = registry.register(Box::new(duration.clone()));
+        WebhookMetrics { reviews, duration }
+    }
 }
 
 /// The webhook's routes.
@@ -73,26 +121,46 @@ pub fn router(state: Arc<WebhookState>) -> Router {
 }
 
 async fn inject(State(state): State<Arc<WebhookState>>, body: Bytes) -> Response {
-    match admission::review(&body, &state.sidecar, state.failure_policy) {
+    let started = std::time::Instant::now();
+    let (result, response) = match admission::review(&body, &state.sidecar, state.failure_policy) {
         Ok((answer, verdict)) => {
-            match &verdict {
-                Verdict::Injected => tracing::debug!("webhook: pod injected"),
-                Verdict::Skipped(why) => tracing::debug!(why, "webhook: pod not injected"),
-                Verdict::Failed { reason, allowed } => {
-                    tracing::warn!(%reason, allowed, "webhook: pod could not be injected")
+            let result = match &verdict {
+                Verdict::Injected => {
+                    tracing::debug!("webhook: pod injected");
+                    "injected"
                 }
-            }
-            (
+                Verdict::Skipped(why) => {
+                    tracing::debug!(why, "webhook: pod not injected");
+                    "skipped"
+                }
+                Verdict::Failed { reason, allowed } => {
+                    tracing::warn!(%reason, allowed, "webhook: pod could not be injected");
+                    if *allowed {
+                        "failed_admitted"
+                    } else {
+                        "failed_denied"
+                    }
+                }
+            };
+            let response = (
                 [(header::CONTENT_TYPE, "application/json")],
                 serde_json::to_vec(&answer).unwrap_or_default(),
             )
-                .into_response()
+                .into_response();
+            (result, response)
         }
         Err(e) => {
             tracing::warn!(error = %e, "webhook: malformed request");
-            (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()
+            let response = (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+            ("malformed", response)
         }
-    }
+    };
+    state.metrics.reviews.with_label_values(&[result]).inc();
+    state
+        .metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    response
 }
 
 // === TLS ===
@@ -146,8 +214,16 @@ pub struct Webhook {
 
 impl Webhook {
     /// Binds `config.address`, loads the certificate and serves until [`Webhook::stop`] (or
-    /// until dropped).
+    /// until dropped), counting reviews in a registry of its own.
     pub async fn start(config: &WebhookConfig) -> Result<Webhook, WebhookError> {
+        Self::start_with(config, WebhookMetrics::new(&prometheus::Registry::new())).await
+    }
+
+    /// [`Webhook::start`], counting reviews in `metrics` (the controller's registry).
+    pub async fn start_with(
+        config: &WebhookConfig,
+        metrics: WebhookMetrics,
+    ) -> Result<Webhook, WebhookError> {
         let (cert, key) = (
             PathBuf::from(&config.cert_file),
             PathBuf::from(&config.key_file),
@@ -173,6 +249,7 @@ impl Webhook {
         let app = router(Arc::new(WebhookState {
             sidecar: config.sidecar.clone(),
             failure_policy: config.failure_policy,
+            metrics,
         }));
         tracing::info!(webhook = %addr, failure_policy = ?config.failure_policy, image = %config.sidecar.image, "serving the sidecar-injection webhook");
         let serve = tokio::spawn(accept_loop(listener, acceptor, app));

@@ -283,3 +283,56 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         "the old certificate is no longer served"
     );
 }
+
+/// Each review is counted by result and timed, in the registry the webhook is given (the
+/// controller's, on its /metrics).
+#[tokio::test]
+async fn reviews_are_counted_by_result_and_timed() {
+    let pki = Pki::new("metrics");
+    let ca = pki.issue("ca-1");
+    let registry = prometheus::Registry::new();
+    let hook = Webhook::start_with(
+        &config(&pki, FailurePolicy::Ignore, Duration::from_secs(30)),
+        gofe_controller::webhook::WebhookMetrics::new(&registry),
+    )
+    .await
+    .unwrap();
+    let reviews = [
+        review(json!({})),
+        review(json!({})),
+        review(json!({ "gofe.io/inject": "disabled" })),
+        review(json!({ "gofe.io/skip-outbound-ports": "all" })),
+        b"{\"kind\": 7".to_vec(),
+    ];
+    for body in reviews {
+        post(hook.addr(), &ca, "/inject", body).await.unwrap();
+    }
+    let mut counted = std::collections::BTreeMap::new();
+    let mut timed = 0;
+    for family in registry.gather() {
+        match family.name() {
+            "gofe_injection_reviews_total" => {
+                for m in family.get_metric() {
+                    let result = m.get_label()[0].value().to_owned();
+                    counted.insert(result, m.get_counter().get_value());
+                }
+            }
+            "gofe_injection_review_duration_seconds" => {
+                timed = family.get_metric()[0].get_histogram().get_sample_count();
+            }
+            _ => {}
+        }
+    }
+    let expected: std::collections::BTreeMap<String, f64> = [
+        ("failed_admitted", 1.0),
+        ("failed_denied", 0.0),
+        ("injected", 2.0),
+        ("malformed", 1.0),
+        ("skipped", 1.0),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    assert_eq!(counted, expected);
+    assert_eq!(timed, 5);
+}
