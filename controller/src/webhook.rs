@@ -251,7 +251,7 @@ impl Webhook {
             failure_policy: config.failure_policy,
             metrics,
         }));
-        tracing::info!(webhook = %addr, failure_policy = ?config.failure_policy, image = %config.sidecar.image, "serving the sidecar-injection webhook");
+        tracing::info!(webhook = %addr, failure_policy = config.failure_policy.as_str(), image = %config.sidecar.image, "serving the sidecar-injection webhook");
         let serve = tokio::spawn(accept_loop(listener, acceptor, app));
         let reloads = tokio::spawn(reload(live, cert, key, config.reload_interval));
         Ok(Webhook {

@@ -23,6 +23,16 @@ pub enum FailurePolicy {
     Fail,
 }
 
+impl FailurePolicy {
+    /// Kubernetes' name for it (`Ignore`, `Fail`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailurePolicy::Ignore => "Ignore",
+            FailurePolicy::Fail => "Fail",
+        }
+    }
+}
+
 /// A request body that is not an AdmissionReview the webhook can answer: HTTP 400 with this
 /// message.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]

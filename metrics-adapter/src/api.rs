@@ -310,7 +310,10 @@ pub async fn authenticate(
             };
             // Verified in the handshake under other settings: the CA may have been rotated out.
             if cert.generation != settings.generation && !settings.verifies(&cert.chain) {
-                tracing::info!(common_name = ?cert.common_name, "client certificate not signed by the current request-header CA");
+                tracing::info!(
+                    common_name = cert.common_name.as_deref().unwrap_or(""),
+                    "client certificate not signed by the current request-header CA"
+                );
                 return ApiError::Unauthorized(
                     "the client certificate is not signed by the current request-header CA".into(),
                 )
@@ -323,7 +326,10 @@ pub async fn authenticate(
                     .as_ref()
                     .is_some_and(|cn| allowed_names.iter().any(|a| a == cn))
             {
-                tracing::warn!(common_name = ?cert.common_name, "client certificate name not allowed");
+                tracing::warn!(
+                    common_name = cert.common_name.as_deref().unwrap_or(""),
+                    "client certificate name not allowed"
+                );
                 return ApiError::Forbidden(
                     "this client certificate may not call the adapter".into(),
                 )
