@@ -14,6 +14,11 @@
 # Knobs (environment):
 #   GOFE_BIN=path        use this gofe binary instead of building one
 #   GOFE_REF=rev         build that commit (from `git archive`) instead of the work tree
+#   ACCESS_LOG=1         gofe and nginx write an access log (gofe: Envoy's default text format
+#                        to a file, through its writer thread; nginx: its combined format, to a
+#                        file, unbuffered as by default; haproxy logs nothing: it logs to syslog
+#                        only). With GOFE_BASE_BIN=same binary, gofe-base runs without one, so the
+#                        log's cost is measured in the same run.
 #   GOFE_BASE_BIN=path   also measure this second gofe binary (target `gofe-base`, port +4,
 #                        admin +8) in the same run, for before/after comparisons of gofe itself
 #   CARGO_TARGET_DIR=dir cargo target dir for the build (default /var/cache/gofe-target-bench)
@@ -59,6 +64,7 @@ GOFE_ADMIN_PORT=$((PORT_BASE + 9))
 GOFE_BASE_PORT=$((PORT_BASE + 4))
 GOFE_BASE_ADMIN_PORT=$((PORT_BASE + 8))
 GOFE_BASE_BIN="${GOFE_BASE_BIN:-}"
+ACCESS_LOG="${ACCESS_LOG:-0}"
 
 if [[ -n "$GOFE_BASE_BIN" ]]; then
     TARGETS=(direct gofe-base gofe nginx haproxy)
@@ -167,10 +173,17 @@ cleanup() {
     exit "$status"
 }
 
-render() { # template output port [admin-port]
+render() { # template output port [admin-port] [access-log: 1 or 0]
+    local gofe_log="" nginx_log="access_log off;"
+    if [[ "${5:-$ACCESS_LOG}" == 1 ]]; then
+        gofe_log="    access_log: [{ path: \"$WORKDIR/gofe-access-$3.log\" }]"
+        nginx_log="access_log $WORKDIR/nginx-access.log combined;"
+    fi
     sed -e "s|@WORKDIR@|$WORKDIR|g" \
         -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" \
         -e "s|@ADMIN_PORT@|${4:-$GOFE_ADMIN_PORT}|g" \
+        -e "s|@GOFE_ACCESS_LOG@|$gofe_log|g" \
+        -e "s|@NGINX_ACCESS_LOG@|$nginx_log|g" \
         -e "s|@PORT@|$3|g" "$1" >"$2"
 }
 
@@ -206,7 +219,7 @@ start_servers() {
         for p in "$GOFE_BASE_PORT" "$GOFE_BASE_ADMIN_PORT"; do
             port_free "$p" || die "port $p is already in use (set PORT_BASE)"
         done
-        render "$HERE/gofe.yaml.tmpl" "$WORKDIR/gofe-base.yaml" "$GOFE_BASE_PORT" "$GOFE_BASE_ADMIN_PORT"
+        render "$HERE/gofe.yaml.tmpl" "$WORKDIR/gofe-base.yaml" "$GOFE_BASE_PORT" "$GOFE_BASE_ADMIN_PORT" 0
         "$GOFE_BASE_BIN" check "$WORKDIR/gofe-base.yaml" >/dev/null || die "gofe-base config"
     fi
 
@@ -497,7 +510,7 @@ main() {
     {
         echo "### Run of $(date -u '+%Y-%m-%d %H:%M UTC')"
         echo
-        echo "- command: \`${GOFE_REF:+GOFE_REF=$GOFE_REF }${GOFE_BASE_BIN:+GOFE_BASE_BIN=$GOFE_BASE_BIN }REPS=$REPS DURATION=$DURATION NICE=$NICE CONNS=$CONNS LOW_CONNS=\"$LOW_CONNS\" bench/proxy.sh\`"
+        echo "- command: \`${GOFE_REF:+GOFE_REF=$GOFE_REF }${GOFE_BASE_BIN:+GOFE_BASE_BIN=$GOFE_BASE_BIN }ACCESS_LOG=$ACCESS_LOG REPS=$REPS DURATION=$DURATION NICE=$NICE CONNS=$CONNS LOW_CONNS=\"$LOW_CONNS\" bench/proxy.sh\`"
         echo "- machine: $(nproc) CPUs ($(lscpu | awk -F': *' '/^Model name/ {print $2; exit}')), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r)"
         echo "- versions: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $("$HAPROXY" -v | head -1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'), gofe $gofe_commit ($("$GOFE" --version))${GOFE_BASE_BIN:+, gofe-base = binary $GOFE_BASE_BIN}"
         echo "- method: proxies pinned to CPU $PROXY_CPU with one worker/thread each; backend nginx (1 worker) and wrk (-t1) pinned to CPU $LOAD_CPU; all of them at nice $NICE; each measurement \`wrk -t1 -c<N> -d$DURATION --latency\`; $REPS repetitions interleaved (${TARGETS[*]}, then again), median per cell; loaded RSS is the largest VmRSS right after a c=$CONNS run; nginx RSS sums master + worker."
