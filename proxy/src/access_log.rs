@@ -882,32 +882,69 @@ fn spawn_writer(mut sinks: Vec<Sink>, capacity: usize) -> std::io::Result<SyncSe
     Ok(tx)
 }
 
+/// The writer's pause between drains of the queue while lines keep coming ...
+const DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(2);
+/// ... and at most, while the queue stays empty (it doubles per empty drain).
+const IDLE_DRAIN_EVERY: std::time::Duration = std::time::Duration::from_millis(64);
+
+/// The writer: sleeps between drains of the queue rather than blocking on it, so that a
+/// request's `try_send` never has a thread to wake (on a busy core a wake-up per request, each
+/// writing one line, cost more than the rest of the request); each drain writes what
+/// accumulated, in batches of [`BATCH`]. Ends when every sender is gone and the queue is
+/// empty.
 fn run_writer(rx: &Receiver<Message>, sinks: &mut [Sink]) {
     let mut batch = Vec::with_capacity(BATCH);
-    while let Ok(first) = rx.recv() {
-        let mut flush = None;
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
-            match message {
-                Message::Line(r) => batch.push(r),
-                Message::Flush(done) => {
-                    flush = Some(done);
+    let mut pause = DRAIN_EVERY;
+    loop {
+        let mut flush = Vec::new();
+        let mut gone = false;
+        let mut drained = 0usize;
+        loop {
+            match rx.try_recv() {
+                Ok(Message::Line(r)) => {
+                    batch.push(r);
+                    drained += 1;
+                    if batch.len() == BATCH {
+                        write_batch(sinks, &batch);
+                        batch.clear();
+                    }
+                }
+                Ok(Message::Flush(done)) => {
+                    write_batch(sinks, &batch);
+                    batch.clear();
+                    flush.push(done);
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    gone = true;
                     break;
                 }
             }
-            if batch.len() < BATCH {
-                next = rx.try_recv().ok();
-            }
         }
-        if !batch.is_empty() {
-            for sink in sinks.iter_mut() {
-                sink.write_batch(&batch);
-            }
-            batch.clear();
-        }
-        if let Some(done) = flush {
+        write_batch(sinks, &batch);
+        batch.clear();
+        for done in flush {
             let _ = done.send(());
         }
+        if gone {
+            return;
+        }
+        pause = if drained == 0 {
+            (pause * 2).min(IDLE_DRAIN_EVERY)
+        } else {
+            DRAIN_EVERY
+        };
+        std::thread::sleep(pause);
+    }
+}
+
+/// Writes `batch` to every sink (nothing for an empty one); the caller clears it.
+fn write_batch(sinks: &mut [Sink], batch: &[Box<Record>]) {
+    if batch.is_empty() {
+        return;
+    }
+    for sink in sinks.iter_mut() {
+        sink.write_batch(batch);
     }
 }
 
