@@ -935,6 +935,26 @@ async fn an_https_prometheus_is_read_with_the_given_ca_only() {
 #[path = "../../tests/fake_api/mod.rs"]
 mod fake_api;
 
+/// OpenMetrics text for promtool: each series sampled every 5 s for the half hour before
+/// `t0`. A counter grows by its value per second from 1000; a gauge stays at its value.
+fn openmetrics<S: std::fmt::Display>(series: &[(S, f64, bool)], t0: i64) -> String {
+    let start = t0 - 1800;
+    let mut text = String::new();
+    for (name, v, counter) in series {
+        for i in 0..=720 {
+            let ts = start + i * 5;
+            let value = if *counter {
+                1000.0 + v * (ts - start) as f64
+            } else {
+                *v
+            };
+            let _ = writeln!(text, "{name} {value} {ts}");
+        }
+    }
+    text.push_str("# EOF\n");
+    text
+}
+
 /// Series for custom and resource metrics, in OpenMetrics text, 5 s apart over the hour around
 /// `t0`: linear counters (exact rates) and constant gauges.
 ///
@@ -1033,21 +1053,7 @@ fn custom_fixture(t0: i64) -> String {
         (r#"node_memory_MemAvailable_bytes{node="n1"}"#, 6e9, false),
         (r#"node_load{node="n1"}"#, 1.5, false),
     ];
-    let start = t0 - 1800;
-    let mut text = String::new();
-    for (name, v, counter) in &series {
-        for i in 0..=720 {
-            let ts = start + i * 5;
-            let value = if *counter {
-                1000.0 + v * (ts - start) as f64
-            } else {
-                *v
-            };
-            let _ = writeln!(text, "{name} {value} {ts}");
-        }
-    }
-    text.push_str("# EOF\n");
-    text
+    openmetrics(&series, t0)
 }
 
 /// The cluster's objects the rules are asked about.
@@ -1728,21 +1734,7 @@ fn sidecar_fixture(t0: i64) -> String {
         (r#"gofe_upstream_requests_total{cluster="web",endpoint="10.0.0.1:80",code_class="2xx"}"#.to_owned(), 50.0, true),
         (format!(r#"gofe_upstream_requests_active{{namespace="shop",pod="web-1",{ep}}}"#), 4.0, false),
     ];
-    let start = t0 - 1800;
-    let mut text = String::new();
-    for (name, v, counter) in &series {
-        for i in 0..=720 {
-            let ts = start + i * 5;
-            let value = if *counter {
-                1000.0 + v * (ts - start) as f64
-            } else {
-                *v
-            };
-            let _ = writeln!(text, "{name} {value} {ts}");
-        }
-    }
-    text.push_str("# EOF\n");
-    text
+    openmetrics(&series, t0)
 }
 
 /// gofe's built-in metrics per Pod (`builtinRules.pods`), from sidecar proxies' series on a
