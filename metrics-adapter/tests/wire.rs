@@ -935,8 +935,9 @@ async fn an_https_prometheus_is_read_with_the_given_ca_only() {
 #[path = "../../tests/fake_api/mod.rs"]
 mod fake_api;
 
-/// OpenMetrics text for promtool: each series sampled every 5 s for the half hour before
-/// `t0`. A counter grows by its value per second from 1000; a gauge stays at its value.
+/// OpenMetrics text for promtool: each series sampled every 5 s over the hour around `t0`
+/// (half an hour either side). A counter grows by its value per second from 1000; a gauge
+/// stays at its value.
 fn openmetrics<S: std::fmt::Display>(series: &[(S, f64, bool)], t0: i64) -> String {
     let start = t0 - 1800;
     let mut text = String::new();
