@@ -31,7 +31,8 @@ service:
   startup: 0s
   readiness: 1s
   faults:
-    - { at: 2s, for: 9s, pod: 1, fail: 0.6 }
+    - { at: 2s, for: 9s, pod: 1, http_fault: { abort: { http_status: 503, percentage: { numerator: 60 } } } }
+    - { at: 40s, for: 5s, pod: 0, http_fault: { delay: { fixed_delay: 20ms, percentage: { numerator: 50 } } } }
 pipeline: { scrape: 1s, window: 4s, sync: 3s }
 autoscaling:
   minReplicas: 2
@@ -119,6 +120,21 @@ fn gofe_up_shows_the_whole_loop_and_leaves_nothing_behind() {
     let story = story.join("\n");
 
     assert_eq!(of("started").len(), 1, "{story}");
+    // Both faults, written as the proxy's route fault is, reached their backends' controls.
+    let http_faults: Vec<&Value> = of("fault")
+        .into_iter()
+        .filter(|e| e["kind"] == "http_fault")
+        .collect();
+    assert_eq!(http_faults.len(), 2, "{story}");
+    assert!(of("fault_failed").is_empty(), "{story}");
+    assert_eq!(
+        of("fault_cleared")
+            .iter()
+            .filter(|e| e["kind"] == "http_fault")
+            .count(),
+        2,
+        "{story}"
+    );
     // The failing backend (the second, web-2) is ejected, then readmitted after the fault.
     let ejected = of("ejected")
         .into_iter()

@@ -11,7 +11,9 @@
 //! Its faults can change while it runs, from code ([`DemoBackend::set_failure`], …) or over
 //! HTTP on a control listener of its own ([`DemoBackend::serve_control`], `gofe backend
 //! --control ADDR`): `GET /fault` shows them, `POST /fault?fail_ratio=0.5&fail_status=503&delay=50ms`
-//! changes them (each parameter optional), so an experiment needs no restart. `broken=reset`
+//! changes them (each parameter optional), so an experiment needs no restart;
+//! `extra_delay=200ms&extra_delay_ratio=0.1` delays a random tenth of answers further (the delay
+//! of an Envoy-style fault, as `gofe up` plays a scenario's `http_fault`). `broken=reset`
 //! (or `garbage`, `half-close`, `silent`, and `no` to behave again) breaks new connections at
 //! the protocol level ([`Broken`]; `gofe backend --broken MODE` from the start).
 //!
@@ -114,6 +116,10 @@ pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(1);
 /// Faults switched on at run time.
 struct Faults {
     delay_us: AtomicU64,
+    /// A further delay for a random share of requests (a fault's delay), in µs.
+    extra_delay_us: AtomicU64,
+    /// That share, in millionths.
+    extra_delay_ppm: AtomicU64,
     /// Fraction of requests that fail, in millionths.
     fail_ppm: AtomicU64,
     fail_status: AtomicU16,
@@ -133,6 +139,8 @@ impl Default for Faults {
     fn default() -> Self {
         Faults {
             delay_us: AtomicU64::new(0),
+            extra_delay_us: AtomicU64::new(0),
+            extra_delay_ppm: AtomicU64::new(0),
             fail_ppm: AtomicU64::new(0),
             fail_status: AtomicU16::new(0),
             broken: AtomicU8::new(0),
@@ -154,6 +162,11 @@ pub struct FaultSettings {
     pub fail_status: u16,
     /// Delay of every answer, in seconds.
     pub delay_seconds: f64,
+    /// A further delay of a random share of answers (a fault's delay, as Envoy's fault filter
+    /// draws it), in seconds.
+    pub extra_delay_seconds: f64,
+    /// That share (0–1).
+    pub extra_delay_ratio: f64,
     /// Requests per second served at most (0: unlimited).
     pub capacity_rps: f64,
     /// How new connections misbehave ([`Broken::as_str`]; `no` when they behave).
@@ -166,6 +179,8 @@ impl Faults {
             fail_ratio: self.fail_ppm.load(Ordering::Relaxed) as f64 / 1_000_000.0,
             fail_status: self.fail_status.load(Ordering::Relaxed),
             delay_seconds: self.delay_us.load(Ordering::Relaxed) as f64 / 1e6,
+            extra_delay_seconds: self.extra_delay_us.load(Ordering::Relaxed) as f64 / 1e6,
+            extra_delay_ratio: self.extra_delay_ppm.load(Ordering::Relaxed) as f64 / 1_000_000.0,
             capacity_rps: self.capacity_milli.load(Ordering::Relaxed) as f64 / 1000.0,
             broken: Broken::from_u8(self.broken.load(Ordering::Relaxed)).as_str(),
         }
@@ -220,7 +235,24 @@ impl Faults {
         self.delay_us.store(us, Ordering::Relaxed);
     }
 
-    /// Applies `fail_ratio`, `fail_status` and `delay` from a query string; every value is
+    fn set_extra_delay(&self, delay: Duration, ratio: f64) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        let ppm = (ratio.clamp(0.0, 1.0) * 1_000_000.0).round() as u64;
+        self.extra_delay_us.store(us, Ordering::Relaxed);
+        self.extra_delay_ppm.store(ppm, Ordering::Relaxed);
+    }
+
+    /// The further delay this request draws: zero unless it falls in the share.
+    fn extra_delay(&self) -> Duration {
+        let ppm = self.extra_delay_ppm.load(Ordering::Relaxed);
+        if ppm == 0 || fastrand::u64(..1_000_000) >= ppm {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(self.extra_delay_us.load(Ordering::Relaxed))
+    }
+
+    /// Applies `fail_ratio`, `fail_status`, `delay`, `extra_delay`, `extra_delay_ratio`,
+    /// `capacity` and `broken` from a query string; every value is
     /// checked before any is applied, so a bad request changes nothing.
     fn apply_query(&self, query: &str) -> Result<FaultSettings, String> {
         let mut next = self.settings();
@@ -242,17 +274,30 @@ impl Faults {
                         .map_err(|e| format!("delay: {e}"))?
                         .as_secs_f64();
                 }
+                "extra_delay" => {
+                    next.extra_delay_seconds = gofe_model::parse_duration(value)
+                        .map_err(|e| format!("extra_delay: {e}"))?
+                        .as_secs_f64();
+                }
+                "extra_delay_ratio" => {
+                    next.extra_delay_ratio = check_fail_ratio(value)
+                        .map_err(|e| e.replacen("fail_ratio", "extra_delay_ratio", 1))?;
+                }
                 "capacity" => next.capacity_rps = check_capacity(value)?,
                 "broken" => next.broken = value.parse::<Broken>()?.as_str(),
                 other => {
                     return Err(format!(
-                        "unknown parameter {other:?} (fail_ratio, fail_status, delay, capacity, broken)"
+                        "unknown parameter {other:?} (fail_ratio, fail_status, delay, extra_delay, extra_delay_ratio, capacity, broken)"
                     ))
                 }
             }
         }
         self.set_failure(next.fail_ratio, next.fail_status);
         self.set_delay(Duration::from_secs_f64(next.delay_seconds));
+        self.set_extra_delay(
+            Duration::from_secs_f64(next.extra_delay_seconds),
+            next.extra_delay_ratio,
+        );
         self.set_capacity(next.capacity_rps);
         self.set_broken(next.broken.parse::<Broken>().unwrap_or(Broken::No));
         Ok(self.settings())
@@ -540,6 +585,10 @@ async fn answer(
     if delay > 0 {
         tokio::time::sleep(Duration::from_micros(delay)).await;
     }
+    let extra = faults.extra_delay();
+    if !extra.is_zero() {
+        tokio::time::sleep(extra).await;
+    }
     let failed = faults.fails(n);
     let status = req
         .headers()
@@ -641,6 +690,18 @@ mod tests {
         assert!(check_fail_ratio("1").is_ok() && check_fail_ratio("2").is_err());
         assert!(f.apply_query("capacity=-1").is_err() && f.apply_query("capacity=x").is_err());
         assert_eq!(f.apply_query("capacity=60").unwrap().capacity_rps, 60.0);
+        let s = f
+            .apply_query("extra_delay=300ms&extra_delay_ratio=0.5")
+            .unwrap();
+        assert!((s.extra_delay_seconds - 0.3).abs() < 1e-9 && s.extra_delay_ratio == 0.5);
+        let e = f.apply_query("extra_delay_ratio=2").unwrap_err();
+        assert!(e.starts_with("extra_delay_ratio:"), "{e}");
+        assert!(f.apply_query("extra_delay=soon").is_err());
+        // A random half of 2,000 draws is delayed: within 6 σ (σ = √(2000 · ¼) ≈ 22).
+        let delayed = (0..2000).filter(|_| !f.extra_delay().is_zero()).count();
+        assert!((1000usize.abs_diff(delayed)) < 6 * 23, "{delayed} of 2000");
+        f.apply_query("extra_delay_ratio=0").unwrap();
+        assert!((0..100).all(|_| f.extra_delay().is_zero()));
         for b in Broken::ALL {
             let s = f.apply_query(&format!("broken={}", b.as_str())).unwrap();
             assert_eq!(s.broken, b.as_str());

@@ -15,7 +15,9 @@
 //! * above capacity a backlog builds at `λ − μ` and adds `backlog / μ`;
 //! * a step's requests to a pod all see that pod's latency; above `timeout` they fail (and the
 //!   backlog is capped at what the pod serves within the timeout); a `fail` fault fails that
-//!   fraction; a dead pod fails everything in 1 ms until it is noticed and replaced.
+//!   fraction, an `http_fault` abort its `percentage` and an `http_fault` delay adds its
+//!   `fixed_delay` to its `percentage` of them; a dead pod fails everything in 1 ms until it is
+//!   noticed and replaced.
 //!
 //! Every `scrape` the pods' request and CPU counters are sampled; the adapter recomputes
 //! `rate()` over `window` every `cache`; the HPA ([`gofe_core::hpa::reconcile`]) syncs every
@@ -372,18 +374,42 @@ impl<'a> Sim<'a> {
     fn serve(&mut self, now: f64, now_ms: u64, open: &mut usize, failed: &mut f64) {
         self.step_lat.clear();
         let faults = &self.scenario.service.faults;
+        let timeout = self.scenario.service.timeout.secs();
         let endpoints = self.balancing.endpoints.len();
         for (i, p) in self.replicas.pods.iter_mut().enumerate() {
             let n = self.balancing.assigned[i];
             let effects = pods::fault_effects(faults, p.index, now);
-            let (latency, failures) = self.model.serve(p, n, now, effects);
+            let (latency, mut failures) = self.model.serve(p, n, now, effects);
             if !p.running(now) {
                 continue;
             }
-            p.record(n, failures, latency, self.ewma_keep);
+            // An `http_fault` delay: its share of the pod's requests take `extra` longer (past
+            // the timeout they fail at the timeout, like any request that slow).
+            let delayed = match pods::fault_delay(faults, p.index, now) {
+                Some((extra, share)) if failures < n => {
+                    let late = (latency + extra).min(timeout);
+                    if latency + extra > timeout {
+                        failures += (n - failures) * share;
+                    }
+                    Some((late, n * share))
+                }
+                _ => None,
+            };
+            let mean = delayed.map_or(latency, |(late, k)| (latency * (n - k) + late * k) / n);
+            p.record(n, failures, mean, self.ewma_keep);
             if n > 0.0 {
-                self.step_lat.push((latency, n));
-                self.hist.add(latency, n);
+                match delayed {
+                    Some((late, k)) => {
+                        self.step_lat.push((latency, n - k));
+                        self.step_lat.push((late, k));
+                        self.hist.add(latency, n - k);
+                        self.hist.add(late, k);
+                    }
+                    None => {
+                        self.step_lat.push((latency, n));
+                        self.hist.add(latency, n);
+                    }
+                }
                 *failed += failures;
             }
             if let Some(d) = &self.detection {

@@ -280,6 +280,37 @@ pub struct Fault {
     /// Dies (then is noticed after `dead_detection` and replaced).
     #[serde(default)]
     pub die: bool,
+    /// Delays and aborts a fraction of the pod's requests, written as the proxy's route fault
+    /// is (Envoy's `HTTPFault`: `delay.fixed_delay` with a `percentage`, `abort.http_status`
+    /// with a `percentage`), so an experiment reads the same in a scenario, `gofe up` and the
+    /// proxy's config. A scenario has no requests' headers and no listener: `header_delay`,
+    /// `header_abort`, `grpc_status` and `max_active_faults` are refused.
+    #[serde(default)]
+    pub http_fault: Option<gofe_model::FaultConfig>,
+}
+
+impl Fault {
+    /// Whether the fault is in force at `now` (seconds from the start).
+    pub fn active_at(&self, now: f64) -> bool {
+        now >= self.at.secs() && self.lasts.is_none_or(|d| now < self.at.secs() + d.secs())
+    }
+
+    /// The `http_fault`'s abort as the fraction of requests it fails and its status.
+    pub fn abort(&self) -> Option<(f64, u32)> {
+        let a = self.http_fault.as_ref()?.abort.as_ref()?;
+        Some((fraction(&a.percentage), a.http_status?))
+    }
+
+    /// The `http_fault`'s delay as its length and the fraction of requests it delays.
+    pub fn delay(&self) -> Option<(Duration, f64)> {
+        let d = self.http_fault.as_ref()?.delay.as_ref()?;
+        Some((d.fixed_delay?, fraction(&d.percentage)))
+    }
+}
+
+/// A `FractionalPercent` as a fraction in 0..=1.
+fn fraction(p: &gofe_model::FractionalPercent) -> f64 {
+    (f64::from(p.numerator) / f64::from(p.denominator.value())).min(1.0)
 }
 
 /// SLO: a step violates it when its p99 latency or its failure ratio is above these.
@@ -648,13 +679,18 @@ pub fn validate(s: &Scenario) -> Vec<Problem> {
         }
     }
     for (i, f) in sv.faults.iter().enumerate() {
-        let kinds =
-            usize::from(f.fail.is_some()) + usize::from(f.slow.is_some()) + usize::from(f.die);
+        let kinds = usize::from(f.fail.is_some())
+            + usize::from(f.slow.is_some())
+            + usize::from(f.die)
+            + usize::from(f.http_fault.is_some());
         if kinds != 1 {
             bad(
                 &format!("service.faults[{i}]"),
-                "exactly one of fail, slow, die",
+                "exactly one of fail, slow, die, http_fault",
             );
+        }
+        if let Some(h) = &f.http_fault {
+            check_http_fault(h, &format!("service.faults[{i}].http_fault"), &mut bad);
         }
         if f.fail.is_some_and(|x| !(0.0..=1.0).contains(&x)) {
             bad(&format!("service.faults[{i}].fail"), "a fraction in 0..=1");
@@ -706,6 +742,40 @@ pub fn validate(s: &Scenario) -> Vec<Problem> {
         }
     }
     p
+}
+
+/// Checks a scenario fault's `http_fault` (at `base`): the proxy's own checks, and the parts a
+/// schedule cannot play refused.
+fn check_http_fault(h: &gofe_model::FaultConfig, base: &str, bad: &mut impl FnMut(&str, &str)) {
+    for (field, message) in gofe_model::fault::check(h) {
+        bad(&format!("{base}.{field}"), &message);
+    }
+    let no_headers = "a scenario's requests have no headers: give a fixed value";
+    if let Some(d) = &h.delay {
+        if d.header_delay.is_some() {
+            bad(&format!("{base}.delay.header_delay"), no_headers);
+        }
+    }
+    if let Some(a) = &h.abort {
+        if a.header_abort.is_some() {
+            bad(&format!("{base}.abort.header_abort"), no_headers);
+        }
+        if a.grpc_status.is_some() {
+            bad(
+                &format!("{base}.abort.grpc_status"),
+                "a scenario's service speaks HTTP: give http_status",
+            );
+        }
+    }
+    if h.max_active_faults.is_some() {
+        bad(
+            &format!("{base}.max_active_faults"),
+            "a scenario's fault applies to a fraction of requests, with no listener to count them at",
+        );
+    }
+    if h.delay.is_none() && h.abort.is_none() {
+        bad(base, "give a delay, an abort or both");
+    }
 }
 
 fn validate_autoscaling(a: &Autoscaling, base: &str, p: &mut Vec<Problem>) {
@@ -815,6 +885,44 @@ mod tests {
                 .collect();
             gofe_yaml::locate(&text, &mut problems);
         }
+    }
+
+    #[test]
+    fn an_http_fault_is_checked_as_the_proxy_checks_it_and_what_a_schedule_cannot_play_is_refused()
+    {
+        let with = |fault: &str| {
+            OK.replace(
+                "  capacity: 100\n",
+                &format!("  capacity: 100\n  faults:\n    - {fault}\n"),
+            )
+        };
+        let good = with("{ at: 1s, pod: 0, http_fault: { delay: { fixed_delay: 50ms, percentage: { numerator: 10 } }, abort: { http_status: 503, percentage: { numerator: 5 } } } }");
+        let s = parse("s.yaml", &good).unwrap();
+        let f = &s.service.faults[0];
+        assert_eq!(f.delay(), Some((Duration::from_millis(50), 0.1)));
+        assert_eq!(f.abort(), Some((0.05, 503)));
+
+        let bad = with("{ at: 1s, pod: 0, http_fault: { delay: { header_delay: {}, percentage: { numerator: 101 } }, abort: { grpc_status: 14 }, max_active_faults: 3 } }");
+        let e = parse("s.yaml", &bad).unwrap_err().to_string();
+        for field in [
+            "service.faults[0].http_fault.delay.header_delay",
+            "service.faults[0].http_fault.delay.percentage.numerator",
+            "service.faults[0].http_fault.abort.grpc_status",
+            "service.faults[0].http_fault.max_active_faults",
+        ] {
+            assert!(e.contains(field), "{field} missing from:\n{e}");
+        }
+        assert!(e.lines().all(|l| l.starts_with("s.yaml:9:")), "{e}");
+        let two =
+            with("{ at: 1s, pod: 0, fail: 0.5, http_fault: { abort: { http_status: 503 } } }");
+        let e = parse("s.yaml", &two).unwrap_err().to_string();
+        assert!(
+            e.contains("exactly one of fail, slow, die, http_fault"),
+            "{e}"
+        );
+        let empty = with("{ at: 1s, pod: 0, http_fault: {} }");
+        let e = parse("s.yaml", &empty).unwrap_err().to_string();
+        assert!(e.contains("give a delay, an abort or both"), "{e}");
     }
 
     #[test]

@@ -52,6 +52,14 @@ pub enum FaultKind {
     Slow(f64),
     /// The process is killed.
     Die,
+    /// An Envoy-style fault (a scenario's `http_fault`): the backend answers `abort`'s share of
+    /// requests with its status, and delays `delay`'s share by its length.
+    Http {
+        /// `(share, status)`.
+        abort: Option<(f64, u16)>,
+        /// `(delay, share)`.
+        delay: Option<(Duration, f64)>,
+    },
 }
 
 /// A fault on the schedule.
@@ -184,14 +192,20 @@ impl Plan {
         };
         let mut faults = Vec::new();
         for (i, f) in s.service.faults.iter().enumerate() {
-            let kind = match (f.fail, f.slow, f.die) {
-                (Some(r), None, false) => FaultKind::Fail(r),
-                (None, Some(k), false) => FaultKind::Slow(k),
-                (None, None, true) => FaultKind::Die,
+            let kind = match (f.fail, f.slow, f.die, &f.http_fault) {
+                (Some(r), None, false, None) => FaultKind::Fail(r),
+                (None, Some(k), false, None) => FaultKind::Slow(k),
+                (None, None, true, None) => FaultKind::Die,
+                (None, None, false, Some(_)) => FaultKind::Http {
+                    abort: f
+                        .abort()
+                        .map(|(share, status)| (share, u16::try_from(status).unwrap_or(500))),
+                    delay: f.delay(),
+                },
                 _ => {
                     refuse(
                         &format!("service.faults[{i}]"),
-                        "one of fail, slow or die per fault",
+                        "one of fail, slow, die or http_fault per fault",
                     );
                     continue;
                 }
@@ -333,6 +347,23 @@ mod tests {
                 "autoscaling.metrics[1].cpu"
             ]
         );
+    }
+
+    #[test]
+    fn an_http_fault_is_played_as_the_backend_s_abort_and_delay() {
+        let text = "name: x\nduration: 10s\ntraffic: [{constant: {rps: 1}}]\n\
+            service: {pods: 2, capacity: 10,\n\
+              faults: [{at: 2s, for: 3s, pod: 1, http_fault: {abort: {http_status: 502, percentage: {numerator: 25}}, delay: {fixed_delay: 150ms, percentage: {numerator: 1, denominator: TEN_THOUSAND}}}}]}\n\
+            policies: [{name: a, balancer: round_robin}]\n";
+        let p = plan(text).unwrap();
+        assert_eq!(
+            p.faults[0].kind,
+            FaultKind::Http {
+                abort: Some((0.25, 502)),
+                delay: Some((Duration::from_millis(150), 0.0001)),
+            }
+        );
+        assert_eq!(p.faults[0].until, Some(Duration::from_secs(5)));
     }
 
     #[test]

@@ -831,10 +831,35 @@ impl Run {
                                 ),
                             )
                         }
+                        (FaultKind::Http { abort, delay }, true) => {
+                            let (share, status) = abort.unwrap_or((0.0, 503));
+                            let (extra, delayed) = delay.unwrap_or((Duration::ZERO, 0.0));
+                            let mut what = Vec::new();
+                            if abort.is_some() {
+                                what.push(format!("aborts {:.1}% ({status})", share * 100.0));
+                            }
+                            if delay.is_some() {
+                                what.push(format!(
+                                    "delays {:.1}% by {} ms",
+                                    delayed * 100.0,
+                                    extra.as_millis()
+                                ));
+                            }
+                            (
+                                format!(
+                                    "fail_ratio={share}&fail_status={status}&extra_delay={}us&extra_delay_ratio={delayed}",
+                                    extra.as_micros()
+                                ),
+                                what.join(", "),
+                            )
+                        }
                         _ => {
                             let (cap, lat) = self.plan.backend_speed(index, 1.0);
                             (
-                                format!("fail_ratio=0&delay={}us&capacity={cap}", lat.as_micros()),
+                                format!(
+                                    "fail_ratio=0&extra_delay_ratio=0&delay={}us&capacity={cap}",
+                                    lat.as_micros()
+                                ),
                                 "recovered".to_owned(),
                             )
                         }
@@ -844,6 +869,7 @@ impl Run {
                         FaultKind::Fail(_) => "fail",
                         FaultKind::Slow(_) => "slow",
                         FaultKind::Die => "die",
+                        FaultKind::Http { .. } => "http_fault",
                     };
                     let event = if starts { "fault" } else { "fault_cleared" };
                     match result {

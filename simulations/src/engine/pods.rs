@@ -152,17 +152,30 @@ pub fn speed_of(index: usize, scenario: &Scenario) -> f64 {
 }
 
 /// What the faults active at `now` do to the pod created `index`-th: their slowdowns multiply,
-/// the largest failure ratio applies. `(1, 0)` without faults.
+/// the largest failure ratio applies (an `http_fault`'s abort fails its fraction). `(1, 0)`
+/// without faults.
 pub(super) fn fault_effects(faults: &[Fault], index: usize, now: f64) -> (f64, f64) {
     let (mut slow, mut fail): (f64, f64) = (1.0, 0.0);
     for f in faults {
-        let active = now >= f.at.secs() && f.lasts.is_none_or(|d| now < f.at.secs() + d.secs());
-        if f.pod == index && active {
+        if f.pod == index && f.active_at(now) {
             slow *= f.slow.unwrap_or(1.0);
             fail = fail.max(f.fail.unwrap_or(0.0));
+            fail = fail.max(f.abort().map_or(0.0, |(share, _)| share));
         }
     }
     (slow, fail)
+}
+
+/// The delay the `http_fault`s active at `now` add to the pod created `index`-th's requests:
+/// `(seconds, fraction of requests)`, the longest delay when several apply; `None` without.
+pub(super) fn fault_delay(faults: &[Fault], index: usize, now: f64) -> Option<(f64, f64)> {
+    faults
+        .iter()
+        .filter(|f| f.pod == index && f.active_at(now))
+        .filter_map(|f| f.delay())
+        .filter(|(d, share)| !d.is_zero() && *share > 0.0)
+        .map(|(d, share)| (d.as_secs_f64(), share))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
 }
 
 /// Deaths: a `die` fault kills its pod (if it exists and lives) in the step of `dt` seconds
@@ -494,6 +507,35 @@ mod tests {
             "the first group wins"
         );
         assert_eq!(speed_of(5, &scenario(SERVICE)), 1.0);
+    }
+
+    #[test]
+    fn an_http_fault_aborts_its_percentage_and_delays_its_percentage() {
+        let sc = scenario(&format!(
+            "{SERVICE}  faults:\n    - {{ at: 10s, for: 10s, pod: 1, http_fault: {{ abort: {{ http_status: 503, percentage: {{ numerator: 30 }} }} }} }}\n    - {{ at: 10s, pod: 1, fail: 0.2 }}\n    - {{ at: 5s, for: 10s, pod: 0, http_fault: {{ delay: {{ fixed_delay: 200ms, percentage: {{ numerator: 25, denominator: TEN_THOUSAND }} }} }} }}\n    - {{ at: 8s, for: 4s, pod: 0, http_fault: {{ delay: {{ fixed_delay: 1s, percentage: {{ numerator: 50 }} }}, abort: {{ http_status: 500, percentage: {{ numerator: 0 }} }} }} }}\n"
+        ));
+        let f = &sc.service.faults;
+        assert_eq!(
+            fault_effects(f, 1, 12.0),
+            (1.0, 0.3),
+            "the abort's 30 % beats 20 %"
+        );
+        assert_eq!(fault_effects(f, 1, 20.0), (1.0, 0.2), "the abort is over");
+        assert_eq!(fault_delay(f, 1, 12.0), None, "an abort delays nothing");
+        assert_eq!(fault_delay(f, 0, 4.9), None);
+        assert_eq!(fault_delay(f, 0, 5.0), Some((0.2, 0.0025)), "25 in 10,000");
+        assert_eq!(
+            fault_delay(f, 0, 9.0),
+            Some((1.0, 0.5)),
+            "the longest delay applies"
+        );
+        assert_eq!(fault_delay(f, 0, 12.0), Some((0.2, 0.0025)));
+        assert_eq!(fault_delay(f, 0, 15.0), None);
+        assert_eq!(
+            fault_effects(f, 0, 9.0),
+            (1.0, 0.0),
+            "a 0 % abort fails nothing"
+        );
     }
 
     #[test]

@@ -87,6 +87,50 @@ fn a_dead_pod_fails_fast_until_noticed_then_its_replacement_starts() {
 }
 
 #[test]
+fn an_http_fault_delay_moves_its_share_of_requests_and_an_abort_fails_its_share() {
+    // Two pods at 5 req/s each; pod 1 delays 4 % of its requests by 300 ms from 1 s to 3 s,
+    // and aborts 40 % of them from 3 s on.
+    let sc = scenario(&format!(
+        "{TWO_PODS}  faults:\n    - {{ at: 1s, for: 2s, pod: 1, http_fault: {{ delay: {{ fixed_delay: 300ms, percentage: {{ numerator: 4 }} }} }} }}\n    - {{ at: 3s, pod: 1, http_fault: {{ abort: {{ http_status: 503, percentage: {{ numerator: 40 }} }} }} }}\n"
+    ));
+    let mut s = sim(&sc);
+    let base = s.step().unwrap().clone();
+    assert_eq!(base.failed, 0.0);
+    let delayed = s.step().unwrap().clone();
+    // 2 % of the step's requests are 300 ms late: the p99 is a late one, the median is not;
+    // nothing fails (300 ms is within the 1 s timeout).
+    assert_eq!(delayed.failed, 0.0);
+    assert!(
+        (delayed.p99_ms - base.p99_ms - 300.0).abs() < 1e-6,
+        "the p99 is 300 ms later: {} vs {}",
+        delayed.p99_ms,
+        base.p99_ms
+    );
+    assert!((delayed.p50_ms - base.p50_ms).abs() < 1e-9);
+    s.step().unwrap();
+    let aborted = s.step().unwrap().clone();
+    assert!(
+        (aborted.failed - 5.0 * 0.4).abs() < 1e-9,
+        "40 % of pod 1's 5 requests: {}",
+        aborted.failed
+    );
+    let summary = s.finish();
+    assert!(
+        summary.p99_ms > base.p99_ms,
+        "the late requests are in the run's tail"
+    );
+}
+
+#[test]
+fn an_http_fault_delay_past_the_timeout_fails_its_share() {
+    let sc = scenario(&format!(
+        "{TWO_PODS}  faults:\n    - {{ at: 0s, pod: 0, http_fault: {{ delay: {{ fixed_delay: 2s, percentage: {{ numerator: 10 }} }} }} }}\n"
+    ));
+    let row = sim(&sc).step().unwrap().clone();
+    assert!((row.failed - 0.5).abs() < 1e-9, "10 % of 5: {}", row.failed);
+}
+
+#[test]
 fn without_endpoints_every_request_fails() {
     let sc = scenario(&TWO_PODS.replace(
         "  dead_detection: 2s\n",
