@@ -1129,6 +1129,8 @@ fn xds_resources(
         virtual_hosts: vec![VirtualHostConfig {
             name: "all".into(),
             domains: vec!["*".into()],
+            fault: None,
+            local_ratelimit: None,
             routes: vec![RouteConfig {
                 name: None,
                 fault: None,

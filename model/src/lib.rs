@@ -182,6 +182,17 @@ pub struct VirtualHostConfig {
     /// Routes, tried in order; the first that matches wins.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Fault injection for the host's routes that have no `fault` of their own (Envoy's fault
+    /// filter configured on the virtual host: the most specific level wins, the two are not
+    /// merged). A route opts out with a fault that injects nothing (`fault: {}`). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<FaultConfig>,
+    /// Local rate limiting for the host's routes that have no `local_ratelimit` of their own:
+    /// **one** token bucket shared by all of those routes, as Envoy's virtual-host
+    /// `LocalRateLimit` is one limiter (a route's own limit has its own bucket). A route opts
+    /// out with a limit that looks at nothing (`filter_enabled` 0). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_ratelimit: Option<LocalRateLimitConfig>,
 }
 
 /// A route: a match and what to do with requests that match.
@@ -872,8 +883,28 @@ fn validate_router(
                 );
             }
         }
+        check_route_filters(v, &vhost.fault, &vhost.local_ratelimit, &hbase);
         for (ri, route) in vhost.routes.iter().enumerate() {
             validate_route(v, route, &format!("{hbase}.routes[{ri}]"), clusters);
+        }
+    }
+}
+
+/// Checks the fault and the local rate limit of a route or a virtual host at `base`.
+fn check_route_filters(
+    v: &mut Validator,
+    fault: &Option<FaultConfig>,
+    limit: &Option<LocalRateLimitConfig>,
+    base: &str,
+) {
+    if let Some(fault) = fault {
+        for (field, message) in fault::check(fault) {
+            v.error(format!("{base}.fault.{field}"), message);
+        }
+    }
+    if let Some(limit) = limit {
+        for (field, message) in local_ratelimit::check(limit) {
+            v.error(format!("{base}.local_ratelimit.{field}"), message);
         }
     }
 }
@@ -932,16 +963,7 @@ fn validate_route(
             }
         }
     }
-    if let Some(fault) = &route.fault {
-        for (field, message) in fault::check(fault) {
-            v.error(format!("{base}.fault.{field}"), message);
-        }
-    }
-    if let Some(limit) = &route.local_ratelimit {
-        for (field, message) in local_ratelimit::check(limit) {
-            v.error(format!("{base}.local_ratelimit.{field}"), message);
-        }
-    }
+    check_route_filters(v, &route.fault, &route.local_ratelimit, base);
     let a = &route.route;
     if let Some(retry) = &a.retry_policy {
         if let Err(msg) = RetryOn::parse(&retry.retry_on) {
@@ -1221,6 +1243,42 @@ admin: { address: "127.0.0.1:9901" }
             fault.abort.unwrap().percentage,
             FractionalPercent::percent(25)
         );
+    }
+
+    #[test]
+    fn a_virtual_host_s_fault_and_limit_are_checked_by_line_and_field() {
+        let text = SAMPLE.replace(
+            "              domains: [\"api.example.com\"]\n",
+            "              domains: [\"api.example.com\"]\n              fault:\n                delay: { fixed_delay: \"5ms\", percentage: { numerator: 200 } }\n              local_ratelimit:\n                token_bucket: { max_tokens: 5, fill_interval: \"1ms\" }\n",
+        );
+        let p = problems(&text);
+        let fields: Vec<(&str, Option<usize>)> =
+            p.iter().map(|p| (p.field.as_str(), p.line)).collect();
+        assert_eq!(
+            fields,
+            [
+                (
+                    "listeners[0].filters[0].config.virtual_hosts[0].fault.delay.percentage.numerator",
+                    Some(12)
+                ),
+                (
+                    "listeners[0].filters[0].config.virtual_hosts[0].local_ratelimit.token_bucket.fill_interval",
+                    Some(14)
+                )
+            ],
+            "{p:?}"
+        );
+        let ok = text
+            .replace("numerator: 200", "numerator: 20")
+            .replace("\"1ms\"", "\"1s\"");
+        let c = parse("ok.yaml", &ok).unwrap();
+        let vh = &c.listeners[0].filters[0].config.virtual_hosts[0];
+        assert!(vh.fault.as_ref().unwrap().delay.is_some());
+        assert_eq!(
+            vh.local_ratelimit.as_ref().unwrap().token_bucket.max_tokens,
+            5
+        );
+        assert!(vh.routes[0].fault.is_none() && vh.routes[0].local_ratelimit.is_none());
     }
 
     #[test]

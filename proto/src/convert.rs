@@ -936,21 +936,19 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
             }
         }
         if !settings.fault_filter {
-            for r in router
-                .virtual_hosts
-                .iter_mut()
-                .flat_map(|vh| vh.routes.iter_mut())
-            {
-                r.fault = None;
+            for vh in &mut router.virtual_hosts {
+                vh.fault = None;
+                for r in &mut vh.routes {
+                    r.fault = None;
+                }
             }
         }
         if !settings.local_ratelimit_filter {
-            for r in router
-                .virtual_hosts
-                .iter_mut()
-                .flat_map(|vh| vh.routes.iter_mut())
-            {
-                r.local_ratelimit = None;
+            for vh in &mut router.virtual_hosts {
+                vh.local_ratelimit = None;
+                for r in &mut vh.routes {
+                    r.local_ratelimit = None;
+                }
             }
         }
         let unnamed = settings.unnamed && name == address;

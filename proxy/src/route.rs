@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName};
 
 use crate::cluster::Cluster;
 use crate::config::local_ratelimit::TokenBucketConfig;
-use crate::config::{HeaderMatcherConfig, RetryOn, RouteConfig, RouterConfig};
+use crate::config::{HeaderMatcherConfig, RetryOn, RouteConfig, RouterConfig, VirtualHostConfig};
 use crate::fault::{ActiveFaults, Fault};
 use crate::metrics::Metrics;
 use crate::ratelimit::{LocalRateLimit, TokenBucket};
@@ -75,8 +75,11 @@ pub(crate) struct FilterState {
     buckets: HashMap<BucketKey, (TokenBucketConfig, Arc<TokenBucket>)>,
 }
 
-/// Which route a bucket is for: (listener, virtual host, route index).
+/// Which route a bucket is for: (listener, virtual host, route index or [`HOST_BUCKET`]).
 type BucketKey = (Arc<str>, Box<str>, usize);
+
+/// The "route index" of a virtual host's own bucket, shared by its routes without one.
+const HOST_BUCKET: usize = usize::MAX;
 
 /// What the routes of one listener share while they are built: the metric families their
 /// filters count in, the listener's count of active faults, and the state of the last
@@ -115,7 +118,8 @@ impl<'a> Filters<'a> {
         }
     }
 
-    /// The bucket of route `index` of `vhost`: the last configuration's when it had the same
+    /// The bucket of route `index` of `vhost` (or the host's own, [`HOST_BUCKET`]): the one
+    /// this configuration already made, else the last configuration's when it had the same
     /// one, else a new, full one.
     fn bucket(
         &mut self,
@@ -124,6 +128,12 @@ impl<'a> Filters<'a> {
         config: &TokenBucketConfig,
     ) -> Arc<TokenBucket> {
         let key = (Arc::clone(&self.listener), Box::from(vhost), index);
+        // A virtual host's bucket is asked for by each of its routes: the first made it.
+        if let Some((was, bucket)) = self.next.buckets.get(&key) {
+            if was == config {
+                return Arc::clone(bucket);
+            }
+        }
         let bucket = match self.previous.buckets.get(&key) {
             Some((was, bucket)) if was == config => Arc::clone(bucket),
             _ => Arc::new(TokenBucket::from_config(config)),
@@ -224,7 +234,7 @@ impl RouteTable {
                 .routes
                 .iter()
                 .enumerate()
-                .map(|(ri, r)| Route::build(r, clusters, filters, &vh.name, ri))
+                .map(|(ri, r)| Route::build(r, clusters, filters, vh, ri))
                 .collect::<Result<Vec<_>, _>>()?;
             vhosts.push(VirtualHost {
                 name: vh.name.as_str().into(),
@@ -312,9 +322,10 @@ impl Route {
         config: &RouteConfig,
         clusters: &HashMap<String, Arc<Cluster>>,
         filters: &mut Filters<'_>,
-        vhost: &str,
+        host: &VirtualHostConfig,
         index: usize,
     ) -> Result<Self, String> {
+        let vhost = host.name.as_str();
         // The name in metrics: the route's own, else its place.
         let label = || {
             config
@@ -322,7 +333,19 @@ impl Route {
                 .clone()
                 .unwrap_or_else(|| format!("{vhost}/{index}"))
         };
-        let fault = match &config.fault {
+        // The most specific level's filters: the route's own, else its virtual host's (a host's
+        // bucket is one for all the routes that take it). A fault that injects nothing is none.
+        let fault = config
+            .fault
+            .as_ref()
+            .or(host.fault.as_ref())
+            .filter(|f| f.delay.is_some() || f.abort.is_some());
+        let (limit, bucket_of) = match (&config.local_ratelimit, &host.local_ratelimit) {
+            (Some(own), _) => (Some(own), index),
+            (None, Some(shared)) => (Some(shared), HOST_BUCKET),
+            (None, None) => (None, index),
+        };
+        let fault = match fault {
             None => None,
             Some(f) => Some(Fault::build(
                 f,
@@ -330,11 +353,11 @@ impl Route {
                 filters.metrics.fault(&label()),
             )?),
         };
-        let ratelimit = match &config.local_ratelimit {
+        let ratelimit = match limit {
             None => None,
             Some(l) => Some(LocalRateLimit::build(
                 l,
-                filters.bucket(vhost, index, &l.token_bucket),
+                filters.bucket(vhost, bucket_of, &l.token_bucket),
                 filters.metrics.ratelimit(&label()),
             )?),
         };

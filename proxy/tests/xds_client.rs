@@ -62,6 +62,8 @@ fn resources(
                 virtual_hosts: vec![VirtualHostConfig {
                     name: s("all"),
                     domains: vec![s("*")],
+                    fault: None,
+                    local_ratelimit: None,
                     routes: vec![RouteConfig {
                         name: None,
                         fault: None,

@@ -52,6 +52,8 @@ fn greeter(endpoints: &[(SocketAddr, u32)]) -> Resources {
                 virtual_hosts: vec![VirtualHostConfig {
                     name: s("greeter"),
                     domains: vec![s("*")],
+                    fault: None,
+                    local_ratelimit: None,
                     routes: vec![RouteConfig {
                         name: None,
                         fault: None,

@@ -96,6 +96,7 @@ pub fn route_to_wire(r: &RouteResource) -> Result<route::RouteConfiguration, Con
             name: vh.name.clone(),
             domains: vh.domains.to_vec(),
             routes,
+            typed_per_filter_config: filters_to_wire(&vh.fault, &vh.local_ratelimit),
             ..Default::default()
         });
     }
@@ -168,15 +169,7 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
             }),
         );
     }
-    if let Some(f) = &rt.fault {
-        typed_per_filter_config.insert(FAULT_FILTER_NAME.to_owned(), faults::per_route_to_wire(f));
-    }
-    if let Some(r) = &rt.local_ratelimit {
-        typed_per_filter_config.insert(
-            LOCAL_RATELIMIT_FILTER_NAME.to_owned(),
-            ratelimits::per_route_to_wire(r),
-        );
-    }
+    typed_per_filter_config.extend(filters_to_wire(&rt.fault, &rt.local_ratelimit));
     Ok(route::Route {
         name: rt.name.clone().unwrap_or_default(),
         r#match: Some(route::RouteMatch {
@@ -193,6 +186,24 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
         typed_per_filter_config,
         ..Default::default()
     })
+}
+
+/// A route's or virtual host's fault and local rate limit as `typed_per_filter_config`.
+fn filters_to_wire(
+    fault: &Option<gofe_model::FaultConfig>,
+    limit: &Option<gofe_model::LocalRateLimitConfig>,
+) -> HashMap<String, Any> {
+    let mut out = HashMap::new();
+    if let Some(f) = fault {
+        out.insert(FAULT_FILTER_NAME.to_owned(), faults::per_route_to_wire(f));
+    }
+    if let Some(r) = limit {
+        out.insert(
+            LOCAL_RATELIMIT_FILTER_NAME.to_owned(),
+            ratelimits::per_route_to_wire(r),
+        );
+    }
+    out
 }
 
 fn retry_policy_to_wire(r: &RetryPolicyConfig) -> route::RetryPolicy {
@@ -420,9 +431,9 @@ fn virtual_host_from_wire(
         .set("request_mirror_policies", request_mirror_policies)
         .set("route_specifiers", route_specifiers)
         .finish()?;
-    let vhost_filters = per_filter_settings(typed_per_filter_config, res, base)?;
-    refuse_shared_bucket(&vhost_filters, res, base)?;
-    let vhost_filters = vhost_filters.or(config_filters);
+    // The route configuration's settings are the virtual host's where it has none (gofe's
+    // model has no level above the virtual host; a bucket there was refused above).
+    let vhost_filters = per_filter_settings(typed_per_filter_config, res, base)?.or(config_filters);
     let vhost_retry = retry_policy
         .as_ref()
         .map(|r| retry_policy_from_wire(r, res, &join(base, "retry_policy")))
@@ -441,6 +452,8 @@ fn virtual_host_from_wire(
         name: name.clone(),
         domains: domains.to_vec(),
         routes: out,
+        fault: vhost_filters.fault(),
+        local_ratelimit: vhost_filters.local_ratelimit(),
     })
 }
 
@@ -500,7 +513,8 @@ fn route_entry_from_wire(
             ))
         }
     };
-    let filters = per_filter_settings(typed_per_filter_config, res, base)?.or(vhost_filters);
+    let own = per_filter_settings(typed_per_filter_config, res, base)?;
+    let filters = own.clone().or(vhost_filters);
     let mut out = action_from_wire(action, res, &join(base, "route"), vhost_retry)?;
     out.max_request_bytes = match filters.buffer {
         Some(BufferSetting::Limit(n)) => Some(n),
@@ -510,8 +524,8 @@ fn route_entry_from_wire(
         name: (!name.is_empty()).then(|| name.clone()),
         matcher,
         route: out,
-        fault: filters.fault(),
-        local_ratelimit: filters.local_ratelimit(),
+        fault: own.fault_under(vhost_filters),
+        local_ratelimit: own.local_ratelimit_under(vhost_filters),
     })
 }
 
@@ -879,11 +893,43 @@ impl PerFilter {
             Some(FaultSetting::Disabled) | None => None,
         }
     }
+
+    /// A route's own fault (this level) below its virtual host's (`outer`): its own
+    /// configuration; where it disables the filter and the host has a fault, a fault that
+    /// injects nothing (what overrides the host's in gofe's model); else none (the host's
+    /// applies, or there is none).
+    fn fault_under(&self, outer: &PerFilter) -> Option<gofe_model::FaultConfig> {
+        match &self.fault {
+            Some(FaultSetting::Config(f)) => Some(f.clone()),
+            Some(FaultSetting::Disabled) => {
+                outer.fault().map(|_| gofe_model::FaultConfig::default())
+            }
+            None => None,
+        }
+    }
+
+    /// A route's own local rate limit below its virtual host's (`outer`), as
+    /// [`PerFilter::fault_under`]: disabling the filter under a host's bucket is a limit that
+    /// looks at nothing.
+    fn local_ratelimit_under(&self, outer: &PerFilter) -> Option<gofe_model::LocalRateLimitConfig> {
+        match &self.ratelimit {
+            Some(Some(l)) => Some(l.clone()),
+            Some(None) => outer
+                .local_ratelimit()
+                .map(|l| gofe_model::LocalRateLimitConfig {
+                    filter_enabled: gofe_model::FractionalPercent::default(),
+                    filter_enforced: gofe_model::FractionalPercent::default(),
+                    enable_x_ratelimit_headers: Default::default(),
+                    ..l
+                }),
+            None => None,
+        }
+    }
 }
 
-/// In Envoy a `LocalRateLimit` on a virtual host (or a route configuration) is one bucket
-/// shared by every route that inherits it; gofe's buckets are per route, so such a bucket is
-/// refused rather than split into one per route. (One that limits nothing is fine.)
+/// In Envoy a `LocalRateLimit` on a route configuration is one bucket shared by every route of
+/// every virtual host that inherits it; gofe's buckets are per route or per virtual host, so
+/// such a bucket is refused rather than split. (One that limits nothing is fine.)
 fn refuse_shared_bucket(level: &PerFilter, res: &str, base: &str) -> Result<(), ConvertError> {
     if matches!(level.ratelimit, Some(Some(_))) {
         return Err(invalid(
@@ -892,8 +938,8 @@ fn refuse_shared_bucket(level: &PerFilter, res: &str, base: &str) -> Result<(), 
                 base,
                 &format!("typed_per_filter_config[{LOCAL_RATELIMIT_FILTER_NAME:?}]"),
             ),
-            "a token bucket shared by the routes below is not supported by gofe: configure \
-             the local rate limit on each route",
+            "a token bucket shared by several virtual hosts is not supported by gofe: \
+             configure the local rate limit on each virtual host or route",
         ));
     }
     Ok(())

@@ -425,3 +425,48 @@ async fn delays_hold_their_percentage() {
         b.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_virtual_host_s_fault_applies_to_its_routes_without_their_own() {
+    let (b, vars) = backends(&["b0"]).await;
+    let yaml = r#"
+listeners:
+  - address: "127.0.0.1:0"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              fault:
+                abort: { http_status: 418, percentage: { numerator: 100 } }
+              routes:
+                - match: { prefix: "/inherits" }
+                  route: { cluster: web }
+                - match: { prefix: "/own" }
+                  route: { cluster: web }
+                  fault:
+                    abort: { http_status: 503, percentage: { numerator: 100 } }
+                - match: { prefix: "/opted-out" }
+                  route: { cluster: web }
+                  fault: {}
+clusters:
+  - { name: web, endpoints: [{ address: "{B0}" }] }
+"#;
+    let h = Harness::start(&fill(yaml, &vars)).await;
+    let c = h1_client();
+    let mut statuses = Vec::new();
+    for path in ["/inherits", "/own", "/opted-out"] {
+        statuses.push(get(&c, &h.url(path), "x", &[]).await.status.as_u16());
+    }
+    assert_eq!(statuses, [418, 503, 200]);
+    assert_eq!(
+        b[0].served(),
+        1,
+        "only the opted-out route reached the backend"
+    );
+    h.proxy.shutdown(Duration::from_secs(1)).await;
+    for b in b {
+        b.stop().await;
+    }
+}

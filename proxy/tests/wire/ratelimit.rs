@@ -168,3 +168,72 @@ async fn a_reload_that_leaves_the_bucket_alone_keeps_it_and_a_new_bucket_starts_
         b.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_virtual_host_s_limit_is_one_bucket_for_its_routes_without_their_own() {
+    let (b, vars) = backends(&["b0"]).await;
+    let yaml = r#"
+listeners:
+  - address: "127.0.0.1:0"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              local_ratelimit:
+                token_bucket: { max_tokens: 3, fill_interval: "1h" }
+                filter_enabled: { numerator: 100 }
+                filter_enforced: { numerator: 100 }
+              routes:
+                - match: { prefix: "/a" }
+                  route: { cluster: web }
+                - match: { prefix: "/b" }
+                  route: { cluster: web }
+                - match: { prefix: "/own" }
+                  route: { cluster: web }
+                  local_ratelimit:
+                    token_bucket: { max_tokens: 1, fill_interval: "1h" }
+                    filter_enabled: { numerator: 100 }
+                    filter_enforced: { numerator: 100 }
+                - match: { prefix: "/free" }
+                  route: { cluster: web }
+                  local_ratelimit:
+                    token_bucket: { max_tokens: 1, fill_interval: "1h" }
+clusters:
+  - { name: web, endpoints: [{ address: "{B0}" }] }
+"#;
+    let h = Harness::start(&fill(yaml, &vars)).await;
+    let c = h1_client();
+    let mut statuses = Vec::new();
+    for path in [
+        "/a", "/b", "/a", "/b", "/a", "/own", "/own", "/free", "/free", "/free",
+    ] {
+        statuses.push((path, get(&c, &h.url(path), "x", &[]).await.status.as_u16()));
+    }
+    assert_eq!(
+        statuses,
+        [
+            // /a and /b share the host's three tokens.
+            ("/a", 200),
+            ("/b", 200),
+            ("/a", 200),
+            ("/b", 429),
+            ("/a", 429),
+            // A route's own bucket is its own.
+            ("/own", 200),
+            ("/own", 429),
+            // A limit that looks at nothing (filter_enabled 0) opts the route out.
+            ("/free", 200),
+            ("/free", 200),
+            ("/free", 200),
+        ]
+    );
+    // A reload that leaves the host's bucket alone keeps it (empty).
+    h.apply(&fill(yaml, &vars)).await;
+    assert_eq!(get(&c, &h.url("/b"), "x", &[]).await.status, 429);
+    h.proxy.shutdown(Duration::from_secs(1)).await;
+    for b in b {
+        b.stop().await;
+    }
+}

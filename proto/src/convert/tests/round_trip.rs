@@ -310,7 +310,12 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
 }
 
 fn router(clusters: usize) -> impl Strategy<Value = RouterConfig> {
-    vec(vec(route(clusters), 0..3), 1..4).prop_flat_map(|hosts| {
+    let host = (
+        vec(route(clusters), 0..3),
+        prop::option::of(fault()),
+        prop::option::of(local_ratelimit()),
+    );
+    vec(host, 1..4).prop_flat_map(|hosts| {
         let n = hosts.len();
         (Just(hosts), (0..n).map(domains).collect::<Vec<_>>()).prop_map(|(hosts, domains)| {
             RouterConfig {
@@ -318,11 +323,15 @@ fn router(clusters: usize) -> impl Strategy<Value = RouterConfig> {
                     .into_iter()
                     .zip(domains)
                     .enumerate()
-                    .map(|(hi, (routes, domains))| VirtualHostConfig {
-                        name: format!("vh{hi}"),
-                        domains,
-                        routes,
-                    })
+                    .map(
+                        |(hi, ((routes, fault, local_ratelimit), domains))| VirtualHostConfig {
+                            name: format!("vh{hi}"),
+                            domains,
+                            routes,
+                            fault,
+                            local_ratelimit,
+                        },
+                    )
                     .collect(),
             }
         })

@@ -1342,11 +1342,17 @@ fn faults_travel_as_the_fault_filters_per_route_config() {
         .typed_per_filter_config
         .insert(FAULT_FILTER_NAME.into(), any_of(&own));
     let back = route_from_wire(&rc).unwrap();
-    let routes = &back.router.virtual_hosts[0].routes;
-    let grpc = routes[0].fault.as_ref().unwrap().abort.as_ref().unwrap();
+    let host = &back.router.virtual_hosts[0];
+    let routes = &host.routes;
+    let grpc = host.fault.as_ref().unwrap().abort.as_ref().unwrap();
     assert_eq!(grpc.grpc_status, Some(14));
     assert_eq!(grpc.percentage.numerator, 2500);
-    assert_eq!(routes[1].fault, None, "disabled on this route");
+    assert_eq!(routes[0].fault, None, "the host's applies");
+    assert_eq!(
+        routes[1].fault,
+        Some(Default::default()),
+        "disabled on this route: a fault that injects nothing overrides the host's"
+    );
     let own = routes[2].fault.as_ref().unwrap();
     assert!(own.abort.is_none(), "the route's own replaces the host's");
     assert!(own.delay.as_ref().unwrap().header_delay.is_some());
@@ -1552,13 +1558,37 @@ fn local_rate_limits_travel_as_the_filters_per_route_config() {
         "a bucketless config limits nothing"
     );
     assert!(routes[2].local_ratelimit.is_some());
+    assert_eq!(back.router.virtual_hosts[0].local_ratelimit, None);
+    // A virtual host's bucket is the host's, for the routes without their own; a route that
+    // disables the filter below it gets a limit that looks at nothing.
     let mut shared = rc.clone();
     shared.virtual_hosts[0]
         .typed_per_filter_config
         .insert(LOCAL_RATELIMIT_FILTER_NAME.into(), any_of(&envoy_doc));
-    assert!(err(route_from_wire(&shared)).contains(
-        "virtual_hosts[0].typed_per_filter_config[\"envoy.filters.http.local_ratelimit\"]: a token bucket shared"
-    ));
+    shared.virtual_hosts[0].routes[2]
+        .typed_per_filter_config
+        .insert(
+            LOCAL_RATELIMIT_FILTER_NAME.into(),
+            any_of(&route::FilterConfig {
+                disabled: true,
+                ..Default::default()
+            }),
+        );
+    let back = route_from_wire(&shared).unwrap();
+    let host = &back.router.virtual_hosts[0];
+    assert_eq!(
+        host.local_ratelimit
+            .as_ref()
+            .unwrap()
+            .token_bucket
+            .max_tokens,
+        10000
+    );
+    assert_eq!(host.routes[1].local_ratelimit, None, "the host's applies");
+    let off = host.routes[2].local_ratelimit.as_ref().unwrap();
+    assert_eq!(off.filter_enabled.numerator, 0, "looks at nothing");
+    assert!(host.routes[0].local_ratelimit.is_some(), "its own");
+    // One bucket for every virtual host of a route configuration is refused.
     shared.virtual_hosts[0].typed_per_filter_config.clear();
     shared
         .typed_per_filter_config
