@@ -436,6 +436,13 @@ pub struct ClusterConfig {
     /// How long an idle upstream connection stays in the pool. Default 60 s.
     #[serde(default = "default_idle_timeout", with = "gofe_yaml::duration::text")]
     pub idle_timeout: Duration,
+    /// Local rate limiting of the cluster (Envoy's `local_ratelimit` as an upstream HTTP filter
+    /// of the cluster): one token bucket for every request sent to it, whatever route sent it,
+    /// consulted per upstream attempt as Envoy's upstream filters are. A first attempt finding
+    /// the bucket empty is answered with the limit's `status` and never reaches an endpoint; a
+    /// retry finding it empty is not made (the last attempt's answer stands). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_ratelimit: Option<LocalRateLimitConfig>,
 }
 
 fn default_connect_timeout() -> Duration {
@@ -709,6 +716,7 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
                 ),
             );
         }
+        check_route_filters(v, &None, &cluster.local_ratelimit, &base);
         if let Some(od) = &cluster.outlier_detection {
             if od.max_ejection_percent > 100 {
                 v.error(

@@ -778,6 +778,10 @@ fn check_publishable(config: &ProxyConfig) -> Result<(), ConvertError> {
         listeners::check_publishable(l, &base)?;
         for (fi, f) in l.filters.iter().enumerate() {
             for (hi, vh) in f.config.virtual_hosts.iter().enumerate() {
+                routes::check_host_publishable(
+                    vh,
+                    &format!("{base}.filters[{fi}].config.virtual_hosts[{hi}]"),
+                )?;
                 for (ri, r) in vh.routes.iter().enumerate() {
                     routes::check_publishable(
                         r,

@@ -188,6 +188,8 @@ pub(crate) struct Cluster {
     pub(crate) outlier: Option<OutlierPolicy>,
     pub(crate) breakers: CircuitBreakersConfig,
     pub(crate) limits: Arc<ClusterLimits>,
+    /// The cluster's local rate limit, consulted per upstream attempt.
+    pub(crate) ratelimit: Option<crate::ratelimit::LocalRateLimit>,
     panic_threshold: u32,
     /// Endpoints with weight that are not draining (the base of the panic threshold).
     serving: usize,
@@ -245,6 +247,7 @@ impl Cluster {
         metrics: &Metrics,
         health: &mut dyn FnMut(&str) -> Arc<EndpointHealth>,
         limits: Arc<ClusterLimits>,
+        bucket: Option<Arc<crate::ratelimit::TokenBucket>>,
     ) -> Result<Self, String> {
         let name = config.name.as_str();
         let addresses: Vec<&str> = config
@@ -278,6 +281,19 @@ impl Cluster {
                 h2: h2.as_mut().and_then(|clients| clients.next().flatten()),
             }));
         }
+        let ratelimit = match (&config.local_ratelimit, bucket) {
+            (Some(l), Some(bucket)) => Some(crate::ratelimit::LocalRateLimit::build(
+                l,
+                bucket,
+                metrics.cluster_ratelimit(name),
+            )?),
+            (Some(l), None) => Some(crate::ratelimit::LocalRateLimit::build(
+                l,
+                Arc::new(crate::ratelimit::TokenBucket::from_config(&l.token_bucket)),
+                metrics.cluster_ratelimit(name),
+            )?),
+            (None, _) => None,
+        };
         let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
         let serving = endpoints
             .iter()
@@ -300,6 +316,7 @@ impl Cluster {
             outlier: config.outlier_detection.as_ref().map(OutlierPolicy::new),
             breakers: config.circuit_breakers.clone(),
             limits,
+            ratelimit,
             panic_threshold: config.healthy_panic_threshold,
             serving,
             configured_unhealthy,
@@ -327,6 +344,7 @@ impl Cluster {
                 ))
             },
             Arc::new(ClusterLimits::new(config.circuit_breakers.max_connections)),
+            None,
         )
     }
 

@@ -219,6 +219,21 @@ async fn forward(
             }
         }
     }
+    // The cluster's local rate limit (Envoy's upstream filter): the first attempt takes a token
+    // or is answered here (a retry's is taken in `Retries::again`).
+    if let Some(limit) = &cluster.ratelimit {
+        match limit.check() {
+            Verdict::Pass(headers) => {
+                if headers.is_some() {
+                    *limit_headers = headers;
+                }
+            }
+            Verdict::Limited(headers) => {
+                flag(&mut log, Flags::RATE_LIMITED);
+                return Ok(limit.reply(req.headers(), headers));
+            }
+        }
+    }
     // One clock read serves the route's deadline and the first attempt's start.
     let received = Instant::now();
     let deadline = route.timeout.map(|t| received + t);
@@ -367,6 +382,7 @@ async fn forward(
             match retries.refused() {
                 Some(Refused::LimitExceeded) => log.flag(Flags::RETRY_LIMIT_EXCEEDED),
                 Some(Refused::Overflow) => log.flag(Flags::UPSTREAM_OVERFLOW),
+                Some(Refused::RateLimited) => log.flag(Flags::RATE_LIMITED),
                 None => {}
             }
         }

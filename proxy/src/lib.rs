@@ -163,6 +163,15 @@ struct Control {
     health: HashMap<(String, String), Arc<EndpointHealth>>,
     /// Circuit-breaker counters per cluster, kept across swaps.
     limits: HashMap<String, Arc<ClusterLimits>>,
+    /// Each rate-limited cluster's bucket with the configuration it was built from, kept
+    /// across swaps that leave it unchanged.
+    cluster_buckets: HashMap<
+        String,
+        (
+            config::local_ratelimit::TokenBucketConfig,
+            Arc<ratelimit::TokenBucket>,
+        ),
+    >,
     /// Each listener's access logs with the configuration they were built from, kept across
     /// swaps that leave it unchanged (the writer thread and open files stay).
     access_logs: HashMap<Arc<str>, (Vec<config::AccessLogConfig>, Arc<access_log::AccessLog>)>,
@@ -237,6 +246,7 @@ impl Proxy {
         let mut clusters = HashMap::new();
         let mut health = HashMap::new();
         let mut limits = HashMap::new();
+        let mut cluster_buckets = HashMap::new();
         let mut access_logs = HashMap::new();
         let mut filter_state = route::FilterState::default();
         for c in &config.clusters {
@@ -254,6 +264,14 @@ impl Proxy {
                 _ => Arc::new(ClusterLimits::new(max_connections)),
             };
             limits.insert(name.clone(), Arc::clone(&cluster_limits));
+            let bucket = c.local_ratelimit.as_ref().map(|l| {
+                let bucket = match control.cluster_buckets.get(&name) {
+                    Some((was, b)) if *was == l.token_bucket => Arc::clone(b),
+                    _ => Arc::new(ratelimit::TokenBucket::from_config(&l.token_bucket)),
+                };
+                cluster_buckets.insert(name.clone(), (l.token_bucket.clone(), Arc::clone(&bucket)));
+                bucket
+            });
             let previous = &control.health;
             let built = Cluster::build(
                 c,
@@ -273,6 +291,7 @@ impl Proxy {
                     h
                 },
                 cluster_limits,
+                bucket,
             )
             .map_err(ApplyError::Invalid)?;
             clusters.insert(name, Arc::new(built));
@@ -434,6 +453,7 @@ impl Proxy {
         }
         control.health = health;
         control.limits = limits;
+        control.cluster_buckets = cluster_buckets;
         control.access_logs = access_logs;
         control.filters = filter_state;
         control.clusters = cluster_names;

@@ -68,6 +68,12 @@ pub(crate) struct Metrics {
     ratelimit_limited: IntCounterVec,
     /// `gofe_ratelimit_enforced_total{route}`.
     ratelimit_enforced: IntCounterVec,
+    /// `gofe_cluster_ratelimit_allowed_total{cluster}`.
+    cluster_ratelimit_allowed: IntCounterVec,
+    /// `gofe_cluster_ratelimit_limited_total{cluster}`.
+    cluster_ratelimit_limited: IntCounterVec,
+    /// `gofe_cluster_ratelimit_enforced_total{cluster}`.
+    cluster_ratelimit_enforced: IntCounterVec,
     /// Registered when an xDS client starts (a file-configured proxy has no such series).
     xds: std::sync::OnceLock<XdsMetrics>,
 }
@@ -282,6 +288,24 @@ impl Metrics {
                 "gofe_ratelimit_enforced_total",
                 "Rate-limited requests of a route answered with the limit's status (429 by default) instead of going on.",
                 &["route"],
+            ),
+            cluster_ratelimit_allowed: counter_vec(
+                &r,
+                "gofe_cluster_ratelimit_allowed_total",
+                "Upstream attempts to a cluster that took a token from the cluster's local rate limit.",
+                &["cluster"],
+            ),
+            cluster_ratelimit_limited: counter_vec(
+                &r,
+                "gofe_cluster_ratelimit_limited_total",
+                "Upstream attempts to a cluster that found its local rate limit's bucket empty, enforced or not.",
+                &["cluster"],
+            ),
+            cluster_ratelimit_enforced: counter_vec(
+                &r,
+                "gofe_cluster_ratelimit_enforced_total",
+                "Rate-limited attempts to a cluster not made: a first attempt answered with the limit's status, a retry not sent.",
+                &["cluster"],
             ),
             config_version: register(
                 &r,
@@ -511,6 +535,17 @@ impl Metrics {
             delays: self.fault_injected.with_label_values(&[route, "delay"]),
             aborts: self.fault_injected.with_label_values(&[route, "abort"]),
             overflow: self.fault_overflow.with_label_values(&[route]),
+        }
+    }
+
+    /// The counters of a cluster's local rate limit.
+    pub(crate) fn cluster_ratelimit(&self, cluster: &str) -> crate::ratelimit::RateLimitCounters {
+        crate::ratelimit::RateLimitCounters {
+            allowed: self.cluster_ratelimit_allowed.with_label_values(&[cluster]),
+            limited: self.cluster_ratelimit_limited.with_label_values(&[cluster]),
+            enforced: self
+                .cluster_ratelimit_enforced
+                .with_label_values(&[cluster]),
         }
     }
 

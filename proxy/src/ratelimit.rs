@@ -200,6 +200,13 @@ impl LocalRateLimit {
     }
 
     /// The answer of a limited request (its headers say whether it is gRPC).
+    /// Whether a retry may be sent (it takes a token like any attempt; one the limit would
+    /// answer is not sent).
+    pub(crate) fn allows_retry(&self) -> bool {
+        matches!(self.check(), Verdict::Pass(_))
+    }
+
+    /// The answer to a limited request, with `headers` when the limit sends them.
     pub(crate) fn reply(
         &self,
         request: &HeaderMap,

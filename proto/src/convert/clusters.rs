@@ -33,6 +33,9 @@ pub(super) fn check_publishable(c: &ClusterConfig, base: &str) -> Result<(), Con
         "connect_timeout",
         "Envoy's connect_timeout is longer than 0s",
     )?;
+    if let Some(l) = &c.local_ratelimit {
+        super::ratelimits::check_publishable(l, &format!("{base}.local_ratelimit"))?;
+    }
     positive(
         c.idle_timeout,
         "idle_timeout",
@@ -68,6 +71,7 @@ pub fn empty_cluster(name: &str) -> ClusterConfig {
         outlier_detection: None,
         healthy_panic_threshold: gofe_model::DEFAULT_PANIC_THRESHOLD,
         idle_timeout: gofe_model::DEFAULT_IDLE_TIMEOUT,
+        local_ratelimit: None,
     }
 }
 
@@ -193,6 +197,11 @@ pub fn cluster_to_wire(c: &ClusterResource) -> Result<cluster::Cluster, ConvertE
             idle_timeout: Some(pb_duration(cfg.idle_timeout)),
             ..Default::default()
         }),
+        http_filters: cfg
+            .local_ratelimit
+            .as_ref()
+            .map(super::ratelimits::cluster_filters_to_wire)
+            .unwrap_or_default(),
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
                 protocol_config: Some(protocol),
@@ -397,6 +406,7 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
             )
             .finish()?;
     }
+    let mut local_ratelimit = None;
     let mut idle_timeout = match common_http_protocol_options {
         None => ENVOY_UPSTREAM_IDLE_TIMEOUT,
         Some(o) => protocol_options_idle_timeout(
@@ -420,6 +430,11 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
             http2 = h2;
         }
         idle_timeout = idle;
+        local_ratelimit = super::ratelimits::cluster_filters_from_wire(
+            &options.http_filters,
+            &res,
+            &join(&field, "http_filters"),
+        )?;
     }
     if idle_timeout.is_zero() {
         return Err(invalid(
@@ -441,6 +456,7 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
     config.connect_timeout = connect_timeout;
     config.http2_protocol_options = http2.then(Http2ProtocolOptions::default);
     config.idle_timeout = idle_timeout;
+    config.local_ratelimit = local_ratelimit;
     let inline = |addresses| -> Result<Vec<EndpointConfig>, ConvertError> {
         match load_assignment {
             None => Ok(Vec::new()),
@@ -529,7 +545,8 @@ fn http_protocol_options_from_wire(
     let upstream_http::HttpProtocolOptions {
         common_http_protocol_options,
         upstream_http_protocol_options,
-        http_filters,
+        // The cluster's local rate limit (read by the caller).
+        http_filters: _,
         header_validation_config,
         outlier_detection,
         request_mirror_policies,
@@ -542,7 +559,6 @@ fn http_protocol_options_from_wire(
             "upstream_http_protocol_options",
             upstream_http_protocol_options,
         )
-        .set("http_filters", http_filters)
         .set("header_validation_config", header_validation_config)
         .set("outlier_detection", outlier_detection)
         .set("request_mirror_policies", request_mirror_policies)

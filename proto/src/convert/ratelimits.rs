@@ -1,6 +1,8 @@
 //! Local rate limiting: Envoy's `envoy.filters.http.local_ratelimit` (a `LocalRateLimit`),
 //! present in the connection manager's `http_filters` without a token bucket and configured
-//! per route or virtual host in `typed_per_filter_config` (most specific wins).
+//! per route or virtual host in `typed_per_filter_config` (most specific wins); and a cluster's
+//! own, as the first of its upstream HTTP filters (`HttpProtocolOptions.http_filters`, before
+//! the upstream codec).
 //!
 //! Read: `token_bucket` (`max_tokens`, `tokens_per_fill`, `fill_interval`), `status`,
 //! `filter_enabled.default_value`, `filter_enforced.default_value`,
@@ -15,6 +17,7 @@
 
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::XRateLimitHeadersRfcVersion;
 use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+use envoy_types::pb::envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec;
 use envoy_types::pb::envoy::r#type::v3 as types;
 use gofe_model::local_ratelimit::{
     TokenBucketConfig, XRateLimitHeaders, DEFAULT_STATUS, MIN_FILL_INTERVAL,
@@ -84,7 +87,99 @@ pub(super) fn check_publishable(r: &LocalRateLimitConfig, base: &str) -> Result<
     )
 }
 
+/// Name of the upstream codec filter, the last of a cluster's upstream HTTP filters.
+pub(super) const UPSTREAM_CODEC_FILTER_NAME: &str = "envoy.filters.http.upstream_codec";
+
+/// A cluster's rate limit as its upstream HTTP filters: the limit, then the upstream codec
+/// (Envoy requires the codec last).
+pub(super) fn cluster_filters_to_wire(r: &LocalRateLimitConfig) -> Vec<hcm::HttpFilter> {
+    vec![
+        hcm::HttpFilter {
+            name: LOCAL_RATELIMIT_FILTER_NAME.into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(
+                per_route_to_wire(r),
+            )),
+            ..Default::default()
+        },
+        hcm::HttpFilter {
+            name: UPSTREAM_CODEC_FILTER_NAME.into(),
+            config_type: Some(hcm::http_filter::ConfigType::TypedConfig(to_any(
+                &UpstreamCodec {},
+            ))),
+            ..Default::default()
+        },
+    ]
+}
+
 // === from wire ===
+
+/// A cluster's upstream HTTP filters (`HttpProtocolOptions.http_filters` at `base`): gofe
+/// reads at most one local rate limit with a bucket (the cluster's) before the upstream codec,
+/// which must come last as Envoy requires; any other upstream filter is refused.
+pub(super) fn cluster_filters_from_wire(
+    filters: &[hcm::HttpFilter],
+    res: &str,
+    base: &str,
+) -> Result<Option<LocalRateLimitConfig>, ConvertError> {
+    if filters.is_empty() {
+        return Ok(None);
+    }
+    let last = filters.len() - 1;
+    let mut limit = None;
+    for (i, f) in filters.iter().enumerate() {
+        let field = format!("{base}[{i}]");
+        let typed = match &f.config_type {
+            Some(hcm::http_filter::ConfigType::TypedConfig(any)) => any,
+            _ => {
+                return Err(invalid(
+                    res,
+                    &join(&field, "typed_config"),
+                    "gofe reads upstream filters with a typed_config only",
+                ))
+            }
+        };
+        if f.disabled || f.is_optional {
+            return Err(unsupported(res, &join(&field, "disabled, is_optional")));
+        }
+        if typed.type_url == UpstreamCodec::type_url() {
+            if i != last {
+                return Err(invalid(
+                    res,
+                    &field,
+                    "the upstream codec must be the last upstream filter",
+                ));
+            }
+            continue;
+        }
+        if !is_local_ratelimit(typed) {
+            return Err(invalid(
+                res,
+                &field,
+                format!(
+                    "upstream filter {:?} ({}) is not supported by gofe (only a local rate limit, \
+                     then the upstream codec)",
+                    f.name, typed.type_url
+                ),
+            ));
+        }
+        if i == last {
+            return Err(invalid(
+                res,
+                &field,
+                "the last upstream filter must be the upstream codec",
+            ));
+        }
+        if limit.is_some() {
+            return Err(invalid(
+                res,
+                &field,
+                "one local rate limit per cluster is supported by gofe",
+            ));
+        }
+        limit = per_route_from_wire(typed, res, &join(&field, "typed_config"))?;
+    }
+    Ok(limit)
+}
 
 /// Whether `any` is a `LocalRateLimit`.
 pub(super) fn is_local_ratelimit(any: &Any) -> bool {

@@ -44,6 +44,20 @@ pub(super) fn check_publishable(r: &RouteConfig, base: &str) -> Result<(), Conve
     Ok(())
 }
 
+/// A virtual host's values that have no Envoy form.
+pub(super) fn check_host_publishable(
+    vh: &VirtualHostConfig,
+    base: &str,
+) -> Result<(), ConvertError> {
+    if let Some(f) = &vh.fault {
+        faults::check_publishable(f, &format!("{base}.fault"))?;
+    }
+    if let Some(l) = &vh.local_ratelimit {
+        ratelimits::check_publishable(l, &format!("{base}.local_ratelimit"))?;
+    }
+    Ok(())
+}
+
 /// The clusters a router names, each with its Envoy path under `base`.
 pub(super) fn cluster_refs(router: &RouterConfig, base: &str) -> ClusterRefs {
     let mut out = Vec::new();

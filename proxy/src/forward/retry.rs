@@ -31,6 +31,8 @@ pub(crate) enum Refused {
     LimitExceeded,
     /// The cluster's retry limit or budget was spent (Envoy's `UO`).
     Overflow,
+    /// The cluster's local rate limit had no token for the retry (Envoy's `RL`).
+    RateLimited,
 }
 
 impl Retries {
@@ -88,6 +90,14 @@ impl Retries {
         self.admission = None;
         match Admission::try_new(&limits.retries, allowed) {
             Some(a) => {
+                if cluster
+                    .ratelimit
+                    .as_ref()
+                    .is_some_and(|l| !l.allows_retry())
+                {
+                    self.refused = Some(Refused::RateLimited);
+                    return false;
+                }
                 self.admission = Some(a);
                 self.done += 1;
                 cluster.stats.retries.inc();

@@ -237,3 +237,94 @@ clusters:
         b.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_cluster_s_limit_counts_every_attempt_to_it_whatever_the_route() {
+    let (b, vars) = backends(&["b0", "b1"]).await;
+    let yaml = r#"
+admin: { address: "127.0.0.1:0" }
+listeners:
+  - address: "127.0.0.1:0"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+                - match: { prefix: "/a" }
+                  route: { cluster: web }
+                - match: { prefix: "/b" }
+                  route: { cluster: web }
+                - match: { prefix: "/retry" }
+                  route:
+                    cluster: flaky
+                    retry_policy: { retry_on: "5xx", num_retries: 1 }
+clusters:
+  - name: web
+    endpoints: [{ address: "{B0}" }]
+    local_ratelimit:
+      token_bucket: { max_tokens: 3, fill_interval: "1h" }
+      filter_enabled: { numerator: 100 }
+      filter_enforced: { numerator: 100 }
+  - name: flaky
+    endpoints: [{ address: "{B1}" }]
+    local_ratelimit:
+      token_bucket: { max_tokens: 3, fill_interval: "1h" }
+      filter_enabled: { numerator: 100 }
+      filter_enforced: { numerator: 100 }
+"#;
+    let h = Harness::start(&fill(yaml, &vars)).await;
+    let c = h1_client();
+    let mut statuses = Vec::new();
+    for path in ["/a", "/b", "/a", "/b"] {
+        statuses.push(get(&c, &h.url(path), "x", &[]).await.status.as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429], "one bucket for both routes");
+    assert_eq!(b[0].served(), 3);
+    // Each attempt takes a token: the first request's attempt and retry take two, the
+    // second's attempt the last one and its retry is not sent; the third is answered 429.
+    let fail = [("x-demo-status", "503")];
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(get(&c, &h.url("/retry"), "x", &fail).await.status.as_u16());
+    }
+    assert_eq!(statuses, [503, 503, 429]);
+    assert_eq!(
+        b[1].served(),
+        3,
+        "the refused retry never reached the endpoint"
+    );
+    let m = get(
+        &c,
+        &format!("http://{}/metrics", h.admin.unwrap()),
+        "admin",
+        &[],
+    )
+    .await
+    .text();
+    for (name, want) in [
+        (
+            r#"gofe_cluster_ratelimit_allowed_total{cluster="flaky"}"#,
+            3.0,
+        ),
+        (
+            r#"gofe_cluster_ratelimit_limited_total{cluster="flaky"}"#,
+            2.0,
+        ),
+        (
+            r#"gofe_cluster_ratelimit_enforced_total{cluster="flaky"}"#,
+            2.0,
+        ),
+        (
+            r#"gofe_cluster_ratelimit_allowed_total{cluster="web"}"#,
+            3.0,
+        ),
+    ] {
+        assert_eq!(metric(&m, name), Some(want), "{name}");
+    }
+    h.proxy.shutdown(Duration::from_secs(1)).await;
+    for b in b {
+        b.stop().await;
+    }
+}

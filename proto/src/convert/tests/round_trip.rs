@@ -96,10 +96,14 @@ fn cluster(i: usize) -> impl Strategy<Value = ClusterConfig> {
             prop::option::of(outlier_detection()),
             0u32..=100,
             positive_duration(),
+            prop::option::of(local_ratelimit()),
         ),
     )
         .prop_map(
-            move |((lb_policy, connect_timeout, http2, endpoints), (cb, od, panic, idle))| {
+            move |(
+                (lb_policy, connect_timeout, http2, endpoints),
+                (cb, od, panic, idle, limit),
+            )| {
                 ClusterConfig {
                     name: format!("c{i}"),
                     lb_policy,
@@ -110,6 +114,7 @@ fn cluster(i: usize) -> impl Strategy<Value = ClusterConfig> {
                     outlier_detection: od,
                     healthy_panic_threshold: panic,
                     idle_timeout: idle,
+                    local_ratelimit: limit,
                 }
             },
         )

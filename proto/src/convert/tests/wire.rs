@@ -1664,3 +1664,99 @@ fn local_rate_limits_travel_as_the_filters_per_route_config() {
         None
     );
 }
+
+#[test]
+fn a_clusters_local_rate_limit_travels_as_its_upstream_filter() {
+    use envoy_types::pb::envoy::extensions::filters::http::local_ratelimit::v3::LocalRateLimit;
+    use envoy_types::pb::envoy::extensions::filters::http::upstream_codec::v3::UpstreamCodec;
+    let mut c = sample();
+    let limit = gofe_model::LocalRateLimitConfig {
+        token_bucket: gofe_model::local_ratelimit::TokenBucketConfig {
+            max_tokens: 7,
+            tokens_per_fill: 2,
+            fill_interval: Duration::from_secs(1),
+        },
+        status: 503,
+        filter_enabled: gofe_model::FractionalPercent::percent(100),
+        filter_enforced: gofe_model::FractionalPercent::percent(50),
+        enable_x_ratelimit_headers: Default::default(),
+    };
+    c.clusters[0].local_ratelimit = Some(limit.clone());
+    let r = from_proxy_config(&c).unwrap();
+    let name = c.clusters[0].name.clone();
+    let wire = cluster_to_wire(&r.clusters[&name]).unwrap();
+    let options: upstream_http::HttpProtocolOptions =
+        typed(&wire.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS_KEY]);
+    let names: Vec<&str> = options
+        .http_filters
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            LOCAL_RATELIMIT_FILTER_NAME,
+            "envoy.filters.http.upstream_codec"
+        ],
+        "the limit, then the codec Envoy requires last"
+    );
+    assert_eq!(
+        cluster_from_wire(&wire).unwrap().config.local_ratelimit,
+        Some(limit)
+    );
+
+    // Other control planes' forms and mistakes, by field.
+    let with = |filters: Vec<hcm::HttpFilter>| {
+        let mut w = wire.clone();
+        let mut o = options.clone();
+        o.http_filters = filters;
+        w.typed_extension_protocol_options
+            .insert(HTTP_PROTOCOL_OPTIONS_KEY.into(), to_any(&o));
+        cluster_from_wire(&w)
+    };
+    let filter = |name: &str, any: Any| hcm::HttpFilter {
+        name: name.into(),
+        config_type: Some(hcm::http_filter::ConfigType::TypedConfig(any)),
+        ..Default::default()
+    };
+    let codec = || filter("codec", any_of(&UpstreamCodec {}));
+    let limit_filter = || options.http_filters[0].clone();
+    assert_eq!(with(vec![codec()]).unwrap().config.local_ratelimit, None);
+    let bucketless = filter(
+        "rl",
+        any_of(&LocalRateLimit {
+            stat_prefix: "x".into(),
+            ..Default::default()
+        }),
+    );
+    assert_eq!(
+        with(vec![bucketless, codec()])
+            .unwrap()
+            .config
+            .local_ratelimit,
+        None,
+        "a limit without a bucket limits nothing"
+    );
+    let field = "typed_extension_protocol_options[\"envoy.extensions.upstreams.http.v3.HttpProtocolOptions\"].http_filters";
+    for (filters, want) in [
+        (
+            vec![limit_filter()],
+            format!("{field}[0]: the last upstream filter must be the upstream codec"),
+        ),
+        (
+            vec![codec(), limit_filter()],
+            format!("{field}[0]: the upstream codec must be the last"),
+        ),
+        (
+            vec![limit_filter(), limit_filter(), codec()],
+            format!("{field}[1]: one local rate limit per cluster"),
+        ),
+        (
+            vec![filter("buf", any_of(&buffer::Buffer::default())), codec()],
+            format!("{field}[0]: upstream filter \"buf\""),
+        ),
+    ] {
+        let e = err(with(filters));
+        assert!(e.contains(&want), "want {want:?} in {e}");
+    }
+}
