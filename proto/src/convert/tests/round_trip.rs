@@ -301,6 +301,7 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
                         timeout,
                         retry_policy: retry,
                         max_request_bytes: limit,
+                        request_mirror_policies: Vec::new(),
                     },
                     fault,
                     local_ratelimit,
