@@ -266,91 +266,97 @@ impl Shadow {
     }
 
     async fn run(self, body: Bytes) {
-        let exchange = self.exchange(body);
-        let outcome = match self.timeout {
+        let Shadow {
+            cluster,
+            head,
+            timeout,
+            counters,
+            _active,
+            _admission,
+        } = self;
+        let exchange = exchange(&cluster, head, body);
+        let outcome = match timeout {
             Some(t) => tokio::time::timeout(t, exchange)
                 .await
                 .unwrap_or(Outcome::Failed),
             None => exchange.await,
         };
-        self.counters.count(outcome);
+        counters.count(outcome);
     }
+}
 
-    /// Sends the copy to an endpoint of the cluster and reads its response whole.
-    async fn exchange(&self, body: Bytes) -> Outcome {
-        let cluster = &self.cluster;
-        // The copy neither takes a half-open endpoint's trial nor reports to its detection.
-        let Some(picked) = cluster.pick(None) else {
-            tracing::debug!(cluster = %cluster.name, "shadow: no healthy endpoint");
+/// Sends a copy to an endpoint of `cluster` and reads its response whole.
+async fn exchange(cluster: &Cluster, head: Head, body: Bytes) -> Outcome {
+    // The copy neither takes a half-open endpoint's trial nor reports to outlier detection.
+    let Some(picked) = cluster.pick(None) else {
+        tracing::debug!(cluster = %cluster.name, "shadow: no healthy endpoint");
+        return Outcome::Failed;
+    };
+    drop(picked.trial);
+    let endpoint = &cluster.endpoints[picked.index];
+    let Head {
+        method,
+        path,
+        mut headers,
+        authority,
+    } = head;
+    if !body.is_empty() && !headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    }
+    let (version, uri) = if cluster.http2 {
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(Scheme::HTTP);
+        uri.authority = Some(authority.unwrap_or_else(|| endpoint.authority.clone()));
+        uri.path_and_query = Some(path);
+        let Ok(uri) = Uri::from_parts(uri) else {
             return Outcome::Failed;
         };
-        drop(picked.trial);
-        let endpoint = &cluster.endpoints[picked.index];
-        let head = &self.head;
-        let mut req = Request::new(RequestBody::full(body.clone()));
-        *req.method_mut() = head.method.clone();
-        *req.headers_mut() = head.headers.clone();
-        if !body.is_empty() && !head.headers.contains_key(header::CONTENT_LENGTH) {
-            req.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-        }
-        if cluster.http2 {
-            *req.version_mut() = Version::HTTP_2;
-            let mut uri = http::uri::Parts::default();
-            uri.scheme = Some(Scheme::HTTP);
-            uri.authority = Some(
-                head.authority
-                    .as_ref()
-                    .unwrap_or(&endpoint.authority)
-                    .clone(),
-            );
-            uri.path_and_query = Some(head.path.clone());
-            let Ok(uri) = Uri::from_parts(uri) else {
-                return Outcome::Failed;
-            };
-            *req.uri_mut() = uri;
-        } else {
-            *req.version_mut() = Version::HTTP_11;
-            *req.uri_mut() = Uri::from(head.path.clone());
-            if !req.headers().contains_key(header::HOST) {
-                if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
-                    req.headers_mut().insert(header::HOST, host);
-                }
+        (Version::HTTP_2, uri)
+    } else {
+        if !headers.contains_key(header::HOST) {
+            if let Ok(host) = HeaderValue::from_str(endpoint.authority.as_str()) {
+                headers.insert(header::HOST, host);
             }
         }
-        let response = match &endpoint.h2 {
-            Some(client) => client
-                .request(req)
-                .await
-                .map(|r| r.map(ProxyBody::stream))
-                .map_err(|e| Box::new(e) as crate::body::BodyError),
-            None => endpoint
-                .pool
-                .send(req)
-                .await
-                .map(|r| r.map(ProxyBody::upstream))
-                .map_err(|e| Box::new(e) as crate::body::BodyError),
-        };
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = &*e as &dyn std::error::Error, "shadow request failed");
-                return Outcome::Failed;
-            }
-        };
-        let status = response.status();
-        // Read whole, so that an HTTP/1.1 connection goes back to its pool.
-        let mut body = response.into_body();
-        while let Some(frame) = body.frame().await {
-            if frame.is_err() {
-                break;
-            }
+        (Version::HTTP_11, Uri::from(path))
+    };
+    let mut req = Request::new(RequestBody::full(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = version;
+    *req.headers_mut() = headers;
+    let response = match &endpoint.h2 {
+        Some(client) => client
+            .request(req)
+            .await
+            .map(|r| r.map(ProxyBody::stream))
+            .map_err(|e| Box::new(e) as crate::body::BodyError),
+        None => endpoint
+            .pool
+            .send(req)
+            .await
+            .map(|r| r.map(ProxyBody::upstream))
+            .map_err(|e| Box::new(e) as crate::body::BodyError),
+    };
+    let response = match response {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, error = &*e as &dyn std::error::Error, "shadow request failed");
+            return Outcome::Failed;
         }
-        if status.is_server_error() {
-            Outcome::ServerError
-        } else {
-            Outcome::Ok
+    };
+    let status = response.status();
+    // Read whole, so that an HTTP/1.1 connection goes back to its pool.
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        if frame.is_err() {
+            break;
         }
+    }
+    if status.is_server_error() {
+        Outcome::ServerError
+    } else {
+        Outcome::Ok
     }
 }
 
@@ -409,6 +415,114 @@ mod tests {
         assert_eq!(suffixed("[::1]:80"), "[::1]-shadow:80");
         assert_eq!(suffixed("[::1]"), "[::1]-shadow");
         assert_eq!(suffixed(""), "", "no host, no suffix");
+    }
+
+    fn mirrors(max_requests: u32) -> (Mirrors, Arc<Metrics>) {
+        let yaml = format!(
+            r#"
+listeners:
+  - address: "127.0.0.1:0"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+                - match: {{ prefix: "/" }}
+                  route: {{ cluster: web, request_mirror_policies: [{{ cluster: shadow }}] }}
+clusters:
+  - {{ name: web, endpoints: [{{ address: "127.0.0.1:1" }}] }}
+  - {{ name: shadow, circuit_breakers: {{ max_requests: {max_requests} }}, endpoints: [{{ address: "127.0.0.1:2" }}] }}
+"#
+        );
+        let cfg = crate::config::parse("t.yaml", &yaml).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let clusters = cfg
+            .clusters
+            .iter()
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    Arc::new(Cluster::standalone(c, &metrics).unwrap()),
+                )
+            })
+            .collect();
+        let route = &cfg.listeners[0].filters[0].config.virtual_hosts[0].routes[0];
+        let m = Mirrors::build(
+            &route.route.request_mirror_policies,
+            &clusters,
+            &metrics,
+            None,
+        )
+        .unwrap()
+        .expect("one policy");
+        (*m, metrics)
+    }
+
+    fn parts(length: Option<usize>) -> Parts {
+        let mut req = Request::post("/upload").header("host", "api.test");
+        if let Some(n) = length {
+            req = req.header("content-length", n);
+        }
+        req.body(()).unwrap().into_parts().0
+    }
+
+    fn count(m: &Mirrors, outcome: Outcome) -> u64 {
+        m.policies[0].counters.results[outcome as usize].get()
+    }
+
+    fn in_flight(m: &Mirrors) -> u32 {
+        m.policies[0]
+            .cluster
+            .limits
+            .shadows
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_bound_and_bodies_cut_short_are_counted_not_sent() {
+        let (m, _metrics) = mirrors(10);
+        let path = PathAndQuery::from_static("/upload");
+        // Declared too large: nothing is held.
+        assert!(m
+            .start(&parts(Some(MAX_MIRRORED_BODY_BYTES + 1)), &path, false)
+            .is_none());
+        assert_eq!(count(&m, Outcome::BodyTooLarge), 1);
+        assert_eq!(in_flight(&m), 0);
+
+        // Found too large while streaming: the tee lets go, and its copy's place with it.
+        let mut tee = m.start(&parts(None), &path, false).expect("a copy waits");
+        assert_eq!(in_flight(&m), 1);
+        assert_eq!(m.policies[0].counters.active.get(), 1);
+        let half = Bytes::from(vec![0u8; MAX_MIRRORED_BODY_BYTES / 2 + 1]);
+        assert!(tee.data(&half));
+        assert!(!tee.data(&half), "over the bound");
+        drop(tee);
+        assert_eq!(count(&m, Outcome::BodyTooLarge), 2);
+        assert_eq!(count(&m, Outcome::BodyIncomplete), 0, "counted once");
+        assert_eq!(in_flight(&m), 0);
+        assert_eq!(m.policies[0].counters.active.get(), 0);
+
+        // A body that never ended whole.
+        let mut tee = m.start(&parts(Some(10)), &path, false).unwrap();
+        assert!(tee.data(&Bytes::from_static(b"hello")));
+        drop(tee);
+        assert_eq!(count(&m, Outcome::BodyIncomplete), 1);
+        assert_eq!(in_flight(&m), 0);
+    }
+
+    #[tokio::test]
+    async fn copies_beyond_the_clusters_max_requests_are_dropped() {
+        let (m, _metrics) = mirrors(1);
+        let path = PathAndQuery::from_static("/upload");
+        let held = m.start(&parts(None), &path, false).expect("the first copy");
+        assert!(m.start(&parts(None), &path, false).is_none());
+        assert_eq!(count(&m, Outcome::Dropped), 1);
+        drop(held);
+        let again = m.start(&parts(None), &path, false);
+        assert!(again.is_some(), "room again");
+        assert_eq!(count(&m, Outcome::Dropped), 1);
     }
 
     #[test]
