@@ -424,7 +424,9 @@ async fn a_shadow_that_holds_its_requests_never_delays_the_main_ones() {
     );
     let h = Harness::start(&fill(&yaml, &vars)).await;
     let c = h1_client();
-    // Bodiless and with a body, as the same client would send them without mirroring.
+    // Bodiless and with a body. Request i is sent once the shadow holds the copies of all
+    // before it, and answered while it still holds every one of them: no main request waits
+    // for a copy.
     for i in 0..N {
         let r = if i % 2 == 0 {
             get(&c, &h.url("/a"), "api.test", &[]).await
@@ -438,12 +440,9 @@ async fn a_shadow_that_holds_its_requests_never_delays_the_main_ones() {
             plain.status, r.status,
             "the same status as without a mirror"
         );
+        shadow.wait_seen(i + 1).await;
+        assert_eq!(shadow.answered(), 0, "every copy so far still held");
     }
-    // Every main response is in, and the shadow has answered none of its copies: the main
-    // requests never waited for them.
-    assert_eq!(shadow.answered(), 0);
-    shadow.wait_seen(N).await;
-    assert_eq!(shadow.answered(), 0, "every copy still held");
     let m = metrics(&h).await;
     assert_eq!(metric(&m, &active_series("shadow")), Some(N as f64));
     shadow.release();
@@ -691,6 +690,47 @@ async fn a_request_the_fault_filter_aborts_is_not_mirrored() {
         );
     }
     assert_eq!(shadow.seen_count(), 0);
+
+    h.proxy.shutdown(Duration::from_secs(1)).await;
+    shadow.stop().await;
+    for b in b {
+        b.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_body_is_mirrored_when_the_main_cluster_speaks_http2() {
+    // hyper's HTTP/2 client reads the body on a task of its own: the tee goes with it.
+    let (b, vars) = backends(&["b0"]).await;
+    let shadow = ShadowBackend::start(Mode::Answer(200)).await;
+    let yaml = config(
+        "[{ cluster: shadow }]",
+        "",
+        "",
+        &[shadow_cluster("shadow", shadow.addr, "")],
+    )
+    .replace(
+        "{ name: web, endpoints",
+        "{ name: web, http2_protocol_options: {}, endpoints",
+    );
+    let h = Harness::start(&fill(&yaml, &vars)).await;
+    let body = pattern(300_000);
+    let r = post(&h, "/up/count", "api.test", body.clone()).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.text().trim(),
+        "300000",
+        "the main upstream got the whole body"
+    );
+    let seen = shadow.wait_seen(1).await;
+    assert_eq!(
+        seen[0].version,
+        http::Version::HTTP_11,
+        "the shadow's own protocol"
+    );
+    assert_eq!(seen[0].authority, "api.test-shadow");
+    assert_eq!(seen[0].body, body);
+    metric_until(&h, &shadow_series("shadow", "ok"), 1.0).await;
 
     h.proxy.shutdown(Duration::from_secs(1)).await;
     shadow.stop().await;
