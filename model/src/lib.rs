@@ -33,6 +33,8 @@ pub mod fault;
 pub use fault::{FaultConfig, FractionalPercent};
 pub mod local_ratelimit;
 pub use local_ratelimit::LocalRateLimitConfig;
+pub mod mirror;
+pub use mirror::RequestMirrorPolicyConfig;
 
 /// Default upstream request timeout per route (Envoy's default).
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -292,6 +294,10 @@ pub struct RouteActionConfig {
     /// Largest request body accepted, in bytes; larger → 413. Default: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_bytes: Option<u64>,
+    /// Copies of the route's requests to shadow clusters (Envoy's `request_mirror_policies`),
+    /// fire and forget: see [`mirror`]. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_mirror_policies: Vec<RequestMirrorPolicyConfig>,
 }
 
 /// When and how often a route retries (Envoy's `RetryPolicy`).
@@ -973,6 +979,15 @@ fn validate_route(
     }
     check_route_filters(v, &route.fault, &route.local_ratelimit, base);
     let a = &route.route;
+    for (i, p) in a.request_mirror_policies.iter().enumerate() {
+        let field = format!("{base}.route.request_mirror_policies[{i}]");
+        for (sub, message) in mirror::check(p) {
+            v.error(format!("{field}.{sub}"), message);
+        }
+        if !p.cluster.is_empty() {
+            check_cluster_ref(v, &p.cluster, format!("{field}.cluster"), clusters);
+        }
+    }
     if let Some(retry) = &a.retry_policy {
         if let Err(msg) = RetryOn::parse(&retry.retry_on) {
             v.error(format!("{base}.route.retry_policy.retry_on"), msg);
@@ -1287,6 +1302,52 @@ admin: { address: "127.0.0.1:9901" }
             5
         );
         assert!(vh.routes[0].fault.is_none() && vh.routes[0].local_ratelimit.is_none());
+    }
+
+    #[test]
+    fn a_mirror_to_an_unknown_cluster_names_its_line_and_field() {
+        let text = SAMPLE.replace(
+            "route: { cluster: \"backend-v1\" }\n",
+            "route:\n                    cluster: \"backend-v1\"\n                    request_mirror_policies:\n                      - cluster: \"backend-v1\"\n                        runtime_fraction: { numerator: 5, denominator: TEN_THOUSAND }\n                      - cluster: \"shadow\"\n                        disable_shadow_host_suffix_append: true\n",
+        );
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(
+            p[0].field,
+            "listeners[0].filters[0].config.virtual_hosts[0].routes[0].route.request_mirror_policies[1].cluster"
+        );
+        assert_eq!(p[0].line, Some(18));
+        assert!(
+            p[0].message.contains("unknown cluster \"shadow\""),
+            "{}",
+            p[0]
+        );
+        let ok = text.replace("cluster: \"shadow\"", "cluster: \"backend-v1\"");
+        let c = parse("ok.yaml", &ok).unwrap();
+        let policies = &c.listeners[0].filters[0].config.virtual_hosts[0].routes[0]
+            .route
+            .request_mirror_policies;
+        assert_eq!(
+            policies[0].runtime_fraction,
+            FractionalPercent {
+                numerator: 5,
+                denominator: fault::Denominator::TenThousand
+            }
+        );
+        assert!(!policies[0].disable_shadow_host_suffix_append);
+        assert_eq!(
+            policies[1].runtime_fraction,
+            mirror::all(),
+            "Envoy's default"
+        );
+        assert!(policies[1].disable_shadow_host_suffix_append);
+        let over = ok.replace("numerator: 5,", "numerator: 10001,");
+        let p = problems(&over);
+        assert_eq!(
+            p[0].field,
+            "listeners[0].filters[0].config.virtual_hosts[0].routes[0].route.request_mirror_policies[0].runtime_fraction.numerator"
+        );
+        assert_eq!(p[0].line, Some(17));
     }
 
     #[test]

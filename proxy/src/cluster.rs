@@ -138,6 +138,9 @@ pub(crate) struct ClusterLimits {
     pub(crate) pending: Arc<AtomicU32>,
     /// Retries in flight (for `max_retries` / the retry budget).
     pub(crate) retries: Arc<AtomicU32>,
+    /// Mirrored copies in flight to this cluster as a shadow (held to `max_requests` apart
+    /// from its own requests, so mirroring never makes it refuse them).
+    pub(crate) shadows: Arc<AtomicU32>,
     /// HTTP/1.1 connection slots (`max_connections`): one per request being exchanged.
     pub(crate) slots: Arc<Semaphore>,
     pub(crate) slot_count: u32,
@@ -149,6 +152,7 @@ impl ClusterLimits {
             active: Arc::default(),
             pending: Arc::default(),
             retries: Arc::default(),
+            shadows: Arc::default(),
             slots: Arc::new(Semaphore::new(max_connections as usize)),
             slot_count: max_connections,
         }

@@ -269,6 +269,12 @@ async fn forward(
     let (path_and_query, routed, mut retries, template, watch, mut first) = {
         let (mut parts, body) = req.into_parts();
         let path_and_query = headers::rewrite_request(&mut parts, conn, cluster.http2);
+        // The route's mirrors copy the request as its upstream gets it; a route without any
+        // costs this one branch.
+        let tee = match &route.mirrors {
+            Some(m) => m.start(&parts, &path_and_query, body.is_end_stream()),
+            None => None,
+        };
         let received = match &mut log {
             Some(log) => {
                 log.rewritten(&parts.headers);
@@ -292,7 +298,9 @@ async fn forward(
             .then(|| Arc::new(BodyWatch::default()));
         let first = Some((
             parts,
-            RequestBody::client(body, limit, watch.clone()).counted(received),
+            RequestBody::client(body, limit, watch.clone())
+                .counted(received)
+                .teed(tee),
         ));
         (path_and_query, routed, retries, template, watch, first)
     };

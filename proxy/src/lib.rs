@@ -30,7 +30,9 @@
 //! passive health, and the xDS client's state), `/clusters` and `/server_info` (Envoy's forms).
 //! Listeners may write access logs (`access_log`), off the request path. Routes may inject
 //! faults (`fault`, Envoy's fault filter) and limit their rate (`local_ratelimit`, Envoy's local
-//! rate limit filter), both compiled when the configuration is applied.
+//! rate limit filter), both compiled when the configuration is applied, and mirror a fraction
+//! of their requests to shadow clusters, fire and forget (`request_mirror_policies`, see
+//! `mirror`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -55,6 +57,7 @@ mod h1;
 mod health;
 mod listener;
 mod metrics;
+mod mirror;
 mod ratelimit;
 mod request_body;
 mod route;

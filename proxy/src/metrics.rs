@@ -74,6 +74,10 @@ pub(crate) struct Metrics {
     cluster_ratelimit_limited: IntCounterVec,
     /// `gofe_cluster_ratelimit_enforced_total{cluster}`.
     cluster_ratelimit_enforced: IntCounterVec,
+    /// `gofe_shadow_requests_total{cluster,result}`.
+    shadow_requests: IntCounterVec,
+    /// `gofe_shadow_requests_active{cluster}`.
+    shadow_active: IntGaugeVec,
     /// Registered when an xDS client starts (a file-configured proxy has no such series).
     xds: std::sync::OnceLock<XdsMetrics>,
 }
@@ -305,6 +309,18 @@ impl Metrics {
                 &r,
                 "gofe_cluster_ratelimit_enforced_total",
                 "Rate-limited attempts to a cluster not made: a first attempt answered with the limit's status, a retry not sent.",
+                &["cluster"],
+            ),
+            shadow_requests: counter_vec(
+                &r,
+                "gofe_shadow_requests_total",
+                "Mirrored copies of requests meant for a shadow cluster (request_mirror_policies), by result: ok (a response other than 5xx), 5xx, failed (no response: no healthy endpoint, connect failure, reset, timeout), dropped (the cluster's copies in flight were at its max_requests), body_too_large (a body over 1 MiB), body_incomplete (the request's body was not read whole). Never counted in the gofe_upstream_* series.",
+                &["cluster", "result"],
+            ),
+            shadow_active: gauge_vec(
+                &r,
+                "gofe_shadow_requests_active",
+                "Mirrored copies of requests in flight to a shadow cluster (waiting for the request's body, or for the shadow's response).",
                 &["cluster"],
             ),
             config_version: register(
@@ -558,6 +574,15 @@ impl Metrics {
         }
     }
 
+    /// The counters of the copies mirrored to `cluster`.
+    pub(crate) fn shadow(&self, cluster: &str) -> crate::mirror::ShadowCounters {
+        crate::mirror::ShadowCounters {
+            results: crate::mirror::RESULTS
+                .map(|result| self.shadow_requests.with_label_values(&[cluster, result])),
+            active: self.shadow_active.with_label_values(&[cluster]),
+        }
+    }
+
     /// Drops the series of an endpoint that left the configuration.
     pub(crate) fn forget_endpoint(&self, cluster: &str, endpoint: &str) {
         let labels = [cluster, endpoint];
@@ -602,6 +627,10 @@ impl Metrics {
         for kind in OVERFLOW_KINDS {
             let _ = self.overflows.remove_label_values(&[cluster, kind]);
         }
+        for result in crate::mirror::RESULTS {
+            let _ = self.shadow_requests.remove_label_values(&[cluster, result]);
+        }
+        let _ = self.shadow_active.remove_label_values(&[cluster]);
     }
 }
 

@@ -9,6 +9,10 @@
 //! the body it polls, and for hyper's HTTP/2 client, which reads the body on a task of its own
 //! and keeps the error to itself, a [`BodyWatch`] records it.
 //!
+//! A body may also be *teed* ([`BodyTee`]): each data frame that goes upstream is shown to the
+//! tee as it passes, and the tee learns whether the body ended whole. That is how a mirrored
+//! request's copy gets its body without the main request waiting for anything.
+//!
 //! A leaf of the request path, like [`crate::ctx`]: it imports nothing from the proxy.
 
 use std::pin::Pin;
@@ -27,6 +31,8 @@ pub(crate) struct RequestBody {
 
 enum Inner {
     Empty,
+    /// Bytes the proxy holds (a mirrored copy's body), sent once.
+    Full(Option<Bytes>),
     Client {
         body: Incoming,
         /// Bytes still allowed by the route's limit (`u64::MAX` without one).
@@ -35,7 +41,21 @@ enum Inner {
         watch: Option<Arc<BodyWatch>>,
         /// Counts the bytes read, for an access log that writes them.
         received: Option<Arc<AtomicU64>>,
+        /// Sees the body go by, for the copies of a mirrored request.
+        tee: Option<Box<dyn BodyTee>>,
     },
+}
+
+/// What sees a client's body go by on its way upstream (a mirrored request's copies).
+///
+/// It is shown every data frame that passes the route's limit, then told the body ended
+/// whole ([`BodyTee::end`]). A body that broke, or was dropped before its end (its upstream
+/// answered or failed first, the client went away), drops its tee without a word.
+pub(crate) trait BodyTee: Send {
+    /// A data frame went by. `false`: the tee wants no more (it is dropped at once).
+    fn data(&mut self, data: &Bytes) -> bool;
+    /// The body ended whole.
+    fn end(self: Box<Self>);
 }
 
 /// What broke a client's request body (each variant's cause says more).
@@ -130,6 +150,13 @@ impl RequestBody {
         }
     }
 
+    /// Bytes held by the proxy, sent as the whole body.
+    pub(crate) fn full(bytes: Bytes) -> Self {
+        RequestBody {
+            inner: Inner::Full((!bytes.is_empty()).then_some(bytes)),
+        }
+    }
+
     /// The client's body, failing with [`DownstreamError::TooLarge`] past `limit` bytes (if
     /// any), and recording its fault in `watch` (if any).
     pub(crate) fn client(
@@ -143,8 +170,17 @@ impl RequestBody {
                 remaining: limit.unwrap_or(u64::MAX),
                 watch,
                 received: None,
+                tee: None,
             },
         }
+    }
+
+    /// Shows the body to `tee` as it goes by, when one is given (a client's body only).
+    pub(crate) fn teed(mut self, with: Option<Box<dyn BodyTee>>) -> Self {
+        if let Inner::Client { tee, .. } = &mut self.inner {
+            *tee = with;
+        }
+        self
     }
 
     /// Counts the bytes read in `counter`, when one is given.
@@ -164,17 +200,24 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, DownstreamError>>> {
-        let Inner::Client {
-            body,
-            remaining,
-            watch,
-            received,
-        } = &mut self.inner
-        else {
-            return Poll::Ready(None);
+        let (body, remaining, watch, received, tee) = match &mut self.inner {
+            Inner::Client {
+                body,
+                remaining,
+                watch,
+                received,
+                tee,
+            } => (body, remaining, watch, received, tee),
+            Inner::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Empty => return Poll::Ready(None),
         };
-        let failed = match std::task::ready!(Pin::new(body).poll_frame(cx)) {
-            None => return Poll::Ready(None),
+        let failed = match std::task::ready!(Pin::new(&mut *body).poll_frame(cx)) {
+            None => {
+                if let Some(t) = tee.take() {
+                    t.end();
+                }
+                return Poll::Ready(None);
+            }
             Some(Ok(frame)) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
                 if len <= *remaining {
@@ -182,12 +225,23 @@ impl Body for RequestBody {
                     if let Some(received) = received {
                         received.fetch_add(len, Ordering::Relaxed);
                     }
+                    if let Some(t) = tee {
+                        let more = frame.data_ref().is_none_or(|d| t.data(d));
+                        if !more {
+                            *tee = None;
+                        } else if body.is_end_stream() {
+                            if let Some(t) = tee.take() {
+                                t.end();
+                            }
+                        }
+                    }
                     return Poll::Ready(Some(Ok(frame)));
                 }
                 DownstreamError::TooLarge
             }
             Some(Err(e)) => DownstreamError::from_hyper(e),
         };
+        *tee = None;
         if let Some(watch) = watch {
             watch.record(failed.fault());
         }
@@ -197,6 +251,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Empty => true,
+            Inner::Full(bytes) => bytes.is_none(),
             Inner::Client { body, .. } => body.is_end_stream(),
         }
     }
@@ -204,6 +259,9 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Empty => SizeHint::with_exact(0),
+            Inner::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Inner::Client { body, .. } => body.size_hint(),
         }
     }
@@ -213,6 +271,7 @@ impl std::fmt::Debug for RequestBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.inner {
             Inner::Empty => "empty",
+            Inner::Full(_) => "full",
             Inner::Client { .. } => "client",
         };
         f.debug_struct("RequestBody").field("kind", &kind).finish()

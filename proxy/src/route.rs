@@ -18,6 +18,7 @@ use crate::config::local_ratelimit::TokenBucketConfig;
 use crate::config::{HeaderMatcherConfig, RetryOn, RouteConfig, RouterConfig, VirtualHostConfig};
 use crate::fault::{ActiveFaults, Fault};
 use crate::metrics::Metrics;
+use crate::mirror::Mirrors;
 use crate::ratelimit::{LocalRateLimit, TokenBucket};
 
 /// A listener's virtual hosts, indexed for matching.
@@ -52,6 +53,8 @@ pub(crate) struct Route {
     pub(crate) name: Option<Arc<str>>,
     /// Fault injection and local rate limiting; a route with neither costs this one branch.
     pub(crate) filters: Option<Box<RouteFilters>>,
+    /// Request mirroring; a route without it costs this one branch.
+    pub(crate) mirrors: Option<Box<Mirrors>>,
     /// `gofe_downstream_request_duration_seconds` of this listener and route.
     pub(crate) duration: prometheus::Histogram,
 }
@@ -362,6 +365,7 @@ impl Route {
             )?),
         };
         let duration = filters.metrics.route_duration(&filters.listener, &label());
+        let filters_metrics = filters.metrics;
         let filters = (fault.is_some() || ratelimit.is_some())
             .then(|| Box::new(RouteFilters { fault, ratelimit }));
         let m = &config.matcher;
@@ -407,11 +411,19 @@ impl Route {
                 per_try_timeout: r.per_try_timeout.filter(|t| !t.is_zero()),
             }),
         };
+        let timeout = (!a.timeout.is_zero()).then_some(a.timeout);
+        let mirrors = Mirrors::build(
+            &a.request_mirror_policies,
+            clusters,
+            filters_metrics,
+            timeout,
+        )?;
         Ok(Route {
             path,
             headers: headers.into_boxed_slice(),
             action,
-            timeout: (!a.timeout.is_zero()).then_some(a.timeout),
+            timeout,
+            mirrors,
             retry,
             max_request_bytes: a.max_request_bytes,
             name: config.name.as_deref().map(Arc::from),

@@ -1133,6 +1133,143 @@ async fn a_local_rate_limit_pushed_in_typed_per_filter_config_answers_429() {
     cp.kill().await;
 }
 
+/// An HTTP/1.1 backend that answers 200 and records each request's `Host`.
+async fn host_recorder() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hosts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = std::sync::Arc::clone(&hosts);
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let recorded = std::sync::Arc::clone(&recorded);
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    recorded.lock().unwrap().push(host);
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            Empty::<bytes::Bytes>::new(),
+                        ))
+                    }
+                });
+            conns.spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, hosts, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_policy_pushed_on_a_virtual_host_copies_its_routes_requests() {
+    use envoy_types::pb::envoy::config::route::v3::route_action::RequestMirrorPolicy;
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let f = fixture(&cp).await;
+    let (shadow, hosts, shadow_task) = host_recorder().await;
+    let mut r = resources(f.listen, &[(f.a.addr(), 1)], None);
+    r.clusters.insert(
+        "shadow".into(),
+        ClusterResource {
+            config: empty_cluster("shadow"),
+            eds_service_name: Some("shadow".into()),
+            circuit_breakers: None,
+            outlier_detection: None,
+        },
+    );
+    r.endpoints.insert(
+        "shadow".into(),
+        EndpointsResource {
+            cluster_name: "shadow".into(),
+            endpoints: vec![EndpointConfig {
+                address: shadow.to_string(),
+                weight: 1,
+                health_status: Default::default(),
+            }],
+        },
+    );
+    // Envoy's form: the virtual host's policies, for every route without its own.
+    let mirrored = |policy: RequestMirrorPolicy| {
+        with_wire_routes(&r, move |rc| {
+            rc.virtual_hosts[0].request_mirror_policies = vec![policy];
+        })
+    };
+    cp.server.cache().set_snapshot(
+        NodeKey::Default,
+        mirrored(RequestMirrorPolicy {
+            cluster: "shadow".into(),
+            ..Default::default()
+        }),
+    );
+    wait_until_async("a copy at the shadow", || async {
+        let _ = split(&f.http, f.listen, 1).await;
+        !hosts.lock().unwrap().is_empty()
+    })
+    .await;
+    let before = hosts.lock().unwrap().len();
+    assert_eq!(split(&f.http, f.listen, 10).await, counts(&[("a", 10)]));
+    wait_until("ten more copies", || {
+        hosts.lock().unwrap().len() >= before + 10
+    })
+    .await;
+    let expected = format!("127.0.0.1-shadow:{}", f.listen.port());
+    assert!(
+        hosts.lock().unwrap().iter().all(|h| *h == expected),
+        "{:?}",
+        hosts.lock().unwrap()
+    );
+
+    // What gofe cannot honour is NACKed by field, and the last good version keeps serving.
+    let mut status = f.client.status();
+    cp.server.cache().set_snapshot(
+        NodeKey::Default,
+        mirrored(RequestMirrorPolicy {
+            cluster: "shadow".into(),
+            cluster_header: "x-shadow-cluster".into(),
+            ..Default::default()
+        }),
+    );
+    let start = Instant::now();
+    while status.borrow().last_nack.is_none() {
+        assert!(start.elapsed() < DEADLINE, "no NACK");
+        let _ = tokio::time::timeout(Duration::from_millis(100), status.changed()).await;
+    }
+    let nack = status.borrow().last_nack.clone().unwrap();
+    assert!(
+        nack.contains("virtual_hosts[0].request_mirror_policies[0].cluster_header"),
+        "{nack}"
+    );
+    let before = hosts.lock().unwrap().len();
+    assert_eq!(split(&f.http, f.listen, 5).await, counts(&[("a", 5)]));
+    wait_until("the old policy's copies", || {
+        hosts.lock().unwrap().len() >= before + 5
+    })
+    .await;
+
+    f.client.stop();
+    f.proxy.shutdown(Duration::ZERO).await;
+    f.a.stop().await;
+    f.b.stop().await;
+    shadow_task.abort();
+    let _ = shadow_task.await;
+    cp.kill().await;
+}
+
 async fn wait_until_async<F: std::future::Future<Output = bool>>(
     what: &str,
     mut f: impl FnMut() -> F,

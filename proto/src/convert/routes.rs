@@ -1,8 +1,18 @@
-//! Route configurations: virtual hosts, routes, their matches and actions, retry policies and
-//! per-route body limits (the buffer filter's per-route configuration).
+//! Route configurations: virtual hosts, routes, their matches and actions, retry policies,
+//! request mirror policies and per-route body limits (the buffer filter's per-route
+//! configuration).
+//!
+//! Mirror policies (`request_mirror_policies`) are read at all three levels, the most specific
+//! non-empty list winning whole, as in Envoy: `cluster`, `runtime_fraction.default_value`
+//! (absent: 100 %), `disable_shadow_host_suffix_append`. `runtime_fraction.runtime_key` is
+//! ignored (gofe has no runtime: the default value applies, as in an Envoy whose runtime lacks
+//! the key); `cluster_header`, `trace_sampled`, `request_headers_mutations` and
+//! `host_rewrite_literal` are refused.
 
 use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use gofe_model::RequestMirrorPolicyConfig;
 
+use super::faults::{percent_from_wire, percent_to_wire};
 use super::*;
 
 /// How many times Envoy re-picks an endpoint for a retry to find one not tried yet, in the
@@ -77,6 +87,12 @@ pub(super) fn cluster_refs(router: &RouterConfig, base: &str) -> ClusterRefs {
                 out.push((
                     join(&rbase, &format!("weighted_clusters.clusters[{ci}].name")),
                     c.name.clone(),
+                ));
+            }
+            for (pi, p) in r.route.request_mirror_policies.iter().enumerate() {
+                out.push((
+                    join(&rbase, &format!("request_mirror_policies[{pi}].cluster")),
+                    p.cluster.clone(),
                 ));
             }
         }
@@ -195,6 +211,11 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
             cluster_specifier: Some(cluster_specifier),
             timeout: (a.timeout != DEFAULT_ROUTE_TIMEOUT).then(|| pb_duration(a.timeout)),
             retry_policy: a.retry_policy.as_ref().map(retry_policy_to_wire),
+            request_mirror_policies: a
+                .request_mirror_policies
+                .iter()
+                .map(mirror_policy_to_wire)
+                .collect(),
             ..Default::default()
         })),
         typed_per_filter_config,
@@ -218,6 +239,23 @@ fn filters_to_wire(
         );
     }
     out
+}
+
+fn mirror_policy_to_wire(
+    p: &RequestMirrorPolicyConfig,
+) -> route::route_action::RequestMirrorPolicy {
+    route::route_action::RequestMirrorPolicy {
+        cluster: p.cluster.clone(),
+        // Absent is Envoy's 100 %.
+        runtime_fraction: (!gofe_model::mirror::is_all(&p.runtime_fraction)).then(|| {
+            core::RuntimeFractionalPercent {
+                default_value: Some(percent_to_wire(&p.runtime_fraction)),
+                runtime_key: String::new(),
+            }
+        }),
+        disable_shadow_host_suffix_append: p.disable_shadow_host_suffix_append,
+        ..Default::default()
+    }
 }
 
 fn retry_policy_to_wire(r: &RetryPolicyConfig) -> route::RetryPolicy {
@@ -323,7 +361,6 @@ pub(super) fn route_from_wire_in(
         .set("request_headers_to_add", request_headers_to_add)
         .set("request_headers_to_remove", request_headers_to_remove)
         .set("cluster_specifier_plugins", cluster_specifier_plugins)
-        .set("request_mirror_policies", request_mirror_policies)
         .set("vhost_header", vhost_header)
         .set(
             "ignore_path_parameters_in_path_matching",
@@ -333,6 +370,7 @@ pub(super) fn route_from_wire_in(
         .finish()?;
     let config_filters = per_filter_settings(typed_per_filter_config, res, base)?;
     refuse_shared_bucket(&config_filters, res, base)?;
+    let config_mirrors = mirror_policies_from_wire(request_mirror_policies, res, base)?;
     let mut out = Vec::new();
     for (hi, vh) in virtual_hosts.iter().enumerate() {
         out.push(virtual_host_from_wire(
@@ -340,6 +378,7 @@ pub(super) fn route_from_wire_in(
             res,
             &join(base, &format!("virtual_hosts[{hi}]")),
             &config_filters,
+            &config_mirrors,
         )?);
     }
     let router = RouterConfig { virtual_hosts: out };
@@ -386,6 +425,7 @@ fn virtual_host_from_wire(
     res: &str,
     base: &str,
     config_filters: &PerFilter,
+    config_mirrors: &[RequestMirrorPolicyConfig],
 ) -> Result<VirtualHostConfig, ConvertError> {
     let route::VirtualHost {
         name,
@@ -442,9 +482,15 @@ fn virtual_host_from_wire(
             per_request_buffer_limit_bytes,
         )
         .set("request_body_buffer_limit", request_body_buffer_limit)
-        .set("request_mirror_policies", request_mirror_policies)
         .set("route_specifiers", route_specifiers)
         .finish()?;
+    let vhost_mirrors = mirror_policies_from_wire(request_mirror_policies, res, base)?;
+    // The most specific non-empty list wins whole (Envoy does not merge them).
+    let vhost_mirrors = if vhost_mirrors.is_empty() {
+        config_mirrors
+    } else {
+        &vhost_mirrors[..]
+    };
     // The route configuration's settings are the virtual host's where it has none (gofe's
     // model has no level above the virtual host; a bucket there was refused above).
     let vhost_filters = per_filter_settings(typed_per_filter_config, res, base)?.or(config_filters);
@@ -460,6 +506,7 @@ fn virtual_host_from_wire(
             &join(base, &format!("routes[{ri}]")),
             &vhost_filters,
             &vhost_retry,
+            vhost_mirrors,
         )?);
     }
     Ok(VirtualHostConfig {
@@ -478,6 +525,7 @@ fn route_entry_from_wire(
     base: &str,
     vhost_filters: &PerFilter,
     vhost_retry: &Option<Option<RetryPolicyConfig>>,
+    vhost_mirrors: &[RequestMirrorPolicyConfig],
 ) -> Result<RouteConfig, ConvertError> {
     let route::Route {
         // Read for logs (`%ROUTE_NAME%`).
@@ -530,6 +578,9 @@ fn route_entry_from_wire(
     let own = per_filter_settings(typed_per_filter_config, res, base)?;
     let filters = own.clone().or(vhost_filters);
     let mut out = action_from_wire(action, res, &join(base, "route"), vhost_retry)?;
+    if out.request_mirror_policies.is_empty() {
+        out.request_mirror_policies = vhost_mirrors.to_vec();
+    }
     out.max_request_bytes = match filters.buffer {
         Some(BufferSetting::Limit(n)) => Some(n),
         Some(BufferSetting::Disabled) | None => None,
@@ -665,7 +716,6 @@ fn action_from_wire(
         .set("flush_timeout", flush_timeout)
         .set("early_data_policy", early_data_policy)
         .set("retry_policy_typed_config", retry_policy_typed_config)
-        .set("request_mirror_policies", request_mirror_policies)
         .when(
             "priority HIGH",
             *priority != core::RoutingPriority::Default as i32,
@@ -690,6 +740,7 @@ fn action_from_wire(
             Some(r) => retry_policy_from_wire(r, res, &join(base, "retry_policy"))?,
             None => vhost_retry.clone().flatten(),
         },
+        request_mirror_policies: mirror_policies_from_wire(request_mirror_policies, res, base)?,
         ..Default::default()
     };
     match cluster_specifier {
@@ -712,6 +763,78 @@ fn action_from_wire(
         }
     }
     Ok(out)
+}
+
+/// A level's `request_mirror_policies` (`base` is the message holding them).
+fn mirror_policies_from_wire(
+    policies: &[route::route_action::RequestMirrorPolicy],
+    res: &str,
+    base: &str,
+) -> Result<Vec<RequestMirrorPolicyConfig>, ConvertError> {
+    policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            mirror_policy_from_wire(
+                p,
+                res,
+                &join(base, &format!("request_mirror_policies[{i}]")),
+            )
+        })
+        .collect()
+}
+
+fn mirror_policy_from_wire(
+    p: &route::route_action::RequestMirrorPolicy,
+    res: &str,
+    base: &str,
+) -> Result<RequestMirrorPolicyConfig, ConvertError> {
+    let route::route_action::RequestMirrorPolicy {
+        cluster,
+        cluster_header,
+        runtime_fraction,
+        trace_sampled,
+        disable_shadow_host_suffix_append,
+        request_headers_mutations,
+        host_rewrite_literal,
+    } = p;
+    Unsupported::new(res, base)
+        .set("cluster_header", cluster_header)
+        .set("trace_sampled", trace_sampled)
+        .set("request_headers_mutations", request_headers_mutations)
+        .set("host_rewrite_literal", host_rewrite_literal)
+        .finish()?;
+    if cluster.is_empty() {
+        return Err(invalid(
+            res,
+            &join(base, "cluster"),
+            "needs a cluster (gofe does not support cluster_header)",
+        ));
+    }
+    let runtime_fraction = match runtime_fraction {
+        // Envoy: every request.
+        None => gofe_model::mirror::all(),
+        // The runtime_key is ignored: gofe has no runtime, so the default value applies.
+        Some(f) => match &f.default_value {
+            None => {
+                return Err(invalid(
+                    res,
+                    &join(base, "runtime_fraction.default_value"),
+                    "missing (Envoy requires it)",
+                ))
+            }
+            Some(_) => percent_from_wire(
+                &f.default_value,
+                res,
+                &join(base, "runtime_fraction.default_value"),
+            )?,
+        },
+    };
+    Ok(RequestMirrorPolicyConfig {
+        cluster: cluster.clone(),
+        runtime_fraction,
+        disable_shadow_host_suffix_append: *disable_shadow_host_suffix_append,
+    })
 }
 
 #[allow(deprecated)]

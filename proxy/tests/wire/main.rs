@@ -12,6 +12,7 @@ mod fuzz;
 mod health_view;
 mod host;
 mod hostile;
+mod mirror;
 mod protocols;
 mod ratelimit;
 mod reload;

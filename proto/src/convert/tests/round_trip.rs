@@ -254,6 +254,29 @@ fn local_ratelimit() -> impl Strategy<Value = gofe_model::LocalRateLimitConfig> 
         )
 }
 
+/// A route's mirror policies: to any of the clusters, any fraction (Envoy's default included),
+/// with or without the host suffix.
+fn mirror_policies(
+    clusters: usize,
+) -> impl Strategy<Value = Vec<gofe_model::RequestMirrorPolicyConfig>> {
+    vec(
+        (0..clusters, prop::option::of(percent()), any::<bool>()),
+        0..3,
+    )
+    .prop_map(|policies| {
+        policies
+            .into_iter()
+            .map(
+                |(cluster, fraction, no_suffix)| gofe_model::RequestMirrorPolicyConfig {
+                    cluster: format!("c{cluster}"),
+                    runtime_fraction: fraction.unwrap_or_else(gofe_model::mirror::all),
+                    disable_shadow_host_suffix_append: no_suffix,
+                },
+            )
+            .collect()
+    })
+}
+
 fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
     (
         (
@@ -270,12 +293,13 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
             duration(),
             prop::option::of(retry_policy()),
             prop::option::of(1..=u64::from(u32::MAX)),
+            mirror_policies(clusters),
         ),
     )
         .prop_map(
             |(
                 (prefix, path, headers, name, fault, local_ratelimit),
-                (weighted, cluster, timeout, retry, limit),
+                (weighted, cluster, timeout, retry, limit, mirrors),
             )| {
                 let matcher = RouteMatchConfig {
                     prefix: prefix.then(|| path.clone()),
@@ -306,6 +330,7 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
                         timeout,
                         retry_policy: retry,
                         max_request_bytes: limit,
+                        request_mirror_policies: mirrors,
                     },
                     fault,
                     local_ratelimit,

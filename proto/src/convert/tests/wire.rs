@@ -1760,3 +1760,171 @@ fn a_clusters_local_rate_limit_travels_as_its_upstream_filter() {
         assert!(e.contains(&want), "want {want:?} in {e}");
     }
 }
+
+#[test]
+fn mirror_policies_travel_in_the_route_action_and_the_most_specific_list_wins() {
+    use envoy_types::pb::envoy::config::core::v3::RuntimeFractionalPercent;
+    use envoy_types::pb::envoy::r#type::v3::FractionalPercent;
+    use gofe_model::RequestMirrorPolicyConfig;
+    use route::route_action::RequestMirrorPolicy;
+
+    let mut c = sample();
+    let tenth = RequestMirrorPolicyConfig {
+        cluster: "v1".into(),
+        runtime_fraction: gofe_model::FractionalPercent {
+            numerator: 1000,
+            denominator: gofe_model::fault::Denominator::TenThousand,
+        },
+        disable_shadow_host_suffix_append: true,
+    };
+    c.listeners[0].filters[0].config.virtual_hosts[0].routes[1]
+        .route
+        .request_mirror_policies = vec![RequestMirrorPolicyConfig::to("v2"), tenth.clone()];
+    let r = from_proxy_config(&c).unwrap();
+    let rc = route_to_wire(&r.routes["public"]).unwrap();
+    let wire = &action_of(&rc.virtual_hosts[0].routes[1]).request_mirror_policies;
+    assert_eq!(wire.len(), 2);
+    assert_eq!(wire[0].cluster, "v2");
+    assert_eq!(
+        wire[0].runtime_fraction, None,
+        "Envoy's 100 % is the field's absence"
+    );
+    assert!(!wire[0].disable_shadow_host_suffix_append);
+    let f = wire[1].runtime_fraction.as_ref().unwrap();
+    assert_eq!(f.default_value.unwrap().numerator, 1000);
+    assert!(wire[1].disable_shadow_host_suffix_append);
+    assert_eq!(
+        route_from_wire(&rc).unwrap().router.virtual_hosts[0].routes[1]
+            .route
+            .request_mirror_policies,
+        [RequestMirrorPolicyConfig::to("v2"), tenth]
+    );
+
+    // Envoy's other levels: a route without its own list takes its virtual host's, else its
+    // route configuration's; lists are not merged. A runtime key is read as its default.
+    let policy = |cluster: &str| RequestMirrorPolicy {
+        cluster: cluster.into(),
+        runtime_fraction: Some(RuntimeFractionalPercent {
+            default_value: Some(FractionalPercent {
+                numerator: 50,
+                denominator: 0,
+            }),
+            runtime_key: "mirror.enabled".into(),
+        }),
+        ..Default::default()
+    };
+    let mut rc = rc;
+    rc.request_mirror_policies = vec![policy("v1")];
+    let mut second = rc.virtual_hosts[0].clone();
+    second.name = "other".into();
+    second.domains = vec!["other.example.com".into()];
+    rc.virtual_hosts[0].request_mirror_policies = vec![policy("v2")];
+    rc.virtual_hosts.push(second);
+    let back = route_from_wire(&rc).unwrap();
+    let clusters = |hi: usize, ri: usize| -> Vec<String> {
+        back.router.virtual_hosts[hi].routes[ri]
+            .route
+            .request_mirror_policies
+            .iter()
+            .map(|p| p.cluster.clone())
+            .collect()
+    };
+    assert_eq!(clusters(0, 0), ["v2"], "the virtual host's");
+    assert_eq!(clusters(0, 1), ["v2", "v1"], "the route's own, whole");
+    assert_eq!(clusters(1, 0), ["v1"], "the route configuration's");
+    assert_eq!(
+        back.router.virtual_hosts[0].routes[0]
+            .route
+            .request_mirror_policies[0]
+            .runtime_fraction,
+        gofe_model::FractionalPercent::percent(50)
+    );
+
+    // What gofe cannot honour is refused, by field.
+    let refuse = |p: RequestMirrorPolicy, field: &str| {
+        let mut rc = rc.clone();
+        action_mut(&mut rc.virtual_hosts[0].routes[2]).request_mirror_policies = vec![p];
+        let e = err(route_from_wire(&rc));
+        assert!(
+            e.contains(&format!(
+                "virtual_hosts[0].routes[2].route.request_mirror_policies[0].{field}"
+            )),
+            "{field}: {e}"
+        );
+    };
+    refuse(
+        RequestMirrorPolicy {
+            cluster: String::new(),
+            cluster_header: "x-shadow".into(),
+            ..Default::default()
+        },
+        "cluster_header",
+    );
+    refuse(RequestMirrorPolicy::default(), "cluster");
+    refuse(
+        RequestMirrorPolicy {
+            trace_sampled: Some(BoolValue { value: false }),
+            ..policy("v1")
+        },
+        "trace_sampled",
+    );
+    refuse(
+        RequestMirrorPolicy {
+            host_rewrite_literal: "shadow.example.com".into(),
+            ..policy("v1")
+        },
+        "host_rewrite_literal",
+    );
+    refuse(
+        RequestMirrorPolicy {
+            request_headers_mutations: vec![Default::default()],
+            ..policy("v1")
+        },
+        "request_headers_mutations",
+    );
+    refuse(
+        RequestMirrorPolicy {
+            runtime_fraction: Some(RuntimeFractionalPercent {
+                default_value: None,
+                runtime_key: "k".into(),
+            }),
+            ..policy("v1")
+        },
+        "runtime_fraction.default_value",
+    );
+    refuse(
+        RequestMirrorPolicy {
+            runtime_fraction: Some(RuntimeFractionalPercent {
+                default_value: Some(FractionalPercent {
+                    numerator: 101,
+                    denominator: 0,
+                }),
+                runtime_key: String::new(),
+            }),
+            ..policy("v1")
+        },
+        "runtime_fraction.default_value.numerator",
+    );
+    let mut at_vhost = rc.clone();
+    at_vhost.virtual_hosts[1].request_mirror_policies = vec![RequestMirrorPolicy {
+        cluster_header: "x".into(),
+        ..policy("v1")
+    }];
+    assert!(err(route_from_wire(&at_vhost))
+        .contains("virtual_hosts[1].request_mirror_policies[0].cluster_header"));
+
+    // A shadow cluster is a cluster the routes name: one not defined is served empty.
+    let mut xds = to_xds(&c);
+    let (_, routes) = xds
+        .iter_mut()
+        .find(|(t, _)| *t == ResourceType::Route)
+        .unwrap();
+    let mut wire_rc: route::RouteConfiguration = typed(&routes[0]);
+    action_mut(&mut wire_rc.virtual_hosts[0].routes[1])
+        .request_mirror_policies
+        .push(policy("shadow"));
+    routes[0] = to_any(&wire_rc);
+    let back = from_xds(&xds);
+    let shadow = back.clusters.iter().find(|c| c.name == "shadow").unwrap();
+    assert!(shadow.endpoints.is_empty());
+}
