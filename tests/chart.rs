@@ -685,7 +685,10 @@ fn shipped_controller_file_and_the_one_values_make_are_accepted() {
         Some("shop")
     );
     assert_eq!(parsed.interval, std::time::Duration::from_secs(2));
-    assert_eq!(parsed.signals.window, std::time::Duration::from_secs(60));
+    assert_eq!(
+        parsed.signals.window,
+        Some(std::time::Duration::from_secs(60))
+    );
     assert_eq!(
         parsed.signals.prometheus.url,
         values["controller"]["prometheus"]["url"].as_str().unwrap(),

@@ -315,7 +315,7 @@ async fn the_loop_with_a_real_prometheus() {
     let mesh = Mesh::start().await;
     let mut prom = Prometheus::start(mesh.admin);
     let source = format!(
-        "  source: prometheus\n  prometheus: {{ url: \"http://{}\" }}",
+        "  source: prometheus\n  prometheus: {{ url: \"http://{}\", scrape_interval: 1s }}",
         prom.addr
     );
     let loaded = Loaded {

@@ -537,7 +537,7 @@ fn prometheus_stopped_slow_or_empty_loses_no_request_and_recovers() {
     write(
         &dir.join("controller.yaml"),
         &format!(
-            "proxy_config: proxy.yaml\ninterval: 500ms\nsignals:\n  source: prometheus\n  window: 10s\n  prometheus: {{ url: \"http://127.0.0.1:{}\", timeout: 300ms, requests: q_requests, rps: q_rps, success_rate: q_success, latency: q_latency, last_sample: q_last }}\npolicy:\n  failure_percentage_threshold: 30\n  failure_percentage_request_volume: 10\n  max_ejection_percent: 50\n  base_ejection_time: 120s\n  max_ejection_time: 300s\nadmin: {{ address: \"127.0.0.1:{controller_admin}\" }}\nxds: {{ address: \"127.0.0.1:{xds}\" }}\n",
+            "proxy_config: proxy.yaml\ninterval: 500ms\nsignals:\n  source: prometheus\n  window: 10s\n  prometheus: {{ url: \"http://127.0.0.1:{}\", scrape_interval: 1s, timeout: 300ms, requests: q_requests, rps: q_rps, success_rate: q_success, latency: q_latency, last_sample: q_last }}\npolicy:\n  failure_percentage_threshold: 30\n  failure_percentage_request_volume: 10\n  max_ejection_percent: 50\n  base_ejection_time: 120s\n  max_ejection_time: 300s\nadmin: {{ address: \"127.0.0.1:{controller_admin}\" }}\nxds: {{ address: \"127.0.0.1:{xds}\" }}\n",
             prometheus.port
         ),
     );

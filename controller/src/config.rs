@@ -2,13 +2,13 @@
 //!
 //! ```yaml
 //! proxy_config: "proxy.yaml"     # listeners, routes, clusters and base weights served to proxies
-//! interval: "5s"                 # decision interval
+//! interval: "2s"                 # decision interval
 //! signals:
 //!   source: embedded             # or: prometheus
-//!   window: "30s"
+//!   window: "6s"                 # default: 2 scrape intervals + 1 decision interval
 //!   latency_quantile: 0.9
 //!   embedded: { targets: ["127.0.0.1:9901"] }         # proxies' admin addresses
-//!   prometheus: { url: "http://127.0.0.1:9090" }      # queries have working defaults
+//!   prometheus: { url: "http://127.0.0.1:9090", scrape_interval: "15s" }   # queries have working defaults
 //! policy: { max_ejection_percent: 50 }                # defaults for every cluster
 //! clusters: { web: { base_ejection_time: "10s" } }    # per-cluster overrides
 //! admin: { address: "127.0.0.1:9902" }                # /decisions, /debug/queries, /metrics
@@ -39,7 +39,8 @@ pub struct ControllerConfig {
     /// A gofe proxy configuration file: what the controller serves to proxies. Its clusters'
     /// endpoints and weights are the base the controller adjusts. Relative to this file.
     pub proxy_config: String,
-    /// Time between decisions. Default 5 s.
+    /// Time between decisions. Default 2 s (with the default window, a fault shows in the
+    /// decisions within about two scrape intervals plus two decision intervals).
     #[serde(default = "default_interval", with = "gofe_yaml::duration::text")]
     pub interval: Duration,
     /// Where signals come from.
@@ -184,7 +185,7 @@ pub struct XdsConfig {
 }
 
 fn default_interval() -> Duration {
-    Duration::from_secs(5)
+    Duration::from_secs(2)
 }
 
 /// The controller's admin listener.
@@ -221,9 +222,18 @@ pub struct SignalsConfig {
     /// Which source. Default `embedded`.
     #[serde(default)]
     pub source: SourceKind,
-    /// The rate window. Default 30 s.
-    #[serde(default = "default_window", with = "gofe_yaml::duration::text")]
-    pub window: Duration,
+    /// The rate window. Default: two scrape intervals plus one decision interval, the
+    /// shortest window that always holds two samples of every series (what a rate needs):
+    /// with `embedded`, which scrapes once per decision, three decision intervals (6 s at the
+    /// default 2 s); with `prometheus`, twice `prometheus.scrape_interval` plus the interval
+    /// (32 s at Prometheus' usual 15 s). A shorter window reacts sooner to a fault and sees
+    /// fewer requests per decision. See [`SignalsConfig::window`].
+    #[serde(
+        default,
+        with = "gofe_yaml::duration::optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub window: Option<Duration>,
     /// The latency quantile the policy weighs by (0–1). Default 0.9.
     #[serde(default = "default_quantile")]
     pub latency_quantile: f64,
@@ -239,7 +249,7 @@ impl Default for SignalsConfig {
     fn default() -> Self {
         SignalsConfig {
             source: SourceKind::default(),
-            window: default_window(),
+            window: None,
             latency_quantile: default_quantile(),
             embedded: EmbeddedConfig::default(),
             prometheus: PrometheusConfig::default(),
@@ -247,8 +257,22 @@ impl Default for SignalsConfig {
     }
 }
 
-fn default_window() -> Duration {
-    Duration::from_secs(30)
+impl SignalsConfig {
+    /// How often the source's series get a new sample: each decision for `embedded`, the
+    /// configured `prometheus.scrape_interval` for `prometheus`.
+    pub fn scrape_interval(&self, interval: Duration) -> Duration {
+        match self.source {
+            SourceKind::Embedded => interval,
+            SourceKind::Prometheus => self.prometheus.scrape_interval,
+        }
+    }
+
+    /// The rate window at decision interval `interval`: the configured one, else two scrape
+    /// intervals plus one decision interval.
+    pub fn window(&self, interval: Duration) -> Duration {
+        self.window
+            .unwrap_or_else(|| 2 * self.scrape_interval(interval) + interval)
+    }
 }
 
 fn default_quantile() -> f64 {
@@ -290,6 +314,18 @@ pub struct PrometheusConfig {
     /// Request timeout. Default 5 s.
     #[serde(default = "default_query_timeout", with = "gofe_yaml::duration::text")]
     pub timeout: Duration,
+    /// How often Prometheus scrapes the proxies (its `scrape_interval` for their job): the
+    /// default `signals.window` follows it, and a window that cannot hold two of its samples
+    /// is refused (a rate over it would always be empty). Default 15 s.
+    #[serde(
+        default = "default_scrape_interval",
+        with = "gofe_yaml::duration::text"
+    )]
+    pub scrape_interval: Duration,
+}
+
+fn default_scrape_interval() -> Duration {
+    Duration::from_secs(15)
 }
 
 impl Default for PrometheusConfig {
@@ -302,6 +338,7 @@ impl Default for PrometheusConfig {
             latency: default_q_latency(),
             last_sample: default_q_timestamp(),
             timeout: default_query_timeout(),
+            scrape_interval: default_scrape_interval(),
         }
     }
 }
@@ -450,8 +487,30 @@ impl Validate for ControllerConfig {
             v.error("interval", "must be longer than 0s");
         }
         let s = &self.signals;
-        if s.window.is_zero() {
+        if s.window.is_some_and(|w| w.is_zero()) {
             v.error("signals.window", "must be longer than 0s");
+        }
+        if s.source == SourceKind::Prometheus {
+            let scrape = s.prometheus.scrape_interval;
+            if scrape.is_zero() {
+                v.error(
+                    "signals.prometheus.scrape_interval",
+                    "must be longer than 0s",
+                );
+            } else if let Some(w) = s.window.filter(|w| *w < 2 * scrape) {
+                v.error(
+                    "signals.window",
+                    format!(
+                        "{} holds fewer than two of Prometheus' samples at its {} scrape \
+                         interval (signals.prometheus.scrape_interval): a rate over it is always \
+                         empty; use at least {} or leave it out (default {})",
+                        gofe_yaml::duration::format(w),
+                        gofe_yaml::duration::format(scrape),
+                        gofe_yaml::duration::format(2 * scrape),
+                        gofe_yaml::duration::format(2 * scrape + self.interval),
+                    ),
+                );
+            }
         }
         if !(0.0..=1.0).contains(&s.latency_quantile) {
             v.error(
@@ -658,14 +717,57 @@ mod tests {
             "proxy_config: p.yaml\npolicy: { max_ejection_percent: 50, failure_percentage_threshold: 40 }\nclusters:\n  web: { base_ejection_time: \"10s\" }\n",
         )
         .unwrap();
-        assert_eq!(c.interval, Duration::from_secs(5));
+        assert_eq!(c.interval, Duration::from_secs(2));
         assert_eq!(c.signals.source, SourceKind::Embedded);
+        assert_eq!(
+            c.signals.window(c.interval),
+            Duration::from_secs(6),
+            "two scrapes (one per decision) plus a decision"
+        );
         let base = c.policy.resolve(&Policy::default());
         assert_eq!(base.max_ejection_percent, 50);
         assert!((base.failure_percentage_threshold - 0.4).abs() < 1e-12);
         let web = c.clusters["web"].resolve(&base);
         assert_eq!(web.base_ejection_time, Duration::from_secs(10));
         assert_eq!(web.max_ejection_percent, 50, "inherits the default policy");
+    }
+
+    #[test]
+    fn the_default_window_follows_prometheus_scrape_interval_and_a_window_too_short_for_it_is_refused(
+    ) {
+        let prom = |extra: &str| {
+            parse(
+                "c.yaml",
+                &format!(
+                    "proxy_config: p.yaml\ninterval: 1s\nsignals:\n  source: prometheus\n{extra}"
+                ),
+            )
+        };
+        let c = prom("").unwrap();
+        assert_eq!(
+            c.signals.window(c.interval),
+            Duration::from_secs(31),
+            "2 × 15 s + 1 s"
+        );
+        let c = prom("  prometheus: { scrape_interval: 5s }\n").unwrap();
+        assert_eq!(c.signals.window(c.interval), Duration::from_secs(11));
+        let c = prom("  window: 1m\n").unwrap();
+        assert_eq!(
+            c.signals.window(c.interval),
+            Duration::from_secs(60),
+            "as written"
+        );
+        let e = prom("  window: 20s\n").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "c.yaml:5:11: signals.window: 20s holds fewer than two of Prometheus' samples"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("use at least 30s"), "{e}");
+        // The embedded scraper samples once per decision: any window longer than 0 s will do.
+        let c = parse("c.yaml", "proxy_config: p.yaml\nsignals: { window: 3s }\n").unwrap();
+        assert_eq!(c.signals.window(c.interval), Duration::from_secs(3));
     }
 
     #[test]

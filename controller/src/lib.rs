@@ -439,7 +439,7 @@ pub enum ControllerError {
 /// The policy defaults for a controller's file: gofe-core's, on the file's signal window.
 fn file_policy(c: &config::ControllerConfig) -> Policy {
     Policy {
-        signal_window: c.signals.window,
+        signal_window: c.signals.window(c.interval),
         ..Policy::default()
     }
 }
@@ -465,7 +465,10 @@ impl Controller {
                 (name, p)
             })
             .collect();
-        let source = Source::new(&loaded.controller.signals)?;
+        let source = Source::new(
+            &loaded.controller.signals,
+            loaded.controller.signals.window(loaded.controller.interval),
+        )?;
         let shared = Arc::new(Shared {
             decisions: RwLock::new(DecisionsView::default()),
             queries: RwLock::new(source.describe()),

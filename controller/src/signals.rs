@@ -63,17 +63,18 @@ pub enum Source {
 }
 
 impl Source {
-    /// Builds the source the configuration names.
-    pub fn new(config: &SignalsConfig) -> Result<Self, SignalError> {
+    /// Builds the source the configuration names, over the rate `window`
+    /// ([`SignalsConfig::window`]).
+    pub fn new(config: &SignalsConfig, window: Duration) -> Result<Self, SignalError> {
         Ok(match config.source {
             SourceKind::Embedded => Source::Embedded(Box::new(Embedded::new(
                 config.embedded.targets.clone(),
-                config.window,
+                window,
                 config.latency_quantile,
             ))),
             SourceKind::Prometheus => Source::Prometheus(Prometheus::new(
                 &config.prometheus,
-                config.window,
+                window,
                 config.latency_quantile,
             )?),
         })

@@ -261,7 +261,7 @@ impl Run {
                 self.args.proxy_admin
             ),
             Some(url) => format!(
-                "signals:\n  source: prometheus\n  window: \"{}ms\"\n  latency_quantile: 0.9\n  prometheus: {{ url: \"{url}\" }}\n",
+                "signals:\n  source: prometheus\n  window: \"{}ms\"\n  latency_quantile: 0.9\n  prometheus: {{ url: \"{url}\", scrape_interval: 1s }}\n",
                 p.controller_window.as_millis().max(2000),
             ),
         };

@@ -42,7 +42,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* The controller's configuration: files/controller.yaml with the values set over it. */}}
 {{- define "gofe.controllerConfig" -}}
 {{- $config := .Files.Get "files/controller.yaml" | fromYaml }}
-{{- $_ := set $config.signals "prometheus" (dict "url" .Values.controller.prometheus.url) }}
+{{- $scrape := .Values.controller.prometheus.scrapeInterval }}
+{{- if not $scrape }}
+{{- if .Values.metrics.serviceMonitor.enabled }}{{ $scrape = .Values.metrics.serviceMonitor.interval }}
+{{- else if .Values.metrics.podMonitor.enabled }}{{ $scrape = .Values.metrics.podMonitor.interval }}
+{{- else }}{{ $scrape = "15s" }}{{ end }}
+{{- end }}
+{{- $_ := set $config.signals "prometheus" (dict "url" .Values.controller.prometheus.url "scrape_interval" $scrape) }}
 {{- $_ := set $config "policy" .Values.controller.policy }}
 {{- $le := .Values.controller.leaderElection }}
 {{- $_ := set $config.kubernetes "leader_election" (dict "enabled" $le.enabled "lease_name" (include "gofe.leaseName" .) "lease_duration" $le.leaseDuration "renew_deadline" $le.renewDeadline "retry_period" $le.retryPeriod) }}

@@ -54,6 +54,7 @@ fn source(url: &str) -> Prometheus {
         latency: "q_latency".into(),
         last_sample: "q_last".into(),
         timeout: Duration::from_secs(10),
+        scrape_interval: Duration::from_secs(15),
     };
     Prometheus::new(&config, Duration::from_secs(30), 0.9).unwrap()
 }
@@ -223,7 +224,9 @@ fn an_https_prometheus_without_a_ca_fails_when_the_source_is_built() {
         },
         ..SignalsConfig::default()
     };
-    let e = Source::new(&config).err().expect("refused");
+    let e = Source::new(&config, Duration::from_secs(32))
+        .err()
+        .expect("refused");
     assert!(
         matches!(
             e,
