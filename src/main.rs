@@ -10,6 +10,7 @@ use gofe_proxy::demo::DemoBackend;
 use gofe_proxy::run::{ConfigSource, RunOptions};
 
 mod explain;
+mod reference;
 
 /// gofe: metrics-driven adaptive load balancing and autoscaling for service meshes.
 #[derive(Parser, Debug)]
@@ -111,6 +112,10 @@ enum Command {
         #[arg(long, value_enum)]
         kind: Option<FileKind>,
     },
+    /// Print the configuration reference (Markdown) of the proxy file, the xDS bootstrap and
+    /// the controller file: every field with its type, default and meaning, written from the
+    /// configuration types (docs/configuration.md is this output).
+    Reference,
 }
 
 /// The kinds of file `gofe check` knows.
@@ -389,6 +394,10 @@ fn main() -> anyhow::Result<()> {
                 .context("gofe adapter")
             }
             Command::Check { file, kind } => check(&file, kind),
+            Command::Reference => {
+                print!("{}", reference::markdown());
+                Ok(())
+            }
             Command::Inject(args) => gofe_inject::cli::main(*args),
         }
     })

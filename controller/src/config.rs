@@ -33,7 +33,7 @@ use gofe_yaml::{Validate, Validator};
 use serde::{Deserialize, Serialize};
 
 /// The whole controller configuration.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
     /// A gofe proxy configuration file: what the controller serves to proxies. Its clusters'
@@ -42,6 +42,7 @@ pub struct ControllerConfig {
     /// Time between decisions. Default 2 s (with the default window, a fault shows in the
     /// decisions within about two scrape intervals plus two decision intervals).
     #[serde(default = "default_interval", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "gofe_model::schema::DurationText")]
     pub interval: Duration,
     /// Where signals come from.
     #[serde(default)]
@@ -77,7 +78,7 @@ pub struct ControllerConfig {
 }
 
 /// The sidecar-injection webhook's listener and what it injects.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// `ip:port` of its HTTPS listener.
@@ -98,6 +99,7 @@ pub struct WebhookConfig {
     pub sidecar: gofe_inject::InjectConfig,
     /// How often the certificate files are read again. Default 30 s.
     #[serde(default = "default_webhook_reload", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "gofe_model::schema::DurationText")]
     pub reload_interval: Duration,
 }
 
@@ -106,7 +108,7 @@ fn default_webhook_reload() -> Duration {
 }
 
 /// Kubernetes mode.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesConfig {
     /// Watch `TrafficPolicy` and `EndpointSlice` objects of this namespace only. Default: all
@@ -120,7 +122,7 @@ pub struct KubernetesConfig {
 
 /// Leader election on a `coordination.k8s.io/v1` Lease; the settings and defaults of
 /// Kubernetes' own controllers (client-go's leader election).
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LeaderElectionConfig {
     /// Off: this replica always decides (run one replica only). Default on.
@@ -137,12 +139,15 @@ pub struct LeaderElectionConfig {
     pub identity: Option<String>,
     /// How long a lease holds without renewal. Default 15 s.
     #[serde(default = "default_lease_duration", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "gofe_model::schema::DurationText")]
     pub lease_duration: Duration,
     /// The leader stops deciding when it could not renew for this long. Default 10 s.
     #[serde(default = "default_renew_deadline", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "gofe_model::schema::DurationText")]
     pub renew_deadline: Duration,
     /// Time between attempts to acquire or renew. Default 2 s.
     #[serde(default = "default_retry_period", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "gofe_model::schema::DurationText")]
     pub retry_period: Duration,
 }
 
@@ -177,7 +182,7 @@ fn default_retry_period() -> Duration {
 }
 
 /// The controller's xDS server.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct XdsConfig {
     /// `ip:port` for ADS over gRPC (plaintext; `/metrics` on the same port).
@@ -189,7 +194,7 @@ fn default_interval() -> Duration {
 }
 
 /// The controller's admin listener.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `ip:port`.
@@ -205,7 +210,9 @@ impl Default for AdminConfig {
 }
 
 /// Which signal source to use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SourceKind {
     /// Scrape the proxies' `/metrics` directly and compute rates (no Prometheus needed).
@@ -216,7 +223,7 @@ pub enum SourceKind {
 }
 
 /// Signals: source, window, and each source's settings.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalsConfig {
     /// Which source. Default `embedded`.
@@ -233,6 +240,7 @@ pub struct SignalsConfig {
         with = "gofe_yaml::duration::optional_text",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<gofe_model::schema::DurationText>")]
     pub window: Option<Duration>,
     /// The latency quantile the policy weighs by (0–1). Default 0.9.
     #[serde(default = "default_quantile")]
@@ -280,7 +288,7 @@ fn default_quantile() -> f64 {
 }
 
 /// The embedded scraper's settings.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmbeddedConfig {
     /// Admin addresses (`host:port`) of the proxies to scrape.
@@ -290,7 +298,7 @@ pub struct EmbeddedConfig {
 
 /// Prometheus settings. Each query is a template: `{window}` becomes the window (e.g. `30s`)
 /// and `{quantile}` the latency quantile; results must carry `cluster` and `endpoint` labels.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PrometheusConfig {
     /// Base URL of the Prometheus HTTP API. Default `http://127.0.0.1:9090`.
@@ -313,6 +321,7 @@ pub struct PrometheusConfig {
     pub last_sample: String,
     /// Request timeout. Default 5 s.
     #[serde(default = "default_query_timeout", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "gofe_model::schema::DurationText")]
     pub timeout: Duration,
     /// How often Prometheus scrapes the proxies (its `scrape_interval` for their job): the
     /// default `signals.window` follows it, and a window that cannot hold two of its samples
@@ -321,6 +330,7 @@ pub struct PrometheusConfig {
         default = "default_scrape_interval",
         with = "gofe_yaml::duration::text"
     )]
+    #[schemars(with = "gofe_model::schema::DurationText")]
     pub scrape_interval: Duration,
 }
 
@@ -367,7 +377,7 @@ fn default_query_timeout() -> Duration {
 
 /// A cluster's decision policy as written in YAML: every field optional, defaulting to
 /// [`Policy::default`]. Percentages are whole percents, as in Envoy.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// See [`Policy::success_rate_minimum_hosts`].
@@ -384,9 +394,11 @@ pub struct PolicyConfig {
     pub failure_percentage_request_volume: Option<f64>,
     /// See [`Policy::base_ejection_time`].
     #[serde(default, with = "gofe_yaml::duration::optional_text")]
+    #[schemars(with = "Option<gofe_model::schema::DurationText>")]
     pub base_ejection_time: Option<Duration>,
     /// See [`Policy::max_ejection_time`].
     #[serde(default, with = "gofe_yaml::duration::optional_text")]
+    #[schemars(with = "Option<gofe_model::schema::DurationText>")]
     pub max_ejection_time: Option<Duration>,
     /// See [`Policy::max_ejection_percent`].
     pub max_ejection_percent: Option<u32>,
@@ -396,6 +408,7 @@ pub struct PolicyConfig {
     pub half_open_min_requests: Option<f64>,
     /// See [`Policy::slow_start_window`].
     #[serde(default, with = "gofe_yaml::duration::optional_text")]
+    #[schemars(with = "Option<gofe_model::schema::DurationText>")]
     pub slow_start_window: Option<Duration>,
     /// See [`Policy::latency_weighting`].
     pub latency_weighting: Option<bool>,
@@ -409,6 +422,7 @@ pub struct PolicyConfig {
     pub hysteresis_percent: Option<u32>,
     /// See [`Policy::latency_half_life`].
     #[serde(default, with = "gofe_yaml::duration::optional_text")]
+    #[schemars(with = "Option<gofe_model::schema::DurationText>")]
     pub latency_half_life: Option<Duration>,
     /// See [`Policy::latency_min_requests`].
     pub latency_min_requests: Option<f64>,
@@ -416,9 +430,11 @@ pub struct PolicyConfig {
     pub healthy_panic_threshold: Option<u32>,
     /// See [`Policy::stale_after`].
     #[serde(default, with = "gofe_yaml::duration::optional_text")]
+    #[schemars(with = "Option<gofe_model::schema::DurationText>")]
     pub stale_after: Option<Duration>,
     /// See [`Policy::relax_after`].
     #[serde(default, with = "gofe_yaml::duration::optional_text")]
+    #[schemars(with = "Option<gofe_model::schema::DurationText>")]
     pub relax_after: Option<Duration>,
 }
 

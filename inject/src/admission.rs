@@ -14,7 +14,9 @@ use serde_json::{json, Map, Value};
 use crate::{inject_template, InjectConfig, Outcome};
 
 /// What the webhook does with a Pod it cannot inject (Kubernetes' `failurePolicy` names).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, schemars::JsonSchema,
+)]
 pub enum FailurePolicy {
     /// Admit it unchanged, with a warning. The default.
     #[default]

@@ -83,7 +83,7 @@ pub const ADMIN_PORT_NAME: &str = "gofe-admin";
 
 /// How to inject: the sidecar's image, where the controller is, its resources and identity.
 /// The defaults are the chart's (`gofe` release in `gofe-system`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct InjectConfig {
     /// The gofe image (the same image runs the proxy and `gofe inject init`). Default
@@ -121,7 +121,7 @@ pub struct InjectConfig {
 }
 
 /// Traffic-capture settings ([`capture::CaptureConfig`] without the per-pod parts).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CaptureSettings {
     /// Install the rules. Default off.

@@ -20,7 +20,7 @@ pub const DEFAULT_FORMAT: &str = "[%START_TIME%] \"%REQ(:METHOD)% %REQ(X-ENVOY-O
 /// `envoy.access_loggers.stdout` (`StdoutAccessLog`) or `envoy.access_loggers.file`
 /// (`FileAccessLog`) logger with `log_format.text_format_source.inline_string` or
 /// `log_format.json_format`.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogConfig {
     /// The file lines are appended to (created if missing). Default: none, lines go to stdout.

@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// A fraction of requests (Envoy's `FractionalPercent`): `numerator / denominator`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct FractionalPercent {
     /// How many out of the denominator. Default 0. At most the denominator (Envoy would cap
@@ -33,7 +35,9 @@ impl FractionalPercent {
 }
 
 /// The denominators Envoy's `FractionalPercent` has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Denominator {
     /// 100.
@@ -62,7 +66,7 @@ impl Denominator {
 /// both delayed and aborted, as in Envoy. With `max_active_faults`, a fault that would make
 /// more than that many requests faulted at once (on the listener) is not injected, and counted
 /// as an overflow.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultConfig {
     /// Delay requests. Default: none.
@@ -78,7 +82,7 @@ pub struct FaultConfig {
 }
 
 /// A delay (Envoy's `FaultDelay`): exactly one of `fixed_delay` or `header_delay`.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultDelayConfig {
     /// This long, before the request goes on to the upstream (the route's timeout starts
@@ -88,6 +92,7 @@ pub struct FaultDelayConfig {
         with = "gofe_yaml::duration::optional_text",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     pub fixed_delay: Option<Duration>,
     /// As long as the request's `x-envoy-fault-delay-request` header says, in milliseconds; a
     /// request without it (or with a value that is not a number) is not delayed. Write `{}`.
@@ -102,7 +107,7 @@ pub struct FaultDelayConfig {
 
 /// An abort (Envoy's `FaultAbort`): exactly one of `http_status`, `grpc_status` or
 /// `header_abort`.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FaultAbortConfig {
     /// Answer with this HTTP status, 200..=599 (a gRPC request gets the gRPC status Envoy maps
@@ -126,7 +131,9 @@ pub struct FaultAbortConfig {
 
 /// A fault whose value comes from the request's headers (Envoy's `HeaderDelay` and
 /// `HeaderAbort`, which have no fields).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderControlled {}
 

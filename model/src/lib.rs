@@ -32,6 +32,7 @@ pub use access_log::AccessLogConfig;
 pub mod fault;
 pub use fault::{FaultConfig, FractionalPercent};
 pub mod local_ratelimit;
+pub mod schema;
 pub use local_ratelimit::LocalRateLimitConfig;
 pub mod mirror;
 pub use mirror::RequestMirrorPolicyConfig;
@@ -42,7 +43,7 @@ pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The whole proxy configuration file.
-#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyConfig {
     /// Downstream listeners (sockets the proxy accepts on). Default: none.
@@ -57,7 +58,7 @@ pub struct ProxyConfig {
 }
 
 /// A downstream listener.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// Name used in metrics and logs. Default: the address.
@@ -90,6 +91,7 @@ pub struct ListenerConfig {
         default = "default_request_headers_timeout",
         with = "gofe_yaml::duration::text"
     )]
+    #[schemars(with = "crate::schema::DurationText")]
     pub request_headers_timeout: Duration,
     /// How long a client connection may stay open with no request in flight before the proxy
     /// closes it (Envoy's `common_http_protocol_options.idle_timeout`): HTTP/2 connections get
@@ -100,6 +102,7 @@ pub struct ListenerConfig {
         default = "default_listener_idle_timeout",
         with = "gofe_yaml::duration::text"
     )]
+    #[schemars(with = "crate::schema::DurationText")]
     pub idle_timeout: Duration,
     /// Access logs (the connection manager's `access_log` in Envoy): every request's line goes
     /// to each of them, off the request path (a full buffer drops lines and counts them in
@@ -136,7 +139,7 @@ fn default_protocol() -> String {
 }
 
 /// TLS files of a listener (PEM).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// Path of the PEM certificate chain, leaf first.
@@ -146,7 +149,7 @@ pub struct TlsConfig {
 }
 
 /// One filter of a listener's chain.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterConfig {
     /// The filter's type. Only `"router"` today.
@@ -157,7 +160,7 @@ pub struct FilterConfig {
 }
 
 /// The router filter: virtual hosts and their routes.
-#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouterConfig {
     /// Virtual hosts, selected by the request's Host / `:authority`.
@@ -166,7 +169,7 @@ pub struct RouterConfig {
 }
 
 /// A virtual host: a set of domains and the routes for them.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualHostConfig {
     /// Name used in logs and `/config_dump`.
@@ -198,7 +201,7 @@ pub struct VirtualHostConfig {
 }
 
 /// A route: a match and what to do with requests that match.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The route's name (Envoy's `Route.name`), for logs: what `%ROUTE_NAME%` writes.
@@ -221,7 +224,7 @@ pub struct RouteConfig {
 }
 
 /// A route's match: exactly one of `prefix` or `path`, plus optional header conditions.
-#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatchConfig {
     /// Path prefix (case-sensitive). `"/"` matches everything.
@@ -236,7 +239,7 @@ pub struct RouteMatchConfig {
 }
 
 /// A condition on one request header (Envoy's `HeaderMatcher`).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatcherConfig {
     /// Header name (case-insensitive).
@@ -253,7 +256,7 @@ pub struct HeaderMatcherConfig {
 }
 
 /// How a header value is compared (Envoy's `StringMatcher`): exactly one field.
-#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StringMatchConfig {
     /// The value equals this.
@@ -271,7 +274,7 @@ pub struct StringMatchConfig {
 }
 
 /// A route's action: exactly one of `cluster` or `weighted_clusters`.
-#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteActionConfig {
     /// Send every request to this cluster.
@@ -287,6 +290,7 @@ pub struct RouteActionConfig {
         with = "gofe_yaml::duration::text",
         skip_serializing_if = "is_default_route_timeout"
     )]
+    #[schemars(with = "crate::schema::DurationText")]
     pub timeout: Duration,
     /// Retries of failed attempts. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -305,7 +309,7 @@ pub struct RouteActionConfig {
 /// Only requests without a body are retried: bodies stream through and are not kept for a
 /// replay. Each retry goes to a different endpoint when the cluster has one, after a jittered
 /// backoff (25 ms base), and is refused when the cluster's retry limit or budget is spent.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryPolicyConfig {
     /// Comma-separated conditions: `5xx` (any 5xx, reset, connect failure or per-try timeout),
@@ -322,6 +326,7 @@ pub struct RetryPolicyConfig {
         with = "gofe_yaml::duration::optional_text",
         skip_serializing_if = "Option::is_none"
     )]
+    #[schemars(with = "Option<crate::schema::DurationText>")]
     pub per_try_timeout: Option<Duration>,
 }
 
@@ -342,7 +347,7 @@ fn is_default_route_timeout(d: &Duration) -> bool {
 }
 
 /// A weighted split across clusters.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedClustersConfig {
     /// The clusters and their weights; at least one weight must be non-zero.
@@ -350,7 +355,7 @@ pub struct WeightedClustersConfig {
 }
 
 /// One cluster of a weighted split.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterWeightConfig {
     /// The cluster's name.
@@ -394,7 +399,9 @@ impl RetryOn {
 }
 
 /// Load-balancing policy of a cluster (Envoy's `lb_policy`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum LbPolicy {
     /// Smooth weighted round robin. The default.
@@ -407,7 +414,7 @@ pub enum LbPolicy {
 }
 
 /// An upstream cluster.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Unique name, referenced by routes.
@@ -420,6 +427,7 @@ pub struct ClusterConfig {
         default = "default_connect_timeout",
         with = "gofe_yaml::duration::text"
     )]
+    #[schemars(with = "crate::schema::DurationText")]
     pub connect_timeout: Duration,
     /// When present, upstream connections speak HTTP/2 (prior knowledge); otherwise HTTP/1.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -441,6 +449,7 @@ pub struct ClusterConfig {
     pub healthy_panic_threshold: u32,
     /// How long an idle upstream connection stays in the pool. Default 60 s.
     #[serde(default = "default_idle_timeout", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub idle_timeout: Duration,
     /// Local rate limiting of the cluster (Envoy's `local_ratelimit` as an upstream HTTP filter
     /// of the cluster): one token bucket for every request sent to it, whatever route sent it,
@@ -464,7 +473,7 @@ fn default_idle_timeout() -> Duration {
 }
 
 /// A cluster's overload limits (Envoy's `circuit_breakers` thresholds, default priority).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakersConfig {
     /// Most upstream connections (HTTP/1.1: also most requests being sent at once; more wait
@@ -507,7 +516,7 @@ fn default_max_retries() -> u32 {
 
 /// Retries allowed in flight: `budget_percent` of the requests in flight, but at least
 /// `min_retry_concurrency` (Envoy's `RetryBudget`).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudgetConfig {
     /// Percent of active requests. Default 20.
@@ -533,7 +542,7 @@ fn default_min_retry_concurrency() -> u32 {
 /// flight) → closed on a successful trial, open again for longer on a failed one. The defaults
 /// are the familiar breaker profile: trip at ≥ 50% errors once ≥ 20 requests were seen in the
 /// window, try again after 5 s.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OutlierDetectionConfig {
     /// Eject after this many 5xx in a row (connect failures, resets and timeouts count). 0
@@ -547,12 +556,15 @@ pub struct OutlierDetectionConfig {
     /// The failure-percentage window: counts restart every interval, and ejection counts decay
     /// by one per interval an endpoint stays healthy. Default 10 s.
     #[serde(default = "default_interval", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub interval: Duration,
     /// Length of a first ejection. Default 5 s.
     #[serde(default = "default_base_ejection", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub base_ejection_time: Duration,
     /// Longest ejection. Default 300 s.
     #[serde(default = "default_max_ejection", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub max_ejection_time: Duration,
     /// Most endpoints ejected at once, in percent of the cluster (at least one when non-zero).
     /// Default 10.
@@ -612,12 +624,12 @@ fn default_trials() -> u32 {
 }
 
 /// Upstream HTTP/2 options (none yet: presence alone selects HTTP/2).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Http2ProtocolOptions {}
 
 /// One upstream endpoint.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
     /// `host:port`, where host is an IP address or a DNS name.
@@ -631,7 +643,9 @@ pub struct EndpointConfig {
 }
 
 /// An endpoint's health as set by configuration (the controller's ejections arrive this way).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum HealthStatus {
     /// Takes traffic (subject to passive outlier detection).
@@ -657,7 +671,7 @@ fn default_weight() -> u32 {
 }
 
 /// The admin listener.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Socket address to bind, `ip:port`. Keep it on loopback or a private network.

@@ -18,7 +18,7 @@ pub const MIN_FILL_INTERVAL: Duration = Duration::from_millis(50);
 /// one that finds none is rate limited and, with probability `filter_enforced`, answered with
 /// `status` (the others go on). Both fractions default to 0, as in Envoy ("for safety"): write
 /// `filter_enabled` and `filter_enforced` to limit anything.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LocalRateLimitConfig {
     /// The bucket.
@@ -50,7 +50,7 @@ fn default_status() -> u16 {
 
 /// A token bucket (Envoy's `TokenBucket`): full at the start, `tokens_per_fill` more at the end
 /// of every `fill_interval`, never more than `max_tokens`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TokenBucketConfig {
     /// Most tokens the bucket holds (and holds at the start). 0 limits every request.
@@ -60,6 +60,7 @@ pub struct TokenBucketConfig {
     pub tokens_per_fill: u32,
     /// How often it is filled; at least 50 ms.
     #[serde(with = "gofe_yaml::duration::text")]
+    #[schemars(with = "crate::schema::DurationText")]
     pub fill_interval: Duration,
 }
 
@@ -68,7 +69,9 @@ fn default_tokens_per_fill() -> u32 {
 }
 
 /// Which `x-ratelimit-*` headers a response gets (Envoy's `XRateLimitHeadersRFCVersion`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum XRateLimitHeaders {
     /// None.

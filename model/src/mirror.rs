@@ -19,7 +19,7 @@ use crate::fault::{check_percent, Denominator, FractionalPercent};
 pub const MAX_MIRRORED_BODY_BYTES: usize = 1024 * 1024;
 
 /// One mirror policy of a route (Envoy's `RequestMirrorPolicy`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestMirrorPolicyConfig {
     /// The shadow cluster: a cluster of the configuration, balanced and pooled as for any

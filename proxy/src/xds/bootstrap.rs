@@ -27,7 +27,7 @@ use crate::{Proxy, ProxyConfig};
 use super::client::{ClientOptions, ClientTls, XdsClient};
 
 /// The bootstrap file.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Bootstrap {
     /// The node this proxy is.
@@ -40,7 +40,7 @@ pub struct Bootstrap {
 }
 
 /// `node` of the bootstrap.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// `node.id`: with mutual TLS, must be a DNS name in the client certificate.
@@ -51,7 +51,7 @@ pub struct NodeConfig {
 }
 
 /// `xds_server` of the bootstrap.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct XdsServerConfig {
     /// `host:port` of the ADS server.
@@ -67,6 +67,7 @@ pub struct XdsServerConfig {
         default = "default_initial_fetch_timeout",
         with = "gofe_yaml::duration::text"
     )]
+    #[schemars(with = "gofe_model::schema::DurationText")]
     pub initial_fetch_timeout: Duration,
 }
 
@@ -75,7 +76,7 @@ fn default_initial_fetch_timeout() -> Duration {
 }
 
 /// TLS files for the control-plane connection (paths relative to the bootstrap file).
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct XdsTlsConfig {
     /// CA bundle that signs the control plane's certificate.
