@@ -2371,3 +2371,97 @@ async fn resources_are_mapped_through_the_clusters_discovery() {
     );
     adapter.stop();
 }
+
+// === bounded Prometheus load of custom metrics ===
+
+/// Prometheus' own count of the queries it answered (instant and range) and of series
+/// listings, from its `/metrics`.
+async fn prometheus_own_counts(prom: &Prometheus) -> (f64, f64) {
+    let text = get_text(prom.addr, "/metrics").await;
+    let sum = |handlers: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("prometheus_http_requests_total{")
+                    && handlers
+                        .iter()
+                        .any(|h| l.contains(&format!("handler=\"{h}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (
+        sum(&["/api/v1/query", "/api/v1/query_range"]),
+        sum(&["/api/v1/series"]),
+    )
+}
+
+/// HPA-like polling of custom metrics costs Prometheus one query per distinct (metric,
+/// objects, selector) per freshness interval, and the API server one Pod list per distinct
+/// label selector, however many requests: 270 requests (54 per path: three label selectors,
+/// one of them spelled two ways, and one Pod asked for by name as an Object metric would be)
+/// within one interval make exactly 4 queries and 3 lists. Counted by the adapter and by Prometheus itself (no timing:
+/// the freshness, 1 h, outlasts the test). The API server is the in-memory stand-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_metrics_queries_are_bounded_by_distinct_selectors() {
+    let prom = start_prometheus_loaded(None, custom_fixture(now_aligned()));
+    let dir = TempDir::new("custom-bounded");
+    let cluster = fake_cluster();
+    let adapter = start_custom_adapter(
+        &prom,
+        &dir,
+        &combined_rules(),
+        Duration::from_secs(3600),
+        Some(&cluster),
+    )
+    .await;
+    let a = adapter.addr();
+    let (queries_before, _) = prometheus_own_counts(&prom).await;
+    let adapter_before = adapter.provider().queries();
+    let pods = |selector: &str| {
+        format!(
+            "{CUSTOM}/namespaces/shop/pods/*/http_requests_per_second?labelSelector={}",
+            url_encode(selector)
+        )
+    };
+    let paths: Vec<String> = vec![
+        pods("app=web"),
+        pods("app==web"),
+        pods("app=api"),
+        pods("app in (web,api)"),
+        format!("{CUSTOM}/namespaces/shop/pods/web-2/http_requests_per_second"),
+    ];
+    let mut tasks = Vec::new();
+    for round in 0..2 {
+        for path in &paths {
+            for _ in 0..if round == 0 { 30 } else { 24 } {
+                let path = path.clone();
+                tasks.push(tokio::spawn(async move { get(a, &path).await }));
+            }
+        }
+    }
+    let requests = tasks.len();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(requests, 270);
+    let distinct = 4;
+    assert_eq!(
+        adapter.provider().queries() - adapter_before,
+        distinct,
+        "one query per distinct objects and selector"
+    );
+    let (queries_after, _) = prometheus_own_counts(&prom).await;
+    assert!(
+        queries_after - queries_before <= distinct as f64,
+        "Prometheus answered {} queries",
+        queries_after - queries_before
+    );
+    let lists = cluster
+        .log()
+        .iter()
+        .filter(|l| l.path == "/api/v1/namespaces/shop/pods")
+        .count();
+    assert_eq!(lists, 3, "one Pod list per distinct label selector");
+    adapter.stop();
+}
