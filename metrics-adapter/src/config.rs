@@ -412,7 +412,7 @@ impl Checker<'_> {
         match &c.template {
             None => ResourceMapping::new(&overrides, None),
             Some(t) => match Template::parse_resource(t) {
-                Ok(render) => ResourceMapping::new(&overrides, Some(&render)),
+                Ok(render) => ResourceMapping::new(&overrides, Some(render)),
                 Err(e) => {
                     self.error(format!("{field}.resources.template"), e.to_string());
                     ResourceMapping::new(&overrides, None)
@@ -437,7 +437,7 @@ impl Checker<'_> {
                 "only externalRules have namespaced: a custom metric is namespaced when its resource is",
             );
         }
-        if mapping.labels.is_empty() {
+        if mapping.is_empty() {
             self.error(
                 format!("{field}.resources"),
                 "a custom-metrics rule needs resources.overrides or resources.template to tie its series to Kubernetes objects",
@@ -487,11 +487,14 @@ impl Checker<'_> {
     fn resource_rule(&mut self, field: &str, c: &ResourceRuleConfig) -> Option<ResourceRule> {
         let container_query = self.template(&c.container_query, format!("{field}.containerQuery"));
         let node_query = self.template(&c.node_query, format!("{field}.nodeQuery"));
-        let mapping = self.mapping(field, &c.resources);
+        // Pods, namespaces and nodes are core resources: the built-in table has them.
+        let mapping = self
+            .mapping(field, &c.resources)
+            .resolve(&crate::resources::ResourceTable::builtin());
         for (what, r) in [
-            ("pod", crate::custom::resource("", "pods")),
-            ("namespace", crate::custom::resource("", "namespaces")),
-            ("node", crate::custom::resource("", "nodes")),
+            ("pod", crate::custom::core("pods")),
+            ("namespace", crate::custom::core("namespaces")),
+            ("node", crate::custom::core("nodes")),
         ] {
             if mapping.label_for(&r).is_none() {
                 self.error(
@@ -688,7 +691,7 @@ impl Checker<'_> {
         if namespace_label.is_none() {
             if let Some(t) = &c.resources.template {
                 match Template::parse_resource(t) {
-                    Ok(render) => namespace_label = Some(render("", "namespace")),
+                    Ok(render) => namespace_label = Some(render.render("", "namespace")),
                     Err(e) => self.error(format!("{field}.resources.template"), e.to_string()),
                 }
             }
@@ -862,8 +865,16 @@ externalRules:
         let resource = sample.resource.as_ref().unwrap();
         assert_eq!(resource.window, Duration::from_secs(60));
         assert_eq!(resource.cpu.labels().2.as_deref(), Some("instance"));
-        let brand = &sample.custom[3].mapping.labels["brand"];
-        assert_eq!(brand.qualified(), "brands.cheese.io");
+        let brand = sample.custom[3]
+            .mapping
+            .overrides
+            .iter()
+            .find(|o| o.label == "brand")
+            .unwrap();
+        assert_eq!(
+            (brand.group.as_str(), brand.resource.as_str()),
+            ("cheese.io", "brand")
+        );
         let helm = load(Path::new(&format!("{dir}/helm-chart-defaults.yaml"))).unwrap();
         assert_eq!(helm.custom.len(), 6);
         assert_eq!(
@@ -904,9 +915,9 @@ externalRules:
         assert!(builtin[0].template.source().contains("[1m]"));
         let labels: Vec<&str> = builtin[0]
             .mapping
-            .labels
-            .keys()
-            .map(String::as_str)
+            .overrides
+            .iter()
+            .map(|o| o.label.as_str())
             .collect();
         assert_eq!(labels, ["kubernetes_pod_name", "namespace"]);
         let disabled = parse("f.yaml", "builtinRules:\n  enabled: false\n  pods: {}\n").unwrap();

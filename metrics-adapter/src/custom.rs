@@ -18,16 +18,19 @@
 //!
 //! which is what prometheus-adapter documents for them.
 //!
-//! Without the cluster's RESTMapper, the Kubernetes resources are the built-in ones in
-//! [`KNOWN_RESOURCES`]; an override naming another group and resource (a CRD) is served under
-//! that name with the plural spelled by adding `s`, and its objects' `kind` is unknown (empty).
+//! Which Kubernetes resources there are (group, version, plural, singular, kind) comes from the
+//! cluster's discovery documents ([`crate::resources`], what client-go's RESTMapper gives
+//! prometheus-adapter), so a CRD or an irregular plural (`networkpolicies`, `ingresses`) is
+//! served under its real name and described by its real kind; while discovery is unavailable,
+//! gofe's built-in table [`KNOWN_RESOURCES`] stands in, and a resource not in it is not served
+//! (no plural is guessed).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::rules::{RuleOptions, Template};
+use crate::rules::{ResourceTemplate, RuleOptions, Template};
 use crate::selector::{Matcher, Selector, SelectorError};
 
 /// A Kubernetes resource objects of which metrics describe.
@@ -74,8 +77,8 @@ impl Resource {
     }
 }
 
-/// The Kubernetes resources gofe knows without asking the cluster: (group, version, plural,
-/// singular, kind, namespaced).
+/// The Kubernetes resources gofe knows without asking the cluster, used while the cluster's
+/// discovery is unavailable: (group, version, plural, singular, kind, namespaced).
 pub const KNOWN_RESOURCES: &[(&str, &str, &str, &str, &str, bool)] = &[
     ("", "v1", "pods", "pod", "Pod", true),
     ("", "v1", "nodes", "node", "Node", false),
@@ -141,92 +144,123 @@ pub const KNOWN_RESOURCES: &[(&str, &str, &str, &str, &str, bool)] = &[
         "Ingress",
         true,
     ),
+    (
+        "networking.k8s.io",
+        "v1",
+        "networkpolicies",
+        "networkpolicy",
+        "NetworkPolicy",
+        true,
+    ),
 ];
 
-fn known(group: &str, name: &str) -> Option<Resource> {
-    KNOWN_RESOURCES
+/// The resource `name` (plural, singular or kind) of `group` in gofe's built-in table
+/// ([`KNOWN_RESOURCES`]), if it is there.
+pub fn builtin_resource(group: &str, name: &str) -> Option<Resource> {
+    crate::resources::ResourceTable::builtin()
+        .find(group, name)
+        .cloned()
+}
+
+/// One of the core resources gofe always needs (`pods`, `nodes`, `namespaces`).
+pub(crate) fn core(plural: &str) -> Resource {
+    let &(g, v, plural, singular, kind, namespaced) = KNOWN_RESOURCES
         .iter()
-        .find(|(g, _, plural, singular, kind, _)| {
-            *g == group && (name == *plural || name == *singular || name.eq_ignore_ascii_case(kind))
-        })
-        .map(|&(g, v, plural, singular, kind, namespaced)| Resource {
-            group: g.to_owned(),
-            version: v.to_owned(),
-            plural: plural.to_owned(),
-            singular: singular.to_owned(),
-            kind: kind.to_owned(),
-            namespaced,
-        })
-}
-
-/// The resource `name` (plural, singular or kind) of `group`: a known one, or (for a resource
-/// gofe has no entry for, e.g. a CRD) one with an unknown kind, namespaced, plural `name + s`.
-pub fn resource(group: &str, name: &str) -> Resource {
-    known(group, name).unwrap_or_else(|| {
-        let lower = name.to_ascii_lowercase();
-        let (singular, plural) = match lower.strip_suffix('s') {
-            Some(s) => (s.to_owned(), lower.clone()),
-            None => (lower.clone(), format!("{lower}s")),
-        };
-        Resource {
-            group: group.to_owned(),
-            version: "v1".to_owned(),
-            plural,
-            singular,
-            kind: String::new(),
-            namespaced: true,
-        }
-    })
-}
-
-/// The resource a request URL names (`pods`, `deployments.apps`), if gofe can serve it.
-pub fn resource_from_url(qualified: &str) -> Resource {
-    match qualified.split_once('.') {
-        Some((plural, group)) => resource(group, plural),
-        None => resource("", qualified),
+        .find(|r| r.0.is_empty() && r.2 == plural)
+        .unwrap_or(&KNOWN_RESOURCES[0]);
+    Resource {
+        group: g.to_owned(),
+        version: v.to_owned(),
+        plural: plural.to_owned(),
+        singular: singular.to_owned(),
+        kind: kind.to_owned(),
+        namespaced,
     }
 }
 
-/// A parsed `resources.template`: (group, singular resource) → label name.
-pub type LabelTemplate<'a> = dyn Fn(&str, &str) -> String + 'a;
+/// One entry of `resources.overrides`: a Prometheus label naming objects of a resource.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Override {
+    /// The Prometheus label.
+    pub label: String,
+    /// The API group as written; empty is the core group first, then any group (as
+    /// client-go's RESTMapper resolves a resource without a group).
+    pub group: String,
+    /// The resource as written: plural, singular or kind (`pod`, `networkpolicies`, `Widget`).
+    pub resource: String,
+}
 
-/// prometheus-adapter's `resources` block, validated: which Prometheus label holds which
-/// resource's object names.
+/// prometheus-adapter's `resources` block as written: which Prometheus labels name which
+/// resources' objects. It is resolved against the cluster's resources
+/// ([`crate::resources::ResourceTable`]) each time those are read, so a CRD installed later
+/// is mapped then.
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceMapping {
-    /// Label → resource, from `overrides` and from `template` rendered for every known
-    /// resource (overrides win).
+    /// `overrides`, label by label.
+    pub overrides: Vec<Override>,
+    /// `template`, rendered for every resource of the table (overrides win).
+    pub template: Option<ResourceTemplate>,
+}
+
+/// A [`ResourceMapping`] resolved against one table of resources.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedMapping {
+    /// Label → resource.
     pub labels: BTreeMap<String, Resource>,
+    /// Overrides naming a resource the table does not have.
+    pub unresolved: Vec<Override>,
 }
 
 impl ResourceMapping {
-    /// The mapping of `overrides` (label → (group, resource)) and an optional parsed
-    /// `template`.
-    pub fn new(
-        overrides: &[(String, String, String)],
-        template: Option<&LabelTemplate<'_>>,
-    ) -> Self {
-        let mut labels = BTreeMap::new();
-        if let Some(render) = template {
-            for &(g, v, plural, singular, kind, namespaced) in KNOWN_RESOURCES {
-                let label = render(g, singular);
-                labels.entry(label).or_insert_with(|| Resource {
-                    group: g.to_owned(),
-                    version: v.to_owned(),
-                    plural: plural.to_owned(),
-                    singular: singular.to_owned(),
-                    kind: kind.to_owned(),
-                    namespaced,
-                });
-            }
+    /// The mapping of `overrides` (label, group, resource) and an optional parsed `template`.
+    pub fn new(overrides: &[(String, String, String)], template: Option<ResourceTemplate>) -> Self {
+        ResourceMapping {
+            overrides: overrides
+                .iter()
+                .map(|(label, group, resource)| Override {
+                    label: label.clone(),
+                    group: group.clone(),
+                    resource: resource.clone(),
+                })
+                .collect(),
+            template,
         }
-        for (label, group, name) in overrides {
-            labels.insert(label.clone(), resource(group, name));
-        }
-        ResourceMapping { labels }
     }
 
+    /// Whether it maps nothing at all (neither overrides nor a template).
+    pub fn is_empty(&self) -> bool {
+        self.overrides.is_empty() && self.template.is_none()
+    }
+
+    /// The labels of this mapping among `table`'s resources: the template rendered for each
+    /// resource in the table's priority order (the first resource to give a label keeps it),
+    /// then the overrides.
+    pub fn resolve(&self, table: &crate::resources::ResourceTable) -> ResolvedMapping {
+        let mut labels = BTreeMap::new();
+        if let Some(template) = &self.template {
+            for r in table.resources() {
+                labels
+                    .entry(template.render(&r.group, &r.singular))
+                    .or_insert_with(|| r.clone());
+            }
+        }
+        let mut unresolved = Vec::new();
+        for o in &self.overrides {
+            match table.find(&o.group, &o.resource) {
+                Some(r) => {
+                    labels.insert(o.label.clone(), r.clone());
+                }
+                None => unresolved.push(o.clone()),
+            }
+        }
+        ResolvedMapping { labels, unresolved }
+    }
+}
+
+impl ResolvedMapping {
     /// The label holding `resource`'s object names.
     pub fn label_for(&self, resource: &Resource) -> Option<&str> {
         self.labels
@@ -315,20 +349,24 @@ impl CustomRule {
     }
 
     /// The custom metrics one discovered series stands for: one per resource it has a label
-    /// for (the namespace itself included), as prometheus-adapter registers them.
-    pub fn instantiate(&self, labels: &BTreeMap<String, String>) -> Vec<CustomMetric> {
+    /// for (the namespace itself included), as prometheus-adapter registers them; `mapping` is
+    /// this rule's [`CustomRule::mapping`] resolved against the cluster's resources.
+    pub fn instantiate(
+        &self,
+        labels: &BTreeMap<String, String>,
+        mapping: &ResolvedMapping,
+    ) -> Vec<CustomMetric> {
         let Some(series) = labels.get("__name__") else {
             return Vec::new();
         };
         let Some(metric) = self.metric_name(series) else {
             return Vec::new();
         };
-        let namespace_label = self
-            .mapping
+        let namespace_label = mapping
             .namespace_label()
             .filter(|l| labels.contains_key(*l))
             .map(str::to_owned);
-        self.mapping
+        mapping
             .labels
             .iter()
             .filter(|(label, _)| labels.contains_key(*label))
@@ -401,8 +439,9 @@ pub struct ResourceRule {
     /// The per-node query template.
     #[serde(serialize_with = "ser_template")]
     pub node_query: Template,
-    /// Label ↔ resource mapping (pod, namespace, node labels).
-    pub mapping: ResourceMapping,
+    /// Label ↔ resource mapping (pod, namespace, node labels), resolved against gofe's
+    /// built-in table: these are core resources every cluster has.
+    pub mapping: ResolvedMapping,
     /// The label naming the container.
     pub container_label: String,
 }
@@ -471,7 +510,7 @@ impl ResourceRule {
         let mut matchers = Vec::new();
         match target {
             ResourceTarget::Containers => {
-                let pod = self.mapping.label_for(&resource("", "pods"))?;
+                let pod = self.mapping.label_for(&core("pods"))?;
                 if let (Some(label), Some(ns)) =
                     (self.mapping.namespace_label(), &objects.namespace)
                 {
@@ -482,7 +521,7 @@ impl ResourceRule {
                 Some(self.container_query.render("", &matchers, &group_by))
             }
             ResourceTarget::Nodes => {
-                let node = self.mapping.label_for(&resource("", "nodes"))?;
+                let node = self.mapping.label_for(&core("nodes"))?;
                 matchers.push(Matcher::one_of(node, &objects.names));
                 Some(
                     self.node_query
@@ -497,12 +536,8 @@ impl ResourceRule {
     pub fn labels(&self) -> (Option<String>, Option<String>, Option<String>) {
         (
             self.mapping.namespace_label().map(str::to_owned),
-            self.mapping
-                .label_for(&resource("", "pods"))
-                .map(str::to_owned),
-            self.mapping
-                .label_for(&resource("", "nodes"))
-                .map(str::to_owned),
+            self.mapping.label_for(&core("pods")).map(str::to_owned),
+            self.mapping.label_for(&core("nodes")).map(str::to_owned),
         )
     }
 }
@@ -548,11 +583,15 @@ mod tests {
 
     #[test]
     fn a_series_becomes_one_metric_per_resource_label() {
-        let found = rule().instantiate(&labels(&[
-            ("__name__", "http_requests_total"),
-            ("namespace", "a"),
-            ("pod", "p"),
-        ]));
+        let builtin = crate::resources::ResourceTable::builtin();
+        let found = rule().instantiate(
+            &labels(&[
+                ("__name__", "http_requests_total"),
+                ("namespace", "a"),
+                ("pod", "p"),
+            ]),
+            &rule().mapping.resolve(&builtin),
+        );
         let names: Vec<(String, bool)> = found
             .iter()
             .map(|m| {
@@ -599,24 +638,39 @@ mod tests {
         );
         // Filtered out by name.matches: nothing.
         assert!(rule()
-            .instantiate(&labels(&[("__name__", "up"), ("pod", "p")]))
+            .instantiate(
+                &labels(&[("__name__", "up"), ("pod", "p")]),
+                &rule().mapping.resolve(&builtin)
+            )
             .is_empty());
     }
 
     #[test]
     fn templates_map_labels_to_resources() {
+        let builtin = crate::resources::ResourceTable::builtin();
         let render = Template::parse_resource("<<.Resource>>").unwrap();
-        let m = ResourceMapping::new(&[], Some(&render));
+        let m = ResourceMapping::new(&[], Some(render)).resolve(&builtin);
         assert_eq!(m.labels["pod"].kind, "Pod");
         assert_eq!(m.labels["deployment"].api_version(), "apps/v1");
+        assert_eq!(m.labels["networkpolicy"].plural, "networkpolicies");
         assert!(!m.labels["node"].namespaced);
         assert_eq!(m.namespace_label(), Some("namespace"));
-        let crd = resource("cheese.io", "brand");
+        // A CRD the table lacks is unresolved, not guessed.
+        let m = ResourceMapping::new(
+            &[
+                ("brand".into(), "cheese.io".into(), "brand".into()),
+                ("ing".into(), "".into(), "Ingress".into()),
+            ],
+            None,
+        )
+        .resolve(&builtin);
+        assert_eq!(m.labels["ing"].qualified(), "ingresses.networking.k8s.io");
+        assert!(!m.labels.contains_key("brand"));
+        assert_eq!(m.unresolved.len(), 1);
         assert_eq!(
-            (crd.qualified(), crd.kind.as_str()),
-            ("brands.cheese.io".into(), "")
+            builtin_resource("apps", "deployments").map(|r| r.kind),
+            Some("Deployment".to_owned())
         );
-        assert_eq!(resource_from_url("deployments.apps").kind, "Deployment");
     }
 
     #[test]

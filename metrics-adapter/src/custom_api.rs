@@ -18,7 +18,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::api::{rfc3339, ApiError, AppState};
-use crate::custom::{go_duration, resource, resource_from_url, Objects, Resource, ResourceTarget};
+use crate::custom::{core, go_duration, Objects, Resource, ResourceTarget};
 use crate::objects::ListError;
 use crate::selector::Selector;
 
@@ -84,7 +84,9 @@ pub async fn custom_resource_list(
 
 /// What a custom metrics path asks for.
 struct CustomRequest {
-    resource: Resource,
+    /// The resource as the URL names it (`pods`, `widgets.example.com`); `None`: the
+    /// namespace itself (`namespaces/NS/metrics/METRIC`).
+    resource: Option<String>,
     namespace: Option<String>,
     /// `None` for `*`.
     name: Option<String>,
@@ -97,25 +99,39 @@ fn parse_custom_path(rest: &str) -> Result<CustomRequest, ApiError> {
     let name = |n: &str| (n != "*").then(|| n.to_owned());
     match parts.as_slice() {
         ["namespaces", ns, "metrics", metric] => Ok(CustomRequest {
-            resource: resource("", "namespaces"),
+            resource: None,
             namespace: None,
             name: Some((*ns).to_owned()),
             metric: (*metric).to_owned(),
         }),
         ["namespaces", ns, res, n, metric] => Ok(CustomRequest {
-            resource: resource_from_url(res),
+            resource: Some((*res).to_owned()),
             namespace: Some((*ns).to_owned()),
             name: name(n),
             metric: (*metric).to_owned(),
         }),
         [res, n, metric] => Ok(CustomRequest {
-            resource: resource_from_url(res),
+            resource: Some((*res).to_owned()),
             namespace: None,
             name: name(n),
             metric: (*metric).to_owned(),
         }),
         _ => Err(bad()),
     }
+}
+
+/// 404 for a resource the cluster does not serve, naming it (and saying when the cluster's
+/// discovery is unavailable, so only gofe's built-in table is known).
+fn unknown_resource(state: &AppState, named: &str) -> ApiError {
+    let table = state.provider.resources().current();
+    ApiError::NotFound(match table.source() {
+        crate::resources::TableSource::Cluster => format!(
+            "the server could not find the requested resource: {named:?} is not a resource of this cluster"
+        ),
+        crate::resources::TableSource::Builtin => format!(
+            "the server could not find the requested resource: {named:?} is not in gofe's built-in resource table, and the cluster's discovery is unavailable"
+        ),
+    })
 }
 
 /// `MetricValueList` for a custom metric of one object or of the objects a label selector
@@ -129,7 +145,15 @@ pub async fn custom_values(
     let request = parse_custom_path(&rest)?;
     let selector = selector_param(&query, "labelSelector")?;
     let metric_selector = selector_param(&query, "metricLabelSelector")?;
-    let qualified = request.resource.qualified();
+    let resource = match &request.resource {
+        None => core("namespaces"),
+        Some(named) => state
+            .provider
+            .resolve_resource(named)
+            .await
+            .ok_or_else(|| unknown_resource(&state, named))?,
+    };
+    let qualified = resource.qualified();
     let metrics = state.provider.custom_metrics();
     let not_found = || {
         ApiError::NotFound(format!(
@@ -415,13 +439,7 @@ pub async fn pod_metrics_list(
     resource_metadata(&state)?;
     let selector = selector_param(&query, "labelSelector")?;
     let namespace = namespace.map(|Path(ns)| ns);
-    let Some(names) = list_names(
-        &state,
-        &resource("", "pods"),
-        namespace.as_deref(),
-        &selector,
-    )
-    .await?
+    let Some(names) = list_names(&state, &core("pods"), namespace.as_deref(), &selector).await?
     else {
         return Ok(list("PodMetricsList", Vec::new()));
     };
@@ -451,7 +469,7 @@ pub async fn node_metrics_list(
 ) -> Result<Json<Value>, ApiError> {
     resource_metadata(&state)?;
     let selector = selector_param(&query, "labelSelector")?;
-    let Some(names) = list_names(&state, &resource("", "nodes"), None, &selector).await? else {
+    let Some(names) = list_names(&state, &core("nodes"), None, &selector).await? else {
         return Ok(list("NodeMetricsList", Vec::new()));
     };
     Ok(list("NodeMetricsList", node_metrics(&state, names).await?))

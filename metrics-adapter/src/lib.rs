@@ -17,7 +17,9 @@
 //!   [`promql`] parses every template, rendered with placeholders, at load.
 //! - [`custom`] ties custom rules' series to Kubernetes resources and renders their queries
 //!   for objects; [`custom_api`] serves them and the resource metrics; [`objects`] lists the
-//!   objects a label selector selects through the Kubernetes API.
+//!   objects a label selector selects through the Kubernetes API; [`resources`] maps rules'
+//!   and URLs' resource names through the cluster's discovery (client-go's RESTMapper, for
+//!   prometheus-adapter), with a built-in table while it is unavailable.
 //! - [`rules`] holds the built-in rules over the proxy's metrics and turns a rule, namespace and
 //!   [`selector`] into PromQL; [`selector`] parses `labelSelector` and escapes it into label
 //!   matchers.
@@ -49,6 +51,7 @@ pub mod promql;
 pub mod provider;
 pub mod quantity;
 pub mod requestheader;
+pub mod resources;
 pub mod rules;
 pub mod scrape;
 pub mod selector;

@@ -13,9 +13,15 @@
 //! - `gofe_adapter_requestheader_generation`: which request-header settings are in force (0:
 //!   none loaded yet; one more at each CA or allowed-names change).
 //! - `gofe_adapter_external_rules_ready`: 1 once external rules were discovered.
+//! - `gofe_adapter_resource_table{source}`: 1 for the resource table in force: `cluster`
+//!   (read from the API server's discovery) or `builtin` (gofe's table, while discovery is
+//!   unavailable; see [`crate::resources`]).
+//! - `gofe_adapter_resource_discovery_total{result}`: reads of the cluster's discovery, `ok`
+//!   or `error`.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The adapter's metrics.
@@ -35,6 +41,10 @@ pub struct Metrics {
     pub requestheader_generation: IntGauge,
     /// `gofe_adapter_external_rules_ready`.
     pub rules_ready: IntGauge,
+    /// `gofe_adapter_resource_table{source}`.
+    pub resource_table: IntGaugeVec,
+    /// `gofe_adapter_resource_discovery_total{result}`.
+    pub resource_discovery: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -112,6 +122,22 @@ impl Metrics {
             "1 once external rules' metric names were discovered.",
         )
         .expect("valid metric");
+        let resource_table = IntGaugeVec::new(
+            Opts::new(
+                "gofe_adapter_resource_table",
+                "1 for the Kubernetes resource table in force: cluster (discovery) or builtin (discovery unavailable).",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        let resource_discovery = IntCounterVec::new(
+            Opts::new(
+                "gofe_adapter_resource_discovery_total",
+                "Reads of the cluster's API discovery, by result (ok, error).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -120,6 +146,8 @@ impl Metrics {
             Box::new(prometheus_errors.clone()),
             Box::new(requestheader_generation.clone()),
             Box::new(rules_ready.clone()),
+            Box::new(resource_table.clone()),
+            Box::new(resource_discovery.clone()),
         ] {
             registry.register(c).expect("unique metric");
         }
@@ -132,6 +160,20 @@ impl Metrics {
             duration,
             requestheader_generation,
             rules_ready,
+            resource_table,
+            resource_discovery,
+        }
+    }
+
+    /// Marks `source` as the resource table in force.
+    pub fn set_resource_source(&self, source: crate::resources::TableSource) {
+        for s in [
+            crate::resources::TableSource::Cluster,
+            crate::resources::TableSource::Builtin,
+        ] {
+            self.resource_table
+                .with_label_values(&[s.as_str()])
+                .set(i64::from(s == source));
         }
     }
 

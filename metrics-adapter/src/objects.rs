@@ -2,7 +2,9 @@
 //! `pods/*/METRIC?labelSelector=app=web`, and only the API server knows which pods those are.
 //! [`ObjectLister`] lists them (through the adapter's service account: `list` on the
 //! resource), filters them by the selector again on its side, and keeps each answer for the
-//! cache freshness so a hundred HPAs polling the same selector cost one list per interval.
+//! cache freshness so a hundred HPAs polling the same selector cost one list per interval;
+//! concurrent requests for a selector whose answer is being listed wait for that list (single
+//! flight), so a burst costs one list too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,13 +34,20 @@ pub enum ListError {
 }
 
 type Key = (String, String, String);
-type Listed = (Instant, Arc<Vec<String>>);
+type Listed = Result<Arc<Vec<String>>, ListError>;
+
+/// One selector's list: when it started, and its answer once there (shared by every request
+/// that finds it in flight or fresh).
+struct Entry {
+    started: Instant,
+    answer: Arc<tokio::sync::OnceCell<Listed>>,
+}
 
 /// Lists objects' names by label selector, with a short cache.
 pub struct ObjectLister {
     client: Option<kube::Client>,
     freshness: Duration,
-    cache: Mutex<HashMap<Key, Listed>>,
+    cache: Mutex<HashMap<Key, Entry>>,
 }
 
 impl ObjectLister {
@@ -58,7 +67,8 @@ impl ObjectLister {
     }
 
     /// The names of `resource`'s objects in `namespace` (all namespaces when `None`) whose
-    /// labels `selector` selects, sorted.
+    /// labels `selector` selects, sorted. An answer (or failure) is reused for the freshness
+    /// from when its list started, and shared while it is in flight.
     pub async fn names(
         &self,
         resource: &Resource,
@@ -70,13 +80,40 @@ impl ObjectLister {
             namespace.unwrap_or_default().to_owned(),
             selector.to_string(),
         );
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((at, names)) = cache.get(&key) {
-                if at.elapsed() < self.freshness {
-                    return Ok(names.clone());
+        let answer = match self.cache.lock() {
+            Ok(mut cache) => match cache.get(&key) {
+                Some(e) if e.started.elapsed() < self.freshness || !e.answer.initialized() => {
+                    e.answer.clone()
                 }
-            }
-        }
+                _ => {
+                    if cache.len() > 10_000 {
+                        cache.retain(|_, e| !e.answer.initialized());
+                    }
+                    let answer = Arc::new(tokio::sync::OnceCell::new());
+                    cache.insert(
+                        key,
+                        Entry {
+                            started: Instant::now(),
+                            answer: answer.clone(),
+                        },
+                    );
+                    answer
+                }
+            },
+            Err(_) => Arc::new(tokio::sync::OnceCell::new()),
+        };
+        answer
+            .get_or_init(|| self.list(resource, namespace, selector))
+            .await
+            .clone()
+    }
+
+    async fn list(
+        &self,
+        resource: &Resource,
+        namespace: Option<&str>,
+        selector: &Selector,
+    ) -> Listed {
         let Some(client) = &self.client else {
             return Err(ListError::NoClient(resource.qualified()));
         };
@@ -110,13 +147,103 @@ impl ObjectLister {
             .collect();
         names.sort();
         names.dedup();
-        let names = Arc::new(names);
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() > 10_000 {
-                cache.clear();
-            }
-            cache.insert(key, (Instant::now(), names.clone()));
+        Ok(Arc::new(names))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Context, Poll};
+
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+
+    /// An API server stand-in whose Pod lists wait for `gate` and are counted.
+    #[derive(Clone)]
+    struct Gated {
+        lists: Arc<AtomicUsize>,
+        gate: Arc<tokio::sync::Semaphore>,
+    }
+
+    type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, Infallible>;
+
+    impl tower_service::Service<http::Request<kube::client::Body>> for Gated {
+        type Response = http::Response<Body>;
+        type Error = Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
         }
-        Ok(names)
+
+        fn call(&mut self, _: http::Request<kube::client::Body>) -> Self::Future {
+            let this = self.clone();
+            Box::pin(async move {
+                this.lists.fetch_add(1, Ordering::SeqCst);
+                let _open = this.gate.acquire().await;
+                let list = serde_json::json!({"apiVersion": "v1", "kind": "PodList",
+                    "metadata": {"resourceVersion": "1"}, "items": [
+                        {"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}}},
+                        {"apiVersion": "v1", "kind": "Pod",
+                         "metadata": {"name": "api-1", "namespace": "shop", "labels": {"app": "api"}}}]});
+                Ok(http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(bytes::Bytes::from(list.to_string())).boxed_unsync())
+                    .expect("response"))
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn concurrent_requests_for_one_selector_share_one_list() {
+        let gated = Gated {
+            lists: Arc::new(AtomicUsize::new(0)),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        };
+        let lister = Arc::new(ObjectLister::new(
+            Some(kube::Client::new(gated.clone(), "default")),
+            Duration::from_secs(3600),
+        ));
+        let selector = Selector::parse("app=web").unwrap();
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let (lister, selector) = (lister.clone(), selector.clone());
+                tokio::spawn(async move {
+                    lister
+                        .names(&crate::custom::core("pods"), Some("shop"), &selector)
+                        .await
+                })
+            })
+            .collect();
+        // Every task runs up to its wait on the list in flight (or, without single flight,
+        // on a list of its own) before the stand-in answers.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        gated.gate.add_permits(1000);
+        for t in tasks {
+            assert_eq!(*t.await.unwrap().unwrap(), vec!["web-1".to_owned()]);
+        }
+        assert_eq!(gated.lists.load(Ordering::SeqCst), 1);
+        // Fresh: no second list; another selector: its own.
+        lister
+            .names(&crate::custom::core("pods"), Some("shop"), &selector)
+            .await
+            .unwrap();
+        lister
+            .names(
+                &crate::custom::core("pods"),
+                Some("shop"),
+                &Selector::parse("app=api").unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(gated.lists.load(Ordering::SeqCst), 2);
     }
 }

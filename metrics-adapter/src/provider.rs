@@ -189,6 +189,13 @@ pub struct Provider {
     book: RuleBook,
     rules: RwLock<Arc<BTreeMap<String, Arc<Rule>>>>,
     custom: RwLock<Arc<CustomMetrics>>,
+    /// Custom rules' series as last listed, by series query: re-read when the cluster's
+    /// resources change, without asking Prometheus again.
+    custom_series: Mutex<Arc<HashMap<String, Arc<Vec<gofe_prom::Labels>>>>>,
+    /// The cluster's resources the custom rules' labels map to.
+    resources: Arc<crate::resources::ResourceMapper>,
+    /// Overrides already reported as naming a resource the cluster lacks.
+    unresolved_logged: Mutex<std::collections::BTreeSet<(usize, String, &'static str)>>,
     discovered: AtomicBool,
     cache: Mutex<HashMap<Key, Slot>>,
     cache_config: CacheConfig,
@@ -251,6 +258,12 @@ impl Provider {
             book,
             rules: RwLock::new(Arc::new(builtins)),
             custom: RwLock::new(Arc::new(BTreeMap::new())),
+            custom_series: Mutex::new(Arc::new(HashMap::new())),
+            resources: Arc::new(crate::resources::ResourceMapper::new(
+                None,
+                Default::default(),
+            )),
+            unresolved_logged: Mutex::new(Default::default()),
             cache: Mutex::new(HashMap::new()),
             cache_config,
             queries: AtomicU64::new(0),
@@ -262,6 +275,41 @@ impl Provider {
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Maps custom rules' labels and request URLs through `mapper` (default: the built-in
+    /// table, no client).
+    pub fn with_resources(mut self, mapper: Arc<crate::resources::ResourceMapper>) -> Self {
+        self.resources = mapper;
+        self
+    }
+
+    /// The cluster's resources in force.
+    pub fn resources(&self) -> &Arc<crate::resources::ResourceMapper> {
+        &self.resources
+    }
+
+    /// Reads the cluster's resources again ([`crate::resources::ResourceMapper::refresh`]);
+    /// when they changed, the custom metrics are rebuilt from the series listed last.
+    pub async fn refresh_resources(&self) -> bool {
+        let changed = self.resources.refresh().await;
+        if changed {
+            self.rebuild_custom();
+        }
+        changed
+    }
+
+    /// The resource a request URL names (`pods`, `widgets.example.com`), through the
+    /// cluster's resources. One the table lacks reads discovery again first (at most once per
+    /// [`crate::resources::DiscoveryConfig::miss_gap`]), so a CRD installed since is found.
+    pub async fn resolve_resource(&self, qualified: &str) -> Option<crate::custom::Resource> {
+        if let Some(r) = self.resources.current().from_url(qualified) {
+            return Some(r.clone());
+        }
+        if self.resources.refresh_on_miss().await {
+            self.rebuild_custom();
+        }
+        self.resources.current().from_url(qualified).cloned()
     }
 
     /// The current rules, by metric name.
@@ -336,32 +384,21 @@ impl Provider {
                 listed.insert(query, Arc::new(prom.series(query, start).await?));
             }
         }
-        let mut custom: CustomMetrics = BTreeMap::new();
-        for rule in &self.book.custom {
-            for labels in listed[rule.series_query.as_str()].iter() {
-                for m in rule.instantiate(labels) {
-                    let key = (m.resource.qualified(), m.metric.clone());
-                    match custom.get(&key) {
-                        Some(existing) if existing.rule != m.rule => {
-                            tracing::warn!(metric = %m.metric, resource = %key.0, rule = m.rule, kept_rule = existing.rule, "custom metric defined by two rules; keeping the first");
-                        }
-                        Some(existing) if existing.series != m.series => {
-                            tracing::warn!(metric = %m.metric, resource = %key.0, series = %m.series, kept_series = %existing.series, "two series give one custom metric name; keeping the first");
-                        }
-                        // The same metric from another series of the same name: a namespaced
-                        // one wins (a series with the namespace label).
-                        Some(existing) if existing.namespaced || !m.namespaced => {}
-                        _ => {
-                            custom.insert(key, Arc::new(m));
-                        }
-                    }
-                }
-            }
+        let series: HashMap<String, Arc<Vec<gofe_prom::Labels>>> = self
+            .book
+            .custom
+            .iter()
+            .map(|r| {
+                (
+                    r.series_query.clone(),
+                    listed[r.series_query.as_str()].clone(),
+                )
+            })
+            .collect();
+        if let Ok(mut s) = self.custom_series.lock() {
+            *s = Arc::new(series);
         }
-        match self.custom.write() {
-            Ok(mut c) => *c = Arc::new(custom),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(custom),
-        }
+        self.rebuild_custom();
         for ext in &self.book.external {
             let series = listed[ext.series_query.as_str()].clone();
             let mut names: Vec<&str> = series
@@ -393,6 +430,61 @@ impl Provider {
         }
         self.discovered.store(true, Ordering::Relaxed);
         Ok(count)
+    }
+
+    /// Rebuilds the custom metrics from the series listed last and the cluster's resources in
+    /// force. An override naming a resource the cluster lacks is logged once (per rule, label
+    /// and table source), and its label ties no metric.
+    fn rebuild_custom(&self) {
+        let table = self.resources.current();
+        let series = self
+            .custom_series
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let mut custom: CustomMetrics = BTreeMap::new();
+        for rule in &self.book.custom {
+            let mapping = rule.mapping.resolve(&table);
+            for o in &mapping.unresolved {
+                let fresh = self.unresolved_logged.lock().is_ok_and(|mut l| {
+                    l.insert((rule.index, o.label.clone(), table.source().as_str()))
+                });
+                if fresh {
+                    let group = if o.group.is_empty() {
+                        "(core or any)"
+                    } else {
+                        o.group.as_str()
+                    };
+                    tracing::warn!(rule = rule.index, label = %o.label, group, resource = %o.resource, resources = table.source().as_str(), "a resources override names a resource the cluster does not serve; its label ties no custom metric");
+                }
+            }
+            let Some(listed) = series.get(&rule.series_query) else {
+                continue;
+            };
+            for labels in listed.iter() {
+                for m in rule.instantiate(labels, &mapping) {
+                    let key = (m.resource.qualified(), m.metric.clone());
+                    match custom.get(&key) {
+                        Some(existing) if existing.rule != m.rule => {
+                            tracing::warn!(metric = %m.metric, resource = %key.0, rule = m.rule, kept_rule = existing.rule, "custom metric defined by two rules; keeping the first");
+                        }
+                        Some(existing) if existing.series != m.series => {
+                            tracing::warn!(metric = %m.metric, resource = %key.0, series = %m.series, kept_series = %existing.series, "two series give one custom metric name; keeping the first");
+                        }
+                        // The same metric from another series of the same name: a namespaced
+                        // one wins (a series with the namespace label).
+                        Some(existing) if existing.namespaced || !m.namespaced => {}
+                        _ => {
+                            custom.insert(key, Arc::new(m));
+                        }
+                    }
+                }
+            }
+        }
+        match self.custom.write() {
+            Ok(mut c) => *c = Arc::new(custom),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(custom),
+        }
     }
 
     /// The rule and rendered PromQL for a metric, namespace and selector.

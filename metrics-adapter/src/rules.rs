@@ -117,6 +117,42 @@ enum Piece {
     GroupBySlice,
 }
 
+/// A parsed `resources.template` (e.g. `kube_<<.Resource>>`): from a (group, singular
+/// resource) to a label name. As in prometheus-adapter, the group's dots become underscores so
+/// the result is a label name (`apps`, `cheese_io`; empty for core).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceTemplate {
+    source: String,
+    /// Ok(text) or Err(action).
+    parts: Vec<Result<String, String>>,
+}
+
+impl ResourceTemplate {
+    /// The label naming objects of `resource` (singular) in `group`.
+    pub fn render(&self, group: &str, resource: &str) -> String {
+        let group = group.replace('.', "_");
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Ok(t) => t.as_str(),
+                Err(a) if a == ".Resource" => resource,
+                Err(_) => group.as_str(),
+            })
+            .collect()
+    }
+
+    /// The template as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+impl Serialize for ResourceTemplate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
 /// A parsed `metricsQuery`: Go-template text with `<<`/`>>` delimiters, restricted to the
 /// fields an external metric query has.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,10 +202,8 @@ impl Template {
         })
     }
 
-    /// Parses a `resources.template` (e.g. `kube_<<.Resource>>`) into a function from a
-    /// (group, singular resource) to a label name. As in prometheus-adapter, the group's dots
-    /// become underscores so the result is a label name (`apps`, `cheese_io`; empty for core).
-    pub fn parse_resource(text: &str) -> Result<impl Fn(&str, &str) -> String, TemplateError> {
+    /// Parses a `resources.template` (e.g. `kube_<<.Resource>>`): see [`ResourceTemplate`].
+    pub fn parse_resource(text: &str) -> Result<ResourceTemplate, TemplateError> {
         let parts = split_actions(text)?;
         for p in &parts {
             if let Err(a) = p {
@@ -178,16 +212,9 @@ impl Template {
                 }
             }
         }
-        Ok(move |group: &str, resource: &str| {
-            let group = group.replace('.', "_");
-            parts
-                .iter()
-                .map(|p| match p {
-                    Ok(t) => t.as_str(),
-                    Err(a) if a == ".Resource" => resource,
-                    Err(_) => group.as_str(),
-                })
-                .collect()
+        Ok(ResourceTemplate {
+            source: text.to_owned(),
+            parts,
         })
     }
 
@@ -695,9 +722,9 @@ mod tests {
             Err(TemplateError::Unclosed(1))
         );
         let label = Template::parse_resource("kube_<<.Resource>>").unwrap();
-        assert_eq!(label("", "namespace"), "kube_namespace");
+        assert_eq!(label.render("", "namespace"), "kube_namespace");
         let label = Template::parse_resource("kube_<<.Group>>_<<.Resource>>").unwrap();
-        assert_eq!(label("cheese.io", "brand"), "kube_cheese_io_brand");
+        assert_eq!(label.render("cheese.io", "brand"), "kube_cheese_io_brand");
         let t = Template::parse("sum(x) by (<<.GroupBy>>) <<.GroupBySlice>>").unwrap();
         assert_eq!(
             t.render("x", &[], &["pod".into(), "container".into()]),

@@ -90,6 +90,9 @@ pub struct AdapterOptions {
     pub relist_interval: Duration,
     /// How far back discovery looks for series. Default 1 h.
     pub discovery_lookback: Duration,
+    /// When the cluster's resources (API discovery) are read again: every 10 min, and on a
+    /// request naming an unknown resource at most every 30 s, by default.
+    pub resource_discovery: crate::resources::DiscoveryConfig,
     /// TLS and client authentication; `None` is the plain local mode.
     pub tls: Option<TlsFiles>,
 }
@@ -134,6 +137,10 @@ pub struct AdapterArgs {
     /// How far back relisting looks for series.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     pub discovery_lookback: Duration,
+    /// How often the cluster's resources (API discovery: CRDs, plurals, kinds) are read again
+    /// (also on a request naming a resource not known yet, at most every 30s).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub resource_discovery_interval: Duration,
     /// Plain HTTP with no authentication, for development without Kubernetes.
     #[arg(long)]
     pub insecure_local: bool,
@@ -233,6 +240,10 @@ impl AdapterArgs {
             },
             relist_interval: self.relist_interval.max(Duration::from_secs(1)),
             discovery_lookback: self.discovery_lookback,
+            resource_discovery: crate::resources::DiscoveryConfig {
+                interval: self.resource_discovery_interval.max(Duration::from_secs(1)),
+                ..Default::default()
+            },
             tls,
         })
     }
@@ -526,7 +537,17 @@ impl Adapter {
                 ca_file: options.prometheus_ca_file.clone(),
                 ..gofe_prom::ClientConfig::new(&options.prometheus_url)
             })?;
-            Arc::new(Provider::new(prom, book, options.cache).with_metrics(metrics.clone()))
+            // The cluster's resources, through the client that lists objects.
+            let mapper = crate::resources::ResourceMapper::new(
+                objects_client.clone(),
+                options.resource_discovery,
+            )
+            .with_metrics(metrics.clone());
+            Arc::new(
+                Provider::new(prom, book, options.cache)
+                    .with_metrics(metrics.clone())
+                    .with_resources(Arc::new(mapper)),
+            )
         } else {
             let source = Arc::new(crate::scrape::ScrapeSource::new(
                 options.scrape.clone(),
@@ -615,7 +636,12 @@ impl Adapter {
         let relist = {
             let provider = provider.clone();
             let (interval, lookback) = (options.relist_interval, options.discovery_lookback);
+            let serves_custom = provider.serves_custom();
             tokio::spawn(async move {
+                // The cluster's resources first, so the first custom metrics have their names.
+                if serves_custom {
+                    provider.refresh_resources().await;
+                }
                 loop {
                     match provider.discover(lookback).await {
                         Ok(n) => tracing::debug!(metrics = n, "rules discovered"),
@@ -632,6 +658,16 @@ impl Adapter {
                 }
             })
         };
+        if provider.serves_custom() {
+            let provider = provider.clone();
+            let every = options.resource_discovery.interval;
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    provider.refresh_resources().await;
+                }
+            }));
+        }
         let serve = tokio::spawn(accept_loop(listener, tls, app));
         tracing::info!(%addr, tls = options.tls.is_some(), prometheus = %options.prometheus_url, scrape = %options.scrape.join(","), "metrics adapter serving");
         tasks.extend([relist, serve]);

@@ -218,6 +218,7 @@ async fn a_rotated_front_proxy_ca_is_honoured_without_a_restart() {
             cache: CacheConfig::default(),
             relist_interval: Duration::from_secs(60),
             discovery_lookback: Duration::from_secs(3600),
+            resource_discovery: Default::default(),
             scrape: Vec::new(),
             scrape_interval: Duration::from_secs(5),
             tls: Some(TlsFiles {
@@ -334,6 +335,7 @@ async fn a_ca_file_overrides_the_cluster_and_is_reread() {
             cache: CacheConfig::default(),
             relist_interval: Duration::from_secs(60),
             discovery_lookback: Duration::from_secs(3600),
+            resource_discovery: Default::default(),
             scrape: Vec::new(),
             scrape_interval: Duration::from_secs(5),
             tls: Some(TlsFiles {

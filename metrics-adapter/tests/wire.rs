@@ -351,6 +351,7 @@ async fn start_adapter_with(
         },
         relist_interval: Duration::from_secs(60),
         discovery_lookback: Duration::from_secs(3600),
+        resource_discovery: Default::default(),
         tls,
         scrape: Vec::new(),
         scrape_interval: Duration::from_secs(5),
@@ -910,6 +911,7 @@ async fn an_https_prometheus_is_read_with_the_given_ca_only() {
         cache: CacheConfig::default(),
         relist_interval: Duration::from_secs(60),
         discovery_lookback: Duration::from_secs(3600),
+        resource_discovery: Default::default(),
         tls: None,
         scrape: Vec::new(),
         scrape_interval: Duration::from_secs(5),
@@ -1115,6 +1117,17 @@ async fn start_custom_adapter(
     freshness: Duration,
     cluster: Option<&fake_api::FakeApi>,
 ) -> Adapter {
+    start_custom_adapter_with(prom, dir, rules, freshness, cluster, Default::default()).await
+}
+
+async fn start_custom_adapter_with(
+    prom: &Prometheus,
+    dir: &TempDir,
+    rules: &str,
+    freshness: Duration,
+    cluster: Option<&fake_api::FakeApi>,
+    resource_discovery: gofe_metrics_adapter::resources::DiscoveryConfig,
+) -> Adapter {
     let path = dir.0.join("rules.yaml");
     std::fs::write(&path, rules).unwrap();
     let adapter = Adapter::start_with_clients(
@@ -1130,6 +1143,7 @@ async fn start_custom_adapter(
             },
             relist_interval: Duration::from_secs(60),
             discovery_lookback: Duration::from_secs(3600),
+            resource_discovery,
             tls: None,
             scrape: Vec::new(),
             scrape_interval: Duration::from_secs(5),
@@ -1945,5 +1959,509 @@ async fn kubectl_top_nodes_reads_the_adapter() {
         vec![vec!["n1", "500m", "25%", "1907Mi", "23%"]],
         "{text}"
     );
+    adapter.stop();
+}
+
+// === resources through the cluster's discovery ===
+
+/// Series of objects of a CRD (`widgets.example.com`), of irregular plurals
+/// (`networkpolicies`, `ingresses`), of a CRD installed after the adapter starts
+/// (`gadgets.example.com`) and of one never installed (`sprockets.example.com`).
+fn crd_fixture(t0: i64) -> String {
+    openmetrics(
+        &[
+            (
+                r#"widget_queue_depth{namespace="shop",widget="w1"}"#,
+                3.0,
+                false,
+            ),
+            (
+                r#"widget_queue_depth{namespace="shop",widget="w2"}"#,
+                5.0,
+                false,
+            ),
+            (
+                r#"policy_drops_total{namespace="shop",networkpolicy="deny-all"}"#,
+                2.0,
+                true,
+            ),
+            (
+                r#"ingress_requests_total{namespace="shop",ingress="front"}"#,
+                6.0,
+                true,
+            ),
+            (r#"gadget_load{namespace="shop",gadget="g1"}"#, 1.5, false),
+            (
+                r#"sprocket_load{namespace="shop",sprocket="s1"}"#,
+                4.0,
+                false,
+            ),
+        ],
+        t0,
+    )
+}
+
+const CRD_RULES: &str = r#"
+rules:
+- seriesQuery: 'widget_queue_depth{widget!=""}'
+  resources:
+    overrides:
+      namespace: {resource: namespace}
+      widget: {group: example.com, resource: widget}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+- seriesQuery: 'policy_drops_total{networkpolicy!=""}'
+  resources:
+    overrides:
+      namespace: {resource: namespace}
+      networkpolicy: {group: networking.k8s.io, resource: NetworkPolicy}
+  name: {matches: "^(.*)_total$", as: "${1}_per_second"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)
+- seriesQuery: 'ingress_requests_total{ingress!=""}'
+  resources: {template: "<<.Resource>>"}
+  name: {matches: "^(.*)_total$", as: "${1}_per_second"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (<<.GroupBy>>)
+- seriesQuery: 'gadget_load{gadget!=""}'
+  resources:
+    overrides:
+      namespace: {resource: namespace}
+      gadget: {group: example.com, resource: gadgets}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+- seriesQuery: 'sprocket_load{sprocket!=""}'
+  resources:
+    overrides:
+      namespace: {resource: namespace}
+      sprocket: {group: example.com, resource: sprocket}
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>}) by (<<.GroupBy>>)
+"#;
+
+/// An `APIResource` of a discovery document, as the API server writes it.
+fn api_resource(name: &str, singular: &str, kind: &str, namespaced: bool) -> Value {
+    serde_json::json!({
+        "name": name, "singularName": singular, "namespaced": namespaced, "kind": kind,
+        "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        "storageVersionHash": "aGFzaA==",
+    })
+}
+
+fn resource_list(group_version: &str, resources: Vec<Value>) -> Value {
+    serde_json::json!({
+        "kind": "APIResourceList", "apiVersion": "v1",
+        "groupVersion": group_version, "resources": resources,
+    })
+}
+
+/// The discovery documents of a cluster with a `Widget` CRD (`example.com/v1`, and an older
+/// `v1alpha1` that is not preferred), `networking.k8s.io` and the metrics APIs, in the JSON an
+/// API server serves; with `gadgets`, the `Gadget` CRD installed too.
+fn serve_discovery(fake: &fake_api::FakeApi, gadgets: bool) {
+    fake.serve(
+        "/api",
+        serde_json::json!({"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "10.0.0.1:6443"}]}),
+    );
+    fake.serve(
+        "/api/v1",
+        resource_list(
+            "v1",
+            vec![
+                api_resource("namespaces", "namespace", "Namespace", false),
+                api_resource("namespaces/status", "", "Namespace", false),
+                api_resource("pods", "pod", "Pod", true),
+                api_resource("pods/log", "", "Pod", true),
+                api_resource("nodes", "node", "Node", false),
+            ],
+        ),
+    );
+    let version = |gv: &str, v: &str| serde_json::json!({"groupVersion": gv, "version": v});
+    fake.serve(
+        "/apis",
+        serde_json::json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            {"name": "networking.k8s.io", "versions": [version("networking.k8s.io/v1", "v1")],
+             "preferredVersion": version("networking.k8s.io/v1", "v1")},
+            {"name": "example.com",
+             "versions": [version("example.com/v1", "v1"), version("example.com/v1alpha1", "v1alpha1")],
+             "preferredVersion": version("example.com/v1", "v1")},
+            {"name": "custom.metrics.k8s.io",
+             "versions": [version("custom.metrics.k8s.io/v1beta2", "v1beta2")],
+             "preferredVersion": version("custom.metrics.k8s.io/v1beta2", "v1beta2")},
+        ]}),
+    );
+    fake.serve(
+        "/apis/networking.k8s.io/v1",
+        resource_list(
+            "networking.k8s.io/v1",
+            vec![
+                api_resource("ingresses", "ingress", "Ingress", true),
+                api_resource("ingresses/status", "", "Ingress", true),
+                api_resource("networkpolicies", "networkpolicy", "NetworkPolicy", true),
+            ],
+        ),
+    );
+    let mut v1 = vec![api_resource("widgets", "widget", "Widget", true)];
+    if gadgets {
+        v1.push(api_resource("gadgets", "gadget", "Gadget", true));
+    }
+    fake.serve("/apis/example.com/v1", resource_list("example.com/v1", v1));
+    fake.serve(
+        "/apis/example.com/v1alpha1",
+        resource_list(
+            "example.com/v1alpha1",
+            vec![api_resource("widgets", "widget", "Widget", true)],
+        ),
+    );
+}
+
+async fn get_text(addr: SocketAddr, path: &str) -> String {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let uri: hyper::Uri = format!("http://{addr}{path}").parse().unwrap();
+    let resp = client.get(uri).await.expect("request to the adapter");
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The one item of a MetricValueList: its describedObject and value.
+fn only_item(body: &Value) -> (Value, String) {
+    assert_eq!(body["kind"], "MetricValueList", "{body}");
+    let items = body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{body}");
+    (
+        items[0]["describedObject"].clone(),
+        items[0]["value"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn object(kind: &str, api_version: &str, ns: &str, name: &str) -> Value {
+    serde_json::json!({"kind": kind, "apiVersion": api_version, "namespace": ns, "name": name})
+}
+
+/// Resources are mapped through the cluster's discovery, as prometheus-adapter's RESTMapper
+/// maps them: a CRD and irregular plurals get their real plural, kind and `apiVersion` in
+/// `describedObject`, label-selected objects are listed at the CRD's real path, and the
+/// PromQL carries the right label matchers. A CRD installed after start is found on the first
+/// request naming it (discovery is read again), an unknown resource is a 404 naming it, and
+/// such re-reads are rate-limited. The API server is a stand-in (the repository's in-memory
+/// fake behind kube-rs's client, serving real discovery JSON): no API server can run here.
+/// Prometheus is real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_are_mapped_through_the_clusters_discovery() {
+    let prom = start_prometheus_loaded(None, crd_fixture(now_aligned()));
+    let dir = TempDir::new("discovery");
+    let cluster = fake_api::FakeApi::default();
+    serve_discovery(&cluster, false);
+    for (name, tier) in [("w1", "gold"), ("w2", "silver"), ("w3", "gold")] {
+        cluster.put(
+            "/apis/example.com/v1/widgets",
+            serde_json::json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": name, "namespace": "shop", "labels": {"tier": tier}}}),
+        );
+    }
+    let hour = Duration::from_secs(3600);
+    let adapter = start_custom_adapter_with(
+        &prom,
+        &dir,
+        CRD_RULES,
+        Duration::from_secs(30),
+        Some(&cluster),
+        gofe_metrics_adapter::resources::DiscoveryConfig {
+            interval: hour,
+            miss_gap: hour,
+        },
+    )
+    .await;
+    let a = adapter.addr();
+    let discovery_reads = || cluster.log().iter().filter(|l| l.path == "/apis").count();
+    assert_eq!(discovery_reads(), 1, "read once at start");
+    assert!(
+        !cluster
+            .log()
+            .iter()
+            .any(|l| l.path.starts_with("/apis/custom.metrics.k8s.io")),
+        "the metrics APIs' discovery is not read"
+    );
+
+    // The served metrics carry the discovered plurals and groups; no guessed plural.
+    let (status, body) = get(a, CUSTOM).await;
+    assert_eq!(status, 200, "{body}");
+    let mut names: Vec<&str> = body["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .filter(|n| !n.starts_with("namespaces/"))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "ingresses.networking.k8s.io/ingress_requests_per_second",
+            "networkpolicies.networking.k8s.io/policy_drops_per_second",
+            "widgets.example.com/widget_queue_depth",
+        ]
+    );
+
+    // One Widget: the CRD's kind and preferred version.
+    let (status, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/widgets.example.com/w1/widget_queue_depth"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        only_item(&body),
+        (
+            object("Widget", "example.com/v1", "shop", "w1"),
+            "3".to_owned()
+        )
+    );
+    let last = |key: &str| adapter.provider().last_results()[key].query.clone();
+    assert_eq!(
+        last("widgets.example.com/widget_queue_depth"),
+        r#"sum(widget_queue_depth{namespace="shop",widget="w1"}) by (widget)"#
+    );
+
+    // Widgets by label selector: listed at the CRD's path, the query names those listed.
+    let (status, body) = get(
+        a,
+        &format!(
+            "{CUSTOM}/namespaces/shop/widgets.example.com/*/widget_queue_depth?labelSelector={}",
+            url_encode("tier=gold")
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        only_item(&body),
+        (
+            object("Widget", "example.com/v1", "shop", "w1"),
+            "3".to_owned()
+        ),
+        "w3 is gold but has no series; w2 is silver"
+    );
+    assert_eq!(
+        last("widgets.example.com/widget_queue_depth"),
+        r#"sum(widget_queue_depth{namespace="shop",widget=~"w1|w3"}) by (widget)"#
+    );
+    assert!(
+        cluster
+            .log()
+            .iter()
+            .any(|l| l.path == "/apis/example.com/v1/namespaces/shop/widgets"),
+        "{:?}",
+        cluster.log().iter().map(|l| &l.path).collect::<Vec<_>>()
+    );
+
+    // Irregular plurals, from an override naming the kind and from a template.
+    let (status, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/networkpolicies.networking.k8s.io/deny-all/policy_drops_per_second"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        only_item(&body),
+        (
+            object("NetworkPolicy", "networking.k8s.io/v1", "shop", "deny-all"),
+            "2".to_owned()
+        )
+    );
+    assert_eq!(
+        last("networkpolicies.networking.k8s.io/policy_drops_per_second"),
+        r#"sum(rate(policy_drops_total{namespace="shop",networkpolicy="deny-all"}[2m])) by (networkpolicy)"#
+    );
+    let (status, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/ingresses.networking.k8s.io/front/ingress_requests_per_second"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        only_item(&body),
+        (
+            object("Ingress", "networking.k8s.io/v1", "shop", "front"),
+            "6".to_owned()
+        )
+    );
+    assert_eq!(
+        last("ingresses.networking.k8s.io/ingress_requests_per_second"),
+        r#"sum(rate(ingress_requests_total{namespace="shop",ingress="front"}[2m])) by (ingress)"#
+    );
+
+    // A CRD installed since start: the first request naming it reads discovery again.
+    serve_discovery(&cluster, true);
+    let (status, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/gadgets.example.com/g1/gadget_load"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        only_item(&body),
+        (
+            object("Gadget", "example.com/v1", "shop", "g1"),
+            "1500m".to_owned()
+        )
+    );
+    assert_eq!(discovery_reads(), 2, "re-read on the unknown gadgets");
+
+    // A resource the cluster does not have: 404 naming it, and (within the gap) no re-read.
+    let (status, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/sprockets.example.com/s1/sprocket_load"),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["kind"], "Status");
+    assert_eq!(body["reason"], "NotFound");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"sprockets.example.com\"")
+            && message.contains("not a resource of this cluster"),
+        "{message}"
+    );
+    assert_eq!(discovery_reads(), 2, "rate-limited: no second re-read");
+    let metrics = get_text(a, "/metrics").await;
+    assert!(
+        metrics.contains("gofe_adapter_resource_table{source=\"cluster\"} 1"),
+        "{metrics}"
+    );
+    adapter.stop();
+
+    // No discovery (the API server serves none): the built-in table, said so; a CRD is a 404
+    // naming it, never a guessed plural.
+    let bare = fake_api::FakeApi::default();
+    let dir2 = TempDir::new("discovery-fallback");
+    let adapter = start_custom_adapter(
+        &prom,
+        &dir2,
+        CRD_RULES,
+        Duration::from_secs(30),
+        Some(&bare),
+    )
+    .await;
+    let a = adapter.addr();
+    let (status, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/ingresses.networking.k8s.io/front/ingress_requests_per_second"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        only_item(&body).0,
+        object("Ingress", "networking.k8s.io/v1", "shop", "front")
+    );
+    let (status, body) = get(
+        a,
+        &format!("{CUSTOM}/namespaces/shop/widgets.example.com/w1/widget_queue_depth"),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"widgets.example.com\"") && message.contains("built-in"),
+        "{message}"
+    );
+    let metrics = get_text(a, "/metrics").await;
+    assert!(
+        metrics.contains("gofe_adapter_resource_table{source=\"builtin\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gofe_adapter_resource_discovery_total{result=\"error\"}"),
+        "{metrics}"
+    );
+    adapter.stop();
+}
+
+// === bounded Prometheus load of custom metrics ===
+
+/// Prometheus' own count of the queries it answered (instant and range) and of series
+/// listings, from its `/metrics`.
+async fn prometheus_own_counts(prom: &Prometheus) -> (f64, f64) {
+    let text = get_text(prom.addr, "/metrics").await;
+    let sum = |handlers: &[&str]| -> f64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("prometheus_http_requests_total{")
+                    && handlers
+                        .iter()
+                        .any(|h| l.contains(&format!("handler=\"{h}\"")))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (
+        sum(&["/api/v1/query", "/api/v1/query_range"]),
+        sum(&["/api/v1/series"]),
+    )
+}
+
+/// HPA-like polling of custom metrics costs Prometheus one query per distinct (metric,
+/// objects, selector) per freshness interval, and the API server one Pod list per distinct
+/// label selector, however many requests: 270 requests (54 per path: three label selectors,
+/// one of them spelled two ways, and one Pod asked for by name as an Object metric would be)
+/// within one interval make exactly 4 queries and 3 lists. Counted by the adapter and by Prometheus itself (no timing:
+/// the freshness, 1 h, outlasts the test). The API server is the in-memory stand-in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_metrics_queries_are_bounded_by_distinct_selectors() {
+    let prom = start_prometheus_loaded(None, custom_fixture(now_aligned()));
+    let dir = TempDir::new("custom-bounded");
+    let cluster = fake_cluster();
+    let adapter = start_custom_adapter(
+        &prom,
+        &dir,
+        &combined_rules(),
+        Duration::from_secs(3600),
+        Some(&cluster),
+    )
+    .await;
+    let a = adapter.addr();
+    let (queries_before, _) = prometheus_own_counts(&prom).await;
+    let adapter_before = adapter.provider().queries();
+    let pods = |selector: &str| {
+        format!(
+            "{CUSTOM}/namespaces/shop/pods/*/http_requests_per_second?labelSelector={}",
+            url_encode(selector)
+        )
+    };
+    let paths: Vec<String> = vec![
+        pods("app=web"),
+        pods("app==web"),
+        pods("app=api"),
+        pods("app in (web,api)"),
+        format!("{CUSTOM}/namespaces/shop/pods/web-2/http_requests_per_second"),
+    ];
+    let mut tasks = Vec::new();
+    for round in 0..2 {
+        for path in &paths {
+            for _ in 0..if round == 0 { 30 } else { 24 } {
+                let path = path.clone();
+                tasks.push(tokio::spawn(async move { get(a, &path).await }));
+            }
+        }
+    }
+    let requests = tasks.len();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(requests, 270);
+    let distinct = 4;
+    assert_eq!(
+        adapter.provider().queries() - adapter_before,
+        distinct,
+        "one query per distinct objects and selector"
+    );
+    let (queries_after, _) = prometheus_own_counts(&prom).await;
+    assert!(
+        queries_after - queries_before <= distinct as f64,
+        "Prometheus answered {} queries",
+        queries_after - queries_before
+    );
+    let lists = cluster
+        .log()
+        .iter()
+        .filter(|l| l.path == "/api/v1/namespaces/shop/pods")
+        .count();
+    assert_eq!(lists, 3, "one Pod list per distinct label selector");
     adapter.stop();
 }

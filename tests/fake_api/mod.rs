@@ -5,7 +5,8 @@
 //! It serves what gofe's controller uses: list and watch (with replay from a
 //! `resourceVersion`), get, create (409 `AlreadyExists`), replace guarded by
 //! `resourceVersion` (409 `Conflict`), JSON merge patch of objects and of their `status`
-//! subresource, and delete. Each client is tagged so a test can tell who wrote what.
+//! subresource, and delete; and fixed documents at exact paths (API discovery). Each client is
+//! tagged so a test can tell who wrote what.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -51,6 +52,8 @@ struct State {
     )>,
     rv: u64,
     log: Vec<Logged>,
+    /// Fixed documents by exact path (discovery: `/api`, `/apis/GROUP/VERSION`).
+    documents: BTreeMap<String, Value>,
 }
 
 /// The fake API server.
@@ -166,6 +169,16 @@ impl FakeApi {
             .cloned()
     }
 
+    /// Serves `document` at GET `path` exactly, before any object route (discovery
+    /// documents: `/api`, `/api/v1`, `/apis`, `/apis/GROUP/VERSION`); replaces an earlier one.
+    pub fn serve(&self, path: &str, document: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .documents
+            .insert(path.to_owned(), document);
+    }
+
     /// Every request so far.
     pub fn log(&self) -> Vec<Logged> {
         self.state.lock().unwrap().log.clone()
@@ -181,6 +194,18 @@ impl FakeApi {
         let json: Option<Value> = serde_json::from_slice(&bytes).ok();
         let path = parts.uri.path().to_owned();
         let query = parts.uri.query().unwrap_or_default().to_owned();
+        if parts.method == Method::GET {
+            let mut st = self.state.lock().unwrap();
+            if let Some(doc) = st.documents.get(&path).cloned() {
+                st.log.push(Logged {
+                    client: tag.to_owned(),
+                    method: parts.method.clone(),
+                    path: path.clone(),
+                    body: None,
+                });
+                return respond(StatusCode::OK, &doc);
+            }
+        }
         let Some(p) = parse(&path) else {
             return status(StatusCode::NOT_FOUND, "NotFound", "no such path");
         };
