@@ -106,6 +106,7 @@ VALUE_SETS: dict[str, dict] = {
         "adapter": {"apis": {"custom": False}, "requestheader": {"clientCA": FRONT_PROXY_CA}}
     },
     "custom metrics only": {"adapter": {"apis": {"external": False, "custom": True, "resource": False}}},
+    "custom metrics on a CRD": {"adapter": {"objectRules": [{"apiGroups": ["example.com"], "resources": ["widgets"]}]}},
     "annotations off, one controller": {
         "metrics": {"annotations": False},
         "controller": {"replicas": 1, "leaderElection": {"enabled": False}, "podDisruptionBudget": {"enabled": False}},
@@ -276,7 +277,8 @@ def check_semantics(label: str, values: dict, objects: list[dict]) -> None:
             check(v2["spec"]["versionPriority"] > v1["spec"]["versionPriority"], f"{label}: v1beta2 is preferred")
         reader = find(objects, "ClusterRole", f"{FULL}-adapter-objects")
         if apis["custom"] or apis["resource"]:
-            check(reader is not None and reader["rules"] == [{"apiGroups": [""], "resources": ["pods", "nodes", "namespaces"], "verbs": ["get", "list"]}],
+            extra = [{**rule, "verbs": ["get", "list"]} for rule in adapter.get("objectRules", [])]
+            check(reader is not None and reader["rules"] == [{"apiGroups": [""], "resources": ["pods", "nodes", "namespaces"], "verbs": ["get", "list"]}] + extra,
                   f"{label}: get/list on the objects metrics are asked for", json.dumps(reader))
             binding = find(objects, "ClusterRoleBinding", f"{FULL}-adapter-objects")
             check(binding is not None and binding["subjects"][0]["name"] == f"{FULL}-adapter", f"{label}: bound to the adapter")
