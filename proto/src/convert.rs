@@ -835,6 +835,7 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
                     address: l.address.clone(),
                     settings: SocketSettings {
                         access_log: l.access_log.clone(),
+                        tracing: l.tracing.clone().map(Box::new),
                         tls: l.tls.clone(),
                         max_connections: l.max_connections,
                         max_request_headers_kb: l.max_request_headers_kb,
@@ -968,6 +969,7 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
             request_headers_timeout: settings.request_headers_timeout,
             idle_timeout: settings.idle_timeout,
             access_log: settings.access_log.clone(),
+            tracing: settings.tracing.as_deref().cloned(),
         });
     }
     // Clusters referenced but not defined: present and empty (503), as in Envoy.

@@ -40,6 +40,12 @@ pub(super) fn check_publishable(l: &ListenerConfig, base: &str) -> Result<(), Co
         l.request_headers_timeout,
         format!("{base}.request_headers_timeout"),
     )?;
+    if l.tracing.is_some() {
+        return Err(not_publishable(
+            format!("{base}.tracing"),
+            "tracing is not yet published over xDS by gofe",
+        ));
+    }
     check_pb_duration(l.idle_timeout, format!("{base}.idle_timeout"))
 }
 
@@ -667,7 +673,7 @@ fn hcm_settings(
         stat_prefix: _,
         http_filters,
         add_user_agent,
-        // Tracing: gofe does not trace (nor sample, nor add span headers).
+        // Tracing: not yet read over xDS.
         tracing: _,
         common_http_protocol_options,
         http1_safe_max_connection_duration,
@@ -861,6 +867,7 @@ fn hcm_settings(
     let access_log = access_logs_from_wire(access_log, res, base)?;
     Ok(SocketSettings {
         access_log,
+        tracing: None,
         tls: None,
         max_connections: None,
         max_request_headers_kb,

@@ -331,6 +331,7 @@ pub(super) fn route_from_wire_in(
                 config: router,
             }],
             access_log: Vec::new(),
+            tracing: None,
             max_connections: None,
             max_request_headers_kb: gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB,
             request_headers_timeout: gofe_model::DEFAULT_REQUEST_HEADERS_TIMEOUT,

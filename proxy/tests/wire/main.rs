@@ -18,4 +18,5 @@ mod reload;
 mod resilience;
 mod routing;
 mod support;
+mod tracing;
 mod upstream_h1;

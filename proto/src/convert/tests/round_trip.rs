@@ -396,6 +396,7 @@ fn listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerConfig>
                     request_headers_timeout: headers,
                     idle_timeout: idle,
                     access_log,
+                    tracing: None,
                 }
             },
         )
