@@ -28,6 +28,7 @@ mod faults;
 mod listeners;
 mod ratelimits;
 mod routes;
+mod tracers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -64,6 +65,7 @@ pub use faults::FAULT_FILTER_NAME;
 pub use listeners::{listener_from_wire, listener_to_wire};
 pub use ratelimits::LOCAL_RATELIMIT_FILTER_NAME;
 pub use routes::{route_from_wire, route_to_wire};
+pub use tracers::OPENTELEMETRY_TRACER_NAME;
 
 /// Name of the HTTP connection manager network filter.
 pub const HCM_FILTER_NAME: &str = "envoy.filters.network.http_connection_manager";
