@@ -285,22 +285,11 @@ pub fn parse_collector_uri(uri: &str) -> Result<CollectorUri, String> {
     })
 }
 
-/// Problems of a listener's tracing, each as (field under `tracing`, message).
-pub(crate) fn check(t: &TracingConfig) -> Vec<(String, String)> {
+/// Problems of where and how spans are exported (a listener's `tracing`, or the controller's),
+/// each as (field under the `tracing` block, message).
+pub fn check_export(provider: &TracingProvider, batch: &BatchConfig) -> Vec<(String, String)> {
     let mut problems = Vec::new();
-    for (field, p) in [
-        ("client_sampling", t.client_sampling),
-        ("random_sampling", t.random_sampling),
-        ("overall_sampling", t.overall_sampling),
-    ] {
-        if !(0.0..=100.0).contains(&p.value) {
-            problems.push((
-                format!("{field}.value"),
-                format!("must be between 0 and 100 (percent), not {}", p.value),
-            ));
-        }
-    }
-    let otel = &t.provider.opentelemetry;
+    let otel = &provider.opentelemetry;
     let base = "provider.opentelemetry";
     if let Err(m) = parse_collector_uri(&otel.http_service.http_uri.uri) {
         problems.push((format!("{base}.http_service.http_uri.uri"), m));
@@ -323,6 +312,37 @@ pub(crate) fn check(t: &TracingConfig) -> Vec<(String, String)> {
             "must not be empty (leave it out for the default)".to_owned(),
         ));
     }
+    if batch.max_export_batch_size == 0 {
+        problems.push((
+            "batch.max_export_batch_size".to_owned(),
+            "must be at least 1".to_owned(),
+        ));
+    }
+    if batch.schedule_delay.is_zero() {
+        problems.push((
+            "batch.schedule_delay".to_owned(),
+            "must be longer than 0s".to_owned(),
+        ));
+    }
+    problems
+}
+
+/// Problems of a listener's tracing, each as (field under `tracing`, message).
+pub(crate) fn check(t: &TracingConfig) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    for (field, p) in [
+        ("client_sampling", t.client_sampling),
+        ("random_sampling", t.random_sampling),
+        ("overall_sampling", t.overall_sampling),
+    ] {
+        if !(0.0..=100.0).contains(&p.value) {
+            problems.push((
+                format!("{field}.value"),
+                format!("must be between 0 and 100 (percent), not {}", p.value),
+            ));
+        }
+    }
+    problems.extend(check_export(&t.provider, &t.batch));
     if t.propagation.is_empty() {
         problems.push((
             "propagation".to_owned(),
@@ -336,18 +356,6 @@ pub(crate) fn check(t: &TracingConfig) -> Vec<(String, String)> {
                 format!("{p:?} listed twice").to_lowercase(),
             ));
         }
-    }
-    if t.batch.max_export_batch_size == 0 {
-        problems.push((
-            "batch.max_export_batch_size".to_owned(),
-            "must be at least 1".to_owned(),
-        ));
-    }
-    if t.batch.schedule_delay.is_zero() {
-        problems.push((
-            "batch.schedule_delay".to_owned(),
-            "must be longer than 0s".to_owned(),
-        ));
     }
     problems
 }

@@ -150,6 +150,8 @@ pub mod any_value {
     }
 }
 
+/// `SpanKind.SPAN_KIND_INTERNAL`.
+pub const SPAN_KIND_INTERNAL: i32 = 1;
 /// `SpanKind.SPAN_KIND_SERVER`.
 pub const SPAN_KIND_SERVER: i32 = 2;
 /// `SpanKind.SPAN_KIND_CLIENT`.
@@ -187,6 +189,18 @@ pub fn encode(service_name: &str, spans: &[Span]) -> Vec<u8> {
     request.encode_to_vec()
 }
 
+/// The spans of an encoded `ExportTraceServiceRequest` (for tests and tools that receive
+/// what [`encode`] sends).
+pub fn decode_spans(body: &[u8]) -> Result<Vec<OtlpSpan>, prost::DecodeError> {
+    let request = ExportTraceServiceRequest::decode(body)?;
+    Ok(request
+        .resource_spans
+        .into_iter()
+        .flat_map(|r| r.scope_spans)
+        .flat_map(|s| s.spans)
+        .collect())
+}
+
 fn string_kv(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.into(),
@@ -206,6 +220,7 @@ fn to_otlp(s: &Span) -> OtlpSpan {
         kind: match s.kind {
             Kind::Server => SPAN_KIND_SERVER,
             Kind::Client => SPAN_KIND_CLIENT,
+            Kind::Internal => SPAN_KIND_INTERNAL,
         },
         start_time_unix_nano: s.start_unix_nanos,
         end_time_unix_nano: s.end_unix_nanos,

@@ -12,6 +12,8 @@ pub enum Kind {
     Server,
     /// A request sent (one upstream attempt).
     Client,
+    /// Work inside one process (the controller's decision steps).
+    Internal,
 }
 
 /// An attribute's value. Strings are shared or static where they can be, so that a span costs
