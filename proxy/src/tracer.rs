@@ -140,9 +140,11 @@ impl Tracer {
                 None => {}
             }
         }
-        let sampled = self
-            .sampler
-            .sample(decision, headers.contains_key(&CLIENT_TRACE_ID));
+        // The header is looked up only when it can change the decision.
+        let client_forced = decision.is_none()
+            && self.sampler.client != self.sampler.random
+            && headers.contains_key(&CLIENT_TRACE_ID);
+        let sampled = self.sampler.sample(decision, client_forced);
         let trace_id = parent.map_or_else(TraceId::random, |(t, _)| t);
         let server_id = SpanId::random();
         let record = sampled.then(|| {
@@ -175,6 +177,8 @@ impl Tracer {
             trace_id,
             server_id,
             sampled,
+            // W3C: a tracestate whose traceparent was not read does not go on.
+            drop_tracestate: !w3c && self.write_w3c && headers.contains_key(&TRACESTATE),
             record,
         }
     }
@@ -211,6 +215,8 @@ pub(crate) struct TraceHandle {
     /// This request's SERVER span, the parent of its attempts.
     server_id: SpanId,
     sampled: bool,
+    /// The request's `tracestate` belongs to no context gofe read: it is not passed on.
+    drop_tracestate: bool,
     /// `None` when not sampled.
     record: Option<Box<Record>>,
 }
@@ -261,6 +267,9 @@ impl TraceHandle {
             let tp = context::format_traceparent(&self.trace_id, &span_id, self.sampled);
             if let Ok(v) = HeaderValue::from_bytes(&tp) {
                 headers.insert(&TRACEPARENT, v);
+            }
+            if self.drop_tracestate {
+                headers.remove(&TRACESTATE);
             }
         }
         if t.write_b3 {

@@ -348,6 +348,44 @@ async fn an_unsampled_context_is_passed_on_without_spans() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_traceparent_starts_a_new_trace_without_its_tracestate() {
+    let receiver = Receiver::start();
+    let backend = Capture::start("b").await;
+    let proxy = Harness::start(&catch_all(
+        "backend",
+        &tracing(&receiver.uri(), "edge", ""),
+        &format!("endpoints: [{{ address: \"{}\" }}]", backend.addr),
+    ))
+    .await;
+    // Uppercase hex is not W3C's.
+    let r = get(
+        &h1_client(),
+        &proxy.url("/"),
+        "svc",
+        &[
+            (
+                "traceparent",
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+            ),
+            ("tracestate", "congo=t61rcWkgMzE"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    proxy.proxy.shutdown(Duration::from_secs(5)).await;
+    let received = backend.header("traceparent");
+    let states = backend.header("tracestate");
+    backend.stop().await;
+    let spans = receiver.finish();
+    let server = find(&spans, "edge", "SERVER");
+    assert_eq!(server.len(), 1, "{spans:#?}");
+    assert_eq!(s(server[0], "parent_span_id"), "", "a new root");
+    assert_ne!(s(server[0], "trace_id"), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(traceparent(&received[0][0]).0, s(server[0], "trace_id"));
+    assert_eq!(states, [Vec::<String>::new()], "tracestate not passed on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b3_is_read_and_written_when_configured() {
     let receiver = Receiver::start();
     let backend = Capture::start("b").await;
