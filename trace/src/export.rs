@@ -246,3 +246,144 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::{Kind, SpanId, TraceId};
+
+    fn span() -> Span {
+        Span {
+            trace_id: TraceId::random(),
+            span_id: SpanId::random(),
+            parent: None,
+            trace_state: None,
+            name: "GET".into(),
+            kind: Kind::Server,
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            attributes: Vec::new(),
+            error: None,
+        }
+    }
+
+    fn counters() -> Counters {
+        let c = |n: &str| IntCounter::new(n, n).unwrap();
+        Counters {
+            exported: c("exported"),
+            dropped: c("dropped"),
+            failed: c("failed"),
+        }
+    }
+
+    /// A collector that answers every POST 200 and records how many spans each carried.
+    async fn collector() -> (
+        http::Uri,
+        Arc<Mutex<Vec<usize>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("http://{}/v1/traces", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&batches);
+        let task = tokio::spawn(async move {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 8192];
+            loop {
+                if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if buf.len() >= end + 4 + len {
+                        let body: Vec<u8> = buf.drain(..end + 4 + len).skip(end + 4).collect();
+                        let spans = crate::otlp::decode_spans(&body).unwrap();
+                        seen.lock().unwrap().push(spans.len());
+                        let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                        if s.write_all(ok).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        (uri, batches, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_batch_goes_without_waiting_for_the_delay() {
+        let (uri, batches, task) = collector().await;
+        let c = counters();
+        let exporter = Exporter::start(
+            ExporterConfig {
+                uri,
+                timeout: Duration::from_secs(30),
+                service_name: "t".into(),
+                queue: 64,
+                max_batch: 2,
+                // Never, within this test: what is sent went because its batch was full.
+                schedule_delay: Duration::from_secs(3600),
+            },
+            c.clone(),
+        );
+        for _ in 0..4 {
+            exporter.send(span());
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while batches.lock().unwrap().len() < 2 {
+            assert!(Instant::now() < deadline, "two full batches expected");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(*batches.lock().unwrap(), [2, 2]);
+        // An odd one waits for its batch, or for a flush.
+        exporter.send(span());
+        assert!(exporter.flush(Duration::from_secs(30)).await);
+        assert_eq!(*batches.lock().unwrap(), [2, 2, 1]);
+        assert_eq!(
+            (c.exported.get(), c.dropped.get(), c.failed.get()),
+            (5, 0, 0)
+        );
+        task.abort();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreachable_collector_counts_its_spans_as_failed() {
+        // A port nothing listens on (bound, then closed).
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let c = counters();
+        let exporter = Exporter::start(
+            ExporterConfig {
+                uri: format!("http://{addr}/v1/traces").parse().unwrap(),
+                timeout: Duration::from_secs(30),
+                service_name: "t".into(),
+                queue: 64,
+                max_batch: 512,
+                schedule_delay: Duration::from_secs(3600),
+            },
+            c.clone(),
+        );
+        for _ in 0..3 {
+            exporter.send(span());
+        }
+        assert!(exporter.flush(Duration::from_secs(30)).await);
+        assert_eq!((c.exported.get(), c.failed.get()), (0, 3));
+    }
+}
