@@ -19,6 +19,13 @@
 #                        file, unbuffered as by default; haproxy logs nothing: it logs to syslog
 #                        only). With GOFE_BASE_BIN=same binary, gofe-base runs without one, so the
 #                        log's cost is measured in the same run.
+#   TRACING=1            gofe with tracing at 1 % (target gofe-t1, port +5, admin +6) and 100 %
+#                        (gofe-t100, port +7, admin +10) random sampling, exporting OTLP/HTTP to
+#                        a local sink that reads and discards (proxy/tests/fixtures/
+#                        otlp_receiver.py --discard, port +11, on the load CPU), beside gofe
+#                        without tracing and nginx with its access log (combined, to a file);
+#                        haproxy is left out to keep the run short. The report adds the spans
+#                        exported, dropped and failed per gofe.
 #   GOFE_BASE_BIN=path   also measure this second gofe binary (target `gofe-base`, port +4,
 #                        admin +8) in the same run, for before/after comparisons of gofe itself
 #   CARGO_TARGET_DIR=dir cargo target dir for the build (default /var/cache/gofe-target-bench)
@@ -65,8 +72,16 @@ GOFE_BASE_PORT=$((PORT_BASE + 4))
 GOFE_BASE_ADMIN_PORT=$((PORT_BASE + 8))
 GOFE_BASE_BIN="${GOFE_BASE_BIN:-}"
 ACCESS_LOG="${ACCESS_LOG:-0}"
+TRACING="${TRACING:-0}"
+GOFE_T1_PORT=$((PORT_BASE + 5))
+GOFE_T1_ADMIN_PORT=$((PORT_BASE + 6))
+GOFE_T100_PORT=$((PORT_BASE + 7))
+GOFE_T100_ADMIN_PORT=$((PORT_BASE + 10))
+SINK_PORT=$((PORT_BASE + 11))
 
-if [[ -n "$GOFE_BASE_BIN" ]]; then
+if [[ "$TRACING" == 1 ]]; then
+    TARGETS=(direct gofe gofe-t1 gofe-t100 nginx)
+elif [[ -n "$GOFE_BASE_BIN" ]]; then
     TARGETS=(direct gofe-base gofe nginx haproxy)
 else
     TARGETS=(direct gofe nginx haproxy)
@@ -173,16 +188,24 @@ cleanup() {
     exit "$status"
 }
 
-render() { # template output port [admin-port] [access-log: 1 or 0]
-    local gofe_log="" nginx_log="access_log off;"
+render() { # template output port [admin-port] [access-log: 1 or 0] [tracing: sampling percent]
+    local gofe_log="" nginx_log="access_log off;" gofe_tracing=""
     if [[ "${5:-$ACCESS_LOG}" == 1 ]]; then
         gofe_log="    access_log: [{ path: \"$WORKDIR/gofe-access-$3.log\" }]"
         nginx_log="access_log $WORKDIR/nginx-access.log combined;"
+    fi
+    # With TRACING=1, nginx (the peer) always logs; gofe's log follows ACCESS_LOG.
+    if [[ "$TRACING" == 1 ]]; then
+        nginx_log="access_log $WORKDIR/nginx-access.log combined;"
+    fi
+    if [[ -n "${6:-}" ]]; then
+        gofe_tracing="    tracing: { random_sampling: { value: $6 }, provider: { opentelemetry: { service_name: \"bench\", max_cache_size: 8192, http_service: { http_uri: { uri: \"http://127.0.0.1:$SINK_PORT/v1/traces\" } } } } }"
     fi
     sed -e "s|@WORKDIR@|$WORKDIR|g" \
         -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" \
         -e "s|@ADMIN_PORT@|${4:-$GOFE_ADMIN_PORT}|g" \
         -e "s|@GOFE_ACCESS_LOG@|$gofe_log|g" \
+        -e "s|@GOFE_TRACING@|$gofe_tracing|g" \
         -e "s|@NGINX_ACCESS_LOG@|$nginx_log|g" \
         -e "s|@PORT@|$3|g" "$1" >"$2"
 }
@@ -223,6 +246,26 @@ start_servers() {
         "$GOFE_BASE_BIN" check "$WORKDIR/gofe-base.yaml" >/dev/null || die "gofe-base config"
     fi
 
+    if [[ "$TRACING" == 1 ]]; then
+        for p in "$GOFE_T1_PORT" "$GOFE_T1_ADMIN_PORT" "$GOFE_T100_PORT" "$GOFE_T100_ADMIN_PORT" "$SINK_PORT"; do
+            port_free "$p" || die "port $p is already in use (set PORT_BASE)"
+        done
+        render "$HERE/gofe.yaml.tmpl" "$WORKDIR/gofe-t1.yaml" "$GOFE_T1_PORT" "$GOFE_T1_ADMIN_PORT" "$ACCESS_LOG" 1
+        render "$HERE/gofe.yaml.tmpl" "$WORKDIR/gofe-t100.yaml" "$GOFE_T100_PORT" "$GOFE_T100_ADMIN_PORT" "$ACCESS_LOG" 100
+        "$GOFE" check "$WORKDIR/gofe-t1.yaml" >/dev/null || die "gofe-t1 config"
+        "$GOFE" check "$WORKDIR/gofe-t100.yaml" >/dev/null || die "gofe-t100 config"
+        log "starting the OTLP sink on CPU $LOAD_CPU, port $SINK_PORT"
+        "${PRIO[@]}" taskset -c "$LOAD_CPU" python3 "$REPO/proxy/tests/fixtures/otlp_receiver.py" \
+            --discard --port "$SINK_PORT" </dev/null >"$WORKDIR/sink.out" 2>&1 &
+        PIDS+=($!)
+        SINK_PID=$!
+        for _ in $(seq 1 100); do
+            grep -q '^port ' "$WORKDIR/sink.out" 2>/dev/null && break
+            sleep 0.1
+        done
+        grep -q '^port ' "$WORKDIR/sink.out" || die "the OTLP sink did not start (logs in $WORKDIR)"
+    fi
+
     log "starting backend nginx on CPU $LOAD_CPU, port $BACKEND_PORT"
     "${PRIO[@]}" taskset -c "$LOAD_CPU" "$NGINX" -p "$WORKDIR" -c "$WORKDIR/nginx-backend.conf" \
         >"$WORKDIR/nginx-backend.out" 2>&1 &
@@ -244,22 +287,39 @@ start_servers() {
         GOFE_BASE_PID=$!
     fi
 
+    if [[ "$TRACING" == 1 ]]; then
+        local pct
+        for pct in 1 100; do
+            log "starting gofe-t$pct (tracing at $pct %) on CPU $PROXY_CPU"
+            RUST_LOG="${RUST_LOG:-warn}" "${PRIO[@]}" taskset -c "$PROXY_CPU" "$GOFE" proxy \
+                --config "$WORKDIR/gofe-t$pct.yaml" --drain-timeout 1s >"$WORKDIR/gofe-t$pct.out" 2>&1 &
+            PIDS+=($!)
+            if [[ $pct == 1 ]]; then GOFE_T1_PID=$!; else GOFE_T100_PID=$!; fi
+        done
+    fi
+
     log "starting nginx proxy on CPU $PROXY_CPU, port $NGINX_PORT"
     "${PRIO[@]}" taskset -c "$PROXY_CPU" "$NGINX" -p "$WORKDIR" -c "$WORKDIR/nginx-proxy.conf" \
         >"$WORKDIR/nginx-proxy.out" 2>&1 &
     PIDS+=($!)
     NGINX_PID=$!
 
-    log "starting haproxy on CPU $PROXY_CPU, port $HAPROXY_PORT"
-    "${PRIO[@]}" taskset -c "$PROXY_CPU" "$HAPROXY" -db -f "$WORKDIR/haproxy.cfg" \
-        >"$WORKDIR/haproxy.out" 2>&1 &
-    PIDS+=($!)
-    HAPROXY_PID=$!
+    if [[ " ${TARGETS[*]} " == *" haproxy "* ]]; then
+        log "starting haproxy on CPU $PROXY_CPU, port $HAPROXY_PORT"
+        "${PRIO[@]}" taskset -c "$PROXY_CPU" "$HAPROXY" -db -f "$WORKDIR/haproxy.cfg" \
+            >"$WORKDIR/haproxy.out" 2>&1 &
+        PIDS+=($!)
+        HAPROXY_PID=$!
+    fi
 
     wait_http "$GOFE_PORT" "gofe"
     [[ -z "$GOFE_BASE_BIN" ]] || wait_http "$GOFE_BASE_PORT" "gofe-base"
+    if [[ "$TRACING" == 1 ]]; then
+        wait_http "$GOFE_T1_PORT" "gofe-t1"
+        wait_http "$GOFE_T100_PORT" "gofe-t100"
+    fi
     wait_http "$NGINX_PORT" "nginx proxy"
-    wait_http "$HAPROXY_PORT" "haproxy"
+    [[ -z "${HAPROXY_PID:-}" ]] || wait_http "$HAPROXY_PORT" "haproxy"
 }
 
 # PIDs of a server: the process and its children (nginx: master + workers).
@@ -274,6 +334,8 @@ pid_of() {
         direct) echo "$BACKEND_PID" ;;
         gofe) echo "$GOFE_PID" ;;
         gofe-base) echo "$GOFE_BASE_PID" ;;
+        gofe-t1) echo "$GOFE_T1_PID" ;;
+        gofe-t100) echo "$GOFE_T100_PID" ;;
         nginx) echo "$NGINX_PID" ;;
         haproxy) echo "$HAPROXY_PID" ;;
     esac
@@ -284,6 +346,8 @@ port_of() {
         direct) echo "$BACKEND_PORT" ;;
         gofe) echo "$GOFE_PORT" ;;
         gofe-base) echo "$GOFE_BASE_PORT" ;;
+        gofe-t1) echo "$GOFE_T1_PORT" ;;
+        gofe-t100) echo "$GOFE_T100_PORT" ;;
         nginx) echo "$NGINX_PORT" ;;
         haproxy) echo "$HAPROXY_PORT" ;;
     esac
@@ -480,7 +544,7 @@ main() {
     for t in "${TARGETS[@]}"; do
         IDLE_RSS[$t]="$(rss_kib "$(pid_of "$t")")"
     done
-    log "idle RSS KiB: direct(backend)=${IDLE_RSS[direct]} gofe=${IDLE_RSS[gofe]} nginx=${IDLE_RSS[nginx]} haproxy=${IDLE_RSS[haproxy]}"
+    log "idle RSS KiB: $(for t in "${TARGETS[@]}"; do printf '%s=%s ' "$t" "${IDLE_RSS[$t]}"; done)"
 
     log "warm-up: $WARMUP per target at c=$CONNS (not recorded)"
     for t in "${TARGETS[@]}"; do
@@ -496,6 +560,16 @@ main() {
         done
     done
 
+    if [[ "$TRACING" == 1 ]]; then
+        # Let each exporter send what it holds (its schedule_delay is 5 s), then read its counters.
+        sleep 6
+        local admin
+        for t in gofe-t1 gofe-t100; do
+            if [[ $t == gofe-t1 ]]; then admin=$GOFE_T1_ADMIN_PORT; else admin=$GOFE_T100_ADMIN_PORT; fi
+            curl -sS --max-time 5 "http://127.0.0.1:$admin/metrics" >"$WORKDIR/metrics-$t.txt"
+        done
+    fi
+
     local gofe_commit dirty
     if [[ -n "${GOFE_COMMIT:-}" ]]; then
         gofe_commit="$GOFE_COMMIT"
@@ -510,12 +584,27 @@ main() {
     {
         echo "### Run of $(date -u '+%Y-%m-%d %H:%M UTC')"
         echo
-        echo "- command: \`${GOFE_REF:+GOFE_REF=$GOFE_REF }${GOFE_BASE_BIN:+GOFE_BASE_BIN=$GOFE_BASE_BIN }ACCESS_LOG=$ACCESS_LOG REPS=$REPS DURATION=$DURATION NICE=$NICE CONNS=$CONNS LOW_CONNS=\"$LOW_CONNS\" bench/proxy.sh\`"
+        echo "- command: \`${GOFE_REF:+GOFE_REF=$GOFE_REF }${GOFE_BASE_BIN:+GOFE_BASE_BIN=$GOFE_BASE_BIN }TRACING=$TRACING ACCESS_LOG=$ACCESS_LOG REPS=$REPS DURATION=$DURATION NICE=$NICE CONNS=$CONNS LOW_CONNS=\"$LOW_CONNS\" bench/proxy.sh\`"
         echo "- machine: $(nproc) CPUs ($(lscpu | awk -F': *' '/^Model name/ {print $2; exit}')), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), Linux $(uname -r)"
         echo "- versions: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $("$HAPROXY" -v | head -1 | awk '{print "HAProxy " $3}'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk " $2}'), gofe $gofe_commit ($("$GOFE" --version))${GOFE_BASE_BIN:+, gofe-base = binary $GOFE_BASE_BIN}"
         echo "- method: proxies pinned to CPU $PROXY_CPU with one worker/thread each; backend nginx (1 worker) and wrk (-t1) pinned to CPU $LOAD_CPU; all of them at nice $NICE; each measurement \`wrk -t1 -c<N> -d$DURATION --latency\`; $REPS repetitions interleaved (${TARGETS[*]}, then again), median per cell; loaded RSS is the largest VmRSS right after a c=$CONNS run; nginx RSS sums master + worker."
         echo
         report
+        if [[ "$TRACING" == 1 ]]; then
+            echo
+            echo "**Spans** (each gofe's \`/metrics\` 6 s after the last run, past its 5 s schedule_delay; warm-up and probes included)"
+            echo
+            echo "| target | exported | dropped (queue full) | failed (export) |"
+            echo "|---|---:|---:|---:|"
+            local series
+            for t in gofe-t1 gofe-t100; do
+                printf '| %s |' "$t"
+                for series in exported dropped failed; do
+                    printf ' %s |' "$(awk -v s="gofe_tracing_spans_${series}_total{listener=\"bench\"}" '$1 == s {printf "%.0f", $2}' "$WORKDIR/metrics-$t.txt")"
+                done
+                echo
+            done
+        fi
     } >"$WORKDIR/report.md"
 
     echo

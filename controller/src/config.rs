@@ -13,6 +13,8 @@
 //! clusters: { web: { base_ejection_time: "10s" } }    # per-cluster overrides
 //! admin: { address: "127.0.0.1:9902" }                # /decisions, /debug/queries, /metrics
 //! xds: { address: "0.0.0.0:18000" }                   # ADS for the proxies
+//! tracing:                                            # a span per decision step (off by default)
+//!   provider: { opentelemetry: { service_name: gofe-controller, http_service: { http_uri: { uri: "http://127.0.0.1:4318/v1/traces" } } } }
 //! kubernetes: { namespace: shop }                     # discover endpoints (off by default)
 //! webhook:                                            # sidecar injection (off by default)
 //!   address: "0.0.0.0:9443"
@@ -75,6 +77,25 @@ pub struct ControllerConfig {
     /// `crate::webhook`). Default: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookConfig>,
+    /// The controller's own traces: a span per decision step (signals, each cluster's
+    /// decision with its inputs, the publication), exported over OTLP/HTTP like the proxy's.
+    /// Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<ControllerTracingConfig>,
+}
+
+/// Where the controller's decision spans go: the proxy's `tracing.provider` and `batch`
+/// (gofe_model::tracing), without sampling (every step is traced; there is one per
+/// `interval`).
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerTracingConfig {
+    /// The OTLP/HTTP collector (`opentelemetry.service_name` defaults to
+    /// `unknown_service:gofe`; `gofe-controller` is a good name).
+    pub provider: gofe_model::tracing::TracingProvider,
+    /// Batching. Default: 512 spans or 5 s.
+    #[serde(default)]
+    pub batch: gofe_model::tracing::BatchConfig,
 }
 
 /// The sidecar-injection webhook's listener and what it injects.
@@ -567,6 +588,11 @@ impl Validate for ControllerConfig {
             }
             v.within("webhook.sidecar", |v| w.sidecar.validate(v));
         }
+        if let Some(t) = &self.tracing {
+            for (field, message) in gofe_model::tracing::check_export(&t.provider, &t.batch) {
+                v.error(format!("tracing.{field}"), message);
+            }
+        }
         v.within("policy", |v| self.policy.validate(v));
         for (name, p) in &self.clusters {
             v.within(&format!("clusters.{name}"), |v| p.validate(v));
@@ -796,6 +822,21 @@ mod tests {
         );
         let e = parse("c.yaml", "proxy_config: p.yaml\ninterval: 5\n").unwrap_err();
         assert!(e.to_string().starts_with("c.yaml:2:11: interval:"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_tracing_collector_names_its_line_and_field() {
+        let text = "proxy_config: p.yaml\ntracing:\n  provider:\n    opentelemetry:\n      http_service:\n        http_uri: { uri: \"https://c:4318/v1/traces\" }\n";
+        let e = parse("c.yaml", text).unwrap_err().to_string();
+        assert!(
+            e.starts_with("c.yaml:6:26: tracing.provider.opentelemetry.http_service.http_uri.uri:"),
+            "{e}"
+        );
+        let ok = parse("c.yaml", &text.replace("https", "http")).unwrap();
+        assert_eq!(
+            ok.tracing.unwrap().batch,
+            gofe_model::tracing::BatchConfig::default()
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! missing data as zero traffic (stale data holds decisions; see `gofe_core::policy`). Its
 //! admin endpoint shows every decision with its inputs and reason (`/decisions`), the rendered
 //! queries (`/debug/queries`) and its own metrics (`/metrics`), including
-//! `gofe_endpoint_ejected`, which the metrics adapter reads for ejection-aware scaling.
+//! `gofe_endpoint_ejected`, which the metrics adapter reads for ejection-aware scaling. With
+//! `tracing` in its file, each step is also a trace (a span per phase and per cluster, with the
+//! inputs `/decisions` shows), exported over OTLP/HTTP by `gofe-trace`, the proxy's exporter.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +35,7 @@ pub mod kubernetes;
 pub mod publication;
 pub mod signals;
 pub mod state;
+mod trace;
 pub mod webhook;
 
 use publication::Published;
@@ -77,6 +80,9 @@ struct Metrics {
     ejections: IntCounterVec,
     version: IntGauge,
     last_decision: IntGauge,
+    spans_exported: IntCounter,
+    spans_dropped: IntCounter,
+    spans_failed: IntCounter,
 }
 
 impl Metrics {
@@ -147,7 +153,29 @@ impl Metrics {
         registry
             .register(Box::new(last_decision.clone()))
             .expect("unique metric");
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let spans_exported = counter(
+            "gofe_controller_spans_exported_total",
+            "Decision-step spans the OTLP collector accepted.",
+        );
+        let spans_dropped = counter(
+            "gofe_controller_spans_dropped_total",
+            "Decision-step spans dropped because the export queue was full.",
+        );
+        let spans_failed = counter(
+            "gofe_controller_spans_failed_total",
+            "Decision-step spans lost because their export failed.",
+        );
         Metrics {
+            spans_exported,
+            spans_dropped,
+            spans_failed,
             registry,
             ejected,
             weight,
@@ -399,6 +427,8 @@ pub struct Controller {
     /// The controller settings it runs with (a reload compares against them).
     running: config::ControllerConfig,
     shared: Arc<Shared>,
+    /// A span per decision step, when the file asks for them.
+    tracer: Option<trace::StepTracer>,
 }
 
 /// What one step decided for one cluster: the decision and the base weights it started from.
@@ -497,6 +527,17 @@ impl Controller {
             resume: None,
             signals_lost: false,
             no_signals: Vec::new(),
+            tracer: loaded.controller.tracing.clone().map(|t| {
+                let m = &shared.metrics;
+                trace::StepTracer::new(
+                    t,
+                    gofe_trace::Counters {
+                        exported: m.spans_exported.clone(),
+                        dropped: m.spans_dropped.clone(),
+                        failed: m.spans_failed.clone(),
+                    },
+                )
+            }),
             running: loaded.controller.clone(),
             shared,
         };
@@ -691,22 +732,117 @@ impl Controller {
             self.published_at = Some(std::time::SystemTime::now());
         }
         let now = self.now_ms();
+        let mut trace = self.tracer.as_mut().map(trace::StepTracer::start);
+        let fetching = trace::unix_nanos();
         let (snapshot, signal_error) = self.fetch_signals(now).await;
+        if let Some(t) = &mut trace {
+            let endpoints: usize = snapshot.values().map(BTreeMap::len).sum();
+            t.phase(
+                "controller.signals",
+                None,
+                (fetching, trace::unix_nanos()),
+                vec![
+                    (
+                        "gofe.clusters_with_signals",
+                        gofe_trace::Value::Int(snapshot.len() as i64),
+                    ),
+                    (
+                        "gofe.endpoints_with_signals",
+                        gofe_trace::Value::Int(endpoints as i64),
+                    ),
+                ],
+                signal_error.clone(),
+            );
+        }
         if signal_error.is_none() {
             self.note_missing_clusters(&snapshot);
         }
+        let deciding = trace::unix_nanos();
         let (decided, events) = self.decide_all(&snapshot, now);
         let (config, published) = publication::weighted(&self.base, |cluster, i| {
             let d = decided.get(cluster)?.decision.endpoints.get(i)?;
             Some((d.weight, d.healthy))
         });
+        let publishing = trace::unix_nanos();
+        let before = self.version;
         self.publish_if_changed(config, published).await;
+        let published_at = trace::unix_nanos();
         self.record_metrics(&decided);
         let view = self.view(&decided, events, signal_error);
+        if let Some(mut t) = trace {
+            self.trace_step(&mut t, &view, (deciding, publishing, published_at), before);
+            if let Some(tracer) = &self.tracer {
+                tracer.send(
+                    t,
+                    vec![
+                        ("gofe.version", gofe_trace::Value::Int(self.version as i64)),
+                        ("gofe.role", gofe_trace::Value::Static(view.role)),
+                    ],
+                );
+            }
+        }
         if let Ok(mut w) = self.shared.decisions.write() {
             *w = view.clone();
         }
         view
+    }
+
+    /// The decide and publish spans of a step, from what `/decisions` shows of it: each
+    /// cluster's mode and every endpoint's inputs, weight, state and reason.
+    fn trace_step(
+        &self,
+        t: &mut trace::StepTrace,
+        view: &DecisionsView,
+        (deciding, publishing, published_at): (u64, u64, u64),
+        version_before: u64,
+    ) {
+        use gofe_trace::Value;
+        let json = |v: &dyn erased::Json| Value::Owned(v.json().into());
+        let decide = t.phase(
+            "controller.decide",
+            None,
+            (deciding, publishing),
+            vec![
+                ("gofe.clusters", Value::Int(view.clusters.len() as i64)),
+                ("gofe.events", json(&view.events)),
+            ],
+            None,
+        );
+        for (name, cluster) in &view.clusters {
+            t.phase(
+                "controller.decide.cluster",
+                Some(decide),
+                (deciding, publishing),
+                vec![
+                    ("gofe.cluster", Value::Owned(name.as_str().into())),
+                    ("gofe.mode", Value::Static(cluster.mode)),
+                    ("gofe.endpoints", json(&cluster.endpoints)),
+                ],
+                None,
+            );
+        }
+        t.phase(
+            "controller.publish",
+            None,
+            (publishing, published_at),
+            vec![
+                ("gofe.version", Value::Int(self.version as i64)),
+                (
+                    "gofe.published",
+                    Value::Int(i64::from(self.version != version_before)),
+                ),
+            ],
+            None,
+        );
+    }
+
+    /// Waits (at most `timeout`) until the decision spans of the steps so far are exported;
+    /// true at once without tracing.
+    pub async fn flush_traces(&self, timeout: Duration) -> bool {
+        match &self.tracer {
+            Some(t) => t.flush(timeout).await,
+            None => true,
+        }
     }
 
     /// This step's signals; when they cannot be had, an empty snapshot (every decision holds)
@@ -955,6 +1091,7 @@ impl Controller {
             ("kubernetes", json(&r.kubernetes) != json(&next.kubernetes)),
             ("state_file", r.state_file != next.state_file),
             ("webhook", json(&r.webhook) != json(&next.webhook)),
+            ("tracing", json(&r.tracing) != json(&next.tracing)),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))
@@ -1120,6 +1257,115 @@ mod tests {
         ] {
             assert!(text.contains(want), "{want} missing:\n{text}");
         }
+    }
+
+    /// A collector on 127.0.0.1 that keeps every decoded `ExportTraceServiceRequest`.
+    async fn collector() -> (
+        String,
+        Arc<std::sync::Mutex<Vec<gofe_trace::otlp::OtlpSpan>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let uri = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let spans = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = Arc::clone(&spans);
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                let kept = Arc::clone(&kept);
+                conns.spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let kept = Arc::clone(&kept);
+                            async move {
+                                let body = req.into_body().collect().await?.to_bytes();
+                                let decoded = gofe_trace::otlp::decode_spans(&body);
+                                kept.lock().unwrap().extend(decoded.unwrap_or_default());
+                                Ok::<_, hyper::Error>(http::Response::new(http_body_util::Empty::<
+                                    bytes::Bytes,
+                                >::new(
+                                )))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (uri, spans, task)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_decision_step_is_a_trace_with_its_inputs() {
+        let (uri, spans, task) = collector().await;
+        let mut c = controller(&format!(
+            "tracing: {{ provider: {{ opentelemetry: {{ service_name: ctl, http_service: {{ http_uri: {{ uri: \"{uri}\" }} }} }} }}, batch: {{ schedule_delay: \"10ms\" }} }}\n"
+        ));
+        // Signals cannot be had (nothing listens on 127.0.0.1:1): the step holds, and says why.
+        let view = c.step().await;
+        assert!(c.flush_traces(Duration::from_secs(30)).await);
+        let spans = spans.lock().unwrap().clone();
+        task.abort();
+        let named = |name: &str| -> Vec<&gofe_trace::otlp::OtlpSpan> {
+            spans.iter().filter(|s| s.name == name).collect()
+        };
+        let root = named("controller.step");
+        assert_eq!(root.len(), 1, "{spans:#?}");
+        let root = root[0];
+        assert!(root.parent_span_id.is_empty());
+        let signals = named("controller.signals")[0];
+        assert_eq!(signals.parent_span_id, root.span_id);
+        assert_eq!(
+            signals.status.as_ref().map(|s| s.code),
+            Some(gofe_trace::otlp::STATUS_CODE_ERROR),
+            "the lost signals are the span's error"
+        );
+        let decide = named("controller.decide")[0];
+        assert_eq!(decide.parent_span_id, root.span_id);
+        let clusters = named("controller.decide.cluster");
+        assert_eq!(clusters.len(), 2, "web and idle");
+        let attr = |s: &gofe_trace::otlp::OtlpSpan, key: &str| -> String {
+            let v = s
+                .attributes
+                .iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| kv.value.clone())
+                .and_then(|v| v.value);
+            match v {
+                Some(gofe_trace::otlp::any_value::Value::StringValue(s)) => s,
+                Some(gofe_trace::otlp::any_value::Value::IntValue(i)) => i.to_string(),
+                None => String::new(),
+            }
+        };
+        let web = clusters
+            .iter()
+            .find(|s| attr(s, "gofe.cluster") == "web")
+            .expect("web's decision");
+        assert_eq!(web.parent_span_id, decide.span_id);
+        assert_eq!(
+            attr(web, "gofe.mode"),
+            view.clusters["web"].mode,
+            "as /decisions says"
+        );
+        let endpoints: serde_json::Value =
+            serde_json::from_str(&attr(web, "gofe.endpoints")).unwrap();
+        assert_eq!(endpoints[0]["endpoint"], "10.0.0.1:80");
+        assert_eq!(
+            endpoints[0]["reason"],
+            view.clusters["web"].endpoints[0].reason.as_str(),
+            "{endpoints}"
+        );
+        let publish = named("controller.publish")[0];
+        assert_eq!(publish.parent_span_id, root.span_id);
+        assert_eq!(
+            attr(publish, "gofe.published"),
+            "1",
+            "the first step publishes"
+        );
+        assert!(spans.iter().all(|s| s.trace_id == root.trace_id));
     }
 
     #[tokio::test]

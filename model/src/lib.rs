@@ -36,6 +36,8 @@ pub mod schema;
 pub use local_ratelimit::LocalRateLimitConfig;
 pub mod mirror;
 pub use mirror::RequestMirrorPolicyConfig;
+pub mod tracing;
+pub use tracing::TracingConfig;
 
 /// Default upstream request timeout per route (Envoy's default).
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -109,6 +111,13 @@ pub struct ListenerConfig {
     /// `gofe_access_log_dropped_total`). Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_log: Vec<AccessLogConfig>,
+    /// Distributed tracing (the connection manager's `tracing` in Envoy, with its
+    /// OpenTelemetry provider): W3C (or B3) context read and passed on, a span per request
+    /// and per upstream attempt, exported over OTLP/HTTP off the request path (a full queue
+    /// drops spans and counts them in `gofe_tracing_spans_dropped_total`). Default: none
+    /// (a request pays one branch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
 }
 
 /// Default `max_request_headers_kb` of a listener.
@@ -825,6 +834,11 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
                 v.error(format!("{base}.access_log[{ai}].{field}"), message);
             }
         }
+        if let Some(t) = &listener.tracing {
+            for (field, message) in tracing::check(t) {
+                v.error(format!("{base}.tracing.{field}"), message);
+            }
+        }
         if listener.filters.len() != 1 {
             v.error(
                 format!("{base}.filters"),
@@ -1253,6 +1267,40 @@ admin: { address: "127.0.0.1:9901" }
         assert_eq!(
             c.listeners[0].access_log[0].path.as_deref(),
             Some("/tmp/a.log")
+        );
+    }
+
+    #[test]
+    fn bad_tracing_settings_name_their_lines_and_fields() {
+        let text = SAMPLE.replace(
+            "    protocol: \"http\"\n",
+            "    protocol: \"http\"\n    tracing:\n      random_sampling: { value: 150 }\n      provider:\n        opentelemetry:\n          http_service:\n            http_uri: { uri: \"https://collector:4318/v1/traces\" }\n",
+        );
+        let p = problems(&text);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(p[0].field, "listeners[0].tracing.random_sampling.value");
+        assert_eq!(p[0].line, Some(6));
+        assert_eq!(
+            p[1].field,
+            "listeners[0].tracing.provider.opentelemetry.http_service.http_uri.uri"
+        );
+        assert_eq!(p[1].line, Some(10));
+        assert!(p[1].message.contains("https collectors"), "{}", p[1]);
+        let ok = text
+            .replace("value: 150", "value: 1")
+            .replace("https://", "http://");
+        let c = parse("ok.yaml", &ok).unwrap();
+        let t = c.listeners[0].tracing.as_ref().unwrap();
+        assert_eq!(t.random_sampling.value, 1.0);
+        assert_eq!(t.overall_sampling, tracing::Percent::all());
+        assert_eq!(t.propagation, [tracing::Propagation::Tracecontext]);
+        assert_eq!(
+            t.provider.opentelemetry.service_name,
+            "unknown_service:gofe"
+        );
+        assert_eq!(
+            t.provider.opentelemetry.http_service.http_uri.timeout,
+            tracing::DEFAULT_EXPORT_TIMEOUT
         );
     }
 

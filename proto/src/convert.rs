@@ -28,6 +28,7 @@ mod faults;
 mod listeners;
 mod ratelimits;
 mod routes;
+mod tracers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -64,6 +65,7 @@ pub use faults::FAULT_FILTER_NAME;
 pub use listeners::{listener_from_wire, listener_to_wire};
 pub use ratelimits::LOCAL_RATELIMIT_FILTER_NAME;
 pub use routes::{route_from_wire, route_to_wire};
+pub use tracers::OPENTELEMETRY_TRACER_NAME;
 
 /// Name of the HTTP connection manager network filter.
 pub const HCM_FILTER_NAME: &str = "envoy.filters.network.http_connection_manager";
@@ -839,6 +841,7 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
                     address: l.address.clone(),
                     settings: SocketSettings {
                         access_log: l.access_log.clone(),
+                        tracing: l.tracing.clone().map(Box::new),
                         tls: l.tls.clone(),
                         max_connections: l.max_connections,
                         max_request_headers_kb: l.max_request_headers_kb,
@@ -970,6 +973,7 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
             request_headers_timeout: settings.request_headers_timeout,
             idle_timeout: settings.idle_timeout,
             access_log: settings.access_log.clone(),
+            tracing: settings.tracing.as_deref().cloned(),
         });
     }
     // Clusters referenced but not defined: present and empty (503), as in Envoy.

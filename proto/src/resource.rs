@@ -124,6 +124,9 @@ pub struct SocketSettings {
     /// Access logs (the connection manager's `access_log`: stdout and file loggers with a text
     /// or JSON `log_format`). Default: none.
     pub access_log: Vec<gofe_model::AccessLogConfig>,
+    /// Tracing (the connection manager's `tracing` with the `envoy.tracers.opentelemetry`
+    /// provider). Default: none.
+    pub tracing: Option<Box<gofe_model::TracingConfig>>,
 }
 
 impl Default for SocketSettings {
@@ -139,6 +142,7 @@ impl Default for SocketSettings {
             local_ratelimit_filter: true,
             unnamed: false,
             access_log: Vec::new(),
+            tracing: None,
         }
     }
 }

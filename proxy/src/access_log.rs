@@ -98,7 +98,7 @@ impl Flags {
     }
 
     /// Writes the codes, comma-separated, or `-` for none.
-    fn write(self, out: &mut Vec<u8>) {
+    pub(crate) fn write(self, out: &mut Vec<u8>) {
         if self.0 == 0 {
             out.push(b'-');
             return;

@@ -18,6 +18,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::access_log::LogHandle;
 use crate::ctx::{ActiveGuard, Admission, StreamGuard};
 use crate::fault::FaultGuard;
+use crate::tracer::TraceHandle;
 use crate::upstream::UpstreamBody;
 
 /// The error a body yields: the endpoint's (or, for a demo backend's echo, the client's).
@@ -40,6 +41,8 @@ pub(crate) struct Guards {
     pub(crate) stream: Option<StreamGuard>,
     /// The request's access-log record, written when the body is done (only with a log).
     pub(crate) log: Option<LogHandle>,
+    /// The request's trace, whose spans end when the body is done (only with tracing).
+    pub(crate) trace: Option<TraceHandle>,
     /// The request's place among its listener's active faults (only when faulted).
     pub(crate) fault: Option<FaultGuard>,
     /// The routed request's duration, observed when the body is done.

@@ -38,6 +38,7 @@ use crate::metrics::{class_index, ListenerStats};
 use crate::ratelimit::{RateLimitHeaders, Verdict};
 use crate::request_body::{BodyFault, BodyWatch, RequestBody};
 use crate::route::RouteTable;
+use crate::tracer::{TraceHandle, Tracer};
 
 mod attempt;
 mod breakers;
@@ -59,6 +60,17 @@ pub(crate) trait Serving: Send + Sync + 'static {
     fn stats(&self) -> &ListenerStats;
     /// The listener's access logs, if it has any.
     fn access_log(&self) -> Option<&Arc<AccessLog>>;
+    /// The listener's tracer, if it traces.
+    fn tracer(&self) -> Option<&Arc<Tracer>>;
+}
+
+/// How an upstream attempt ended, as its span says.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AttemptEnd {
+    /// The endpoint answered with this status.
+    Status(u16),
+    /// It did not answer: why (OpenTelemetry's `error.type`).
+    Failed(&'static str),
 }
 
 /// Where a request finds its listener's current state.
@@ -93,6 +105,10 @@ pub(crate) async fn serve<L: Listener>(
         let record = Record::start(log, &req, conn.peer, conn.scheme);
         LogHandle::new(Arc::clone(log), record)
     });
+    // Without tracing, likewise.
+    let mut trace = state
+        .tracer()
+        .map(|t| t.start(&req, conn.peer, conn.scheme));
     let (stream, number) = StreamGuard::new(conn);
     let start = Instant::now();
     let (mut limit_headers, mut timer) = (None, None);
@@ -101,7 +117,7 @@ pub(crate) async fn serve<L: Listener>(
         stream.conn(),
         number,
         state.routes(),
-        log.as_mut(),
+        (log.as_mut(), trace.as_mut()),
         &mut limit_headers,
         &mut timer,
     )
@@ -116,12 +132,19 @@ pub(crate) async fn serve<L: Listener>(
             if let Some(log) = &mut log {
                 log.respond(response.status().as_u16(), response.headers());
             }
+            if let Some(trace) = &mut trace {
+                trace.respond(response.status().as_u16());
+            }
             response
         }
         // Should the client still read, this is what its request was.
         Err(ClientGone) => {
             if let Some(log) = &mut log {
                 log.flag(Flags::DOWNSTREAM_CONNECTION_TERMINATION);
+            }
+            if let Some(trace) = &mut trace {
+                trace.flag(Flags::DOWNSTREAM_CONNECTION_TERMINATION);
+                trace.respond(StatusCode::BAD_REQUEST.as_u16());
             }
             closing_reply(StatusCode::BAD_REQUEST, "request body incomplete\n")
         }
@@ -130,6 +153,7 @@ pub(crate) async fn serve<L: Listener>(
     guards.listener = Some(listener_guard);
     guards.stream = Some(stream);
     guards.log = log;
+    guards.trace = trace;
     guards.timer = timer.map(|histogram| RequestTimer { histogram, start });
     Ok(response)
 }
@@ -145,10 +169,13 @@ impl Drop for Unanswered<'_> {
     }
 }
 
-/// Adds `flags` to the request's access-log record, if it has one.
-fn flag(log: &mut Option<&mut LogHandle>, flags: Flags) {
+/// Adds `flags` to the request's access-log record and SERVER span, if it has them.
+fn flag(log: &mut Option<&mut LogHandle>, trace: &mut Option<&mut TraceHandle>, flags: Flags) {
     if let Some(log) = log {
         log.flag(flags);
+    }
+    if let Some(trace) = trace {
+        trace.flag(flags);
     }
 }
 
@@ -157,7 +184,8 @@ async fn forward(
     conn: &ConnContext,
     number: u32,
     routes: &RouteTable,
-    mut log: Option<&mut LogHandle>,
+    // What records the request: its access-log line and its trace, when it has them.
+    (mut log, mut trace): (Option<&mut LogHandle>, Option<&mut TraceHandle>),
     limit_headers: &mut Option<RateLimitHeaders>,
     timer: &mut Option<prometheus::Histogram>,
 ) -> Result<Response<ProxyBody>, ClientGone> {
@@ -173,7 +201,7 @@ async fn forward(
         Err(why) => return Ok(local_reply(StatusCode::BAD_REQUEST, why)),
     };
     let Some(vhost) = routes.find_host(authority) else {
-        flag(&mut log, Flags::NO_ROUTE);
+        flag(&mut log, &mut trace, Flags::NO_ROUTE);
         return Ok(local_reply(
             StatusCode::NOT_FOUND,
             "no virtual host matches this authority\n",
@@ -181,7 +209,7 @@ async fn forward(
     };
     let Some(route) = vhost.find_route(req.uri().path(), req.headers()) else {
         tracing::debug!(vhost = %vhost.name, path = req.uri().path(), "no route");
-        flag(&mut log, Flags::NO_ROUTE);
+        flag(&mut log, &mut trace, Flags::NO_ROUTE);
         return Ok(local_reply(
             StatusCode::NOT_FOUND,
             "no route matches this request\n",
@@ -192,6 +220,9 @@ async fn forward(
     if let Some(log) = &mut log {
         log.routed(route.name.as_ref(), &cluster);
     }
+    if let Some(trace) = &mut trace {
+        trace.routed(route.name.as_ref(), &cluster);
+    }
     // The route's filters: fault injection (maybe a delay, then maybe an abort, which never
     // reaches an upstream), then local rate limiting (a request finding the route's bucket
     // empty is answered here), as Envoy's fault and local_ratelimit filters in that order. A
@@ -200,12 +231,12 @@ async fn forward(
     if let Some(filters) = &route.filters {
         if let Some(fault) = &filters.fault {
             if let Some(delay) = fault.delay(req.headers(), &mut faulted) {
-                flag(&mut log, Flags::DELAY_INJECTED);
+                flag(&mut log, &mut trace, Flags::DELAY_INJECTED);
                 // Boxed: the timer is in this (hot, large) future only for a delayed request.
                 Box::pin(tokio::time::sleep(delay)).await;
             }
             if let Some(reply) = fault.abort(req.headers(), &mut faulted) {
-                flag(&mut log, Flags::FAULT_INJECTED);
+                flag(&mut log, &mut trace, Flags::FAULT_INJECTED);
                 return Ok(reply);
             }
         }
@@ -213,7 +244,7 @@ async fn forward(
             match limit.check() {
                 Verdict::Pass(headers) => *limit_headers = headers,
                 Verdict::Limited(headers) => {
-                    flag(&mut log, Flags::RATE_LIMITED);
+                    flag(&mut log, &mut trace, Flags::RATE_LIMITED);
                     return Ok(limit.reply(req.headers(), headers));
                 }
             }
@@ -229,7 +260,7 @@ async fn forward(
                 }
             }
             Verdict::Limited(headers) => {
-                flag(&mut log, Flags::RATE_LIMITED);
+                flag(&mut log, &mut trace, Flags::RATE_LIMITED);
                 return Ok(limit.reply(req.headers(), headers));
             }
         }
@@ -259,7 +290,7 @@ async fn forward(
             } else {
                 Flags::UPSTREAM_OVERFLOW
             };
-            flag(&mut log, why);
+            flag(&mut log, &mut trace, why);
             return Ok(refused.reply);
         }
     };
@@ -310,7 +341,7 @@ async fn forward(
     loop {
         let Some(picked) = cluster.pick(avoid) else {
             cluster.stats.no_healthy.inc();
-            flag(&mut log, Flags::NO_HEALTHY_UPSTREAM);
+            flag(&mut log, &mut trace, Flags::NO_HEALTHY_UPSTREAM);
             return Ok(local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy upstream\n",
@@ -346,6 +377,9 @@ async fn forward(
                 }
             };
             with_host(&mut upstream_req, &cluster, &endpoint);
+            if let Some(trace) = &mut trace {
+                trace.attempt(upstream_req.headers_mut(), &endpoint, retries.done());
+            }
             attempt::run(
                 &cluster,
                 &endpoint,
@@ -370,7 +404,11 @@ async fn forward(
             log.endpoint(&endpoint);
         }
 
-        if retries.again(&cluster, outcome, deadline) {
+        let again = retries.again(&cluster, outcome, deadline);
+        if let Some(trace) = &mut trace {
+            trace.attempt_ended(attempt.end(), again);
+        }
+        if again {
             avoid = Some(index);
             tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.address, ?outcome, retry = retries.done(), "retrying");
             drop(attempt);
@@ -378,21 +416,19 @@ async fn forward(
             tokio::time::sleep(retries.backoff(deadline)).await;
             continue;
         }
-        if let Some(log) = &mut log {
-            if let Attempt::Failed(e) = &attempt {
-                if let Some(f) = e.response_flag() {
-                    log.flag(f);
-                }
-                if let Some(cause) = e.connect_cause() {
-                    log.failure_reason(cause);
-                }
+        if let Attempt::Failed(e) = &attempt {
+            if let Some(f) = e.response_flag() {
+                flag(&mut log, &mut trace, f);
             }
-            match retries.refused() {
-                Some(Refused::LimitExceeded) => log.flag(Flags::RETRY_LIMIT_EXCEEDED),
-                Some(Refused::Overflow) => log.flag(Flags::UPSTREAM_OVERFLOW),
-                Some(Refused::RateLimited) => log.flag(Flags::RATE_LIMITED),
-                None => {}
+            if let (Some(log), Some(cause)) = (&mut log, e.connect_cause()) {
+                log.failure_reason(cause);
             }
+        }
+        match retries.refused() {
+            Some(Refused::LimitExceeded) => flag(&mut log, &mut trace, Flags::RETRY_LIMIT_EXCEEDED),
+            Some(Refused::Overflow) => flag(&mut log, &mut trace, Flags::UPSTREAM_OVERFLOW),
+            Some(Refused::RateLimited) => flag(&mut log, &mut trace, Flags::RATE_LIMITED),
+            None => {}
         }
         let mut response = attempt.into_response(&cluster, &endpoint, active, admitted)?;
         // A faulted request stays active until its response ends, as in Envoy.

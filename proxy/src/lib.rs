@@ -28,7 +28,8 @@
 //! `initial_fetch_timeout` for xDS; 503 after `POST /healthcheck/fail` until
 //! `POST /healthcheck/ok`), `/config_dump` (the configuration, every endpoint's configured and
 //! passive health, and the xDS client's state), `/clusters` and `/server_info` (Envoy's forms).
-//! Listeners may write access logs (`access_log`), off the request path. Routes may inject
+//! Listeners may write access logs (`access_log`), off the request path, and trace requests
+//! (`tracing`: W3C or B3 context passed on, spans exported over OTLP/HTTP by `gofe-trace`). Routes may inject
 //! faults (`fault`, Envoy's fault filter) and limit their rate (`local_ratelimit`, Envoy's local
 //! rate limit filter), both compiled when the configuration is applied, and mirror a fraction
 //! of their requests to shadow clusters, fire and forget (`request_mirror_policies`, see
@@ -63,6 +64,7 @@ mod request_body;
 mod route;
 pub mod run;
 mod tls;
+mod tracer;
 mod upstream;
 pub mod xds;
 
@@ -79,6 +81,9 @@ use crate::route::RouteTable;
 
 /// Longest wait at shutdown for a listener's access-log writer to write what it holds.
 const ACCESS_LOG_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait at shutdown for a listener's span exporter to export what it holds.
+const TRACING_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The configuration the proxy is serving, as `/config_dump` shows it.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -116,6 +121,14 @@ pub enum ApplyError {
     /// A listener's access log could not be set up (its file cannot be opened, say).
     #[error("listener {listener}: {message}")]
     AccessLog {
+        /// The listener's name.
+        listener: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A listener's tracing could not be set up.
+    #[error("listener {listener}: {message}")]
+    Tracing {
         /// The listener's name.
         listener: String,
         /// What went wrong.
@@ -178,6 +191,9 @@ struct Control {
     /// Each listener's access logs with the configuration they were built from, kept across
     /// swaps that leave it unchanged (the writer thread and open files stay).
     access_logs: HashMap<Arc<str>, (Vec<config::AccessLogConfig>, Arc<access_log::AccessLog>)>,
+    /// Each listener's tracer with the configuration it was built from, kept across swaps
+    /// that leave it unchanged (the exporter task and its queue stay).
+    tracers: HashMap<Arc<str>, (config::TracingConfig, Arc<tracer::Tracer>)>,
     /// Routes' filter state (active faults, rate-limit buckets), kept across swaps that leave
     /// it unchanged.
     filters: route::FilterState,
@@ -251,6 +267,7 @@ impl Proxy {
         let mut limits = HashMap::new();
         let mut cluster_buckets = HashMap::new();
         let mut access_logs = HashMap::new();
+        let mut tracers = HashMap::new();
         let mut filter_state = route::FilterState::default();
         for c in &config.clusters {
             let name = c.name.clone();
@@ -343,6 +360,29 @@ impl Proxy {
             if let Some(log) = &access_log {
                 access_logs.insert(Arc::clone(&name), (l.access_log.clone(), Arc::clone(log)));
             }
+            let tracer = match (&l.tracing, control.tracers.get(&name)) {
+                (None, _) => None,
+                (Some(t), Some((built_from, tracer))) if built_from == t => {
+                    Some(Arc::clone(tracer))
+                }
+                (Some(t), _) => {
+                    let label = [&*name];
+                    let counters = gofe_trace::Counters {
+                        exported: metrics.tracing_exported.with_label_values(&label),
+                        dropped: metrics.tracing_dropped.with_label_values(&label),
+                        failed: metrics.tracing_failed.with_label_values(&label),
+                    };
+                    Some(tracer::Tracer::build(t, counters).map_err(|message| {
+                        ApplyError::Tracing {
+                            listener: name.to_string(),
+                            message,
+                        }
+                    })?)
+                }
+            };
+            if let (Some(t), Some(tracer)) = (&l.tracing, &tracer) {
+                tracers.insert(Arc::clone(&name), (t.clone(), Arc::clone(tracer)));
+            }
             states.push((
                 addr,
                 ListenerState {
@@ -359,6 +399,7 @@ impl Proxy {
                         idle_timeout: (!l.idle_timeout.is_zero()).then_some(l.idle_timeout),
                     },
                     access_log,
+                    tracer,
                 },
             ));
         }
@@ -458,6 +499,7 @@ impl Proxy {
         control.limits = limits;
         control.cluster_buckets = cluster_buckets;
         control.access_logs = access_logs;
+        control.tracers = tracers;
         control.filters = filter_state;
         control.clusters = cluster_names;
         control.pools = pools;
@@ -546,6 +588,12 @@ impl Proxy {
                 for listener in late {
                     tracing::warn!(%listener, "access log not flushed at shutdown; its last lines may be lost");
                 }
+            }
+        }
+        // And every span of them is exported (or its export failed).
+        for (listener, (_, tracer)) in control.tracers.drain() {
+            if !tracer.flush(TRACING_FLUSH_TIMEOUT).await {
+                tracing::warn!(%listener, "spans not exported at shutdown; the last ones may be lost");
             }
         }
         if let Some((_, admin)) = control.admin.take() {

@@ -29,6 +29,7 @@ use crate::forward;
 use crate::framing::FramingWatch;
 use crate::metrics::ListenerStats;
 use crate::route::RouteTable;
+use crate::tracer::Tracer;
 
 /// Time allowed for a client to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,6 +42,7 @@ pub(crate) struct ListenerState {
     pub(crate) stats: ListenerStats,
     pub(crate) limits: ListenerLimits,
     pub(crate) access_log: Option<Arc<AccessLog>>,
+    pub(crate) tracer: Option<Arc<Tracer>>,
 }
 
 impl forward::Serving for ListenerState {
@@ -54,6 +56,10 @@ impl forward::Serving for ListenerState {
 
     fn access_log(&self) -> Option<&Arc<AccessLog>> {
         self.access_log.as_ref()
+    }
+
+    fn tracer(&self) -> Option<&Arc<Tracer>> {
+        self.tracer.as_ref()
     }
 }
 

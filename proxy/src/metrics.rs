@@ -56,6 +56,12 @@ pub(crate) struct Metrics {
     downstream_cx_flood: IntCounterVec,
     /// `gofe_access_log_dropped_total{listener}`.
     pub(crate) access_log_dropped: IntCounterVec,
+    /// `gofe_tracing_spans_exported_total{listener}`.
+    pub(crate) tracing_exported: IntCounterVec,
+    /// `gofe_tracing_spans_dropped_total{listener}`.
+    pub(crate) tracing_dropped: IntCounterVec,
+    /// `gofe_tracing_spans_failed_total{listener}`.
+    pub(crate) tracing_failed: IntCounterVec,
     /// `gofe_fault_injected_total{route,kind}`.
     pub(crate) fault_injected: IntCounterVec,
     /// `gofe_fault_overflow_total{route}`.
@@ -255,6 +261,24 @@ impl Metrics {
                 &r,
                 "gofe_access_log_dropped_total",
                 "Access-log lines of a listener dropped because its writer had fallen behind (its buffer was full); requests never wait for the log.",
+                &["listener"],
+            ),
+            tracing_exported: counter_vec(
+                &r,
+                "gofe_tracing_spans_exported_total",
+                "Spans of a listener's requests the OTLP collector accepted.",
+                &["listener"],
+            ),
+            tracing_dropped: counter_vec(
+                &r,
+                "gofe_tracing_spans_dropped_total",
+                "Spans of a listener's requests dropped because the export queue was full (max_cache_size); requests never wait for the exporter.",
+                &["listener"],
+            ),
+            tracing_failed: counter_vec(
+                &r,
+                "gofe_tracing_spans_failed_total",
+                "Spans of a listener's requests lost because their export failed (collector unreachable, too slow, or not 2xx); exports are not retried.",
                 &["listener"],
             ),
             fault_injected: counter_vec(

@@ -1283,3 +1283,132 @@ async fn wait_until_async<F: std::future::Future<Output = bool>>(
     }
     panic!("timed out waiting for {what}");
 }
+
+/// A minimal OTLP/HTTP collector: decodes each POSTed body as an `ExportTraceServiceRequest`
+/// (gofe-trace's messages; the Python receiver of the wire tests is the independent decoder)
+/// and keeps it.
+async fn collector() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<gofe_trace::otlp::ExportTraceServiceRequest>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use hyper::service::service_fn;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = std::sync::Arc::clone(&got);
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let kept = std::sync::Arc::clone(&kept);
+            conns.spawn(async move {
+                let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let kept = std::sync::Arc::clone(&kept);
+                    async move {
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let status = match gofe_trace::otlp::ExportTraceServiceRequest::decode(body)
+                        {
+                            Ok(export) => {
+                                kept.lock().unwrap().push(export);
+                                200
+                            }
+                            Err(_) => 400,
+                        };
+                        let mut resp =
+                            http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                        *resp.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, hyper::Error>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, got, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracing_pushed_over_xds_exports_the_proxys_spans() {
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let f = fixture(&cp).await;
+    let (collector, exports, collector_task) = collector().await;
+    let mut r = resources(f.listen, &[(f.a.addr(), 1)], None);
+    let Some(ListenerResource {
+        kind: ListenerKind::Socket { settings, .. },
+        ..
+    }) = r.listeners.get_mut("ingress")
+    else {
+        panic!("a socket listener")
+    };
+    // Over the wire: HttpConnectionManager.tracing with envoy.tracers.opentelemetry.
+    let mut tracing =
+        gofe_model::TracingConfig::to_collector(&format!("http://{collector}/v1/traces"));
+    tracing.provider.opentelemetry.service_name = "xds-edge".into();
+    settings.tracing = Some(Box::new(tracing));
+    cp.push(&r);
+    wait_for_split(&f.http, f.listen, 2, &counts(&[("a", 2)])).await;
+    // A traced client.
+    let client_trace = "0af7651916cd43dd8448eb211c80319c";
+    let client_span = "b7ad6b7169203331";
+    let req = http::Request::get(format!("http://{}/", f.listen))
+        .header("traceparent", format!("00-{client_trace}-{client_span}-01"))
+        .body(Empty::new())
+        .unwrap();
+    let resp = f.http.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    f.client.stop();
+    // Shutdown returns once the exporter has sent every span.
+    f.proxy.shutdown(Duration::from_secs(5)).await;
+    let exports = exports.lock().unwrap().clone();
+    collector_task.abort();
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut spans = Vec::new();
+    for e in &exports {
+        for rs in &e.resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+                .and_then(|kv| kv.value.clone());
+            assert_eq!(
+                service.and_then(|v| v.value),
+                Some(gofe_trace::otlp::any_value::Value::StringValue(
+                    "xds-edge".into()
+                ))
+            );
+            for ss in &rs.scope_spans {
+                spans.extend(ss.spans.iter().cloned());
+            }
+        }
+    }
+    let server = spans
+        .iter()
+        .find(|s| hex(&s.parent_span_id) == client_span)
+        .expect("the traced request's SERVER span");
+    assert_eq!(hex(&server.trace_id), client_trace);
+    assert_eq!(server.kind, gofe_trace::otlp::SPAN_KIND_SERVER);
+    let attempt = spans
+        .iter()
+        .find(|s| s.parent_span_id == server.span_id)
+        .expect("its CLIENT span");
+    assert_eq!(attempt.kind, gofe_trace::otlp::SPAN_KIND_CLIENT);
+    let port = attempt
+        .attributes
+        .iter()
+        .find(|kv| kv.key == "server.port")
+        .and_then(|kv| kv.value.clone())
+        .and_then(|v| v.value);
+    assert_eq!(
+        port,
+        Some(gofe_trace::otlp::any_value::Value::IntValue(i64::from(
+            f.a.addr().port()
+        )))
+    );
+    cp.kill().await;
+}

@@ -9,6 +9,7 @@ use envoy_types::pb::google::protobuf::UInt64Value;
 use gofe_model::TlsConfig;
 
 use super::access_logs::{access_logs_from_wire, access_logs_to_wire};
+use super::tracers::{tracing_from_wire, tracing_to_wire};
 use super::*;
 
 /// The ALPN list gofe's TLS listeners offer (and the only one accepted from the wire).
@@ -40,6 +41,9 @@ pub(super) fn check_publishable(l: &ListenerConfig, base: &str) -> Result<(), Co
         l.request_headers_timeout,
         format!("{base}.request_headers_timeout"),
     )?;
+    if let Some(t) = &l.tracing {
+        super::tracers::check_publishable(t, &format!("{base}.tracing"))?;
+    }
     check_pb_duration(l.idle_timeout, format!("{base}.idle_timeout"))
 }
 
@@ -131,6 +135,7 @@ pub fn listener_to_wire(l: &ListenerResource) -> Result<listener::Listener, Conv
     }
     manager.max_request_headers_kb = u32v(settings.max_request_headers_kb);
     manager.access_log = access_logs_to_wire(&settings.access_log);
+    manager.tracing = settings.tracing.as_deref().map(tracing_to_wire);
     manager.request_headers_timeout = Some(pb_duration(settings.request_headers_timeout));
     manager.common_http_protocol_options = Some(core::HttpProtocolOptions {
         idle_timeout: Some(pb_duration(settings.idle_timeout)),
@@ -667,8 +672,7 @@ fn hcm_settings(
         stat_prefix: _,
         http_filters,
         add_user_agent,
-        // Tracing: gofe does not trace (nor sample, nor add span headers).
-        tracing: _,
+        tracing,
         common_http_protocol_options,
         http1_safe_max_connection_duration,
         http_protocol_options,
@@ -859,8 +863,13 @@ fn hcm_settings(
         }
     };
     let access_log = access_logs_from_wire(access_log, res, base)?;
+    let tracing = match tracing {
+        None => None,
+        Some(t) => tracing_from_wire(t, res, &join(base, "tracing"))?.map(Box::new),
+    };
     Ok(SocketSettings {
         access_log,
+        tracing,
         tls: None,
         max_connections: None,
         max_request_headers_kb,

@@ -395,6 +395,7 @@ pub(super) fn route_from_wire_in(
                 config: router,
             }],
             access_log: Vec::new(),
+            tracing: None,
             max_connections: None,
             max_request_headers_kb: gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB,
             request_headers_timeout: gofe_model::DEFAULT_REQUEST_HEADERS_TIMEOUT,
@@ -532,14 +533,15 @@ fn route_entry_from_wire(
         name,
         r#match,
         metadata: _,
-        // Tracing: gofe does not trace.
-        decorator: _,
+        // Tracing per route (a span name, sampling overrides, tags): gofe's tracing is the
+        // connection manager's, so these are refused rather than ignored.
+        decorator,
         typed_per_filter_config,
         request_headers_to_add,
         request_headers_to_remove,
         response_headers_to_add,
         response_headers_to_remove,
-        tracing: _,
+        tracing,
         per_request_buffer_limit_bytes,
         stat_prefix: _,
         request_body_buffer_limit,
@@ -557,6 +559,8 @@ fn route_entry_from_wire(
         )
         .set("request_body_buffer_limit", request_body_buffer_limit)
         .set("route_specifiers", route_specifiers)
+        .set("decorator", decorator)
+        .set("tracing", tracing)
         .finish()?;
     let matcher = match_from_wire(
         r#match

@@ -110,6 +110,22 @@ impl Attempt {
         })
     }
 
+    /// How it ended, as its span says.
+    pub(crate) fn end(&self) -> super::AttemptEnd {
+        use super::AttemptEnd;
+        match self {
+            Attempt::Response(r) => AttemptEnd::Status(r.status().as_u16()),
+            Attempt::Failed(e) => AttemptEnd::Failed(match e {
+                AttemptError::Connect(_) => "connect_failure",
+                AttemptError::Reset(_) => "reset",
+                AttemptError::Protocol(_) => "protocol_error",
+                AttemptError::Timeout => "timeout",
+                AttemptError::Downstream { .. } => "downstream_failure",
+                AttemptError::Internal(_) => "internal",
+            }),
+        }
+    }
+
     /// The status the client gets for it.
     pub(crate) fn status(&self) -> StatusCode {
         match self {

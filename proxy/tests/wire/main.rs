@@ -19,4 +19,5 @@ mod reload;
 mod resilience;
 mod routing;
 mod support;
+mod tracing;
 mod upstream_h1;

@@ -210,12 +210,21 @@ pub struct Capture {
 
 impl Capture {
     pub async fn start(name: &str) -> Capture {
+        Capture::start_failing(name, 0).await
+    }
+
+    /// Like [`Capture::start`], but its first `failures` requests are answered `503`.
+    pub async fn start_failing(name: &str, failures: usize) -> Capture {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let recorded = std::sync::Arc::clone(&heads);
         let reply = format!("HTTP/1.1 200 OK\r\nx-backend: {name}\r\ncontent-length: 0\r\n\r\n");
+        let failed = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nx-backend: {name}\r\ncontent-length: 0\r\n\r\n"
+        );
+        let left = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(failures));
         let task = tokio::spawn(async move {
             // Dropped with this task (on stop): every connection goes with it.
             let mut conns = tokio::task::JoinSet::new();
@@ -225,6 +234,8 @@ impl Capture {
                 };
                 let recorded = std::sync::Arc::clone(&recorded);
                 let reply = reply.clone();
+                let failed = failed.clone();
+                let left = std::sync::Arc::clone(&left);
                 conns.spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -233,7 +244,15 @@ impl Capture {
                             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
                             buf.drain(..end + 4);
                             recorded.lock().unwrap().push(head);
-                            if s.write_all(reply.as_bytes()).await.is_err() {
+                            let fail = left
+                                .fetch_update(
+                                    std::sync::atomic::Ordering::SeqCst,
+                                    std::sync::atomic::Ordering::SeqCst,
+                                    |n| n.checked_sub(1),
+                                )
+                                .is_ok();
+                            let answer = if fail { &failed } else { &reply };
+                            if s.write_all(answer.as_bytes()).await.is_err() {
                                 return;
                             }
                         }
@@ -250,6 +269,11 @@ impl Capture {
 
     /// The `Host` values of each request received so far, in order.
     pub fn hosts(&self) -> Vec<Vec<String>> {
+        self.header("host")
+    }
+
+    /// The values of header `wanted` of each request received so far, in order.
+    pub fn header(&self, wanted: &str) -> Vec<Vec<String>> {
         self.heads
             .lock()
             .unwrap()
@@ -258,7 +282,7 @@ impl Capture {
                 head.lines()
                     .filter_map(|l| {
                         let (name, value) = l.split_once(':')?;
-                        name.eq_ignore_ascii_case("host")
+                        name.eq_ignore_ascii_case(wanted)
                             .then(|| value.trim().to_owned())
                     })
                     .collect()

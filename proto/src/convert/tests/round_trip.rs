@@ -401,6 +401,40 @@ fn access_logs() -> impl Strategy<Value = Vec<gofe_model::AccessLogConfig>> {
     })
 }
 
+/// A listener's tracing: any of Envoy's percentages, a collector with or without a cluster,
+/// a service name, a cache size (gofe's own settings keep their defaults: xDS cannot say
+/// them).
+fn tracing() -> impl Strategy<Value = Option<gofe_model::TracingConfig>> {
+    prop::option::of(
+        (
+            (0.0..=100.0f64, 0.0..=100.0f64, 0.0..=100.0f64),
+            (
+                "[a-z]{1,8}",
+                1u16..,
+                prop::option::of("[a-z]{1,8}"),
+                positive_duration(),
+            ),
+            ("[a-z:_]{1,12}", 1u32..),
+        )
+            .prop_map(
+                |((client, random, overall), (host, port, cluster, timeout), (service, cache))| {
+                    let mut t = gofe_model::TracingConfig::to_collector(&format!(
+                        "http://{host}:{port}/v1/traces"
+                    ));
+                    t.client_sampling.value = client;
+                    t.random_sampling.value = random;
+                    t.overall_sampling.value = overall;
+                    let otel = &mut t.provider.opentelemetry;
+                    otel.service_name = service;
+                    otel.max_cache_size = cache;
+                    otel.http_service.http_uri.cluster = cluster;
+                    otel.http_service.http_uri.timeout = timeout;
+                    t
+                },
+            ),
+    )
+}
+
 fn listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerConfig> {
     (
         (
@@ -410,13 +444,13 @@ fn listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerConfig>
             prop::option::of(1..=u32::MAX),
         ),
         (1..=8192u32, duration(), duration(), router(clusters)),
-        access_logs(),
+        (access_logs(), tracing()),
     )
         .prop_map(
             move |(
                 (port, named, tls, max_connections),
                 (kb, headers, idle, router),
-                access_log,
+                (access_log, tracing),
             )| {
                 ListenerConfig {
                     name: named.then(|| format!("l{li}")),
@@ -435,6 +469,7 @@ fn listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerConfig>
                     request_headers_timeout: headers,
                     idle_timeout: idle,
                     access_log,
+                    tracing,
                 }
             },
         )

@@ -1254,6 +1254,167 @@ mod access_logs {
     }
 }
 
+// === tracing ===
+
+mod tracers {
+    use envoy_types::pb::envoy::config::trace::v3 as trace;
+
+    use super::*;
+
+    type Tracing = hcm::http_connection_manager::Tracing;
+
+    fn otel(uri: &str) -> trace::OpenTelemetryConfig {
+        trace::OpenTelemetryConfig {
+            http_service: Some(core::HttpService {
+                http_uri: Some(core::HttpUri {
+                    uri: uri.into(),
+                    timeout: secs(2),
+                    http_upstream_type: Some(core::http_uri::HttpUpstreamType::Cluster(
+                        "otel".into(),
+                    )),
+                }),
+                ..Default::default()
+            }),
+            service_name: "edge".into(),
+            ..Default::default()
+        }
+    }
+
+    fn provider(name: &str, typed: Any) -> Option<trace::tracing::Http> {
+        Some(trace::tracing::Http {
+            name: name.into(),
+            config_type: Some(trace::tracing::http::ConfigType::TypedConfig(typed)),
+        })
+    }
+
+    fn with_tracing(t: Tracing) -> Result<ListenerResource, ConvertError> {
+        let (_, mut l, _, _) = sample_wire();
+        set_hcm(&mut l, |m| m.tracing = Some(t));
+        listener_from_wire(&l)
+    }
+
+    fn tracing_of(r: &ListenerResource) -> Option<&gofe_model::TracingConfig> {
+        let ListenerKind::Socket { settings, .. } = &r.kind else {
+            panic!("a socket listener")
+        };
+        settings.tracing.as_deref()
+    }
+
+    #[test]
+    fn the_opentelemetry_tracer_is_read_as_envoy_writes_it() {
+        let r = with_tracing(Tracing {
+            random_sampling: Some(Percent { value: 1.5 }),
+            provider: provider(
+                OPENTELEMETRY_TRACER_NAME,
+                to_any(&otel("http://127.0.0.1:4318/v1/traces")),
+            ),
+            ..Default::default()
+        })
+        .unwrap();
+        let t = tracing_of(&r).expect("tracing");
+        assert_eq!(t.random_sampling.value, 1.5);
+        assert_eq!(t.client_sampling.value, 100.0, "Envoy's default");
+        let otel = &t.provider.opentelemetry;
+        assert_eq!(otel.service_name, "edge");
+        assert_eq!(otel.http_service.http_uri.cluster.as_deref(), Some("otel"));
+        assert_eq!(otel.http_service.http_uri.timeout, Duration::from_secs(2));
+        assert_eq!(otel.max_cache_size, 1024);
+        // Written back the same way.
+        let wire = listener_to_wire(&r).unwrap();
+        assert_eq!(listener_from_wire(&wire).unwrap().kind, r.kind);
+        // No provider: Envoy traces nothing, and neither does gofe.
+        let r = with_tracing(Tracing::default()).unwrap();
+        assert!(tracing_of(&r).is_none());
+    }
+
+    #[test]
+    fn what_gofe_cannot_trace_with_is_refused_by_name() {
+        let base = "filter_chains[0].filters[0].typed_config.tracing";
+        let ok = || Tracing {
+            provider: provider(
+                OPENTELEMETRY_TRACER_NAME,
+                to_any(&otel("http://127.0.0.1:4318/v1/traces")),
+            ),
+            ..Default::default()
+        };
+        let mut grpc = otel("http://c:4318/v1/traces");
+        grpc.grpc_service = Some(core::GrpcService::default());
+        grpc.http_service = None;
+        let mut sampler = otel("http://c:4318/v1/traces");
+        sampler.sampler = Some(core::TypedExtensionConfig::default());
+        for (t, field) in [
+            (
+                Tracing {
+                    provider: provider(OPENTELEMETRY_TRACER_NAME, to_any(&grpc)),
+                    ..ok()
+                },
+                format!("{base}.provider.typed_config.grpc_service"),
+            ),
+            (
+                Tracing {
+                    provider: provider(OPENTELEMETRY_TRACER_NAME, to_any(&sampler)),
+                    ..ok()
+                },
+                format!("{base}.provider.typed_config.sampler"),
+            ),
+            (
+                Tracing {
+                    provider: provider(
+                        OPENTELEMETRY_TRACER_NAME,
+                        to_any(&otel("https://c/v1/traces")),
+                    ),
+                    ..ok()
+                },
+                format!("{base}.provider.typed_config.http_service.http_uri.uri"),
+            ),
+            (
+                Tracing {
+                    provider: provider(
+                        "envoy.tracers.zipkin",
+                        to_any(&trace::ZipkinConfig::default()),
+                    ),
+                    ..ok()
+                },
+                format!("{base}.provider.typed_config"),
+            ),
+            (
+                Tracing {
+                    custom_tags: vec![Default::default()],
+                    ..ok()
+                },
+                format!("{base}.custom_tags"),
+            ),
+            (
+                Tracing {
+                    spawn_upstream_span: Some(BoolValue { value: false }),
+                    ..ok()
+                },
+                format!("{base}.spawn_upstream_span: false"),
+            ),
+            (
+                Tracing {
+                    overall_sampling: Some(Percent { value: 120.0 }),
+                    ..ok()
+                },
+                format!("{base}.overall_sampling.value"),
+            ),
+        ] {
+            let e = err(with_tracing(t));
+            assert!(e.contains(&field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn gofe_only_settings_are_not_published() {
+        let mut config = sample();
+        let mut t = gofe_model::TracingConfig::to_collector("http://127.0.0.1:4318/v1/traces");
+        t.propagation = vec![gofe_model::tracing::Propagation::B3];
+        config.listeners[0].tracing = Some(t);
+        let e = from_proxy_config(&config).unwrap_err().to_string();
+        assert!(e.contains("listeners[0].tracing.propagation"), "{e}");
+    }
+}
+
 #[test]
 fn faults_travel_as_the_fault_filters_per_route_config() {
     use envoy_types::pb::envoy::extensions::filters::common::fault::v3 as common_fault;
