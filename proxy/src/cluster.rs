@@ -524,24 +524,39 @@ impl Cluster {
     }
 
     /// Starts the outlier-detection interval (window resets, ejection decay) for this
-    /// snapshot; it stops by itself when the snapshot is dropped.
-    pub(crate) fn start_interval(self: &Arc<Self>) {
+    /// snapshot, on the beat that started at `epoch` (the cluster's first snapshot with this
+    /// interval): a new snapshot keeps the beat, so configuration pushes more frequent than the
+    /// interval (a controller's every couple of seconds) neither postpone the next window
+    /// forever nor add one. It stops by itself when the snapshot is dropped.
+    pub(crate) fn start_interval(self: &Arc<Self>, epoch: tokio::time::Instant) {
         let Some(policy) = &self.outlier else { return };
-        let every = policy.interval;
+        let every = policy.interval.max(Duration::from_millis(1));
         let weak = Arc::downgrade(self);
+        let first = next_beat(epoch, every, tokio::time::Instant::now());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let mut tick = tokio::time::interval_at(first, every);
             loop {
                 tick.tick().await;
                 let Some(cluster) = weak.upgrade() else {
                     return;
                 };
                 for ep in cluster.endpoints.iter() {
-                    ep.health.next_interval();
+                    ep.health.next_interval(every);
                 }
             }
         });
     }
+}
+
+/// The first beat of a period-`every` clock started at `epoch` that is after `now`.
+fn next_beat(
+    epoch: tokio::time::Instant,
+    every: Duration,
+    now: tokio::time::Instant,
+) -> tokio::time::Instant {
+    let elapsed = now.saturating_duration_since(epoch).as_nanos();
+    let beats = elapsed / every.as_nanos() + 1;
+    epoch + every * u32::try_from(beats).unwrap_or(u32::MAX)
 }
 
 // === impl CountingConnector ===
@@ -652,5 +667,87 @@ impl Write for Counted {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
+#[cfg(test)]
+mod interval_tests {
+    use super::*;
+    use crate::config;
+
+    const YAML: &str = "clusters:\n  - name: web\n    outlier_detection: { interval: 10s }\n    endpoints: [{ address: \"127.0.0.1:1\" }]\n";
+
+    /// A snapshot of `web` over the shared `health`, its interval on the beat from `epoch`.
+    fn snapshot(
+        health: &Arc<EndpointHealth>,
+        metrics: &Arc<Metrics>,
+        epoch: tokio::time::Instant,
+    ) -> Arc<Cluster> {
+        let cfg = config::parse("t.yaml", YAML).unwrap();
+        let c = &cfg.clusters[0];
+        let client = new_client(&PoolKey::of(c), metrics);
+        let cluster = Arc::new(
+            Cluster::build(
+                c,
+                HealthSource::Config,
+                client,
+                metrics,
+                &mut |_| Arc::clone(health),
+                Arc::new(ClusterLimits::new(c.circuit_breakers.max_connections)),
+                None,
+            )
+            .unwrap(),
+        );
+        cluster.start_interval(epoch);
+        cluster
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pushes_more_often_than_the_interval_keep_its_beat() {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(EndpointHealth::new(
+            "web",
+            "127.0.0.1:1",
+            metrics.health("web", "127.0.0.1:1"),
+        ));
+        let policy = OutlierPolicy::new(&Default::default());
+        let epoch = tokio::time::Instant::now();
+        let mut current = snapshot(&health, &metrics, epoch);
+        let mut resets = 0;
+        // A push every 2 s for 31 s: the window still starts anew at 10, 20 and 30 s.
+        for step in 1..=31u64 {
+            health.record(Outcome::Status(200), &policy);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            // Let the interval tasks run.
+            tokio::task::yield_now().await;
+            if health.window().0 == 0 {
+                resets += 1;
+                assert_eq!(
+                    step % 10,
+                    0,
+                    "a window started at {step} s, off the 10 s beat"
+                );
+            }
+            if step % 2 == 0 {
+                // The old snapshot stays alive a moment (requests in flight hold it).
+                let old = std::mem::replace(&mut current, snapshot(&health, &metrics, epoch));
+                tokio::task::yield_now().await;
+                drop(old);
+            }
+        }
+        assert_eq!(
+            resets, 3,
+            "one window per 10 s, however often the config is pushed"
+        );
+    }
+
+    #[test]
+    fn the_next_beat_is_after_now_on_the_epoch_s_grid() {
+        let epoch = tokio::time::Instant::now();
+        let s = Duration::from_secs;
+        assert_eq!(next_beat(epoch, s(10), epoch), epoch + s(10));
+        assert_eq!(next_beat(epoch, s(10), epoch + s(4)), epoch + s(10));
+        assert_eq!(next_beat(epoch, s(10), epoch + s(10)), epoch + s(20));
+        assert_eq!(next_beat(epoch, s(10), epoch + s(29)), epoch + s(30));
     }
 }

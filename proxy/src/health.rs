@@ -140,6 +140,9 @@ pub(crate) struct EndpointHealth {
     window_total: AtomicU64,
     window_failed: AtomicU64,
     trials_in_flight: AtomicU32,
+    /// When the last detection interval began: two snapshots alive at one beat start one
+    /// interval, not two.
+    interval_started: Mutex<Option<tokio::time::Instant>>,
     /// The latest snapshot's weight when its configured health lets the endpoint serve, else
     /// 0: what the effective weight is while the breaker is closed.
     configured_weight: AtomicU32,
@@ -227,6 +230,7 @@ impl EndpointHealth {
             window_total: AtomicU64::new(0),
             window_failed: AtomicU64::new(0),
             trials_in_flight: AtomicU32::new(0),
+            interval_started: Mutex::new(None),
             configured_weight: AtomicU32::new(0),
             breaker: Mutex::new(Breaker::default()),
             stats: {
@@ -457,9 +461,30 @@ impl EndpointHealth {
         self.window_failed.store(0, Ordering::Relaxed);
     }
 
-    /// Once per detection interval: a new failure-percentage window, and one past ejection
-    /// forgotten if the endpoint stayed healthy.
-    pub(crate) fn next_interval(&self) {
+    /// Requests and failures in the current failure-percentage window.
+    #[cfg(test)]
+    pub(crate) fn window(&self) -> (u64, u64) {
+        (
+            self.window_total.load(Ordering::Relaxed),
+            self.window_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Once per detection interval (`every`): a new failure-percentage window, and one past
+    /// ejection forgotten if the endpoint stayed healthy. A second call within half an
+    /// interval of the last (an old snapshot still alive at the same beat) does nothing.
+    pub(crate) fn next_interval(&self, every: Duration) {
+        let now = tokio::time::Instant::now();
+        {
+            let mut started = self
+                .interval_started
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if started.is_some_and(|last| now < last + every / 2) {
+                return;
+            }
+            *started = Some(now);
+        }
         self.window_total.store(0, Ordering::Relaxed);
         self.window_failed.store(0, Ordering::Relaxed);
         self.lock().decay();
@@ -555,7 +580,7 @@ mod tests {
             tripped = tripped.or(h.record(o, &p));
         }
         assert_eq!(tripped, Some(EjectReason::FailurePercentage));
-        h.next_interval();
+        h.next_interval(Duration::from_secs(10));
         assert_eq!(h.record(Outcome::Status(500), &p), None, "a fresh window");
     }
 

@@ -179,6 +179,9 @@ struct Control {
     health: HashMap<(String, String), Arc<EndpointHealth>>,
     /// Circuit-breaker counters per cluster, kept across swaps.
     limits: HashMap<String, Arc<ClusterLimits>>,
+    /// Each cluster's outlier-detection interval and when its beat started, kept across swaps
+    /// that leave the interval unchanged.
+    interval_epochs: HashMap<String, (Duration, tokio::time::Instant)>,
     /// Each rate-limited cluster's bucket with the configuration it was built from, kept
     /// across swaps that leave it unchanged.
     cluster_buckets: HashMap<
@@ -492,9 +495,21 @@ impl Proxy {
         for gone in control.clusters.difference(&cluster_names) {
             metrics.forget_cluster(gone);
         }
-        for c in clusters.values() {
-            c.start_interval();
+        // Each cluster's detection interval keeps the beat of its first snapshot with that
+        // interval (see `Cluster::start_interval`).
+        let mut interval_epochs = HashMap::new();
+        for (name, c) in &clusters {
+            let Some(every) = c.outlier.as_ref().map(|o| o.interval) else {
+                continue;
+            };
+            let epoch = match control.interval_epochs.get(name) {
+                Some((was, epoch)) if *was == every => *epoch,
+                _ => tokio::time::Instant::now(),
+            };
+            interval_epochs.insert(name.clone(), (every, epoch));
+            c.start_interval(epoch);
         }
+        control.interval_epochs = interval_epochs;
         control.health = health;
         control.limits = limits;
         control.cluster_buckets = cluster_buckets;
