@@ -580,6 +580,7 @@ impl LocalMesh {
                 drain,
                 backoff_initial: Duration::from_millis(50),
                 backoff_max: Duration::from_secs(1),
+                load_reporting: false,
             },
         )?;
         Ok(LocalMesh {
