@@ -152,8 +152,9 @@ impl LoadStore {
         usize::try_from(n).unwrap_or(MAX_RING).min(MAX_RING)
     }
 
-    /// Registers stream `stream` of `node_id`; `false` when the store holds its most streams.
-    pub(crate) fn open(&self, stream: u64, node_id: &str) -> bool {
+    /// Registers stream `stream` of `node_id` (the server does, for each `StreamLoadStats`);
+    /// `false` when the store holds its most streams.
+    pub fn open(&self, stream: u64, node_id: &str) -> bool {
         let mut streams = lock(&self.inner.streams);
         if streams.len() >= self.inner.options.max_streams {
             return false;
@@ -169,12 +170,12 @@ impl LoadStore {
     }
 
     /// Forgets everything stream `stream` reported.
-    pub(crate) fn close(&self, stream: u64) {
+    pub fn close(&self, stream: u64) {
         lock(&self.inner.streams).remove(&stream);
     }
 
     /// Keeps one report of stream `stream`, received `at`: per cluster, its endpoints.
-    pub(crate) fn record(
+    pub fn record(
         &self,
         stream: u64,
         at: Instant,
