@@ -419,6 +419,8 @@ fn time_fault_to_proxy(reps: usize, with_prometheus: Option<&str>, lrs: bool) ->
             let (e, _) = mesh.decision(&bad)?;
             (e["inputs"]["requests"].as_f64()? > 0.0).then_some(())
         });
+        // The fault lands at a random point of Prometheus' scrape cycle.
+        std::thread::sleep(Duration::from_millis(fastrand::u64(0..15_000)));
         let fault = Instant::now();
         mesh.fail(2);
         until("b2 out at the proxy", Duration::from_secs(180), || {

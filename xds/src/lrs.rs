@@ -34,11 +34,16 @@ pub struct LoadReportingOptions {
     pub interval: Duration,
     /// How far back reports are kept: the signal window. Default 30 s.
     pub window: Duration,
-    /// Streams reporting at once; more are refused (`RESOURCE_EXHAUSTED`). Default 4096.
+    /// Streams reporting at once; more are refused (`RESOURCE_EXHAUSTED`). Default 1024.
     pub max_streams: usize,
     /// Distinct (cluster, endpoint) pairs one stream may report; new ones beyond are dropped.
     /// Default 4096.
     pub max_endpoints_per_stream: usize,
+    /// Distinct (cluster, endpoint) pairs all streams together may report; new ones beyond
+    /// are dropped. With the ring per pair (at most `window / interval + 2` reports, 600 at
+    /// most, ~90 bytes each) this bounds the store's memory. Default 65536 (≈ 190 MB at the
+    /// default 30 s window and 1 s interval, if every pair were taken).
+    pub max_endpoints: usize,
     /// What one report may carry.
     pub limits: LoadLimits,
 }
@@ -48,8 +53,9 @@ impl Default for LoadReportingOptions {
         LoadReportingOptions {
             interval: Duration::from_secs(1),
             window: Duration::from_secs(30),
-            max_streams: 4096,
+            max_streams: 1024,
             max_endpoints_per_stream: 4096,
+            max_endpoints: 65536,
             limits: LoadLimits::default(),
         }
     }
@@ -108,6 +114,13 @@ impl WindowLoad {
     }
 }
 
+/// The open streams, and how many (cluster, endpoint) pairs they hold between them.
+#[derive(Default)]
+struct Streams {
+    by_id: HashMap<u64, StreamLoads>,
+    endpoints: usize,
+}
+
 #[derive(Default)]
 struct StreamLoads {
     node_id: String,
@@ -124,7 +137,7 @@ pub struct LoadStore {
 
 struct StoreInner {
     options: LoadReportingOptions,
-    streams: Mutex<HashMap<u64, StreamLoads>>,
+    streams: Mutex<Streams>,
     dropped: std::sync::atomic::AtomicU64,
 }
 
@@ -134,7 +147,7 @@ impl LoadStore {
         LoadStore {
             inner: Arc::new(StoreInner {
                 options,
-                streams: Mutex::new(HashMap::new()),
+                streams: Mutex::new(Streams::default()),
                 dropped: Default::default(),
             }),
         }
@@ -156,22 +169,27 @@ impl LoadStore {
     /// `false` when the store holds its most streams.
     pub fn open(&self, stream: u64, node_id: &str) -> bool {
         let mut streams = lock(&self.inner.streams);
-        if streams.len() >= self.inner.options.max_streams {
+        if streams.by_id.len() >= self.inner.options.max_streams {
             return false;
         }
-        streams.insert(
+        if let Some(old) = streams.by_id.insert(
             stream,
             StreamLoads {
                 node_id: node_id.to_owned(),
                 ..Default::default()
             },
-        );
+        ) {
+            streams.endpoints -= old.endpoints.len();
+        }
         true
     }
 
     /// Forgets everything stream `stream` reported.
     pub fn close(&self, stream: u64) {
-        lock(&self.inner.streams).remove(&stream);
+        let mut streams = lock(&self.inner.streams);
+        if let Some(old) = streams.by_id.remove(&stream) {
+            streams.endpoints -= old.endpoints.len();
+        }
     }
 
     /// Keeps one report of stream `stream`, received `at`: per cluster, its endpoints.
@@ -183,11 +201,16 @@ impl LoadStore {
         dropped: usize,
     ) {
         let ring = self.ring_len();
-        let max_endpoints = self.inner.options.max_endpoints_per_stream;
-        let window = self.inner.options.window;
+        let o = &self.inner.options;
+        let (max_endpoints, max_total, window) =
+            (o.max_endpoints_per_stream, o.max_endpoints, o.window);
+        // Reports closer together than half an interval are added to the previous one, so a
+        // client reporting faster than asked holds no more reports than one that does not.
+        let coalesce = o.interval / 2;
         let mut over = dropped;
-        let mut streams = lock(&self.inner.streams);
-        let Some(s) = streams.get_mut(&stream) else {
+        let mut guard = lock(&self.inner.streams);
+        let streams = &mut *guard;
+        let Some(s) = streams.by_id.get_mut(&stream) else {
             return;
         };
         let since_last = s.last_report.map(|l| at.saturating_duration_since(l));
@@ -197,7 +220,7 @@ impl LoadStore {
             // A client that does not say what its counts cover covers the time since its
             // previous report (or, for the first, one interval).
             let covers = if cluster.interval.is_zero() {
-                since_last.unwrap_or(self.inner.options.interval)
+                since_last.unwrap_or(o.interval)
             } else {
                 cluster.interval
             };
@@ -215,12 +238,29 @@ impl LoadStore {
                 let len = s.endpoints.len();
                 let samples = match s.endpoints.get_mut(&key) {
                     Some(samples) => samples,
-                    None if len < max_endpoints => s.endpoints.entry(key).or_default(),
+                    None if len < max_endpoints && streams.endpoints < max_total => {
+                        streams.endpoints += 1;
+                        s.endpoints.entry(key).or_default()
+                    }
                     None => {
                         over += 1;
                         continue;
                     }
                 };
+                // (Also a pair listed twice in one report: it is added up.)
+                if let Some(last) = samples
+                    .back_mut()
+                    .filter(|l| at.saturating_duration_since(l.at) < coalesce)
+                {
+                    last.successful = last.successful.saturating_add(successful);
+                    last.errors = last.errors.saturating_add(errors);
+                    last.issued = last.issued.saturating_add(issued);
+                    last.in_progress = in_progress;
+                    last.latency_count = last.latency_count.saturating_add(latency_count);
+                    last.latency_ms_total += latency_ms_total;
+                    last.covers = last.covers.saturating_add(covers).min(window);
+                    continue;
+                }
                 if samples.len() >= ring {
                     samples.pop_front();
                 }
@@ -238,12 +278,14 @@ impl LoadStore {
         }
         // Endpoints with nothing in the window any more are forgotten, so the bound on
         // endpoints is a bound on what is reported now, not on what ever was.
+        let before = s.endpoints.len();
         s.endpoints.retain(|_, samples| {
             samples
                 .back()
                 .is_some_and(|last| at.saturating_duration_since(last.at) <= window)
         });
-        drop(streams);
+        streams.endpoints -= before - s.endpoints.len();
+        drop(guard);
         if over > 0 {
             self.inner
                 .dropped
@@ -261,6 +303,7 @@ impl LoadStore {
     /// Node ids of the streams reporting now, with how many endpoints each reports.
     pub fn reporters(&self) -> Vec<(String, usize)> {
         let mut out: Vec<(String, usize)> = lock(&self.inner.streams)
+            .by_id
             .values()
             .map(|s| (s.node_id.clone(), s.endpoints.len()))
             .collect();
@@ -274,7 +317,7 @@ impl LoadStore {
         let window = self.inner.options.window;
         let mut out: BTreeMap<String, BTreeMap<String, WindowLoad>> = BTreeMap::new();
         let streams = lock(&self.inner.streams);
-        for s in streams.values() {
+        for s in streams.by_id.values() {
             for ((cluster, endpoint), samples) in &s.endpoints {
                 let mut inside = samples
                     .iter()
@@ -373,7 +416,7 @@ mod tests {
         assert_eq!(w.reporters, 1);
         // The ring keeps no more than the window needs (3 s / 1 s + 2).
         assert_eq!(
-            lock(&s.inner.streams)[&1]
+            lock(&s.inner.streams).by_id[&1]
                 .endpoints
                 .values()
                 .next()
@@ -402,6 +445,45 @@ mod tests {
         let w = s.window(Instant::now())["web"]["10.0.0.1:80"];
         assert_eq!((w.successful, w.errors, w.reporters), (10, 0, 1));
         assert_eq!(s.reporters(), [("proxy-2".to_owned(), 1)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_reporting_faster_than_asked_holds_no_more_reports() {
+        let s = store(Duration::from_secs(3));
+        assert!(s.open(1, "flood"));
+        for _ in 0..1000 {
+            s.record(1, Instant::now(), report("10.0.0.1:80", 1, 0), 0);
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        // 10 s of reports every 10 ms: kept as one report per half interval at most, within
+        // the ring (3 s / 1 s + 2).
+        let kept = lock(&s.inner.streams).by_id[&1]
+            .endpoints
+            .values()
+            .next()
+            .unwrap()
+            .len();
+        assert!(kept <= 5, "{kept}");
+        let w = s.window(Instant::now())["web"]["10.0.0.1:80"];
+        assert!(w.successful > 0 && w.successful <= 1000, "{w:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_bound_on_all_streams_endpoints_holds_and_is_given_back_when_one_closes() {
+        let s = LoadStore::new(LoadReportingOptions {
+            max_endpoints: 3,
+            ..Default::default()
+        });
+        assert!(s.open(1, "a") && s.open(2, "b"));
+        s.record(1, Instant::now(), report("10.0.0.1:80", 1, 0), 0);
+        s.record(1, Instant::now(), report("10.0.0.2:80", 1, 0), 0);
+        s.record(2, Instant::now(), report("10.0.0.3:80", 1, 0), 0);
+        s.record(2, Instant::now(), report("10.0.0.4:80", 1, 0), 0);
+        assert_eq!(s.window(Instant::now())["web"].len(), 3);
+        assert_eq!(s.dropped(), 1);
+        s.close(1);
+        s.record(2, Instant::now(), report("10.0.0.4:80", 1, 0), 0);
+        assert_eq!(s.reporters(), [("b".to_owned(), 2)]);
     }
 
     #[tokio::test(start_paused = true)]
