@@ -27,6 +27,20 @@ use std::time::{Duration, Instant};
 
 use support::process::{free_port, tempdir, Proc};
 
+/// `n` free ports, distinct from each other and from `avoid`: each is held until all are
+/// chosen, so no two parts of one mesh are handed the same port.
+fn distinct_ports(n: usize, avoid: &[u16]) -> Vec<u16> {
+    let mut held = Vec::new();
+    while held.len() < n {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if !avoid.contains(&port) {
+            held.push((l, port));
+        }
+    }
+    held.into_iter().map(|(_, p)| p).collect()
+}
+
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
@@ -166,9 +180,10 @@ impl Mesh {
     /// `signals` is the controller's `signals:` block (indented two spaces); `proxy_admin` the
     /// port the proxy's admin listens on (so a Prometheus can be pointed at it first).
     fn start(dir: PathBuf, proxy_admin: u16, signals: &str) -> Mesh {
+        let ports = distinct_ports(9, &[proxy_admin]);
         let backends: Vec<(Proc, u16, u16)> = (0..3)
             .map(|i| {
-                let (port, control) = (free_port(), free_port());
+                let (port, control) = (ports[2 * i], ports[2 * i + 1]);
                 let p = Proc::start(
                     &[
                         "backend",
@@ -184,7 +199,7 @@ impl Mesh {
                 (p, port, control)
             })
             .collect();
-        let (listen, xds, controller_admin) = (free_port(), free_port(), free_port());
+        let (listen, xds, controller_admin) = (ports[6], ports[7], ports[8]);
         let endpoints: String = backends
             .iter()
             .map(|(_, p, _)| format!("      - {{ address: \"127.0.0.1:{p}\" }}\n"))
@@ -345,6 +360,13 @@ fn a_failing_backend_is_ejected_at_the_proxy_on_load_reports_alone() {
         );
         assert_eq!(mesh.ejected_at_proxy(&mesh.backend(i)), Some(false));
     }
+    let reporters =
+        json(addr(mesh.controller_admin), "/decisions").unwrap()["load_reporters"].clone();
+    assert_eq!(
+        reporters,
+        serde_json::json!([{ "node": "proxy-1", "endpoints": 3 }]),
+        "one stream, the proxy's, reporting the three endpoints"
+    );
     assert!(
         mesh.controller.logs().contains("load-report stream opened"),
         "{}",

@@ -289,6 +289,18 @@ pub struct DecisionsView {
     /// Every xDS node connected to this replica: what it ACKed and how long it took.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub proxies: Vec<ProxyView>,
+    /// With `signals.lrs` on: every load-report stream open now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub load_reporters: Vec<LoadReporterView>,
+}
+
+/// One open load-report stream as `/decisions` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadReporterView {
+    /// `node.id` of the stream's first message.
+    pub node: String,
+    /// (cluster, endpoint) pairs it reported within the window.
+    pub endpoints: usize,
 }
 
 /// One xDS node as `/decisions` shows it.
@@ -634,6 +646,13 @@ impl Controller {
             view.published_at_unix_ms = self.published_at.map(unix_ms);
             view.proxies = proxies_view(server, self.published_at);
         }
+        if let Some((store, _)) = &self.lrs {
+            view.load_reporters = store
+                .reporters()
+                .into_iter()
+                .map(|(node, endpoints)| LoadReporterView { node, endpoints })
+                .collect();
+        }
         if let Ok(mut w) = self.shared.decisions.write() {
             *w = view.clone();
         }
@@ -897,10 +916,18 @@ impl Controller {
             events,
             published_at_unix_ms: None,
             proxies: Vec::new(),
+            load_reporters: Vec::new(),
         };
         if let Publisher::Xds(server) = &self.publisher {
             view.published_at_unix_ms = self.published_at.map(unix_ms);
             view.proxies = proxies_view(server, self.published_at);
+        }
+        if let Some((store, _)) = &self.lrs {
+            view.load_reporters = store
+                .reporters()
+                .into_iter()
+                .map(|(node, endpoints)| LoadReporterView { node, endpoints })
+                .collect();
         }
         for (name, step) in decided {
             let endpoints = step

@@ -271,6 +271,55 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn reports_read_the_endpoints_own_counters_as_deltas_per_interval() {
+        let config: crate::ProxyConfig = gofe_yaml::from_str(
+            "clusters:\n  - name: web\n    endpoints: [{ address: \"127.0.0.1:1\" }, { address: \"127.0.0.1:2\" }]\n  - name: api\n    endpoints: [{ address: \"127.0.0.1:3\" }]\n",
+        )
+        .unwrap();
+        let proxy = Proxy::new();
+        proxy
+            .apply(config, "test", Duration::from_millis(10))
+            .await
+            .unwrap();
+        let clusters = proxy.shared.clusters.load_full();
+        let web = clusters.iter().find(|c| &*c.name == "web").unwrap();
+        let record = |i: usize, status: u16, n: usize| {
+            for _ in 0..n {
+                web.endpoints[i]
+                    .stats
+                    .record(status, Duration::from_millis(4));
+            }
+        };
+        // Before the stream: not billed to the first report.
+        record(0, 200, 50);
+        let mut readings = Readings::default();
+        readings.baseline(&clusters);
+        record(0, 200, 8);
+        record(0, 503, 2);
+        record(1, 200, 5);
+        let only_web = Wanted {
+            all: false,
+            names: HashSet::from(["web".to_owned()]),
+        };
+        let first = readings.report(&clusters, &only_web, Duration::from_secs(1));
+        assert_eq!(first.len(), 1, "only the wanted cluster");
+        assert_eq!(first[0].cluster, "web");
+        assert_eq!(first[0].interval, Duration::from_secs(1));
+        let e0 = &first[0].endpoints[0];
+        assert_eq!(e0.address, "127.0.0.1:1");
+        assert_eq!((e0.successful, e0.errors, e0.latency_count), (8, 2, 10));
+        assert!((e0.latency_ms_total - 40.0).abs() < 1e-6, "{e0:?}");
+        assert_eq!(first[0].endpoints[1].successful, 5);
+
+        // The next interval reports only what happened in it.
+        record(1, 500, 3);
+        let second = readings.report(&clusters, &only_web, Duration::from_secs(1));
+        let (e0, e1) = (&second[0].endpoints[0], &second[0].endpoints[1]);
+        assert_eq!((e0.successful, e0.errors), (0, 0));
+        assert_eq!((e1.successful, e1.errors), (0, 3));
+    }
+
     #[test]
     fn only_the_wanted_clusters_are_reported() {
         let w = Wanted::of(&LoadReporting {
