@@ -38,7 +38,8 @@ pub(crate) fn render(view: &Value, cluster: Option<&str>) -> Result<String, Stri
         out.push_str(&format!("signals: unavailable ({e})\n"));
     }
     let mut rows = vec![[
-        "endpoint", "weight", "healthy", "state", "req/s", "success", "latency", "reason",
+        "endpoint", "weight", "healthy", "state", "req/s", "success", "latency", "signals",
+        "reason",
     ]
     .map(str::to_owned)];
     for e in c["endpoints"].as_array().into_iter().flatten() {
@@ -68,10 +69,11 @@ pub(crate) fn render(view: &Value, cluster: Option<&str>) -> Result<String, Stri
             } else {
                 "-".into()
             },
+            i["source"].as_str().unwrap_or("-").to_owned(),
             e["reason"].as_str().unwrap_or("").to_owned(),
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|col| {
             rows.iter()
                 .map(|r| r[col].chars().count())
@@ -84,7 +86,7 @@ pub(crate) fn render(view: &Value, cluster: Option<&str>) -> Result<String, Stri
         for (col, cell) in row.iter().enumerate() {
             let pad = widths[col].saturating_sub(cell.chars().count());
             match col {
-                7 => line.push_str(cell),
+                8 => line.push_str(cell),
                 // Numbers right-aligned, words left-aligned.
                 1 | 4 | 5 | 6 => line.push_str(&format!("{}{cell}  ", " ".repeat(pad))),
                 _ => line.push_str(&format!("{cell}{}  ", " ".repeat(pad))),
@@ -95,7 +97,8 @@ pub(crate) fn render(view: &Value, cluster: Option<&str>) -> Result<String, Stri
     }
     out.push_str(
         "weight: hundredths of the endpoint's base weight unit (100 = configured weight 1); \
-         success and latency over the signal window\n",
+         success and latency over the signal window; signals: where they came from (lrs: the \
+         proxies' load reports, whose latency is a mean)\n",
     );
     out.push_str(&nodes(view));
     Ok(out)
@@ -142,7 +145,7 @@ mod tests {
             "role": "leader", "version": 7, "signal_error": null,
             "clusters": {"web": {"mode": "normal", "endpoints": [
                 {"endpoint": "127.0.0.1:9101", "weight": 100, "healthy": true, "state": "serving",
-                 "reason": "healthy", "inputs": {"requests": 50.0, "rps": 10.0, "success_rate": 1.0, "latency_seconds": 0.0042}},
+                 "reason": "healthy", "inputs": {"requests": 50.0, "rps": 10.0, "success_rate": 1.0, "latency_seconds": 0.0042, "source": "lrs"}},
                 {"endpoint": "127.0.0.1:9102", "weight": 0, "healthy": false, "state": "ejected",
                  "reason": "failure percentage 100% ≥ 30%", "inputs": {"requests": 0.0, "rps": 0.0, "success_rate": 1.0, "latency_seconds": 0.0}}
             ]}},
@@ -163,6 +166,10 @@ mod tests {
         assert_eq!(&lines[2][header_at - 3..header_at], "100");
         assert_eq!(&lines[3][header_at - 1..header_at], "0");
         assert!(lines[2].contains("4.2ms"), "{text}");
+        assert!(
+            lines[2].contains(" lrs ") && lines[1].contains(" signals "),
+            "which source each endpoint's signals came from: {text}"
+        );
         assert!(lines[3].contains("no traffic"), "{text}");
         assert!(
             !lines[3].contains("1.000"),

@@ -565,7 +565,10 @@ impl LocalMesh {
             .await
             .with_context(|| format!("binding the xDS server on {address}"))?;
         let xds_addr = listener.local_addr()?;
-        let ads = gofe_xds::AdsServer::new(gofe_xds::ServerOptions::default());
+        let ads = gofe_xds::AdsServer::new(gofe_controller::server_options(
+            &loaded.controller.signals,
+            loaded.controller.interval,
+        ));
         let (stop_ads, stopped) = tokio::sync::oneshot::channel::<()>();
         let ads_task = tokio::spawn(gofe_xds::serve(listener, ads.clone(), None, async {
             let _ = stopped.await;
@@ -589,6 +592,7 @@ impl LocalMesh {
                 drain,
                 backoff_initial: Duration::from_millis(50),
                 backoff_max: Duration::from_secs(1),
+                load_reporting: loaded.controller.signals.lrs.enabled,
             },
         )?;
         Ok(LocalMesh {

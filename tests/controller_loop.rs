@@ -423,6 +423,7 @@ async fn decisions_reach_a_proxy_over_xds() {
             drain: Duration::from_millis(100),
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_millis(500),
+            load_reporting: false,
         },
     )
     .unwrap();

@@ -329,6 +329,10 @@ fn gofe_up_runs_the_loop_through_a_prometheus_it_starts() {
     );
     let controller = std::fs::read_to_string(work.join("controller.yaml")).unwrap();
     assert!(controller.contains("source: prometheus"), "{controller}");
+    // Prometheus lags by a scrape: the proxy's load reports are the fast path beside it.
+    assert!(controller.contains("lrs: { enabled: true"), "{controller}");
+    let bootstrap = std::fs::read_to_string(work.join("bootstrap.yaml")).unwrap();
+    assert!(bootstrap.contains("load_stats: true"), "{bootstrap}");
     std::thread::sleep(Duration::from_millis(200));
     let left = processes_mentioning(&[work.display().to_string()]);
     assert!(left.is_empty(), "processes left behind: {left:?}");

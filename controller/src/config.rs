@@ -9,6 +9,7 @@
 //!   latency_quantile: 0.9
 //!   embedded: { targets: ["127.0.0.1:9901"] }         # proxies' admin addresses
 //!   prometheus: { url: "http://127.0.0.1:9090", scrape_interval: "15s" }   # queries have working defaults
+//!   lrs: { enabled: true, interval: "1s", window: "5s" }  # proxies' load reports (needs xds)
 //! policy: { max_ejection_percent: 50 }                # defaults for every cluster
 //! clusters: { web: { base_ejection_time: "10s" } }    # per-cluster overrides
 //! admin: { address: "127.0.0.1:9902" }                # /decisions, /debug/queries, /metrics
@@ -272,6 +273,10 @@ pub struct SignalsConfig {
     /// Prometheus.
     #[serde(default)]
     pub prometheus: PrometheusConfig,
+    /// The fast path: load reports the proxies stream over Envoy's Load Reporting Service.
+    /// Default: off.
+    #[serde(default)]
+    pub lrs: LrsConfig,
 }
 
 impl Default for SignalsConfig {
@@ -282,6 +287,7 @@ impl Default for SignalsConfig {
             latency_quantile: default_quantile(),
             embedded: EmbeddedConfig::default(),
             prometheus: PrometheusConfig::default(),
+            lrs: LrsConfig::default(),
         }
     }
 }
@@ -302,6 +308,52 @@ impl SignalsConfig {
         self.window
             .unwrap_or_else(|| 2 * self.scrape_interval(interval) + interval)
     }
+
+    /// The window load reports are added up over at decision interval `interval`
+    /// (`signals.lrs.window`, else the signal window).
+    pub fn lrs_window(&self, interval: Duration) -> Duration {
+        self.lrs.window.unwrap_or_else(|| self.window(interval))
+    }
+}
+
+/// `signals.lrs`: proxies stream per-endpoint load to the controller's xDS port
+/// (`StreamLoadStats`); an endpoint with fresh reports is decided on them (over the signal
+/// window), every other endpoint on `source`. Needs `xds`.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LrsConfig {
+    /// Take load reports and decide on them. Default `false`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// How often proxies report (the `load_reporting_interval` the controller answers with).
+    /// An endpoint's reports are fresh while the newest is at most 3 intervals old. Default 1 s.
+    #[serde(default = "default_lrs_interval", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "gofe_model::schema::DurationText")]
+    pub interval: Duration,
+    /// The window load reports are added up over: shorter than `signals.window` lets a
+    /// decision follow a fault within a few reports while Prometheus keeps its longer window.
+    /// Default: `signals.window`.
+    #[serde(
+        default,
+        with = "gofe_yaml::duration::optional_text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(with = "Option<gofe_model::schema::DurationText>")]
+    pub window: Option<Duration>,
+}
+
+impl Default for LrsConfig {
+    fn default() -> Self {
+        LrsConfig {
+            enabled: false,
+            interval: default_lrs_interval(),
+            window: None,
+        }
+    }
+}
+
+fn default_lrs_interval() -> Duration {
+    Duration::from_secs(1)
 }
 
 fn default_quantile() -> f64 {
@@ -568,6 +620,26 @@ impl Validate for ControllerConfig {
         check_url(v, "signals.prometheus.url", &s.prometheus.url);
         if s.prometheus.timeout.is_zero() {
             v.error("signals.prometheus.timeout", "must be longer than 0s");
+        }
+        if s.lrs.window.is_some_and(|w| w.is_zero()) {
+            v.error("signals.lrs.window", "must be longer than 0s");
+        }
+        if s.lrs.interval.is_zero() {
+            v.error("signals.lrs.interval", "must be longer than 0s");
+        } else if s.lrs.interval > s.lrs_window(self.interval) {
+            v.error(
+                "signals.lrs.interval",
+                format!(
+                    "must not be longer than the window load reports are added up over ({}): it would hold no report",
+                    gofe_yaml::duration::format(s.lrs_window(self.interval))
+                ),
+            );
+        }
+        if s.lrs.enabled && self.xds.is_none() {
+            v.error(
+                "signals.lrs.enabled",
+                "needs xds.address: proxies report load on the controller's xDS port",
+            );
         }
         check_socket(v, "admin.address", &self.admin.address);
         if let Some(x) = &self.xds {
@@ -836,6 +908,47 @@ mod tests {
         assert_eq!(
             ok.tracing.unwrap().batch,
             gofe_model::tracing::BatchConfig::default()
+        );
+    }
+
+    #[test]
+    fn lrs_is_off_by_default_and_its_settings_are_checked_with_their_lines() {
+        let c = parse("c.yaml", "proxy_config: p.yaml\n").unwrap();
+        assert!(!c.signals.lrs.enabled);
+        assert_eq!(c.signals.lrs.interval, Duration::from_secs(1));
+        let c = parse(
+            "c.yaml",
+            "proxy_config: p.yaml\nsignals:\n  lrs: { enabled: true, interval: 500ms }\nxds: { address: \"127.0.0.1:18000\" }\n",
+        )
+        .unwrap();
+        assert!(c.signals.lrs.enabled);
+        assert_eq!(c.signals.lrs.interval, Duration::from_millis(500));
+        assert_eq!(
+            c.signals.lrs_window(c.interval),
+            Duration::from_secs(6),
+            "signals.window"
+        );
+        let text = "proxy_config: p.yaml\nsignals:\n  window: 5s\n  lrs: { enabled: true, interval: 10s }\n";
+        let e = parse("c.yaml", text).unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.in_file("c.yaml")).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[1].starts_with("c.yaml:4:35: signals.lrs.interval: must not be longer than the window load reports are added up over (5s)"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[0].starts_with("c.yaml:4:19: signals.lrs.enabled: needs xds.address"),
+            "{lines:?}"
+        );
+        let e = parse(
+            "c.yaml",
+            "proxy_config: p.yaml\nsignals: { lrs: { interval: 0s } }\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("signals.lrs.interval: must be longer than 0s"),
+            "{e}"
         );
     }
 

@@ -10,6 +10,10 @@
 //!    embedded scraper)              carried between steps                + weights        proxy today)
 //! ```
 //!
+//! With `signals.lrs` on, the proxies' load reports (Envoy's Load Reporting Service, kept by the
+//! xDS server's `gofe_xds::LoadStore`) are a second, faster source: an endpoint with fresh
+//! reports is decided on them, every other on the configured source ([`signals::combine`]).
+//!
 //! What it does not do: it never measures traffic itself (the proxies do), never decides in
 //! its I/O code (the policy is a pure function shared with the simulator), and never treats
 //! missing data as zero traffic (stale data holds decisions; see `gofe_core::policy`). Its
@@ -225,8 +229,11 @@ pub struct Inputs {
     pub rps: f64,
     /// Success rate (0–1).
     pub success_rate: f64,
-    /// Latency (s) at the configured quantile.
+    /// Latency (s) at the configured quantile (from load reports: their mean).
     pub latency_seconds: f64,
+    /// Where they came from: `lrs` (the proxies' load reports), or the configured source
+    /// (`embedded`, `prometheus`).
+    pub source: &'static str,
 }
 
 /// A cluster's decision as `/decisions` shows it.
@@ -310,6 +317,18 @@ pub struct DecisionsView {
     /// Every xDS node connected to this replica: what it ACKed and how long it took.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub proxies: Vec<ProxyView>,
+    /// With `signals.lrs` on: every load-report stream open now.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub load_reporters: Vec<LoadReporterView>,
+}
+
+/// One open load-report stream as `/decisions` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadReporterView {
+    /// `node.id` of the stream's first message.
+    pub node: String,
+    /// (cluster, endpoint) pairs it reported within the window.
+    pub endpoints: usize,
 }
 
 /// One xDS node as `/decisions` shows it.
@@ -429,6 +448,11 @@ pub struct Controller {
     shared: Arc<Shared>,
     /// A span per decision step, when the file asks for them.
     tracer: Option<trace::StepTracer>,
+    /// With `signals.lrs` on: the load reports the xDS server keeps, and how old the newest
+    /// report of an endpoint may be for its signals to come from them.
+    lrs: Option<(gofe_xds::LoadStore, Duration)>,
+    /// Where each endpoint's signals came from on the last step.
+    origins: signals::Origins,
 }
 
 /// What one step decided for one cluster: the decision and the base weights it started from.
@@ -455,6 +479,10 @@ pub enum ControllerError {
     /// The sidecar-injection webhook could not start.
     #[error(transparent)]
     Webhook(#[from] webhook::WebhookError),
+    /// `signals.lrs.enabled` with a publisher that takes no load reports (no xDS server, or
+    /// one started without load reporting).
+    #[error("signals.lrs.enabled needs the controller's xDS server (set xds.address)")]
+    LrsWithoutXds,
     /// The admin address could not be bound.
     #[error("cannot bind the admin address {address}: {source}")]
     Bind {
@@ -499,6 +527,18 @@ impl Controller {
             &loaded.controller.signals,
             loaded.controller.signals.window(loaded.controller.interval),
         )?;
+        let lrs_config = &loaded.controller.signals.lrs;
+        let lrs = match (&publisher, lrs_config.enabled) {
+            (_, false) => None,
+            (Publisher::Xds(server), true) => Some((
+                server
+                    .load_store()
+                    .cloned()
+                    .ok_or(ControllerError::LrsWithoutXds)?,
+                lrs_config.interval.saturating_mul(3),
+            )),
+            (Publisher::DryRun, true) => return Err(ControllerError::LrsWithoutXds),
+        };
         let shared = Arc::new(Shared {
             decisions: RwLock::new(DecisionsView::default()),
             queries: RwLock::new(source.describe()),
@@ -540,6 +580,8 @@ impl Controller {
             }),
             running: loaded.controller.clone(),
             shared,
+            lrs,
+            origins: signals::Origins::new(),
         };
         match &controller.state_file {
             Some(path) => {
@@ -647,6 +689,13 @@ impl Controller {
         if let Publisher::Xds(server) = &self.publisher {
             view.published_at_unix_ms = self.published_at.map(unix_ms);
             view.proxies = proxies_view(server, self.published_at);
+        }
+        if let Some((store, _)) = &self.lrs {
+            view.load_reporters = store
+                .reporters()
+                .into_iter()
+                .map(|(node, endpoints)| LoadReporterView { node, endpoints })
+                .collect();
         }
         if let Ok(mut w) = self.shared.decisions.write() {
             *w = view.clone();
@@ -848,7 +897,7 @@ impl Controller {
     /// This step's signals; when they cannot be had, an empty snapshot (every decision holds)
     /// and the error. One log line when signals are lost and one when they are back.
     async fn fetch_signals(&mut self, now: u64) -> (signals::Snapshot, Option<String>) {
-        match self.source.fetch(now).await {
+        let (base, error) = match self.source.fetch(now).await {
             Ok(s) => {
                 if std::mem::take(&mut self.signals_lost) {
                     tracing::info!("signals are back: deciding again");
@@ -857,7 +906,11 @@ impl Controller {
             }
             Err(e) => {
                 if !std::mem::replace(&mut self.signals_lost, true) {
-                    tracing::warn!(error = %e, "signals lost: holding decisions (fail static) until they return");
+                    if self.lrs.is_some() {
+                        tracing::warn!(error = %e, "signals lost: deciding on fresh load reports alone, holding every other endpoint (fail static) until they return");
+                    } else {
+                        tracing::warn!(error = %e, "signals lost: holding decisions (fail static) until they return");
+                    }
                 }
                 self.shared
                     .metrics
@@ -866,7 +919,16 @@ impl Controller {
                     .inc();
                 (signals::Snapshot::new(), Some(e.to_string()))
             }
-        }
+        };
+        let lrs = match &self.lrs {
+            Some((store, fresh_for)) => {
+                signals::from_load_reports(store, tokio::time::Instant::now(), now, *fresh_for)
+            }
+            None => signals::Snapshot::new(),
+        };
+        let (snapshot, origins) = signals::combine(base, self.source.name(), lrs);
+        self.origins = origins;
+        (snapshot, error)
     }
 
     /// Names, once per change, the clusters with endpoints that the source returned nothing for:
@@ -993,10 +1055,18 @@ impl Controller {
             events,
             published_at_unix_ms: None,
             proxies: Vec::new(),
+            load_reporters: Vec::new(),
         };
         if let Publisher::Xds(server) = &self.publisher {
             view.published_at_unix_ms = self.published_at.map(unix_ms);
             view.proxies = proxies_view(server, self.published_at);
+        }
+        if let Some((store, _)) = &self.lrs {
+            view.load_reporters = store
+                .reporters()
+                .into_iter()
+                .map(|(node, endpoints)| LoadReporterView { node, endpoints })
+                .collect();
         }
         for (name, step) in decided {
             let endpoints = step
@@ -1017,6 +1087,12 @@ impl Controller {
                         rps: s.rps,
                         success_rate: s.success_rate,
                         latency_seconds: s.latency,
+                        source: self
+                            .origins
+                            .get(name)
+                            .and_then(|o| o.get(&e.endpoint))
+                            .copied()
+                            .unwrap_or(self.source.name()),
                     }),
                 })
                 .collect();
@@ -1149,7 +1225,10 @@ pub async fn serve_with_reloads(
     let mut publisher = publisher;
     let mut xds_task = None;
     if let (Some(xds), Publisher::DryRun) = (&loaded.controller.xds, &publisher) {
-        let server = gofe_xds::AdsServer::new(gofe_xds::ServerOptions::default());
+        let server = gofe_xds::AdsServer::new(server_options(
+            &loaded.controller.signals,
+            loaded.controller.interval,
+        ));
         let listener = tokio::net::TcpListener::bind(&xds.address)
             .await
             .map_err(|source| ControllerError::Bind {
@@ -1211,6 +1290,23 @@ pub async fn serve_with_reloads(
         let _ = t.await;
     }
     Ok(())
+}
+
+/// The controller's xDS server options: load reporting on when `signals.lrs` says so, at its
+/// interval, kept over the signal window (`signals` of a controller deciding every
+/// `interval`).
+pub fn server_options(
+    signals: &config::SignalsConfig,
+    interval: Duration,
+) -> gofe_xds::ServerOptions {
+    gofe_xds::ServerOptions {
+        load_reporting: signals.lrs.enabled.then(|| gofe_xds::LoadReportingOptions {
+            interval: signals.lrs.interval,
+            window: signals.lrs_window(interval),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -88,6 +88,14 @@ impl Source {
         }
     }
 
+    /// Its name, as `/decisions` says where an endpoint's signals came from.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Source::Embedded(_) => "embedded",
+            Source::Prometheus(_) => "prometheus",
+        }
+    }
+
     /// The rendered queries (Prometheus) or scrape targets (embedded), for `/debug/queries`.
     pub fn describe(&self) -> BTreeMap<String, String> {
         match self {
@@ -100,6 +108,73 @@ impl Source {
             Source::Prometheus(p) => p.queries.clone(),
         }
     }
+}
+
+// === load reports ===
+
+/// Where each endpoint's signals came from this step, by cluster then endpoint.
+pub type Origins = BTreeMap<String, BTreeMap<String, &'static str>>;
+
+/// The name [`Origins`] gives signals taken from load reports.
+pub const LRS: &str = "lrs";
+
+/// The proxies' load reports as signals: every endpoint whose newest report is at most
+/// `fresh_for` old, over the store's window ending `now` (`now_ms` on the controller's clock).
+/// Load reports carry a mean latency, not a quantile: that is the latency such an endpoint is
+/// weighed by.
+pub fn from_load_reports(
+    store: &gofe_xds::LoadStore,
+    now: tokio::time::Instant,
+    now_ms: u64,
+    fresh_for: Duration,
+) -> Snapshot {
+    let mut snapshot = Snapshot::new();
+    for (cluster, endpoints) in store.window(now) {
+        for (endpoint, w) in endpoints {
+            if w.age > fresh_for {
+                continue;
+            }
+            let requests = w.finished() as f64;
+            let age_ms = u64::try_from(w.age.as_millis()).unwrap_or(u64::MAX);
+            snapshot.entry(cluster.clone()).or_default().insert(
+                endpoint,
+                Signals {
+                    requests,
+                    rps: w.rps,
+                    success_rate: if w.finished() > 0 {
+                        w.successful as f64 / requests
+                    } else {
+                        1.0
+                    },
+                    latency: w.mean_latency().unwrap_or(0.0),
+                    sampled_at_ms: now_ms.saturating_sub(age_ms),
+                },
+            );
+        }
+    }
+    snapshot
+}
+
+/// `base` (the configured source's signals, named `base_name`) with every endpoint `lrs` has
+/// taken from `lrs` instead, and where each endpoint's signals came from.
+pub fn combine(base: Snapshot, base_name: &'static str, lrs: Snapshot) -> (Snapshot, Origins) {
+    let mut origins = Origins::new();
+    for (cluster, endpoints) in &base {
+        let o = origins.entry(cluster.clone()).or_default();
+        for endpoint in endpoints.keys() {
+            o.insert(endpoint.clone(), base_name);
+        }
+    }
+    let mut out = base;
+    for (cluster, endpoints) in lrs {
+        let o = origins.entry(cluster.clone()).or_default();
+        let c = out.entry(cluster).or_default();
+        for (endpoint, signals) in endpoints {
+            o.insert(endpoint.clone(), LRS);
+            c.insert(endpoint, signals);
+        }
+    }
+    (out, origins)
 }
 
 // === impl Embedded ===

@@ -26,11 +26,16 @@
 //! response resource by resource, as Envoy does, so one bad resource does not sink the others.
 //! The field-by-field table, with the reasons and the tests, is the crate's `README.md`.
 //!
+//! Load reports (Envoy's Load Reporting Service, `envoy.service.load_stats.v3`) have their own
+//! small types in [`load`], read within bounds so a hostile client cannot make a server keep more
+//! than it chose to.
+//!
 //! What this crate does not do: talk to the network (that is `gofe-xds`), or decide what the
 //! configuration should be (that is the controller). The admin listener is not an xDS
 //! resource: it belongs to each proxy's bootstrap ([`unpublishable`] says so).
 
 pub mod convert;
+pub mod load;
 pub mod resource;
 
 pub use convert::{
@@ -43,7 +48,8 @@ pub use resource::{
     SocketSettings,
 };
 
-/// The protocol-level messages and the ADS service, for the xDS transport (`gofe-xds`).
+/// The protocol-level messages and the ADS and LRS services, for the xDS transport (`gofe-xds`)
+/// and the proxy's client. Load reports' contents are read and written through [`load`].
 pub mod wire {
     pub use envoy_types::pb::envoy::config::core::v3::Node;
     pub use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -53,6 +59,10 @@ pub mod wire {
     pub use envoy_types::pb::envoy::service::discovery::v3::{
         DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
         Resource,
+    };
+    pub use envoy_types::pb::envoy::service::load_stats::v3::load_reporting_service_client::LoadReportingServiceClient;
+    pub use envoy_types::pb::envoy::service::load_stats::v3::{
+        LoadStatsRequest, LoadStatsResponse,
     };
     pub use envoy_types::pb::google::protobuf::Any;
     pub use envoy_types::pb::google::rpc::Status;

@@ -678,12 +678,40 @@ impl EndpointStats {
         (counts.iter().sum(), counts[4])
     }
 
+    /// Everything the endpoint's series have counted so far, for a load report: read from the
+    /// same counters the hot path bumps, on the reporter's timer, never per request.
+    pub(crate) fn load_totals(&self) -> LoadTotals {
+        let counts = self.requests.each_ref().map(IntCounter::get);
+        LoadTotals {
+            finished: counts.iter().sum(),
+            errors: counts[4],
+            latency_count: self.duration.get_sample_count(),
+            latency_seconds: self.duration.get_sample_sum(),
+            active: u64::try_from(self.active.get()).unwrap_or(0),
+        }
+    }
+
     /// Records one finished upstream exchange.
     #[inline]
     pub(crate) fn record(&self, status: u16, elapsed: Duration) {
         self.requests[class_index(status)].inc();
         self.duration.observe(elapsed.as_secs_f64());
     }
+}
+
+/// An endpoint's totals since its series were created (see [`EndpointStats::load_totals`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct LoadTotals {
+    /// Exchanges finished (every status class).
+    pub(crate) finished: u64,
+    /// Of those, 5xx (proxy-generated 502/503/504 for the endpoint included).
+    pub(crate) errors: u64,
+    /// Latencies observed, and their sum in seconds.
+    pub(crate) latency_count: u64,
+    /// See `latency_count`.
+    pub(crate) latency_seconds: f64,
+    /// In flight now (a gauge).
+    pub(crate) active: u64,
 }
 
 /// Handles for one cluster's series.

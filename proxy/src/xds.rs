@@ -9,10 +9,13 @@
 //!
 //! [`bootstrap`] reads the bootstrap file (node, control plane, static resources, admin);
 //! [`client`] runs the stream; `status` exports its state (`/metrics`, `/config_dump`) and
-//! decides readiness (Envoy's `initial_fetch_timeout`). The server side is `gofe-xds`.
+//! decides readiness (Envoy's `initial_fetch_timeout`); [`load`] streams per-endpoint load
+//! reports to the control plane over Envoy's Load Reporting Service when the bootstrap asks
+//! (`xds_server.load_stats: true`). The server side is `gofe-xds`.
 
 pub mod bootstrap;
 pub mod client;
+pub mod load;
 pub(crate) mod status;
 
 pub use client::{ClientOptions, ClientStatus, ClientTls, InitialFetch, XdsClient};

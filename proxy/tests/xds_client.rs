@@ -170,6 +170,7 @@ fn client_options(server: SocketAddr) -> ClientOptions {
         drain: Duration::from_millis(100),
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
+        load_reporting: false,
     }
 }
 

@@ -100,6 +100,7 @@ fn client(pki: &Pki, addr: SocketAddr, node_id: &str, with_cert: bool) -> XdsCli
         drain: Duration::ZERO,
         backoff_initial: Duration::from_millis(50),
         backoff_max: Duration::from_millis(200),
+        load_reporting: false,
     };
     XdsClient::start(Proxy::new(), options).unwrap()
 }

@@ -62,6 +62,7 @@ impl XdsProxy {
                 drain: Duration::from_millis(100),
                 backoff_initial: Duration::from_millis(50),
                 backoff_max: Duration::from_millis(500),
+                load_reporting: false,
             },
         )
         .unwrap();

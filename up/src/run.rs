@@ -260,9 +260,13 @@ impl Run {
                 p.controller_window.as_millis(),
                 self.args.proxy_admin
             ),
+            // Prometheus lags by its scrape interval: the proxy's load reports (LRS) are the
+            // fast path, over the plan's window.
             Some(url) => format!(
-                "signals:\n  source: prometheus\n  window: \"{}ms\"\n  latency_quantile: 0.9\n  prometheus: {{ url: \"{url}\", scrape_interval: 1s }}\n",
+                "signals:\n  source: prometheus\n  window: \"{}ms\"\n  latency_quantile: 0.9\n  prometheus: {{ url: \"{url}\", scrape_interval: 1s }}\n  lrs: {{ enabled: true, interval: \"{}ms\", window: \"{}ms\" }}\n",
                 p.controller_window.as_millis().max(2000),
+                p.controller_window.as_millis().clamp(1, 1000),
+                p.controller_window.as_millis().max(1),
             ),
         };
         format!(
@@ -339,8 +343,8 @@ impl Run {
         let bootstrap = self.write(
             "bootstrap.yaml",
             &format!(
-                "# Written by gofe up.\nnode: {{ id: \"gofe-up\", cluster: \"gofe\" }}\nxds_server: {{ address: \"{}\" }}\nstatic_resources: {{ admin: {{ address: \"{}\" }} }}\n",
-                self.args.xds, self.args.proxy_admin
+                "# Written by gofe up.\nnode: {{ id: \"gofe-up\", cluster: \"gofe\" }}\nxds_server: {{ address: \"{}\", load_stats: {} }}\nstatic_resources: {{ admin: {{ address: \"{}\" }} }}\n",
+                self.args.xds, self.prometheus_url.is_some(), self.args.proxy_admin
             ),
         )?;
         let mut proxy = Child::spawn(

@@ -15,6 +15,11 @@
 //!   if the client certificate names it, and [`ServerOptions::require_identity`] refuses
 //!   clients without one.
 //!
+//! - [`LoadStore`] keeps the load reports clients stream over Envoy's Load Reporting Service
+//!   (`StreamLoadStats`, on the same port, when [`ServerOptions::load_reporting`] is set): per
+//!   stream and endpoint, a bounded ring over the signal window, forgotten when the stream ends.
+//!   The controller reads it as its fast signal source.
+//!
 //! What this crate does not do: decide what the configuration should be (the controller), know
 //! the resource formats beyond passing them to `gofe-proto`, which owns every conversion, or
 //! take configuration from a control plane: that is the proxy's own xDS client
@@ -22,11 +27,13 @@
 
 pub mod cache;
 mod grpc;
+pub mod lrs;
 mod metrics;
 pub mod serve;
 pub mod server;
 
 pub use cache::{NodeKey, Snapshot, SnapshotCache};
+pub use lrs::{LoadReportingOptions, LoadStore, WindowLoad};
 pub use metrics::NodeAck;
 pub use serve::{serve, server_tls, TlsError};
 pub use server::{AdsServer, PeerCertificate, ServerOptions};

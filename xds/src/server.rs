@@ -28,6 +28,7 @@ use tonic::{Status, Streaming};
 
 use crate::cache::{index, NodeKey, Snapshot, SnapshotCache, Subscription, Subscriptions};
 use crate::grpc::{self, Message, ResponseBody};
+use crate::lrs::{LoadReportingOptions, LoadStore};
 use crate::metrics::ServerMetrics;
 
 /// The field number of `nonce` in both `DiscoveryResponse` and `DeltaDiscoveryResponse`.
@@ -53,6 +54,9 @@ pub struct ServerOptions {
     /// presented (mutual TLS), the node id must be a DNS name it is valid for, whatever this
     /// says. Set it with mutual TLS so no stream can skip the check. Default `false`.
     pub require_identity: bool,
+    /// Serve the Load Reporting Service (`StreamLoadStats`) on the same port, keeping reports
+    /// in a [`LoadStore`]. Default: off (the method answers `UNIMPLEMENTED`).
+    pub load_reporting: Option<LoadReportingOptions>,
 }
 
 impl Default for ServerOptions {
@@ -60,6 +64,7 @@ impl Default for ServerOptions {
         ServerOptions {
             debounce: Duration::from_millis(10),
             require_identity: false,
+            load_reporting: None,
         }
     }
 }
@@ -75,6 +80,7 @@ pub(crate) struct ServerInner {
     pub(crate) metrics: ServerMetrics,
     require_identity: bool,
     subscriptions: Subscriptions,
+    load: Option<LoadStore>,
 }
 
 impl AdsServer {
@@ -86,8 +92,14 @@ impl AdsServer {
                 metrics: ServerMetrics::new(),
                 require_identity: options.require_identity,
                 subscriptions: Subscriptions::default(),
+                load: options.load_reporting.map(LoadStore::new),
             }),
         }
+    }
+
+    /// The load reports clients stream to this server (`None`: load reporting is off).
+    pub fn load_store(&self) -> Option<&LoadStore> {
+        self.inner.load.as_ref()
     }
 
     /// The snapshot cache the controller sets snapshots in.
@@ -143,6 +155,8 @@ const SOTW_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 const DELTA_PATH: &str =
     "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+/// The gRPC path of the Load Reporting Service's one method.
+const LRS_PATH: &str = "/envoy.service.load_stats.v3.LoadReportingService/StreamLoadStats";
 
 impl AdsServer {
     /// Answers one HTTP/2 request to the ADS endpoint: either ADS method, or a gRPC
@@ -155,6 +169,7 @@ impl AdsServer {
         let result = match request.uri().path() {
             SOTW_PATH => self.start_sotw(request, peer).await,
             DELTA_PATH => self.start_delta(request, peer).await,
+            LRS_PATH => self.start_lrs(request, peer).await,
             other => Err(Status::unimplemented(format!("no gRPC method at {other}"))),
         };
         result.unwrap_or_else(grpc::status_response)
@@ -218,6 +233,89 @@ impl AdsServer {
                 tracing::debug!(node = %stream.watch.node_id, error = %e, "delta ADS stream ended");
                 let _ = tx.try_send(Err(e));
             }
+        });
+        Ok(grpc::stream_response(rx))
+    }
+}
+
+// === load reporting ===
+
+impl AdsServer {
+    /// A `StreamLoadStats` stream: the client's node first (checked as an ADS stream's is),
+    /// answered once with what to report and how often, then its reports until it ends, kept
+    /// in the [`LoadStore`] and forgotten when the stream ends.
+    async fn start_lrs(
+        &self,
+        request: http::Request<hyper::body::Incoming>,
+        peer: Option<PeerCertificate>,
+    ) -> Result<http::Response<ResponseBody>, Status> {
+        let Some(store) = self.inner.load.clone() else {
+            return Err(Status::unimplemented(
+                "load reporting is not enabled on this control plane",
+            ));
+        };
+        let mut requests = grpc::requests::<gofe_proto::wire::LoadStatsRequest>(request)?;
+        let first = match requests.message().await? {
+            Some(first) => first,
+            None => return Err(Status::cancelled("stream closed before its first request")),
+        };
+        let Some(node) = first.node.clone() else {
+            return Err(Status::invalid_argument(
+                "the first LoadStatsRequest must carry the node",
+            ));
+        };
+        self.check_identity(&node, peer.as_ref())?;
+        let stream = self.inner.metrics.next_stream();
+        if !store.open(stream, &node.id) {
+            tracing::warn!(node = %node.id, "refusing a load-report stream: too many open");
+            return Err(Status::resource_exhausted("too many load-report streams"));
+        }
+        let limits = store.options().limits;
+        let answer = gofe_proto::load::response(&gofe_proto::load::LoadReporting {
+            all_clusters: true,
+            clusters: Vec::new(),
+            interval: store.options().interval,
+        });
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.try_send(Ok(Message::new(&[], Bytes::from(answer.encode_to_vec()))));
+        tokio::spawn(async move {
+            /// Forgets the stream's reports however the task ends.
+            struct Close(LoadStore, u64);
+            impl Drop for Close {
+                fn drop(&mut self) {
+                    self.0.close(self.1);
+                }
+            }
+            let _close = Close(store.clone(), stream);
+            tracing::info!(node = %node.id, "load-report stream opened");
+            let mut next = Some(first);
+            loop {
+                let req = match next.take() {
+                    Some(r) => r,
+                    None => tokio::select! {
+                        r = requests.message() => match r {
+                            Ok(Some(r)) => r,
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::debug!(node = %node.id, error = %e, "load-report stream ended");
+                                break;
+                            }
+                        },
+                        _ = tx.closed() => break,
+                    },
+                };
+                let read = gofe_proto::load::read_request(&req, &limits);
+                if read.dropped > 0 {
+                    tracing::debug!(node = %node.id, dropped = read.dropped, "load report over its bounds: parts dropped");
+                }
+                store.record(
+                    stream,
+                    tokio::time::Instant::now(),
+                    read.clusters,
+                    read.dropped,
+                );
+            }
+            tracing::info!(node = %node.id, "load-report stream closed: its reports are forgotten");
         });
         Ok(grpc::stream_response(rx))
     }

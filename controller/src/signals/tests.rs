@@ -235,3 +235,112 @@ fn an_https_prometheus_without_a_ca_fails_when_the_source_is_built() {
         "{e:?}"
     );
 }
+
+fn load_report(endpoint: &str, ok: u64, err: u64) -> Vec<gofe_proto::load::ClusterLoad> {
+    vec![gofe_proto::load::ClusterLoad {
+        cluster: "web".into(),
+        endpoints: vec![gofe_proto::load::EndpointLoad {
+            address: endpoint.into(),
+            successful: ok,
+            errors: err,
+            in_progress: 0,
+            issued: ok + err,
+            latency_count: ok + err,
+            latency_ms_total: 20.0 * (ok + err) as f64,
+        }],
+        interval: Duration::from_secs(1),
+    }]
+}
+
+#[tokio::test(start_paused = true)]
+async fn fresh_load_reports_replace_the_configured_source_per_endpoint_and_stale_ones_do_not() {
+    let store = gofe_xds::LoadStore::new(gofe_xds::LoadReportingOptions {
+        window: Duration::from_secs(5),
+        ..Default::default()
+    });
+    assert!(store.open(1, "proxy-1"));
+    let start = tokio::time::Instant::now();
+    for _ in 0..3 {
+        store.record(
+            1,
+            tokio::time::Instant::now(),
+            load_report("10.0.0.1:80", 2, 8),
+            0,
+        );
+        store.record(
+            1,
+            tokio::time::Instant::now(),
+            load_report("10.0.0.3:80", 10, 0),
+            0,
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    // 10.0.0.3 stops being reported: its newest report ages past three intervals.
+    for _ in 0..3 {
+        store.record(
+            1,
+            tokio::time::Instant::now(),
+            load_report("10.0.0.1:80", 2, 8),
+            0,
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    let now_ms = 100_000;
+    let now = tokio::time::Instant::now();
+    assert_eq!(now - start, Duration::from_secs(6));
+    let lrs = from_load_reports(&store, now, now_ms, Duration::from_secs(3));
+    let bad = lrs["web"]["10.0.0.1:80"];
+    // Reports at t = 1..=5 are in the 5 s window ending at t = 6.
+    assert_eq!(bad.requests, 50.0);
+    assert!((bad.success_rate - 0.2).abs() < 1e-9, "{bad:?}");
+    assert!((bad.rps - 10.0).abs() < 1e-9, "{bad:?}");
+    assert!(
+        (bad.latency - 0.02).abs() < 1e-9,
+        "the mean latency: {bad:?}"
+    );
+    assert_eq!(
+        bad.sampled_at_ms,
+        now_ms - 1000,
+        "stamped with its newest report"
+    );
+    assert!(!lrs["web"].contains_key("10.0.0.3:80"), "4 s old: stale");
+
+    let base_signals = |success_rate| Signals {
+        requests: 100.0,
+        rps: 3.0,
+        success_rate,
+        latency: 0.5,
+        sampled_at_ms: now_ms - 15_000,
+    };
+    let base = Snapshot::from([(
+        "web".to_owned(),
+        BTreeMap::from([
+            ("10.0.0.1:80".to_owned(), base_signals(1.0)),
+            ("10.0.0.2:80".to_owned(), base_signals(0.99)),
+            ("10.0.0.3:80".to_owned(), base_signals(0.98)),
+        ]),
+    )]);
+    let (signals, origins) = combine(base, "prometheus", lrs);
+    assert_eq!(
+        signals["web"]["10.0.0.1:80"], bad,
+        "the fault, from load reports"
+    );
+    assert_eq!(signals["web"]["10.0.0.2:80"].success_rate, 0.99);
+    assert_eq!(signals["web"]["10.0.0.3:80"].success_rate, 0.98);
+    let o: Vec<(&str, &str)> = origins["web"]
+        .iter()
+        .map(|(e, s)| (e.as_str(), *s))
+        .collect();
+    assert_eq!(
+        o,
+        [
+            ("10.0.0.1:80", "lrs"),
+            ("10.0.0.2:80", "prometheus"),
+            ("10.0.0.3:80", "prometheus")
+        ]
+    );
+
+    // The proxy's stream ends: nothing of it is used any more.
+    store.close(1);
+    assert!(from_load_reports(&store, now, now_ms, Duration::from_secs(3)).is_empty());
+}

@@ -6,6 +6,7 @@
 //! xds_server:
 //!   address: "127.0.0.1:18000"          # host:port of the ADS server
 //!   initial_fetch_timeout: "15s"        # optional; /ready waits this long per stage; "0s": forever
+//!   load_stats: true                    # optional; stream load reports to it (LRS); default false
 //!   tls:                                # optional; plaintext when absent
 //!     ca: "ca.pem"
 //!     server_name: "control-plane"      # default: the address's host
@@ -69,6 +70,11 @@ pub struct XdsServerConfig {
     )]
     #[schemars(with = "gofe_model::schema::DurationText")]
     pub initial_fetch_timeout: Duration,
+    /// Report per-endpoint load to this control plane over Envoy's Load Reporting Service
+    /// (`StreamLoadStats`): what Envoy's `cluster_manager.load_stats_config` pointing at the
+    /// xDS cluster does. The control plane says how often. Default `false`.
+    #[serde(default)]
+    pub load_stats: bool,
 }
 
 fn default_initial_fetch_timeout() -> Duration {
@@ -167,6 +173,7 @@ impl Bootstrap {
             drain,
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
+            load_reporting: self.xds_server.load_stats,
         }
     }
 }
@@ -241,16 +248,13 @@ static_resources:
         );
         std::fs::write(
             &path,
-            "node: { id: \"a\" }\nxds_server: { address: \"x:1\", initial_fetch_timeout: \"2s\" }\n",
+            "node: { id: \"a\" }\nxds_server: { address: \"x:1\", initial_fetch_timeout: \"2s\", load_stats: true }\n",
         )
         .unwrap();
-        assert_eq!(
-            Bootstrap::load(&path)
-                .unwrap()
-                .xds_server
-                .initial_fetch_timeout,
-            Duration::from_secs(2)
-        );
+        let b = Bootstrap::load(&path).unwrap();
+        assert_eq!(b.xds_server.initial_fetch_timeout, Duration::from_secs(2));
+        assert!(b.client_options(Duration::ZERO).load_reporting);
+        assert!(!o.load_reporting, "off unless asked for");
 
         std::fs::write(
             &path,

@@ -65,6 +65,9 @@ pub struct ClientOptions {
     pub backoff_initial: Duration,
     /// Longest reconnect delay. Default 30 s.
     pub backoff_max: Duration,
+    /// Report per-endpoint load to the control plane over its Load Reporting Service
+    /// (`StreamLoadStats`, see [`crate::xds::load`]). Default `false`.
+    pub load_reporting: bool,
 }
 
 /// How far the first fetch from the control plane has come: what `/ready` waits for.
@@ -245,20 +248,24 @@ async fn run(
         }
         (None, _) => None,
     };
-    let mut attempt: u32 = 0;
-    loop {
-        let connector = Connector {
-            address: options.server.clone(),
-            tls: tls.clone(),
-        };
-        let outcome: Result<(), String> =
-            match tonic::transport::Endpoint::from_static("http://xds.invalid")
-                .connect_timeout(Duration::from_secs(5))
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .connect_with_connector(connector)
-                .await
-            {
-                Err(e) => Err(format!("connect: {}", chain(&e))),
+    let control_plane = ControlPlane {
+        address: options.server.clone(),
+        tls,
+    };
+    // Load reports go on their own stream and connection, beside ADS: neither waits for the
+    // other, and both end when this task is stopped.
+    let load = async {
+        if options.load_reporting {
+            super::load::run(proxy.clone(), options.clone(), control_plane.clone()).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let ads = async {
+        let mut attempt: u32 = 0;
+        loop {
+            let outcome: Result<(), String> = match control_plane.channel().await {
+                Err(e) => Err(e),
                 Ok(channel) => {
                     let got_response = state.stream(&proxy, channel, &status).await;
                     if got_response.0 {
@@ -267,14 +274,42 @@ async fn run(
                     Err(got_response.1)
                 }
             };
-        status::disconnected(&proxy, &status, outcome.as_ref().err());
-        if let Err(e) = outcome {
-            let delay = backoff(attempt, options.backoff_initial, options.backoff_max);
-            tracing::warn!(server = %options.server, error = %e, retry_in = ?delay,
-                "control plane unreachable; serving the last configuration");
-            attempt = attempt.saturating_add(1);
-            tokio::time::sleep(delay).await;
+            status::disconnected(&proxy, &status, outcome.as_ref().err());
+            if let Err(e) = outcome {
+                let delay = backoff(attempt, options.backoff_initial, options.backoff_max);
+                tracing::warn!(server = %options.server, error = %e, retry_in = ?delay,
+                    "control plane unreachable; serving the last configuration");
+                attempt = attempt.saturating_add(1);
+                tokio::time::sleep(delay).await;
+            }
         }
+    };
+    tokio::join!(ads, load);
+}
+
+/// Where the control plane is and how to reach it.
+#[derive(Clone)]
+pub(super) struct ControlPlane {
+    address: String,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+impl ControlPlane {
+    /// A new HTTP/2 connection to it.
+    pub(super) async fn channel(&self) -> Result<tonic::transport::Channel, String> {
+        let connector = Connector {
+            address: self.address.clone(),
+            tls: self.tls.clone(),
+        };
+        tonic::transport::Endpoint::from_static("http://xds.invalid")
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| format!("connect: {}", chain(&e)))
     }
 }
 
