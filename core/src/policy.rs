@@ -843,8 +843,13 @@ fn status_reason(status: Status, held: bool, now_ms: u64) -> String {
     r
 }
 
-/// Appends the signals a decision was made on to its reason.
+/// Appends the signals a decision was made on to its reason: " (no traffic)" for an endpoint
+/// that served no request in the window, whose success rate and latency mean nothing.
 fn push_signals(reason: &mut String, s: &Signals) {
+    if s.requests <= 0.0 {
+        reason.push_str(" (no traffic)");
+        return;
+    }
     reason.push_str(" (");
     push_fixed(reason, s.rps, 1);
     reason.push_str(" rps, success ");

@@ -1312,6 +1312,16 @@ fn reasons_read_as_they_always_did() {
     let mut r = "healthy".to_owned();
     push_signals(&mut r, &healthy(0));
     assert_eq!(r, "healthy (20.0 rps, success 1.000, latency 0.0100 s)");
+    let mut r = "healthy".to_owned();
+    push_signals(
+        &mut r,
+        &Signals {
+            requests: 0.0,
+            rps: 0.0,
+            ..healthy(0)
+        },
+    );
+    assert_eq!(r, "healthy (no traffic)", "not a success rate of nothing");
     let c = Comparison {
         error: 4.0f64.ln(),
         band: 0.1,
