@@ -94,6 +94,30 @@ pub enum MetricTarget {
     Value(Milli),
 }
 
+impl std::fmt::Display for MetricTarget {
+    /// As an HPA spec writes it: `averageValue: 25`, `value: 1500m`, `averageUtilization: 80%`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let quantity = |f: &mut std::fmt::Formatter<'_>, m: Milli| {
+            if m % 1000 == 0 {
+                write!(f, "{}", m / 1000)
+            } else {
+                write!(f, "{m}m")
+            }
+        };
+        match *self {
+            MetricTarget::Utilization(p) => write!(f, "averageUtilization: {p}%"),
+            MetricTarget::AverageValue(m) => {
+                f.write_str("averageValue: ")?;
+                quantity(f, m)
+            }
+            MetricTarget::Value(m) => {
+                f.write_str("value: ")?;
+                quantity(f, m)
+            }
+        }
+    }
+}
+
 /// One entry of `spec.metrics`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MetricSpec {
@@ -779,6 +803,23 @@ pub enum Limit {
     MetricsFailed,
     /// KEDA activation scaled to or from zero.
     Activation,
+}
+
+impl Limit {
+    /// Its name in reports and logs (Kubernetes' `ScalingLimited` reason where it has one).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::None => "none",
+            Limit::TooFewReplicas => "TooFewReplicas",
+            Limit::TooManyReplicas => "TooManyReplicas",
+            Limit::ScaleUpLimit => "ScaleUpLimit",
+            Limit::ScaleDownLimit => "ScaleDownLimit",
+            Limit::Stabilized => "Stabilized",
+            Limit::Disabled => "Disabled",
+            Limit::MetricsFailed => "MetricsFailed",
+            Limit::Activation => "Activation",
+        }
+    }
 }
 
 /// The result of one sync.

@@ -189,8 +189,9 @@ pub async fn wait_ready(
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(UpError::ChildFailed(format!(
-                "{} did not answer http://{addr}{path} within {limit:?}: {}",
+                "{} did not answer http://{addr}{path} within {}: {}",
                 child.name,
+                gofe_yaml::duration::format(limit),
                 child.log_tail()
             )));
         }

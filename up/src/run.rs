@@ -883,12 +883,18 @@ impl Run {
                             json!({"name": name, "kind": kind_name}),
                             format!("{name} {what}"),
                         ),
-                        other => self.view.event(
-                            t,
-                            "fault_failed",
-                            json!({"name": name, "kind": kind_name, "error": format!("{other:?}")}),
-                            format!("{name}: the fault control endpoint refused: {other:?}"),
-                        ),
+                        other => {
+                            let error = match other {
+                                Ok(status) => format!("answered {status}"),
+                                Err(e) => e,
+                            };
+                            self.view.event(
+                                t,
+                                "fault_failed",
+                                json!({"name": name, "kind": kind_name, "error": error}),
+                                format!("{name}: the fault control endpoint refused: {error}"),
+                            )
+                        }
                     }
                 }
             }
@@ -935,14 +941,14 @@ impl Run {
             let target = spec
                 .metrics
                 .first()
-                .map(|m| format!("{:?}", m.target))
+                .map(|m| m.target.to_string())
                 .unwrap_or_default();
             self.view.event(
                 t,
                 "scaled",
                 json!({"from": self.desired, "to": out.desired, "metric": METRIC,
                        "value": value, "recommended": out.recommended,
-                       "limit": format!("{:?}", out.limit)}),
+                       "limit": out.limit.as_str()}),
                 format!(
                     "{} → {} replicas: {METRIC}{{service={SERVICE}}} = {} (target {target})",
                     self.desired,
@@ -967,8 +973,9 @@ impl Run {
                 "backend_created",
                 json!({"name": b.name, "address": b.addr.to_string()}),
                 format!(
-                    "{} created (starts in {:?})",
-                    b.name, self.plan.model.startup
+                    "{} created (starts in {})",
+                    b.name,
+                    gofe_yaml::duration::format(self.plan.model.startup)
                 ),
             );
             self.backends.push(b);

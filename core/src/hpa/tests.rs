@@ -878,3 +878,18 @@ proptest! {
         let _ = reconcile(&legacy, &CFG, &obs, &mut h, now);
     }
 }
+
+#[test]
+fn targets_and_limits_read_as_an_hpa_spec_and_its_reasons_write_them() {
+    assert_eq!(
+        MetricTarget::AverageValue(25_000).to_string(),
+        "averageValue: 25"
+    );
+    assert_eq!(MetricTarget::Value(1_500).to_string(), "value: 1500m");
+    assert_eq!(
+        MetricTarget::Utilization(80).to_string(),
+        "averageUtilization: 80%"
+    );
+    assert_eq!(Limit::ScaleDownLimit.as_str(), "ScaleDownLimit");
+    assert_eq!(Limit::None.as_str(), "none");
+}
