@@ -68,15 +68,36 @@ pub struct ListenerConfig {
     pub name: Option<String>,
     /// Socket address to bind, `ip:port`.
     pub address: String,
-    /// Application protocol. Only `"http"` (HTTP/1.1 and HTTP/2) today. Default `"http"`.
+    /// Application protocol: `"http"` (HTTP/1.1 and HTTP/2, routed by `filters`) or `"tcp"`
+    /// (bytes copied both ways to the `tcp_proxy`'s cluster, Envoy's
+    /// `envoy.filters.network.tcp_proxy`). Default `"http"`.
     #[serde(default = "default_protocol")]
     pub protocol: String,
     /// TLS termination. When set, the listener speaks TLS and offers `h2` and `http/1.1` by ALPN;
     /// when absent it speaks cleartext HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
     #[serde(default)]
     pub tls: Option<TlsConfig>,
-    /// The filter chain. Exactly one `router` filter today.
+    /// The filter chain of an `http` listener: exactly one `router` filter. A `tcp` listener
+    /// has none. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<FilterConfig>,
+    /// What a `tcp` listener proxies its connections to (required there, refused on `http`).
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_proxy: Option<TcpProxyConfig>,
+    /// A capture listener (Envoy's `use_original_dst`): each accepted connection's original
+    /// destination (before an iptables `REDIRECT`, read once at accept time with
+    /// `SO_ORIGINAL_DST`) picks the listener that serves it: the `bind_to_port: false`
+    /// listener at exactly that `ip:port`, else the one at `0.0.0.0:port` (`[::]:port` for
+    /// IPv6), else this listener itself (typically a `tcp` passthrough to an `original_dst`
+    /// cluster). Default `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub use_original_dst: bool,
+    /// Whether the proxy binds the address (Envoy's `bind_to_port`). `false` makes a virtual
+    /// listener: never bound, it serves only the connections a `use_original_dst` listener
+    /// hands it (captured traffic whose original destination is its address). Default `true`.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub bind_to_port: bool,
     /// Most client connections open at once; more are closed as soon as accepted (counted in
     /// `gofe_downstream_connections_overflow_total`). Default: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,6 +166,58 @@ fn default_listener_idle_timeout() -> Duration {
 
 fn default_protocol() -> String {
     "http".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A `tcp` listener's proxying (Envoy's `envoy.filters.network.tcp_proxy`): each client
+/// connection gets one upstream connection, and bytes are copied both ways until both sides
+/// have closed (a side's end of stream is passed on as a half-close, so the other direction
+/// keeps flowing). Exactly one of `cluster` or `weighted_clusters`; a cluster of type
+/// `original_dst` makes a passthrough to each connection's original destination.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProxyConfig {
+    /// The label of the listener's `gofe_tcp_proxy_*` series (Envoy's `stat_prefix`).
+    /// Default: the listener's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stat_prefix: Option<String>,
+    /// Every connection to this cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Connections split across clusters by weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weighted_clusters: Option<WeightedClustersConfig>,
+    /// Close both connections after this long without a byte in either direction (checked
+    /// every quarter of it). `"0s"` disables it. Default 1 h (Envoy's).
+    #[serde(
+        default = "default_tcp_idle_timeout",
+        with = "gofe_yaml::duration::text",
+        skip_serializing_if = "is_default_tcp_idle_timeout"
+    )]
+    #[schemars(with = "crate::schema::DurationText")]
+    pub idle_timeout: Duration,
+}
+
+/// Default `idle_timeout` of a `tcp_proxy` (Envoy's).
+pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn default_tcp_idle_timeout() -> Duration {
+    DEFAULT_TCP_IDLE_TIMEOUT
+}
+
+fn is_default_tcp_idle_timeout(d: &Duration) -> bool {
+    *d == DEFAULT_TCP_IDLE_TIMEOUT
 }
 
 /// TLS files of a listener (PEM).
@@ -422,12 +495,43 @@ pub enum LbPolicy {
     LeastRequest,
 }
 
+/// How a cluster finds its endpoints.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryType {
+    /// The configured (or EDS-delivered) endpoints. The default.
+    #[default]
+    #[serde(alias = "STATIC")]
+    Static,
+    /// Each connection's original destination (Envoy's `ORIGINAL_DST`, Istio's
+    /// `PassthroughCluster`): captured traffic to unknown destinations passes through.
+    #[serde(alias = "ORIGINAL_DST")]
+    OriginalDst,
+}
+
+impl DiscoveryType {
+    fn is_static(&self) -> bool {
+        *self == DiscoveryType::Static
+    }
+}
+
 /// An upstream cluster.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Unique name, referenced by routes.
     pub name: String,
+    /// How the cluster finds its endpoints (Envoy's cluster `type`): `static` (the
+    /// `endpoints` list, or EDS) or `original_dst` (no endpoints: each connection goes to its
+    /// own original destination; only a `tcp_proxy` may use it). Default `static`.
+    #[serde(
+        default,
+        rename = "type",
+        skip_serializing_if = "DiscoveryType::is_static"
+    )]
+    pub discovery: DiscoveryType,
     /// Balancing policy. Default `round_robin`.
     #[serde(default)]
     pub lb_policy: LbPolicy,
@@ -746,6 +850,20 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
             );
         }
         check_route_filters(v, &None, &cluster.local_ratelimit, &base);
+        if cluster.discovery == DiscoveryType::OriginalDst {
+            if !cluster.endpoints.is_empty() {
+                v.error(
+                    format!("{base}.endpoints"),
+                    "an original_dst cluster has no endpoints (each connection goes to its original destination)",
+                );
+            }
+            if cluster.local_ratelimit.is_some() {
+                v.error(
+                    format!("{base}.local_ratelimit"),
+                    "not supported on an original_dst cluster (only tcp_proxy listeners use one)",
+                );
+            }
+        }
         if let Some(od) = &cluster.outlier_detection {
             if od.max_ejection_percent > 100 {
                 v.error(
@@ -820,13 +938,24 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
                 );
             }
         }
-        if listener.protocol != "http" {
+        let tcp = listener.protocol == "tcp";
+        if listener.protocol != "http" && !tcp {
             v.error(
                 format!("{base}.protocol"),
                 format!(
-                    "unsupported protocol {:?} (supported: \"http\")",
+                    "unsupported protocol {:?} (supported: \"http\", \"tcp\")",
                     listener.protocol
                 ),
+            );
+        }
+        check_capture(v, listener, &base);
+        if tcp {
+            check_tcp_listener(
+                v,
+                config,
+                listener,
+                &base,
+                check_refs.then_some(&cluster_names),
             );
         }
         for (ai, log) in listener.access_log.iter().enumerate() {
@@ -839,7 +968,7 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
                 v.error(format!("{base}.tracing.{field}"), message);
             }
         }
-        if listener.filters.len() != 1 {
+        if !tcp && listener.filters.len() != 1 {
             v.error(
                 format!("{base}.filters"),
                 format!(
@@ -865,6 +994,9 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
                 &format!("{fbase}.config"),
                 check_refs.then_some(&cluster_names),
             );
+            if check_refs {
+                check_http_refs_not_original_dst(v, config, &filter.config, &fbase);
+            }
         }
     }
 
@@ -885,6 +1017,156 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
                     admin.address
                 ),
             );
+        }
+    }
+}
+
+// === capture and tcp listeners ===
+
+/// `use_original_dst` and `bind_to_port` of a listener.
+fn check_capture(v: &mut Validator, listener: &ListenerConfig, base: &str) {
+    if listener.use_original_dst && !listener.bind_to_port {
+        v.error(
+            format!("{base}.bind_to_port"),
+            "a use_original_dst listener must be bound (it accepts the captured connections)",
+        );
+    }
+    if !listener.bind_to_port {
+        if let Ok(addr) = listener.address.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                v.error(
+                    format!("{base}.address"),
+                    "a bind_to_port: false listener needs a port (original destinations are matched by it)",
+                );
+            }
+        }
+        if listener.tls.is_some() {
+            v.error(
+                format!("{base}.tls"),
+                "not supported on a bind_to_port: false listener",
+            );
+        }
+    }
+}
+
+/// The parts of a `tcp` listener an `http` one does not have, and the ones it may not have.
+fn check_tcp_listener(
+    v: &mut Validator,
+    config: &ProxyConfig,
+    listener: &ListenerConfig,
+    base: &str,
+    clusters: Option<&HashMap<&str, usize>>,
+) {
+    if !listener.filters.is_empty() {
+        v.error(
+            format!("{base}.filters"),
+            "a tcp listener has no filters (its tcp_proxy says where connections go)",
+        );
+    }
+    if listener.tls.is_some() {
+        v.error(
+            format!("{base}.tls"),
+            "not supported on a tcp listener (TLS passes through it as bytes)",
+        );
+    }
+    if listener.tracing.is_some() {
+        v.error(
+            format!("{base}.tracing"),
+            "not supported on a tcp listener (tracing is per HTTP request)",
+        );
+    }
+    let Some(t) = &listener.tcp_proxy else {
+        v.error(
+            format!("{base}.tcp_proxy"),
+            "a tcp listener needs a tcp_proxy (a cluster or weighted_clusters)",
+        );
+        return;
+    };
+    let tbase = format!("{base}.tcp_proxy");
+    if t.stat_prefix.as_deref() == Some("") {
+        v.error(format!("{tbase}.stat_prefix"), "must not be empty");
+    }
+    match (&t.cluster, &t.weighted_clusters) {
+        (Some(c), None) => check_cluster_ref(v, c, format!("{tbase}.cluster"), clusters),
+        (None, Some(wc)) => {
+            if wc.clusters.is_empty() || wc.clusters.iter().all(|c| c.weight == 0) {
+                v.error(
+                    format!("{tbase}.weighted_clusters.clusters"),
+                    "needs at least one cluster with a non-zero weight",
+                );
+            }
+            let mut seen = HashSet::new();
+            for (i, c) in wc.clusters.iter().enumerate() {
+                let field = format!("{tbase}.weighted_clusters.clusters[{i}].name");
+                if !seen.insert(c.name.as_str()) {
+                    v.error(field, format!("cluster {:?} listed twice", c.name));
+                } else {
+                    check_cluster_ref(v, &c.name, field.clone(), clusters);
+                    if clusters.is_some() && is_original_dst(config, &c.name) {
+                        v.error(
+                            field,
+                            "an original_dst cluster cannot be one of weighted_clusters (name it as the cluster)",
+                        );
+                    }
+                }
+            }
+        }
+        (Some(_), Some(_)) => v.error(tbase, "set either cluster or weighted_clusters, not both"),
+        (None, None) => v.error(tbase, "needs a cluster or weighted_clusters"),
+    }
+}
+
+fn is_original_dst(config: &ProxyConfig, name: &str) -> bool {
+    config
+        .clusters
+        .iter()
+        .any(|c| c.name == name && c.discovery == DiscoveryType::OriginalDst)
+}
+
+/// Routes and mirrors may not send HTTP requests to an `original_dst` cluster.
+fn check_http_refs_not_original_dst(
+    v: &mut Validator,
+    config: &ProxyConfig,
+    router: &RouterConfig,
+    fbase: &str,
+) {
+    if !config
+        .clusters
+        .iter()
+        .any(|c| c.discovery == DiscoveryType::OriginalDst)
+    {
+        return;
+    }
+    for (hi, vhost) in router.virtual_hosts.iter().enumerate() {
+        for (ri, route) in vhost.routes.iter().enumerate() {
+            let rbase = format!("{fbase}.config.virtual_hosts[{hi}].routes[{ri}].route");
+            let a = &route.route;
+            let mut refs: Vec<(String, &str)> = Vec::new();
+            if let Some(c) = &a.cluster {
+                refs.push((format!("{rbase}.cluster"), c));
+            }
+            if let Some(wc) = &a.weighted_clusters {
+                for (i, c) in wc.clusters.iter().enumerate() {
+                    refs.push((
+                        format!("{rbase}.weighted_clusters.clusters[{i}].name"),
+                        &c.name,
+                    ));
+                }
+            }
+            for (i, m) in a.request_mirror_policies.iter().enumerate() {
+                refs.push((
+                    format!("{rbase}.request_mirror_policies[{i}].cluster"),
+                    &m.cluster,
+                ));
+            }
+            for (field, name) in refs {
+                if is_original_dst(config, name) {
+                    v.error(
+                        field,
+                        format!("cluster {name:?} is an original_dst cluster: only a tcp_proxy can use one"),
+                    );
+                }
+            }
         }
     }
 }
@@ -1507,6 +1789,113 @@ admin: { address: "127.0.0.1:9901" }
                 }
             }
         }
+    }
+
+    const CAPTURE: &str = r#"
+listeners:
+  - name: outbound
+    address: "0.0.0.0:15001"
+    protocol: tcp
+    use_original_dst: true
+    tcp_proxy: { cluster: passthrough }
+  - name: web-80
+    address: "0.0.0.0:80"
+    bind_to_port: false
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: web
+              domains: ["*"]
+              routes:
+                - match: { prefix: "/" }
+                  route: { cluster: web }
+  - name: db
+    address: "10.0.0.9:5432"
+    bind_to_port: false
+    protocol: tcp
+    tcp_proxy:
+      weighted_clusters: { clusters: [{ name: web, weight: 1 }] }
+      idle_timeout: 10m
+clusters:
+  - { name: passthrough, type: ORIGINAL_DST }
+  - { name: web, endpoints: [{ address: "10.0.0.11:9000" }] }
+"#;
+
+    #[test]
+    fn capture_listeners_and_tcp_proxies_read_envoys_shape() {
+        let c = parse("capture.yaml", CAPTURE).unwrap();
+        let out = &c.listeners[0];
+        assert!(out.use_original_dst && out.bind_to_port && out.filters.is_empty());
+        let t = out.tcp_proxy.as_ref().unwrap();
+        assert_eq!(t.cluster.as_deref(), Some("passthrough"));
+        assert_eq!(t.idle_timeout, DEFAULT_TCP_IDLE_TIMEOUT);
+        assert!(!c.listeners[1].bind_to_port);
+        let db = c.listeners[2].tcp_proxy.as_ref().unwrap();
+        assert_eq!(db.idle_timeout, Duration::from_secs(600));
+        assert_eq!(c.clusters[0].discovery, DiscoveryType::OriginalDst);
+        assert_eq!(c.clusters[1].discovery, DiscoveryType::Static);
+        let json = serde_json::to_string(&c).unwrap();
+        let back: ProxyConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn every_capture_and_tcp_mistake_names_its_line_and_field() {
+        let text = CAPTURE
+            .replace(
+                "    use_original_dst: true\n",
+                "    use_original_dst: true\n    bind_to_port: false\n",
+            )
+            .replace("route: { cluster: web }", "route: { cluster: passthrough }")
+            .replace(
+                "weighted_clusters: { clusters: [{ name: web, weight: 1 }] }",
+                "weighted_clusters: { clusters: [{ name: passthrough, weight: 1 }] }\n      cluster: web",
+            )
+            .replace(
+                "{ name: passthrough, type: ORIGINAL_DST }",
+                "{ name: passthrough, type: ORIGINAL_DST, endpoints: [{ address: \"10.0.0.1:1\" }] }",
+            );
+        let p = problems(&text);
+        let got: Vec<(&str, Option<usize>)> =
+            p.iter().map(|p| (p.field.as_str(), p.line)).collect();
+        assert_eq!(
+            got,
+            [
+                ("listeners[0].bind_to_port", Some(7)),
+                (
+                    "listeners[1].filters[0].config.virtual_hosts[0].routes[0].route.cluster",
+                    Some(20)
+                ),
+                ("listeners[2].tcp_proxy", Some(26)),
+                ("clusters[0].endpoints", Some(30)),
+            ],
+            "{p:?}"
+        );
+        let text = CAPTURE.replace(
+            "    protocol: tcp\n    use_original_dst",
+            "    use_original_dst",
+        );
+        let p = problems(&text);
+        assert_eq!(p[0].field, "listeners[0].filters", "{p:?}");
+        let text = CAPTURE.replace(
+            "tcp_proxy: { cluster: passthrough }",
+            "tcp_proxy: { cluster: nowhere }",
+        );
+        let p = problems(&text);
+        assert_eq!(p[0].field, "listeners[0].tcp_proxy.cluster", "{p:?}");
+        assert_eq!(p[0].line, Some(7));
+        assert!(
+            p[0].message.contains("unknown cluster \"nowhere\""),
+            "{}",
+            p[0]
+        );
+        let p = problems(&CAPTURE.replace("protocol: tcp\n    use", "protocol: udp\n    use"));
+        let protocol = p.iter().find(|p| p.field == "listeners[0].protocol");
+        assert!(
+            protocol.is_some_and(|p| p.line == Some(5) && p.message.contains("\"tcp\"")),
+            "{p:?}"
+        );
     }
 
     #[test]

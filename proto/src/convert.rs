@@ -974,6 +974,9 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
             idle_timeout: settings.idle_timeout,
             access_log: settings.access_log.clone(),
             tracing: settings.tracing.as_deref().cloned(),
+            tcp_proxy: None,
+            use_original_dst: false,
+            bind_to_port: true,
         });
     }
     // Clusters referenced but not defined: present and empty (503), as in Envoy.

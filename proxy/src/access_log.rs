@@ -291,6 +291,10 @@ pub(crate) struct Record {
     /// Request body bytes, counted by the request body when a format wants them.
     pub(crate) received: Option<Arc<AtomicU64>>,
     sent: u64,
+    /// A `tcp_proxy` connection's line: no request, method, path or protocol.
+    tcp: bool,
+    /// Where a passthrough connection went (it has no configured endpoint).
+    upstream_addr: Option<SocketAddr>,
 }
 
 impl Record {
@@ -325,6 +329,36 @@ impl Record {
             failure_reason: None,
             received: None,
             sent: 0,
+            tcp: false,
+            upstream_addr: None,
+        }
+    }
+
+    /// Starts the record of a `tcp_proxy` connection from `peer` (its line is written when the
+    /// connection ends; `%RESPONSE_CODE%` is 0 and the request operators have no value, as in
+    /// Envoy).
+    pub(crate) fn connection(peer: SocketAddr) -> Self {
+        Record {
+            start: SystemTime::now(),
+            started: Instant::now(),
+            finished: None,
+            method: Method::GET,
+            uri: Uri::default(),
+            version: Version::default(),
+            scheme: "tcp",
+            peer,
+            headers: Box::default(),
+            response_at: 0,
+            status: 0,
+            flags: Flags::default(),
+            cluster: None,
+            endpoint: None,
+            route_name: None,
+            failure_reason: None,
+            received: None,
+            sent: 0,
+            tcp: true,
+            upstream_addr: None,
         }
     }
 
@@ -432,6 +466,20 @@ impl LogHandle {
     pub(crate) fn count_received(&mut self) -> Option<Arc<AtomicU64>> {
         let r = self.record.as_deref_mut()?;
         r.count_received(&self.log)
+    }
+
+    /// A connection's byte counter from the client, for `%BYTES_RECEIVED%`.
+    pub(crate) fn connection_counters(&mut self, received: Arc<AtomicU64>) {
+        if let Some(r) = &mut self.record {
+            r.received = Some(received);
+        }
+    }
+
+    /// Where a passthrough connection went, for `%UPSTREAM_HOST%`.
+    pub(crate) fn upstream_addr(&mut self, addr: SocketAddr) {
+        if let Some(r) = &mut self.record {
+            r.upstream_addr = Some(addr);
+        }
     }
 
     /// Counts response body bytes sent.
@@ -645,6 +693,7 @@ fn write_value(value: &Value, max_len: Option<usize>, r: &Record, out: &mut Vec<
             write_rfc3339_millis(r.start, out);
             true
         }
+        Value::Request(_) if r.tcp => false,
         Value::Request(fields) => fields.iter().any(|f| {
             let bytes: Option<&[u8]> = match *f {
                 Field::Path => r.uri.path_and_query().map(|pq| pq.as_str().as_bytes()),
@@ -664,6 +713,7 @@ fn write_value(value: &Value, max_len: Option<usize>, r: &Record, out: &mut Vec<
                 .map(|b| out.extend_from_slice(b))
                 .is_some()
         }),
+        Value::Protocol if r.tcp => false,
         Value::Protocol => match r.version {
             Version::HTTP_09 => write_str(out, "HTTP/0.9"),
             Version::HTTP_10 => write_str(out, "HTTP/1.0"),
@@ -686,10 +736,11 @@ fn write_value(value: &Value, max_len: Option<usize>, r: &Record, out: &mut Vec<
             r.received.as_ref().map_or(0, |c| c.load(Ordering::Relaxed)),
         ),
         Value::BytesSent => write_display(out, r.sent),
-        Value::UpstreamHost => r
-            .endpoint
-            .as_ref()
-            .is_some_and(|e| write_str(out, &e.address)),
+        Value::UpstreamHost => match (&r.endpoint, r.upstream_addr) {
+            (Some(e), _) => write_str(out, &e.address),
+            (None, Some(addr)) => write_display(out, addr),
+            (None, None) => false,
+        },
         Value::UpstreamCluster => r.cluster.as_ref().is_some_and(|c| write_str(out, &c.name)),
         Value::DownstreamRemoteAddress => write_display(out, r.peer),
         Value::DownstreamRemoteAddressWithoutPort => write_display(out, r.peer.ip()),

@@ -47,6 +47,7 @@ use serde::Serialize;
 mod access_log;
 mod admin;
 mod body;
+mod capture;
 mod cluster;
 pub use gofe_model as config;
 mod ctx;
@@ -63,6 +64,7 @@ mod ratelimit;
 mod request_body;
 mod route;
 pub mod run;
+mod tcp;
 mod tls;
 mod tracer;
 mod upstream;
@@ -75,7 +77,7 @@ pub use config::ProxyConfig;
 use crate::admin::RunningAdmin;
 use crate::cluster::{Cluster, ClusterLimits, PoolKey, UpstreamClient};
 use crate::health::{EndpointHealth, HealthSource};
-use crate::listener::{ListenerLimits, ListenerState, RunningListener};
+use crate::listener::{ListenerLimits, ListenerShared, ListenerState, RunningListener};
 use crate::metrics::Metrics;
 use crate::route::RouteTable;
 
@@ -173,6 +175,9 @@ impl Shared {
 #[derive(Default)]
 struct Control {
     listeners: HashMap<SocketAddr, RunningListener>,
+    /// The `bind_to_port: false` listeners, by address (kept across swaps, as bound ones are,
+    /// so their connections see each new state).
+    virtuals: HashMap<SocketAddr, Arc<ListenerShared>>,
     admin: Option<(SocketAddr, RunningAdmin)>,
     pools: HashMap<PoolKey, UpstreamClient>,
     /// Outlier-detection state per (cluster, endpoint), kept across swaps.
@@ -341,6 +346,23 @@ impl Proxy {
                         .map_err(ApplyError::Invalid)?,
                 );
             }
+            let tcp = match &l.tcp_proxy {
+                None => None,
+                Some(t) => {
+                    // A tcp listener routes nothing: an empty table keeps the state's shape.
+                    routes = Some(
+                        RouteTable::build(
+                            &config::RouterConfig::default(),
+                            &clusters,
+                            &mut filters,
+                        )
+                        .map_err(ApplyError::Invalid)?,
+                    );
+                    Some(build_tcp_proxy(t, &name, &config, &clusters, metrics)?)
+                }
+            };
+            let wants_original_dst =
+                l.use_original_dst || tcp.as_ref().is_some_and(tcp::TcpProxy::passthrough);
             let tls = match &l.tls {
                 None => None,
                 Some(t) => Some(tls::acceptor(t).map_err(|message| ApplyError::Tls {
@@ -403,9 +425,47 @@ impl Proxy {
                     },
                     access_log,
                     tracer,
+                    tcp,
+                    capture: None,
+                    wants_original_dst,
                 },
+                l.bind_to_port,
+                l.use_original_dst,
             ));
         }
+
+        // Virtual (bind_to_port: false) listeners: what stays keeps its holder, its new state
+        // stored at commit; capture listeners get the table of all of them.
+        let mut virtuals = HashMap::new();
+        let mut virtual_updates = Vec::new();
+        let mut bound_states = Vec::with_capacity(states.len());
+        for (addr, state, bind, capture) in states {
+            if bind {
+                bound_states.push((addr, state, capture));
+                continue;
+            }
+            match control.virtuals.get(&addr) {
+                Some(existing) => {
+                    virtuals.insert(addr, Arc::clone(existing));
+                    virtual_updates.push((Arc::clone(existing), state));
+                }
+                None => {
+                    virtuals.insert(addr, RunningListener::virtual_listener(state));
+                }
+            }
+        }
+        let handoff = Arc::new(capture::Handoff::new(
+            virtuals.iter().map(|(a, v)| (*a, Arc::clone(v))),
+        ));
+        let states: Vec<(SocketAddr, ListenerState)> = bound_states
+            .into_iter()
+            .map(|(addr, mut state, capture)| {
+                if capture && !handoff.is_empty() {
+                    state.capture = Some(Arc::clone(&handoff));
+                }
+                (addr, state)
+            })
+            .collect();
 
         // Bind what is new before touching anything that serves.
         let mut bound = Vec::new();
@@ -464,6 +524,10 @@ impl Proxy {
                 l.shared.state.store(Arc::new(state));
             }
         }
+        for (holder, state) in virtual_updates {
+            holder.state.store(Arc::new(state));
+        }
+        control.virtuals = virtuals;
         control.listeners.extend(bound);
         let retired: Vec<SocketAddr> = control
             .listeners
@@ -615,6 +679,58 @@ impl Proxy {
             admin.stop().await;
         }
     }
+}
+
+/// Compiles a listener's `tcp_proxy` against the clusters being applied.
+fn build_tcp_proxy(
+    t: &config::TcpProxyConfig,
+    listener: &Arc<str>,
+    config: &ProxyConfig,
+    clusters: &HashMap<String, Arc<Cluster>>,
+    metrics: &Metrics,
+) -> Result<tcp::TcpProxy, ApplyError> {
+    let lookup = |name: &str| {
+        let built = clusters.get(name).cloned();
+        let conf = config.clusters.iter().find(|c| c.name == name);
+        match (built, conf) {
+            (Some(c), Some(conf)) => Ok((c, conf)),
+            _ => Err(ApplyError::Invalid(format!(
+                "listener {listener}: tcp_proxy names unknown cluster {name:?}"
+            ))),
+        }
+    };
+    let target = match (&t.cluster, &t.weighted_clusters) {
+        (Some(name), _) => {
+            let (cluster, conf) = lookup(name)?;
+            if conf.discovery == config::DiscoveryType::OriginalDst {
+                tcp::Target::Passthrough {
+                    cluster,
+                    connect_timeout: conf.connect_timeout,
+                }
+            } else {
+                tcp::TcpProxy::clusters(vec![(cluster, conf.connect_timeout, 1)])
+            }
+        }
+        (None, Some(wc)) => {
+            let mut list = Vec::with_capacity(wc.clusters.len());
+            for c in &wc.clusters {
+                let (cluster, conf) = lookup(&c.name)?;
+                list.push((cluster, conf.connect_timeout, c.weight));
+            }
+            tcp::TcpProxy::clusters(list)
+        }
+        (None, None) => {
+            return Err(ApplyError::Invalid(format!(
+                "listener {listener}: tcp_proxy without a cluster"
+            )))
+        }
+    };
+    let prefix = t.stat_prefix.as_deref().unwrap_or(listener);
+    Ok(tcp::TcpProxy::new(
+        target,
+        (!t.idle_timeout.is_zero()).then_some(t.idle_timeout),
+        metrics.tcp(prefix),
+    ))
 }
 
 /// Entry points for the criterion benchmarks in `benches/` (not a stable API).

@@ -24,11 +24,13 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::AccessLog;
+use crate::capture::{self, Handoff};
 use crate::ctx::{ActiveGuard, ConnContext};
 use crate::forward;
 use crate::framing::FramingWatch;
 use crate::metrics::ListenerStats;
 use crate::route::RouteTable;
+use crate::tcp::{Accepted, TcpProxy};
 use crate::tracer::Tracer;
 
 /// Time allowed for a client to finish the TLS handshake.
@@ -43,6 +45,13 @@ pub(crate) struct ListenerState {
     pub(crate) limits: ListenerLimits,
     pub(crate) access_log: Option<Arc<AccessLog>>,
     pub(crate) tracer: Option<Arc<Tracer>>,
+    /// A `tcp` listener's proxy (an `http` listener has none).
+    pub(crate) tcp: Option<TcpProxy>,
+    /// A `use_original_dst` listener's hand-off table.
+    pub(crate) capture: Option<Arc<Handoff<Arc<ListenerShared>>>>,
+    /// Whether accepted connections need their original destination (capture, passthrough):
+    /// decided when the configuration is applied, so other listeners pay one branch.
+    pub(crate) wants_original_dst: bool,
 }
 
 impl forward::Serving for ListenerState {
@@ -115,6 +124,14 @@ pub(crate) struct RunningListener {
 }
 
 impl RunningListener {
+    /// A `bind_to_port: false` listener's state holder: never bound, it serves what a capture
+    /// listener hands it.
+    pub(crate) fn virtual_listener(state: ListenerState) -> Arc<ListenerShared> {
+        Arc::new(ListenerShared {
+            state: ArcSwap::from_pointee(state),
+        })
+    }
+
     /// Binds `addr` (synchronously, so a reload learns at once that an address is taken) and
     /// starts accepting. Must be called inside a Tokio runtime.
     pub(crate) fn bind(addr: SocketAddr, state: ListenerState) -> std::io::Result<Self> {
@@ -165,7 +182,24 @@ async fn accept_loop(
                 continue;
             }
         };
-        let state = shared.state.load();
+        let mut state = shared.state.load();
+        let mut serving = &shared;
+        let mut dest = None;
+        let mut local = None;
+        if state.wants_original_dst {
+            // Once per connection, at accept time.
+            local = tcp.local_addr().ok();
+            dest = capture::original_dst(&tcp, local).or(local);
+            let handoff = state.capture.as_ref().zip(dest);
+            if let Some(target) = handoff.and_then(|(table, d)| table.select(d)) {
+                serving = target;
+            }
+        }
+        let handed_off = !Arc::ptr_eq(serving, &shared);
+        let serving = Arc::clone(serving);
+        if handed_off {
+            state = serving.state.load();
+        }
         if let Some(max) = state.limits.max_connections {
             if state.stats.cx_active.get() >= i64::from(max) {
                 state.stats.cx_overflow.inc();
@@ -174,6 +208,27 @@ async fn accept_loop(
             }
         }
         let _ = tcp.set_nodelay(true);
+        if state.tcp.is_some() {
+            state.stats.cx_total.inc();
+            let state = arc_swap::Guard::into_inner(state);
+            let stats_active = state.stats.cx_active.clone();
+            let drain = drain_rx.clone();
+            tokio::spawn(async move {
+                let _open = ActiveGuard::new(&stats_active);
+                // Held so the listener's drain waits for the connection.
+                let _drain = drain;
+                if let Some(proxy) = &state.tcp {
+                    let accepted = Accepted {
+                        tcp,
+                        peer,
+                        local,
+                        original_dst: dest,
+                    };
+                    proxy.serve(accepted, state.access_log.clone()).await;
+                }
+            });
+            continue;
+        }
         let http = state.limits.http();
         let idle = state.limits.idle_timeout;
         let header_timeout = state.limits.header_timeout;
@@ -184,7 +239,7 @@ async fn accept_loop(
         state.stats.cx_total.inc();
         drop(state);
         let ctx = Arc::new(ConnContext::new(peer, tls.is_some()));
-        let listener = Arc::clone(&shared);
+        let listener = serving;
         let drain = drain_rx.clone();
         tokio::spawn(async move {
             let _open = ActiveGuard::new(&stats_active);

@@ -86,6 +86,18 @@ pub(crate) struct Metrics {
     shadow_active: IntGaugeVec,
     /// Registered when an xDS client starts (a file-configured proxy has no such series).
     xds: std::sync::OnceLock<XdsMetrics>,
+    /// `gofe_tcp_proxy_connections_total{stat_prefix}`.
+    tcp_connections: IntCounterVec,
+    /// `gofe_tcp_proxy_connections_active{stat_prefix}`.
+    tcp_active: IntGaugeVec,
+    /// `gofe_tcp_proxy_received_bytes_total{stat_prefix}`.
+    tcp_received: IntCounterVec,
+    /// `gofe_tcp_proxy_sent_bytes_total{stat_prefix}`.
+    tcp_sent: IntCounterVec,
+    /// `gofe_tcp_proxy_idle_timeouts_total{stat_prefix}`.
+    tcp_idle: IntCounterVec,
+    /// `gofe_tcp_proxy_failures_total{stat_prefix,reason}`.
+    tcp_failures: IntCounterVec,
 }
 
 /// The xDS client's series (Envoy's `control_plane.*` and per-type `update_*` stats).
@@ -415,6 +427,42 @@ impl Metrics {
                 "HTTP/2 client connections closed for flooding the proxy with control frames it must answer (PING, SETTINGS): more than 1000 at once, refilled at 100/s (Envoy's max_outbound_control_frames).",
                 &["listener"],
             ),
+            tcp_connections: counter_vec(
+                &r,
+                "gofe_tcp_proxy_connections_total",
+                "Client connections a tcp_proxy opened an upstream connection for, by stat_prefix (the listener's name unless set).",
+                &["stat_prefix"],
+            ),
+            tcp_active: gauge_vec(
+                &r,
+                "gofe_tcp_proxy_connections_active",
+                "tcp_proxy connections open now (client and upstream both connected).",
+                &["stat_prefix"],
+            ),
+            tcp_received: counter_vec(
+                &r,
+                "gofe_tcp_proxy_received_bytes_total",
+                "Bytes a tcp_proxy read from its clients and wrote upstream.",
+                &["stat_prefix"],
+            ),
+            tcp_sent: counter_vec(
+                &r,
+                "gofe_tcp_proxy_sent_bytes_total",
+                "Bytes a tcp_proxy read from upstreams and wrote to its clients.",
+                &["stat_prefix"],
+            ),
+            tcp_idle: counter_vec(
+                &r,
+                "gofe_tcp_proxy_idle_timeouts_total",
+                "tcp_proxy connections closed after idle_timeout without a byte either way.",
+                &["stat_prefix"],
+            ),
+            tcp_failures: counter_vec(
+                &r,
+                "gofe_tcp_proxy_failures_total",
+                "tcp_proxy client connections closed without an upstream: connect_failure, no_upstream (no endpoint, or no original destination), loop (a passthrough whose original destination is the proxy's own port).",
+                &["stat_prefix", "reason"],
+            ),
             registry: r,
             xds: std::sync::OnceLock::new(),
         }
@@ -560,6 +608,21 @@ impl Metrics {
             cx_total: self.downstream_cx_total.with_label_values(&[listener]),
             cx_overflow: self.downstream_cx_overflow.with_label_values(&[listener]),
             cx_flood: self.downstream_cx_flood.with_label_values(&[listener]),
+        }
+    }
+
+    /// The series of a `tcp_proxy` labelled `stat_prefix`.
+    pub(crate) fn tcp(&self, stat_prefix: &str) -> crate::tcp::TcpStats {
+        let failure = |reason| self.tcp_failures.with_label_values(&[stat_prefix, reason]);
+        crate::tcp::TcpStats {
+            connections: self.tcp_connections.with_label_values(&[stat_prefix]),
+            active: self.tcp_active.with_label_values(&[stat_prefix]),
+            received: self.tcp_received.with_label_values(&[stat_prefix]),
+            sent: self.tcp_sent.with_label_values(&[stat_prefix]),
+            idle_timeouts: self.tcp_idle.with_label_values(&[stat_prefix]),
+            connect_failures: failure("connect_failure"),
+            no_upstream: failure("no_upstream"),
+            loops: failure("loop"),
         }
     }
 

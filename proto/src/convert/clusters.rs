@@ -63,6 +63,7 @@ pub(super) fn check_publishable(c: &ClusterConfig, base: &str) -> Result<(), Con
 pub fn empty_cluster(name: &str) -> ClusterConfig {
     ClusterConfig {
         name: String::from(name),
+        discovery: gofe_model::DiscoveryType::default(),
         lb_policy: LbPolicy::default(),
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
         http2_protocol_options: None,

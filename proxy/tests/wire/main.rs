@@ -19,5 +19,6 @@ mod reload;
 mod resilience;
 mod routing;
 mod support;
+mod tcp_proxy;
 mod tracing;
 mod upstream_h1;

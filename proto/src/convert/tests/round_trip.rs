@@ -106,6 +106,7 @@ fn cluster(i: usize) -> impl Strategy<Value = ClusterConfig> {
             )| {
                 ClusterConfig {
                     name: format!("c{i}"),
+                    discovery: gofe_model::DiscoveryType::Static,
                     lb_policy,
                     connect_timeout,
                     http2_protocol_options: http2.then(Http2ProtocolOptions::default),
@@ -470,6 +471,9 @@ fn listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerConfig>
                     idle_timeout: idle,
                     access_log,
                     tracing,
+                    tcp_proxy: None,
+                    use_original_dst: false,
+                    bind_to_port: true,
                 }
             },
         )
