@@ -115,6 +115,19 @@ fn the_init_container_s_bootstrap_is_one_the_proxy_accepts() {
         "gofe-controller.gofe-system.svc:18000"
     );
     let _ = std::fs::remove_dir_all(&dir);
+    // The capture listeners, on the ports the rules redirect to, pass the proxy's validation.
+    let capture: Vec<(&str, bool)> = b
+        .static_resources
+        .listeners
+        .iter()
+        .map(|l| (l.address.as_str(), l.use_original_dst))
+        .collect();
+    assert_eq!(capture, [("0.0.0.0:15001", true), ("0.0.0.0:15006", true)]);
+    assert!(gofe_proxy::config::validate(&b.static_resources).is_empty());
+    for port in [15001, 15006] {
+        let redirect = format!("-j REDIRECT --to-ports {port}");
+        assert!(rules.iter().any(|r| r.ends_with(&redirect)), "{rules:?}");
+    }
     assert!(
         rules.contains(&"iptables -t nat -A GOFE_OUTPUT -p tcp --dport 5432 -j RETURN"),
         "{rules:?}"

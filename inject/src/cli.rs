@@ -52,7 +52,7 @@ pub struct InjectArgs {
     #[arg(long)]
     pub legacy_sidecar: bool,
     /// Also install traffic-capture rules in the init container (needs NET_ADMIN and
-    /// NET_RAW). Not end to end yet: the proxy has no transparent listener.
+    /// NET_RAW), and give the proxy's bootstrap its capture listeners on their ports.
     #[arg(long)]
     pub capture: bool,
 }
@@ -77,7 +77,7 @@ pub struct InitArgs {
     /// The proxy's admin port.
     #[arg(long, default_value_t = 9901)]
     pub admin_port: u16,
-    /// Install the redirect rules.
+    /// Install the redirect rules, and put the capture listeners in the bootstrap.
     #[arg(long)]
     pub capture: bool,
     /// The proxy's inbound port.
@@ -200,12 +200,9 @@ pub fn capture_config(init: &InitArgs) -> anyhow::Result<CaptureConfig> {
 }
 
 fn run_init(init: &InitArgs) -> anyhow::Result<()> {
-    let bootstrap = bootstrap_yaml(&init.xds_address, init.admin_port);
-    let rules = if init.capture {
-        capture::rules(&capture_config(init)?)
-    } else {
-        Vec::new()
-    };
+    let capture = init.capture.then(|| capture_config(init)).transpose()?;
+    let bootstrap = bootstrap_yaml(&init.xds_address, init.admin_port, capture.as_ref());
+    let rules = capture.as_ref().map(capture::rules).unwrap_or_default();
     if init.dry_run {
         println!("# {}", init.bootstrap_out.display());
         print!("{bootstrap}");

@@ -29,9 +29,11 @@
 //! What it does not do: it does no I/O except in [`cli`] (reading manifests, and `gofe inject
 //! init` writing the bootstrap and running `iptables` inside the pod), it never talks to the
 //! API server (the webhook's HTTPS listener is the controller's, `gofe_controller::webhook`),
-//! and it does not make traffic capture work end to end: the proxy has no transparent
-//! inbound/outbound listener yet, so capture is off by default and, when turned on, redirects
-//! to ports nothing listens on unless the proxy's configuration adds listeners there.
+//! and capture stays off by default (it needs `NET_ADMIN` and `NET_RAW` in the init
+//! container). With capture on, the bootstrap holds the proxy's two capture listeners on the
+//! ports the rules redirect to ([`bootstrap_yaml`]): outbound connections go to the listener of
+//! their original destination or pass through, inbound ones reach the app through the proxy.
+//! `tests/capture_netns.rs` runs the whole of it in network namespaces.
 
 use std::collections::BTreeMap;
 
@@ -115,8 +117,8 @@ pub struct InjectConfig {
     /// starts before and stops after the app). Off: an ordinary container in `containers`.
     /// Default on.
     pub native_sidecar: bool,
-    /// Traffic capture (iptables) in `gofe-init`. Default off: the proxy has no transparent
-    /// listener yet (see the crate docs).
+    /// Traffic capture (iptables) in `gofe-init`, and the capture listeners in the proxy's
+    /// bootstrap. Default off (the init container then needs `NET_ADMIN` and `NET_RAW`).
     pub capture: CaptureSettings,
 }
 
@@ -848,13 +850,63 @@ fn init_container(config: &InjectConfig, settings: &PodSettings) -> core::Contai
 /// The bootstrap `gofe-init` writes: the proxy's node (replaced by `--service-node`), the
 /// controller's xDS address and the admin listener, in `gofe proxy --bootstrap`'s format
 /// (`proxy/src/xds/bootstrap.rs`; the chart's `files/bootstrap.yaml` shape).
-pub fn bootstrap_yaml(xds_address: &str, admin_port: u16) -> String {
+///
+/// With `capture` (the ports the redirect rules send traffic to), its static resources also
+/// hold the two capture listeners, Istio's `virtualOutbound` and `virtualInbound`:
+///
+/// - [`OUTBOUND_LISTENER`] on `0.0.0.0:outbound_port`, `use_original_dst`: each connection the
+///   app opens is handed to the `bind_to_port: false` listener of its original destination
+///   (the HTTP listeners a control plane publishes for its services), else passed through to
+///   that destination as TCP ([`PASSTHROUGH_CLUSTER`]).
+/// - [`INBOUND_LISTENER`] on `0.0.0.0:inbound_port`, `use_original_dst` as well: a
+///   `bind_to_port: false` listener at `<pod ip>:<port>` serves the app's port (with routes,
+///   e.g. to a cluster at `127.0.0.1:<port>`); any other inbound connection passes through to
+///   its original destination, the app ([`INBOUND_PASSTHROUGH_CLUSTER`]).
+pub fn bootstrap_yaml(
+    xds_address: &str,
+    admin_port: u16,
+    capture: Option<&capture::CaptureConfig>,
+) -> String {
     let quote = |s: &str| serde_json::to_string(s).unwrap_or_default();
-    format!(
+    let mut text = format!(
         "# Written by gofe inject init.\nnode: {{ id: \"gofe-sidecar\", cluster: \"gofe-sidecar\" }}\nxds_server: {{ address: {} }}\nstatic_resources:\n  admin: {{ address: \"0.0.0.0:{admin_port}\" }}\n",
         quote(xds_address)
-    )
+    );
+    if let Some(c) = capture {
+        let listener = |name: &str, port: u16, cluster: &str| {
+            format!(
+                "    - name: {name}\n      address: \"0.0.0.0:{port}\"\n      protocol: tcp\n      use_original_dst: true\n      tcp_proxy: {{ cluster: {cluster} }}\n"
+            )
+        };
+        text.push_str(
+            "  # The capture listeners the redirect rules send traffic to.\n  listeners:\n",
+        );
+        text.push_str(&listener(
+            OUTBOUND_LISTENER,
+            c.outbound_port,
+            PASSTHROUGH_CLUSTER,
+        ));
+        text.push_str(&listener(
+            INBOUND_LISTENER,
+            c.inbound_port,
+            INBOUND_PASSTHROUGH_CLUSTER,
+        ));
+        text.push_str(&format!(
+            "  clusters:\n    - {{ name: {PASSTHROUGH_CLUSTER}, type: original_dst }}\n    - {{ name: {INBOUND_PASSTHROUGH_CLUSTER}, type: original_dst }}\n"
+        ));
+    }
+    text
 }
+
+/// The outbound capture listener's name in the bootstrap (its `tcp_proxy` series' label).
+pub const OUTBOUND_LISTENER: &str = "gofe-outbound";
+/// The inbound capture listener's name in the bootstrap.
+pub const INBOUND_LISTENER: &str = "gofe-inbound";
+/// The `original_dst` cluster outbound connections no listener takes pass through (Istio's
+/// name).
+pub const PASSTHROUGH_CLUSTER: &str = "PassthroughCluster";
+/// The `original_dst` cluster inbound connections pass through to the app by (Istio's name).
+pub const INBOUND_PASSTHROUGH_CLUSTER: &str = "InboundPassthroughCluster";
 
 #[cfg(test)]
 mod tests;

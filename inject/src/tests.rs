@@ -350,11 +350,53 @@ fn the_configuration_is_validated_with_every_field_named() {
 
 #[test]
 fn the_bootstrap_names_the_controller_and_the_admin_port() {
-    let text = bootstrap_yaml("ctl.mesh.svc:18000", 9911);
+    let text = bootstrap_yaml("ctl.mesh.svc:18000", 9911, None);
     let value: Value = serde_saphyr::from_str(&text).unwrap();
     assert_eq!(value["xds_server"]["address"], "ctl.mesh.svc:18000");
     assert_eq!(
         value["static_resources"]["admin"]["address"],
         "0.0.0.0:9911"
+    );
+}
+
+#[test]
+fn with_capture_the_bootstrap_listens_where_the_rules_redirect() {
+    let capture = crate::capture::CaptureConfig {
+        inbound_port: 15106,
+        outbound_port: 15101,
+        proxy_uid: 2102,
+        skip_inbound: Vec::new(),
+        skip_outbound: Vec::new(),
+        admin_port: 9911,
+    };
+    let text = bootstrap_yaml("ctl.mesh.svc:18000", 9911, Some(&capture));
+    let value: Value = serde_saphyr::from_str(&text).unwrap();
+    let listeners = value["static_resources"]["listeners"].as_array().unwrap();
+    let find = |name: &str| {
+        listeners
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {text}"))
+    };
+    let out = find(crate::OUTBOUND_LISTENER);
+    assert_eq!(out["address"], "0.0.0.0:15101");
+    assert_eq!(out["use_original_dst"], true);
+    assert_eq!(out["tcp_proxy"]["cluster"], crate::PASSTHROUGH_CLUSTER);
+    let inbound = find(crate::INBOUND_LISTENER);
+    assert_eq!(inbound["address"], "0.0.0.0:15106");
+    assert_eq!(inbound["use_original_dst"], true);
+    // The rules redirect to exactly these two ports.
+    let redirects: Vec<String> = crate::capture::rules(&capture)
+        .into_iter()
+        .filter_map(|r| {
+            let at = r.iter().position(|w| w == "--to-ports")?;
+            r.get(at + 1).cloned()
+        })
+        .collect();
+    assert_eq!(redirects, ["15106", "15101"]);
+    let clusters = value["static_resources"]["clusters"].as_array().unwrap();
+    assert!(
+        clusters.iter().all(|c| c["type"] == "original_dst"),
+        "{text}"
     );
 }
