@@ -10,9 +10,14 @@
 //! ```
 //!
 //! The shape of istio-init's and linkerd-init's rules. IPv4 only (no `ip6tables` rules yet),
-//! TCP only. Nothing here listens on the two ports: the proxy has no transparent
-//! (original-destination) listener yet, so these rules are the deliverable, not a working
-//! capture.
+//! TCP only. What listens on the two ports is the proxy's pair of capture listeners, which
+//! `gofe inject init --capture` writes into the same pod's bootstrap
+//! ([`crate::bootstrap_yaml`]): `use_original_dst` listeners that read each connection's
+//! original destination (`SO_ORIGINAL_DST`) and hand it to the listener for that destination,
+//! or pass it through as TCP. A REDIRECTed connection keeps its original destination in the
+//! kernel's connection tracking, which is all the proxy needs (no TPROXY, no extra
+//! capabilities for the proxy). `tests/capture_netns.rs` installs these rules in a network
+//! namespace with the shipped binary and sends traffic through them.
 
 use std::fmt;
 
