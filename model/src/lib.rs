@@ -185,7 +185,7 @@ fn is_false(b: &bool) -> bool {
 /// have closed (a side's end of stream is passed on as a half-close, so the other direction
 /// keeps flowing). Exactly one of `cluster` or `weighted_clusters`; a cluster of type
 /// `original_dst` makes a passthrough to each connection's original destination.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TcpProxyConfig {
     /// The label of the listener's `gofe_tcp_proxy_*` series (Envoy's `stat_prefix`).
@@ -429,7 +429,7 @@ fn is_default_route_timeout(d: &Duration) -> bool {
 }
 
 /// A weighted split across clusters.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WeightedClustersConfig {
     /// The clusters and their weights; at least one weight must be non-zero.
@@ -437,7 +437,7 @@ pub struct WeightedClustersConfig {
 }
 
 /// One cluster of a weighted split.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterWeightConfig {
     /// The cluster's name.

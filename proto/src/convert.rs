@@ -28,6 +28,7 @@ mod faults;
 mod listeners;
 mod ratelimits;
 mod routes;
+mod tcp_proxies;
 mod tracers;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -65,6 +66,7 @@ pub use faults::FAULT_FILTER_NAME;
 pub use listeners::{listener_from_wire, listener_to_wire};
 pub use ratelimits::LOCAL_RATELIMIT_FILTER_NAME;
 pub use routes::{route_from_wire, route_to_wire};
+pub use tcp_proxies::{ORIGINAL_DST_FILTER_NAME, TCP_PROXY_FILTER_NAME};
 pub use tracers::OPENTELEMETRY_TRACER_NAME;
 
 /// Name of the HTTP connection manager network filter.
@@ -826,13 +828,19 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
                 .virtual_hosts
                 .extend(f.config.virtual_hosts.iter().cloned());
         }
-        out.routes.insert(
-            name.clone(),
-            RouteResource {
-                name: name.clone(),
-                router,
-            },
-        );
+        // A tcp listener has no routes: no RouteConfiguration for it.
+        let routes = if l.tcp_proxy.is_some() {
+            RouteSource::Inline(RouterConfig::default())
+        } else {
+            out.routes.insert(
+                name.clone(),
+                RouteResource {
+                    name: name.clone(),
+                    router,
+                },
+            );
+            RouteSource::Rds(name.clone())
+        };
         out.listeners.insert(
             name.clone(),
             ListenerResource {
@@ -851,19 +859,23 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
                         fault_filter: true,
                         local_ratelimit_filter: true,
                         unnamed: l.name.is_none(),
+                        use_original_dst: l.use_original_dst,
+                        bind_to_port: l.bind_to_port,
+                        tcp_proxy: l.tcp_proxy.clone().map(Box::new),
                     },
                 },
-                routes: RouteSource::Rds(name),
+                routes,
             },
         );
     }
     for c in &config.clusters {
         let name = c.name.clone();
         let mut config = c.clone();
-        let eds = c
-            .endpoints
-            .iter()
-            .all(|e| e.address.parse::<SocketAddr>().is_ok());
+        // An original_dst cluster has no endpoints to discover.
+        let eds = c.discovery == gofe_model::DiscoveryType::Static
+            && c.endpoints
+                .iter()
+                .all(|e| e.address.parse::<SocketAddr>().is_ok());
         if eds {
             out.endpoints.insert(
                 name.clone(),
@@ -926,6 +938,11 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
         if listener_names.contains(name) {
             continue;
         }
+        if settings.tcp_proxy.is_some() {
+            out.listeners
+                .push(tcp_listener_config(name, address, settings));
+            continue;
+        }
         let mut router = match &l.routes {
             RouteSource::Inline(r) => r.clone(),
             RouteSource::Rds(route_name) => match dynamic.routes.get(route_name) {
@@ -975,8 +992,8 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
             access_log: settings.access_log.clone(),
             tracing: settings.tracing.as_deref().cloned(),
             tcp_proxy: None,
-            use_original_dst: false,
-            bind_to_port: true,
+            use_original_dst: settings.use_original_dst,
+            bind_to_port: settings.bind_to_port,
         });
     }
     // Clusters referenced but not defined: present and empty (503), as in Envoy.
@@ -990,11 +1007,54 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
                 }
             }
         }
+        for n in tcp_cluster_refs(l) {
+            if !cluster_names.contains(n) {
+                cluster_names.insert(n.to_owned());
+                missing.push(n.to_owned());
+            }
+        }
     }
     for name in missing {
         out.clusters.push(empty_cluster(&name));
     }
     out
+}
+
+/// A `tcp` listener of the assembled configuration.
+fn tcp_listener_config(name: &str, address: &str, settings: &SocketSettings) -> ListenerConfig {
+    let unnamed = settings.unnamed && name == address;
+    ListenerConfig {
+        name: (!unnamed).then(|| String::from(name)),
+        address: String::from(address),
+        protocol: String::from("tcp"),
+        tls: None,
+        filters: Vec::new(),
+        max_connections: settings.max_connections,
+        max_request_headers_kb: settings.max_request_headers_kb,
+        request_headers_timeout: settings.request_headers_timeout,
+        idle_timeout: settings.idle_timeout,
+        access_log: settings.access_log.clone(),
+        tracing: None,
+        tcp_proxy: settings.tcp_proxy.as_deref().cloned(),
+        use_original_dst: settings.use_original_dst,
+        bind_to_port: settings.bind_to_port,
+    }
+}
+
+/// The clusters a `tcp` listener's tcp_proxy names.
+fn tcp_cluster_refs(l: &ListenerConfig) -> Vec<&str> {
+    let Some(t) = &l.tcp_proxy else {
+        return Vec::new();
+    };
+    t.cluster
+        .iter()
+        .map(String::as_str)
+        .chain(
+            t.weighted_clusters
+                .iter()
+                .flat_map(|wc| wc.clusters.iter().map(|c| c.name.as_str())),
+        )
+        .collect()
 }
 
 #[cfg(test)]

@@ -127,6 +127,16 @@ pub struct SocketSettings {
     /// Tracing (the connection manager's `tracing` with the `envoy.tracers.opentelemetry`
     /// provider). Default: none.
     pub tracing: Option<Box<gofe_model::TracingConfig>>,
+    /// A capture listener (the listener's `use_original_dst`, with the
+    /// `envoy.filters.listener.original_dst` listener filter). Default: no.
+    pub use_original_dst: bool,
+    /// Whether the proxy binds the address (`bind_to_port`; `false` makes a listener that only
+    /// serves connections a capture listener hands it). Default: yes.
+    pub bind_to_port: bool,
+    /// A `tcp` listener: its filter chain is an `envoy.filters.network.tcp_proxy` instead of a
+    /// connection manager (the routes and HTTP settings above are then unused, and its
+    /// `access_log` is the tcp_proxy's). Default: none (an HTTP listener).
+    pub tcp_proxy: Option<Box<gofe_model::TcpProxyConfig>>,
 }
 
 impl Default for SocketSettings {
@@ -143,6 +153,9 @@ impl Default for SocketSettings {
             unnamed: false,
             access_log: Vec::new(),
             tracing: None,
+            use_original_dst: false,
+            bind_to_port: true,
+            tcp_proxy: None,
         }
     }
 }

@@ -111,6 +111,18 @@ pub(super) fn resilience_of(
 
 // === to wire ===
 
+/// An `original_dst` cluster: type ORIGINAL_DST with Envoy's required CLUSTER_PROVIDED
+/// balancing, and no endpoints.
+fn original_dst_to_wire(out: &mut cluster::Cluster) {
+    use cluster::cluster::{ClusterDiscoveryType, DiscoveryType};
+    out.cluster_discovery_type = Some(ClusterDiscoveryType::Type(
+        DiscoveryType::OriginalDst as i32,
+    ));
+    out.lb_policy = cluster::cluster::LbPolicy::ClusterProvided as i32;
+    out.load_assignment = None;
+    out.eds_cluster_config = None;
+}
+
 /// The wire form of a cluster, written from `config`: EDS over ADS when `eds_service_name` is
 /// set, otherwise the endpoints inline (STATIC when every endpoint is an IP address,
 /// STRICT_DNS when one is a DNS name).
@@ -185,6 +197,9 @@ pub fn cluster_to_wire(c: &ClusterResource) -> Result<cluster::Cluster, ConvertE
                 endpoints: cfg.endpoints.clone(),
             }));
         }
+    }
+    if cfg.discovery == gofe_model::DiscoveryType::OriginalDst {
+        original_dst_to_wire(&mut out);
     }
     use upstream_http::http_protocol_options::explicit_http_config::ProtocolConfig;
     use upstream_http::http_protocol_options::{ExplicitHttpConfig, UpstreamProtocolOptions};
@@ -306,7 +321,7 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
         // Warming: gofe serves a cluster as soon as it is known (EDS may follow).
         wait_for_warm_on_init: _,
         outlier_detection,
-        // ORIGINAL_DST only, which is refused.
+        // ORIGINAL_DST only: gofe keeps no set of original-destination hosts to clean up.
         cleanup_interval: _,
         upstream_bind_config,
         lb_subset_config,
@@ -378,7 +393,13 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
         .set("queuing_policies", queuing_policies)
         .set("lb_config", lb_config)
         .finish()?;
+    let original_dst = matches!(
+        cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::OriginalDst as i32
+    );
     let lb_policy = match cluster::cluster::LbPolicy::try_from(*lb_policy) {
+        // Envoy requires it on ORIGINAL_DST: the destination is the balancing.
+        Ok(cluster::cluster::LbPolicy::ClusterProvided) if original_dst => LbPolicy::RoundRobin,
         Ok(cluster::cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
         Ok(cluster::cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
         _ => {
@@ -500,7 +521,16 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
             }
             None
         }
-        DiscoveryType::OriginalDst => return Err(unsupported(&res, "type ORIGINAL_DST")),
+        DiscoveryType::OriginalDst => {
+            if load_assignment.is_some() {
+                return Err(unsupported(
+                    &res,
+                    "load_assignment (on an ORIGINAL_DST cluster)",
+                ));
+            }
+            config.discovery = gofe_model::DiscoveryType::OriginalDst;
+            None
+        }
     };
     let gofe = GofeMetadata::of(metadata);
     let (breakers, thresholds) = circuit_breakers_from_wire(circuit_breakers.as_ref(), &res)?;

@@ -101,6 +101,9 @@ pub fn listener_to_wire(l: &ListenerResource) -> Result<listener::Listener, Conv
     if settings.max_connections == Some(0) {
         return Err(invalid(&res, "max_connections", "0 has no Envoy form"));
     }
+    if let Some(t) = &settings.tcp_proxy {
+        return Ok(tcp_listener_to_wire(l, &addr, settings, t));
+    }
     if !(1..=MAX_REQUEST_HEADERS_KB).contains(&settings.max_request_headers_kb) {
         return Err(invalid(
             &res,
@@ -171,7 +174,40 @@ pub fn listener_to_wire(l: &ListenerResource) -> Result<listener::Listener, Conv
     } else {
         Vec::new()
     });
+    tcp_proxies::capture_to_wire(settings, &mut out);
     Ok(out)
+}
+
+/// A `tcp` listener: its address, capture settings and tcp_proxy chain.
+fn tcp_listener_to_wire(
+    l: &ListenerResource,
+    addr: &SocketAddr,
+    settings: &SocketSettings,
+    t: &gofe_model::TcpProxyConfig,
+) -> listener::Listener {
+    let limit = settings.max_connections.map(|max| listener::Filter {
+        name: CONNECTION_LIMIT_FILTER_NAME.into(),
+        config_type: Some(listener::filter::ConfigType::TypedConfig(to_any(
+            &ConnectionLimit {
+                stat_prefix: l.name.clone(),
+                max_connections: Some(UInt64Value { value: max.into() }),
+                ..Default::default()
+            },
+        ))),
+    });
+    let mut out = listener::Listener {
+        name: l.name.clone(),
+        address: Some(socket_address(&addr.ip().to_string(), addr.port())),
+        filter_chains: vec![tcp_proxies::tcp_chain_to_wire(&l.name, t, settings, limit)],
+        metadata: gofe_metadata(if settings.unnamed {
+            vec![("unnamed", value::Kind::BoolValue(true))]
+        } else {
+            Vec::new()
+        }),
+        ..Default::default()
+    };
+    tcp_proxies::capture_to_wire(settings, &mut out);
+    out
 }
 
 fn tls_to_wire(t: &TlsConfig) -> core::TransportSocket {
@@ -268,7 +304,6 @@ pub(super) fn listener_from_wire_checked(
         .set("additional_addresses", additional_addresses)
         .set("fcds_config", fcds_config)
         .set("filter_chain_matcher", filter_chain_matcher)
-        .truthy("use_original_dst", use_original_dst)
         .set(
             "per_connection_buffer_high_watermark_timeout",
             per_connection_buffer_high_watermark_timeout,
@@ -280,10 +315,6 @@ pub(super) fn listener_from_wire_checked(
         .set("tcp_fast_open_queue_length", tcp_fast_open_queue_length)
         .set("udp_listener_config", udp_listener_config)
         .set("connection_balance_config", connection_balance_config)
-        .when(
-            "bind_to_port",
-            bind_to_port.as_ref().is_some_and(|b| !b.value),
-        )
         .set("enable_mptcp", enable_mptcp)
         // Connection-level logs: gofe logs requests, in the connection manager's access_log.
         .set("access_log", access_log)
@@ -316,13 +347,13 @@ pub(super) fn listener_from_wire_checked(
                 a.type_url == TlsInspector::type_url() || a.type_url == HttpInspector::type_url()
             }
             _ => false,
-        };
+        } || tcp_proxies::is_original_dst_filter(f);
         if !harmless {
             return Err(invalid(
                 &res,
                 &format!("listener_filters[{i}]"),
                 format!(
-                    "listener filter {:?} not supported by gofe (only the TLS and HTTP inspectors)",
+                    "listener filter {:?} not supported by gofe (only the TLS and HTTP inspectors and original_dst)",
                     f.name
                 ),
             ));
@@ -346,8 +377,14 @@ pub(super) fn listener_from_wire_checked(
                 "exactly one filter chain (in filter_chains or default_filter_chain) is supported",
             )),
         };
-    let (routes, mut settings, required) = chain_from_wire(chain, &res, base)?;
+    let (routes, mut settings, required) = if tcp_proxies::is_tcp_chain(chain) {
+        tcp_listener_from_wire(name, chain, &res, base)?
+    } else {
+        chain_from_wire(chain, &res, base)?
+    };
     settings.unnamed = GofeMetadata::of(metadata).bool("unnamed");
+    settings.use_original_dst = use_original_dst.as_ref().is_some_and(|b| b.value);
+    settings.bind_to_port = bind_to_port.as_ref().is_none_or(|b| b.value);
     Ok((
         ListenerResource {
             name: name.clone(),
@@ -355,6 +392,50 @@ pub(super) fn listener_from_wire_checked(
             routes,
         },
         required,
+    ))
+}
+
+/// A `tcp` listener's chain: no routes (an empty inline table), its tcp_proxy, no clusters
+/// required up front (a tcp_proxy's cluster may arrive later, as in Envoy).
+fn tcp_listener_from_wire(
+    name: &str,
+    chain: &listener::FilterChain,
+    res: &str,
+    base: &str,
+) -> Result<(RouteSource, SocketSettings, ClusterRefs), ConvertError> {
+    let mut settings = tcp_proxies::tcp_chain_from_wire(chain, res, base)?;
+    if let Some(t) = &mut settings.tcp_proxy {
+        // The default stat prefix is the listener's name (what the proxy labels it by).
+        if t.stat_prefix.as_deref() == Some(name) {
+            t.stat_prefix = None;
+        }
+        let piece = ProxyConfig {
+            listeners: vec![ListenerConfig {
+                name: Some(name.to_owned()),
+                address: "127.0.0.1:0".into(),
+                protocol: "tcp".into(),
+                tls: None,
+                filters: Vec::new(),
+                tcp_proxy: Some((**t).clone()),
+                use_original_dst: false,
+                bind_to_port: true,
+                max_connections: None,
+                max_request_headers_kb: gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB,
+                request_headers_timeout: gofe_model::DEFAULT_REQUEST_HEADERS_TIMEOUT,
+                idle_timeout: gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
+                access_log: settings.access_log.clone(),
+                tracing: None,
+            }],
+            ..ProxyConfig::default()
+        };
+        let last = chain.filters.len().saturating_sub(1);
+        let tbase = join(base, &format!("filters[{last}].typed_config"));
+        super::model_check(&piece, res, "listeners[0].tcp_proxy.", &tbase)?;
+    }
+    Ok((
+        RouteSource::Inline(RouterConfig::default()),
+        settings,
+        Vec::new(),
     ))
 }
 
@@ -432,7 +513,7 @@ fn chain_from_wire(
     Ok((routes, settings, required))
 }
 
-fn connection_limit_from_wire(
+pub(super) fn connection_limit_from_wire(
     f: &listener::Filter,
     res: &str,
     base: &str,
@@ -885,6 +966,7 @@ fn hcm_settings(
         fault_filter: filters.fault,
         local_ratelimit_filter: filters.ratelimit,
         unnamed: false,
+        ..SocketSettings::default()
     })
 }
 

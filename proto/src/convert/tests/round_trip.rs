@@ -436,7 +436,85 @@ fn tracing() -> impl Strategy<Value = Option<gofe_model::TracingConfig>> {
     )
 }
 
+/// The passthrough cluster every generated configuration has (an `original_dst` cluster).
+const PASSTHROUGH: &str = "pt";
+
+fn passthrough_cluster() -> impl Strategy<Value = ClusterConfig> {
+    (positive_duration(), circuit_breakers()).prop_map(|(connect_timeout, cb)| {
+        let mut c = empty_cluster(PASSTHROUGH);
+        c.discovery = gofe_model::DiscoveryType::OriginalDst;
+        c.connect_timeout = connect_timeout;
+        c.circuit_breakers = cb;
+        c
+    })
+}
+
+/// A tcp_proxy to one cluster, the passthrough, or a weighted split of the `clusters`.
+fn tcp_proxy(li: usize, clusters: usize) -> impl Strategy<Value = gofe_model::TcpProxyConfig> {
+    (
+        0usize..3,
+        0..clusters,
+        vec((0..clusters, 1u32..100), 1..4),
+        any::<bool>(),
+        duration(),
+    )
+        .prop_map(move |(kind, one, split, prefixed, idle_timeout)| {
+            let mut split: Vec<gofe_model::ClusterWeightConfig> = split
+                .into_iter()
+                .map(|(i, weight)| gofe_model::ClusterWeightConfig {
+                    name: format!("c{i}"),
+                    weight,
+                })
+                .collect();
+            split.sort_by(|a, b| a.name.cmp(&b.name));
+            split.dedup_by(|a, b| a.name == b.name);
+            let (cluster, weighted_clusters) = match kind {
+                0 => (Some(format!("c{one}")), None),
+                1 => (Some(PASSTHROUGH.to_owned()), None),
+                _ => (
+                    None,
+                    Some(gofe_model::WeightedClustersConfig { clusters: split }),
+                ),
+            };
+            gofe_model::TcpProxyConfig {
+                stat_prefix: prefixed.then(|| format!("tcp-{li}")),
+                cluster,
+                weighted_clusters,
+                idle_timeout,
+            }
+        })
+}
+
 fn listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerConfig> {
+    (
+        http_listener(li, clusters),
+        prop::option::of(tcp_proxy(li, clusters)),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(mut l, tcp, capture, unbound)| {
+            if let Some(t) = tcp {
+                // A tcp listener: only the settings a tcp_proxy chain carries travel.
+                l.protocol = "tcp".into();
+                l.filters.clear();
+                l.tls = None;
+                l.tracing = None;
+                l.max_request_headers_kb = gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB;
+                l.request_headers_timeout = gofe_model::DEFAULT_REQUEST_HEADERS_TIMEOUT;
+                l.idle_timeout = gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT;
+                l.tcp_proxy = Some(t);
+            }
+            let has_port = !l.address.ends_with(":0");
+            if unbound && !capture && l.tls.is_none() && has_port {
+                l.bind_to_port = false;
+            } else {
+                l.use_original_dst = capture;
+            }
+            l
+        })
+}
+
+fn http_listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerConfig> {
     (
         (
             any::<u16>(),
@@ -484,11 +562,15 @@ pub(super) fn proxy_config() -> impl Strategy<Value = ProxyConfig> {
         (
             (0..nc).map(cluster).collect::<Vec<_>>(),
             (0..nl).map(|li| listener(li, nc)).collect::<Vec<_>>(),
+            passthrough_cluster(),
         )
-            .prop_map(|(clusters, listeners)| ProxyConfig {
-                listeners,
-                clusters,
-                admin: None,
+            .prop_map(|(mut clusters, listeners, passthrough)| {
+                clusters.push(passthrough);
+                ProxyConfig {
+                    listeners,
+                    clusters,
+                    admin: None,
+                }
             })
     })
 }

@@ -398,8 +398,8 @@ fn fields_gofe_does_not_honour_are_refused_by_name() {
             Box::new(|w| set_hcm(&mut w.l, |m| m.stream_idle_timeout = secs(300))),
         ),
         (
-            "Listener \"public\": bind_to_port",
-            Box::new(|w| w.l.bind_to_port = Some(BoolValue { value: false })),
+            "Listener \"public\": transparent",
+            Box::new(|w| w.l.transparent = Some(BoolValue { value: true })),
         ),
         (
             "common_lb_config.close_connections_on_host_set_change",
