@@ -1413,3 +1413,87 @@ async fn tracing_pushed_over_xds_exports_the_proxys_spans() {
     );
     cp.kill().await;
 }
+
+/// A `tcp` listener and its EDS cluster published over ADS: the proxy copies bytes both ways
+/// to the endpoint (a server that is not HTTP), and serves a half-close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_listener_published_over_ads_proxies_bytes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers what it read, upper-cased, once the client half-closes.
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = upstream.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = upstream.accept().await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        s.write_all(&got.to_ascii_uppercase()).await.unwrap();
+    });
+    let cp = ControlPlane::start("127.0.0.1:0".parse().unwrap()).await;
+    let listen = free_port();
+    let mut r = Resources::default();
+    r.listeners.insert(
+        "db".into(),
+        ListenerResource {
+            name: "db".into(),
+            kind: ListenerKind::Socket {
+                address: listen.to_string(),
+                settings: SocketSettings {
+                    tcp_proxy: Some(Box::new(gofe_model::TcpProxyConfig {
+                        stat_prefix: None,
+                        cluster: Some(s("db")),
+                        weighted_clusters: None,
+                        idle_timeout: Duration::from_secs(60),
+                    })),
+                    ..SocketSettings::default()
+                },
+            },
+            routes: RouteSource::Inline(RouterConfig::default()),
+        },
+    );
+    r.clusters.insert(
+        "db".into(),
+        ClusterResource {
+            config: empty_cluster("db"),
+            eds_service_name: Some("db".into()),
+            circuit_breakers: None,
+            outlier_detection: None,
+        },
+    );
+    r.endpoints.insert(
+        "db".into(),
+        EndpointsResource {
+            cluster_name: "db".into(),
+            endpoints: vec![EndpointConfig {
+                address: up_addr.to_string(),
+                weight: 1,
+                health_status: Default::default(),
+            }],
+        },
+    );
+    let proxy = Proxy::new();
+    let client = XdsClient::start(proxy.clone(), client_options(cp.addr)).unwrap();
+    cp.push(&r);
+    let active = proxy.clone();
+    wait_until("the tcp listener", || {
+        active
+            .active()
+            .config
+            .listeners
+            .iter()
+            .any(|l| l.protocol == "tcp")
+    })
+    .await;
+    let mut c = tokio::net::TcpStream::connect(listen).await.unwrap();
+    c.write_all(b"not http, just bytes").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(DEADLINE, c.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer, b"NOT HTTP, JUST BYTES");
+    server.await.unwrap();
+    client.stop();
+    proxy.shutdown(Duration::from_millis(100)).await;
+    cp.kill().await;
+}
