@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::process::{free_port, tempdir, Proc};
 
-/// A hang guard per case, not a timing assertion: a case settles in well under a second.
-const CASE_DEADLINE: Duration = Duration::from_secs(60);
+/// A hang guard per case, not a timing assertion: a case settles in about a second, but Python
+/// importing Envoy's protos on a loaded machine with a cold page cache has taken tens of seconds.
+const CASE_DEADLINE: Duration = Duration::from_secs(300);
 /// Cases in the manifest at most (the suite is bounded in count).
 const MAX_CASES: usize = 60;
 
