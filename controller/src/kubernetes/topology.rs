@@ -223,6 +223,9 @@ pub fn build(base: &ProxyConfig, policies: &[TrafficPolicy], slices: &[EndpointS
                 address: a,
                 weight: 1,
                 health_status: HealthStatus::Healthy,
+                locality: None,
+                priority: 0,
+                locality_weight: None,
             })
             .collect();
         match config.clusters.iter_mut().find(|c| c.name == cluster_name) {
