@@ -310,6 +310,7 @@ fn controller_rbac_is_exactly_the_calls_it_makes() {
                 ("gofe.io", "trafficpolicies", &["list", "watch"]),
                 ("gofe.io", "trafficpolicies/status", &["patch"]),
                 ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+                ("", "nodes", &["list", "watch"]),
                 ("events.k8s.io", "events", &["create", "patch"]),
             ]),
             "{branch:?}"
@@ -640,6 +641,15 @@ fn controller_config(values: &Value) -> Value {
     if let Some(ns) = c["watchNamespace"].as_str().filter(|n| !n.is_empty()) {
         config["kubernetes"]["namespace"] = json!(ns);
     }
+    if let Some(name) = c["clusterName"].as_str().filter(|n| !n.is_empty()) {
+        config["kubernetes"]["cluster_name"] = json!(name);
+    }
+    if let Some(remotes) = c["remoteClusters"].as_array().filter(|r| !r.is_empty()) {
+        config["kubernetes"]["clusters"] = remotes
+            .iter()
+            .map(|r| json!({"name": r["name"], "secret": {"name": r["secret"], "namespace": PLACEHOLDER}}))
+            .collect();
+    }
     merge(&mut config, &c["config"]);
     config
 }
@@ -685,6 +695,19 @@ fn shipped_controller_file_and_the_one_values_make_are_accepted() {
         Some("shop")
     );
     assert_eq!(parsed.interval, std::time::Duration::from_secs(2));
+    // Remote clusters from their Secrets.
+    values["controller"]["clusterName"] = json!("east");
+    values["controller"]["remoteClusters"] =
+        json!([{ "name": "west", "secret": "istio-remote-secret-west" }]);
+    let parsed = gofe_controller::config::parse("values", &controller_config(&values).to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let k = parsed.kubernetes.clone().unwrap();
+    assert_eq!(k.cluster_name, "east");
+    assert_eq!(k.clusters[0].name, "west");
+    assert_eq!(
+        k.clusters[0].secret.as_ref().unwrap().name,
+        "istio-remote-secret-west"
+    );
     assert_eq!(
         parsed.signals.window,
         Some(std::time::Duration::from_secs(60))

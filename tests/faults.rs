@@ -1182,12 +1182,16 @@ fn xds_resources(
         "web".into(),
         EndpointsResource {
             cluster_name: "web".into(),
+            overprovisioning_factor: gofe_model::DEFAULT_OVERPROVISIONING_FACTOR,
             endpoints: endpoints
                 .iter()
                 .map(|a| EndpointConfig {
                     address: a.clone(),
                     weight: 1,
                     health_status: Default::default(),
+                    locality: None,
+                    priority: 0,
+                    locality_weight: None,
                 })
                 .collect(),
         },

@@ -461,3 +461,172 @@ async fn followers_serve_the_leaders_weights_and_take_over_an_expired_lease() {
         .path
         .starts_with("/apis/coordination.k8s.io/v1/namespaces/gofe-system/leases")));
 }
+
+const NODES: &str = "/api/v1/nodes";
+
+fn node(name: &str, region: &str, zone: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Node",
+           "metadata": {"name": name, "labels": {"topology.kubernetes.io/region": region,
+                                                  "topology.kubernetes.io/zone": zone}}})
+}
+
+/// An EndpointSlice named `name` whose endpoints run on `node`.
+fn slice_on(name: &str, node: &str, port: u16, ips: &[&str]) -> Value {
+    let mut s = slice(port, ips);
+    s["metadata"]["name"] = json!(name);
+    for ep in s["endpoints"].as_array_mut().unwrap() {
+        ep["nodeName"] = json!(node);
+    }
+    s
+}
+
+/// The proxy's endpoints of `api` with their (region, zone).
+fn localities_of(proxy: &Proxy) -> Vec<(String, String, String)> {
+    let active = proxy.active();
+    active
+        .config
+        .clusters
+        .iter()
+        .find(|c| c.name == "api")
+        .map(|c| {
+            c.endpoints
+                .iter()
+                .map(|e| {
+                    let l = e.locality.clone().unwrap_or_default();
+                    (e.address.clone(), l.region, l.zone)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `gofe_controller_kubernetes_cluster_up{cluster}` as the controller's `/metrics` shows it.
+fn cluster_up(shared: &gofe_controller::Shared, cluster: &str) -> Option<i64> {
+    let prefix = format!("gofe_controller_kubernetes_cluster_up{{cluster=\"{cluster}\"}} ");
+    shared
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_of_two_clusters_merge_with_localities_and_a_lost_remote_keeps_its_own() {
+    let (mesh, _, admin) = start_proxy("proxy-mc").await;
+    let proxy = mesh.proxy.clone();
+    // Two API servers: the local one (policies, Lease) and a remote one.
+    let local = FakeApi::default();
+    let remote = FakeApi::default();
+    local.put(POLICIES, policy(json!({"host": "api", "port": "http"})));
+    local.put(NODES, node("east-1", "eu", "eu-1a"));
+    local.put(SLICES, slice_on("api-east", "east-1", 8080, &["10.0.0.1"]));
+    remote.put(NODES, node("west-1", "eu", "eu-1b"));
+    remote.put(SLICES, slice_on("api-west", "west-1", 8080, &["10.1.0.1"]));
+
+    let (c, mut settings) = controller(&format!("\"{admin}\""), "replica-mc", mesh.publisher());
+    settings.cluster_name = "east".into();
+    let registry = c.shared();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let driver = tokio::spawn(kubernetes::drive_clusters(
+        c,
+        local.client("replica-mc"),
+        settings,
+        vec![kubernetes::Remote {
+            name: "west".into(),
+            source: kubernetes::RemoteSource::Client(remote.client("replica-mc")),
+        }],
+        Duration::from_millis(300),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // Merged: one endpoint per cluster, each with its Node's region and zone.
+    let both = vec![
+        (
+            "10.0.0.1:8080".to_string(),
+            "eu".to_string(),
+            "eu-1a".to_string(),
+        ),
+        (
+            "10.1.0.1:8080".to_string(),
+            "eu".to_string(),
+            "eu-1b".to_string(),
+        ),
+    ];
+    wait_for(
+        "both clusters' endpoints at the proxy",
+        Duration::from_secs(30),
+        || (localities_of(&proxy) == both).then_some(()),
+    )
+    .await;
+    assert_eq!(cluster_up(&registry, "west"), Some(1));
+    assert_eq!(cluster_up(&registry, "east"), Some(1));
+    // The remote's endpoint is in the policy's status, its pod named with its cluster.
+    let status = wait_for("the status lists both", Duration::from_secs(20), || {
+        let s = local.get(POLICIES, "shop", "api")?["status"].clone();
+        (s["endpointCount"] == 2).then_some(s)
+    })
+    .await;
+    let west = status["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == "10.1.0.1:8080")
+        .unwrap()
+        .clone();
+    assert_eq!(west["pod"], "west/api-0");
+    assert!(
+        remote.log().iter().all(|l| l.method == http::Method::GET),
+        "nothing is written to a remote"
+    );
+
+    // The remote goes away: reported down, its endpoint kept, and the local cluster's changes
+    // still go out.
+    remote.set_down(true);
+    wait_for("the remote reported down", Duration::from_secs(30), || {
+        (cluster_up(&registry, "west") == Some(0)).then_some(())
+    })
+    .await;
+    local.put(
+        SLICES,
+        slice_on("api-east", "east-1", 8080, &["10.0.0.1", "10.0.0.2"]),
+    );
+    let with_new = vec![
+        both[0].clone(),
+        (
+            "10.0.0.2:8080".to_string(),
+            "eu".to_string(),
+            "eu-1a".to_string(),
+        ),
+        both[1].clone(),
+    ];
+    wait_for(
+        "the local change published beside the remote's last endpoints",
+        Duration::from_secs(30),
+        || (localities_of(&proxy) == with_new).then_some(()),
+    )
+    .await;
+
+    // It comes back with a change: the proxy follows and the remote is up again.
+    remote.put(SLICES, slice_on("api-west", "west-1", 8080, &["10.1.0.2"]));
+    remote.set_down(false);
+    wait_for("the remote's new endpoint", Duration::from_secs(60), || {
+        localities_of(&proxy)
+            .iter()
+            .any(|e| e.0 == "10.1.0.2:8080" && e.2 == "eu-1b")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        !localities_of(&proxy).iter().any(|e| e.0 == "10.1.0.1:8080"),
+        "the old remote endpoint is gone"
+    );
+    wait_for("the remote reported up", Duration::from_secs(30), || {
+        (cluster_up(&registry, "west") == Some(1)).then_some(())
+    })
+    .await;
+
+    stop_tx.send(()).unwrap();
+    driver.await.unwrap();
+    mesh.stop().await;
+}

@@ -17,6 +17,7 @@
 //! tracing:                                            # a span per decision step (off by default)
 //!   provider: { opentelemetry: { service_name: gofe-controller, http_service: { http_uri: { uri: "http://127.0.0.1:4318/v1/traces" } } } }
 //! kubernetes: { namespace: shop }                     # discover endpoints (off by default)
+//!   # cluster_name: east, clusters: [{ name: west, secret: { name: istio-remote-secret-west } }]
 //! webhook:                                            # sidecar injection (off by default)
 //!   address: "0.0.0.0:9443"
 //!   cert_file: "tls.crt"                              # relative to this file
@@ -130,7 +131,7 @@ fn default_webhook_reload() -> Duration {
 }
 
 /// Kubernetes mode.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesConfig {
     /// Watch `TrafficPolicy` and `EndpointSlice` objects of this namespace only. Default: all
@@ -140,6 +141,78 @@ pub struct KubernetesConfig {
     /// Leader election among the controller's replicas.
     #[serde(default)]
     pub leader_election: LeaderElectionConfig,
+    /// The name of the cluster the controller runs in (where its `TrafficPolicy` objects and
+    /// Lease are), as the other clusters' endpoints are told apart from its own in logs,
+    /// metrics and `.status` (a remote endpoint's pod is shown as `CLUSTER/POD`). Default
+    /// `local`.
+    #[serde(default = "default_local_cluster")]
+    pub cluster_name: String,
+    /// The network of the cluster the controller runs in. gofe assumes one flat network: every
+    /// remote cluster must be on the same one (east-west gateways are not supported). Default
+    /// empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network: String,
+    /// Remote clusters whose EndpointSlices (and Nodes, for localities) are watched beside the
+    /// local ones, as Istio's remote secrets add clusters to a mesh: a Service's endpoints are
+    /// the ready endpoints of the Service of the same namespace and name in every cluster,
+    /// each with its locality. A remote that cannot be reached keeps its last endpoints, is
+    /// logged, and counted down in `gofe_controller_kubernetes_cluster_up{cluster}`; it never
+    /// stops the controller. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<RemoteClusterConfig>,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            namespace: None,
+            leader_election: LeaderElectionConfig::default(),
+            cluster_name: default_local_cluster(),
+            network: String::new(),
+            clusters: Vec::new(),
+        }
+    }
+}
+
+fn default_local_cluster() -> String {
+    "local".into()
+}
+
+/// A remote cluster: its name, its network, and how to reach its API server (a kubeconfig
+/// file and context, or a Secret holding a kubeconfig, exactly one).
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteClusterConfig {
+    /// Unique name (not the local `cluster_name`).
+    pub name: String,
+    /// Its network; must be the local `network` (one flat network). Default empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub network: String,
+    /// A kubeconfig file (relative to this file). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig: Option<String>,
+    /// The kubeconfig's context to use. Default: its `current-context`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// A Secret of the local cluster holding the kubeconfig (Istio's remote secret: created by
+    /// `istioctl create-remote-secret`, which gofe reads too). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<KubeconfigSecretConfig>,
+}
+
+/// A Secret holding a kubeconfig.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KubeconfigSecretConfig {
+    /// The Secret's name.
+    pub name: String,
+    /// Its namespace. Default: `$POD_NAMESPACE`, else `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The data key holding the kubeconfig. Default: the cluster's name (Istio's layout), else
+    /// the Secret's only key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Leader election on a `coordination.k8s.io/v1` Lease; the settings and defaults of
@@ -670,6 +743,52 @@ impl Validate for ControllerConfig {
             v.within(&format!("clusters.{name}"), |v| p.validate(v));
         }
         if let Some(k) = &self.kubernetes {
+            if k.cluster_name.is_empty() {
+                v.error("kubernetes.cluster_name", "must not be empty");
+            }
+            let mut names = std::collections::HashMap::new();
+            for (i, c) in k.clusters.iter().enumerate() {
+                let base = format!("kubernetes.clusters[{i}]");
+                if c.name.is_empty() {
+                    v.error(format!("{base}.name"), "must not be empty");
+                } else if c.name == k.cluster_name {
+                    v.error(
+                        format!("{base}.name"),
+                        format!("{:?} is the local cluster_name", c.name),
+                    );
+                } else if let Some(first) = names.insert(c.name.as_str(), i) {
+                    v.error(
+                        format!("{base}.name"),
+                        format!(
+                            "duplicate cluster name {:?} (also kubernetes.clusters[{first}])",
+                            c.name
+                        ),
+                    );
+                }
+                if c.network != k.network {
+                    v.error(
+                        format!("{base}.network"),
+                        format!(
+                            "{:?} differs from the local network {:?}: gofe reaches remote \
+                             endpoints directly (one flat network); east-west gateways are not \
+                             supported",
+                            c.network, k.network
+                        ),
+                    );
+                }
+                match (&c.kubeconfig, &c.secret) {
+                    (Some(_), Some(_)) => v.error(
+                        base.clone(),
+                        "set kubeconfig (with context) or secret, not both",
+                    ),
+                    (None, None) => v.error(base.clone(), "needs a kubeconfig or a secret"),
+                    (None, Some(_)) if c.context.is_some() => v.error(
+                        format!("{base}.context"),
+                        "needs kubeconfig (a secret's kubeconfig is used at its current-context)",
+                    ),
+                    _ => {}
+                }
+            }
             let le = &k.leader_election;
             if !(le.retry_period < le.renew_deadline && le.renew_deadline < le.lease_duration) {
                 v.error(
@@ -810,6 +929,13 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     let proxy_path = dir.join(&controller.proxy_config);
     if let Some(state) = &mut controller.state_file {
         *state = dir.join(&*state).display().to_string();
+    }
+    if let Some(k) = &mut controller.kubernetes {
+        for c in &mut k.clusters {
+            if let Some(path) = &mut c.kubeconfig {
+                *path = dir.join(&*path).display().to_string();
+            }
+        }
     }
     if let Some(w) = &mut controller.webhook {
         w.cert_file = dir.join(&w.cert_file).display().to_string();
@@ -1042,5 +1168,41 @@ mod tests {
         .unwrap();
         assert!(load(&dir.join("c.yaml")).is_ok());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn remote_clusters_are_checked_with_their_place() {
+        let ok = parse(
+            "c.yaml",
+            "proxy_config: p.yaml\nkubernetes:\n  cluster_name: east\n  clusters:\n    - { name: west, kubeconfig: west.yaml, context: admin@west }\n    - { name: north, secret: { name: istio-remote-secret-north } }\n",
+        )
+        .unwrap();
+        let k = ok.kubernetes.unwrap();
+        assert_eq!(k.cluster_name, "east");
+        assert_eq!(k.clusters.len(), 2);
+        assert_eq!(
+            k.clusters[1].secret.as_ref().unwrap().name,
+            "istio-remote-secret-north"
+        );
+        let default = parse("c.yaml", "proxy_config: p.yaml\nkubernetes: {}\n").unwrap();
+        assert_eq!(default.kubernetes.unwrap().cluster_name, "local");
+
+        let text = "proxy_config: p.yaml\nkubernetes:\n  clusters:\n    - { name: local, kubeconfig: a }\n    - { name: w, network: other, secret: { name: s }, context: x }\n    - { name: w, kubeconfig: a, secret: { name: s } }\n    - { name: z }\n";
+        let e = parse("c.yaml", text).unwrap_err().to_string();
+        let lines: Vec<&str> = e.lines().collect();
+        for want in [
+            "c.yaml:4:",
+            "kubernetes.clusters[0].name: \"local\" is the local cluster_name",
+            "kubernetes.clusters[1].network: \"other\" differs from the local network",
+            "kubernetes.clusters[1].context: needs kubeconfig",
+            "kubernetes.clusters[2].name: duplicate cluster name \"w\"",
+            "kubernetes.clusters[2]: set kubeconfig (with context) or secret, not both",
+            "kubernetes.clusters[3]: needs a kubeconfig or a secret",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.contains(want)),
+                "{want} not in:\n{e}"
+            );
+        }
     }
 }

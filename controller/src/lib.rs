@@ -603,6 +603,12 @@ impl Controller {
         Arc::clone(&self.shared)
     }
 
+    /// The registry of the controller's metrics (`/metrics`), for parts that add their own
+    /// series (Kubernetes discovery's per-cluster reachability).
+    pub fn registry(&self) -> prometheus::Registry {
+        self.shared.metrics.registry.clone()
+    }
+
     /// The proxy configuration from the controller's file.
     pub fn file_base(&self) -> &ProxyConfig {
         &self.file_base

@@ -57,6 +57,11 @@ pub struct ProxyConfig {
     /// The admin listener (`/metrics`, `/ready`, `/config_dump`). Default: none (no admin).
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// Where this proxy runs (Envoy's bootstrap `node.locality`; with xDS, the bootstrap's
+    /// `node.locality` sets it): clusters with `locality_lb.failover_by_proximity` prefer
+    /// endpoints near it. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<LocalityConfig>,
 }
 
 /// A downstream listener.
@@ -571,6 +576,109 @@ pub struct ClusterConfig {
     /// retry finding it empty is not made (the last attempt's answer stands). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_ratelimit: Option<LocalRateLimitConfig>,
+    /// Priority and locality balancing over the endpoints' `priority` and `locality` (Envoy's
+    /// priority levels, overprovisioning factor and locality-weighted balancing). Default:
+    /// overprovisioning factor 140, no locality weighting, configured priorities.
+    #[serde(default, skip_serializing_if = "LocalityLbConfig::is_default")]
+    pub locality_lb: LocalityLbConfig,
+}
+
+/// Default `locality_lb.overprovisioning_factor` of a cluster, in percent (Envoy's 1.4).
+pub const DEFAULT_OVERPROVISIONING_FACTOR: u32 = 140;
+
+/// How a cluster spreads requests over its endpoints' priorities and localities.
+///
+/// Requests go to the most preferred priority (0) while it is healthy enough. A priority's
+/// health is its healthy share of endpoints (configured unhealthy, ejected by the controller or
+/// by outlier detection all count as unhealthy; draining ones are not counted at all) times
+/// `overprovisioning_factor`, capped at 100 %; what the preferred priorities cannot take spills
+/// to the next ones, exactly as Envoy's priority load (`gofe_core::balance::priority_load`).
+/// With `overprovisioning_factor: 140` a priority keeps all its traffic until fewer than 72 %
+/// of its endpoints are healthy.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityLbConfig {
+    /// Percent by which a priority's (and, with `locality_weighted`, a locality's) healthy
+    /// share is multiplied before traffic spills over (EDS `policy.overprovisioning_factor`).
+    /// At least 1. Default 140.
+    #[serde(default = "default_overprovisioning_factor")]
+    pub overprovisioning_factor: u32,
+    /// Within a priority, pick a locality first, by its weight (`locality_weight`, default
+    /// the sum of its endpoints' weights) times its healthy share × `overprovisioning_factor`
+    /// (capped at 1), then an endpoint of it (Envoy's `locality_weighted_lb_config`). Default
+    /// false: endpoints are balanced by their own weights whatever their locality.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub locality_weighted: bool,
+    /// Ignore the endpoints' configured `priority` and give each one by proximity to the
+    /// proxy's own `locality` (Istio's locality failover): same region and zone → 0, same
+    /// region → 1, anything else (or an endpoint without locality) → 2. Computed by the proxy
+    /// when it builds the cluster, so one configuration serves proxies in every zone. Needs
+    /// the proxy's `locality` (the top-level `locality`, or the xDS bootstrap's
+    /// `node.locality`); a proxy without one keeps the configured priorities. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub failover_by_proximity: bool,
+}
+
+impl Default for LocalityLbConfig {
+    fn default() -> Self {
+        LocalityLbConfig {
+            overprovisioning_factor: DEFAULT_OVERPROVISIONING_FACTOR,
+            locality_weighted: false,
+            failover_by_proximity: false,
+        }
+    }
+}
+
+impl LocalityLbConfig {
+    /// True when every field has its default.
+    pub fn is_default(&self) -> bool {
+        *self == LocalityLbConfig::default()
+    }
+}
+
+fn default_overprovisioning_factor() -> u32 {
+    DEFAULT_OVERPROVISIONING_FACTOR
+}
+
+/// Where an endpoint (or a proxy) runs: Envoy's `core.Locality`. Kubernetes discovery fills
+/// `region` and `zone` from `topology.kubernetes.io/region` and `/zone`.
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Deserialize,
+    Serialize,
+    schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityConfig {
+    /// Region (`topology.kubernetes.io/region`). Default empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub region: String,
+    /// Zone within the region (`topology.kubernetes.io/zone`). Default empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    /// Sub-zone within the zone (for example a rack). Default empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sub_zone: String,
+}
+
+impl LocalityConfig {
+    /// True when region, zone and sub-zone are all empty.
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.sub_zone.is_empty()
+    }
+}
+
+impl std::fmt::Display for LocalityConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.region, self.zone, self.sub_zone)
+    }
 }
 
 fn default_connect_timeout() -> Duration {
@@ -753,6 +861,38 @@ pub struct EndpointConfig {
     /// Health as a control plane sees it (EDS `health_status`). Default `healthy`.
     #[serde(default, skip_serializing_if = "HealthStatus::is_healthy")]
     pub health_status: HealthStatus,
+    /// Where the endpoint runs (EDS `LocalityLbEndpoints.locality`). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<LocalityConfig>,
+    /// Priority level, 0 the most preferred (EDS `LocalityLbEndpoints.priority`): a priority
+    /// takes traffic only when the ones before it are not healthy enough (see the cluster's
+    /// `locality_lb`). The priorities in use must be 0, 1, 2, … without gaps. Default 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u32,
+    /// The weight of the endpoint's locality for locality-weighted balancing (EDS
+    /// `LocalityLbEndpoints.load_balancing_weight`): endpoints of one locality and priority
+    /// give the same value, or none. Needs a `locality`. At least 1. Default: the sum of the
+    /// weights of the locality's endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality_weight: Option<u32>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl EndpointConfig {
+    /// An endpoint at `address` with weight `weight`, healthy, without locality, at priority 0.
+    pub fn new(address: impl Into<String>, weight: u32) -> Self {
+        EndpointConfig {
+            address: address.into(),
+            weight,
+            health_status: HealthStatus::Healthy,
+            locality: None,
+            priority: 0,
+            locality_weight: None,
+        }
+    }
 }
 
 /// An endpoint's health as set by configuration (the controller's ejections arrive this way).
@@ -904,6 +1044,7 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
                 );
             }
         }
+        check_localities(v, cluster, &base);
     }
 
     let mut addresses: HashMap<SocketAddr, usize> = HashMap::new();
@@ -1044,6 +1185,76 @@ fn check_capture(v: &mut Validator, listener: &ListenerConfig, base: &str) {
             v.error(
                 format!("{base}.tls"),
                 "not supported on a bind_to_port: false listener",
+            );
+        }
+    }
+}
+
+/// The most priority levels a cluster may have (Envoy's `max` for `priority` is 128).
+pub const MAX_PRIORITIES: u32 = 128;
+
+/// A cluster's priorities and localities: priorities without gaps, locality weights that agree
+/// within a locality and only where there is a locality, a usable overprovisioning factor.
+fn check_localities(v: &mut Validator, cluster: &ClusterConfig, base: &str) {
+    let lb = &cluster.locality_lb;
+    if lb.overprovisioning_factor == 0 {
+        v.error(
+            format!("{base}.locality_lb.overprovisioning_factor"),
+            "must be at least 1 (percent)",
+        );
+    }
+    let mut present = HashSet::new();
+    let mut weights: HashMap<(u32, &LocalityConfig), (u32, usize)> = HashMap::new();
+    for (ei, ep) in cluster.endpoints.iter().enumerate() {
+        let ebase = format!("{base}.endpoints[{ei}]");
+        if ep.priority >= MAX_PRIORITIES {
+            v.error(
+                format!("{ebase}.priority"),
+                format!("must be below {MAX_PRIORITIES}"),
+            );
+        }
+        present.insert(ep.priority);
+        let Some(w) = ep.locality_weight else {
+            continue;
+        };
+        let Some(locality) = &ep.locality else {
+            v.error(
+                format!("{ebase}.locality_weight"),
+                "needs a locality (the weight is the locality's)",
+            );
+            continue;
+        };
+        if w == 0 {
+            v.error(format!("{ebase}.locality_weight"), "must be at least 1");
+            continue;
+        }
+        if let Some((first, at)) = weights.insert((ep.priority, locality), (w, ei)) {
+            if first != w {
+                v.error(
+                    format!("{ebase}.locality_weight"),
+                    format!(
+                        "{w} differs from {first} given by {base}.endpoints[{at}] for the same \
+                         locality {locality} and priority {}",
+                        ep.priority
+                    ),
+                );
+            }
+        }
+    }
+    if let Some(gap) = (0..present.len() as u32).find(|p| !present.contains(p)) {
+        if let Some((ei, ep)) = cluster
+            .endpoints
+            .iter()
+            .enumerate()
+            .find(|(_, e)| e.priority > gap)
+        {
+            v.error(
+                format!("{base}.endpoints[{ei}].priority"),
+                format!(
+                    "priority {} is used but priority {gap} has no endpoint (priorities \
+                     must be 0, 1, 2, … without gaps, as in Envoy)",
+                    ep.priority
+                ),
             );
         }
     }
@@ -1456,6 +1667,67 @@ admin: { address: "127.0.0.1:9901" }
             Ok(_) => panic!("config should be refused"),
             Err(e) => e.problems().to_vec(),
         }
+    }
+
+    #[test]
+    fn priorities_and_localities_are_read_and_checked_with_their_place() {
+        let ok = parse(
+            "t.yaml",
+            "locality: { region: eu, zone: eu-1 }
+clusters:
+  - name: web
+    locality_lb: { overprovisioning_factor: 120, locality_weighted: true }
+    endpoints:
+      - { address: \"10.0.0.1:80\", locality: { region: eu, zone: eu-1 }, locality_weight: 4 }
+      - { address: \"10.0.0.2:80\", priority: 1 }
+",
+        )
+        .unwrap();
+        assert_eq!(ok.locality.as_ref().unwrap().zone, "eu-1");
+        let c = &ok.clusters[0];
+        assert_eq!(c.locality_lb.overprovisioning_factor, 120);
+        assert!(c.locality_lb.locality_weighted);
+        assert_eq!(c.endpoints[0].locality_weight, Some(4));
+        assert_eq!(c.endpoints[1].priority, 1);
+        // Defaults: Envoy's 140, no weighting, no proximity.
+        let d = parse(
+            "t.yaml",
+            "clusters: [{ name: web }]
+",
+        )
+        .unwrap();
+        assert!(d.clusters[0].locality_lb.is_default());
+        assert_eq!(d.clusters[0].locality_lb.overprovisioning_factor, 140);
+
+        let text = "clusters:
+  - name: web
+    locality_lb: { overprovisioning_factor: 0 }
+    endpoints:
+      - { address: \"10.0.0.1:80\", locality: { zone: a }, locality_weight: 2 }
+      - { address: \"10.0.0.2:80\", locality: { zone: a }, locality_weight: 3 }
+      - { address: \"10.0.0.3:80\", locality_weight: 3 }
+      - { address: \"10.0.0.4:80\", priority: 2 }
+";
+        let p = problems(text);
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "clusters[0].locality_lb.overprovisioning_factor",
+                "clusters[0].endpoints[1].locality_weight",
+                "clusters[0].endpoints[2].locality_weight",
+                "clusters[0].endpoints[3].priority",
+            ]
+        );
+        // Each with its file place.
+        let shown = p[3].in_file("t.yaml");
+        assert!(shown.starts_with("t.yaml:8:"), "{shown}");
+        assert!(
+            p[3].message.contains("priority 1 has no endpoint"),
+            "{}",
+            p[3].message
+        );
+        assert!(p[1].message.contains("differs from 2"), "{}", p[1].message);
     }
 
     #[test]

@@ -50,8 +50,8 @@ use envoy_types::pb::google::protobuf::{
 };
 use gofe_model::{
     ClusterConfig, ClusterWeightConfig, EndpointConfig, FilterConfig, HeaderMatcherConfig,
-    HealthStatus, Http2ProtocolOptions, LbPolicy, ListenerConfig, Problem, ProxyConfig,
-    RetryPolicyConfig, RouteActionConfig, RouteConfig, RouteMatchConfig, RouterConfig,
+    HealthStatus, Http2ProtocolOptions, LbPolicy, ListenerConfig, LocalityConfig, Problem,
+    ProxyConfig, RetryPolicyConfig, RouteActionConfig, RouteConfig, RouteMatchConfig, RouterConfig,
     StringMatchConfig, VirtualHostConfig, WeightedClustersConfig, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_ROUTE_TIMEOUT,
 };
@@ -772,6 +772,16 @@ pub fn unpublishable(config: &ProxyConfig) -> Vec<Problem> {
                 .into(),
         });
     }
+    if config.locality.is_some() {
+        notes.push(Problem {
+            line: None,
+            column: None,
+            field: "locality".into(),
+            message: "the proxy's own locality is not an xDS resource and is not published: \
+                      it belongs to each proxy's bootstrap (node.locality, as in Envoy)"
+                .into(),
+        });
+    }
     notes
 }
 
@@ -882,6 +892,7 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
                 EndpointsResource {
                     cluster_name: name.clone(),
                     endpoints: c.endpoints.clone(),
+                    overprovisioning_factor: c.locality_lb.overprovisioning_factor,
                 },
             );
             config.endpoints.clear();
@@ -921,11 +932,12 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
         }
         let mut config = c.config.clone();
         if let Some(service) = &c.eds_service_name {
-            config.endpoints = dynamic
-                .endpoints
-                .get(service)
-                .map(|e| e.endpoints.clone())
-                .unwrap_or_default();
+            if let Some(e) = dynamic.endpoints.get(service) {
+                config.endpoints = e.endpoints.clone();
+                config.locality_lb.overprovisioning_factor = e.overprovisioning_factor;
+            } else {
+                config.endpoints.clear();
+            }
         }
         cluster_names.insert(name.clone());
         out.clusters.push(config);

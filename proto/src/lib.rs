@@ -51,7 +51,7 @@ pub use resource::{
 /// The protocol-level messages and the ADS and LRS services, for the xDS transport (`gofe-xds`)
 /// and the proxy's client. Load reports' contents are read and written through [`load`].
 pub mod wire {
-    pub use envoy_types::pb::envoy::config::core::v3::Node;
+    pub use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
     pub use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
     pub use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
         AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,

@@ -239,8 +239,11 @@ pub struct EndpointsResource {
     /// The resource name (the cluster's EDS service name).
     pub cluster_name: String,
     /// Its endpoints, with their weights and health (UNHEALTHY and TIMEOUT become
-    /// `unhealthy`, DRAINING `draining`).
+    /// `unhealthy`, DRAINING `draining`), priorities and localities.
     pub endpoints: Vec<EndpointConfig>,
+    /// `policy.overprovisioning_factor`, in percent (Envoy's default 140 when unset): the
+    /// cluster's `locality_lb.overprovisioning_factor`.
+    pub overprovisioning_factor: u32,
 }
 
 /// Any one decoded resource.

@@ -30,6 +30,13 @@ const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
 
+/// Bumped whenever any endpoint's breaker changes state (closed, open, half-open): a
+/// balancer with priority levels recomputes its priority load when it sees a new value.
+/// Process-wide rather than per cluster, so a transition costs one atomic add and no
+/// plumbing; a cluster untouched by it pays one recomputation (a scan of its endpoints) at its
+/// next pick.
+pub(crate) static HEALTH_GENERATION: AtomicU64 = AtomicU64::new(0);
+
 /// Milliseconds on the process's monotonic clock (Tokio's, so paused-clock tests control it).
 pub(crate) fn now_ms() -> u64 {
     static BASE: OnceLock<tokio::time::Instant> = OnceLock::new();
@@ -278,6 +285,24 @@ impl EndpointHealth {
         self.lock().times_ejected()
     }
 
+    /// While the breaker is open (ejected): when the ejection ends (ms, [`now_ms`]).
+    /// Half-open counts as not ejected: the endpoint takes trial requests.
+    #[inline]
+    pub(crate) fn open_until(&self) -> Option<u64> {
+        (self.state.load(Ordering::Acquire) == OPEN)
+            .then(|| self.open_until_ms.load(Ordering::Relaxed))
+    }
+
+    /// Open → half-open if the ejection has ended by `now` (ms), without waiting for a
+    /// request to look at the endpoint.
+    pub(crate) fn poll_if_expired(&self, now: u64) {
+        if self.state.load(Ordering::Acquire) == OPEN
+            && now >= self.open_until_ms.load(Ordering::Relaxed)
+        {
+            self.poll();
+        }
+    }
+
     /// True unless the breaker is open or half-open.
     #[inline]
     pub(crate) fn is_closed(&self) -> bool {
@@ -341,6 +366,9 @@ impl EndpointHealth {
             BreakerState::HalfOpen => HALF_OPEN,
         };
         let before = self.state.swap(code, Ordering::AcqRel);
+        if before != code {
+            HEALTH_GENERATION.fetch_add(1, Ordering::AcqRel);
+        }
         match (before == CLOSED, code == CLOSED) {
             (true, false) => self.stats.active.inc(),
             (false, true) => self.stats.active.dec(),
@@ -382,6 +410,7 @@ impl EndpointHealth {
     pub(crate) fn retire(&self) {
         if self.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
             self.stats.active.dec();
+            HEALTH_GENERATION.fetch_add(1, Ordering::AcqRel);
         }
         *self.lock() = Breaker::default();
         self.stats.state.set(0);

@@ -320,6 +320,7 @@ impl Proxy {
                 },
                 cluster_limits,
                 bucket,
+                config.locality.as_ref(),
             )
             .map_err(ApplyError::Invalid)?;
             clusters.insert(name, Arc::new(built));

@@ -97,6 +97,9 @@ fn resources(
             address: s(a.to_string()),
             weight: *w,
             health_status: Default::default(),
+            locality: None,
+            priority: 0,
+            locality_weight: None,
         })
         .collect();
     if let Some(raw) = raw_extra {
@@ -104,12 +107,16 @@ fn resources(
             address: s(raw),
             weight: 1,
             health_status: Default::default(),
+            locality: None,
+            priority: 0,
+            locality_weight: None,
         });
     }
     r.endpoints.insert(
         "web".into(),
         EndpointsResource {
             cluster_name: "web".into(),
+            overprovisioning_factor: gofe_model::DEFAULT_OVERPROVISIONING_FACTOR,
             endpoints: eps,
         },
     );
@@ -490,10 +497,14 @@ fn with_bad_resources(r: &Resources, side: &ListenerResource) -> Snapshot {
         "extra".into(),
         EndpointsResource {
             cluster_name: "extra".into(),
+            overprovisioning_factor: gofe_model::DEFAULT_OVERPROVISIONING_FACTOR,
             endpoints: vec![EndpointConfig {
                 address: s("999.999.999.999:80"),
                 weight: 1,
                 health_status: Default::default(),
+                locality: None,
+                priority: 0,
+                locality_weight: None,
             }],
         },
     );
@@ -1197,10 +1208,14 @@ async fn a_mirror_policy_pushed_on_a_virtual_host_copies_its_routes_requests() {
         "shadow".into(),
         EndpointsResource {
             cluster_name: "shadow".into(),
+            overprovisioning_factor: gofe_model::DEFAULT_OVERPROVISIONING_FACTOR,
             endpoints: vec![EndpointConfig {
                 address: shadow.to_string(),
                 weight: 1,
                 health_status: Default::default(),
+                locality: None,
+                priority: 0,
+                locality_weight: None,
             }],
         },
     );

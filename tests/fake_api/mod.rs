@@ -52,6 +52,9 @@ struct State {
     )>,
     rv: u64,
     log: Vec<Logged>,
+    /// While set, every request is answered 503 and no watch stays open (an unreachable
+    /// API server, as a remote cluster behind a broken link is).
+    down: bool,
     /// Fixed documents by exact path (discovery: `/api`, `/apis/GROUP/VERSION`).
     documents: BTreeMap<String, Value>,
 }
@@ -179,6 +182,16 @@ impl FakeApi {
             .insert(path.to_owned(), document);
     }
 
+    /// Makes the server unreachable (`true`: open watches end, every request gets 503) or
+    /// reachable again (`false`); the objects stay.
+    pub fn set_down(&self, down: bool) {
+        let mut st = self.state.lock().unwrap();
+        st.down = down;
+        if down {
+            st.watchers.clear();
+        }
+    }
+
     /// Every request so far.
     pub fn log(&self) -> Vec<Logged> {
         self.state.lock().unwrap().log.clone()
@@ -194,6 +207,13 @@ impl FakeApi {
         let json: Option<Value> = serde_json::from_slice(&bytes).ok();
         let path = parts.uri.path().to_owned();
         let query = parts.uri.query().unwrap_or_default().to_owned();
+        if self.state.lock().unwrap().down {
+            return status(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the API server is down",
+            );
+        }
         if parts.method == Method::GET {
             let mut st = self.state.lock().unwrap();
             if let Some(doc) = st.documents.get(&path).cloned() {

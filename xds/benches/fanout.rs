@@ -62,12 +62,16 @@ fn resources(generation: u32) -> Resources {
                     1
                 },
                 health_status: Default::default(),
+                locality: None,
+                priority: 0,
+                locality_weight: None,
             })
             .collect();
         r.endpoints.insert(
             name.clone(),
             EndpointsResource {
                 cluster_name: name,
+                overprovisioning_factor: gofe_model::DEFAULT_OVERPROVISIONING_FACTOR,
                 endpoints,
             },
         );

@@ -37,10 +37,14 @@ fn resources(names: &[&str], weight: u32) -> Resources {
             (*n).into(),
             EndpointsResource {
                 cluster_name: (*n).into(),
+                overprovisioning_factor: gofe_model::DEFAULT_OVERPROVISIONING_FACTOR,
                 endpoints: vec![EndpointConfig {
                     address: s("10.0.0.1:80"),
                     weight,
                     health_status: Default::default(),
+                    locality: None,
+                    priority: 0,
+                    locality_weight: None,
                 }],
             },
         );

@@ -85,12 +85,16 @@ fn greeter(endpoints: &[(SocketAddr, u32)]) -> Resources {
         "greeter-backends".into(),
         EndpointsResource {
             cluster_name: "greeter-backends".into(),
+            overprovisioning_factor: gofe_model::DEFAULT_OVERPROVISIONING_FACTOR,
             endpoints: endpoints
                 .iter()
                 .map(|(a, w)| EndpointConfig {
                     address: s(a.to_string()),
                     weight: *w,
                     health_status: Default::default(),
+                    locality: None,
+                    priority: 0,
+                    locality_weight: None,
                 })
                 .collect(),
         },

@@ -55,6 +55,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.controller.watchNamespace }}
 {{- $_ := set $config.kubernetes "namespace" .Values.controller.watchNamespace }}
 {{- end }}
+{{- if .Values.controller.clusterName }}
+{{- $_ := set $config.kubernetes "cluster_name" .Values.controller.clusterName }}
+{{- end }}
+{{- if .Values.controller.remoteClusters }}
+{{- $remotes := list }}
+{{- range .Values.controller.remoteClusters }}
+{{- $remotes = append $remotes (dict "name" .name "secret" (dict "name" .secret "namespace" $.Release.Namespace)) }}
+{{- end }}
+{{- $_ := set $config.kubernetes "clusters" $remotes }}
+{{- end }}
 {{- if .Values.injection.enabled }}
 {{- $_ := set $config "webhook" (include "gofe.webhookConfig" . | fromYaml) }}
 {{- end }}

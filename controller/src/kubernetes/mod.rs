@@ -13,6 +13,15 @@
 //! and recoveries as Events on the policy. The others publish the weights they read from those
 //! statuses, so every replica serves the leader's decisions. Nothing is published until both
 //! watches have listed once: an empty cache must never read as "no endpoints".
+//!
+//! Several clusters: `kubernetes.clusters` adds remote clusters (a kubeconfig file and
+//! context, or a Secret holding a kubeconfig as Istio's remote secrets do). Their
+//! EndpointSlices and Nodes are watched beside the local ones and merged per Service with
+//! their localities ([`topology::build_clusters`]); `TrafficPolicy` objects and the Lease stay
+//! in the local cluster. A remote that cannot be reached keeps the endpoints it last listed
+//! (a reflector's store survives its watch's errors), is logged and shows 0 in
+//! `gofe_controller_kubernetes_cluster_up{cluster}`; it never holds back the local cluster's
+//! publication (a remote that never answered contributes nothing until it does).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +29,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::api::core::v1::{Node, ObjectReference, Secret};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -32,11 +41,11 @@ pub mod crd;
 pub mod leader;
 pub mod topology;
 
-use crate::config::KubernetesConfig;
+use crate::config::{KubernetesConfig, RemoteClusterConfig};
 use crate::{Controller, DecisionsView};
 use crd::{Condition, EndpointStatus, TrafficPolicy, TrafficPolicyStatus};
 use leader::{Elector, Role};
-use topology::{Binding, Topology};
+use topology::{Binding, ClusterObjects, Topology};
 
 /// The field manager gofe's writes carry.
 pub const FIELD_MANAGER: &str = "gofe-controller";
@@ -53,6 +62,247 @@ pub enum KubernetesError {
 /// `~/.kube/config`.
 pub async fn client() -> Result<Client, KubernetesError> {
     Ok(Client::try_default().await?)
+}
+
+/// Why a remote cluster's client could not be made (the remote is retried, never fatal).
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The kubeconfig file could not be read or used.
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// The Secret could not be read.
+    #[error("secret {namespace}/{name}: {source}")]
+    Secret {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Secret has no usable kubeconfig.
+    #[error("secret {namespace}/{name}: {message}")]
+    SecretContent {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A client could not be built from the kubeconfig.
+    #[error("client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+impl RemoteError {
+    /// A short label for the error's kind (logs, metrics).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            RemoteError::Kubeconfig { .. } => "kubeconfig",
+            RemoteError::Secret { .. } => "secret",
+            RemoteError::SecretContent { .. } => "secret_content",
+            RemoteError::Client(_) => "client",
+        }
+    }
+}
+
+/// Where a remote cluster's client comes from.
+#[derive(Clone)]
+pub enum RemoteSource {
+    /// A client made already (tests: a fake API server).
+    Client(Client),
+    /// A kubeconfig file and optional context.
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// The context; default the file's current-context.
+        context: Option<String>,
+    },
+    /// A Secret of the local cluster holding a kubeconfig.
+    Secret {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The data key; default the cluster's name, else the only key.
+        key: Option<String>,
+    },
+}
+
+/// A remote cluster to watch.
+#[derive(Clone)]
+pub struct Remote {
+    /// Its name (endpoints' `cluster`).
+    pub name: String,
+    /// How to reach it.
+    pub source: RemoteSource,
+}
+
+impl Remote {
+    /// The remote of a `kubernetes.clusters[]` entry.
+    pub fn of(config: &RemoteClusterConfig) -> Self {
+        let source = match (&config.kubeconfig, &config.secret) {
+            (Some(path), _) => RemoteSource::Kubeconfig {
+                path: path.clone(),
+                context: config.context.clone(),
+            },
+            (None, Some(secret)) => RemoteSource::Secret {
+                namespace: secret
+                    .namespace
+                    .clone()
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                    .unwrap_or_else(|| "default".into()),
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+            },
+            // Refused by validation; an empty kubeconfig path fails loudly when used.
+            (None, None) => RemoteSource::Kubeconfig {
+                path: String::new(),
+                context: None,
+            },
+        };
+        Remote {
+            name: config.name.clone(),
+            source,
+        }
+    }
+
+    /// A client of the remote's API server (`local` reads a Secret).
+    pub async fn client(&self, local: &Client) -> Result<Client, RemoteError> {
+        let (kubeconfig, context) = match &self.source {
+            RemoteSource::Client(c) => return Ok(c.clone()),
+            RemoteSource::Kubeconfig { path, context } => (
+                kube::config::Kubeconfig::read_from(path).map_err(|source| {
+                    RemoteError::Kubeconfig {
+                        path: path.clone(),
+                        source,
+                    }
+                })?,
+                context.clone(),
+            ),
+            RemoteSource::Secret {
+                namespace,
+                name,
+                key,
+            } => {
+                let secret = Api::<Secret>::namespaced(local.clone(), namespace)
+                    .get(name)
+                    .await
+                    .map_err(|source| RemoteError::Secret {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        source,
+                    })?;
+                let content = |message: String| RemoteError::SecretContent {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    message,
+                };
+                let data = secret.data.unwrap_or_default();
+                let wanted = key.clone().unwrap_or_else(|| self.name.clone());
+                let bytes = match data.get(&wanted) {
+                    Some(b) => b,
+                    None if key.is_none() && data.len() == 1 => {
+                        data.values().next().expect("one key")
+                    }
+                    None => return Err(content(format!("no data key {wanted:?}"))),
+                };
+                let text = std::str::from_utf8(&bytes.0)
+                    .map_err(|_| content(format!("data key {wanted:?} is not UTF-8")))?;
+                let kubeconfig = kube::config::Kubeconfig::from_yaml(text)
+                    .map_err(|e| content(format!("data key {wanted:?}: {e}")))?;
+                (kubeconfig, None)
+            }
+        };
+        let options = kube::config::KubeConfigOptions {
+            context,
+            ..Default::default()
+        };
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+            .await
+            .map_err(|source| RemoteError::Kubeconfig {
+                path: format!("(cluster {})", self.name),
+                source,
+            })?;
+        Client::try_from(config).map_err(RemoteError::Client)
+    }
+}
+
+/// One cluster's watched objects.
+struct Watched {
+    name: String,
+    local: bool,
+    slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+}
+
+/// The reachability gauge, registered in the controller's registry.
+fn cluster_up_gauge(registry: &prometheus::Registry) -> prometheus::IntGaugeVec {
+    let g = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "gofe_controller_kubernetes_cluster_up",
+            "1 while the controller's EndpointSlice watch of a cluster works, 0 while it fails \
+             (its last endpoints are kept).",
+        ),
+        &["cluster"],
+    )
+    .expect("valid metric");
+    // A second Kubernetes driver on the same controller (tests) shares the series.
+    match registry.register(Box::new(g.clone())) {
+        Ok(()) => g,
+        Err(_) => g,
+    }
+}
+
+/// Starts the watches of one cluster's EndpointSlices and Nodes on `client`, reporting into
+/// `up` and waking `changed`.
+fn watch_cluster(
+    client: Client,
+    namespace: Option<&str>,
+    slices_writer: reflector::store::Writer<EndpointSlice>,
+    nodes_writer: reflector::store::Writer<Node>,
+    changed: &Arc<tokio::sync::Notify>,
+    cluster: &str,
+    up: &prometheus::IntGaugeVec,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let slices_api: Api<EndpointSlice> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let nodes_api: Api<Node> = Api::all(client);
+    vec![
+        spawn_cluster_watch(
+            watcher(
+                slices_api,
+                watcher::Config::default().labels(topology::SERVICE_NAME_LABEL),
+            )
+            .default_backoff()
+            .reflect(slices_writer)
+            .touched_objects(),
+            Arc::clone(changed),
+            cluster.to_owned(),
+            Some(up.with_label_values(&[cluster])),
+            "EndpointSlice",
+        ),
+        spawn_cluster_watch(
+            watcher(nodes_api, watcher::Config::default())
+                .default_backoff()
+                .reflect(nodes_writer)
+                .touched_objects(),
+            Arc::clone(changed),
+            cluster.to_owned(),
+            None,
+            "Node",
+        ),
+    ]
 }
 
 fn now_rfc3339() -> String {
@@ -173,46 +423,107 @@ pub fn followed_weights(
     out
 }
 
-/// Runs the controller in Kubernetes mode until `stop` resolves.
+/// Runs the controller in Kubernetes mode until `stop` resolves, with the remote clusters of
+/// `settings.clusters`.
 pub async fn drive(
-    mut controller: Controller,
+    controller: Controller,
     client: Client,
     settings: KubernetesConfig,
     interval: Duration,
     stop: impl std::future::Future<Output = ()>,
 ) {
-    let (policies_api, slices_api): (Api<TrafficPolicy>, Api<EndpointSlice>) =
-        match &settings.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
+    let remotes = settings.clusters.iter().map(Remote::of).collect();
+    drive_clusters(controller, client, settings, remotes, interval, stop).await;
+}
+
+/// [`drive`] with the remote clusters given (tests hand in clients of fake API servers).
+pub async fn drive_clusters(
+    mut controller: Controller,
+    client: Client,
+    settings: KubernetesConfig,
+    remotes: Vec<Remote>,
+    interval: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let policies_api: Api<TrafficPolicy> = match &settings.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let (policies, policies_writer) = reflector::store::<TrafficPolicy>();
     let (slices, slices_writer) = reflector::store::<EndpointSlice>();
+    let (nodes, nodes_writer) = reflector::store::<Node>();
     let changed = Arc::new(tokio::sync::Notify::new());
-    let tasks = vec![
-        spawn_watch(
-            watcher(policies_api, watcher::Config::default())
-                .default_backoff()
-                .reflect(policies_writer)
-                .touched_objects(),
-            Arc::clone(&changed),
-            "TrafficPolicy",
-        ),
-        spawn_watch(
-            watcher(
-                slices_api,
-                watcher::Config::default().labels(topology::SERVICE_NAME_LABEL),
-            )
+    let up = cluster_up_gauge(&controller.registry());
+    let mut tasks = vec![spawn_watch(
+        watcher(policies_api, watcher::Config::default())
             .default_backoff()
-            .reflect(slices_writer)
+            .reflect(policies_writer)
             .touched_objects(),
-            Arc::clone(&changed),
-            "EndpointSlice",
-        ),
-    ];
+        Arc::clone(&changed),
+        "TrafficPolicy",
+    )];
+    tasks.extend(watch_cluster(
+        client.clone(),
+        settings.namespace.as_deref(),
+        slices_writer,
+        nodes_writer,
+        &changed,
+        &settings.cluster_name,
+        &up,
+    ));
+    let mut watched = vec![Watched {
+        name: settings.cluster_name.clone(),
+        local: true,
+        slices: slices.clone(),
+        nodes,
+    }];
+    for remote in remotes {
+        let (slices, slices_writer) = reflector::store::<EndpointSlice>();
+        let (nodes, nodes_writer) = reflector::store::<Node>();
+        watched.push(Watched {
+            name: remote.name.clone(),
+            local: false,
+            slices,
+            nodes,
+        });
+        let local = client.clone();
+        let changed = Arc::clone(&changed);
+        let up = up.clone();
+        let namespace = settings.namespace.clone();
+        up.with_label_values(&[&remote.name]).set(0);
+        tasks.push(tokio::spawn(async move {
+            // The client (a Secret to read, a file to parse) is retried until it can be made.
+            let mut wait = Duration::from_secs(1);
+            let remote_client = loop {
+                match remote.client(&local).await {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        tracing::warn!(
+                            cluster = %remote.name,
+                            error = %e,
+                            kind = e.metric_label(),
+                            retry_in_s = wait.as_secs(),
+                            "remote cluster unreachable"
+                        );
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(60));
+                    }
+                }
+            };
+            let inner = watch_cluster(
+                remote_client,
+                namespace.as_deref(),
+                slices_writer,
+                nodes_writer,
+                &changed,
+                &remote.name,
+                &up,
+            );
+            // Aborting this task must stop the watches too.
+            let _guard = AbortOnDrop(inner);
+            std::future::pending::<()>().await;
+        }));
+    }
 
     // Leader election in its own task, so a slow API call never delays a decision step.
     let le = settings.leader_election.clone();
@@ -294,7 +605,7 @@ pub async fn drive(
         step(
             &mut controller,
             &policies,
-            &slices,
+            &watched,
             &client,
             &recorder,
             role.is_leader(),
@@ -322,19 +633,48 @@ async fn shutdown(
 async fn step(
     controller: &mut Controller,
     policies: &Store<TrafficPolicy>,
-    slices: &Store<EndpointSlice>,
+    watched: &[Watched],
     client: &Client,
     recorder: &Recorder,
     leader: bool,
 ) {
     let policy_objects = policies.state();
-    let slice_objects: Vec<EndpointSlice> = slices.state().iter().map(|s| (**s).clone()).collect();
+    let objects: Vec<(Vec<EndpointSlice>, Vec<Node>)> = watched
+        .iter()
+        .map(|w| {
+            (
+                w.slices.state().iter().map(|s| (**s).clone()).collect(),
+                w.nodes.state().iter().map(|n| (**n).clone()).collect(),
+            )
+        })
+        .collect();
+    let clusters: Vec<ClusterObjects<'_>> = watched
+        .iter()
+        .zip(&objects)
+        .map(|(w, (slices, nodes))| ClusterObjects {
+            name: &w.name,
+            local: w.local,
+            slices,
+            nodes,
+        })
+        .collect();
     let owned: Vec<TrafficPolicy> = policy_objects.iter().map(|p| (**p).clone()).collect();
     let Topology {
         config,
         overrides,
         bindings,
-    } = topology::build(controller.file_base(), &owned, &slice_objects);
+    } = topology::build_clusters(controller.file_base(), &owned, &clusters);
+    for b in &bindings {
+        for (address, cluster) in &b.duplicates {
+            tracing::warn!(
+                policy = %format!("{}/{}", b.namespace, b.name),
+                endpoint = %address,
+                cluster = %cluster,
+                kept = b.clusters.get(address).map_or("", String::as_str),
+                "endpoint address given by two clusters: the first is kept (gofe assumes one flat network)"
+            );
+        }
+    }
     controller.set_topology(config, &overrides);
     if !leader {
         let weights = followed_weights(&bindings, &policy_objects);
@@ -405,6 +745,65 @@ async fn write_status(client: &Client, binding: &Binding, status: &TrafficPolicy
     {
         tracing::warn!(error = %e, policy = %format!("{}/{}", binding.namespace, binding.name), "cannot write status");
     }
+}
+
+/// Aborts the tasks when dropped.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Drives one cluster's watch stream as [`spawn_watch`] does, and reports the cluster up (1)
+/// on each success and down (0, logged once per outage) on an error; the reflector's store
+/// keeps the objects it last listed meanwhile.
+fn spawn_cluster_watch<K, S>(
+    stream: S,
+    changed: Arc<tokio::sync::Notify>,
+    cluster: String,
+    up: Option<prometheus::IntGauge>,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()>
+where
+    S: futures_util::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        let mut down = false;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(_) => {
+                    if let Some(up) = &up {
+                        up.set(1);
+                    }
+                    if down {
+                        tracing::info!(cluster = %cluster, watch = what, "cluster reachable again");
+                        down = false;
+                    }
+                    changed.notify_one();
+                }
+                Err(e) => {
+                    if let Some(up) = &up {
+                        up.set(0);
+                    }
+                    if !down {
+                        tracing::warn!(
+                            cluster = %cluster,
+                            watch = what,
+                            error = %e,
+                            "cluster watch failing: keeping its last objects"
+                        );
+                        down = true;
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Drives a reflector's watch stream, waking `changed` on every change and logging errors (the

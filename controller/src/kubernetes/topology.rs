@@ -6,19 +6,49 @@
 //! (timeouts, breakers, lb policy) and gets the discovered endpoints; other clusters are added
 //! with the proxy's defaults so Envoy-protocol clients can use them. Every policy gets a verdict
 //! (`Ready` or why not) for its `.status`.
+//!
+//! With several clusters ([`build_clusters`]), a Service's endpoints are those of the Service
+//! of the same namespace and name in every cluster (Istio's namespace sameness), the local
+//! cluster first. Each endpoint gets its locality: `zone` from the EndpointSlice endpoint (or
+//! its Node's `topology.kubernetes.io/zone`), `region` from its Node's
+//! `topology.kubernetes.io/region`, `sub_zone` from the Node's `topology.istio.io/subzone`.
+//! An endpoint is known by its address alone (the controller's decisions — weights,
+//! ejections — are per address, whatever the cluster): gofe assumes one flat network, where
+//! two clusters never give the same Pod IP; if they do, the first cluster's endpoint is kept
+//! and the other is reported in [`Binding::duplicates`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
-use gofe_model::{ClusterConfig, EndpointConfig, HealthStatus, ProxyConfig};
+use gofe_model::{ClusterConfig, EndpointConfig, LocalityConfig, ProxyConfig};
 
 use super::crd::{PortSelector, TrafficPolicy};
 use crate::config::PolicyConfig;
 
 /// The label EndpointSlices carry to name their Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// A Node's region label.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+/// A Node's zone label.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// A Node's sub-zone label (Istio's).
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+
+/// One cluster's discovered objects.
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterObjects<'a> {
+    /// The cluster's name (`kubernetes.cluster_name`, or a remote's).
+    pub name: &'a str,
+    /// Whether it is the controller's own cluster (its Pods are shown without a prefix).
+    pub local: bool,
+    /// Its EndpointSlices.
+    pub slices: &'a [EndpointSlice],
+    /// Its Nodes (for regions, and zones a slice's endpoint lacks); may be empty.
+    pub nodes: &'a [Node],
+}
 
 /// What one `TrafficPolicy` resolved to.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,8 +65,13 @@ pub struct Binding {
     pub cluster: Option<String>,
     /// Why it does not apply (`reason`, `message`), for the `Ready` condition.
     pub problem: Option<(String, String)>,
-    /// Endpoint address → Pod name, for `.status`.
+    /// Endpoint address → Pod name, for `.status` (`CLUSTER/POD` for a remote cluster's).
     pub pods: BTreeMap<String, String>,
+    /// Endpoint address → the cluster it was discovered in.
+    pub clusters: BTreeMap<String, String>,
+    /// Endpoints left out because an earlier cluster gave the same address: (address, the
+    /// cluster whose endpoint was left out).
+    pub duplicates: Vec<(String, String)>,
 }
 
 /// The controller's view of the cluster for one step.
@@ -115,8 +150,44 @@ fn default_cluster(name: &str) -> Option<ClusterConfig> {
     gofe_yaml::from_str(&yaml).ok()
 }
 
-/// Resolves `policies` against `slices` over the file's `base` configuration.
+/// The locality of an endpoint on `node` with the slice's `zone`, if anything is known.
+fn locality_of(zone: Option<&str>, node: Option<&Node>) -> Option<LocalityConfig> {
+    let label = |key: &str| {
+        node.and_then(|n| n.labels().get(key).cloned())
+            .unwrap_or_default()
+    };
+    let locality = LocalityConfig {
+        region: label(REGION_LABEL),
+        zone: zone
+            .filter(|z| !z.is_empty())
+            .map(str::to_owned)
+            .unwrap_or_else(|| label(ZONE_LABEL)),
+        sub_zone: label(SUBZONE_LABEL),
+    };
+    (!locality.is_empty()).then_some(locality)
+}
+
+/// Resolves `policies` against `slices` over the file's `base` configuration (one cluster).
 pub fn build(base: &ProxyConfig, policies: &[TrafficPolicy], slices: &[EndpointSlice]) -> Topology {
+    build_clusters(
+        base,
+        policies,
+        &[ClusterObjects {
+            name: "local",
+            local: true,
+            slices,
+            nodes: &[],
+        }],
+    )
+}
+
+/// Resolves `policies` against the objects of every cluster (the local one first) over the
+/// file's `base` configuration.
+pub fn build_clusters(
+    base: &ProxyConfig,
+    policies: &[TrafficPolicy],
+    clusters: &[ClusterObjects<'_>],
+) -> Topology {
     let mut ordered: Vec<&TrafficPolicy> = policies.iter().collect();
     ordered.sort_by(|a, b| {
         (a.creation_timestamp(), a.namespace(), a.name_any()).cmp(&(
@@ -140,6 +211,8 @@ pub fn build(base: &ProxyConfig, policies: &[TrafficPolicy], slices: &[EndpointS
             cluster: None,
             problem: None,
             pods: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            duplicates: Vec::new(),
         };
         let service = match service_of(&policy.spec.host, &namespace) {
             Ok(s) => s,
@@ -172,44 +245,67 @@ pub fn build(base: &ProxyConfig, policies: &[TrafficPolicy], slices: &[EndpointS
             }
         };
 
-        // The ready endpoints of the Service's slices, deduplicated, in address order.
-        let mut addresses: BTreeSet<String> = BTreeSet::new();
+        // The ready endpoints of the Service's slices in every cluster, deduplicated, in
+        // address order, each with its locality.
+        let mut found: BTreeMap<String, Option<LocalityConfig>> = BTreeMap::new();
         let mut port_problem = None;
-        for slice in slices.iter().filter(|s| {
-            s.namespace().as_deref() == Some(namespace.as_str())
-                && s.labels().get(SERVICE_NAME_LABEL) == Some(&service)
-                && (s.address_type == "IPv4" || s.address_type == "IPv6")
-        }) {
-            let port = match pick_port(slice, policy.spec.port.as_ref()) {
-                Ok(Some(p)) => p,
-                Ok(None) => continue,
-                Err(message) => {
-                    port_problem = Some(message);
-                    break;
-                }
-            };
-            for ep in &slice.endpoints {
-                let conditions = ep.conditions.as_ref();
-                // Kubernetes: an unknown readiness is to be read as ready; terminating
-                // endpoints are not ready.
-                let ready = conditions.and_then(|c| c.ready).unwrap_or(true)
-                    && !conditions.and_then(|c| c.terminating).unwrap_or(false);
-                let Some(ip) = ep.addresses.first() else {
-                    continue;
+        'clusters: for objects in clusters {
+            let mut mine: BTreeSet<String> = BTreeSet::new();
+            for slice in objects.slices.iter().filter(|s| {
+                s.namespace().as_deref() == Some(namespace.as_str())
+                    && s.labels().get(SERVICE_NAME_LABEL) == Some(&service)
+                    && (s.address_type == "IPv4" || s.address_type == "IPv6")
+            }) {
+                let port = match pick_port(slice, policy.spec.port.as_ref()) {
+                    Ok(Some(p)) => p,
+                    Ok(None) => continue,
+                    Err(message) => {
+                        port_problem = Some(message);
+                        break 'clusters;
+                    }
                 };
-                if !ready {
-                    continue;
+                for ep in &slice.endpoints {
+                    let conditions = ep.conditions.as_ref();
+                    // Kubernetes: an unknown readiness is to be read as ready; terminating
+                    // endpoints are not ready.
+                    let ready = conditions.and_then(|c| c.ready).unwrap_or(true)
+                        && !conditions.and_then(|c| c.terminating).unwrap_or(false);
+                    let Some(ip) = ep.addresses.first() else {
+                        continue;
+                    };
+                    if !ready {
+                        continue;
+                    }
+                    let address = socket_address(ip, port);
+                    if found.contains_key(&address) && !mine.contains(&address) {
+                        binding
+                            .duplicates
+                            .push((address.clone(), objects.name.to_owned()));
+                        continue;
+                    }
+                    mine.insert(address.clone());
+                    if let Some(pod) = ep
+                        .target_ref
+                        .as_ref()
+                        .filter(|r| r.kind.as_deref() == Some("Pod"))
+                        .and_then(|r| r.name.clone())
+                    {
+                        let shown = if objects.local {
+                            pod
+                        } else {
+                            format!("{}/{pod}", objects.name)
+                        };
+                        binding.pods.insert(address.clone(), shown);
+                    }
+                    let node = ep
+                        .node_name
+                        .as_deref()
+                        .and_then(|n| objects.nodes.iter().find(|node| node.name_any() == n));
+                    binding
+                        .clusters
+                        .insert(address.clone(), objects.name.to_owned());
+                    found.insert(address, locality_of(ep.zone.as_deref(), node));
                 }
-                let address = socket_address(ip, port);
-                if let Some(pod) = ep
-                    .target_ref
-                    .as_ref()
-                    .filter(|r| r.kind.as_deref() == Some("Pod"))
-                    .and_then(|r| r.name.clone())
-                {
-                    binding.pods.insert(address.clone(), pod);
-                }
-                addresses.insert(address);
             }
         }
         if let Some(message) = port_problem {
@@ -217,12 +313,11 @@ pub fn build(base: &ProxyConfig, policies: &[TrafficPolicy], slices: &[EndpointS
             bindings.push(binding);
             continue;
         }
-        let endpoints: Vec<EndpointConfig> = addresses
+        let endpoints: Vec<EndpointConfig> = found
             .into_iter()
-            .map(|a| EndpointConfig {
-                address: a,
-                weight: 1,
-                health_status: HealthStatus::Healthy,
+            .map(|(a, locality)| EndpointConfig {
+                locality,
+                ..EndpointConfig::new(a, 1)
             })
             .collect();
         match config.clusters.iter_mut().find(|c| c.name == cluster_name) {
@@ -387,5 +482,96 @@ mod tests {
             bad.1
         );
         assert!(!t.config.clusters.iter().any(|c| c.name == "y"));
+    }
+
+    fn node(name: &str, region: &str, zone: &str) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {REGION_LABEL: region, ZONE_LABEL: zone}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_service_s_endpoints_merge_across_clusters_with_their_localities() {
+        let p = policy("shop", "api", serde_json::json!({"host": "api"}));
+        let ports = serde_json::json!([{"port": 8080}]);
+        let local = slice(
+            "shop",
+            "api",
+            ports.clone(),
+            serde_json::json!([
+                // The slice's zone wins over the Node's; the region comes from the Node.
+                {"addresses": ["10.0.0.1"], "zone": "eu-1a", "nodeName": "n1",
+                 "targetRef": {"kind": "Pod", "name": "api-a"}},
+                // No zone in the slice: the Node's.
+                {"addresses": ["10.0.0.2"], "nodeName": "n2"},
+                // Nothing known.
+                {"addresses": ["10.0.0.3"]}
+            ]),
+        );
+        let remote = slice(
+            "shop",
+            "api",
+            ports,
+            serde_json::json!([
+                {"addresses": ["10.1.0.1"], "zone": "eu-1b", "nodeName": "r1",
+                 "targetRef": {"kind": "Pod", "name": "api-r"}},
+                // The same address as a local endpoint: the local one is kept.
+                {"addresses": ["10.0.0.2"], "nodeName": "r1"}
+            ]),
+        );
+        let local_nodes = [node("n1", "eu", "eu-1x"), node("n2", "eu", "eu-1a")];
+        let remote_nodes = [node("r1", "eu", "eu-1b")];
+        let t = build_clusters(
+            &base(),
+            &[p],
+            &[
+                ClusterObjects {
+                    name: "east",
+                    local: true,
+                    slices: std::slice::from_ref(&local),
+                    nodes: &local_nodes,
+                },
+                ClusterObjects {
+                    name: "west",
+                    local: false,
+                    slices: std::slice::from_ref(&remote),
+                    nodes: &remote_nodes,
+                },
+            ],
+        );
+        let api = t.config.clusters.iter().find(|c| c.name == "api").unwrap();
+        let got: Vec<(&str, Option<(&str, &str)>)> = api
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.address.as_str(),
+                    e.locality
+                        .as_ref()
+                        .map(|l| (l.region.as_str(), l.zone.as_str())),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("10.0.0.1:8080", Some(("eu", "eu-1a"))),
+                ("10.0.0.2:8080", Some(("eu", "eu-1a"))),
+                ("10.0.0.3:8080", None),
+                ("10.1.0.1:8080", Some(("eu", "eu-1b"))),
+            ]
+        );
+        let b = &t.bindings[0];
+        assert_eq!(b.clusters["10.1.0.1:8080"], "west");
+        assert_eq!(b.clusters["10.0.0.2:8080"], "east");
+        assert_eq!(b.pods["10.0.0.1:8080"], "api-a");
+        assert_eq!(b.pods["10.1.0.1:8080"], "west/api-r");
+        assert_eq!(
+            b.duplicates,
+            [("10.0.0.2:8080".to_string(), "west".to_string())]
+        );
+        assert!(gofe_model::validate(&t.config).is_empty());
     }
 }

@@ -73,6 +73,7 @@ pub fn empty_cluster(name: &str) -> ClusterConfig {
         healthy_panic_threshold: gofe_model::DEFAULT_PANIC_THRESHOLD,
         idle_timeout: gofe_model::DEFAULT_IDLE_TIMEOUT,
         local_ratelimit: None,
+        locality_lb: gofe_model::LocalityLbConfig::default(),
     }
 }
 
@@ -143,11 +144,19 @@ pub fn cluster_to_wire(c: &ClusterResource) -> Result<cluster::Cluster, ConvertE
             .outlier_detection
             .as_ref()
             .map(outlier_detection_to_wire),
-        common_lb_config: (cfg.healthy_panic_threshold != gofe_model::DEFAULT_PANIC_THRESHOLD)
+        common_lb_config: (cfg.healthy_panic_threshold != gofe_model::DEFAULT_PANIC_THRESHOLD
+            || cfg.locality_lb.locality_weighted)
             .then(|| cluster::cluster::CommonLbConfig {
-                healthy_panic_threshold: Some(Percent {
-                    value: f64::from(cfg.healthy_panic_threshold),
-                }),
+                healthy_panic_threshold: (cfg.healthy_panic_threshold
+                    != gofe_model::DEFAULT_PANIC_THRESHOLD)
+                    .then_some(Percent {
+                        value: f64::from(cfg.healthy_panic_threshold),
+                    }),
+                locality_config_specifier: cfg.locality_lb.locality_weighted.then_some(
+                    cluster::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                        Default::default(),
+                    ),
+                ),
                 ..Default::default()
             }),
         ..Default::default()
@@ -166,6 +175,9 @@ pub fn cluster_to_wire(c: &ClusterResource) -> Result<cluster::Cluster, ConvertE
                 value::Kind::NumberValue(o.failure_percentage_threshold.into()),
             ));
         }
+    }
+    if cfg.locality_lb.failover_by_proximity {
+        gofe.push(("failover_by_proximity", value::Kind::BoolValue(true)));
     }
     out.metadata = gofe_metadata(gofe);
     match &c.eds_service_name {
@@ -195,6 +207,7 @@ pub fn cluster_to_wire(c: &ClusterResource) -> Result<cluster::Cluster, ConvertE
             out.load_assignment = Some(endpoints_to_wire(&EndpointsResource {
                 cluster_name: cfg.name.clone(),
                 endpoints: cfg.endpoints.clone(),
+                overprovisioning_factor: cfg.locality_lb.overprovisioning_factor,
             }));
         }
     }
@@ -479,9 +492,9 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
     config.http2_protocol_options = http2.then(Http2ProtocolOptions::default);
     config.idle_timeout = idle_timeout;
     config.local_ratelimit = local_ratelimit;
-    let inline = |addresses| -> Result<Vec<EndpointConfig>, ConvertError> {
+    let inline = |addresses| -> Result<(Vec<EndpointConfig>, u32), ConvertError> {
         match load_assignment {
-            None => Ok(Vec::new()),
+            None => Ok((Vec::new(), gofe_model::DEFAULT_OVERPROVISIONING_FACTOR)),
             Some(la) => load_assignment_from_wire(la, &res, "load_assignment", addresses),
         }
     };
@@ -502,16 +515,18 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
             })
         }
         DiscoveryType::Static => {
-            config.endpoints = inline(Addresses::Ip)?;
+            (config.endpoints, config.locality_lb.overprovisioning_factor) = inline(Addresses::Ip)?;
             None
         }
         // gofe resolves DNS names in endpoint addresses itself, when it connects.
         DiscoveryType::StrictDns => {
-            config.endpoints = inline(Addresses::Dns)?;
+            (config.endpoints, config.locality_lb.overprovisioning_factor) =
+                inline(Addresses::Dns)?;
             None
         }
         DiscoveryType::LogicalDns => {
-            config.endpoints = inline(Addresses::Dns)?;
+            (config.endpoints, config.locality_lb.overprovisioning_factor) =
+                inline(Addresses::Dns)?;
             if config.endpoints.len() != 1 {
                 return Err(invalid(
                     &res,
@@ -544,8 +559,12 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
     };
     config.outlier_detection = outlier;
     if let Some(l) = common_lb_config {
-        config.healthy_panic_threshold = common_lb_from_wire(l, &res)?;
+        (
+            config.healthy_panic_threshold,
+            config.locality_lb.locality_weighted,
+        ) = common_lb_from_wire(l, &res)?;
     }
+    config.locality_lb.failover_by_proximity = gofe.bool("failover_by_proximity");
     model_check(
         &ProxyConfig {
             clusters: vec![config.clone()],
@@ -912,13 +931,16 @@ fn outlier_detection_from_wire(
     Ok((config, settings))
 }
 
-/// `common_lb_config`: the panic threshold (whole percents; Envoy's default 50). The other
-/// fields are refused when set, except `update_merge_window` at 0 (what gofe does: every update
-/// at once) or its default of 1 s (a batching delay for host updates, not a behaviour).
+/// `common_lb_config`: the panic threshold (whole percents; Envoy's default 50) and whether
+/// locality-weighted balancing is on (`locality_weighted_lb_config`; zone-aware routing is
+/// refused). The other fields are refused when set, except `update_merge_window` at 0 (what
+/// gofe does: every update at once) or its default of 1 s (a batching delay for host updates,
+/// not a behaviour).
 fn common_lb_from_wire(
     l: &cluster::cluster::CommonLbConfig,
     res: &str,
-) -> Result<u32, ConvertError> {
+) -> Result<(u32, bool), ConvertError> {
+    use cluster::cluster::common_lb_config::LocalityConfigSpecifier;
     let cluster::cluster::CommonLbConfig {
         healthy_panic_threshold,
         update_merge_window,
@@ -947,15 +969,22 @@ fn common_lb_from_wire(
         )
         .set("consistent_hashing_lb_config", consistent_hashing_lb_config)
         .set("override_host_status", override_host_status)
-        .set(
-            "locality_config_specifier (zone-aware or locality-weighted balancing)",
-            locality_config_specifier,
+        .when(
+            "locality_config_specifier.zone_aware_lb_config (zone-aware routing)",
+            matches!(
+                locality_config_specifier,
+                Some(LocalityConfigSpecifier::ZoneAwareLbConfig(_))
+            ),
         )
         .finish()?;
+    let locality_weighted = matches!(
+        locality_config_specifier,
+        Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_))
+    );
     match healthy_panic_threshold {
-        None => Ok(gofe_model::DEFAULT_PANIC_THRESHOLD),
+        None => Ok((gofe_model::DEFAULT_PANIC_THRESHOLD, locality_weighted)),
         Some(Percent { value }) if value.fract() == 0.0 && (0.0..=100.0).contains(value) => {
-            Ok(*value as u32)
+            Ok((*value as u32, locality_weighted))
         }
         Some(Percent { value }) => Err(invalid(
             res,

@@ -10,24 +10,77 @@ fn health_name(h: HealthStatus) -> &'static str {
     }
 }
 
-/// The wire form of a load assignment: one locality per endpoint, in order, each with the
-/// endpoint's weight both as its `load_balancing_weight` and as the locality's. Envoy balances
-/// on endpoint weights; proxyless gRPC balances across localities by locality weight (it ignores
-/// endpoint weights), so this layout gives both the same split.
+/// The wire form of a load assignment.
+///
+/// An endpoint without a locality gets a locality of its own, in order, with the endpoint's
+/// weight both as its `load_balancing_weight` and as the locality's (and `sub_zone` = its
+/// address, so each is distinct). Envoy balances on endpoint weights; proxyless gRPC balances
+/// across localities by locality weight (it ignores endpoint weights), so this layout gives
+/// both the same split. Endpoints with a locality are grouped, in order of first appearance,
+/// into one `LocalityLbEndpoints` per priority and locality, whose weight is their
+/// `locality_weight` (default the sum of their weights): gRPC then splits by locality and
+/// round-robins within one. Each group carries its priority; the cluster's overprovisioning
+/// factor is `policy.overprovisioning_factor` (omitted at Envoy's default, 140).
 ///
 /// Weight 0 (gofe's drain) has no Envoy form (weights are at least 1): it is written as weight 1
-/// in a locality without weight and, unless the endpoint is unhealthy, as DRAINING, so Envoy
-/// and gRPC send it nothing new; `metadata.filter_metadata["gofe"]` keeps the weight (and the
-/// health, when DRAINING stands in for `healthy`), so gofe reads back exactly what was sent.
+/// and, unless the endpoint is unhealthy, as DRAINING (an endpoint of its own locality also
+/// leaves that locality without weight), so Envoy and gRPC send it nothing new;
+/// `metadata.filter_metadata["gofe"]` keeps the weight (and the health, when DRAINING stands in
+/// for `healthy`), so gofe reads back exactly what was sent.
 pub fn endpoints_to_wire(e: &EndpointsResource) -> endpoint::ClusterLoadAssignment {
+    let mut localities: Vec<endpoint::LocalityLbEndpoints> = Vec::new();
+    // Each (priority, locality) group: its index in `localities`, the sum of its weights and
+    // its explicit locality weight.
+    type Group<'a> = ((u32, &'a LocalityConfig), usize, u32, Option<u32>);
+    let mut groups: Vec<Group<'_>> = Vec::new();
+    for ep in &e.endpoints {
+        let Some(locality) = &ep.locality else {
+            localities.push(own_locality_to_wire(ep));
+            continue;
+        };
+        let key = (ep.priority, locality);
+        match groups.iter_mut().find(|(k, ..)| *k == key) {
+            Some((_, at, sum, explicit)) => {
+                localities[*at].lb_endpoints.push(lb_endpoint_to_wire(ep));
+                *sum = sum.saturating_add(ep.weight);
+                *explicit = explicit.or(ep.locality_weight);
+            }
+            None => {
+                groups.push((key, localities.len(), ep.weight, ep.locality_weight));
+                localities.push(endpoint::LocalityLbEndpoints {
+                    locality: Some(core::Locality {
+                        region: locality.region.clone(),
+                        zone: locality.zone.clone(),
+                        sub_zone: locality.sub_zone.clone(),
+                    }),
+                    lb_endpoints: vec![lb_endpoint_to_wire(ep)],
+                    priority: ep.priority,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    for (_, at, sum, explicit) in groups {
+        let weight = explicit.unwrap_or(sum);
+        localities[at].load_balancing_weight =
+            (weight > 0).then_some(UInt32Value { value: weight });
+    }
+    let policy =
+        (e.overprovisioning_factor != gofe_model::DEFAULT_OVERPROVISIONING_FACTOR).then(|| {
+            endpoint::cluster_load_assignment::Policy {
+                overprovisioning_factor: u32v(e.overprovisioning_factor),
+                ..Default::default()
+            }
+        });
     endpoint::ClusterLoadAssignment {
         cluster_name: e.cluster_name.clone(),
-        endpoints: e.endpoints.iter().map(locality_to_wire).collect(),
+        endpoints: localities,
+        policy,
         ..Default::default()
     }
 }
 
-fn locality_to_wire(ep: &EndpointConfig) -> endpoint::LocalityLbEndpoints {
+fn lb_endpoint_to_wire(ep: &EndpointConfig) -> endpoint::LbEndpoint {
     let (host, port) = split_host_port(&ep.address);
     let wire_health = match ep.health_status {
         HealthStatus::Unhealthy => core::HealthStatus::Unhealthy,
@@ -45,7 +98,7 @@ fn locality_to_wire(ep: &EndpointConfig) -> endpoint::LocalityLbEndpoints {
             ));
         }
     }
-    let lb = endpoint::LbEndpoint {
+    endpoint::LbEndpoint {
         health_status: wire_health as i32,
         metadata: gofe_metadata(gofe),
         load_balancing_weight: u32v(ep.weight.max(1)),
@@ -55,14 +108,19 @@ fn locality_to_wire(ep: &EndpointConfig) -> endpoint::LocalityLbEndpoints {
                 ..Default::default()
             },
         )),
-    };
+    }
+}
+
+/// An endpoint without a locality, in a locality of its own named by its address.
+fn own_locality_to_wire(ep: &EndpointConfig) -> endpoint::LocalityLbEndpoints {
     endpoint::LocalityLbEndpoints {
         locality: Some(core::Locality {
             sub_zone: ep.address.clone(),
             ..Default::default()
         }),
-        lb_endpoints: vec![lb],
+        lb_endpoints: vec![lb_endpoint_to_wire(ep)],
         load_balancing_weight: (ep.weight > 0).then_some(UInt32Value { value: ep.weight }),
+        priority: ep.priority,
         ..Default::default()
     }
 }
@@ -84,22 +142,83 @@ pub fn endpoints_from_wire(
     if c.cluster_name.is_empty() {
         return Err(invalid(&res, "cluster_name", "empty"));
     }
-    Ok(EndpointsResource {
+    let (endpoints, overprovisioning_factor) =
+        load_assignment_from_wire(c, &res, "", Addresses::Ip)?;
+    let out = EndpointsResource {
         cluster_name: c.cluster_name.clone(),
-        endpoints: load_assignment_from_wire(c, &res, "", Addresses::Ip)?,
-    })
+        endpoints,
+        overprovisioning_factor,
+    };
+    // Priorities without gaps, locality weights that agree: what the proxy will check.
+    let mut cluster = super::clusters::empty_cluster(&out.cluster_name);
+    cluster.endpoints = out.endpoints.clone();
+    cluster.locality_lb.overprovisioning_factor = overprovisioning_factor;
+    check_localities(&cluster, &res, &c.endpoints)?;
+    Ok(out)
 }
 
-/// The endpoints of a load assignment in `res` at `base`. Endpoints keep their order; a
-/// locality's own weight is ignored, as Envoy ignores it without locality-weighted balancing
-/// (which gofe refuses). Health: UNKNOWN and HEALTHY take traffic, DRAINING takes none new,
-/// UNHEALTHY and TIMEOUT take none and count for panic mode.
+/// The model's checks of priorities and locality weights, each problem named by the wire
+/// field it came from (`endpoints[i]` of the model is a flattened index; the wire's locality
+/// and endpoint indices are recovered from `localities`).
+fn check_localities(
+    cluster: &ClusterConfig,
+    res: &str,
+    localities: &[endpoint::LocalityLbEndpoints],
+) -> Result<(), ConvertError> {
+    let problems = gofe_model::validate(&ProxyConfig {
+        clusters: vec![cluster.clone()],
+        ..Default::default()
+    });
+    let Some(p) = problems.first() else {
+        return Ok(());
+    };
+    let field = p.field.strip_prefix("clusters[0].").unwrap_or(&p.field);
+    let wire_field = match field
+        .strip_prefix("endpoints[")
+        .and_then(|rest| rest.split_once(']'))
+    {
+        Some((index, tail)) => {
+            let flat: usize = index.parse().unwrap_or(0);
+            let mut seen = 0;
+            let mut at = None;
+            for (li, l) in localities.iter().enumerate() {
+                if flat < seen + l.lb_endpoints.len() {
+                    at = Some((li, flat - seen));
+                    break;
+                }
+                seen += l.lb_endpoints.len();
+            }
+            match (at, tail) {
+                (Some((li, _)), ".priority") => format!("endpoints[{li}].priority"),
+                (Some((li, _)), ".locality_weight") => {
+                    format!("endpoints[{li}].load_balancing_weight")
+                }
+                (Some((li, ei)), _) => format!("endpoints[{li}].lb_endpoints[{ei}]"),
+                (None, _) => String::from("endpoints"),
+            }
+        }
+        None if field == "locality_lb.overprovisioning_factor" => {
+            String::from("policy.overprovisioning_factor")
+        }
+        None => String::from(field),
+    };
+    Err(invalid(res, &wire_field, p.message.clone()))
+}
+
+/// The endpoints of a load assignment in `res` at `base`, and its overprovisioning factor.
+/// Endpoints keep their order. A locality named only by its sole endpoint's address (gofe's
+/// own per-endpoint form) gives endpoints without locality; any other gives its endpoints its
+/// region, zone and sub-zone and, when it differs from the sum of their weights, its weight as
+/// their `locality_weight` (used with locality-weighted balancing, as in Envoy). Each
+/// locality's priority is its endpoints'. Health: UNKNOWN and HEALTHY take traffic, DRAINING
+/// takes none new, UNHEALTHY and TIMEOUT take none and count as unhealthy for priority load and
+/// panic mode.
 pub(super) fn load_assignment_from_wire(
     c: &endpoint::ClusterLoadAssignment,
     res: &str,
     base: &str,
     addresses: Addresses,
-) -> Result<Vec<EndpointConfig>, ConvertError> {
+) -> Result<(Vec<EndpointConfig>, u32), ConvertError> {
     let endpoint::ClusterLoadAssignment {
         cluster_name: _,
         endpoints: localities,
@@ -109,40 +228,55 @@ pub(super) fn load_assignment_from_wire(
     Unsupported::new(res, base)
         .set("named_endpoints", named_endpoints)
         .finish()?;
+    let mut overprovisioning_factor = gofe_model::DEFAULT_OVERPROVISIONING_FACTOR;
     if let Some(p) = policy {
         let endpoint::cluster_load_assignment::Policy {
             drop_overloads,
-            // Spill-over between priorities and localities, which gofe does not have (one
-            // priority, no locality weighting).
-            overprovisioning_factor: _,
+            overprovisioning_factor: factor,
             endpoint_stale_after,
-            weighted_priority_health: _,
+            weighted_priority_health,
         } = p;
         Unsupported::new(res, &join(base, "policy"))
             .set("drop_overloads", drop_overloads)
             .set("endpoint_stale_after", endpoint_stale_after)
+            .when(
+                "weighted_priority_health (gofe counts a priority's health by endpoints)",
+                *weighted_priority_health,
+            )
             .finish()?;
+        if let Some(UInt32Value { value }) = factor {
+            if *value == 0 {
+                return Err(invalid(
+                    res,
+                    &join(base, "policy.overprovisioning_factor"),
+                    "must be at least 1 (percent)",
+                ));
+            }
+            overprovisioning_factor = *value;
+        }
     }
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for (li, locality) in localities.iter().enumerate() {
         let lbase = join(base, &format!("endpoints[{li}]"));
         let endpoint::LocalityLbEndpoints {
-            locality: _,
+            locality,
+            // Informational (Envoy uses it for nothing but stats and matching).
             metadata: _,
             lb_endpoints,
-            load_balancing_weight: _,
+            load_balancing_weight,
             priority,
+            // Not implemented by Envoy either.
             proximity: _,
             lb_config,
         } = locality;
         Unsupported::new(res, &lbase)
-            .when("priority (gofe has no priority failover)", *priority != 0)
             .set("lb_config (LEDS)", lb_config)
             .finish()?;
+        let first = out.len();
         for (ei, lb) in lb_endpoints.iter().enumerate() {
             let field = join(&lbase, &format!("lb_endpoints[{ei}]"));
-            let ep = lb_endpoint_from_wire(lb, res, &field, addresses)?;
+            let mut ep = lb_endpoint_from_wire(lb, res, &field, addresses)?;
             if !seen.insert(ep.address.to_ascii_lowercase()) {
                 return Err(invalid(
                     res,
@@ -150,10 +284,45 @@ pub(super) fn load_assignment_from_wire(
                     format!("duplicate endpoint {}", ep.address),
                 ));
             }
+            ep.priority = *priority;
             out.push(ep);
         }
+        let named = locality.as_ref().map(|l| LocalityConfig {
+            region: l.region.clone(),
+            zone: l.zone.clone(),
+            sub_zone: l.sub_zone.clone(),
+        });
+        let own = match (&named, &out[first..]) {
+            (None, _) => true,
+            (Some(l), [only]) => {
+                l.region.is_empty() && l.zone.is_empty() && l.sub_zone == only.address
+            }
+            (Some(l), _) => l.is_empty(),
+        };
+        if own {
+            continue;
+        }
+        let sum = out[first..]
+            .iter()
+            .map(|e| e.weight)
+            .fold(0u32, u32::saturating_add);
+        let weight = match load_balancing_weight {
+            Some(UInt32Value { value: 0 }) => {
+                return Err(invalid(
+                    res,
+                    &join(&lbase, "load_balancing_weight"),
+                    "must be at least 1",
+                ))
+            }
+            Some(UInt32Value { value }) if *value != sum => Some(*value),
+            _ => None,
+        };
+        for ep in &mut out[first..] {
+            ep.locality = named.clone();
+            ep.locality_weight = weight;
+        }
     }
-    Ok(out)
+    Ok((out, overprovisioning_factor))
 }
 
 fn lb_endpoint_from_wire(
@@ -244,9 +413,8 @@ fn lb_endpoint_from_wire(
         }
     }
     Ok(EndpointConfig {
-        address,
-        weight,
         health_status: health,
+        ..EndpointConfig::new(address, weight)
     })
 }
 

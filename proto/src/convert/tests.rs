@@ -81,9 +81,44 @@ fn from_xds(xds: &[(ResourceType, Vec<Any>)]) -> ProxyConfig {
 }
 
 /// xDS resources are a set keyed by name: the order of listeners and clusters is not carried.
+/// Endpoints with a locality travel grouped by priority and locality (in order of first
+/// appearance), and a locality weight equal to the sum of the group's weights is the default.
 fn canonical(mut c: ProxyConfig) -> ProxyConfig {
     c.listeners.sort_by_key(listener_name);
     c.clusters.sort_by(|a, b| a.name.cmp(&b.name));
+    for cluster in &mut c.clusters {
+        let eps = std::mem::take(&mut cluster.endpoints);
+        let mut out: Vec<EndpointConfig> = Vec::new();
+        let mut done = vec![false; eps.len()];
+        for i in 0..eps.len() {
+            if done[i] {
+                continue;
+            }
+            if eps[i].locality.is_none() {
+                done[i] = true;
+                out.push(eps[i].clone());
+                continue;
+            }
+            let group: Vec<usize> = (i..eps.len())
+                .filter(|&j| {
+                    eps[j].locality == eps[i].locality && eps[j].priority == eps[i].priority
+                })
+                .collect();
+            let sum = group
+                .iter()
+                .map(|&j| eps[j].weight)
+                .fold(0u32, u32::saturating_add);
+            for j in group {
+                done[j] = true;
+                let mut e = eps[j].clone();
+                if e.locality_weight == Some(sum) {
+                    e.locality_weight = None;
+                }
+                out.push(e);
+            }
+        }
+        cluster.endpoints = out;
+    }
     c
 }
 

@@ -49,6 +49,11 @@ pub struct NodeConfig {
     /// `node.cluster`. Default empty.
     #[serde(default)]
     pub cluster: String,
+    /// `node.locality`: where this proxy runs. Sent to the control plane, and the proxy's
+    /// own `locality` (clusters with `locality_lb.failover_by_proximity` prefer endpoints
+    /// near it) unless `static_resources.locality` says otherwise. Default: none.
+    #[serde(default)]
+    pub locality: Option<crate::config::LocalityConfig>,
 }
 
 /// `xds_server` of the bootstrap.
@@ -169,7 +174,13 @@ impl Bootstrap {
                 server_name: t.server_name.clone(),
                 identity: t.certificate_chain.clone().zip(t.private_key.clone()),
             }),
-            base: self.static_resources.clone(),
+            base: {
+                let mut base = self.static_resources.clone();
+                if base.locality.is_none() {
+                    base.locality = self.node.locality.clone();
+                }
+                base
+            },
             drain,
             backoff_initial: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),

@@ -358,6 +358,18 @@ impl State {
             id: self.options.node_id.clone(),
             cluster: self.options.node_cluster.clone(),
             user_agent_name: "gofe".into(),
+            // The bootstrap's `node.locality`, as Envoy sends it (a control plane may assign
+            // priorities by it).
+            locality: self
+                .options
+                .base
+                .locality
+                .as_ref()
+                .map(|l| gofe_proto::wire::Locality {
+                    region: l.region.clone(),
+                    zone: l.zone.clone(),
+                    sub_zone: l.sub_zone.clone(),
+                }),
             ..Default::default()
         }
     }

@@ -25,22 +25,80 @@ fn health() -> impl Strategy<Value = HealthStatus> {
 }
 
 /// Endpoint `i` of a cluster: an IPv4, IPv6 or DNS address (unique by `i`), any weight
-/// (0 included) and health.
+/// (0 included) and health, no locality or one of two, a priority (renumbered without gaps)
+/// and, per priority and locality, a locality weight or none.
 fn endpoints() -> impl Strategy<Value = Vec<EndpointConfig>> {
-    vec((0u8..3, 1u16..=65535, any::<u32>(), health()), 0..4).prop_map(|eps| {
-        eps.into_iter()
+    vec(
+        (
+            (0u8..3, 1u16..=65535, any::<u32>(), health()),
+            (0u8..3, 0u32..3, prop::option::of(1u32..1000)),
+        ),
+        0..5,
+    )
+    .prop_map(|eps| {
+        let mut out: Vec<EndpointConfig> = eps
+            .into_iter()
             .enumerate()
-            .map(|(i, (kind, port, weight, health_status))| EndpointConfig {
-                address: match kind {
-                    0 => format!("10.0.{}.{}:{port}", i / 256, i % 256),
-                    1 => format!("[fd00::{:x}]:{port}", i + 1),
-                    _ => format!("host-{i}.svc:{port}"),
+            .map(
+                |(i, ((kind, port, weight, health_status), (locality, priority, lw)))| {
+                    let locality = (locality > 0).then(|| gofe_model::LocalityConfig {
+                        region: "eu".into(),
+                        zone: format!("eu-{locality}"),
+                        sub_zone: if locality == 2 {
+                            "rack-1".into()
+                        } else {
+                            String::new()
+                        },
+                    });
+                    EndpointConfig {
+                        address: match kind {
+                            0 => format!("10.0.{}.{}:{port}", i / 256, i % 256),
+                            1 => format!("[fd00::{:x}]:{port}", i + 1),
+                            _ => format!("host-{i}.svc:{port}"),
+                        },
+                        weight,
+                        health_status,
+                        locality_weight: lw.filter(|_| locality.is_some()),
+                        locality,
+                        priority,
+                    }
                 },
-                weight,
-                health_status,
-            })
-            .collect()
+            )
+            .collect();
+        // Priorities without gaps.
+        let mut used: Vec<u32> = out.iter().map(|e| e.priority).collect();
+        used.sort_unstable();
+        used.dedup();
+        for e in &mut out {
+            e.priority = used.iter().position(|&p| p == e.priority).unwrap() as u32;
+        }
+        // One locality weight per priority and locality: the first endpoint's.
+        for i in 0..out.len() {
+            let first = out
+                .iter()
+                .position(|e| e.priority == out[i].priority && e.locality == out[i].locality)
+                .unwrap();
+            out[i].locality_weight = out[first].locality_weight;
+        }
+        out
     })
+}
+
+fn locality_lb() -> impl Strategy<Value = gofe_model::LocalityLbConfig> {
+    (
+        prop::sample::select(vec![140u32, 1, 100, 200, 1000]),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(overprovisioning_factor, locality_weighted, failover_by_proximity)| {
+                gofe_model::LocalityLbConfig {
+                    overprovisioning_factor,
+                    locality_weighted,
+                    failover_by_proximity,
+                }
+            },
+        )
 }
 
 fn outlier_detection() -> impl Strategy<Value = OutlierDetectionConfig> {
@@ -97,12 +155,13 @@ fn cluster(i: usize) -> impl Strategy<Value = ClusterConfig> {
             0u32..=100,
             positive_duration(),
             prop::option::of(local_ratelimit()),
+            locality_lb(),
         ),
     )
         .prop_map(
             move |(
                 (lb_policy, connect_timeout, http2, endpoints),
-                (cb, od, panic, idle, limit),
+                (cb, od, panic, idle, limit, locality_lb),
             )| {
                 ClusterConfig {
                     name: format!("c{i}"),
@@ -116,6 +175,7 @@ fn cluster(i: usize) -> impl Strategy<Value = ClusterConfig> {
                     healthy_panic_threshold: panic,
                     idle_timeout: idle,
                     local_ratelimit: limit,
+                    locality_lb,
                 }
             },
         )
@@ -570,6 +630,7 @@ pub(super) fn proxy_config() -> impl Strategy<Value = ProxyConfig> {
                     listeners,
                     clusters,
                     admin: None,
+                    locality: None,
                 }
             })
     })
@@ -598,10 +659,10 @@ fn weight_zero_is_drained_for_envoy_and_exact_for_gofe() {
         let e = EndpointsResource {
             cluster_name: "c".into(),
             endpoints: vec![EndpointConfig {
-                address: "10.0.0.1:80".into(),
-                weight: 0,
                 health_status: health,
+                ..EndpointConfig::new("10.0.0.1:80", 0)
             }],
+            overprovisioning_factor: gofe_model::DEFAULT_OVERPROVISIONING_FACTOR,
         };
         let wire = endpoints_to_wire(&e);
         let lb = &wire.endpoints[0].lb_endpoints[0];

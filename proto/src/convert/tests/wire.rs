@@ -411,11 +411,11 @@ fn fields_gofe_does_not_honour_are_refused_by_name() {
             }),
         ),
         (
-            "common_lb_config.locality_config_specifier",
+            "common_lb_config.locality_config_specifier.zone_aware_lb_config",
             Box::new(|w| {
                 w.c.common_lb_config = Some(cluster::cluster::CommonLbConfig {
                     locality_config_specifier: Some(
-                        cluster::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                        cluster::cluster::common_lb_config::LocalityConfigSpecifier::ZoneAwareLbConfig(
                             Default::default(),
                         ),
                     ),
@@ -726,9 +726,29 @@ fn other_refusals_name_resource_and_field() {
     let mut cla = golden_cla_v1();
     cla.endpoints[0].lb_endpoints[0].health_status = core::HealthStatus::Degraded as i32;
     assert!(err(endpoints_from_wire(&cla)).contains("health_status: DEGRADED"));
+    // Priorities 0 and 2 without 1: Envoy's levels have no gaps.
     let mut cla = golden_cla_v1();
-    cla.endpoints[1].priority = 1;
-    assert!(err(endpoints_from_wire(&cla)).contains("endpoints[1].priority"));
+    cla.endpoints[1].priority = 2;
+    let e = err(endpoints_from_wire(&cla));
+    assert!(e.contains("endpoints[1].priority"), "{e}");
+    assert!(e.contains("priority 1 has no endpoint"), "{e}");
+    let mut cla = golden_cla_v1();
+    cla.policy = Some(endpoint::cluster_load_assignment::Policy {
+        weighted_priority_health: true,
+        ..Default::default()
+    });
+    let e = err(endpoints_from_wire(&cla));
+    assert!(e.contains("policy.weighted_priority_health"), "{e}");
+    let mut cla = golden_cla_v1();
+    cla.policy = Some(endpoint::cluster_load_assignment::Policy {
+        overprovisioning_factor: u32w(0),
+        ..Default::default()
+    });
+    let e = err(endpoints_from_wire(&cla));
+    assert!(
+        e.contains("policy.overprovisioning_factor: must be at least 1"),
+        "{e}"
+    );
 
     rc.virtual_hosts[0].routes[0].action =
         Some(route::route::Action::DirectResponse(Default::default()));
@@ -2088,4 +2108,137 @@ fn mirror_policies_travel_in_the_route_action_and_the_most_specific_list_wins() 
     let back = from_xds(&xds);
     let shadow = back.clusters.iter().find(|c| c.name == "shadow").unwrap();
     assert!(shadow.endpoints.is_empty());
+}
+
+/// A load assignment as Istio writes one for a proxy in eu-west-1a: its zone at priority 0,
+/// the region's other zone at 1, weights per locality, a factor of its own.
+fn istio_style_cla() -> endpoint::ClusterLoadAssignment {
+    let lb = |host: &str| endpoint::LbEndpoint {
+        health_status: core::HealthStatus::Healthy as i32,
+        load_balancing_weight: u32w(1),
+        host_identifier: Some(endpoint::lb_endpoint::HostIdentifier::Endpoint(
+            endpoint::Endpoint {
+                address: Some(socket_address(host, 80)),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    let locality =
+        |zone: &str, priority: u32, weight: u32, hosts: &[&str]| endpoint::LocalityLbEndpoints {
+            locality: Some(core::Locality {
+                region: "eu-west".into(),
+                zone: zone.into(),
+                ..Default::default()
+            }),
+            lb_endpoints: hosts.iter().map(|h| lb(h)).collect(),
+            load_balancing_weight: u32w(weight),
+            priority,
+            ..Default::default()
+        };
+    endpoint::ClusterLoadAssignment {
+        cluster_name: "web".into(),
+        endpoints: vec![
+            locality("eu-west-1a", 0, 2, &["10.0.0.1", "10.0.0.2"]),
+            locality("eu-west-1b", 1, 7, &["10.0.1.1"]),
+        ],
+        policy: Some(endpoint::cluster_load_assignment::Policy {
+            overprovisioning_factor: u32w(120),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn priorities_localities_and_the_factor_are_read() {
+    let e = endpoints_from_wire(&istio_style_cla()).unwrap();
+    assert_eq!(e.overprovisioning_factor, 120);
+    let got: Vec<(&str, u32, Option<&str>, Option<u32>)> = e
+        .endpoints
+        .iter()
+        .map(|ep| {
+            (
+                ep.address.as_str(),
+                ep.priority,
+                ep.locality.as_ref().map(|l| l.zone.as_str()),
+                ep.locality_weight,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            // Weight 2 is the sum of the locality's endpoint weights: the default.
+            ("10.0.0.1:80", 0, Some("eu-west-1a"), None),
+            ("10.0.0.2:80", 0, Some("eu-west-1a"), None),
+            ("10.0.1.1:80", 1, Some("eu-west-1b"), Some(7)),
+        ]
+    );
+    assert!(e
+        .endpoints
+        .iter()
+        .all(|ep| ep.locality.as_ref().unwrap().region == "eu-west"));
+    // Written back, it is the same message (one locality entry per priority and locality).
+    let back = endpoints_to_wire(&e);
+    assert_eq!(back, istio_style_cla());
+}
+
+#[test]
+fn endpoints_without_locality_keep_a_locality_each_for_grpc() {
+    // gofe's own form: one locality per endpoint named by its address, weighted by it, now
+    // with its priority.
+    let mut a = EndpointConfig::new("10.0.0.1:80", 3);
+    a.priority = 0;
+    let mut b = EndpointConfig::new("10.0.0.2:80", 5);
+    b.priority = 1;
+    let e = EndpointsResource {
+        cluster_name: "c".into(),
+        endpoints: vec![a, b],
+        overprovisioning_factor: gofe_model::DEFAULT_OVERPROVISIONING_FACTOR,
+    };
+    let wire = endpoints_to_wire(&e);
+    assert_eq!(wire.policy, None, "Envoy's default factor is not written");
+    let l: Vec<(String, Option<u32>, u32)> = wire
+        .endpoints
+        .iter()
+        .map(|l| {
+            (
+                l.locality.as_ref().unwrap().sub_zone.clone(),
+                l.load_balancing_weight.map(|w| w.value),
+                l.priority,
+            )
+        })
+        .collect();
+    assert_eq!(
+        l,
+        [
+            ("10.0.0.1:80".to_string(), Some(3), 0),
+            ("10.0.0.2:80".to_string(), Some(5), 1)
+        ]
+    );
+    let back = endpoints_from_wire(&wire).unwrap();
+    assert_eq!(back.endpoints, e.endpoints);
+    assert!(back.endpoints.iter().all(|ep| ep.locality.is_none()));
+}
+
+#[test]
+fn locality_weighted_balancing_is_read_and_written() {
+    let (_, _, _, mut c) = sample_wire();
+    c.common_lb_config = Some(cluster::cluster::CommonLbConfig {
+        locality_config_specifier: Some(
+            cluster::cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                Default::default(),
+            ),
+        ),
+        ..Default::default()
+    });
+    let r = cluster_from_wire(&c).unwrap();
+    assert!(r.config.locality_lb.locality_weighted);
+    assert_eq!(
+        r.config.healthy_panic_threshold,
+        gofe_model::DEFAULT_PANIC_THRESHOLD
+    );
+    let again = cluster_to_wire(&r).unwrap();
+    assert_eq!(again.common_lb_config, c.common_lb_config);
 }
