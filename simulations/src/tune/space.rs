@@ -623,7 +623,7 @@ impl Space {
             }
             Some(map) => {
                 for (name, spec) in map {
-                    let f = format!("{field}.{name}");
+                    let f = join(field, name);
                     let Some(i) = KINDS.iter().position(|k| k.name == name) else {
                         bad(f, format!("unknown dimension (one of {})", names()));
                         continue;
@@ -649,7 +649,7 @@ impl Space {
         if forecast_switch.is_none() && !baseline_forecast {
             for d in out.iter().filter(|d| d.kind().needs_forecast) {
                 bad(
-                    format!("{field}.{}", d.kind().name),
+                    join(field, d.kind().name),
                     "the baseline has no forecast: add a forecast to the metric or search the `forecast` dimension".into(),
                 );
             }
@@ -745,6 +745,15 @@ impl Space {
             }
         }
         a
+    }
+}
+
+/// `field.name`, or `--flag name` for a command-line flag.
+fn join(field: &str, name: &str) -> String {
+    if field.starts_with("--") {
+        format!("{field} {name}")
+    } else {
+        format!("{field}.{name}")
     }
 }
 

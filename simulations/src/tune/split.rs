@@ -102,7 +102,9 @@ pub struct Part {
     /// Seconds in steps whose p99 or failure ratio broke the SLO (the rule of
     /// [`crate::engine::Summary::slo_violation_seconds`]).
     pub slo_violation_seconds: f64,
-    /// Σ pods × seconds.
+    /// Σ pods × seconds, the pods that exist at the end of each step (the per-step CSV's
+    /// `pods`; `gofe sim run`'s summary counts them before the step's scaling, which differs
+    /// by the pods started and stopped).
     pub pod_seconds: f64,
     /// The requests-weighted 99th percentile of the steps' p99, ms (an upper bound of the
     /// part's request p99: a step's requests are counted at its p99).
