@@ -64,8 +64,14 @@ fn gofe_sim_tune_reports_and_exits_by_its_verdict() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
     assert!(stdout.contains("OVERFITTING"), "{stdout}");
-    assert!(stdout.contains("default HPA") && stdout.contains("held-out"), "{stdout}");
-    assert!(!stderr.contains("evaluations"), "a progress bar on a pipe: {stderr}");
+    assert!(
+        stdout.contains("default HPA") && stdout.contains("held-out"),
+        "{stdout}"
+    );
+    assert!(
+        !stderr.contains("evaluations"),
+        "a progress bar on a pipe: {stderr}"
+    );
 
     let files = dir.join("out");
     let out = gofe(&[
@@ -80,7 +86,11 @@ fn gofe_sim_tune_reports_and_exits_by_its_verdict() {
     assert_eq!(out.status.code(), Some(3));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     assert_eq!(json["overfitting"], true);
-    assert_eq!(json["evaluations"], 16);
+    let evaluations = json["evaluations"].as_u64().unwrap();
+    assert!(
+        evaluations > 8 && evaluations <= 16,
+        "budget 16: {evaluations}"
+    );
     let rec = &json["recommendation"];
     assert_eq!(rec["meets_slo"]["train"], true);
     assert_eq!(rec["meets_slo"]["held_out"], false);
@@ -94,12 +104,19 @@ fn gofe_sim_tune_reports_and_exits_by_its_verdict() {
         "tune.json is what was printed"
     );
     let csv = std::fs::read_to_string(files.join("candidates.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 17, "a header and 16 candidates:\n{csv}");
+    assert_eq!(
+        csv.lines().count() as u64,
+        evaluations + 1,
+        "a header and a line per candidate:\n{csv}"
+    );
 
     let out = gofe(&["sim", "tune", path, "--holdout", "2", "--dim", "speed=1..2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--holdout"), "{stderr}");
-    assert!(stderr.contains("--dim speed: unknown dimension"), "{stderr}");
+    assert!(
+        stderr.contains("--dim speed: unknown dimension"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

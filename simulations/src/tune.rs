@@ -513,7 +513,7 @@ pub fn tune(s: &Scenario, base: &Path, options: &TuneOptions) -> Result<TuneRepo
         &mut evaluate_batch,
     );
     progress.finish();
-    let best = search::best(&candidates, &objective)
+    let best = search::recommend(&candidates, &objective, &space, &baseline_point)
         .filter(|&b| candidates[b].eval.is_ok())
         .ok_or_else(|| {
             TuneError::Settings(vec![problem(

@@ -272,7 +272,8 @@ fn the_result_does_not_depend_on_the_number_of_threads() {
     let csv = tune::cli::candidates_csv(&one);
     assert_eq!(csv, tune::cli::candidates_csv(&two));
     assert_eq!(csv, tune::cli::candidates_csv(&three));
-    assert_eq!(one.candidates.len(), 18);
+    let n = one.candidates.len();
+    assert!(n > 9 && n <= 18, "{n} evaluations for a budget of 18");
 }
 
 #[test]

@@ -132,6 +132,7 @@ pub fn candidates_csv(r: &TuneReport) -> String {
             super::Origin::Baseline => "baseline".to_owned(),
             super::Origin::Sample => "sample".to_owned(),
             super::Origin::Refine(n) => format!("refine{n}"),
+            super::Origin::Simplify => "simplify".to_owned(),
         };
         let _ = write!(o, "{i},{origin}");
         for (_, v) in r.space.describe(&c.point) {

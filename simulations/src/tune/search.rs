@@ -1,12 +1,16 @@
-//! The search: a seeded Latin-hypercube sample of the space, then coordinate refinement around
-//! the best point, within a budget of evaluations.
+//! The search: a seeded Latin-hypercube sample of the space, coordinate refinement around the
+//! best point, then a simplification, within a budget of evaluations.
 //!
 //! Half the budget (at least one point per dimension and two, at most the whole budget) goes
-//! to the sample, the baseline's own setting among it; the rest to rounds of refinement: each
-//! round tries every active dimension a step down and a step up from the incumbent (every
-//! other option of a choice), as one batch evaluated in parallel; the step (a quarter of each
-//! range at first) halves after a round that finds nothing better, and the search stops when
-//! the budget is spent or the step is below 1/64 of the ranges. Points already evaluated (by
+//! to the sample, the baseline's own setting among it; then rounds of refinement: each round
+//! tries every active dimension a step down and a step up from the incumbent (every option of
+//! a switch or choice), as one batch evaluated in parallel; the step (a quarter of each range
+//! at first) halves after a round that finds nothing better, and refinement stops when the
+//! step is below 1/64 of the ranges or only the simplification's share of the budget
+//! (dimensions + 1, at most a quarter) is left. The simplification puts each setting of the
+//! best point back to the scenario's, one at a time, then all those that cost at most
+//! [`SIMPLER_WITHIN`] more together: a recommendation that changes fewer settings is easier
+//! to trust and less likely to fit the train part by accident. Points already evaluated (by
 //! [`Space::key`]) are not evaluated again. Everything is a function of the seed and the
 //! evaluations, never of their timing, so the result does not depend on the number of threads.
 
@@ -34,6 +38,8 @@ pub enum Origin {
     Sample,
     /// Refinement round `n` (from 1).
     Refine(u32),
+    /// A setting of the best point put back to the scenario's.
+    Simplify,
 }
 
 /// One evaluated candidate.
@@ -158,10 +164,11 @@ pub fn run(
     }
     run_batch(points, &mut all, &mut seen, n_sample);
 
-    // Refinement around the incumbent.
+    // Refinement around the incumbent, keeping some evaluations for the simplification.
+    let reserve = (dims + 1).min(plan.budget / 4);
     let mut step = 0.25;
     let mut round = 0;
-    while all.len() < plan.budget && step >= 1.0 / 64.0 {
+    while all.len() + reserve < plan.budget && step >= 1.0 / 64.0 {
         let Some(b) = best(&all, objective) else {
             break;
         };
@@ -198,14 +205,103 @@ pub fn run(
                 }
             }
         }
-        let left = plan.budget - all.len();
+        let left = plan.budget - reserve - all.len();
         let added = run_batch(points, &mut all, &mut seen, left);
         let improved = best(&all, objective).is_some_and(|b| all[b].key != incumbent.key);
         if added == 0 || !improved {
             step /= 2.0;
         }
     }
+
+    // Simplification: each setting of the best point that differs from the scenario's, put
+    // back one at a time; then all those that cost at most SIMPLER_WITHIN more, together.
+    let base = project(space, baseline);
+    if let Some(b) = best(&all, objective).filter(|&b| meets_train(&all[b], objective)) {
+        let incumbent = all[b].clone();
+        let cost = train_cost(&incumbent);
+        let differs: Vec<usize> = (0..dims)
+            .filter(|&i| space.active(&incumbent.point, i) && incumbent.point[i] != base[i])
+            .collect();
+        let first = all.len();
+        let points = differs
+            .iter()
+            .map(|&i| {
+                let mut p = incumbent.point.clone();
+                p[i] = base[i];
+                (p, Origin::Simplify)
+            })
+            .collect();
+        let left = plan.budget.saturating_sub(all.len());
+        run_batch(points, &mut all, &mut seen, left);
+        let kept: Vec<usize> = differs
+            .iter()
+            .copied()
+            .filter(|&i| {
+                all[first..].iter().any(|c| {
+                    c.point[i] == base[i]
+                        && meets_train(c, objective)
+                        && train_cost(c) <= cost * (1.0 + SIMPLER_WITHIN)
+                })
+            })
+            .collect();
+        if kept.len() > 1 {
+            let mut p = incumbent.point.clone();
+            for &i in &kept {
+                p[i] = base[i];
+            }
+            let left = plan.budget.saturating_sub(all.len());
+            run_batch(vec![(p, Origin::Simplify)], &mut all, &mut seen, left);
+        }
+    }
     all
+}
+
+/// A simpler setting may cost this much more (fraction of the cheapest's pod-seconds on
+/// train): within it, the setting with the fewest changes from the scenario's is recommended.
+pub const SIMPLER_WITHIN: f64 = 0.01;
+
+fn meets_train(c: &Candidate, objective: &Objective<'_>) -> bool {
+    c.eval.as_ref().is_ok_and(|e| objective.meets(&e.train))
+}
+
+fn train_cost(c: &Candidate) -> f64 {
+    c.eval
+        .as_ref()
+        .map_or(f64::INFINITY, |e| e.train.pod_seconds)
+}
+
+/// The recommendation: the best candidate, or, when it meets the SLO, the one meeting it
+/// with the fewest settings changed from the scenario's (`baseline`) among those within
+/// [`SIMPLER_WITHIN`] of its cost (then the cheapest, then by key).
+pub fn recommend(
+    all: &[Candidate],
+    objective: &Objective<'_>,
+    space: &Space,
+    baseline: &Point,
+) -> Option<usize> {
+    let b = best(all, objective)?;
+    if !meets_train(&all[b], objective) {
+        return Some(b);
+    }
+    let limit = train_cost(&all[b]) * (1.0 + SIMPLER_WITHIN);
+    let base = space.describe(&project(space, baseline));
+    let changes = |c: &Candidate| {
+        space
+            .describe(&c.point)
+            .iter()
+            .zip(&base)
+            .filter(|(a, b)| a != b)
+            .count()
+    };
+    (0..all.len())
+        .filter(|&i| meets_train(&all[i], objective) && train_cost(&all[i]) <= limit)
+        .min_by(|&x, &y| {
+            let (a, b) = (&all[x], &all[y]);
+            changes(a)
+                .cmp(&changes(b))
+                .then(train_cost(a).total_cmp(&train_cost(b)))
+                .then_with(|| a.key.cmp(&b.key))
+        })
 }
 
 /// The index of the best candidate.
@@ -228,4 +324,88 @@ fn project(space: &Space, p: &Point) -> Point {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::tune::space::{DimSpec, Scalar};
+
+    fn range(min: Scalar, max: Scalar) -> DimSpec {
+        DimSpec {
+            min: Some(min),
+            max: Some(max),
+            values: None,
+        }
+    }
+
+    /// A synthetic world: the SLO breaks above a target of 70, cost falls as the target rises,
+    /// and the other settings change nothing.
+    #[test]
+    fn the_search_finds_the_edge_of_the_slo_and_leaves_the_other_settings_alone() {
+        let a: crate::scenario::Autoscaling = gofe_yaml::from_str(
+            "maxReplicas: 20\nmetrics: [ { external_rps: { average_value: \"50\" } } ]\n",
+        )
+        .unwrap();
+        let mut dims = BTreeMap::new();
+        use Scalar::{Number, Text};
+        dims.insert("target".into(), range(Number(20.0), Number(120.0)));
+        dims.insert("tolerance".into(), range(Number(0.02), Number(0.2)));
+        dims.insert(
+            "scale_down_window".into(),
+            range(Text("0s".into()), Text("10m".into())),
+        );
+        let space = Space::new(Some(&dims), &a, "tune.dimensions").unwrap();
+        let baseline = space.baseline(&a);
+        let reference = Part {
+            seconds: 1000.0,
+            ..Part::default()
+        };
+        let objective = Objective {
+            reference: &reference,
+            slo_budget: 0.001,
+        };
+        let calls = std::cell::Cell::new(0);
+        let mut evaluate = |points: &[Point]| {
+            calls.set(calls.get() + 1);
+            points
+                .iter()
+                .map(|p| {
+                    let part = Part {
+                        seconds: 1000.0,
+                        slo_violation_seconds: if p[0] > 70.0 { 50.0 } else { 0.0 },
+                        pod_seconds: 1e6 / p[0],
+                        ..Part::default()
+                    };
+                    Ok(Eval {
+                        train: part.clone(),
+                        held_out: part,
+                    })
+                })
+                .collect()
+        };
+        let plan = Plan {
+            budget: 40,
+            seed: 3,
+        };
+        let all = run(&space, &baseline, plan, &objective, &mut evaluate);
+        let batches = calls.get();
+        assert!(
+            all.len() <= 40 && batches > 2,
+            "{} in {batches} batches",
+            all.len()
+        );
+        let r = recommend(&all, &objective, &space, &baseline).unwrap();
+        let p = &all[r].point;
+        assert!(p[0] > 65.0 && p[0] <= 70.0, "target {}", p[0]);
+        // The others are the scenario's again (0.1 and Kubernetes' 300 s).
+        assert_eq!(p[1], 0.1, "{:?}", all[r].key);
+        assert_eq!(p[2], 300.0, "{:?}", all[r].key);
+        // The same seed, the same search.
+        let again = run(&space, &baseline, plan, &objective, &mut evaluate);
+        let keys = |c: &[Candidate]| c.iter().map(|c| c.key.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&all), keys(&again));
+    }
 }

@@ -654,10 +654,15 @@ impl Space {
                 );
             }
         }
-        if out.is_empty() {
-            bad(field.to_owned(), "no dimension to search".into());
-        }
         drop(bad);
+        if out.is_empty() && problems.is_empty() {
+            problems.push(Problem {
+                line: None,
+                column: None,
+                field: field.to_owned(),
+                message: "no dimension to search".into(),
+            });
+        }
         if problems.is_empty() {
             Ok(Space {
                 dims: out,
@@ -816,6 +821,10 @@ fn domain_of(k: &Kind, spec: &DimSpec, f: &str) -> Result<Domain, Vec<(String, S
             problems.push((field, "must be a whole number".into()));
             return None;
         }
+        if k.unit == Unit::Seconds && v.fract() != 0.0 {
+            problems.push((field, "must be whole seconds".into()));
+            return None;
+        }
         Some(v)
     };
     if k.unit == Unit::Switch {
@@ -826,7 +835,9 @@ fn domain_of(k: &Kind, spec: &DimSpec, f: &str) -> Result<Domain, Vec<(String, S
             ));
         }
         let Some(values) = &spec.values else {
-            problems.push((f.to_owned(), "give `values: [false, true]`".into()));
+            if problems.is_empty() {
+                problems.push((f.to_owned(), "give `values: [false, true]`".into()));
+            }
             return Err(problems);
         };
         let mut seen = Vec::new();
