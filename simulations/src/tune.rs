@@ -487,8 +487,8 @@ pub fn tune(s: &Scenario, base: &Path, options: &TuneOptions) -> Result<TuneRepo
         evaluate(&scenario_with(s, policy, a.clone()), base, &split)
     })
     .into_iter();
-    let default_eval = ref_evals.next().unwrap_or_else(|| unreachable_run())?;
-    let baseline_eval = ref_evals.next().unwrap_or_else(|| unreachable_run())?;
+    let default_eval = ref_evals.next().unwrap_or_else(unreachable_run)?;
+    let baseline_eval = ref_evals.next().unwrap_or_else(unreachable_run)?;
 
     let objective = Objective {
         reference: &default_eval.train,
@@ -781,7 +781,7 @@ pub fn report_text(r: &TuneReport) -> String {
             "{label:<22} {:>14} {:>14} {:>14} {:>10}",
             "default HPA", "scenario", "recommended", "rec/default"
         );
-        let rows: [(&str, fn(&Part) -> f64, fn(f64) -> String); 4] = [
+        let rows: [Row; 4] = [
             (
                 "SLO-violating s",
                 |p| p.slo_violation_seconds,
@@ -852,6 +852,9 @@ pub fn report_text(r: &TuneReport) -> String {
     }
     o
 }
+
+/// A row of the text table: its label, the value of a part, how it is written.
+type Row = (&'static str, fn(&Part) -> f64, fn(f64) -> String);
 
 fn fmt_num(v: f64) -> String {
     space::format_value(space::Unit::Number, v)

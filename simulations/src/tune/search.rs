@@ -101,6 +101,9 @@ pub struct Plan {
     pub seed: u64,
 }
 
+/// Scores a batch of points, in order: each an [`Eval`] or why it could not run.
+pub type Evaluator<'a> = &'a mut dyn FnMut(&[Point]) -> Vec<Result<Eval, String>>;
+
 /// Runs the search: `evaluate` scores a batch of points (in parallel, in order), `objective`
 /// ranks them. Returns every candidate evaluated, in evaluation order.
 pub fn run(
@@ -108,7 +111,7 @@ pub fn run(
     baseline: &Point,
     plan: Plan,
     objective: &Objective<'_>,
-    evaluate: &mut dyn FnMut(&[Point]) -> Vec<Result<Eval, String>>,
+    evaluate: Evaluator<'_>,
 ) -> Vec<Candidate> {
     let dims = space.dims.len();
     let mut seen = BTreeSet::new();
@@ -157,8 +160,9 @@ pub fn run(
         })
         .collect();
     for i in 0..n_sample {
-        let u: Vec<f64> = (0..dims)
-            .map(|d| (strata[d][i] as f64 + rng.f64()) / n_sample as f64)
+        let u: Vec<f64> = strata
+            .iter()
+            .map(|s| (s[i] as f64 + rng.f64()) / n_sample as f64)
             .collect();
         points.push((space.at(&u), Origin::Sample));
     }

@@ -654,7 +654,6 @@ impl Space {
                 );
             }
         }
-        drop(bad);
         if out.is_empty() && problems.is_empty() {
             problems.push(Problem {
                 line: None,
