@@ -38,6 +38,7 @@ use crate::scenario::{self, Autoscaling, Policy, Problem, Scenario};
 
 pub mod cli;
 pub mod pool;
+pub mod render;
 pub mod search;
 pub mod space;
 pub mod split;
@@ -395,6 +396,8 @@ pub struct TuneReport {
     pub verdict: Verdict,
     /// Notes on the held-out part that are not overfitting.
     pub notes: Vec<String>,
+    /// The recommended autoscaling section (the baseline with the recommendation written in).
+    pub recommended_autoscaling: Autoscaling,
     /// Wall time of the tune, seconds.
     pub wall_seconds: f64,
 }
@@ -543,6 +546,7 @@ pub fn tune(s: &Scenario, base: &Path, options: &TuneOptions) -> Result<TuneRepo
         options.slo_budget,
         options.overfit_margin,
     );
+    let recommended_autoscaling = space.apply(a, &candidates[best].point);
     Ok(TuneReport {
         scenario: s.name.clone(),
         policy: policy.name.clone(),
@@ -558,6 +562,7 @@ pub fn tune(s: &Scenario, base: &Path, options: &TuneOptions) -> Result<TuneRepo
         meets,
         verdict,
         notes,
+        recommended_autoscaling,
         wall_seconds: progress.elapsed(),
     })
 }
@@ -708,20 +713,11 @@ pub fn report_json(r: &TuneReport) -> String {
         "overfitting": overfitting,
         "overfitting_reasons": reasons,
         "notes": r.notes,
-        "autoscaling": autoscaling_text(&r.space, &r.recommendation().point),
+        "autoscaling_yaml": render::autoscaling_yaml(&r.recommended_autoscaling),
     });
     let mut s = serde_json::to_string_pretty(&doc).unwrap_or_default();
     s.push('\n');
     s
-}
-
-/// The recommendation as lines to paste into an HPA (`name: value`).
-fn autoscaling_text(space: &Space, p: &[f64]) -> Vec<String> {
-    space
-        .describe(p)
-        .into_iter()
-        .filter_map(|(n, v)| v.map(|v| format!("{n}: {v}")))
-        .collect()
 }
 
 /// The report as text: the setting, a table of the recommendation beside the default HPA and
@@ -849,6 +845,10 @@ pub fn report_text(r: &TuneReport) -> String {
     }
     for n in &r.notes {
         let _ = writeln!(o, "note: {n}");
+    }
+    let _ = writeln!(o, "\nthe recommended section:\n");
+    for line in render::autoscaling_yaml(&r.recommended_autoscaling).lines() {
+        let _ = writeln!(o, "    {line}");
     }
     o
 }
