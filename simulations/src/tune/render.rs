@@ -103,12 +103,15 @@ fn forecast_yaml(f: &Forecast) -> String {
     )
 }
 
-/// A quantity as Kubernetes writes it: whole units, or milli-units (`"76700m"` is 76.7).
+/// A quantity as a decimal Kubernetes reads back exactly (`"76.7"`; milli-units have at most
+/// three decimals).
 fn quantity(q: Quantity) -> String {
-    if q.0 % 1000 == 0 {
-        format!("\"{}\"", q.0 / 1000)
+    let (whole, milli) = (q.0.div_euclid(1000), q.0.rem_euclid(1000));
+    if milli == 0 {
+        format!("\"{whole}\"")
     } else {
-        format!("\"{}m\"", q.0)
+        let frac = format!("{milli:03}");
+        format!("\"{whole}.{}\"", frac.trim_end_matches('0'))
     }
 }
 
@@ -155,5 +158,8 @@ mod tests {
         )
         .unwrap();
         assert!(autoscaling_yaml(&empty).contains("  behavior: {}\n"));
+        assert_eq!(quantity(Quantity(87_200)), "\"87.2\"");
+        assert_eq!(quantity(Quantity(5)), "\"0.005\"");
+        assert_eq!(quantity(Quantity(3000)), "\"3\"");
     }
 }
