@@ -49,6 +49,11 @@ enum SimCommand {
         #[arg(long, default_value = "every")]
         csv: CsvMode,
     },
+    /// Search the HPA settings (target, tolerance, behavior windows and policies, forecast)
+    /// for the cheapest that meets the SLO, chosen on train time and reported on held-out
+    /// time beside the default HPA. Exit status 3: the recommendation overfits; 4: no
+    /// setting meets the SLO on train.
+    Tune(Box<crate::tune::cli::TuneArgs>),
     /// Read HPA cases as JSON lines (file or stdin) and print the desired replicas per line.
     Hpa {
         /// The input (default: stdin).
@@ -99,6 +104,7 @@ enum SimCommand {
 /// Runs `gofe sim ...`.
 pub fn main(args: SimArgs) -> anyhow::Result<()> {
     match args.command {
+        SimCommand::Tune(args) => crate::tune::cli::main(*args),
         SimCommand::Hpa { input, explain } => {
             let stdout = std::io::stdout().lock();
             match input {

@@ -460,8 +460,8 @@ impl<'a> Sim<'a> {
     }
 }
 
-/// The scenario's duration; without one, the longest trace's.
-fn run_length(scenario: &Scenario, base: &Path) -> Result<f64, RunError> {
+/// The scenario's duration; without one, the longest trace's (seconds).
+pub fn run_length(scenario: &Scenario, base: &Path) -> Result<f64, RunError> {
     Ok(match scenario.duration {
         Some(d) => d.secs(),
         None => {

@@ -27,7 +27,9 @@
 //! Modules: [`scenario`] (YAML files, validated), [`traffic`] (generators, streamed traces),
 //! [`engine`] (the loop and the service model), [`report`] (CSV, summaries, SVG plots),
 //! [`hpa_script`] (`gofe sim hpa`), [`fetch`] (`gofe sim fetch`), [`output`] (files renamed
-//! into place at the end), [`runs`] (`gofe sim run`), [`cli`] (the `gofe sim` subcommands).
+//! into place at the end), [`runs`] (`gofe sim run`), [`tune`] (`gofe sim tune`: searching
+//! the HPA's settings, chosen on train time and reported on held-out time), [`cli`] (the
+//! `gofe sim` subcommands).
 
 pub mod cli;
 pub mod engine;
@@ -39,3 +41,4 @@ pub mod runs;
 pub mod scenario;
 pub mod stats;
 pub mod traffic;
+pub mod tune;

@@ -47,6 +47,9 @@ pub struct Scenario {
     pub outlier: Option<Outlier>,
     /// The policies to run (the first is the default; `--compare` runs all).
     pub policies: Vec<Policy>,
+    /// What `gofe sim tune` searches (absent: its defaults; `gofe sim run` ignores it).
+    #[serde(default)]
+    pub tune: Option<crate::tune::TuneConfig>,
 }
 
 fn default_seed() -> u64 {
@@ -740,6 +743,9 @@ pub fn validate(s: &Scenario) -> Vec<Problem> {
         if let Some(a) = &pol.autoscaling {
             validate_autoscaling(a, &format!("policies[{i}].autoscaling"), &mut p);
         }
+    }
+    if let Some(t) = &s.tune {
+        p.extend(crate::tune::validate(t, s));
     }
     p
 }
