@@ -465,8 +465,9 @@ impl ForecastPolicy {
         (self.window.as_secs_f64() / self.step.as_secs_f64()).floor() as usize + 1
     }
 
-    /// The served value of `history` (evenly spaced `step` apart, oldest first, gaps as NaN):
-    /// the method's forecast `lead` ahead, or on a spike `max(latest, forecast)`.
+    /// The served value of `history` (evenly spaced `step` apart, oldest first, gaps as NaN;
+    /// leading gaps are not history): the method's forecast `lead` ahead, or on a spike
+    /// `max(latest, forecast)`.
     pub fn serve(&self, history: &[f64]) -> Result<Served, ForecastError> {
         let h = self.steps_ahead();
         let (value, residuals, fell_back) = match self.method {
@@ -478,7 +479,14 @@ impl ForecastPolicy {
                 };
                 (value, residuals, false)
             }
-            Method::HoltWinters(hw, fallback) => match hw.fit(history) {
+            // A season's phases count from the first sample of the series: gaps before it are
+            // not history (a series that began an hour ago has an hour, not a day of gaps).
+            Method::HoltWinters(hw, fallback) => match hw.fit(
+                &history[history
+                    .iter()
+                    .position(|x| x.is_finite())
+                    .unwrap_or(history.len())..],
+            ) {
                 Ok(fit) => (fit.ahead(h), fit.residuals, false),
                 Err(ForecastError::TooShort { .. }) if fallback == Fallback::Holt => {
                     let holt = Holt {
