@@ -433,4 +433,66 @@ mod tests {
             .sum::<f64>();
         assert!(v[0] as f64 > current * 1000.0, "{v:?} vs {current}");
     }
+
+    #[test]
+    fn queueing_pressure_is_the_rate_until_latency_passes_its_target() {
+        let sc = with_metrics(
+            "    - external_rps:\n        value: \"100\"\n        queueing: { target: 50ms }\n",
+        );
+        let spec = hpa_spec(sc.autoscaling.as_ref().unwrap()).unwrap();
+        let mut pl = Pipeline::new(&sc.pipeline, sc.autoscaling.as_ref());
+        let mut ps = pods(&sc);
+        // 10 and 30 req/s at 20 ms, then at 200 ms (four times the target).
+        let mut serve = |pl: &mut Pipeline, ps: &mut [Pod], from: u32, to: u32, latency: f64| {
+            for t in from..=to {
+                pl.step(ps, f64::from(t));
+                for (p, r) in ps.iter_mut().zip([10.0, 30.0]) {
+                    p.req_counter += r;
+                    p.latency_counter += r * latency;
+                }
+            }
+        };
+        serve(&mut pl, &mut ps, 0, 30, 0.02);
+        assert_eq!(
+            pl.readings(&spec, &ps, 30.0),
+            [Reading::Values(vec![40_000])]
+        );
+        serve(&mut pl, &mut ps, 31, 60, 0.2);
+        // 40 req/s × 200 ms = 8 in flight; / 50 ms = 160.
+        assert_eq!(
+            pl.readings(&spec, &ps, 60.0),
+            [Reading::Values(vec![160_000])]
+        );
+    }
+
+    #[test]
+    fn a_seasonal_forecast_falls_back_to_holt_before_a_period_of_history() {
+        let holt = with_metrics(
+            "    - external_rps:\n        value: \"100\"\n        forecast: { lead: 10s, window: 2m, step: 5s, alpha: 0.5, beta: 0.3 }\n",
+        );
+        let seasonal = with_metrics(
+            "    - external_rps:\n        value: \"100\"\n        forecast: { lead: 10s, method: holt-winters, period: 1m, window: 2m, step: 5s, alpha: 0.5, beta: 0.3 }\n",
+        );
+        let refused = with_metrics(
+            "    - external_rps:\n        value: \"100\"\n        forecast: { lead: 10s, method: holt-winters, period: 1m, window: 2m, step: 5s, fallback: none }\n",
+        );
+        let served = |sc: &Scenario, until: u32| {
+            let spec = hpa_spec(sc.autoscaling.as_ref().unwrap()).unwrap();
+            let mut pl = Pipeline::new(&sc.pipeline, sc.autoscaling.as_ref());
+            let mut ps = pods(sc);
+            for t in 0..=until {
+                for p in &mut ps {
+                    p.req_counter += f64::from(t);
+                }
+                pl.step(&mut ps, f64::from(t));
+            }
+            pl.readings(&spec, &ps, f64::from(until)).remove(0)
+        };
+        // 40 s: fewer than a period and a step of history.
+        assert_eq!(served(&seasonal, 40), served(&holt, 40));
+        assert_eq!(served(&refused, 40), Reading::Unavailable);
+        // Two minutes on, a season exists and the forecast is its own.
+        assert!(matches!(served(&refused, 120), Reading::Values(_)));
+        assert_ne!(served(&seasonal, 120), served(&holt, 120));
+    }
 }
