@@ -443,7 +443,7 @@ mod tests {
         let mut pl = Pipeline::new(&sc.pipeline, sc.autoscaling.as_ref());
         let mut ps = pods(&sc);
         // 10 and 30 req/s at 20 ms, then at 200 ms (four times the target).
-        let mut serve = |pl: &mut Pipeline, ps: &mut [Pod], from: u32, to: u32, latency: f64| {
+        let serve = |pl: &mut Pipeline, ps: &mut [Pod], from: u32, to: u32, latency: f64| {
             for t in from..=to {
                 pl.step(ps, f64::from(t));
                 for (p, r) in ps.iter_mut().zip([10.0, 30.0]) {
