@@ -17,8 +17,11 @@
 //! * [`policy`] — the controller's decision step: per-endpoint signals in, weights, ejections
 //!   and reasons out (shared with the simulator).
 //!
-//! * [`forecast`] — Holt's linear trend, the metrics adapter's forecast of a metric, also run
-//!   by the simulator;
+//! * [`forecast`] — Holt's linear trend, Holt-Winters (a daily season) and the spike-aware fast
+//!   path: the metrics adapter's forecast of a metric, configured and served by the same
+//!   [`forecast::ForecastConfig`] and [`forecast::ForecastPolicy::serve`] in the simulator;
+//! * [`queueing`] — queueing pressure (`max(rate, in flight / latency target)`, Little's law), a
+//!   rate that leads the request rate when requests start to queue;
 //! * [`hpa`] — the Kubernetes HorizontalPodAutoscaler (autoscaling/v2) replica computation,
 //!   step for step as the HPA controller does it, for the simulator, adapter and controller;
 //! * [`quantity`] — Kubernetes quantities (`1500m`, `1.5Gi`, `1e3`) read exactly as milli-units.
@@ -33,3 +36,4 @@ pub mod hpa;
 pub mod outlier;
 pub mod policy;
 pub mod quantity;
+pub mod queueing;

@@ -195,6 +195,10 @@ pub struct RuleOptionsConfig {
     /// Scale the value by total/serving endpoints. Default: off.
     #[serde(default)]
     pub ejection_aware: Option<EjectionAwareConfig>,
+    /// Serve the queueing pressure instead of the rate (`http_requests_per_second` and
+    /// `http_requests_per_second_ejection_aware` only). Default: off.
+    #[serde(default)]
+    pub queueing: Option<QueueingConfig>,
 }
 
 /// The missing-data policy of a rule.
@@ -220,25 +224,16 @@ pub enum PolicyName {
     HoldLast,
 }
 
-/// Forecast options.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ForecastConfig {
-    /// How far ahead to forecast, e.g. `60s`.
-    pub lead: DurationText,
-    /// History used. Default `10m`.
-    #[serde(default)]
-    pub window: Option<DurationText>,
-    /// Spacing of the history samples. Default `15s`.
-    #[serde(default)]
-    pub step: Option<DurationText>,
-    /// Level smoothing in (0, 1]. Default 0.5.
-    #[serde(default)]
-    pub alpha: Option<f64>,
-    /// Trend smoothing in (0, 1]. Default 0.3.
-    #[serde(default)]
-    pub beta: Option<f64>,
-}
+/// Forecast options: `lead` (required), `method` (`holt`, default, or `holt-winters`),
+/// `window`, `step`, `alpha`, `beta`, and for Holt-Winters `gamma`, `period`, `fallback`; `spike`
+/// for the spike-aware fast path. The simulator's `external_rps.forecast` is the same type;
+/// defaults and limits are [`gofe_core::forecast::ForecastConfig::resolve`]'s.
+pub type ForecastConfig = gofe_core::forecast::ForecastConfig<DurationText>;
+
+/// The queueing option of the built-in request rates: `target`, the mean latency the service
+/// should keep; the value served is `max(rate, in flight / target)`
+/// ([`gofe_core::queueing`]). The simulator's `external_rps.queueing` is the same type.
+pub type QueueingConfig = gofe_core::queueing::QueueingConfig<DurationText>;
 
 /// Ejection-aware scaling options.
 #[derive(Debug, Deserialize)]
@@ -556,12 +551,31 @@ impl Checker<'_> {
                     ),
                 );
             }
-            let options = self.options(
+            let queueing = options.queueing.as_ref().and_then(|q| {
+                if !crate::rules::QUEUEING_NAMES.contains(&name.as_str()) {
+                    self.error(
+                        format!("{field}.queueing"),
+                        format!(
+                            "only {} have queueing (it needs the proxy's request rate and latency sum)",
+                            crate::rules::QUEUEING_NAMES.join(" and ")
+                        ),
+                    );
+                }
+                match q.resolve() {
+                    Ok(target) => Some(crate::rules::Queueing { target }),
+                    Err((name, message)) => {
+                        self.error(format!("{field}.queueing.{name}"), message);
+                        None
+                    }
+                }
+            });
+            let mut options = self.options(
                 &options.missing_data,
                 &options.forecast,
                 &options.ejection_aware,
                 &field,
             );
+            options.queueing = queueing;
             settings.options.insert(name.clone(), options);
         }
         if let Some(p) = &c.pods {
@@ -612,38 +626,20 @@ impl Checker<'_> {
                 }
             },
         };
-        let forecast = forecast.as_ref().map(|f| {
-            let d = |x: &Option<DurationText>, default: u64| {
-                x.as_ref().map_or(Duration::from_secs(default), |s| s.0)
-            };
-            let forecast = Forecast {
-                lead: f.lead.0,
-                window: d(&f.window, 600),
-                step: d(&f.step, 15),
-                holt: {
-                    let default = gofe_core::forecast::Holt::default();
-                    gofe_core::forecast::Holt {
-                        alpha: f.alpha.unwrap_or(default.alpha),
-                        beta: f.beta.unwrap_or(default.beta),
-                    }
-                },
-            };
-            if forecast.step < gofe_core::forecast::MIN_STEP {
-                self.error(format!("{field}.forecast.step"), "must be at least 1s");
-            } else if !gofe_core::forecast::history_fits(forecast.window, forecast.step) {
-                self.error(
-                    format!("{field}.forecast.window"),
-                    "window must hold between 2 and 11000 steps",
-                );
-            }
-            for (name, value) in [("alpha", &f.alpha), ("beta", &f.beta)] {
-                if let Some(v) = value {
-                    if !(*v > 0.0 && *v <= 1.0) {
-                        self.error(format!("{field}.forecast.{name}"), "must be in (0, 1]");
-                    }
+        let forecast = forecast.as_ref().and_then(|f| match f.resolve() {
+            Ok(policy) => Some(Forecast {
+                lead: policy.lead,
+                window: policy.window,
+                step: policy.step,
+                method: f.method,
+                policy,
+            }),
+            Err(problems) => {
+                for (name, message) in problems {
+                    self.error(format!("{field}.forecast.{name}"), message);
                 }
+                None
             }
-            forecast
         });
         let ejection_aware = ejection_aware.as_ref().map(|e| {
             let label = e
@@ -664,6 +660,7 @@ impl Checker<'_> {
             missing,
             forecast,
             ejection_aware,
+            queueing: None,
         }
     }
 
@@ -788,6 +785,90 @@ externalRules:
                 .label,
             "svc"
         );
+    }
+
+    #[test]
+    fn seasonal_forecasts_spike_paths_and_queueing_parse() {
+        let text = r#"
+builtinRules:
+  metrics:
+    http_requests_per_second:
+      forecast: {lead: 2m, method: holt-winters, period: 24h, gamma: 0.2, spike: {k: 5}}
+    http_requests_per_second_ejection_aware:
+      queueing: {target: 40ms}
+externalRules:
+- seriesQuery: 'queue_depth'
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>})
+  forecast: {lead: 60s, spike: {}}
+"#;
+        let book = parse("f.yaml", text).unwrap();
+        let f = book.builtin.options["http_requests_per_second"]
+            .forecast
+            .clone()
+            .unwrap();
+        assert_eq!(f.method, gofe_core::forecast::MethodName::HoltWinters);
+        // Two days of history at the finest step Prometheus answers in one range query.
+        assert_eq!(
+            (f.window, f.step),
+            (Duration::from_secs(172_800), Duration::from_secs(16))
+        );
+        let gofe_core::forecast::Method::HoltWinters(hw, _) = f.policy.method else {
+            panic!("{:?}", f.policy.method)
+        };
+        assert_eq!((hw.season, hw.gamma), (5_400, 0.2));
+        assert_eq!(f.policy.spike.unwrap().k, 5.0);
+        let q = book.builtin.options["http_requests_per_second_ejection_aware"].queueing;
+        assert_eq!(q, Some(crate::rules::Queueing { target: 0.04 }));
+        let rule = book
+            .builtin
+            .rules()
+            .into_iter()
+            .find(|r| r.metric == "http_requests_per_second_ejection_aware")
+            .unwrap();
+        assert!(
+            rule.template_text
+                .contains("gofe_upstream_request_duration_seconds_sum")
+                && rule.template_text.contains("/ 0.04"),
+            "{}",
+            rule.template_text
+        );
+        let spike = book.external[0].options.forecast.as_ref().unwrap();
+        assert_eq!(spike.policy.spike.unwrap().k, 4.0);
+    }
+
+    #[test]
+    fn every_forecast_and_queueing_problem_names_file_line_column_and_field() {
+        let text = r#"builtinRules:
+  metrics:
+    http_requests_per_second:
+      forecast: {lead: 60s, method: holt-winters, period: 24h, step: 15s}
+    http_error_ratio:
+      queueing: {target: 0s}
+externalRules:
+- seriesQuery: 'queue_depth'
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>})
+  forecast: {lead: 60s, gamma: 0.3, spike: {k: 0}}
+- seriesQuery: 'queue_depth'
+  metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>})
+  forecast: {lead: 60s, method: holt-winters}
+"#;
+        let err = parse("f.yaml", text).unwrap_err();
+        let got: Vec<String> = err.problems().iter().map(|p| p.in_file("f.yaml")).collect();
+        let want = [
+            ("f.yaml:4:70: builtinRules.metrics.http_requests_per_second.forecast.step", "a window of 48h at step 15s is 11520 steps; Prometheus answers at most 11000: use step 16s or more"),
+            ("f.yaml:6:", "builtinRules.metrics.http_error_ratio.queueing: only http_requests_per_second and http_requests_per_second_ejection_aware have queueing"),
+            ("f.yaml:6:", "builtinRules.metrics.http_error_ratio.queueing.target: must be above 0"),
+            ("f.yaml:10:", "externalRules[0].forecast.gamma: only method holt-winters has it"),
+            ("f.yaml:10:", "externalRules[0].forecast.spike.k: must be a number above 0"),
+            ("f.yaml:13:", "externalRules[1].forecast.period: method holt-winters needs a period"),
+        ];
+        assert_eq!(got.len(), want.len(), "{err}");
+        for (g, (at, what)) in got.iter().zip(want) {
+            assert!(
+                g.starts_with(at) && g.contains(what),
+                "{g}\nwanted {at} … {what}"
+            );
+        }
     }
 
     #[test]

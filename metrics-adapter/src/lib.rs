@@ -8,7 +8,7 @@
 //!  kube-aggregator ──TLS, front-proxy cert──▶ server ──▶ api (axum) ──▶ provider ──▶ gofe-prom ──▶ Prometheus
 //!   (HPA controller)                          │ auth                     │ cache, single flight
 //!                                             │                          │ missing-data policy
-//!                                             │                          │ forecast (Holt)
+//!                                             │                          │ forecast (Holt, Holt-Winters, spike)
 //!                                  rules file ─▶ config ─▶ rules ─────────┘ PromQL per selector
 //! ```
 //!
@@ -24,8 +24,10 @@
 //!   [`selector`] into PromQL; [`selector`] parses `labelSelector` and escapes it into label
 //!   matchers.
 //! - [`provider`] answers (metric, namespace, selector) through a bounded cache with single
-//!   flight, applies the missing-data policy, the forecast ([`gofe_core::forecast`], the same
-//!   code the simulator runs) and ejection awareness.
+//!   flight, applies the missing-data policy, the forecast ([`gofe_core::forecast`]: Holt,
+//!   Holt-Winters, the spike path; the same configuration type and code the simulator runs)
+//!   and ejection awareness; the built-in request rates' `queueing` option is PromQL
+//!   ([`gofe_core::queueing`]'s formula) rendered by [`rules`].
 //! - [`scrape`] answers the built-in rules from gofe proxies' `/metrics` scraped directly,
 //!   for a mesh with no Prometheus (`gofe up`; `--scrape` instead of `--prometheus-url`).
 //! - Prometheus is read through [`gofe_prom`], the workspace's one Prometheus HTTP API client

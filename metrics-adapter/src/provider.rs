@@ -159,6 +159,26 @@ pub struct LastResult {
     pub error: Option<String>,
 }
 
+/// A range query's points as the evenly spaced history a forecast reads: Prometheus leaves out
+/// the steps where a series had no value, and a season's phase must not slip over them, so each
+/// missing step is a NaN (a gap). Points are at `start + i·step`.
+fn evenly_spaced(points: &[(f64, f64)], start: f64, step: f64) -> Vec<f64> {
+    let mut xs = Vec::with_capacity(points.len());
+    for &(t, v) in points {
+        let i = ((t - start) / step).round();
+        if i.is_nan() || !(0.0..1e7).contains(&i) {
+            continue;
+        }
+        let i = i as usize;
+        if i < xs.len() {
+            continue;
+        }
+        xs.resize(i, f64::NAN);
+        xs.push(v);
+    }
+    xs
+}
+
 /// Where values come from.
 enum Source {
     Prometheus(PrometheusClient),
@@ -177,6 +197,9 @@ pub enum ScrapeRefusal {
     /// A built-in metric with the `forecast` option needs the rate's history.
     #[error("builtinRules.metrics.{0}.forecast needs Prometheus (--prometheus-url): the scrape source has no history of the rate")]
     Forecast(String),
+    /// A built-in metric with the `queueing` option needs the latency sum's rate.
+    #[error("builtinRules.metrics.{0}.queueing needs Prometheus (--prometheus-url): the scrape source serves the plain rate")]
+    Queueing(String),
 }
 
 /// Custom metrics by (resource as URLs name it, e.g. `pods`, and metric name).
@@ -236,6 +259,14 @@ impl Provider {
             .find(|r| r.options.forecast.is_some())
         {
             return Err(ScrapeRefusal::Forecast(rule.metric));
+        }
+        if let Some(rule) = book
+            .builtin
+            .rules()
+            .into_iter()
+            .find(|r| r.options.queueing.is_some())
+        {
+            return Err(ScrapeRefusal::Queueing(rule.metric));
         }
         Ok(Self::with_source(
             Source::Scrape(scrape),
@@ -703,20 +734,30 @@ impl Provider {
             None => prom.query(&query, None).await,
             Some(f) => {
                 let start = now - f.window.as_secs_f64();
-                let steps_ahead = gofe_core::forecast::steps_ahead(f.lead, f.step);
                 prom.query_range(&query, start, now, f.step)
                     .await
                     .map(|series| {
                         series
                             .into_iter()
                             .filter_map(|s| {
-                                let xs: Vec<f64> = s.points.iter().map(|p| p.1).collect();
+                                let xs = evenly_spaced(&s.points, start, f.step.as_secs_f64());
                                 let t = s.points.last().map_or(now, |p| p.0);
-                                f.holt.forecast(&xs, steps_ahead).map(|value| Sample {
-                                    labels: s.labels,
-                                    timestamp: t,
-                                    value,
-                                })
+                                match f.policy.serve(&xs) {
+                                    Ok(served) => {
+                                        if served.spike || served.fell_back {
+                                            tracing::debug!(metric = %key.metric, labels = ?s.labels, spike = served.spike, fell_back = served.fell_back, value = served.value, "forecast");
+                                        }
+                                        Some(Sample {
+                                            labels: s.labels,
+                                            timestamp: t,
+                                            value: served.value,
+                                        })
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(metric = %key.metric, labels = ?s.labels, error = %e, "no forecast of this series");
+                                        None
+                                    }
+                                }
                             })
                             .collect()
                     })

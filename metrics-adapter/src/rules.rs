@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::selector::{Matcher, Selector, SelectorError};
-use gofe_core::forecast::Holt;
+use gofe_core::forecast::{ForecastPolicy, MethodName};
 
 /// The ejection state the gofe controller exports: `gofe_endpoint_ejected{cluster,endpoint}`,
 /// a gauge that is 1 while an endpoint is ejected (not serving) and 0 while it serves.
@@ -70,9 +70,26 @@ pub struct Forecast {
     /// Spacing of the history samples.
     #[serde(serialize_with = "ser_duration")]
     pub step: Duration,
-    /// Smoothing factors.
+    /// `holt` or `holt-winters`.
+    pub method: MethodName,
+    /// The checked policy: the model, its factors and the spike path.
     #[serde(skip)]
-    pub holt: Holt,
+    pub policy: ForecastPolicy,
+}
+
+/// The built-in metrics that may have the `queueing` option.
+pub const QUEUEING_NAMES: &[&str] = &[
+    "http_requests_per_second",
+    "http_requests_per_second_ejection_aware",
+];
+
+/// The queueing option of a built-in request rate: the rule serves
+/// `max(rate, in flight / target)` ([`gofe_core::queueing::pressure`]), the proxy's request
+/// rate and its latency sum's rate (in flight, Little's law) per service.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Queueing {
+    /// The mean latency the service should keep, seconds.
+    pub target: f64,
 }
 
 /// Ejection-aware scaling options of a rule.
@@ -93,6 +110,8 @@ pub struct RuleOptions {
     pub forecast: Option<Forecast>,
     /// Ejection awareness, when enabled.
     pub ejection_aware: Option<EjectionAware>,
+    /// Queueing pressure instead of the rate (built-in request rates only), when enabled.
+    pub queueing: Option<Queueing>,
 }
 
 // === templates ===
@@ -488,6 +507,12 @@ impl BuiltinSettings {
                 let mut options = self.options.get(name).cloned().unwrap_or_default();
                 // Ejection awareness is about a service's endpoints, not one pod's value.
                 options.ejection_aware = None;
+                let text = match options.queueing {
+                    Some(q) if name == "http_requests_per_second" => {
+                        with_queueing(&text, "<<.GroupBy>>", &w, q.target)
+                    }
+                    _ => text,
+                };
                 Some(crate::custom::CustomRule {
                     index: first_index + k,
                     builtin: true,
@@ -532,8 +557,14 @@ impl BuiltinSettings {
         ];
         defs.into_iter()
             .filter_map(|(name, text)| {
-                let template = Template::parse(&text).ok()?;
                 let mut options = self.options.get(name).cloned().unwrap_or_default();
+                let text = match options.queueing {
+                    Some(q) if QUEUEING_NAMES.contains(&name) => {
+                        with_queueing(&text, "cluster", &w, q.target)
+                    }
+                    _ => text,
+                };
+                let template = Template::parse(&text).ok()?;
                 if name == "http_requests_per_second_ejection_aware"
                     && options.ejection_aware.is_none()
                 {
@@ -554,6 +585,16 @@ impl BuiltinSettings {
             })
             .collect()
     }
+}
+
+/// `max(rate, in flight / target)` per `by` group in PromQL: `rate` is the request-rate query;
+/// in flight is the rate of the proxy's latency sum (Little's law). A group without latency
+/// data keeps its rate.
+fn with_queueing(rate: &str, by: &str, w: &str, target: f64) -> String {
+    let flying = format!(
+        "sum by ({by}) (rate(gofe_upstream_request_duration_seconds_sum{{<<.LabelMatchers>>}}[{w}])) / {target}"
+    );
+    format!("({rate} >= {flying}) or ({flying}) or ({rate})")
 }
 
 /// A duration in PromQL syntax, whole units where possible (`2m`, `90s`, `1500ms`).

@@ -2465,3 +2465,183 @@ async fn custom_metrics_queries_are_bounded_by_distinct_selectors() {
     assert_eq!(lists, 3, "one Pod list per distinct label selector");
     adapter.stop();
 }
+
+// === seasonal forecasts, the spike path and queueing pressure over a day of history ===
+
+/// A day of history and then some, in OpenMetrics text for promtool: every 30 s from 26 h
+/// before `t0` to 30 min after it. Counters, by their rate per second at time `t`:
+///
+/// - `daily_requests_total{cluster="daily"}`: `100 + 50·cos(2π (t - t0) / 24h)`, a day's wave
+///   at its peak at `t0`: 6 h on it is 100, where Holt (extrapolating the flat top) stays
+///   near 150;
+/// - `daily_requests_total{cluster="young"}`: the same, but only for the last 2 h;
+/// - `jump_requests_total{cluster="jump"}`: 100, and 400 from 4 min before `t0`;
+/// - the proxy's `gofe_upstream_requests_total` at 10/s for services `slow`, `fast` and
+///   `blind`, with `gofe_upstream_request_duration_seconds_sum` growing 0.5 s/s for `slow`
+///   (a mean latency of 50 ms: 0.5 in flight) and 0.1 s/s for `fast` (10 ms), none for `blind`.
+fn seasonal_fixture(t0: i64) -> String {
+    const DAY: f64 = 86_400.0;
+    let tau = std::f64::consts::TAU;
+    let wave = move |t: f64| 1e8 + 100.0 * t + 50.0 * DAY / tau * (tau * t / DAY).sin();
+    let jump = |t: f64| 1e8 + 100.0 * t + 300.0 * (t + 240.0).max(0.0);
+    type Counter = Box<dyn Fn(f64) -> f64>;
+    let series: Vec<(&str, Counter, f64)> = vec![
+        (
+            r#"daily_requests_total{cluster="daily"}"#,
+            Box::new(wave),
+            -26.0 * 3600.0,
+        ),
+        (
+            r#"daily_requests_total{cluster="young"}"#,
+            Box::new(wave),
+            -2.0 * 3600.0,
+        ),
+        (
+            r#"jump_requests_total{cluster="jump"}"#,
+            Box::new(jump),
+            -26.0 * 3600.0,
+        ),
+        (
+            r#"gofe_upstream_requests_total{cluster="slow",endpoint="10.0.0.1:80",code_class="2xx"}"#,
+            Box::new(|t| 1e6 + 10.0 * t),
+            -3600.0,
+        ),
+        (
+            r#"gofe_upstream_request_duration_seconds_sum{cluster="slow",endpoint="10.0.0.1:80"}"#,
+            Box::new(|t| 1e6 + 0.5 * t),
+            -3600.0,
+        ),
+        (
+            r#"gofe_upstream_requests_total{cluster="fast",endpoint="10.0.0.2:80",code_class="2xx"}"#,
+            Box::new(|t| 1e6 + 10.0 * t),
+            -3600.0,
+        ),
+        (
+            r#"gofe_upstream_request_duration_seconds_sum{cluster="fast",endpoint="10.0.0.2:80"}"#,
+            Box::new(|t| 1e6 + 0.1 * t),
+            -3600.0,
+        ),
+        (
+            r#"gofe_upstream_requests_total{cluster="blind",endpoint="10.0.0.3:80",code_class="2xx"}"#,
+            Box::new(|t| 1e6 + 10.0 * t),
+            -3600.0,
+        ),
+    ];
+    let mut text = String::new();
+    for (name, counter, from) in &series {
+        let mut t = *from;
+        while t <= 1800.0 {
+            let _ = writeln!(text, "{name} {} {}", counter(t), t0 + t as i64);
+            t += 30.0;
+        }
+    }
+    text.push_str("# EOF\n");
+    text
+}
+
+const SEASONAL_RULES: &str = r#"
+builtinRules:
+  metrics:
+    http_requests_per_second:
+      queueing: {target: 20ms}
+externalRules:
+- seriesQuery: 'daily_requests_total'
+  resources: {namespaced: false}
+  name: {matches: "^(.*)_total$", as: "${1}_holt_winters"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (cluster)
+  forecast: {lead: 6h, method: holt-winters, period: 24h, window: 25h, step: 60s, fallback: none}
+- seriesQuery: 'daily_requests_total'
+  resources: {namespaced: false}
+  name: {matches: "^(.*)_total$", as: "${1}_holt"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (cluster)
+  forecast: {lead: 6h, window: 25h, step: 60s}
+- seriesQuery: 'jump_requests_total'
+  resources: {namespaced: false}
+  name: {matches: "^(.*)_total$", as: "${1}_smooth"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (cluster)
+  forecast: {lead: 60s, method: holt-winters, period: 24h, window: 25h, step: 60s, alpha: 0.1, beta: 0.01}
+- seriesQuery: 'jump_requests_total'
+  resources: {namespaced: false}
+  name: {matches: "^(.*)_total$", as: "${1}_spike"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (cluster)
+  forecast: {lead: 60s, method: holt-winters, period: 24h, window: 25h, step: 60s, alpha: 0.1, beta: 0.01, spike: {k: 4}}
+"#;
+
+/// Holt-Winters with a 24 h season over a day of Prometheus history (25 h at 60 s: 1,500
+/// points a series, within Prometheus' 11,000) forecasts the wave where Holt cannot, refuses a
+/// series younger than a day (`fallback: none`), the spike path serves a jump at once where
+/// the smoothing lags, and the queueing pressure of the built-in rate is
+/// `max(rate, in flight / target)` per service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seasonal_forecast_spike_path_and_queueing_pressure_over_a_day_of_history() {
+    let prom = start_prometheus_loaded(None, seasonal_fixture(now_aligned()));
+    let dir = TempDir::new("seasonal");
+    let rules = dir.0.join("rules.yaml");
+    std::fs::write(&rules, SEASONAL_RULES).unwrap();
+    let adapter = Adapter::start(AdapterOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        prometheus_url: prom.url(),
+        prometheus_ca_file: None,
+        query_timeout: Duration::from_secs(10),
+        rules_file: Some(rules),
+        cache: CacheConfig {
+            freshness: Duration::from_secs(30),
+            capacity: 1000,
+        },
+        relist_interval: Duration::from_secs(60),
+        discovery_lookback: Duration::from_secs(3600),
+        resource_discovery: Default::default(),
+        tls: None,
+        scrape: Vec::new(),
+        scrape_interval: Duration::from_secs(5),
+    })
+    .await
+    .expect("starting the adapter");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !adapter.provider().ready() {
+        assert!(Instant::now() < deadline, "external rules never discovered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let a = adapter.addr();
+    // A Kubernetes quantity (`100500m`) as a number.
+    let value = |items: Vec<(BTreeMap<String, String>, String)>| -> f64 {
+        gofe_core::quantity::parse_milli(one(&items)).unwrap() as f64 / 1000.0
+    };
+
+    // 6 h after the peak the wave is at its mean, 100: Holt-Winters has seen that phase a day
+    // ago; Holt extrapolates the flat top.
+    let (s, items, body) =
+        values(a, "default", "daily_requests_holt_winters", "cluster=daily").await;
+    assert_eq!(s, 200, "{body}");
+    let seasonal = value(items);
+    let (_, items, _) = values(a, "default", "daily_requests_holt", "cluster=daily").await;
+    let holt = value(items);
+    assert!((seasonal - 100.0).abs() < 3.0, "holt-winters {seasonal}");
+    assert!((holt - 100.0).abs() > 30.0, "holt {holt}");
+
+    // Two hours of history is less than a period: refused (fallback: none), not guessed.
+    let (s, _, body) = values(a, "default", "daily_requests_holt_winters", "cluster=young").await;
+    assert_eq!(s, 404, "{body}");
+
+    // The jump to 400 req/s: the slow smoothing is still far below, the spike path serves it.
+    let (_, items, _) = values(a, "default", "jump_requests_smooth", "cluster=jump").await;
+    let smooth = value(items);
+    let (_, items, _) = values(a, "default", "jump_requests_spike", "cluster=jump").await;
+    let spike = value(items);
+    assert!(smooth < 300.0, "smooth {smooth}");
+    assert!(spike >= 399.0, "spike {spike}");
+
+    // Queueing pressure: 10 req/s at 50 ms is 0.5 in flight, / 20 ms = 25; at 10 ms it stays
+    // the rate, 10; without latency data, the rate.
+    for (service, want) in [("slow", "25"), ("fast", "10"), ("blind", "10")] {
+        let (s, items, body) = values(
+            a,
+            "default",
+            "http_requests_per_second",
+            &format!("service={service}"),
+        )
+        .await;
+        assert_eq!(s, 200, "{service}: {body}");
+        assert_eq!(one(&items), want, "{service}");
+    }
+}

@@ -1478,10 +1478,14 @@ async fn a_tcp_listener_published_over_ads_proxies_bytes() {
         "db".into(),
         EndpointsResource {
             cluster_name: "db".into(),
+            overprovisioning_factor: gofe_model::DEFAULT_OVERPROVISIONING_FACTOR,
             endpoints: vec![EndpointConfig {
                 address: up_addr.to_string(),
                 weight: 1,
                 health_status: Default::default(),
+                locality: None,
+                priority: 0,
+                locality_weight: None,
             }],
         },
     );

@@ -19,11 +19,14 @@
 //!   `fixed_delay` to its `percentage` of them; a dead pod fails everything in 1 ms until it is
 //!   noticed and replaced.
 //!
-//! Every `scrape` the pods' request and CPU counters are sampled; the adapter recomputes
-//! `rate()` over `window` every `cache`; the HPA ([`gofe_core::hpa::reconcile`]) syncs every
-//! `sync` on the cached values. With `external_rps.forecast` the total rate is also sampled
-//! every forecast `step`, and at each cache refresh the adapter's value is its Holt forecast
-//! ([`gofe_core::forecast`], the adapter's own code) `lead` ahead. Pods start `Pending` for
+//! Every `scrape` the pods' request, CPU and Σ latency counters are sampled; the adapter
+//! recomputes `rate()` over `window` every `cache`; the HPA ([`gofe_core::hpa::reconcile`])
+//! syncs every `sync` on the cached values. With `external_rps.queueing` the External value is
+//! the queueing pressure ([`gofe_core::queueing::pressure`]) instead of the rate. With
+//! `external_rps.forecast` the total (rate or pressure) is also sampled every forecast `step`,
+//! and at each cache refresh the adapter's value is its forecast `lead` ahead (Holt or
+//! Holt-Winters, with or without the spike path: [`gofe_core::forecast::ForecastPolicy::serve`],
+//! the adapter's own code). Pods start `Pending` for
 //! `startup`, run unready for `readiness`, then join the endpoints. Scale-down removes
 //! pending, then unready, then the newest pods first, as a ReplicaSet does.
 //!

@@ -422,6 +422,10 @@ pub enum SimMetric {
         /// instead of the current rate (absent: the current rate).
         #[serde(default)]
         forecast: Option<Forecast>,
+        /// The adapter's `queueing` option: the HPA sees the queueing pressure instead of
+        /// the rate (with `forecast`, the pressure is what is forecast). Absent: the rate.
+        #[serde(default)]
+        queueing: Option<Queueing>,
     },
     /// Per-pod requests per second (Pods, AverageValue).
     PodsRps {
@@ -436,46 +440,17 @@ pub enum SimMetric {
     },
 }
 
-/// The metrics adapter's `forecast` option of a rule, with its names, defaults and limits:
-/// the served value is the request rate extrapolated `lead` ahead by Holt's linear trend
-/// ([`gofe_core::forecast`], the adapter's code) over the last `window` of the rate, sampled
-/// every `step`.
-#[derive(Clone, Copy, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Forecast {
-    /// How far ahead the served value looks (required), e.g. `60s`.
-    pub lead: Dur,
-    /// History fitted (default `10m`).
-    #[serde(default = "ten_minutes")]
-    pub window: Dur,
-    /// Spacing of the history samples (default `15s`, at least `1s`; the window must hold
-    /// 2 to 11,000 of them).
-    #[serde(default = "fifteen")]
-    pub step: Dur,
-    /// Level smoothing α in (0, 1] (default 0.5).
-    #[serde(default = "holt_alpha")]
-    pub alpha: f64,
-    /// Trend smoothing β in (0, 1] (default 0.3).
-    #[serde(default = "holt_beta")]
-    pub beta: f64,
-}
+/// The metrics adapter's `forecast` option of a rule, the same type with the same names,
+/// defaults and limits ([`gofe_core::forecast::ForecastConfig`]): the served value is the
+/// request rate (or its queueing pressure) forecast `lead` ahead by Holt's linear trend or
+/// Holt-Winters, optionally with the spike-aware fast path, over the last `window` of it sampled
+/// every `step` ([`gofe_core::forecast::ForecastPolicy::serve`], the adapter's code).
+pub type Forecast = gofe_core::forecast::ForecastConfig<Dur>;
 
-impl Forecast {
-    /// The smoothing factors.
-    pub fn holt(&self) -> gofe_core::forecast::Holt {
-        gofe_core::forecast::Holt {
-            alpha: self.alpha,
-            beta: self.beta,
-        }
-    }
-}
-
-fn holt_alpha() -> f64 {
-    gofe_core::forecast::Holt::default().alpha
-}
-fn holt_beta() -> f64 {
-    gofe_core::forecast::Holt::default().beta
-}
+/// The adapter's `queueing` option of the built-in request rate, the same type
+/// ([`gofe_core::queueing::QueueingConfig`]): the served value is
+/// `max(rate, in flight / target)` ([`gofe_core::queueing::pressure`]).
+pub type Queueing = gofe_core::queueing::QueueingConfig<Dur>;
 
 /// Outlier detection settings (the per-endpoint breaker of gofe-core).
 #[derive(Clone, Debug, Deserialize)]
@@ -804,6 +779,7 @@ fn validate_autoscaling(a: &Autoscaling, base: &str, p: &mut Vec<Problem>) {
             average_value,
             value,
             forecast,
+            queueing,
         } = m
         {
             let field = format!("{base}.metrics[{i}].external_rps");
@@ -811,24 +787,15 @@ fn validate_autoscaling(a: &Autoscaling, base: &str, p: &mut Vec<Problem>) {
                 bad(field.clone(), "exactly one of average_value, value".into());
             }
             if let Some(f) = forecast {
-                if f.step.0 < gofe_core::forecast::MIN_STEP {
-                    bad(
-                        format!("{field}.forecast.step"),
-                        "must be at least 1s".into(),
-                    );
-                } else if !gofe_core::forecast::history_fits(f.window.0, f.step.0) {
-                    bad(
-                        format!("{field}.forecast.window"),
-                        "window must hold between 2 and 11000 steps".into(),
-                    );
-                }
-                for (name, v) in [("alpha", f.alpha), ("beta", f.beta)] {
-                    if !(v > 0.0 && v <= 1.0) {
-                        bad(
-                            format!("{field}.forecast.{name}"),
-                            "must be in (0, 1]".into(),
-                        );
+                if let Err(problems) = f.resolve() {
+                    for (name, message) in problems {
+                        bad(format!("{field}.forecast.{name}"), message);
                     }
+                }
+            }
+            if let Some(q) = queueing {
+                if let Err((name, message)) = q.resolve() {
+                    bad(format!("{field}.queueing.{name}"), message.into());
                 }
             }
         }

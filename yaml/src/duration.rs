@@ -124,6 +124,13 @@ impl Text {
     }
 }
 
+impl From<Text> for Duration {
+    /// The duration written.
+    fn from(t: Text) -> Duration {
+        t.0
+    }
+}
+
 impl<'de> serde::Deserialize<'de> for Text {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         text::deserialize(d).map(Text)

@@ -1,84 +1,138 @@
 //! The metrics pipeline between the pods and the HPA: Prometheus scrapes the pods' counters
 //! every `scrape`, the adapter recomputes `rate()` over `window` every `cache` (and, for an
-//! External rate with `forecast`, serves its Holt forecast instead), and the HPA reads what the
-//! adapter serves.
+//! External rate with `forecast`, serves its forecast instead: Holt, Holt-Winters, with or
+//! without the spike path; with `queueing`, the queueing pressure instead of the rate), and the
+//! HPA reads what the adapter serves.
 
 use std::collections::VecDeque;
 
+use gofe_core::forecast::ForecastPolicy;
 use gofe_core::hpa::{HpaSpec, MetricKind, PodSample, Reading};
 
 use super::pods::{Life, Pod};
 use crate::scenario::{self, Autoscaling, SimMetric};
 
+/// A scrape: (time, requests, CPU milli-core seconds, Σ latency × requests).
+pub(super) type Scrape = (f64, f64, f64, f64);
+
 /// `rate()` over `window` at `now` from a pod's scrapes (oldest first): per second of requests
 /// and of CPU (milli-cores) between the first and the last scrape in the window, and the last
 /// scrape's time; `None` without two scrapes in the window.
 pub(super) fn rate_at(
-    samples: &VecDeque<(f64, f64, f64)>,
+    samples: &VecDeque<Scrape>,
     now: f64,
     window: f64,
 ) -> Option<(f64, f64, f64)> {
-    let first = samples.iter().find(|s| s.0 >= now - window)?;
-    let last = samples.back()?;
-    (last.0 > first.0).then(|| {
-        let span = last.0 - first.0;
-        ((last.1 - first.1) / span, (last.2 - first.2) / span, last.0)
-    })
+    let (first, last) = span(samples, now, window)?;
+    let dt = last.0 - first.0;
+    Some(((last.1 - first.1) / dt, (last.2 - first.2) / dt, last.0))
 }
 
-/// The adapter's forecast of an External rate metric: the total rate sampled every `step`
-/// (as a Prometheus range query would evaluate it), the last `window` of it kept, and the
-/// forecast made when the adapter's cache refreshes.
+/// Requests in flight on average over `window` at `now` (`rate()` of Σ latency × requests,
+/// Little's law), between the same scrapes as [`rate_at`].
+pub(super) fn in_flight_at(samples: &VecDeque<Scrape>, now: f64, window: f64) -> Option<f64> {
+    let (first, last) = span(samples, now, window)?;
+    Some((last.3 - first.3) / (last.0 - first.0))
+}
+
+fn span(samples: &VecDeque<Scrape>, now: f64, window: f64) -> Option<(&Scrape, &Scrape)> {
+    let first = samples.iter().find(|s| s.0 >= now - window)?;
+    let last = samples.back()?;
+    (last.0 > first.0).then_some((first, last))
+}
+
+/// An External rate as the adapter serves it with its options: the queueing pressure instead
+/// of the rate (`queueing`), and the forecast of it (`forecast`): the total sampled every
+/// `step` (as a Prometheus range query would evaluate it), the last `window` kept, and
+/// [`ForecastPolicy::serve`] run when the adapter's cache refreshes.
 pub(super) struct Forecaster {
-    holt: gofe_core::forecast::Holt,
-    steps_ahead: f64,
+    policy: ForecastPolicy,
     step: f64,
     keep: usize,
     next_sample: f64,
     history: VecDeque<f64>,
-    /// The value the adapter serves now (`None`: no finite history, served as unavailable).
+    /// The latency target of the queueing pressure, seconds.
+    queueing: Option<f64>,
+    /// The value the adapter serves now (`None`: no forecast of this history, served as
+    /// unavailable).
     served: Option<f64>,
 }
 
+/// The value of an External rate over the pods: the summed rate, or its queueing pressure
+/// against `target`; `None` without any pod's rate (`sum()` of no series: a gap).
+fn external_value(
+    pods: &[Pod],
+    target: Option<f64>,
+    rate: impl Fn(&Pod) -> Option<f64>,
+    in_flight: impl Fn(&Pod) -> Option<f64>,
+) -> Option<f64> {
+    let mut total = None;
+    let mut flying = 0.0;
+    for p in pods {
+        if let Some(r) = rate(p) {
+            *total.get_or_insert(0.0) += r;
+            flying += in_flight(p).unwrap_or(0.0);
+        }
+    }
+    match target {
+        None => total,
+        Some(t) => total.and_then(|r| gofe_core::queueing::pressure(r, flying, t)),
+    }
+}
+
 impl Forecaster {
-    pub(super) fn new(f: &scenario::Forecast) -> Self {
-        Forecaster {
-            holt: f.holt(),
-            steps_ahead: gofe_core::forecast::steps_ahead(f.lead.0, f.step.0),
-            step: f.step.secs(),
+    /// `None` when `forecast` does not resolve (a validated scenario always does).
+    pub(super) fn new(f: &scenario::Forecast, queueing: Option<f64>) -> Option<Self> {
+        let policy = f.resolve().ok()?;
+        Some(Forecaster {
+            step: policy.step.as_secs_f64(),
             // A range query over [now − window, now] holds window / step + 1 points.
-            keep: (f.window.secs() / f.step.secs()).floor() as usize + 1,
+            keep: policy.points(),
+            policy,
             next_sample: 0.0,
             history: VecDeque::new(),
+            queueing,
             served: None,
-        }
+        })
     }
 
     /// Every `step`: the sum of the pods' rates (`sum(rate(…))`: no series at all is a gap,
-    /// NaN, not a zero) joins the history.
+    /// NaN, not a zero), or its queueing pressure, joins the history.
     fn sample(&mut self, pods: &[Pod], now: f64, window: f64) {
         if now < self.next_sample {
             return;
         }
         self.next_sample += self.step;
-        let mut total = None;
-        for p in pods {
-            if let Some(r) = rate_at(&p.samples, now, window) {
-                *total.get_or_insert(0.0) += r.0;
-            }
-        }
-        self.history.push_back(total.unwrap_or(f64::NAN));
+        let value = external_value(
+            pods,
+            self.queueing,
+            |p| rate_at(&p.samples, now, window).map(|r| r.0),
+            |p| in_flight_at(&p.samples, now, window),
+        );
+        self.history.push_back(value.unwrap_or(f64::NAN));
         while self.history.len() > self.keep {
             self.history.pop_front();
         }
     }
 
-    /// The cache refresh: the forecast `lead` ahead becomes the served value.
+    /// The cache refresh: the served value of the history.
     fn refresh(&mut self) {
         self.served = self
-            .holt
-            .forecast(self.history.make_contiguous(), self.steps_ahead);
+            .policy
+            .serve(self.history.make_contiguous())
+            .ok()
+            .map(|s| s.value);
     }
+}
+
+/// One HPA metric's adapter options.
+enum Served {
+    /// As the pods' cached values give it.
+    Plain,
+    /// The queueing pressure of the cached rates, against this latency target (seconds).
+    Queueing(f64),
+    /// A forecast.
+    Forecast(Box<Forecaster>),
 }
 
 /// The pipeline's timing and the adapter's forecasts.
@@ -91,8 +145,8 @@ pub(super) struct Pipeline {
     uncached: bool,
     next_scrape: f64,
     next_cache: f64,
-    /// One per HPA metric, in order: the adapter's forecast, for an External rate with one.
-    forecasters: Vec<Option<Forecaster>>,
+    /// One per HPA metric, in order: what the adapter serves of it.
+    served: Vec<Served>,
 }
 
 impl Pipeline {
@@ -105,15 +159,23 @@ impl Pipeline {
             uncached: pl.cache.0.is_zero(),
             next_scrape: 0.0,
             next_cache: 0.0,
-            forecasters: autoscaling
+            served: autoscaling
                 .map(|a| {
                     a.metrics
                         .iter()
                         .map(|m| match m {
                             SimMetric::ExternalRps {
-                                forecast: Some(f), ..
-                            } => Some(Forecaster::new(f)),
-                            _ => None,
+                                forecast, queueing, ..
+                            } => {
+                                let target = queueing.as_ref().and_then(|q| q.resolve().ok());
+                                match (forecast, target) {
+                                    (Some(f), t) => Forecaster::new(f, t)
+                                        .map_or(Served::Plain, |f| Served::Forecast(Box::new(f))),
+                                    (None, Some(t)) => Served::Queueing(t),
+                                    (None, None) => Served::Plain,
+                                }
+                            }
+                            _ => Served::Plain,
                         })
                         .collect()
                 })
@@ -124,8 +186,9 @@ impl Pipeline {
     /// The pipeline's step at `now`: scrape, forecast samples, adapter cache.
     pub(super) fn step(&mut self, pods: &mut [Pod], now: f64) {
         self.scrape(pods, now);
-        for f in self.forecasters.iter_mut().flatten() {
-            f.sample(pods, now, self.window);
+        let window = self.window;
+        for f in self.forecasters() {
+            f.sample(pods, now, window);
         }
         self.refresh_cache(pods, now);
     }
@@ -142,7 +205,8 @@ impl Pipeline {
             .iter_mut()
             .filter(|p| p.running(now) && p.life == Life::Alive)
         {
-            p.samples.push_back((now, p.req_counter, p.cpu_counter));
+            p.samples
+                .push_back((now, p.req_counter, p.cpu_counter, p.latency_counter));
             while p.samples.front().is_some_and(|s| s.0 < now - keep) {
                 p.samples.pop_front();
             }
@@ -158,10 +222,18 @@ impl Pipeline {
         self.next_cache += self.cache;
         for p in pods.iter_mut() {
             p.cached = rate_at(&p.samples, now, self.window);
+            p.cached_in_flight = in_flight_at(&p.samples, now, self.window);
         }
-        for f in self.forecasters.iter_mut().flatten() {
+        for f in self.forecasters() {
             f.refresh();
         }
+    }
+
+    fn forecasters(&mut self) -> impl Iterator<Item = &mut Forecaster> {
+        self.served.iter_mut().filter_map(|s| match s {
+            Served::Forecast(f) => Some(&mut **f),
+            _ => None,
+        })
     }
 
     /// What the adapter serves for each metric of `spec` at `now`, in milli-units: a forecast
@@ -170,19 +242,29 @@ impl Pipeline {
     pub(super) fn readings(&self, spec: &HpaSpec, pods: &[Pod], now: f64) -> Vec<Reading> {
         spec.metrics
             .iter()
-            .zip(&self.forecasters)
-            .map(|(m, forecast)| match m.kind {
-                MetricKind::External if forecast.is_some() => {
-                    match forecast.as_ref().and_then(|f| f.served) {
+            .zip(&self.served)
+            .map(|(m, served)| match (m.kind, served) {
+                (MetricKind::External, Served::Forecast(f)) => match f.served {
+                    Some(v) => Reading::Values(vec![(v * 1000.0).round() as i64]),
+                    None => Reading::Unavailable,
+                },
+                (MetricKind::External, Served::Queueing(t)) => {
+                    match external_value(
+                        pods,
+                        Some(*t),
+                        |p| p.cached.map(|c| c.0),
+                        |p| p.cached_in_flight,
+                    ) {
                         Some(v) => Reading::Values(vec![(v * 1000.0).round() as i64]),
-                        None => Reading::Unavailable,
+                        // No pod has a rate: the plain path's sum of nothing.
+                        None => Reading::Values(vec![0]),
                     }
                 }
-                MetricKind::External | MetricKind::Object => Reading::Values(vec![pods
+                (MetricKind::External | MetricKind::Object, _) => Reading::Values(vec![pods
                     .iter()
                     .filter_map(|p| p.cached.map(|c| (c.0 * 1000.0).round() as i64))
                     .sum()]),
-                MetricKind::Pods | MetricKind::Resource { .. } => {
+                (MetricKind::Pods | MetricKind::Resource { .. }, _) => {
                     let cpu = matches!(m.kind, MetricKind::Resource { .. });
                     Reading::PerPod {
                         samples: pods
@@ -242,8 +324,15 @@ mod tests {
 
     #[test]
     fn rate_is_taken_between_the_first_and_last_scrape_in_the_window() {
-        let s: VecDeque<_> = [(0.0, 0.0, 0.0), (5.0, 50.0, 100.0), (10.0, 150.0, 300.0)].into();
+        let s: VecDeque<_> = [
+            (0.0, 0.0, 0.0, 0.0),
+            (5.0, 50.0, 100.0, 5.0),
+            (10.0, 150.0, 300.0, 25.0),
+        ]
+        .into();
         assert_eq!(rate_at(&s, 10.0, 10.0), Some((15.0, 30.0, 10.0)));
+        assert_eq!(in_flight_at(&s, 10.0, 10.0), Some(2.5));
+        assert_eq!(in_flight_at(&s, 10.0, 5.0), Some(4.0));
         assert_eq!(rate_at(&s, 10.0, 5.0), Some((20.0, 40.0, 10.0)));
         assert_eq!(rate_at(&s, 12.0, 2.0), None, "one scrape is no rate");
         assert_eq!(rate_at(&VecDeque::new(), 0.0, 10.0), None);
@@ -258,7 +347,7 @@ mod tests {
         run(&mut pl, &mut ps, [10.0, 10.0], 30);
         let times: Vec<f64> = ps[0].samples.iter().map(|s| s.0).collect();
         assert_eq!(times, [15.0, 20.0, 25.0, 30.0]);
-        assert_eq!(ps[0].samples.back(), Some(&(30.0, 300.0, 1500.0)));
+        assert_eq!(ps[0].samples.back(), Some(&(30.0, 300.0, 1500.0, 0.0)));
         assert!(ps[1].samples.is_empty(), "a dead pod is not scraped");
     }
 
@@ -343,5 +432,67 @@ mod tests {
             .map(|p| rate_at(&p.samples, 60.0, 10.0).unwrap().0)
             .sum::<f64>();
         assert!(v[0] as f64 > current * 1000.0, "{v:?} vs {current}");
+    }
+
+    #[test]
+    fn queueing_pressure_is_the_rate_until_latency_passes_its_target() {
+        let sc = with_metrics(
+            "    - external_rps:\n        value: \"100\"\n        queueing: { target: 50ms }\n",
+        );
+        let spec = hpa_spec(sc.autoscaling.as_ref().unwrap()).unwrap();
+        let mut pl = Pipeline::new(&sc.pipeline, sc.autoscaling.as_ref());
+        let mut ps = pods(&sc);
+        // 10 and 30 req/s at 20 ms, then at 200 ms (four times the target).
+        let serve = |pl: &mut Pipeline, ps: &mut [Pod], from: u32, to: u32, latency: f64| {
+            for t in from..=to {
+                pl.step(ps, f64::from(t));
+                for (p, r) in ps.iter_mut().zip([10.0, 30.0]) {
+                    p.req_counter += r;
+                    p.latency_counter += r * latency;
+                }
+            }
+        };
+        serve(&mut pl, &mut ps, 0, 30, 0.02);
+        assert_eq!(
+            pl.readings(&spec, &ps, 30.0),
+            [Reading::Values(vec![40_000])]
+        );
+        serve(&mut pl, &mut ps, 31, 60, 0.2);
+        // 40 req/s × 200 ms = 8 in flight; / 50 ms = 160.
+        assert_eq!(
+            pl.readings(&spec, &ps, 60.0),
+            [Reading::Values(vec![160_000])]
+        );
+    }
+
+    #[test]
+    fn a_seasonal_forecast_falls_back_to_holt_before_a_period_of_history() {
+        let holt = with_metrics(
+            "    - external_rps:\n        value: \"100\"\n        forecast: { lead: 10s, window: 2m, step: 5s, alpha: 0.5, beta: 0.3 }\n",
+        );
+        let seasonal = with_metrics(
+            "    - external_rps:\n        value: \"100\"\n        forecast: { lead: 10s, method: holt-winters, period: 1m, window: 2m, step: 5s, alpha: 0.5, beta: 0.3 }\n",
+        );
+        let refused = with_metrics(
+            "    - external_rps:\n        value: \"100\"\n        forecast: { lead: 10s, method: holt-winters, period: 1m, window: 2m, step: 5s, fallback: none }\n",
+        );
+        let served = |sc: &Scenario, until: u32| {
+            let spec = hpa_spec(sc.autoscaling.as_ref().unwrap()).unwrap();
+            let mut pl = Pipeline::new(&sc.pipeline, sc.autoscaling.as_ref());
+            let mut ps = pods(sc);
+            for t in 0..=until {
+                for p in &mut ps {
+                    p.req_counter += f64::from(t);
+                }
+                pl.step(&mut ps, f64::from(t));
+            }
+            pl.readings(&spec, &ps, f64::from(until)).remove(0)
+        };
+        // 40 s: fewer than a period and a step of history.
+        assert_eq!(served(&seasonal, 40), served(&holt, 40));
+        assert_eq!(served(&refused, 40), Reading::Unavailable);
+        // Two minutes on, a season exists and the forecast is its own.
+        assert!(matches!(served(&refused, 120), Reading::Values(_)));
+        assert_ne!(served(&seasonal, 120), served(&holt, 120));
     }
 }

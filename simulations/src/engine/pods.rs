@@ -41,8 +41,10 @@ pub(super) struct Pod {
     pub(super) req_counter: f64,
     /// CPU used so far, milli-core seconds.
     pub(super) cpu_counter: f64,
-    /// Scrapes: (time, requests, CPU), oldest first.
-    pub(super) samples: VecDeque<(f64, f64, f64)>,
+    /// Σ latency × requests so far, seconds (the proxies' `request_duration_seconds_sum`).
+    pub(super) latency_counter: f64,
+    /// Scrapes: (time, requests, CPU, Σ latency), oldest first.
+    pub(super) samples: VecDeque<(f64, f64, f64, f64)>,
     /// The proxies' passive outlier-detection breaker.
     pub(super) breaker: outlier::Breaker,
     /// Outlier detection: requests and failures in the current interval.
@@ -52,6 +54,8 @@ pub(super) struct Pod {
     pub(super) ewma: f64,
     /// The adapter's cached `rate()`: (requests/s, CPU milli-cores, last scrape's time).
     pub(super) cached: Option<(f64, f64, f64)>,
+    /// The adapter's cached requests in flight (`rate()` of Σ latency), for queueing pressure.
+    pub(super) cached_in_flight: Option<f64>,
     /// gofe balancer: per controller interval (requests, failures, Σ latency × requests).
     pub(super) signal_window: VecDeque<(f64, f64, f64)>,
     pub(super) signal_now: (f64, f64, f64),
@@ -88,12 +92,14 @@ impl Pod {
             capacity: sv.capacity * speed_of(index, scenario),
             req_counter: 0.0,
             cpu_counter: 0.0,
+            latency_counter: 0.0,
             samples: VecDeque::new(),
             breaker: outlier::Breaker::default(),
             win_total: 0.0,
             win_failed: 0.0,
             ewma: base_latency,
             cached: None,
+            cached_in_flight: None,
             signal_window: VecDeque::new(),
             signal_now: (0.0, 0.0, 0.0),
             gofe_weight: None,
@@ -124,6 +130,7 @@ impl Pod {
     /// down by `ewma_keep` per step, towards the service time when idle).
     pub(super) fn record(&mut self, n: f64, failures: f64, latency: f64, ewma_keep: f64) {
         self.req_counter += n;
+        self.latency_counter += latency * n;
         self.signal_now.0 += n;
         self.signal_now.1 += failures;
         self.signal_now.2 += latency * n;
