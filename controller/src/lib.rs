@@ -407,12 +407,19 @@ pub struct Shared {
     /// The source's rendered queries.
     pub queries: RwLock<BTreeMap<String, String>>,
     metrics: Metrics,
+    /// The xDS server decisions are published on, whose series (`gofe_xds_*`: streams,
+    /// pushes, ACKs, refused streams, TLS reloads) the admin `/metrics` shows too.
+    xds: Option<gofe_xds::AdsServer>,
 }
 
 impl Shared {
-    /// The controller's metrics in Prometheus text format.
+    /// The controller's metrics in Prometheus text format, then its xDS server's.
     pub fn metrics_text(&self) -> String {
-        self.metrics.render()
+        let mut text = self.metrics.render();
+        if let Some(server) = &self.xds {
+            text.push_str(&server.metrics_text());
+        }
+        text
     }
 }
 
@@ -483,6 +490,9 @@ pub enum ControllerError {
     /// one started without load reporting).
     #[error("signals.lrs.enabled needs the controller's xDS server (set xds.address)")]
     LrsWithoutXds,
+    /// The `xds.tls` files do not make a TLS configuration.
+    #[error("xds.tls: {0}")]
+    XdsTls(#[source] gofe_xds::TlsError),
     /// The admin address could not be bound.
     #[error("cannot bind the admin address {address}: {source}")]
     Bind {
@@ -543,6 +553,10 @@ impl Controller {
             decisions: RwLock::new(DecisionsView::default()),
             queries: RwLock::new(source.describe()),
             metrics: Metrics::new(),
+            xds: match &publisher {
+                Publisher::Xds(server) => Some(server.clone()),
+                Publisher::DryRun => None,
+            },
         });
         let state_file = loaded
             .controller
@@ -1225,25 +1239,45 @@ pub async fn serve_with_reloads(
     let mut publisher = publisher;
     let mut xds_task = None;
     if let (Some(xds), Publisher::DryRun) = (&loaded.controller.xds, &publisher) {
-        let server = gofe_xds::AdsServer::new(server_options(
-            &loaded.controller.signals,
-            loaded.controller.interval,
-        ));
+        let mut options = server_options(&loaded.controller.signals, loaded.controller.interval);
+        options.require_identity = xds
+            .tls
+            .as_ref()
+            .is_some_and(config::XdsServerTlsConfig::requires_client_certificate);
+        let server = gofe_xds::AdsServer::new(options);
+        let tls = match &xds.tls {
+            Some(t) => Some((
+                Arc::new(gofe_xds::LiveTls::load(t.files()).map_err(ControllerError::XdsTls)?),
+                t.reload_interval,
+            )),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(&xds.address)
             .await
             .map_err(|source| ControllerError::Bind {
                 address: xds.address.clone(),
                 source,
             })?;
-        tracing::info!(xds = %listener.local_addr().map_or(xds.address.clone(), |a| a.to_string()), "serving ADS");
-        xds_task = Some(tokio::spawn(gofe_xds::serve(
-            listener,
-            server.clone(),
-            None,
-            async {
-                let _ = xds_stopped.await;
-            },
-        )));
+        let mode = match &xds.tls {
+            None => "plaintext",
+            Some(t) if t.client_ca_file.is_none() => "TLS",
+            Some(t) if t.requires_client_certificate() => "mutual TLS",
+            Some(_) => "mutual TLS, client certificates optional",
+        };
+        tracing::info!(xds = %listener.local_addr().map_or(xds.address.clone(), |a| a.to_string()), mode, "serving ADS");
+        let stopped = async {
+            let _ = xds_stopped.await;
+        };
+        xds_task = Some(match tls {
+            None => tokio::spawn(gofe_xds::serve(listener, server.clone(), None, stopped)),
+            Some((live, every)) => tokio::spawn(gofe_xds::serve_reloading(
+                listener,
+                server.clone(),
+                live,
+                every,
+                stopped,
+            )),
+        });
         publisher = Publisher::Xds(server);
     }
     let webhook_config = loaded.controller.webhook.clone();
