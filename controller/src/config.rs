@@ -21,6 +21,9 @@
 //!     client_ca_file: "proxies-ca.crt"                # mutual TLS: node ids checked against certificates
 //!     require_client_certificate: true                # default true with client_ca_file
 //!     reload_interval: "10s"                          # files re-read; rotation needs no restart
+//!   api_listeners:                                    # for proxyless gRPC clients (xds:///NAME)
+//!     all_clusters: false                             # one per cluster, named after it
+//!     services: [{ name: greeter, cluster: greeter-backends }]
 //! tracing:                                            # a span per decision step (off by default)
 //!   provider: { opentelemetry: { service_name: gofe-controller, http_service: { http_uri: { uri: "http://127.0.0.1:4318/v1/traces" } } } }
 //! kubernetes: { namespace: shop }                     # discover endpoints (off by default)
@@ -220,6 +223,57 @@ pub struct XdsConfig {
     /// certificates. Default: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<XdsServerTlsConfig>,
+    /// API listeners for proxyless gRPC clients (`xds:///NAME`). Default: none.
+    #[serde(default, skip_serializing_if = "ApiListenersConfig::is_empty")]
+    pub api_listeners: ApiListenersConfig,
+}
+
+/// `xds.api_listeners`: what a proxyless gRPC client (gRPC's built-in xDS client, target
+/// `xds:///NAME`) needs to reach a cluster — a Listener `NAME` with Envoy's `api_listener` (an
+/// HTTP connection manager taking route configuration `NAME` over RDS, router filter last)
+/// and that route configuration (every authority and path to the cluster), published beside
+/// the proxies' resources with the same cluster, endpoints and weights. A name that one of
+/// the proxies' listeners or route configurations already has is left to the proxies (logged).
+/// gofe's proxy ignores API listeners; Envoy takes them only from its bootstrap, so leave
+/// them off where Envoy sidecars subscribe to every listener.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiListenersConfig {
+    /// One API listener per cluster, named after it (`xds:///CLUSTER`). In Kubernetes mode a
+    /// cluster a `TrafficPolicy` steers is named `SERVICE.NAMESPACE` instead (its Service's,
+    /// so `xds:///reviews.shop` reaches the endpoints of Service `reviews` in `shop`). Default
+    /// `false`.
+    #[serde(default)]
+    pub all_clusters: bool,
+    /// Declared API listeners, each `xds:///NAME` to a cluster. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ApiListenerConfig>,
+}
+
+impl ApiListenersConfig {
+    /// Whether it publishes nothing.
+    pub fn is_empty(&self) -> bool {
+        !self.all_clusters && self.services.is_empty()
+    }
+}
+
+/// One declared API listener.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiListenerConfig {
+    /// The name a client's target uses (`xds:///NAME`): the Listener's and its route
+    /// configuration's resource name.
+    pub name: String,
+    /// The cluster its calls go to. Default: `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+}
+
+impl ApiListenerConfig {
+    /// The cluster (`cluster`, else `name`).
+    pub fn cluster(&self) -> &str {
+        self.cluster.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// `xds.tls`: the xDS port's certificate and, with `client_ca_file`, mutual TLS. With mutual
@@ -713,6 +767,24 @@ impl Validate for ControllerConfig {
             if let Some(t) = &x.tls {
                 v.within("xds.tls", |v| t.validate(v));
             }
+            let mut names = std::collections::BTreeSet::new();
+            for (i, a) in x.api_listeners.services.iter().enumerate() {
+                let field = format!("xds.api_listeners.services[{i}]");
+                if a.name.is_empty() {
+                    v.error(format!("{field}.name"), "must not be empty");
+                } else if !names.insert(a.name.as_str()) {
+                    v.error(
+                        format!("{field}.name"),
+                        format!("{:?} is declared twice", a.name),
+                    );
+                }
+                if a.cluster.as_deref() == Some("") {
+                    v.error(
+                        format!("{field}.cluster"),
+                        "must name a cluster (or leave it out)",
+                    );
+                }
+            }
         }
         if let Some(w) = &self.webhook {
             check_socket(v, "webhook.address", &w.address);
@@ -880,6 +952,66 @@ pub fn check_publishable(path: &Path, proxy: &gofe_model::ProxyConfig) -> Result
     }
 }
 
+/// File mode: refuses, with its line and field, a declared API listener whose cluster the
+/// proxy configuration does not have or whose name one of its listeners has (in Kubernetes
+/// mode clusters are discovered, and such a listener is left out with a warning instead).
+fn check_api_listeners(
+    path: &Path,
+    controller: &ControllerConfig,
+    proxy: &gofe_model::ProxyConfig,
+) -> Result<(), ConfigError> {
+    let Some(x) = &controller.xds else {
+        return Ok(());
+    };
+    let listeners: std::collections::BTreeSet<String> =
+        gofe_proto::convert::from_proxy_config(proxy)
+            .map(|r| {
+                r.listeners
+                    .into_keys()
+                    .chain(r.routes.into_keys())
+                    .collect()
+            })
+            .unwrap_or_default();
+    let mut problems = Vec::new();
+    for (i, a) in x.api_listeners.services.iter().enumerate() {
+        let field = format!("xds.api_listeners.services[{i}]");
+        if !proxy.clusters.iter().any(|c| c.name == a.cluster()) {
+            problems.push(gofe_yaml::Problem {
+                line: None,
+                column: None,
+                field: if a.cluster.is_some() {
+                    format!("{field}.cluster")
+                } else {
+                    format!("{field}.name")
+                },
+                message: format!(
+                    "{} has no cluster {:?}",
+                    controller.proxy_config,
+                    a.cluster()
+                ),
+            });
+        }
+        if listeners.contains(&a.name) {
+            problems.push(gofe_yaml::Problem {
+                line: None,
+                column: None,
+                field: format!("{field}.name"),
+                message: format!(
+                    "{:?} is already a listener or route configuration of {}",
+                    a.name, controller.proxy_config
+                ),
+            });
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    if let Ok(text) = std::fs::read_to_string(path) {
+        gofe_yaml::locate(&text, &mut problems);
+    }
+    Err(ConfigError::invalid(&path.display().to_string(), problems))
+}
+
 /// Refuses, with the line and field of each, `xds.tls` files that do not load: a file that
 /// cannot be read or holds no PEM certificate (key, CA), and a key that is not the
 /// certificate's. `tls` holds the resolved paths; `path` is the controller file.
@@ -954,6 +1086,9 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
     }
     let proxy = gofe_model::load(&proxy_path)?;
     check_publishable(&proxy_path, &proxy)?;
+    if controller.kubernetes.is_none() {
+        check_api_listeners(path, &controller, &proxy)?;
+    }
     Ok(Loaded { controller, proxy })
 }
 
@@ -1272,6 +1407,65 @@ mod tests {
         let lines: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(lines[0].starts_with("6:15: xds.tls.key_file:"), "{lines:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn api_listeners_are_validated_with_lines_and_checked_against_the_proxy_config() {
+        let text = "proxy_config: p.yaml\nxds:\n  address: \"127.0.0.1:1\"\n  api_listeners:\n    services:\n      - { name: \"\" }\n      - { name: a, cluster: \"\" }\n      - { name: a }\n";
+        let e = parse("c.yaml", text).unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.in_file("c.yaml")).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0]
+                .starts_with("c.yaml:6:17: xds.api_listeners.services[0].name: must not be empty"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "c.yaml:7:29: xds.api_listeners.services[1].cluster: must name a cluster"
+            ),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].starts_with(
+                "c.yaml:8:17: xds.api_listeners.services[2].name: \"a\" is declared twice"
+            ),
+            "{lines:?}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("gofe-api-listeners-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("p.yaml"),
+            "listeners:\n  - name: front\n    address: \"127.0.0.1:1\"\n    filters:\n      - type: router\n        config: { virtual_hosts: [] }\nclusters:\n  - name: web\n",
+        )
+        .unwrap();
+        let write = |services: &str| {
+            std::fs::write(
+                dir.join("c.yaml"),
+                format!("proxy_config: p.yaml\nxds:\n  address: \"127.0.0.1:1\"\n  api_listeners:\n    services:\n{services}"),
+            )
+            .unwrap();
+            load(&dir.join("c.yaml"))
+        };
+        assert!(write("      - { name: web }\n").is_ok());
+        assert!(write("      - { name: greeter, cluster: web }\n").is_ok());
+        let e = write("      - { name: front, cluster: web }\n      - { name: db }\n").unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with(
+                "6:17: xds.api_listeners.services[0].name: \"front\" is already a listener"
+            ),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "7:17: xds.api_listeners.services[1].name: p.yaml has no cluster \"db\""
+            ),
+            "{lines:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

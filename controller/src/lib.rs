@@ -56,19 +56,27 @@ pub enum Publisher {
 }
 
 impl Publisher {
-    async fn publish(&self, config: ProxyConfig, _version: u64) -> Result<(), String> {
+    /// Publishes `config` and the API listeners `api` beside it; returns the API listeners
+    /// that had to be left out (a name the proxies' resources have, a missing cluster).
+    async fn publish(
+        &self,
+        config: ProxyConfig,
+        _version: u64,
+        api: &[gofe_proto::convert::ApiListener],
+    ) -> Result<Vec<gofe_proto::convert::ApiListenerSkipped>, String> {
         match self {
             Publisher::Xds(server) => {
-                let resources =
+                let mut resources =
                     gofe_proto::convert::from_proxy_config(&config).map_err(|e| e.to_string())?;
+                let skipped = gofe_proto::convert::add_api_listeners(&mut resources, api);
                 let snapshot =
                     gofe_xds::Snapshot::from_resources(&resources).map_err(|e| e.to_string())?;
                 server
                     .cache()
                     .set_snapshot(gofe_xds::NodeKey::Default, snapshot);
-                Ok(())
+                Ok(skipped)
             }
-            Publisher::DryRun => Ok(()),
+            Publisher::DryRun => Ok(Vec::new()),
         }
     }
 }
@@ -452,6 +460,10 @@ pub struct Controller {
     no_signals: Vec<String>,
     /// The controller settings it runs with (a reload compares against them).
     running: config::ControllerConfig,
+    /// Kubernetes mode: cluster → the API listener name of its Service (`SERVICE.NAMESPACE`).
+    api_listener_names: BTreeMap<String, String>,
+    /// The API listeners the last publication left out (logged when the set changes).
+    api_skipped: Vec<String>,
     shared: Arc<Shared>,
     /// A span per decision step, when the file asks for them.
     tracer: Option<trace::StepTracer>,
@@ -593,6 +605,8 @@ impl Controller {
                 )
             }),
             running: loaded.controller.clone(),
+            api_listener_names: BTreeMap::new(),
+            api_skipped: Vec::new(),
             shared,
             lrs,
             origins: signals::Origins::new(),
@@ -744,8 +758,10 @@ impl Controller {
         }
         let changes = publication::changes(self.published.as_deref(), &published);
         let version = self.version + 1;
-        match self.publisher.publish(config.clone(), version).await {
-            Ok(()) => {
+        let api = self.api_listeners(&config);
+        match self.publisher.publish(config.clone(), version, &api).await {
+            Ok(skipped) => {
+                self.note_skipped(skipped);
                 self.version = version;
                 self.published = Some(published);
                 self.published_at = Some(std::time::SystemTime::now());
@@ -758,6 +774,57 @@ impl Controller {
                 self.save_state(config);
             }
             Err(e) => tracing::error!(error = %e, "publishing failed; will retry next step"),
+        }
+    }
+
+    /// The API listeners to publish beside `config`: the declared ones, then with
+    /// `all_clusters` one per cluster (named as [`Controller::set_api_listener_names`] says,
+    /// else after the cluster) that no declared one already names.
+    fn api_listeners(&self, config: &ProxyConfig) -> Vec<gofe_proto::convert::ApiListener> {
+        let Some(x) = &self.running.xds else {
+            return Vec::new();
+        };
+        let mut out: Vec<gofe_proto::convert::ApiListener> = x
+            .api_listeners
+            .services
+            .iter()
+            .map(|a| gofe_proto::convert::ApiListener {
+                name: a.name.clone(),
+                cluster: a.cluster().to_owned(),
+            })
+            .collect();
+        if x.api_listeners.all_clusters {
+            for c in &config.clusters {
+                let name = self
+                    .api_listener_names
+                    .get(&c.name)
+                    .cloned()
+                    .unwrap_or_else(|| c.name.clone());
+                if !out.iter().any(|a| a.name == name) {
+                    out.push(gofe_proto::convert::ApiListener {
+                        name,
+                        cluster: c.name.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Kubernetes mode: the API listener name of each cluster a `TrafficPolicy` steers
+    /// (`SERVICE.NAMESPACE`), used by `xds.api_listeners.all_clusters`.
+    pub fn set_api_listener_names(&mut self, names: BTreeMap<String, String>) {
+        self.api_listener_names = names;
+    }
+
+    /// Logs the API listeners a publication left out, when that set changes.
+    fn note_skipped(&mut self, skipped: Vec<gofe_proto::convert::ApiListenerSkipped>) {
+        let text: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        if text != self.api_skipped {
+            for t in &text {
+                tracing::warn!(reason = %t, "API listener not published");
+            }
+            self.api_skipped = text;
         }
     }
 
@@ -789,7 +856,8 @@ impl Controller {
     pub async fn step(&mut self) -> DecisionsView {
         if let Some(config) = self.resume.take() {
             // What the proxies had from before the restart, before anything new.
-            if let Err(e) = self.publisher.publish(config, self.version).await {
+            let api = self.api_listeners(&config);
+            if let Err(e) = self.publisher.publish(config, self.version, &api).await {
                 tracing::error!(error = %e, "republishing the saved configuration failed");
             }
             self.published_at = Some(std::time::SystemTime::now());
@@ -1374,6 +1442,40 @@ mod tests {
         )
         .unwrap();
         Controller::new(config::Loaded { controller, proxy }, Publisher::DryRun).unwrap()
+    }
+
+    #[test]
+    fn api_listeners_are_the_declared_ones_then_one_per_cluster_named_by_its_service() {
+        let api = |c: &Controller| -> Vec<(String, String)> {
+            c.api_listeners(&c.base)
+                .into_iter()
+                .map(|a| (a.name, a.cluster))
+                .collect()
+        };
+        let pair = |n: &str, c: &str| (n.to_owned(), c.to_owned());
+        let c = controller("xds: { address: \"127.0.0.1:0\" }\n");
+        assert!(api(&c).is_empty(), "none by default");
+        let mut c = controller(
+            "xds:\n  address: \"127.0.0.1:0\"\n  api_listeners:\n    all_clusters: true\n    services: [{ name: front, cluster: web }, { name: idle }]\n",
+        );
+        assert_eq!(
+            api(&c),
+            [
+                pair("front", "web"),
+                pair("idle", "idle"),
+                pair("web", "web")
+            ],
+            "a cluster a declared listener already names is not repeated"
+        );
+        c.set_api_listener_names(BTreeMap::from([("web".to_owned(), "web.shop".to_owned())]));
+        assert_eq!(
+            api(&c),
+            [
+                pair("front", "web"),
+                pair("idle", "idle"),
+                pair("web.shop", "web")
+            ]
+        );
     }
 
     #[test]
