@@ -1012,6 +1012,16 @@ fn check_api_listeners(
     Err(ConfigError::invalid(&path.display().to_string(), problems))
 }
 
+/// The files a loaded configuration names, checked where it runs (not by `load`, so that
+/// `gofe check` can check a file written for another machine): the `xds.tls` files, with the
+/// line and field of each problem in the controller file at `path`.
+pub fn check_files(path: &Path, loaded: &Loaded) -> Result<(), ConfigError> {
+    match loaded.controller.xds.as_ref().and_then(|x| x.tls.as_ref()) {
+        Some(t) => check_tls_files(path, t),
+        None => Ok(()),
+    }
+}
+
 /// Refuses, with the line and field of each, `xds.tls` files that do not load: a file that
 /// cannot be read or holds no PEM certificate (key, CA), and a key that is not the
 /// certificate's. `tls` holds the resolved paths; `path` is the controller file.
@@ -1082,7 +1092,6 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         {
             *file = dir.join(&*file).display().to_string();
         }
-        check_tls_files(path, t)?;
     }
     let proxy = gofe_model::load(&proxy_path)?;
     check_publishable(&proxy_path, &proxy)?;
@@ -1381,7 +1390,8 @@ mod tests {
                 format!("proxy_config: p.yaml\nxds:\n  address: \"127.0.0.1:1\"\n  tls:\n{tls}"),
             )
             .unwrap();
-            load(&dir.join("c.yaml"))
+            let loaded = load(&dir.join("c.yaml"))?;
+            check_files(&dir.join("c.yaml"), &loaded).map(|()| loaded)
         };
         let loaded = write("    cert_file: tls/xds.crt\n    key_file: tls/xds.key\n").unwrap();
         let t = loaded.controller.xds.unwrap().tls.unwrap();

@@ -1276,6 +1276,7 @@ mod erased {
 /// endpoint, publishing to `publisher`.
 pub async fn run(path: &std::path::Path, publisher: Publisher) -> Result<(), ControllerError> {
     let loaded = config::load(path)?;
+    config::check_files(path, &loaded)?;
     serve(loaded, publisher, shutdown_signal()).await
 }
 

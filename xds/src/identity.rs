@@ -93,7 +93,7 @@ fn istio_namespace_matches(node_id: &str, uri: &str) -> bool {
         return false;
     };
     let pod_ns = pod.rsplit_once('.').map(|(_, ns)| ns);
-    let domain_ns = domain.split_once('.').map(|(ns, rest)| (ns, rest));
+    let domain_ns = domain.split_once('.');
     pod_ns == Some(ns) && domain_ns.is_some_and(|(d, rest)| d == ns && rest.starts_with("svc."))
 }
 

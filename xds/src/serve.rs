@@ -97,7 +97,7 @@ pub struct LiveTls {
     current: ArcSwap<rustls::ServerConfig>,
     /// The file contents last applied and last refused (a bad file is reported once, not at
     /// every poll).
-    seen: Mutex<(Option<Vec<Vec<u8>>>, Option<Vec<Vec<u8>>>)>,
+    seen: Mutex<(Option<Contents>, Option<Contents>)>,
 }
 
 impl std::fmt::Debug for LiveTls {
@@ -175,8 +175,11 @@ impl LiveTls {
     }
 }
 
+/// The bytes of each TLS file, in order.
+type Contents = Vec<Vec<u8>>;
+
 /// The bytes of every file (`None` if one cannot be read).
-fn read_all(files: &ServerTlsFiles) -> Option<Vec<Vec<u8>>> {
+fn read_all(files: &ServerTlsFiles) -> Option<Contents> {
     std::iter::once(&files.cert_chain)
         .chain(std::iter::once(&files.private_key))
         .chain(files.client_ca.as_ref())
