@@ -411,6 +411,7 @@ async fn controller(command: ControllerCommand) -> anyhow::Result<()> {
             drain_timeout,
         } => {
             let loaded = gofe_controller::config::load(&config)?;
+            gofe_controller::config::check_files(&config, &loaded)?;
             if !with_proxy {
                 if loaded.controller.xds.is_none() {
                     tracing::warn!(

@@ -650,6 +650,17 @@ fn controller_config(values: &Value) -> Value {
             .map(|r| json!({"name": r["name"], "secret": {"name": r["secret"], "namespace": PLACEHOLDER}}))
             .collect();
     }
+    let tls = &c["xds"]["tls"];
+    if tls["secretName"].as_str().is_some_and(|s| !s.is_empty()) {
+        let mut t = json!({
+            "cert_file": "/var/run/gofe-xds/tls.crt",
+            "key_file": "/var/run/gofe-xds/tls.key",
+        });
+        if tls["mutual"] == json!(true) {
+            t["client_ca_file"] = json!("/var/run/gofe-xds/ca.crt");
+        }
+        config["xds"]["tls"] = t;
+    }
     merge(&mut config, &c["config"]);
     config
 }
@@ -708,6 +719,23 @@ fn shipped_controller_file_and_the_one_values_make_are_accepted() {
         k.clusters[0].secret.as_ref().unwrap().name,
         "istio-remote-secret-west"
     );
+    assert!(
+        parsed.xds.as_ref().unwrap().tls.is_none(),
+        "plaintext xDS by default"
+    );
+
+    // controller.xds.tls: the Secret's files, and its CA for mutual TLS.
+    values["controller"]["xds"] =
+        json!({ "tls": { "secretName": "gofe-xds-tls", "mutual": true } });
+    let parsed = gofe_controller::config::parse("values", &controller_config(&values).to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let tls = parsed.xds.unwrap().tls.expect("xds.tls from the values");
+    assert_eq!(tls.cert_file, "/var/run/gofe-xds/tls.crt");
+    assert_eq!(
+        tls.client_ca_file.as_deref(),
+        Some("/var/run/gofe-xds/ca.crt")
+    );
+    assert!(tls.requires_client_certificate());
     assert_eq!(
         parsed.signals.window,
         Some(std::time::Duration::from_secs(60))

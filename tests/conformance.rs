@@ -11,7 +11,10 @@
 //! the status Envoy would give. A check marked `known_bug` is where gofe differs from Envoy:
 //! it must still differ (so the manifest is updated when it is fixed), and is reported.
 //!
-//! Needs `python3` with `grpcio` and `xds-protos==1.85.0` (`.ci/run` installs them). Set
+//! Needs `python3` with `grpcio`, PyYAML and `xds-protos==1.85.0` (`.ci/run` installs them;
+//! xds-protos in a folder of its own, `$GOFE_XDS_PROTOS`, default
+//! `/var/cache/gofe-python/xds-protos-1.85.0`, put first on the server's `PYTHONPATH`: its
+//! older copy of OpenTelemetry's protos must not replace the tracing tests' decoder). Set
 //! `GOFE_SKIP_CONFORMANCE=1` to skip on a machine without them.
 
 mod support;
@@ -112,6 +115,18 @@ impl Drop for Backend {
 
 // === impl ControlPlane ===
 
+/// Where `.ci/run` installs xds-protos, first on the server's `PYTHONPATH` (before any the
+/// environment gives).
+fn xds_protos_path() -> std::ffi::OsString {
+    let dir = std::env::var_os("GOFE_XDS_PROTOS")
+        .unwrap_or_else(|| "/var/cache/gofe-python/xds-protos-1.85.0".into());
+    let mut paths = vec![PathBuf::from(dir)];
+    if let Some(more) = std::env::var_os("PYTHONPATH") {
+        paths.extend(std::env::split_paths(&more));
+    }
+    std::env::join_paths(paths).expect("PYTHONPATH entries without separators")
+}
+
 /// The Python ADS server for one case, killed when dropped.
 struct ControlPlane {
     child: Child,
@@ -122,6 +137,7 @@ struct ControlPlane {
 impl ControlPlane {
     fn start(case: &str) -> ControlPlane {
         let mut child = Command::new("python3")
+            .env("PYTHONPATH", xds_protos_path())
             .arg(dir().join("ads_server.py"))
             .arg("--manifest")
             .arg(dir().join("cases.yaml"))

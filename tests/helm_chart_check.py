@@ -101,6 +101,11 @@ VALUE_SETS: dict[str, dict] = {
         "injection": {"enabled": True, "failurePolicy": "Fail", "timeoutSeconds": 5, "nativeSidecar": False,
                       "proxy": {"memoryLimit": "256Mi"}, "certManager": {"enabled": True}},
     },
+    "xDS over TLS from a Secret": {"controller": {"xds": {"tls": {"secretName": "gofe-xds-tls"}}}},
+    "xDS mutual TLS, proxies brought by the user": {
+        "controller": {"xds": {"tls": {"secretName": "gofe-xds-tls", "mutual": True}}},
+        "proxy": {"enabled": False},
+    },
     "all three metrics APIs": {"adapter": {"apis": {"external": True, "custom": True, "resource": True}}},
     "external metrics only, CA given": {
         "adapter": {"apis": {"custom": False}, "requestheader": {"clientCA": FRONT_PROXY_CA}}

@@ -13,7 +13,17 @@
 //! policy: { max_ejection_percent: 50 }                # defaults for every cluster
 //! clusters: { web: { base_ejection_time: "10s" } }    # per-cluster overrides
 //! admin: { address: "127.0.0.1:9902" }                # /decisions, /debug/queries, /metrics
-//! xds: { address: "0.0.0.0:18000" }                   # ADS for the proxies
+//! xds:                                               # ADS for the proxies
+//!   address: "0.0.0.0:18000"
+//!   tls:                                              # optional; plaintext when absent
+//!     cert_file: "xds.crt"                            # relative to this file
+//!     key_file: "xds.key"
+//!     client_ca_file: "proxies-ca.crt"                # mutual TLS: node ids checked against certificates
+//!     require_client_certificate: true                # default true with client_ca_file
+//!     reload_interval: "10s"                          # files re-read; rotation needs no restart
+//!   api_listeners:                                    # for proxyless gRPC clients (xds:///NAME)
+//!     all_clusters: false                             # one per cluster, named after it
+//!     services: [{ name: greeter, cluster: greeter-backends }]
 //! tracing:                                            # a span per decision step (off by default)
 //!   provider: { opentelemetry: { service_name: gofe-controller, http_service: { http_uri: { uri: "http://127.0.0.1:4318/v1/traces" } } } }
 //! kubernetes: { namespace: shop }                     # discover endpoints (off by default)
@@ -280,8 +290,118 @@ fn default_retry_period() -> Duration {
 #[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct XdsConfig {
-    /// `ip:port` for ADS over gRPC (plaintext; `/metrics` on the same port).
+    /// `ip:port` for ADS over gRPC (`/metrics` on the same port).
     pub address: String,
+    /// TLS, and with `client_ca_file` mutual TLS with node identities checked against client
+    /// certificates. Default: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<XdsServerTlsConfig>,
+    /// API listeners for proxyless gRPC clients (`xds:///NAME`). Default: none.
+    #[serde(default, skip_serializing_if = "ApiListenersConfig::is_empty")]
+    pub api_listeners: ApiListenersConfig,
+}
+
+/// `xds.api_listeners`: what a proxyless gRPC client (gRPC's built-in xDS client, target
+/// `xds:///NAME`) needs to reach a cluster — a Listener `NAME` with Envoy's `api_listener` (an
+/// HTTP connection manager taking route configuration `NAME` over RDS, router filter last)
+/// and that route configuration (every authority and path to the cluster), published beside
+/// the proxies' resources with the same cluster, endpoints and weights. A name that one of
+/// the proxies' listeners or route configurations already has is left to the proxies (logged).
+/// gofe's proxy ignores API listeners; Envoy takes them only from its bootstrap, so leave
+/// them off where Envoy sidecars subscribe to every listener.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiListenersConfig {
+    /// One API listener per cluster, named after it (`xds:///CLUSTER`). In Kubernetes mode a
+    /// cluster a `TrafficPolicy` steers is named `SERVICE.NAMESPACE` instead (its Service's,
+    /// so `xds:///reviews.shop` reaches the endpoints of Service `reviews` in `shop`). Default
+    /// `false`.
+    #[serde(default)]
+    pub all_clusters: bool,
+    /// Declared API listeners, each `xds:///NAME` to a cluster. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ApiListenerConfig>,
+}
+
+impl ApiListenersConfig {
+    /// Whether it publishes nothing.
+    pub fn is_empty(&self) -> bool {
+        !self.all_clusters && self.services.is_empty()
+    }
+}
+
+/// One declared API listener.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiListenerConfig {
+    /// The name a client's target uses (`xds:///NAME`): the Listener's and its route
+    /// configuration's resource name.
+    pub name: String,
+    /// The cluster its calls go to. Default: `name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+}
+
+impl ApiListenerConfig {
+    /// The cluster (`cluster`, else `name`).
+    pub fn cluster(&self) -> &str {
+        self.cluster.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// `xds.tls`: the xDS port's certificate and, with `client_ca_file`, mutual TLS. With mutual
+/// TLS each stream's `node.id` must be a name in its client certificate — a URI SAN (a SPIFFE
+/// id `spiffe://TRUST_DOMAIN/ns/NS/sa/SA`, or an Istio node id `sidecar~IP~POD.NS~NS.svc.…` of
+/// that namespace), a DNS SAN, or the CN of a certificate without SANs — else the stream is
+/// refused with `PERMISSION_DENIED` before anything is sent, logged and counted in
+/// `gofe_xds_refused_streams_total{reason}`. The files are read again every `reload_interval`:
+/// new handshakes use new material, connections already open keep theirs, and a changed file
+/// that does not load keeps the previous material (logged, counted in
+/// `gofe_xds_tls_reloads_total{result="failed"}`).
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct XdsServerTlsConfig {
+    /// PEM certificate chain the xDS port serves, leaf first (relative to this file).
+    pub cert_file: String,
+    /// PEM private key of `cert_file` (relative to this file).
+    pub key_file: String,
+    /// PEM CA bundle client certificates must chain to: mutual TLS (relative to this file).
+    /// Default: none (server-only TLS; any client may claim any node id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<String>,
+    /// Refuse a client without a certificate at the handshake (it can then subscribe to
+    /// nothing). Needs `client_ca_file`. Default: `true` when `client_ca_file` is set. `false`
+    /// lets certificate-less clients in (for a migration), while a certificate that is
+    /// presented must still be valid and name the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_client_certificate: Option<bool>,
+    /// How often the three files are read again. Default 10 s.
+    #[serde(default = "default_xds_reload", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "gofe_model::schema::DurationText")]
+    pub reload_interval: Duration,
+}
+
+impl XdsServerTlsConfig {
+    /// Whether a client certificate is required (`require_client_certificate`, defaulting to
+    /// whether `client_ca_file` is set).
+    pub fn requires_client_certificate(&self) -> bool {
+        self.require_client_certificate
+            .unwrap_or(self.client_ca_file.is_some())
+    }
+
+    /// The files as the xDS server takes them.
+    pub fn files(&self) -> gofe_xds::ServerTlsFiles {
+        gofe_xds::ServerTlsFiles {
+            cert_chain: self.cert_file.clone().into(),
+            private_key: self.key_file.clone().into(),
+            client_ca: self.client_ca_file.clone().map(Into::into),
+            require_client_certificate: self.requires_client_certificate(),
+        }
+    }
+}
+
+fn default_xds_reload() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_interval() -> Duration {
@@ -717,6 +837,27 @@ impl Validate for ControllerConfig {
         check_socket(v, "admin.address", &self.admin.address);
         if let Some(x) = &self.xds {
             check_socket(v, "xds.address", &x.address);
+            if let Some(t) = &x.tls {
+                v.within("xds.tls", |v| t.validate(v));
+            }
+            let mut names = std::collections::BTreeSet::new();
+            for (i, a) in x.api_listeners.services.iter().enumerate() {
+                let field = format!("xds.api_listeners.services[{i}]");
+                if a.name.is_empty() {
+                    v.error(format!("{field}.name"), "must not be empty");
+                } else if !names.insert(a.name.as_str()) {
+                    v.error(
+                        format!("{field}.name"),
+                        format!("{:?} is declared twice", a.name),
+                    );
+                }
+                if a.cluster.as_deref() == Some("") {
+                    v.error(
+                        format!("{field}.cluster"),
+                        "must name a cluster (or leave it out)",
+                    );
+                }
+            }
         }
         if let Some(w) = &self.webhook {
             check_socket(v, "webhook.address", &w.address);
@@ -801,6 +942,29 @@ impl Validate for ControllerConfig {
                     ),
                 );
             }
+        }
+    }
+}
+
+impl Validate for XdsServerTlsConfig {
+    fn validate(&self, v: &mut Validator) {
+        for (field, value) in [
+            ("cert_file", Some(&self.cert_file)),
+            ("key_file", Some(&self.key_file)),
+            ("client_ca_file", self.client_ca_file.as_ref()),
+        ] {
+            if value.is_some_and(String::is_empty) {
+                v.error(field, "must name a PEM file");
+            }
+        }
+        if self.require_client_certificate == Some(true) && self.client_ca_file.is_none() {
+            v.error(
+                "require_client_certificate",
+                "needs client_ca_file: client certificates are verified against it",
+            );
+        }
+        if self.reload_interval.is_zero() {
+            v.error("reload_interval", "must be longer than 0s");
         }
     }
 }
@@ -907,6 +1071,112 @@ pub fn check_publishable(path: &Path, proxy: &gofe_model::ProxyConfig) -> Result
     }
 }
 
+/// File mode: refuses, with its line and field, a declared API listener whose cluster the
+/// proxy configuration does not have or whose name one of its listeners has (in Kubernetes
+/// mode clusters are discovered, and such a listener is left out with a warning instead).
+fn check_api_listeners(
+    path: &Path,
+    controller: &ControllerConfig,
+    proxy: &gofe_model::ProxyConfig,
+) -> Result<(), ConfigError> {
+    let Some(x) = &controller.xds else {
+        return Ok(());
+    };
+    let listeners: std::collections::BTreeSet<String> =
+        gofe_proto::convert::from_proxy_config(proxy)
+            .map(|r| {
+                r.listeners
+                    .into_keys()
+                    .chain(r.routes.into_keys())
+                    .collect()
+            })
+            .unwrap_or_default();
+    let mut problems = Vec::new();
+    for (i, a) in x.api_listeners.services.iter().enumerate() {
+        let field = format!("xds.api_listeners.services[{i}]");
+        if !proxy.clusters.iter().any(|c| c.name == a.cluster()) {
+            problems.push(gofe_yaml::Problem {
+                line: None,
+                column: None,
+                field: if a.cluster.is_some() {
+                    format!("{field}.cluster")
+                } else {
+                    format!("{field}.name")
+                },
+                message: format!(
+                    "{} has no cluster {:?}",
+                    controller.proxy_config,
+                    a.cluster()
+                ),
+            });
+        }
+        if listeners.contains(&a.name) {
+            problems.push(gofe_yaml::Problem {
+                line: None,
+                column: None,
+                field: format!("{field}.name"),
+                message: format!(
+                    "{:?} is already a listener or route configuration of {}",
+                    a.name, controller.proxy_config
+                ),
+            });
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    if let Ok(text) = std::fs::read_to_string(path) {
+        gofe_yaml::locate(&text, &mut problems);
+    }
+    Err(ConfigError::invalid(&path.display().to_string(), problems))
+}
+
+/// The files a loaded configuration names, checked where it runs (not by `load`, so that
+/// `gofe check` can check a file written for another machine): the `xds.tls` files, with the
+/// line and field of each problem in the controller file at `path`.
+pub fn check_files(path: &Path, loaded: &Loaded) -> Result<(), ConfigError> {
+    match loaded.controller.xds.as_ref().and_then(|x| x.tls.as_ref()) {
+        Some(t) => check_tls_files(path, t),
+        None => Ok(()),
+    }
+}
+
+/// Refuses, with the line and field of each, `xds.tls` files that do not load: a file that
+/// cannot be read or holds no PEM certificate (key, CA), and a key that is not the
+/// certificate's. `tls` holds the resolved paths; `path` is the controller file.
+fn check_tls_files(path: &Path, tls: &XdsServerTlsConfig) -> Result<(), ConfigError> {
+    let problem = |field: &str, e: &dyn std::fmt::Display| gofe_yaml::Problem {
+        line: None,
+        column: None,
+        field: format!("xds.tls.{field}"),
+        message: e.to_string(),
+    };
+    let mut problems = Vec::new();
+    if let Err(e) = gofe_tls::certs(Path::new(&tls.cert_file)) {
+        problems.push(problem("cert_file", &e));
+    }
+    if let Err(e) = gofe_tls::key(Path::new(&tls.key_file)) {
+        problems.push(problem("key_file", &e));
+    }
+    if let Some(ca) = &tls.client_ca_file {
+        if let Err(e) = gofe_tls::roots(Path::new(ca)) {
+            problems.push(problem("client_ca_file", &e));
+        }
+    }
+    if problems.is_empty() {
+        if let Err(e) = gofe_xds::LiveTls::load(tls.files()) {
+            problems.push(problem("key_file", &e));
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    if let Ok(text) = std::fs::read_to_string(path) {
+        gofe_yaml::locate(&text, &mut problems);
+    }
+    Err(ConfigError::invalid(&path.display().to_string(), problems))
+}
+
 /// A loaded configuration: the controller's settings and the proxy configuration it serves.
 #[derive(Clone, Debug)]
 pub struct Loaded {
@@ -941,8 +1211,19 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
         w.cert_file = dir.join(&w.cert_file).display().to_string();
         w.key_file = dir.join(&w.key_file).display().to_string();
     }
+    if let Some(t) = controller.xds.as_mut().and_then(|x| x.tls.as_mut()) {
+        for file in [&mut t.cert_file, &mut t.key_file]
+            .into_iter()
+            .chain(t.client_ca_file.as_mut())
+        {
+            *file = dir.join(&*file).display().to_string();
+        }
+    }
     let proxy = gofe_model::load(&proxy_path)?;
     check_publishable(&proxy_path, &proxy)?;
+    if controller.kubernetes.is_none() {
+        check_api_listeners(path, &controller, &proxy)?;
+    }
     Ok(Loaded { controller, proxy })
 }
 
@@ -1204,5 +1485,159 @@ mod tests {
                 "{want} not in:\n{e}"
             );
         }
+    }
+
+    #[test]
+    fn xds_tls_is_validated_with_lines_and_fields() {
+        let c = parse(
+            "c.yaml",
+            "proxy_config: p.yaml\nxds:\n  address: \"127.0.0.1:1\"\n  tls: { cert_file: a.crt, key_file: a.key, client_ca_file: ca.crt }\n",
+        )
+        .unwrap();
+        let t = c.xds.unwrap().tls.unwrap();
+        assert!(
+            t.requires_client_certificate(),
+            "on by default with a client CA"
+        );
+        assert_eq!(t.reload_interval, Duration::from_secs(10));
+        let c = parse(
+            "c.yaml",
+            "proxy_config: p.yaml\nxds:\n  address: \"127.0.0.1:1\"\n  tls: { cert_file: a.crt, key_file: a.key }\n",
+        )
+        .unwrap();
+        assert!(!c.xds.unwrap().tls.unwrap().requires_client_certificate());
+        let text = "proxy_config: p.yaml\nxds:\n  address: \"127.0.0.1:1\"\n  tls:\n    cert_file: \"\"\n    key_file: a.key\n    require_client_certificate: true\n    reload_interval: 0s\n";
+        let e = parse("c.yaml", text).unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.in_file("c.yaml")).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0].starts_with("c.yaml:5:16: xds.tls.cert_file: must name a PEM file"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "c.yaml:7:33: xds.tls.require_client_certificate: needs client_ca_file"
+            ),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].starts_with("c.yaml:8:22: xds.tls.reload_interval: must be longer than 0s"),
+            "{lines:?}"
+        );
+        let e = parse(
+            "c.yaml",
+            "proxy_config: p.yaml\nxds: { address: \"127.0.0.1:1\", tls: { cert_file: a, key_file: b, ca: c } }\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with("c.yaml:2:"),
+            "unknown fields are refused: {e}"
+        );
+    }
+
+    #[test]
+    fn xds_tls_files_that_do_not_load_are_refused_with_their_lines_relative_to_the_file() {
+        let dir = std::env::temp_dir().join(format!("gofe-xds-tls-files-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("tls")).unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        std::fs::write(dir.join("tls/xds.crt"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.join("tls/xds.key"), cert.key_pair.serialize_pem()).unwrap();
+        std::fs::write(dir.join("tls/other.key"), other.key_pair.serialize_pem()).unwrap();
+        std::fs::write(dir.join("tls/ca.crt"), "not a certificate\n").unwrap();
+        std::fs::write(dir.join("p.yaml"), "clusters: []\n").unwrap();
+        let write = |tls: &str| {
+            std::fs::write(
+                dir.join("c.yaml"),
+                format!("proxy_config: p.yaml\nxds:\n  address: \"127.0.0.1:1\"\n  tls:\n{tls}"),
+            )
+            .unwrap();
+            let loaded = load(&dir.join("c.yaml"))?;
+            check_files(&dir.join("c.yaml"), &loaded).map(|()| loaded)
+        };
+        let loaded = write("    cert_file: tls/xds.crt\n    key_file: tls/xds.key\n").unwrap();
+        let t = loaded.controller.xds.unwrap().tls.unwrap();
+        assert_eq!(
+            t.cert_file,
+            dir.join("tls/xds.crt").display().to_string(),
+            "relative to the controller file"
+        );
+        let e = write("    cert_file: tls/missing.crt\n    key_file: tls/xds.key\n    client_ca_file: tls/ca.crt\n")
+            .unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with("5:16: xds.tls.cert_file:") && lines[0].contains("missing.crt"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with("7:21: xds.tls.client_ca_file:")
+                && lines[1].contains("no PEM certificate found"),
+            "{lines:?}"
+        );
+        let e = write("    cert_file: tls/xds.crt\n    key_file: tls/other.key\n").unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].starts_with("6:15: xds.tls.key_file:"), "{lines:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn api_listeners_are_validated_with_lines_and_checked_against_the_proxy_config() {
+        let text = "proxy_config: p.yaml\nxds:\n  address: \"127.0.0.1:1\"\n  api_listeners:\n    services:\n      - { name: \"\" }\n      - { name: a, cluster: \"\" }\n      - { name: a }\n";
+        let e = parse("c.yaml", text).unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.in_file("c.yaml")).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(
+            lines[0]
+                .starts_with("c.yaml:6:17: xds.api_listeners.services[0].name: must not be empty"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "c.yaml:7:29: xds.api_listeners.services[1].cluster: must name a cluster"
+            ),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].starts_with(
+                "c.yaml:8:17: xds.api_listeners.services[2].name: \"a\" is declared twice"
+            ),
+            "{lines:?}"
+        );
+
+        let dir = std::env::temp_dir().join(format!("gofe-api-listeners-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("p.yaml"),
+            "listeners:\n  - name: front\n    address: \"127.0.0.1:1\"\n    filters:\n      - type: router\n        config: { virtual_hosts: [] }\nclusters:\n  - name: web\n",
+        )
+        .unwrap();
+        let write = |services: &str| {
+            std::fs::write(
+                dir.join("c.yaml"),
+                format!("proxy_config: p.yaml\nxds:\n  address: \"127.0.0.1:1\"\n  api_listeners:\n    services:\n{services}"),
+            )
+            .unwrap();
+            load(&dir.join("c.yaml"))
+        };
+        assert!(write("      - { name: web }\n").is_ok());
+        assert!(write("      - { name: greeter, cluster: web }\n").is_ok());
+        let e = write("      - { name: front, cluster: web }\n      - { name: db }\n").unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines[0].starts_with(
+                "6:17: xds.api_listeners.services[0].name: \"front\" is already a listener"
+            ),
+            "{lines:?}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "7:17: xds.api_listeners.services[1].name: p.yaml has no cluster \"db\""
+            ),
+            "{lines:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

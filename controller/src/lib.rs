@@ -56,19 +56,27 @@ pub enum Publisher {
 }
 
 impl Publisher {
-    async fn publish(&self, config: ProxyConfig, _version: u64) -> Result<(), String> {
+    /// Publishes `config` and the API listeners `api` beside it; returns the API listeners
+    /// that had to be left out (a name the proxies' resources have, a missing cluster).
+    async fn publish(
+        &self,
+        config: ProxyConfig,
+        _version: u64,
+        api: &[gofe_proto::convert::ApiListener],
+    ) -> Result<Vec<gofe_proto::convert::ApiListenerSkipped>, String> {
         match self {
             Publisher::Xds(server) => {
-                let resources =
+                let mut resources =
                     gofe_proto::convert::from_proxy_config(&config).map_err(|e| e.to_string())?;
+                let skipped = gofe_proto::convert::add_api_listeners(&mut resources, api);
                 let snapshot =
                     gofe_xds::Snapshot::from_resources(&resources).map_err(|e| e.to_string())?;
                 server
                     .cache()
                     .set_snapshot(gofe_xds::NodeKey::Default, snapshot);
-                Ok(())
+                Ok(skipped)
             }
-            Publisher::DryRun => Ok(()),
+            Publisher::DryRun => Ok(Vec::new()),
         }
     }
 }
@@ -407,12 +415,19 @@ pub struct Shared {
     /// The source's rendered queries.
     pub queries: RwLock<BTreeMap<String, String>>,
     metrics: Metrics,
+    /// The xDS server decisions are published on, whose series (`gofe_xds_*`: streams,
+    /// pushes, ACKs, refused streams, TLS reloads) the admin `/metrics` shows too.
+    xds: Option<gofe_xds::AdsServer>,
 }
 
 impl Shared {
-    /// The controller's metrics in Prometheus text format.
+    /// The controller's metrics in Prometheus text format, then its xDS server's.
     pub fn metrics_text(&self) -> String {
-        self.metrics.render()
+        let mut text = self.metrics.render();
+        if let Some(server) = &self.xds {
+            text.push_str(&server.metrics_text());
+        }
+        text
     }
 }
 
@@ -445,6 +460,10 @@ pub struct Controller {
     no_signals: Vec<String>,
     /// The controller settings it runs with (a reload compares against them).
     running: config::ControllerConfig,
+    /// Kubernetes mode: cluster → the API listener name of its Service (`SERVICE.NAMESPACE`).
+    api_listener_names: BTreeMap<String, String>,
+    /// The API listeners the last publication left out (logged when the set changes).
+    api_skipped: Vec<String>,
     shared: Arc<Shared>,
     /// A span per decision step, when the file asks for them.
     tracer: Option<trace::StepTracer>,
@@ -483,6 +502,9 @@ pub enum ControllerError {
     /// one started without load reporting).
     #[error("signals.lrs.enabled needs the controller's xDS server (set xds.address)")]
     LrsWithoutXds,
+    /// The `xds.tls` files do not make a TLS configuration.
+    #[error("xds.tls: {0}")]
+    XdsTls(#[source] gofe_xds::TlsError),
     /// The admin address could not be bound.
     #[error("cannot bind the admin address {address}: {source}")]
     Bind {
@@ -543,6 +565,10 @@ impl Controller {
             decisions: RwLock::new(DecisionsView::default()),
             queries: RwLock::new(source.describe()),
             metrics: Metrics::new(),
+            xds: match &publisher {
+                Publisher::Xds(server) => Some(server.clone()),
+                Publisher::DryRun => None,
+            },
         });
         let state_file = loaded
             .controller
@@ -579,6 +605,8 @@ impl Controller {
                 )
             }),
             running: loaded.controller.clone(),
+            api_listener_names: BTreeMap::new(),
+            api_skipped: Vec::new(),
             shared,
             lrs,
             origins: signals::Origins::new(),
@@ -736,8 +764,10 @@ impl Controller {
         }
         let changes = publication::changes(self.published.as_deref(), &published);
         let version = self.version + 1;
-        match self.publisher.publish(config.clone(), version).await {
-            Ok(()) => {
+        let api = self.api_listeners(&config);
+        match self.publisher.publish(config.clone(), version, &api).await {
+            Ok(skipped) => {
+                self.note_skipped(skipped);
                 self.version = version;
                 self.published = Some(published);
                 self.published_at = Some(std::time::SystemTime::now());
@@ -750,6 +780,57 @@ impl Controller {
                 self.save_state(config);
             }
             Err(e) => tracing::error!(error = %e, "publishing failed; will retry next step"),
+        }
+    }
+
+    /// The API listeners to publish beside `config`: the declared ones, then with
+    /// `all_clusters` one per cluster (named as [`Controller::set_api_listener_names`] says,
+    /// else after the cluster) that no declared one already names.
+    fn api_listeners(&self, config: &ProxyConfig) -> Vec<gofe_proto::convert::ApiListener> {
+        let Some(x) = &self.running.xds else {
+            return Vec::new();
+        };
+        let mut out: Vec<gofe_proto::convert::ApiListener> = x
+            .api_listeners
+            .services
+            .iter()
+            .map(|a| gofe_proto::convert::ApiListener {
+                name: a.name.clone(),
+                cluster: a.cluster().to_owned(),
+            })
+            .collect();
+        if x.api_listeners.all_clusters {
+            for c in &config.clusters {
+                let name = self
+                    .api_listener_names
+                    .get(&c.name)
+                    .cloned()
+                    .unwrap_or_else(|| c.name.clone());
+                if !out.iter().any(|a| a.name == name) {
+                    out.push(gofe_proto::convert::ApiListener {
+                        name,
+                        cluster: c.name.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Kubernetes mode: the API listener name of each cluster a `TrafficPolicy` steers
+    /// (`SERVICE.NAMESPACE`), used by `xds.api_listeners.all_clusters`.
+    pub fn set_api_listener_names(&mut self, names: BTreeMap<String, String>) {
+        self.api_listener_names = names;
+    }
+
+    /// Logs the API listeners a publication left out, when that set changes.
+    fn note_skipped(&mut self, skipped: Vec<gofe_proto::convert::ApiListenerSkipped>) {
+        let text: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        if text != self.api_skipped {
+            for t in &text {
+                tracing::warn!(reason = %t, "API listener not published");
+            }
+            self.api_skipped = text;
         }
     }
 
@@ -781,7 +862,8 @@ impl Controller {
     pub async fn step(&mut self) -> DecisionsView {
         if let Some(config) = self.resume.take() {
             // What the proxies had from before the restart, before anything new.
-            if let Err(e) = self.publisher.publish(config, self.version).await {
+            let api = self.api_listeners(&config);
+            if let Err(e) = self.publisher.publish(config, self.version, &api).await {
                 tracing::error!(error = %e, "republishing the saved configuration failed");
             }
             self.published_at = Some(std::time::SystemTime::now());
@@ -1200,6 +1282,7 @@ mod erased {
 /// endpoint, publishing to `publisher`.
 pub async fn run(path: &std::path::Path, publisher: Publisher) -> Result<(), ControllerError> {
     let loaded = config::load(path)?;
+    config::check_files(path, &loaded)?;
     serve(loaded, publisher, shutdown_signal()).await
 }
 
@@ -1231,25 +1314,45 @@ pub async fn serve_with_reloads(
     let mut publisher = publisher;
     let mut xds_task = None;
     if let (Some(xds), Publisher::DryRun) = (&loaded.controller.xds, &publisher) {
-        let server = gofe_xds::AdsServer::new(server_options(
-            &loaded.controller.signals,
-            loaded.controller.interval,
-        ));
+        let mut options = server_options(&loaded.controller.signals, loaded.controller.interval);
+        options.require_identity = xds
+            .tls
+            .as_ref()
+            .is_some_and(config::XdsServerTlsConfig::requires_client_certificate);
+        let server = gofe_xds::AdsServer::new(options);
+        let tls = match &xds.tls {
+            Some(t) => Some((
+                Arc::new(gofe_xds::LiveTls::load(t.files()).map_err(ControllerError::XdsTls)?),
+                t.reload_interval,
+            )),
+            None => None,
+        };
         let listener = tokio::net::TcpListener::bind(&xds.address)
             .await
             .map_err(|source| ControllerError::Bind {
                 address: xds.address.clone(),
                 source,
             })?;
-        tracing::info!(xds = %listener.local_addr().map_or(xds.address.clone(), |a| a.to_string()), "serving ADS");
-        xds_task = Some(tokio::spawn(gofe_xds::serve(
-            listener,
-            server.clone(),
-            None,
-            async {
-                let _ = xds_stopped.await;
-            },
-        )));
+        let mode = match &xds.tls {
+            None => "plaintext",
+            Some(t) if t.client_ca_file.is_none() => "TLS",
+            Some(t) if t.requires_client_certificate() => "mutual TLS",
+            Some(_) => "mutual TLS, client certificates optional",
+        };
+        tracing::info!(xds = %listener.local_addr().map_or(xds.address.clone(), |a| a.to_string()), mode, "serving ADS");
+        let stopped = async {
+            let _ = xds_stopped.await;
+        };
+        xds_task = Some(match tls {
+            None => tokio::spawn(gofe_xds::serve(listener, server.clone(), None, stopped)),
+            Some((live, every)) => tokio::spawn(gofe_xds::serve_reloading(
+                listener,
+                server.clone(),
+                live,
+                every,
+                stopped,
+            )),
+        });
         publisher = Publisher::Xds(server);
     }
     let webhook_config = loaded.controller.webhook.clone();
@@ -1346,6 +1449,40 @@ mod tests {
         )
         .unwrap();
         Controller::new(config::Loaded { controller, proxy }, Publisher::DryRun).unwrap()
+    }
+
+    #[test]
+    fn api_listeners_are_the_declared_ones_then_one_per_cluster_named_by_its_service() {
+        let api = |c: &Controller| -> Vec<(String, String)> {
+            c.api_listeners(&c.base)
+                .into_iter()
+                .map(|a| (a.name, a.cluster))
+                .collect()
+        };
+        let pair = |n: &str, c: &str| (n.to_owned(), c.to_owned());
+        let c = controller("xds: { address: \"127.0.0.1:0\" }\n");
+        assert!(api(&c).is_empty(), "none by default");
+        let mut c = controller(
+            "xds:\n  address: \"127.0.0.1:0\"\n  api_listeners:\n    all_clusters: true\n    services: [{ name: front, cluster: web }, { name: idle }]\n",
+        );
+        assert_eq!(
+            api(&c),
+            [
+                pair("front", "web"),
+                pair("idle", "idle"),
+                pair("web", "web")
+            ],
+            "a cluster a declared listener already names is not repeated"
+        );
+        c.set_api_listener_names(BTreeMap::from([("web".to_owned(), "web.shop".to_owned())]));
+        assert_eq!(
+            api(&c),
+            [
+                pair("front", "web"),
+                pair("idle", "idle"),
+                pair("web.shop", "web")
+            ]
+        );
     }
 
     #[test]

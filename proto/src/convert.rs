@@ -22,6 +22,7 @@
 //! previous version, and the refusals are listed by resource name for the NACK.
 
 mod access_logs;
+mod api_listeners;
 mod clusters;
 mod endpoints;
 mod faults;
@@ -60,6 +61,9 @@ use prost::{Message, Name};
 use crate::resource::*;
 
 pub use access_logs::{FILE_ACCESS_LOG_NAME, STDOUT_ACCESS_LOG_NAME};
+pub use api_listeners::{
+    add_api_listeners, api_listener_resources, ApiListener, ApiListenerSkipped,
+};
 pub use clusters::{cluster_from_wire, cluster_to_wire, empty_cluster};
 pub use endpoints::{endpoints_from_wire, endpoints_to_wire};
 pub use faults::FAULT_FILTER_NAME;

@@ -12,8 +12,10 @@
 //! - [`AdsServer`] (with [`SnapshotCache`] and [`serve()`]) is the library the controller embeds:
 //!   it sets a [`Snapshot`] per node id, node cluster, or for everyone, and the server pushes
 //!   each stream only what changed for it. TLS and mutual TLS use rustls; a node id is only trusted
-//!   if the client certificate names it, and [`ServerOptions::require_identity`] refuses
-//!   clients without one.
+//!   if the client certificate names it ([`identity`]: a URI SAN such as a SPIFFE id, a DNS
+//!   SAN, or the CN of a certificate without SANs), [`ServerOptions::require_identity`]
+//!   refuses clients without one, and [`LiveTls`] re-reads the certificate files when they
+//!   change ([`serve_reloading`]) so rotation needs no restart.
 //!
 //! - [`LoadStore`] keeps the load reports clients stream over Envoy's Load Reporting Service
 //!   (`StreamLoadStats`, on the same port, when [`ServerOptions::load_reporting`] is set): per
@@ -27,6 +29,7 @@
 
 pub mod cache;
 mod grpc;
+pub mod identity;
 pub mod lrs;
 mod metrics;
 pub mod serve;
@@ -35,5 +38,5 @@ pub mod server;
 pub use cache::{NodeKey, Snapshot, SnapshotCache};
 pub use lrs::{LoadReportingOptions, LoadStore, WindowLoad};
 pub use metrics::NodeAck;
-pub use serve::{serve, server_tls, TlsError};
+pub use serve::{serve, serve_reloading, server_tls, LiveTls, Reload, ServerTlsFiles, TlsError};
 pub use server::{AdsServer, PeerCertificate, ServerOptions};

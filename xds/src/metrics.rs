@@ -20,6 +20,14 @@ pub(crate) struct ServerMetrics {
     pub(crate) acks: IntCounterVec,
     pub(crate) nacks: IntCounterVec,
     pub(crate) push_latency: HistogramVec,
+    /// Streams refused before any resource was sent, by reason (`no_client_certificate`,
+    /// `unreadable_certificate`, `identity_mismatch`).
+    pub(crate) refused: IntCounterVec,
+    /// TLS handshakes that failed (no or an untrusted client certificate, plaintext on a TLS
+    /// port, a protocol error).
+    pub(crate) handshake_failures: prometheus::IntCounter,
+    /// Certificate reloads, by result (`applied`, `failed`).
+    pub(crate) tls_reloads: IntCounterVec,
     nack_info: IntGaugeVec,
     /// Per stream, node and type: the last NACK's version and error.
     last_nack: Mutex<HashMap<StreamType, [String; 2]>>,
@@ -66,6 +74,40 @@ impl ServerMetrics {
             &["type"],
         )
         .expect("valid metric");
+        let refused = IntCounterVec::new(
+            Opts::new(
+                "gofe_xds_refused_streams_total",
+                "xDS and load-report streams refused before any resource was sent, by reason \
+                 (no_client_certificate, unreadable_certificate, identity_mismatch).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in [
+            "no_client_certificate",
+            "unreadable_certificate",
+            "identity_mismatch",
+        ] {
+            refused.with_label_values(&[reason]);
+        }
+        let handshake_failures = prometheus::IntCounter::new(
+            "gofe_xds_tls_handshake_failures_total",
+            "TLS handshakes on the xDS port that failed (a missing or untrusted client \
+             certificate, plaintext on a TLS port).",
+        )
+        .expect("valid metric");
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "gofe_xds_tls_reloads_total",
+                "Changed certificate files read again, by result: applied (new handshakes use \
+                 them) or failed (the previous material stays).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for result in ["applied", "failed"] {
+            tls_reloads.with_label_values(&[result]);
+        }
         let nack_info = IntGaugeVec::new(
             Opts::new(
                 "gofe_xds_last_nack_info",
@@ -88,6 +130,9 @@ impl ServerMetrics {
             Box::new(acks.clone()),
             Box::new(nacks.clone()),
             Box::new(push_latency.clone()),
+            Box::new(refused.clone()),
+            Box::new(handshake_failures.clone()),
+            Box::new(tls_reloads.clone()),
             Box::new(nack_info.clone()),
             Box::new(version_info.clone()),
         ] {
@@ -100,6 +145,9 @@ impl ServerMetrics {
             acks,
             nacks,
             push_latency,
+            refused,
+            handshake_failures,
+            tls_reloads,
             nack_info,
             last_nack: Mutex::default(),
             version_info,

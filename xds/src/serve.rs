@@ -1,9 +1,13 @@
-//! Serving the ADS service (and `/metrics`) on a socket, in plaintext, TLS or mutual TLS.
+//! Serving the ADS service (and `/metrics`) on a socket, in plaintext, TLS or mutual TLS, with
+//! certificate files that may be replaced while it runs ([`LiveTls`]).
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -24,26 +28,163 @@ pub fn server_tls(
     private_key: &Path,
     client_ca: Option<&Path>,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    build(&ServerTlsFiles {
+        cert_chain: cert_chain.to_owned(),
+        private_key: private_key.to_owned(),
+        client_ca: client_ca.map(Path::to_owned),
+        require_client_certificate: true,
+    })
+}
+
+/// The files a server TLS configuration is read from (PEM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerTlsFiles {
+    /// The server's certificate chain, leaf first.
+    pub cert_chain: PathBuf,
+    /// The server's private key.
+    pub private_key: PathBuf,
+    /// CA bundle that client certificates must chain to. `None`: no client certificates are
+    /// asked for (server-only TLS).
+    pub client_ca: Option<PathBuf>,
+    /// With `client_ca`: refuse a handshake without a client certificate. When `false`, a
+    /// client may connect without one (a certificate it does present is still verified).
+    pub require_client_certificate: bool,
+}
+
+fn build(files: &ServerTlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Invalid(e.to_string()))?;
-    let builder = match client_ca {
+    let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots(ca)?),
                 provider(),
-            )
-            .build()
-            .map_err(|e| TlsError::Invalid(e.to_string()))?;
+            );
+            let verifier = if files.require_client_certificate {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| TlsError::Invalid(format!("{}: {e}", ca.display())))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder
-        .with_single_cert(certs(cert_chain)?, key(private_key)?)
-        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+        .with_single_cert(certs(&files.cert_chain)?, key(&files.private_key)?)
+        .map_err(|e| {
+            TlsError::Invalid(format!(
+                "{} and {}: {e}",
+                files.cert_chain.display(),
+                files.private_key.display()
+            ))
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+// === impl LiveTls ===
+
+/// A server TLS configuration that follows its files: [`LiveTls::reload`] reads them again and,
+/// when they changed and make a valid configuration, every later handshake uses the new
+/// material (connections already open keep theirs). A changed file that does not load (a
+/// half-written certificate, a key that does not match) leaves the previous material in force.
+pub struct LiveTls {
+    files: Option<ServerTlsFiles>,
+    current: ArcSwap<rustls::ServerConfig>,
+    /// The file contents last applied and last refused (a bad file is reported once, not at
+    /// every poll).
+    seen: Mutex<(Option<Contents>, Option<Contents>)>,
+}
+
+impl std::fmt::Debug for LiveTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one [`LiveTls::reload`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// The files are as last read: nothing to do.
+    Unchanged,
+    /// New material is in force from the next handshake.
+    Applied,
+    /// The files changed but do not load; the previous material stays (already reported).
+    StillBad,
+}
+
+impl LiveTls {
+    /// Reads `files` into a configuration.
+    pub fn load(files: ServerTlsFiles) -> Result<LiveTls, TlsError> {
+        let contents = read_all(&files);
+        let config = build(&files)?;
+        Ok(LiveTls {
+            current: ArcSwap::new(config),
+            seen: Mutex::new((contents, None)),
+            files: Some(files),
+        })
+    }
+
+    /// A configuration that never changes (nothing to reload).
+    pub fn fixed(config: Arc<rustls::ServerConfig>) -> LiveTls {
+        LiveTls {
+            files: None,
+            current: ArcSwap::new(config),
+            seen: Mutex::new((None, None)),
+        }
+    }
+
+    /// The configuration new handshakes use.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        self.current.load_full()
+    }
+
+    /// Reads the files again; applies them when they changed and load. `Err`: they changed
+    /// and do not load (the previous material stays; the same bad contents are reported once,
+    /// then [`Reload::StillBad`]).
+    pub fn reload(&self) -> Result<Reload, TlsError> {
+        let Some(files) = &self.files else {
+            return Ok(Reload::Unchanged);
+        };
+        let contents = read_all(files);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if contents.is_some() && contents == seen.0 {
+            seen.1 = None;
+            return Ok(Reload::Unchanged);
+        }
+        if contents.is_some() && contents == seen.1 {
+            return Ok(Reload::StillBad);
+        }
+        match build(files) {
+            Ok(config) => {
+                self.current.store(config);
+                *seen = (contents, None);
+                Ok(Reload::Applied)
+            }
+            Err(e) => {
+                seen.1 = contents;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The bytes of each TLS file, in order.
+type Contents = Vec<Vec<u8>>;
+
+/// The bytes of every file (`None` if one cannot be read).
+fn read_all(files: &ServerTlsFiles) -> Option<Contents> {
+    std::iter::once(&files.cert_chain)
+        .chain(std::iter::once(&files.private_key))
+        .chain(files.client_ca.as_ref())
+        .map(|p| std::fs::read(p).ok())
+        .collect()
 }
 
 /// Serves ADS (gRPC over HTTP/2) and `GET /metrics` on `listener` until `shutdown` completes.
@@ -55,13 +196,51 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    serve_inner(
+        listener,
+        server,
+        tls.map(|t| (Arc::new(LiveTls::fixed(t)), None)),
+        shutdown,
+    )
+    .await
+}
+
+/// [`serve()`] over TLS that follows its files: every `reload_every` the certificate, key and
+/// client CA files are read again ([`LiveTls::reload`]); new material is logged and counted
+/// (`gofe_xds_tls_reloads_total{result="applied"}`), a changed file that does not load is
+/// logged and counted (`result="failed"`) and the previous material stays.
+pub async fn serve_reloading(
+    listener: TcpListener,
+    server: AdsServer,
+    tls: Arc<LiveTls>,
+    reload_every: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    serve_inner(listener, server, Some((tls, Some(reload_every))), shutdown).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    server: AdsServer,
+    tls: Option<(Arc<LiveTls>, Option<Duration>)>,
+    shutdown: impl Future<Output = ()>,
+) {
     let http = Arc::new(auto::Builder::new(TokioExecutor::new()));
     tokio::pin!(shutdown);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reload_every = tls.as_ref().and_then(|(_, every)| *every);
+    let mut reload_tick = tokio::time::interval(reload_every.unwrap_or(Duration::from_secs(3600)));
+    reload_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    reload_tick.reset();
     loop {
         let (tcp, peer) = tokio::select! {
             _ = &mut shutdown => break,
+            _ = reload_tick.tick(), if reload_every.is_some() => {
+                if let Some((live, _)) = &tls {
+                    reload(live, &server);
+                }
+                continue;
+            }
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -74,7 +253,9 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let server = server.clone();
         let http = Arc::clone(&http);
-        let acceptor = acceptor.clone();
+        let acceptor = tls
+            .as_ref()
+            .map(|(live, _)| tokio_rustls::TlsAcceptor::from(live.config()));
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             match acceptor {
@@ -87,6 +268,7 @@ pub async fn serve(
                     let tls = match acceptor.accept(tcp).await {
                         Ok(t) => t,
                         Err(e) => {
+                            server.inner.metrics.handshake_failures.inc();
                             tracing::info!(%peer, error = %e, "TLS handshake failed");
                             return;
                         }
@@ -105,6 +287,33 @@ pub async fn serve(
         });
     }
     let _ = stop_tx.send(true);
+}
+
+/// One reload poll, logged and counted.
+fn reload(live: &LiveTls, server: &AdsServer) {
+    let files = live.files.as_ref();
+    let cert = files.map_or(String::new(), |f| f.cert_chain.display().to_string());
+    match live.reload() {
+        Ok(Reload::Unchanged | Reload::StillBad) => {}
+        Ok(Reload::Applied) => {
+            server
+                .inner
+                .metrics
+                .tls_reloads
+                .with_label_values(&["applied"])
+                .inc();
+            tracing::info!(cert = %cert, "xDS TLS material reloaded: new handshakes use it");
+        }
+        Err(e) => {
+            server
+                .inner
+                .metrics
+                .tls_reloads
+                .with_label_values(&["failed"])
+                .inc();
+            tracing::error!(cert = %cert, error = %e, "xDS TLS files changed but do not load: the previous material stays");
+        }
+    }
 }
 
 fn service(

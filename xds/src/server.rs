@@ -51,8 +51,8 @@ pub struct ServerOptions {
     /// and published together at its end (see [`SnapshotCache`]). Default 10 ms.
     pub debounce: Duration,
     /// Refuse streams that come without a client certificate. Whenever a client certificate is
-    /// presented (mutual TLS), the node id must be a DNS name it is valid for, whatever this
-    /// says. Set it with mutual TLS so no stream can skip the check. Default `false`.
+    /// presented (mutual TLS), the node id must be one of its names (a URI SAN, a DNS SAN, or
+    /// the CN of a certificate without SANs: see [`crate::identity`]), whatever this says. Set it with mutual TLS so no stream can skip the check. Default `false`.
     pub require_identity: bool,
     /// Serve the Load Reporting Service (`StreamLoadStats`) on the same port, keeping reports
     /// in a [`LoadStore`]. Default: off (the method answers `UNIMPLEMENTED`).
@@ -128,25 +128,49 @@ impl AdsServer {
             .get()
     }
 
+    /// Refuses a stream whose node id its client certificate does not name (the rules of
+    /// [`crate::identity`]), or that has no certificate when one is required. Each refusal is
+    /// logged and counted in `gofe_xds_refused_streams_total{reason}`; nothing is sent.
     fn check_identity(&self, node: &Node, peer: Option<&PeerCertificate>) -> Result<(), Status> {
+        let refuse = |reason: &'static str, status: Status, names: &str| {
+            self.inner
+                .metrics
+                .refused
+                .with_label_values(&[reason])
+                .inc();
+            tracing::warn!(node = %node.id, reason, certificate = %names, "xDS stream refused");
+            Err(status)
+        };
         // A client certificate, when there is one, always has to name the node; without one,
         // the stream is refused only if identity is required.
         let Some(PeerCertificate(der)) = peer else {
             if self.inner.require_identity {
-                return Err(Status::unauthenticated("a client certificate is required"));
+                return refuse(
+                    "no_client_certificate",
+                    Status::unauthenticated("a client certificate is required"),
+                    "none",
+                );
             }
             return Ok(());
         };
-        let name = rustls::pki_types::ServerName::try_from(node.id.as_str())
-            .map_err(|_| Status::permission_denied("node id is not a DNS name"))?;
-        let cert = webpki::EndEntityCert::try_from(der)
-            .map_err(|_| Status::unauthenticated("unreadable client certificate"))?;
-        cert.verify_is_valid_for_subject_name(&name).map_err(|_| {
+        let Some(names) = crate::identity::CertIdentity::of(der) else {
+            return refuse(
+                "unreadable_certificate",
+                Status::unauthenticated("unreadable client certificate"),
+                "unreadable",
+            );
+        };
+        if crate::identity::matches(&node.id, der) {
+            return Ok(());
+        }
+        refuse(
+            "identity_mismatch",
             Status::permission_denied(format!(
                 "node id {:?} is not a name in the client certificate",
                 node.id
-            ))
-        })
+            )),
+            &names.describe(),
+        )
     }
 }
 

@@ -68,6 +68,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Values.injection.enabled }}
 {{- $_ := set $config "webhook" (include "gofe.webhookConfig" . | fromYaml) }}
 {{- end }}
+{{- with .Values.controller.xds.tls }}
+{{- if .secretName }}
+{{- $tls := dict "cert_file" "/var/run/gofe-xds/tls.crt" "key_file" "/var/run/gofe-xds/tls.key" }}
+{{- if .mutual }}
+{{- $_ := set $tls "client_ca_file" "/var/run/gofe-xds/ca.crt" }}
+{{- end }}
+{{- $_ := set $config.xds "tls" $tls }}
+{{- end }}
+{{- end }}
 {{- toYaml (mergeOverwrite $config .Values.controller.config) }}
 {{- end }}
 
@@ -84,7 +93,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "gofe.proxyBootstrap" -}}
 {{- $bootstrap := .Files.Get "files/bootstrap.yaml" | fromYaml }}
 {{- $address := printf "%s-controller.%s.svc:18000" (include "gofe.fullname" .) .Release.Namespace }}
-{{- $_ := set $bootstrap "xds_server" (dict "address" $address) }}
+{{- $server := dict "address" $address }}
+{{- if .Values.controller.xds.tls.secretName }}
+{{- $_ := set $server "tls" (dict "ca" "/var/run/gofe-xds-ca/ca.crt" "server_name" (printf "%s-controller.%s.svc" (include "gofe.fullname" .) .Release.Namespace)) }}
+{{- end }}
+{{- $_ := set $bootstrap "xds_server" $server }}
 {{- toYaml $bootstrap }}
 {{- end }}
 

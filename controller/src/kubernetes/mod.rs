@@ -676,6 +676,7 @@ async fn step(
         }
     }
     controller.set_topology(config, &overrides);
+    controller.set_api_listener_names(api_listener_names(&bindings));
     if !leader {
         let weights = followed_weights(&bindings, &policy_objects);
         controller.follow(&weights).await;
@@ -826,4 +827,50 @@ where
             }
         }
     })
+}
+
+/// The API listener name of each cluster a `TrafficPolicy` steers: its Service's
+/// `SERVICE.NAMESPACE` (what a proxyless gRPC client's `xds:///SERVICE.NAMESPACE` resolves).
+pub fn api_listener_names(bindings: &[Binding]) -> BTreeMap<String, String> {
+    bindings
+        .iter()
+        .filter_map(|b| {
+            let cluster = b.cluster.clone()?;
+            Some((cluster, format!("{}.{}", b.service, b.namespace)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binding(namespace: &str, service: &str, cluster: Option<&str>) -> Binding {
+        Binding {
+            namespace: namespace.into(),
+            name: format!("{service}-policy"),
+            generation: None,
+            service: service.into(),
+            cluster: cluster.map(Into::into),
+            problem: None,
+            pods: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn each_applied_traffic_policy_names_its_cluster_s_api_listener_after_its_service() {
+        let names = api_listener_names(&[
+            binding("shop", "reviews", Some("reviews")),
+            binding("bank", "reviews", Some("bank-reviews")),
+            binding("shop", "broken", None),
+        ]);
+        assert_eq!(
+            names,
+            BTreeMap::from([
+                ("reviews".to_owned(), "reviews.shop".to_owned()),
+                ("bank-reviews".to_owned(), "reviews.bank".to_owned()),
+            ]),
+            "a policy that does not apply has no cluster and no listener"
+        );
+    }
 }

@@ -44,7 +44,8 @@ pub struct Bootstrap {
 #[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
-    /// `node.id`: with mutual TLS, must be a DNS name in the client certificate.
+    /// `node.id`: with mutual TLS, must be a name in the client certificate (a URI SAN such as
+    /// a SPIFFE id, a DNS SAN, or the CN of a certificate without SANs; `gofe_xds::identity`).
     pub id: String,
     /// `node.cluster`. Default empty.
     #[serde(default)]

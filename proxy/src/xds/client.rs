@@ -250,7 +250,8 @@ async fn run(
     };
     let control_plane = ControlPlane {
         address: options.server.clone(),
-        tls,
+        tls: tls.map(|(c, name)| (Arc::new(std::sync::Mutex::new(c)), name)),
+        files: options.tls.clone(),
     };
     // Load reports go on their own stream and connection, beside ADS: neither waits for the
     // other, and both end when this task is stopped.
@@ -291,18 +292,38 @@ async fn run(
 #[derive(Clone)]
 pub(super) struct ControlPlane {
     address: String,
+    /// The last TLS configuration that loaded, and the name to verify.
     tls: Option<(
-        Arc<rustls::ClientConfig>,
+        Arc<std::sync::Mutex<Arc<rustls::ClientConfig>>>,
         rustls::pki_types::ServerName<'static>,
     )>,
+    /// The files it is read from, again at every connection.
+    files: Option<ClientTls>,
 }
 
 impl ControlPlane {
-    /// A new HTTP/2 connection to it.
+    /// A new HTTP/2 connection to it. With TLS, the CA and client certificate files are read
+    /// again first, so a rotated client certificate is used from the next connection on; files
+    /// that no longer load leave the last good material in use (logged).
     pub(super) async fn channel(&self) -> Result<tonic::transport::Channel, String> {
+        let tls = self.tls.as_ref().map(|(config, name)| {
+            let fresh = self.files.as_ref().map(client_tls_config);
+            let config = match fresh {
+                Some(Ok(fresh)) => {
+                    *config.lock().unwrap_or_else(|e| e.into_inner()) = Arc::clone(&fresh);
+                    fresh
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "control-plane TLS files do not load; connecting with the last good ones");
+                    Arc::clone(&config.lock().unwrap_or_else(|e| e.into_inner()))
+                }
+                None => Arc::clone(&config.lock().unwrap_or_else(|e| e.into_inner())),
+            };
+            (config, name.clone())
+        });
         let connector = Connector {
             address: self.address.clone(),
-            tls: self.tls.clone(),
+            tls,
         };
         tonic::transport::Endpoint::from_static("http://xds.invalid")
             .connect_timeout(Duration::from_secs(5))

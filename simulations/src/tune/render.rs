@@ -20,14 +20,23 @@ pub fn autoscaling_yaml(a: &Autoscaling) -> String {
                 average_value,
                 value,
                 forecast,
+                queueing,
             } => {
                 let target = match (average_value, value) {
                     (Some(q), _) => format!("average_value: {}", quantity(*q)),
                     (None, Some(q)) => format!("value: {}", quantity(*q)),
                     (None, None) => String::new(),
                 };
-                let forecast =
-                    forecast.map_or(String::new(), |f| format!(", {}", forecast_yaml(&f)));
+                let forecast = forecast
+                    .as_ref()
+                    .map_or(String::new(), |f| format!(", {}", forecast_yaml(f)));
+                let forecast = match queueing {
+                    Some(q) => format!(
+                        "{forecast}, queueing: {{ target: {} }}",
+                        gofe_yaml::duration::format(q.target.0)
+                    ),
+                    None => forecast,
+                };
                 let _ = writeln!(o, "    - external_rps: {{ {target}{forecast} }}");
             }
             SimMetric::PodsRps { average_value } => {
@@ -91,16 +100,40 @@ fn rules_yaml(r: &RulesJson) -> String {
     parts.join(", ")
 }
 
+/// A forecast as written: every field the section sets, in the adapter's names.
 fn forecast_yaml(f: &Forecast) -> String {
+    use gofe_core::forecast::{Fallback, MethodName};
     let d = |d: crate::scenario::Dur| gofe_yaml::duration::format(d.0);
-    format!(
-        "forecast: {{ lead: {}, window: {}, step: {}, alpha: {}, beta: {} }}",
-        d(f.lead),
-        d(f.window),
-        d(f.step),
-        number(f.alpha),
-        number(f.beta)
-    )
+    let mut parts = vec![format!("lead: {}", d(f.lead))];
+    if f.method == MethodName::HoltWinters {
+        parts.push("method: holt-winters".into());
+    }
+    for (name, value) in [("window", f.window), ("step", f.step), ("period", f.period)] {
+        if let Some(v) = value {
+            parts.push(format!("{name}: {}", d(v)));
+        }
+    }
+    for (name, value) in [("alpha", f.alpha), ("beta", f.beta), ("gamma", f.gamma)] {
+        if let Some(v) = value {
+            parts.push(format!("{name}: {}", number(v)));
+        }
+    }
+    match f.fallback {
+        Some(Fallback::Holt) => parts.push("fallback: holt".into()),
+        Some(Fallback::None) => parts.push("fallback: none".into()),
+        None => {}
+    }
+    if let Some(spike) = &f.spike {
+        let mut sp = Vec::new();
+        if let Some(k) = spike.k {
+            sp.push(format!("k: {}", number(k)));
+        }
+        if let Some(w) = spike.window {
+            sp.push(format!("window: {}", d(w)));
+        }
+        parts.push(format!("spike: {{ {} }}", sp.join(", ")));
+    }
+    format!("forecast: {{ {} }}", parts.join(", "))
 }
 
 /// A quantity as a decimal Kubernetes reads back exactly (`"76.7"`; milli-units have at most
@@ -140,15 +173,7 @@ mod tests {
         assert_eq!(hpa_spec(&back), hpa_spec(&a), "{yaml}");
         assert_eq!(back.tolerance, a.tolerance);
         let forecast = |a: &Autoscaling| match &a.metrics[0] {
-            SimMetric::ExternalRps { forecast, .. } => forecast.map(|f| {
-                (
-                    f.lead,
-                    f.window,
-                    f.step,
-                    f.alpha.to_bits(),
-                    f.beta.to_bits(),
-                )
-            }),
+            SimMetric::ExternalRps { forecast, .. } => forecast.clone(),
             _ => None,
         };
         assert_eq!(forecast(&back), forecast(&a));

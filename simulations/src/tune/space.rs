@@ -316,7 +316,7 @@ pub const KINDS: &[Kind] = &[
             let base = forecast_of(a).unwrap_or_else(default_forecast);
             for m in &mut a.metrics {
                 if let SimMetric::ExternalRps { forecast, .. } = m {
-                    *forecast = on.then_some(base);
+                    *forecast = on.then(|| base.clone());
                 }
             }
         },
@@ -340,8 +340,12 @@ pub const KINDS: &[Kind] = &[
         needs_forecast: true,
         default: |a| has_external(a).then(|| range(0.1, 1.0, Unit::Number)),
         applies: applies_forecast,
-        baseline: |a| forecast_of(a).unwrap_or_else(default_forecast).alpha,
-        apply: |a, v| with_forecast(a, |f| f.alpha = v),
+        baseline: |a| {
+            forecast_of(a)
+                .and_then(|f| f.alpha)
+                .unwrap_or(gofe_core::forecast::Holt::default().alpha)
+        },
+        apply: |a, v| with_forecast(a, |f| f.alpha = Some(v)),
     },
     Kind {
         name: "forecast_beta",
@@ -351,8 +355,12 @@ pub const KINDS: &[Kind] = &[
         needs_forecast: true,
         default: |a| has_external(a).then(|| range(0.05, 1.0, Unit::Number)),
         applies: applies_forecast,
-        baseline: |a| forecast_of(a).unwrap_or_else(default_forecast).beta,
-        apply: |a, v| with_forecast(a, |f| f.beta = v),
+        baseline: |a| {
+            forecast_of(a)
+                .and_then(|f| f.beta)
+                .unwrap_or(gofe_core::forecast::Holt::default().beta)
+        },
+        apply: |a, v| with_forecast(a, |f| f.beta = Some(v)),
     },
 ];
 
@@ -446,16 +454,21 @@ fn set_target(m: &mut SimMetric, f: impl Fn(f64) -> f64) {
 fn default_forecast() -> Forecast {
     Forecast {
         lead: Dur(Duration::from_secs(60)),
-        window: Dur(Duration::from_secs(600)),
-        step: Dur(Duration::from_secs(15)),
-        alpha: gofe_core::forecast::Holt::default().alpha,
-        beta: gofe_core::forecast::Holt::default().beta,
+        method: gofe_core::forecast::MethodName::Holt,
+        window: Some(Dur(Duration::from_secs(600))),
+        step: Some(Dur(Duration::from_secs(15))),
+        alpha: Some(gofe_core::forecast::Holt::default().alpha),
+        beta: Some(gofe_core::forecast::Holt::default().beta),
+        gamma: None,
+        period: None,
+        fallback: None,
+        spike: None,
     }
 }
 
 fn forecast_of(a: &Autoscaling) -> Option<Forecast> {
     a.metrics.iter().find_map(|m| match m {
-        SimMetric::ExternalRps { forecast, .. } => *forecast,
+        SimMetric::ExternalRps { forecast, .. } => forecast.clone(),
         _ => None,
     })
 }
@@ -963,7 +976,7 @@ mod tests {
         let SimMetric::ExternalRps { forecast, .. } = &b.metrics[0] else {
             panic!()
         };
-        assert_eq!(forecast.unwrap().lead.secs(), 200.0);
+        assert_eq!(forecast.as_ref().unwrap().lead.secs(), 200.0);
     }
 
     #[test]

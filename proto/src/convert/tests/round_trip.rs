@@ -649,6 +649,78 @@ proptest! {
     }
 }
 
+/// A config and API listeners for some of its clusters (`api-N`, or a cluster's own name).
+fn config_with_api_listeners() -> impl Strategy<Value = (ProxyConfig, Vec<ApiListener>)> {
+    proxy_config().prop_flat_map(|config| {
+        let clusters: Vec<String> = config.clusters.iter().map(|c| c.name.clone()).collect();
+        let n = clusters.len();
+        (
+            Just(config),
+            vec((0..n, any::<bool>()), 0..4).prop_map(move |picks| {
+                let mut out: Vec<ApiListener> = picks
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (c, own_name))| ApiListener {
+                        name: if own_name {
+                            clusters[c].clone()
+                        } else {
+                            format!("api-{i}")
+                        },
+                        cluster: clusters[c].clone(),
+                    })
+                    .collect();
+                out.sort();
+                out.dedup_by(|a, b| a.name == b.name);
+                out
+            }),
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// API listeners travel as Envoy's api_listener (an HTTP connection manager on RDS, router
+    /// last) with their route configuration, come back as they were published, and never
+    /// change what the proxy itself applies.
+    #[test]
+    fn api_listeners_round_trip_beside_the_proxy_config((config, api) in config_with_api_listeners()) {
+        let proxies = from_proxy_config(&config).unwrap();
+        let mut resources = proxies.clone();
+        let skipped = add_api_listeners(&mut resources, &api);
+        for a in &api {
+            let taken = proxies.listeners.contains_key(&a.name) || proxies.routes.contains_key(&a.name);
+            prop_assert_eq!(
+                skipped.contains(&ApiListenerSkipped::NameTaken(a.name.clone())),
+                taken,
+                "a name the proxies' resources hold is left to them"
+            );
+            if taken {
+                prop_assert_eq!(format!("{:?}", resources.listeners[&a.name]), format!("{:?}", proxies.listeners[&a.name]));
+                continue;
+            }
+            let (listener, routes) = api_listener_resources(a);
+            let wire = listener_to_wire(&resources.listeners[&a.name]).unwrap();
+            prop_assert!(wire.address.is_none() && wire.filter_chains.is_empty());
+            let any = wire.api_listener.as_ref().and_then(|l| l.api_listener.as_ref()).unwrap();
+            let manager: hcm::HttpConnectionManager = typed(any);
+            prop_assert_eq!(manager.http_filters.last().map(|f| f.name.as_str()), Some(ROUTER_FILTER_NAME));
+            prop_assert!(matches!(
+                &manager.route_specifier,
+                Some(hcm::http_connection_manager::RouteSpecifier::Rds(r)) if r.route_config_name == a.name
+            ));
+            prop_assert_eq!(format!("{:?}", listener_from_wire(&wire).unwrap()), format!("{listener:?}"));
+            let back = route_from_wire(&route_to_wire(&resources.routes[&a.name]).unwrap()).unwrap();
+            prop_assert_eq!((&back.name, &back.router), (&routes.name, &routes.router));
+        }
+        let encoded: Vec<(ResourceType, Vec<Any>)> = ResourceType::ALL
+            .into_iter()
+            .map(|t| (t, resources.encode(t).unwrap().into_values().collect()))
+            .collect();
+        prop_assert_eq!(canonical(from_xds(&encoded)), canonical(config));
+    }
+}
+
 #[test]
 fn weight_zero_is_drained_for_envoy_and_exact_for_gofe() {
     for health in [

@@ -1,0 +1,228 @@
+//! Proxyless gRPC against the shipped controller: `gofe controller run` (a process, file mode)
+//! publishes an API listener (`xds.api_listeners`) for a cluster of two gRPC backends, and
+//! gRPC's own xDS client (PyPI `grpcio`, not written here) resolves `xds:///greeter` through
+//! it, balances across the published endpoints by the published weights, and follows a weight
+//! change and an endpoint taken out (weight 0), each made by editing the controller's proxy
+//! configuration and reloading it (SIGHUP). An ejection the controller decides from signals
+//! is not exercised here: a proxyless client exports no per-endpoint signals the controller
+//! reads.
+//!
+//! Needs `python3` with `grpcio` (`pip install grpcio==1.85.1`; `.ci/run` installs it). Set
+//! `GOFE_SKIP_GRPCIO=1` to skip on a machine without Python.
+
+#![allow(unreachable_pub)]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::process::{tempdir, Proc};
+
+fn ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
+fn http_get(to: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: c\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+/// The controller's proxy configuration: cluster `greeter-backends` with backends a and b at
+/// these weights and health.
+fn write_proxy_config(dir: &Path, a: (u16, u32, &str), b: (u16, u32, &str)) {
+    let endpoint = |(port, weight, health): (u16, u32, &str)| {
+        format!("      - {{ address: \"127.0.0.1:{port}\", weight: {weight}, health_status: {health} }}\n")
+    };
+    let text = format!(
+        "clusters:\n  - name: greeter-backends\n    endpoints:\n{}{}",
+        endpoint(a),
+        endpoint(b)
+    );
+    let tmp = dir.join("proxy.yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, dir.join("proxy.yaml")).unwrap();
+}
+
+/// `count` calls' answers by backend: (a, b, anything else).
+fn parse_counts(line: &str) -> (u64, u64, u64) {
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line from the client");
+    let c = v["counts"].as_object().expect("counts");
+    let get = |k: &str| c.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+    let other = c
+        .iter()
+        .filter(|(k, _)| *k != "a" && *k != "b")
+        .map(|(_, v)| v.as_u64().unwrap_or(0))
+        .sum();
+    (get("a"), get("b"), other)
+}
+
+/// Whether `k` of `n` calls is within 5 standard deviations of a binomial(n, p) draw: a wrong
+/// weighting fails it, chance fails it about once in 3.5 million runs.
+fn binomial_ok(k: u64, n: u64, p: f64) -> bool {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    (k as f64 - mean).abs() <= 5.0 * sd
+}
+
+#[test]
+fn grpcio_xds_client_follows_the_controller_s_published_weights_and_a_drained_endpoint() {
+    if std::env::var_os("GOFE_SKIP_GRPCIO").is_some() {
+        eprintln!("GOFE_SKIP_GRPCIO set: skipping the grpcio interoperability test");
+        return;
+    }
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_grpcio = Command::new(&python)
+        .args(["-c", "import grpc"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        has_grpcio,
+        "{python} with grpcio is needed: pip install grpcio==1.85.1 (or set GOFE_SKIP_GRPCIO=1)"
+    );
+    let dir = tempdir();
+    let p = ports(4);
+    let (a, b, xds, admin) = (p[0], p[1], p[2], p[3]);
+    write_proxy_config(&dir, (a, 3, "healthy"), (b, 1, "healthy"));
+    std::fs::write(
+        dir.join("controller.yaml"),
+        format!(
+            "proxy_config: proxy.yaml\ninterval: 500ms\nadmin: {{ address: \"127.0.0.1:{admin}\" }}\nxds:\n  address: \"127.0.0.1:{xds}\"\n  api_listeners:\n    services: [{{ name: greeter, cluster: greeter-backends }}]\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.join("controller.yaml").display().to_string();
+    let controller = Proc::start(&["controller", "run", "--config", &config], &dir);
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let published = |at_least: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = http_get(admin_addr, "/metrics").and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("gofe_controller_config_version "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            });
+            if v.is_some_and(|v| v >= at_least) {
+                return v.unwrap_or_default();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no publication {at_least}: {}",
+                controller.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let first = published(1);
+
+    // Looked up when the test runs, not when it was compiled: a build cache shared between
+    // checkouts must not point the test at another checkout's files.
+    let script =
+        Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/grpcio_xds_client.py");
+    let mut child = Command::new(&python)
+        .arg(script)
+        .args([
+            xds.to_string(),
+            "greeter".into(),
+            a.to_string(),
+            b.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the grpcio client");
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut ask = |command: &str| {
+        writeln!(stdin, "{command}").unwrap();
+        let line = lines
+            .recv_timeout(Duration::from_secs(90))
+            .unwrap_or_else(|_| panic!("grpcio client gave no answer to {command:?}"));
+        parse_counts(&line)
+    };
+
+    // Published weights 3:1: a answers about three calls in four.
+    let (ca, cb, other) = ask("count 400");
+    assert_eq!((ca + cb, other), (400, 0), "every call answered by a or b");
+    assert!(
+        binomial_ok(ca, 400, 0.75),
+        "a={ca} b={cb}, expected about 300:100"
+    );
+
+    // The weights turn to 1:3 in the file; the controller reloads and publishes them.
+    write_proxy_config(&dir, (a, 1, "healthy"), (b, 3, "healthy"));
+    controller.signal("HUP");
+    let second = published(first + 1);
+    // Wait until the client has the new weights: calls until a window looks like 1:3 would
+    // be timing-dependent; instead the controller's view of the client's EDS ACK after the
+    // publication says it has them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let caught_up = http_get(admin_addr, "/decisions")
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+            .is_some_and(|d| {
+                d["version"].as_u64() >= Some(second)
+                    && d["proxies"].as_array().is_some_and(|ps| {
+                        ps.iter()
+                            .any(|p| p["node"] == "grpcio-client" && p["caught_up"] == true)
+                    })
+            });
+        if caught_up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client never ACKed the new weights"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ca, cb, other) = ask("count 400");
+    assert_eq!((ca + cb, other), (400, 0));
+    assert!(
+        binomial_ok(ca, 400, 0.25),
+        "a={ca} b={cb}, expected about 100:300"
+    );
+
+    // a is taken out (weight 0 in the file: the controller publishes it with no share, as
+    // it does an endpoint it ejects): every call goes to b.
+    write_proxy_config(&dir, (a, 0, "healthy"), (b, 3, "healthy"));
+    controller.signal("HUP");
+    published(second + 1);
+    let (ca, cb, other) = ask("only b 50");
+    assert_eq!((ca, cb, other), (0, 50, 0), "after taking a out");
+    let (ca, cb, other) = ask("count 100");
+    assert_eq!((ca, cb, other), (0, 100, 0), "a stays out");
+
+    let _ = writeln!(stdin, "quit");
+    let _ = child.wait();
+    let mut controller = controller;
+    controller.signal("TERM");
+    assert_eq!(controller.wait_exit(Duration::from_secs(20)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
