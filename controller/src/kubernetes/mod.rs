@@ -854,6 +854,8 @@ mod tests {
             cluster: cluster.map(Into::into),
             problem: None,
             pods: BTreeMap::new(),
+            clusters: BTreeMap::new(),
+            duplicates: Vec::new(),
         }
     }
 
