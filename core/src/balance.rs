@@ -219,10 +219,12 @@ pub fn priority_load(
             load[first] += left;
         }
     }
+    if total == 0 {
+        // Nothing scores (no healthy host, or a factor so small that every score rounds to
+        // 0): as Envoy, level 0 takes everything unless the levels are in total panic below.
+        load[0] = 100;
+    }
     if panic_threshold_percent == 0 {
-        if total == 0 {
-            load[0] = 100;
-        }
         return;
     }
     if total < 100 {
@@ -459,6 +461,17 @@ mod tests {
         assert!(least_request(c(4, 4), c(1, 1)));
         assert!(least_request(c(1, 1), c(4, 4)));
         assert!(!least_request(c(5, 4), c(1, 1)));
+    }
+
+    #[test]
+    fn scores_that_round_to_zero_above_the_panic_threshold_send_everything_to_level_0() {
+        // 7 of 12 healthy is above a 1 % panic threshold, but a 1 % factor scores it 0: the
+        // load must still add up (found by the property below).
+        let mut load = [7; 2];
+        let mut panic = [true; 2];
+        priority_load(&[level(12, 7), level(3, 1)], 1, 1, &mut load, &mut panic);
+        assert_eq!(load, [100, 0]);
+        assert_eq!(panic, [false, false]);
     }
 
     proptest! {
