@@ -173,6 +173,25 @@ pub enum Fallback {
     None,
 }
 
+/// Whether the served value may be below the latest observation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(rename_all = "kebab-case")
+)]
+pub enum Floor {
+    /// Serve `max(latest, forecast)`: the forecast may lead the current value, never lag it,
+    /// so the HPA never scales later than on the current value alone (the default; predictive
+    /// autoscalers such as Google Compute Engine's use the higher of the two for the same
+    /// reason).
+    #[default]
+    Latest,
+    /// Serve the forecast as it is, also below the latest value (it can scale down ahead of a
+    /// falling curve, and lags a spike or a level shift by the model's smoothing).
+    None,
+}
+
 /// The `forecast` option of an adapter rule and of a simulated External rate, as written
 /// (`D` is how the file writes a duration). Every field is optional but `lead`; see
 /// [`ForecastConfig::resolve`] for the defaults and limits.
@@ -217,6 +236,10 @@ pub struct ForecastConfig<D> {
     /// The spike-aware fast path. Default: off.
     #[cfg_attr(feature = "serde", serde(default))]
     pub spike: Option<SpikeConfig<D>>,
+    /// `latest` (default): never serve less than the latest observation; `none`: serve the
+    /// forecast as it is.
+    #[cfg_attr(feature = "serde", serde(default))]
+    pub floor: Option<Floor>,
 }
 
 /// The spike-aware fast path as written: `spike: {}` turns it on with the defaults.
@@ -250,6 +273,8 @@ pub struct ForecastPolicy {
     pub method: Method,
     /// The fast path, when on.
     pub spike: Option<SpikeGuard>,
+    /// Whether the latest observation bounds the served value from below.
+    pub floor: Floor,
 }
 
 /// A checked model.
@@ -437,6 +462,7 @@ impl<D: Copy + Into<Duration>> ForecastConfig<D> {
                 step,
                 method,
                 spike,
+                floor: self.floor.unwrap_or_default(),
             })
         } else {
             Err(problems)
@@ -500,18 +526,19 @@ impl ForecastPolicy {
             },
         };
         let latest = history.iter().rev().copied().find(|x| x.is_finite());
-        match (self.spike, latest) {
-            (Some(guard), Some(latest)) if guard.is_spike(&residuals) => Ok(Served {
-                value: value.max(latest),
-                spike: true,
-                fell_back,
-            }),
-            _ => Ok(Served {
-                value,
-                spike: false,
-                fell_back,
-            }),
-        }
+        let spike = match (self.spike, latest) {
+            (Some(guard), Some(_)) => guard.is_spike(&residuals),
+            _ => false,
+        };
+        let value = match latest {
+            Some(latest) if spike || self.floor == Floor::Latest => value.max(latest),
+            _ => value,
+        };
+        Ok(Served {
+            value,
+            spike,
+            fell_back,
+        })
     }
 }
 
@@ -603,6 +630,7 @@ mod tests {
             period: None,
             fallback: None,
             spike: None,
+            floor: None,
         }
     }
 
@@ -706,6 +734,7 @@ mod tests {
             step: Some(Duration::from_secs(1)),
             fallback: Some(fallback),
             spike: spike.then(SpikeConfig::default),
+            floor: Some(Floor::None),
             ..config(MethodName::HoltWinters)
         }
         .resolve()
@@ -753,6 +782,26 @@ mod tests {
     }
 
     #[test]
+    fn by_default_the_forecast_leads_the_latest_value_but_never_lags_it() {
+        // A falling ramp: Holt forecasts below the latest value; the floor serves the latest.
+        let falling: Vec<f64> = (0..20).map(|i| 200.0 - 5.0 * i as f64).collect();
+        let latest = *falling.last().unwrap();
+        let p = config(MethodName::Holt).resolve().unwrap();
+        assert_eq!(p.floor, Floor::Latest);
+        assert_eq!(p.serve(&falling).unwrap().value, latest);
+        let bare = ForecastPolicy {
+            floor: Floor::None,
+            ..p
+        };
+        assert!(bare.serve(&falling).unwrap().value < latest);
+        // A rising ramp: the forecast is ahead of the latest value and is served as it is.
+        let rising: Vec<f64> = (0..20).map(|i| 100.0 + 5.0 * i as f64).collect();
+        let ahead = p.serve(&rising).unwrap().value;
+        assert!(ahead > *rising.last().unwrap());
+        assert_eq!(ahead, bare.serve(&rising).unwrap().value);
+    }
+
+    #[test]
     fn holt_residuals_are_one_step_errors() {
         let xs: Vec<f64> = (0..10).map(|i| 3.0 * i as f64).collect();
         assert!(Holt::default()
@@ -770,19 +819,27 @@ mod tests {
             xs in proptest::collection::vec(0.0..1e5f64, 0..80),
             lead in 0u64..30,
             spike in proptest::bool::ANY,
+            floor in proptest::bool::ANY,
         ) {
             let mut c = config(MethodName::HoltWinters);
             c.lead = Duration::from_secs(lead);
             c.period = Some(Duration::from_secs(12));
             c.step = Some(Duration::from_secs(1));
             c.spike = spike.then(SpikeConfig::default);
+            c.floor = floor.then_some(Floor::Latest).or(Some(Floor::None));
             let p = c.resolve().unwrap();
-            let plain = ForecastPolicy { spike: None, ..p };
+            let plain = ForecastPolicy { spike: None, floor: Floor::None, ..p };
+            let latest = xs.last().copied();
             match (p.serve(&xs), plain.serve(&xs)) {
                 (Ok(s), Ok(q)) => {
                     proptest::prop_assert!(s.value >= 0.0 && s.value.is_finite());
                     proptest::prop_assert!(s.value >= q.value);
-                    proptest::prop_assert!(s.spike || s.value == q.value);
+                    if floor {
+                        proptest::prop_assert!(s.value >= latest.unwrap_or(0.0));
+                        proptest::prop_assert_eq!(s.value, q.value.max(latest.unwrap_or(0.0)));
+                    } else {
+                        proptest::prop_assert!(s.spike || s.value == q.value);
+                    }
                 }
                 (Err(e), Err(f)) => proptest::prop_assert_eq!(e, f),
                 other => proptest::prop_assert!(false, "{:?}", other),

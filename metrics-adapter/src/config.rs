@@ -226,7 +226,7 @@ pub enum PolicyName {
 
 /// Forecast options: `lead` (required), `method` (`holt`, default, or `holt-winters`),
 /// `window`, `step`, `alpha`, `beta`, and for Holt-Winters `gamma`, `period`, `fallback`; `spike`
-/// for the spike-aware fast path. The simulator's `external_rps.forecast` is the same type;
+/// for the spike-aware fast path; `floor` (`latest`, default, or `none`). The simulator's `external_rps.forecast` is the same type;
 /// defaults and limits are [`gofe_core::forecast::ForecastConfig::resolve`]'s.
 pub type ForecastConfig = gofe_core::forecast::ForecastConfig<DurationText>;
 
@@ -799,7 +799,7 @@ builtinRules:
 externalRules:
 - seriesQuery: 'queue_depth'
   metricsQuery: sum(<<.Series>>{<<.LabelMatchers>>})
-  forecast: {lead: 60s, spike: {}}
+  forecast: {lead: 60s, spike: {}, floor: none}
 "#;
         let book = parse("f.yaml", text).unwrap();
         let f = book.builtin.options["http_requests_per_second"]
@@ -817,6 +817,11 @@ externalRules:
         };
         assert_eq!((hw.season, hw.gamma), (5_400, 0.2));
         assert_eq!(f.policy.spike.unwrap().k, 5.0);
+        assert_eq!(
+            f.policy.floor,
+            gofe_core::forecast::Floor::Latest,
+            "the default"
+        );
         let q = book.builtin.options["http_requests_per_second_ejection_aware"].queueing;
         assert_eq!(q, Some(crate::rules::Queueing { target: 0.04 }));
         let rule = book
@@ -834,6 +839,7 @@ externalRules:
         );
         let spike = book.external[0].options.forecast.as_ref().unwrap();
         assert_eq!(spike.policy.spike.unwrap().k, 4.0);
+        assert_eq!(spike.policy.floor, gofe_core::forecast::Floor::None);
     }
 
     #[test]

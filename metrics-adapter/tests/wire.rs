@@ -2549,28 +2549,33 @@ externalRules:
   resources: {namespaced: false}
   name: {matches: "^(.*)_total$", as: "${1}_holt_winters"}
   metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (cluster)
+  forecast: {lead: 6h, method: holt-winters, period: 24h, window: 25h, step: 60s, fallback: none, floor: none}
+- seriesQuery: 'daily_requests_total'
+  resources: {namespaced: false}
+  name: {matches: "^(.*)_total$", as: "${1}_floored"}
+  metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (cluster)
   forecast: {lead: 6h, method: holt-winters, period: 24h, window: 25h, step: 60s, fallback: none}
 - seriesQuery: 'daily_requests_total'
   resources: {namespaced: false}
   name: {matches: "^(.*)_total$", as: "${1}_holt"}
   metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[2m])) by (cluster)
-  forecast: {lead: 6h, window: 25h, step: 60s}
+  forecast: {lead: 6h, window: 25h, step: 60s, floor: none}
 - seriesQuery: 'jump_requests_total'
   resources: {namespaced: false}
   name: {matches: "^(.*)_total$", as: "${1}_smooth"}
   metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (cluster)
-  forecast: {lead: 60s, method: holt-winters, period: 24h, window: 25h, step: 60s, alpha: 0.1, beta: 0.01}
+  forecast: {lead: 60s, method: holt-winters, period: 24h, window: 25h, step: 60s, alpha: 0.1, beta: 0.01, floor: none}
 - seriesQuery: 'jump_requests_total'
   resources: {namespaced: false}
   name: {matches: "^(.*)_total$", as: "${1}_spike"}
   metricsQuery: sum(rate(<<.Series>>{<<.LabelMatchers>>}[1m])) by (cluster)
-  forecast: {lead: 60s, method: holt-winters, period: 24h, window: 25h, step: 60s, alpha: 0.1, beta: 0.01, spike: {k: 4}}
+  forecast: {lead: 60s, method: holt-winters, period: 24h, window: 25h, step: 60s, alpha: 0.1, beta: 0.01, spike: {k: 4}, floor: none}
 "#;
 
 /// Holt-Winters with a 24 h season over a day of Prometheus history (25 h at 60 s: 1,500
-/// points a series, within Prometheus' 11,000) forecasts the wave where Holt cannot, refuses a
-/// series younger than a day (`fallback: none`), the spike path serves a jump at once where
-/// the smoothing lags, and the queueing pressure of the built-in rate is
+/// points a series, within Prometheus' 11,000) forecasts the wave where Holt cannot and, with
+/// the default floor, serves no less than the current rate; it refuses a series younger than a
+/// day (`fallback: none`), the spike path serves a jump at once where the smoothing lags, and the queueing pressure of the built-in rate is
 /// `max(rate, in flight / target)` per service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seasonal_forecast_spike_path_and_queueing_pressure_over_a_day_of_history() {
@@ -2618,6 +2623,11 @@ async fn seasonal_forecast_spike_path_and_queueing_pressure_over_a_day_of_histor
     let holt = value(items);
     assert!((seasonal - 100.0).abs() < 3.0, "holt-winters {seasonal}");
     assert!((holt - 100.0).abs() > 30.0, "holt {holt}");
+    // With the default floor the same forecast serves the current rate, the top of the wave
+    // (150): it may lead the rate, never lag it.
+    let (_, items, _) = values(a, "default", "daily_requests_floored", "cluster=daily").await;
+    let floored = value(items);
+    assert!((floored - 150.0).abs() < 3.0, "floored {floored}");
 
     // Two hours of history is less than a period: refused (fallback: none), not guessed.
     let (s, _, body) = values(a, "default", "daily_requests_holt_winters", "cluster=young").await;

@@ -22,7 +22,8 @@
 //! level shift this morning) is half learnt as season. Starts robust to that were tried in
 //! `gofe sim`'s multi-day scenario — the first season alone, per-season medians with the
 //! smaller of two days' deviations — and both did worse there than this plain average (1,821
-//! and 2,503 SLO-violating seconds against 1,428), so the average stays.
+//! and 2,503 SLO-violating seconds against 1,428 without the floor of
+//! [`super::Floor::Latest`]), so the average stays.
 //!
 //! A non-finite observation (a gap in a Prometheus range, a NaN rate) is not read as a value:
 //! the state steps on by its own prediction (`level += trend`, the season kept), so the phase of

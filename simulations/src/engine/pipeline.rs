@@ -56,6 +56,9 @@ pub(super) struct Forecaster {
     /// The value the adapter serves now (`None`: no forecast of this history, served as
     /// unavailable).
     served: Option<f64>,
+    /// The history as the adapter's range query ending at the refresh sees it (the grid's
+    /// samples, the newest one evaluated at the refresh itself), reused between refreshes.
+    query: Vec<f64>,
 }
 
 /// The value of an External rate over the pods: the summed rate, or its queueing pressure
@@ -93,6 +96,7 @@ impl Forecaster {
             history: VecDeque::new(),
             queueing,
             served: None,
+            query: Vec::new(),
         })
     }
 
@@ -115,13 +119,27 @@ impl Forecaster {
         }
     }
 
-    /// The cache refresh: the served value of the history.
-    fn refresh(&mut self) {
-        self.served = self
-            .policy
-            .serve(self.history.make_contiguous())
-            .ok()
-            .map(|s| s.value);
+    /// The cache refresh at `now`: the served value of the history. A range query over
+    /// `[now − window, now]` evaluates its newest point at `now` itself, so when the last grid
+    /// sample is older, the value at `now` joins as the newest point (in place of the oldest
+    /// when the history is full): the forecast and its `floor` see what the plain rate sees.
+    fn refresh(&mut self, pods: &[Pod], now: f64, window: f64) {
+        self.query.clear();
+        self.query.extend(self.history.iter().copied());
+        let last_sample = self.next_sample - self.step;
+        if !self.history.is_empty() && now > last_sample {
+            let value = external_value(
+                pods,
+                self.queueing,
+                |p| rate_at(&p.samples, now, window).map(|r| r.0),
+                |p| in_flight_at(&p.samples, now, window),
+            );
+            if self.query.len() >= self.keep {
+                self.query.remove(0);
+            }
+            self.query.push(value.unwrap_or(f64::NAN));
+        }
+        self.served = self.policy.serve(&self.query).ok().map(|s| s.value);
     }
 }
 
@@ -224,8 +242,9 @@ impl Pipeline {
             p.cached = rate_at(&p.samples, now, self.window);
             p.cached_in_flight = in_flight_at(&p.samples, now, self.window);
         }
+        let window = self.window;
         for f in self.forecasters() {
-            f.refresh();
+            f.refresh(pods, now, window);
         }
     }
 

@@ -102,7 +102,7 @@ fn rules_yaml(r: &RulesJson) -> String {
 
 /// A forecast as written: every field the section sets, in the adapter's names.
 fn forecast_yaml(f: &Forecast) -> String {
-    use gofe_core::forecast::{Fallback, MethodName};
+    use gofe_core::forecast::{Fallback, Floor, MethodName};
     let d = |d: crate::scenario::Dur| gofe_yaml::duration::format(d.0);
     let mut parts = vec![format!("lead: {}", d(f.lead))];
     if f.method == MethodName::HoltWinters {
@@ -121,6 +121,11 @@ fn forecast_yaml(f: &Forecast) -> String {
     match f.fallback {
         Some(Fallback::Holt) => parts.push("fallback: holt".into()),
         Some(Fallback::None) => parts.push("fallback: none".into()),
+        None => {}
+    }
+    match f.floor {
+        Some(Floor::Latest) => parts.push("floor: latest".into()),
+        Some(Floor::None) => parts.push("floor: none".into()),
         None => {}
     }
     if let Some(spike) = &f.spike {

@@ -463,6 +463,7 @@ fn default_forecast() -> Forecast {
         period: None,
         fallback: None,
         spike: None,
+        floor: None,
     }
 }
 
