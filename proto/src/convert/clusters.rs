@@ -394,7 +394,6 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
             close_connections_on_host_health_failure,
         )
         .set("filters", filters)
-        .set("load_balancing_policy", load_balancing_policy)
         .set("lrs_server", lrs_server)
         .set("lrs_report_endpoint_metrics", lrs_report_endpoint_metrics)
         .set("upstream_config", upstream_config)
@@ -410,11 +409,19 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
         cluster_discovery_type,
         Some(ClusterDiscoveryType::Type(t)) if *t == DiscoveryType::OriginalDst as i32
     );
-    let lb_policy = match cluster::cluster::LbPolicy::try_from(*lb_policy) {
+    // `load_balancing_policy`, when set, takes precedence over `lb_policy` (as in Envoy).
+    let typed = match load_balancing_policy {
+        Some(p) => Some(typed_lb_policy_from_wire(p, &res)?),
+        None => None,
+    };
+    let lb_policy = match (typed, cluster::cluster::LbPolicy::try_from(*lb_policy)) {
+        (Some((policy, _)), _) => policy,
         // Envoy requires it on ORIGINAL_DST: the destination is the balancing.
-        Ok(cluster::cluster::LbPolicy::ClusterProvided) if original_dst => LbPolicy::RoundRobin,
-        Ok(cluster::cluster::LbPolicy::RoundRobin) => LbPolicy::RoundRobin,
-        Ok(cluster::cluster::LbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+        (None, Ok(cluster::cluster::LbPolicy::ClusterProvided)) if original_dst => {
+            LbPolicy::RoundRobin
+        }
+        (None, Ok(cluster::cluster::LbPolicy::RoundRobin)) => LbPolicy::RoundRobin,
+        (None, Ok(cluster::cluster::LbPolicy::LeastRequest)) => LbPolicy::LeastRequest,
         _ => {
             return Err(invalid(
                 &res,
@@ -563,6 +570,9 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
             config.healthy_panic_threshold,
             config.locality_lb.locality_weighted,
         ) = common_lb_from_wire(l, &res)?;
+    }
+    if let Some((_, locality_weighted)) = typed {
+        config.locality_lb.locality_weighted |= locality_weighted;
     }
     config.locality_lb.failover_by_proximity = gofe.bool("failover_by_proximity");
     model_check(
@@ -929,6 +939,123 @@ fn outlier_detection_from_wire(
         failure_percentage_request_volume: failure_percentage_request_volume.map(|v| v.value),
     };
     Ok((config, settings))
+}
+
+/// The type URLs of Envoy's own load-balancing policy extensions that gofe does not implement:
+/// a cluster whose first known policy is one of them is refused (Envoy would balance with it).
+const ENVOY_LB_POLICIES_NOT_IMPLEMENTED: &[&str] = &[
+    "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash",
+    "envoy.extensions.load_balancing_policies.maglev.v3.Maglev",
+    "envoy.extensions.load_balancing_policies.random.v3.Random",
+    "envoy.extensions.load_balancing_policies.cluster_provided.v3.ClusterProvided",
+    "envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin",
+    "envoy.extensions.load_balancing_policies.pick_first.v3.PickFirst",
+    "envoy.extensions.load_balancing_policies.subset.v3.Subset",
+    "envoy.extensions.load_balancing_policies.wrr_locality.v3.WrrLocality",
+    "envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
+    "envoy.extensions.load_balancing_policies.load_aware_locality.v3.LoadAwareLocality",
+    "envoy.extensions.load_balancing_policies.random_subsetting.v3.RandomSubsetting",
+    "envoy.extensions.load_balancing_policies.dynamic_modules.v3.DynamicModuleLoadBalancerConfig",
+];
+
+/// `load_balancing_policy` (Envoy's typed policies): as Envoy, the first policy of the list
+/// whose type is a load-balancing policy Envoy knows is the one used, and a type nobody knows
+/// is passed over. `round_robin` and `least_request` are read (with `locality_lb_config`'s
+/// locality-weighted balancing); any other Envoy policy first in the list is refused, and so
+/// are the settings of the two that gofe does not honour (slow start, zone-aware routing,
+/// least request's choice count other than 2, an active-request bias other than 1, full scan,
+/// full-scan selection). Returns the policy and whether locality weights apply.
+#[allow(deprecated)] // `enable_full_scan`: still on the wire, refused when set.
+fn typed_lb_policy_from_wire(
+    p: &cluster::LoadBalancingPolicy,
+    res: &str,
+) -> Result<(LbPolicy, bool), ConvertError> {
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::common::v3::locality_lb_config::LocalityConfigSpecifier;
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::common::v3::LocalityLbConfig;
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::least_request::v3::LeastRequest;
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin;
+    let locality = |l: &Option<LocalityLbConfig>, field: &str| -> Result<bool, ConvertError> {
+        match l
+            .as_ref()
+            .and_then(|l| l.locality_config_specifier.as_ref())
+        {
+            None => Ok(false),
+            Some(LocalityConfigSpecifier::LocalityWeightedLbConfig(_)) => Ok(true),
+            Some(LocalityConfigSpecifier::ZoneAwareLbConfig(_)) => Err(unsupported(
+                res,
+                &join(
+                    field,
+                    "locality_lb_config.zone_aware_lb_config (zone-aware routing)",
+                ),
+            )),
+        }
+    };
+    for (i, policy) in p.policies.iter().enumerate() {
+        let field = format!("load_balancing_policy.policies[{i}].typed_extension_config");
+        let Some(config) = policy.typed_extension_config.as_ref() else {
+            return Err(invalid(res, &field, "missing"));
+        };
+        let Some(any) = config.typed_config.as_ref() else {
+            return Err(invalid(res, &join(&field, "typed_config"), "missing"));
+        };
+        let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
+        let field = join(&field, "typed_config");
+        if any.type_url == RoundRobin::type_url() {
+            let RoundRobin {
+                slow_start_config,
+                locality_lb_config,
+            } = from_any(any)?;
+            Unsupported::new(res, &field)
+                .set("slow_start_config", &slow_start_config)
+                .finish()?;
+            return Ok((LbPolicy::RoundRobin, locality(&locality_lb_config, &field)?));
+        }
+        if any.type_url == LeastRequest::type_url() {
+            let LeastRequest {
+                choice_count,
+                active_request_bias,
+                slow_start_config,
+                locality_lb_config,
+                enable_full_scan,
+                selection_method,
+            } = from_any(any)?;
+            let bias_default = active_request_bias
+                .as_ref()
+                .is_none_or(|b| b.default_value == 1.0 && b.runtime_key.is_empty());
+            Unsupported::new(res, &field)
+                .when(
+                    "choice_count (gofe picks the better of 2)",
+                    choice_count.is_some_and(|c| c.value != 2),
+                )
+                .when("active_request_bias (other than 1.0)", !bias_default)
+                .set("slow_start_config", &slow_start_config)
+                .when(
+                    "enable_full_scan",
+                    enable_full_scan.is_some_and(|f| f.value),
+                )
+                .when("selection_method (FULL_SCAN)", selection_method != 0)
+                .finish()?;
+            return Ok((
+                LbPolicy::LeastRequest,
+                locality(&locality_lb_config, &field)?,
+            ));
+        }
+        if ENVOY_LB_POLICIES_NOT_IMPLEMENTED.contains(&type_name) {
+            return Err(invalid(
+                res,
+                &field,
+                format!(
+                    "{type_name} is not supported by gofe (round_robin, least_request); Envoy \
+                     would balance with it, as the first policy it knows"
+                ),
+            ));
+        }
+    }
+    Err(invalid(
+        res,
+        "load_balancing_policy.policies",
+        "no policy gofe knows (round_robin, least_request)",
+    ))
 }
 
 /// `common_lb_config`: the panic threshold (whole percents; Envoy's default 50) and whether

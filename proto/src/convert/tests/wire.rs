@@ -2242,3 +2242,72 @@ fn locality_weighted_balancing_is_read_and_written() {
     let again = cluster_to_wire(&r).unwrap();
     assert_eq!(again.common_lb_config, c.common_lb_config);
 }
+
+#[test]
+fn typed_load_balancing_policies_take_precedence_and_the_first_known_one_is_used() {
+    use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::common::v3::{
+        locality_lb_config, LocalityLbConfig,
+    };
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::least_request::v3::LeastRequest;
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::maglev::v3::Maglev;
+    use envoy_types::pb::envoy::extensions::load_balancing_policies::round_robin::v3::RoundRobin;
+    let policy = |name: &str, any: Any| cluster::load_balancing_policy::Policy {
+        typed_extension_config: Some(TypedExtensionConfig {
+            name: name.into(),
+            typed_config: Some(any),
+        }),
+    };
+    let with = |policies| {
+        let (_, _, _, mut c) = sample_wire();
+        c.lb_policy = cluster::cluster::LbPolicy::RoundRobin as i32;
+        c.load_balancing_policy = Some(cluster::LoadBalancingPolicy { policies });
+        cluster_from_wire(&c)
+    };
+    // Envoy Gateway's clusters: least request with locality weights, over lb_policy.
+    let least = LeastRequest {
+        locality_lb_config: Some(LocalityLbConfig {
+            locality_config_specifier: Some(
+                locality_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                    Default::default(),
+                ),
+            ),
+        }),
+        ..Default::default()
+    };
+    let r = with(vec![policy("lr", any_of(&least))]).unwrap();
+    assert_eq!(r.config.lb_policy, LbPolicy::LeastRequest);
+    assert!(r.config.locality_lb.locality_weighted);
+    // A type nobody knows is passed over; the next one is used.
+    let unknown = Any {
+        type_url: "type.googleapis.com/example.Custom".into(),
+        value: Vec::new(),
+    };
+    let r = with(vec![
+        policy("custom", unknown.clone()),
+        policy("rr", any_of(&RoundRobin::default())),
+    ])
+    .unwrap();
+    assert_eq!(r.config.lb_policy, LbPolicy::RoundRobin);
+    assert!(!r.config.locality_lb.locality_weighted);
+    // Envoy would balance with Maglev, the first it knows: refused, named.
+    let e = err(with(vec![
+        policy("maglev", any_of(&Maglev::default())),
+        policy("rr", any_of(&RoundRobin::default())),
+    ]));
+    assert!(
+        e.contains("load_balancing_policy.policies[0].typed_extension_config.typed_config")
+            && e.contains("Maglev is not supported by gofe"),
+        "{e}"
+    );
+    // Settings gofe does not honour are refused by name.
+    let three = LeastRequest {
+        choice_count: u32w(3),
+        ..Default::default()
+    };
+    let e = err(with(vec![policy("lr", any_of(&three))]));
+    assert!(e.contains("choice_count"), "{e}");
+    // Nothing usable at all.
+    let e = err(with(vec![policy("custom", unknown)]));
+    assert!(e.contains("load_balancing_policy.policies"), "{e}");
+}
