@@ -74,6 +74,7 @@ pub fn empty_cluster(name: &str) -> ClusterConfig {
         idle_timeout: gofe_model::DEFAULT_IDLE_TIMEOUT,
         local_ratelimit: None,
         locality_lb: gofe_model::LocalityLbConfig::default(),
+        tls: None,
     }
 }
 
