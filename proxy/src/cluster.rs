@@ -120,7 +120,18 @@ impl PoolKey {
 /// Builds the pooled client for a cluster (reading its TLS material, if any).
 pub(crate) fn new_client(key: &PoolKey, metrics: &Arc<Metrics>) -> Result<UpstreamClient, String> {
     let tls = match &key.tls {
-        Some(t) => Some(Arc::new(UpstreamTls::build(&key.cluster, t, key.http2)?)),
+        Some(t) => {
+            if t.trusted_ca.is_none() {
+                tracing::warn!(
+                    cluster = %key.cluster,
+                    "upstream TLS without trusted_ca: the endpoints' certificates are not verified (as in Envoy without a validation context)"
+                );
+            }
+            Some(Arc::new(
+                UpstreamTls::build(t, key.http2)
+                    .map_err(|e| format!("cluster {:?}: {e}", key.cluster))?,
+            ))
+        }
         None => None,
     };
     let mut http = HttpConnector::new();

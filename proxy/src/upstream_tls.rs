@@ -90,14 +90,9 @@ impl TlsFailure {
 }
 
 impl UpstreamTls {
-    /// Reads the material and builds the client of cluster `cluster`, which speaks HTTP/2 when
-    /// `http2`. Errors name the cluster and the file or field.
-    pub(crate) fn build(
-        cluster: &str,
-        config: &UpstreamTlsConfig,
-        http2: bool,
-    ) -> Result<Self, String> {
-        let at = |field: &str| format!("cluster {cluster:?}: tls.{field}");
+    /// Reads the material and builds the client of a cluster that speaks HTTP/2 when `http2`. Errors name the field (`tls.trusted_ca`, ...) and the file.
+    pub(crate) fn build(config: &UpstreamTlsConfig, http2: bool) -> Result<Self, String> {
+        let at = |field: &str| format!("tls.{field}");
         let provider = gofe_tls::provider();
         let roots = match &config.trusted_ca {
             Some(source) => {
@@ -106,13 +101,8 @@ impl UpstreamTls {
                     gofe_tls::roots_pem(&pem, &name).map_err(|e| e.to_string())?,
                 ))
             }
-            None => {
-                tracing::warn!(
-                    cluster,
-                    "upstream TLS without trusted_ca: the endpoints' certificates are not verified (as in Envoy without a validation context)"
-                );
-                None
-            }
+            // The proxy warns about this when it builds the cluster's pool.
+            None => None,
         };
         let verifier = Arc::new(EndpointVerifier {
             roots,
@@ -121,7 +111,7 @@ impl UpstreamTls {
         });
         let builder = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| format!("cluster {cluster:?}: TLS setup: {e}"))?
+            .map_err(|e| format!("tls: {e}"))?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let mut client = match &config.client_certificate {
