@@ -362,3 +362,32 @@ async fn unreadable_material_and_inconsistent_alpn_are_refused_at_apply() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn failed_handshakes_count_as_connect_failures_for_outlier_detection() {
+    let ca = Ca::new();
+    let other = Ca::new();
+    let (chain, key) = ca.leaf(vec![dns("backend.test")]);
+    let backend = TlsBackend::start(&chain, &key, None).await;
+    let log = LogFile::new("outlier");
+    let tls = format!("{{ trusted_ca: {} }}", inline(&other.cert.pem()));
+    let extra = "    outlier_detection: { consecutive_gateway_failure: 2, consecutive_5xx: 100, max_ejection_percent: 100 }\n";
+    let h = proxy(backend.addr, &tls, extra, &log).await;
+    let client = h1_client();
+    for _ in 0..2 {
+        assert_eq!(get(&client, &h.url("/"), "web", &[]).await.status, 503);
+    }
+    let text = h.proxy.metrics_text();
+    let series = |name: &str| {
+        format!(
+            "{name}{{cluster=\"tls\",endpoint=\"{}\",reason=\"consecutive_gateway_failure\"}}",
+            backend.addr
+        )
+    };
+    assert_eq!(
+        metric(&text, &series("gofe_outlier_ejections_total")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(tls_metric(&h, "unknown_ca"), Some(2.0));
+}
