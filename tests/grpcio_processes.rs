@@ -3,7 +3,10 @@
 //! gRPC's own xDS client (PyPI `grpcio`, not written here) resolves `xds:///greeter` through
 //! it, balances across the published endpoints by the published weights, and follows a weight
 //! change and an endpoint taken out (weight 0), each made by editing the controller's proxy
-//! configuration and reloading it (SIGHUP). An ejection the controller decides from signals
+//! configuration and reloading it (SIGHUP). Over mutual TLS (the controller's `xds.tls` with
+//! `client_ca_file`), a client whose bootstrap has gRFC A65 `tls` channel credentials with a
+//! certificate reaches the backends, and one without a certificate gets no resources (its calls
+//! fail). An ejection the controller decides from signals
 //! is not exercised here: a proxyless client exports no per-endpoint signals the controller
 //! reads.
 //!
@@ -222,6 +225,194 @@ fn grpcio_xds_client_follows_the_controller_s_published_weights_and_a_drained_en
     let _ = writeln!(stdin, "quit");
     let _ = child.wait();
     let mut controller = controller;
+    controller.signal("TERM");
+    assert_eq!(controller.wait_exit(Duration::from_secs(20)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// === over mutual TLS ===
+
+/// gRPC's xDS client as a child process, driven line by line.
+struct GrpcClient {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl GrpcClient {
+    fn start(python: &str, ports: (u16, u16, u16), env: &[(&str, String)]) -> GrpcClient {
+        let script =
+            Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/grpcio_xds_client.py");
+        let (xds, a, b) = ports;
+        let mut command = Command::new(python);
+        command
+            .arg(script)
+            .args([
+                xds.to_string(),
+                "greeter".into(),
+                a.to_string(),
+                b.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("run the grpcio client");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines_tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        GrpcClient {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// Sends `command`; the answer's counts as (a, b, anything else).
+    fn ask(&mut self, command: &str) -> (u64, u64, u64) {
+        writeln!(self.stdin, "{command}").unwrap();
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(90))
+            .unwrap_or_else(|_| panic!("grpcio client gave no answer to {command:?}"));
+        parse_counts(&line)
+    }
+}
+
+impl Drop for GrpcClient {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `NAME.pem` and `NAME-key.pem` in `dir`: a leaf for `sans` signed by `ca`.
+fn issue(
+    dir: &Path,
+    name: &str,
+    ca: &(rcgen::Certificate, rcgen::KeyPair),
+    sans: Vec<rcgen::SanType>,
+) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = sans;
+    // rcgen gives every certificate the same default name; OpenSSL (under gRPC) would take a
+    // leaf named like its issuer for a self-signed one.
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.signed_by(&key, &ca.0, &ca.1).unwrap();
+    std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+    std::fs::write(dir.join(format!("{name}-key.pem")), key.serialize_pem()).unwrap();
+}
+
+#[test]
+fn grpcio_xds_client_over_mutual_tls_reaches_the_backends_and_without_a_certificate_gets_nothing() {
+    if std::env::var_os("GOFE_SKIP_GRPCIO").is_some() {
+        eprintln!("GOFE_SKIP_GRPCIO set: skipping the grpcio interoperability test");
+        return;
+    }
+    const CLIENT_ID: &str = "spiffe://gofe.test/ns/shop/sa/grpc-client";
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let dir = tempdir();
+    // The controller's files, and one folder per client (what its bootstrap names).
+    let (with_cert, without_cert) = (dir.join("client"), dir.join("anonymous"));
+    std::fs::create_dir_all(&with_cert).unwrap();
+    std::fs::create_dir_all(&without_cert).unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name = rcgen::DistinguishedName::new();
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "gofe test CA");
+    let ca = (ca_params.self_signed(&ca_key).unwrap(), ca_key);
+    for d in [&dir, &with_cert, &without_cert] {
+        std::fs::write(d.join("ca.pem"), ca.0.pem()).unwrap();
+    }
+    // gRPC checks the server's certificate against the server_uri host, 127.0.0.1.
+    issue(
+        &dir,
+        "server",
+        &ca,
+        vec![
+            rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()),
+            rcgen::SanType::DnsName("localhost".try_into().unwrap()),
+        ],
+    );
+    issue(
+        &with_cert,
+        "client",
+        &ca,
+        vec![rcgen::SanType::URI(CLIENT_ID.try_into().unwrap())],
+    );
+    let p = ports(4);
+    let (a, b, xds, admin) = (p[0], p[1], p[2], p[3]);
+    write_proxy_config(&dir, (a, 1, "healthy"), (b, 1, "healthy"));
+    std::fs::write(
+        dir.join("controller.yaml"),
+        format!(
+            "proxy_config: proxy.yaml\ninterval: 500ms\nadmin: {{ address: \"127.0.0.1:{admin}\" }}\nxds:\n  address: \"127.0.0.1:{xds}\"\n  tls:\n    cert_file: server.pem\n    key_file: server-key.pem\n    client_ca_file: ca.pem\n  api_listeners:\n    services: [{{ name: greeter, cluster: greeter-backends }}]\n"
+        ),
+    )
+    .unwrap();
+    let config = dir.join("controller.yaml").display().to_string();
+    let mut controller = Proc::start(&["controller", "run", "--config", &config], &dir);
+
+    let mut client = GrpcClient::start(
+        &python,
+        (xds, a, b),
+        &[
+            ("GOFE_GRPCIO_XDS_TLS", with_cert.display().to_string()),
+            ("GOFE_GRPCIO_NODE_ID", CLIENT_ID.into()),
+        ],
+    );
+    let (ca_calls, cb_calls, other) = client.ask("count 40");
+    assert_eq!(
+        (ca_calls + cb_calls, other),
+        (40, 0),
+        "every call answered by a or b: {}",
+        controller.logs()
+    );
+    assert!(ca_calls > 0 && cb_calls > 0, "a={ca_calls} b={cb_calls}");
+    drop(client);
+
+    // The same bootstrap without a certificate: the handshake is refused, no resource comes,
+    // and calls fail (their own deadline; nothing here waits on timing to pass).
+    let mut anonymous = GrpcClient::start(
+        &python,
+        (xds, a, b),
+        &[
+            ("GOFE_GRPCIO_XDS_TLS", without_cert.display().to_string()),
+            ("GOFE_GRPCIO_NODE_ID", "grpcio-anonymous".into()),
+            ("GOFE_GRPCIO_CALL_TIMEOUT", "3".into()),
+        ],
+    );
+    let (ca_calls, cb_calls, other) = anonymous.ask("count 2");
+    assert_eq!(
+        (ca_calls, cb_calls, other),
+        (0, 0, 2),
+        "no answers without a certificate"
+    );
+    drop(anonymous);
+    let decisions =
+        http_get(SocketAddr::from(([127, 0, 0, 1], admin)), "/decisions").unwrap_or_default();
+    assert!(
+        !decisions.contains("grpcio-anonymous"),
+        "the anonymous client never opened a stream: {decisions}"
+    );
+
     controller.signal("TERM");
     assert_eq!(controller.wait_exit(Duration::from_secs(20)), Some(0));
     let _ = std::fs::remove_dir_all(&dir);

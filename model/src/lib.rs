@@ -38,6 +38,8 @@ pub mod mirror;
 pub use mirror::RequestMirrorPolicyConfig;
 pub mod tracing;
 pub use tracing::TracingConfig;
+pub mod upstream_tls;
+pub use upstream_tls::UpstreamTlsConfig;
 
 /// Default upstream request timeout per route (Envoy's default).
 pub const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -343,7 +345,9 @@ pub struct HeaderMatcherConfig {
 }
 
 /// How a header value is compared (Envoy's `StringMatcher`): exactly one field.
-#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, Default, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct StringMatchConfig {
     /// The value equals this.
@@ -581,6 +585,10 @@ pub struct ClusterConfig {
     /// overprovisioning factor 140, no locality weighting, configured priorities.
     #[serde(default, skip_serializing_if = "LocalityLbConfig::is_default")]
     pub locality_lb: LocalityLbConfig,
+    /// TLS to the endpoints (Envoy's `UpstreamTlsContext` transport socket). Default: none,
+    /// plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 /// Default `locality_lb.overprovisioning_factor` of a cluster, in percent (Envoy's 1.4).
@@ -1045,6 +1053,13 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
             }
         }
         check_localities(v, cluster, &base);
+        if let Some(tls) = &cluster.tls {
+            tls.check(
+                v,
+                &format!("{base}.tls"),
+                cluster.http2_protocol_options.is_some(),
+            );
+        }
     }
 
     let mut addresses: HashMap<SocketAddr, usize> = HashMap::new();

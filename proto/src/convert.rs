@@ -31,6 +31,7 @@ mod ratelimits;
 mod routes;
 mod tcp_proxies;
 mod tracers;
+mod upstream_tls;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;

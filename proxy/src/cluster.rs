@@ -24,7 +24,6 @@ use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::IntGauge;
-use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::config::{CircuitBreakersConfig, ClusterConfig, HealthStatus, LbPolicy, LocalityConfig};
@@ -35,6 +34,7 @@ use crate::health::{
 use crate::metrics::{ClusterStats, EndpointStats, Metrics};
 use crate::request_body::RequestBody;
 use crate::upstream::{ConnectFailed, EndpointPool, H1Pools};
+use crate::upstream_tls::{TlsFailure, UpstreamIo, UpstreamTls};
 
 /// A cluster's upstream connections: the proxy's own per-endpoint HTTP/1.1 pools, or, for an
 /// HTTP/2 cluster (where one connection multiplexes), a hyper-util client per endpoint.
@@ -54,7 +54,9 @@ pub(crate) struct H2Clients {
     http: HttpConnector,
     cluster: Arc<str>,
     idle_timeout: Duration,
+    connect_timeout: Duration,
     metrics: Arc<Metrics>,
+    tls: Option<Arc<UpstreamTls>>,
     endpoints: Mutex<HashMap<Box<str>, H2Client>>,
 }
 
@@ -79,6 +81,11 @@ impl H2Clients {
                         endpoint: address.into(),
                         target,
                         metrics: Arc::clone(&self.metrics),
+                        tls: self.tls.as_ref().map(|tls| {
+                            let name = tls.server_name(address);
+                            (Arc::clone(tls), name)
+                        }),
+                        connect_timeout: self.connect_timeout,
                     });
                 endpoints.insert(address.into(), client.clone());
                 Some(client)
@@ -94,6 +101,8 @@ pub(crate) struct PoolKey {
     pub(crate) http2: bool,
     pub(crate) connect_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    /// Upstream TLS (its files are read when the pool is built).
+    pub(crate) tls: Option<crate::config::UpstreamTlsConfig>,
 }
 
 impl PoolKey {
@@ -103,12 +112,28 @@ impl PoolKey {
             http2: config.http2_protocol_options.is_some(),
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
+            tls: config.tls.clone(),
         }
     }
 }
 
-/// Builds the pooled client for a cluster.
-pub(crate) fn new_client(key: &PoolKey, metrics: &Arc<Metrics>) -> UpstreamClient {
+/// Builds the pooled client for a cluster (reading its TLS material, if any).
+pub(crate) fn new_client(key: &PoolKey, metrics: &Arc<Metrics>) -> Result<UpstreamClient, String> {
+    let tls = match &key.tls {
+        Some(t) => {
+            if t.trusted_ca.is_none() {
+                tracing::warn!(
+                    cluster = %key.cluster,
+                    "upstream TLS without trusted_ca: the endpoints' certificates are not verified (as in Envoy without a validation context)"
+                );
+            }
+            Some(Arc::new(
+                UpstreamTls::build(t, key.http2)
+                    .map_err(|e| format!("cluster {:?}: {e}", key.cluster))?,
+            ))
+        }
+        None => None,
+    };
     let mut http = HttpConnector::new();
     http.set_nodelay(true);
     http.set_connect_timeout(Some(key.connect_timeout));
@@ -118,19 +143,22 @@ pub(crate) fn new_client(key: &PoolKey, metrics: &Arc<Metrics>) -> UpstreamClien
             http,
             cluster: key.cluster.as_str().into(),
             idle_timeout: key.idle_timeout,
+            connect_timeout: key.connect_timeout,
             metrics: Arc::clone(metrics),
+            tls: tls.clone(),
             endpoints: Mutex::default(),
         })
     });
-    UpstreamClient {
+    Ok(UpstreamClient {
         h2,
         h1: Arc::new(H1Pools::new(
             &key.cluster,
             key.connect_timeout,
             key.idle_timeout,
             metrics,
+            tls,
         )),
-    }
+    })
 }
 
 /// A cluster's circuit-breaker counters. Like connection pools, they outlive configuration
@@ -612,7 +640,7 @@ impl Cluster {
         config: &ClusterConfig,
         metrics: &Arc<Metrics>,
     ) -> Result<Self, String> {
-        let client = new_client(&PoolKey::of(config), metrics);
+        let client = new_client(&PoolKey::of(config), metrics)?;
         let name = config.name.clone();
         Cluster::build(
             config,
@@ -925,6 +953,10 @@ pub(crate) struct CountingConnector {
     /// `http://ENDPOINT/`: what the connector connects to.
     target: http::Uri,
     metrics: Arc<Metrics>,
+    /// The cluster's TLS client and this endpoint's server name, when TLS is on.
+    tls: Option<(Arc<UpstreamTls>, rustls::pki_types::ServerName<'static>)>,
+    /// For the TLS handshake (the connector's own timeout covers the TCP connect).
+    connect_timeout: Duration,
 }
 
 type ConnectFuture =
@@ -944,31 +976,50 @@ impl tower_service::Service<http::Uri> for CountingConnector {
         let endpoint = Arc::clone(&self.endpoint);
         let cluster = Arc::clone(&self.cluster);
         let metrics = Arc::clone(&self.metrics);
+        let tls = self.tls.clone();
+        let connect_timeout = self.connect_timeout;
         Box::pin(async move {
             let labels = [&*cluster, &*endpoint];
-            match connecting.await {
-                Ok(io) => {
-                    metrics.upstream_cx_total.with_label_values(&labels).inc();
-                    let gauge = metrics.upstream_cx_active.with_label_values(&labels);
-                    gauge.inc();
-                    Ok(Counted { io, gauge })
+            let failed = |e: Box<dyn std::error::Error + Send + Sync>| {
+                metrics
+                    .upstream_connect_failures
+                    .with_label_values(&labels)
+                    .inc();
+                Box::new(ConnectFailed::new(e)) as Box<dyn std::error::Error + Send + Sync>
+            };
+            let tcp = match connecting.await {
+                Ok(io) => io.into_inner(),
+                Err(e) => return Err(failed(e.into())),
+            };
+            let io = match tls {
+                None => UpstreamIo::Plain(tcp),
+                Some((tls, name)) => {
+                    let handshake = tls.handshake(tcp, name, &cluster, &metrics);
+                    match tokio::time::timeout(connect_timeout, handshake).await {
+                        Ok(Ok(stream)) => UpstreamIo::Tls(Box::new(stream)),
+                        Ok(Err(e)) => return Err(failed(e.into())),
+                        Err(_) => {
+                            let e = TlsFailure::timeout();
+                            tls.count(&e, &cluster, &metrics);
+                            return Err(failed(e.into()));
+                        }
+                    }
                 }
-                Err(e) => {
-                    metrics
-                        .upstream_connect_failures
-                        .with_label_values(&labels)
-                        .inc();
-                    Err(Box::new(ConnectFailed::new(e.into()))
-                        as Box<dyn std::error::Error + Send + Sync>)
-                }
-            }
+            };
+            metrics.upstream_cx_total.with_label_values(&labels).inc();
+            let gauge = metrics.upstream_cx_active.with_label_values(&labels);
+            gauge.inc();
+            Ok(Counted {
+                io: TokioIo::new(io),
+                gauge,
+            })
         })
     }
 }
 
 /// An upstream connection that keeps the `connections_active` gauge honest.
 pub(crate) struct Counted {
-    io: TokioIo<TcpStream>,
+    io: TokioIo<UpstreamIo>,
     gauge: IntGauge,
 }
 
@@ -980,7 +1031,12 @@ impl Drop for Counted {
 
 impl Connection for Counted {
     fn connected(&self) -> Connected {
-        self.io.connected()
+        let connected = Connected::new();
+        if self.io.inner().negotiated_h2() {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
     }
 }
 
@@ -1039,7 +1095,7 @@ mod interval_tests {
     ) -> Arc<Cluster> {
         let cfg = config::parse("t.yaml", YAML).unwrap();
         let c = &cfg.clusters[0];
-        let client = new_client(&PoolKey::of(c), metrics);
+        let client = new_client(&PoolKey::of(c), metrics).unwrap();
         let cluster = Arc::new(
             Cluster::build(
                 c,
@@ -1313,7 +1369,7 @@ mod priority_tests {
         let cluster = Cluster::build(
             c,
             HealthSource::Config,
-            new_client(&PoolKey::of(c), &metrics),
+            new_client(&PoolKey::of(c), &metrics).unwrap(),
             &metrics,
             &mut |addr| {
                 Arc::new(EndpointHealth::new(

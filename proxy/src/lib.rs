@@ -68,6 +68,7 @@ mod tcp;
 mod tls;
 mod tracer;
 mod upstream;
+mod upstream_tls;
 pub mod xds;
 
 pub use admin::{install_log_control, LogControl};
@@ -284,7 +285,8 @@ impl Proxy {
                 .pools
                 .get(&key)
                 .cloned()
-                .unwrap_or_else(|| cluster::new_client(&key, metrics));
+                .map_or_else(|| cluster::new_client(&key, metrics), Ok)
+                .map_err(ApplyError::Invalid)?;
             pools.insert(key, client.clone());
             let max_connections = c.circuit_breakers.max_connections;
             let cluster_limits = match control.limits.get(&name) {

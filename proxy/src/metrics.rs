@@ -32,6 +32,8 @@ pub(crate) struct Metrics {
     pub(crate) upstream_cx_active: IntGaugeVec,
     pub(crate) upstream_cx_total: IntCounterVec,
     pub(crate) upstream_connect_failures: IntCounterVec,
+    /// TLS handshakes with an endpoint that failed, by cluster and reason.
+    pub(crate) upstream_tls_errors: IntCounterVec,
     upstream_timeouts: IntCounterVec,
     upstream_no_healthy: IntCounterVec,
     endpoint_weight: IntGaugeVec,
@@ -196,6 +198,12 @@ impl Metrics {
                 "gofe_upstream_connect_failures_total",
                 "Failed connection attempts to an endpoint (refused, unreachable, connect timeout).",
                 ce,
+            ),
+            upstream_tls_errors: counter_vec(
+                &r,
+                "gofe_upstream_tls_errors_total",
+                "Failed TLS handshakes with a cluster's endpoints, by reason (unknown_ca, san_mismatch, bad_certificate, peer_alert, alpn, timeout, handshake).",
+                &["cluster", "reason"],
             ),
             upstream_timeouts: counter_vec(
                 &r,

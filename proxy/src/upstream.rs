@@ -18,6 +18,10 @@
 //!
 //! HTTP/2 clusters keep hyper-util's client: there one connection multiplexes every request.
 //!
+//! A cluster with upstream TLS ([`crate::upstream_tls`]) runs the same codec over a TLS stream
+//! ([`UpstreamIo`]); the handshake is part of opening the connection, so a pooled connection
+//! is reused without another one.
+//!
 //! An exchange that fails says which side failed ([`ExchangeError`]): the endpoint (no
 //! connection, a broken connection, a response that is not HTTP/1.1) or the client, whose
 //! request body broke while it was being sent.
@@ -42,6 +46,7 @@ use crate::h1::{
 };
 use crate::metrics::Metrics;
 use crate::request_body::{DownstreamError, RequestBody};
+use crate::upstream_tls::{TlsFailure, UpstreamIo, UpstreamTls};
 
 /// Why an HTTP/1.1 exchange with an endpoint failed, and on which side.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,7 @@ pub(crate) struct H1Pools {
     connect_timeout: Duration,
     idle_timeout: Duration,
     metrics: Arc<Metrics>,
+    tls: Option<Arc<UpstreamTls>>,
     endpoints: Mutex<HashMap<Box<str>, Arc<EndpointPool>>>,
 }
 
@@ -79,12 +85,14 @@ impl H1Pools {
         connect_timeout: Duration,
         idle_timeout: Duration,
         metrics: &Arc<Metrics>,
+        tls: Option<Arc<UpstreamTls>>,
     ) -> Self {
         H1Pools {
             cluster: cluster.into(),
             connect_timeout,
             idle_timeout,
             metrics: Arc::clone(metrics),
+            tls,
             endpoints: Mutex::default(),
         }
     }
@@ -105,6 +113,10 @@ impl H1Pools {
                         connect_timeout: self.connect_timeout,
                         idle_timeout: self.idle_timeout,
                         metrics: Arc::clone(&self.metrics),
+                        tls: self.tls.as_ref().map(|tls| {
+                            let name = tls.server_name(address);
+                            (Arc::clone(tls), name)
+                        }),
                         idle: Mutex::default(),
                         tick: AtomicU64::new(0),
                         sweeping: AtomicBool::new(false),
@@ -122,6 +134,8 @@ pub(crate) struct EndpointPool {
     connect_timeout: Duration,
     idle_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// The cluster's TLS client and the server name of this endpoint, when TLS is on.
+    tls: Option<(Arc<UpstreamTls>, rustls::pki_types::ServerName<'static>)>,
     /// Most recently parked last.
     idle: Mutex<Vec<Parked>>,
     /// Sweeper ticks so far.
@@ -137,7 +151,7 @@ struct Parked {
 /// One HTTP/1.1 connection to an endpoint, with its buffers (kept across requests so an
 /// exchange allocates none of its own).
 pub(crate) struct H1Conn {
-    io: TcpStream,
+    io: UpstreamIo,
     /// Bytes read and not yet used: the rest of a response head, body bytes.
     read: BytesMut,
     /// Bytes to write before anything else: a request head, chunk framing, small body data.
@@ -185,11 +199,17 @@ impl H1Conn {
                 }
             }
             if sending.done {
+                // TLS may hold the last bytes (a plain socket's flush is nothing).
+                std::task::ready!(Pin::new(&mut self.io).poll_flush(cx))
+                    .map_err(ExchangeError::Io)?;
                 return Poll::Ready(Ok(()));
             }
             match Pin::new(&mut sending.body).poll_frame(cx) {
                 Poll::Pending => {
                     if self.write.is_empty() {
+                        if let Poll::Ready(Err(e)) = Pin::new(&mut self.io).poll_flush(cx) {
+                            return Poll::Ready(Err(ExchangeError::Io(e)));
+                        }
                         return Poll::Pending;
                     }
                 }
@@ -274,14 +294,13 @@ impl H1Conn {
     /// Whether a parked connection can be used: the upstream has neither closed it nor sent
     /// anything unasked.
     fn still_open(&mut self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.io.still_open()
     }
 }
 
 /// One write of some of `buf`; a write of nothing is an error (the socket will take no more).
 fn write_some(
-    io: &mut TcpStream,
+    io: &mut UpstreamIo,
     cx: &mut Context<'_>,
     buf: &[u8],
 ) -> Poll<Result<usize, ExchangeError>> {
@@ -577,24 +596,38 @@ impl EndpointPool {
 
     async fn connect(&self) -> Result<Box<H1Conn>, ConnectFailed> {
         let labels = [&*self.cluster, &*self.address];
-        let connecting = tokio::time::timeout(self.connect_timeout, async {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let connecting = tokio::time::timeout_at(deadline, async {
             let tcp = TcpStream::connect(&*self.address).await?;
             tcp.set_nodelay(true)?;
             Ok::<_, std::io::Error>(tcp)
         })
         .await;
+        let failed = |cause: Box<dyn std::error::Error + Send + Sync>| {
+            self.metrics
+                .upstream_connect_failures
+                .with_label_values(&labels)
+                .inc();
+            ConnectFailed::new(cause)
+        };
         let tcp = match connecting {
             Ok(Ok(tcp)) => tcp,
-            failed => {
-                self.metrics
-                    .upstream_connect_failures
-                    .with_label_values(&labels)
-                    .inc();
-                let cause: Box<dyn std::error::Error + Send + Sync> = match failed {
-                    Ok(Err(e)) => e.into(),
-                    _ => "connect timed out".into(),
-                };
-                return Err(ConnectFailed::new(cause));
+            Ok(Err(e)) => return Err(failed(e.into())),
+            Err(_) => return Err(failed("connect timed out".into())),
+        };
+        let io = match &self.tls {
+            None => UpstreamIo::Plain(tcp),
+            Some((tls, name)) => {
+                let handshake = tls.handshake(tcp, name.clone(), &self.cluster, &self.metrics);
+                match tokio::time::timeout_at(deadline, handshake).await {
+                    Ok(Ok(stream)) => UpstreamIo::Tls(Box::new(stream)),
+                    Ok(Err(e)) => return Err(failed(e.into())),
+                    Err(_) => {
+                        let e = TlsFailure::timeout();
+                        tls.count(&e, &self.cluster, &self.metrics);
+                        return Err(failed(e.into()));
+                    }
+                }
             }
         };
         self.metrics
@@ -603,7 +636,7 @@ impl EndpointPool {
             .inc();
         let active = self.metrics.upstream_cx_active.with_label_values(&labels);
         Ok(Box::new(H1Conn {
-            io: tcp,
+            io,
             read: BytesMut::with_capacity(READ_BUFFER),
             write: Vec::with_capacity(1024),
             written: 0,

@@ -39,13 +39,17 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// The certificates of a PEM file, in file order (a chain: leaf first). At least one.
 pub fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read_pem(path)?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut BufReader::new(&pem[..])).collect();
-    let certs = certs.map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
+    certs_pem(&read_pem(path)?, &path.display().to_string())
+}
+
+/// The certificates of PEM text, in order (a chain: leaf first). At least one; `name` says
+/// where the text came from in errors.
+pub fn certs_pem(pem: &[u8], name: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut BufReader::new(pem)).collect();
+    let certs = certs.map_err(|e| TlsError::Invalid(format!("{name}: {e}")))?;
     if certs.is_empty() {
         return Err(TlsError::Invalid(format!(
-            "{}: no PEM certificate found",
-            path.display()
+            "{name}: no PEM certificate found"
         )));
     }
     Ok(certs)
@@ -53,19 +57,30 @@ pub fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 
 /// The first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 pub fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read_pem(path)?;
-    rustls_pemfile::private_key(&mut BufReader::new(&pem[..]))
-        .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?
-        .ok_or_else(|| TlsError::Invalid(format!("{}: no PEM private key found", path.display())))
+    key_pem(&read_pem(path)?, &path.display().to_string())
+}
+
+/// The first private key of PEM text (PKCS#8, PKCS#1 or SEC1); `name` says where the text
+/// came from in errors.
+pub fn key_pem(pem: &[u8], name: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    rustls_pemfile::private_key(&mut BufReader::new(pem))
+        .map_err(|e| TlsError::Invalid(format!("{name}: {e}")))?
+        .ok_or_else(|| TlsError::Invalid(format!("{name}: no PEM private key found")))
 }
 
 /// A trust store holding every certificate of a PEM file.
 pub fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    roots_pem(&read_pem(path)?, &path.display().to_string())
+}
+
+/// A trust store holding every certificate of PEM text; `name` says where the text came from
+/// in errors.
+pub fn roots_pem(pem: &[u8], name: &str) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
-    for c in certs(path)? {
+    for c in certs_pem(pem, name)? {
         roots
             .add(c)
-            .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
+            .map_err(|e| TlsError::Invalid(format!("{name}: {e}")))?;
     }
     Ok(roots)
 }

@@ -74,6 +74,7 @@ pub fn empty_cluster(name: &str) -> ClusterConfig {
         idle_timeout: gofe_model::DEFAULT_IDLE_TIMEOUT,
         local_ratelimit: None,
         locality_lb: gofe_model::LocalityLbConfig::default(),
+        tls: None,
     }
 }
 
@@ -240,6 +241,10 @@ pub fn cluster_to_wire(c: &ClusterResource) -> Result<cluster::Cluster, ConvertE
     };
     out.typed_extension_protocol_options
         .insert(HTTP_PROTOCOL_OPTIONS_KEY.into(), to_any(&options));
+    out.transport_socket = cfg
+        .tls
+        .as_ref()
+        .map(super::upstream_tls::upstream_tls_to_wire);
     Ok(out)
 }
 
@@ -364,10 +369,7 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
         return Err(invalid(&res, "name", "empty name"));
     }
     Unsupported::new(&res, "")
-        .set(
-            "transport_socket_matches (upstream TLS)",
-            transport_socket_matches,
-        )
+        .set("transport_socket_matches", transport_socket_matches)
         .set("transport_socket_matcher", transport_socket_matcher)
         .set(
             "per_connection_buffer_high_watermark_timeout",
@@ -386,7 +388,6 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
         .set("typed_dns_resolver_config", typed_dns_resolver_config)
         .set("upstream_bind_config", upstream_bind_config)
         .set("lb_subset_config", lb_subset_config)
-        .set("transport_socket (upstream TLS)", transport_socket)
         .set("protocol_selection", protocol_selection)
         .set("upstream_connection_options", upstream_connection_options)
         .set(
@@ -499,6 +500,10 @@ pub fn cluster_from_wire(c: &cluster::Cluster) -> Result<ClusterResource, Conver
     config.http2_protocol_options = http2.then(Http2ProtocolOptions::default);
     config.idle_timeout = idle_timeout;
     config.local_ratelimit = local_ratelimit;
+    config.tls = transport_socket
+        .as_ref()
+        .map(|t| super::upstream_tls::upstream_tls_from_wire(t, &res, "transport_socket"))
+        .transpose()?;
     let inline = |addresses| -> Result<(Vec<EndpointConfig>, u32), ConvertError> {
         match load_assignment {
             None => Ok((Vec::new(), gofe_model::DEFAULT_OVERPROVISIONING_FACTOR)),

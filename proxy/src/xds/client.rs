@@ -565,8 +565,11 @@ impl State {
         let update = self
             .resources
             .accept_response(ty, &response.resources, &self.options.base);
-        let refused: Vec<String> = update.refused.iter().map(|e| e.to_string()).collect();
+        let mut refused: Vec<String> = update.refused.iter().map(|e| e.to_string()).collect();
         let mut next = update.resources;
+        if ty == ResourceType::Cluster {
+            refused.extend(self.refuse_unloadable_tls(&mut next));
+        }
         // Forget endpoints and routes nothing refers to any more.
         let wanted = Self::wanted(&next);
         next.endpoints
@@ -582,6 +585,37 @@ impl State {
         }
         self.resources = next;
         Ok((!refused.is_empty()).then(|| refused.join("; ")))
+    }
+
+    /// Refuses, by name, each new or changed cluster of `next` whose upstream TLS material
+    /// cannot be loaded (a missing file, a bad PEM): it keeps its previous version, or is left
+    /// out, as any refused resource is, instead of failing the whole response when applied.
+    fn refuse_unloadable_tls(&self, next: &mut Resources) -> Vec<String> {
+        let mut refused = Vec::new();
+        let mut failed = Vec::new();
+        for (name, c) in &next.clusters {
+            let Some(tls) = &c.config.tls else { continue };
+            let previous = self.resources.clusters.get(name);
+            if previous.is_some_and(|p| p.config.tls.as_ref() == Some(tls)) {
+                continue;
+            }
+            let http2 = c.config.http2_protocol_options.is_some();
+            if let Err(e) = crate::upstream_tls::UpstreamTls::build(tls, http2) {
+                refused.push(format!("Cluster {name:?}: transport_socket ({e})"));
+                failed.push(name.clone());
+            }
+        }
+        for name in failed {
+            match self.resources.clusters.get(&name) {
+                Some(previous) => {
+                    next.clusters.insert(name, previous.clone());
+                }
+                None => {
+                    next.clusters.remove(&name);
+                }
+            }
+        }
+        refused
     }
 
     async fn apply(

@@ -22,3 +22,4 @@ mod support;
 mod tcp_proxy;
 mod tracing;
 mod upstream_h1;
+mod upstream_tls;

@@ -141,6 +141,63 @@ fn circuit_breakers() -> impl Strategy<Value = CircuitBreakersConfig> {
         })
 }
 
+fn pem_source() -> impl Strategy<Value = gofe_model::upstream_tls::PemSource> {
+    use gofe_model::upstream_tls::PemSource;
+    prop_oneof![
+        "/etc/[a-z]{1,8}\\.pem".prop_map(PemSource::File),
+        "-----BEGIN CERTIFICATE-----\n[A-Za-z0-9+/]{4,40}\n".prop_map(PemSource::Inline),
+    ]
+}
+
+/// Upstream TLS valid for a cluster speaking HTTP/2 when `http2`.
+fn upstream_tls(http2: bool) -> impl Strategy<Value = gofe_model::UpstreamTlsConfig> {
+    use gofe_model::upstream_tls::{ClientCertificateConfig, SanMatcherConfig, SanType};
+    let matcher = (
+        prop::sample::select(vec![SanType::Dns, SanType::Uri]),
+        0u8..4,
+        "[a-z.:/]{1,12}",
+    )
+        .prop_map(|(san_type, kind, value)| {
+            let mut matcher = StringMatchConfig::default();
+            match kind {
+                0 => matcher.exact = Some(value),
+                1 => matcher.prefix = Some(value),
+                2 => matcher.suffix = Some(value),
+                _ => matcher.contains = Some(value),
+            }
+            SanMatcherConfig { san_type, matcher }
+        });
+    (
+        prop::option::of("[a-z]{1,8}(\\.[a-z]{1,8}){0,2}"),
+        prop::option::of((pem_source(), vec(matcher, 0..3))),
+        prop::option::of((pem_source(), pem_source())),
+        0u8..3,
+    )
+        .prop_map(move |(sni, ca, client, alpn)| {
+            let (trusted_ca, match_subject_alt_names) = match ca {
+                Some((ca, sans)) => (Some(ca), sans),
+                None => (None, Vec::new()),
+            };
+            let own = gofe_model::UpstreamTlsConfig::offered_alpn(http2).to_owned();
+            gofe_model::UpstreamTlsConfig {
+                sni,
+                trusted_ca,
+                match_subject_alt_names,
+                client_certificate: client.map(|(certificate_chain, private_key)| {
+                    ClientCertificateConfig {
+                        certificate_chain,
+                        private_key,
+                    }
+                }),
+                alpn_protocols: match alpn {
+                    0 => Vec::new(),
+                    1 => vec![own],
+                    _ => vec!["h2".into(), "http/1.1".into()],
+                },
+            }
+        })
+}
+
 fn cluster(i: usize) -> impl Strategy<Value = ClusterConfig> {
     (
         (
@@ -158,10 +215,17 @@ fn cluster(i: usize) -> impl Strategy<Value = ClusterConfig> {
             locality_lb(),
         ),
     )
+        .prop_flat_map(|(first, rest)| {
+            let http2 = first.2;
+            (Just((first, rest)), prop::option::of(upstream_tls(http2)))
+        })
         .prop_map(
             move |(
-                (lb_policy, connect_timeout, http2, endpoints),
-                (cb, od, panic, idle, limit, locality_lb),
+                (
+                    (lb_policy, connect_timeout, http2, endpoints),
+                    (cb, od, panic, idle, limit, locality_lb),
+                ),
+                tls,
             )| {
                 ClusterConfig {
                     name: format!("c{i}"),
@@ -176,6 +240,7 @@ fn cluster(i: usize) -> impl Strategy<Value = ClusterConfig> {
                     idle_timeout: idle,
                     local_ratelimit: limit,
                     locality_lb,
+                    tls,
                 }
             },
         )
