@@ -32,7 +32,7 @@ mod routes;
 mod tcp_proxies;
 mod tracers;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -126,6 +126,10 @@ pub enum ConvertError {
         #[source]
         source: Box<ConvertError>,
     },
+    /// Several refusals of one resource, each naming its field (a NACK lists every one, so a
+    /// control plane's operator sees them all at once).
+    #[error("{}", join_errors(.0))]
+    Several(Vec<ConvertError>),
     /// A value of the proxy's configuration that no Envoy field can carry, so it cannot be
     /// published over xDS (it would be lost on the way).
     #[error("{field}: {message}")]
@@ -135,6 +139,51 @@ pub enum ConvertError {
         /// Why it has no Envoy form.
         message: String,
     },
+}
+
+fn join_errors(errors: &[ConvertError]) -> String {
+    let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    parts.join("; ")
+}
+
+/// Collects the refusals of the independent parts of one resource, so that all of them are
+/// reported, not only the first.
+#[derive(Default)]
+struct Refusals(Vec<ConvertError>);
+
+impl Refusals {
+    /// The value, or `None` with its refusal kept.
+    fn take<T>(&mut self, r: Result<T, ConvertError>) -> Option<T> {
+        match r {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.push(e);
+                None
+            }
+        }
+    }
+
+    fn push(&mut self, e: ConvertError) {
+        match e {
+            ConvertError::Several(all) => self.0.extend(all),
+            e => self.0.push(e),
+        }
+    }
+
+    /// `Ok(())` when nothing was refused; else the one refusal, or all of them.
+    fn finish(mut self) -> Result<(), ConvertError> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(ConvertError::Several(self.0)),
+        }
+    }
+
+    /// `value` when nothing was refused (it is then `Some`); else the refusals.
+    fn finish_with<T>(self, value: Option<T>) -> Result<T, ConvertError> {
+        self.finish()?;
+        value.ok_or_else(|| invalid("", "", "a part was refused without a reason"))
+    }
 }
 
 fn invalid(resource: &str, field: &str, message: impl Into<String>) -> ConvertError {
@@ -465,8 +514,8 @@ fn decode_checked(
     Ok(match expected {
         ResourceType::Listener => {
             let l: listener::Listener = from_any(any).map_err(no_name)?;
-            let (resource, required_clusters) =
-                listeners::listener_from_wire_checked(&l).map_err(|e| (Some(l.name.clone()), e))?;
+            let (resource, required_clusters) = listeners::listener_from_wire_checked(&l)
+                .map_err(|e| (Some(listeners::listener_key(&l)), e))?;
             Checked {
                 resource: DecodedResource::Listener(resource),
                 required_clusters,
@@ -542,6 +591,10 @@ pub struct Resources {
     pub clusters: BTreeMap<String, ClusterResource>,
     /// Load assignments, by EDS service name.
     pub endpoints: BTreeMap<String, EndpointsResource>,
+    /// Route configurations refused on their first arrival (no version to keep): a listener
+    /// naming one over RDS is served with no routes (404) until a valid version arrives, as
+    /// Envoy readies such a listener (`RdsRouteConfigSubscription::onConfigUpdateFailed`).
+    pub refused_routes: BTreeSet<String>,
 }
 
 /// What one state-of-the-world response does to the resources a client holds.
@@ -693,6 +746,9 @@ impl Resources {
                 required_clusters,
             }) = checked
             else {
+                if ty == ResourceType::Route && !next.routes.contains_key(&name) {
+                    next.refused_routes.insert(name);
+                }
                 continue;
             };
             let label = resource_label(ty, &name);
@@ -705,6 +761,9 @@ impl Resources {
                     field,
                     format!("unknown cluster {missing:?} (validate_clusters is set)"),
                 ));
+                if ty == ResourceType::Route && !next.routes.contains_key(&name) {
+                    next.refused_routes.insert(name);
+                }
                 continue;
             }
             match resource {
@@ -727,7 +786,10 @@ impl Resources {
                     }
                     next.listeners.insert(name, l);
                 }
-                DecodedResource::Route(r) => drop(next.routes.insert(name, r)),
+                DecodedResource::Route(r) => {
+                    next.refused_routes.remove(&name);
+                    next.routes.insert(name, r);
+                }
                 DecodedResource::Cluster(c) => drop(next.clusters.insert(name, c)),
                 DecodedResource::Endpoints(e) => drop(next.endpoints.insert(name, e)),
             }
@@ -919,7 +981,9 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
 /// resources held.
 ///
 /// Envoy's warming rules, simplified: a socket listener whose RDS route configuration has not
-/// arrived yet is left out (it is added when it arrives); an EDS cluster whose load assignment
+/// arrived yet is left out (it is added when it arrives), and one whose route configuration was
+/// refused on its first arrival is served with no routes (every request 404) until a valid one
+/// arrives; an EDS cluster whose load assignment
 /// has not arrived has no endpoints yet; a cluster named by a route but not (yet) defined is
 /// added empty, so requests to it fail with 503 as in Envoy rather than the whole configuration
 /// being refused. Static clusters and listeners win over dynamic ones of the same name; API
@@ -963,6 +1027,8 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
             RouteSource::Inline(r) => r.clone(),
             RouteSource::Rds(route_name) => match dynamic.routes.get(route_name) {
                 Some(r) => r.router.clone(),
+                // Refused on its first arrival: served with no routes (404), as in Envoy.
+                None if dynamic.refused_routes.contains(route_name) => RouterConfig::default(),
                 None => continue,
             },
         };
@@ -1010,6 +1076,9 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
             tcp_proxy: None,
             use_original_dst: settings.use_original_dst,
             bind_to_port: settings.bind_to_port,
+            filter_chains: Vec::new(),
+            tls_inspector: false,
+            http_inspector: false,
         });
     }
     // Clusters referenced but not defined: present and empty (503), as in Envoy.
@@ -1054,6 +1123,9 @@ fn tcp_listener_config(name: &str, address: &str, settings: &SocketSettings) -> 
         tcp_proxy: settings.tcp_proxy.as_deref().cloned(),
         use_original_dst: settings.use_original_dst,
         bind_to_port: settings.bind_to_port,
+        filter_chains: Vec::new(),
+        tls_inspector: false,
+        http_inspector: false,
     }
 }
 

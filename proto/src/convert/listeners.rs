@@ -12,8 +12,8 @@ use super::access_logs::{access_logs_from_wire, access_logs_to_wire};
 use super::tracers::{tracing_from_wire, tracing_to_wire};
 use super::*;
 
-/// The ALPN list gofe's TLS listeners offer (and the only one accepted from the wire).
-const ALPN: [&str; 2] = ["h2", "http/1.1"];
+/// The protocols gofe's TLS listeners can offer by ALPN.
+const ALPN: [&str; 2] = gofe_model::DEFAULT_ALPN_PROTOCOLS;
 
 /// Largest `max_request_headers_kb` Envoy accepts.
 const MAX_REQUEST_HEADERS_KB: u32 = 8192;
@@ -25,6 +25,18 @@ const UNUSED_BUFFER_LIMIT: u32 = u32::MAX;
 
 /// A listener's values that have no Envoy form.
 pub(super) fn check_publishable(l: &ListenerConfig, base: &str) -> Result<(), ConvertError> {
+    if !l.filter_chains.is_empty() {
+        return Err(not_publishable(
+            format!("{base}.filter_chains"),
+            "several filter chains are not published over xDS by gofe yet",
+        ));
+    }
+    if l.tls_inspector || l.http_inspector {
+        return Err(not_publishable(
+            format!("{base}.tls_inspector"),
+            "listener filters are not published over xDS by gofe yet",
+        ));
+    }
     if l.max_connections == Some(0) {
         return Err(not_publishable(
             format!("{base}.max_connections"),
@@ -224,7 +236,7 @@ fn tls_to_wire(t: &TlsConfig) -> core::TransportSocket {
                 private_key: file(&t.private_key),
                 ..Default::default()
             }],
-            alpn_protocols: ALPN.iter().map(|p| (*p).to_owned()).collect(),
+            alpn_protocols: t.alpn_protocols.clone(),
             ..Default::default()
         }),
         ..Default::default()
@@ -238,6 +250,15 @@ fn tls_to_wire(t: &TlsConfig) -> core::TransportSocket {
 }
 
 // === from wire ===
+
+/// The name a Listener is held under: its own, or for an unnamed socket listener its address
+/// (`ip:port`; empty when that does not read).
+pub(super) fn listener_key(l: &listener::Listener) -> String {
+    if !l.name.is_empty() || l.api_listener.is_some() {
+        return l.name.clone();
+    }
+    address_from_wire(l.address.as_ref(), "", "").unwrap_or_default()
+}
 
 /// Validates a Listener: an `api_listener`, or a socket with exactly one filter chain (in
 /// `filter_chains` or `default_filter_chain`) holding an optional connection limit and an HTTP
@@ -297,10 +318,8 @@ pub(super) fn listener_from_wire_checked(
         tcp_keepalive,
         listener_specifier,
     } = l;
-    if name.is_empty() {
-        return Err(invalid(&res, "name", "empty name"));
-    }
-    Unsupported::new(&res, "")
+    let mut refusals = Refusals::default();
+    let top = Unsupported::new(&res, "")
         .set("additional_addresses", additional_addresses)
         .set("fcds_config", fcds_config)
         .set("filter_chain_matcher", filter_chain_matcher)
@@ -323,12 +342,18 @@ pub(super) fn listener_from_wire_checked(
             "listener_specifier (internal listeners)",
             listener_specifier,
         )
-        .finish()?;
+        .finish();
+    refusals.take(top);
     if let Some(api) = api_listener {
+        // A proxyless client finds its API listener by name (`xds:///NAME`).
+        if name.is_empty() {
+            return Err(invalid(&res, "name", "an api_listener needs a name"));
+        }
         let any = api
             .api_listener
             .as_ref()
             .ok_or_else(|| invalid(&res, "api_listener", "empty"))?;
+        refusals.finish()?;
         let manager: hcm::HttpConnectionManager = from_any(any)?;
         let (routes, _) = hcm_routes(&manager, &res, "api_listener.api_listener")?;
         return Ok((
@@ -349,7 +374,7 @@ pub(super) fn listener_from_wire_checked(
             _ => false,
         } || tcp_proxies::is_original_dst_filter(f);
         if !harmless {
-            return Err(invalid(
+            refusals.push(invalid(
                 &res,
                 &format!("listener_filters[{i}]"),
                 format!(
@@ -359,30 +384,43 @@ pub(super) fn listener_from_wire_checked(
             ));
         }
     }
-    let address = address_from_wire(address.as_ref(), &res, "address")?;
-    if address.parse::<SocketAddr>().is_err() {
-        return Err(invalid(
-            &res,
-            "address.socket_address.address",
-            format!("{address:?}: a listener binds an IP address"),
-        ));
-    }
-    let (chain, base) =
-        match (filter_chains.as_slice(), default_filter_chain) {
-            ([only], None) => (only, "filter_chains[0]"),
-            ([], Some(default)) => (default, "default_filter_chain"),
-            _ => return Err(invalid(
+    let address = refusals.take(address_from_wire(address.as_ref(), &res, "address"));
+    let address = address.and_then(|a| match a.parse::<SocketAddr>() {
+        Ok(_) => Some(a),
+        Err(_) => {
+            refusals.push(invalid(
+                &res,
+                "address.socket_address.address",
+                format!("{a:?}: a listener binds an IP address"),
+            ));
+            None
+        }
+    });
+    let address = address.unwrap_or_default();
+    // An unnamed listener is named by the proxy (Envoy gives it a generated name): gofe's
+    // name for it is its address, stable across updates, as for its own unnamed listeners.
+    let unnamed = name.is_empty();
+    let name = if unnamed { &address } else { name };
+    let (chain, base) = match (filter_chains.as_slice(), default_filter_chain) {
+        ([only], None) => (only, "filter_chains[0]"),
+        ([], Some(default)) => (default, "default_filter_chain"),
+        _ => {
+            refusals.push(invalid(
                 &res,
                 "filter_chains",
                 "exactly one filter chain (in filter_chains or default_filter_chain) is supported",
-            )),
-        };
-    let (routes, mut settings, required) = if tcp_proxies::is_tcp_chain(chain) {
-        tcp_listener_from_wire(name, chain, &res, base)?
-    } else {
-        chain_from_wire(chain, &res, base)?
+            ));
+            return Err(refusals.finish().unwrap_err());
+        }
     };
-    settings.unnamed = GofeMetadata::of(metadata).bool("unnamed");
+    let chain = if tcp_proxies::is_tcp_chain(chain) {
+        tcp_listener_from_wire(name, chain, &res, base)
+    } else {
+        chain_from_wire(chain, &res, base)
+    };
+    let chain = refusals.take(chain);
+    let (routes, mut settings, required) = refusals.finish_with(chain)?;
+    settings.unnamed = unnamed || GofeMetadata::of(metadata).bool("unnamed");
     settings.use_original_dst = use_original_dst.as_ref().is_some_and(|b| b.value);
     settings.bind_to_port = bind_to_port.as_ref().is_none_or(|b| b.value);
     Ok((
@@ -425,6 +463,9 @@ fn tcp_listener_from_wire(
                 idle_timeout: gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
                 access_log: settings.access_log.clone(),
                 tracing: None,
+                filter_chains: Vec::new(),
+                tls_inspector: false,
+                http_inspector: false,
             }],
             ..ProxyConfig::default()
         };
@@ -454,7 +495,8 @@ fn chain_from_wire(
         transport_socket_connect_timeout,
         name: _,
     } = chain;
-    Unsupported::new(res, base)
+    let mut refusals = Refusals::default();
+    let top = Unsupported::new(res, base)
         // An empty match matches every connection, as no match does.
         .when(
             "filter_chain_match",
@@ -467,25 +509,29 @@ fn chain_from_wire(
             "transport_socket_connect_timeout",
             transport_socket_connect_timeout,
         )
-        .finish()?;
+        .finish();
+    refusals.take(top);
     let tls = transport_socket
         .as_ref()
         .map(|t| tls_from_wire(t, res, &join(base, "transport_socket")))
-        .transpose()?;
+        .transpose();
+    let tls = refusals.take(tls);
     let (limit, manager_filter, mi) = match filters.as_slice() {
         [m] => (None, m, 0),
         [c, m] => (Some(c), m, 1),
         _ => {
-            return Err(invalid(
+            refusals.push(invalid(
                 res,
                 &join(base, "filters"),
                 "expected an http_connection_manager, optionally after a connection_limit",
-            ))
+            ));
+            return Err(refusals.finish().unwrap_err());
         }
     };
     let max_connections = limit
         .map(|f| connection_limit_from_wire(f, res, &join(base, "filters[0]")))
-        .transpose()?;
+        .transpose();
+    let max_connections = refusals.take(max_connections);
     let mbase = join(base, &format!("filters[{mi}].typed_config"));
     let any = match &manager_filter.config_type {
         Some(listener::filter::ConfigType::TypedConfig(any))
@@ -494,7 +540,7 @@ fn chain_from_wire(
             any
         }
         _ => {
-            return Err(invalid(
+            refusals.push(invalid(
                 res,
                 &join(base, &format!("filters[{mi}]")),
                 format!(
@@ -502,14 +548,19 @@ fn chain_from_wire(
                      http_connection_manager with a typed_config)",
                     manager_filter.name
                 ),
-            ))
+            ));
+            return Err(refusals.finish().unwrap_err());
         }
     };
-    let manager: hcm::HttpConnectionManager = from_any(any)?;
-    let (routes, required) = hcm_routes(&manager, res, &mbase)?;
-    let mut settings = hcm_settings(&manager, res, &mbase)?;
-    settings.tls = tls;
-    settings.max_connections = max_connections;
+    let manager: Option<hcm::HttpConnectionManager> = refusals.take(from_any(any));
+    let Some(manager) = manager else {
+        return Err(refusals.finish().unwrap_err());
+    };
+    let routes = refusals.take(hcm_routes(&manager, res, &mbase));
+    let settings = refusals.take(hcm_settings(&manager, res, &mbase));
+    let ((routes, required), mut settings) = refusals.finish_with(routes.zip(settings))?;
+    settings.tls = tls.flatten();
+    settings.max_connections = max_connections.flatten();
     Ok((routes, settings, required))
 }
 
@@ -647,12 +698,14 @@ fn tls_from_wire(
             &validation_context_type,
         )
         .finish()?;
-    if alpn_protocols != ALPN {
-        return Err(invalid(
-            res,
-            &join(&cbase, "alpn_protocols"),
-            format!("gofe offers exactly {ALPN:?}, got {alpn_protocols:?}"),
-        ));
+    for (i, p) in alpn_protocols.iter().enumerate() {
+        if !ALPN.contains(&p.as_str()) || alpn_protocols[..i].contains(p) {
+            return Err(invalid(
+                res,
+                &join(&cbase, &format!("alpn_protocols[{i}]")),
+                format!("gofe offers {ALPN:?} (each at most once, or none), got {p:?}"),
+            ));
+        }
     }
     let [cert] = tls_certificates.as_slice() else {
         return Err(invalid(
@@ -698,6 +751,7 @@ fn tls_from_wire(
     Ok(TlsConfig {
         certificate_chain: file(certificate_chain, "certificate_chain")?,
         private_key: file(private_key, "private_key")?,
+        alpn_protocols,
     })
 }
 
@@ -816,7 +870,8 @@ fn hcm_settings(
         Ok(PathWithEscapedSlashesAction::ImplementationSpecificDefault
             | PathWithEscapedSlashesAction::KeepUnchanged)
     );
-    Unsupported::new(res, base)
+    let mut refusals = Refusals::default();
+    let top = Unsupported::new(res, base)
         .when(
             "codec_type (gofe detects HTTP/1.1 and HTTP/2 itself: AUTO only)",
             *codec_type != CodecType::Auto as i32,
@@ -921,46 +976,57 @@ fn hcm_settings(
                 Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true))
             ),
         )
-        .finish()?;
-    let filters = http_filters_from_wire(http_filters, res, base)?;
+        .finish();
+    refusals.take(top);
+    let filters = refusals.take(http_filters_from_wire(http_filters, res, base));
     let idle_timeout = match common_http_protocol_options {
-        None => gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
-        Some(o) => protocol_options_idle_timeout(
+        None => Some(gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT),
+        Some(o) => refusals.take(protocol_options_idle_timeout(
             o,
             gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
             res,
             &join(base, "common_http_protocol_options"),
-        )?,
+        )),
     };
     let max_request_headers_kb = match max_request_headers_kb.map(|v| v.value) {
         None => gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB,
         Some(kb @ 1..=MAX_REQUEST_HEADERS_KB) => kb,
         Some(_) => {
-            return Err(invalid(
+            refusals.push(invalid(
                 res,
                 &join(base, "max_request_headers_kb"),
                 "must be in 1..=8192",
-            ))
+            ));
+            gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB
         }
     };
-    let access_log = access_logs_from_wire(access_log, res, base)?;
+    let access_log = refusals.take(access_logs_from_wire(access_log, res, base));
     let tracing = match tracing {
-        None => None,
-        Some(t) => tracing_from_wire(t, res, &join(base, "tracing"))?.map(Box::new),
+        None => Some(None),
+        Some(t) => refusals
+            .take(tracing_from_wire(t, res, &join(base, "tracing")))
+            .map(|t| t.map(Box::new)),
     };
+    // Envoy's default: no request headers timeout.
+    let request_headers_timeout = refusals.take(duration_or(
+        request_headers_timeout,
+        Duration::ZERO,
+        res,
+        &join(base, "request_headers_timeout"),
+    ));
+    let parts = filters
+        .zip(idle_timeout)
+        .zip(access_log.zip(tracing))
+        .zip(request_headers_timeout);
+    let (((filters, idle_timeout), (access_log, tracing)), request_headers_timeout) =
+        refusals.finish_with(parts)?;
     Ok(SocketSettings {
         access_log,
         tracing,
         tls: None,
         max_connections: None,
         max_request_headers_kb,
-        // Envoy's default: no request headers timeout.
-        request_headers_timeout: duration_or(
-            request_headers_timeout,
-            Duration::ZERO,
-            res,
-            &join(base, "request_headers_timeout"),
-        )?,
+        request_headers_timeout,
         idle_timeout,
         buffer_filter: filters.buffer,
         fault_filter: filters.fault,
@@ -1036,19 +1102,20 @@ fn http_filters_from_wire(
         Some(hcm::http_filter::ConfigType::TypedConfig(a)) => Some(a.clone()),
         _ => None,
     };
+    let mut refusals = Refusals::default();
     let last_base = join(base, &format!("http_filters[{}]", rest.len()));
     match typed(last) {
         Some(a) if a.type_url == Router::type_url() => {
-            router_from_wire(&from_any(&a)?, res, &join(&last_base, "typed_config"))?
+            let router = from_any(&a)
+                .and_then(|r| router_from_wire(&r, res, &join(&last_base, "typed_config")));
+            refusals.take(router);
         }
         None if last.config_type.is_none() && last.name == ROUTER_FILTER_NAME => {}
-        _ => {
-            return Err(invalid(
-                res,
-                &last_base,
-                "the last HTTP filter must be the router",
-            ))
-        }
+        _ => refusals.push(invalid(
+            res,
+            &last_base,
+            "the last HTTP filter must be the router",
+        )),
     }
     let mut out = HttpFilters::default();
     // The rank of the last filter seen: gofe applies its filters in one order.
@@ -1068,53 +1135,60 @@ fn http_filters_from_wire(
     };
     for (i, f) in rest.iter().enumerate() {
         let fbase = join(base, &format!("http_filters[{i}]"));
-        match typed(f) {
-            Some(a) if super::faults::is_fault(&a) => {
-                in_order(&fbase, 1, "the fault filter")?;
-                super::faults::filter_from_wire(f, &a, res, &fbase)?;
-                out.fault = true;
-            }
-            Some(a) if super::ratelimits::is_local_ratelimit(&a) => {
-                in_order(&fbase, 2, "the local rate limit filter")?;
-                super::ratelimits::filter_from_wire(f, &a, res, &fbase)?;
-                out.ratelimit = true;
-            }
-            Some(a) if a.type_url == buffer::Buffer::type_url() => {
-                in_order(&fbase, 3, "the buffer filter")?;
-                if f.name != BUFFER_FILTER_NAME {
-                    return Err(invalid(
-                        res,
-                        &join(&fbase, "name"),
-                        format!(
+        // Each filter is judged on its own, so that every refused one is named.
+        let mut one = || -> Result<(), ConvertError> {
+            match typed(f) {
+                Some(a) if super::faults::is_fault(&a) => {
+                    in_order(&fbase, 1, "the fault filter")?;
+                    super::faults::filter_from_wire(f, &a, res, &fbase)?;
+                    out.fault = true;
+                }
+                Some(a) if super::ratelimits::is_local_ratelimit(&a) => {
+                    in_order(&fbase, 2, "the local rate limit filter")?;
+                    super::ratelimits::filter_from_wire(f, &a, res, &fbase)?;
+                    out.ratelimit = true;
+                }
+                Some(a) if a.type_url == buffer::Buffer::type_url() => {
+                    in_order(&fbase, 3, "the buffer filter")?;
+                    if f.name != BUFFER_FILTER_NAME {
+                        return Err(invalid(
+                            res,
+                            &join(&fbase, "name"),
+                            format!(
                             "gofe reads the buffer filter under the name {BUFFER_FILTER_NAME:?}"
                         ),
-                    ));
+                        ));
+                    }
+                    if !f.disabled {
+                        return Err(invalid(
+                            res,
+                            &join(&fbase, "disabled"),
+                            "a buffer filter enabled for every route is not supported by gofe: \
+                         disable it here and enable it per route with its limit",
+                        ));
+                    }
+                    let _: buffer::Buffer = from_any(&a)?;
+                    out.buffer = true;
                 }
-                if !f.disabled {
+                _ if f.is_optional => {}
+                _ => {
                     return Err(invalid(
                         res,
-                        &join(&fbase, "disabled"),
-                        "a buffer filter enabled for every route is not supported by gofe: \
-                         disable it here and enable it per route with its limit",
-                    ));
-                }
-                let _: buffer::Buffer = from_any(&a)?;
-                out.buffer = true;
-            }
-            _ if f.is_optional => {}
-            _ => {
-                return Err(invalid(
-                    res,
-                    &fbase,
-                    format!(
-                        "HTTP filter {:?} not supported by gofe (the fault, local rate limit, \
+                        &fbase,
+                        format!(
+                            "HTTP filter {:?} not supported by gofe (the fault, local rate limit, \
                          buffer and router filters only)",
-                        f.name
-                    ),
-                ))
+                            f.name
+                        ),
+                    ))
+                }
             }
-        }
+            Ok(())
+        };
+        let judged = one();
+        refusals.take(judged);
     }
+    refusals.finish()?;
     Ok(out)
 }
 

@@ -573,6 +573,8 @@ impl State {
             .retain(|n, _| wanted[&ResourceType::Endpoints].contains(n));
         next.routes
             .retain(|n, _| wanted[&ResourceType::Route].contains(n));
+        next.refused_routes
+            .retain(|n| wanted[&ResourceType::Route].contains(n));
         if let Err(e) = self.apply(proxy, &next, status).await {
             return Err(refused
                 .into_iter()

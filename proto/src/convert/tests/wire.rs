@@ -889,6 +889,7 @@ fn listener_limits_and_tls_travel_in_envoys_fields() {
     l.tls = Some(gofe_model::TlsConfig {
         certificate_chain: "/etc/gofe/cert.pem".into(),
         private_key: "/etc/gofe/key.pem".into(),
+        alpn_protocols: vec!["h2".into(), "http/1.1".into()],
     });
     let r = from_proxy_config(&c).unwrap();
     let wire = listener_to_wire(&r.listeners["public"]).unwrap();
@@ -920,6 +921,58 @@ fn listener_limits_and_tls_travel_in_envoys_fields() {
 }
 
 #[test]
+fn an_empty_alpn_list_is_envoys_default_and_offers_none() {
+    let mut c = sample();
+    c.listeners[0].tls = Some(gofe_model::TlsConfig {
+        certificate_chain: "/etc/gofe/cert.pem".into(),
+        private_key: "/etc/gofe/key.pem".into(),
+        alpn_protocols: Vec::new(),
+    });
+    let r = from_proxy_config(&c).unwrap();
+    let mut wire = listener_to_wire(&r.listeners["public"]).unwrap();
+    let back = listener_from_wire(&wire).unwrap();
+    let ListenerKind::Socket { settings, .. } = &back.kind else {
+        panic!()
+    };
+    assert_eq!(
+        settings.tls.as_ref().unwrap().alpn_protocols,
+        Vec::<String>::new()
+    );
+    // A protocol gofe does not speak is refused by its index.
+    let ts = wire.filter_chains[0].transport_socket.as_mut().unwrap();
+    let Some(core::transport_socket::ConfigType::TypedConfig(any)) = &mut ts.config_type else {
+        panic!()
+    };
+    let mut ctx: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext =
+        from_any(any).unwrap();
+    ctx.common_tls_context.as_mut().unwrap().alpn_protocols = vec!["h2".into(), "h3".into()];
+    *any = to_any(&ctx);
+    assert!(err(listener_from_wire(&wire)).contains("common_tls_context.alpn_protocols[1]"));
+}
+
+#[test]
+fn an_unnamed_listener_is_named_by_its_address() {
+    let (_, mut l, _, _) = sample_wire();
+    l.name = String::new();
+    let r = listener_from_wire(&l).unwrap();
+    assert_eq!(r.name, "127.0.0.1:8080");
+    let ListenerKind::Socket { address, settings } = &r.kind else {
+        panic!()
+    };
+    assert_eq!(address, "127.0.0.1:8080");
+    assert!(settings.unnamed);
+    // Taken in a response under that name, it is served unnamed (named by its address).
+    let base = ProxyConfig::default();
+    let update = Resources::default().accept_response(ResourceType::Listener, &[to_any(&l)], &base);
+    assert!(update.refused.is_empty(), "{:?}", update.refused);
+    assert!(update.resources.listeners.contains_key("127.0.0.1:8080"));
+    // An API listener still needs its name: clients look it up by it.
+    let mut api = l.clone();
+    api.api_listener = Some(listener::ApiListener::default());
+    assert!(err(listener_from_wire(&api)).contains("name"));
+}
+
+#[test]
 fn request_headers_timeout_left_unset_is_envoys_none() {
     let (_, mut l, _, _) = sample_wire();
     set_hcm(&mut l, |m| {
@@ -948,6 +1001,50 @@ fn listener_named(name: &str, address: &str, routes: &str) -> Any {
         routes: RouteSource::Rds(routes.into()),
     };
     to_any(&listener_to_wire(&l).unwrap())
+}
+
+#[test]
+fn every_refusal_of_a_listener_is_named_not_only_the_first_stages() {
+    let (_, mut l, _, _) = sample_wire();
+    l.transparent = Some(BoolValue { value: true });
+    set_hcm(&mut l, |m| {
+        m.normalize_path = Some(BoolValue { value: true });
+        m.common_http_protocol_options = Some(core::HttpProtocolOptions {
+            headers_with_underscores_action: 1,
+            ..Default::default()
+        });
+        m.http_filters.insert(
+            0,
+            hcm::HttpFilter {
+                name: "envoy.filters.http.cors".into(),
+                ..Default::default()
+            },
+        );
+    });
+    let e = err(listener_from_wire(&l));
+    for field in [
+        "transparent",
+        "filter_chains[0].filters[0].typed_config.normalize_path",
+        "common_http_protocol_options.headers_with_underscores_action",
+        "http_filters[0]",
+    ] {
+        assert!(e.contains(field), "{field} not named in {e}");
+    }
+    // Each refusal is a clause of its own, naming the resource.
+    assert_eq!(e.matches("Listener \"public\": ").count(), 4, "{e}");
+}
+
+#[test]
+fn every_refused_route_of_a_route_configuration_is_named() {
+    let (_, _, mut rc, _) = sample_wire();
+    rc.vhds = Some(Default::default());
+    let routes = &mut rc.virtual_hosts[0].routes;
+    routes[0].decorator = Some(Default::default());
+    routes[1].tracing = Some(Default::default());
+    let e = err(route_from_wire(&rc));
+    for field in ["vhds", "routes[0].decorator", "routes[1].tracing"] {
+        assert!(e.contains(field), "{field} not named in {e}");
+    }
 }
 
 #[test]
