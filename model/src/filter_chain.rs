@@ -95,6 +95,11 @@ impl FilterChainMatchConfig {
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
     }
+
+    /// The match with its lists in a canonical order, so that equal matches compare equal.
+    pub fn normalized(&self) -> FilterChainMatchConfig {
+        normalized(self)
+    }
 }
 
 /// Envoy's `ConnectionSourceType`.

@@ -938,6 +938,7 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
                         use_original_dst: l.use_original_dst,
                         bind_to_port: l.bind_to_port,
                         tcp_proxy: l.tcp_proxy.clone().map(Box::new),
+                        ..SocketSettings::default()
                     },
                 },
                 routes,
@@ -1018,9 +1019,13 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
         if listener_names.contains(name) {
             continue;
         }
+        let Some(chains) = chains_of(settings, dynamic) else {
+            continue;
+        };
         if settings.tcp_proxy.is_some() {
-            out.listeners
-                .push(tcp_listener_config(name, address, settings));
+            let mut l = tcp_listener_config(name, address, settings);
+            attach_chains(&mut l, settings, chains);
+            out.listeners.push(l);
             continue;
         }
         let mut router = match &l.routes {
@@ -1032,31 +1037,7 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
                 None => continue,
             },
         };
-        if !settings.buffer_filter {
-            for r in router
-                .virtual_hosts
-                .iter_mut()
-                .flat_map(|vh| vh.routes.iter_mut())
-            {
-                r.route.max_request_bytes = None;
-            }
-        }
-        if !settings.fault_filter {
-            for vh in &mut router.virtual_hosts {
-                vh.fault = None;
-                for r in &mut vh.routes {
-                    r.fault = None;
-                }
-            }
-        }
-        if !settings.local_ratelimit_filter {
-            for vh in &mut router.virtual_hosts {
-                vh.local_ratelimit = None;
-                for r in &mut vh.routes {
-                    r.local_ratelimit = None;
-                }
-            }
-        }
+        strip_filters(&mut router, settings);
         let unnamed = settings.unnamed && name == address;
         out.listeners.push(ListenerConfig {
             name: (!unnamed).then(|| String::from(name)),
@@ -1080,10 +1061,18 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
             tls_inspector: false,
             http_inspector: false,
         });
+        if let Some(l) = out.listeners.last_mut() {
+            attach_chains(l, settings, chains);
+        }
     }
     // Clusters referenced but not defined: present and empty (503), as in Envoy.
     let mut missing = Vec::new();
-    for l in &out.listeners {
+    let views: Vec<ListenerConfig> = out
+        .listeners
+        .iter()
+        .flat_map(|l| l.filter_chains.iter().map(|c| l.chain_view(c)))
+        .collect();
+    for l in out.listeners.iter().chain(&views) {
         for f in &l.filters {
             for (_, n) in routes::cluster_refs(&f.config, "") {
                 if !cluster_names.contains(&n) {
@@ -1103,6 +1092,101 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
         out.clusters.push(empty_cluster(&name));
     }
     out
+}
+
+/// A route table as a connection manager without some of gofe's filters serves it: a route's
+/// `max_request_bytes` needs the buffer filter, its `fault` the fault filter, its
+/// `local_ratelimit` the local rate limit filter, as in Envoy.
+fn strip_filters(router: &mut RouterConfig, settings: &SocketSettings) {
+    if !settings.buffer_filter {
+        for r in router
+            .virtual_hosts
+            .iter_mut()
+            .flat_map(|vh| vh.routes.iter_mut())
+        {
+            r.route.max_request_bytes = None;
+        }
+    }
+    if !settings.fault_filter {
+        for vh in &mut router.virtual_hosts {
+            vh.fault = None;
+            for r in &mut vh.routes {
+                r.fault = None;
+            }
+        }
+    }
+    if !settings.local_ratelimit_filter {
+        for vh in &mut router.virtual_hosts {
+            vh.local_ratelimit = None;
+            for r in &mut vh.routes {
+                r.local_ratelimit = None;
+            }
+        }
+    }
+}
+
+/// A listener's further filter chains with their routes; `None` while a chain's RDS route
+/// configuration has not arrived (the listener waits, as for its own).
+fn chains_of(
+    settings: &SocketSettings,
+    dynamic: &Resources,
+) -> Option<Vec<gofe_model::FilterChainConfig>> {
+    let mut out = Vec::with_capacity(settings.filter_chains.len());
+    for c in &settings.filter_chains {
+        let filters = match (&c.rds, &c.inline_routes, &c.tcp_proxy) {
+            (_, _, Some(_)) => Vec::new(),
+            (Some(name), _, None) => {
+                let mut router = match dynamic.routes.get(name) {
+                    Some(r) => r.router.clone(),
+                    None if dynamic.refused_routes.contains(name) => RouterConfig::default(),
+                    None => return None,
+                };
+                strip_filters(&mut router, settings);
+                vec![FilterConfig {
+                    kind: String::from("router"),
+                    config: router,
+                }]
+            }
+            (None, inline, None) => {
+                let mut router = inline.clone().unwrap_or_default();
+                strip_filters(&mut router, settings);
+                vec![FilterConfig {
+                    kind: String::from("router"),
+                    config: router,
+                }]
+            }
+        };
+        out.push(gofe_model::FilterChainConfig {
+            name: c.name.clone(),
+            filter_chain_match: c.filter_chain_match.clone(),
+            protocol: String::from(if c.tcp_proxy.is_some() { "tcp" } else { "http" }),
+            tls: c.tls.clone(),
+            filters,
+            tcp_proxy: c.tcp_proxy.as_deref().cloned(),
+        });
+    }
+    Some(out)
+}
+
+/// Gives an assembled listener its further chains and listener filters; without a default
+/// chain, its own chain is dropped.
+fn attach_chains(
+    l: &mut ListenerConfig,
+    settings: &SocketSettings,
+    chains: Vec<gofe_model::FilterChainConfig>,
+) {
+    l.tls_inspector = settings.tls_inspector;
+    l.http_inspector = settings.http_inspector;
+    if chains.is_empty() {
+        return;
+    }
+    l.filter_chains = chains;
+    if !settings.default_chain {
+        l.protocol = String::from("http");
+        l.tls = None;
+        l.tcp_proxy = None;
+        l.filters.clear();
+    }
 }
 
 /// A `tcp` listener of the assembled configuration.

@@ -401,25 +401,30 @@ pub(super) fn listener_from_wire_checked(
     // name for it is its address, stable across updates, as for its own unnamed listeners.
     let unnamed = name.is_empty();
     let name = if unnamed { &address } else { name };
-    let (chain, base) = match (filter_chains.as_slice(), default_filter_chain) {
-        ([only], None) => (only, "filter_chains[0]"),
-        ([], Some(default)) => (default, "default_filter_chain"),
-        _ => {
-            refusals.push(invalid(
-                &res,
-                "filter_chains",
-                "exactly one filter chain (in filter_chains or default_filter_chain) is supported",
-            ));
-            return Err(refusals.finish().unwrap_err());
+    let unmatched = |c: &listener::FilterChain| {
+        c.filter_chain_match
+            .as_ref()
+            .is_none_or(|m| *m == Default::default())
+    };
+    let inspectors: Vec<String> = listener_filters
+        .iter()
+        .filter_map(|f| match &f.config_type {
+            Some(listener::listener_filter::ConfigType::TypedConfig(a)) => Some(a.type_url.clone()),
+            _ => None,
+        })
+        .collect();
+    let read = match (filter_chains.as_slice(), default_filter_chain) {
+        ([only], None) if unmatched(only) => {
+            one_chain_from_wire(name, only, &res, "filter_chains[0]")
         }
+        ([], Some(default)) => one_chain_from_wire(name, default, &res, "default_filter_chain"),
+        ([], None) => Err(invalid(&res, "filter_chains", "needs a filter chain")),
+        (chains, default) => chains_from_wire(name, chains, default.as_ref(), &res),
     };
-    let chain = if tcp_proxies::is_tcp_chain(chain) {
-        tcp_listener_from_wire(name, chain, &res, base)
-    } else {
-        chain_from_wire(chain, &res, base)
-    };
-    let chain = refusals.take(chain);
-    let (routes, mut settings, required) = refusals.finish_with(chain)?;
+    let read = refusals.take(read);
+    let (routes, mut settings, required) = refusals.finish_with(read)?;
+    settings.tls_inspector = inspectors.contains(&TlsInspector::type_url());
+    settings.http_inspector = inspectors.contains(&HttpInspector::type_url());
     settings.unnamed = unnamed || GofeMetadata::of(metadata).bool("unnamed");
     settings.use_original_dst = use_original_dst.as_ref().is_some_and(|b| b.value);
     settings.bind_to_port = bind_to_port.as_ref().is_none_or(|b| b.value);
@@ -431,6 +436,281 @@ pub(super) fn listener_from_wire_checked(
         },
         required,
     ))
+}
+
+/// One filter chain (a connection manager's or a tcp_proxy's), with `filter_chain_match`
+/// left to the caller.
+fn one_chain_from_wire(
+    name: &str,
+    chain: &listener::FilterChain,
+    res: &str,
+    base: &str,
+) -> Result<(RouteSource, SocketSettings, ClusterRefs), ConvertError> {
+    if tcp_proxies::is_tcp_chain(chain) {
+        tcp_listener_from_wire(name, chain, res, base)
+    } else {
+        chain_from_wire(chain, res, base)
+    }
+}
+
+/// Several filter chains, each with its `filter_chain_match`, and an optional default chain.
+/// The listener-wide settings (limits, timeouts, access logs, tracing, HTTP filters) are the
+/// default chain's, else the first chain's; a chain whose connection manager differs in them
+/// is refused (gofe applies one set per listener).
+fn chains_from_wire(
+    name: &str,
+    chains: &[listener::FilterChain],
+    default: Option<&listener::FilterChain>,
+    res: &str,
+) -> Result<(RouteSource, SocketSettings, ClusterRefs), ConvertError> {
+    let mut refusals = Refusals::default();
+    if chains.len() > gofe_model::filter_chain::MAX_FILTER_CHAINS {
+        return Err(invalid(
+            res,
+            "filter_chains",
+            format!(
+                "at most {} filter chains are supported by gofe",
+                gofe_model::filter_chain::MAX_FILTER_CHAINS
+            ),
+        ));
+    }
+    let own = default.map(|d| one_chain_from_wire(name, d, res, "default_filter_chain"));
+    let own = own.and_then(|r| refusals.take(r));
+    let mut read = Vec::new();
+    let mut seen: Vec<(gofe_model::FilterChainMatchConfig, usize)> = Vec::new();
+    for (i, c) in chains.iter().enumerate() {
+        let base = format!("filter_chains[{i}]");
+        let m = chain_match_from_wire(
+            c.filter_chain_match.as_ref(),
+            res,
+            &join(&base, "filter_chain_match"),
+        );
+        let m = refusals.take(m);
+        let bare = listener::FilterChain {
+            filter_chain_match: None,
+            ..c.clone()
+        };
+        let chain = refusals.take(one_chain_from_wire(name, &bare, res, &base));
+        if let Some(m) = &m {
+            let key = m.normalized();
+            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                refusals.push(invalid(
+                    res,
+                    &join(&base, "filter_chain_match"),
+                    format!("the same match as filter_chains[{first}] (Envoy refuses it too)"),
+                ));
+            }
+            seen.push((key, i));
+        }
+        if let (Some(m), Some(chain)) = (m, chain) {
+            read.push((i, m, c.name.clone(), chain));
+        }
+    }
+    // The listener-wide settings, and which chain they come from.
+    let reference = own
+        .as_ref()
+        .map(|(_, s, _)| ("default_filter_chain".to_owned(), s.clone()))
+        .or_else(|| {
+            read.first()
+                .map(|(i, _, _, (_, s, _))| (format!("filter_chains[{i}]"), s.clone()))
+        });
+    let shared = |s: &SocketSettings| SocketSettings {
+        tls: None,
+        tcp_proxy: None,
+        ..s.clone()
+    };
+    if let Some((from, r)) = &reference {
+        for (i, _, _, (_, s, _)) in &read {
+            let same = if r.tcp_proxy.is_none() && s.tcp_proxy.is_none() {
+                shared(s) == shared(r)
+            } else {
+                s.access_log == r.access_log && s.max_connections == r.max_connections
+            };
+            if !same {
+                refusals.push(invalid(
+                    res,
+                    &format!("filter_chains[{i}]"),
+                    format!(
+                        "connection settings (limits, timeouts, access logs, tracing, HTTP \
+                         filters) that differ from {from}'s are not supported by gofe (one set \
+                         per listener)"
+                    ),
+                ));
+            }
+        }
+    }
+    refusals.finish()?;
+    let Some((_, reference)) = reference else {
+        return Err(invalid(res, "filter_chains", "needs a filter chain"));
+    };
+    let mut required = Vec::new();
+    let mut out = Vec::with_capacity(read.len());
+    for (_, m, chain_name, (routes, s, req)) in read {
+        required.extend(req);
+        let (rds, inline_routes) = match (routes, &s.tcp_proxy) {
+            (_, Some(_)) => (None, None),
+            (RouteSource::Rds(n), None) => (Some(n), None),
+            (RouteSource::Inline(r), None) => (None, Some(r)),
+        };
+        out.push(ChainResource {
+            name: (!chain_name.is_empty()).then_some(chain_name),
+            filter_chain_match: m,
+            tls: s.tls,
+            rds,
+            inline_routes,
+            tcp_proxy: s.tcp_proxy,
+        });
+    }
+    let (routes, mut settings) = match own {
+        Some((routes, s, req)) => {
+            required.extend(req);
+            (routes, s)
+        }
+        None => (
+            RouteSource::Inline(RouterConfig::default()),
+            SocketSettings {
+                tls: None,
+                tcp_proxy: None,
+                ..reference
+            },
+        ),
+    };
+    settings.default_chain = default.is_some();
+    settings.filter_chains = out;
+    Ok((routes, settings, required))
+}
+
+/// A `filter_chain_match`, every field read.
+#[allow(deprecated)]
+fn chain_match_from_wire(
+    m: Option<&listener::FilterChainMatch>,
+    res: &str,
+    base: &str,
+) -> Result<gofe_model::FilterChainMatchConfig, ConvertError> {
+    use gofe_model::{CidrRange, SourceType};
+    use listener::filter_chain_match::ConnectionSourceType as S;
+    let Some(m) = m else {
+        return Ok(Default::default());
+    };
+    let listener::FilterChainMatch {
+        destination_port,
+        prefix_ranges,
+        address_suffix,
+        suffix_len,
+        direct_source_prefix_ranges,
+        source_type,
+        source_prefix_ranges,
+        source_ports,
+        server_names,
+        transport_protocol,
+        application_protocols,
+    } = m;
+    let mut refusals = Refusals::default();
+    let top = Unsupported::new(res, base)
+        .set("address_suffix", address_suffix)
+        .set("suffix_len", suffix_len)
+        .finish();
+    refusals.take(top);
+    let mut ranges = |list: &[core::CidrRange], field: &str| -> Vec<CidrRange> {
+        let mut out = Vec::new();
+        for (i, r) in list.iter().enumerate() {
+            let max = if r.address_prefix.contains(':') {
+                128
+            } else {
+                32
+            };
+            let len = r.prefix_len.as_ref().map_or(max, |v| v.value);
+            match (
+                r.address_prefix.parse::<std::net::IpAddr>(),
+                u8::try_from(len),
+            ) {
+                (Ok(ip), Ok(l)) if len <= max => out.push(CidrRange::new(ip, l)),
+                _ => refusals.push(invalid(
+                    res,
+                    &join(base, &format!("{field}[{i}]")),
+                    format!("{:?}/{len}: not an address range", r.address_prefix),
+                )),
+            }
+        }
+        out
+    };
+    let prefix = ranges(prefix_ranges, "prefix_ranges");
+    let direct = ranges(direct_source_prefix_ranges, "direct_source_prefix_ranges");
+    let source = ranges(source_prefix_ranges, "source_prefix_ranges");
+    let destination_port = match destination_port.as_ref().map(|v| v.value) {
+        None => None,
+        Some(p) => match u16::try_from(p) {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                refusals.push(invalid(
+                    res,
+                    &join(base, "destination_port"),
+                    "must be 1..=65535",
+                ));
+                None
+            }
+        },
+    };
+    let mut ports = Vec::new();
+    for (i, p) in source_ports.iter().enumerate() {
+        match u16::try_from(*p) {
+            Ok(p) if p > 0 => ports.push(p),
+            _ => refusals.push(invalid(
+                res,
+                &join(base, &format!("source_ports[{i}]")),
+                "must be 1..=65535",
+            )),
+        }
+    }
+    let source_type = match S::try_from(*source_type) {
+        Ok(S::Any) => SourceType::Any,
+        Ok(S::SameIpOrLoopback) => SourceType::Local,
+        Ok(S::External) => SourceType::External,
+        Err(_) => {
+            refusals.push(invalid(
+                res,
+                &join(base, "source_type"),
+                "unknown source type",
+            ));
+            SourceType::Any
+        }
+    };
+    for (i, n) in server_names.iter().enumerate() {
+        let bad = n.is_empty()
+            || n.contains(['/', ' ', ':'])
+            || n.strip_prefix("*.").unwrap_or(n).contains('*');
+        if bad {
+            refusals.push(invalid(
+                res,
+                &join(base, &format!("server_names[{i}]")),
+                format!("{n:?}: gofe matches a server name or a wildcard \"*.suffix\""),
+            ));
+        }
+    }
+    let transport_protocol = match transport_protocol.as_str() {
+        "" => None,
+        t @ ("tls" | "raw_buffer") => Some(t.to_owned()),
+        t => {
+            refusals.push(invalid(
+                res,
+                &join(base, "transport_protocol"),
+                format!("{t:?} not supported by gofe (\"tls\" and \"raw_buffer\")"),
+            ));
+            None
+        }
+    };
+    refusals.finish()?;
+    Ok(gofe_model::FilterChainMatchConfig {
+        destination_port,
+        prefix_ranges: prefix,
+        server_names: server_names.clone(),
+        transport_protocol,
+        application_protocols: application_protocols.clone(),
+        direct_source_prefix_ranges: direct,
+        source_type,
+        source_prefix_ranges: source,
+        source_ports: ports,
+    })
 }
 
 /// A `tcp` listener's chain: no routes (an empty inline table), its tcp_proxy, no clusters
