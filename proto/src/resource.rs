@@ -74,6 +74,9 @@ pub struct ListenerResource {
 
 /// What a listener is.
 #[derive(Clone, Debug, PartialEq)]
+// Built once per received listener, never on a request path: the size of a socket listener's
+// settings costs nothing worth a box at every construction site.
+#[allow(clippy::large_enum_variant)]
 pub enum ListenerKind {
     /// A TCP socket, `ip:port`, with one HTTP connection manager filter chain.
     Socket {

@@ -504,7 +504,6 @@ impl Proxy {
             )));
             states.push((addr, state, l.bind_to_port, l.use_original_dst));
         }
-        drop(build);
 
         // Virtual (bind_to_port: false) listeners: what stays keeps its holder, its new state
         // stored at commit; capture listeners get the table of all of them.
