@@ -244,19 +244,27 @@ impl Exchange {
 
 /// A NACK's error_detail split into one clause per refused resource, by resource name.
 fn refusals(detail: &str, kind: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
     let prefix = format!("{kind} \"");
+    let mut last: Option<String> = None;
     for part in detail.split("; ") {
         if let Some(rest) = part.strip_prefix(&prefix) {
             if let Some((name, clause)) = rest.split_once("\": ") {
-                out.insert(name.to_string(), clause.to_string());
+                // A resource refused for several fields has a clause for each.
+                let text = out.entry(name.to_string()).or_default();
+                if !text.is_empty() {
+                    text.push_str("; ");
+                }
+                text.push_str(clause);
+                last = Some(name.to_string());
                 continue;
             }
         }
-        // A "; " inside one refusal's text: it belongs to the one before.
-        if let Some(last) = out.values_mut().last() {
-            last.push_str("; ");
-            last.push_str(part);
+        // A "; " inside one refusal's text (or another type's refusal): it belongs to the one
+        // before.
+        if let Some(text) = last.as_ref().and_then(|n| out.get_mut(n)) {
+            text.push_str("; ");
+            text.push_str(part);
         }
     }
     out

@@ -31,6 +31,8 @@ pub mod access_log;
 pub use access_log::AccessLogConfig;
 pub mod fault;
 pub use fault::{FaultConfig, FractionalPercent};
+pub mod filter_chain;
+pub use filter_chain::{CidrRange, FilterChainConfig, FilterChainMatchConfig, SourceType};
 pub mod local_ratelimit;
 pub mod schema;
 pub use local_ratelimit::LocalRateLimitConfig;
@@ -146,6 +148,30 @@ pub struct ListenerConfig {
     /// (a request pays one branch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingConfig>,
+    /// Further filter chains (Envoy's `filter_chains`), each with its own protocol, TLS and
+    /// filters, picked once per connection by its `filter_chain_match` in Envoy's order
+    /// (destination port, destination IP, server name, transport protocol, application
+    /// protocols, direct source IP, source type, source IP, source port; the most specific
+    /// match wins at each step). The listener's own `protocol`, `tls`, `filters` and
+    /// `tcp_proxy` are the chain used when none matches (Envoy's `default_filter_chain`); an
+    /// `http` listener with `filter_chains` and no `filters` has none, and a connection no
+    /// chain matches is closed (counted in `gofe_downstream_connections_no_filter_chain_total`).
+    /// The other settings (limits, timeouts, access logs, tracing) are the listener's, for
+    /// every chain. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filter_chains: Vec<FilterChainConfig>,
+    /// Peek at each connection's first bytes for a TLS ClientHello, without consuming them
+    /// (Envoy's `envoy.filters.listener.tls_inspector`): sets the transport protocol (`tls` or
+    /// `raw_buffer`), the server name (SNI) and the application protocols (ALPN) that
+    /// `filter_chains` match on. Without it every connection is `raw_buffer` with neither.
+    /// Default `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tls_inspector: bool,
+    /// Peek at a plaintext connection's first bytes for HTTP (Envoy's
+    /// `envoy.filters.listener.http_inspector`): sets its application protocol to `http/1.1`,
+    /// `http/1.0` or `h2c` for `filter_chains` to match on. Default `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub http_inspector: bool,
 }
 
 /// Default `max_request_headers_kb` of a listener.
@@ -235,6 +261,26 @@ pub struct TlsConfig {
     pub certificate_chain: String,
     /// Path of the PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub private_key: String,
+    /// The application protocols offered by ALPN, in order of preference: `"h2"` and
+    /// `"http/1.1"` (Envoy's `common_tls_context.alpn_protocols`). Empty offers none: the
+    /// client then speaks HTTP/1.1, or HTTP/2 with prior knowledge, which the listener detects
+    /// either way. Default `["h2", "http/1.1"]`.
+    #[serde(
+        default = "default_alpn_protocols",
+        skip_serializing_if = "is_default_alpn_protocols"
+    )]
+    pub alpn_protocols: Vec<String>,
+}
+
+/// The ALPN protocols a TLS listener offers by default.
+pub const DEFAULT_ALPN_PROTOCOLS: [&str; 2] = ["h2", "http/1.1"];
+
+fn default_alpn_protocols() -> Vec<String> {
+    DEFAULT_ALPN_PROTOCOLS.map(String::from).to_vec()
+}
+
+fn is_default_alpn_protocols(p: &[String]) -> bool {
+    p == DEFAULT_ALPN_PROTOCOLS
 }
 
 /// One filter of a listener's chain.
@@ -1094,26 +1140,7 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
                 );
             }
         }
-        let tcp = listener.protocol == "tcp";
-        if listener.protocol != "http" && !tcp {
-            v.error(
-                format!("{base}.protocol"),
-                format!(
-                    "unsupported protocol {:?} (supported: \"http\", \"tcp\")",
-                    listener.protocol
-                ),
-            );
-        }
         check_capture(v, listener, &base);
-        if tcp {
-            check_tcp_listener(
-                v,
-                config,
-                listener,
-                &base,
-                check_refs.then_some(&cluster_names),
-            );
-        }
         for (ai, log) in listener.access_log.iter().enumerate() {
             for (field, message) in access_log::check(log) {
                 v.error(format!("{base}.access_log[{ai}].{field}"), message);
@@ -1124,36 +1151,10 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
                 v.error(format!("{base}.tracing.{field}"), message);
             }
         }
-        if !tcp && listener.filters.len() != 1 {
-            v.error(
-                format!("{base}.filters"),
-                format!(
-                    "expected exactly one filter (a router), found {}",
-                    listener.filters.len()
-                ),
-            );
+        if listener.has_default_chain() {
+            check_chain(v, config, listener, &base, check_refs, &cluster_names);
         }
-        for (fi, filter) in listener.filters.iter().enumerate() {
-            let fbase = format!("{base}.filters[{fi}]");
-            if filter.kind != "router" {
-                v.error(
-                    format!("{fbase}.type"),
-                    format!(
-                        "unknown filter type {:?} (supported: \"router\")",
-                        filter.kind
-                    ),
-                );
-            }
-            validate_router(
-                v,
-                &filter.config,
-                &format!("{fbase}.config"),
-                check_refs.then_some(&cluster_names),
-            );
-            if check_refs {
-                check_http_refs_not_original_dst(v, config, &filter.config, &fbase);
-            }
-        }
+        filter_chain::check_filter_chains(v, config, listener, &base, check_refs, &cluster_names);
     }
 
     if let Some(admin) = &config.admin {
@@ -1177,7 +1178,86 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
     }
 }
 
+/// The checks of one filter chain (the listener's own, or one of its `filter_chains` seen
+/// as a listener by [`ListenerConfig::chain_view`]), named under `base`.
+fn check_chain(
+    v: &mut Validator,
+    config: &ProxyConfig,
+    listener: &ListenerConfig,
+    base: &str,
+    check_refs: bool,
+    cluster_names: &HashMap<&str, usize>,
+) {
+    let tcp = listener.protocol == "tcp";
+    if listener.protocol != "http" && !tcp {
+        v.error(
+            format!("{base}.protocol"),
+            format!(
+                "unsupported protocol {:?} (supported: \"http\", \"tcp\")",
+                listener.protocol
+            ),
+        );
+    }
+    if let Some(tls) = &listener.tls {
+        check_alpn(v, tls, &format!("{base}.tls"));
+    }
+    if tcp {
+        check_tcp_listener(
+            v,
+            config,
+            listener,
+            base,
+            check_refs.then_some(cluster_names),
+        );
+    }
+    if !tcp && listener.filters.len() != 1 {
+        v.error(
+            format!("{base}.filters"),
+            format!(
+                "expected exactly one filter (a router), found {}",
+                listener.filters.len()
+            ),
+        );
+    }
+    for (fi, filter) in listener.filters.iter().enumerate() {
+        let fbase = format!("{base}.filters[{fi}]");
+        if filter.kind != "router" {
+            v.error(
+                format!("{fbase}.type"),
+                format!(
+                    "unknown filter type {:?} (supported: \"router\")",
+                    filter.kind
+                ),
+            );
+        }
+        validate_router(
+            v,
+            &filter.config,
+            &format!("{fbase}.config"),
+            check_refs.then_some(cluster_names),
+        );
+        if check_refs {
+            check_http_refs_not_original_dst(v, config, &filter.config, &fbase);
+        }
+    }
+}
+
 // === capture and tcp listeners ===
+
+/// A TLS listener offers only the protocols it speaks, each once.
+fn check_alpn(v: &mut Validator, tls: &TlsConfig, base: &str) {
+    for (i, p) in tls.alpn_protocols.iter().enumerate() {
+        let field = format!("{base}.alpn_protocols[{i}]");
+        if !DEFAULT_ALPN_PROTOCOLS.contains(&p.as_str()) {
+            v.error(
+                field,
+                format!("unsupported protocol {p:?} (supported: \"h2\", \"http/1.1\")"),
+            );
+        } else if tls.alpn_protocols[..i].contains(p) {
+            v.error(field, format!("{p:?} is listed twice"));
+        }
+    }
+}
 
 /// `use_original_dst` and `bind_to_port` of a listener.
 fn check_capture(v: &mut Validator, listener: &ListenerConfig, base: &str) {

@@ -33,7 +33,7 @@ mod tcp_proxies;
 mod tracers;
 mod upstream_tls;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -127,6 +127,10 @@ pub enum ConvertError {
         #[source]
         source: Box<ConvertError>,
     },
+    /// Several refusals of one resource, each naming its field (a NACK lists every one, so a
+    /// control plane's operator sees them all at once).
+    #[error("{}", join_errors(.0))]
+    Several(Vec<ConvertError>),
     /// A value of the proxy's configuration that no Envoy field can carry, so it cannot be
     /// published over xDS (it would be lost on the way).
     #[error("{field}: {message}")]
@@ -136,6 +140,51 @@ pub enum ConvertError {
         /// Why it has no Envoy form.
         message: String,
     },
+}
+
+fn join_errors(errors: &[ConvertError]) -> String {
+    let parts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    parts.join("; ")
+}
+
+/// Collects the refusals of the independent parts of one resource, so that all of them are
+/// reported, not only the first.
+#[derive(Default)]
+struct Refusals(Vec<ConvertError>);
+
+impl Refusals {
+    /// The value, or `None` with its refusal kept.
+    fn take<T>(&mut self, r: Result<T, ConvertError>) -> Option<T> {
+        match r {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.push(e);
+                None
+            }
+        }
+    }
+
+    fn push(&mut self, e: ConvertError) {
+        match e {
+            ConvertError::Several(all) => self.0.extend(all),
+            e => self.0.push(e),
+        }
+    }
+
+    /// `Ok(())` when nothing was refused; else the one refusal, or all of them.
+    fn finish(mut self) -> Result<(), ConvertError> {
+        match self.0.len() {
+            0 => Ok(()),
+            1 => Err(self.0.remove(0)),
+            _ => Err(ConvertError::Several(self.0)),
+        }
+    }
+
+    /// `value` when nothing was refused (it is then `Some`); else the refusals.
+    fn finish_with<T>(self, value: Option<T>) -> Result<T, ConvertError> {
+        self.finish()?;
+        value.ok_or_else(|| invalid("", "", "a part was refused without a reason"))
+    }
 }
 
 fn invalid(resource: &str, field: &str, message: impl Into<String>) -> ConvertError {
@@ -466,8 +515,8 @@ fn decode_checked(
     Ok(match expected {
         ResourceType::Listener => {
             let l: listener::Listener = from_any(any).map_err(no_name)?;
-            let (resource, required_clusters) =
-                listeners::listener_from_wire_checked(&l).map_err(|e| (Some(l.name.clone()), e))?;
+            let (resource, required_clusters) = listeners::listener_from_wire_checked(&l)
+                .map_err(|e| (Some(listeners::listener_key(&l)), e))?;
             Checked {
                 resource: DecodedResource::Listener(resource),
                 required_clusters,
@@ -543,6 +592,10 @@ pub struct Resources {
     pub clusters: BTreeMap<String, ClusterResource>,
     /// Load assignments, by EDS service name.
     pub endpoints: BTreeMap<String, EndpointsResource>,
+    /// Route configurations refused on their first arrival (no version to keep): a listener
+    /// naming one over RDS is served with no routes (404) until a valid version arrives, as
+    /// Envoy readies such a listener (`RdsRouteConfigSubscription::onConfigUpdateFailed`).
+    pub refused_routes: BTreeSet<String>,
 }
 
 /// What one state-of-the-world response does to the resources a client holds.
@@ -694,6 +747,9 @@ impl Resources {
                 required_clusters,
             }) = checked
             else {
+                if ty == ResourceType::Route && !next.routes.contains_key(&name) {
+                    next.refused_routes.insert(name);
+                }
                 continue;
             };
             let label = resource_label(ty, &name);
@@ -706,6 +762,9 @@ impl Resources {
                     field,
                     format!("unknown cluster {missing:?} (validate_clusters is set)"),
                 ));
+                if ty == ResourceType::Route && !next.routes.contains_key(&name) {
+                    next.refused_routes.insert(name);
+                }
                 continue;
             }
             match resource {
@@ -728,7 +787,10 @@ impl Resources {
                     }
                     next.listeners.insert(name, l);
                 }
-                DecodedResource::Route(r) => drop(next.routes.insert(name, r)),
+                DecodedResource::Route(r) => {
+                    next.refused_routes.remove(&name);
+                    next.routes.insert(name, r);
+                }
                 DecodedResource::Cluster(c) => drop(next.clusters.insert(name, c)),
                 DecodedResource::Endpoints(e) => drop(next.endpoints.insert(name, e)),
             }
@@ -877,6 +939,7 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
                         use_original_dst: l.use_original_dst,
                         bind_to_port: l.bind_to_port,
                         tcp_proxy: l.tcp_proxy.clone().map(Box::new),
+                        ..SocketSettings::default()
                     },
                 },
                 routes,
@@ -920,7 +983,9 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
 /// resources held.
 ///
 /// Envoy's warming rules, simplified: a socket listener whose RDS route configuration has not
-/// arrived yet is left out (it is added when it arrives); an EDS cluster whose load assignment
+/// arrived yet is left out (it is added when it arrives), and one whose route configuration was
+/// refused on its first arrival is served with no routes (every request 404) until a valid one
+/// arrives; an EDS cluster whose load assignment
 /// has not arrived has no endpoints yet; a cluster named by a route but not (yet) defined is
 /// added empty, so requests to it fail with 503 as in Envoy rather than the whole configuration
 /// being refused. Static clusters and listeners win over dynamic ones of the same name; API
@@ -955,43 +1020,25 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
         if listener_names.contains(name) {
             continue;
         }
+        let Some(chains) = chains_of(settings, dynamic) else {
+            continue;
+        };
         if settings.tcp_proxy.is_some() {
-            out.listeners
-                .push(tcp_listener_config(name, address, settings));
+            let mut l = tcp_listener_config(name, address, settings);
+            attach_chains(&mut l, settings, chains);
+            out.listeners.push(l);
             continue;
         }
         let mut router = match &l.routes {
             RouteSource::Inline(r) => r.clone(),
             RouteSource::Rds(route_name) => match dynamic.routes.get(route_name) {
                 Some(r) => r.router.clone(),
+                // Refused on its first arrival: served with no routes (404), as in Envoy.
+                None if dynamic.refused_routes.contains(route_name) => RouterConfig::default(),
                 None => continue,
             },
         };
-        if !settings.buffer_filter {
-            for r in router
-                .virtual_hosts
-                .iter_mut()
-                .flat_map(|vh| vh.routes.iter_mut())
-            {
-                r.route.max_request_bytes = None;
-            }
-        }
-        if !settings.fault_filter {
-            for vh in &mut router.virtual_hosts {
-                vh.fault = None;
-                for r in &mut vh.routes {
-                    r.fault = None;
-                }
-            }
-        }
-        if !settings.local_ratelimit_filter {
-            for vh in &mut router.virtual_hosts {
-                vh.local_ratelimit = None;
-                for r in &mut vh.routes {
-                    r.local_ratelimit = None;
-                }
-            }
-        }
+        strip_filters(&mut router, settings);
         let unnamed = settings.unnamed && name == address;
         out.listeners.push(ListenerConfig {
             name: (!unnamed).then(|| String::from(name)),
@@ -1011,11 +1058,22 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
             tcp_proxy: None,
             use_original_dst: settings.use_original_dst,
             bind_to_port: settings.bind_to_port,
+            filter_chains: Vec::new(),
+            tls_inspector: false,
+            http_inspector: false,
         });
+        if let Some(l) = out.listeners.last_mut() {
+            attach_chains(l, settings, chains);
+        }
     }
     // Clusters referenced but not defined: present and empty (503), as in Envoy.
     let mut missing = Vec::new();
-    for l in &out.listeners {
+    let views: Vec<ListenerConfig> = out
+        .listeners
+        .iter()
+        .flat_map(|l| l.filter_chains.iter().map(|c| l.chain_view(c)))
+        .collect();
+    for l in out.listeners.iter().chain(&views) {
         for f in &l.filters {
             for (_, n) in routes::cluster_refs(&f.config, "") {
                 if !cluster_names.contains(&n) {
@@ -1037,6 +1095,101 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
     out
 }
 
+/// A route table as a connection manager without some of gofe's filters serves it: a route's
+/// `max_request_bytes` needs the buffer filter, its `fault` the fault filter, its
+/// `local_ratelimit` the local rate limit filter, as in Envoy.
+fn strip_filters(router: &mut RouterConfig, settings: &SocketSettings) {
+    if !settings.buffer_filter {
+        for r in router
+            .virtual_hosts
+            .iter_mut()
+            .flat_map(|vh| vh.routes.iter_mut())
+        {
+            r.route.max_request_bytes = None;
+        }
+    }
+    if !settings.fault_filter {
+        for vh in &mut router.virtual_hosts {
+            vh.fault = None;
+            for r in &mut vh.routes {
+                r.fault = None;
+            }
+        }
+    }
+    if !settings.local_ratelimit_filter {
+        for vh in &mut router.virtual_hosts {
+            vh.local_ratelimit = None;
+            for r in &mut vh.routes {
+                r.local_ratelimit = None;
+            }
+        }
+    }
+}
+
+/// A listener's further filter chains with their routes; `None` while a chain's RDS route
+/// configuration has not arrived (the listener waits, as for its own).
+fn chains_of(
+    settings: &SocketSettings,
+    dynamic: &Resources,
+) -> Option<Vec<gofe_model::FilterChainConfig>> {
+    let mut out = Vec::with_capacity(settings.filter_chains.len());
+    for c in &settings.filter_chains {
+        let filters = match (&c.rds, &c.inline_routes, &c.tcp_proxy) {
+            (_, _, Some(_)) => Vec::new(),
+            (Some(name), _, None) => {
+                let mut router = match dynamic.routes.get(name) {
+                    Some(r) => r.router.clone(),
+                    None if dynamic.refused_routes.contains(name) => RouterConfig::default(),
+                    None => return None,
+                };
+                strip_filters(&mut router, settings);
+                vec![FilterConfig {
+                    kind: String::from("router"),
+                    config: router,
+                }]
+            }
+            (None, inline, None) => {
+                let mut router = inline.clone().unwrap_or_default();
+                strip_filters(&mut router, settings);
+                vec![FilterConfig {
+                    kind: String::from("router"),
+                    config: router,
+                }]
+            }
+        };
+        out.push(gofe_model::FilterChainConfig {
+            name: c.name.clone(),
+            filter_chain_match: c.filter_chain_match.clone(),
+            protocol: String::from(if c.tcp_proxy.is_some() { "tcp" } else { "http" }),
+            tls: c.tls.clone(),
+            filters,
+            tcp_proxy: c.tcp_proxy.as_deref().cloned(),
+        });
+    }
+    Some(out)
+}
+
+/// Gives an assembled listener its further chains and listener filters; without a default
+/// chain, its own chain is dropped.
+fn attach_chains(
+    l: &mut ListenerConfig,
+    settings: &SocketSettings,
+    chains: Vec<gofe_model::FilterChainConfig>,
+) {
+    l.tls_inspector = settings.tls_inspector;
+    l.http_inspector = settings.http_inspector;
+    if chains.is_empty() {
+        return;
+    }
+    l.filter_chains = chains;
+    if !settings.default_chain {
+        l.protocol = String::from("http");
+        l.tls = None;
+        l.tcp_proxy = None;
+        l.filters.clear();
+    }
+}
+
 /// A `tcp` listener of the assembled configuration.
 fn tcp_listener_config(name: &str, address: &str, settings: &SocketSettings) -> ListenerConfig {
     let unnamed = settings.unnamed && name == address;
@@ -1055,6 +1208,9 @@ fn tcp_listener_config(name: &str, address: &str, settings: &SocketSettings) -> 
         tcp_proxy: settings.tcp_proxy.as_deref().cloned(),
         use_original_dst: settings.use_original_dst,
         bind_to_port: settings.bind_to_port,
+        filter_chains: Vec::new(),
+        tls_inspector: false,
+        http_inspector: false,
     }
 }
 

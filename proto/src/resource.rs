@@ -73,7 +73,10 @@ pub struct ListenerResource {
 }
 
 /// What a listener is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
+// Built once per received listener, never on a request path: the size of a socket listener's
+// settings costs nothing worth a box at every construction site.
+#[allow(clippy::large_enum_variant)]
 pub enum ListenerKind {
     /// A TCP socket, `ip:port`, with one HTTP connection manager filter chain.
     Socket {
@@ -90,7 +93,7 @@ pub enum ListenerKind {
 /// The settings of a socket listener besides its address and routes, each where Envoy keeps it
 /// (the wire form in brackets). `Default` is gofe's defaults, as a listener in a configuration
 /// file gets them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SocketSettings {
     /// TLS termination with certificate files (the filter chain's `transport_socket`, a
     /// `DownstreamTlsContext` with `filename` data sources). Default: none (cleartext).
@@ -137,6 +140,36 @@ pub struct SocketSettings {
     /// connection manager (the routes and HTTP settings above are then unused, and its
     /// `access_log` is the tcp_proxy's). Default: none (an HTTP listener).
     pub tcp_proxy: Option<Box<gofe_model::TcpProxyConfig>>,
+    /// Further filter chains, each picked by its `filter_chain_match` (the listener's
+    /// `filter_chains` when there is more than one, or one with a match). The settings above
+    /// (but `tls` and `tcp_proxy`) are every chain's. Default: none.
+    pub filter_chains: Vec<ChainResource>,
+    /// Whether the listener's own chain (`tls`, `tcp_proxy` and the resource's routes) serves
+    /// the connections no chain matches (`default_filter_chain`, or the listener's only
+    /// chain). Default: yes.
+    pub default_chain: bool,
+    /// The `envoy.filters.listener.tls_inspector` listener filter. Default: no.
+    pub tls_inspector: bool,
+    /// The `envoy.filters.listener.http_inspector` listener filter. Default: no.
+    pub http_inspector: bool,
+}
+
+/// One of a listener's further filter chains.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChainResource {
+    /// The chain's `name`.
+    pub name: Option<String>,
+    /// Its `filter_chain_match`.
+    pub filter_chain_match: gofe_model::FilterChainMatchConfig,
+    /// Its `transport_socket` (a `DownstreamTlsContext`). Default: none.
+    pub tls: Option<TlsConfig>,
+    /// Its connection manager's routes: a RouteConfiguration name over RDS, or inline.
+    /// `None` for a tcp_proxy chain.
+    pub rds: Option<String>,
+    /// Inline routes (when `rds` is `None` and the chain is not a tcp_proxy).
+    pub inline_routes: Option<RouterConfig>,
+    /// Its `envoy.filters.network.tcp_proxy`, for a tcp chain.
+    pub tcp_proxy: Option<Box<gofe_model::TcpProxyConfig>>,
 }
 
 impl Default for SocketSettings {
@@ -156,6 +189,10 @@ impl Default for SocketSettings {
             use_original_dst: false,
             bind_to_port: true,
             tcp_proxy: None,
+            filter_chains: Vec::new(),
+            default_chain: true,
+            tls_inspector: false,
+            http_inspector: false,
         }
     }
 }

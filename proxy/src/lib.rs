@@ -48,6 +48,7 @@ mod access_log;
 mod admin;
 mod body;
 mod capture;
+mod chain;
 mod cluster;
 pub use gofe_model as config;
 mod ctx;
@@ -179,6 +180,9 @@ struct Control {
     /// The `bind_to_port: false` listeners, by address (kept across swaps, as bound ones are,
     /// so their connections see each new state).
     virtuals: HashMap<SocketAddr, Arc<ListenerShared>>,
+    /// The filter chains of listeners that have them, by listener address and chain index
+    /// (`usize::MAX`: the default chain), kept across swaps as virtual listeners are.
+    chains: HashMap<(SocketAddr, usize), Arc<ListenerShared>>,
     admin: Option<(SocketAddr, RunningAdmin)>,
     pools: HashMap<PoolKey, UpstreamClient>,
     /// Outlier-detection state per (cluster, endpoint), kept across swaps.
@@ -328,13 +332,9 @@ impl Proxy {
             clusters.insert(name, Arc::new(built));
         }
 
-        // Listener states.
-        let mut states = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
-            let addr: SocketAddr = l
-                .address
-                .parse()
-                .map_err(|_| ApplyError::Invalid(format!("bad address {}", l.address)))?;
+        // Listener states: one per listener, and one per filter chain of a listener that has
+        // them (each chain is served as the listener would be with that chain alone).
+        let mut build = |l: &config::ListenerConfig| -> Result<ListenerState, ApplyError> {
             let name: Arc<str> = l
                 .name
                 .as_ref()
@@ -411,30 +411,100 @@ impl Proxy {
             if let (Some(t), Some(tracer)) = (&l.tracing, &tracer) {
                 tracers.insert(Arc::clone(&name), (t.clone(), Arc::clone(tracer)));
             }
-            states.push((
-                addr,
-                ListenerState {
-                    routes: routes
-                        .ok_or_else(|| ApplyError::Invalid("listener without router".into()))?,
-                    tls,
-                    stats,
-                    name,
-                    limits: ListenerLimits {
-                        max_connections: l.max_connections,
-                        max_header_bytes: (l.max_request_headers_kb as usize).saturating_mul(1024),
-                        header_timeout: (!l.request_headers_timeout.is_zero())
-                            .then_some(l.request_headers_timeout),
-                        idle_timeout: (!l.idle_timeout.is_zero()).then_some(l.idle_timeout),
-                    },
-                    access_log,
-                    tracer,
-                    tcp,
-                    capture: None,
-                    wants_original_dst,
+            Ok(ListenerState {
+                routes: routes
+                    .ok_or_else(|| ApplyError::Invalid("listener without router".into()))?,
+                tls,
+                stats,
+                name,
+                limits: ListenerLimits {
+                    max_connections: l.max_connections,
+                    max_header_bytes: (l.max_request_headers_kb as usize).saturating_mul(1024),
+                    header_timeout: (!l.request_headers_timeout.is_zero())
+                        .then_some(l.request_headers_timeout),
+                    idle_timeout: (!l.idle_timeout.is_zero()).then_some(l.idle_timeout),
                 },
-                l.bind_to_port,
-                l.use_original_dst,
-            ));
+                access_log,
+                tracer,
+                tcp,
+                capture: None,
+                wants_original_dst,
+                chains: None,
+            })
+        };
+        let mut states = Vec::with_capacity(config.listeners.len());
+        let mut chain_holders = HashMap::new();
+        let mut chain_updates = Vec::new();
+        for l in &config.listeners {
+            let addr: SocketAddr = l
+                .address
+                .parse()
+                .map_err(|_| ApplyError::Invalid(format!("bad address {}", l.address)))?;
+            if l.filter_chains.is_empty() {
+                states.push((addr, build(l)?, l.bind_to_port, l.use_original_dst));
+                continue;
+            }
+            // What stays keeps its holder (by listener address and chain index), its new state
+            // stored at commit, so its connections see each new state.
+            let mut holder = |index: usize, state: ListenerState| {
+                let key = (addr, index);
+                let h = match control.chains.get(&key) {
+                    Some(existing) => {
+                        chain_updates.push((Arc::clone(existing), state));
+                        Arc::clone(existing)
+                    }
+                    None => RunningListener::virtual_listener(state),
+                };
+                chain_holders.insert(key, Arc::clone(&h));
+                h
+            };
+            let own = config::ListenerConfig {
+                filter_chains: Vec::new(),
+                ..l.clone()
+            };
+            let default = match l.has_default_chain() {
+                true => Some(holder(usize::MAX, build(&own)?)),
+                false => None,
+            };
+            let mut chains = Vec::with_capacity(l.filter_chains.len());
+            for c in &l.filter_chains {
+                let state = build(&l.chain_view(c))?;
+                chains.push((c.filter_chain_match.clone(), state));
+            }
+            let wants_original_dst = l.use_original_dst
+                || default
+                    .as_ref()
+                    .is_some_and(|d| d.state.load().wants_original_dst)
+                || chains.iter().any(|(_, s)| s.wants_original_dst);
+            let chains: Vec<_> = chains
+                .into_iter()
+                .enumerate()
+                .map(|(i, (m, state))| (m, holder(i, state)))
+                .collect();
+            // The listener's own state serves no connection: its limits, statistics and capture
+            // table apply before a chain is picked.
+            let mut state = if l.has_default_chain() {
+                build(&own)?
+            } else {
+                build(&config::ListenerConfig {
+                    protocol: "http".into(),
+                    tls: None,
+                    tcp_proxy: None,
+                    filters: vec![config::FilterConfig {
+                        kind: "router".into(),
+                        config: config::RouterConfig::default(),
+                    }],
+                    ..own
+                })?
+            };
+            state.wants_original_dst = wants_original_dst;
+            state.chains = Some(Arc::new(chain::Chains::new(
+                chains,
+                default,
+                l.tls_inspector,
+                l.http_inspector,
+            )));
+            states.push((addr, state, l.bind_to_port, l.use_original_dst));
         }
 
         // Virtual (bind_to_port: false) listeners: what stays keeps its holder, its new state
@@ -527,10 +597,11 @@ impl Proxy {
                 l.shared.state.store(Arc::new(state));
             }
         }
-        for (holder, state) in virtual_updates {
+        for (holder, state) in virtual_updates.into_iter().chain(chain_updates) {
             holder.state.store(Arc::new(state));
         }
         control.virtuals = virtuals;
+        control.chains = chain_holders;
         control.listeners.extend(bound);
         let retired: Vec<SocketAddr> = control
             .listeners

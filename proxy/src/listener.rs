@@ -18,13 +18,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::access_log::AccessLog;
 use crate::capture::{self, Handoff};
+use crate::chain::{self, Chains, Conn, Inspected};
 use crate::ctx::{ActiveGuard, ConnContext};
 use crate::forward;
 use crate::framing::FramingWatch;
@@ -35,6 +36,9 @@ use crate::tracer::Tracer;
 
 /// Time allowed for a client to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time the listener filters (TLS and HTTP inspectors) wait for a connection's first bytes
+/// before closing it (Envoy's default `listener_filters_timeout`).
+const LISTENER_FILTERS_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What a listener serves under one configuration version.
 pub(crate) struct ListenerState {
@@ -52,6 +56,9 @@ pub(crate) struct ListenerState {
     /// Whether accepted connections need their original destination (capture, passthrough):
     /// decided when the configuration is applied, so other listeners pay one branch.
     pub(crate) wants_original_dst: bool,
+    /// A listener with `filter_chains`: each connection is served by the chain it picks
+    /// (each chain's state is a listener of its own, kept across swaps).
+    pub(crate) chains: Option<Arc<Chains<Arc<ListenerShared>>>>,
 }
 
 impl forward::Serving for ListenerState {
@@ -208,69 +215,65 @@ async fn accept_loop(
             }
         }
         let _ = tcp.set_nodelay(true);
-        if state.tcp.is_some() {
-            state.stats.cx_total.inc();
-            let state = arc_swap::Guard::into_inner(state);
-            let stats_active = state.stats.cx_active.clone();
+        if let Some(chains) = state.chains.clone() {
+            let no_chain = state.stats.cx_no_chain.clone();
+            drop(state);
+            let local = local.or_else(|| tcp.local_addr().ok());
             let drain = drain_rx.clone();
             tokio::spawn(async move {
-                let _open = ActiveGuard::new(&stats_active);
-                // Held so the listener's drain waits for the connection.
-                let _drain = drain;
-                if let Some(proxy) = &state.tcp {
-                    let accepted = Accepted {
-                        tcp,
-                        peer,
-                        local,
-                        original_dst: dest,
-                    };
-                    proxy.serve(accepted, state.access_log.clone()).await;
+                let inspected = if chains.inspects() {
+                    let seen = chain::inspect(
+                        &tcp,
+                        chains.tls_inspector,
+                        chains.http_inspector,
+                        LISTENER_FILTERS_TIMEOUT,
+                    )
+                    .await;
+                    match seen {
+                        Some(i) => i,
+                        None => return,
+                    }
+                } else {
+                    Inspected::default()
+                };
+                let Some(destination) = dest.or(local) else {
+                    return;
+                };
+                let protocols: Vec<&[u8]> = inspected
+                    .application_protocols
+                    .iter()
+                    .map(Vec::as_slice)
+                    .collect();
+                let conn = Conn {
+                    destination,
+                    source: peer,
+                    server_name: inspected.server_name.as_deref(),
+                    transport: inspected.transport(),
+                    application_protocols: &protocols,
+                };
+                match chains.select(&conn) {
+                    Some(chain) => {
+                        let chain = Arc::clone(chain);
+                        drop(protocols);
+                        serve_accepted(tcp, peer, local, dest, chain, drain).await;
+                    }
+                    None => {
+                        no_chain.inc();
+                        tracing::debug!(%peer, %destination, "no filter chain matches; closing");
+                    }
                 }
             });
             continue;
         }
-        let http = state.limits.http();
-        let idle = state.limits.idle_timeout;
-        let header_timeout = state.limits.header_timeout;
-        let tls = state.tls.clone();
-        let stats_active = state.stats.cx_active.clone();
-        let flood = state.stats.cx_flood.clone();
-        let name = Arc::clone(&state.name);
-        state.stats.cx_total.inc();
         drop(state);
-        let ctx = Arc::new(ConnContext::new(peer, tls.is_some()));
-        let listener = serving;
-        let drain = drain_rx.clone();
-        tokio::spawn(async move {
-            let _open = ActiveGuard::new(&stats_active);
-            let conflict = Arc::clone(&ctx.framing_conflict);
-            let result = match tls {
-                None => {
-                    let io = FramingWatch::new(tcp, conflict, header_timeout, flood);
-                    serve_connection(io, &http, listener, ctx, idle, drain).await
-                }
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                    let stream = match handshake {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!(listener = %name, %peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(listener = %name, %peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let io = FramingWatch::new(stream, conflict, header_timeout, flood);
-                    serve_connection(io, &http, listener, ctx, idle, drain).await
-                }
-            };
-            if let Err(e) = result {
-                tracing::debug!(listener = %name, %peer, error = %e, "connection ended with an error");
-            }
-        });
+        tokio::spawn(serve_accepted(
+            tcp,
+            peer,
+            local,
+            dest,
+            serving,
+            drain_rx.clone(),
+        ));
     }
     drop(listener);
     drop(drain_rx);
@@ -284,6 +287,68 @@ async fn accept_loop(
             ?drain,
             "connections still open after the drain timeout; no longer waiting for them"
         );
+    }
+}
+
+/// Serves one accepted connection with `listener`'s current state: its TCP proxy, or HTTP
+/// after its TLS handshake when it has TLS.
+async fn serve_accepted(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    dest: Option<SocketAddr>,
+    listener: Arc<ListenerShared>,
+    drain: watch::Receiver<bool>,
+) {
+    let state = listener.state.load_full();
+    state.stats.cx_total.inc();
+    let stats_active = state.stats.cx_active.clone();
+    let _open = ActiveGuard::new(&stats_active);
+    if let Some(proxy) = &state.tcp {
+        // Held so the listener's drain waits for the connection.
+        let _drain = drain;
+        let accepted = Accepted {
+            tcp,
+            peer,
+            local,
+            original_dst: dest,
+        };
+        proxy.serve(accepted, state.access_log.clone()).await;
+        return;
+    }
+    let http = state.limits.http();
+    let idle = state.limits.idle_timeout;
+    let header_timeout = state.limits.header_timeout;
+    let tls = state.tls.clone();
+    let flood = state.stats.cx_flood.clone();
+    let name = Arc::clone(&state.name);
+    drop(state);
+    let ctx = Arc::new(ConnContext::new(peer, tls.is_some()));
+    let conflict = Arc::clone(&ctx.framing_conflict);
+    let result = match tls {
+        None => {
+            let io = FramingWatch::new(tcp, conflict, header_timeout, flood);
+            serve_connection(io, &http, listener, ctx, idle, drain).await
+        }
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(listener = %name, %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(listener = %name, %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let io = FramingWatch::new(stream, conflict, header_timeout, flood);
+            serve_connection(io, &http, listener, ctx, idle, drain).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(listener = %name, %peer, error = %e, "connection ended with an error");
     }
 }
 

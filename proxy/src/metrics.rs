@@ -56,6 +56,7 @@ pub(crate) struct Metrics {
     panic: IntCounterVec,
     downstream_cx_overflow: IntCounterVec,
     downstream_cx_flood: IntCounterVec,
+    downstream_cx_no_chain: IntCounterVec,
     /// `gofe_access_log_dropped_total{listener}`.
     pub(crate) access_log_dropped: IntCounterVec,
     /// `gofe_tracing_spans_exported_total{listener}`.
@@ -429,6 +430,12 @@ impl Metrics {
                 "Client connections closed at once because the listener was at max_connections.",
                 &["listener"],
             ),
+            downstream_cx_no_chain: counter_vec(
+                &r,
+                "gofe_downstream_connections_no_filter_chain_total",
+                "Client connections closed because none of the listener's filter chains matched them and it has no default chain (Envoy's no_filter_chain_match).",
+                &["listener"],
+            ),
             downstream_cx_flood: counter_vec(
                 &r,
                 "gofe_downstream_connections_flood_total",
@@ -616,6 +623,7 @@ impl Metrics {
             cx_total: self.downstream_cx_total.with_label_values(&[listener]),
             cx_overflow: self.downstream_cx_overflow.with_label_values(&[listener]),
             cx_flood: self.downstream_cx_flood.with_label_values(&[listener]),
+            cx_no_chain: self.downstream_cx_no_chain.with_label_values(&[listener]),
         }
     }
 
@@ -810,6 +818,8 @@ pub(crate) struct ListenerStats {
     pub(crate) cx_overflow: IntCounter,
     /// HTTP/2 connections closed for a control-frame flood.
     pub(crate) cx_flood: IntCounter,
+    /// Connections no filter chain matched.
+    pub(crate) cx_no_chain: IntCounter,
 }
 
 #[cfg(test)]

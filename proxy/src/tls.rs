@@ -8,7 +8,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
 
-/// Builds an acceptor that offers `h2` and `http/1.1` by ALPN.
+/// Builds an acceptor that offers the configured protocols by ALPN (`h2` and `http/1.1` by
+/// default).
 pub(crate) fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
     let cert_path = &config.certificate_chain;
     let key_path = &config.private_key;
@@ -20,6 +21,10 @@ pub(crate) fn acceptor(config: &TlsConfig) -> Result<TlsAcceptor, String> {
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| format!("{cert_path} / {key_path}: {e}"))?;
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    server.alpn_protocols = config
+        .alpn_protocols
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
     Ok(TlsAcceptor::from(Arc::new(server)))
 }

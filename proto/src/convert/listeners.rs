@@ -12,8 +12,8 @@ use super::access_logs::{access_logs_from_wire, access_logs_to_wire};
 use super::tracers::{tracing_from_wire, tracing_to_wire};
 use super::*;
 
-/// The ALPN list gofe's TLS listeners offer (and the only one accepted from the wire).
-const ALPN: [&str; 2] = ["h2", "http/1.1"];
+/// The protocols gofe's TLS listeners can offer by ALPN.
+const ALPN: [&str; 2] = gofe_model::DEFAULT_ALPN_PROTOCOLS;
 
 /// Largest `max_request_headers_kb` Envoy accepts.
 const MAX_REQUEST_HEADERS_KB: u32 = 8192;
@@ -25,6 +25,18 @@ const UNUSED_BUFFER_LIMIT: u32 = u32::MAX;
 
 /// A listener's values that have no Envoy form.
 pub(super) fn check_publishable(l: &ListenerConfig, base: &str) -> Result<(), ConvertError> {
+    if !l.filter_chains.is_empty() {
+        return Err(not_publishable(
+            format!("{base}.filter_chains"),
+            "several filter chains are not published over xDS by gofe yet",
+        ));
+    }
+    if l.tls_inspector || l.http_inspector {
+        return Err(not_publishable(
+            format!("{base}.tls_inspector"),
+            "listener filters are not published over xDS by gofe yet",
+        ));
+    }
     if l.max_connections == Some(0) {
         return Err(not_publishable(
             format!("{base}.max_connections"),
@@ -224,7 +236,7 @@ fn tls_to_wire(t: &TlsConfig) -> core::TransportSocket {
                 private_key: file(&t.private_key),
                 ..Default::default()
             }],
-            alpn_protocols: ALPN.iter().map(|p| (*p).to_owned()).collect(),
+            alpn_protocols: t.alpn_protocols.clone(),
             ..Default::default()
         }),
         ..Default::default()
@@ -238,6 +250,15 @@ fn tls_to_wire(t: &TlsConfig) -> core::TransportSocket {
 }
 
 // === from wire ===
+
+/// The name a Listener is held under: its own, or for an unnamed socket listener its address
+/// (`ip:port`; empty when that does not read).
+pub(super) fn listener_key(l: &listener::Listener) -> String {
+    if !l.name.is_empty() || l.api_listener.is_some() {
+        return l.name.clone();
+    }
+    address_from_wire(l.address.as_ref(), "", "").unwrap_or_default()
+}
 
 /// Validates a Listener: an `api_listener`, or a socket with exactly one filter chain (in
 /// `filter_chains` or `default_filter_chain`) holding an optional connection limit and an HTTP
@@ -297,10 +318,8 @@ pub(super) fn listener_from_wire_checked(
         tcp_keepalive,
         listener_specifier,
     } = l;
-    if name.is_empty() {
-        return Err(invalid(&res, "name", "empty name"));
-    }
-    Unsupported::new(&res, "")
+    let mut refusals = Refusals::default();
+    let top = Unsupported::new(&res, "")
         .set("additional_addresses", additional_addresses)
         .set("fcds_config", fcds_config)
         .set("filter_chain_matcher", filter_chain_matcher)
@@ -323,12 +342,18 @@ pub(super) fn listener_from_wire_checked(
             "listener_specifier (internal listeners)",
             listener_specifier,
         )
-        .finish()?;
+        .finish();
+    refusals.take(top);
     if let Some(api) = api_listener {
+        // A proxyless client finds its API listener by name (`xds:///NAME`).
+        if name.is_empty() {
+            return Err(invalid(&res, "name", "an api_listener needs a name"));
+        }
         let any = api
             .api_listener
             .as_ref()
             .ok_or_else(|| invalid(&res, "api_listener", "empty"))?;
+        refusals.finish()?;
         let manager: hcm::HttpConnectionManager = from_any(any)?;
         let (routes, _) = hcm_routes(&manager, &res, "api_listener.api_listener")?;
         return Ok((
@@ -349,7 +374,7 @@ pub(super) fn listener_from_wire_checked(
             _ => false,
         } || tcp_proxies::is_original_dst_filter(f);
         if !harmless {
-            return Err(invalid(
+            refusals.push(invalid(
                 &res,
                 &format!("listener_filters[{i}]"),
                 format!(
@@ -359,30 +384,48 @@ pub(super) fn listener_from_wire_checked(
             ));
         }
     }
-    let address = address_from_wire(address.as_ref(), &res, "address")?;
-    if address.parse::<SocketAddr>().is_err() {
-        return Err(invalid(
-            &res,
-            "address.socket_address.address",
-            format!("{address:?}: a listener binds an IP address"),
-        ));
-    }
-    let (chain, base) =
-        match (filter_chains.as_slice(), default_filter_chain) {
-            ([only], None) => (only, "filter_chains[0]"),
-            ([], Some(default)) => (default, "default_filter_chain"),
-            _ => return Err(invalid(
+    let address = refusals.take(address_from_wire(address.as_ref(), &res, "address"));
+    let address = address.and_then(|a| match a.parse::<SocketAddr>() {
+        Ok(_) => Some(a),
+        Err(_) => {
+            refusals.push(invalid(
                 &res,
-                "filter_chains",
-                "exactly one filter chain (in filter_chains or default_filter_chain) is supported",
-            )),
-        };
-    let (routes, mut settings, required) = if tcp_proxies::is_tcp_chain(chain) {
-        tcp_listener_from_wire(name, chain, &res, base)?
-    } else {
-        chain_from_wire(chain, &res, base)?
+                "address.socket_address.address",
+                format!("{a:?}: a listener binds an IP address"),
+            ));
+            None
+        }
+    });
+    let address = address.unwrap_or_default();
+    // An unnamed listener is named by the proxy (Envoy gives it a generated name): gofe's
+    // name for it is its address, stable across updates, as for its own unnamed listeners.
+    let unnamed = name.is_empty();
+    let name = if unnamed { &address } else { name };
+    let unmatched = |c: &listener::FilterChain| {
+        c.filter_chain_match
+            .as_ref()
+            .is_none_or(|m| *m == Default::default())
     };
-    settings.unnamed = GofeMetadata::of(metadata).bool("unnamed");
+    let inspectors: Vec<String> = listener_filters
+        .iter()
+        .filter_map(|f| match &f.config_type {
+            Some(listener::listener_filter::ConfigType::TypedConfig(a)) => Some(a.type_url.clone()),
+            _ => None,
+        })
+        .collect();
+    let read = match (filter_chains.as_slice(), default_filter_chain) {
+        ([only], None) if unmatched(only) => {
+            one_chain_from_wire(name, only, &res, "filter_chains[0]")
+        }
+        ([], Some(default)) => one_chain_from_wire(name, default, &res, "default_filter_chain"),
+        ([], None) => Err(invalid(&res, "filter_chains", "needs a filter chain")),
+        (chains, default) => chains_from_wire(name, chains, default.as_ref(), &res),
+    };
+    let read = refusals.take(read);
+    let (routes, mut settings, required) = refusals.finish_with(read)?;
+    settings.tls_inspector = inspectors.contains(&TlsInspector::type_url());
+    settings.http_inspector = inspectors.contains(&HttpInspector::type_url());
+    settings.unnamed = unnamed || GofeMetadata::of(metadata).bool("unnamed");
     settings.use_original_dst = use_original_dst.as_ref().is_some_and(|b| b.value);
     settings.bind_to_port = bind_to_port.as_ref().is_none_or(|b| b.value);
     Ok((
@@ -393,6 +436,281 @@ pub(super) fn listener_from_wire_checked(
         },
         required,
     ))
+}
+
+/// One filter chain (a connection manager's or a tcp_proxy's), with `filter_chain_match`
+/// left to the caller.
+fn one_chain_from_wire(
+    name: &str,
+    chain: &listener::FilterChain,
+    res: &str,
+    base: &str,
+) -> Result<(RouteSource, SocketSettings, ClusterRefs), ConvertError> {
+    if tcp_proxies::is_tcp_chain(chain) {
+        tcp_listener_from_wire(name, chain, res, base)
+    } else {
+        chain_from_wire(chain, res, base)
+    }
+}
+
+/// Several filter chains, each with its `filter_chain_match`, and an optional default chain.
+/// The listener-wide settings (limits, timeouts, access logs, tracing, HTTP filters) are the
+/// default chain's, else the first chain's; a chain whose connection manager differs in them
+/// is refused (gofe applies one set per listener).
+fn chains_from_wire(
+    name: &str,
+    chains: &[listener::FilterChain],
+    default: Option<&listener::FilterChain>,
+    res: &str,
+) -> Result<(RouteSource, SocketSettings, ClusterRefs), ConvertError> {
+    let mut refusals = Refusals::default();
+    if chains.len() > gofe_model::filter_chain::MAX_FILTER_CHAINS {
+        return Err(invalid(
+            res,
+            "filter_chains",
+            format!(
+                "at most {} filter chains are supported by gofe",
+                gofe_model::filter_chain::MAX_FILTER_CHAINS
+            ),
+        ));
+    }
+    let own = default.map(|d| one_chain_from_wire(name, d, res, "default_filter_chain"));
+    let own = own.and_then(|r| refusals.take(r));
+    let mut read = Vec::new();
+    let mut seen: Vec<(gofe_model::FilterChainMatchConfig, usize)> = Vec::new();
+    for (i, c) in chains.iter().enumerate() {
+        let base = format!("filter_chains[{i}]");
+        let m = chain_match_from_wire(
+            c.filter_chain_match.as_ref(),
+            res,
+            &join(&base, "filter_chain_match"),
+        );
+        let m = refusals.take(m);
+        let bare = listener::FilterChain {
+            filter_chain_match: None,
+            ..c.clone()
+        };
+        let chain = refusals.take(one_chain_from_wire(name, &bare, res, &base));
+        if let Some(m) = &m {
+            let key = m.normalized();
+            if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+                refusals.push(invalid(
+                    res,
+                    &join(&base, "filter_chain_match"),
+                    format!("the same match as filter_chains[{first}] (Envoy refuses it too)"),
+                ));
+            }
+            seen.push((key, i));
+        }
+        if let (Some(m), Some(chain)) = (m, chain) {
+            read.push((i, m, c.name.clone(), chain));
+        }
+    }
+    // The listener-wide settings, and which chain they come from.
+    let reference = own
+        .as_ref()
+        .map(|(_, s, _)| ("default_filter_chain".to_owned(), s.clone()))
+        .or_else(|| {
+            read.first()
+                .map(|(i, _, _, (_, s, _))| (format!("filter_chains[{i}]"), s.clone()))
+        });
+    let shared = |s: &SocketSettings| SocketSettings {
+        tls: None,
+        tcp_proxy: None,
+        ..s.clone()
+    };
+    if let Some((from, r)) = &reference {
+        for (i, _, _, (_, s, _)) in &read {
+            let same = if r.tcp_proxy.is_none() && s.tcp_proxy.is_none() {
+                shared(s) == shared(r)
+            } else {
+                s.access_log == r.access_log && s.max_connections == r.max_connections
+            };
+            if !same {
+                refusals.push(invalid(
+                    res,
+                    &format!("filter_chains[{i}]"),
+                    format!(
+                        "connection settings (limits, timeouts, access logs, tracing, HTTP \
+                         filters) that differ from {from}'s are not supported by gofe (one set \
+                         per listener)"
+                    ),
+                ));
+            }
+        }
+    }
+    refusals.finish()?;
+    let Some((_, reference)) = reference else {
+        return Err(invalid(res, "filter_chains", "needs a filter chain"));
+    };
+    let mut required = Vec::new();
+    let mut out = Vec::with_capacity(read.len());
+    for (_, m, chain_name, (routes, s, req)) in read {
+        required.extend(req);
+        let (rds, inline_routes) = match (routes, &s.tcp_proxy) {
+            (_, Some(_)) => (None, None),
+            (RouteSource::Rds(n), None) => (Some(n), None),
+            (RouteSource::Inline(r), None) => (None, Some(r)),
+        };
+        out.push(ChainResource {
+            name: (!chain_name.is_empty()).then_some(chain_name),
+            filter_chain_match: m,
+            tls: s.tls,
+            rds,
+            inline_routes,
+            tcp_proxy: s.tcp_proxy,
+        });
+    }
+    let (routes, mut settings) = match own {
+        Some((routes, s, req)) => {
+            required.extend(req);
+            (routes, s)
+        }
+        None => (
+            RouteSource::Inline(RouterConfig::default()),
+            SocketSettings {
+                tls: None,
+                tcp_proxy: None,
+                ..reference
+            },
+        ),
+    };
+    settings.default_chain = default.is_some();
+    settings.filter_chains = out;
+    Ok((routes, settings, required))
+}
+
+/// A `filter_chain_match`, every field read.
+#[allow(deprecated)]
+fn chain_match_from_wire(
+    m: Option<&listener::FilterChainMatch>,
+    res: &str,
+    base: &str,
+) -> Result<gofe_model::FilterChainMatchConfig, ConvertError> {
+    use gofe_model::{CidrRange, SourceType};
+    use listener::filter_chain_match::ConnectionSourceType as S;
+    let Some(m) = m else {
+        return Ok(Default::default());
+    };
+    let listener::FilterChainMatch {
+        destination_port,
+        prefix_ranges,
+        address_suffix,
+        suffix_len,
+        direct_source_prefix_ranges,
+        source_type,
+        source_prefix_ranges,
+        source_ports,
+        server_names,
+        transport_protocol,
+        application_protocols,
+    } = m;
+    let mut refusals = Refusals::default();
+    let top = Unsupported::new(res, base)
+        .set("address_suffix", address_suffix)
+        .set("suffix_len", suffix_len)
+        .finish();
+    refusals.take(top);
+    let mut ranges = |list: &[core::CidrRange], field: &str| -> Vec<CidrRange> {
+        let mut out = Vec::new();
+        for (i, r) in list.iter().enumerate() {
+            let max = if r.address_prefix.contains(':') {
+                128
+            } else {
+                32
+            };
+            let len = r.prefix_len.as_ref().map_or(max, |v| v.value);
+            match (
+                r.address_prefix.parse::<std::net::IpAddr>(),
+                u8::try_from(len),
+            ) {
+                (Ok(ip), Ok(l)) if len <= max => out.push(CidrRange::new(ip, l)),
+                _ => refusals.push(invalid(
+                    res,
+                    &join(base, &format!("{field}[{i}]")),
+                    format!("{:?}/{len}: not an address range", r.address_prefix),
+                )),
+            }
+        }
+        out
+    };
+    let prefix = ranges(prefix_ranges, "prefix_ranges");
+    let direct = ranges(direct_source_prefix_ranges, "direct_source_prefix_ranges");
+    let source = ranges(source_prefix_ranges, "source_prefix_ranges");
+    let destination_port = match destination_port.as_ref().map(|v| v.value) {
+        None => None,
+        Some(p) => match u16::try_from(p) {
+            Ok(p) if p > 0 => Some(p),
+            _ => {
+                refusals.push(invalid(
+                    res,
+                    &join(base, "destination_port"),
+                    "must be 1..=65535",
+                ));
+                None
+            }
+        },
+    };
+    let mut ports = Vec::new();
+    for (i, p) in source_ports.iter().enumerate() {
+        match u16::try_from(*p) {
+            Ok(p) if p > 0 => ports.push(p),
+            _ => refusals.push(invalid(
+                res,
+                &join(base, &format!("source_ports[{i}]")),
+                "must be 1..=65535",
+            )),
+        }
+    }
+    let source_type = match S::try_from(*source_type) {
+        Ok(S::Any) => SourceType::Any,
+        Ok(S::SameIpOrLoopback) => SourceType::Local,
+        Ok(S::External) => SourceType::External,
+        Err(_) => {
+            refusals.push(invalid(
+                res,
+                &join(base, "source_type"),
+                "unknown source type",
+            ));
+            SourceType::Any
+        }
+    };
+    for (i, n) in server_names.iter().enumerate() {
+        let bad = n.is_empty()
+            || n.contains(['/', ' ', ':'])
+            || n.strip_prefix("*.").unwrap_or(n).contains('*');
+        if bad {
+            refusals.push(invalid(
+                res,
+                &join(base, &format!("server_names[{i}]")),
+                format!("{n:?}: gofe matches a server name or a wildcard \"*.suffix\""),
+            ));
+        }
+    }
+    let transport_protocol = match transport_protocol.as_str() {
+        "" => None,
+        t @ ("tls" | "raw_buffer") => Some(t.to_owned()),
+        t => {
+            refusals.push(invalid(
+                res,
+                &join(base, "transport_protocol"),
+                format!("{t:?} not supported by gofe (\"tls\" and \"raw_buffer\")"),
+            ));
+            None
+        }
+    };
+    refusals.finish()?;
+    Ok(gofe_model::FilterChainMatchConfig {
+        destination_port,
+        prefix_ranges: prefix,
+        server_names: server_names.clone(),
+        transport_protocol,
+        application_protocols: application_protocols.clone(),
+        direct_source_prefix_ranges: direct,
+        source_type,
+        source_prefix_ranges: source,
+        source_ports: ports,
+    })
 }
 
 /// A `tcp` listener's chain: no routes (an empty inline table), its tcp_proxy, no clusters
@@ -425,6 +743,9 @@ fn tcp_listener_from_wire(
                 idle_timeout: gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
                 access_log: settings.access_log.clone(),
                 tracing: None,
+                filter_chains: Vec::new(),
+                tls_inspector: false,
+                http_inspector: false,
             }],
             ..ProxyConfig::default()
         };
@@ -454,7 +775,8 @@ fn chain_from_wire(
         transport_socket_connect_timeout,
         name: _,
     } = chain;
-    Unsupported::new(res, base)
+    let mut refusals = Refusals::default();
+    let top = Unsupported::new(res, base)
         // An empty match matches every connection, as no match does.
         .when(
             "filter_chain_match",
@@ -467,25 +789,29 @@ fn chain_from_wire(
             "transport_socket_connect_timeout",
             transport_socket_connect_timeout,
         )
-        .finish()?;
+        .finish();
+    refusals.take(top);
     let tls = transport_socket
         .as_ref()
         .map(|t| tls_from_wire(t, res, &join(base, "transport_socket")))
-        .transpose()?;
+        .transpose();
+    let tls = refusals.take(tls);
     let (limit, manager_filter, mi) = match filters.as_slice() {
         [m] => (None, m, 0),
         [c, m] => (Some(c), m, 1),
         _ => {
-            return Err(invalid(
+            refusals.push(invalid(
                 res,
                 &join(base, "filters"),
                 "expected an http_connection_manager, optionally after a connection_limit",
-            ))
+            ));
+            return Err(refusals.finish().unwrap_err());
         }
     };
     let max_connections = limit
         .map(|f| connection_limit_from_wire(f, res, &join(base, "filters[0]")))
-        .transpose()?;
+        .transpose();
+    let max_connections = refusals.take(max_connections);
     let mbase = join(base, &format!("filters[{mi}].typed_config"));
     let any = match &manager_filter.config_type {
         Some(listener::filter::ConfigType::TypedConfig(any))
@@ -494,7 +820,7 @@ fn chain_from_wire(
             any
         }
         _ => {
-            return Err(invalid(
+            refusals.push(invalid(
                 res,
                 &join(base, &format!("filters[{mi}]")),
                 format!(
@@ -502,14 +828,19 @@ fn chain_from_wire(
                      http_connection_manager with a typed_config)",
                     manager_filter.name
                 ),
-            ))
+            ));
+            return Err(refusals.finish().unwrap_err());
         }
     };
-    let manager: hcm::HttpConnectionManager = from_any(any)?;
-    let (routes, required) = hcm_routes(&manager, res, &mbase)?;
-    let mut settings = hcm_settings(&manager, res, &mbase)?;
-    settings.tls = tls;
-    settings.max_connections = max_connections;
+    let manager: Option<hcm::HttpConnectionManager> = refusals.take(from_any(any));
+    let Some(manager) = manager else {
+        return Err(refusals.finish().unwrap_err());
+    };
+    let routes = refusals.take(hcm_routes(&manager, res, &mbase));
+    let settings = refusals.take(hcm_settings(&manager, res, &mbase));
+    let ((routes, required), mut settings) = refusals.finish_with(routes.zip(settings))?;
+    settings.tls = tls.flatten();
+    settings.max_connections = max_connections.flatten();
     Ok((routes, settings, required))
 }
 
@@ -647,12 +978,14 @@ fn tls_from_wire(
             &validation_context_type,
         )
         .finish()?;
-    if alpn_protocols != ALPN {
-        return Err(invalid(
-            res,
-            &join(&cbase, "alpn_protocols"),
-            format!("gofe offers exactly {ALPN:?}, got {alpn_protocols:?}"),
-        ));
+    for (i, p) in alpn_protocols.iter().enumerate() {
+        if !ALPN.contains(&p.as_str()) || alpn_protocols[..i].contains(p) {
+            return Err(invalid(
+                res,
+                &join(&cbase, &format!("alpn_protocols[{i}]")),
+                format!("gofe offers {ALPN:?} (each at most once, or none), got {p:?}"),
+            ));
+        }
     }
     let [cert] = tls_certificates.as_slice() else {
         return Err(invalid(
@@ -698,6 +1031,7 @@ fn tls_from_wire(
     Ok(TlsConfig {
         certificate_chain: file(certificate_chain, "certificate_chain")?,
         private_key: file(private_key, "private_key")?,
+        alpn_protocols,
     })
 }
 
@@ -816,7 +1150,8 @@ fn hcm_settings(
         Ok(PathWithEscapedSlashesAction::ImplementationSpecificDefault
             | PathWithEscapedSlashesAction::KeepUnchanged)
     );
-    Unsupported::new(res, base)
+    let mut refusals = Refusals::default();
+    let top = Unsupported::new(res, base)
         .when(
             "codec_type (gofe detects HTTP/1.1 and HTTP/2 itself: AUTO only)",
             *codec_type != CodecType::Auto as i32,
@@ -921,46 +1256,57 @@ fn hcm_settings(
                 Some(hcm::http_connection_manager::StripPortMode::StripAnyHostPort(true))
             ),
         )
-        .finish()?;
-    let filters = http_filters_from_wire(http_filters, res, base)?;
+        .finish();
+    refusals.take(top);
+    let filters = refusals.take(http_filters_from_wire(http_filters, res, base));
     let idle_timeout = match common_http_protocol_options {
-        None => gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
-        Some(o) => protocol_options_idle_timeout(
+        None => Some(gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT),
+        Some(o) => refusals.take(protocol_options_idle_timeout(
             o,
             gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
             res,
             &join(base, "common_http_protocol_options"),
-        )?,
+        )),
     };
     let max_request_headers_kb = match max_request_headers_kb.map(|v| v.value) {
         None => gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB,
         Some(kb @ 1..=MAX_REQUEST_HEADERS_KB) => kb,
         Some(_) => {
-            return Err(invalid(
+            refusals.push(invalid(
                 res,
                 &join(base, "max_request_headers_kb"),
                 "must be in 1..=8192",
-            ))
+            ));
+            gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB
         }
     };
-    let access_log = access_logs_from_wire(access_log, res, base)?;
+    let access_log = refusals.take(access_logs_from_wire(access_log, res, base));
     let tracing = match tracing {
-        None => None,
-        Some(t) => tracing_from_wire(t, res, &join(base, "tracing"))?.map(Box::new),
+        None => Some(None),
+        Some(t) => refusals
+            .take(tracing_from_wire(t, res, &join(base, "tracing")))
+            .map(|t| t.map(Box::new)),
     };
+    // Envoy's default: no request headers timeout.
+    let request_headers_timeout = refusals.take(duration_or(
+        request_headers_timeout,
+        Duration::ZERO,
+        res,
+        &join(base, "request_headers_timeout"),
+    ));
+    let parts = filters
+        .zip(idle_timeout)
+        .zip(access_log.zip(tracing))
+        .zip(request_headers_timeout);
+    let (((filters, idle_timeout), (access_log, tracing)), request_headers_timeout) =
+        refusals.finish_with(parts)?;
     Ok(SocketSettings {
         access_log,
         tracing,
         tls: None,
         max_connections: None,
         max_request_headers_kb,
-        // Envoy's default: no request headers timeout.
-        request_headers_timeout: duration_or(
-            request_headers_timeout,
-            Duration::ZERO,
-            res,
-            &join(base, "request_headers_timeout"),
-        )?,
+        request_headers_timeout,
         idle_timeout,
         buffer_filter: filters.buffer,
         fault_filter: filters.fault,
@@ -1036,19 +1382,20 @@ fn http_filters_from_wire(
         Some(hcm::http_filter::ConfigType::TypedConfig(a)) => Some(a.clone()),
         _ => None,
     };
+    let mut refusals = Refusals::default();
     let last_base = join(base, &format!("http_filters[{}]", rest.len()));
     match typed(last) {
         Some(a) if a.type_url == Router::type_url() => {
-            router_from_wire(&from_any(&a)?, res, &join(&last_base, "typed_config"))?
+            let router = from_any(&a)
+                .and_then(|r| router_from_wire(&r, res, &join(&last_base, "typed_config")));
+            refusals.take(router);
         }
         None if last.config_type.is_none() && last.name == ROUTER_FILTER_NAME => {}
-        _ => {
-            return Err(invalid(
-                res,
-                &last_base,
-                "the last HTTP filter must be the router",
-            ))
-        }
+        _ => refusals.push(invalid(
+            res,
+            &last_base,
+            "the last HTTP filter must be the router",
+        )),
     }
     let mut out = HttpFilters::default();
     // The rank of the last filter seen: gofe applies its filters in one order.
@@ -1068,53 +1415,60 @@ fn http_filters_from_wire(
     };
     for (i, f) in rest.iter().enumerate() {
         let fbase = join(base, &format!("http_filters[{i}]"));
-        match typed(f) {
-            Some(a) if super::faults::is_fault(&a) => {
-                in_order(&fbase, 1, "the fault filter")?;
-                super::faults::filter_from_wire(f, &a, res, &fbase)?;
-                out.fault = true;
-            }
-            Some(a) if super::ratelimits::is_local_ratelimit(&a) => {
-                in_order(&fbase, 2, "the local rate limit filter")?;
-                super::ratelimits::filter_from_wire(f, &a, res, &fbase)?;
-                out.ratelimit = true;
-            }
-            Some(a) if a.type_url == buffer::Buffer::type_url() => {
-                in_order(&fbase, 3, "the buffer filter")?;
-                if f.name != BUFFER_FILTER_NAME {
-                    return Err(invalid(
-                        res,
-                        &join(&fbase, "name"),
-                        format!(
+        // Each filter is judged on its own, so that every refused one is named.
+        let mut one = || -> Result<(), ConvertError> {
+            match typed(f) {
+                Some(a) if super::faults::is_fault(&a) => {
+                    in_order(&fbase, 1, "the fault filter")?;
+                    super::faults::filter_from_wire(f, &a, res, &fbase)?;
+                    out.fault = true;
+                }
+                Some(a) if super::ratelimits::is_local_ratelimit(&a) => {
+                    in_order(&fbase, 2, "the local rate limit filter")?;
+                    super::ratelimits::filter_from_wire(f, &a, res, &fbase)?;
+                    out.ratelimit = true;
+                }
+                Some(a) if a.type_url == buffer::Buffer::type_url() => {
+                    in_order(&fbase, 3, "the buffer filter")?;
+                    if f.name != BUFFER_FILTER_NAME {
+                        return Err(invalid(
+                            res,
+                            &join(&fbase, "name"),
+                            format!(
                             "gofe reads the buffer filter under the name {BUFFER_FILTER_NAME:?}"
                         ),
-                    ));
+                        ));
+                    }
+                    if !f.disabled {
+                        return Err(invalid(
+                            res,
+                            &join(&fbase, "disabled"),
+                            "a buffer filter enabled for every route is not supported by gofe: \
+                         disable it here and enable it per route with its limit",
+                        ));
+                    }
+                    let _: buffer::Buffer = from_any(&a)?;
+                    out.buffer = true;
                 }
-                if !f.disabled {
+                _ if f.is_optional => {}
+                _ => {
                     return Err(invalid(
                         res,
-                        &join(&fbase, "disabled"),
-                        "a buffer filter enabled for every route is not supported by gofe: \
-                         disable it here and enable it per route with its limit",
-                    ));
-                }
-                let _: buffer::Buffer = from_any(&a)?;
-                out.buffer = true;
-            }
-            _ if f.is_optional => {}
-            _ => {
-                return Err(invalid(
-                    res,
-                    &fbase,
-                    format!(
-                        "HTTP filter {:?} not supported by gofe (the fault, local rate limit, \
+                        &fbase,
+                        format!(
+                            "HTTP filter {:?} not supported by gofe (the fault, local rate limit, \
                          buffer and router filters only)",
-                        f.name
-                    ),
-                ))
+                            f.name
+                        ),
+                    ))
+                }
             }
-        }
+            Ok(())
+        };
+        let judged = one();
+        refusals.take(judged);
     }
+    refusals.finish()?;
     Ok(out)
 }
 

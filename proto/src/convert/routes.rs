@@ -353,7 +353,7 @@ pub(super) fn route_from_wire_in(
         metadata: _,
         route_specifiers,
     } = r;
-    Unsupported::new(res, base)
+    let top = Unsupported::new(res, base)
         .set("vhds", vhds)
         .set("internal_only_headers", internal_only_headers)
         .set("response_headers_to_add", response_headers_to_add)
@@ -367,20 +367,28 @@ pub(super) fn route_from_wire_in(
             ignore_path_parameters_in_path_matching,
         )
         .set("route_specifiers", route_specifiers)
-        .finish()?;
-    let config_filters = per_filter_settings(typed_per_filter_config, res, base)?;
-    refuse_shared_bucket(&config_filters, res, base)?;
-    let config_mirrors = mirror_policies_from_wire(request_mirror_policies, res, base)?;
+        .finish();
+    // Every refusal is collected (each virtual host and route on its own), so a NACK names
+    // them all.
+    let mut refusals = Refusals::default();
+    refusals.take(top);
+    let config_filters = per_filter_settings(typed_per_filter_config, res, base)
+        .and_then(|f| refuse_shared_bucket(&f, res, base).map(|()| f));
+    let config_filters = refusals.take(config_filters).unwrap_or_default();
+    let config_mirrors = mirror_policies_from_wire(request_mirror_policies, res, base);
+    let config_mirrors = refusals.take(config_mirrors).unwrap_or_default();
     let mut out = Vec::new();
     for (hi, vh) in virtual_hosts.iter().enumerate() {
-        out.push(virtual_host_from_wire(
+        let vh = virtual_host_from_wire(
             vh,
             res,
             &join(base, &format!("virtual_hosts[{hi}]")),
             &config_filters,
             &config_mirrors,
-        )?);
+        );
+        out.extend(refusals.take(vh));
     }
+    refusals.finish()?;
     let router = RouterConfig { virtual_hosts: out };
     // The proxy's own checks (domain syntax and uniqueness, header names, weights, …), named
     // by the same paths: gofe's router fields are Envoy's.
@@ -403,6 +411,9 @@ pub(super) fn route_from_wire_in(
             max_request_headers_kb: gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB,
             request_headers_timeout: gofe_model::DEFAULT_REQUEST_HEADERS_TIMEOUT,
             idle_timeout: gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT,
+            filter_chains: Vec::new(),
+            tls_inspector: false,
+            http_inspector: false,
         }],
         ..Default::default()
     };
@@ -458,7 +469,8 @@ fn virtual_host_from_wire(
         metadata: _,
         route_specifiers,
     } = vh;
-    Unsupported::new(res, base)
+    let mut refusals = Refusals::default();
+    let top = Unsupported::new(res, base)
         .set("matcher", matcher)
         .set("require_tls", require_tls)
         .set("rate_limits", rate_limits)
@@ -487,7 +499,8 @@ fn virtual_host_from_wire(
         )
         .set("request_body_buffer_limit", request_body_buffer_limit)
         .set("route_specifiers", route_specifiers)
-        .finish()?;
+        .finish();
+    refusals.take(top);
     let vhost_mirrors = mirror_policies_from_wire(request_mirror_policies, res, base)?;
     // The most specific non-empty list wins whole (Envoy does not merge them).
     let vhost_mirrors = if vhost_mirrors.is_empty() {
@@ -504,15 +517,17 @@ fn virtual_host_from_wire(
         .transpose()?;
     let mut out = Vec::new();
     for (ri, rt) in routes.iter().enumerate() {
-        out.push(route_entry_from_wire(
+        let rt = route_entry_from_wire(
             rt,
             res,
             &join(base, &format!("routes[{ri}]")),
             &vhost_filters,
             &vhost_retry,
             vhost_mirrors,
-        )?);
+        );
+        out.extend(refusals.take(rt));
     }
+    refusals.finish()?;
     Ok(VirtualHostConfig {
         name: name.clone(),
         domains: domains.to_vec(),
@@ -551,7 +566,7 @@ fn route_entry_from_wire(
         route_specifiers,
         action,
     } = rt;
-    Unsupported::new(res, base)
+    let top = Unsupported::new(res, base)
         .set("request_headers_to_add", request_headers_to_add)
         .set("request_headers_to_remove", request_headers_to_remove)
         .set("response_headers_to_add", response_headers_to_add)
@@ -564,27 +579,30 @@ fn route_entry_from_wire(
         .set("route_specifiers", route_specifiers)
         .set("decorator", decorator)
         .set("tracing", tracing)
-        .finish()?;
-    let matcher = match_from_wire(
-        r#match
-            .as_ref()
-            .ok_or_else(|| invalid(res, &join(base, "match"), "missing"))?,
-        res,
-        &join(base, "match"),
-    )?;
+        .finish();
+    let mut refusals = Refusals::default();
+    refusals.take(top);
+    let matcher = r#match
+        .as_ref()
+        .ok_or_else(|| invalid(res, &join(base, "match"), "missing"))
+        .and_then(|m| match_from_wire(m, res, &join(base, "match")));
+    let matcher = refusals.take(matcher);
     let action = match action {
-        Some(route::route::Action::Route(a)) => a,
+        Some(route::route::Action::Route(a)) => Some(a),
         _ => {
-            return Err(invalid(
+            refusals.push(invalid(
                 res,
                 base,
                 "only route actions are supported by gofe (not redirect, direct_response, …)",
-            ))
+            ));
+            None
         }
     };
-    let own = per_filter_settings(typed_per_filter_config, res, base)?;
+    let own = refusals.take(per_filter_settings(typed_per_filter_config, res, base));
+    let action = action
+        .and_then(|a| refusals.take(action_from_wire(a, res, &join(base, "route"), vhost_retry)));
+    let ((matcher, mut out), own) = refusals.finish_with(matcher.zip(action).zip(own))?;
     let filters = own.clone().or(vhost_filters);
-    let mut out = action_from_wire(action, res, &join(base, "route"), vhost_retry)?;
     if out.request_mirror_policies.is_empty() {
         out.request_mirror_policies = vhost_mirrors.to_vec();
     }

@@ -421,6 +421,45 @@ fn assemble_waits_for_rds_and_fills_unknown_clusters() {
 }
 
 #[test]
+fn a_route_configuration_refused_on_first_arrival_serves_its_listener_with_no_routes() {
+    let base = ProxyConfig::default();
+    let xds = to_xds(&sample());
+    let mut held = Resources::default();
+    for (t, anys) in xds.iter().filter(|(t, _)| *t != ResourceType::Route) {
+        held = held.accept_response(*t, anys, &base).resources;
+    }
+    assert!(
+        assemble(&base, &held).listeners.is_empty(),
+        "still waiting for RDS"
+    );
+    // The route configuration arrives with a field gofe refuses.
+    let (_, routes) = xds.iter().find(|(t, _)| *t == ResourceType::Route).unwrap();
+    let mut bad: route::RouteConfiguration = from_any(&routes[0]).unwrap();
+    bad.vhds = Some(Default::default());
+    let update = held.accept_response(ResourceType::Route, &[to_any(&bad)], &base);
+    assert_eq!(update.refused.len(), 1, "{:?}", update.refused);
+    held = update.resources;
+    assert!(held.refused_routes.contains("public"));
+    let out = assemble(&base, &held);
+    assert_eq!(out.listeners.len(), 1, "bound, as Envoy warms it");
+    assert!(out.listeners[0].filters[0].config.virtual_hosts.is_empty());
+    assert!(gofe_model::validate(&out).is_empty());
+    // A valid version then replaces the empty table.
+    held = held
+        .accept_response(ResourceType::Route, routes, &base)
+        .resources;
+    assert!(held.refused_routes.is_empty());
+    let out = assemble(&base, &held);
+    assert_eq!(out, from_xds(&xds));
+    // Refused again later, the valid version is kept (no empty table).
+    held = held
+        .accept_response(ResourceType::Route, &[to_any(&bad)], &base)
+        .resources;
+    assert!(held.refused_routes.is_empty());
+    assert_eq!(assemble(&base, &held), from_xds(&xds));
+}
+
+#[test]
 fn type_urls_match_envoys() {
     assert_eq!(
         ResourceType::Cluster.type_url(),

@@ -425,10 +425,18 @@ impl State {
         let rds = resources
             .listeners
             .values()
-            .filter(|l| matches!(l.kind, ListenerKind::Socket { .. }))
-            .filter_map(|l| match &l.routes {
-                RouteSource::Rds(n) => Some(n.clone()),
-                RouteSource::Inline(_) => None,
+            .filter_map(|l| match &l.kind {
+                ListenerKind::Socket { settings, .. } => Some((l, settings)),
+                ListenerKind::Api => None,
+            })
+            .flat_map(|(l, settings)| {
+                let own = match &l.routes {
+                    RouteSource::Rds(n) => Some(n.clone()),
+                    RouteSource::Inline(_) => None,
+                };
+                // Each filter chain's connection manager may take its routes from RDS.
+                own.into_iter()
+                    .chain(settings.filter_chains.iter().filter_map(|c| c.rds.clone()))
             })
             .collect();
         HashMap::from([(ResourceType::Endpoints, eds), (ResourceType::Route, rds)])
@@ -576,6 +584,8 @@ impl State {
             .retain(|n, _| wanted[&ResourceType::Endpoints].contains(n));
         next.routes
             .retain(|n, _| wanted[&ResourceType::Route].contains(n));
+        next.refused_routes
+            .retain(|n| wanted[&ResourceType::Route].contains(n));
         if let Err(e) = self.apply(proxy, &next, status).await {
             return Err(refused
                 .into_iter()

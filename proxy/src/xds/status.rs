@@ -238,7 +238,7 @@ pub(super) fn progress(
             endpoints_and_routes: arrived(ResourceType::Endpoints, &|n| {
                 resources.endpoints.contains_key(n)
             }) && arrived(ResourceType::Route, &|n| {
-                resources.routes.contains_key(n)
+                resources.routes.contains_key(n) || resources.refused_routes.contains(n)
             }),
         }
     };

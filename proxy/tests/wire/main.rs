@@ -7,6 +7,7 @@ mod admin;
 mod balancing;
 mod blame;
 mod fault;
+mod filter_chains;
 mod flood;
 mod fuzz;
 mod health_view;

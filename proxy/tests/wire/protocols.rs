@@ -189,16 +189,6 @@ fn tokio_stream_from<T>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "gofe-test-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 fn idle_config() -> String {
     catch_all(
         "h1",

@@ -295,3 +295,14 @@ impl Capture {
         let _ = self.task.await;
     }
 }
+
+/// A fresh temporary folder.
+pub fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "gofe-test-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

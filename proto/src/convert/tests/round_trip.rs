@@ -644,7 +644,17 @@ fn http_listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerCo
         (
             any::<u16>(),
             any::<bool>(),
-            prop::option::of(("[a-z/]{1,12}", "[a-z/]{1,12}")),
+            prop::option::of((
+                "[a-z/]{1,12}",
+                "[a-z/]{1,12}",
+                prop::sample::select(vec![
+                    vec![],
+                    vec!["h2"],
+                    vec!["http/1.1"],
+                    vec!["h2", "http/1.1"],
+                    vec!["http/1.1", "h2"],
+                ]),
+            )),
             prop::option::of(1..=u32::MAX),
         ),
         (1..=8192u32, duration(), duration(), router(clusters)),
@@ -660,9 +670,10 @@ fn http_listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerCo
                     name: named.then(|| format!("l{li}")),
                     address: format!("127.0.0.{}:{port}", li + 1),
                     protocol: "http".into(),
-                    tls: tls.map(|(certificate_chain, private_key)| TlsConfig {
+                    tls: tls.map(|(certificate_chain, private_key, alpn)| TlsConfig {
                         certificate_chain,
                         private_key,
+                        alpn_protocols: alpn.into_iter().map(String::from).collect(),
                     }),
                     filters: vec![FilterConfig {
                         kind: "router".into(),
@@ -677,6 +688,9 @@ fn http_listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerCo
                     tcp_proxy: None,
                     use_original_dst: false,
                     bind_to_port: true,
+                    filter_chains: Vec::new(),
+                    tls_inspector: false,
+                    http_inspector: false,
                 }
             },
         )

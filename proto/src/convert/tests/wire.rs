@@ -4,6 +4,8 @@
 use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget;
 use envoy_types::pb::envoy::r#type::v3::Percent;
 
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+
 use super::*;
 
 fn route_action(rc: &mut route::RouteConfiguration) -> &mut route::RouteAction {
@@ -265,11 +267,19 @@ fn a_listener_whose_one_chain_is_the_default_chain_is_accepted() {
     l.default_filter_chain = Some(l.filter_chains.remove(0));
     let r = listener_from_wire(&l).unwrap();
     assert!(matches!(&r.kind, ListenerKind::Socket { address, .. } if address == "127.0.0.1:8080"));
-    // Two chains are a choice gofe cannot make.
+    // A chain and the default chain: the chain (matching every connection) and the default.
     l.filter_chains
         .push(l.default_filter_chain.clone().unwrap());
-    let e = err(listener_from_wire(&l));
-    assert!(e.contains("filter_chains: exactly one filter chain"), "{e}");
+    let r = listener_from_wire(&l).unwrap();
+    let ListenerKind::Socket { settings, .. } = &r.kind else {
+        panic!()
+    };
+    assert!(settings.default_chain);
+    assert_eq!(settings.filter_chains.len(), 1);
+    // No chain at all is refused.
+    l.filter_chains.clear();
+    l.default_filter_chain = None;
+    assert!(err(listener_from_wire(&l)).contains("filter_chains: needs a filter chain"));
 }
 
 /// Each field gofe does not honour, set to a non-default value, is refused by its path.
@@ -889,6 +899,7 @@ fn listener_limits_and_tls_travel_in_envoys_fields() {
     l.tls = Some(gofe_model::TlsConfig {
         certificate_chain: "/etc/gofe/cert.pem".into(),
         private_key: "/etc/gofe/key.pem".into(),
+        alpn_protocols: vec!["h2".into(), "http/1.1".into()],
     });
     let r = from_proxy_config(&c).unwrap();
     let wire = listener_to_wire(&r.listeners["public"]).unwrap();
@@ -920,6 +931,58 @@ fn listener_limits_and_tls_travel_in_envoys_fields() {
 }
 
 #[test]
+fn an_empty_alpn_list_is_envoys_default_and_offers_none() {
+    let mut c = sample();
+    c.listeners[0].tls = Some(gofe_model::TlsConfig {
+        certificate_chain: "/etc/gofe/cert.pem".into(),
+        private_key: "/etc/gofe/key.pem".into(),
+        alpn_protocols: Vec::new(),
+    });
+    let r = from_proxy_config(&c).unwrap();
+    let mut wire = listener_to_wire(&r.listeners["public"]).unwrap();
+    let back = listener_from_wire(&wire).unwrap();
+    let ListenerKind::Socket { settings, .. } = &back.kind else {
+        panic!()
+    };
+    assert_eq!(
+        settings.tls.as_ref().unwrap().alpn_protocols,
+        Vec::<String>::new()
+    );
+    // A protocol gofe does not speak is refused by its index.
+    let ts = wire.filter_chains[0].transport_socket.as_mut().unwrap();
+    let Some(core::transport_socket::ConfigType::TypedConfig(any)) = &mut ts.config_type else {
+        panic!()
+    };
+    let mut ctx: envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext =
+        from_any(any).unwrap();
+    ctx.common_tls_context.as_mut().unwrap().alpn_protocols = vec!["h2".into(), "h3".into()];
+    *any = to_any(&ctx);
+    assert!(err(listener_from_wire(&wire)).contains("common_tls_context.alpn_protocols[1]"));
+}
+
+#[test]
+fn an_unnamed_listener_is_named_by_its_address() {
+    let (_, mut l, _, _) = sample_wire();
+    l.name = String::new();
+    let r = listener_from_wire(&l).unwrap();
+    assert_eq!(r.name, "127.0.0.1:8080");
+    let ListenerKind::Socket { address, settings } = &r.kind else {
+        panic!()
+    };
+    assert_eq!(address, "127.0.0.1:8080");
+    assert!(settings.unnamed);
+    // Taken in a response under that name, it is served unnamed (named by its address).
+    let base = ProxyConfig::default();
+    let update = Resources::default().accept_response(ResourceType::Listener, &[to_any(&l)], &base);
+    assert!(update.refused.is_empty(), "{:?}", update.refused);
+    assert!(update.resources.listeners.contains_key("127.0.0.1:8080"));
+    // An API listener still needs its name: clients look it up by it.
+    let mut api = l.clone();
+    api.api_listener = Some(listener::ApiListener::default());
+    assert!(err(listener_from_wire(&api)).contains("name"));
+}
+
+#[test]
 fn request_headers_timeout_left_unset_is_envoys_none() {
     let (_, mut l, _, _) = sample_wire();
     set_hcm(&mut l, |m| {
@@ -948,6 +1011,204 @@ fn listener_named(name: &str, address: &str, routes: &str) -> Any {
         routes: RouteSource::Rds(routes.into()),
     };
     to_any(&listener_to_wire(&l).unwrap())
+}
+
+#[test]
+fn every_refusal_of_a_listener_is_named_not_only_the_first_stages() {
+    let (_, mut l, _, _) = sample_wire();
+    l.transparent = Some(BoolValue { value: true });
+    set_hcm(&mut l, |m| {
+        m.normalize_path = Some(BoolValue { value: true });
+        m.common_http_protocol_options = Some(core::HttpProtocolOptions {
+            headers_with_underscores_action: 1,
+            ..Default::default()
+        });
+        m.http_filters.insert(
+            0,
+            hcm::HttpFilter {
+                name: "envoy.filters.http.cors".into(),
+                ..Default::default()
+            },
+        );
+    });
+    let e = err(listener_from_wire(&l));
+    for field in [
+        "transparent",
+        "filter_chains[0].filters[0].typed_config.normalize_path",
+        "common_http_protocol_options.headers_with_underscores_action",
+        "http_filters[0]",
+    ] {
+        assert!(e.contains(field), "{field} not named in {e}");
+    }
+    // Each refusal is a clause of its own, naming the resource.
+    assert_eq!(e.matches("Listener \"public\": ").count(), 4, "{e}");
+}
+
+#[test]
+fn every_refused_route_of_a_route_configuration_is_named() {
+    let (_, _, mut rc, _) = sample_wire();
+    rc.vhds = Some(Default::default());
+    let routes = &mut rc.virtual_hosts[0].routes;
+    routes[0].decorator = Some(Default::default());
+    routes[1].tracing = Some(Default::default());
+    let e = err(route_from_wire(&rc));
+    for field in ["vhds", "routes[0].decorator", "routes[1].tracing"] {
+        assert!(e.contains(field), "{field} not named in {e}");
+    }
+}
+
+/// The sample listener's chain with `m` as its match and its connection manager's routes
+/// from the RouteConfiguration `routes`.
+fn matched_chain(
+    l: &listener::Listener,
+    m: listener::FilterChainMatch,
+    routes: &str,
+) -> listener::FilterChain {
+    let mut one = l.clone();
+    set_hcm(&mut one, |h| {
+        h.route_specifier = Some(hcm::http_connection_manager::RouteSpecifier::Rds(
+            hcm::Rds {
+                config_source: Some(ads_config_source()),
+                route_config_name: routes.into(),
+            },
+        ))
+    });
+    let mut chain = one.filter_chains.remove(0);
+    chain.filter_chain_match = Some(m);
+    chain
+}
+
+#[test]
+fn several_filter_chains_are_read_with_their_matches_and_assembled() {
+    let (_, l, rc, _) = sample_wire();
+    let mut wire = l.clone();
+    let sni = |n: &str| listener::FilterChainMatch {
+        server_names: vec![n.into()],
+        ..Default::default()
+    };
+    wire.filter_chains = vec![
+        matched_chain(&l, sni("a.example.com"), "a-routes"),
+        matched_chain(
+            &l,
+            listener::FilterChainMatch {
+                prefix_ranges: vec![core::CidrRange {
+                    address_prefix: "10.0.0.0".into(),
+                    prefix_len: u32w(8),
+                }],
+                transport_protocol: "raw_buffer".into(),
+                source_type: 1,
+                ..Default::default()
+            },
+            "public",
+        ),
+    ];
+    wire.default_filter_chain = Some(l.filter_chains[0].clone());
+    wire.listener_filters = vec![listener::ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(listener::listener_filter::ConfigType::TypedConfig(to_any(
+            &TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }];
+    let r = listener_from_wire(&wire).unwrap();
+    let ListenerKind::Socket { settings, .. } = &r.kind else {
+        panic!()
+    };
+    assert!(settings.default_chain && settings.tls_inspector && !settings.http_inspector);
+    assert_eq!(settings.filter_chains.len(), 2);
+    assert_eq!(settings.filter_chains[0].rds.as_deref(), Some("a-routes"));
+    let m = &settings.filter_chains[1].filter_chain_match;
+    assert_eq!(m.prefix_ranges[0].to_string(), "10.0.0.0/8");
+    assert_eq!(m.source_type, gofe_model::SourceType::Local);
+    assert_eq!(m.transport_protocol.as_deref(), Some("raw_buffer"));
+
+    // Taken and assembled: the listener waits for both route configurations.
+    let base = ProxyConfig::default();
+    let mut held = Resources::default()
+        .accept_response(ResourceType::Listener, &[to_any(&wire)], &base)
+        .resources;
+    held = held
+        .accept_response(ResourceType::Route, &[to_any(&rc)], &base)
+        .resources;
+    assert!(
+        assemble(&base, &held).listeners.is_empty(),
+        "a-routes not there yet"
+    );
+    let mut a = rc.clone();
+    a.name = "a-routes".into();
+    a.virtual_hosts.truncate(1);
+    held = held
+        .accept_response(ResourceType::Route, &[to_any(&rc), to_any(&a)], &base)
+        .resources;
+    let out = assemble(&base, &held);
+    assert!(
+        gofe_model::validate(&out).is_empty(),
+        "{:?}",
+        gofe_model::validate(&out)
+    );
+    let listener = &out.listeners[0];
+    assert_eq!(listener.filter_chains.len(), 2);
+    assert!(listener.tls_inspector && listener.has_default_chain());
+    assert_eq!(
+        listener.filter_chains[0].filters[0]
+            .config
+            .virtual_hosts
+            .len(),
+        1
+    );
+
+    // Without a default chain, the listener's own chain is gone.
+    let mut no_default = wire.clone();
+    no_default.default_filter_chain = None;
+    let held2 = held
+        .accept_response(ResourceType::Listener, &[to_any(&no_default)], &base)
+        .resources;
+    let out = assemble(&base, &held2);
+    assert!(!out.listeners[0].has_default_chain());
+    assert!(gofe_model::validate(&out).is_empty());
+}
+
+#[test]
+fn filter_chains_gofe_cannot_tell_apart_or_serve_alike_are_refused_by_name() {
+    let (_, l, _, _) = sample_wire();
+    let sni = |n: &str| listener::FilterChainMatch {
+        server_names: vec![n.into()],
+        ..Default::default()
+    };
+    let mut wire = l.clone();
+    let mut other_settings = matched_chain(&l, sni("b.example.com"), "public");
+    let mut m = hcm_of(&listener::Listener {
+        filter_chains: vec![other_settings.clone()],
+        ..Default::default()
+    });
+    m.max_request_headers_kb = u32w(1);
+    other_settings.filters.last_mut().unwrap().config_type =
+        Some(listener::filter::ConfigType::TypedConfig(to_any(&m)));
+    wire.filter_chains = vec![
+        matched_chain(&l, sni("a.example.com"), "public"),
+        matched_chain(&l, sni("a.example.com"), "public"),
+        other_settings,
+        matched_chain(
+            &l,
+            listener::FilterChainMatch {
+                transport_protocol: "quic".into(),
+                address_suffix: "x".into(),
+                server_names: vec!["a*.example.com".into()],
+                ..Default::default()
+            },
+            "public",
+        ),
+    ];
+    let e = err(listener_from_wire(&wire));
+    for field in [
+        "filter_chains[1].filter_chain_match: the same match as filter_chains[0]",
+        "filter_chains[2]: connection settings",
+        "filter_chains[3].filter_chain_match.transport_protocol",
+        "filter_chains[3].filter_chain_match.address_suffix",
+        "filter_chains[3].filter_chain_match.server_names[0]",
+    ] {
+        assert!(e.contains(field), "{field} not named in {e}");
+    }
 }
 
 #[test]
