@@ -36,6 +36,8 @@ pub mod schema;
 pub use local_ratelimit::LocalRateLimitConfig;
 pub mod mirror;
 pub use mirror::RequestMirrorPolicyConfig;
+pub mod rbac;
+pub use rbac::RbacConfig;
 pub mod tracing;
 pub use tracing::TracingConfig;
 
@@ -144,6 +146,12 @@ pub struct ListenerConfig {
     /// (a request pays one branch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingConfig>,
+    /// Authorization of each request by who sends it and what it asks (Envoy's
+    /// `envoy.filters.http.rbac`, before the router): a denied request gets 403
+    /// `RBAC: access denied`, counted in `gofe_rbac_denied_total` and flagged `RBAC` in the
+    /// access log. Default: none (every request passes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbac: Option<RbacConfig>,
 }
 
 /// Default `max_request_headers_kb` of a listener.
@@ -225,7 +233,8 @@ fn is_default_tcp_idle_timeout(d: &Duration) -> bool {
     *d == DEFAULT_TCP_IDLE_TIMEOUT
 }
 
-/// TLS files of a listener (PEM).
+/// TLS of a listener (Envoy's `DownstreamTlsContext`): its certificate files (PEM) and, with a
+/// `validation_context`, client certificates.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -233,6 +242,61 @@ pub struct TlsConfig {
     pub certificate_chain: String,
     /// Path of the PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub private_key: String,
+    /// Client certificates (Envoy's `common_tls_context.validation_context`): a certificate a
+    /// client presents must chain to `trusted_ca` and match `match_typed_subject_alt_names`,
+    /// or the handshake fails. Default: none (no client certificate is asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_context: Option<TlsValidationConfig>,
+    /// Refuse clients that present no certificate (Envoy's `require_client_certificate`).
+    /// When `false`, a certificate is verified if presented but not required. Needs a
+    /// `validation_context`. Default `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_client_certificate: bool,
+}
+
+/// How client certificates are verified (Envoy's `CertificateValidationContext`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsValidationConfig {
+    /// The CA certificates (PEM) a client certificate must chain to.
+    pub trusted_ca: DataSourceConfig,
+    /// A client certificate must have a subject alternative name matching one of these.
+    /// Default: none (any certificate from `trusted_ca`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_typed_subject_alt_names: Vec<SanMatcherConfig>,
+}
+
+/// Where some data comes from (Envoy's `DataSource`): exactly one field.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataSourceConfig {
+    /// A file's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// The data itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_string: Option<String>,
+}
+
+/// A condition on one kind of subject alternative name (Envoy's `SubjectAltNameMatcher`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SanMatcherConfig {
+    /// Which names are compared.
+    pub san_type: SanType,
+    /// How they are compared (one name of the type must match).
+    pub matcher: StringMatchConfig,
+}
+
+/// The kinds of subject alternative name gofe matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+pub enum SanType {
+    /// URI names (SPIFFE ids).
+    #[serde(rename = "URI")]
+    Uri,
+    /// DNS names.
+    #[serde(rename = "DNS")]
+    Dns,
 }
 
 /// One filter of a listener's chain.
@@ -326,7 +390,7 @@ pub struct RouteMatchConfig {
 }
 
 /// A condition on one request header (Envoy's `HeaderMatcher`).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatcherConfig {
     /// Header name (case-insensitive).
@@ -343,7 +407,7 @@ pub struct HeaderMatcherConfig {
 }
 
 /// How a header value is compared (Envoy's `StringMatcher`): exactly one field.
-#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StringMatchConfig {
     /// The value equals this.
@@ -1109,6 +1173,20 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
                 v.error(format!("{base}.tracing.{field}"), message);
             }
         }
+        if let Some(r) = &listener.rbac {
+            if tcp {
+                v.error(
+                    format!("{base}.rbac"),
+                    "an HTTP filter: not supported on a tcp listener",
+                );
+            }
+            for (field, message) in rbac::check(r) {
+                v.error(format!("{base}.rbac.{field}"), message);
+            }
+        }
+        if let Some(t) = &listener.tls {
+            check_tls(v, t, &format!("{base}.tls"));
+        }
         if !tcp && listener.filters.len() != 1 {
             v.error(
                 format!("{base}.filters"),
@@ -1186,6 +1264,40 @@ fn check_capture(v: &mut Validator, listener: &ListenerConfig, base: &str) {
                 format!("{base}.tls"),
                 "not supported on a bind_to_port: false listener",
             );
+        }
+    }
+}
+
+/// A listener's TLS: client-certificate settings that hang together.
+fn check_tls(v: &mut Validator, t: &TlsConfig, base: &str) {
+    let Some(vc) = &t.validation_context else {
+        if t.require_client_certificate {
+            v.error(
+                format!("{base}.require_client_certificate"),
+                "needs a validation_context (the CA client certificates must chain to)",
+            );
+        }
+        return;
+    };
+    let ca = &vc.trusted_ca;
+    let vbase = format!("{base}.validation_context");
+    match (&ca.filename, &ca.inline_string) {
+        (Some(f), None) if !f.is_empty() => {}
+        (None, Some(s)) if !s.is_empty() => {}
+        _ => v.error(
+            format!("{vbase}.trusted_ca"),
+            "set exactly one of filename or inline_string (not empty)",
+        ),
+    }
+    for (i, m) in vc.match_typed_subject_alt_names.iter().enumerate() {
+        let mut out = Vec::new();
+        rbac::check_string_match(
+            &m.matcher,
+            &format!("{vbase}.match_typed_subject_alt_names[{i}].matcher"),
+            &mut out,
+        );
+        for (field, message) in out {
+            v.error(field, message);
         }
     }
 }

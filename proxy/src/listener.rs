@@ -29,6 +29,7 @@ use crate::ctx::{ActiveGuard, ConnContext};
 use crate::forward;
 use crate::framing::FramingWatch;
 use crate::metrics::ListenerStats;
+use crate::rbac::Rbac;
 use crate::route::RouteTable;
 use crate::tcp::{Accepted, TcpProxy};
 use crate::tracer::Tracer;
@@ -45,6 +46,8 @@ pub(crate) struct ListenerState {
     pub(crate) limits: ListenerLimits,
     pub(crate) access_log: Option<Arc<AccessLog>>,
     pub(crate) tracer: Option<Arc<Tracer>>,
+    /// The RBAC filter's compiled rules, if the listener has them.
+    pub(crate) rbac: Option<Arc<Rbac>>,
     /// A `tcp` listener's proxy (an `http` listener has none).
     pub(crate) tcp: Option<TcpProxy>,
     /// A `use_original_dst` listener's hand-off table.
@@ -69,6 +72,10 @@ impl forward::Serving for ListenerState {
 
     fn tracer(&self) -> Option<&Arc<Tracer>> {
         self.tracer.as_ref()
+    }
+
+    fn rbac(&self) -> Option<&Rbac> {
+        self.rbac.as_deref()
     }
 }
 
@@ -168,6 +175,7 @@ async fn accept_loop(
     // Every connection holds a receiver: `true` asks it to finish gracefully, and the sender's
     // `closed()` tells when the last one is gone.
     let (drain_tx, drain_rx) = watch::channel(false);
+    let bound_port = listener.local_addr().map_or(0, |a| a.port());
     loop {
         let accepted = tokio::select! {
             _ = stopped.changed() => break,
@@ -238,7 +246,9 @@ async fn accept_loop(
         let name = Arc::clone(&state.name);
         state.stats.cx_total.inc();
         drop(state);
-        let ctx = Arc::new(ConnContext::new(peer, tls.is_some()));
+        let mut ctx = ConnContext::new(peer, tls.is_some());
+        // The port the connection came in on (for RBAC's destination_port).
+        ctx.local_port = dest.map_or(bound_port, |d| d.port());
         let listener = serving;
         let drain = drain_rx.clone();
         tokio::spawn(async move {
@@ -247,7 +257,7 @@ async fn accept_loop(
             let result = match tls {
                 None => {
                     let io = FramingWatch::new(tcp, conflict, header_timeout, flood);
-                    serve_connection(io, &http, listener, ctx, idle, drain).await
+                    serve_connection(io, &http, listener, Arc::new(ctx), idle, drain).await
                 }
                 Some(acceptor) => {
                     let handshake =
@@ -263,8 +273,10 @@ async fn accept_loop(
                             return;
                         }
                     };
+                    // The client certificate's identity, once per connection.
+                    (ctx.authenticated, ctx.identity) = crate::tls::peer_identity(&stream);
                     let io = FramingWatch::new(stream, conflict, header_timeout, flood);
-                    serve_connection(io, &http, listener, ctx, idle, drain).await
+                    serve_connection(io, &http, listener, Arc::new(ctx), idle, drain).await
                 }
             };
             if let Err(e) = result {

@@ -7,6 +7,8 @@
 //! part knows its own ALPN and client-authentication needs) and does not watch files for
 //! changes.
 
+pub mod identity;
+
 use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;
@@ -40,15 +42,30 @@ fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
 /// The certificates of a PEM file, in file order (a chain: leaf first). At least one.
 pub fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read_pem(path)?;
-    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut BufReader::new(&pem[..])).collect();
-    let certs = certs.map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
+    certs_from_pem(&pem, &path.display().to_string())
+}
+
+/// The certificates of PEM text (`what` names it in errors). At least one.
+pub fn certs_from_pem(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Result<Vec<_>, _> = rustls_pemfile::certs(&mut BufReader::new(pem)).collect();
+    let certs = certs.map_err(|e| TlsError::Invalid(format!("{what}: {e}")))?;
     if certs.is_empty() {
         return Err(TlsError::Invalid(format!(
-            "{}: no PEM certificate found",
-            path.display()
+            "{what}: no PEM certificate found"
         )));
     }
     Ok(certs)
+}
+
+/// A trust store holding every certificate of PEM text (`what` names it in errors).
+pub fn roots_from_pem(pem: &[u8], what: &str) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs_from_pem(pem, what)? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::Invalid(format!("{what}: {e}")))?;
+    }
+    Ok(roots)
 }
 
 /// The first private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
@@ -61,13 +78,8 @@ pub fn key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// A trust store holding every certificate of a PEM file.
 pub fn roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in certs(path)? {
-        roots
-            .add(c)
-            .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
-    }
-    Ok(roots)
+    let pem = read_pem(path)?;
+    roots_from_pem(&pem, &path.display().to_string())
 }
 
 /// The crypto provider gofe uses everywhere (ring).

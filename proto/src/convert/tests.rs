@@ -3,6 +3,7 @@ use super::*;
 mod capture;
 mod fuzz;
 mod round_trip;
+mod tls_rbac;
 mod wire;
 
 const SAMPLE: &str = r#"

@@ -889,6 +889,8 @@ fn listener_limits_and_tls_travel_in_envoys_fields() {
     l.tls = Some(gofe_model::TlsConfig {
         certificate_chain: "/etc/gofe/cert.pem".into(),
         private_key: "/etc/gofe/key.pem".into(),
+        validation_context: None,
+        require_client_certificate: false,
     });
     let r = from_proxy_config(&c).unwrap();
     let wire = listener_to_wire(&r.listeners["public"]).unwrap();
