@@ -148,8 +148,8 @@ pub struct ListenerConfig {
     pub tracing: Option<TracingConfig>,
     /// Authorization of each request by who sends it and what it asks (Envoy's
     /// `envoy.filters.http.rbac`, before the router): a denied request gets 403
-    /// `RBAC: access denied`, counted in `gofe_rbac_denied_total` and flagged `RBAC` in the
-    /// access log. Default: none (every request passes).
+    /// `RBAC: access denied`, counted in `gofe_rbac_denied_total`, its policy in the access
+    /// log's `%RESPONSE_CODE_DETAILS%`. Default: none (every request passes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rbac: Option<RbacConfig>,
 }
@@ -246,7 +246,7 @@ pub struct TlsConfig {
     /// client presents must chain to `trusted_ca` and match `match_typed_subject_alt_names`,
     /// or the handshake fails. Default: none (no client certificate is asked for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub validation_context: Option<TlsValidationConfig>,
+    pub validation_context: Option<Box<TlsValidationConfig>>,
     /// Refuse clients that present no certificate (Envoy's `require_client_certificate`).
     /// When `false`, a certificate is verified if presented but not required. Needs a
     /// `validation_context`. Default `false`.
@@ -1779,6 +1779,67 @@ admin: { address: "127.0.0.1:9901" }
             Ok(_) => panic!("config should be refused"),
             Err(e) => e.problems().to_vec(),
         }
+    }
+
+    #[test]
+    fn client_certificates_and_rbac_are_checked_with_their_place() {
+        let text = r#"
+listeners:
+  - address: "127.0.0.1:8443"
+    tls:
+      certificate_chain: c.pem
+      private_key: k.pem
+      require_client_certificate: true
+    rbac:
+      rules:
+        policies:
+          p:
+            permissions: [{ url_path: { path: { prefix: /a, exact: /b } } }]
+            principals: []
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{ match: { prefix: "/" }, route: { cluster: web } }]
+  - address: "127.0.0.1:8444"
+    tls:
+      certificate_chain: c.pem
+      private_key: k.pem
+      validation_context:
+        trusted_ca: {}
+        match_typed_subject_alt_names: [{ san_type: URI, matcher: {} }]
+    rbac:
+      rules:
+        policies:
+          q:
+            permissions: [{ any: true }]
+            principals: [{ not_id: { direct_remote_ip: { address_prefix: 10.0.0.0, prefix_len: 33 } } }]
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{ match: { prefix: "/" }, route: { cluster: web } }]
+clusters:
+  - name: web
+    endpoints: [{ address: "10.0.0.1:80" }]
+"#;
+        let p = problems(text);
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        for f in [
+            "listeners[0].tls.require_client_certificate",
+            "listeners[0].rbac.rules.policies.p.principals",
+            "listeners[0].rbac.rules.policies.p.permissions[0].url_path.path",
+            "listeners[1].tls.validation_context.trusted_ca",
+            "listeners[1].tls.validation_context.match_typed_subject_alt_names[0].matcher",
+            "listeners[1].rbac.rules.policies.q.principals[0].not_id.direct_remote_ip",
+        ] {
+            assert!(fields.contains(&f), "{f} in {fields:?}");
+        }
+        assert!(p.iter().all(|p| p.line.is_some()), "{p:?}");
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub(crate) enum StrMatch {
     Exact(Box<[u8]>),
     Prefix(Box<[u8]>),
     Suffix(Box<[u8]>),
-    Contains(memmem::Finder<'static>),
+    /// Boxed: a finder is large, and matchers sit in every policy's tree.
+    Contains(Box<memmem::Finder<'static>>),
 }
 
 impl StrMatch {
@@ -44,9 +45,9 @@ impl StrMatch {
             (Some(v), None, None, None) => Ok(StrMatch::Exact(bytes(v))),
             (None, Some(v), None, None) => Ok(StrMatch::Prefix(bytes(v))),
             (None, None, Some(v), None) => Ok(StrMatch::Suffix(bytes(v))),
-            (None, None, None, Some(v)) => Ok(StrMatch::Contains(
+            (None, None, None, Some(v)) => Ok(StrMatch::Contains(Box::new(
                 memmem::Finder::new(v.as_bytes()).into_owned(),
-            )),
+            ))),
             _ => Err("a string match needs exactly one of exact, prefix, suffix, contains".into()),
         }
     }

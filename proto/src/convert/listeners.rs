@@ -686,7 +686,7 @@ fn tls_from_wire(
         .finish()?;
     let validation_context = validation_context_type
         .as_ref()
-        .map(|v| validation_from_wire(v, res, &cbase))
+        .map(|v| validation_from_wire(v, res, &cbase).map(Box::new))
         .transpose()?;
     let require_client_certificate = require_client_certificate.is_some_and(|b| b.value);
     if require_client_certificate && validation_context.is_none() {

@@ -261,7 +261,7 @@ fn tls() -> impl Strategy<Value = Option<TlsConfig>> {
             let (validation_context, require_client_certificate) = match validation {
                 None => (None, false),
                 Some((file, ca, sans, require)) => (
-                    Some(TlsValidationConfig {
+                    Some(Box::new(TlsValidationConfig {
                         trusted_ca: DataSourceConfig {
                             filename: file.then(|| ca.clone()),
                             inline_string: (!file).then_some(ca),
@@ -273,7 +273,7 @@ fn tls() -> impl Strategy<Value = Option<TlsConfig>> {
                                 matcher,
                             })
                             .collect(),
-                    }),
+                    })),
                     require,
                 ),
             };
