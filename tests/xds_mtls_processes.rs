@@ -16,16 +16,17 @@ mod support;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gofe_proto::ResourceType;
 use gofe_proxy::xds::{ClientOptions, ClientStatus, ClientTls, XdsClient};
-use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+use rcgen::{ExtendedKeyUsagePurpose, SanType};
 use rustls::pki_types::CertificateDer;
-use support::process::{tempdir, Proc};
+use support::pki::Pki;
+use support::process::{free_ports, tempdir, Proc};
 
 /// The proxy's identity: its certificate's URI SAN, and its node id.
 const PROXY_ID: &str = "spiffe://gofe.test/ns/shop/sa/web";
@@ -34,16 +35,6 @@ const OTHER_ID: &str = "spiffe://gofe.test/ns/shop/sa/payments";
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// `n` distinct free ports (each held until all are chosen).
-fn ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
 }
 
 /// One HTTP/1.1 request on a fresh connection: the status and body, or `None` on failure.
@@ -76,52 +67,6 @@ fn until<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T 
 }
 
 // === certificates ===
-
-/// A CA and the certificates signed by it, as PEM files in `dir`.
-struct Pki {
-    dir: PathBuf,
-    ca: rcgen::Certificate,
-    ca_key: KeyPair,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca = params.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        Pki {
-            dir: dir.to_owned(),
-            ca,
-            ca_key,
-        }
-    }
-
-    /// Writes `NAME.pem` and `NAME-key.pem` for `san`, signed by the CA; returns the DER.
-    fn issue(&self, name: &str, san: SanType, usage: ExtendedKeyUsagePurpose) -> Vec<u8> {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![san];
-        params.extended_key_usages = vec![usage];
-        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
-        // Key first, then the certificate, each replaced in one rename: a reader never sees a
-        // half-written file (it may see a new key beside the old certificate, for one poll).
-        for (file, text) in [
-            (format!("{name}-key.pem"), key.serialize_pem()),
-            (format!("{name}.pem"), cert.pem()),
-        ] {
-            let tmp = self.dir.join(format!("{file}.tmp"));
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, self.dir.join(file)).unwrap();
-        }
-        cert.der().to_vec()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-}
 
 fn server_san() -> SanType {
     SanType::DnsName("localhost".try_into().unwrap())
@@ -177,7 +122,7 @@ impl Mesh {
         let pki = Pki::new(&dir);
         pki.issue("server", server_san(), ExtendedKeyUsagePurpose::ServerAuth);
         pki.issue("proxy", proxy_san(), ExtendedKeyUsagePurpose::ClientAuth);
-        let p = ports(5);
+        let p = free_ports(5);
         let (backend, listen, xds, admin, proxy_admin) = (p[0], p[1], p[2], p[3], p[4]);
         let backend_proc = Proc::start(
             &[

@@ -100,6 +100,9 @@ pub enum Operator {
     RouteName,
     /// `%UPSTREAM_TRANSPORT_FAILURE_REASON%`: why the connection to the endpoint failed.
     UpstreamTransportFailureReason,
+    /// `%RESPONSE_CODE_DETAILS%`: why the proxy answered itself, in Envoy's words (the RBAC
+    /// filter's `rbac_access_denied_matched_policy[POLICY]`); `-` otherwise.
+    ResponseCodeDetails,
 }
 
 impl Operator {
@@ -118,7 +121,8 @@ impl Operator {
 /// The operators gofe knows, by name, for error messages.
 const KNOWN: &str = "START_TIME, REQ(...), RESP(...), PROTOCOL, RESPONSE_CODE, RESPONSE_FLAGS, \
 DURATION, BYTES_RECEIVED, BYTES_SENT, UPSTREAM_HOST, UPSTREAM_CLUSTER, DOWNSTREAM_REMOTE_ADDRESS, \
-DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, ROUTE_NAME, UPSTREAM_TRANSPORT_FAILURE_REASON";
+DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT, ROUTE_NAME, UPSTREAM_TRANSPORT_FAILURE_REASON, \
+RESPONSE_CODE_DETAILS";
 
 /// Parses a format string into segments; the error names the column (1-based, in characters)
 /// where the problem starts. The grammar is Envoy's: `%NAME%`, `%NAME(ARG)%`, `%NAME:N%`,
@@ -217,6 +221,7 @@ fn parse_operator(s: &str) -> Result<(Segment, usize), String> {
         }
         "ROUTE_NAME" => no_arg(Operator::RouteName)?,
         "UPSTREAM_TRANSPORT_FAILURE_REASON" => no_arg(Operator::UpstreamTransportFailureReason)?,
+        "RESPONSE_CODE_DETAILS" => no_arg(Operator::ResponseCodeDetails)?,
         other => return Err(format!("unknown operator %{other}% (supported: {KNOWN})")),
     };
     Ok((Segment::Op { op, max_len }, i + 1))

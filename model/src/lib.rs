@@ -38,6 +38,8 @@ pub mod schema;
 pub use local_ratelimit::LocalRateLimitConfig;
 pub mod mirror;
 pub use mirror::RequestMirrorPolicyConfig;
+pub mod rbac;
+pub use rbac::RbacConfig;
 pub mod tracing;
 pub use tracing::TracingConfig;
 pub mod upstream_tls;
@@ -172,6 +174,12 @@ pub struct ListenerConfig {
     /// `http/1.0` or `h2c` for `filter_chains` to match on. Default `false`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub http_inspector: bool,
+    /// Authorization of each request by who sends it and what it asks (Envoy's
+    /// `envoy.filters.http.rbac`, before the router): a denied request gets 403
+    /// `RBAC: access denied`, counted in `gofe_rbac_denied_total`, its policy in the access
+    /// log's `%RESPONSE_CODE_DETAILS%`. Default: none (every request passes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rbac: Option<RbacConfig>,
 }
 
 /// Default `max_request_headers_kb` of a listener.
@@ -253,7 +261,8 @@ fn is_default_tcp_idle_timeout(d: &Duration) -> bool {
     *d == DEFAULT_TCP_IDLE_TIMEOUT
 }
 
-/// TLS files of a listener (PEM).
+/// TLS of a listener (Envoy's `DownstreamTlsContext`): its certificate files (PEM) and, with a
+/// `validation_context`, client certificates.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
@@ -270,6 +279,61 @@ pub struct TlsConfig {
         skip_serializing_if = "is_default_alpn_protocols"
     )]
     pub alpn_protocols: Vec<String>,
+    /// Client certificates (Envoy's `common_tls_context.validation_context`): a certificate a
+    /// client presents must chain to `trusted_ca` and match `match_typed_subject_alt_names`,
+    /// or the handshake fails. Default: none (no client certificate is asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_context: Option<Box<TlsValidationConfig>>,
+    /// Refuse clients that present no certificate (Envoy's `require_client_certificate`).
+    /// When `false`, a certificate is verified if presented but not required. Needs a
+    /// `validation_context`. Default `false`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub require_client_certificate: bool,
+}
+
+/// How client certificates are verified (Envoy's `CertificateValidationContext`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsValidationConfig {
+    /// The CA certificates (PEM) a client certificate must chain to.
+    pub trusted_ca: DataSourceConfig,
+    /// A client certificate must have a subject alternative name matching one of these.
+    /// Default: none (any certificate from `trusted_ca`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_typed_subject_alt_names: Vec<SanMatcherConfig>,
+}
+
+/// Where some data comes from (Envoy's `DataSource`): exactly one field.
+#[derive(Clone, Debug, PartialEq, Eq, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DataSourceConfig {
+    /// A file's path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// The data itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline_string: Option<String>,
+}
+
+/// A condition on one kind of subject alternative name (Envoy's `SubjectAltNameMatcher`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SanMatcherConfig {
+    /// Which names are compared.
+    pub san_type: SanType,
+    /// How they are compared (one name of the type must match).
+    pub matcher: StringMatchConfig,
+}
+
+/// The kinds of subject alternative name gofe matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+pub enum SanType {
+    /// URI names (SPIFFE ids).
+    #[serde(rename = "URI")]
+    Uri,
+    /// DNS names.
+    #[serde(rename = "DNS")]
+    Dns,
 }
 
 /// The ALPN protocols a TLS listener offers by default.
@@ -374,7 +438,7 @@ pub struct RouteMatchConfig {
 }
 
 /// A condition on one request header (Envoy's `HeaderMatcher`).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeaderMatcherConfig {
     /// Header name (case-insensitive).
@@ -1151,6 +1215,17 @@ fn validate_into(config: &ProxyConfig, v: &mut Validator, check_refs: bool) {
                 v.error(format!("{base}.tracing.{field}"), message);
             }
         }
+        if let Some(r) = &listener.rbac {
+            if listener.protocol == "tcp" {
+                v.error(
+                    format!("{base}.rbac"),
+                    "an HTTP filter: not supported on a tcp listener",
+                );
+            }
+            for (field, message) in rbac::check(r) {
+                v.error(format!("{base}.rbac.{field}"), message);
+            }
+        }
         if listener.has_default_chain() {
             check_chain(v, config, listener, &base, check_refs, &cluster_names);
         }
@@ -1200,6 +1275,7 @@ fn check_chain(
     }
     if let Some(tls) = &listener.tls {
         check_alpn(v, tls, &format!("{base}.tls"));
+        check_tls(v, tls, &format!("{base}.tls"));
     }
     if tcp {
         check_tcp_listener(
@@ -1281,6 +1357,40 @@ fn check_capture(v: &mut Validator, listener: &ListenerConfig, base: &str) {
                 format!("{base}.tls"),
                 "not supported on a bind_to_port: false listener",
             );
+        }
+    }
+}
+
+/// A listener's TLS: client-certificate settings that hang together.
+fn check_tls(v: &mut Validator, t: &TlsConfig, base: &str) {
+    let Some(vc) = &t.validation_context else {
+        if t.require_client_certificate {
+            v.error(
+                format!("{base}.require_client_certificate"),
+                "needs a validation_context (the CA client certificates must chain to)",
+            );
+        }
+        return;
+    };
+    let ca = &vc.trusted_ca;
+    let vbase = format!("{base}.validation_context");
+    match (&ca.filename, &ca.inline_string) {
+        (Some(f), None) if !f.is_empty() => {}
+        (None, Some(s)) if !s.is_empty() => {}
+        _ => v.error(
+            format!("{vbase}.trusted_ca"),
+            "set exactly one of filename or inline_string (not empty)",
+        ),
+    }
+    for (i, m) in vc.match_typed_subject_alt_names.iter().enumerate() {
+        let mut out = Vec::new();
+        rbac::check_string_match(
+            &m.matcher,
+            &format!("{vbase}.match_typed_subject_alt_names[{i}].matcher"),
+            &mut out,
+        );
+        for (field, message) in out {
+            v.error(field, message);
         }
     }
 }
@@ -1762,6 +1872,67 @@ admin: { address: "127.0.0.1:9901" }
             Ok(_) => panic!("config should be refused"),
             Err(e) => e.problems().to_vec(),
         }
+    }
+
+    #[test]
+    fn client_certificates_and_rbac_are_checked_with_their_place() {
+        let text = r#"
+listeners:
+  - address: "127.0.0.1:8443"
+    tls:
+      certificate_chain: c.pem
+      private_key: k.pem
+      require_client_certificate: true
+    rbac:
+      rules:
+        policies:
+          p:
+            permissions: [{ url_path: { path: { prefix: /a, exact: /b } } }]
+            principals: []
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{ match: { prefix: "/" }, route: { cluster: web } }]
+  - address: "127.0.0.1:8444"
+    tls:
+      certificate_chain: c.pem
+      private_key: k.pem
+      validation_context:
+        trusted_ca: {}
+        match_typed_subject_alt_names: [{ san_type: URI, matcher: {} }]
+    rbac:
+      rules:
+        policies:
+          q:
+            permissions: [{ any: true }]
+            principals: [{ not_id: { direct_remote_ip: { address_prefix: 10.0.0.0, prefix_len: 33 } } }]
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{ match: { prefix: "/" }, route: { cluster: web } }]
+clusters:
+  - name: web
+    endpoints: [{ address: "10.0.0.1:80" }]
+"#;
+        let p = problems(text);
+        let fields: Vec<&str> = p.iter().map(|p| p.field.as_str()).collect();
+        for f in [
+            "listeners[0].tls.require_client_certificate",
+            "listeners[0].rbac.rules.policies.p.principals",
+            "listeners[0].rbac.rules.policies.p.permissions[0].url_path.path",
+            "listeners[1].tls.validation_context.trusted_ca",
+            "listeners[1].tls.validation_context.match_typed_subject_alt_names[0].matcher",
+            "listeners[1].rbac.rules.policies.q.principals[0].not_id.direct_remote_ip",
+        ] {
+            assert!(fields.contains(&f), "{f} in {fields:?}");
+        }
+        assert!(p.iter().all(|p| p.line.is_some()), "{p:?}");
     }
 
     #[test]

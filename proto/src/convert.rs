@@ -28,6 +28,7 @@ mod endpoints;
 mod faults;
 mod listeners;
 mod ratelimits;
+mod rbac;
 mod routes;
 mod tcp_proxies;
 mod tracers;
@@ -70,6 +71,7 @@ pub use endpoints::{endpoints_from_wire, endpoints_to_wire};
 pub use faults::FAULT_FILTER_NAME;
 pub use listeners::{listener_from_wire, listener_to_wire};
 pub use ratelimits::LOCAL_RATELIMIT_FILTER_NAME;
+pub use rbac::RBAC_FILTER_NAME;
 pub use routes::{route_from_wire, route_to_wire};
 pub use tcp_proxies::{ORIGINAL_DST_FILTER_NAME, TCP_PROXY_FILTER_NAME};
 pub use tracers::OPENTELEMETRY_TRACER_NAME;
@@ -927,6 +929,7 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
                     settings: SocketSettings {
                         access_log: l.access_log.clone(),
                         tracing: l.tracing.clone().map(Box::new),
+                        rbac: l.rbac.clone().map(Box::new),
                         tls: l.tls.clone(),
                         max_connections: l.max_connections,
                         max_request_headers_kb: l.max_request_headers_kb,
@@ -1055,6 +1058,7 @@ pub fn assemble(base: &ProxyConfig, dynamic: &Resources) -> ProxyConfig {
             idle_timeout: settings.idle_timeout,
             access_log: settings.access_log.clone(),
             tracing: settings.tracing.as_deref().cloned(),
+            rbac: settings.rbac.as_deref().cloned(),
             tcp_proxy: None,
             use_original_dst: settings.use_original_dst,
             bind_to_port: settings.bind_to_port,
@@ -1205,6 +1209,7 @@ fn tcp_listener_config(name: &str, address: &str, settings: &SocketSettings) -> 
         idle_timeout: settings.idle_timeout,
         access_log: settings.access_log.clone(),
         tracing: None,
+        rbac: None,
         tcp_proxy: settings.tcp_proxy.as_deref().cloned(),
         use_original_dst: settings.use_original_dst,
         bind_to_port: settings.bind_to_port,

@@ -130,6 +130,9 @@ pub struct SocketSettings {
     /// Tracing (the connection manager's `tracing` with the `envoy.tracers.opentelemetry`
     /// provider). Default: none.
     pub tracing: Option<Box<gofe_model::TracingConfig>>,
+    /// Authorization (an `envoy.filters.http.rbac` filter first in the connection manager's
+    /// `http_filters`). Default: none.
+    pub rbac: Option<Box<gofe_model::RbacConfig>>,
     /// A capture listener (the listener's `use_original_dst`, with the
     /// `envoy.filters.listener.original_dst` listener filter). Default: no.
     pub use_original_dst: bool,
@@ -186,6 +189,7 @@ impl Default for SocketSettings {
             unnamed: false,
             access_log: Vec::new(),
             tracing: None,
+            rbac: None,
             use_original_dst: false,
             bind_to_port: true,
             tcp_proxy: None,

@@ -288,6 +288,9 @@ pub(crate) struct Record {
     pub(crate) route_name: Option<Arc<str>>,
     /// Why the connection to the endpoint failed.
     pub(crate) failure_reason: Option<Box<str>>,
+    /// Why the proxy answered itself, in Envoy's words (`%RESPONSE_CODE_DETAILS%`; today the
+    /// RBAC filter's `rbac_access_denied_matched_policy[...]`).
+    pub(crate) details: Option<Arc<str>>,
     /// Request body bytes, counted by the request body when a format wants them.
     pub(crate) received: Option<Arc<AtomicU64>>,
     sent: u64,
@@ -327,6 +330,7 @@ impl Record {
             endpoint: None,
             route_name: None,
             failure_reason: None,
+            details: None,
             received: None,
             sent: 0,
             tcp: false,
@@ -355,6 +359,7 @@ impl Record {
             endpoint: None,
             route_name: None,
             failure_reason: None,
+            details: None,
             received: None,
             sent: 0,
             tcp: true,
@@ -418,6 +423,13 @@ impl LogHandle {
     pub(crate) fn flag(&mut self, flags: Flags) {
         if let Some(r) = &mut self.record {
             r.flags.insert(flags);
+        }
+    }
+
+    /// Why the proxy answered itself (`%RESPONSE_CODE_DETAILS%`).
+    pub(crate) fn details(&mut self, details: &Arc<str>) {
+        if let Some(r) = &mut self.record {
+            r.details = Some(Arc::clone(details));
         }
     }
 
@@ -545,6 +557,7 @@ enum Value {
     DownstreamRemoteAddressWithoutPort,
     RouteName,
     UpstreamTransportFailureReason,
+    ResponseCodeDetails,
 }
 
 /// Where a request value is found.
@@ -681,6 +694,7 @@ fn value_of(op: &Operator, names: &mut Names) -> Value {
         Operator::DownstreamRemoteAddress => Value::DownstreamRemoteAddress,
         Operator::DownstreamRemoteAddressWithoutPort => Value::DownstreamRemoteAddressWithoutPort,
         Operator::RouteName => Value::RouteName,
+        Operator::ResponseCodeDetails => Value::ResponseCodeDetails,
         Operator::UpstreamTransportFailureReason => Value::UpstreamTransportFailureReason,
     }
 }
@@ -745,6 +759,7 @@ fn write_value(value: &Value, max_len: Option<usize>, r: &Record, out: &mut Vec<
         Value::DownstreamRemoteAddress => write_display(out, r.peer),
         Value::DownstreamRemoteAddressWithoutPort => write_display(out, r.peer.ip()),
         Value::RouteName => r.route_name.as_deref().is_some_and(|n| write_str(out, n)),
+        Value::ResponseCodeDetails => r.details.as_deref().is_some_and(|n| write_str(out, n)),
         Value::UpstreamTransportFailureReason => r
             .failure_reason
             .as_deref()

@@ -49,6 +49,12 @@ pub(crate) struct ConnContext {
     streams: AtomicU64,
     /// The connection's reusable attempt timer (see [`TimerSlot`]).
     timer: TimerSlot,
+    /// The port the connection came in on (its original destination's, for a captured one).
+    pub(crate) local_port: u16,
+    /// Whether the client presented a certificate that was verified at the handshake.
+    pub(crate) authenticated: bool,
+    /// The verified client certificate's identity (see [`crate::tls::peer_identity`]).
+    pub(crate) identity: Option<Arc<str>>,
 }
 
 /// A connection's request counters at one moment.
@@ -76,6 +82,9 @@ impl ConnContext {
             framing_conflict: Arc::default(),
             streams: AtomicU64::new(0),
             timer: TimerSlot::default(),
+            local_port: 0,
+            authenticated: false,
+            identity: None,
         }
     }
 

@@ -62,6 +62,7 @@ mod listener;
 mod metrics;
 mod mirror;
 mod ratelimit;
+mod rbac;
 mod request_body;
 mod route;
 pub mod run;
@@ -411,6 +412,12 @@ impl Proxy {
             if let (Some(t), Some(tracer)) = (&l.tracing, &tracer) {
                 tracers.insert(Arc::clone(&name), (t.clone(), Arc::clone(tracer)));
             }
+            let rbac = l
+                .rbac
+                .as_ref()
+                .map(|r| rbac::Rbac::build(r, &name, &metrics.rbac_denied).map(Arc::new))
+                .transpose()
+                .map_err(ApplyError::Invalid)?;
             Ok(ListenerState {
                 routes: routes
                     .ok_or_else(|| ApplyError::Invalid("listener without router".into()))?,
@@ -426,6 +433,7 @@ impl Proxy {
                 },
                 access_log,
                 tracer,
+                rbac,
                 tcp,
                 capture: None,
                 wants_original_dst,

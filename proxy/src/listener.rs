@@ -30,6 +30,7 @@ use crate::ctx::{ActiveGuard, ConnContext};
 use crate::forward;
 use crate::framing::FramingWatch;
 use crate::metrics::ListenerStats;
+use crate::rbac::Rbac;
 use crate::route::RouteTable;
 use crate::tcp::{Accepted, TcpProxy};
 use crate::tracer::Tracer;
@@ -49,6 +50,8 @@ pub(crate) struct ListenerState {
     pub(crate) limits: ListenerLimits,
     pub(crate) access_log: Option<Arc<AccessLog>>,
     pub(crate) tracer: Option<Arc<Tracer>>,
+    /// The RBAC filter's compiled rules, if the listener has them.
+    pub(crate) rbac: Option<Arc<Rbac>>,
     /// A `tcp` listener's proxy (an `http` listener has none).
     pub(crate) tcp: Option<TcpProxy>,
     /// A `use_original_dst` listener's hand-off table.
@@ -76,6 +79,10 @@ impl forward::Serving for ListenerState {
 
     fn tracer(&self) -> Option<&Arc<Tracer>> {
         self.tracer.as_ref()
+    }
+
+    fn rbac(&self) -> Option<&Rbac> {
+        self.rbac.as_deref()
     }
 }
 
@@ -175,6 +182,7 @@ async fn accept_loop(
     // Every connection holds a receiver: `true` asks it to finish gracefully, and the sender's
     // `closed()` tells when the last one is gone.
     let (drain_tx, drain_rx) = watch::channel(false);
+    let bound_port = listener.local_addr().map_or(0, |a| a.port());
     loop {
         let accepted = tokio::select! {
             _ = stopped.changed() => break,
@@ -255,7 +263,7 @@ async fn accept_loop(
                     Some(chain) => {
                         let chain = Arc::clone(chain);
                         drop(protocols);
-                        serve_accepted(tcp, peer, local, dest, chain, drain).await;
+                        serve_accepted(tcp, peer, local, dest, bound_port, chain, drain).await;
                     }
                     None => {
                         no_chain.inc();
@@ -271,6 +279,7 @@ async fn accept_loop(
             peer,
             local,
             dest,
+            bound_port,
             serving,
             drain_rx.clone(),
         ));
@@ -297,6 +306,7 @@ async fn serve_accepted(
     peer: SocketAddr,
     local: Option<SocketAddr>,
     dest: Option<SocketAddr>,
+    bound_port: u16,
     listener: Arc<ListenerShared>,
     drain: watch::Receiver<bool>,
 ) {
@@ -323,12 +333,15 @@ async fn serve_accepted(
     let flood = state.stats.cx_flood.clone();
     let name = Arc::clone(&state.name);
     drop(state);
-    let ctx = Arc::new(ConnContext::new(peer, tls.is_some()));
+    let mut ctx = ConnContext::new(peer, tls.is_some());
+    // The port the connection came in on (for RBAC's destination_port): its original
+    // destination when it was captured, else the listener's.
+    ctx.local_port = dest.or(local).map_or(bound_port, |d| d.port());
     let conflict = Arc::clone(&ctx.framing_conflict);
     let result = match tls {
         None => {
             let io = FramingWatch::new(tcp, conflict, header_timeout, flood);
-            serve_connection(io, &http, listener, ctx, idle, drain).await
+            serve_connection(io, &http, listener, Arc::new(ctx), idle, drain).await
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
@@ -343,8 +356,10 @@ async fn serve_accepted(
                     return;
                 }
             };
+            // The client certificate's identity, once per connection.
+            (ctx.authenticated, ctx.identity) = crate::tls::peer_identity(&stream);
             let io = FramingWatch::new(stream, conflict, header_timeout, flood);
-            serve_connection(io, &http, listener, ctx, idle, drain).await
+            serve_connection(io, &http, listener, Arc::new(ctx), idle, drain).await
         }
     };
     if let Err(e) = result {

@@ -57,6 +57,8 @@ pub(crate) struct Metrics {
     downstream_cx_overflow: IntCounterVec,
     downstream_cx_flood: IntCounterVec,
     downstream_cx_no_chain: IntCounterVec,
+    /// `gofe_rbac_denied_total{listener,action,policy}`.
+    pub(crate) rbac_denied: IntCounterVec,
     /// `gofe_access_log_dropped_total{listener}`.
     pub(crate) access_log_dropped: IntCounterVec,
     /// `gofe_tracing_spans_exported_total{listener}`.
@@ -441,6 +443,12 @@ impl Metrics {
                 "gofe_downstream_connections_flood_total",
                 "HTTP/2 client connections closed for flooding the proxy with control frames it must answer (PING, SETTINGS): more than 1000 at once, refilled at 100/s (Envoy's max_outbound_control_frames).",
                 &["listener"],
+            ),
+            rbac_denied: counter_vec(
+                &r,
+                "gofe_rbac_denied_total",
+                "Requests the listener's RBAC filter denied (403), by its action and the policy that decided: the matching policy under DENY, none under ALLOW (no policy matched).",
+                &["listener", "action", "policy"],
             ),
             tcp_connections: counter_vec(
                 &r,

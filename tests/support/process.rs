@@ -89,6 +89,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` distinct free ports (each held until all are chosen).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().unwrap().port())
+        .collect()
+}
+
 impl Proc {
     /// The process id.
     pub fn id(&self) -> u32 {

@@ -7,6 +7,8 @@
 //! part knows its own ALPN and client-authentication needs) and does not watch files for
 //! changes.
 
+pub mod identity;
+
 use std::io::BufReader;
 use std::path::Path;
 use std::sync::Arc;

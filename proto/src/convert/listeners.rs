@@ -133,6 +133,10 @@ pub fn listener_to_wire(l: &ListenerResource) -> Result<listener::Listener, Conv
             .http_filters
             .insert(0, super::faults::filter_to_wire());
     }
+    if let Some(r) = &settings.rbac {
+        let filter = super::rbac::filter_to_wire(r).map_err(|e| invalid(&res, "rbac", e))?;
+        manager.http_filters.insert(0, filter);
+    }
     if settings.buffer_filter {
         manager.http_filters.insert(
             manager.http_filters.len() - 1,
@@ -229,6 +233,39 @@ fn tls_to_wire(t: &TlsConfig) -> core::TransportSocket {
             ..Default::default()
         })
     };
+    let validation = t.validation_context.as_ref().map(|v| {
+        let trusted_ca = match (&v.trusted_ca.filename, &v.trusted_ca.inline_string) {
+            (Some(path), _) => file(path),
+            (None, Some(pem)) => Some(core::DataSource {
+                specifier: Some(core::data_source::Specifier::InlineString(pem.clone())),
+                ..Default::default()
+            }),
+            (None, None) => None,
+        };
+        let sans = v
+            .match_typed_subject_alt_names
+            .iter()
+            .filter_map(|m| {
+                use tls::subject_alt_name_matcher::SanType as S;
+                let san_type = match m.san_type {
+                    gofe_model::SanType::Uri => S::Uri,
+                    gofe_model::SanType::Dns => S::Dns,
+                };
+                Some(tls::SubjectAltNameMatcher {
+                    san_type: san_type as i32,
+                    matcher: Some(super::rbac::string_match_to_wire(&m.matcher).ok()?),
+                    oid: String::new(),
+                })
+            })
+            .collect();
+        tls::common_tls_context::ValidationContextType::ValidationContext(
+            tls::CertificateValidationContext {
+                trusted_ca,
+                match_typed_subject_alt_names: sans,
+                ..Default::default()
+            },
+        )
+    });
     let context = tls::DownstreamTlsContext {
         common_tls_context: Some(tls::CommonTlsContext {
             tls_certificates: vec![tls::TlsCertificate {
@@ -237,8 +274,12 @@ fn tls_to_wire(t: &TlsConfig) -> core::TransportSocket {
                 ..Default::default()
             }],
             alpn_protocols: t.alpn_protocols.clone(),
+            validation_context_type: validation,
             ..Default::default()
         }),
+        require_client_certificate: t
+            .require_client_certificate
+            .then_some(BoolValue { value: true }),
         ..Default::default()
     };
     core::TransportSocket {
@@ -746,6 +787,7 @@ fn tcp_listener_from_wire(
                 filter_chains: Vec::new(),
                 tls_inspector: false,
                 http_inspector: false,
+                rbac: None,
             }],
             ..ProxyConfig::default()
         };
@@ -919,7 +961,6 @@ fn tls_from_wire(
         session_ticket_keys_type,
     } = from_any(any)?;
     Unsupported::new(res, &base)
-        .truthy("require_client_certificate", &require_client_certificate)
         .truthy("require_sni", &require_sni)
         .set(
             "disable_stateful_session_resumption",
@@ -973,11 +1014,19 @@ fn tls_from_wire(
         )
         .set("custom_handshaker", &custom_handshaker)
         .set("key_log", &key_log)
-        .set(
-            "validation_context (client certificates)",
-            &validation_context_type,
-        )
         .finish()?;
+    let validation_context = validation_context_type
+        .as_ref()
+        .map(|v| validation_from_wire(v, res, &cbase).map(Box::new))
+        .transpose()?;
+    let require_client_certificate = require_client_certificate.is_some_and(|b| b.value);
+    if require_client_certificate && validation_context.is_none() {
+        return Err(invalid(
+            res,
+            &join(&base, "require_client_certificate"),
+            "needs a common_tls_context.validation_context with a trusted_ca",
+        ));
+    }
     for (i, p) in alpn_protocols.iter().enumerate() {
         if !ALPN.contains(&p.as_str()) || alpn_protocols[..i].contains(p) {
             return Err(invalid(
@@ -1032,6 +1081,163 @@ fn tls_from_wire(
         certificate_chain: file(certificate_chain, "certificate_chain")?,
         private_key: file(private_key, "private_key")?,
         alpn_protocols,
+        validation_context,
+        require_client_certificate,
+    })
+}
+
+/// A `CommonTlsContext`'s client-certificate validation: a `validation_context` with a
+/// `trusted_ca` (a file or inline PEM) and `match_typed_subject_alt_names` of URI and DNS
+/// names; the rest refused by name.
+#[allow(deprecated)]
+fn validation_from_wire(
+    v: &tls::common_tls_context::ValidationContextType,
+    res: &str,
+    cbase: &str,
+) -> Result<gofe_model::TlsValidationConfig, ConvertError> {
+    use tls::common_tls_context::ValidationContextType as V;
+    let context = match v {
+        V::ValidationContext(c) => c,
+        V::ValidationContextSdsSecretConfig(_) => {
+            return Err(unsupported(
+                res,
+                &join(cbase, "validation_context_sds_secret_config"),
+            ))
+        }
+        V::CombinedValidationContext(_) => {
+            return Err(unsupported(
+                res,
+                &join(cbase, "combined_validation_context"),
+            ))
+        }
+        V::ValidationContextCertificateProvider(_) => {
+            return Err(unsupported(
+                res,
+                &join(cbase, "validation_context_certificate_provider"),
+            ))
+        }
+        V::ValidationContextCertificateProviderInstance(_) => {
+            return Err(unsupported(
+                res,
+                &join(cbase, "validation_context_certificate_provider_instance"),
+            ))
+        }
+    };
+    let vbase = join(cbase, "validation_context");
+    let tls::CertificateValidationContext {
+        trusted_ca,
+        ca_certificate_provider_instance,
+        system_root_certs,
+        watched_directory,
+        verify_certificate_spki,
+        verify_certificate_hash,
+        match_typed_subject_alt_names,
+        match_subject_alt_names,
+        require_signed_certificate_timestamp,
+        crl,
+        allow_expired_certificate,
+        trust_chain_verification,
+        custom_validator_config,
+        only_verify_leaf_cert_crl,
+        max_verify_depth,
+        suppress_client_ca_list,
+    } = context;
+    Unsupported::new(res, &vbase)
+        .set(
+            "ca_certificate_provider_instance",
+            ca_certificate_provider_instance,
+        )
+        .set("system_root_certs", system_root_certs)
+        .set("watched_directory", watched_directory)
+        .set("verify_certificate_spki", verify_certificate_spki)
+        .set("verify_certificate_hash", verify_certificate_hash)
+        .set("match_subject_alt_names", match_subject_alt_names)
+        .set(
+            "require_signed_certificate_timestamp",
+            require_signed_certificate_timestamp,
+        )
+        .set("crl", crl)
+        .set("allow_expired_certificate", allow_expired_certificate)
+        .set("trust_chain_verification", trust_chain_verification)
+        .set("custom_validator_config", custom_validator_config)
+        .set("only_verify_leaf_cert_crl", only_verify_leaf_cert_crl)
+        .set("max_verify_depth", max_verify_depth)
+        .set("suppress_client_ca_list", suppress_client_ca_list)
+        .finish()?;
+    let cabase = join(&vbase, "trusted_ca");
+    let trusted_ca = match trusted_ca {
+        Some(core::DataSource {
+            watched_directory: None,
+            specifier: Some(s),
+        }) => match s {
+            core::data_source::Specifier::Filename(path) if !path.is_empty() => {
+                gofe_model::DataSourceConfig {
+                    filename: Some(path.clone()),
+                    inline_string: None,
+                }
+            }
+            core::data_source::Specifier::InlineString(pem) if !pem.is_empty() => {
+                gofe_model::DataSourceConfig {
+                    filename: None,
+                    inline_string: Some(pem.clone()),
+                }
+            }
+            core::data_source::Specifier::InlineBytes(pem) if !pem.is_empty() => {
+                gofe_model::DataSourceConfig {
+                    filename: None,
+                    inline_string: Some(String::from_utf8(pem.clone()).map_err(|_| {
+                        invalid(res, &join(&cabase, "inline_bytes"), "not PEM text")
+                    })?),
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    res,
+                    &cabase,
+                    "needs a filename, inline_string or inline_bytes (environment variables \
+                     are not supported by gofe)",
+                ))
+            }
+        },
+        Some(core::DataSource {
+            watched_directory: Some(_),
+            ..
+        }) => return Err(unsupported(res, &join(&cabase, "watched_directory"))),
+        _ => {
+            return Err(invalid(
+                res,
+                &cabase,
+                "needs the CA certificates client certificates must chain to",
+            ))
+        }
+    };
+    let mut sans = Vec::with_capacity(match_typed_subject_alt_names.len());
+    for (i, m) in match_typed_subject_alt_names.iter().enumerate() {
+        use tls::subject_alt_name_matcher::SanType as S;
+        let mbase = join(&vbase, &format!("match_typed_subject_alt_names[{i}]"));
+        Unsupported::new(res, &mbase).set("oid", &m.oid).finish()?;
+        let san_type = match S::try_from(m.san_type) {
+            Ok(S::Uri) => gofe_model::SanType::Uri,
+            Ok(S::Dns) => gofe_model::SanType::Dns,
+            _ => {
+                return Err(invalid(
+                    res,
+                    &join(&mbase, "san_type"),
+                    "only URI and DNS are supported by gofe",
+                ))
+            }
+        };
+        let Some(sm) = &m.matcher else {
+            return Err(invalid(res, &join(&mbase, "matcher"), "needs a matcher"));
+        };
+        sans.push(gofe_model::SanMatcherConfig {
+            san_type,
+            matcher: super::rbac::string_match_from_wire(sm, res, &join(&mbase, "matcher"))?,
+        });
+    }
+    Ok(gofe_model::TlsValidationConfig {
+        trusted_ca,
+        match_typed_subject_alt_names: sans,
     })
 }
 
@@ -1311,6 +1517,7 @@ fn hcm_settings(
         buffer_filter: filters.buffer,
         fault_filter: filters.fault,
         local_ratelimit_filter: filters.ratelimit,
+        rbac: filters.rbac.map(Box::new),
         unnamed: false,
         ..SocketSettings::default()
     })
@@ -1355,6 +1562,7 @@ pub(super) fn protocol_options_idle_timeout(
 /// Which of gofe's optional HTTP filters a connection manager has.
 #[derive(Default)]
 struct HttpFilters {
+    rbac: Option<gofe_model::RbacConfig>,
     buffer: bool,
     fault: bool,
     ratelimit: bool,
@@ -1406,7 +1614,7 @@ fn http_filters_from_wire(
                 res,
                 fbase,
                 format!(
-                    "{what} out of gofe's order (fault, local rate limit, buffer, then the router; each once)"
+                    "{what} out of gofe's order (RBAC, fault, local rate limit, buffer, then the router; each once)"
                 ),
             ));
         }
@@ -1418,18 +1626,22 @@ fn http_filters_from_wire(
         // Each filter is judged on its own, so that every refused one is named.
         let mut one = || -> Result<(), ConvertError> {
             match typed(f) {
+                Some(a) if super::rbac::is_rbac(&a) => {
+                    in_order(&fbase, 1, "the RBAC filter")?;
+                    out.rbac = super::rbac::filter_from_wire(f, &a, res, &fbase)?;
+                }
                 Some(a) if super::faults::is_fault(&a) => {
-                    in_order(&fbase, 1, "the fault filter")?;
+                    in_order(&fbase, 2, "the fault filter")?;
                     super::faults::filter_from_wire(f, &a, res, &fbase)?;
                     out.fault = true;
                 }
                 Some(a) if super::ratelimits::is_local_ratelimit(&a) => {
-                    in_order(&fbase, 2, "the local rate limit filter")?;
+                    in_order(&fbase, 3, "the local rate limit filter")?;
                     super::ratelimits::filter_from_wire(f, &a, res, &fbase)?;
                     out.ratelimit = true;
                 }
                 Some(a) if a.type_url == buffer::Buffer::type_url() => {
-                    in_order(&fbase, 3, "the buffer filter")?;
+                    in_order(&fbase, 4, "the buffer filter")?;
                     if f.name != BUFFER_FILTER_NAME {
                         return Err(invalid(
                             res,
@@ -1456,8 +1668,8 @@ fn http_filters_from_wire(
                         res,
                         &fbase,
                         format!(
-                            "HTTP filter {:?} not supported by gofe (the fault, local rate limit, \
-                         buffer and router filters only)",
+                            "HTTP filter {:?} not supported by gofe (the RBAC, fault, local rate \
+                         limit, buffer and router filters only)",
                             f.name
                         ),
                     ))

@@ -276,7 +276,7 @@ fn retry_policy_to_wire(r: &RetryPolicyConfig) -> route::RetryPolicy {
     }
 }
 
-fn header_to_wire(h: &HeaderMatcherConfig) -> Result<route::HeaderMatcher, String> {
+pub(super) fn header_to_wire(h: &HeaderMatcherConfig) -> Result<route::HeaderMatcher, String> {
     use matcher::string_matcher::MatchPattern;
     use route::header_matcher::HeaderMatchSpecifier as H;
     let spec = match (&h.string_match, h.present_match) {
@@ -404,6 +404,7 @@ pub(super) fn route_from_wire_in(
             }],
             access_log: Vec::new(),
             tracing: None,
+            rbac: None,
             tcp_proxy: None,
             use_original_dst: false,
             bind_to_port: true,
@@ -1168,6 +1169,14 @@ fn per_filter_settings(
             });
             continue;
         }
+        if key == super::rbac::RBAC_FILTER_NAME {
+            return Err(invalid(
+                res,
+                &field,
+                "a per-route RBAC configuration (RBACPerRoute) is not supported by gofe: the \
+                 listener's rules apply to every route",
+            ));
+        }
         if key != BUFFER_FILTER_NAME {
             if wrapper.is_some_and(|w| w.is_optional) {
                 continue;
@@ -1218,9 +1227,24 @@ fn per_filter_settings(
     Ok(out)
 }
 
+fn header_from_wire(h: &route::HeaderMatcher) -> Result<HeaderMatcherConfig, String> {
+    header_matcher_from_wire(h, false)
+}
+
+/// A header matcher where `:path`, `:method`, `:authority` and `:scheme` may be named (RBAC's
+/// `header` permission).
+pub(super) fn header_from_wire_with_pseudo(
+    h: &route::HeaderMatcher,
+) -> Result<HeaderMatcherConfig, String> {
+    header_matcher_from_wire(h, true)
+}
+
 // The deprecated `*_match` forms are still valid Envoy v3 and are accepted.
 #[allow(deprecated)]
-fn header_from_wire(h: &route::HeaderMatcher) -> Result<HeaderMatcherConfig, String> {
+fn header_matcher_from_wire(
+    h: &route::HeaderMatcher,
+    pseudo: bool,
+) -> Result<HeaderMatcherConfig, String> {
     use matcher::string_matcher::MatchPattern;
     use route::header_matcher::HeaderMatchSpecifier as H;
     let route::HeaderMatcher {
@@ -1229,7 +1253,11 @@ fn header_from_wire(h: &route::HeaderMatcher) -> Result<HeaderMatcherConfig, Str
         treat_missing_header_as_empty,
         header_match_specifier,
     } = h;
-    if name.starts_with(':') {
+    let known_pseudo = matches!(
+        name.as_str(),
+        ":path" | ":method" | ":authority" | ":scheme"
+    );
+    if name.starts_with(':') && !(pseudo && known_pseudo) {
         return Err(format!(
             "pseudo-header {name:?} matching is not supported by gofe"
         ));

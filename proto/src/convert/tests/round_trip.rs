@@ -295,6 +295,141 @@ fn header() -> impl Strategy<Value = HeaderMatcherConfig> {
         })
 }
 
+fn string_match() -> impl Strategy<Value = StringMatchConfig> {
+    (0u8..4, "[a-z0-9/:.]{0,8}").prop_map(|(kind, v)| {
+        let mut sm = StringMatchConfig::default();
+        match kind {
+            0 => sm.exact = Some(v),
+            1 => sm.prefix = Some(v),
+            2 => sm.suffix = Some(v),
+            _ => sm.contains = Some(v),
+        }
+        sm
+    })
+}
+
+/// A listener's TLS: certificate files and, maybe, client certificates (a CA file or inline
+/// PEM text, SAN matchers, required or not).
+fn tls() -> impl Strategy<Value = Option<TlsConfig>> {
+    use gofe_model::{DataSourceConfig, SanMatcherConfig, SanType, TlsValidationConfig};
+    prop::option::of((
+        ("[a-z/]{1,12}", "[a-z/]{1,12}"),
+        prop::option::of((
+            any::<bool>(),
+            "[a-zA-Z0-9/ -]{1,20}",
+            vec((any::<bool>(), string_match()), 0..3),
+            any::<bool>(),
+        )),
+        prop::sample::select(vec![
+            vec![],
+            vec!["h2"],
+            vec!["http/1.1"],
+            vec!["h2", "http/1.1"],
+            vec!["http/1.1", "h2"],
+        ]),
+    ))
+    .prop_map(|t| {
+        t.map(|((certificate_chain, private_key), validation, alpn)| {
+            let (validation_context, require_client_certificate) = match validation {
+                None => (None, false),
+                Some((file, ca, sans, require)) => (
+                    Some(Box::new(TlsValidationConfig {
+                        trusted_ca: DataSourceConfig {
+                            filename: file.then(|| ca.clone()),
+                            inline_string: (!file).then_some(ca),
+                        },
+                        match_typed_subject_alt_names: sans
+                            .into_iter()
+                            .map(|(uri, matcher)| SanMatcherConfig {
+                                san_type: if uri { SanType::Uri } else { SanType::Dns },
+                                matcher,
+                            })
+                            .collect(),
+                    })),
+                    require,
+                ),
+            };
+            TlsConfig {
+                certificate_chain,
+                private_key,
+                alpn_protocols: alpn.into_iter().map(String::from).collect(),
+                validation_context,
+                require_client_certificate,
+            }
+        })
+    })
+}
+
+fn permission() -> impl Strategy<Value = gofe_model::rbac::PermissionConfig> {
+    use gofe_model::rbac::{PathMatcherConfig, PermissionConfig as P, PermissionSetConfig};
+    let leaf = prop_oneof![
+        Just(P::Any(true)),
+        header().prop_map(P::Header),
+        string_match().prop_map(|path| P::UrlPath(PathMatcherConfig { path })),
+        any::<u16>().prop_map(P::DestinationPort),
+    ];
+    leaf.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            vec(inner.clone(), 1..3).prop_map(|rules| P::AndRules(PermissionSetConfig { rules })),
+            vec(inner.clone(), 1..3).prop_map(|rules| P::OrRules(PermissionSetConfig { rules })),
+            inner.prop_map(|r| P::NotRule(Box::new(r))),
+        ]
+    })
+}
+
+fn principal() -> impl Strategy<Value = gofe_model::rbac::PrincipalConfig> {
+    use gofe_model::rbac::{
+        AuthenticatedConfig, CidrConfig, PrincipalConfig as P, PrincipalSetConfig,
+    };
+    let cidr = (any::<[u8; 4]>(), 0u32..=32).prop_map(|(ip, len)| CidrConfig {
+        address_prefix: std::net::Ipv4Addr::from(ip).to_string(),
+        prefix_len: len,
+    });
+    let leaf = prop_oneof![
+        Just(P::Any(true)),
+        prop::option::of(string_match())
+            .prop_map(|principal_name| P::Authenticated(AuthenticatedConfig { principal_name })),
+        cidr.clone().prop_map(P::DirectRemoteIp),
+        cidr.prop_map(P::RemoteIp),
+    ];
+    leaf.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            vec(inner.clone(), 1..3).prop_map(|ids| P::AndIds(PrincipalSetConfig { ids })),
+            vec(inner.clone(), 1..3).prop_map(|ids| P::OrIds(PrincipalSetConfig { ids })),
+            inner.prop_map(|id| P::NotId(Box::new(id))),
+        ]
+    })
+}
+
+fn rbac() -> impl Strategy<Value = Option<gofe_model::RbacConfig>> {
+    use gofe_model::rbac::{RbacAction, RbacPolicyConfig, RbacRulesConfig};
+    prop::option::of((
+        any::<bool>(),
+        prop::collection::btree_map(
+            "[a-z-]{1,8}",
+            (vec(permission(), 1..3), vec(principal(), 1..3)).prop_map(
+                |(permissions, principals)| RbacPolicyConfig {
+                    permissions,
+                    principals,
+                },
+            ),
+            0..3,
+        ),
+    ))
+    .prop_map(|r| {
+        r.map(|(allow, policies)| gofe_model::RbacConfig {
+            rules: RbacRulesConfig {
+                action: if allow {
+                    RbacAction::Allow
+                } else {
+                    RbacAction::Deny
+                },
+                policies,
+            },
+        })
+    })
+}
+
 fn retry_policy() -> impl Strategy<Value = RetryPolicyConfig> {
     (
         prop::sample::subsequence(
@@ -624,6 +759,7 @@ fn listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerConfig>
                 l.filters.clear();
                 l.tls = None;
                 l.tracing = None;
+                l.rbac = None;
                 l.max_request_headers_kb = gofe_model::DEFAULT_MAX_REQUEST_HEADERS_KB;
                 l.request_headers_timeout = gofe_model::DEFAULT_REQUEST_HEADERS_TIMEOUT;
                 l.idle_timeout = gofe_model::DEFAULT_LISTENER_IDLE_TIMEOUT;
@@ -644,37 +780,24 @@ fn http_listener(li: usize, clusters: usize) -> impl Strategy<Value = ListenerCo
         (
             any::<u16>(),
             any::<bool>(),
-            prop::option::of((
-                "[a-z/]{1,12}",
-                "[a-z/]{1,12}",
-                prop::sample::select(vec![
-                    vec![],
-                    vec!["h2"],
-                    vec!["http/1.1"],
-                    vec!["h2", "http/1.1"],
-                    vec!["http/1.1", "h2"],
-                ]),
-            )),
+            tls(),
             prop::option::of(1..=u32::MAX),
         ),
         (1..=8192u32, duration(), duration(), router(clusters)),
-        (access_logs(), tracing()),
+        (access_logs(), tracing(), rbac()),
     )
         .prop_map(
             move |(
                 (port, named, tls, max_connections),
                 (kb, headers, idle, router),
-                (access_log, tracing),
+                (access_log, tracing, rbac),
             )| {
                 ListenerConfig {
                     name: named.then(|| format!("l{li}")),
                     address: format!("127.0.0.{}:{port}", li + 1),
                     protocol: "http".into(),
-                    tls: tls.map(|(certificate_chain, private_key, alpn)| TlsConfig {
-                        certificate_chain,
-                        private_key,
-                        alpn_protocols: alpn.into_iter().map(String::from).collect(),
-                    }),
+                    tls,
+                    rbac,
                     filters: vec![FilterConfig {
                         kind: "router".into(),
                         config: router,

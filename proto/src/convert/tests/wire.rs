@@ -900,6 +900,8 @@ fn listener_limits_and_tls_travel_in_envoys_fields() {
         certificate_chain: "/etc/gofe/cert.pem".into(),
         private_key: "/etc/gofe/key.pem".into(),
         alpn_protocols: vec!["h2".into(), "http/1.1".into()],
+        validation_context: None,
+        require_client_certificate: false,
     });
     let r = from_proxy_config(&c).unwrap();
     let wire = listener_to_wire(&r.listeners["public"]).unwrap();
@@ -937,6 +939,8 @@ fn an_empty_alpn_list_is_envoys_default_and_offers_none() {
         certificate_chain: "/etc/gofe/cert.pem".into(),
         private_key: "/etc/gofe/key.pem".into(),
         alpn_protocols: Vec::new(),
+        validation_context: None,
+        require_client_certificate: false,
     });
     let r = from_proxy_config(&c).unwrap();
     let mut wire = listener_to_wire(&r.listeners["public"]).unwrap();
