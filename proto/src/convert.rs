@@ -28,6 +28,7 @@ mod endpoints;
 mod faults;
 mod listeners;
 mod ratelimits;
+mod route_actions;
 mod routes;
 mod tcp_proxies;
 mod tracers;

@@ -226,6 +226,7 @@ fn header() -> impl Strategy<Value = HeaderMatcherConfig> {
                 string_match: present.is_none().then_some(sm),
                 present_match: present,
                 invert_match: invert,
+                range_match: None,
             }
         })
 }
@@ -395,6 +396,7 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
                     },
                     fault,
                     local_ratelimit,
+                    ..Default::default()
                 }
             },
         )
@@ -421,9 +423,11 @@ fn router(clusters: usize) -> impl Strategy<Value = RouterConfig> {
                             routes,
                             fault,
                             local_ratelimit,
+                            ..Default::default()
                         },
                     )
                     .collect(),
+                ..Default::default()
             }
         })
     })
