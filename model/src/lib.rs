@@ -2026,6 +2026,55 @@ clusters:
     }
 
     #[test]
+    fn route_action_mistakes_name_their_lines_and_fields() {
+        let text = "listeners:
+  - address: \"127.0.0.1:80\"
+    filters:
+      - type: router
+        config:
+          request_headers_to_add: [{ key: host, value: x }]
+          virtual_hosts:
+            - name: a
+              domains: [\"*\"]
+              routes:
+                - match: { safe_regex: \"(\" }
+                  route: { cluster: web }
+                - match: { prefix: /, path_separated_prefix: /x }
+                  route: { cluster: web }
+                - match: { safe_regex: \"/a.*\" }
+                  route: { cluster: web, prefix_rewrite: /b }
+                - match: { prefix: / }
+                  redirect: { response_code: 300 }
+                - match: { prefix: / }
+                  route: { cluster: web }
+                  direct_response: { status: 200 }
+                - match: { prefix: / }
+                  direct_response: { status: 200 }
+                  response_headers_to_add: [{ key: x-a, value: \"%REQ(x-b)%\" }]
+clusters: [{ name: web, endpoints: [{ address: \"127.0.0.1:81\" }] }]
+";
+        let p = problems(text);
+        let r = "listeners[0].filters[0].config.";
+        let fields: Vec<String> = p.iter().map(|p| p.field.replace(r, "")).collect();
+        assert_eq!(
+            fields,
+            [
+                "request_headers_to_add[0].key",
+                "virtual_hosts[0].routes[0].match.safe_regex",
+                "virtual_hosts[0].routes[1].match.path_separated_prefix",
+                "virtual_hosts[0].routes[2].route.prefix_rewrite",
+                "virtual_hosts[0].routes[3].redirect.response_code",
+                "virtual_hosts[0].routes[4]",
+                "virtual_hosts[0].routes[5].response_headers_to_add[0].value",
+            ],
+            "{p:?}"
+        );
+        assert_eq!(p[1].line, Some(11), "{}", p[1]);
+        assert!(p[1].message.contains("cannot compile"), "{}", p[1]);
+        assert!(p[6].message.contains("REQ(...)"), "{}", p[6]);
+    }
+
+    #[test]
     fn accepts_the_users_shape() {
         let c = parse("sample.yaml", SAMPLE).unwrap();
         assert_eq!(c.listeners.len(), 1);

@@ -17,6 +17,7 @@ mod protocols;
 mod ratelimit;
 mod reload;
 mod resilience;
+mod route_actions;
 mod routing;
 mod support;
 mod tcp_proxy;
