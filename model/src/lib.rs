@@ -2070,7 +2070,7 @@ clusters: [{ name: web, endpoints: [{ address: \"127.0.0.1:81\" }] }]
             "{p:?}"
         );
         assert_eq!(p[1].line, Some(11), "{}", p[1]);
-        assert!(p[1].message.contains("cannot compile"), "{}", p[1]);
+        assert!(p[1].message.contains("gofe can compile"), "{}", p[1]);
         assert!(p[6].message.contains("REQ(...)"), "{}", p[6]);
     }
 

@@ -53,7 +53,7 @@ clusters:
 async fn rewrites_mutations_redirects_and_direct_responses() {
     let web = Capture::start("web").await;
     let mut vars = std::collections::HashMap::new();
-    vars.insert("WEB".to_owned(), web.addr.to_string());
+    vars.insert("{WEB}".to_owned(), web.addr.to_string());
     let h = Harness::start(&fill(CONFIG, &vars)).await;
     let c = h1_client();
 
