@@ -401,6 +401,23 @@ pub struct RouteMatchConfig {
     /// name); all must hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub query_parameters: Vec<QueryParameterMatcherConfig>,
+    /// Cookie conditions (on the `Cookie` headers' first cookie of that name, its quotes
+    /// removed); all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cookies: Vec<CookieMatcherConfig>,
+}
+
+/// A condition on one cookie (Envoy's `CookieMatcher`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CookieMatcherConfig {
+    /// The cookie's name (case-sensitive).
+    pub name: String,
+    /// How its value is compared; a missing cookie does not match.
+    pub string_match: StringMatchConfig,
+    /// Invert the result (a missing cookie then matches). Default `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invert_match: bool,
 }
 
 /// A condition on one query parameter (Envoy's `QueryParameterMatcher`).
@@ -1682,6 +1699,13 @@ fn validate_route(
             (None, Some(_)) => {}
             _ => v.error(field, "set exactly one of string_match or present_match"),
         }
+    }
+    for (i, c) in m.cookies.iter().enumerate() {
+        let field = format!("{base}.match.cookies[{i}]");
+        if c.name.is_empty() {
+            v.error(format!("{field}.name"), "empty");
+        }
+        check_string_match(v, &c.string_match, &format!("{field}.string_match"));
     }
     let a = &route.route;
     let prefix_matched = m.safe_regex.is_none();

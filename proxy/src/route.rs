@@ -16,8 +16,8 @@ use http::{HeaderMap, HeaderName};
 use crate::cluster::Cluster;
 use crate::config::local_ratelimit::TokenBucketConfig;
 use crate::config::{
-    HeaderMatcherConfig, QueryParameterMatcherConfig, RetryOn, RouteConfig, RouterConfig,
-    StringMatchConfig, VirtualHostConfig,
+    CookieMatcherConfig, HeaderMatcherConfig, QueryParameterMatcherConfig, RetryOn, RouteConfig,
+    RouterConfig, StringMatchConfig, VirtualHostConfig,
 };
 use crate::fault::{ActiveFaults, Fault};
 use crate::metrics::Metrics;
@@ -55,6 +55,7 @@ pub(crate) struct Route {
     path: PathMatch,
     headers: Box<[HeaderMatch]>,
     query: Box<[QueryMatch]>,
+    cookies: Box<[CookieMatch]>,
     pub(crate) action: Action,
     /// Path and host rewrites; a route without them costs this one branch.
     pub(crate) rewrite: Option<Box<Rewrite>>,
@@ -223,6 +224,12 @@ enum StringKind {
     Suffix(Box<[u8]>),
     Contains(Box<[u8]>),
     Regex(regex::bytes::Regex),
+}
+
+struct CookieMatch {
+    name: Box<str>,
+    test: StringTest,
+    invert: bool,
 }
 
 struct QueryMatch {
@@ -484,6 +491,11 @@ impl Route {
             .iter()
             .map(QueryMatch::build)
             .collect::<Result<Vec<_>, _>>()?;
+        let cookies = m
+            .cookies
+            .iter()
+            .map(CookieMatch::build)
+            .collect::<Result<Vec<_>, _>>()?;
         let own_level = Level::build(
             &config.request_headers_to_add,
             &config.request_headers_to_remove,
@@ -569,6 +581,7 @@ impl Route {
             path,
             headers: headers.into_boxed_slice(),
             query: query.into_boxed_slice(),
+            cookies: cookies.into_boxed_slice(),
             action,
             rewrite,
             mutations: mutations.into_boxed_slice(),
@@ -595,6 +608,37 @@ impl Route {
         path_ok
             && self.headers.iter().all(|h| h.matches(headers))
             && self.query.iter().all(|q| q.matches(query))
+            && self.cookies.iter().all(|c| c.matches(headers))
+    }
+}
+
+impl CookieMatch {
+    fn build(config: &CookieMatcherConfig) -> Result<Self, String> {
+        Ok(CookieMatch {
+            name: config.name.as_str().into(),
+            test: StringTest::build(&config.string_match)?,
+            invert: config.invert_match,
+        })
+    }
+
+    /// The first cookie of this name in the request's `Cookie` headers, unquoted, passes the
+    /// test (a missing one does not), inverted when asked.
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let value = headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|b| *b == b'=')?;
+                (pair[..eq].trim_ascii() == self.name.as_bytes()).then(|| {
+                    let v = pair[eq + 1..].trim_ascii();
+                    v.strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(v)
+                })
+            });
+        value.is_some_and(|v| self.test.matches(v)) != self.invert
     }
 }
 
@@ -890,6 +934,111 @@ clusters:
             any.find_route_p("/", &dbg).is_none(),
             "inverted present match"
         );
+    }
+
+    #[test]
+    fn envoys_matchers_regex_separated_prefix_query_cookie_case_and_range() {
+        let t = table(
+            r#"
+listeners:
+  - address: "127.0.0.1:0"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: any
+              domains: ["*"]
+              routes:
+                - name: regex
+                  match: { safe_regex: "/item/[0-9]+" }
+                  route: { cluster: a }
+                - name: separated
+                  match: { path_separated_prefix: /shop }
+                  route: { cluster: a }
+                - name: query
+                  match:
+                    prefix: /q
+                    query_parameters:
+                      - { name: v, string_match: { prefix: "AB", ignore_case: true } }
+                      - { name: flag, present_match: true }
+                  route: { cluster: a }
+                - name: cookie
+                  match:
+                    prefix: /c
+                    cookies: [{ name: session, string_match: { safe_regex: "s[0-9]+" } }]
+                  route: { cluster: a }
+                - name: not-cookie
+                  match:
+                    prefix: /n
+                    cookies: [{ name: session, string_match: { exact: x }, invert_match: true }]
+                  route: { cluster: a }
+                - name: header
+                  match:
+                    prefix: /h
+                    headers:
+                      - { name: x-tier, string_match: { suffix: OLD, ignore_case: true } }
+                      - { name: x-n, range_match: { start: -5, end: 5 } }
+                  route: { cluster: a }
+clusters:
+  - { name: a, endpoints: [{ address: "127.0.0.1:1" }] }
+"#,
+        );
+        let vh = t.find_host("x").unwrap();
+        let name = |target: &str, headers: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in headers {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            vh.find_route_p(target, &h)
+                .and_then(|r| r.name.as_deref().map(str::to_owned))
+        };
+        assert_eq!(name("/item/42", &[]).as_deref(), Some("regex"));
+        assert_eq!(
+            name("/item/42?x=1", &[]).as_deref(),
+            Some("regex"),
+            "query excluded"
+        );
+        assert_eq!(name("/item/42/x", &[]), None, "the whole path matches");
+        assert_eq!(name("/shop", &[]).as_deref(), Some("separated"));
+        assert_eq!(name("/shop/a", &[]).as_deref(), Some("separated"));
+        assert_eq!(name("/shopping", &[]), None);
+        assert_eq!(name("/q?v=abc&flag", &[]).as_deref(), Some("query"));
+        assert_eq!(name("/q?flag=1&v=ABx&v=zz", &[]).as_deref(), Some("query"));
+        assert_eq!(
+            name("/q?v=zz&v=abc&flag", &[]),
+            None,
+            "the first value counts"
+        );
+        assert_eq!(name("/q?v=abc", &[]), None);
+        let cookie = |v: &str| name("/c", &[("cookie", v)]);
+        assert_eq!(cookie("a=1; session=s12").as_deref(), Some("cookie"));
+        assert_eq!(
+            cookie("session=\"s7\"").as_deref(),
+            Some("cookie"),
+            "quotes removed"
+        );
+        assert_eq!(cookie("xsession=s1; session=bad"), None);
+        assert_eq!(name("/c", &[]), None);
+        assert_eq!(
+            name("/c", &[("cookie", "a=1"), ("cookie", "session=s3")]).as_deref(),
+            Some("cookie"),
+            "every Cookie header"
+        );
+        assert_eq!(
+            name("/n", &[]).as_deref(),
+            Some("not-cookie"),
+            "missing, inverted"
+        );
+        assert_eq!(name("/n", &[("cookie", "session=x")]), None);
+        assert_eq!(
+            name("/h", &[("x-tier", "gold"), ("x-n", "-5")]).as_deref(),
+            Some("header")
+        );
+        assert_eq!(name("/h", &[("x-tier", "gold"), ("x-n", "5")]), None);
+        assert_eq!(name("/h", &[("x-tier", "gold"), ("x-n", "x")]), None);
     }
 
     proptest::proptest! {

@@ -193,6 +193,36 @@ pub(super) fn query_to_wire(
     })
 }
 
+/// A `CookieMatcher`.
+pub(super) fn cookie_from_wire(
+    c: &route::CookieMatcher,
+) -> Result<gofe_model::CookieMatcherConfig, String> {
+    let route::CookieMatcher {
+        name,
+        string_match,
+        invert_match,
+    } = c;
+    let sm = string_match
+        .as_ref()
+        .ok_or_else(|| "string_match is missing (Envoy requires it)".to_owned())?;
+    Ok(gofe_model::CookieMatcherConfig {
+        name: name.clone(),
+        string_match: string_match_from_wire(sm)?,
+        invert_match: *invert_match,
+    })
+}
+
+/// A cookie matcher as Envoy's.
+pub(super) fn cookie_to_wire(
+    c: &gofe_model::CookieMatcherConfig,
+) -> Result<route::CookieMatcher, String> {
+    Ok(route::CookieMatcher {
+        name: c.name.clone(),
+        string_match: Some(string_match_to_wire(&c.string_match)?),
+        invert_match: c.invert_match,
+    })
+}
+
 // === header mutations ===
 
 /// A level's four header mutation lists.

@@ -172,6 +172,12 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
         .map(query_to_wire)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|msg| invalid(res, "match.query_parameters", msg))?;
+    let cookies = m
+        .cookies
+        .iter()
+        .map(cookie_to_wire)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|msg| invalid(res, "match.cookies", msg))?;
     let headers = rt
         .matcher
         .headers
@@ -256,6 +262,7 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
             path_specifier: Some(path_specifier),
             headers,
             query_parameters,
+            cookies,
             ..Default::default()
         }),
         action: Some(action),
@@ -711,7 +718,6 @@ fn match_from_wire(
             case_sensitive.as_ref().is_some_and(|c| !c.value),
         )
         .set("runtime_fraction", runtime_fraction)
-        .set("cookies", cookies)
         .set("grpc", grpc)
         .set("tls_context", tls_context)
         .set("dynamic_metadata", dynamic_metadata)
@@ -755,6 +761,12 @@ fn match_from_wire(
         out.headers.push(
             header_from_wire(h)
                 .map_err(|msg| invalid(res, &join(base, &format!("headers[{i}]")), msg))?,
+        );
+    }
+    for (i, c) in cookies.iter().enumerate() {
+        out.cookies.push(
+            cookie_from_wire(c)
+                .map_err(|msg| invalid(res, &join(base, &format!("cookies[{i}]")), msg))?,
         );
     }
     for (i, q) in query_parameters.iter().enumerate() {

@@ -495,7 +495,10 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
             mirror_policies(clusters),
         ),
         (
-            vec(query_parameter(), 0..2),
+            (
+                vec(query_parameter(), 0..2),
+                vec(("[a-z]{1,4}", string_match(), any::<bool>()), 0..2),
+            ),
             0u8..5,
             (
                 prop::option::of("/[a-z0-9/]{0,5}"),
@@ -513,7 +516,7 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
                 (path_kind, path, headers, name, fault, local_ratelimit),
                 (weighted, cluster, timeout, retry, limit, mirrors),
                 (
-                    query_parameters,
+                    (query_parameters, cookies),
                     action_kind,
                     (prefix_rewrite, rr, use_regex_rewrite),
                     (host_kind, host),
@@ -536,6 +539,16 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
                     }),
                     headers,
                     query_parameters,
+                    cookies: cookies
+                        .into_iter()
+                        .map(
+                            |(name, string_match, invert_match)| gofe_model::CookieMatcherConfig {
+                                name,
+                                string_match,
+                                invert_match,
+                            },
+                        )
+                        .collect(),
                 };
                 let prefix_ok = path_kind != 2;
                 let weighted_clusters = weighted.map(|ws| {

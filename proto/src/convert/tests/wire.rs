@@ -279,16 +279,13 @@ fn fields_gofe_does_not_honour_are_refused_by_name() {
     type Case = (&'static str, Box<dyn Fn(&mut Wire)>);
     let cases: Vec<Case> = vec![
         (
-            "virtual_hosts[0].routes[0].match.cookies",
+            "virtual_hosts[0].routes[0].match.grpc",
             Box::new(|w| {
                 w.rc.virtual_hosts[0].routes[0]
                     .r#match
                     .as_mut()
                     .unwrap()
-                    .cookies = vec![route::CookieMatcher {
-                    name: "session".into(),
-                    ..Default::default()
-                }]
+                    .grpc = Some(Default::default())
             }),
         ),
         (
