@@ -967,6 +967,13 @@ listeners:
                     prefix: /c
                     cookies: [{ name: session, string_match: { safe_regex: "s[0-9]+" } }]
                   route: { cluster: a }
+                - name: two-cookies
+                  match:
+                    prefix: /2
+                    cookies:
+                      - { name: cookie-1, string_match: { exact: xxx } }
+                      - { name: cookie-2, string_match: { safe_regex: "foo.*" } }
+                  route: { cluster: a }
                 - name: not-cookie
                   match:
                     prefix: /n
@@ -1026,6 +1033,14 @@ clusters:
             name("/c", &[("cookie", "a=1"), ("cookie", "session=s3")]).as_deref(),
             Some("cookie"),
             "every Cookie header"
+        );
+        assert_eq!(
+            name("/2", &[("cookie", "cookie-1=xxx; cookie-2=foobar")]).as_deref(),
+            Some("two-cookies")
+        );
+        assert_eq!(
+            name("/2", &[("cookie", "cookie-1=xxx; cookie-2=bar")]),
+            None
         );
         assert_eq!(
             name("/n", &[]).as_deref(),
