@@ -1144,8 +1144,11 @@ fn xds_resources(
                     timeout: Duration::from_secs(5),
                     ..Default::default()
                 },
+                ..Default::default()
             }],
+            ..Default::default()
         }],
+        ..Default::default()
     };
     let mut r = gofe_proto::Resources::default();
     r.listeners.insert(

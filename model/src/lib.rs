@@ -37,9 +37,14 @@ pub mod local_ratelimit;
 pub mod schema;
 pub use local_ratelimit::LocalRateLimitConfig;
 pub mod mirror;
+pub mod route;
 pub use mirror::RequestMirrorPolicyConfig;
 pub mod rbac;
 pub use rbac::RbacConfig;
+pub use route::{
+    DirectResponseConfig, HeaderAppendAction, HeaderValueOptionConfig, RedirectConfig,
+    RegexRewriteConfig,
+};
 pub mod tracing;
 pub use tracing::TracingConfig;
 pub mod upstream_tls;
@@ -365,10 +370,30 @@ pub struct RouterConfig {
     /// Virtual hosts, selected by the request's Host / `:authority`.
     #[serde(default)]
     pub virtual_hosts: Vec<VirtualHostConfig>,
+    /// Headers added to each request this level routes, after those of more specific levels
+    /// (see `most_specific_header_mutations_wins`). Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<HeaderValueOptionConfig>,
+    /// Headers removed from each request this level routes (before this level adds any).
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_remove: Vec<String>,
+    /// Headers added to each response of this level's routes (upstream or direct). Default:
+    /// none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_add: Vec<HeaderValueOptionConfig>,
+    /// Headers removed from each response of this level's routes. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_remove: Vec<String>,
+    /// Evaluate header mutations from the least specific level (this one) to the most
+    /// specific (the route), so that the route's win; by default the route's are evaluated
+    /// first and this level's last, as in Envoy. Default `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub most_specific_header_mutations_wins: bool,
 }
 
 /// A virtual host: a set of domains and the routes for them.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VirtualHostConfig {
     /// Name used in logs and `/config_dump`.
@@ -397,10 +422,25 @@ pub struct VirtualHostConfig {
     /// out with a limit that looks at nothing (`filter_enabled` 0). Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_ratelimit: Option<LocalRateLimitConfig>,
+    /// Headers added to each request this level routes, after those of more specific levels
+    /// (see `most_specific_header_mutations_wins`). Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<HeaderValueOptionConfig>,
+    /// Headers removed from each request this level routes (before this level adds any).
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_remove: Vec<String>,
+    /// Headers added to each response of this level's routes (upstream or direct). Default:
+    /// none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_add: Vec<HeaderValueOptionConfig>,
+    /// Headers removed from each response of this level's routes. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_remove: Vec<String>,
 }
 
 /// A route: a match and what to do with requests that match.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// The route's name (Envoy's `Route.name`), for logs: what `%ROUTE_NAME%` writes.
@@ -410,8 +450,19 @@ pub struct RouteConfig {
     /// What requests this route takes.
     #[serde(rename = "match")]
     pub matcher: RouteMatchConfig,
-    /// Where they go.
+    /// Where they go. Exactly one of a `route` with a cluster, `redirect` or
+    /// `direct_response`.
+    #[serde(
+        default = "RouteActionConfig::none",
+        skip_serializing_if = "RouteActionConfig::is_none"
+    )]
     pub route: RouteActionConfig,
+    /// Answer with a redirect instead (Envoy's `Route.redirect`). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectConfig>,
+    /// Answer with this response instead (Envoy's `Route.direct_response`). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_response: Option<DirectResponseConfig>,
     /// Fault injection (Envoy's HTTP fault filter configured for this route): delays and
     /// aborts for a fraction of its requests. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -420,9 +471,25 @@ pub struct RouteConfig {
     /// token bucket shared by all of the route's requests, after any fault. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_ratelimit: Option<LocalRateLimitConfig>,
+    /// Headers added to each request this level routes, after those of more specific levels
+    /// (see `most_specific_header_mutations_wins`). Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_add: Vec<HeaderValueOptionConfig>,
+    /// Headers removed from each request this level routes (before this level adds any).
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers_to_remove: Vec<String>,
+    /// Headers added to each response of this level's routes (upstream or direct). Default:
+    /// none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_add: Vec<HeaderValueOptionConfig>,
+    /// Headers removed from each response of this level's routes. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers_to_remove: Vec<String>,
 }
 
-/// A route's match: exactly one of `prefix` or `path`, plus optional header conditions.
+/// A route's match: exactly one of `prefix`, `path`, `safe_regex` or `path_separated_prefix`,
+/// plus optional header and query parameter conditions.
 #[derive(Clone, Debug, PartialEq, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteMatchConfig {
@@ -432,9 +499,61 @@ pub struct RouteMatchConfig {
     /// Exact path (case-sensitive, query string excluded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// A regular expression the whole path (query string excluded) matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_regex: Option<String>,
+    /// A prefix that ends at a path segment: `/api` matches `/api`, `/api/x`, `/api?q`, not
+    /// `/apix`. Starts with `/`, does not end with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_separated_prefix: Option<String>,
     /// Header conditions; all must hold.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatcherConfig>,
+    /// Query parameter conditions (on the raw, undecoded value of the first parameter of that
+    /// name); all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_parameters: Vec<QueryParameterMatcherConfig>,
+    /// Cookie conditions (on the `Cookie` headers' first cookie of that name, its quotes
+    /// removed); all must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cookies: Vec<CookieMatcherConfig>,
+}
+
+/// A condition on one cookie (Envoy's `CookieMatcher`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CookieMatcherConfig {
+    /// The cookie's name (case-sensitive).
+    pub name: String,
+    /// How its value is compared; a missing cookie does not match.
+    pub string_match: StringMatchConfig,
+    /// Invert the result (a missing cookie then matches). Default `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invert_match: bool,
+}
+
+/// A condition on one query parameter (Envoy's `QueryParameterMatcher`).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParameterMatcherConfig {
+    /// The parameter's name (case-sensitive).
+    pub name: String,
+    /// Compare the value. Exactly one of `string_match` or `present_match`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub string_match: Option<StringMatchConfig>,
+    /// `true`: the parameter must be present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present_match: Option<bool>,
+}
+
+/// A range of integers, `start` included, `end` excluded (Envoy's `Int64Range`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Int64RangeConfig {
+    /// The smallest value in the range.
+    pub start: i64,
+    /// The first value past the range.
+    pub end: i64,
 }
 
 /// A condition on one request header (Envoy's `HeaderMatcher`).
@@ -443,12 +562,15 @@ pub struct RouteMatchConfig {
 pub struct HeaderMatcherConfig {
     /// Header name (case-insensitive).
     pub name: String,
-    /// Compare the value. Exactly one of `string_match` or `present_match`.
+    /// Compare the value. Exactly one of `string_match`, `present_match` or `range_match`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub string_match: Option<StringMatchConfig>,
     /// `true`: the header must be present; `false`: it must be absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub present_match: Option<bool>,
+    /// The value is an integer in this range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range_match: Option<Int64RangeConfig>,
     /// Invert the result. Default `false`.
     #[serde(default)]
     pub invert_match: bool,
@@ -472,6 +594,13 @@ pub struct StringMatchConfig {
     /// The value contains this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contains: Option<String>,
+    /// A regular expression the whole value matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safe_regex: Option<String>,
+    /// Compare ASCII letters without case (not for `safe_regex`, as in Envoy). Default
+    /// `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_case: bool,
 }
 
 /// A route's action: exactly one of `cluster` or `weighted_clusters`.
@@ -503,6 +632,36 @@ pub struct RouteActionConfig {
     /// fire and forget: see [`mirror`]. Default: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_mirror_policies: Vec<RequestMirrorPolicyConfig>,
+    /// Replaces the part of the path the route's `prefix`, `path` or `path_separated_prefix`
+    /// matched. At most one of `prefix_rewrite` or `regex_rewrite`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<String>,
+    /// Rewrites the path (query string excluded) with a regular expression. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex_rewrite: Option<RegexRewriteConfig>,
+    /// The `Host` / `:authority` the upstream gets. At most one of `host_rewrite_literal` or
+    /// `host_rewrite_header`. Default: the request's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_rewrite_literal: Option<String>,
+    /// The upstream gets the value of this request header as its host, when the request has
+    /// it. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_rewrite_header: Option<String>,
+}
+
+impl RouteActionConfig {
+    /// No action: what a redirect or direct-response route has as `route`.
+    pub fn none() -> Self {
+        RouteActionConfig {
+            timeout: DEFAULT_ROUTE_TIMEOUT,
+            ..Default::default()
+        }
+    }
+
+    /// Whether this is [`RouteActionConfig::none`].
+    pub fn is_none(&self) -> bool {
+        *self == Self::none()
+    }
 }
 
 /// When and how often a route retries (Envoy's `RetryPolicy`).
@@ -1595,6 +1754,15 @@ fn validate_router(
 ) {
     let mut vhost_names: HashSet<&str> = HashSet::new();
     let mut domains: HashMap<String, usize> = HashMap::new();
+    for (field, message) in route::check_header_mutations(
+        &format!("{base}."),
+        &router.request_headers_to_add,
+        &router.request_headers_to_remove,
+        &router.response_headers_to_add,
+        &router.response_headers_to_remove,
+    ) {
+        v.error(field, message);
+    }
     for (hi, vhost) in router.virtual_hosts.iter().enumerate() {
         let hbase = format!("{base}.virtual_hosts[{hi}]");
         if !vhost_names.insert(&vhost.name) {
@@ -1624,6 +1792,15 @@ fn validate_router(
             }
         }
         check_route_filters(v, &vhost.fault, &vhost.local_ratelimit, &hbase);
+        for (field, message) in route::check_header_mutations(
+            &format!("{hbase}."),
+            &vhost.request_headers_to_add,
+            &vhost.request_headers_to_remove,
+            &vhost.response_headers_to_add,
+            &vhost.response_headers_to_remove,
+        ) {
+            v.error(field, message);
+        }
         for (ri, route) in vhost.routes.iter().enumerate() {
             validate_route(v, route, &format!("{hbase}.routes[{ri}]"), clusters);
         }
@@ -1656,24 +1833,40 @@ fn validate_route(
     clusters: Option<&HashMap<&str, usize>>,
 ) {
     let m = &route.matcher;
-    match (&m.prefix, &m.path) {
-        (Some(_), Some(_)) => v.error(
-            format!("{base}.match.path"),
-            "set either prefix or path, not both",
-        ),
-        (None, None) => v.error(
+    let specifiers: Vec<(&str, &String)> = [
+        ("prefix", &m.prefix),
+        ("path", &m.path),
+        ("safe_regex", &m.safe_regex),
+        ("path_separated_prefix", &m.path_separated_prefix),
+    ]
+    .into_iter()
+    .filter_map(|(k, o)| o.as_ref().map(|p| (k, p)))
+    .collect();
+    match specifiers[..] {
+        [] => v.error(
             format!("{base}.match"),
-            "needs a prefix or a path (prefix \"/\" matches everything)",
+            "needs a prefix, path, safe_regex or path_separated_prefix (prefix \"/\" matches everything)",
         ),
-        (Some(p), None) | (None, Some(p)) => {
-            if !p.starts_with('/') {
-                let which = if m.prefix.is_some() { "prefix" } else { "path" };
-                v.error(
-                    format!("{base}.match.{which}"),
-                    format!("must start with '/', got {:?}", p),
-                );
+        [(which, p)] => match which {
+            "safe_regex" => {
+                if let Err(msg) = route::full_match_regex(p) {
+                    v.error(format!("{base}.match.safe_regex"), msg);
+                }
             }
-        }
+            _ if !p.starts_with('/') => v.error(
+                format!("{base}.match.{which}"),
+                format!("must start with '/', got {:?}", p),
+            ),
+            "path_separated_prefix" if p.len() > 1 && p.ends_with('/') || p.contains(['?', '#']) => v.error(
+                format!("{base}.match.path_separated_prefix"),
+                format!("must not end with '/' nor hold '?' or '#', got {p:?}"),
+            ),
+            _ => {}
+        },
+        [_, (which, _), ..] => v.error(
+            format!("{base}.match.{which}"),
+            "set one of prefix, path, safe_regex, path_separated_prefix, not several",
+        ),
     }
     for (i, h) in m.headers.iter().enumerate() {
         let field = format!("{base}.match.headers[{i}]");
@@ -1683,28 +1876,129 @@ fn validate_route(
                 format!("invalid header name {:?}", h.name),
             );
         }
-        let kinds = usize::from(h.string_match.is_some()) + usize::from(h.present_match.is_some());
+        let kinds = usize::from(h.string_match.is_some())
+            + usize::from(h.present_match.is_some())
+            + usize::from(h.range_match.is_some());
         if kinds != 1 {
             v.error(
                 field.clone(),
-                "set exactly one of string_match or present_match",
+                "set exactly one of string_match, present_match or range_match",
             );
         }
         if let Some(sm) = &h.string_match {
-            let n = [&sm.exact, &sm.prefix, &sm.suffix, &sm.contains]
-                .iter()
-                .filter(|o| o.is_some())
-                .count();
-            if n != 1 {
-                v.error(
-                    format!("{field}.string_match"),
-                    "set exactly one of exact, prefix, suffix, contains",
-                );
+            check_string_match(v, sm, &format!("{field}.string_match"));
+        }
+        if let Some(r) = &h.range_match {
+            if r.start >= r.end {
+                v.error(format!("{field}.range_match"), "start must be below end");
             }
         }
     }
-    check_route_filters(v, &route.fault, &route.local_ratelimit, base);
+    for (i, q) in m.query_parameters.iter().enumerate() {
+        let field = format!("{base}.match.query_parameters[{i}]");
+        if q.name.is_empty() {
+            v.error(format!("{field}.name"), "empty");
+        }
+        match (&q.string_match, q.present_match) {
+            (Some(sm), None) => check_string_match(v, sm, &format!("{field}.string_match")),
+            (None, Some(_)) => {}
+            _ => v.error(field, "set exactly one of string_match or present_match"),
+        }
+    }
+    for (i, c) in m.cookies.iter().enumerate() {
+        let field = format!("{base}.match.cookies[{i}]");
+        if c.name.is_empty() {
+            v.error(format!("{field}.name"), "empty");
+        }
+        check_string_match(v, &c.string_match, &format!("{field}.string_match"));
+    }
     let a = &route.route;
+    let prefix_matched = m.safe_regex.is_none();
+    let actions = usize::from(!a.is_none())
+        + usize::from(route.redirect.is_some())
+        + usize::from(route.direct_response.is_some());
+    if actions > 1 {
+        v.error(
+            base.to_owned(),
+            "set exactly one of route, redirect or direct_response",
+        );
+    }
+    if let Some(r) = &route.redirect {
+        for (field, message) in
+            route::check_redirect(r, &format!("{base}.redirect."), prefix_matched)
+        {
+            v.error(field, message);
+        }
+    }
+    if let Some(d) = &route.direct_response {
+        for (field, message) in route::check_direct_response(d, &format!("{base}.direct_response."))
+        {
+            v.error(field, message);
+        }
+    }
+    for (field, message) in route::check_header_mutations(
+        &format!("{base}."),
+        &route.request_headers_to_add,
+        &route.request_headers_to_remove,
+        &route.response_headers_to_add,
+        &route.response_headers_to_remove,
+    ) {
+        v.error(field, message);
+    }
+    if route.redirect.is_some() || route.direct_response.is_some() {
+        check_route_filters(v, &route.fault, &route.local_ratelimit, base);
+        return;
+    }
+    let mut problems = Vec::new();
+    if a.prefix_rewrite.is_some() && a.regex_rewrite.is_some() {
+        problems.push((
+            format!("{base}.route.regex_rewrite"),
+            "set at most one of prefix_rewrite or regex_rewrite".to_owned(),
+        ));
+    }
+    if let Some(p) = &a.prefix_rewrite {
+        if !prefix_matched {
+            problems.push((
+                format!("{base}.route.prefix_rewrite"),
+                "needs a route matching by prefix, path or path_separated_prefix".to_owned(),
+            ));
+        }
+        if !p.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+            problems.push((
+                format!("{base}.route.prefix_rewrite"),
+                format!("{p:?} is not a path"),
+            ));
+        }
+    }
+    if let Some(r) = &a.regex_rewrite {
+        route::check_regex_rewrite(r, &format!("{base}.route.regex_rewrite."), &mut problems);
+    }
+    if a.host_rewrite_literal.is_some() && a.host_rewrite_header.is_some() {
+        problems.push((
+            format!("{base}.route.host_rewrite_header"),
+            "set at most one of host_rewrite_literal or host_rewrite_header".to_owned(),
+        ));
+    }
+    if let Some(h) = &a.host_rewrite_literal {
+        if h.is_empty() || !h.bytes().all(is_authority_byte) {
+            problems.push((
+                format!("{base}.route.host_rewrite_literal"),
+                format!("{h:?} is not a host"),
+            ));
+        }
+    }
+    if let Some(h) = &a.host_rewrite_header {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            problems.push((
+                format!("{base}.route.host_rewrite_header"),
+                format!("invalid header name {h:?}"),
+            ));
+        }
+    }
+    for (field, message) in problems {
+        v.error(field, message);
+    }
+    check_route_filters(v, &route.fault, &route.local_ratelimit, base);
     for (i, p) in a.request_mirror_policies.iter().enumerate() {
         let field = format!("{base}.route.request_mirror_policies[{i}]");
         for (sub, message) in mirror::check(p) {
@@ -1746,6 +2040,31 @@ fn validate_route(
             format!("{base}.route"),
             "needs a cluster or weighted_clusters",
         ),
+    }
+}
+
+/// Checks a string matcher at `field`: exactly one pattern, a regex that compiles.
+fn check_string_match(v: &mut Validator, sm: &StringMatchConfig, field: &str) {
+    let n = [
+        &sm.exact,
+        &sm.prefix,
+        &sm.suffix,
+        &sm.contains,
+        &sm.safe_regex,
+    ]
+    .iter()
+    .filter(|o| o.is_some())
+    .count();
+    if n != 1 {
+        v.error(
+            field.to_owned(),
+            "set exactly one of exact, prefix, suffix, contains, safe_regex",
+        );
+    }
+    if let Some(r) = &sm.safe_regex {
+        if let Err(msg) = route::full_match_regex(r) {
+            v.error(format!("{field}.safe_regex"), msg);
+        }
     }
 }
 
@@ -1994,6 +2313,55 @@ clusters:
             p[3].message
         );
         assert!(p[1].message.contains("differs from 2"), "{}", p[1].message);
+    }
+
+    #[test]
+    fn route_action_mistakes_name_their_lines_and_fields() {
+        let text = "listeners:
+  - address: \"127.0.0.1:80\"
+    filters:
+      - type: router
+        config:
+          request_headers_to_add: [{ key: host, value: x }]
+          virtual_hosts:
+            - name: a
+              domains: [\"*\"]
+              routes:
+                - match: { safe_regex: \"(\" }
+                  route: { cluster: web }
+                - match: { prefix: /, path_separated_prefix: /x }
+                  route: { cluster: web }
+                - match: { safe_regex: \"/a.*\" }
+                  route: { cluster: web, prefix_rewrite: /b }
+                - match: { prefix: / }
+                  redirect: { response_code: 300 }
+                - match: { prefix: / }
+                  route: { cluster: web }
+                  direct_response: { status: 200 }
+                - match: { prefix: / }
+                  direct_response: { status: 200 }
+                  response_headers_to_add: [{ key: x-a, value: \"%REQ(x-b)%\" }]
+clusters: [{ name: web, endpoints: [{ address: \"127.0.0.1:81\" }] }]
+";
+        let p = problems(text);
+        let r = "listeners[0].filters[0].config.";
+        let fields: Vec<String> = p.iter().map(|p| p.field.replace(r, "")).collect();
+        assert_eq!(
+            fields,
+            [
+                "request_headers_to_add[0].key",
+                "virtual_hosts[0].routes[0].match.safe_regex",
+                "virtual_hosts[0].routes[1].match.path_separated_prefix",
+                "virtual_hosts[0].routes[2].route.prefix_rewrite",
+                "virtual_hosts[0].routes[3].redirect.response_code",
+                "virtual_hosts[0].routes[4]",
+                "virtual_hosts[0].routes[5].response_headers_to_add[0].value",
+            ],
+            "{p:?}"
+        );
+        assert_eq!(p[1].line, Some(11), "{}", p[1]);
+        assert!(p[1].message.contains("gofe can compile"), "{}", p[1]);
+        assert!(p[6].message.contains("REQ(...)"), "{}", p[6]);
     }
 
     #[test]

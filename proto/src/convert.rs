@@ -29,6 +29,7 @@ mod faults;
 mod listeners;
 mod ratelimits;
 mod rbac;
+mod route_actions;
 mod routes;
 mod tcp_proxies;
 mod tracers;
@@ -903,9 +904,22 @@ pub fn from_proxy_config(config: &ProxyConfig) -> Result<Resources, ConvertError
         }
         let mut router = RouterConfig::default();
         for f in &l.filters {
+            let c = &f.config;
+            router.virtual_hosts.extend(c.virtual_hosts.iter().cloned());
+            // The route configuration's own header mutations (one router filter in practice).
             router
-                .virtual_hosts
-                .extend(f.config.virtual_hosts.iter().cloned());
+                .request_headers_to_add
+                .extend(c.request_headers_to_add.iter().cloned());
+            router
+                .request_headers_to_remove
+                .extend(c.request_headers_to_remove.iter().cloned());
+            router
+                .response_headers_to_add
+                .extend(c.response_headers_to_add.iter().cloned());
+            router
+                .response_headers_to_remove
+                .extend(c.response_headers_to_remove.iter().cloned());
+            router.most_specific_header_mutations_wins |= c.most_specific_header_mutations_wins;
         }
         // A tcp listener has no routes: no RouteConfiguration for it.
         let routes = if l.tcp_proxy.is_some() {

@@ -839,7 +839,7 @@ fn truncate_chars(out: &mut Vec<u8>, from: usize, max: usize) {
 }
 
 /// `2026-12-01T15:04:05.123Z`: RFC 3339 in UTC with milliseconds, Envoy's `%START_TIME%`.
-fn write_rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
+pub(crate) fn write_rfc3339_millis(t: SystemTime, out: &mut Vec<u8>) {
     let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);

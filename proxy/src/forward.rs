@@ -38,7 +38,7 @@ use crate::metrics::{class_index, ListenerStats};
 use crate::ratelimit::{RateLimitHeaders, Verdict};
 use crate::rbac::{Rbac, Subject};
 use crate::request_body::{BodyFault, BodyWatch, RequestBody};
-use crate::route::RouteTable;
+use crate::route::{mutation, Action, HostRewrite, Route, RouteTable};
 use crate::tracer::{TraceHandle, Tracer};
 
 mod attempt;
@@ -247,7 +247,7 @@ async fn forward(
             "no virtual host matches this authority\n",
         ));
     };
-    let Some(route) = vhost.find_route(req.uri().path(), req.headers()) else {
+    let Some(route) = vhost.find_route(req.uri().path(), req.uri().query(), req.headers()) else {
         tracing::debug!(vhost = %vhost.name, path = req.uri().path(), "no route");
         flag(&mut log, &mut trace, Flags::NO_ROUTE);
         return Ok(local_reply(
@@ -256,12 +256,15 @@ async fn forward(
         ));
     };
     *timer = Some(route.duration.clone());
-    let cluster = Arc::clone(route.action.pick());
-    if let Some(log) = &mut log {
-        log.routed(route.name.as_ref(), &cluster);
-    }
-    if let Some(trace) = &mut trace {
-        trace.routed(route.name.as_ref(), &cluster);
+    // None for a route that answers itself (a redirect or a direct response).
+    let cluster = route.action.pick().map(Arc::clone);
+    if let Some(cluster) = &cluster {
+        if let Some(log) = &mut log {
+            log.routed(route.name.as_ref(), cluster);
+        }
+        if let Some(trace) = &mut trace {
+            trace.routed(route.name.as_ref(), cluster);
+        }
     }
     // The route's filters: fault injection (maybe a delay, then maybe an abort, which never
     // reaches an upstream), then local rate limiting (a request finding the route's bucket
@@ -290,6 +293,27 @@ async fn forward(
             }
         }
     }
+    // The router: a route that answers itself does so here, after the filters, as Envoy's
+    // router filter (the last one) does.
+    let Some(cluster) = cluster else {
+        let mut response = match &route.action {
+            Action::Redirect(r) => {
+                let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                r.reply(conn.scheme, authority, target)
+            }
+            Action::Direct(d) => d.reply(),
+            Action::Cluster(_) | Action::Weighted { .. } => {
+                local_reply(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
+            }
+        };
+        if route.response_mutations {
+            let ctx = mutation_context(conn, req.version(), route, None);
+            for level in route.mutations.iter() {
+                level.response(response.headers_mut(), &ctx);
+            }
+        }
+        return Ok(response);
+    };
     // The cluster's local rate limit (Envoy's upstream filter): the first attempt takes a token
     // or is answered here (a retry's is taken in `Retries::again`).
     if let Some(limit) = &cluster.ratelimit {
@@ -337,9 +361,51 @@ async fn forward(
 
     // In a block, so that the head and body taken apart here are not kept in this future
     // beside the `first` request they go into.
+    let version = req.version();
     let (path_and_query, routed, mut retries, template, watch, mut first) = {
         let (mut parts, body) = req.into_parts();
-        let path_and_query = headers::rewrite_request(&mut parts, conn, cluster.http2);
+        let mut path_and_query = headers::rewrite_request(&mut parts, conn, cluster.http2);
+        // The route's header mutations, then its rewrites (Envoy's router does both before
+        // the upstream request); a route with neither costs these two branches.
+        if !route.mutations.is_empty() {
+            let mut ctx = mutation_context(conn, version, route, Some(&cluster));
+            ctx.method = Some(&parts.method);
+            ctx.path = Some(path_and_query.as_str());
+            for level in route.mutations.iter() {
+                level.request(&mut parts.headers, &ctx);
+            }
+        }
+        if let Some(rewrite) = &route.rewrite {
+            if let Some(p) = &rewrite.path {
+                let mut target = p.apply(path_and_query.path());
+                if let Some(q) = path_and_query.query() {
+                    target.push('?');
+                    target.push_str(q);
+                }
+                match PathAndQuery::try_from(target) {
+                    Ok(pq) => path_and_query = pq,
+                    Err(_) => {
+                        return Ok(local_reply(
+                            StatusCode::BAD_REQUEST,
+                            "rewritten path is not a valid request target\n",
+                        ))
+                    }
+                }
+            }
+            let host = match &rewrite.host {
+                Some(HostRewrite::Literal(v)) => Some(v.clone()),
+                Some(HostRewrite::Header(name)) => parts.headers.get(name).cloned(),
+                None => None,
+            };
+            if let Some(host) = host {
+                parts.headers.insert(header::HOST, host);
+                // An HTTP/2 request's authority is in its target, which `upstream_authority`
+                // prefers: the rewrite replaces it there too.
+                if parts.uri.authority().is_some() {
+                    parts.uri = Uri::from(path_and_query.clone());
+                }
+            }
+        }
         // The route's mirrors copy the request as its upstream gets it; a route without any
         // costs this one branch.
         let tee = match &route.mirrors {
@@ -471,9 +537,34 @@ async fn forward(
             None => {}
         }
         let mut response = attempt.into_response(&cluster, &endpoint, active, admitted)?;
+        if route.response_mutations {
+            let ctx = mutation_context(conn, version, route, Some(&cluster));
+            for level in route.mutations.iter() {
+                level.response(response.headers_mut(), &ctx);
+            }
+        }
         // A faulted request stays active until its response ends, as in Envoy.
         response.body_mut().guards().fault = faulted;
         return Ok(response);
+    }
+}
+
+/// What a route's header values read, without the request's method and target (set by the
+/// caller for request headers).
+fn mutation_context<'a>(
+    conn: &'a ConnContext,
+    version: Version,
+    route: &'a Route,
+    cluster: Option<&'a Cluster>,
+) -> mutation::Request<'a> {
+    mutation::Request {
+        peer: conn.peer,
+        version,
+        method: None,
+        path: None,
+        scheme: conn.scheme,
+        route_name: route.name.as_deref(),
+        cluster: cluster.map(|c| &*c.name),
     }
 }
 

@@ -861,8 +861,12 @@ pub mod bench_support {
         /// Matches a request and returns the chosen cluster's name.
         pub fn route(&self, host: &str, path: &str, headers: &http::HeaderMap) -> Option<&str> {
             let vhost = self.table.find_host(host)?;
-            let route = vhost.find_route(path, headers)?;
-            Some(&route.action.pick().name)
+            let (path, query) = match path.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (path, None),
+            };
+            let route = vhost.find_route(path, query, headers)?;
+            Some(&route.action.pick()?.name)
         }
 
         /// Picks an endpoint of `cluster` and returns its address.

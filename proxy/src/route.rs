@@ -15,11 +15,20 @@ use http::{HeaderMap, HeaderName};
 
 use crate::cluster::Cluster;
 use crate::config::local_ratelimit::TokenBucketConfig;
-use crate::config::{HeaderMatcherConfig, RetryOn, RouteConfig, RouterConfig, VirtualHostConfig};
+use crate::config::{
+    CookieMatcherConfig, HeaderMatcherConfig, QueryParameterMatcherConfig, RetryOn, RouteConfig,
+    RouterConfig, StringMatchConfig, VirtualHostConfig,
+};
 use crate::fault::{ActiveFaults, Fault};
 use crate::metrics::Metrics;
 use crate::mirror::Mirrors;
 use crate::ratelimit::{LocalRateLimit, TokenBucket};
+
+mod local;
+pub(crate) mod mutation;
+
+pub(crate) use self::local::{Direct, PathRewrite, Redirect};
+use self::mutation::Level;
 
 /// A listener's virtual hosts, indexed for matching.
 pub(crate) struct RouteTable {
@@ -45,7 +54,16 @@ pub(crate) struct VirtualHost {
 pub(crate) struct Route {
     path: PathMatch,
     headers: Box<[HeaderMatch]>,
+    query: Box<[QueryMatch]>,
+    cookies: Box<[CookieMatch]>,
     pub(crate) action: Action,
+    /// Path and host rewrites; a route without them costs this one branch.
+    pub(crate) rewrite: Option<Box<Rewrite>>,
+    /// Header mutations of the route, its virtual host and its route configuration, in the
+    /// order they apply; empty for most routes.
+    pub(crate) mutations: Box<[Arc<Level>]>,
+    /// Whether any of `mutations` changes responses.
+    pub(crate) response_mutations: bool,
     pub(crate) timeout: Option<Duration>,
     pub(crate) retry: Option<RetryPolicy>,
     pub(crate) max_request_bytes: Option<u64>,
@@ -156,9 +174,29 @@ pub(crate) struct RetryPolicy {
     pub(crate) per_try_timeout: Option<Duration>,
 }
 
+/// A route's rewrites of the request it forwards.
+pub(crate) struct Rewrite {
+    /// The path's.
+    pub(crate) path: Option<PathRewrite>,
+    /// The host's.
+    pub(crate) host: Option<HostRewrite>,
+}
+
+/// Where the upstream's `Host` / `:authority` comes from.
+pub(crate) enum HostRewrite {
+    /// This value.
+    Literal(http::HeaderValue),
+    /// This request header's value, when the request has it.
+    Header(HeaderName),
+}
+
 enum PathMatch {
     Prefix(Box<str>),
     Exact(Box<str>),
+    /// The whole path matches (anchored when compiled).
+    Regex(regex::Regex),
+    /// The prefix ends the path or is followed by `/`.
+    Separated(Box<str>),
 }
 
 struct HeaderMatch {
@@ -169,13 +207,38 @@ struct HeaderMatch {
 
 enum HeaderTest {
     Present(bool),
+    String(StringTest),
+    /// `start..end` of the value read as an integer.
+    Range(i64, i64),
+}
+
+/// A compiled `StringMatcher`.
+struct StringTest {
+    kind: StringKind,
+    ignore_case: bool,
+}
+
+enum StringKind {
     Exact(Box<[u8]>),
     Prefix(Box<[u8]>),
     Suffix(Box<[u8]>),
     Contains(Box<[u8]>),
+    Regex(regex::bytes::Regex),
 }
 
-/// Where a route sends its requests.
+struct CookieMatch {
+    name: Box<str>,
+    test: StringTest,
+    invert: bool,
+}
+
+struct QueryMatch {
+    name: Box<str>,
+    /// `None`: present.
+    test: Option<StringTest>,
+}
+
+/// Where a route sends its requests, or what it answers itself.
 pub(crate) enum Action {
     /// Every request to one cluster.
     Cluster(Arc<Cluster>),
@@ -185,14 +248,18 @@ pub(crate) enum Action {
         order: WeightedSequence,
         ticket: AtomicU64,
     },
+    /// A redirect (Envoy's `Route.redirect`).
+    Redirect(Box<Redirect>),
+    /// A response of its own (Envoy's `Route.direct_response`).
+    Direct(Box<Direct>),
 }
 
 impl Action {
-    /// The cluster for the next request.
+    /// The cluster for the next request; `None` for a route that answers itself.
     #[inline]
-    pub(crate) fn pick(&self) -> &Arc<Cluster> {
+    pub(crate) fn pick(&self) -> Option<&Arc<Cluster>> {
         match self {
-            Action::Cluster(c) => c,
+            Action::Cluster(c) => Some(c),
             Action::Weighted {
                 clusters,
                 order,
@@ -200,8 +267,9 @@ impl Action {
             } => {
                 let t = ticket.fetch_add(1, Ordering::Relaxed);
                 // Validation guarantees a non-zero weight; fall back to the first cluster.
-                &clusters[order.pick(t).unwrap_or(0)]
+                clusters.get(order.pick(t).unwrap_or(0))
             }
+            Action::Redirect(_) | Action::Direct(_) => None,
         }
     }
 }
@@ -219,7 +287,24 @@ impl RouteTable {
         let mut suffixes = Vec::new();
         let mut prefixes = Vec::new();
         let mut any = None;
+        let config_level = Level::build(
+            &router.request_headers_to_add,
+            &router.request_headers_to_remove,
+            &router.response_headers_to_add,
+            &router.response_headers_to_remove,
+        )?;
         for (index, vh) in router.virtual_hosts.iter().enumerate() {
+            let vhost_level = Level::build(
+                &vh.request_headers_to_add,
+                &vh.request_headers_to_remove,
+                &vh.response_headers_to_add,
+                &vh.response_headers_to_remove,
+            )?;
+            let outer = Outer {
+                vhost: vhost_level,
+                config: config_level.clone(),
+                most_specific_wins: router.most_specific_header_mutations_wins,
+            };
             for domain in &vh.domains {
                 let d = domain.to_ascii_lowercase();
                 if d == "*" {
@@ -237,7 +322,7 @@ impl RouteTable {
                 .routes
                 .iter()
                 .enumerate()
-                .map(|(ri, r)| Route::build(r, clusters, filters, vh, ri))
+                .map(|(ri, r)| Route::build(r, clusters, filters, vh, ri, &outer))
                 .collect::<Result<Vec<_>, _>>()?;
             vhosts.push(VirtualHost {
                 name: vh.name.as_str().into(),
@@ -313,10 +398,22 @@ fn strip_port(authority: &str) -> &str {
 }
 
 impl VirtualHost {
-    /// The first route whose conditions all hold.
-    pub(crate) fn find_route(&self, path: &str, headers: &HeaderMap) -> Option<&Route> {
-        self.routes.iter().find(|r| r.matches(path, headers))
+    /// The first route whose conditions all hold (`query`: the request's query string).
+    pub(crate) fn find_route(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Option<&Route> {
+        self.routes.iter().find(|r| r.matches(path, query, headers))
     }
+}
+
+/// The header mutations of the levels above a route.
+struct Outer {
+    vhost: Option<Arc<Level>>,
+    config: Option<Arc<Level>>,
+    most_specific_wins: bool,
 }
 
 impl Route {
@@ -327,6 +424,7 @@ impl Route {
         filters: &mut Filters<'_>,
         host: &VirtualHostConfig,
         index: usize,
+        outer: &Outer,
     ) -> Result<Self, String> {
         let vhost = host.name.as_str();
         // The name in metrics: the route's own, else its place.
@@ -369,16 +467,49 @@ impl Route {
         let filters = (fault.is_some() || ratelimit.is_some())
             .then(|| Box::new(RouteFilters { fault, ratelimit }));
         let m = &config.matcher;
-        let path = match (&m.prefix, &m.path) {
-            (Some(p), _) => PathMatch::Prefix(p.as_str().into()),
-            (None, Some(p)) => PathMatch::Exact(p.as_str().into()),
-            (None, None) => return Err("route without prefix or path".into()),
+        let path = match (&m.prefix, &m.path, &m.safe_regex, &m.path_separated_prefix) {
+            (Some(p), ..) => PathMatch::Prefix(p.as_str().into()),
+            (None, Some(p), ..) => PathMatch::Exact(p.as_str().into()),
+            (None, None, Some(r), _) => {
+                PathMatch::Regex(crate::config::route::full_match_regex(r)?)
+            }
+            (None, None, None, Some(p)) => PathMatch::Separated(p.as_str().into()),
+            (None, None, None, None) => return Err("route without a path match".into()),
+        };
+        // What a prefix rewrite replaces.
+        let matched = match &path {
+            PathMatch::Prefix(p) | PathMatch::Exact(p) | PathMatch::Separated(p) => p.len(),
+            PathMatch::Regex(_) => 0,
         };
         let headers = m
             .headers
             .iter()
             .map(HeaderMatch::build)
             .collect::<Result<Vec<_>, _>>()?;
+        let query = m
+            .query_parameters
+            .iter()
+            .map(QueryMatch::build)
+            .collect::<Result<Vec<_>, _>>()?;
+        let cookies = m
+            .cookies
+            .iter()
+            .map(CookieMatch::build)
+            .collect::<Result<Vec<_>, _>>()?;
+        let own_level = Level::build(
+            &config.request_headers_to_add,
+            &config.request_headers_to_remove,
+            &config.response_headers_to_add,
+            &config.response_headers_to_remove,
+        )?;
+        let mut mutations: Vec<Arc<Level>> = [own_level, outer.vhost.clone(), outer.config.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
+        if outer.most_specific_wins {
+            mutations.reverse();
+        }
+        let response_mutations = mutations.iter().any(|l| l.has_response());
         let lookup = |name: &str| {
             clusters
                 .get(name)
@@ -387,6 +518,13 @@ impl Route {
         };
         let a = &config.route;
         let action = match (&a.cluster, &a.weighted_clusters) {
+            _ if config.redirect.is_some() || config.direct_response.is_some() => {
+                match (&config.redirect, &config.direct_response) {
+                    (Some(r), _) => Action::Redirect(Box::new(Redirect::build(r, matched)?)),
+                    (None, Some(d)) => Action::Direct(Box::new(Direct::build(d)?)),
+                    (None, None) => unreachable!("checked by the guard"),
+                }
+            }
             (Some(c), _) => Action::Cluster(lookup(c)?),
             (None, Some(wc)) => {
                 let clusters = wc
@@ -418,10 +556,36 @@ impl Route {
             filters_metrics,
             timeout,
         )?;
+        let path_rewrite = match (&a.prefix_rewrite, &a.regex_rewrite) {
+            (Some(p), _) => Some(PathRewrite::prefix(matched, p)),
+            (None, Some(r)) => Some(PathRewrite::regex(r)?),
+            (None, None) => None,
+        };
+        let host_rewrite = match (&a.host_rewrite_literal, &a.host_rewrite_header) {
+            (Some(h), _) => Some(HostRewrite::Literal(
+                http::HeaderValue::from_str(h).map_err(|_| format!("invalid host {h:?}"))?,
+            )),
+            (None, Some(h)) => Some(HostRewrite::Header(
+                HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| format!("invalid header name {h:?}"))?,
+            )),
+            (None, None) => None,
+        };
+        let rewrite = (path_rewrite.is_some() || host_rewrite.is_some()).then(|| {
+            Box::new(Rewrite {
+                path: path_rewrite,
+                host: host_rewrite,
+            })
+        });
         Ok(Route {
             path,
             headers: headers.into_boxed_slice(),
+            query: query.into_boxed_slice(),
+            cookies: cookies.into_boxed_slice(),
             action,
+            rewrite,
+            mutations: mutations.into_boxed_slice(),
+            response_mutations,
             timeout,
             mirrors,
             retry,
@@ -432,12 +596,129 @@ impl Route {
         })
     }
 
-    fn matches(&self, path: &str, headers: &HeaderMap) -> bool {
+    fn matches(&self, path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
         let path_ok = match &self.path {
             PathMatch::Prefix(p) => path.starts_with(&**p),
             PathMatch::Exact(p) => path == &**p,
+            PathMatch::Regex(r) => r.is_match(path),
+            PathMatch::Separated(p) => path
+                .strip_prefix(&**p)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
         };
-        path_ok && self.headers.iter().all(|h| h.matches(headers))
+        path_ok
+            && self.headers.iter().all(|h| h.matches(headers))
+            && self.query.iter().all(|q| q.matches(query))
+            && self.cookies.iter().all(|c| c.matches(headers))
+    }
+}
+
+impl CookieMatch {
+    fn build(config: &CookieMatcherConfig) -> Result<Self, String> {
+        Ok(CookieMatch {
+            name: config.name.as_str().into(),
+            test: StringTest::build(&config.string_match)?,
+            invert: config.invert_match,
+        })
+    }
+
+    /// The first cookie of this name in the request's `Cookie` headers, unquoted, passes the
+    /// test (a missing one does not), inverted when asked.
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        let value = headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|b| *b == b'=')?;
+                (pair[..eq].trim_ascii() == self.name.as_bytes()).then(|| {
+                    let v = pair[eq + 1..].trim_ascii();
+                    v.strip_prefix(b"\"")
+                        .and_then(|v| v.strip_suffix(b"\""))
+                        .unwrap_or(v)
+                })
+            });
+        value.is_some_and(|v| self.test.matches(v)) != self.invert
+    }
+}
+
+impl StringTest {
+    fn build(sm: &StringMatchConfig) -> Result<Self, String> {
+        let bytes = |s: &String| {
+            let b = s.as_bytes().to_vec().into_boxed_slice();
+            if sm.ignore_case {
+                b.to_ascii_lowercase().into_boxed_slice()
+            } else {
+                b
+            }
+        };
+        let kind = match (
+            &sm.exact,
+            &sm.prefix,
+            &sm.suffix,
+            &sm.contains,
+            &sm.safe_regex,
+        ) {
+            (Some(v), ..) => StringKind::Exact(bytes(v)),
+            (_, Some(v), ..) => StringKind::Prefix(bytes(v)),
+            (_, _, Some(v), ..) => StringKind::Suffix(bytes(v)),
+            (_, _, _, Some(v), _) => StringKind::Contains(bytes(v)),
+            (_, _, _, _, Some(r)) => StringKind::Regex(
+                regex::bytes::Regex::new(&format!("^(?:{r})$"))
+                    .map_err(|e| format!("bad regex {r:?}: {e}"))?,
+            ),
+            _ => return Err("empty string_match".into()),
+        };
+        Ok(StringTest {
+            kind,
+            // Envoy: ignore_case has no effect on a regex.
+            ignore_case: sm.ignore_case && sm.safe_regex.is_none(),
+        })
+    }
+
+    fn matches(&self, v: &[u8]) -> bool {
+        let eq = |a: &[u8], b: &[u8]| {
+            if self.ignore_case {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
+        match &self.kind {
+            StringKind::Exact(x) => eq(v, x),
+            StringKind::Prefix(x) => v.len() >= x.len() && eq(&v[..x.len()], x),
+            StringKind::Suffix(x) => v.len() >= x.len() && eq(&v[v.len() - x.len()..], x),
+            StringKind::Contains(x) => x.is_empty() || v.windows(x.len()).any(|w| eq(w, x)),
+            StringKind::Regex(r) => r.is_match(v),
+        }
+    }
+}
+
+impl QueryMatch {
+    fn build(config: &QueryParameterMatcherConfig) -> Result<Self, String> {
+        let test = match (&config.string_match, config.present_match) {
+            (Some(sm), _) => Some(StringTest::build(sm)?),
+            (None, Some(true)) => None,
+            (None, _) => return Err("query parameter matcher without a test".into()),
+        };
+        Ok(QueryMatch {
+            name: config.name.as_str().into(),
+            test,
+        })
+    }
+
+    /// The first parameter of this name (its raw value, `""` without `=`) passes the test.
+    fn matches(&self, query: Option<&str>) -> bool {
+        let Some(query) = query else { return false };
+        let found = query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == &*self.name).then_some(v)
+        });
+        match (found, &self.test) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(v), Some(t)) => t.matches(v.as_bytes()),
+        }
     }
 }
 
@@ -445,17 +726,15 @@ impl HeaderMatch {
     fn build(config: &HeaderMatcherConfig) -> Result<Self, String> {
         let name = HeaderName::from_bytes(config.name.as_bytes())
             .map_err(|_| format!("invalid header name {:?}", config.name))?;
-        let bytes = |s: &String| s.as_bytes().to_vec().into_boxed_slice();
-        let test = match (&config.present_match, &config.string_match) {
-            (Some(present), _) => HeaderTest::Present(*present),
-            (None, Some(sm)) => match (&sm.exact, &sm.prefix, &sm.suffix, &sm.contains) {
-                (Some(v), ..) => HeaderTest::Exact(bytes(v)),
-                (_, Some(v), ..) => HeaderTest::Prefix(bytes(v)),
-                (_, _, Some(v), _) => HeaderTest::Suffix(bytes(v)),
-                (_, _, _, Some(v)) => HeaderTest::Contains(bytes(v)),
-                _ => return Err("empty string_match".into()),
-            },
-            (None, None) => return Err("header matcher without a test".into()),
+        let test = match (
+            &config.present_match,
+            &config.string_match,
+            &config.range_match,
+        ) {
+            (Some(present), ..) => HeaderTest::Present(*present),
+            (None, Some(sm), _) => HeaderTest::String(StringTest::build(sm)?),
+            (None, None, Some(r)) => HeaderTest::Range(r.start, r.end),
+            (None, None, None) => return Err("header matcher without a test".into()),
         };
         Ok(HeaderMatch {
             name,
@@ -469,12 +748,11 @@ impl HeaderMatch {
         let result = match (&self.test, value) {
             (HeaderTest::Present(want), v) => v.is_some() == *want,
             (_, None) => false,
-            (HeaderTest::Exact(x), Some(v)) => v == &**x,
-            (HeaderTest::Prefix(x), Some(v)) => v.starts_with(x),
-            (HeaderTest::Suffix(x), Some(v)) => v.ends_with(x),
-            (HeaderTest::Contains(x), Some(v)) => {
-                x.is_empty() || v.windows(x.len()).any(|w| w == &**x)
-            }
+            (HeaderTest::String(t), Some(v)) => t.matches(v),
+            (HeaderTest::Range(start, end), Some(v)) => std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.parse::<i64>().ok())
+                .is_some_and(|n| (*start..*end).contains(&n)),
         };
         result != self.invert
     }
@@ -556,6 +834,17 @@ clusters:
   - { name: b, endpoints: [{ address: "127.0.0.1:2" }] }
 "#;
 
+    impl VirtualHost {
+        /// `find_route` for a request target (`/path?query`).
+        fn find_route_p(&self, target: &str, headers: &HeaderMap) -> Option<&Route> {
+            let (path, query) = match target.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (target, None),
+            };
+            self.find_route(path, query, headers)
+        }
+    }
+
     fn host(t: &RouteTable, h: &str) -> Option<String> {
         t.find_host(h).map(|v| v.name.to_string())
     }
@@ -618,29 +907,153 @@ clusters:
         let t = table(YAML);
         let vh = t.find_host("api.example.com").unwrap();
         let mut h = HeaderMap::new();
-        let cluster = |r: Option<&Route>| r.map(|r| r.action.pick().name.to_string());
-        assert_eq!(cluster(vh.find_route("/health", &h)).as_deref(), Some("a"));
-        assert!(vh.find_route("/health/x", &h).is_none(), "path is exact");
+        let cluster =
+            |r: Option<&Route>| r.and_then(|r| r.action.pick()).map(|c| c.name.to_string());
         assert_eq!(
-            cluster(vh.find_route("/v1/users", &h)).as_deref(),
+            cluster(vh.find_route_p("/health", &h)).as_deref(),
             Some("a")
         );
-        assert_eq!(vh.find_route("/v1/users", &h).unwrap().timeout, None);
+        assert!(vh.find_route_p("/health/x", &h).is_none(), "path is exact");
+        assert_eq!(
+            cluster(vh.find_route_p("/v1/users", &h)).as_deref(),
+            Some("a")
+        );
+        assert_eq!(vh.find_route_p("/v1/users", &h).unwrap().timeout, None);
         h.insert("x-canary", "yes".parse().unwrap());
         assert_eq!(
-            cluster(vh.find_route("/v1/users", &h)).as_deref(),
+            cluster(vh.find_route_p("/v1/users", &h)).as_deref(),
             Some("b")
         );
-        assert!(vh.find_route("/v2", &h).is_none());
+        assert!(vh.find_route_p("/v2", &h).is_none());
 
         let any = t.find_host("whatever").unwrap();
-        assert!(any.find_route("/", &HeaderMap::new()).is_some());
+        assert!(any.find_route_p("/", &HeaderMap::new()).is_some());
         let mut dbg = HeaderMap::new();
         dbg.insert("x-debug", "1".parse().unwrap());
         assert!(
-            any.find_route("/", &dbg).is_none(),
+            any.find_route_p("/", &dbg).is_none(),
             "inverted present match"
         );
+    }
+
+    #[test]
+    fn envoys_matchers_regex_separated_prefix_query_cookie_case_and_range() {
+        let t = table(
+            r#"
+listeners:
+  - address: "127.0.0.1:0"
+    filters:
+      - type: router
+        config:
+          virtual_hosts:
+            - name: any
+              domains: ["*"]
+              routes:
+                - name: regex
+                  match: { safe_regex: "/item/[0-9]+" }
+                  route: { cluster: a }
+                - name: separated
+                  match: { path_separated_prefix: /shop }
+                  route: { cluster: a }
+                - name: query
+                  match:
+                    prefix: /q
+                    query_parameters:
+                      - { name: v, string_match: { prefix: "AB", ignore_case: true } }
+                      - { name: flag, present_match: true }
+                  route: { cluster: a }
+                - name: cookie
+                  match:
+                    prefix: /c
+                    cookies: [{ name: session, string_match: { safe_regex: "s[0-9]+" } }]
+                  route: { cluster: a }
+                - name: two-cookies
+                  match:
+                    prefix: /2
+                    cookies:
+                      - { name: cookie-1, string_match: { exact: xxx } }
+                      - { name: cookie-2, string_match: { safe_regex: "foo.*" } }
+                  route: { cluster: a }
+                - name: not-cookie
+                  match:
+                    prefix: /n
+                    cookies: [{ name: session, string_match: { exact: x }, invert_match: true }]
+                  route: { cluster: a }
+                - name: header
+                  match:
+                    prefix: /h
+                    headers:
+                      - { name: x-tier, string_match: { suffix: OLD, ignore_case: true } }
+                      - { name: x-n, range_match: { start: -5, end: 5 } }
+                  route: { cluster: a }
+clusters:
+  - { name: a, endpoints: [{ address: "127.0.0.1:1" }] }
+"#,
+        );
+        let vh = t.find_host("x").unwrap();
+        let name = |target: &str, headers: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in headers {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            vh.find_route_p(target, &h)
+                .and_then(|r| r.name.as_deref().map(str::to_owned))
+        };
+        assert_eq!(name("/item/42", &[]).as_deref(), Some("regex"));
+        assert_eq!(
+            name("/item/42?x=1", &[]).as_deref(),
+            Some("regex"),
+            "query excluded"
+        );
+        assert_eq!(name("/item/42/x", &[]), None, "the whole path matches");
+        assert_eq!(name("/shop", &[]).as_deref(), Some("separated"));
+        assert_eq!(name("/shop/a", &[]).as_deref(), Some("separated"));
+        assert_eq!(name("/shopping", &[]), None);
+        assert_eq!(name("/q?v=abc&flag", &[]).as_deref(), Some("query"));
+        assert_eq!(name("/q?flag=1&v=ABx&v=zz", &[]).as_deref(), Some("query"));
+        assert_eq!(
+            name("/q?v=zz&v=abc&flag", &[]),
+            None,
+            "the first value counts"
+        );
+        assert_eq!(name("/q?v=abc", &[]), None);
+        let cookie = |v: &str| name("/c", &[("cookie", v)]);
+        assert_eq!(cookie("a=1; session=s12").as_deref(), Some("cookie"));
+        assert_eq!(
+            cookie("session=\"s7\"").as_deref(),
+            Some("cookie"),
+            "quotes removed"
+        );
+        assert_eq!(cookie("xsession=s1; session=bad"), None);
+        assert_eq!(name("/c", &[]), None);
+        assert_eq!(
+            name("/c", &[("cookie", "a=1"), ("cookie", "session=s3")]).as_deref(),
+            Some("cookie"),
+            "every Cookie header"
+        );
+        assert_eq!(
+            name("/2", &[("cookie", "cookie-1=xxx; cookie-2=foobar")]).as_deref(),
+            Some("two-cookies")
+        );
+        assert_eq!(
+            name("/2", &[("cookie", "cookie-1=xxx; cookie-2=bar")]),
+            None
+        );
+        assert_eq!(
+            name("/n", &[]).as_deref(),
+            Some("not-cookie"),
+            "missing, inverted"
+        );
+        assert_eq!(name("/n", &[("cookie", "session=x")]), None);
+        assert_eq!(
+            name("/h", &[("x-tier", "gold"), ("x-n", "-5")]).as_deref(),
+            Some("header")
+        );
+        assert_eq!(name("/h", &[("x-tier", "gold"), ("x-n", "5")]), None);
+        assert_eq!(name("/h", &[("x-tier", "gold"), ("x-n", "x")]), None);
     }
 
     proptest::proptest! {

@@ -77,8 +77,11 @@ fn resources(
                             timeout: Duration::from_secs(5),
                             ..Default::default()
                         },
+                        ..Default::default()
                     }],
+                    ..Default::default()
                 }],
+                ..Default::default()
             },
         },
     );

@@ -67,8 +67,11 @@ fn greeter(endpoints: &[(SocketAddr, u32)]) -> Resources {
                             timeout: DEFAULT_ROUTE_TIMEOUT,
                             ..Default::default()
                         },
+                        ..Default::default()
                     }],
+                    ..Default::default()
                 }],
+                ..Default::default()
             },
         },
     );

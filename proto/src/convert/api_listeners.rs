@@ -60,8 +60,11 @@ pub fn api_listener_resources(a: &ApiListener) -> (ListenerResource, RouteResour
                         timeout: DEFAULT_ROUTE_TIMEOUT,
                         ..Default::default()
                     },
+                    ..Default::default()
                 }],
+                ..Default::default()
             }],
+            ..Default::default()
         },
     };
     (listener, routes)

@@ -13,6 +13,7 @@ use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::Previou
 use gofe_model::RequestMirrorPolicyConfig;
 
 use super::faults::{percent_from_wire, percent_to_wire};
+use super::route_actions::*;
 use super::*;
 
 /// How many times Envoy re-picks an endpoint for a retry to find one not tried yet, in the
@@ -127,6 +128,10 @@ pub fn route_to_wire(r: &RouteResource) -> Result<route::RouteConfiguration, Con
             domains: vh.domains.to_vec(),
             routes,
             typed_per_filter_config: filters_to_wire(&vh.fault, &vh.local_ratelimit),
+            request_headers_to_add: header_options_to_wire(&vh.request_headers_to_add),
+            request_headers_to_remove: vh.request_headers_to_remove.clone(),
+            response_headers_to_add: header_options_to_wire(&vh.response_headers_to_add),
+            response_headers_to_remove: vh.response_headers_to_remove.clone(),
             ..Default::default()
         });
     }
@@ -136,17 +141,43 @@ pub fn route_to_wire(r: &RouteResource) -> Result<route::RouteConfiguration, Con
         // gofe matches a domain without a port whatever the request's port; Envoy does so with
         // this flag, which would however also blind it to domains that have a port.
         ignore_port_in_host_matching: !any_port,
+        request_headers_to_add: header_options_to_wire(&r.router.request_headers_to_add),
+        request_headers_to_remove: r.router.request_headers_to_remove.clone(),
+        response_headers_to_add: header_options_to_wire(&r.router.response_headers_to_add),
+        response_headers_to_remove: r.router.response_headers_to_remove.clone(),
+        most_specific_header_mutations_wins: r.router.most_specific_header_mutations_wins,
         ..Default::default()
     })
 }
 
 fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, ConvertError> {
     use route::route_match::PathSpecifier;
-    let path_specifier = match (&rt.matcher.prefix, &rt.matcher.path) {
-        (Some(p), None) => PathSpecifier::Prefix(p.clone()),
-        (None, Some(p)) => PathSpecifier::Path(p.clone()),
-        _ => return Err(invalid(res, "match", "needs exactly one of prefix or path")),
+    let m = &rt.matcher;
+    let path_specifier = match (&m.prefix, &m.path, &m.safe_regex, &m.path_separated_prefix) {
+        (Some(p), None, None, None) => PathSpecifier::Prefix(p.clone()),
+        (None, Some(p), None, None) => PathSpecifier::Path(p.clone()),
+        (None, None, Some(r), None) => PathSpecifier::SafeRegex(regex_to_wire(r)),
+        (None, None, None, Some(p)) => PathSpecifier::PathSeparatedPrefix(p.clone()),
+        _ => {
+            return Err(invalid(
+                res,
+                "match",
+                "needs exactly one of prefix, path, safe_regex or path_separated_prefix",
+            ))
+        }
     };
+    let query_parameters = m
+        .query_parameters
+        .iter()
+        .map(query_to_wire)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|msg| invalid(res, "match.query_parameters", msg))?;
+    let cookies = m
+        .cookies
+        .iter()
+        .map(cookie_to_wire)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|msg| invalid(res, "match.cookies", msg))?;
     let headers = rt
         .matcher
         .headers
@@ -157,8 +188,9 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
     use route::route_action::ClusterSpecifier;
     let a = &rt.route;
     let cluster_specifier = match (&a.cluster, &a.weighted_clusters) {
-        (Some(c), None) => ClusterSpecifier::Cluster(c.clone()),
-        (None, Some(wc)) => ClusterSpecifier::WeightedClusters(route::WeightedCluster {
+        _ if rt.redirect.is_some() || rt.direct_response.is_some() => None,
+        (Some(c), None) => Some(ClusterSpecifier::Cluster(c.clone())),
+        (None, Some(wc)) => Some(ClusterSpecifier::WeightedClusters(route::WeightedCluster {
             clusters: wc
                 .clusters
                 .iter()
@@ -169,7 +201,7 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
                 })
                 .collect(),
             ..Default::default()
-        }),
+        })),
         _ => {
             return Err(invalid(
                 res,
@@ -200,15 +232,13 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
         );
     }
     typed_per_filter_config.extend(filters_to_wire(&rt.fault, &rt.local_ratelimit));
-    Ok(route::Route {
-        name: rt.name.clone().unwrap_or_default(),
-        r#match: Some(route::RouteMatch {
-            path_specifier: Some(path_specifier),
-            headers,
-            ..Default::default()
-        }),
-        action: Some(route::route::Action::Route(route::RouteAction {
-            cluster_specifier: Some(cluster_specifier),
+    use route::route::Action;
+    use route::route_action::HostRewriteSpecifier;
+    let action = match (&rt.redirect, &rt.direct_response, cluster_specifier) {
+        (Some(r), ..) => Action::Redirect(redirect_to_wire(r)),
+        (None, Some(d), _) => Action::DirectResponse(direct_response_to_wire(d)),
+        (None, None, cluster_specifier) => Action::Route(route::RouteAction {
+            cluster_specifier,
             timeout: (a.timeout != DEFAULT_ROUTE_TIMEOUT).then(|| pb_duration(a.timeout)),
             retry_policy: a.retry_policy.as_ref().map(retry_policy_to_wire),
             request_mirror_policies: a
@@ -216,9 +246,31 @@ fn route_entry_to_wire(rt: &RouteConfig, res: &str) -> Result<route::Route, Conv
                 .iter()
                 .map(mirror_policy_to_wire)
                 .collect(),
+            prefix_rewrite: a.prefix_rewrite.clone().unwrap_or_default(),
+            regex_rewrite: a.regex_rewrite.as_ref().map(regex_rewrite_to_wire),
+            host_rewrite_specifier: match (&a.host_rewrite_literal, &a.host_rewrite_header) {
+                (Some(h), _) => Some(HostRewriteSpecifier::HostRewriteLiteral(h.clone())),
+                (None, Some(h)) => Some(HostRewriteSpecifier::HostRewriteHeader(h.clone())),
+                (None, None) => None,
+            },
             ..Default::default()
-        })),
+        }),
+    };
+    Ok(route::Route {
+        name: rt.name.clone().unwrap_or_default(),
+        r#match: Some(route::RouteMatch {
+            path_specifier: Some(path_specifier),
+            headers,
+            query_parameters,
+            cookies,
+            ..Default::default()
+        }),
+        action: Some(action),
         typed_per_filter_config,
+        request_headers_to_add: header_options_to_wire(&rt.request_headers_to_add),
+        request_headers_to_remove: rt.request_headers_to_remove.clone(),
+        response_headers_to_add: header_options_to_wire(&rt.response_headers_to_add),
+        response_headers_to_remove: rt.response_headers_to_remove.clone(),
         ..Default::default()
     })
 }
@@ -277,24 +329,12 @@ fn retry_policy_to_wire(r: &RetryPolicyConfig) -> route::RetryPolicy {
 }
 
 pub(super) fn header_to_wire(h: &HeaderMatcherConfig) -> Result<route::HeaderMatcher, String> {
-    use matcher::string_matcher::MatchPattern;
     use route::header_matcher::HeaderMatchSpecifier as H;
-    let spec = match (&h.string_match, h.present_match) {
-        (Some(sm), None) => {
-            let pattern = match (&sm.exact, &sm.prefix, &sm.suffix, &sm.contains) {
-                (Some(v), None, None, None) => MatchPattern::Exact(v.clone()),
-                (None, Some(v), None, None) => MatchPattern::Prefix(v.clone()),
-                (None, None, Some(v), None) => MatchPattern::Suffix(v.clone()),
-                (None, None, None, Some(v)) => MatchPattern::Contains(v.clone()),
-                _ => return Err("string_match needs exactly one pattern".into()),
-            };
-            H::StringMatch(matcher::StringMatcher {
-                match_pattern: Some(pattern),
-                ignore_case: false,
-            })
-        }
-        (None, Some(present)) => H::PresentMatch(present),
-        _ => return Err("needs exactly one of string_match or present_match".into()),
+    let spec = match (&h.string_match, h.present_match, &h.range_match) {
+        (Some(sm), None, None) => H::StringMatch(string_match_to_wire(sm)?),
+        (None, Some(present), None) => H::PresentMatch(present),
+        (None, None, Some(r)) => H::RangeMatch(range_to_wire(r)),
+        _ => return Err("needs exactly one of string_match, present_match or range_match".into()),
     };
     Ok(route::HeaderMatcher {
         name: h.name.clone(),
@@ -337,11 +377,9 @@ pub(super) fn route_from_wire_in(
         response_headers_to_remove,
         request_headers_to_add,
         request_headers_to_remove,
-        // Matters only with header mutations, which are refused.
-        most_specific_header_mutations_wins: _,
+        most_specific_header_mutations_wins,
         validate_clusters,
-        // Matters only for direct responses, which are refused.
-        max_direct_response_body_size_bytes: _,
+        max_direct_response_body_size_bytes,
         cluster_specifier_plugins,
         request_mirror_policies,
         // gofe matches domains without a port whatever the request's port, and domains with a
@@ -356,10 +394,14 @@ pub(super) fn route_from_wire_in(
     let top = Unsupported::new(res, base)
         .set("vhds", vhds)
         .set("internal_only_headers", internal_only_headers)
-        .set("response_headers_to_add", response_headers_to_add)
-        .set("response_headers_to_remove", response_headers_to_remove)
-        .set("request_headers_to_add", request_headers_to_add)
-        .set("request_headers_to_remove", request_headers_to_remove)
+        .when(
+            "max_direct_response_body_size_bytes (gofe's limit is Envoy's default, 4096)",
+            max_direct_response_body_size_bytes
+                .as_ref()
+                .is_some_and(|m| {
+                    m.value as usize != gofe_model::route::DEFAULT_MAX_DIRECT_RESPONSE_BODY_BYTES
+                }),
+        )
         .set("cluster_specifier_plugins", cluster_specifier_plugins)
         .set("vhost_header", vhost_header)
         .set(
@@ -388,8 +430,23 @@ pub(super) fn route_from_wire_in(
         );
         out.extend(refusals.take(vh));
     }
-    refusals.finish()?;
-    let router = RouterConfig { virtual_hosts: out };
+    let mutations = refusals.take(mutations_from_wire(
+        request_headers_to_add,
+        request_headers_to_remove,
+        response_headers_to_add,
+        response_headers_to_remove,
+        res,
+        base,
+    ));
+    let mutations = refusals.finish_with(mutations)?;
+    let router = RouterConfig {
+        virtual_hosts: out,
+        request_headers_to_add: mutations.request_add,
+        request_headers_to_remove: mutations.request_remove,
+        response_headers_to_add: mutations.response_add,
+        response_headers_to_remove: mutations.response_remove,
+        most_specific_header_mutations_wins: *most_specific_header_mutations_wins,
+    };
     // The proxy's own checks (domain syntax and uniqueness, header names, weights, …), named
     // by the same paths: gofe's router fields are Envoy's.
     let piece = ProxyConfig {
@@ -475,10 +532,6 @@ fn virtual_host_from_wire(
         .set("matcher", matcher)
         .set("require_tls", require_tls)
         .set("rate_limits", rate_limits)
-        .set("request_headers_to_add", request_headers_to_add)
-        .set("request_headers_to_remove", request_headers_to_remove)
-        .set("response_headers_to_add", response_headers_to_add)
-        .set("response_headers_to_remove", response_headers_to_remove)
         .set("cors", cors)
         .set(
             "include_request_attempt_count",
@@ -528,13 +581,25 @@ fn virtual_host_from_wire(
         );
         out.extend(refusals.take(rt));
     }
-    refusals.finish()?;
+    let mutations = refusals.take(mutations_from_wire(
+        request_headers_to_add,
+        request_headers_to_remove,
+        response_headers_to_add,
+        response_headers_to_remove,
+        res,
+        base,
+    ));
+    let mutations = refusals.finish_with(mutations)?;
     Ok(VirtualHostConfig {
         name: name.clone(),
         domains: domains.to_vec(),
         routes: out,
         fault: vhost_filters.fault(),
         local_ratelimit: vhost_filters.local_ratelimit(),
+        request_headers_to_add: mutations.request_add,
+        request_headers_to_remove: mutations.request_remove,
+        response_headers_to_add: mutations.response_add,
+        response_headers_to_remove: mutations.response_remove,
     })
 }
 
@@ -568,10 +633,6 @@ fn route_entry_from_wire(
         action,
     } = rt;
     let top = Unsupported::new(res, base)
-        .set("request_headers_to_add", request_headers_to_add)
-        .set("request_headers_to_remove", request_headers_to_remove)
-        .set("response_headers_to_add", response_headers_to_add)
-        .set("response_headers_to_remove", response_headers_to_remove)
         .set(
             "per_request_buffer_limit_bytes",
             per_request_buffer_limit_bytes,
@@ -588,35 +649,62 @@ fn route_entry_from_wire(
         .ok_or_else(|| invalid(res, &join(base, "match"), "missing"))
         .and_then(|m| match_from_wire(m, res, &join(base, "match")));
     let matcher = refusals.take(matcher);
+    let own = refusals.take(per_filter_settings(typed_per_filter_config, res, base));
     let action = match action {
-        Some(route::route::Action::Route(a)) => Some(a),
+        Some(route::route::Action::Route(a)) => refusals
+            .take(action_from_wire(a, res, &join(base, "route"), vhost_retry))
+            .map(|out| (out, None, None)),
+        Some(route::route::Action::Redirect(r)) => refusals
+            .take(redirect_from_wire(r, res, &join(base, "redirect")))
+            .map(|r| (RouteActionConfig::none(), Some(r), None)),
+        Some(route::route::Action::DirectResponse(d)) => refusals
+            .take(direct_response_from_wire(
+                d,
+                res,
+                &join(base, "direct_response"),
+            ))
+            .map(|d| (RouteActionConfig::none(), None, Some(d))),
         _ => {
             refusals.push(invalid(
                 res,
                 base,
-                "only route actions are supported by gofe (not redirect, direct_response, …)",
+                "only route, redirect and direct_response actions are supported by gofe",
             ));
             None
         }
     };
-    let own = refusals.take(per_filter_settings(typed_per_filter_config, res, base));
-    let action = action
-        .and_then(|a| refusals.take(action_from_wire(a, res, &join(base, "route"), vhost_retry)));
-    let ((matcher, mut out), own) = refusals.finish_with(matcher.zip(action).zip(own))?;
+    let mutations = refusals.take(mutations_from_wire(
+        request_headers_to_add,
+        request_headers_to_remove,
+        response_headers_to_add,
+        response_headers_to_remove,
+        res,
+        base,
+    ));
+    let (((matcher, (mut out, redirect, direct_response)), own), mutations) =
+        refusals.finish_with(matcher.zip(action).zip(own).zip(mutations))?;
     let filters = own.clone().or(vhost_filters);
-    if out.request_mirror_policies.is_empty() {
-        out.request_mirror_policies = vhost_mirrors.to_vec();
+    if redirect.is_none() && direct_response.is_none() {
+        if out.request_mirror_policies.is_empty() {
+            out.request_mirror_policies = vhost_mirrors.to_vec();
+        }
+        out.max_request_bytes = match filters.buffer {
+            Some(BufferSetting::Limit(n)) => Some(n),
+            Some(BufferSetting::Disabled) | None => None,
+        };
     }
-    out.max_request_bytes = match filters.buffer {
-        Some(BufferSetting::Limit(n)) => Some(n),
-        Some(BufferSetting::Disabled) | None => None,
-    };
     Ok(RouteConfig {
         name: (!name.is_empty()).then(|| name.clone()),
         matcher,
         route: out,
+        redirect,
+        direct_response,
         fault: own.fault_under(vhost_filters),
         local_ratelimit: own.local_ratelimit_under(vhost_filters),
+        request_headers_to_add: mutations.request_add,
+        request_headers_to_remove: mutations.request_remove,
+        response_headers_to_add: mutations.response_add,
+        response_headers_to_remove: mutations.response_remove,
     })
 }
 
@@ -644,8 +732,6 @@ fn match_from_wire(
             case_sensitive.as_ref().is_some_and(|c| !c.value),
         )
         .set("runtime_fraction", runtime_fraction)
-        .set("query_parameters", query_parameters)
-        .set("cookies", cookies)
         .set("grpc", grpc)
         .set("tls_context", tls_context)
         .set("dynamic_metadata", dynamic_metadata)
@@ -668,10 +754,19 @@ fn match_from_wire(
         Some(PathSpecifier::Prefix(p)) if p.is_empty() => out.prefix = Some("/".into()),
         Some(PathSpecifier::Prefix(p)) => out.prefix = Some(slash(p, "prefix")?),
         Some(PathSpecifier::Path(p)) => out.path = Some(slash(p, "path")?),
+        Some(PathSpecifier::SafeRegex(r)) => {
+            out.safe_regex = Some(regex_from_wire(r, res, &join(base, "safe_regex"))?)
+        }
+        Some(PathSpecifier::PathSeparatedPrefix(p)) => {
+            out.path_separated_prefix = Some(slash(p, "path_separated_prefix")?)
+        }
         Some(_) => {
             return Err(unsupported(
                 res,
-                &join(base, "path_specifier (only prefix and path)"),
+                &join(
+                    base,
+                    "path_specifier (only prefix, path, safe_regex and path_separated_prefix)",
+                ),
             ))
         }
         None => return Err(invalid(res, &join(base, "path_specifier"), "missing")),
@@ -681,6 +776,18 @@ fn match_from_wire(
             header_from_wire(h)
                 .map_err(|msg| invalid(res, &join(base, &format!("headers[{i}]")), msg))?,
         );
+    }
+    for (i, c) in cookies.iter().enumerate() {
+        out.cookies.push(
+            cookie_from_wire(c)
+                .map_err(|msg| invalid(res, &join(base, &format!("cookies[{i}]")), msg))?,
+        );
+    }
+    for (i, q) in query_parameters.iter().enumerate() {
+        out.query_parameters
+            .push(query_from_wire(q).map_err(|msg| {
+                invalid(res, &join(base, &format!("query_parameters[{i}]")), msg)
+            })?);
     }
     Ok(out)
 }
@@ -733,8 +840,10 @@ fn action_from_wire(
                 != ClusterNotFoundResponseCode::ServiceUnavailable as i32,
         )
         .set("metadata_match", metadata_match)
-        .set("prefix_rewrite", prefix_rewrite)
-        .set("regex_rewrite", regex_rewrite)
+        .when(
+            "prefix_rewrite (with regex_rewrite: set one)",
+            !prefix_rewrite.is_empty() && regex_rewrite.is_some(),
+        )
         .set("path_rewrite_policy", path_rewrite_policy)
         .set("path_rewrite", path_rewrite)
         .set("append_x_forwarded_host", append_x_forwarded_host)
@@ -757,8 +866,23 @@ fn action_from_wire(
         .set("max_internal_redirects", max_internal_redirects)
         .set("hedge_policy", hedge_policy)
         .set("max_stream_duration", max_stream_duration)
-        .set("host_rewrite_specifier", host_rewrite_specifier)
         .finish()?;
+    use route::route_action::HostRewriteSpecifier as Host;
+    let (host_rewrite_literal, host_rewrite_header) = match host_rewrite_specifier {
+        None => (None, None),
+        Some(Host::HostRewriteLiteral(h)) if h.is_empty() => (None, None),
+        Some(Host::HostRewriteLiteral(h)) => (Some(h.clone()), None),
+        Some(Host::HostRewriteHeader(h)) if h.is_empty() => (None, None),
+        Some(Host::HostRewriteHeader(h)) => (None, Some(h.to_ascii_lowercase())),
+        Some(Host::AutoHostRewrite(b)) if !b.value => (None, None),
+        Some(Host::AutoHostRewrite(_)) => {
+            return Err(unsupported(res, &join(base, "auto_host_rewrite")))
+        }
+        Some(Host::HostRewritePathRegex(_)) => {
+            return Err(unsupported(res, &join(base, "host_rewrite_path_regex")))
+        }
+        Some(Host::HostRewrite(_)) => return Err(unsupported(res, &join(base, "host_rewrite"))),
+    };
     let mut out = RouteActionConfig {
         timeout: duration_or(timeout, DEFAULT_ROUTE_TIMEOUT, res, &join(base, "timeout"))?,
         // A route's own policy replaces its virtual host's (Envoy does not merge them).
@@ -767,6 +891,13 @@ fn action_from_wire(
             None => vhost_retry.clone().flatten(),
         },
         request_mirror_policies: mirror_policies_from_wire(request_mirror_policies, res, base)?,
+        prefix_rewrite: (!prefix_rewrite.is_empty()).then(|| prefix_rewrite.clone()),
+        regex_rewrite: regex_rewrite
+            .as_ref()
+            .map(|r| regex_rewrite_from_wire(r, res, &join(base, "regex_rewrite")))
+            .transpose()?,
+        host_rewrite_literal,
+        host_rewrite_header,
         ..Default::default()
     };
     match cluster_specifier {
@@ -1245,7 +1376,6 @@ fn header_matcher_from_wire(
     h: &route::HeaderMatcher,
     pseudo: bool,
 ) -> Result<HeaderMatcherConfig, String> {
-    use matcher::string_matcher::MatchPattern;
     use route::header_matcher::HeaderMatchSpecifier as H;
     let route::HeaderMatcher {
         name,
@@ -1267,35 +1397,31 @@ fn header_matcher_from_wire(
     }
     let mut sm = StringMatchConfig::default();
     let mut present_match = None;
+    let mut range_match = None;
+    let regex = |r: &matcher::RegexMatcher| {
+        if r.regex.is_empty() {
+            Err("safe_regex_match.regex is empty".to_owned())
+        } else {
+            Ok(r.regex.clone())
+        }
+    };
     match header_match_specifier {
         Some(H::ExactMatch(v)) => sm.exact = Some(v.clone()),
         Some(H::PrefixMatch(v)) => sm.prefix = Some(v.clone()),
         Some(H::SuffixMatch(v)) => sm.suffix = Some(v.clone()),
         Some(H::ContainsMatch(v)) => sm.contains = Some(v.clone()),
+        Some(H::SafeRegexMatch(r)) => sm.safe_regex = Some(regex(r)?),
         Some(H::PresentMatch(p)) => present_match = Some(*p),
-        Some(H::StringMatch(m)) => {
-            if m.ignore_case {
-                return Err("string_match.ignore_case is not supported by gofe".into());
-            }
-            match &m.match_pattern {
-                Some(MatchPattern::Exact(v)) => sm.exact = Some(v.clone()),
-                Some(MatchPattern::Prefix(v)) => sm.prefix = Some(v.clone()),
-                Some(MatchPattern::Suffix(v)) => sm.suffix = Some(v.clone()),
-                Some(MatchPattern::Contains(v)) => sm.contains = Some(v.clone()),
-                _ => return Err(
-                    "only exact, prefix, suffix and contains string matches are supported by gofe"
-                        .into(),
-                ),
-            }
-        }
+        Some(H::RangeMatch(r)) => range_match = Some(range_from_wire(r)),
+        Some(H::StringMatch(m)) => sm = string_match_from_wire(m)?,
         // Envoy: no specifier means "present".
         None => present_match = Some(true),
-        Some(_) => return Err("regex and range header matches are not supported by gofe".into()),
     }
     Ok(HeaderMatcherConfig {
         name: name.clone(),
-        string_match: present_match.is_none().then_some(sm),
+        string_match: (present_match.is_none() && range_match.is_none()).then_some(sm),
         present_match,
+        range_match,
         invert_match: *invert_match,
     })
 }

@@ -3,6 +3,7 @@ use super::*;
 mod capture;
 mod fuzz;
 mod round_trip;
+mod route_wire;
 mod tls_rbac;
 mod upstream_tls;
 mod wire;

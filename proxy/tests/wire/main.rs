@@ -18,6 +18,7 @@ mod protocols;
 mod ratelimit;
 mod reload;
 mod resilience;
+mod route_actions;
 mod routing;
 mod support;
 mod tcp_proxy;

@@ -267,6 +267,19 @@ impl Capture {
         Capture { addr, heads, task }
     }
 
+    /// The request target of each request received so far, in order.
+    pub fn targets(&self) -> Vec<String> {
+        self.heads
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|head| {
+                let line = head.lines().next().unwrap_or_default();
+                line.split(' ').nth(1).unwrap_or_default().to_owned()
+            })
+            .collect()
+    }
+
     /// The `Host` values of each request received so far, in order.
     pub fn hosts(&self) -> Vec<Vec<String>> {
         self.header("host")

@@ -268,34 +268,60 @@ fn domains(hi: usize) -> impl Strategy<Value = Vec<String>> {
     })
 }
 
+/// A string matcher of every kind, with or without `ignore_case` (never on a regex).
+fn string_match() -> impl Strategy<Value = StringMatchConfig> {
+    (0u8..5, "[a-z0-9]{0,5}", any::<bool>()).prop_map(|(kind, v, ignore_case)| {
+        let mut sm = StringMatchConfig {
+            ignore_case,
+            ..Default::default()
+        };
+        match kind {
+            0 => sm.exact = Some(v),
+            1 => sm.prefix = Some(v),
+            2 => sm.suffix = Some(v),
+            3 => sm.contains = Some(v),
+            _ => {
+                sm.safe_regex = Some(format!("[a-z]*{v}(x|y)?"));
+                sm.ignore_case = false;
+            }
+        }
+        sm
+    })
+}
+
 fn header() -> impl Strategy<Value = HeaderMatcherConfig> {
     (
         prop::sample::select(vec!["x-a", "x-canary", "user-agent"]),
-        0u8..6,
-        "[a-z0-9]{0,5}",
+        0u8..4,
+        string_match(),
+        (any::<i64>(), any::<i64>()),
         any::<bool>(),
     )
-        .prop_map(|(name, kind, v, invert)| {
-            let mut sm = StringMatchConfig::default();
-            let mut present = None;
-            match kind {
-                0 => sm.exact = Some(v),
-                1 => sm.prefix = Some(v),
-                2 => sm.suffix = Some(v),
-                3 => sm.contains = Some(v),
-                4 => present = Some(true),
-                _ => present = Some(false),
-            }
+        .prop_map(|(name, kind, sm, (a, b), invert)| {
+            let (start, end) = if a < b {
+                (a, b)
+            } else if a > b {
+                (b, a)
+            } else {
+                (a.saturating_sub(1), a)
+            };
+            let (start, end) = if start == end { (0, 1) } else { (start, end) };
             HeaderMatcherConfig {
                 name: name.into(),
-                string_match: present.is_none().then_some(sm),
-                present_match: present,
+                string_match: (kind == 0).then_some(sm),
+                present_match: match kind {
+                    1 => Some(true),
+                    2 => Some(false),
+                    _ => None,
+                },
+                range_match: (kind == 3).then_some(gofe_model::Int64RangeConfig { start, end }),
                 invert_match: invert,
             }
         })
 }
 
-fn string_match() -> impl Strategy<Value = StringMatchConfig> {
+/// A string matcher without `ignore_case` or a regex (what SAN and RBAC matchers read).
+fn plain_string_match() -> impl Strategy<Value = StringMatchConfig> {
     (0u8..4, "[a-z0-9/:.]{0,8}").prop_map(|(kind, v)| {
         let mut sm = StringMatchConfig::default();
         match kind {
@@ -317,7 +343,7 @@ fn tls() -> impl Strategy<Value = Option<TlsConfig>> {
         prop::option::of((
             any::<bool>(),
             "[a-zA-Z0-9/ -]{1,20}",
-            vec((any::<bool>(), string_match()), 0..3),
+            vec((any::<bool>(), plain_string_match()), 0..3),
             any::<bool>(),
         )),
         prop::sample::select(vec![
@@ -365,7 +391,7 @@ fn permission() -> impl Strategy<Value = gofe_model::rbac::PermissionConfig> {
     let leaf = prop_oneof![
         Just(P::Any(true)),
         header().prop_map(P::Header),
-        string_match().prop_map(|path| P::UrlPath(PathMatcherConfig { path })),
+        plain_string_match().prop_map(|path| P::UrlPath(PathMatcherConfig { path })),
         any::<u16>().prop_map(P::DestinationPort),
     ];
     leaf.prop_recursive(2, 8, 3, |inner| {
@@ -387,7 +413,7 @@ fn principal() -> impl Strategy<Value = gofe_model::rbac::PrincipalConfig> {
     });
     let leaf = prop_oneof![
         Just(P::Any(true)),
-        prop::option::of(string_match())
+        prop::option::of(plain_string_match())
             .prop_map(|principal_name| P::Authenticated(AuthenticatedConfig { principal_name })),
         cidr.clone().prop_map(P::DirectRemoteIp),
         cidr.prop_map(P::RemoteIp),
@@ -428,6 +454,119 @@ fn rbac() -> impl Strategy<Value = Option<gofe_model::RbacConfig>> {
             },
         })
     })
+}
+
+fn query_parameter() -> impl Strategy<Value = gofe_model::QueryParameterMatcherConfig> {
+    ("[a-z]{1,4}", prop::option::of(string_match())).prop_map(|(name, sm)| {
+        gofe_model::QueryParameterMatcherConfig {
+            name,
+            present_match: sm.is_none().then_some(true),
+            string_match: sm,
+        }
+    })
+}
+
+/// Header values to add: every append action, operators gofe writes (request ones only in
+/// request headers).
+fn header_adds(request: bool) -> impl Strategy<Value = Vec<gofe_model::HeaderValueOptionConfig>> {
+    use gofe_model::HeaderAppendAction as A;
+    let mut values = vec![
+        "v1",
+        "%DOWNSTREAM_REMOTE_ADDRESS%",
+        "a%%b %PROTOCOL%",
+        "%START_TIME% %HOSTNAME%",
+        "",
+    ];
+    if request {
+        values.push("%REQ(x-a?user-agent):8%");
+    }
+    vec(
+        (
+            prop::sample::select(vec!["x-added", "x-b", "cache-control"]),
+            prop::sample::select(values),
+            prop::sample::select(vec![
+                A::AppendIfExistsOrAdd,
+                A::AddIfAbsent,
+                A::OverwriteIfExistsOrAdd,
+                A::OverwriteIfExists,
+            ]),
+            any::<bool>(),
+        ),
+        0..3,
+    )
+    .prop_map(|adds| {
+        adds.into_iter()
+            .map(|(key, value, append_action, keep_empty_value)| {
+                gofe_model::HeaderValueOptionConfig {
+                    key: key.into(),
+                    value: value.into(),
+                    append_action,
+                    keep_empty_value,
+                }
+            })
+            .collect()
+    })
+}
+
+fn header_removes() -> impl Strategy<Value = Vec<String>> {
+    vec(prop::sample::select(vec!["x-gone", "server", "x-b"]), 0..2)
+        .prop_map(|v| v.into_iter().map(String::from).collect())
+}
+
+/// One level's four mutation lists.
+type MutationLists = (
+    Vec<gofe_model::HeaderValueOptionConfig>,
+    Vec<String>,
+    Vec<gofe_model::HeaderValueOptionConfig>,
+    Vec<String>,
+);
+
+fn mutations() -> impl Strategy<Value = MutationLists> {
+    (
+        header_adds(true),
+        header_removes(),
+        header_adds(false),
+        header_removes(),
+    )
+}
+
+fn regex_rewrite() -> impl Strategy<Value = gofe_model::RegexRewriteConfig> {
+    ("[a-z]{1,3}", "[a-z/]{0,4}").prop_map(|(p, sub)| gofe_model::RegexRewriteConfig {
+        pattern: format!("^/({p})/(.*)$"),
+        substitution: format!("/{sub}\\2/\\1"),
+    })
+}
+
+/// A redirect; `prefix_ok`: the route matches by prefix or path (a prefix rewrite needs it).
+fn redirect(prefix_ok: bool) -> impl Strategy<Value = gofe_model::RedirectConfig> {
+    (
+        prop::option::of(prop::sample::select(vec!["https", "http", "ws"])),
+        prop::option::of("[a-z]{1,6}(\\.[a-z]{2,3})?"),
+        prop::option::of(1u16..),
+        (0u8..4, "/[a-z0-9/]{0,6}"),
+        prop::sample::select(vec![301u16, 302, 303, 307, 308]),
+        any::<bool>(),
+        regex_rewrite(),
+    )
+        .prop_map(
+            move |(scheme, host, port, (path_kind, path), code, strip_query, rr)| {
+                let path_kind = if path_kind == 2 && !prefix_ok {
+                    0
+                } else {
+                    path_kind
+                };
+                gofe_model::RedirectConfig {
+                    scheme_redirect: scheme.map(String::from),
+                    host_redirect: host,
+                    port_redirect: port,
+                    path_redirect: (path_kind == 1).then(|| path.clone()),
+                    prefix_rewrite: (path_kind == 2).then_some(path),
+                    regex_rewrite: (path_kind == 3).then_some(rr),
+                    response_code: code,
+                    strip_query,
+                }
+            },
+        )
 }
 
 fn retry_policy() -> impl Strategy<Value = RetryPolicyConfig> {
@@ -541,7 +680,7 @@ fn mirror_policies(
 fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
     (
         (
-            any::<bool>(),
+            0u8..4,
             "/[a-z0-9/]{0,8}",
             vec(header(), 0..3),
             prop::option::of("[a-z0-9-]{1,8}"),
@@ -556,17 +695,63 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
             prop::option::of(1..=u64::from(u32::MAX)),
             mirror_policies(clusters),
         ),
+        (
+            (
+                vec(query_parameter(), 0..2),
+                vec(("[a-z]{1,4}", string_match(), any::<bool>()), 0..2),
+            ),
+            0u8..5,
+            (
+                prop::option::of("/[a-z0-9/]{0,5}"),
+                regex_rewrite(),
+                any::<bool>(),
+            ),
+            (0u8..3, "[a-z0-9.-]{1,8}(:[0-9]{1,4})?"),
+            (redirect(true), redirect(false)),
+            (200u16..600, prop::option::of("[ -~]{1,20}")),
+            mutations(),
+        ),
     )
         .prop_map(
             |(
-                (prefix, path, headers, name, fault, local_ratelimit),
+                (path_kind, path, headers, name, fault, local_ratelimit),
                 (weighted, cluster, timeout, retry, limit, mirrors),
+                (
+                    (query_parameters, cookies),
+                    action_kind,
+                    (prefix_rewrite, rr, use_regex_rewrite),
+                    (host_kind, host),
+                    (redirect_prefix, redirect_regex),
+                    (status, body),
+                    (request_add, request_remove, response_add, response_remove),
+                ),
             )| {
+                let separated = path.trim_end_matches('/');
                 let matcher = RouteMatchConfig {
-                    prefix: prefix.then(|| path.clone()),
-                    path: (!prefix).then_some(path),
+                    prefix: (path_kind == 0).then(|| path.clone()),
+                    path: (path_kind == 1).then(|| path.clone()),
+                    safe_regex: (path_kind == 2).then(|| format!("{path}[0-9]*")),
+                    path_separated_prefix: (path_kind == 3).then(|| {
+                        if separated.is_empty() {
+                            "/x".to_owned()
+                        } else {
+                            separated.to_owned()
+                        }
+                    }),
                     headers,
+                    query_parameters,
+                    cookies: cookies
+                        .into_iter()
+                        .map(
+                            |(name, string_match, invert_match)| gofe_model::CookieMatcherConfig {
+                                name,
+                                string_match,
+                                invert_match,
+                            },
+                        )
+                        .collect(),
                 };
+                let prefix_ok = path_kind != 2;
                 let weighted_clusters = weighted.map(|ws| {
                     let mut seen = HashSet::new();
                     let mut clusters: Vec<ClusterWeightConfig> = ws
@@ -582,7 +767,12 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
                     }
                     WeightedClustersConfig { clusters }
                 });
-                RouteConfig {
+                let (prefix_rewrite, regex_rewrite) = match (use_regex_rewrite, prefix_ok) {
+                    (true, _) => (None, Some(rr)),
+                    (false, true) => (prefix_rewrite, None),
+                    (false, false) => (None, None),
+                };
+                let mut out = RouteConfig {
                     name,
                     matcher,
                     route: RouteActionConfig {
@@ -592,10 +782,36 @@ fn route(clusters: usize) -> impl Strategy<Value = RouteConfig> {
                         retry_policy: retry,
                         max_request_bytes: limit,
                         request_mirror_policies: mirrors,
+                        prefix_rewrite,
+                        regex_rewrite,
+                        host_rewrite_literal: (host_kind == 1).then(|| host.clone()),
+                        host_rewrite_header: (host_kind == 2).then(|| "x-host".to_owned()),
                     },
                     fault,
                     local_ratelimit,
+                    request_headers_to_add: request_add,
+                    request_headers_to_remove: request_remove,
+                    response_headers_to_add: response_add,
+                    response_headers_to_remove: response_remove,
+                    ..Default::default()
+                };
+                match action_kind {
+                    3 => {
+                        out.route = RouteActionConfig::none();
+                        out.redirect = Some(if prefix_ok {
+                            redirect_prefix
+                        } else {
+                            redirect_regex
+                        });
+                    }
+                    4 => {
+                        out.route = RouteActionConfig::none();
+                        out.direct_response =
+                            Some(gofe_model::DirectResponseConfig { status, body });
+                    }
+                    _ => {}
                 }
+                out
             },
         )
 }
@@ -605,27 +821,39 @@ fn router(clusters: usize) -> impl Strategy<Value = RouterConfig> {
         vec(route(clusters), 0..3),
         prop::option::of(fault()),
         prop::option::of(local_ratelimit()),
+        mutations(),
     );
-    vec(host, 1..4).prop_flat_map(|hosts| {
+    (vec(host, 1..4), mutations(), any::<bool>()).prop_flat_map(|(hosts, top, wins)| {
         let n = hosts.len();
-        (Just(hosts), (0..n).map(domains).collect::<Vec<_>>()).prop_map(|(hosts, domains)| {
-            RouterConfig {
+        (
+            Just((hosts, top, wins)),
+            (0..n).map(domains).collect::<Vec<_>>(),
+        )
+            .prop_map(|((hosts, top, wins), domains)| RouterConfig {
                 virtual_hosts: hosts
                     .into_iter()
                     .zip(domains)
                     .enumerate()
                     .map(
-                        |(hi, ((routes, fault, local_ratelimit), domains))| VirtualHostConfig {
+                        |(hi, ((routes, fault, local_ratelimit, m), domains))| VirtualHostConfig {
                             name: format!("vh{hi}"),
                             domains,
                             routes,
                             fault,
                             local_ratelimit,
+                            request_headers_to_add: m.0,
+                            request_headers_to_remove: m.1,
+                            response_headers_to_add: m.2,
+                            response_headers_to_remove: m.3,
                         },
                     )
                     .collect(),
-            }
-        })
+                request_headers_to_add: top.0,
+                request_headers_to_remove: top.1,
+                response_headers_to_add: top.2,
+                response_headers_to_remove: top.3,
+                most_specific_header_mutations_wins: wins,
+            })
     })
 }
 

@@ -287,51 +287,20 @@ fn a_listener_whose_one_chain_is_the_default_chain_is_accepted() {
 fn fields_gofe_does_not_honour_are_refused_by_name() {
     use hcm::http_connection_manager::{PathWithEscapedSlashesAction, UpgradeConfig};
     type Case = (&'static str, Box<dyn Fn(&mut Wire)>);
-    let header = || core::HeaderValueOption {
-        header: Some(core::HeaderValue {
-            key: "x-added".into(),
-            value: "1".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
     let cases: Vec<Case> = vec![
         (
-            "virtual_hosts[0].routes[0].request_headers_to_add",
-            Box::new(move |w| {
-                w.rc.virtual_hosts[0].routes[0].request_headers_to_add = vec![header()]
-            }),
-        ),
-        (
-            "virtual_hosts[0].response_headers_to_add",
-            Box::new(move |w| w.rc.virtual_hosts[0].response_headers_to_add = vec![header()]),
-        ),
-        (
-            ": request_headers_to_add",
-            Box::new(move |w| w.rc.request_headers_to_add = vec![header()]),
-        ),
-        (
-            "virtual_hosts[0].routes[0].match.cookies",
+            "virtual_hosts[0].routes[0].match.grpc",
             Box::new(|w| {
                 w.rc.virtual_hosts[0].routes[0]
                     .r#match
                     .as_mut()
                     .unwrap()
-                    .cookies = vec![route::CookieMatcher {
-                    name: "session".into(),
-                    ..Default::default()
-                }]
+                    .grpc = Some(Default::default())
             }),
         ),
         (
-            "virtual_hosts[0].routes[0].match.query_parameters",
-            Box::new(|w| {
-                w.rc.virtual_hosts[0].routes[0]
-                    .r#match
-                    .as_mut()
-                    .unwrap()
-                    .query_parameters = vec![Default::default()]
-            }),
+            "internal_only_headers",
+            Box::new(move |w| w.rc.internal_only_headers = vec!["x-internal".into()]),
         ),
         (
             "virtual_hosts[0].routes[0].route.upgrade_configs",
