@@ -1679,6 +1679,63 @@ mod tests {
     }
 
     #[test]
+    fn identity_is_validated_with_lines_and_fields() {
+        let c = parse(
+            "c.yaml",
+            "proxy_config: p.yaml\nxds: { address: \"127.0.0.1:1\" }\nidentity: { tokens_file: t.yaml }\n",
+        )
+        .unwrap();
+        let id = c.identity.unwrap();
+        assert_eq!(id.trust_domain, "cluster.local");
+        assert_eq!(id.workload_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(id.min_workload_ttl, Duration::from_secs(3600));
+        assert_eq!(id.clock_skew, Duration::from_secs(60));
+        assert_eq!(id.root.cert_file, "mesh-ca/root.crt");
+        assert_eq!(id.server_names, ["localhost", "127.0.0.1"]);
+        let text = "proxy_config: p.yaml\nxds:\n  address: \"127.0.0.1:1\"\n  tls: { cert_file: a, key_file: b }\nidentity:\n  trust_domain: \"Mesh/1\"\n  workload_ttl: 10m\n  token_review: true\n  server_names: [\"bad name\"]\n";
+        let e = parse("c.yaml", text).unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.in_file("c.yaml")).collect();
+        let find = |needle: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} in {lines:?}"))
+                .clone()
+        };
+        assert!(
+            find("identity.trust_domain").starts_with("c.yaml:6:17:"),
+            "{lines:?}"
+        );
+        assert!(
+            find("identity.workload_ttl: must be at least min_workload_ttl (3600s)")
+                .starts_with("c.yaml:7:17:")
+        );
+        assert!(
+            find("identity.server_names[0]").starts_with("c.yaml:9:18:"),
+            "{lines:?}"
+        );
+        assert!(find("identity.token_review: needs kubernetes").starts_with("c.yaml:8:17:"));
+        assert!(
+            find("xds.tls: leave it out with identity").starts_with("c.yaml:4:8:"),
+            "{lines:?}"
+        );
+        let e = parse("c.yaml", "proxy_config: p.yaml\nidentity: {}\n").unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.in_file("c.yaml")).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("identity: needs xds.address")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("identity.tokens_file: set tokens_file or token_review")),
+            "{lines:?}"
+        );
+    }
+
+    #[test]
     fn xds_tls_is_validated_with_lines_and_fields() {
         let c = parse(
             "c.yaml",

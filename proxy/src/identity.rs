@@ -314,7 +314,6 @@ mod tests {
 
     #[test]
     fn the_store_swaps_what_resolvers_present() {
-        use rustls::client::ResolvesClientCert as _;
         let store = SecretStore::new();
         let resolver = store.client_resolver();
         assert!(!resolver.has_certs());

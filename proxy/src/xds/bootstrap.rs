@@ -389,6 +389,46 @@ static_resources:
     }
 
     #[test]
+    fn identity_asks_the_mesh_ca_over_tls_and_is_checked_with_its_lines() {
+        let dir = std::env::temp_dir().join(format!("gofe-bootstrap-id-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bootstrap.yaml");
+        std::fs::write(
+            &path,
+            "node: { id: \"proxy-1\" }\nxds_server:\n  address: \"cp.example:18000\"\n  tls: { ca: ca.pem }\nidentity: { token_file: token, lifetime: 1h }\n",
+        )
+        .unwrap();
+        let b = Bootstrap::load(&path).unwrap();
+        let o = b.mesh_ca_options().expect("identity is set");
+        assert_eq!(o.token_file, dir.join("token"));
+        assert_eq!(
+            o.trust_bundle,
+            dir.join("ca.pem"),
+            "default: xds_server.tls.ca"
+        );
+        assert_eq!(o.server_name, "cp.example");
+        assert_eq!(o.lifetime, Some(Duration::from_secs(3600)));
+        assert_eq!(o.address, "cp.example:18000");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let text =
+            "node: { id: a }\nxds_server: { address: \"x:1\" }\nidentity: { token_file: t }\n";
+        let e = gofe_yaml::parse::<Bootstrap>("b.yaml", text).unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.in_file("b.yaml")).collect();
+        assert!(
+            lines[0].starts_with("b.yaml:3:11: identity: needs xds_server.tls"),
+            "{lines:?}"
+        );
+        let text = "node: { id: a }\nxds_server:\n  address: \"x:1\"\n  tls: { ca: c, certificate_chain: p, private_key: k }\nidentity: { token_file: t }\n";
+        let e = gofe_yaml::parse::<Bootstrap>("b.yaml", text).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("xds_server.tls.certificate_chain: leave"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn every_problem_is_named_with_its_line_including_the_static_resources() {
         let text = "node: { id: \"\" }\nxds_server:\n  address: \"no-port\"\nstatic_resources:\n  admin: { address: \"nowhere\" }\n";
         let e = gofe_yaml::parse::<Bootstrap>("b.yaml", text).unwrap_err();
