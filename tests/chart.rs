@@ -315,6 +315,16 @@ fn controller_rbac_is_exactly_the_calls_it_makes() {
             ]),
             "{branch:?}"
         );
+        // ca.rs: the mesh CA's TokenReviews (cluster-scoped: bound cluster-wide always).
+        let reviewer = format!("{PLACEHOLDER}-controller-tokenreview");
+        assert_eq!(
+            grants(find(&objects, "ClusterRole", &reviewer)),
+            set(&[("authentication.k8s.io", "tokenreviews", &["create"])]),
+            "{branch:?}"
+        );
+        let binding = find(&objects, "ClusterRoleBinding", &reviewer);
+        assert_eq!(binding["roleRef"]["name"], reviewer.as_str());
+        assert_eq!(binding["subjects"][0]["name"], controller.as_str());
         // leader.rs: get_opt, create, replace (update) of the Lease.
         let role = find(&objects, "Role", &lease_role);
         assert_eq!(role["metadata"]["namespace"], PLACEHOLDER);
@@ -661,6 +671,26 @@ fn controller_config(values: &Value) -> Value {
         }
         config["xds"]["tls"] = t;
     }
+    let id = &c["identity"];
+    if id["enabled"] == json!(true) {
+        let svc = format!("{PLACEHOLDER}-controller");
+        config["identity"] = json!({
+            "trust_domain": id["trustDomain"],
+            "workload_ttl": id["workloadTtl"],
+            "root": {
+                "cert_file": "/var/run/gofe-mesh-ca/tls.crt",
+                "key_file": "/var/run/gofe-mesh-ca/tls.key",
+            },
+            "token_review": true,
+            "token_audiences": ["gofe"],
+            "server_names": [
+                svc.clone(),
+                format!("{svc}.{PLACEHOLDER}"),
+                format!("{svc}.{PLACEHOLDER}.svc"),
+                format!("{svc}.{PLACEHOLDER}.svc.cluster.local"),
+            ],
+        });
+    }
     merge(&mut config, &c["config"]);
     config
 }
@@ -719,12 +749,23 @@ fn shipped_controller_file_and_the_one_values_make_are_accepted() {
         k.clusters[0].secret.as_ref().unwrap().name,
         "istio-remote-secret-west"
     );
-    assert!(
-        parsed.xds.as_ref().unwrap().tls.is_none(),
-        "plaintext xDS by default"
+    // Mutual TLS from the mesh CA by default: TokenReviews of the proxies' tokens, the root
+    // from the chart's Secret, no xds.tls of the user's.
+    assert!(parsed.xds.as_ref().unwrap().tls.is_none());
+    let identity = parsed
+        .identity
+        .as_ref()
+        .expect("the mesh CA is on by default");
+    assert!(identity.token_review && identity.tokens_file.is_none());
+    assert_eq!(identity.trust_domain, "cluster.local");
+    assert_eq!(identity.root.key_file, "/var/run/gofe-mesh-ca/tls.key");
+    assert_eq!(
+        identity.workload_ttl,
+        std::time::Duration::from_secs(24 * 3600)
     );
 
-    // controller.xds.tls: the Secret's files, and its CA for mutual TLS.
+    // controller.xds.tls: the Secret's files, and its CA for mutual TLS (the mesh CA off).
+    values["controller"]["identity"]["enabled"] = json!(false);
     values["controller"]["xds"] =
         json!({ "tls": { "secretName": "gofe-xds-tls", "mutual": true } });
     let parsed = gofe_controller::config::parse("values", &controller_config(&values).to_string())
@@ -783,15 +824,29 @@ fn shipped_bootstrap_is_accepted_with_the_controller_service_address() {
     bootstrap["xds_server"] = json!({ "address": "gofe-controller.gofe-system.svc:18000" });
     let dir = std::env::temp_dir().join(format!("gofe-chart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
+    // With the mesh CA (the default): TLS to the Service, the certificate asked for with the
+    // projected token.
+    let mut with_ca = bootstrap.clone();
+    with_ca["xds_server"]["tls"] = json!({
+        "ca": "/var/run/gofe-mesh-ca/ca.crt",
+        "server_name": "gofe-controller.gofe-system.svc",
+    });
+    with_ca["identity"] = json!({ "token_file": "/var/run/secrets/gofe/token" });
     for (name, text) in [
         ("as-shipped.yaml", read("files/bootstrap.yaml")),
         ("as-rendered.yaml", bootstrap.to_string()),
+        ("as-rendered-with-mesh-ca.yaml", with_ca.to_string()),
     ] {
         let path = dir.join(name);
         std::fs::write(&path, text).expect("write");
         let b =
             gofe_proxy::xds::bootstrap::Bootstrap::load(&path).unwrap_or_else(|e| panic!("{e}"));
         // The proxy Deployment's admin port (probes, Prometheus) is the bootstrap's.
+        if name.contains("mesh-ca") {
+            let ca = b.mesh_ca_options().expect("the mesh CA is asked");
+            assert_eq!(ca.server_name, "gofe-controller.gofe-system.svc");
+            assert_eq!(ca.trust_bundle, Path::new("/var/run/gofe-mesh-ca/ca.crt"));
+        }
         let admin = b.static_resources.admin.expect("an admin listener");
         assert_eq!(admin.address, "0.0.0.0:9901");
     }

@@ -14,7 +14,9 @@ Checks:
   (the CRD under crds/ too); kinds Kubernetes has no schema for (prometheus-operator's
   ServiceMonitor/PodMonitor, cert-manager's Certificate/Issuer) are checked here instead
   against the objects they point at (ports, Secrets, Issuers);
-- what each value set must produce (the front-proxy CA read at run time by default, a
+- what each value set must produce (mutual TLS from the mesh CA by default: its root in a
+  kept Secret, TokenReview RBAC, the proxies' projected token and root-only mount; the
+  front-proxy CA read at run time by default, a
   user-given CA overriding it, the APIService's caBundle matching the serving Secret, the
   cainjector annotation with cert-manager, scrape annotations on every metrics port; with
   injection on, the MutatingWebhookConfiguration's selectors, Service, path, caBundle and
@@ -101,10 +103,16 @@ VALUE_SETS: dict[str, dict] = {
         "injection": {"enabled": True, "failurePolicy": "Fail", "timeoutSeconds": 5, "nativeSidecar": False,
                       "proxy": {"memoryLimit": "256Mi"}, "certManager": {"enabled": True}},
     },
-    "xDS over TLS from a Secret": {"controller": {"xds": {"tls": {"secretName": "gofe-xds-tls"}}}},
+    "xDS over TLS from a Secret": {
+        "controller": {"identity": {"enabled": False}, "xds": {"tls": {"secretName": "gofe-xds-tls"}}}
+    },
     "xDS mutual TLS, proxies brought by the user": {
-        "controller": {"xds": {"tls": {"secretName": "gofe-xds-tls", "mutual": True}}},
+        "controller": {"identity": {"enabled": False}, "xds": {"tls": {"secretName": "gofe-xds-tls", "mutual": True}}},
         "proxy": {"enabled": False},
+    },
+    "mesh CA off: plaintext xDS": {"controller": {"identity": {"enabled": False}}},
+    "mesh CA with a root of one's own, short certificates": {
+        "controller": {"identity": {"rootSecretName": "my-mesh-root", "trustDomain": "mesh.example", "workloadTtl": "1h"}}
     },
     "all three metrics APIs": {"adapter": {"apis": {"external": True, "custom": True, "resource": True}}},
     "external metrics only, CA given": {
@@ -298,7 +306,8 @@ def check_semantics(label: str, values: dict, objects: list[dict]) -> None:
             check(find(objects, "Secret", f"{FULL}-adapter-tls") is None, f"{label}: no generated Secret with cert-manager")
         elif adapter.get("tls", {}).get("secretName"):
             check(api["spec"]["caBundle"] == adapter["tls"]["caBundle"], f"{label}: the given caBundle")
-            check(not [o for o in objects if o["kind"] == "Secret"], f"{label}: no generated Secret")
+            check(not [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] != f"{FULL}-mesh-ca"],
+                  f"{label}: no generated Secret (but the mesh CA's root)")
         else:
             secret = find(objects, "Secret", f"{FULL}-adapter-tls")
             check(secret is not None and secret["data"]["ca.crt"] == api["spec"]["caBundle"],
@@ -387,6 +396,67 @@ def check_injection(label: str, values: dict, objects: list[dict]) -> None:
         check(ref.get("kind") != "Issuer" or find(objects, "Issuer", ref.get("name")) is not None, f"{label}: the webhook Certificate's Issuer is rendered")
 
 
+def check_mesh_ca(label: str, values: dict, objects: list[dict]) -> None:
+    """The mesh CA (on by default): the controller's file has identity with TokenReview and
+    the root mounted from the kept Secret; the proxies' bootstrap asks it over TLS with a
+    projected token, trusting the root alone; xDS is mutual TLS. Off: none of it."""
+    identity = {"enabled": True, "trustDomain": "cluster.local", "workloadTtl": "24h", "rootSecretName": "",
+                **values.get("controller", {}).get("identity", {})}
+    proxies = values.get("proxy", {}).get("enabled", True)
+    cm = find(objects, "ConfigMap", f"{FULL}-controller")
+    config = yaml.safe_load(cm["data"]["controller.yaml"])
+    generated = find(objects, "Secret", f"{FULL}-mesh-ca")
+    reviewer = find(objects, "ClusterRole", f"{FULL}-controller-tokenreview")
+    if not identity["enabled"]:
+        check("identity" not in config, f"{label}: no mesh CA in the controller file")
+        check(generated is None and reviewer is None, f"{label}: no mesh CA Secret or TokenReview role")
+        return
+    secret = identity["rootSecretName"] or f"{FULL}-mesh-ca"
+    want = {"trust_domain": identity["trustDomain"], "workload_ttl": identity["workloadTtl"], "token_review": True,
+            "token_audiences": ["gofe"],
+            "root": {"cert_file": "/var/run/gofe-mesh-ca/tls.crt", "key_file": "/var/run/gofe-mesh-ca/tls.key"}}
+    got = {k: config.get("identity", {}).get(k) for k in want}
+    check(got == want, f"{label}: the controller file runs the mesh CA with TokenReview", json.dumps(got))
+    names = config["identity"].get("server_names", [])
+    check(f"{FULL}-controller.{NAMESPACE}.svc" in names, f"{label}: the xDS certificate names the Service", str(names))
+    check("tls" not in config.get("xds", {}), f"{label}: no xds.tls beside the mesh CA")
+    if identity["rootSecretName"]:
+        check(generated is None, f"{label}: no generated root beside a given one")
+    else:
+        check(generated is not None and generated["type"] == "kubernetes.io/tls"
+              and {"tls.crt", "tls.key"} <= set(generated.get("data", {}))
+              and generated["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep",
+              f"{label}: a generated root in a kept kubernetes.io/tls Secret")
+        if generated:
+            crt = base64.b64decode(generated["data"]["tls.crt"]).decode()
+            check("BEGIN CERTIFICATE" in crt, f"{label}: the generated root is a PEM certificate")
+    check(reviewer is not None and reviewer["rules"] == [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}],
+          f"{label}: the controller may create TokenReviews, nothing more", json.dumps(reviewer))
+    binding = find(objects, "ClusterRoleBinding", f"{FULL}-controller-tokenreview")
+    check(binding is not None and binding["subjects"][0]["name"] == f"{FULL}-controller", f"{label}: bound cluster-wide to the controller")
+    pod = find(objects, "Deployment", f"{FULL}-controller")["spec"]["template"]["spec"]
+    mounted = [v for v in pod["volumes"] if v["name"] == "mesh-ca"]
+    check(len(mounted) == 1 and mounted[0]["secret"]["secretName"] == secret, f"{label}: the controller mounts the root Secret")
+    if not proxies:
+        return
+    cm = find(objects, "ConfigMap", f"{FULL}-proxy")
+    bootstrap = yaml.safe_load(cm["data"]["bootstrap.yaml"])
+    check(bootstrap["xds_server"].get("tls", {}).get("ca") == "/var/run/gofe-mesh-ca/ca.crt"
+          and bootstrap.get("identity", {}).get("token_file") == "/var/run/secrets/gofe/token",
+          f"{label}: mutual TLS by default: the proxies ask the mesh CA and verify the controller with its root", json.dumps(bootstrap))
+    pod = find(objects, "Deployment", f"{FULL}-proxy")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    root = volumes.get("mesh-ca", {}).get("secret", {})
+    check(root.get("secretName") == secret and root.get("items") == [{"key": "tls.crt", "path": "ca.crt"}],
+          f"{label}: the proxies mount the root certificate alone, never its key", json.dumps(root))
+    sources = volumes.get("identity-token", {}).get("projected", {}).get("sources", [])
+    check(sources == [{"serviceAccountToken": {"audience": "gofe", "expirationSeconds": 3600, "path": "token"}}],
+          f"{label}: a projected token for audience gofe", json.dumps(sources))
+    args = pod["containers"][0]["args"]
+    check(any(a.startswith("--service-node=sidecar~$(POD_IP)~$(POD_NAME).$(POD_NAMESPACE)~$(POD_NAMESPACE).svc") for a in args),
+          f"{label}: an Istio-shaped node id, which the certificate of the pod's namespace may claim", str(args))
+
+
 def check_controller_file(label: str, objects: list[dict]) -> None:
     """The controller file the chart renders (with its proxy file) is one `gofe check` accepts
     (only when GOFE_BIN names the binary, as tests/chart.rs does)."""
@@ -451,6 +521,7 @@ def main() -> int:
             check_custom_kinds(label, objects)
             check_semantics(label, values, objects)
             check_injection(label, values, objects)
+            check_mesh_ca(label, values, objects)
             check_controller_file(label, objects)
         for label, values, needles in BAD_VALUES:
             try:
@@ -461,6 +532,12 @@ def main() -> int:
                 check(all(n in message for n in needles), f"bad values refused with a message naming {needles}: {label}", message)
             except helm.HelmError as e:
                 check(False, f"bad values refused, but not by the schema: {label}", str(e))
+        # A template-level refusal: the mesh CA and a Secret of one's own for the xDS port.
+        try:
+            chart.render({"controller": {"xds": {"tls": {"secretName": "x"}}}}, name=RELEASE, namespace=NAMESPACE)
+            check(False, "the mesh CA and controller.xds.tls.secretName at once accepted")
+        except helm.HelmRenderError as e:
+            check("controller.identity.enabled=false" in str(e), "the mesh CA and xds.tls at once refused", str(e))
         # A template-level refusal: two sources of the serving certificate.
         try:
             chart.render({"adapter": {"certManager": {"enabled": True}, "tls": {"secretName": "x", "caBundle": "eA=="}}},

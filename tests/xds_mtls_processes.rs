@@ -221,6 +221,7 @@ fn ads_client(mesh: &Mesh, node: &str, tls: bool, identity: bool) -> XdsClient {
                 server_name: Some("localhost".into()),
                 identity: identity
                     .then(|| (mesh.pki.path("proxy.pem"), mesh.pki.path("proxy-key.pem"))),
+                workload: None,
             }),
             base: gofe_proxy::ProxyConfig::default(),
             drain: Duration::ZERO,

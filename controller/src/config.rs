@@ -94,6 +94,109 @@ pub struct ControllerConfig {
     /// Default: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<ControllerTracingConfig>,
+    /// The mesh CA: the controller signs each proxy's workload certificate (a SPIFFE id) from
+    /// a CSR sent to its xDS port with a token, and serves the xDS port itself over mutual TLS
+    /// with a certificate of its own from the same root, so nobody manages certificates by
+    /// hand (see `crate::ca`). Needs `xds`, and replaces `xds.tls`. Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityConfig>,
+}
+
+/// `identity`: the mesh CA.
+///
+/// A proxy calls `istio.v1.auth.IstioCertificateService/CreateCertificate` on the xDS port
+/// (no client certificate needed) with `authorization: Bearer TOKEN` and a CSR of a key it
+/// made itself; the controller checks the token (a `tokens_file` entry, or a Kubernetes
+/// ServiceAccount token through a TokenReview), and signs a certificate for
+/// `spiffe://TRUST_DOMAIN/ns/NS/sa/SA` (plus, as DNS SANs, the node ids the token lists that
+/// the CSR asks for). Such a certificate passes the xDS port's node check
+/// (`gofe_xds::identity`) for the node id that is the SPIFFE id itself, an Istio node id
+/// `TYPE~IP~POD.NS~NS.svc.DOMAIN` of namespace `NS`, or a node id listed for the token.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The SPIFFE trust domain of every identity issued. Default `cluster.local`.
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    /// The trust root (PEM, relative to this file). When both files exist they are the root
+    /// (user-supplied; in Kubernetes a Secret mounted as files); when neither does, the
+    /// controller generates a root at its first start and writes both (the key with mode
+    /// 0600), so a restart keeps it. Default `mesh-ca/root.crt` and `mesh-ca/root.key`.
+    #[serde(default)]
+    pub root: CaRootConfig,
+    /// Lifetime of a workload certificate; a CSR may ask for less, not more. Default 24 h.
+    #[serde(default = "default_workload_ttl", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "gofe_model::schema::DurationText")]
+    pub workload_ttl: Duration,
+    /// The shortest lifetime issued (a shorter request gets this). Default 1 h; tests lower it.
+    #[serde(
+        default = "default_min_workload_ttl",
+        with = "gofe_yaml::duration::text"
+    )]
+    #[schemars(with = "gofe_model::schema::DurationText")]
+    pub min_workload_ttl: Duration,
+    /// How far before its issue a certificate is valid from (clocks of the proxies may be a
+    /// little behind the controller's). Default 1 min.
+    #[serde(default = "default_clock_skew", with = "gofe_yaml::duration::text")]
+    #[schemars(with = "gofe_model::schema::DurationText")]
+    pub clock_skew: Duration,
+    /// File mode: the bootstrap tokens (YAML, relative to this file; read again at every
+    /// request, so tokens can be added and revoked while the controller runs):
+    /// `tokens: [{ token: "…", namespace: NS, service_account: SA, node_ids: ["proxy-1"] }]`.
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_file: Option<String>,
+    /// Kubernetes mode: a request's token is a ServiceAccount token, checked with a
+    /// TokenReview against the API server; the identity is the account's. Default `false`.
+    #[serde(default)]
+    pub token_review: bool,
+    /// Audiences a reviewed token must be for. Default: none (the API server's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_audiences: Vec<String>,
+    /// The names (DNS names or IP addresses) in the certificate the xDS port serves, which
+    /// the mesh CA issues to the controller itself and renews at half its lifetime. Default
+    /// `localhost` and `127.0.0.1`.
+    #[serde(default = "default_server_names")]
+    pub server_names: Vec<String>,
+}
+
+/// `identity.root`: the CA's certificate and key files.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CaRootConfig {
+    /// PEM certificate of the root. Also the trust bundle proxies verify the xDS port with.
+    pub cert_file: String,
+    /// PEM private key of the root.
+    pub key_file: String,
+}
+
+impl Default for CaRootConfig {
+    fn default() -> Self {
+        CaRootConfig {
+            cert_file: "mesh-ca/root.crt".into(),
+            key_file: "mesh-ca/root.key".into(),
+        }
+    }
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
+
+fn default_workload_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+fn default_min_workload_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_clock_skew() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_server_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into()]
 }
 
 /// Where the controller's decision spans go: the proxy's `tracing.provider` and `batch`
@@ -835,6 +938,27 @@ impl Validate for ControllerConfig {
             );
         }
         check_socket(v, "admin.address", &self.admin.address);
+        if let Some(id) = &self.identity {
+            v.within("identity", |v| id.validate(v));
+            match &self.xds {
+                None => v.error(
+                    "identity",
+                    "needs xds.address: proxies ask for certificates on the controller's xDS port",
+                ),
+                Some(x) if x.tls.is_some() => v.error(
+                    "xds.tls",
+                    "leave it out with identity: the mesh CA issues the xDS port's certificate \
+                     and verifies client certificates against its own root",
+                ),
+                Some(_) => {}
+            }
+            if id.token_review && self.kubernetes.is_none() {
+                v.error(
+                    "identity.token_review",
+                    "needs kubernetes: tokens are reviewed by the API server",
+                );
+            }
+        }
         if let Some(x) = &self.xds {
             check_socket(v, "xds.address", &x.address);
             if let Some(t) = &x.tls {
@@ -940,6 +1064,65 @@ impl Validate for ControllerConfig {
                         gofe_yaml::duration::format(le.renew_deadline),
                         gofe_yaml::duration::format(le.lease_duration)
                     ),
+                );
+            }
+        }
+    }
+}
+
+impl Validate for IdentityConfig {
+    fn validate(&self, v: &mut Validator) {
+        let td = &self.trust_domain;
+        let td_ok = !td.is_empty()
+            && td.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'_')
+            });
+        if !td_ok {
+            v.error(
+                "trust_domain",
+                format!("must be a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_'), got {td:?}"),
+            );
+        }
+        for (field, value) in [
+            ("root.cert_file", &self.root.cert_file),
+            ("root.key_file", &self.root.key_file),
+        ] {
+            if value.is_empty() {
+                v.error(field, "must name a PEM file");
+            }
+        }
+        if self.min_workload_ttl < Duration::from_secs(1) {
+            v.error("min_workload_ttl", "must be at least 1s");
+        }
+        if self.workload_ttl < self.min_workload_ttl {
+            v.error(
+                "workload_ttl",
+                format!(
+                    "must be at least min_workload_ttl ({})",
+                    gofe_yaml::duration::format(self.min_workload_ttl)
+                ),
+            );
+        }
+        if self.tokens_file.as_deref() == Some("") {
+            v.error("tokens_file", "must name a file (or leave it out)");
+        }
+        if self.tokens_file.is_none() && !self.token_review {
+            v.error(
+                "tokens_file",
+                "set tokens_file or token_review: true, else no request can be authenticated",
+            );
+        }
+        if self.server_names.is_empty() {
+            v.error(
+                "server_names",
+                "must name at least one DNS name or IP address",
+            );
+        }
+        for (i, name) in self.server_names.iter().enumerate() {
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                v.error(
+                    format!("server_names[{i}]"),
+                    format!("{name:?} is neither a DNS name nor an IP address"),
                 );
             }
         }
@@ -1205,6 +1388,14 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
             if let Some(path) = &mut c.kubeconfig {
                 *path = dir.join(&*path).display().to_string();
             }
+        }
+    }
+    if let Some(id) = &mut controller.identity {
+        for file in [&mut id.root.cert_file, &mut id.root.key_file]
+            .into_iter()
+            .chain(id.tokens_file.as_mut())
+        {
+            *file = dir.join(&*file).display().to_string();
         }
     }
     if let Some(w) = &mut controller.webhook {
@@ -1485,6 +1676,63 @@ mod tests {
                 "{want} not in:\n{e}"
             );
         }
+    }
+
+    #[test]
+    fn identity_is_validated_with_lines_and_fields() {
+        let c = parse(
+            "c.yaml",
+            "proxy_config: p.yaml\nxds: { address: \"127.0.0.1:1\" }\nidentity: { tokens_file: t.yaml }\n",
+        )
+        .unwrap();
+        let id = c.identity.unwrap();
+        assert_eq!(id.trust_domain, "cluster.local");
+        assert_eq!(id.workload_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(id.min_workload_ttl, Duration::from_secs(3600));
+        assert_eq!(id.clock_skew, Duration::from_secs(60));
+        assert_eq!(id.root.cert_file, "mesh-ca/root.crt");
+        assert_eq!(id.server_names, ["localhost", "127.0.0.1"]);
+        let text = "proxy_config: p.yaml\nxds:\n  address: \"127.0.0.1:1\"\n  tls: { cert_file: a, key_file: b }\nidentity:\n  trust_domain: \"Mesh/1\"\n  workload_ttl: 10m\n  token_review: true\n  server_names: [\"bad name\"]\n";
+        let e = parse("c.yaml", text).unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.in_file("c.yaml")).collect();
+        let find = |needle: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("{needle} in {lines:?}"))
+                .clone()
+        };
+        assert!(
+            find("identity.trust_domain").starts_with("c.yaml:6:17:"),
+            "{lines:?}"
+        );
+        assert!(
+            find("identity.workload_ttl: must be at least min_workload_ttl (3600s)")
+                .starts_with("c.yaml:7:17:")
+        );
+        assert!(
+            find("identity.server_names[0]").starts_with("c.yaml:9:18:"),
+            "{lines:?}"
+        );
+        assert!(find("identity.token_review: needs kubernetes").starts_with("c.yaml:8:17:"));
+        assert!(
+            find("xds.tls: leave it out with identity").starts_with("c.yaml:4:8:"),
+            "{lines:?}"
+        );
+        let e = parse("c.yaml", "proxy_config: p.yaml\nidentity: {}\n").unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.in_file("c.yaml")).collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("identity: needs xds.address")),
+            "{lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains("identity.tokens_file: set tokens_file or token_review")),
+            "{lines:?}"
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts
 use serde::Serialize;
 
 pub mod admin;
+pub mod ca;
 pub mod config;
 pub mod kubernetes;
 pub mod publication;
@@ -502,6 +503,9 @@ pub enum ControllerError {
     /// one started without load reporting).
     #[error("signals.lrs.enabled needs the controller's xDS server (set xds.address)")]
     LrsWithoutXds,
+    /// The mesh CA could not start (its root).
+    #[error(transparent)]
+    Ca(#[from] ca::CaError),
     /// The `xds.tls` files do not make a TLS configuration.
     #[error("xds.tls: {0}")]
     XdsTls(#[source] gofe_xds::TlsError),
@@ -1319,14 +1323,43 @@ pub async fn serve_with_reloads(
             .tls
             .as_ref()
             .is_some_and(config::XdsServerTlsConfig::requires_client_certificate);
-        let server = gofe_xds::AdsServer::new(options);
-        let tls = match &xds.tls {
+        let mut tls = match &xds.tls {
             Some(t) => Some((
                 Arc::new(gofe_xds::LiveTls::load(t.files()).map_err(ControllerError::XdsTls)?),
                 t.reload_interval,
             )),
             None => None,
         };
+        if let Some(identity) = &loaded.controller.identity {
+            let authenticator = match (&identity.tokens_file, &kubernetes) {
+                (_, Some((client, _))) if identity.token_review => ca::Authenticator::TokenReview {
+                    client: client.clone(),
+                    audiences: identity.token_audiences.clone(),
+                },
+                (Some(path), _) => ca::Authenticator::Tokens(path.into()),
+                (None, _) => {
+                    return Err(ControllerError::Ca(ca::CaError::Invalid(
+                        "set tokens_file or token_review".into(),
+                    )))
+                }
+            };
+            let mesh = Arc::new(ca::MeshCa::start(identity, authenticator)?);
+            let live = Arc::new(gofe_xds::LiveTls::fixed(xds_port_tls(
+                &mesh,
+                &identity.server_names,
+            )?));
+            tokio::spawn(renew_xds_certificate(
+                Arc::clone(&mesh),
+                Arc::clone(&live),
+                identity.server_names.clone(),
+            ));
+            // A proxy asks for its first certificate without one: the handshake lets it in,
+            // and ADS refuses a stream without a certificate.
+            options.require_identity = true;
+            options.authority = Some(mesh);
+            tls = Some((live, Duration::from_secs(3600)));
+        }
+        let server = gofe_xds::AdsServer::new(options);
         let listener = tokio::net::TcpListener::bind(&xds.address)
             .await
             .map_err(|source| ControllerError::Bind {
@@ -1334,6 +1367,7 @@ pub async fn serve_with_reloads(
                 source,
             })?;
         let mode = match &xds.tls {
+            None if loaded.controller.identity.is_some() => "mutual TLS from the mesh CA",
             None => "plaintext",
             Some(t) if t.client_ca_file.is_none() => "TLS",
             Some(t) if t.requires_client_certificate() => "mutual TLS",
@@ -1415,6 +1449,42 @@ pub fn server_options(
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// The xDS port's TLS configuration with a fresh certificate from the mesh CA: client
+/// certificates verified against its root, and optional at the handshake.
+fn xds_port_tls(
+    mesh: &ca::MeshCa,
+    names: &[String],
+) -> Result<Arc<rustls::ServerConfig>, ControllerError> {
+    let (chain, key) = mesh.server_certificate(names)?;
+    gofe_xds::server_tls_from_pem(&chain, &key, mesh.root_pem(), false)
+        .map_err(ControllerError::XdsTls)
+}
+
+/// Renews the xDS port's certificate at half its lifetime, for as long as the controller runs
+/// (new handshakes use the new one; connections already open keep theirs).
+async fn renew_xds_certificate(
+    mesh: Arc<ca::MeshCa>,
+    live: Arc<gofe_xds::LiveTls>,
+    names: Vec<String>,
+) {
+    let half = mesh.server_lifetime() / 2;
+    let mut wait = half;
+    loop {
+        tokio::time::sleep(wait).await;
+        match xds_port_tls(&mesh, &names) {
+            Ok(config) => {
+                live.replace(config);
+                tracing::info!("mesh CA: renewed the xDS port's certificate");
+                wait = half;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "mesh CA: cannot renew the xDS port's certificate; retrying in 10s");
+                wait = Duration::from_secs(10);
+            }
+        }
     }
 }
 

@@ -30,10 +30,14 @@
 //! small types in [`load`], read within bounds so a hostile client cannot make a server keep more
 //! than it chose to.
 //!
+//! The mesh CA's certificate-signing service (Istio's `CreateCertificate`, by which a proxy gets
+//! its workload certificate from the controller) has its messages in [`ca`].
+//!
 //! What this crate does not do: talk to the network (that is `gofe-xds`), or decide what the
 //! configuration should be (that is the controller). The admin listener is not an xDS
 //! resource: it belongs to each proxy's bootstrap ([`unpublishable`] says so).
 
+pub mod ca;
 pub mod convert;
 pub mod load;
 pub mod resource;

@@ -58,6 +58,7 @@ mod forward;
 mod framing;
 mod h1;
 mod health;
+pub mod identity;
 mod listener;
 mod metrics;
 mod mirror;

@@ -491,6 +491,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for series registered by their own module (the workload identity's).
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The xDS client's series, registered on first use.
     pub(crate) fn xds(&self) -> &XdsMetrics {
         self.xds.get_or_init(|| {

@@ -11,11 +11,13 @@
 //! [`client`] runs the stream; `status` exports its state (`/metrics`, `/config_dump`) and
 //! decides readiness (Envoy's `initial_fetch_timeout`); [`load`] streams per-endpoint load
 //! reports to the control plane over Envoy's Load Reporting Service when the bootstrap asks
-//! (`xds_server.load_stats: true`). The server side is `gofe-xds`.
+//! (`xds_server.load_stats: true`); [`mesh_ca`] gets the proxy's workload certificate from the
+//! control plane's mesh CA and rotates it when the bootstrap has `identity`. The server side is `gofe-xds`.
 
 pub mod bootstrap;
 pub mod client;
 pub mod load;
+pub mod mesh_ca;
 pub(crate) mod status;
 
 pub use client::{ClientOptions, ClientStatus, ClientTls, InitialFetch, XdsClient};

@@ -95,6 +95,7 @@ fn client(pki: &Pki, addr: SocketAddr, node_id: &str, with_cert: bool) -> XdsCli
             ca: pki.path("ca.pem"),
             server_name: Some("localhost".into()),
             identity: with_cert.then(|| (pki.path("client.pem"), pki.path("client-key.pem"))),
+            workload: None,
         }),
         base: ProxyConfig::default(),
         drain: Duration::ZERO,

@@ -22,11 +22,16 @@
 //!   stream and endpoint, a bounded ring over the signal window, forgotten when the stream ends.
 //!   The controller reads it as its fast signal source.
 //!
+//! - [`ca`] serves the mesh CA's `CreateCertificate` (Istio's shape) on the same port when
+//!   [`ServerOptions::authority`] is set: the controller decides and signs, this crate decodes,
+//!   counts (`gofe_ca_certificate_requests_total{result}`) and answers.
+//!
 //! What this crate does not do: decide what the configuration should be (the controller), know
 //! the resource formats beyond passing them to `gofe-proto`, which owns every conversion, or
 //! take configuration from a control plane: that is the proxy's own xDS client
 //! (`gofe_proxy::xds`, `gofe proxy --bootstrap FILE`), which needs only `gofe-proto`.
 
+pub mod ca;
 pub mod cache;
 mod grpc;
 pub mod identity;
@@ -35,8 +40,12 @@ mod metrics;
 pub mod serve;
 pub mod server;
 
+pub use ca::{CertificateAuthority, CertificateRequest, SharedAuthority};
 pub use cache::{NodeKey, Snapshot, SnapshotCache};
 pub use lrs::{LoadReportingOptions, LoadStore, WindowLoad};
 pub use metrics::NodeAck;
-pub use serve::{serve, serve_reloading, server_tls, LiveTls, Reload, ServerTlsFiles, TlsError};
+pub use serve::{
+    serve, serve_reloading, server_tls, server_tls_from_pem, LiveTls, Reload, ServerTlsFiles,
+    TlsError,
+};
 pub use server::{AdsServer, PeerCertificate, ServerOptions};

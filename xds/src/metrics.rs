@@ -28,6 +28,9 @@ pub(crate) struct ServerMetrics {
     pub(crate) handshake_failures: prometheus::IntCounter,
     /// Certificate reloads, by result (`applied`, `failed`).
     pub(crate) tls_reloads: IntCounterVec,
+    /// Mesh CA certificate requests, by result (`issued`, `unauthenticated`,
+    /// `invalid_argument`, `permission_denied`, `unimplemented`, `error`).
+    pub(crate) ca_requests: IntCounterVec,
     nack_info: IntGaugeVec,
     /// Per stream, node and type: the last NACK's version and error.
     last_nack: Mutex<HashMap<StreamType, [String; 2]>>,
@@ -108,6 +111,19 @@ impl ServerMetrics {
         for result in ["applied", "failed"] {
             tls_reloads.with_label_values(&[result]);
         }
+        let ca_requests = IntCounterVec::new(
+            Opts::new(
+                "gofe_ca_certificate_requests_total",
+                "Mesh CA CreateCertificate calls, by result: issued, unauthenticated (no or a \
+                 bad token), invalid_argument (an unreadable CSR or a name not granted), \
+                 permission_denied, unimplemented (no mesh CA), error.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for result in ["issued", "unauthenticated", "invalid_argument"] {
+            ca_requests.with_label_values(&[result]);
+        }
         let nack_info = IntGaugeVec::new(
             Opts::new(
                 "gofe_xds_last_nack_info",
@@ -133,6 +149,7 @@ impl ServerMetrics {
             Box::new(refused.clone()),
             Box::new(handshake_failures.clone()),
             Box::new(tls_reloads.clone()),
+            Box::new(ca_requests.clone()),
             Box::new(nack_info.clone()),
             Box::new(version_info.clone()),
         ] {
@@ -148,6 +165,7 @@ impl ServerMetrics {
             refused,
             handshake_failures,
             tls_reloads,
+            ca_requests,
             nack_info,
             last_nack: Mutex::default(),
             version_info,

@@ -52,36 +52,100 @@ pub struct ServerTlsFiles {
 }
 
 fn build(files: &ServerTlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let client_ca = files
+        .client_ca
+        .as_ref()
+        .map(|ca| roots(ca).map(|r| (r, ca.display().to_string())))
+        .transpose()?;
+    build_from(
+        certs(&files.cert_chain)?,
+        key(&files.private_key)?,
+        client_ca,
+        files.require_client_certificate,
+    )
+    .map_err(|e| match e {
+        TlsError::Invalid(m) if m.starts_with("key:") => TlsError::Invalid(format!(
+            "{} and {}: {}",
+            files.cert_chain.display(),
+            files.private_key.display(),
+            &m[5..]
+        )),
+        other => other,
+    })
+}
+
+/// A server TLS configuration offering `h2` from material in memory (PEM): the certificate
+/// chain, its key, and the CA that client certificates must chain to. With
+/// `require_client_certificate` `false` a client may connect without a certificate (one it
+/// presents is still verified): what the mesh CA's port needs, since a proxy asks for its
+/// first certificate there.
+pub fn server_tls_from_pem(
+    cert_chain: &str,
+    private_key: &str,
+    client_ca: &str,
+    require_client_certificate: bool,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let pem_certs = |text: &str,
+                     what: &str|
+     -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+        let certs: Result<Vec<_>, _> =
+            rustls_pemfile::certs(&mut std::io::BufReader::new(text.as_bytes())).collect();
+        let certs = certs.map_err(|e| TlsError::Invalid(format!("{what}: {e}")))?;
+        if certs.is_empty() {
+            return Err(TlsError::Invalid(format!(
+                "{what}: no PEM certificate found"
+            )));
+        }
+        Ok(certs)
+    };
+    let chain = pem_certs(cert_chain, "certificate chain")?;
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(private_key.as_bytes()))
+        .map_err(|e| TlsError::Invalid(format!("private key: {e}")))?
+        .ok_or_else(|| TlsError::Invalid("private key: no PEM private key found".into()))?;
+    let mut store = rustls::RootCertStore::empty();
+    for c in pem_certs(client_ca, "client CA")? {
+        store
+            .add(c)
+            .map_err(|e| TlsError::Invalid(format!("client CA: {e}")))?;
+    }
+    build_from(
+        chain,
+        key,
+        Some((store, "client CA".into())),
+        require_client_certificate,
+    )
+}
+
+fn build_from(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    client_ca: Option<(rustls::RootCertStore, String)>,
+    require_client_certificate: bool,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Invalid(e.to_string()))?;
-    let builder = match &files.client_ca {
+    let builder = match client_ca {
         None => builder.with_no_client_auth(),
-        Some(ca) => {
+        Some((store, ca)) => {
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots(ca)?),
+                Arc::new(store),
                 provider(),
             );
-            let verifier = if files.require_client_certificate {
+            let verifier = if require_client_certificate {
                 verifier
             } else {
                 verifier.allow_unauthenticated()
             };
             let verifier = verifier
                 .build()
-                .map_err(|e| TlsError::Invalid(format!("{}: {e}", ca.display())))?;
+                .map_err(|e| TlsError::Invalid(format!("{ca}: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder
-        .with_single_cert(certs(&files.cert_chain)?, key(&files.private_key)?)
-        .map_err(|e| {
-            TlsError::Invalid(format!(
-                "{} and {}: {e}",
-                files.cert_chain.display(),
-                files.private_key.display()
-            ))
-        })?;
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Invalid(format!("key: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -138,6 +202,12 @@ impl LiveTls {
             current: ArcSwap::new(config),
             seen: Mutex::new((None, None)),
         }
+    }
+
+    /// Puts `config` in force from the next handshake (connections already open keep
+    /// theirs): how the mesh CA renews the xDS port's own certificate.
+    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        self.current.store(config);
     }
 
     /// The configuration new handshakes use.

@@ -57,6 +57,15 @@ pub struct ServerOptions {
     /// Serve the Load Reporting Service (`StreamLoadStats`) on the same port, keeping reports
     /// in a [`LoadStore`]. Default: off (the method answers `UNIMPLEMENTED`).
     pub load_reporting: Option<LoadReportingOptions>,
+    /// Serve the mesh CA's `CreateCertificate` ([`crate::ca`]) on the same port, answered by
+    /// this authority. Default: off (the method answers `UNIMPLEMENTED`).
+    pub authority: Option<crate::ca::SharedAuthority>,
+}
+
+impl std::fmt::Debug for dyn crate::ca::CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertificateAuthority")
+    }
 }
 
 impl Default for ServerOptions {
@@ -65,6 +74,7 @@ impl Default for ServerOptions {
             debounce: Duration::from_millis(10),
             require_identity: false,
             load_reporting: None,
+            authority: None,
         }
     }
 }
@@ -81,6 +91,7 @@ pub(crate) struct ServerInner {
     require_identity: bool,
     subscriptions: Subscriptions,
     load: Option<LoadStore>,
+    pub(crate) authority: Option<crate::ca::SharedAuthority>,
 }
 
 impl AdsServer {
@@ -93,6 +104,7 @@ impl AdsServer {
                 require_identity: options.require_identity,
                 subscriptions: Subscriptions::default(),
                 load: options.load_reporting.map(LoadStore::new),
+                authority: options.authority,
             }),
         }
     }
@@ -194,6 +206,9 @@ impl AdsServer {
             SOTW_PATH => self.start_sotw(request, peer).await,
             DELTA_PATH => self.start_delta(request, peer).await,
             LRS_PATH => self.start_lrs(request, peer).await,
+            gofe_proto::ca::CREATE_CERTIFICATE_PATH => {
+                return self.create_certificate(request, peer).await
+            }
             other => Err(Status::unimplemented(format!("no gRPC method at {other}"))),
         };
         result.unwrap_or_else(grpc::status_response)

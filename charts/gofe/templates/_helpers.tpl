@@ -77,7 +77,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $_ := set $config.xds "tls" $tls }}
 {{- end }}
 {{- end }}
+{{- with .Values.controller.identity }}
+{{- if .enabled }}
+{{- $svc := printf "%s-controller" (include "gofe.fullname" $) }}
+{{- $names := list $svc (printf "%s.%s" $svc $.Release.Namespace) (printf "%s.%s.svc" $svc $.Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc $.Release.Namespace) }}
+{{- $_ := set $config "identity" (dict "trust_domain" .trustDomain "workload_ttl" .workloadTtl "root" (dict "cert_file" "/var/run/gofe-mesh-ca/tls.crt" "key_file" "/var/run/gofe-mesh-ca/tls.key") "token_review" true "token_audiences" (list "gofe") "server_names" $names) }}
+{{- end }}
+{{- end }}
 {{- toYaml (mergeOverwrite $config .Values.controller.config) }}
+{{- end }}
+
+{{/* The mesh CA's root Secret: controller.identity.rootSecretName, or the generated one. */}}
+{{- define "gofe.meshCaSecret" -}}
+{{- default (printf "%s-mesh-ca" (include "gofe.fullname" .)) .Values.controller.identity.rootSecretName }}
 {{- end }}
 
 {{/* The proxies' base configuration, served by the controller. */}}
@@ -96,6 +108,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $server := dict "address" $address }}
 {{- if .Values.controller.xds.tls.secretName }}
 {{- $_ := set $server "tls" (dict "ca" "/var/run/gofe-xds-ca/ca.crt" "server_name" (printf "%s-controller.%s.svc" (include "gofe.fullname" .) .Release.Namespace)) }}
+{{- else if .Values.controller.identity.enabled }}
+{{- $_ := set $server "tls" (dict "ca" "/var/run/gofe-mesh-ca/ca.crt" "server_name" (printf "%s-controller.%s.svc" (include "gofe.fullname" .) .Release.Namespace)) }}
+{{- $_ := set $bootstrap "identity" (dict "token_file" "/var/run/secrets/gofe/token") }}
 {{- end }}
 {{- $_ := set $bootstrap "xds_server" $server }}
 {{- toYaml $bootstrap }}

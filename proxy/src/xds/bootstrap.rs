@@ -12,6 +12,10 @@
 //!     server_name: "control-plane"      # default: the address's host
 //!     certificate_chain: "proxy.pem"    # optional pair: mutual TLS
 //!     private_key: "proxy-key.pem"
+//! identity:                             # optional: the client certificate from the mesh CA
+//!   token_file: "token"                 # bootstrap token, or a projected ServiceAccount token
+//!   trust_bundle: "ca.pem"              # optional; default xds_server.tls.ca
+//!   lifetime: "24h"                     # optional; default the CA's
 //! static_resources:                     # optional; the proxy config file's shape
 //!   admin: { address: "127.0.0.1:9901" }
 //! ```
@@ -38,6 +42,31 @@ pub struct Bootstrap {
     /// Listeners, clusters and admin that do not come from xDS. Default: none.
     #[serde(default)]
     pub static_resources: ProxyConfig,
+    /// Get the xDS client certificate from the control plane's mesh CA instead of files: the
+    /// proxy makes its key, sends a CSR with the token, uses the certificate for mutual TLS
+    /// to the control plane and rotates it at half its lifetime (`crate::xds::mesh_ca`).
+    /// Needs `xds_server.tls` without `certificate_chain`/`private_key`. Default: off.
+    #[serde(default)]
+    pub identity: Option<IdentityBootstrap>,
+}
+
+/// `identity` of the bootstrap: how to ask the mesh CA (paths relative to the bootstrap file).
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityBootstrap {
+    /// The token sent as `authorization: Bearer TOKEN` (a bootstrap token of the controller's
+    /// `identity.tokens_file`, or a projected ServiceAccount token in Kubernetes). Read again
+    /// at every request.
+    pub token_file: PathBuf,
+    /// PEM roots that verify the control plane when asking, and the proxy's trust bundle.
+    /// Default: `xds_server.tls.ca`.
+    #[serde(default)]
+    pub trust_bundle: Option<PathBuf>,
+    /// The certificate lifetime asked for; the CA may give less or more within its limits.
+    /// Default: the CA's.
+    #[serde(default, with = "gofe_yaml::duration::optional_text")]
+    #[schemars(with = "Option<gofe_model::schema::DurationText>")]
+    pub lifetime: Option<Duration>,
 }
 
 /// `node` of the bootstrap.
@@ -113,6 +142,9 @@ pub enum BootstrapError {
     /// The client could not start.
     #[error(transparent)]
     Client(#[from] super::client::ClientError),
+    /// The mesh CA client could not start (its trust bundle).
+    #[error("identity: {0}")]
+    MeshCa(#[from] super::mesh_ca::MeshCaError),
 }
 
 impl Validate for Bootstrap {
@@ -125,6 +157,19 @@ impl Validate for Bootstrap {
                 "xds_server.address",
                 format!("expected host:port, got {:?}", self.xds_server.address),
             );
+        }
+        if self.identity.is_some() {
+            match &self.xds_server.tls {
+                None => v.error(
+                    "identity",
+                    "needs xds_server.tls: the certificate is asked for, and used, over TLS",
+                ),
+                Some(t) if t.certificate_chain.is_some() || t.private_key.is_some() => v.error(
+                    "xds_server.tls.certificate_chain",
+                    "leave certificate_chain and private_key out with identity: the mesh CA issues them",
+                ),
+                Some(_) => {}
+            }
         }
         if let Some(t) = &self.xds_server.tls {
             if t.certificate_chain.is_some() != t.private_key.is_some() {
@@ -146,8 +191,18 @@ impl Bootstrap {
     /// TLS paths are taken relative to the file.
     pub fn load(path: &Path) -> Result<Bootstrap, BootstrapError> {
         let mut b: Bootstrap = gofe_yaml::load(path)?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(id) = &mut b.identity {
+            for p in [Some(&mut id.token_file), id.trust_bundle.as_mut()]
+                .into_iter()
+                .flatten()
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
         if let Some(t) = &mut b.xds_server.tls {
-            let base = path.parent().unwrap_or(Path::new("."));
             for p in [
                 Some(&mut t.ca),
                 t.certificate_chain.as_mut(),
@@ -164,6 +219,23 @@ impl Bootstrap {
         Ok(b)
     }
 
+    /// How to ask the mesh CA (`identity`), if the bootstrap says to.
+    pub fn mesh_ca_options(&self) -> Option<super::mesh_ca::MeshCaOptions> {
+        let id = self.identity.as_ref()?;
+        let tls = self.xds_server.tls.as_ref()?;
+        Some(super::mesh_ca::MeshCaOptions {
+            address: self.xds_server.address.clone(),
+            server_name: tls
+                .server_name
+                .clone()
+                .unwrap_or_else(|| host_of(&self.xds_server.address)),
+            trust_bundle: id.trust_bundle.clone().unwrap_or_else(|| tls.ca.clone()),
+            token_file: id.token_file.clone(),
+            node_id: self.node.id.clone(),
+            lifetime: id.lifetime,
+        })
+    }
+
     /// Client options for this bootstrap.
     pub fn client_options(&self, drain: Duration) -> ClientOptions {
         ClientOptions {
@@ -174,6 +246,7 @@ impl Bootstrap {
                 ca: t.ca.clone(),
                 server_name: t.server_name.clone(),
                 identity: t.certificate_chain.clone().zip(t.private_key.clone()),
+                workload: None,
             }),
             base: {
                 let mut base = self.static_resources.clone();
@@ -188,6 +261,16 @@ impl Bootstrap {
             load_reporting: self.xds_server.load_stats,
         }
     }
+}
+
+/// The host of `host:port` (brackets of an IPv6 address removed).
+fn host_of(address: &str) -> String {
+    address
+        .rsplit_once(':')
+        .map_or(address, |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned()
 }
 
 /// Runs a proxy steered by xDS until `shutdown` completes, then drains for up to `drain`.
@@ -207,14 +290,33 @@ pub async fn run_loaded(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), BootstrapError> {
     let proxy = Proxy::new();
+    let mut options = b.client_options(drain);
+    tokio::pin!(shutdown);
+    let mut rotation = None;
+    if let Some(mesh) = b.mesh_ca_options() {
+        let store = crate::identity::SecretStore::new();
+        let ca = super::mesh_ca::MeshCaClient::new(mesh, proxy.shared.metrics.registry())?;
+        tracing::info!(node = %b.node.id, server = %b.xds_server.address, "asking the mesh CA for a workload certificate");
+        tokio::select! {
+            () = ca.first(&store) => {}
+            () = &mut shutdown => return Ok(()),
+        }
+        rotation = Some(tokio::spawn(ca.rotate(std::sync::Arc::clone(&store))));
+        if let Some(t) = &mut options.tls {
+            t.workload = Some(store);
+        }
+    }
     let client = XdsClient::start_with_initial_fetch_timeout(
         proxy.clone(),
-        b.client_options(drain),
+        options,
         b.xds_server.initial_fetch_timeout,
     )?;
     tracing::info!(node = %b.node.id, server = %b.xds_server.address, "gofe proxy starting with xDS");
     shutdown.await;
     client.stop();
+    if let Some(r) = rotation {
+        r.abort();
+    }
     tracing::info!(?drain, "shutting down: draining in-flight requests");
     proxy.shutdown(drain).await;
     Ok(())
@@ -284,6 +386,46 @@ static_resources:
         .unwrap();
         assert!(Bootstrap::load(&path).is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn identity_asks_the_mesh_ca_over_tls_and_is_checked_with_its_lines() {
+        let dir = std::env::temp_dir().join(format!("gofe-bootstrap-id-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bootstrap.yaml");
+        std::fs::write(
+            &path,
+            "node: { id: \"proxy-1\" }\nxds_server:\n  address: \"cp.example:18000\"\n  tls: { ca: ca.pem }\nidentity: { token_file: token, lifetime: 1h }\n",
+        )
+        .unwrap();
+        let b = Bootstrap::load(&path).unwrap();
+        let o = b.mesh_ca_options().expect("identity is set");
+        assert_eq!(o.token_file, dir.join("token"));
+        assert_eq!(
+            o.trust_bundle,
+            dir.join("ca.pem"),
+            "default: xds_server.tls.ca"
+        );
+        assert_eq!(o.server_name, "cp.example");
+        assert_eq!(o.lifetime, Some(Duration::from_secs(3600)));
+        assert_eq!(o.address, "cp.example:18000");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let text =
+            "node: { id: a }\nxds_server: { address: \"x:1\" }\nidentity: { token_file: t }\n";
+        let e = gofe_yaml::parse::<Bootstrap>("b.yaml", text).unwrap_err();
+        let lines: Vec<String> = e.problems().iter().map(|p| p.in_file("b.yaml")).collect();
+        assert!(
+            lines[0].starts_with("b.yaml:3:11: identity: needs xds_server.tls"),
+            "{lines:?}"
+        );
+        let text = "node: { id: a }\nxds_server:\n  address: \"x:1\"\n  tls: { ca: c, certificate_chain: p, private_key: k }\nidentity: { token_file: t }\n";
+        let e = gofe_yaml::parse::<Bootstrap>("b.yaml", text).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("xds_server.tls.certificate_chain: leave"),
+            "{e}"
+        );
     }
 
     #[test]

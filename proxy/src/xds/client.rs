@@ -44,6 +44,10 @@ pub struct ClientTls {
     pub server_name: Option<String>,
     /// Client certificate chain and key, for mutual TLS. Default: none.
     pub identity: Option<(PathBuf, PathBuf)>,
+    /// The workload identity from the mesh CA, for mutual TLS: each handshake presents the
+    /// certificate in force in this store (rotated there). Takes the place of `identity`.
+    /// Default: none.
+    pub workload: Option<Arc<crate::identity::SecretStore>>,
 }
 
 /// How the client connects and what it starts from.
@@ -166,9 +170,10 @@ fn client_tls_config(t: &ClientTls) -> Result<Arc<rustls::ClientConfig>, TlsErro
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Invalid(e.to_string()))?
         .with_root_certificates(gofe_tls::roots(&t.ca)?);
-    let mut config = match &t.identity {
-        None => builder.with_no_client_auth(),
-        Some((chain, key)) => builder
+    let mut config = match (&t.workload, &t.identity) {
+        (Some(store), _) => builder.with_client_cert_resolver(store.client_resolver()),
+        (None, None) => builder.with_no_client_auth(),
+        (None, Some((chain, key))) => builder
             .with_client_auth_cert(gofe_tls::certs(chain)?, gofe_tls::key(key)?)
             .map_err(|e| TlsError::Invalid(e.to_string()))?,
     };
@@ -176,16 +181,19 @@ fn client_tls_config(t: &ClientTls) -> Result<Arc<rustls::ClientConfig>, TlsErro
     Ok(Arc::new(config))
 }
 
-struct Connector {
-    address: String,
-    tls: Option<(
+pub(super) struct Connector {
+    pub(super) address: String,
+    pub(super) tls: Option<(
         Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
     )>,
 }
 
-type Io = TokioIo<Box<dyn IoStream>>;
-trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+pub(super) type Io = TokioIo<Box<dyn IoStream>>;
+pub(super) trait IoStream:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin
+{
+}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> IoStream for T {}
 
 impl tower_service::Service<http::Uri> for Connector {
@@ -335,7 +343,7 @@ impl ControlPlane {
 }
 
 /// An error and its sources, `outer: inner: …`.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
