@@ -41,11 +41,7 @@ impl Prometheus {
             fastrand_u64()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = support::process::free_port();
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,

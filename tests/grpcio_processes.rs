@@ -6,9 +6,9 @@
 //! configuration and reloading it (SIGHUP). Over mutual TLS (the controller's `xds.tls` with
 //! `client_ca_file`), a client whose bootstrap has gRFC A65 `tls` channel credentials with a
 //! certificate reaches the backends, and one without a certificate gets no resources (its calls
-//! fail). An ejection the controller decides from signals
-//! is not exercised here: a proxyless client exports no per-endpoint signals the controller
-//! reads.
+//! fail). An ejection the controller decides from its signals is followed too, and so is the
+//! readmission: a proxyless client exports no per-endpoint counters, so the signals come from
+//! a stand-in for what a proxy in front of the backends (or Prometheus) would report.
 //!
 //! Needs `python3` with `grpcio` (`pip install grpcio==1.85.1`; `.ci/run` installs it). Set
 //! `GOFE_SKIP_GRPCIO=1` to skip on a machine without Python.
@@ -24,16 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::process::{tempdir, Proc};
-
-fn ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
-}
+use support::process::{free_ports as ports, tempdir, Proc};
 
 fn http_get(to: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok()?;
@@ -413,6 +404,177 @@ fn grpcio_xds_client_over_mutual_tls_reaches_the_backends_and_without_a_certific
         "the anonymous client never opened a stream: {decisions}"
     );
 
+    controller.signal("TERM");
+    assert_eq!(controller.wait_exit(Duration::from_secs(20)), Some(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// === an ejection the controller decides ===
+
+/// What the signals say of the two backends: the per-endpoint counters a proxy in front of
+/// them (or Prometheus) would expose, as `gofe_upstream_requests_total`, growing by ten
+/// requests per scrape each; backend a's half 5xx while `a_failing` is set.
+struct Signals {
+    addr: SocketAddr,
+    a_failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Signals {
+    fn start(cluster: &'static str, a: u16, b: u16) -> Signals {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let a_failing = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (failing, stopped) = (Arc::clone(&a_failing), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            // Cumulative counters: (a 2xx, a 5xx, b 2xx).
+            let (mut a_ok, mut a_bad, mut b_ok) = (0u64, 0u64, 0u64);
+            while !stopped.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = conn.set_nonblocking(false);
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut request = [0u8; 1024];
+                let _ = conn.read(&mut request);
+                if failing.load(Ordering::Relaxed) {
+                    a_ok += 5;
+                    a_bad += 5;
+                } else {
+                    a_ok += 10;
+                }
+                b_ok += 10;
+                let body = format!(
+                    "# TYPE gofe_upstream_requests_total counter\n\
+                     gofe_upstream_requests_total{{cluster=\"{cluster}\",endpoint=\"127.0.0.1:{a}\",code_class=\"2xx\"}} {a_ok}\n\
+                     gofe_upstream_requests_total{{cluster=\"{cluster}\",endpoint=\"127.0.0.1:{a}\",code_class=\"5xx\"}} {a_bad}\n\
+                     gofe_upstream_requests_total{{cluster=\"{cluster}\",endpoint=\"127.0.0.1:{b}\",code_class=\"2xx\"}} {b_ok}\n"
+                );
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Signals {
+            addr,
+            a_failing,
+            stop,
+        }
+    }
+
+    fn a_failing(&self, failing: bool) {
+        self.a_failing
+            .store(failing, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Signals {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The controller's state and weight of `endpoint` in `cluster`, from `/decisions/CLUSTER`.
+fn decided(admin: SocketAddr, cluster: &str, endpoint: &str) -> Option<(String, u64)> {
+    let body = http_get(admin, &format!("/decisions/{cluster}"))?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    let e = v["endpoints"]
+        .as_array()?
+        .iter()
+        .find(|e| e["endpoint"] == endpoint)?;
+    Some((e["state"].as_str()?.to_owned(), e["weight"].as_u64()?))
+}
+
+/// The controller ejects backend a from its own signals (half its requests fail), gRPC's
+/// client stops calling it, and when the signals say a is healthy again the controller
+/// readmits it and the client calls it again. The signals come from a stand-in for what a
+/// proxy in front of the backends (or Prometheus) would report: a proxyless client exports no
+/// per-endpoint counters of its own.
+#[test]
+fn grpcio_xds_client_follows_an_ejection_the_controller_decides_and_the_readmission() {
+    if std::env::var_os("GOFE_SKIP_GRPCIO").is_some() {
+        eprintln!("GOFE_SKIP_GRPCIO set: skipping the grpcio interoperability test");
+        return;
+    }
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let dir = tempdir();
+    let p = ports(4);
+    let (a, b, xds, admin) = (p[0], p[1], p[2], p[3]);
+    write_proxy_config(&dir, (a, 100, "healthy"), (b, 100, "healthy"));
+    let signals = Signals::start("greeter-backends", a, b);
+    std::fs::write(
+        dir.join("controller.yaml"),
+        format!(
+            "proxy_config: proxy.yaml\ninterval: 500ms\nsignals:\n  source: embedded\n  window: 3s\n  embedded: {{ targets: [\"{}\"] }}\npolicy:\n  failure_percentage_threshold: 30\n  failure_percentage_request_volume: 10\n  max_ejection_percent: 50\n  base_ejection_time: 2s\n  max_ejection_time: 300s\nadmin: {{ address: \"127.0.0.1:{admin}\" }}\nxds:\n  address: \"127.0.0.1:{xds}\"\n  api_listeners:\n    services: [{{ name: greeter, cluster: greeter-backends }}]\n",
+            signals.addr
+        ),
+    )
+    .unwrap();
+    let config = dir.join("controller.yaml").display().to_string();
+    let mut controller = Proc::start(&["controller", "run", "--config", &config], &dir);
+    let admin_addr = SocketAddr::from(([127, 0, 0, 1], admin));
+    let (ea, eb) = (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"));
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {}",
+                controller.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("both endpoints decided serving", &|| {
+        [&ea, &eb].iter().all(|e| {
+            decided(admin_addr, "greeter-backends", e).is_some_and(|(s, w)| s == "serving" && w > 0)
+        })
+    });
+    // The client subscribes with its first call.
+    let mut client = GrpcClient::start(&python, (xds, a, b), &[]);
+    let (ca, cb, other) = client.ask("count 200");
+    assert_eq!((ca + cb, other), (200, 0), "every call answered by a or b");
+    assert!(ca > 0 && cb > 0, "both serve while healthy: a={ca} b={cb}");
+
+    // Half of a's requests fail: the controller ejects it and publishes it with no share.
+    signals.a_failing(true);
+    wait("a ejected", &|| {
+        decided(admin_addr, "greeter-backends", &ea).is_some_and(|(s, _)| s == "ejected")
+    });
+    let (ca, cb, other) = client.ask("only b 50");
+    assert_eq!(
+        (ca, cb, other),
+        (0, 50, 0),
+        "after the controller ejected a"
+    );
+
+    // a is healthy again: after its ejection time the controller tries it, readmits it and
+    // ramps it back; the client calls it again.
+    signals.a_failing(false);
+    wait("a readmitted with a share", &|| {
+        decided(admin_addr, "greeter-backends", &ea)
+            .is_some_and(|(s, w)| (s == "serving" || s == "ramping") && w > 0)
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ca, _, other) = client.ask("count 200");
+        assert_eq!(other, 0);
+        if ca > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the client never called a again after its readmission"
+        );
+    }
+    drop(client);
     controller.signal("TERM");
     assert_eq!(controller.wait_exit(Duration::from_secs(20)), Some(0));
     let _ = std::fs::remove_dir_all(&dir);

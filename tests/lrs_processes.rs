@@ -27,18 +27,17 @@ use std::time::{Duration, Instant};
 
 use support::process::{free_port, tempdir, Proc};
 
-/// `n` free ports, distinct from each other and from `avoid`: each is held until all are
-/// chosen, so no two parts of one mesh are handed the same port.
+/// `n` free ports, distinct from each other and from `avoid` (see
+/// [`support::process::free_port`]), so no two parts of one mesh are handed the same port.
 fn distinct_ports(n: usize, avoid: &[u16]) -> Vec<u16> {
-    let mut held = Vec::new();
-    while held.len() < n {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let port = free_port();
         if !avoid.contains(&port) {
-            held.push((l, port));
+            out.push(port);
         }
     }
-    held.into_iter().map(|(_, p)| p).collect()
+    out
 }
 
 fn addr(port: u16) -> SocketAddr {

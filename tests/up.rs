@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::process::tempdir;
+use support::process::{free_port, tempdir};
 
 /// Fast enough to finish in about a minute: a failing backend first, then a load rise past
 /// two backends' target and back.
@@ -43,18 +43,11 @@ policies:
   - { name: gofe, balancer: gofe, interval: 1s, window: 8s }
 ";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A base with 200 free ports above it (backend slots and their control ports).
 fn backend_base() -> u16 {
     loop {
-        let base = 20_000 + fastrand::u16(..20_000);
+        // Below the ephemeral range (32768 on), as `free_port`.
+        let base = 10_000 + fastrand::u16(..22_000);
         let free = (0..4u16).all(|slot| {
             [base + slot, base + 100 + slot]
                 .iter()

@@ -81,22 +81,29 @@ pub fn tempdir() -> PathBuf {
     dir
 }
 
+/// A port on 127.0.0.1 that was free when chosen, from 10000–32767: below Linux's ephemeral
+/// range (32768–60999), so no outgoing connection of the machine (a scrape, a load generator,
+/// a proxy's upstream) can take it as its local port before the process under test binds it,
+/// as one did to a port the kernel had handed out for `:0`. Never the same port twice in one
+/// test binary.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = fastrand::u16(10_000..32_768);
+        let mut taken = TAKEN.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            taken.push(port);
+            return port;
+        }
+    }
 }
 
-/// `n` distinct free ports (each held until all are chosen).
+/// `n` distinct free ports (see [`free_port`]).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    (0..n).map(|_| free_port()).collect()
 }
 
 impl Proc {

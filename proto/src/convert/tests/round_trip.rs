@@ -386,11 +386,26 @@ fn tls() -> impl Strategy<Value = Option<TlsConfig>> {
     })
 }
 
+/// A header matcher as RBAC reads one: a plain string match or presence, never inverted.
+fn rbac_header() -> impl Strategy<Value = HeaderMatcherConfig> {
+    (
+        prop::sample::select(vec!["x-a", "x-canary", "user-agent"]),
+        prop::option::of(plain_string_match()),
+    )
+        .prop_map(|(name, sm)| HeaderMatcherConfig {
+            name: name.into(),
+            present_match: sm.is_none().then_some(true),
+            string_match: sm,
+            range_match: None,
+            invert_match: false,
+        })
+}
+
 fn permission() -> impl Strategy<Value = gofe_model::rbac::PermissionConfig> {
     use gofe_model::rbac::{PathMatcherConfig, PermissionConfig as P, PermissionSetConfig};
     let leaf = prop_oneof![
         Just(P::Any(true)),
-        header().prop_map(P::Header),
+        rbac_header().prop_map(P::Header),
         plain_string_match().prop_map(|path| P::UrlPath(PathMatcherConfig { path })),
         any::<u16>().prop_map(P::DestinationPort),
     ];
